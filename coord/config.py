@@ -1,0 +1,345 @@
+"""Node configuration: frozen dataclasses, defaults, YAML/env/flag loading, validate().
+
+Precedence: defaults < YAML file < ``COORD_*`` environment < command-line flags.
+There is no global config object: ``load()`` returns a ``NodeConfig`` that is
+passed down explicitly.
+
+Timing invariants (checked by :meth:`RaftTimings.validate`):
+- ``tick_s < heartbeat_s``: the tick thread must run between heartbeats;
+- ``3 * heartbeat_s < election_timeout_min_s``: a follower sees several
+  heartbeats before it suspects the leader;
+- ``election_timeout_min_s < election_timeout_max_s``: randomised elections;
+- ``connection_timeout_s >= election_timeout_max_s``: a silent peer's link is
+  not declared dead before an election could have replaced it;
+- ``heartbeat_s < leader_fallback_timeout_s <= connection_timeout_s``: a leader
+  cut off from its majority steps down quickly (pysyncobj's 30 s default would
+  let a partitioned leader believe it leads for half a minute).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from coord.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class RaftTimings:
+    """Raft timing knobs, tuned for fast failover on a LAN."""
+
+    # How often the Raft thread wakes when idle; bounds timer resolution.
+    tick_s: float = 0.01
+    # Leader -> follower append-entries / heartbeat period.
+    heartbeat_s: float = 0.05
+    # A follower that heard nothing for a random time in [min, max] campaigns.
+    election_timeout_min_s: float = 0.3
+    election_timeout_max_s: float = 0.6
+    # A peer link with no traffic for this long is considered dead.
+    connection_timeout_s: float = 1.0
+    # A leader without responses from a majority for this long steps down.
+    leader_fallback_timeout_s: float = 0.8
+    # Redial a dead peer this often.
+    reconnect_s: float = 0.1
+    # When the link to the leader drops (its process died: the kernel closed the
+    # socket), campaign after at most this long instead of a full election timeout.
+    fast_election_s: float = 0.06
+
+    def validate(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise InvalidArgument(f"raft timings: {what}")
+
+        for f in dataclasses.fields(self):
+            need(getattr(self, f.name) > 0, f"{f.name} must be > 0")
+        need(self.tick_s < self.heartbeat_s, "tick_s must be < heartbeat_s")
+        need(
+            3 * self.heartbeat_s < self.election_timeout_min_s,
+            "election_timeout_min_s must exceed 3 x heartbeat_s",
+        )
+        need(
+            self.election_timeout_min_s < self.election_timeout_max_s,
+            "election_timeout_min_s must be < election_timeout_max_s",
+        )
+        need(
+            self.connection_timeout_s >= self.election_timeout_max_s,
+            "connection_timeout_s must be >= election_timeout_max_s",
+        )
+        need(
+            self.heartbeat_s < self.leader_fallback_timeout_s <= self.connection_timeout_s,
+            "leader_fallback_timeout_s must be in (heartbeat_s, connection_timeout_s]",
+        )
+        need(
+            self.fast_election_s < self.election_timeout_min_s,
+            "fast_election_s must be < election_timeout_min_s",
+        )
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One cluster member: its stable id, Raft address and client API address."""
+
+    id: str
+    raft_address: str
+    api_address: str
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one ``coord serve`` process needs."""
+
+    node_id: str
+    data_dir: str
+    peers: tuple[Peer, ...]
+    # Mixed into the cluster id: give every cluster its own token.
+    cluster_token: str = "coord"
+    # "new": bootstrap a cluster from empty data dirs; "existing": join one.
+    initial_cluster_state: str = "new"
+    # Shared secret for Raft traffic (encryption + authentication). Required
+    # whenever Raft binds beyond loopback.
+    cluster_secret: str | None = None
+    # Bind addresses; default to this node's addresses in ``peers``.
+    listen_raft: str = ""
+    listen_api: str = ""
+    # Dial overrides: peer id -> host:port (chaos tests route links through proxies).
+    raft_routes: Mapping[str, str] = field(default_factory=dict)
+    # fsync the journal before acknowledging writes. Turn off only for tests.
+    fsync: bool = True
+    timings: RaftTimings = field(default_factory=RaftTimings)
+    # Deadline for a write or linearizable read inside the server.
+    request_timeout_s: float = 5.0
+    # Compact the Raft log after this many entries.
+    log_compaction_entries: int = 5000
+    log_level: str = "INFO"
+
+    @property
+    def self_peer(self) -> Peer:
+        return next(p for p in self.peers if p.id == self.node_id)
+
+    @property
+    def bind_raft(self) -> str:
+        return self.listen_raft or self.self_peer.raft_address
+
+    @property
+    def bind_api(self) -> str:
+        return self.listen_api or self.self_peer.api_address
+
+    @property
+    def cluster_id(self) -> str:
+        """Derived from the token and member ids, so every node computes the same one."""
+        ids = ",".join(sorted(p.id for p in self.peers))
+        return hashlib.sha256(f"{self.cluster_token}|{ids}".encode()).hexdigest()[:16]
+
+    def routes(self) -> dict[str, str]:
+        out = {p.id: p.raft_address for p in self.peers}
+        out.update(self.raft_routes)
+        return out
+
+    def validate(self) -> None:
+        """Check every field and cross-field invariant; raise InvalidArgument saying what to fix."""
+        if not self.node_id:
+            raise InvalidArgument("node id is empty: set --node-id")
+        if not self.data_dir:
+            raise InvalidArgument("data dir is empty: set --data-dir")
+        ids = [p.id for p in self.peers]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument(f"duplicate peer ids in {ids}")
+        if self.node_id not in ids:
+            raise InvalidArgument(
+                f"node id {self.node_id!r} is not among the peers {ids}: list every member, "
+                "this one included, with --peer ID=RAFT_ADDR,API_ADDR"
+            )
+        if len(ids) not in (1, 3, 5, 7):
+            raise InvalidArgument(
+                f"{len(ids)} peers: a cluster has 1, 3, 5 or 7 members (an even count adds no "
+                "fault tolerance)"
+            )
+        for p in self.peers:
+            _check_address(p.raft_address, f"raft address of {p.id}")
+            _check_address(p.api_address, f"api address of {p.id}")
+        for pid, addr in self.raft_routes.items():
+            if pid not in ids:
+                raise InvalidArgument(f"raft route for unknown peer {pid!r}")
+            _check_address(addr, f"raft route of {pid}")
+        _check_address(self.bind_raft, "listen raft address")
+        _check_address(self.bind_api, "listen api address")
+        if self.initial_cluster_state not in ("new", "existing"):
+            raise InvalidArgument("initial cluster state must be 'new' or 'existing'")
+        if not self.cluster_secret and not _is_loopback(self.bind_raft):
+            raise InvalidArgument(
+                f"raft binds to {self.bind_raft}, beyond loopback, without a cluster secret: "
+                "set --cluster-secret (or COORD_CLUSTER_SECRET); unauthenticated Raft traffic "
+                "lets anyone who reaches the port run code"
+            )
+        if self.request_timeout_s <= 0:
+            raise InvalidArgument("request timeout must be > 0")
+        if self.log_compaction_entries < 100:
+            raise InvalidArgument("log compaction entries must be >= 100")
+        self.timings.validate()
+
+
+def _check_address(addr: str, what: str) -> None:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"{what} {addr!r} is not host:port")
+
+
+def _is_loopback(addr: str) -> bool:
+    host = addr.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- loading -------------------------------------------------------------------
+
+_FLOAT_TIMINGS = {f.name for f in dataclasses.fields(RaftTimings)}
+_SCALARS: dict[str, type] = {
+    "node_id": str,
+    "data_dir": str,
+    "cluster_token": str,
+    "initial_cluster_state": str,
+    "cluster_secret": str,
+    "listen_raft": str,
+    "listen_api": str,
+    "fsync": bool,
+    "request_timeout_s": float,
+    "log_compaction_entries": int,
+    "log_level": str,
+}
+
+
+def parse_peer(spec: str) -> Peer:
+    """Parse ``ID=RAFT_HOST:PORT,API_HOST:PORT``."""
+    pid, sep, rest = spec.partition("=")
+    raft, sep2, api = rest.partition(",")
+    if not sep or not sep2 or not pid or not raft or not api:
+        raise InvalidArgument(f"peer {spec!r} is not ID=RAFT_HOST:PORT,API_HOST:PORT")
+    return Peer(pid.strip(), raft.strip(), api.strip())
+
+
+def parse_route(spec: str) -> tuple[str, str]:
+    """Parse ``ID=HOST:PORT`` (dial this peer's Raft port here instead)."""
+    pid, sep, addr = spec.partition("=")
+    if not sep or not pid or not addr:
+        raise InvalidArgument(f"raft route {spec!r} is not ID=HOST:PORT")
+    return pid.strip(), addr.strip()
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise InvalidArgument(f"{name}: {value!r} is not a boolean (true/false)")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"{name}: {value!r} is not a valid {kind.__name__}") from e
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML config file into a flat dict of known keys (unknown keys are an error)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise InvalidArgument(f"cannot read config file {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise InvalidArgument(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"config file {path} must hold a mapping at the top level")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "peers":
+            out["peers"] = [_peer_from_yaml(p, path) for p in (value or [])]
+        elif key == "raft_routes":
+            out["raft_routes"] = {str(k): str(v) for k, v in (value or {}).items()}
+        elif key == "timings":
+            if not isinstance(value, dict):
+                raise InvalidArgument(f"{path}: timings must be a mapping")
+            for tk, tv in value.items():
+                if tk not in _FLOAT_TIMINGS:
+                    raise InvalidArgument(f"{path}: unknown timing {tk!r}")
+                out[tk] = tv
+        elif key in _SCALARS:
+            out[key] = value
+        else:
+            raise InvalidArgument(
+                f"{path}: unknown key {key!r}; known keys: "
+                + ", ".join(sorted([*_SCALARS, "peers", "raft_routes", "timings"]))
+            )
+    return out
+
+
+def _peer_from_yaml(p: Any, path: str) -> Peer:
+    if isinstance(p, str):
+        return parse_peer(p)
+    if isinstance(p, dict) and {"id", "raft", "api"} <= set(p):
+        return Peer(str(p["id"]), str(p["raft"]), str(p["api"]))
+    raise InvalidArgument(f"{path}: a peer is {{id, raft, api}} or 'ID=RAFT,API', got {p!r}")
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Collect ``COORD_*`` variables (``COORD_PEERS`` is ``ID=RAFT,API;ID=RAFT,API``)."""
+    out: dict[str, Any] = {}
+    for key in [*_SCALARS, *_FLOAT_TIMINGS]:
+        value = env.get("COORD_" + key.upper())
+        if value is not None and value != "":
+            out[key] = value
+    if env.get("COORD_PEERS"):
+        out["peers"] = [parse_peer(s) for s in env["COORD_PEERS"].split(";") if s.strip()]
+    if env.get("COORD_RAFT_ROUTES"):
+        out["raft_routes"] = dict(
+            parse_route(s) for s in env["COORD_RAFT_ROUTES"].split(";") if s.strip()
+        )
+    return out
+
+
+def build(layers: list[dict[str, Any]]) -> NodeConfig:
+    """Merge layers (later wins), coerce types, construct and validate a NodeConfig."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    timings = RaftTimings(
+        **{k: _coerce(k, merged.pop(k), float) for k in list(merged) if k in _FLOAT_TIMINGS}
+    )
+    kwargs: dict[str, Any] = {}
+    for key, kind in _SCALARS.items():
+        if key in merged:
+            kwargs[key] = _coerce(key, merged[key], kind)
+    peers = tuple(merged.get("peers") or ())
+    if not peers:
+        raise InvalidArgument("no peers: list every member with --peer ID=RAFT_ADDR,API_ADDR")
+    cfg = NodeConfig(
+        peers=peers,
+        raft_routes=dict(merged.get("raft_routes") or {}),
+        timings=timings,
+        **{"node_id": "", "data_dir": "", **kwargs},
+    )
+    cfg.validate()
+    return cfg
+
+
+def load(
+    config_file: str | None, flags: dict[str, Any], env: Mapping[str, str] | None = None
+) -> NodeConfig:
+    """defaults < YAML < COORD_* env < flags."""
+    layers = [load_yaml(config_file)] if config_file else []
+    layers.append(from_env(os.environ if env is None else env))
+    layers.append(flags)
+    return build(layers)

@@ -1,0 +1,374 @@
+"""RaftNode: pysyncobj hardened as DESIGN.md says, around the pure StateMachine.
+
+Threads:
+- the pysyncobj tick thread applies committed commands (under ``self.lock``),
+  runs :meth:`_on_tick` once per tick (fsync, held acks, views, timers) and
+  handles all peer I/O;
+- any other thread may call :meth:`propose`, :meth:`barrier`, :meth:`read`,
+  :attr:`view` and :meth:`add_listener`. Callbacks to listeners and future
+  completions happen on the tick thread: keep them short.
+
+Durability: an entry is acknowledged to the leader, and counted by the leader
+itself, only after the journal holding it was fsynced (see
+``coord.raft.transport`` and the tick-ordering note in :meth:`_on_tick`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import pysyncobj.syncobj as _pso
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+from coord import errors
+from coord.config import NodeConfig
+from coord.raft.journal import DurableJournal
+from coord.raft.snapshotfile import read_dump, write_dump
+from coord.raft.transport import CoordTransport, RoutedNode
+from coord.state.machine import StateMachine
+from coord.v1 import raft_pb2
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_FILE = "raft.journal"
+DUMP_FILE = "raft.dump"
+
+# pysyncobj builds its journal from a module-level factory. Journals are created
+# by RaftNode and handed over through this registry, keyed by path.
+_JOURNALS: dict[str, DurableJournal] = {}
+_orig_create_journal = _pso.createJournal
+
+
+def _create_journal(path: str | None) -> Any:
+    if path is not None and path in _JOURNALS:
+        return _JOURNALS.pop(path)
+    return _orig_create_journal(path)
+
+
+_pso.createJournal = _create_journal
+
+ROLE_FOLLOWER, ROLE_CANDIDATE, ROLE_LEADER = 0, 1, 2  # pysyncobj's _RAFT_STATE
+
+_FAIL_TO_ERROR: dict[int, Callable[[], errors.CoordError]] = {
+    FAIL_REASON.QUEUE_FULL: lambda: errors.Unavailable("too many pending writes: retry shortly"),
+    FAIL_REASON.MISSING_LEADER: lambda: errors.NoLeader("no leader elected yet: retry shortly"),
+    FAIL_REASON.DISCARDED: lambda: errors.Unavailable(
+        "the write was discarded by a leader change and not applied: retry"
+    ),
+    FAIL_REASON.NOT_LEADER: lambda: errors.OutcomeUnknown(
+        "leader changed while the write was in flight: retry with the same request id"
+    ),
+    FAIL_REASON.LEADER_CHANGED: lambda: errors.OutcomeUnknown(
+        "leader changed while the write was in flight: retry with the same request id"
+    ),
+    FAIL_REASON.REQUEST_DENIED: lambda: errors.FailedPrecondition("the request was denied"),
+    FAIL_REASON.UNKNOWN_OUTCOME: lambda: errors.OutcomeUnknown(
+        "the write's outcome is unknown: retry with the same request id"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class View:
+    """What this node believes right now; replaced atomically once per tick."""
+
+    role: int = ROLE_FOLLOWER
+    term: int = 0
+    leader_id: str = ""
+    commit_index: int = 0
+    applied_index: int = 0
+    connected: frozenset[str] = frozenset()
+    has_quorum: bool = False
+    log_entries: int = 0
+    catching_up: bool = False
+
+
+class _SyncObj(SyncObj):  # type: ignore[misc]
+    """The one replicated entry point. pysyncobj numbers replicated methods by
+    sorted name; there is exactly one, so journals never get renumbered."""
+
+    def __init__(self, apply: Callable[[bytes], Any], *args: Any, **kwargs: Any) -> None:
+        self._coord_apply = apply
+        super().__init__(*args, **kwargs)
+
+    @replicated  # type: ignore[misc]
+    def apply_command(self, data: bytes) -> Any:
+        return self._coord_apply(data)
+
+
+class RaftNode:
+    """One Raft member: proposes commands, applies them to ``state``, reports its view."""
+
+    def __init__(self, cfg: NodeConfig, catch_up: bool = False) -> None:
+        self.cfg = cfg
+        self.state = StateMachine()
+        self.lock = threading.RLock()
+        self.started = time.monotonic()
+        self._view = View(catching_up=catch_up)
+        self._catching_up = catch_up
+        self._listeners: list[Callable[[View], None]] = []
+        self._barrier_lock = threading.Lock()
+        self._barrier_inflight: tuple[Future[None], float] | None = None
+        self._barrier_next: Future[None] | None = None
+        self._bootstrap_term = -1
+        self._fast_deadline: float | None = None
+
+        journal_path = os.path.join(cfg.data_dir, JOURNAL_FILE)
+        self._dump_path = os.path.join(cfg.data_dir, DUMP_FILE)
+        if os.path.exists(self._dump_path):
+            read_dump(self._dump_path)  # refuse to start on a corrupt snapshot
+        self.journal = DurableJournal(journal_path, fsync=cfg.fsync)
+        _JOURNALS[journal_path] = self.journal
+
+        routes = cfg.routes()
+        others = [RoutedNode(p.id, routes) for p in cfg.peers if p.id != cfg.node_id]
+        me = RoutedNode(cfg.node_id, {**routes, cfg.node_id: cfg.bind_raft})
+        transport_cls = type(
+            "BoundCoordTransport",
+            (CoordTransport,),
+            {
+                "cluster_id": cfg.cluster_id,
+                "is_durable": staticmethod(lambda: not self.journal.dirty),
+                "catching_up": staticmethod(lambda: self._catching_up),
+                "on_peer_disconnected": staticmethod(self._on_peer_disconnected),
+            },
+        )
+        t = cfg.timings
+        conf = SyncObjConf(
+            password=cfg.cluster_secret or None,
+            autoTick=True,
+            autoTickPeriod=t.tick_s,
+            raftMinTimeout=t.election_timeout_min_s,
+            raftMaxTimeout=t.election_timeout_max_s,
+            appendEntriesPeriod=t.heartbeat_s,
+            connectionTimeout=t.connection_timeout_s,
+            connectionRetryTime=t.reconnect_s,
+            leaderFallbackTimeout=t.leader_fallback_timeout_s,
+            appendEntriesUseBatch=False,
+            journalFile=journal_path,
+            fullDumpFile=self._dump_path,
+            bindAddress=cfg.bind_raft,
+            serializer=self._serialize,
+            deserializer=self._deserialize,
+            logCompactionMinEntries=cfg.log_compaction_entries,
+            commandsWaitLeader=True,
+            maxBindRetries=50,
+            bindRetryTime=0.1,
+            tcp_keepalive=(5, 1, 3),
+        )
+        self._so = _SyncObj(self._apply, me, others, conf, transportClass=transport_cls)
+        self._transport: CoordTransport = self._so._SyncObj__transport
+        self._so.addOnTickCallback(self._on_tick)
+
+    # -- apply (tick thread) ---------------------------------------------------
+
+    def _apply(self, data: bytes) -> raft_pb2.CommandResult:
+        with self.lock:
+            return self.state.apply(data)
+
+    # -- proposals (any thread) ------------------------------------------------
+
+    def propose(self, cmd: raft_pb2.Command) -> Future[raft_pb2.CommandResult]:
+        """Replicate ``cmd``; the future resolves with its CommandResult once applied here."""
+        if not cmd.time_ms:
+            cmd.time_ms = int(time.time() * 1000)
+        fut: Future[raft_pb2.CommandResult] = Future()
+
+        def done(result: Any, err: int) -> None:
+            if fut.done():
+                return
+            if err == FAIL_REASON.SUCCESS:
+                fut.set_result(result)
+            else:
+                fut.set_exception(_FAIL_TO_ERROR.get(err, _unknown_failure)())
+
+        self._so.apply_command(cmd.SerializeToString(), callback=done)
+        return fut
+
+    def barrier(self) -> Future[None]:
+        """Resolves once a no-op proposed after this call has committed and applied here.
+
+        Concurrent callers share barriers: at most one is in flight, and callers
+        arriving meanwhile share the next one (proposed after they arrived).
+        """
+        with self._barrier_lock:
+            if self._barrier_inflight is None:
+                fut: Future[None] = Future()
+                self._barrier_inflight = (fut, time.monotonic())
+                start = True
+            else:
+                if self._barrier_next is None:
+                    self._barrier_next = Future()
+                fut, start = self._barrier_next, False
+        if start:
+            self._start_barrier(fut)
+        return fut
+
+    def _start_barrier(self, fut: Future[None]) -> None:
+        def done(res: Future[raft_pb2.CommandResult]) -> None:
+            exc = res.exception()
+            self._finish_barrier(fut, exc if isinstance(exc, errors.CoordError) else None)
+
+        self.propose(raft_pb2.Command(noop=raft_pb2.Noop())).add_done_callback(done)
+
+    def _finish_barrier(self, fut: Future[None], exc: errors.CoordError | None) -> None:
+        with self._barrier_lock:
+            if self._barrier_inflight is None or self._barrier_inflight[0] is not fut:
+                return
+            nxt = self._barrier_next
+            self._barrier_next = None
+            self._barrier_inflight = (nxt, time.monotonic()) if nxt is not None else None
+        if not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+        if nxt is not None:
+            self._start_barrier(nxt)
+
+    # -- reads (any thread) ----------------------------------------------------
+
+    def read(self, fn: Callable[[StateMachine], Any]) -> Any:
+        """Run ``fn(state)`` under the apply lock: a consistent view of the state."""
+        with self.lock:
+            return fn(self.state)
+
+    @property
+    def view(self) -> View:
+        return self._view
+
+    def add_listener(self, fn: Callable[[View], None]) -> None:
+        """Call ``fn(view)`` (on the tick thread) whenever leader, term or role changes."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[View], None]) -> None:
+        try:
+            self._listeners.remove(fn)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        self._so.destroy_synchronous()
+
+    # -- tick thread -----------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        # Runs after this tick's elections, commits, applies and new proposals,
+        # and before the poll that receives the next acknowledgements: entries
+        # the leader appended are durable before any ack for them is counted.
+        self.journal.sync()
+        self._transport.flush_held()
+        self._update_catch_up()
+        self._update_view()
+        self._maybe_bootstrap()
+        self._check_barrier_timeout()
+
+    def _update_catch_up(self) -> None:
+        so = self._so
+        if not self._catching_up:
+            if self._fast_deadline is not None:
+                deadline = so._SyncObj__raftElectionDeadline
+                so._SyncObj__raftElectionDeadline = min(deadline, self._fast_deadline)
+                self._fast_deadline = None
+            return
+        if len(self.journal) and self.journal[-1][2] > 0:
+            self._catching_up = False
+            logger.info("caught up with the leader's log: this node now votes")
+            return
+        # A blank node must not campaign: its term would rise past the leader's
+        # and it would then ignore the very entries it needs.
+        so._SyncObj__raftElectionDeadline = time.monotonic() + 3600
+
+    def _update_view(self) -> None:
+        so = self._so
+        leader = so._getLeader()
+        connected = frozenset(n.id for n in so._SyncObj__connectedNodes)
+        peers = {p.id for p in self.cfg.peers if p.id != self.cfg.node_id}
+        view = View(
+            role=so._SyncObj__raftState,
+            term=so.raftCurrentTerm,
+            leader_id=leader.id if leader is not None else "",
+            commit_index=so.raftCommitIndex,
+            applied_index=so.raftLastApplied,
+            connected=connected,
+            has_quorum=(len(connected & peers) + 1) * 2 > len(peers) + 1,
+            log_entries=len(self.journal),
+            catching_up=self._catching_up,
+        )
+        old, self._view = self._view, view
+        if (old.leader_id, old.term, old.role) != (view.leader_id, view.term, view.role):
+            if view.leader_id != old.leader_id:
+                logger.info("leader is now %r (term %d)", view.leader_id or None, view.term)
+            for fn in list(self._listeners):
+                try:
+                    fn(view)
+                except Exception:
+                    logger.exception("leader listener failed")
+
+    def _maybe_bootstrap(self) -> None:
+        view = self._view
+        if view.role != ROLE_LEADER or self._bootstrap_term == view.term:
+            return
+        if view.applied_index < view.commit_index or self.state.cluster_id:
+            return
+        self._bootstrap_term = view.term
+        ids = [p.id for p in self.cfg.peers]
+        self.propose(
+            raft_pb2.Command(bootstrap=raft_pb2.Bootstrap(cluster_id=self.cfg.cluster_id, node_ids=ids))
+        )
+
+    def _check_barrier_timeout(self) -> None:
+        inflight = self._barrier_inflight
+        if inflight is not None and time.monotonic() - inflight[1] > self.cfg.request_timeout_s:
+            self._finish_barrier(
+                inflight[0], errors.Unavailable("read barrier timed out: no quorum? retry")
+            )
+
+    def _on_peer_disconnected(self, node: Any) -> None:
+        """The link to the leader dropped: campaign soon instead of after a full timeout.
+
+        Survivors go in the order of their ids, ``fast_election_s`` apart, so
+        they rarely split the vote.
+        """
+        view = self._view
+        if self._catching_up or view.role == ROLE_LEADER or node.id != view.leader_id:
+            return
+        survivors = sorted(p.id for p in self.cfg.peers if p.id != node.id)
+        rank = survivors.index(self.cfg.node_id)
+        delay = rank * self.cfg.timings.fast_election_s
+        delay += random.uniform(0, self.cfg.timings.tick_s)
+        self._fast_deadline = time.monotonic() + delay
+        logger.info("lost the link to leader %s: campaigning in %.0f ms", node.id, delay * 1000)
+
+    # -- snapshots (tick thread) -----------------------------------------------
+
+    def _serialize(self, filename: str, raft_data: Any) -> None:
+        last, prev, cluster = raft_data
+        with self.lock:
+            state = self.state.snapshot()
+        ids = sorted(getattr(n, "id", str(n)) for n in cluster)
+        write_dump(filename, state, tuple(last), tuple(prev), ids, fsync=self.cfg.fsync)
+
+    def _deserialize(self, filename: str) -> Any:
+        try:
+            dump = read_dump(filename, fsync=self.cfg.fsync)
+            with self.lock:
+                self.state.restore(dump.state)
+        except Exception:
+            # pysyncobj would log and go on with a stale state machine: a replica
+            # that silently diverged. Stop instead; a restart reloads cleanly.
+            logger.critical("cannot load the Raft snapshot %s: exiting", filename, exc_info=True)
+            os._exit(70)
+        return dump.last, dump.prev, set(dump.node_ids)
+
+
+def _unknown_failure() -> errors.CoordError:
+    return errors.OutcomeUnknown("the write failed for an unknown reason: retry")

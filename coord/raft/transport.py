@@ -1,0 +1,146 @@
+"""Routed, cluster-checked, fsync-gated peer transport on top of pysyncobj's TCP.
+
+- Node identity is separate from the dial address: a :class:`RoutedNode` has a
+  stable id (``n1``) while the address it is dialled at comes from a route
+  table. Chaos tests point each directed link at its own proxy. pysyncobj lets
+  only the node whose id sorts higher dial a pair, so the connection for pair
+  (a, b) with a > b is the one ``a`` opens towards ``b``'s route.
+- The handshake carries ``cluster_id/node_id``: a node of another cluster (a
+  foreign data dir) is disconnected and logged, never joined.
+- Acknowledgements (``next_node_idx``) are held back until the journal is
+  synced; the node flushes them once per tick after one fsync (group commit).
+- A node that is catching up (blank data dir) neither votes nor campaigns.
+
+Thread: everything runs on the Raft tick thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pysyncobj.dns_resolver import globalDnsResolver
+from pysyncobj.node import TCPNode
+from pysyncobj.transport import TCPTransport
+
+logger = logging.getLogger(__name__)
+
+
+class RoutedNode(TCPNode):  # type: ignore[misc]
+    """A Raft peer whose id is stable and whose dial address comes from ``routes``."""
+
+    def __init__(self, node_id: str, routes: dict[str, str]) -> None:
+        # TCPNode parses ``host:port`` out of its id; give it the route, then
+        # replace the identity with the node id.
+        super().__init__(routes[node_id])
+        self._id = node_id
+        self._routes = routes
+
+    @property
+    def address(self) -> str:
+        # pysyncobj uses ``address`` as the identity sent in the handshake and
+        # for the "who dials" ordering; keep it the node id.
+        return self.id
+
+    @property
+    def host(self) -> str:
+        return self._routes[self.id].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self._routes[self.id].rsplit(":", 1)[1])
+
+    @property
+    def ip(self) -> str:
+        return str(globalDnsResolver().resolve(self.host))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RoutedNode) and self.id == other.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"RoutedNode({self.id!r} via {self._routes.get(self.id)})"
+
+
+class CoordTransport(TCPTransport):  # type: ignore[misc]
+    """TCPTransport + cluster-id handshake, ack gating and catch-up vote filtering.
+
+    pysyncobj constructs the transport itself, so its settings are class
+    attributes: the node binds them in a subclass made for it.
+    """
+
+    cluster_id: str = ""
+    is_durable: Callable[[], bool] = staticmethod(lambda: True)
+    catching_up: Callable[[], bool] = staticmethod(lambda: False)
+    on_peer_disconnected: Callable[[Any], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._held: list[tuple[Any, Any]] = []
+        super().__init__(*args, **kwargs)
+
+    # -- handshake -------------------------------------------------------------
+
+    def _sendSelfAddress(self, conn: Any) -> None:  # noqa: N802 (pysyncobj's name)
+        conn.send(f"{self.cluster_id}/{self._selfNode.address}")
+
+    def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:  # noqa: N802
+        if self._syncObj.encryptor and not conn.sendRandKey:
+            super()._onIncomingMessageReceived(conn, message)
+            return
+        if isinstance(message, str) and "/" in message:
+            cluster, node_id = message.rsplit("/", 1)
+            if cluster != self.cluster_id:
+                logger.error(
+                    "refused a raft connection from %r of cluster %r: this node is in cluster "
+                    "%r (a node started on another cluster's data dir?)",
+                    node_id, cluster, self.cluster_id,
+                )
+                conn.disconnect()
+                self._unknownConnections.discard(conn)
+                return
+            message = node_id
+        elif not isinstance(message, list):  # utility messages are lists
+            logger.warning("refused a raft connection that did not identify its cluster")
+            conn.disconnect()
+            self._unknownConnections.discard(conn)
+            return
+        super()._onIncomingMessageReceived(conn, message)
+
+    # -- acks after fsync ------------------------------------------------------
+
+    def send(self, node: Any, message: Any) -> bool:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "next_node_idx" and (self._held or not self.is_durable()):
+            self._held.append((node, message))
+            return True
+        if kind == "request_vote" and self.catching_up():
+            return False
+        return bool(super().send(node, message))
+
+    def flush_held(self) -> None:
+        """Send the acknowledgements held back until the journal was synced."""
+        held, self._held = self._held, []
+        for node, message in held:
+            super().send(node, message)
+
+    # -- inbound filtering -----------------------------------------------------
+
+    def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        if (
+            isinstance(message, dict)
+            and message.get("type") == "request_vote"
+            and self.catching_up()
+        ):
+            return  # a blank node must not vote: it may not hold committed entries
+        super()._onMessageReceived(node, message)
+
+    def _onNodeDisconnected(self, node: Any) -> None:  # noqa: N802
+        super()._onNodeDisconnected(node)
+        if self.on_peer_disconnected is not None:
+            self.on_peer_disconnected(node)

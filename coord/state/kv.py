@@ -1,0 +1,87 @@
+"""The key-value store: put, delete, range by prefix, compare-and-set on revision.
+
+Keys are kept sorted (``SortedDict``) so a prefix range is a slice, not a scan.
+Values are stored as immutable ``KeyValue`` protobufs that are never mutated
+after insertion, so a reader holding one sees a consistent record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sortedcontainers import SortedDict
+
+from coord.errors import InvalidArgument
+from coord.state import limits
+from coord.v1 import kv_pb2
+
+
+def validate_key(key: bytes, *, allow_empty: bool = False) -> None:
+    """Raise InvalidArgument for an empty (unless allowed) or oversized key."""
+    if not key and not allow_empty:
+        raise InvalidArgument("key is empty: give a non-empty key")
+    if len(key) > limits.MAX_KEY_BYTES:
+        raise InvalidArgument(
+            f"key is {len(key)} bytes, the limit is {limits.MAX_KEY_BYTES}: use a shorter key"
+        )
+
+
+def validate_value(value: bytes) -> None:
+    """Raise InvalidArgument for an oversized value."""
+    if len(value) > limits.MAX_VALUE_BYTES:
+        raise InvalidArgument(
+            f"value is {len(value)} bytes, the limit is {limits.MAX_VALUE_BYTES}: "
+            "keep large blobs elsewhere and store a reference"
+        )
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
+    b = bytearray(prefix)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return None
+
+
+class KVStore:
+    """Sorted map of key -> KeyValue. Mutations take the new revision from the caller."""
+
+    def __init__(self) -> None:
+        self._data: SortedDict = SortedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: bytes) -> kv_pb2.KeyValue | None:
+        kv: kv_pb2.KeyValue | None = self._data.get(key)
+        return kv
+
+    def put(self, key: bytes, value: bytes, revision: int) -> kv_pb2.KeyValue:
+        prev = self.get(key)
+        kv = kv_pb2.KeyValue(
+            key=key,
+            value=value,
+            create_revision=prev.create_revision if prev else revision,
+            mod_revision=revision,
+            version=(prev.version + 1) if prev else 1,
+        )
+        self._data[key] = kv
+        return kv
+
+    def delete(self, key: bytes) -> kv_pb2.KeyValue | None:
+        kv: kv_pb2.KeyValue | None = self._data.pop(key, None)
+        return kv
+
+    def keys_with_prefix(self, prefix: bytes) -> Iterator[bytes]:
+        end = prefix_end(prefix)
+        keys: Iterator[bytes] = self._data.irange(minimum=prefix, maximum=end, inclusive=(True, False))
+        return keys
+
+    def items(self) -> Iterator[kv_pb2.KeyValue]:
+        return iter(self._data.values())
+
+    def load(self, kvs: list[kv_pb2.KeyValue]) -> None:
+        self._data = SortedDict((kv.key, kv) for kv in kvs)

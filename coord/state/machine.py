@@ -1,0 +1,217 @@
+"""StateMachine: the deterministic core every replica runs.
+
+Threading: ``apply``/``restore`` are called by the Raft tick thread only;
+readers on other threads must hold the lock the Raft layer provides around
+``apply`` (see ``coord.raft.node``). This module takes no locks itself.
+
+Invariants:
+- ``apply`` never raises; every failure is a ``CommandResult`` with an
+  ``error_reason`` (an exception inside a pysyncobj replicated method wedges
+  the whole cluster).
+- ``revision`` grows by exactly one per state change; a compare-and-set miss
+  or a retried request changes nothing.
+- A command whose ``request_id`` is among the last ``DEDUPE_ENTRIES`` applied
+  returns the first result and changes nothing.
+- ``restore(snapshot())`` yields an equal state.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+from collections import OrderedDict
+
+from coord.errors import CoordError, Internal, InvalidArgument
+from coord.state import limits
+from coord.state.kv import KVStore, validate_key, validate_value
+from coord.v1 import kv_pb2, raft_pb2
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_MAGIC = b"COORDSM\x00"
+SNAPSHOT_FORMAT_VERSION = 1
+_HEADER = struct.Struct("<8sII")  # magic, format version, crc32 of the body
+
+
+class SnapshotError(Exception):
+    """A snapshot could not be decoded: corrupt, truncated or of a foreign format."""
+
+
+class StateMachine:
+    """KV store + dedupe table + cluster identity, driven by serialized Commands."""
+
+    def __init__(self) -> None:
+        self.cluster_id = ""
+        self.node_ids: list[str] = []
+        self.revision = 0
+        self.last_time_ms = 0
+        self.kv = KVStore()
+        self._dedupe: OrderedDict[str, raft_pb2.CommandResult] = OrderedDict()
+
+    # -- apply -----------------------------------------------------------------
+
+    def apply(self, data: bytes) -> raft_pb2.CommandResult:
+        """Apply one serialized Command. Never raises."""
+        try:
+            cmd = raft_pb2.Command.FromString(data)
+        except Exception:  # a malformed entry must not wedge the cluster
+            logger.error("undecodable command of %d bytes skipped", len(data))
+            return _error(InvalidArgument("undecodable command"))
+        if cmd.request_id:
+            seen = self._dedupe.get(cmd.request_id)
+            if seen is not None:
+                return seen
+        self.last_time_ms = max(self.last_time_ms, cmd.time_ms)
+        try:
+            result = self._dispatch(cmd)
+        except CoordError as e:
+            result = _error(e)
+        except Exception as e:  # a bug: record it, keep replicas in step
+            logger.exception("apply failed on %s", cmd.WhichOneof("op"))
+            result = _error(Internal(f"apply failed: {type(e).__name__}"))
+        result.revision = self.revision
+        if cmd.request_id:
+            self._remember(cmd.request_id, result)
+        return result
+
+    def _dispatch(self, cmd: raft_pb2.Command) -> raft_pb2.CommandResult:
+        op = cmd.WhichOneof("op")
+        if op == "put":
+            return self._put(cmd.put)
+        if op == "delete":
+            return self._delete(cmd.delete)
+        if op == "bootstrap":
+            return self._bootstrap(cmd.bootstrap)
+        if op == "noop":
+            return raft_pb2.CommandResult()
+        raise InvalidArgument(f"unknown command {op!r}: is this node running an older version?")
+
+    def _remember(self, request_id: str, result: raft_pb2.CommandResult) -> None:
+        if len(request_id) > limits.MAX_REQUEST_ID_CHARS:
+            return
+        self._dedupe[request_id] = result
+        while len(self._dedupe) > limits.DEDUPE_ENTRIES:
+            self._dedupe.popitem(last=False)
+
+    def _bump(self) -> int:
+        self.revision += 1
+        return self.revision
+
+    # -- commands --------------------------------------------------------------
+
+    def _bootstrap(self, req: raft_pb2.Bootstrap) -> raft_pb2.CommandResult:
+        if not self.cluster_id:
+            self.cluster_id = req.cluster_id
+            self.node_ids = sorted(req.node_ids)
+            self._bump()
+        return raft_pb2.CommandResult()
+
+    def _put(self, req: kv_pb2.PutRequest) -> raft_pb2.CommandResult:
+        validate_key(req.key)
+        validate_value(req.value)
+        prev = self.kv.get(req.key)
+        resp = kv_pb2.PutResponse(succeeded=True)
+        if req.HasField("expected_mod_revision") and not _matches(prev, req.expected_mod_revision):
+            resp.succeeded = False
+            if prev is not None:
+                resp.kv.CopyFrom(prev)
+            return raft_pb2.CommandResult(put=resp)
+        kv = self.kv.put(req.key, req.value, self._bump())
+        resp.kv.CopyFrom(kv)
+        if req.prev_kv and prev is not None:
+            resp.prev_kv.CopyFrom(prev)
+        return raft_pb2.CommandResult(put=resp)
+
+    def _delete(self, req: kv_pb2.DeleteRequest) -> raft_pb2.CommandResult:
+        validate_key(req.key, allow_empty=req.prefix)
+        if req.prefix and req.HasField("expected_mod_revision"):
+            raise InvalidArgument("expected_mod_revision needs a single key, not a prefix")
+        keys = list(self.kv.keys_with_prefix(req.key)) if req.prefix else [req.key]
+        resp = kv_pb2.DeleteResponse(succeeded=True)
+        if req.HasField("expected_mod_revision") and not _matches(
+            self.kv.get(req.key), req.expected_mod_revision
+        ):
+            resp.succeeded = False
+            return raft_pb2.CommandResult(delete=resp)
+        removed = [kv for kv in (self.kv.delete(k) for k in keys) if kv is not None]
+        if removed:
+            self._bump()
+        resp.deleted = len(removed)
+        if req.prev_kv:
+            resp.prev_kvs.extend(removed)
+        return raft_pb2.CommandResult(delete=resp)
+
+    # -- reads (caller holds the apply lock) -----------------------------------
+
+    def range(self, key: bytes, prefix: bool, limit: int) -> tuple[list[kv_pb2.KeyValue], int]:
+        """Return up to ``limit`` matching records and the total count."""
+        validate_key(key, allow_empty=prefix)
+        if not prefix:
+            kv = self.kv.get(key)
+            return ([kv] if kv is not None else []), (1 if kv is not None else 0)
+        cap = min(limit, limits.MAX_RANGE_KEYS) if limit > 0 else limits.MAX_RANGE_KEYS
+        out: list[kv_pb2.KeyValue] = []
+        count = 0
+        for k in self.kv.keys_with_prefix(key):
+            count += 1
+            if len(out) < cap:
+                kv = self.kv.get(k)
+                assert kv is not None
+                out.append(kv)
+        return out, count
+
+    # -- snapshots -------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Serialize the whole state: header (magic, version, crc32) + protobuf body."""
+        snap = raft_pb2.StateSnapshot(
+            cluster_id=self.cluster_id,
+            revision=self.revision,
+            last_time_ms=self.last_time_ms,
+            node_ids=self.node_ids,
+        )
+        snap.kvs.extend(self.kv.items())
+        for rid, res in self._dedupe.items():
+            snap.dedupe.add(request_id=rid, result=res)
+        body = snap.SerializeToString(deterministic=True)
+        return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, zlib.crc32(body)) + body
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot. Raises SnapshotError, changing nothing."""
+        snap = decode_snapshot(data)
+        self.cluster_id = snap.cluster_id
+        self.node_ids = list(snap.node_ids)
+        self.revision = snap.revision
+        self.last_time_ms = snap.last_time_ms
+        self.kv.load(list(snap.kvs))
+        self._dedupe = OrderedDict((d.request_id, d.result) for d in snap.dedupe)
+
+
+def decode_snapshot(data: bytes) -> raft_pb2.StateSnapshot:
+    """Check header and checksum, then decode. Raises SnapshotError with a clear message."""
+    if len(data) < _HEADER.size:
+        raise SnapshotError(f"snapshot truncated: {len(data)} bytes is shorter than its header")
+    magic, version, crc = _HEADER.unpack_from(data)
+    if magic != SNAPSHOT_MAGIC:
+        raise SnapshotError("not a coord state snapshot (bad magic)")
+    if version != SNAPSHOT_FORMAT_VERSION:
+        raise SnapshotError(
+            f"snapshot format {version} is not supported (this build reads "
+            f"{SNAPSHOT_FORMAT_VERSION}): use a matching coord version"
+        )
+    body = data[_HEADER.size :]
+    if zlib.crc32(body) != crc:
+        raise SnapshotError("snapshot checksum mismatch: the file is corrupt or truncated")
+    try:
+        return raft_pb2.StateSnapshot.FromString(body)
+    except Exception as e:
+        raise SnapshotError(f"snapshot body does not decode: {e}") from e
+
+
+def _matches(prev: kv_pb2.KeyValue | None, expected: int) -> bool:
+    return (prev.mod_revision if prev is not None else 0) == expected
+
+
+def _error(e: CoordError) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(error_reason=e.reason, error_message=e.message)
