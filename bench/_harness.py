@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import ctypes
 import json
 import math
 import os
@@ -267,7 +266,6 @@ class EndpointRotator:
 # Subprocess management
 # --------------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
 _live_groups: set[ProcessGroup] = set()
 _hooks_installed = False
 
@@ -296,23 +294,19 @@ def _install_exit_hooks() -> None:
     # SIGINT's default handler raises KeyboardInterrupt, which runs atexit.
 
 
-def _child_preexec(set_pdeathsig: bool) -> Callable[[], None] | None:
-    """Make the child die with SIGKILL if the parent dies (Linux only).
+def _with_pdeathsig(argv: list[str]) -> list[str]:
+    """Wrap ``argv`` so the child gets SIGKILL if this process dies abruptly.
 
-    PDEATHSIG fires when the *thread* that forked exits, so it is only used
-    when spawning from the main thread.
+    Uses util-linux ``setpriv --pdeathsig`` (which then execs the command, so
+    the PID is the server's) rather than a ``preexec_fn``: a preexec_fn forces
+    a real fork() while gRPC threads are running, whereas without it Python
+    spawns with vfork. PDEATHSIG fires when the *thread* that spawned the
+    child exits, so it is only used when spawning from the main thread.
     """
-    if not set_pdeathsig or not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    return preexec
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return argv
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
 @dataclass
@@ -371,15 +365,13 @@ class ProcessGroup:
         m.log_file.write(f"\n=== start #{m.starts} {time.time():.3f}: {' '.join(m.argv)}\n".encode())
         m.log_file.flush()
         env = None if m.env is None else {**os.environ, **m.env}
-        preexec = _child_preexec(threading.current_thread() is threading.main_thread())
         m.proc = subprocess.Popen(
-            m.argv,
+            _with_pdeathsig(m.argv),
             stdin=subprocess.DEVNULL,
             stdout=m.log_file,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=preexec,  # noqa: PLW1509 - only calls prctl
         )
         m.paused = False
 

@@ -165,6 +165,10 @@ class DurableJournal:
         self._store_meta()
         os.close(self._fd)
 
+    def close(self) -> None:
+        """Close without writing anything (read-only inspection)."""
+        os.close(self._fd)
+
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
         if self._meta.get("commit_index") != raftCommitIndex:
             self._meta["commit_index"] = raftCommitIndex

@@ -198,19 +198,31 @@ class RaftNode:
 
         Concurrent callers share barriers: at most one is in flight, and callers
         arriving meanwhile share the next one (proposed after they arrived).
+        Each caller gets its own future, so cancelling it affects no one else.
         """
         with self._barrier_lock:
             if self._barrier_inflight is None:
-                fut: Future[None] = Future()
-                self._barrier_inflight = (fut, time.monotonic())
+                shared: Future[None] = Future()
+                self._barrier_inflight = (shared, time.monotonic())
                 start = True
             else:
                 if self._barrier_next is None:
                     self._barrier_next = Future()
-                fut, start = self._barrier_next, False
+                shared, start = self._barrier_next, False
+        mine: Future[None] = Future()
+
+        def relay(src: Future[None]) -> None:
+            if mine.set_running_or_notify_cancel():
+                exc = src.exception()
+                if exc is None:
+                    mine.set_result(None)
+                else:
+                    mine.set_exception(exc)
+
+        shared.add_done_callback(relay)
         if start:
-            self._start_barrier(fut)
-        return fut
+            self._start_barrier(shared)
+        return mine
 
     def _start_barrier(self, fut: Future[None]) -> None:
         def done(res: Future[raft_pb2.CommandResult]) -> None:

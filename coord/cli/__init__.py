@@ -1,0 +1,1 @@
+"""Command-line tools: ``coord`` (serve, dev cluster) and ``coordctl`` (operations)."""

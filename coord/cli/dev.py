@@ -1,0 +1,212 @@
+"""``coord dev``: a local cluster of separate processes with a live view.
+
+Commands typed while it runs (one per line): ``kill N`` (kill -9 node N, or
+``kill leader``), ``stop N``, ``start N``, ``restart N``, ``pause N`` /
+``resume N`` (SIGSTOP/SIGCONT), ``put KEY VALUE``, ``demo``, ``help``, ``quit``.
+Ctrl-C stops every node and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+from collections import deque
+
+import click
+
+from coord import errors
+from coord.cli.output import table
+from coord.client import Client
+from coord.testing import LocalCluster, wait_until
+from coord.v1 import cluster_pb2
+
+ROLE = {cluster_pb2.ROLE_LEADER: "LEADER", cluster_pb2.ROLE_CANDIDATE: "candidate"}
+
+
+class DevConsole:
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.events: deque[str] = deque(maxlen=12)
+        self.tty = sys.stdout.isatty()
+        self.stop = threading.Event()
+        self._leader: str | None = None
+        self._lost_at: float | None = None
+        self._lock = threading.Lock()
+
+    def note(self, msg: str) -> None:
+        line = time.strftime("%H:%M:%S ") + msg
+        with self._lock:
+            self.events.append(line)
+        if not self.tty:
+            click.echo(line)
+
+    # -- live view -------------------------------------------------------------
+
+    def watch(self) -> None:
+        while not self.stop.is_set():
+            sts = self.cluster.statuses()
+            self._track_leader(sts)
+            if self.tty:
+                self._draw(sts)
+            self.stop.wait(0.25)
+
+    def _track_leader(self, sts: list[cluster_pb2.StatusResponse | None]) -> None:
+        i = self.cluster.leader_index()
+        leader = self.cluster.nodes[i].node_id if i is not None else None
+        if leader == self._leader:
+            return
+        now = time.monotonic()
+        if leader is None:
+            self._lost_at = now
+            self.note(f"no leader (was {self._leader})")
+        else:
+            term = next((s.term for s in sts if s and s.node_id == leader), 0)
+            took = f" after {1000 * (now - self._lost_at):.0f} ms without one" if self._lost_at else ""
+            self.note(f"leader is {leader} (term {term}){took}")
+            self._lost_at = None
+        self._leader = leader
+
+    def _draw(self, sts: list[cluster_pb2.StatusResponse | None]) -> None:
+        rows = []
+        for node, st in zip(self.cluster.nodes, sts, strict=True):
+            pid = node.proc.pid if node.proc else "-"
+            if st is None:
+                state = "paused" if node.paused else "DOWN"
+                rows.append([node.index, node.node_id, node.api, pid, state, "-", "-", "-", "-"])
+            else:
+                rows.append([node.index, node.node_id, node.api, pid, ROLE.get(st.role, "follower"),
+                             st.term, st.leader_id or "-", st.applied_index, st.revision])
+        out = ["\x1b[H\x1b[2J", f"coord dev: {len(self.cluster.nodes)} nodes in "
+               f"{self.cluster.base_dir}   (Ctrl-C to stop)\n",
+               table(["#", "ID", "API", "PID", "ROLE", "TERM", "LEADER", "APPLIED", "REV"], rows),
+               "\nevents:"]
+        with self._lock:
+            out += ["  " + e for e in self.events]
+        out.append("\ncommands: kill N|leader, stop N, start N, restart N, pause N, resume N, "
+                   "put K V, demo, quit")
+        out.append(f"coordctl --endpoints {','.join(self.cluster.endpoints)} status\n> ")
+        sys.stdout.write("\n".join(out))
+        sys.stdout.flush()
+
+    # -- commands --------------------------------------------------------------
+
+    def handle(self, line: str) -> bool:
+        parts = line.split()
+        if not parts:
+            return True
+        cmd, args = parts[0].lower(), parts[1:]
+        if cmd in ("quit", "exit", "q"):
+            return False
+        try:
+            if cmd == "put" and len(args) == 2:
+                with Client(self.cluster.endpoints, timeout_s=5) as c:
+                    r = c.put(args[0], args[1])
+                self.note(f"put {args[0]} -> revision {r.kv.mod_revision}")
+            elif cmd == "demo":
+                threading.Thread(target=run_demo, args=(self.cluster, self.note), daemon=True).start()
+            elif cmd in ("kill", "stop", "start", "restart", "pause", "resume") and len(args) == 1:
+                self._node_command(cmd, args[0])
+            else:
+                self.note(f"unknown command {line!r}; try: kill N|leader, start N, put K V, quit")
+        except (errors.CoordError, ValueError, IndexError) as e:
+            self.note(f"{cmd} failed: {e}")
+        return True
+
+    def _node_command(self, cmd: str, which: str) -> None:
+        if which == "leader":
+            i = self.cluster.leader_index()
+            if i is None:
+                raise ValueError("no leader right now")
+        else:
+            i = int(which.removeprefix("n")) - 1 if which.startswith("n") else int(which)
+            if not 0 <= i < len(self.cluster.nodes):
+                raise IndexError(f"no node {which}")
+        node_id = self.cluster.nodes[i].node_id
+        action = {"kill": self.cluster.kill, "stop": self.cluster.stop,
+                  "start": self.cluster.start, "restart": self.cluster.restart,
+                  "pause": self.cluster.pause, "resume": self.cluster.resume}[cmd]
+        action(i)
+        self.note(f"{cmd} {node_id}" + (" (kill -9)" if cmd == "kill" else ""))
+
+
+def run_demo(cluster: LocalCluster, say: callable = click.echo) -> bool:  # type: ignore[valid-type]
+    """Scripted failover: write, kill -9 the leader, time the first good write, restart, verify."""
+    say("demo: waiting for a leader")
+    leader = cluster.wait_for_leader(timeout=30)
+    with Client(cluster.endpoints, timeout_s=15) as c:
+        for i in range(50):
+            c.put(f"demo/{i:03d}", f"value-{i}")
+        say(f"demo: wrote 50 keys; leader is {cluster.nodes[leader].node_id}; kill -9 it now")
+        t0 = time.monotonic()
+        cluster.kill(leader)
+        c.put("demo/after-failover", "ok")
+        took = time.monotonic() - t0
+        new = cluster.wait_for_leader(timeout=30, exclude=leader)
+        say(f"demo: new leader {cluster.nodes[new].node_id}; first write after the kill "
+            f"succeeded in {1000 * took:.0f} ms")
+        cluster.start(leader)
+        target = c.status(endpoint=cluster.nodes[new].api).applied_index
+        cluster.wait_applied(target, timeout=30, nodes=[leader])
+        with Client([cluster.nodes[leader].api], timeout_s=10) as one:
+            got = one.range("demo/", prefix=True, serializable=True)
+        ok = got.count == 51
+        say(f"demo: {cluster.nodes[leader].node_id} restarted from its data dir and caught up: "
+            f"{got.count}/51 keys present -> {'OK' if ok else 'MISSING KEYS'}")
+    return ok
+
+
+def _token(data_dir: str) -> str:
+    path = os.path.join(data_dir, "cluster-token")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    token = "dev-" + secrets.token_hex(6)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(token)
+    return token
+
+
+def run_dev(n: int, base_port: int | None, data_dir: str, demo: bool, exit_after_demo: bool,
+            fresh: bool) -> None:
+    if fresh:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    os.makedirs(data_dir, exist_ok=True)
+    cluster = LocalCluster(n, base_dir=os.path.abspath(data_dir), base_port=base_port,
+                           token=_token(data_dir))
+    console = DevConsole(cluster)
+    cluster.start()
+    click.echo(f"coord dev: {n} nodes, data in {cluster.base_dir}")
+    for node in cluster.nodes:
+        click.echo(f"  {node.node_id}: api {node.api}  raft {node.raft}  log {node.log_path}")
+    click.echo(f"try: coordctl --endpoints {','.join(cluster.endpoints)} status")
+    ok = True
+    try:
+        try:
+            cluster.wait_for_leader(timeout=30)
+        except TimeoutError as e:
+            click.echo(f"coord dev: {e}\n{cluster.logs()}", err=True)
+            raise SystemExit(1) from None
+        if demo:
+            ok = run_demo(cluster, console.note if console.tty else click.echo)
+            if exit_after_demo or not sys.stdin.isatty():
+                return
+        viewer = threading.Thread(target=console.watch, daemon=True)
+        viewer.start()
+        for line in sys.stdin:
+            if not console.handle(line):
+                break
+        else:
+            wait_until(lambda: console.stop.is_set(), float("inf"), "Ctrl-C")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.stop.set()
+        click.echo("\ncoord dev: stopping the nodes")
+        for node in cluster.nodes:
+            cluster.stop(node.index)
+    if not ok:
+        raise SystemExit(1)

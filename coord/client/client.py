@@ -1,0 +1,275 @@
+"""The public client: endpoint list, leader discovery, retries with jitter, typed errors.
+
+Every write carries a request id, so a retry after an ambiguous failure (the
+leader died mid-write, a timeout) applies at most once and returns the first
+result. Writes and linearizable reads go to the leader when it is known (no
+forwarding hop); any node would answer them, forwarding to the leader.
+
+Thread-safety: a Client may be shared between threads.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+import grpc
+
+from coord import errors
+from coord.client.errors import translate
+from coord.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+T = TypeVar("T")
+
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_send_message_length", 4 * 1024 * 1024),
+]
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
+    """``"a:1,b:2"`` or a list -> ``["a:1", "b:2"]``; rejects an empty list."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    out = [e.strip().removeprefix("http://") for e in items if e.strip()]
+    if not out:
+        raise errors.InvalidArgument("no endpoints: give at least one host:port")
+    return out
+
+
+class Client:
+    """A coord cluster client.
+
+    ``timeout_s`` bounds a whole call including retries; ``attempt_timeout_s``
+    bounds one attempt on one endpoint.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        timeout_s: float = 10.0,
+        attempt_timeout_s: float = 2.0,
+    ) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._preferred: str | None = None  # the leader's API address, when known
+        self._next = random.randrange(len(self.endpoints))
+
+    # -- plumbing --------------------------------------------------------------
+
+    def channel(self, endpoint: str) -> grpc.Channel:
+        with self._lock:
+            ch = self._channels.get(endpoint)
+            if ch is None:
+                ch = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+                self._channels[endpoint] = ch
+            return ch
+
+    def close(self) -> None:
+        with self._lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _candidates(self, prefer_leader: bool) -> Iterator[str]:
+        """Endpoints to try, leader first when known, then round-robin, forever."""
+        while True:
+            if prefer_leader and self._preferred:
+                yield self._preferred
+            with self._lock:
+                ep = self.endpoints[self._next % len(self.endpoints)]
+                self._next += 1
+            yield ep
+
+    def call(
+        self,
+        fn: Callable[[grpc.Channel, float], T],
+        prefer_leader: bool = True,
+        endpoint: str | None = None,
+    ) -> T:
+        """Run ``fn(channel, attempt_timeout)`` with retries of retryable errors.
+
+        With ``endpoint``, talk to that node only (no retries elsewhere).
+        """
+        deadline = time.monotonic() + self.timeout_s
+        if prefer_leader and not endpoint and self._preferred is None:
+            self._discover()
+        delay = 0.01
+        last: errors.CoordError | None = None
+        candidates = iter([endpoint]) if endpoint else self._candidates(prefer_leader)
+        for ep in candidates:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                result = fn(self.channel(ep), min(self.attempt_timeout_s, remaining))
+            except grpc.RpcError as rpc_err:
+                err = rpc_err.err if isinstance(rpc_err, _RetryableRpc) else translate(rpc_err, ep)
+                if not err.retryable or endpoint:
+                    raise err from None
+                last = err
+                self._learn_leader(err, ep)
+                time.sleep(min(random.uniform(0, delay), max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, 0.25)
+                continue
+            return result
+        raise errors.Unavailable(
+            f"no endpoint of {self.endpoints} answered within {self.timeout_s:.1f} s"
+            + (f"; last error: {last.message}" if last else "")
+            + ": check that a majority of the cluster is up"
+        )
+
+    def _discover(self) -> None:
+        """Ask nodes, briefly, who leads; remember the answer (best effort)."""
+        for ep in self.endpoints:
+            try:
+                resp = cluster_pb2_grpc.ClusterStub(self.channel(ep)).GetLeader(
+                    cluster_pb2.GetLeaderRequest(), timeout=0.3
+                )
+            except grpc.RpcError:
+                continue
+            if resp.leader_api_address:
+                self._preferred = resp.leader_api_address
+                return
+
+    def _learn_leader(self, err: errors.CoordError, ep: str) -> None:
+        hint = getattr(err, "leader_hint", "")
+        if hint and hint != ep:
+            self._preferred = hint
+        elif ep == self._preferred:
+            self._preferred = None  # the leader we knew failed: rediscover
+
+    def _note_leader(self, address: str) -> None:
+        if address:
+            self._preferred = address
+
+    # -- cluster ---------------------------------------------------------------
+
+    def status(self, endpoint: str | None = None) -> cluster_pb2.StatusResponse:
+        """Status of one node (``endpoint``), or of whichever node answers first."""
+        return self.call(
+            lambda ch, t: cluster_pb2_grpc.ClusterStub(ch).Status(
+                cluster_pb2.StatusRequest(), timeout=t
+            ),
+            prefer_leader=False,
+            endpoint=endpoint,
+        )
+
+    def leader(self) -> cluster_pb2.GetLeaderResponse:
+        """The current leader, as seen by a node that knows one (retries while electing)."""
+
+        def ask(ch: grpc.Channel, t: float) -> cluster_pb2.GetLeaderResponse:
+            resp: cluster_pb2.GetLeaderResponse = cluster_pb2_grpc.ClusterStub(ch).GetLeader(
+                cluster_pb2.GetLeaderRequest(), timeout=t
+            )
+            if not resp.leader_id:
+                raise _RetryableRpc(errors.NoLeader("no leader elected yet"))
+            return resp
+
+        resp = self.call(ask, prefer_leader=False)
+        self._note_leader(resp.leader_api_address)
+        return resp
+
+    def nodes(self) -> cluster_pb2.ListNodesResponse:
+        return self.call(
+            lambda ch, t: cluster_pb2_grpc.ClusterStub(ch).ListNodes(
+                cluster_pb2.ListNodesRequest(), timeout=t
+            ),
+            prefer_leader=True,
+        )
+
+    def watch_leader(self, endpoint: str | None = None) -> Iterator[cluster_pb2.LeaderEvent]:
+        """Stream leader changes as seen by one node (no retries: re-call to resume)."""
+        ep = endpoint or self.endpoints[0]
+        stream = cluster_pb2_grpc.ClusterStub(self.channel(ep)).WatchLeader(
+            cluster_pb2.WatchLeaderRequest()
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as e:
+            raise translate(e, ep) from None
+
+    # -- KV --------------------------------------------------------------------
+
+    def put(
+        self,
+        key: bytes | str,
+        value: bytes | str,
+        expected_mod_revision: int | None = None,
+        prev_kv: bool = False,
+        request_id: str | None = None,
+    ) -> kv_pb2.PutResponse:
+        """Put ``key``; with ``expected_mod_revision``, only if it matches (0: absent)."""
+        req = kv_pb2.PutRequest(
+            key=_b(key), value=_b(value), prev_kv=prev_kv, request_id=request_id or _rid()
+        )
+        if expected_mod_revision is not None:
+            req.expected_mod_revision = expected_mod_revision
+        return self._kv(lambda s, t: s.Put(req, timeout=t))
+
+    def get(self, key: bytes | str, serializable: bool = False) -> kv_pb2.KeyValue | None:
+        """One key's record, or None."""
+        resp = self.range(key, serializable=serializable)
+        return resp.kvs[0] if resp.kvs else None
+
+    def range(
+        self,
+        key: bytes | str,
+        prefix: bool = False,
+        limit: int = 0,
+        serializable: bool = False,
+        keys_only: bool = False,
+    ) -> kv_pb2.RangeResponse:
+        req = kv_pb2.RangeRequest(
+            key=_b(key), prefix=prefix, limit=limit, serializable=serializable, keys_only=keys_only
+        )
+        return self._kv(lambda s, t: s.Range(req, timeout=t), prefer_leader=not serializable)
+
+    def delete(
+        self,
+        key: bytes | str,
+        prefix: bool = False,
+        expected_mod_revision: int | None = None,
+        prev_kv: bool = False,
+        request_id: str | None = None,
+    ) -> kv_pb2.DeleteResponse:
+        req = kv_pb2.DeleteRequest(
+            key=_b(key), prefix=prefix, prev_kv=prev_kv, request_id=request_id or _rid()
+        )
+        if expected_mod_revision is not None:
+            req.expected_mod_revision = expected_mod_revision
+        return self._kv(lambda s, t: s.Delete(req, timeout=t))
+
+    def _kv(self, fn: Callable[[kv_pb2_grpc.KVStub, float], T], prefer_leader: bool = True) -> T:
+        return self.call(lambda ch, t: fn(kv_pb2_grpc.KVStub(ch), t), prefer_leader=prefer_leader)
+
+
+class _RetryableRpc(grpc.RpcError):
+    """A failure found in a successful RPC's answer that is worth another try."""
+
+    def __init__(self, err: errors.CoordError) -> None:
+        self.err = err
+
+
+def _rid() -> str:
+    return uuid.uuid4().hex
+
+
+def _b(v: bytes | str) -> bytes:
+    return v.encode() if isinstance(v, str) else v

@@ -1,0 +1,1 @@
+"""One coord node: thin gRPC servicers over the Raft node, and the wiring."""

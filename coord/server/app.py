@@ -1,0 +1,156 @@
+"""Wiring for one node: data dir checks, Raft, the gRPC server, health, shutdown.
+
+Start-up decides whether this node may vote (DESIGN.md: never a blank node that
+votes): a node with Raft history votes; a blank node joins as a catching-up node
+when told ``existing``, or when told ``new`` but a peer already reports a
+cluster with history (a wiped node restarted with its bootstrap flags, or a
+node that was simply late to the bootstrap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from coord.config import NodeConfig
+from coord.errors import Unavailable
+from coord.raft import datadir
+from coord.raft.node import RaftNode, View
+from coord.server.cluster_service import ClusterService
+from coord.server.context import NodeContext
+from coord.server.kv_service import KVService
+from coord.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVICES = (
+    kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
+    cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
+)
+
+
+def probe_peers_for_history(cfg: NodeConfig, timeout_s: float = 0.7) -> str | None:
+    """Ask the other members' APIs whether the cluster already has Raft history.
+
+    Returns a description of the first peer that does (same cluster id, term > 0).
+    """
+    others = [p for p in cfg.peers if p.id != cfg.node_id]
+
+    def ask(peer_id: str, address: str) -> str | None:
+        try:
+            with grpc.insecure_channel(address) as ch:
+                st = cluster_pb2_grpc.ClusterStub(ch).Status(
+                    cluster_pb2.StatusRequest(), timeout=timeout_s
+                )
+        except grpc.RpcError:
+            return None
+        if st.header.cluster_id == cfg.cluster_id and st.term > 0:
+            return f"peer {peer_id} at term {st.term}, applied index {st.applied_index}"
+        return None
+
+    if not others:
+        return None
+    with ThreadPoolExecutor(len(others)) as pool:
+        answers = list(pool.map(lambda p: ask(p.id, p.api_address), others))
+    return next((a for a in answers if a), None)
+
+
+def decide_catch_up(cfg: NodeConfig, blank: bool) -> bool:
+    if not blank:
+        return False
+    if cfg.initial_cluster_state == "existing":
+        logger.info("blank data dir joining an existing cluster: no vote until caught up")
+        return True
+    seen = probe_peers_for_history(cfg)
+    if seen:
+        logger.warning(
+            "data dir %s is blank but cluster %s already has history (%s): joining as a "
+            "catching-up node that does not vote until it holds the leader's log",
+            cfg.data_dir, cfg.cluster_id, seen,
+        )
+        return True
+    logger.info("bootstrapping new cluster %s with %s", cfg.cluster_id, [p.id for p in cfg.peers])
+    return False
+
+
+class NodeServer:
+    """A running node: Raft member plus gRPC API."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        blank = datadir.prepare(cfg)
+        self.raft = RaftNode(cfg, catch_up=decide_catch_up(cfg, blank))
+        self.ctx = NodeContext(cfg, self.raft)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        kv_pb2_grpc.add_KVServicer_to_server(KVService(self.ctx), server)
+        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.ctx), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        try:
+            server.add_insecure_port(self.cfg.bind_api)
+        except RuntimeError as e:
+            raise Unavailable(
+                f"cannot listen on {self.cfg.bind_api} for the client API ({e}): is another "
+                "process using the port?"
+            ) from e
+        await server.start()
+        self.server = server
+        loop = asyncio.get_running_loop()
+        self.raft.add_listener(lambda v: loop.call_soon_threadsafe(self._set_health, v))
+        self._set_health(self.raft.view)
+        logger.info(
+            "node %s serving the API on %s, raft on %s (cluster %s)",
+            self.cfg.node_id, self.cfg.bind_api, self.cfg.bind_raft, self.cfg.cluster_id,
+        )
+
+    def _set_health(self, view: View) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if view.leader_id
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICES):
+            asyncio.ensure_future(self.health.set(name, status))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        await asyncio.get_running_loop().run_in_executor(None, self.raft.close)
+
+
+async def _run(cfg: NodeConfig) -> None:
+    node = NodeServer(cfg)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("stopping node %s", cfg.node_id)
+    await node.stop()
+
+
+def serve(cfg: NodeConfig) -> None:
+    """Run a node until SIGINT/SIGTERM."""
+    asyncio.run(_run(cfg))

@@ -1,0 +1,68 @@
+"""NodeContext: what every servicer needs from the node (raft, config, headers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from coord import errors
+from coord.config import NodeConfig
+from coord.raft.node import RaftNode
+from coord.v1 import common_pb2, raft_pb2
+
+
+class NodeContext:
+    """Shared by the servicers of one node; used on the asyncio loop thread."""
+
+    def __init__(self, cfg: NodeConfig, raft: RaftNode) -> None:
+        self.cfg = cfg
+        self.raft = raft
+        self._api = {p.id: p.api_address for p in cfg.peers}
+
+    def api_address(self, node_id: str) -> str:
+        return self._api.get(node_id, "")
+
+    def leader_hint(self) -> tuple[str, str]:
+        leader = self.raft.view.leader_id
+        return leader, self.api_address(leader)
+
+    def header(self, revision: int | None = None, serializable: bool = False) -> common_pb2.ResponseHeader:
+        view = self.raft.view
+        return common_pb2.ResponseHeader(
+            cluster_id=self.cfg.cluster_id,
+            node_id=self.cfg.node_id,
+            term=view.term,
+            revision=self.raft.state.revision if revision is None else revision,
+            serializable=serializable,
+            applied_index=view.applied_index,
+        )
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        limit = self.cfg.request_timeout_s
+        return limit if remaining is None else max(0.0, min(limit, remaining))
+
+    async def write(
+        self, cmd: raft_pb2.Command, context: grpc.aio.ServicerContext
+    ) -> raft_pb2.CommandResult:
+        """Propose ``cmd`` and wait for its result; raise its error if it carries one."""
+        fut = asyncio.wrap_future(self.raft.propose(cmd))
+        try:
+            result = await asyncio.wait_for(fut, self._timeout(context))
+        except TimeoutError:
+            raise errors.OutcomeUnknown(
+                "the write did not commit in time (no quorum?): retry with the same request id"
+            ) from None
+        if result.error_reason:
+            raise errors.from_reason(result.error_reason, result.error_message)
+        return result
+
+    async def linearize(self, context: grpc.aio.ServicerContext) -> None:
+        """Wait until this node's state includes every write committed before the call."""
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.raft.barrier()), self._timeout(context))
+        except TimeoutError:
+            raise errors.Unavailable(
+                "linearizable read timed out (no quorum?): retry, or read with serializable=true"
+            ) from None

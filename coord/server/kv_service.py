@@ -1,0 +1,93 @@
+"""KV servicer: validates input, proposes writes, serves reads after a barrier."""
+
+from __future__ import annotations
+
+import grpc
+
+from coord import errors
+from coord.server.context import NodeContext
+from coord.server.status import abort
+from coord.state.kv import validate_key, validate_value
+from coord.state.limits import MAX_REQUEST_ID_CHARS
+from coord.state.machine import StateMachine
+from coord.v1 import kv_pb2, kv_pb2_grpc, raft_pb2
+
+
+def _check_request_id(rid: str) -> None:
+    if len(rid) > MAX_REQUEST_ID_CHARS:
+        raise errors.InvalidArgument(
+            f"request_id is {len(rid)} characters, the limit is {MAX_REQUEST_ID_CHARS}"
+        )
+
+
+class KVService(kv_pb2_grpc.KVServicer):
+    def __init__(self, node: NodeContext) -> None:
+        self.node = node
+
+    async def Put(  # noqa: N802 (gRPC method name)
+        self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.PutResponse:
+        try:
+            validate_key(request.key)
+            validate_value(request.value)
+            _check_request_id(request.request_id)
+            result = await self.node.write(
+                raft_pb2.Command(request_id=request.request_id, put=request), context
+            )
+        except errors.CoordError as e:
+            await abort(context, e, self.node.leader_hint())
+        resp = result.put
+        resp.header.CopyFrom(self.node.header(revision=result.revision))
+        return resp
+
+    async def Delete(  # noqa: N802
+        self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.DeleteResponse:
+        try:
+            validate_key(request.key, allow_empty=request.prefix)
+            _check_request_id(request.request_id)
+            if request.prefix and request.HasField("expected_mod_revision"):
+                raise errors.InvalidArgument(
+                    "expected_mod_revision needs a single key: drop prefix, or the condition"
+                )
+            result = await self.node.write(
+                raft_pb2.Command(request_id=request.request_id, delete=request), context
+            )
+        except errors.CoordError as e:
+            await abort(context, e, self.node.leader_hint())
+        resp = result.delete
+        resp.header.CopyFrom(self.node.header(revision=result.revision))
+        return resp
+
+    async def Range(  # noqa: N802
+        self, request: kv_pb2.RangeRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.RangeResponse:
+        try:
+            validate_key(request.key, allow_empty=request.prefix)
+            if request.limit < 0:
+                raise errors.InvalidArgument("limit must be >= 0 (0: the server maximum)")
+            if not request.serializable:
+                await self.node.linearize(context)
+
+            def read(state: StateMachine) -> tuple[list[kv_pb2.KeyValue], int, int]:
+                kvs, count = state.range(request.key, request.prefix, request.limit)
+                return kvs, count, state.revision
+
+            kvs, count, revision = self.node.raft.read(read)
+        except errors.CoordError as e:
+            await abort(context, e, self.node.leader_hint())
+        resp = kv_pb2.RangeResponse(count=count, more=count > len(kvs))
+        resp.header.CopyFrom(
+            self.node.header(revision=revision, serializable=request.serializable)
+        )
+        if request.keys_only:
+            resp.kvs.extend(
+                kv_pb2.KeyValue(
+                    key=kv.key, create_revision=kv.create_revision,
+                    mod_revision=kv.mod_revision, version=kv.version,
+                )
+                for kv in kvs
+            )
+        else:
+            resp.kvs.extend(kvs)
+        return resp

@@ -1,0 +1,269 @@
+"""LocalCluster: a cluster of real ``coord serve`` processes on 127.0.0.1.
+
+Used by ``coord dev``, by coord's own integration tests and benchmarks, and
+by other projects' tests::
+
+    with LocalCluster(3) as c:
+        c.wait_for_leader()
+        c.client().put("k", "v")
+        c.kill(c.leader_index())
+
+Each node is a subprocess with its own data dir and log file. Waits have
+deadlines and say what they waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from coord import errors
+from coord.client import Client
+from coord.v1 import cluster_pb2
+
+T = TypeVar("T")
+
+
+def free_ports(n: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (bound once, then released)."""
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def wait_until(
+    pred: Callable[[], T | None], timeout: float, what: str, interval: float = 0.01
+) -> T:
+    """Poll ``pred`` until it returns a truthy value; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = pred()
+            if value:
+                return value
+        except Exception as e:  # a probe failing is just "not yet"
+            last_exc = e
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_exc})" if last_exc else ""
+            raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+@dataclass
+class NodeProc:
+    """One node: its id, addresses, data dir, and process (None when down)."""
+
+    index: int
+    node_id: str
+    api: str
+    raft: str
+    data_dir: str
+    log_path: str
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class LocalCluster:
+    """N ``coord serve`` processes on 127.0.0.1 free ports (or from ``base_port``)."""
+
+    def __init__(
+        self,
+        n: int = 3,
+        base_dir: str | None = None,
+        base_port: int | None = None,
+        fsync: bool = True,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> None:
+        if n not in (1, 3, 5):
+            raise errors.InvalidArgument(f"a local cluster has 1, 3 or 5 nodes, not {n}")
+        self._own_dir = base_dir is None
+        self.base_dir = base_dir or tempfile.mkdtemp(prefix="coord-cluster-")
+        os.makedirs(self.base_dir, exist_ok=True)
+        ports = (
+            [base_port + i for i in range(2 * n)] if base_port is not None else free_ports(2 * n)
+        )
+        self.token = token or f"local-{os.path.basename(self.base_dir)}"
+        self.fsync = fsync
+        self.extra_args = list(extra_args)
+        self.env = {**os.environ, **(env or {})}
+        self.nodes = [
+            NodeProc(
+                index=i,
+                node_id=f"n{i + 1}",
+                api=f"127.0.0.1:{ports[2 * i]}",
+                raft=f"127.0.0.1:{ports[2 * i + 1]}",
+                data_dir=os.path.join(self.base_dir, f"n{i + 1}"),
+                log_path=os.path.join(self.base_dir, f"n{i + 1}.log"),
+            )
+            for i in range(n)
+        ]
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def command(self, i: int, state: str = "new") -> list[str]:
+        node = self.nodes[i]
+        cmd = [
+            sys.executable, "-m", "coord.cli.coord_main", "serve",
+            "--node-id", node.node_id,
+            "--data-dir", node.data_dir,
+            "--cluster-token", self.token,
+            "--initial-cluster-state", state,
+        ]
+        for p in self.nodes:
+            cmd += ["--peer", f"{p.node_id}={p.raft},{p.api}"]
+        if not self.fsync:
+            cmd.append("--no-fsync")
+        return cmd + self.extra_args + node.extra_args
+
+    def start(self, i: int | None = None, state: str = "new") -> None:
+        """Start every node (or node ``i``)."""
+        for node in self.nodes if i is None else [self.nodes[i]]:
+            if node.running:
+                continue
+            log = open(node.log_path, "ab")  # noqa: SIM115 (owned by the process)
+            node.proc = subprocess.Popen(
+                self.command(node.index, state),
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            )
+            log.close()
+            node.paused = False
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (default kill -9) to node ``i`` and reap it."""
+        node = self.nodes[i]
+        if node.proc is None:
+            return
+        if node.paused:
+            node.proc.send_signal(signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            node.proc.send_signal(sig)
+        try:
+            node.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            node.proc.kill()
+            node.proc.wait(timeout=5)
+        node.proc = None
+        node.paused = False
+
+    def stop(self, i: int) -> None:
+        """Graceful stop (SIGTERM)."""
+        self.kill(i, signal.SIGTERM)
+
+    def restart(self, i: int, state: str = "new") -> None:
+        self.kill(i)
+        self.start(i, state)
+
+    def pause(self, i: int) -> None:
+        """SIGSTOP node ``i`` (a hung process: sockets stay open)."""
+        node = self.nodes[i]
+        if node.proc is not None:
+            node.proc.send_signal(signal.SIGSTOP)
+            node.paused = True
+
+    def resume(self, i: int) -> None:
+        node = self.nodes[i]
+        if node.proc is not None and node.paused:
+            node.proc.send_signal(signal.SIGCONT)
+            node.paused = False
+
+    def close(self) -> None:
+        for node in self.nodes:
+            self.kill(node.index, signal.SIGKILL)
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- observation -----------------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [n.api for n in self.nodes]
+
+    def client(self, **kwargs: float) -> Client:
+        return Client(self.endpoints, **kwargs)
+
+    def status(self, i: int, timeout: float = 0.5) -> cluster_pb2.StatusResponse | None:
+        """Node ``i``'s status, or None when it does not answer."""
+        if not self.nodes[i].running or self.nodes[i].paused:
+            return None
+        try:
+            with Client([self.nodes[i].api], timeout_s=timeout, attempt_timeout_s=timeout) as c:
+                return c.status(endpoint=self.nodes[i].api)
+        except errors.CoordError:
+            return None
+
+    def statuses(self) -> list[cluster_pb2.StatusResponse | None]:
+        return [self.status(i) for i in range(len(self.nodes))]
+
+    def leader_index(self) -> int | None:
+        """Index of the node that says it leads and that every live node agrees on."""
+        sts = [s for s in self.statuses() if s is not None]
+        leaders = {s.node_id for s in sts if s.role == cluster_pb2.ROLE_LEADER}
+        if len(leaders) != 1:
+            return None
+        (lid,) = leaders
+        if any(s.leader_id != lid for s in sts):
+            return None
+        return next(n.index for n in self.nodes if n.node_id == lid)
+
+    def wait_for_leader(self, timeout: float = 20.0, exclude: int | None = None) -> int:
+        """Wait until all live nodes agree on one leader (other than ``exclude``)."""
+
+        def agreed() -> int | None:
+            i = self.leader_index()
+            return None if i is None or i == exclude else i + 1  # +1: index 0 is falsy
+
+        return wait_until(agreed, timeout, "one leader that every live node agrees on") - 1
+
+    def wait_applied(self, index: int, timeout: float = 20.0, nodes: Sequence[int] | None = None) -> None:
+        """Wait until the given nodes (default: all running) applied at least ``index``."""
+        targets = list(nodes) if nodes is not None else [n.index for n in self.nodes if n.running]
+
+        def caught_up() -> bool:
+            sts = [self.status(i) for i in targets]
+            return all(s is not None and s.applied_index >= index for s in sts)
+
+        wait_until(caught_up, timeout, f"nodes {targets} to apply index {index}")
+
+    def log(self, i: int) -> str:
+        try:
+            with open(self.nodes[i].log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def logs(self) -> str:
+        return "\n".join(f"----- {n.node_id} ({n.log_path}) -----\n{self.log(n.index)}"
+                         for n in self.nodes)
