@@ -129,11 +129,18 @@ class LocalCluster:
     def command(self, i: int, state: str = "new") -> list[str]:
         node = self.nodes[i]
         cmd = [
-            sys.executable, "-m", "coord.cli.coord_main", "serve",
-            "--node-id", node.node_id,
-            "--data-dir", node.data_dir,
-            "--cluster-token", self.token,
-            "--initial-cluster-state", state,
+            sys.executable,
+            "-m",
+            "coord.cli.coord_main",
+            "serve",
+            "--node-id",
+            node.node_id,
+            "--data-dir",
+            node.data_dir,
+            "--cluster-token",
+            self.token,
+            "--initial-cluster-state",
+            state,
         ]
         for p in self.nodes:
             cmd += ["--peer", f"{p.node_id}={p.raft},{p.api}"]
@@ -149,7 +156,10 @@ class LocalCluster:
             log = open(node.log_path, "ab")  # noqa: SIM115 (owned by the process)
             node.proc = subprocess.Popen(
                 self.command(node.index, state),
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
             )
             log.close()
             node.paused = False
@@ -247,7 +257,9 @@ class LocalCluster:
 
         return wait_until(agreed, timeout, "one leader that every live node agrees on") - 1
 
-    def wait_applied(self, index: int, timeout: float = 20.0, nodes: Sequence[int] | None = None) -> None:
+    def wait_applied(
+        self, index: int, timeout: float = 20.0, nodes: Sequence[int] | None = None
+    ) -> None:
         """Wait until the given nodes (default: all running) applied at least ``index``."""
         targets = list(nodes) if nodes is not None else [n.index for n in self.nodes if n.running]
 
@@ -265,5 +277,6 @@ class LocalCluster:
             return ""
 
     def logs(self) -> str:
-        return "\n".join(f"----- {n.node_id} ({n.log_path}) -----\n{self.log(n.index)}"
-                         for n in self.nodes)
+        return "\n".join(
+            f"----- {n.node_id} ({n.log_path}) -----\n{self.log(n.index)}" for n in self.nodes
+        )

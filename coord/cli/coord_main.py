@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -10,13 +11,16 @@ import click
 from coord import config, errors
 from coord.cli.output import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, CLIError
 
-_TIMING_FLAGS = [f.name for f in config.dataclasses.fields(config.RaftTimings)]
+_TIMING_FLAGS = [f.name for f in dataclasses.fields(config.RaftTimings)]
 
 
 def _timing_options(fn: Any) -> Any:
     for name in reversed(_TIMING_FLAGS):
         fn = click.option(
-            "--" + name.replace("_", "-"), name, type=float, default=None,
+            "--" + name.replace("_", "-"),
+            name,
+            type=float,
+            default=None,
             help=f"Raft timing {name} (see the configuration reference).",
         )(fn)
     return fn
@@ -29,29 +33,50 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              envvar="COORD_CONFIG", help="YAML configuration file.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="COORD_CONFIG",
+    help="YAML configuration file.",
+)
 @click.option("--node-id", default=None, help="This node's stable id (e.g. n1).")
 @click.option("--data-dir", default=None, help="Directory for this node's journal and snapshots.")
-@click.option("--peer", "peers", multiple=True,
-              help="A member as ID=RAFT_HOST:PORT,API_HOST:PORT; repeat for every member.")
-@click.option("--cluster-token", default=None, help="Mixed into the cluster id; unique per cluster.")
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    help="A member as ID=RAFT_HOST:PORT,API_HOST:PORT; repeat for every member.",
+)
+@click.option(
+    "--cluster-token", default=None, help="Mixed into the cluster id; unique per cluster."
+)
 @click.option("--initial-cluster-state", type=click.Choice(["new", "existing"]), default=None)
-@click.option("--cluster-secret", default=None,
-              help="Secret for Raft traffic; required when Raft binds beyond loopback.")
+@click.option(
+    "--cluster-secret",
+    default=None,
+    help="Secret for Raft traffic; required when Raft binds beyond loopback.",
+)
 @click.option("--listen-raft", default=None, help="Raft bind address (default: own peer entry).")
 @click.option("--listen-api", default=None, help="API bind address (default: own peer entry).")
-@click.option("--raft-route", "routes", multiple=True,
-              help="Dial a peer's Raft port elsewhere: ID=HOST:PORT (proxies, NAT).")
-@click.option("--fsync/--no-fsync", default=None,
-              help="fsync the journal before acknowledging writes (default on).")
+@click.option(
+    "--raft-route",
+    "routes",
+    multiple=True,
+    help="Dial a peer's Raft port elsewhere: ID=HOST:PORT (proxies, NAT).",
+)
+@click.option(
+    "--fsync/--no-fsync",
+    default=None,
+    help="fsync the journal before acknowledging writes (default on).",
+)
 @click.option("--request-timeout-s", type=float, default=None)
 @click.option("--log-compaction-entries", type=int, default=None)
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-              default=None)
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)
 @_timing_options
-def serve(config_file: str | None, peers: tuple[str, ...], routes: tuple[str, ...],
-          **flags: Any) -> None:
+def serve(
+    config_file: str | None, peers: tuple[str, ...], routes: tuple[str, ...], **flags: Any
+) -> None:
     """Run one coord node in the foreground until SIGINT/SIGTERM."""
     try:
         layer: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
@@ -78,16 +103,28 @@ def serve(config_file: str | None, peers: tuple[str, ...], routes: tuple[str, ..
 
 @main.command()
 @click.option("--nodes", "n", type=click.Choice(["3", "5"]), default="3", show_default=True)
-@click.option("--base-port", type=click.IntRange(1024, 65000), default=None,
-              help="First port; node i uses base+2i (API) and base+2i+1 (Raft). Default: free ports.")
-@click.option("--data-dir", default=".coord-dev", show_default=True,
-              help="Parent directory of the nodes' data dirs (kept across runs).")
-@click.option("--demo", is_flag=True,
-              help="Run a scripted failover (write, kill -9 the leader, measure, restart).")
+@click.option(
+    "--base-port",
+    type=click.IntRange(1024, 65000),
+    default=None,
+    help="First port; node i uses base+2i (API) and base+2i+1 (Raft). Default: free ports.",
+)
+@click.option(
+    "--data-dir",
+    default=".coord-dev",
+    show_default=True,
+    help="Parent directory of the nodes' data dirs (kept across runs).",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Run a scripted failover (write, kill -9 the leader, measure, restart).",
+)
 @click.option("--exit-after-demo", is_flag=True, help="Stop the cluster once the demo is done.")
 @click.option("--fresh", is_flag=True, help="Wipe --data-dir first.")
-def dev(n: str, base_port: int | None, data_dir: str, demo: bool, exit_after_demo: bool,
-        fresh: bool) -> None:
+def dev(
+    n: str, base_port: int | None, data_dir: str, demo: bool, exit_after_demo: bool, fresh: bool
+) -> None:
     """A local cluster of separate processes with a live view of leader and nodes."""
     from coord.cli.dev import run_dev
 

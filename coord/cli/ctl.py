@@ -47,12 +47,20 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 @click.group()
 @click.option(
-    "--endpoints", envvar="COORDCTL_ENDPOINTS", default="127.0.0.1:2379", show_default=True,
+    "--endpoints",
+    envvar="COORDCTL_ENDPOINTS",
+    default="127.0.0.1:2379",
+    show_default=True,
     help="Comma-separated client API addresses of the cluster's nodes.",
 )
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
-@click.option("--timeout", type=float, default=10.0, show_default=True,
-              help="Seconds for a whole command, retries included.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds for a whole command, retries included.",
+)
 @click.version_option(package_name="coord")
 @click.pass_context
 def main(ctx: click.Context, endpoints: str, output: str, timeout: float) -> None:
@@ -63,8 +71,12 @@ def main(ctx: click.Context, endpoints: str, output: str, timeout: float) -> Non
 
 
 def _header(h: common_pb2.ResponseHeader) -> dict[str, Any]:
-    return {"cluster_id": h.cluster_id, "node_id": h.node_id, "term": h.term,
-            "revision": h.revision}
+    return {
+        "cluster_id": h.cluster_id,
+        "node_id": h.node_id,
+        "term": h.term,
+        "revision": h.revision,
+    }
 
 
 @main.command()
@@ -72,7 +84,8 @@ def _header(h: common_pb2.ResponseHeader) -> dict[str, Any]:
 @handles_errors
 def status(ctx: Ctx) -> None:
     """Status of every endpoint (a row per node; unreachable ones say so)."""
-    rows, data = [], []
+    rows: list[list[object]] = []
+    data: list[dict[str, object]] = []
     for ep in ctx.client.endpoints:
         try:
             st = ctx.client.status(endpoint=ep)
@@ -81,15 +94,39 @@ def status(ctx: Ctx) -> None:
             data.append({"endpoint": ep, "error": e.message})
             continue
         role = ROLE_NAMES.get(st.role, "follower")
-        rows.append([ep, st.node_id, role, st.term, st.leader_id or "-", st.commit_index,
-                     st.applied_index, st.revision])
-        data.append({"endpoint": ep, "node_id": st.node_id, "role": role, "term": st.term,
-                     "leader": st.leader_id, "commit_index": st.commit_index,
-                     "applied_index": st.applied_index, "revision": st.revision,
-                     "has_quorum": st.has_quorum, "version": st.version,
-                     "cluster_id": st.header.cluster_id})
-    emit(ctx.output, data,
-         ["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "REVISION"], rows)
+        rows.append(
+            [
+                ep,
+                st.node_id,
+                role,
+                st.term,
+                st.leader_id or "-",
+                st.commit_index,
+                st.applied_index,
+                st.revision,
+            ]
+        )
+        data.append(
+            {
+                "endpoint": ep,
+                "node_id": st.node_id,
+                "role": role,
+                "term": st.term,
+                "leader": st.leader_id,
+                "commit_index": st.commit_index,
+                "applied_index": st.applied_index,
+                "revision": st.revision,
+                "has_quorum": st.has_quorum,
+                "version": st.version,
+                "cluster_id": st.header.cluster_id,
+            }
+        )
+    emit(
+        ctx.output,
+        data,
+        ["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "REVISION"],
+        rows,
+    )
     if all("error" in d for d in data):
         raise CLIError("no endpoint answered", 4)
 
@@ -100,11 +137,16 @@ def status(ctx: Ctx) -> None:
 def leader(ctx: Ctx) -> None:
     """The current leader (waits out an election in progress, up to --timeout)."""
     resp = ctx.client.leader()
-    emit(ctx.output,
-         {"leader_id": resp.leader_id, "api_address": resp.leader_api_address,
-          "header": _header(resp.header)},
-         ["LEADER", "API ADDRESS", "TERM"],
-         [[resp.leader_id, resp.leader_api_address, resp.header.term]])
+    emit(
+        ctx.output,
+        {
+            "leader_id": resp.leader_id,
+            "api_address": resp.leader_api_address,
+            "header": _header(resp.header),
+        },
+        ["LEADER", "API ADDRESS", "TERM"],
+        [[resp.leader_id, resp.leader_api_address, resp.header.term]],
+    )
 
 
 @main.command()
@@ -113,10 +155,26 @@ def leader(ctx: Ctx) -> None:
 def nodes(ctx: Ctx) -> None:
     """The cluster's members, as the answering node sees them."""
     resp = ctx.client.nodes()
-    data = [{"id": n.id, "api_address": n.api_address, "raft_address": n.raft_address,
-             "connected": n.connected, "leader": n.is_leader} for n in resp.nodes]
-    rows = [[n.id, n.api_address, n.raft_address, "yes" if n.connected else "no",
-             "*" if n.is_leader else ""] for n in resp.nodes]
+    data = [
+        {
+            "id": n.id,
+            "api_address": n.api_address,
+            "raft_address": n.raft_address,
+            "connected": n.connected,
+            "leader": n.is_leader,
+        }
+        for n in resp.nodes
+    ]
+    rows = [
+        [
+            n.id,
+            n.api_address,
+            n.raft_address,
+            "yes" if n.connected else "no",
+            "*" if n.is_leader else "",
+        ]
+        for n in resp.nodes
+    ]
     emit(ctx.output, data, ["ID", "API", "RAFT", "CONNECTED", "LEADER"], rows)
 
 
@@ -126,23 +184,36 @@ def kv() -> None:
 
 
 def _kv_dict(k: kv_pb2.KeyValue) -> dict[str, Any]:
-    return {"key": text(k.key), "value": text(k.value), "create_revision": k.create_revision,
-            "mod_revision": k.mod_revision, "version": k.version}
+    return {
+        "key": text(k.key),
+        "value": text(k.value),
+        "create_revision": k.create_revision,
+        "mod_revision": k.mod_revision,
+        "version": k.version,
+    }
 
 
 @kv.command("put")
 @click.argument("key")
 @click.argument("value")
-@click.option("--expect-rev", type=int, default=None,
-              help="Compare-and-set: write only if the key's mod revision is this (0: absent).")
+@click.option(
+    "--expect-rev",
+    type=int,
+    default=None,
+    help="Compare-and-set: write only if the key's mod revision is this (0: absent).",
+)
 @pass_ctx
 @handles_errors
 def kv_put(ctx: Ctx, key: str, value: str, expect_rev: int | None) -> None:
     """Set KEY to VALUE."""
     resp = ctx.client.put(key, value, expected_mod_revision=expect_rev)
     data = {"succeeded": resp.succeeded, "kv": _kv_dict(resp.kv), "header": _header(resp.header)}
-    emit(ctx.output, data, ["RESULT", "KEY", "MOD_REVISION"],
-         [["OK" if resp.succeeded else "CONFLICT", key, resp.kv.mod_revision]])
+    emit(
+        ctx.output,
+        data,
+        ["RESULT", "KEY", "MOD_REVISION"],
+        [["OK" if resp.succeeded else "CONFLICT", key, resp.kv.mod_revision]],
+    )
     if not resp.succeeded:
         raise CLIError(
             f"compare-and-set failed: {key!r} is at mod revision {resp.kv.mod_revision}", 6
@@ -174,10 +245,18 @@ def kv_ls(ctx: Ctx, prefix: str, limit: int) -> None:
 
 
 def _print_kvs(ctx: Ctx, resp: kv_pb2.RangeResponse) -> None:
-    data = {"kvs": [_kv_dict(k) for k in resp.kvs], "count": resp.count, "more": resp.more,
-            "header": _header(resp.header)}
-    emit(ctx.output, data, ["KEY", "VALUE", "MOD_REVISION", "VERSION"],
-         [[text(k.key), text(k.value), k.mod_revision, k.version] for k in resp.kvs])
+    data = {
+        "kvs": [_kv_dict(k) for k in resp.kvs],
+        "count": resp.count,
+        "more": resp.more,
+        "header": _header(resp.header),
+    }
+    emit(
+        ctx.output,
+        data,
+        ["KEY", "VALUE", "MOD_REVISION", "VERSION"],
+        [[text(k.key), text(k.value), k.mod_revision, k.version] for k in resp.kvs],
+    )
 
 
 @kv.command("del")
@@ -189,8 +268,11 @@ def _print_kvs(ctx: Ctx, resp: kv_pb2.RangeResponse) -> None:
 def kv_del(ctx: Ctx, key: str, prefix: bool, expect_rev: int | None) -> None:
     """Delete KEY (or a prefix)."""
     resp = ctx.client.delete(key, prefix=prefix, expected_mod_revision=expect_rev)
-    emit(ctx.output, {"deleted": resp.deleted, "succeeded": resp.succeeded,
-                      "header": _header(resp.header)},
-         ["DELETED"], [[resp.deleted]])
+    emit(
+        ctx.output,
+        {"deleted": resp.deleted, "succeeded": resp.succeeded, "header": _header(resp.header)},
+        ["DELETED"],
+        [[resp.deleted]],
+    )
     if not resp.succeeded:
         raise CLIError(f"compare-and-delete failed for {key!r}", 6)

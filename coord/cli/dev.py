@@ -15,13 +15,14 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import click
 
 from coord import errors
 from coord.cli.output import table
 from coord.client import Client
-from coord.testing import LocalCluster, wait_until
+from coord.testing import LocalCluster
 from coord.v1 import cluster_pb2
 
 ROLE = {cluster_pb2.ROLE_LEADER: "LEADER", cluster_pb2.ROLE_CANDIDATE: "candidate"}
@@ -65,7 +66,9 @@ class DevConsole:
             self.note(f"no leader (was {self._leader})")
         else:
             term = next((s.term for s in sts if s and s.node_id == leader), 0)
-            took = f" after {1000 * (now - self._lost_at):.0f} ms without one" if self._lost_at else ""
+            took = (
+                f" after {1000 * (now - self._lost_at):.0f} ms without one" if self._lost_at else ""
+            )
             self.note(f"leader is {leader} (term {term}){took}")
             self._lost_at = None
         self._leader = leader
@@ -78,16 +81,32 @@ class DevConsole:
                 state = "paused" if node.paused else "DOWN"
                 rows.append([node.index, node.node_id, node.api, pid, state, "-", "-", "-", "-"])
             else:
-                rows.append([node.index, node.node_id, node.api, pid, ROLE.get(st.role, "follower"),
-                             st.term, st.leader_id or "-", st.applied_index, st.revision])
-        out = ["\x1b[H\x1b[2J", f"coord dev: {len(self.cluster.nodes)} nodes in "
-               f"{self.cluster.base_dir}   (Ctrl-C to stop)\n",
-               table(["#", "ID", "API", "PID", "ROLE", "TERM", "LEADER", "APPLIED", "REV"], rows),
-               "\nevents:"]
+                rows.append(
+                    [
+                        node.index,
+                        node.node_id,
+                        node.api,
+                        pid,
+                        ROLE.get(st.role, "follower"),
+                        st.term,
+                        st.leader_id or "-",
+                        st.applied_index,
+                        st.revision,
+                    ]
+                )
+        out = [
+            "\x1b[H\x1b[2J",
+            f"coord dev: {len(self.cluster.nodes)} nodes in "
+            f"{self.cluster.base_dir}   (Ctrl-C to stop)\n",
+            table(["#", "ID", "API", "PID", "ROLE", "TERM", "LEADER", "APPLIED", "REV"], rows),
+            "\nevents:",
+        ]
         with self._lock:
             out += ["  " + e for e in self.events]
-        out.append("\ncommands: kill N|leader, stop N, start N, restart N, pause N, resume N, "
-                   "put K V, demo, quit")
+        out.append(
+            "\ncommands: kill N|leader, stop N, start N, restart N, pause N, resume N, "
+            "put K V, demo, quit"
+        )
         out.append(f"coordctl --endpoints {','.join(self.cluster.endpoints)} status\n> ")
         sys.stdout.write("\n".join(out))
         sys.stdout.flush()
@@ -107,7 +126,9 @@ class DevConsole:
                     r = c.put(args[0], args[1])
                 self.note(f"put {args[0]} -> revision {r.kv.mod_revision}")
             elif cmd == "demo":
-                threading.Thread(target=run_demo, args=(self.cluster, self.note), daemon=True).start()
+                threading.Thread(
+                    target=run_demo, args=(self.cluster, self.note), daemon=True
+                ).start()
             elif cmd in ("kill", "stop", "start", "restart", "pause", "resume") and len(args) == 1:
                 self._node_command(cmd, args[0])
             else:
@@ -126,14 +147,19 @@ class DevConsole:
             if not 0 <= i < len(self.cluster.nodes):
                 raise IndexError(f"no node {which}")
         node_id = self.cluster.nodes[i].node_id
-        action = {"kill": self.cluster.kill, "stop": self.cluster.stop,
-                  "start": self.cluster.start, "restart": self.cluster.restart,
-                  "pause": self.cluster.pause, "resume": self.cluster.resume}[cmd]
+        action = {
+            "kill": self.cluster.kill,
+            "stop": self.cluster.stop,
+            "start": self.cluster.start,
+            "restart": self.cluster.restart,
+            "pause": self.cluster.pause,
+            "resume": self.cluster.resume,
+        }[cmd]
         action(i)
         self.note(f"{cmd} {node_id}" + (" (kill -9)" if cmd == "kill" else ""))
 
 
-def run_demo(cluster: LocalCluster, say: callable = click.echo) -> bool:  # type: ignore[valid-type]
+def run_demo(cluster: LocalCluster, say: Callable[[str], None] = click.echo) -> bool:
     """Scripted failover: write, kill -9 the leader, time the first good write, restart, verify."""
     say("demo: waiting for a leader")
     leader = cluster.wait_for_leader(timeout=30)
@@ -146,16 +172,20 @@ def run_demo(cluster: LocalCluster, say: callable = click.echo) -> bool:  # type
         c.put("demo/after-failover", "ok")
         took = time.monotonic() - t0
         new = cluster.wait_for_leader(timeout=30, exclude=leader)
-        say(f"demo: new leader {cluster.nodes[new].node_id}; first write after the kill "
-            f"succeeded in {1000 * took:.0f} ms")
+        say(
+            f"demo: new leader {cluster.nodes[new].node_id}; first write after the kill "
+            f"succeeded in {1000 * took:.0f} ms"
+        )
         cluster.start(leader)
         target = c.status(endpoint=cluster.nodes[new].api).applied_index
         cluster.wait_applied(target, timeout=30, nodes=[leader])
         with Client([cluster.nodes[leader].api], timeout_s=10) as one:
             got = one.range("demo/", prefix=True, serializable=True)
         ok = got.count == 51
-        say(f"demo: {cluster.nodes[leader].node_id} restarted from its data dir and caught up: "
-            f"{got.count}/51 keys present -> {'OK' if ok else 'MISSING KEYS'}")
+        say(
+            f"demo: {cluster.nodes[leader].node_id} restarted from its data dir and caught up: "
+            f"{got.count}/51 keys present -> {'OK' if ok else 'MISSING KEYS'}"
+        )
     return ok
 
 
@@ -170,13 +200,15 @@ def _token(data_dir: str) -> str:
     return token
 
 
-def run_dev(n: int, base_port: int | None, data_dir: str, demo: bool, exit_after_demo: bool,
-            fresh: bool) -> None:
+def run_dev(
+    n: int, base_port: int | None, data_dir: str, demo: bool, exit_after_demo: bool, fresh: bool
+) -> None:
     if fresh:
         shutil.rmtree(data_dir, ignore_errors=True)
     os.makedirs(data_dir, exist_ok=True)
-    cluster = LocalCluster(n, base_dir=os.path.abspath(data_dir), base_port=base_port,
-                           token=_token(data_dir))
+    cluster = LocalCluster(
+        n, base_dir=os.path.abspath(data_dir), base_port=base_port, token=_token(data_dir)
+    )
     console = DevConsole(cluster)
     cluster.start()
     click.echo(f"coord dev: {n} nodes, data in {cluster.base_dir}")
@@ -200,7 +232,7 @@ def run_dev(n: int, base_port: int | None, data_dir: str, demo: bool, exit_after
             if not console.handle(line):
                 break
         else:
-            wait_until(lambda: console.stop.is_set(), float("inf"), "Ctrl-C")
+            console.stop.wait()  # stdin closed: run until Ctrl-C
     except KeyboardInterrupt:
         pass
     finally:

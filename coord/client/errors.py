@@ -23,7 +23,7 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.CoordError]] = {
 def translate(e: grpc.RpcError, endpoint: str) -> errors.CoordError:
     """Rebuild the typed error from ``coord-error`` metadata, else from the status code."""
     call = e if isinstance(e, grpc.Call) else None
-    md = dict(call.trailing_metadata() or ()) if call is not None else {}
+    md: dict[str, object] = dict(call.trailing_metadata() or ()) if call is not None else {}
     code = call.code() if call is not None else grpc.StatusCode.UNKNOWN
     details = (call.details() if call is not None else None) or str(e)
     reason = md.get("coord-error")

@@ -119,7 +119,7 @@ class DurableJournal:
     def clear(self) -> None:
         self._truncate_at(0)
 
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
         self._truncate_at(entryFrom)
 
     def _truncate_at(self, pos: int) -> None:
@@ -132,7 +132,7 @@ class DurableJournal:
         del self._offsets[pos:]
         self._dirty = True
 
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802
+    def deleteEntriesTo(self, entryTo: int) -> None:
         """Drop the prefix covered by a snapshot: rewrite the file atomically."""
         # The snapshot's rename must be durable before the entries it replaces go.
         fsync_dir(os.path.dirname(self._path) or ".")
@@ -169,27 +169,27 @@ class DurableJournal:
         """Close without writing anything (read-only inspection)."""
         os.close(self._fd)
 
-    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
         if self._meta.get("commit_index") != raftCommitIndex:
             self._meta["commit_index"] = raftCommitIndex
             self._meta_dirty = True
 
-    def getRaftCommitIndex(self) -> int:  # noqa: N802
+    def getRaftCommitIndex(self) -> int:
         return int(self._meta.get("commit_index", 1))
 
-    def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:  # noqa: N802, N803
+    def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:
         self._meta["term"] = term
         self._meta["voted_for"] = votedForNodeId
         self._store_meta()
 
-    def getCurrentTerm(self) -> int:  # noqa: N802
+    def getCurrentTerm(self) -> int:
         return int(self._meta.get("term", 0))
 
-    def getVotedForNodeId(self) -> str | None:  # noqa: N802
+    def getVotedForNodeId(self) -> str | None:
         voted: str | None = self._meta.get("voted_for")
         return voted
 
-    def onOneSecondTimer(self) -> None:  # noqa: N802
+    def onOneSecondTimer(self) -> None:
         if self._meta_dirty:
             self._store_meta()
 

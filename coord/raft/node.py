@@ -15,6 +15,7 @@ itself, only after the journal holding it was fsynced (see
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -47,10 +48,10 @@ _JOURNALS: dict[str, DurableJournal] = {}
 _orig_create_journal = _pso.createJournal
 
 
-def _create_journal(path: str | None) -> Any:
-    if path is not None and path in _JOURNALS:
-        return _JOURNALS.pop(path)
-    return _orig_create_journal(path)
+def _create_journal(journalFile: str | None = None) -> Any:
+    if journalFile is not None and journalFile in _JOURNALS:
+        return _JOURNALS.pop(journalFile)
+    return _orig_create_journal(journalFile)
 
 
 _pso.createJournal = _create_journal
@@ -91,7 +92,7 @@ class View:
     catching_up: bool = False
 
 
-class _SyncObj(SyncObj):  # type: ignore[misc]
+class _SyncObj(SyncObj):
     """The one replicated entry point. pysyncobj numbers replicated methods by
     sorted name; there is exactly one, so journals never get renumbered."""
 
@@ -99,7 +100,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]
         self._coord_apply = apply
         super().__init__(*args, **kwargs)
 
-    @replicated  # type: ignore[misc]
+    @replicated
     def apply_command(self, data: bytes) -> Any:
         return self._coord_apply(data)
 
@@ -262,10 +263,8 @@ class RaftNode:
         self._listeners.append(fn)
 
     def remove_listener(self, fn: Callable[[View], None]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._listeners.remove(fn)
-        except ValueError:
-            pass
 
     def close(self) -> None:
         self._so.destroy_synchronous()
@@ -334,7 +333,9 @@ class RaftNode:
         self._bootstrap_term = view.term
         ids = [p.id for p in self.cfg.peers]
         self.propose(
-            raft_pb2.Command(bootstrap=raft_pb2.Bootstrap(cluster_id=self.cfg.cluster_id, node_ids=ids))
+            raft_pb2.Command(
+                bootstrap=raft_pb2.Bootstrap(cluster_id=self.cfg.cluster_id, node_ids=ids)
+            )
         )
 
     def _check_barrier_timeout(self) -> None:

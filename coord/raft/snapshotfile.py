@@ -52,8 +52,12 @@ def write_dump(
 ) -> None:
     """Write the dump to ``path`` (pysyncobj renames it into place afterwards)."""
     header = json.dumps(
-        {"format": FORMAT_VERSION, "last": _entry_json(last), "prev": _entry_json(prev),
-         "nodes": node_ids}
+        {
+            "format": FORMAT_VERSION,
+            "last": _entry_json(last),
+            "prev": _entry_json(prev),
+            "nodes": node_ids,
+        }
     ).encode()
     with open(path, "wb") as f:
         f.write(MAGIC + _U32.pack(len(header)) + header + _U32.pack(zlib.crc32(state)) + state)

@@ -27,7 +27,7 @@ from pysyncobj.transport import TCPTransport
 logger = logging.getLogger(__name__)
 
 
-class RoutedNode(TCPNode):  # type: ignore[misc]
+class RoutedNode(TCPNode):
     """A Raft peer whose id is stable and whose dial address comes from ``routes``."""
 
     def __init__(self, node_id: str, routes: dict[str, str]) -> None:
@@ -41,11 +41,11 @@ class RoutedNode(TCPNode):  # type: ignore[misc]
     def address(self) -> str:
         # pysyncobj uses ``address`` as the identity sent in the handshake and
         # for the "who dials" ordering; keep it the node id.
-        return self.id
+        return str(self._id)
 
     @property
     def host(self) -> str:
-        return self._routes[self.id].rsplit(":", 1)[0]
+        return str(self._routes[self.id].rsplit(":", 1)[0])
 
     @property
     def port(self) -> int:
@@ -62,13 +62,13 @@ class RoutedNode(TCPNode):  # type: ignore[misc]
         return hash(self.id)
 
     def __str__(self) -> str:
-        return self.id
+        return str(self._id)
 
     def __repr__(self) -> str:
         return f"RoutedNode({self.id!r} via {self._routes.get(self.id)})"
 
 
-class CoordTransport(TCPTransport):  # type: ignore[misc]
+class CoordTransport(TCPTransport):
     """TCPTransport + cluster-id handshake, ack gating and catch-up vote filtering.
 
     pysyncobj constructs the transport itself, so its settings are class
@@ -86,10 +86,10 @@ class CoordTransport(TCPTransport):  # type: ignore[misc]
 
     # -- handshake -------------------------------------------------------------
 
-    def _sendSelfAddress(self, conn: Any) -> None:  # noqa: N802 (pysyncobj's name)
+    def _sendSelfAddress(self, conn: Any) -> None:
         conn.send(f"{self.cluster_id}/{self._selfNode.address}")
 
-    def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:  # noqa: N802
+    def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
         if self._syncObj.encryptor and not conn.sendRandKey:
             super()._onIncomingMessageReceived(conn, message)
             return
@@ -99,7 +99,9 @@ class CoordTransport(TCPTransport):  # type: ignore[misc]
                 logger.error(
                     "refused a raft connection from %r of cluster %r: this node is in cluster "
                     "%r (a node started on another cluster's data dir?)",
-                    node_id, cluster, self.cluster_id,
+                    node_id,
+                    cluster,
+                    self.cluster_id,
                 )
                 conn.disconnect()
                 self._unknownConnections.discard(conn)
@@ -131,7 +133,7 @@ class CoordTransport(TCPTransport):  # type: ignore[misc]
 
     # -- inbound filtering -----------------------------------------------------
 
-    def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+    def _onMessageReceived(self, node: Any, message: Any) -> None:
         if (
             isinstance(message, dict)
             and message.get("type") == "request_vote"
@@ -140,7 +142,7 @@ class CoordTransport(TCPTransport):  # type: ignore[misc]
             return  # a blank node must not vote: it may not hold committed entries
         super()._onMessageReceived(node, message)
 
-    def _onNodeDisconnected(self, node: Any) -> None:  # noqa: N802
+    def _onNodeDisconnected(self, node: Any) -> None:
         super()._onNodeDisconnected(node)
         if self.on_peer_disconnected is not None:
             self.on_peer_disconnected(node)

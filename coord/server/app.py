@@ -73,7 +73,9 @@ def decide_catch_up(cfg: NodeConfig, blank: bool) -> bool:
         logger.warning(
             "data dir %s is blank but cluster %s already has history (%s): joining as a "
             "catching-up node that does not vote until it holds the leader's log",
-            cfg.data_dir, cfg.cluster_id, seen,
+            cfg.data_dir,
+            cfg.cluster_id,
+            seen,
         )
         return True
     logger.info("bootstrapping new cluster %s with %s", cfg.cluster_id, [p.id for p in cfg.peers])
@@ -90,6 +92,7 @@ class NodeServer:
         self.ctx = NodeContext(cfg, self.raft)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         server = grpc.aio.server(
@@ -103,8 +106,11 @@ class NodeServer:
         cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.ctx), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         try:
@@ -117,11 +123,18 @@ class NodeServer:
         await server.start()
         self.server = server
         loop = asyncio.get_running_loop()
-        self.raft.add_listener(lambda v: loop.call_soon_threadsafe(self._set_health, v))
+
+        def on_change(view: View) -> None:  # tick thread
+            loop.call_soon_threadsafe(self._set_health, view)
+
+        self.raft.add_listener(on_change)
         self._set_health(self.raft.view)
         logger.info(
             "node %s serving the API on %s, raft on %s (cluster %s)",
-            self.cfg.node_id, self.cfg.bind_api, self.cfg.bind_raft, self.cfg.cluster_id,
+            self.cfg.node_id,
+            self.cfg.bind_api,
+            self.cfg.bind_raft,
+            self.cfg.cluster_id,
         )
 
     def _set_health(self, view: View) -> None:
@@ -131,7 +144,9 @@ class NodeServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", *SERVICES):
-            asyncio.ensure_future(self.health.set(name, status))
+            task = asyncio.ensure_future(self.health.set(name, status))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         if self.server is not None:

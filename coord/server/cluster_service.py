@@ -6,11 +6,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-import grpc
-
 from coord import __version__
 from coord.raft.node import ROLE_CANDIDATE, ROLE_LEADER, View
-from coord.server.context import NodeContext
+from coord.server.context import NodeContext, ServicerContext
 from coord.v1 import cluster_pb2, cluster_pb2_grpc
 
 _ROLES = {
@@ -23,8 +21,8 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     def __init__(self, node: NodeContext) -> None:
         self.node = node
 
-    async def Status(  # noqa: N802
-        self, request: cluster_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    async def Status(
+        self, request: cluster_pb2.StatusRequest, context: ServicerContext
     ) -> cluster_pb2.StatusResponse:
         view = self.node.raft.view
         return cluster_pb2.StatusResponse(
@@ -42,16 +40,16 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             uptime_s=time.monotonic() - self.node.raft.started,
         )
 
-    async def GetLeader(  # noqa: N802
-        self, request: cluster_pb2.GetLeaderRequest, context: grpc.aio.ServicerContext
+    async def GetLeader(
+        self, request: cluster_pb2.GetLeaderRequest, context: ServicerContext
     ) -> cluster_pb2.GetLeaderResponse:
         leader, address = self.node.leader_hint()
         return cluster_pb2.GetLeaderResponse(
             header=self.node.header(), leader_id=leader, leader_api_address=address
         )
 
-    async def ListNodes(  # noqa: N802
-        self, request: cluster_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    async def ListNodes(
+        self, request: cluster_pb2.ListNodesRequest, context: ServicerContext
     ) -> cluster_pb2.ListNodesResponse:
         view = self.node.raft.view
         me = self.node.cfg.node_id
@@ -66,8 +64,8 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             )
         return resp
 
-    async def WatchLeader(  # noqa: N802
-        self, request: cluster_pb2.WatchLeaderRequest, context: grpc.aio.ServicerContext
+    async def WatchLeader(
+        self, request: cluster_pb2.WatchLeaderRequest, context: ServicerContext
     ) -> AsyncIterator[cluster_pb2.LeaderEvent]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[View] = asyncio.Queue(maxsize=64)

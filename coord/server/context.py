@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 
@@ -10,6 +11,9 @@ from coord import errors
 from coord.config import NodeConfig
 from coord.raft.node import RaftNode
 from coord.v1 import common_pb2, raft_pb2
+
+# Servicers take any request/response types.
+ServicerContext = grpc.aio.ServicerContext[Any, Any]
 
 
 class NodeContext:
@@ -27,7 +31,9 @@ class NodeContext:
         leader = self.raft.view.leader_id
         return leader, self.api_address(leader)
 
-    def header(self, revision: int | None = None, serializable: bool = False) -> common_pb2.ResponseHeader:
+    def header(
+        self, revision: int | None = None, serializable: bool = False
+    ) -> common_pb2.ResponseHeader:
         view = self.raft.view
         return common_pb2.ResponseHeader(
             cluster_id=self.cfg.cluster_id,
@@ -38,13 +44,13 @@ class NodeContext:
             applied_index=view.applied_index,
         )
 
-    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+    def _timeout(self, context: ServicerContext) -> float:
         remaining = context.time_remaining()
         limit = self.cfg.request_timeout_s
         return limit if remaining is None else max(0.0, min(limit, remaining))
 
     async def write(
-        self, cmd: raft_pb2.Command, context: grpc.aio.ServicerContext
+        self, cmd: raft_pb2.Command, context: ServicerContext
     ) -> raft_pb2.CommandResult:
         """Propose ``cmd`` and wait for its result; raise its error if it carries one."""
         fut = asyncio.wrap_future(self.raft.propose(cmd))
@@ -58,7 +64,7 @@ class NodeContext:
             raise errors.from_reason(result.error_reason, result.error_message)
         return result
 
-    async def linearize(self, context: grpc.aio.ServicerContext) -> None:
+    async def linearize(self, context: ServicerContext) -> None:
         """Wait until this node's state includes every write committed before the call."""
         try:
             await asyncio.wait_for(asyncio.wrap_future(self.raft.barrier()), self._timeout(context))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import grpc
-
 from coord import errors
-from coord.server.context import NodeContext
+from coord.server.context import NodeContext, ServicerContext
 from coord.server.status import abort
 from coord.state.kv import validate_key, validate_value
 from coord.state.limits import MAX_REQUEST_ID_CHARS
@@ -24,9 +22,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     def __init__(self, node: NodeContext) -> None:
         self.node = node
 
-    async def Put(  # noqa: N802 (gRPC method name)
-        self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext
-    ) -> kv_pb2.PutResponse:
+    async def Put(self, request: kv_pb2.PutRequest, context: ServicerContext) -> kv_pb2.PutResponse:
         try:
             validate_key(request.key)
             validate_value(request.value)
@@ -40,8 +36,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         resp.header.CopyFrom(self.node.header(revision=result.revision))
         return resp
 
-    async def Delete(  # noqa: N802
-        self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    async def Delete(
+        self, request: kv_pb2.DeleteRequest, context: ServicerContext
     ) -> kv_pb2.DeleteResponse:
         try:
             validate_key(request.key, allow_empty=request.prefix)
@@ -59,8 +55,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         resp.header.CopyFrom(self.node.header(revision=result.revision))
         return resp
 
-    async def Range(  # noqa: N802
-        self, request: kv_pb2.RangeRequest, context: grpc.aio.ServicerContext
+    async def Range(
+        self, request: kv_pb2.RangeRequest, context: ServicerContext
     ) -> kv_pb2.RangeResponse:
         try:
             validate_key(request.key, allow_empty=request.prefix)
@@ -77,14 +73,14 @@ class KVService(kv_pb2_grpc.KVServicer):
         except errors.CoordError as e:
             await abort(context, e, self.node.leader_hint())
         resp = kv_pb2.RangeResponse(count=count, more=count > len(kvs))
-        resp.header.CopyFrom(
-            self.node.header(revision=revision, serializable=request.serializable)
-        )
+        resp.header.CopyFrom(self.node.header(revision=revision, serializable=request.serializable))
         if request.keys_only:
             resp.kvs.extend(
                 kv_pb2.KeyValue(
-                    key=kv.key, create_revision=kv.create_revision,
-                    mod_revision=kv.mod_revision, version=kv.version,
+                    key=kv.key,
+                    create_revision=kv.create_revision,
+                    mod_revision=kv.mod_revision,
+                    version=kv.version,
                 )
                 for kv in kvs
             )

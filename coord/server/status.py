@@ -8,7 +8,7 @@ hint where the leader is, when known.
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -18,7 +18,9 @@ logger = logging.getLogger(__name__)
 
 
 async def abort(
-    context: grpc.aio.ServicerContext, err: errors.CoordError, leader: tuple[str, str] = ("", "")
+    context: grpc.aio.ServicerContext[Any, Any],
+    err: errors.CoordError,
+    leader: tuple[str, str] = ("", ""),
 ) -> NoReturn:
     """Abort the RPC with the status for ``err`` and coord's trailing metadata."""
     md = [("coord-error", err.reason)]

@@ -77,7 +77,9 @@ class KVStore:
 
     def keys_with_prefix(self, prefix: bytes) -> Iterator[bytes]:
         end = prefix_end(prefix)
-        keys: Iterator[bytes] = self._data.irange(minimum=prefix, maximum=end, inclusive=(True, False))
+        keys: Iterator[bytes] = self._data.irange(
+            minimum=prefix, maximum=end, inclusive=(True, False)
+        )
         return keys
 
     def items(self) -> Iterator[kv_pb2.KeyValue]:

@@ -1,0 +1,51 @@
+# Every target runs inside .venv (created by scripts/bootstrap).
+PY := .venv/bin/python
+PROTO_FILES := $(wildcard proto/coord/v1/*.proto)
+
+.PHONY: help bootstrap test check lint typecheck imports proto proto-check demo bench fmt
+
+help:
+	@echo "make demo       local 3-node cluster with a live failover demo"
+	@echo "make test       checks + unit + integration tests (what CI runs)"
+	@echo "make check      ruff, mypy --strict, import contracts, proto freshness"
+	@echo "make proto      regenerate coord/v1 from proto/"
+	@echo "make bench      side-by-side benchmarks with etcd (see bench/README.md)"
+
+bootstrap:
+	@scripts/bootstrap
+
+demo:
+	@scripts/demo
+
+test:
+	@scripts/test
+
+check: bootstrap lint typecheck imports proto-check
+
+lint:
+	$(PY) -m ruff check coord tests bench chaos
+	$(PY) -m ruff format --check coord tests
+
+fmt:
+	$(PY) -m ruff format coord tests
+	$(PY) -m ruff check --fix coord tests
+
+typecheck:
+	$(PY) -m mypy
+
+imports:
+	.venv/bin/lint-imports
+
+proto: bootstrap
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
+		--mypy_out=. --mypy_grpc_out=. --plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc $(PROTO_FILES)
+
+# Regenerate into a scratch dir and diff: generated code must match the protos.
+proto-check:
+	@tmp=$$(mktemp -d) && \
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$$tmp --grpc_python_out=$$tmp \
+		--mypy_out=$$tmp --mypy_grpc_out=$$tmp --plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc $(PROTO_FILES) >/dev/null && \
+	diff -r -x __init__.py -x __pycache__ $$tmp/coord/v1 coord/v1 && rm -rf $$tmp && echo "proto: generated code is fresh"
+
+bench: bootstrap
+	$(PY) bench/run_all.py

@@ -1,0 +1,6 @@
+from typing import Any
+
+class DnsCachingResolver:
+    def resolve(self, hostname: str) -> Any: ...
+
+def globalDnsResolver() -> DnsCachingResolver: ...
