@@ -23,7 +23,7 @@ test:
 check: bootstrap lint typecheck imports proto-check
 
 lint:
-	$(PY) -m ruff check coord tests bench chaos
+	$(PY) -m ruff check coord tests bench
 	$(PY) -m ruff format --check coord tests
 
 fmt:

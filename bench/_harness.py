@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
 import json
 import math
 import os
@@ -24,16 +25,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import (
     IO,
     Any,
-    Awaitable,
-    Callable,
-    Iterable,
     Protocol,
-    Sequence,
     TypeVar,
     runtime_checkable,
 )
@@ -161,12 +159,36 @@ def wait_until(
             value = pred()
             if value:
                 return value
-        except ignore as exc:  # noqa: PERF203 - polling loop
+        except ignore as exc:
             last_exc = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
             raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+def wait_for(
+    fn: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.005,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Poll ``fn`` until it returns something other than None; return it.
+
+    Like :func:`wait_until` but for values that may be falsy (e.g. index 0).
+    """
+    box: list[T] = []
+
+    def pred() -> bool:
+        value = fn()
+        if value is None:
+            return False
+        box.append(value)
+        return True
+
+    wait_until(pred, timeout, what, interval, ignore)
+    return box[-1]
 
 
 async def wait_until_async(
@@ -184,7 +206,7 @@ async def wait_until_async(
             value = await pred()
             if value:
                 return value
-        except ignore as exc:  # noqa: PERF203
+        except ignore as exc:
             last_exc = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
@@ -360,9 +382,11 @@ class ProcessGroup:
         if self.alive(i):
             raise RuntimeError(f"{self.name}[{i}] already running")
         self._close_log(m)
-        m.log_file = open(m.log_path, "ab")
+        m.log_file = open(m.log_path, "ab")  # noqa: SIM115 - kept open while the child runs
         m.starts += 1
-        m.log_file.write(f"\n=== start #{m.starts} {time.time():.3f}: {' '.join(m.argv)}\n".encode())
+        m.log_file.write(
+            f"\n=== start #{m.starts} {time.time():.3f}: {' '.join(m.argv)}\n".encode()
+        )
         m.log_file.flush()
         env = None if m.env is None else {**os.environ, **m.env}
         m.proc = subprocess.Popen(
@@ -453,10 +477,8 @@ class ProcessGroup:
             return
         self._closed = True
         for i in range(len(self._members)):
-            try:
+            with contextlib.suppress(Exception):  # best effort during teardown
                 self.kill(i)
-            except Exception:  # noqa: BLE001 - best effort during teardown
-                pass
             self._close_log(self._members[i])
         _live_groups.discard(self)
         if os.environ.get("BENCH_KEEP_TMP"):
@@ -558,12 +580,13 @@ def render_table(rows: Sequence[Comparison], title: str = "") -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
     numeric = {2, 3, 4}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            c.rjust(w) if j in numeric else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths))
+            c.rjust(w) if j in numeric else c.ljust(w)
+            for j, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
     out = [title] if title else []
@@ -583,7 +606,9 @@ def rows_to_json(rows: Sequence[Comparison], meta: dict[str, Any] | None = None)
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     """Add the common ``--json`` flag to a script's argument parser."""
-    parser.add_argument("--json", action="store_true", help="print results as JSON instead of a table")
+    parser.add_argument(
+        "--json", action="store_true", help="print results as JSON instead of a table"
+    )
 
 
 def report(

@@ -18,12 +18,13 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import KVClient, pct  # noqa: E402
+from _harness import KVClient, pct
 
 MAX_OPS_PER_WORKER = 10_000_000  # hard bound on each worker loop
 
@@ -33,11 +34,18 @@ def load_factory(spec: str) -> Callable[..., KVClient]:
     module, _, attr = spec.partition(":")
     if not attr:
         raise ValueError(f"factory must be module:callable, got {spec!r}")
-    return getattr(importlib.import_module(module), attr)
+    factory: Callable[..., KVClient] = getattr(importlib.import_module(module), attr)
+    return factory
 
 
 async def _worker(
-    client: KVClient, wid: int, value: bytes, t_start: float, t_end: float, lat: list[float], errs: list[str]
+    client: KVClient,
+    wid: int,
+    value: bytes,
+    t_start: float,
+    t_end: float,
+    lat: list[float],
+    errs: list[str],
 ) -> None:
     key = f"bench/load/{wid:04d}"
     for _ in range(MAX_OPS_PER_WORKER):
@@ -46,7 +54,7 @@ async def _worker(
             return
         try:
             await client.put(key, value)
-        except Exception as exc:  # noqa: BLE001 - counted, reported
+        except Exception as exc:  # counted and reported, never fatal
             errs.append(repr(exc)[:200])
             continue
         if t0 >= t_start:

@@ -62,8 +62,10 @@ def run_profile(
             for c in args.clients:
                 eps = leader_first(cluster.endpoints(), cluster.leader_index())
                 res = measure_put_throughput(eps, c, args.seconds)
-                log(f"{label}: {c} clients: {res.ops_per_s:.0f} ops/s p50 {res.p50_ms:.2f} ms "
-                    f"p99 {res.p99_ms:.2f} ms errors {res.errors}")
+                log(
+                    f"{label}: {c} clients: {res.ops_per_s:.0f} ops/s p50 {res.p50_ms:.2f} ms "
+                    f"p99 {res.p99_ms:.2f} ms errors {res.errors}"
+                )
                 raw["throughput"].append(res.raw)
                 rows += throughput_rows(label, c, res)
     return rows, raw
@@ -71,13 +73,19 @@ def run_profile(
 
 def parse_args() -> argparse.Namespace:
     """Command line."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--rounds", type=int, default=10, help="leader kills per profile (0: skip)")
-    p.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 16, 64])
+    p.add_argument(
+        "--clients", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 16, 64]
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per throughput run")
     p.add_argument("--profiles", default="default,tuned")
-    p.add_argument("--throughput-profiles", default="default", help="profiles to run throughput on ('' = none)")
+    p.add_argument(
+        "--throughput-profiles", default="default", help="profiles to run throughput on ('' = none)"
+    )
     add_json_flag(p)
     return p.parse_args()
 

@@ -12,7 +12,7 @@ v3election API. Endpoints are ``host:port`` strings (plaintext gRPC).
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 from grpc import aio
@@ -21,10 +21,10 @@ from _harness import EndpointRotator
 from etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc, v3election_pb2, v3election_pb2_grpc
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "AsyncEtcdClient",
     "EtcdClient",
     "EtcdKV",
-    "CHANNEL_OPTIONS",
     "kv_pb2",
     "rpc_pb2",
     "v3election_pb2",
@@ -59,10 +59,20 @@ def is_self_leader(status: rpc_pb2.StatusResponse) -> bool:
     return status.leader != 0 and status.header.member_id == status.leader
 
 
-class _Stubs:
-    """All service stubs on one channel (sync or aio)."""
+class _SyncStubs:
+    """All service stubs on one blocking channel."""
 
-    def __init__(self, channel: grpc.Channel | aio.Channel) -> None:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.kv = rpc_pb2_grpc.KVStub(channel)
+        self.lease = rpc_pb2_grpc.LeaseStub(channel)
+        self.maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
+        self.election = v3election_pb2_grpc.ElectionStub(channel)
+
+
+class _AsyncStubs:
+    """All service stubs on one grpc.aio channel."""
+
+    def __init__(self, channel: aio.Channel) -> None:
         self.kv = rpc_pb2_grpc.KVStub(channel)
         self.lease = rpc_pb2_grpc.LeaseStub(channel)
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
@@ -76,7 +86,7 @@ class EtcdClient:
         self.endpoint = endpoint
         self.timeout = timeout
         self._channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
-        self._s = _Stubs(self._channel)
+        self._s = _SyncStubs(self._channel)
 
     def __enter__(self) -> EtcdClient:
         return self
@@ -91,7 +101,9 @@ class EtcdClient:
     def _t(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
-    def put(self, key: str | bytes, value: str | bytes, lease: int = 0, timeout: float | None = None) -> int:
+    def put(
+        self, key: str | bytes, value: str | bytes, lease: int = 0, timeout: float | None = None
+    ) -> int:
         """Put ``key = value``; returns the store revision of the write."""
         resp = self._s.kv.Put(put_request(key, value, lease), timeout=self._t(timeout))
         return resp.header.revision
@@ -103,7 +115,9 @@ class EtcdClient:
         resp = self._s.kv.Range(range_request(key, serializable), timeout=self._t(timeout))
         return resp.kvs[0] if resp.kvs else None
 
-    def get(self, key: str | bytes, serializable: bool = False, timeout: float | None = None) -> bytes | None:
+    def get(
+        self, key: str | bytes, serializable: bool = False, timeout: float | None = None
+    ) -> bytes | None:
         """Value of ``key`` or None."""
         kv = self.get_kv(key, serializable, timeout)
         return None if kv is None else kv.value
@@ -112,13 +126,15 @@ class EtcdClient:
         """Maintenance.Status of this member."""
         return self._s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=self._t(timeout))
 
-    def status_future(self, timeout: float) -> grpc.Future:
+    def status_future(self, timeout: float) -> grpc.Future[rpc_pb2.StatusResponse]:
         """Non-blocking Maintenance.Status (to query several members at once)."""
         return self._s.maintenance.Status.future(rpc_pb2.StatusRequest(), timeout=timeout)
 
     def lease_grant(self, ttl: int, timeout: float | None = None) -> int:
         """Grant a lease of ``ttl`` seconds; returns its ID."""
-        resp = self._s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=self._t(timeout))
+        resp = self._s.lease.LeaseGrant(
+            rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=self._t(timeout)
+        )
         if resp.error:
             raise RuntimeError(f"lease grant failed: {resp.error}")
         return resp.ID
@@ -141,14 +157,18 @@ class EtcdClient:
 
     def resign(self, leader: v3election_pb2.LeaderKey, timeout: float | None = None) -> None:
         """Give up leadership held through ``leader``."""
-        self._s.election.Resign(v3election_pb2.ResignRequest(leader=leader), timeout=self._t(timeout))
+        self._s.election.Resign(
+            v3election_pb2.ResignRequest(leader=leader), timeout=self._t(timeout)
+        )
 
     def leader(self, name: str | bytes, timeout: float | None = None) -> bytes | None:
         """The current leader's value for election ``name`` (None: no leader)."""
         try:
-            resp = self._s.election.Leader(v3election_pb2.LeaderRequest(name=_b(name)), timeout=self._t(timeout))
+            resp = self._s.election.Leader(
+                v3election_pb2.LeaderRequest(name=_b(name)), timeout=self._t(timeout)
+            )
         except grpc.RpcError as exc:
-            if "no leader" in (exc.details() or ""):  # type: ignore[attr-defined]
+            if "no leader" in (exc.details() or ""):
                 return None
             raise
         return resp.kv.value
@@ -158,7 +178,9 @@ class EtcdClient:
 
         Ends with a ``grpc.RpcError`` (DEADLINE_EXCEEDED) after ``timeout``.
         """
-        stream = self._s.election.Observe(v3election_pb2.LeaderRequest(name=_b(name)), timeout=self._t(timeout))
+        stream = self._s.election.Observe(
+            v3election_pb2.LeaderRequest(name=_b(name)), timeout=self._t(timeout)
+        )
         for resp in stream:
             yield resp.kv.value
 
@@ -173,7 +195,7 @@ class AsyncEtcdClient:
         self.endpoint = endpoint
         self.timeout = timeout
         self._channel = aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
-        self._s = _Stubs(self._channel)
+        self._s = _AsyncStubs(self._channel)
 
     async def __aenter__(self) -> AsyncEtcdClient:
         return self
@@ -208,7 +230,9 @@ class AsyncEtcdClient:
 
     async def lease_grant(self, ttl: int, timeout: float | None = None) -> int:
         """Grant a lease of ``ttl`` seconds; returns its ID."""
-        resp = await self._s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=self._t(timeout))
+        resp = await self._s.lease.LeaseGrant(
+            rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=self._t(timeout)
+        )
         if resp.error:
             raise RuntimeError(f"lease grant failed: {resp.error}")
         return resp.ID
@@ -228,7 +252,7 @@ class AsyncEtcdClient:
             for _ in range(int(duration / interval) + 1):  # bounded
                 await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
                 resp = await call.read()
-                if resp is aio.EOF or resp.TTL <= 0:
+                if not isinstance(resp, rpc_pb2.LeaseKeepAliveResponse) or resp.TTL <= 0:
                     return
                 yield resp.TTL
                 remaining = end - loop.time()
@@ -238,7 +262,9 @@ class AsyncEtcdClient:
         finally:
             call.cancel()
 
-    def start_keepalive(self, lease_id: int, interval: float, duration: float = 3600.0) -> asyncio.Task[None]:
+    def start_keepalive(
+        self, lease_id: int, interval: float, duration: float = 3600.0
+    ) -> asyncio.Task[None]:
         """Run :meth:`keepalive` in a background task; cancel the task to stop."""
 
         async def run() -> None:
@@ -257,7 +283,9 @@ class AsyncEtcdClient:
 
     async def resign(self, leader: v3election_pb2.LeaderKey, timeout: float | None = None) -> None:
         """Give up leadership held through ``leader``."""
-        await self._s.election.Resign(v3election_pb2.ResignRequest(leader=leader), timeout=self._t(timeout))
+        await self._s.election.Resign(
+            v3election_pb2.ResignRequest(leader=leader), timeout=self._t(timeout)
+        )
 
     async def leader(self, name: str | bytes, timeout: float | None = None) -> bytes | None:
         """The current leader's value for election ``name`` (None: no leader)."""
@@ -271,9 +299,13 @@ class AsyncEtcdClient:
             raise
         return resp.kv.value
 
-    async def observe(self, name: str | bytes, timeout: float | None = None) -> AsyncIterator[bytes]:
+    async def observe(
+        self, name: str | bytes, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
         """Yield successive leader values of election ``name`` until ``timeout``."""
-        call = self._s.election.Observe(v3election_pb2.LeaderRequest(name=_b(name)), timeout=self._t(timeout))
+        call = self._s.election.Observe(
+            v3election_pb2.LeaderRequest(name=_b(name)), timeout=self._t(timeout)
+        )
         try:
             async for resp in call:
                 yield resp.kv.value

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from _harness import LOCALHOST, ProcessGroup, free_ports, log, wait_until
+from _harness import LOCALHOST, ProcessGroup, free_ports, log, wait_for, wait_until
 from etcd_client import EtcdClient, EtcdKV, is_self_leader, rpc_pb2
 
 __all__ = ["DEFAULT", "TUNED", "EtcdCluster", "EtcdTiming"]
@@ -55,7 +55,9 @@ class EtcdCluster:
             c.kill(leader); c.restart(leader); c.wait_healthy()
     """
 
-    def __init__(self, n: int = 3, timing: EtcdTiming = DEFAULT, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self, n: int = 3, timing: EtcdTiming = DEFAULT, start_timeout: float = 30.0
+    ) -> None:
         if n < 1:
             raise ValueError("n must be >= 1")
         self.n = n
@@ -195,7 +197,7 @@ class EtcdCluster:
 
     def wait_leader(self, timeout: float = 30.0) -> int:
         """Block until some member is leader; returns its index."""
-        return wait_until(lambda: _some(self.leader_index()), timeout, f"{self.name} leader") - 1
+        return wait_for(self.leader_index, timeout, f"{self.name} leader")
 
     def _agreed_leader(self) -> int | None:
         """Leader index if every running member answers and names the same leader."""
@@ -214,23 +216,20 @@ class EtcdCluster:
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Block until all running members agree on a leader and have applied a fresh write."""
-        leader = wait_until(
-            lambda: _some(self._agreed_leader()), timeout, f"{self.name}: members agree on a leader"
-        ) - 1
+        leader = wait_for(self._agreed_leader, timeout, f"{self.name}: members agree on a leader")
         rev = wait_until(
             lambda: self.client(leader).put("bench/health", "ok", timeout=0.5),
             timeout,
             f"{self.name}: health write",
             ignore=(grpc.RpcError,),
         )
-        for i in range(self.n):
-            if self.alive(i):
-                wait_until(
-                    lambda i=i: self._applied(i, rev),
-                    timeout,
-                    f"{self.name}: member {i} applied revision {rev}",
-                    ignore=(grpc.RpcError,),
-                )
+        running = [i for i in range(self.n) if self.alive(i)]
+        wait_until(
+            lambda: all(self._applied(i, rev) for i in running),
+            timeout,
+            f"{self.name}: members {running} applied revision {rev}",
+            ignore=(grpc.RpcError,),
+        )
 
     def _applied(self, i: int, rev: int) -> bool:
         kv = self.client(i).get_kv("bench/health", serializable=True, timeout=0.5)
@@ -243,11 +242,6 @@ class EtcdCluster:
     def _dump_logs(self) -> None:
         for i in range(self.n):
             log(f"--- {self.name} member {i} log tail ---\n{self.group.tail_log(i)}")
-
-
-def _some(x: int | None) -> int:
-    """Map an optional index to a truthy int (index + 1) for wait_until."""
-    return 0 if x is None else x + 1
 
 
 def _smoke(n: int, timing: EtcdTiming) -> None:

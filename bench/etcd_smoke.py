@@ -16,7 +16,7 @@ import argparse
 import asyncio
 import time
 
-from _harness import log, wait_until
+from _harness import log, wait_for
 from etcd_client import AsyncEtcdClient
 from etcd_cluster import DEFAULT, TUNED, EtcdCluster, EtcdTiming
 
@@ -37,7 +37,7 @@ def check_kill_restart(timing: EtcdTiming) -> None:
 
         t0 = time.monotonic()
         c.kill(old)
-        new = wait_until(lambda: _other_leader(c, old), 30, "new leader after kill") - 1
+        new = wait_for(lambda: _other_leader(c, old), 30, "new leader after kill")
         log(f"killed leader {old}; new leader {new} after {time.monotonic() - t0:.3f}s")
         c.client(new).put("k", "v2")
         assert c.client(new).get("k") == b"v2"
@@ -48,9 +48,9 @@ def check_kill_restart(timing: EtcdTiming) -> None:
         log(f"restarted member {old}; caught up; leader now {c.leader_index()}")
 
 
-def _other_leader(c: EtcdCluster, old: int) -> int:
+def _other_leader(c: EtcdCluster, old: int) -> int | None:
     idx = c.leader_index()
-    return 0 if idx is None or idx == old else idx + 1
+    return None if idx == old else idx
 
 
 async def _async_put_get(c: EtcdCluster) -> None:

@@ -15,11 +15,11 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from _harness import BENCH_DIR, ClusterUnderTest, log, wait_until
-
+from _harness import BENCH_DIR, ClusterUnderTest, log, wait_for
 
 # --------------------------------------------------------------------------
 # Failover
@@ -54,10 +54,11 @@ async def _kill_rounds(
     out: list[float] = []
     for r in range(rounds):
         cluster.wait_healthy(healthy_timeout)
-        leader = wait_until(lambda: _plus1(cluster.leader_index()), healthy_timeout, "leader") - 1
+        leader = wait_for(cluster.leader_index, healthy_timeout, f"{cluster.name} leader")
         dt = await _one_kill(cluster, leader, call_timeout, r)
         out.append(dt)
-        log(f"{cluster.name}: round {r + 1}/{rounds}: killed leader {leader}, write after {dt * 1e3:.0f} ms")
+        ms = dt * 1e3
+        log(f"{cluster.name}: round {r + 1}/{rounds}: killed {leader}, write after {ms:.0f} ms")
         cluster.restart(leader)
     cluster.wait_healthy(healthy_timeout)
     return out
@@ -73,10 +74,6 @@ async def _one_kill(cluster: ClusterUnderTest, leader: int, call_timeout: float,
         return time.perf_counter() - t0
     finally:
         await client.close()
-
-
-def _plus1(x: int | None) -> int:
-    return 0 if x is None else x + 1
 
 
 # --------------------------------------------------------------------------
@@ -125,7 +122,12 @@ def measure_put_throughput(
         "--call-timeout", str(call_timeout),
     ]  # fmt: skip
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=seconds + warmup + 120, cwd=BENCH_DIR, check=False
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=seconds + warmup + 120,
+        cwd=BENCH_DIR,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

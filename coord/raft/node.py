@@ -28,6 +28,7 @@ from typing import Any
 
 import pysyncobj.syncobj as _pso
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic as raft_clock
 
 from coord import errors
 from coord.config import NodeConfig
@@ -296,7 +297,7 @@ class RaftNode:
             return
         # A blank node must not campaign: its term would rise past the leader's
         # and it would then ignore the very entries it needs.
-        so._SyncObj__raftElectionDeadline = time.monotonic() + 3600
+        so._SyncObj__raftElectionDeadline = raft_clock() + 3600
 
     def _update_view(self) -> None:
         so = self._so
@@ -358,7 +359,8 @@ class RaftNode:
         rank = survivors.index(self.cfg.node_id)
         delay = rank * self.cfg.timings.fast_election_s
         delay += random.uniform(0, self.cfg.timings.tick_s)
-        self._fast_deadline = time.monotonic() + delay
+        # pysyncobj's deadlines use CLOCK_MONOTONIC_RAW, not time.monotonic().
+        self._fast_deadline = raft_clock() + delay
         logger.info("lost the link to leader %s: campaigning in %.0f ms", node.id, delay * 1000)
 
     # -- snapshots (tick thread) -----------------------------------------------
