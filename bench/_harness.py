@@ -163,7 +163,7 @@ def wait_until(
             last_exc = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}{detail}")
         time.sleep(interval)
 
 
@@ -210,7 +210,7 @@ async def wait_until_async(
             last_exc = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}{detail}")
         await asyncio.sleep(interval)
 
 
