@@ -1,0 +1,140 @@
+"""coord vs etcd, side by side in one run, on this machine: the foundation's figures.
+
+1. Leader kill -9 -> first successful write (``--rounds`` per system): coord
+   with its defaults vs etcd default (100/1000 ms) and etcd tuned (50/250 ms).
+2. Put throughput and p50/p99 latency at 1, 16, 64 concurrent clients, fsync on,
+   one load-generator process for both (coord vs etcd default).
+3. Spurious leader changes: the Raft term before and after the throughput runs
+   (under load), and over ``--idle-minutes`` of idleness (0 skips it).
+
+Usage: ``python bench/run_all.py [--rounds 10] [--clients 1,16,64] [--seconds 5]
+[--idle-minutes 0] [--json]``. Quote medians of several runs: this machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from _harness import Comparison, add_json_flag, log, report, summarize
+from coord_adapter import CoordBenchCluster
+from etcd_cluster import DEFAULT, TUNED, EtcdCluster
+from measure import leader_first, measure_leader_kill_to_write, measure_put_throughput
+
+
+def etcd_term(cluster: EtcdCluster) -> int:
+    return max((s.raftTerm for s in cluster.statuses().values()), default=0)
+
+
+def failover(args: argparse.Namespace, raw: dict[str, Any]) -> list[Comparison]:
+    with CoordBenchCluster(args.nodes) as c:
+        coord = summarize(measure_leader_kill_to_write(c, args.rounds))
+    etcd: dict[str, dict[str, float]] = {}
+    for timing in (DEFAULT, TUNED):
+        with EtcdCluster(args.nodes, timing) as e:
+            etcd[timing.label] = summarize(measure_leader_kill_to_write(e, args.rounds))
+    raw["failover"] = {"coord": coord, "etcd": etcd}
+    rows = []
+    for label in ("default", "tuned"):
+        for stat in ("median", "max"):
+            rows.append(
+                Comparison(
+                    f"leader kill->write {stat} (etcd {label})",
+                    "ms",
+                    coord=coord[stat] * 1e3,
+                    etcd=etcd[label][stat] * 1e3,
+                )
+            )
+    return rows
+
+
+def throughput(args: argparse.Namespace, raw: dict[str, Any]) -> list[Comparison]:
+    results: dict[str, dict[int, Any]] = {"coord": {}, "etcd": {}}
+    terms: dict[str, tuple[int, int]] = {}
+    with CoordBenchCluster(args.nodes) as c:
+        c.wait_healthy()
+        before = c.term()
+        for n in args.clients:
+            eps = leader_first(c.endpoints(), c.leader_index())
+            results["coord"][n] = measure_put_throughput(
+                eps, n, args.seconds, factory="coord_adapter:make_coord_kv"
+            )
+            log(f"coord {n} clients: {results['coord'][n].ops_per_s:.0f} ops/s")
+        terms["coord"] = (before, c.term())
+        if args.idle_minutes > 0:
+            idle_before = c.term()
+            log(f"coord: idle for {args.idle_minutes} min, watching the term")
+            time.sleep(args.idle_minutes * 60)  # the measurement itself: idle time
+            raw["coord_idle_term_change"] = c.term() - idle_before
+    with EtcdCluster(args.nodes, DEFAULT) as e:
+        e.wait_healthy()
+        before = etcd_term(e)
+        for n in args.clients:
+            eps = leader_first(e.endpoints(), e.leader_index())
+            results["etcd"][n] = measure_put_throughput(eps, n, args.seconds)
+            log(f"etcd {n} clients: {results['etcd'][n].ops_per_s:.0f} ops/s")
+        terms["etcd"] = (before, etcd_term(e))
+    raw["throughput"] = {k: {n: r.raw for n, r in v.items()} for k, v in results.items()}
+    raw["terms_under_load"] = terms
+    rows = []
+    for n in args.clients:
+        co, et = results["coord"][n], results["etcd"][n]
+        tag = f"{n} clients"
+        rows += [
+            Comparison(f"put throughput ({tag})", "ops/s", co.ops_per_s, et.ops_per_s, "higher"),
+            Comparison(f"put p50 ({tag})", "ms", co.p50_ms, et.p50_ms),
+            Comparison(f"put p99 ({tag})", "ms", co.p99_ms, et.p99_ms),
+        ]
+    rows.append(
+        Comparison(
+            "leader changes under load",
+            "terms",
+            float(terms["coord"][1] - terms["coord"][0]),
+            float(terms["etcd"][1] - terms["etcd"][0]),
+        )
+    )
+    if "coord_idle_term_change" in raw:
+        rows.append(
+            Comparison(
+                f"leader changes idle {args.idle_minutes} min",
+                "terms",
+                float(raw["coord_idle_term_change"]),
+                None,
+            )
+        )
+    return rows
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument(
+        "--clients", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 16, 64]
+    )
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--idle-minutes", type=float, default=0.0)
+    p.add_argument("--skip-failover", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true")
+    add_json_flag(p)
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    raw: dict[str, Any] = {}
+    rows: list[Comparison] = []
+    started = time.monotonic()
+    if not args.skip_failover:
+        rows += failover(args, raw)
+    if not args.skip_throughput:
+        rows += throughput(args, raw)
+    meta = {"nodes": args.nodes, "elapsed_s": round(time.monotonic() - started, 1), "raw": raw}
+    report(rows, args.json, title=f"coord vs etcd 3.4 ({args.nodes} nodes, fsync on)", meta=meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Shared pytest machinery: remember each phase's outcome, print node logs on failure.
+
+Integration tests get their clusters from :func:`cluster_factory` (one test) or
+from :func:`module_cluster_factory` (shared by the tests of a module). Either way, when a
+test fails, every node log of every cluster that test used is printed in its
+report ("Captured stdout teardown"), and the clusters are always closed.
+Clusters live under pytest's tmp dir, so their data dirs and logs also stay on
+disk after a failed run (pytest keeps the last three base temp dirs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coord.testing import LocalCluster
+
+ClusterFactory = Callable[..., LocalCluster]
+
+# Module-scoped clusters that are running now: a failing test prints their logs too.
+_SHARED: list[LocalCluster] = []
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Store each phase's report on the item (``item.rep_setup``/``rep_call``/...)."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
+def phase_failed(node: pytest.Item) -> bool:
+    """True when ``node``'s setup or call phase failed (an xfail is not a failure)."""
+    return any(
+        getattr(node, f"rep_{when}", None) is not None and getattr(node, f"rep_{when}").failed
+        for when in ("setup", "call")
+    )
+
+
+def print_logs(clusters: list[LocalCluster], why: str) -> None:
+    for c in clusters:
+        print(f"\n===== coord node logs ({why}): cluster {c.base_dir} =====")
+        print(c.logs())
+
+
+def _new_cluster(base: Path, n: int, fsync: bool, **kwargs: Any) -> LocalCluster:
+    base.mkdir(parents=True, exist_ok=False)
+    return LocalCluster(n, base_dir=str(base), fsync=fsync, **kwargs)
+
+
+@pytest.fixture
+def cluster_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClusterFactory]:
+    """Build and start LocalClusters for one test; logs printed on failure; always closed.
+
+    ``cluster_factory(n=3, fsync=True, start=True, **LocalCluster kwargs)``.
+    """
+    made: list[LocalCluster] = []
+
+    def make(n: int = 3, fsync: bool = True, start: bool = True, **kwargs: Any) -> LocalCluster:
+        c = _new_cluster(tmp_path / f"cluster{len(made)}", n, fsync, **kwargs)
+        made.append(c)
+        if start:
+            c.start()
+        return c
+
+    try:
+        yield make
+    finally:
+        if phase_failed(request.node):
+            print_logs(made, f"{request.node.name} failed")
+        for c in made:
+            c.close()
+
+
+@pytest.fixture(scope="module")
+def module_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFactory]:
+    """Like :func:`cluster_factory`, for clusters shared by the tests of one module.
+
+    A failing test prints their logs (see :func:`_shared_cluster_logs_on_failure`);
+    they are closed when the module is done.
+    """
+    made: list[LocalCluster] = []
+
+    def make(n: int = 3, fsync: bool = True, start: bool = True, **kwargs: Any) -> LocalCluster:
+        c = _new_cluster(tmp_path_factory.mktemp("shared") / "cluster", n, fsync, **kwargs)
+        made.append(c)
+        _SHARED.append(c)
+        if start:
+            c.start()
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            _SHARED.remove(c)
+            c.close()
+
+
+@pytest.fixture(autouse=True)
+def _shared_cluster_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a failed test, print the logs of the module-scoped clusters still running."""
+    yield
+    if _SHARED and phase_failed(request.node):
+        print_logs(list(_SHARED), f"{request.node.name} failed")

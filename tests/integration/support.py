@@ -1,0 +1,122 @@
+"""Helpers shared by the integration tests: CLI runners, per-node reads, crash helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from coord.client import Client
+from coord.testing import LocalCluster, wait_until
+from coord.v1 import cluster_pb2, kv_pb2
+
+# ``cluster_factory`` / ``module_cluster_factory`` (tests/conftest.py):
+# ``make(n=3, fsync=True, start=True, **LocalCluster kwargs) -> LocalCluster``.
+ClusterFactory = Callable[..., LocalCluster]
+
+# The venv's console scripts (``.venv/bin/coord``, ``.venv/bin/coordctl``): the real
+# entry points an operator runs, not ``python -m``.
+BIN_DIR = os.path.dirname(sys.executable)
+COORD = os.path.join(BIN_DIR, "coord")
+COORDCTL = os.path.join(BIN_DIR, "coordctl")
+
+
+def run(cmd: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion; stdout and stderr are kept apart."""
+    return subprocess.run(
+        list(cmd), capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+    )
+
+
+def coordctl(endpoints: Sequence[str] | str, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    eps = endpoints if isinstance(endpoints, str) else ",".join(endpoints)
+    return run([COORDCTL, "--endpoints", eps, *args], timeout=timeout)
+
+
+def describe(p: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {p.returncode}\n--- stdout ---\n{p.stdout}\n--- stderr ---\n{p.stderr}"
+
+
+def node_client(cluster: LocalCluster, i: int, timeout_s: float = 5.0) -> Client:
+    """A client that talks to node ``i`` only."""
+    return Client([cluster.nodes[i].api], timeout_s=timeout_s, attempt_timeout_s=1.0)
+
+
+def local_kvs(cluster: LocalCluster, i: int, prefix: bytes = b"") -> dict[bytes, kv_pb2.KeyValue]:
+    """Node ``i``'s local state (a serializable read at its endpoint), key -> record."""
+    with node_client(cluster, i) as c:
+        resp = c.range(prefix, prefix=True, serializable=True)
+    assert resp.header.serializable, "a serializable read must say so in its header"
+    assert resp.header.node_id == cluster.nodes[i].node_id, (
+        f"asked node {cluster.nodes[i].node_id} but {resp.header.node_id} answered"
+    )
+    assert not resp.more, "more keys than one range returns: raise the limit in the test"
+    return {kv.key: kv for kv in resp.kvs}
+
+
+def status_of(cluster: LocalCluster, i: int) -> cluster_pb2.StatusResponse:
+    st = cluster.status(i, timeout=2.0)
+    assert st is not None, f"node {cluster.nodes[i].node_id} does not answer Status"
+    return st
+
+
+def leader_commit_index(cluster: LocalCluster) -> int:
+    """The commit index of the leader every live node agrees on."""
+    leader = cluster.wait_for_leader()
+    return status_of(cluster, leader).commit_index
+
+
+def wait_all_caught_up(cluster: LocalCluster, timeout: float = 30.0) -> int:
+    """Wait until every running node applied the leader's commit index; return that index."""
+    index = leader_commit_index(cluster)
+    cluster.wait_applied(index, timeout=timeout)
+    return index
+
+
+def kill_all_at_once(cluster: LocalCluster) -> None:
+    """SIGKILL every running node before reaping any (a simultaneous crash)."""
+    for node in cluster.nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            if node.paused:
+                node.proc.send_signal(signal.SIGCONT)
+            node.proc.send_signal(signal.SIGKILL)
+    for node in cluster.nodes:
+        cluster.kill(node.index)
+
+
+def expect_never(pred: Callable[[], object], seconds: float, what: str) -> None:
+    """Poll ``pred`` for ``seconds``; fail as soon as it returns something truthy.
+
+    For properties that must hold over a window ("no leader is elected"): the
+    window is the measurement, not a synchronisation sleep.
+    """
+    try:
+        seen = wait_until(pred, seconds, what)
+    except TimeoutError:
+        return
+    raise AssertionError(f"{what}: {seen}")
+
+
+def wait_no_leader_for(cluster: LocalCluster, seconds: float, nodes: Sequence[int]) -> None:
+    """Assert that none of ``nodes`` reports a leader at any poll during ``seconds``."""
+
+    def leader_seen() -> str | None:
+        for i in nodes:
+            st = cluster.status(i)
+            if st is not None and (st.leader_id or st.role == cluster_pb2.ROLE_LEADER):
+                return f"{st.node_id}: leader={st.leader_id!r} role={st.role} term={st.term}"
+        return None
+
+    expect_never(leader_seen, seconds, "a leader was elected when none may be")
+
+
+@dataclass(frozen=True)
+class Ack:
+    """One acknowledged put: what was written and what the cluster answered."""
+
+    key: bytes
+    value: bytes
+    mod_revision: int
