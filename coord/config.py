@@ -19,6 +19,7 @@ Timing invariants (checked by :meth:`RaftTimings.validate`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import os
@@ -131,7 +132,7 @@ class NodeConfig:
     def bind_api(self) -> str:
         return self.listen_api or self.self_peer.api_address
 
-    @property
+    @functools.cached_property
     def cluster_id(self) -> str:
         """Derived from the token and member ids, so every node computes the same one."""
         ids = ",".join(sorted(p.id for p in self.peers))

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -168,4 +170,8 @@ async def _run(cfg: NodeConfig) -> None:
 
 def serve(cfg: NodeConfig) -> None:
     """Run a node until SIGINT/SIGTERM."""
+    # Two busy threads share the GIL (asyncio/gRPC and the Raft tick thread). A
+    # thread returning from a syscall waits up to the switch interval for the
+    # GIL; the 5 ms default puts that wait on every hop of a write's path.
+    sys.setswitchinterval(float(os.environ.get("COORD_GIL_SWITCH_S", "0.0005")))
     asyncio.run(_run(cfg))

@@ -93,7 +93,8 @@ def test_add_accepts_bytes_like_commands(jpath: Path) -> None:
     j.add(memoryview(b"def"), 2, 1)  # type: ignore[arg-type]
     assert contents(j) == [(b"abc", 1, 1), (b"def", 2, 1)]
     j._destroy()
-    assert contents(reopened := open_journal(jpath)) == [(b"abc", 1, 1), (b"def", 2, 1)]
+    reopened = open_journal(jpath)
+    assert contents(reopened) == [(b"abc", 1, 1), (b"def", 2, 1)]
     reopened.close()
 
 

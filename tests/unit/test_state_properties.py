@@ -133,9 +133,7 @@ invalid = st.one_of(
     ),
     st.binary(max_size=24),  # garbage: mostly undecodable, sometimes a valid Command
 )
-COMMANDS = st.one_of(
-    puts, puts, cas_puts, deletes, prefix_deletes, noops, bootstraps, invalid
-)
+COMMANDS = st.one_of(puts, puts, cas_puts, deletes, prefix_deletes, noops, bootstraps, invalid)
 SEQUENCES = st.lists(COMMANDS, max_size=40)
 
 PROPERTY = settings(max_examples=150, deadline=None)
@@ -638,7 +636,10 @@ class Model:
         if not self._key_ok(req.key) or len(req.value) > limits.MAX_VALUE_BYTES:
             return _invalid(self.revision)
         prev = self.data.get(req.key)
-        if req.HasField("expected_mod_revision") and self._mod(req.key) != req.expected_mod_revision:
+        if (
+            req.HasField("expected_mod_revision")
+            and self._mod(req.key) != req.expected_mod_revision
+        ):
             miss = kv_pb2.PutResponse(succeeded=False)
             if prev is not None:
                 miss.kv.CopyFrom(prev)

@@ -1,0 +1,442 @@
+"""Configuration: defaults, validate(), precedence defaults < YAML < env < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coord import config
+from coord.config import NodeConfig, Peer, RaftTimings, parse_peer, parse_route
+from coord.errors import InvalidArgument
+
+LOOP3 = (
+    Peer("n1", "127.0.0.1:7001", "127.0.0.1:8001"),
+    Peer("n2", "127.0.0.1:7002", "127.0.0.1:8002"),
+    Peer("n3", "127.0.0.1:7003", "127.0.0.1:8003"),
+)
+PEER_FLAGS = [f"{p.id}={p.raft_address},{p.api_address}" for p in LOOP3]
+
+
+def node(**kw: Any) -> NodeConfig:
+    base: dict[str, Any] = {"node_id": "n1", "data_dir": "/data", "peers": LOOP3}
+    base.update(kw)
+    return NodeConfig(**base)
+
+
+def flags(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"node_id": "n1", "data_dir": "/d", "peers": list(LOOP3)}
+    base.update(kw)
+    return base
+
+
+# -- defaults and RaftTimings ------------------------------------------------------------------
+
+
+def test_default_timings_validate() -> None:
+    RaftTimings().validate()
+
+
+def test_a_default_node_config_validates() -> None:
+    cfg = node()
+    cfg.validate()
+    assert cfg.fsync is True
+    assert cfg.initial_cluster_state == "new"
+    assert cfg.bind_raft == "127.0.0.1:7001"
+    assert cfg.bind_api == "127.0.0.1:8001"
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        node().node_id = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(RaftTimings)])
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_every_timing_must_be_positive(name: str, bad: float) -> None:
+    with pytest.raises(InvalidArgument, match=rf"^coord: raft timings: {name} must be > 0$"):
+        dataclasses.replace(RaftTimings(), **{name: bad}).validate()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"tick_s": 0.05}, "tick_s"),  # == heartbeat
+        ({"tick_s": 0.07}, "tick_s"),  # > heartbeat
+        ({"heartbeat_s": 0.1}, "election_timeout_min_s"),  # 3 x 0.1 is not < 0.3
+        ({"election_timeout_min_s": 0.15}, "election_timeout_min_s"),
+        ({"election_timeout_max_s": 0.3}, "election_timeout_min_s"),  # min == max
+        ({"election_timeout_max_s": 0.2, "fast_election_s": 0.01}, "election_timeout_min_s"),
+        ({"connection_timeout_s": 0.5, "leader_fallback_timeout_s": 0.4}, "connection_timeout_s"),
+        ({"leader_fallback_timeout_s": 0.05}, "leader_fallback_timeout_s"),  # == heartbeat
+        ({"leader_fallback_timeout_s": 0.01}, "leader_fallback_timeout_s"),
+        ({"leader_fallback_timeout_s": 1.5}, "leader_fallback_timeout_s"),  # > connection
+        ({"fast_election_s": 0.3}, "fast_election_s"),  # == election min
+        ({"fast_election_s": 0.5}, "fast_election_s"),
+    ],
+)
+def test_every_timing_invariant_is_checked(changes: dict[str, float], field: str) -> None:
+    with pytest.raises(InvalidArgument, match=rf"^coord: raft timings: .*{field}") as info:
+        dataclasses.replace(RaftTimings(), **changes).validate()
+    assert info.value.reason == "invalid_argument"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"leader_fallback_timeout_s": 1.0},  # == connection timeout is allowed
+        {"connection_timeout_s": 0.6, "leader_fallback_timeout_s": 0.6},  # == election max
+        {"tick_s": 0.049},
+        {"heartbeat_s": 0.099},
+    ],
+)
+def test_timing_boundaries_that_are_allowed(changes: dict[str, float]) -> None:
+    dataclasses.replace(RaftTimings(), **changes).validate()
+
+
+def test_node_validate_checks_the_timings() -> None:
+    with pytest.raises(InvalidArgument, match="tick_s"):
+        node(timings=RaftTimings(tick_s=1.0)).validate()
+
+
+# -- NodeConfig.validate -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"node_id": ""}, "node id is empty"),
+        ({"data_dir": ""}, "data dir is empty"),
+        ({"node_id": "n9"}, "is not among the peers"),
+        ({"peers": (*LOOP3, LOOP3[0])}, "duplicate peer ids"),
+        ({"peers": LOOP3[:2]}, "2 peers"),
+        ({"peers": (*LOOP3, Peer("n4", "127.0.0.1:7004", "127.0.0.1:8004"))}, "4 peers"),
+        ({"peers": (Peer("n1", "127.0.0.1", "127.0.0.1:8001"), *LOOP3[1:])}, "raft address of n1"),
+        ({"peers": (Peer("n1", "127.0.0.1:0", "127.0.0.1:8001"), *LOOP3[1:])}, "not host:port"),
+        ({"peers": (Peer("n1", "127.0.0.1:70000", "h:1"), *LOOP3[1:])}, "not host:port"),
+        ({"peers": (Peer("n1", "127.0.0.1:7001", ":8001"), *LOOP3[1:])}, "api address of n1"),
+        ({"raft_routes": {"n9": "127.0.0.1:9"}}, "raft route for unknown peer 'n9'"),
+        ({"raft_routes": {"n2": "nowhere"}}, "raft route of n2"),
+        ({"listen_raft": "127.0.0.1:x"}, "listen raft address"),
+        ({"listen_api": "8000"}, "listen api address"),
+        ({"initial_cluster_state": "old"}, "'new' or 'existing'"),
+        ({"request_timeout_s": 0}, "request timeout must be > 0"),
+        ({"log_compaction_entries": 99}, "log compaction entries must be >= 100"),
+    ],
+)
+def test_node_validate_refuses(changes: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words) as info:
+        node(**changes).validate()
+    assert str(info.value).startswith("coord: ")
+
+
+@pytest.mark.parametrize("count", [2, 4, 6])
+def test_even_peer_counts_are_refused(count: int) -> None:
+    peers = tuple(
+        Peer(f"n{i}", f"127.0.0.1:{7000 + i}", f"127.0.0.1:{8000 + i}") for i in range(count)
+    )
+    with pytest.raises(InvalidArgument, match=rf"{count} peers: .*even count"):
+        node(node_id="n0", peers=peers).validate()
+
+
+@pytest.mark.parametrize("count", [1, 3, 5, 7])
+def test_odd_peer_counts_are_accepted(count: int) -> None:
+    peers = tuple(
+        Peer(f"n{i}", f"127.0.0.1:{7000 + i}", f"127.0.0.1:{8000 + i}") for i in range(count)
+    )
+    node(node_id="n0", peers=peers).validate()
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0:7001", "10.0.0.5:7001", "[::]:7001", "myhost:7001"])
+def test_non_loopback_raft_without_a_secret_is_refused(bind: str) -> None:
+    with pytest.raises(InvalidArgument, match="beyond loopback, without a cluster secret"):
+        node(listen_raft=bind).validate()
+    node(listen_raft=bind, cluster_secret="s3cret").validate()
+
+
+def test_non_loopback_peer_address_needs_a_secret_too() -> None:
+    peers = (Peer("n1", "10.0.0.1:7001", "10.0.0.1:8001"), *LOOP3[1:])
+    with pytest.raises(InvalidArgument, match="--cluster-secret"):
+        node(peers=peers).validate()
+    node(peers=peers, cluster_secret="s3cret").validate()
+
+
+def test_an_empty_secret_is_no_secret() -> None:
+    with pytest.raises(InvalidArgument, match="without a cluster secret"):
+        node(listen_raft="0.0.0.0:7001", cluster_secret="").validate()
+
+
+@pytest.mark.parametrize(
+    "bind", ["127.0.0.1:7001", "127.9.9.9:7001", "localhost:7001", "[::1]:7001"]
+)
+def test_loopback_raft_needs_no_secret(bind: str) -> None:
+    node(listen_raft=bind).validate()
+
+
+def test_api_beyond_loopback_needs_no_secret() -> None:
+    node(listen_api="0.0.0.0:8001").validate()
+
+
+def test_cluster_id_is_deterministic_and_ignores_peer_order() -> None:
+    a = node()
+    b = node(node_id="n3", peers=tuple(reversed(LOOP3)))
+    assert a.cluster_id == b.cluster_id == node().cluster_id
+    assert len(a.cluster_id) == 16
+    int(a.cluster_id, 16)
+
+
+def test_cluster_id_depends_on_token_and_members() -> None:
+    base = node().cluster_id
+    assert node(cluster_token="other").cluster_id != base
+    renamed = (Peer("m1", LOOP3[0].raft_address, LOOP3[0].api_address), *LOOP3[1:])
+    assert node(node_id="m1", peers=renamed).cluster_id != base
+
+
+def test_routes_default_to_peer_addresses_and_can_be_overridden() -> None:
+    cfg = node(raft_routes={"n2": "127.0.0.1:17002"})
+    assert cfg.routes() == {
+        "n1": "127.0.0.1:7001",
+        "n2": "127.0.0.1:17002",
+        "n3": "127.0.0.1:7003",
+    }
+
+
+# -- parse_peer / parse_route ----------------------------------------------------------------------
+
+
+def test_parse_peer() -> None:
+    assert parse_peer("n1=127.0.0.1:7001,127.0.0.1:8001") == LOOP3[0]
+    assert parse_peer(" n1 = 127.0.0.1:7001 , 127.0.0.1:8001 ") == LOOP3[0]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "n1",
+        "n1=",
+        "n1=127.0.0.1:7001",
+        "n1=127.0.0.1:7001,",
+        "=127.0.0.1:7001,127.0.0.1:8001",
+        "n1=,x:1",
+    ],
+)
+def test_parse_peer_refuses(spec: str) -> None:
+    with pytest.raises(InvalidArgument, match="is not ID=RAFT_HOST:PORT,API_HOST:PORT"):
+        parse_peer(spec)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: parse_peer/parse_route check for emptiness before strip(), so a "
+    "whitespace-only id or address is accepted (as '')",
+)
+@pytest.mark.parametrize(
+    "parse",
+    [
+        pytest.param(lambda: parse_peer(" =127.0.0.1:7001,127.0.0.1:8001"), id="peer-id"),
+        pytest.param(lambda: parse_peer("n1= ,127.0.0.1:8001"), id="peer-raft"),
+        pytest.param(lambda: parse_route(" =127.0.0.1:9"), id="route-id"),
+    ],
+)
+def test_whitespace_only_parts_are_refused(parse: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        parse()
+
+
+def test_parse_route() -> None:
+    assert parse_route("n2=127.0.0.1:17002") == ("n2", "127.0.0.1:17002")
+    assert parse_route(" n2 = 127.0.0.1:17002 ") == ("n2", "127.0.0.1:17002")
+
+
+@pytest.mark.parametrize("spec", ["", "n2", "n2=", "=127.0.0.1:1"])
+def test_parse_route_refuses(spec: str) -> None:
+    with pytest.raises(InvalidArgument, match="is not ID=HOST:PORT"):
+        parse_route(spec)
+
+
+# -- loading: YAML, env, flags ------------------------------------------------------------
+
+
+YAML = """
+node_id: n2
+data_dir: /yaml
+request_timeout_s: 2
+log_level: DEBUG
+peers:
+  - n1=127.0.0.1:7001,127.0.0.1:8001
+  - {id: n2, raft: "127.0.0.1:7002", api: "127.0.0.1:8002"}
+  - n3=127.0.0.1:7003,127.0.0.1:8003
+raft_routes:
+  n3: 127.0.0.1:17003
+timings:
+  heartbeat_s: 0.04
+"""
+
+
+@pytest.fixture
+def yaml_file(tmp_path: Path) -> str:
+    path = tmp_path / "coord.yaml"
+    path.write_text(YAML)
+    return str(path)
+
+
+def test_load_defaults_from_flags_only() -> None:
+    cfg = config.load(None, flags(), env={})
+    assert cfg.request_timeout_s == 5.0
+    assert cfg.timings == RaftTimings()
+    assert cfg.peers == LOOP3
+
+
+def test_yaml_overrides_defaults(yaml_file: str) -> None:
+    cfg = config.load(yaml_file, {}, env={})
+    assert (cfg.node_id, cfg.data_dir, cfg.log_level) == ("n2", "/yaml", "DEBUG")
+    assert cfg.request_timeout_s == 2.0
+    assert cfg.peers == LOOP3
+    assert cfg.raft_routes == {"n3": "127.0.0.1:17003"}
+    assert cfg.timings.heartbeat_s == 0.04
+    assert cfg.timings.tick_s == RaftTimings().tick_s
+
+
+def test_env_overrides_yaml(yaml_file: str) -> None:
+    env = {
+        "COORD_REQUEST_TIMEOUT_S": "3",
+        "COORD_HEARTBEAT_S": "0.03",
+        "COORD_DATA_DIR": "/env",
+        "COORD_FSYNC": "false",
+        "COORD_RAFT_ROUTES": "n1=127.0.0.1:17001",
+        "COORD_LOG_LEVEL": "",  # empty: not set
+    }
+    cfg = config.load(yaml_file, {}, env=env)
+    assert cfg.request_timeout_s == 3.0
+    assert cfg.timings.heartbeat_s == 0.03
+    assert cfg.data_dir == "/env"
+    assert cfg.fsync is False
+    assert cfg.raft_routes == {"n1": "127.0.0.1:17001"}  # replaces, does not merge
+    assert cfg.log_level == "DEBUG"
+    assert cfg.node_id == "n2"
+
+
+def test_flags_override_env(yaml_file: str) -> None:
+    env = {"COORD_REQUEST_TIMEOUT_S": "3", "COORD_HEARTBEAT_S": "0.03", "COORD_NODE_ID": "n3"}
+    cfg = config.load(
+        yaml_file,
+        {"request_timeout_s": 4.0, "heartbeat_s": 0.02, "node_id": None, "fsync": False},
+        env=env,
+    )
+    assert cfg.request_timeout_s == 4.0
+    assert cfg.timings.heartbeat_s == 0.02
+    assert cfg.node_id == "n3"  # a None flag is "not given"
+    assert cfg.fsync is False
+
+
+def test_env_peers_and_secret() -> None:
+    env = {
+        "COORD_NODE_ID": "n1",
+        "COORD_DATA_DIR": "/e",
+        "COORD_PEERS": ";".join(PEER_FLAGS) + ";",
+        "COORD_CLUSTER_SECRET": "s",
+        "COORD_LISTEN_RAFT": "0.0.0.0:7001",
+    }
+    cfg = config.load(None, {}, env=env)
+    assert cfg.peers == LOOP3
+    assert cfg.cluster_secret == "s"
+    assert cfg.bind_raft == "0.0.0.0:7001"
+
+
+def test_load_validates() -> None:
+    with pytest.raises(InvalidArgument, match="beyond loopback"):
+        config.load(None, flags(listen_raft="0.0.0.0:7001"), env={})
+
+
+def test_load_without_peers_says_how_to_give_them() -> None:
+    with pytest.raises(InvalidArgument, match="no peers: list every member with --peer"):
+        config.load(None, {"node_id": "n1", "data_dir": "/d"}, env={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("COORD_FSYNC", "maybe", "fsync: 'maybe' is not a boolean"),
+        ("COORD_REQUEST_TIMEOUT_S", "soon", "request_timeout_s: 'soon' is not a valid float"),
+        ("COORD_LOG_COMPACTION_ENTRIES", "many", "is not a valid int"),
+        ("COORD_TICK_S", "fast", "tick_s: 'fast' is not a valid float"),
+        ("COORD_PEERS", "n1", "is not ID=RAFT_HOST:PORT,API_HOST:PORT"),
+        ("COORD_RAFT_ROUTES", "n1", "is not ID=HOST:PORT"),
+    ],
+)
+def test_bad_env_values_are_refused(key: str, value: str, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        config.load(None, flags(), env={key: value})
+
+
+@pytest.mark.parametrize("text", ["1", "true", "YES", "on", " True "])
+def test_truthy_booleans(text: str) -> None:
+    assert config.load(None, flags(), env={"COORD_FSYNC": text}).fsync is True
+
+
+@pytest.mark.parametrize("text", ["0", "false", "No", "off"])
+def test_falsy_booleans(text: str) -> None:
+    assert config.load(None, flags(), env={"COORD_FSYNC": text}).fsync is False
+
+
+def test_unknown_yaml_key_is_refused_with_the_known_ones(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("node_id: n1\nelection_timeout: 3\n")
+    with pytest.raises(
+        InvalidArgument, match=r"unknown key 'election_timeout'; known keys: .*timings"
+    ):
+        config.load(str(path), flags(), env={})
+
+
+def test_unknown_timing_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("timings:\n  heartbeat: 0.1\n")
+    with pytest.raises(InvalidArgument, match="unknown timing 'heartbeat'"):
+        config.load(str(path), flags(), env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("- a\n- b\n", "must hold a mapping at the top level"),
+        ("node_id: [unclosed\n", "is not valid YAML"),
+        ("timings: 3\n", "timings must be a mapping"),
+        ("peers:\n  - {id: n1}\n", re.escape("a peer is {id, raft, api}")),
+    ],
+)
+def test_bad_yaml_is_refused(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgument, match=words):
+        config.load(str(path), flags(), env={})
+
+
+def test_an_empty_yaml_file_is_no_settings(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("")
+    assert config.load(str(path), flags(), env={}) == config.load(None, flags(), env={})
+
+
+def test_a_missing_yaml_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="cannot read config file"):
+        config.load(str(tmp_path / "nope.yaml"), flags(), env={})
+
+
+def test_load_reads_os_environ_when_no_env_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COORD_REQUEST_TIMEOUT_S", "7")
+    assert config.load(None, flags()).request_timeout_s == 7.0
+    assert config.load(None, flags(), env={}).request_timeout_s == 5.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: NodeConfig.validate does not check that every peer id is non-empty",
+)
+def test_an_empty_peer_id_is_refused() -> None:
+    peers = (Peer("", "127.0.0.1:7001", "127.0.0.1:8001"), *LOOP3[1:])
+    with pytest.raises(InvalidArgument):
+        node(node_id="n2", peers=peers).validate()
