@@ -23,6 +23,7 @@ import functools
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,8 +151,19 @@ class NodeConfig:
         if not self.data_dir:
             raise InvalidArgument("data dir is empty: set --data-dir")
         ids = [p.id for p in self.peers]
+        for pid in ids:
+            if not _NODE_ID.fullmatch(pid):
+                raise InvalidArgument(
+                    f"peer id {pid!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'"
+                )
         if len(set(ids)) != len(ids):
             raise InvalidArgument(f"duplicate peer ids in {ids}")
+        for what, addrs in (
+            ("raft", [p.raft_address for p in self.peers]),
+            ("api", [p.api_address for p in self.peers]),
+        ):
+            if len(set(addrs)) != len(addrs):
+                raise InvalidArgument(f"two peers share a {what} address: {sorted(addrs)}")
         if self.node_id not in ids:
             raise InvalidArgument(
                 f"node id {self.node_id!r} is not among the peers {ids}: list every member, "
@@ -184,6 +196,9 @@ class NodeConfig:
         if self.log_compaction_entries < 100:
             raise InvalidArgument("log compaction entries must be >= 100")
         self.timings.validate()
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _check_address(addr: str, what: str) -> None:
@@ -224,17 +239,19 @@ def parse_peer(spec: str) -> Peer:
     """Parse ``ID=RAFT_HOST:PORT,API_HOST:PORT``."""
     pid, sep, rest = spec.partition("=")
     raft, sep2, api = rest.partition(",")
+    pid, raft, api = pid.strip(), raft.strip(), api.strip()
     if not sep or not sep2 or not pid or not raft or not api:
         raise InvalidArgument(f"peer {spec!r} is not ID=RAFT_HOST:PORT,API_HOST:PORT")
-    return Peer(pid.strip(), raft.strip(), api.strip())
+    return Peer(pid, raft, api)
 
 
 def parse_route(spec: str) -> tuple[str, str]:
     """Parse ``ID=HOST:PORT`` (dial this peer's Raft port here instead)."""
     pid, sep, addr = spec.partition("=")
+    pid, addr = pid.strip(), addr.strip()
     if not sep or not pid or not addr:
         raise InvalidArgument(f"raft route {spec!r} is not ID=HOST:PORT")
-    return pid.strip(), addr.strip()
+    return pid, addr
 
 
 def _coerce(name: str, value: Any, kind: type) -> Any:
@@ -247,6 +264,10 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise InvalidArgument(f"{name}: {value!r} is not a boolean (true/false)")
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{name}: {value!r} is not a {kind.__name__}")
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise InvalidArgument(f"{name}: {value!r} is not a whole number")
     try:
         return kind(value)
     except (TypeError, ValueError) as e:
@@ -267,7 +288,9 @@ def load_yaml(path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "peers":
-            out["peers"] = [_peer_from_yaml(p, path) for p in (value or [])]
+            if not isinstance(value, list):
+                raise InvalidArgument(f"{path}: peers must be a list of {{id, raft, api}}")
+            out["peers"] = [_peer_from_yaml(p, path) for p in value]
         elif key == "raft_routes":
             out["raft_routes"] = {str(k): str(v) for k, v in (value or {}).items()}
         elif key == "timings":

@@ -5,13 +5,16 @@ file is renamed without fsync. This journal implements the same interface
 (``pysyncobj.journal.Journal``) with:
 
 - append-only records ``len u32 | crc32 u32 | idx u64 | term u64 | command``
-  written with ``os.write`` (page cache) and made durable by :meth:`sync`, which
+  (the crc covers length, idx, term and command) written with ``os.write``
+  (page cache) and made durable by :meth:`sync`, which
   the Raft node calls once per tick before any acknowledgement leaves the node
   (group commit);
 - term and vote stored synchronously with fsync of the file and its directory
   before any vote can be sent (Raft §5: they must survive a crash);
-- a torn record at the tail (a crash mid-append) is cut off at load; a bad
-  record anywhere else refuses the start (it held acknowledged entries).
+- a damaged record is a torn tail (a crash before the tick's fsync: one or
+  many partial records, zeros, garbage) when no valid record follows it; the
+  tail is cut off at load. If a valid record follows, the damage is in the
+  middle, where acknowledged entries lived: the start is refused.
 
 Thread: every method runs on the Raft tick thread.
 """
@@ -29,9 +32,12 @@ from coord.raft.fsutil import fsync_dir, write_file_durably
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"COORDJ01"
-_REC = struct.Struct("<IIQQ")  # payload length, crc32(idx|term|command), idx, term
-_IDX_TERM = struct.Struct("<QQ")
+MAGIC = b"COORDJ02"
+_REC = struct.Struct("<IIQQ")  # payload length, crc32(length|idx|term|command), idx, term
+_LEN_IDX_TERM = struct.Struct("<IQQ")
+# Log indices are consecutive; a later record claiming an index this far past
+# the last good one is not taken as evidence of mid-file damage.
+_MAX_IDX_GAP = 1 << 32
 
 Entry = tuple[bytes, int, int]  # (command, idx, term), pysyncobj's shape
 
@@ -87,31 +93,31 @@ class DurableJournal:
 
     def _parse(self, data: bytes) -> int:
         off = len(MAGIC)
-        while off + _REC.size <= len(data):
-            length, crc, idx, term = _REC.unpack_from(data, off)
-            body_end = off + _REC.size + length
-            if body_end > len(data):
-                break  # torn tail: the record never finished
-            command = data[off + _REC.size : body_end]
-            if zlib.crc32(command, zlib.crc32(_IDX_TERM.pack(idx, term))) != crc:
-                if body_end < len(data):
+        while off < len(data):
+            rec = _decode_at(data, off)
+            if rec is None:
+                last = self._entries[-1][1] if self._entries else None
+                later = _find_valid_record(data, off + 1, last)
+                if later is not None:
                     raise JournalCorrupt(
-                        f"{self._path}: record at offset {off} fails its checksum and is not "
-                        "the last one; restore this node's data dir from a peer or a backup"
+                        f"{self._path}: the record at offset {off} is damaged but a valid record "
+                        f"follows at offset {later}: acknowledged entries may be lost; restore "
+                        "this node's data dir from a backup, or wipe it so that it catches up "
+                        "from the leader"
                     )
-                break
-            self._entries.append((command, idx, term))
+                break  # torn tail
+            entry, end = rec
+            self._entries.append(entry)
             self._offsets.append(off)
-            off = body_end
+            off = end
         return off
 
     # -- pysyncobj Journal interface ------------------------------------------
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         command = bytes(command)
-        crc = zlib.crc32(command, zlib.crc32(_IDX_TERM.pack(idx, term)))
         off = os.lseek(self._fd, 0, os.SEEK_CUR)
-        os.write(self._fd, _REC.pack(len(command), crc, idx, term) + command)
+        os.write(self._fd, _encode(command, idx, term))
         self._entries.append((command, idx, term))
         self._offsets.append(off)
         self._dirty = True
@@ -135,15 +141,15 @@ class DurableJournal:
     def deleteEntriesTo(self, entryTo: int) -> None:
         """Drop the prefix covered by a snapshot: rewrite the file atomically."""
         # The snapshot's rename must be durable before the entries it replaces go.
-        fsync_dir(os.path.dirname(self._path) or ".")
+        if self._fsync:
+            fsync_dir(os.path.dirname(self._path) or ".")
         keep = self._entries[entryTo:]
         tmp = self._path + ".tmp"
         chunks = [MAGIC]
         offsets = []
         off = len(MAGIC)
         for command, idx, term in keep:
-            crc = zlib.crc32(command, zlib.crc32(_IDX_TERM.pack(idx, term)))
-            rec = _REC.pack(len(command), crc, idx, term) + command
+            rec = _encode(command, idx, term)
             offsets.append(off)
             off += len(rec)
             chunks.append(rec)
@@ -212,3 +218,34 @@ class DurableJournal:
         data = json.dumps(self._meta, sort_keys=True).encode()
         write_file_durably(self._meta_path + ".tmp", data, self._meta_path, fsync=self._fsync)
         self._meta_dirty = False
+
+
+def _encode(command: bytes, idx: int, term: int) -> bytes:
+    crc = zlib.crc32(command, zlib.crc32(_LEN_IDX_TERM.pack(len(command), idx, term)))
+    return _REC.pack(len(command), crc, idx, term) + command
+
+
+def _decode_at(data: bytes, off: int) -> tuple[Entry, int] | None:
+    """The valid record at ``off`` and the offset after it, or None."""
+    if off + _REC.size > len(data):
+        return None
+    length, crc, idx, term = _REC.unpack_from(data, off)
+    end = off + _REC.size + length
+    if end > len(data):
+        return None
+    command = data[off + _REC.size : end]
+    if zlib.crc32(command, zlib.crc32(_LEN_IDX_TERM.pack(length, idx, term))) != crc:
+        return None
+    return (command, idx, term), end
+
+
+def _find_valid_record(data: bytes, start: int, last_idx: int | None) -> int | None:
+    """Offset of a valid record at or after ``start`` that could follow ``last_idx``."""
+    limit = len(data) - _REC.size
+    for off in range(start, limit + 1):
+        _, _, idx, _ = _REC.unpack_from(data, off)
+        if last_idx is not None and not last_idx < idx <= last_idx + _MAX_IDX_GAP:
+            continue
+        if _decode_at(data, off) is not None:
+            return off
+    return None

@@ -2,7 +2,7 @@
 
 Format (version 1)::
 
-    magic "COORDD01" | u32 header length | header JSON | u32 crc32(state) | state
+    magic "COORDD02" | u32 header length | header JSON | u32 crc32(header + state) | state
 
 The header holds the last two log entries the snapshot covers (pysyncobj needs
 them to continue the log) and the member ids; ``state`` is
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from coord.raft.fsutil import fsync_dir
 
-MAGIC = b"COORDD01"
+MAGIC = b"COORDD02"
 FORMAT_VERSION = 1
 _U32 = struct.Struct("<I")
 
@@ -44,7 +44,9 @@ def _entry_json(e: Entry) -> list[object]:
 
 
 def _entry_from_json(v: list[object]) -> Entry:
-    return (base64.b64decode(str(v[0])), int(str(v[1])), int(str(v[2])))
+    if not isinstance(v, list) or len(v) != 3:
+        raise ValueError(f"a log entry is [command, idx, term], got {v!r}")
+    return (base64.b64decode(str(v[0]), validate=True), int(str(v[1])), int(str(v[2])))
 
 
 def write_dump(
@@ -60,7 +62,8 @@ def write_dump(
         }
     ).encode()
     with open(path, "wb") as f:
-        f.write(MAGIC + _U32.pack(len(header)) + header + _U32.pack(zlib.crc32(state)) + state)
+        crc = zlib.crc32(state, zlib.crc32(header))
+        f.write(MAGIC + _U32.pack(len(header)) + header + _U32.pack(crc) + state)
         f.flush()
         if fsync:
             os.fsync(f.fileno())
@@ -79,18 +82,24 @@ def read_dump(path: str, fsync: bool = False) -> Dump:
         raise DumpError(f"{path} is not a coord snapshot dump (bad magic)")
     try:
         (hlen,) = _U32.unpack_from(data, 8)
-        header = json.loads(data[12 : 12 + hlen])
+        raw_header = data[12 : 12 + hlen]
         (crc,) = _U32.unpack_from(data, 12 + hlen)
-        state = data[16 + hlen :]
-    except (struct.error, ValueError) as e:
-        raise DumpError(f"{path} is truncated or corrupt ({e})") from e
-    if header.get("format") != FORMAT_VERSION:
-        raise DumpError(f"{path}: dump format {header.get('format')} is not supported")
-    if zlib.crc32(state) != crc:
-        raise DumpError(f"{path}: checksum mismatch, the dump is corrupt")
-    return Dump(
-        state=state,
-        last=_entry_from_json(header["last"]),
-        prev=_entry_from_json(header["prev"]),
-        node_ids=tuple(header.get("nodes", ())),
-    )
+    except struct.error as e:
+        raise DumpError(f"{path} is truncated ({e})") from e
+    state = data[16 + hlen :]
+    if zlib.crc32(state, zlib.crc32(raw_header)) != crc:
+        raise DumpError(f"{path}: checksum mismatch, the dump is corrupt or truncated")
+    try:
+        header = json.loads(raw_header)
+        if header.get("format") != FORMAT_VERSION:
+            raise DumpError(f"{path}: dump format {header.get('format')} is not supported")
+        return Dump(
+            state=state,
+            last=_entry_from_json(header["last"]),
+            prev=_entry_from_json(header["prev"]),
+            node_ids=tuple(str(n) for n in header.get("nodes", ())),
+        )
+    except DumpError:
+        raise
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise DumpError(f"{path}: the dump header is malformed ({e!r})") from e

@@ -52,16 +52,22 @@ class StateMachine:
     # -- apply -----------------------------------------------------------------
 
     def apply(self, data: bytes) -> raft_pb2.CommandResult:
-        """Apply one serialized Command. Never raises."""
+        """Apply one serialized Command. Never raises.
+
+        The result is the caller's to keep and modify: the dedupe table keeps
+        its own copy (a shared message would let a caller change replicated state).
+        """
         try:
             cmd = raft_pb2.Command.FromString(data)
         except Exception:  # a malformed entry must not wedge the cluster
             logger.error("undecodable command of %d bytes skipped", len(data))
-            return _error(InvalidArgument("undecodable command"))
+            result = _error(InvalidArgument("undecodable command"))
+            result.revision = self.revision
+            return result
         if cmd.request_id:
             seen = self._dedupe.get(cmd.request_id)
             if seen is not None:
-                return seen
+                return _copy(seen)
         self.last_time_ms = max(self.last_time_ms, cmd.time_ms)
         try:
             result = self._dispatch(cmd)
@@ -72,7 +78,7 @@ class StateMachine:
             result = _error(Internal(f"apply failed: {type(e).__name__}"))
         result.revision = self.revision
         if cmd.request_id:
-            self._remember(cmd.request_id, result)
+            self._remember(cmd.request_id, _copy(result))
         return result
 
     def _dispatch(self, cmd: raft_pb2.Command) -> raft_pb2.CommandResult:
@@ -101,6 +107,8 @@ class StateMachine:
     # -- commands --------------------------------------------------------------
 
     def _bootstrap(self, req: raft_pb2.Bootstrap) -> raft_pb2.CommandResult:
+        if not req.cluster_id:
+            raise InvalidArgument("bootstrap needs a cluster id")
         if not self.cluster_id:
             self.cluster_id = req.cluster_id
             self.node_ids = sorted(req.node_ids)
@@ -211,6 +219,12 @@ def decode_snapshot(data: bytes) -> raft_pb2.StateSnapshot:
 
 def _matches(prev: kv_pb2.KeyValue | None, expected: int) -> bool:
     return (prev.mod_revision if prev is not None else 0) == expected
+
+
+def _copy(result: raft_pb2.CommandResult) -> raft_pb2.CommandResult:
+    out = raft_pb2.CommandResult()
+    out.CopyFrom(result)
+    return out
 
 
 def _error(e: CoordError) -> raft_pb2.CommandResult:
