@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import random
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +80,9 @@ _FAIL_TO_ERROR: dict[int, Callable[[], errors.CoordError]] = {
 }
 
 
+ProposeCallback = Callable[[raft_pb2.CommandResult | None, errors.CoordError | None], None]
+
+
 @dataclass(frozen=True)
 class View:
     """What this node believes right now; replaced atomically once per tick."""
@@ -99,6 +104,7 @@ class _SyncObj(SyncObj):
 
     def __init__(self, apply: Callable[[bytes], Any], *args: Any, **kwargs: Any) -> None:
         self._coord_apply = apply
+        self._coord_woken = False
         super().__init__(*args, **kwargs)
 
     @replicated
@@ -112,6 +118,7 @@ class _SyncObj(SyncObj):
     # fsync and acknowledge the batch once (group commit end to end).
 
     def _checkCommandsToApply(self) -> None:
+        self._coord_woken = False  # before draining: a later put must wake us again
         conf = self.conf
         before = self._SyncObj__raftLog[-1][1]
         conf.appendEntriesUseBatch = True  # suppresses the per-command send
@@ -123,10 +130,19 @@ class _SyncObj(SyncObj):
             self._SyncObj__sendAppendEntries()
 
     def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:
-        super()._applyCommand(command, callback, commandType)
-        # While the tick thread batches, the flag above is briefly True and
-        # pysyncobj would skip waking the tick thread: always wake it.
-        self._SyncObj__pipeNotifier.notify()
+        # pysyncobj's own version, except for the wake-up: once per batch, not
+        # once per command (a pipe write each). The flag is cleared before the
+        # queue is drained, so a command enqueued after the drain wakes it again.
+        if commandType is not None:
+            command = struct.pack("B", commandType) + command
+        try:
+            self._SyncObj__commandsQueue.put_nowait((command, callback))
+        except queue.Full:
+            self._SyncObj__callErrCallback(FAIL_REASON.QUEUE_FULL, callback)
+            return
+        if not self._coord_woken:
+            self._coord_woken = True
+            self._SyncObj__pipeNotifier.notify()
 
 
 class RaftNode:
@@ -201,21 +217,33 @@ class RaftNode:
 
     # -- proposals (any thread) ------------------------------------------------
 
-    def propose(self, cmd: raft_pb2.Command) -> Future[raft_pb2.CommandResult]:
-        """Replicate ``cmd``; the future resolves with its CommandResult once applied here."""
+    def propose_cb(self, cmd: raft_pb2.Command, callback: ProposeCallback) -> None:
+        """Replicate ``cmd``; ``callback(result, None)`` once applied here, or
+        ``callback(None, error)``. Called on the tick thread, at most once."""
         if not cmd.time_ms:
             cmd.time_ms = int(time.time() * 1000)
-        fut: Future[raft_pb2.CommandResult] = Future()
 
         def done(result: Any, err: int) -> None:
-            if fut.done():
-                return
             if err == FAIL_REASON.SUCCESS:
-                fut.set_result(result)
+                callback(result, None)
             else:
-                fut.set_exception(_FAIL_TO_ERROR.get(err, _unknown_failure)())
+                callback(None, _FAIL_TO_ERROR.get(err, _unknown_failure)())
 
         self._so.apply_command(cmd.SerializeToString(), callback=done)
+
+    def propose(self, cmd: raft_pb2.Command) -> Future[raft_pb2.CommandResult]:
+        """Replicate ``cmd``; the future resolves with its CommandResult once applied here."""
+        fut: Future[raft_pb2.CommandResult] = Future()
+
+        def done(result: raft_pb2.CommandResult | None, err: errors.CoordError | None) -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            if err is None:
+                fut.set_result(result)  # type: ignore[arg-type]
+            else:
+                fut.set_exception(err)
+
+        self.propose_cb(cmd, done)
         return fut
 
     def barrier(self) -> Future[None]:

@@ -10,6 +10,7 @@ import grpc
 from coord import errors
 from coord.config import NodeConfig
 from coord.raft.node import RaftNode
+from coord.server.bridge import LoopBridge
 from coord.v1 import common_pb2, raft_pb2
 
 # Servicers take any request/response types.
@@ -23,6 +24,8 @@ class NodeContext:
         self.cfg = cfg
         self.raft = raft
         self._api = {p.id: p.api_address for p in cfg.peers}
+        self._cluster_id = cfg.cluster_id
+        self._loop_bridge: LoopBridge | None = None
 
     def api_address(self, node_id: str) -> str:
         return self._api.get(node_id, "")
@@ -36,7 +39,7 @@ class NodeContext:
     ) -> common_pb2.ResponseHeader:
         view = self.raft.view
         return common_pb2.ResponseHeader(
-            cluster_id=self.cfg.cluster_id,
+            cluster_id=self._cluster_id,
             node_id=self.cfg.node_id,
             term=view.term,
             revision=self.raft.state.revision if revision is None else revision,
@@ -53,16 +56,24 @@ class NodeContext:
         self, cmd: raft_pb2.Command, context: ServicerContext
     ) -> raft_pb2.CommandResult:
         """Propose ``cmd`` and wait for its result; raise its error if it carries one."""
-        fut = asyncio.wrap_future(self.raft.propose(cmd))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[raft_pb2.CommandResult] = loop.create_future()
+        bridge = self._bridge(loop)
+        self.raft.propose_cb(cmd, lambda res, err: bridge.complete(fut, res, err))
+        # A timer handle, not asyncio.wait_for: wait_for builds tasks per call.
+        timer = loop.call_later(self._timeout(context), _expire, fut)
         try:
-            result = await asyncio.wait_for(fut, self._timeout(context))
-        except TimeoutError:
-            raise errors.OutcomeUnknown(
-                "the write did not commit in time (no quorum?): retry with the same request id"
-            ) from None
+            result = await fut
+        finally:
+            timer.cancel()
         if result.error_reason:
             raise errors.from_reason(result.error_reason, result.error_message)
         return result
+
+    def _bridge(self, loop: asyncio.AbstractEventLoop) -> LoopBridge:
+        if self._loop_bridge is None:
+            self._loop_bridge = LoopBridge(loop)
+        return self._loop_bridge
 
     async def linearize(self, context: ServicerContext) -> None:
         """Wait until this node's state includes every write committed before the call."""
@@ -72,3 +83,12 @@ class NodeContext:
             raise errors.Unavailable(
                 "linearizable read timed out (no quorum?): retry, or read with serializable=true"
             ) from None
+
+
+def _expire(fut: asyncio.Future[raft_pb2.CommandResult]) -> None:
+    if not fut.done():
+        fut.set_exception(
+            errors.OutcomeUnknown(
+                "the write did not commit in time (no quorum?): retry with the same request id"
+            )
+        )
