@@ -53,7 +53,7 @@ class DevConsole:
             self._track_leader(sts)
             if self.tty:
                 self._draw(sts)
-            self.stop.wait(0.25)
+            self.stop.wait(0.1)
 
     def _track_leader(self, sts: list[cluster_pb2.StatusResponse | None]) -> None:
         i = self.cluster.leader_index()

@@ -25,6 +25,9 @@ from coord.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 T = TypeVar("T")
 
+# After an endpoint fails, other endpoints are preferred for this long.
+SUSPECT_S = 2.0
+
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
@@ -64,6 +67,7 @@ class Client:
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred: str | None = None  # the leader's API address, when known
         self._next = random.randrange(len(self.endpoints))
+        self._suspect: dict[str, float] = {}  # endpoint -> monotonic time it may be tried again
 
     # -- plumbing --------------------------------------------------------------
 
@@ -88,14 +92,26 @@ class Client:
         self.close()
 
     def _candidates(self, prefer_leader: bool) -> Iterator[str]:
-        """Endpoints to try, leader first when known, then round-robin, forever."""
+        """Endpoints to try, leader first when known, then round-robin, forever.
+
+        An endpoint that just failed is skipped for a while (unless every
+        endpoint did), so a hung node costs one attempt timeout, not one per pass.
+        """
         while True:
             if prefer_leader and self._preferred:
                 yield self._preferred
+            now = time.monotonic()
             with self._lock:
-                ep = self.endpoints[self._next % len(self.endpoints)]
+                order = [
+                    self.endpoints[(self._next + i) % len(self.endpoints)]
+                    for i in range(len(self.endpoints))
+                ]
                 self._next += 1
-            yield ep
+            healthy = [ep for ep in order if self._suspect.get(ep, 0.0) <= now]
+            yield (healthy or order)[0]
+
+    def _suspect_endpoint(self, ep: str) -> None:
+        self._suspect[ep] = time.monotonic() + SUSPECT_S
 
     def call(
         self,
@@ -125,6 +141,8 @@ class Client:
                     raise err from None
                 last = err
                 self._learn_leader(err, ep)
+                if not isinstance(rpc_err, _RetryableRpc):
+                    self._suspect_endpoint(ep)
                 time.sleep(min(random.uniform(0, delay), max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 0.25)
                 continue
@@ -150,7 +168,7 @@ class Client:
 
     def _learn_leader(self, err: errors.CoordError, ep: str) -> None:
         hint = getattr(err, "leader_hint", "")
-        if hint and hint != ep:
+        if hint and hint != ep and self._suspect.get(hint, 0.0) <= time.monotonic():
             self._preferred = hint
         elif ep == self._preferred:
             self._preferred = None  # the leader we knew failed: rediscover

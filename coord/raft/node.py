@@ -160,7 +160,6 @@ class RaftNode:
         self._barrier_inflight: tuple[Future[None], float] | None = None
         self._barrier_next: Future[None] | None = None
         self._bootstrap_term = -1
-        self._fast_deadline: float | None = None
 
         journal_path = os.path.join(cfg.data_dir, JOURNAL_FILE)
         self._dump_path = os.path.join(cfg.data_dir, DUMP_FILE)
@@ -177,6 +176,7 @@ class RaftNode:
             (CoordTransport,),
             {
                 "cluster_id": cfg.cluster_id,
+                "stickiness_s": cfg.timings.election_timeout_min_s,
                 "is_durable": staticmethod(lambda: not self.journal.dirty),
                 "catching_up": staticmethod(lambda: self._catching_up),
                 "on_peer_disconnected": staticmethod(self._on_peer_disconnected),
@@ -337,10 +337,6 @@ class RaftNode:
     def _update_catch_up(self) -> None:
         so = self._so
         if not self._catching_up:
-            if self._fast_deadline is not None:
-                deadline = so._SyncObj__raftElectionDeadline
-                so._SyncObj__raftElectionDeadline = min(deadline, self._fast_deadline)
-                self._fast_deadline = None
             return
         if len(self.journal) and self.journal[-1][2] > 0:
             self._catching_up = False
@@ -403,16 +399,22 @@ class RaftNode:
         Survivors go in the order of their ids, ``fast_election_s`` apart, so
         they rarely split the vote.
         """
-        view = self._view
-        if self._catching_up or view.role == ROLE_LEADER or node.id != view.leader_id:
+        # Runs on the tick thread, inside pysyncobj's message handling: read its
+        # live state (the View is a tick old) and move the deadline right away,
+        # so that a vote granted later in this poll resets it as usual.
+        so = self._so
+        leader = so._getLeader()
+        if self._catching_up or so._isLeader() or leader is None or node.id != leader.id:
             return
         survivors = sorted(p.id for p in self.cfg.peers if p.id != node.id)
         rank = survivors.index(self.cfg.node_id)
         delay = rank * self.cfg.timings.fast_election_s
         delay += random.uniform(0, self.cfg.timings.tick_s)
         # pysyncobj's deadlines use CLOCK_MONOTONIC_RAW, not time.monotonic().
-        self._fast_deadline = raft_clock() + delay
-        logger.info("lost the link to leader %s: campaigning in %.0f ms", node.id, delay * 1000)
+        deadline = raft_clock() + delay
+        if deadline < so._SyncObj__raftElectionDeadline:
+            so._SyncObj__raftElectionDeadline = deadline
+            logger.info("lost the link to leader %s: campaigning in %.0f ms", node.id, 1000 * delay)
 
     # -- snapshots (tick thread) -----------------------------------------------
 
