@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -158,12 +159,12 @@ class NodeConfig:
                 )
         if len(set(ids)) != len(ids):
             raise InvalidArgument(f"duplicate peer ids in {ids}")
-        for what, addrs in (
-            ("raft", [p.raft_address for p in self.peers]),
-            ("api", [p.api_address for p in self.peers]),
-        ):
-            if len(set(addrs)) != len(addrs):
-                raise InvalidArgument(f"two peers share a {what} address: {sorted(addrs)}")
+        addrs = [a for p in self.peers for a in (p.raft_address, p.api_address)]
+        if len(set(addrs)) != len(addrs):
+            dup = sorted({a for a in addrs if addrs.count(a) > 1})
+            raise InvalidArgument(
+                f"address {dup} is used twice: every raft and api address must be distinct"
+            )
         if self.node_id not in ids:
             raise InvalidArgument(
                 f"node id {self.node_id!r} is not among the peers {ids}: list every member, "
@@ -191,8 +192,8 @@ class NodeConfig:
                 "set --cluster-secret (or COORD_CLUSTER_SECRET); unauthenticated Raft traffic "
                 "lets anyone who reaches the port run code"
             )
-        if self.request_timeout_s <= 0:
-            raise InvalidArgument("request timeout must be > 0")
+        if not 0 < self.request_timeout_s < 3600:
+            raise InvalidArgument("request timeout must be > 0 and < 3600 s")
         if self.log_compaction_entries < 100:
             raise InvalidArgument("log compaction entries must be >= 100")
         self.timings.validate()
@@ -264,14 +265,18 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise InvalidArgument(f"{name}: {value!r} is not a boolean (true/false)")
+    noun = "an integer" if kind is int else f"a {kind.__name__}"
     if isinstance(value, bool):
-        raise InvalidArgument(f"{name}: {value!r} is not a {kind.__name__}")
+        raise InvalidArgument(f"{name}: {value!r} is not {noun}")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise InvalidArgument(f"{name}: {value!r} is not a whole number")
     try:
-        return kind(value)
-    except (TypeError, ValueError) as e:
-        raise InvalidArgument(f"{name}: {value!r} is not a valid {kind.__name__}") from e
+        out = kind(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidArgument(f"{name}: {value!r} is not {noun}") from e
+    if kind is float and not math.isfinite(out):
+        raise InvalidArgument(f"{name}: {value!r} is not a finite number")
+    return out
 
 
 def load_yaml(path: str) -> dict[str, Any]:

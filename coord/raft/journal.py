@@ -82,8 +82,18 @@ class DurableJournal:
         data = os.pread(fd, size, 0)
         if data[: len(MAGIC)] != MAGIC:
             os.close(fd)
-            raise JournalCorrupt(f"{self._path} is not a coord journal (bad magic)")
-        end = self._parse(data)
+            hint = (
+                "it was written by an older coord (format 1): wipe this node's data dir and "
+                "let it catch up from the leader"
+                if data[:8] == b"COORDJ01"
+                else "it is not a coord journal"
+            )
+            raise JournalCorrupt(f"{self._path}: bad magic, {hint}")
+        try:
+            end = self._parse(data)
+        except JournalCorrupt:
+            os.close(fd)
+            raise
         if end < size:
             logger.warning("journal %s: cutting a torn tail of %d bytes", self._path, size - end)
             os.ftruncate(fd, end)

@@ -1,6 +1,6 @@
 """The full-dump file pysyncobj keeps next to the journal.
 
-Format (version 1)::
+Format (version 2)::
 
     magic "COORDD02" | u32 header length | header JSON | u32 crc32(header + state) | state
 

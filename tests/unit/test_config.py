@@ -229,21 +229,20 @@ def test_parse_peer_refuses(spec: str) -> None:
         parse_peer(spec)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_peer/parse_route check for emptiness before strip(), so a "
-    "whitespace-only id or address is accepted (as '')",
-)
 @pytest.mark.parametrize(
-    "parse",
+    ("parse", "words"),
     [
-        pytest.param(lambda: parse_peer(" =127.0.0.1:7001,127.0.0.1:8001"), id="peer-id"),
-        pytest.param(lambda: parse_peer("n1= ,127.0.0.1:8001"), id="peer-raft"),
-        pytest.param(lambda: parse_route(" =127.0.0.1:9"), id="route-id"),
+        pytest.param(
+            lambda: parse_peer(" =127.0.0.1:7001,127.0.0.1:8001"), "is not ID=RAFT", id="peer-id"
+        ),
+        pytest.param(lambda: parse_peer("n1= ,127.0.0.1:8001"), "is not ID=RAFT", id="peer-raft"),
+        pytest.param(lambda: parse_peer("n1=127.0.0.1:7001,\t"), "is not ID=RAFT", id="peer-api"),
+        pytest.param(lambda: parse_route(" =127.0.0.1:9"), "is not ID=HOST:PORT", id="route-id"),
+        pytest.param(lambda: parse_route("n2=  "), "is not ID=HOST:PORT", id="route-addr"),
     ],
 )
-def test_whitespace_only_parts_are_refused(parse: Any) -> None:
-    with pytest.raises(InvalidArgument):
+def test_whitespace_only_parts_are_refused(parse: Any, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
         parse()
 
 
@@ -361,9 +360,9 @@ def test_load_without_peers_says_how_to_give_them() -> None:
     ("key", "value", "words"),
     [
         ("COORD_FSYNC", "maybe", "fsync: 'maybe' is not a boolean"),
-        ("COORD_REQUEST_TIMEOUT_S", "soon", "request_timeout_s: 'soon' is not a valid float"),
-        ("COORD_LOG_COMPACTION_ENTRIES", "many", "is not a valid int"),
-        ("COORD_TICK_S", "fast", "tick_s: 'fast' is not a valid float"),
+        ("COORD_REQUEST_TIMEOUT_S", "soon", "request_timeout_s: 'soon' is not a float"),
+        ("COORD_LOG_COMPACTION_ENTRIES", "many", "is not an integer"),
+        ("COORD_TICK_S", "fast", "tick_s: 'fast' is not a float"),
         ("COORD_PEERS", "n1", "is not ID=RAFT_HOST:PORT,API_HOST:PORT"),
         ("COORD_RAFT_ROUTES", "n1", "is not ID=HOST:PORT"),
     ],
@@ -432,11 +431,202 @@ def test_load_reads_os_environ_when_no_env_given(monkeypatch: pytest.MonkeyPatch
     assert config.load(None, flags(), env={}).request_timeout_s == 5.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NodeConfig.validate does not check that every peer id is non-empty",
-)
 def test_an_empty_peer_id_is_refused() -> None:
     peers = (Peer("", "127.0.0.1:7001", "127.0.0.1:8001"), *LOOP3[1:])
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidArgument, match="peer id '' is invalid"):
         node(node_id="n2", peers=peers).validate()
+
+
+# -- peer ids and addresses ----------------------------------------------------------------------
+
+
+def with_peer(index: int, **changes: str) -> tuple[Peer, ...]:
+    peers = list(LOOP3)
+    peers[index] = dataclasses.replace(peers[index], **changes)
+    return tuple(peers)
+
+
+@pytest.mark.parametrize(
+    "pid",
+    [
+        " n2",
+        "n2 ",
+        "n 2",
+        "n2\n",
+        "n/2",
+        "n:2",
+        "n=2",
+        "n,2",
+        "n;2",
+        "n2*",
+        "nœud",
+        "n\x002",
+        "x" * 65,
+    ],
+)
+def test_a_peer_id_outside_the_charset_is_refused(pid: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"peer id .* is invalid: use 1-64 letters") as info:
+        node(peers=with_peer(1, id=pid)).validate()
+    assert str(info.value).startswith("coord: ")
+
+
+@pytest.mark.parametrize("pid", ["N2", "node-2", "node_2", "node.2", "2", "-._", "x" * 64])
+def test_peer_ids_in_the_charset_are_accepted(pid: str) -> None:
+    node(peers=with_peer(1, id=pid)).validate()
+
+
+def test_the_charset_applies_to_this_node_too() -> None:
+    with pytest.raises(InvalidArgument, match="peer id 'n 1' is invalid"):
+        node(node_id="n 1", peers=with_peer(0, id="n 1")).validate()
+
+
+@pytest.mark.parametrize("kind", ["raft", "api"])
+def test_two_peers_sharing_an_address_are_refused(kind: str) -> None:
+    field = f"{kind}_address"
+    shared = getattr(LOOP3[0], field)
+    with pytest.raises(InvalidArgument, match="is used twice"):
+        node(peers=with_peer(2, **{field: shared})).validate()
+
+
+def test_duplicate_raft_addresses_are_refused_whatever_the_order() -> None:
+    peers = (
+        Peer("a", "127.0.0.1:7001", "127.0.0.1:8001"),
+        Peer("b", "127.0.0.1:7002", "127.0.0.1:8002"),
+        Peer("c", "127.0.0.1:7002", "127.0.0.1:8003"),
+    )
+    for order in (peers, peers[::-1]):
+        with pytest.raises(InvalidArgument, match="is used twice"):
+            node(node_id="a", peers=order).validate()
+
+
+def test_duplicate_raft_addresses_are_refused_on_load() -> None:
+    specs = [*PEER_FLAGS[:2], "n3=127.0.0.1:7002,127.0.0.1:8003"]
+    with pytest.raises(InvalidArgument, match="is used twice"):
+        config.load(
+            None,
+            {},
+            env={"COORD_NODE_ID": "n1", "COORD_DATA_DIR": "/d", "COORD_PEERS": ";".join(specs)},
+        )
+
+
+def test_one_peer_may_reuse_a_port_number_on_another_host() -> None:
+    peers = (
+        Peer("n1", "127.0.0.1:7000", "127.0.0.1:8000"),
+        Peer("n2", "127.0.0.2:7000", "127.0.0.2:8000"),
+        Peer("n3", "127.0.0.3:7000", "127.0.0.3:8000"),
+    )
+    node(peers=peers).validate()
+
+
+@pytest.mark.parametrize(
+    "peers",
+    [
+        pytest.param(with_peer(0, api_address="127.0.0.1:7001"), id="same-peer"),
+        pytest.param(with_peer(1, api_address="127.0.0.1:7001"), id="across-peers"),
+    ],
+)
+def test_a_raft_address_reused_as_an_api_address_is_refused(peers: tuple[Peer, ...]) -> None:
+    with pytest.raises(InvalidArgument, match="address"):
+        node(peers=peers).validate()
+
+
+# -- strict numbers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["heartbeat_s", "tick_s", "reconnect_s", "request_timeout_s"])
+@pytest.mark.parametrize("value", [True, False])
+def test_a_bool_is_not_a_float(name: str, value: bool) -> None:
+    with pytest.raises(InvalidArgument, match=rf"^coord: {name}: {value} is not a float$"):
+        config.load(None, flags(**{name: value}), env={})
+
+
+def test_a_yaml_bool_is_not_a_timing(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("timings:\n  heartbeat_s: yes\n")
+    with pytest.raises(InvalidArgument, match="heartbeat_s: True is not a float"):
+        config.load(str(path), flags(), env={})
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_a_bool_is_not_an_int(value: bool) -> None:
+    with pytest.raises(InvalidArgument, match=rf"log_compaction_entries: {value} is not a"):
+        config.load(None, flags(log_compaction_entries=value), env={})
+
+
+@pytest.mark.parametrize("value", [150.5, 100.000001, float("inf"), float("nan")])
+def test_a_fraction_is_not_an_int(value: float) -> None:
+    with pytest.raises(
+        InvalidArgument, match=re.escape(f"log_compaction_entries: {value!r} is not a whole number")
+    ):
+        config.load(None, flags(log_compaction_entries=value), env={})
+
+
+def test_a_yaml_fraction_is_not_an_int(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("log_compaction_entries: 150.5\n")
+    with pytest.raises(InvalidArgument, match=r"150\.5 is not a whole number"):
+        config.load(str(path), flags(), env={})
+
+
+@pytest.mark.parametrize("value", ["150.5", "1e3"])
+def test_an_env_fraction_is_not_an_int(value: str) -> None:
+    with pytest.raises(InvalidArgument, match="is not an integer"):
+        config.load(None, flags(), env={"COORD_LOG_COMPACTION_ENTRIES": value})
+
+
+@pytest.mark.parametrize("value", [150, 150.0, "150", " 150 "])
+def test_whole_numbers_are_ints(value: object) -> None:
+    cfg = config.load(None, flags(log_compaction_entries=value), env={})
+    assert cfg.log_compaction_entries == 150
+    assert type(cfg.log_compaction_entries) is int
+
+
+@pytest.mark.parametrize("value", [1, "0.04", 0.04])
+def test_numbers_and_numeric_text_are_floats(value: object) -> None:
+    cfg = config.load(None, flags(request_timeout_s=value), env={})
+    assert type(cfg.request_timeout_s) is float
+
+
+@pytest.mark.parametrize("value", ["nan", float("nan")])
+def test_a_nan_timing_is_refused(value: object) -> None:
+    with pytest.raises(InvalidArgument, match="heartbeat_s"):
+        config.load(None, flags(heartbeat_s=value), env={})
+
+
+@pytest.mark.parametrize("value", ["nan", float("nan")])
+def test_a_nan_request_timeout_is_refused(value: object) -> None:
+    with pytest.raises(InvalidArgument, match=r"request_timeout_s|request timeout"):
+        config.load(None, flags(request_timeout_s=value), env={})
+
+
+def test_strings_stay_strings_and_bools_are_not_strings() -> None:
+    with pytest.raises(InvalidArgument, match="node_id: True is not a str"):
+        config.load(None, flags(node_id=True), env={})
+
+
+# -- YAML peers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "peers: n1=127.0.0.1:7001,127.0.0.1:8001\n",
+        "peers: {id: n1, raft: '127.0.0.1:7001', api: '127.0.0.1:8001'}\n",
+        "peers: 3\n",
+        "peers:\n",
+    ],
+    ids=["a-string", "a-mapping", "a-number", "null"],
+)
+def test_yaml_peers_must_be_a_list(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgument, match="peers must be a list"):
+        config.load(str(path), flags(), env={})
+
+
+def test_an_empty_yaml_peer_list_defers_to_other_layers(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("peers: []\n")
+    assert config.load(str(path), flags(), env={}).peers == LOOP3
+    with pytest.raises(InvalidArgument, match="no peers"):
+        config.load(str(path), {"node_id": "n1", "data_dir": "/d"}, env={})

@@ -1,7 +1,12 @@
 """DurableJournal: pysyncobj's Journal interface over an append-only, checksummed file.
 
-Record layout: ``len u32 | crc32 u32 | idx u64 | term u64 | command`` after an
-8-byte magic; term/vote/commit index live in ``<path>.meta`` (JSON).
+Record layout: ``len u32 | crc32 u32 | idx u64 | term u64 | command`` after the
+8-byte magic ``COORDJ02``; the crc32 covers ``len | idx | term | command``.
+Term/vote/commit index live in ``<path>.meta`` (JSON).
+
+A damaged record is a torn tail (cut at load) unless a valid record with an index in
+``(last good idx, last good idx + 2**32]`` follows it somewhere later in the file: then
+the damage is in the middle, where acknowledged entries lived, and the start is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import json
 import os
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,7 @@ from hypothesis import strategies as st
 from coord.raft.journal import MAGIC, DurableJournal, JournalCorrupt
 
 REC = struct.Struct("<IIQQ")
+LEN_IDX_TERM = struct.Struct("<IQQ")
 Entry = tuple[bytes, int, int]
 
 ENTRIES: list[Entry] = [(b"first", 1, 1), (b"", 2, 1), (b"\x00third\xff" * 10, 3, 2)]
@@ -39,6 +46,16 @@ def written(path: Path, entries: list[Entry], fsync: bool = False) -> Path:
         j.add(*e)
     j._destroy()
     return path
+
+
+def record(command: bytes, idx: int, term: int) -> bytes:
+    """One record built by hand from the documented layout (not with the journal's code)."""
+    crc = zlib.crc32(LEN_IDX_TERM.pack(len(command), idx, term) + command)
+    return REC.pack(len(command), crc, idx, term) + command
+
+
+def file_size(entries: list[Entry]) -> int:
+    return len(MAGIC) + sum(REC.size + len(command) for command, _, _ in entries)
 
 
 def record_offsets(path: Path) -> list[int]:
@@ -150,7 +167,63 @@ def test_clear_then_reopen(jpath: Path) -> None:
     j.close()
 
 
-# -- torn tails and corruption ---------------------------------------------------------------
+# -- the on-disk format ----------------------------------------------------------------------
+
+
+def test_the_magic_names_format_2() -> None:
+    assert MAGIC == b"COORDJ02"
+
+
+def test_records_have_the_documented_layout(jpath: Path) -> None:
+    written(jpath, ENTRIES)
+    assert jpath.read_bytes() == MAGIC + b"".join(record(*e) for e in ENTRIES)
+
+
+def test_hand_built_records_read_back(jpath: Path) -> None:
+    jpath.write_bytes(MAGIC + b"".join(record(*e) for e in ENTRIES))
+    j = open_journal(jpath)
+    assert contents(j) == ENTRIES
+    j.close()
+
+
+def test_the_checksum_covers_the_length(jpath: Path) -> None:
+    """A format-1 record (crc over idx | term | command only) does not pass for a valid one."""
+    command, idx, term = ENTRIES[2]
+    v1_crc = zlib.crc32(struct.pack("<QQ", idx, term) + command)
+    v1_record = REC.pack(len(command), v1_crc, idx, term) + command
+    jpath.write_bytes(MAGIC + record(*ENTRIES[0]) + record(*ENTRIES[1]) + v1_record)
+    j = open_journal(jpath)
+    assert contents(j) == ENTRIES[:2]  # the last record fails its checksum: a torn tail
+    j.close()
+
+
+def test_a_format_1_journal_is_refused_untouched(jpath: Path) -> None:
+    written(jpath, ENTRIES)
+    old = b"COORDJ01" + jpath.read_bytes()[len(MAGIC) :]
+    jpath.write_bytes(old)
+    with pytest.raises(JournalCorrupt, match=r"bad magic, it was written by an older coord"):
+        open_journal(jpath)
+    assert jpath.read_bytes() == old
+
+
+# -- torn tails: cut at load -----------------------------------------------------------------
+
+# Four records, none with an empty command, so that every field of every record can be hit.
+FOUR: list[Entry] = [(b"first", 1, 1), (b"second", 2, 1), (b"third" * 10, 3, 2), (b"4th", 4, 2)]
+# Offsets of a record's fields: length, crc, idx, term, then a byte inside the command.
+FIELDS = {"length": 0, "crc": 4, "idx": 8, "term": 16, "command": REC.size + 2}
+
+
+def flip(path: Path, pos: int, mask: int = 0x10) -> bytes:
+    """Flip bits of one byte in place; return the damaged file's bytes."""
+    data = bytearray(path.read_bytes())
+    data[pos] ^= mask
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def damaged_message(bad: int, good: int) -> str:
+    return rf"record at offset {bad} is damaged but a valid record follows at offset {good}:"
 
 
 def test_a_torn_tail_is_cut_at_load(jpath: Path) -> None:
@@ -199,79 +272,228 @@ def test_appended_garbage_that_cannot_be_a_record_is_cut(jpath: Path, tail: byte
     j.close()
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(b"\x00" * 64, id="zero-filled"),
+        pytest.param(b"\x00" * 4096, id="zero-filled-page"),
+        pytest.param(struct.pack("<I", 1) + b"\xab" * 60, id="garbage"),
+        pytest.param(bytes(range(256)) * 8, id="garbage-2k"),
+        pytest.param(record(b"next", 4, 2)[:-1] + b"\x00" * 50, id="torn-record-then-zeros"),
+        pytest.param(
+            REC.pack(4, 0, 4, 2) + b"next" + b"\x00" * 50, id="next-index-bad-crc-then-zeros"
+        ),
+        pytest.param(
+            record(b"next", 4, 2)[:-1] + record(b"then", 5, 2)[:-1], id="two-torn-records"
+        ),
+    ],
+)
+def test_an_unsynced_garbage_tail_is_cut(jpath: Path, tail: bytes) -> None:
+    """More than one record header's worth of zeros or garbage after the last good record
+    (a power loss before the tick's fsync): cut, and the good records survive."""
+    written(jpath, ENTRIES)
+    size = os.path.getsize(jpath)
+    with open(jpath, "ab") as f:
+        f.write(tail)
+    j = open_journal(jpath)
+    assert contents(j) == ENTRIES
+    assert os.path.getsize(jpath) == size
+    assert j.sync() is True  # the cut itself is made durable
+    j.add(b"after", 4, 2)
+    j._destroy()
+    j = open_journal(jpath)
+    assert contents(j) == [*ENTRIES, (b"after", 4, 2)]
+    assert os.path.getsize(jpath) == file_size([*ENTRIES, (b"after", 4, 2)])
+    j.close()
+
+
+@pytest.mark.parametrize("extra", [0, 10, -1], ids=["at-a-boundary", "inside", "last-byte"])
+def test_a_multi_record_unsynced_tail_is_cut(jpath: Path, extra: int) -> None:
+    """Power loss after one tick appended several records: the file kept its new size, but its
+    pages never reached the disk and read back as zeros, from some point to the end."""
+    written(jpath, FOUR)
+    offsets = record_offsets(jpath)
+    data = bytearray(jpath.read_bytes())
+    start = offsets[1] + extra if extra >= 0 else offsets[2] + extra
+    data[start:] = bytes(len(data) - start)
+    jpath.write_bytes(bytes(data))
+    j = open_journal(jpath)
+    assert contents(j) == FOUR[:1]
+    assert os.path.getsize(jpath) == offsets[1]
+    j.close()
+
+
 def test_a_last_record_failing_its_checksum_is_cut(jpath: Path) -> None:
     written(jpath, ENTRIES)
-    data = bytearray(jpath.read_bytes())
-    data[-1] ^= 0x01
-    jpath.write_bytes(bytes(data))
+    flip(jpath, os.path.getsize(jpath) - 1, 0x01)
     j = open_journal(jpath)
     assert contents(j) == ENTRIES[:-1]
     j.close()
 
 
-@pytest.mark.parametrize("field", ["crc", "idx", "term", "command"])
-def test_a_corrupt_record_in_the_middle_refuses_the_start(jpath: Path, field: str) -> None:
-    written(jpath, ENTRIES)
-    first = record_offsets(jpath)[0]
-    pos = first + {"crc": 4, "idx": 8, "term": 16, "command": REC.size + 2}[field]
-    data = bytearray(jpath.read_bytes())
-    data[pos] ^= 0x10
-    jpath.write_bytes(bytes(data))
-    with pytest.raises(JournalCorrupt, match=rf"record at offset {first} fails its checksum"):
+@pytest.mark.parametrize("field", list(FIELDS))
+def test_any_corrupt_field_of_the_last_record_is_cut(jpath: Path, field: str) -> None:
+    written(jpath, FOUR)
+    last = record_offsets(jpath)[-1]
+    flip(jpath, last + FIELDS[field])
+    j = open_journal(jpath)
+    assert contents(j) == FOUR[:-1]
+    assert os.path.getsize(jpath) == last
+    j.close()
+
+
+# -- damage in the middle: refused -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("victim", [0, 1, 2], ids=["first", "second", "third"])
+@pytest.mark.parametrize("field", list(FIELDS))
+def test_a_corrupt_record_in_the_middle_refuses_the_start(
+    jpath: Path, field: str, victim: int
+) -> None:
+    written(jpath, FOUR)
+    offsets = record_offsets(jpath)
+    damaged = flip(jpath, offsets[victim] + FIELDS[field])
+    with pytest.raises(JournalCorrupt, match=damaged_message(offsets[victim], offsets[victim + 1])):
         open_journal(jpath)
-    assert jpath.read_bytes() == bytes(data)  # evidence left untouched
+    assert jpath.read_bytes() == damaged  # evidence left untouched
 
 
 def test_the_corrupt_message_says_what_to_do(jpath: Path) -> None:
     written(jpath, ENTRIES)
-    data = bytearray(jpath.read_bytes())
-    data[record_offsets(jpath)[1] + 5] ^= 0xFF
-    jpath.write_bytes(bytes(data))
-    with pytest.raises(JournalCorrupt, match="restore this node's data dir from a peer"):
+    flip(jpath, record_offsets(jpath)[1] + 5, 0xFF)
+    with pytest.raises(
+        JournalCorrupt,
+        match="restore this node's data dir from a backup, or wipe it so that it catches up "
+        "from the leader",
+    ):
         open_journal(jpath)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a corrupt length field in a middle record that points past EOF is taken "
-    "for a torn tail: every later (acknowledged) entry is silently truncated away",
-)
-def test_a_corrupt_length_in_the_middle_refuses_the_start(jpath: Path) -> None:
-    written(jpath, ENTRIES)
-    size = os.path.getsize(jpath)
-    data = bytearray(jpath.read_bytes())
-    struct.pack_into("<I", data, record_offsets(jpath)[0], 0x7FFF_FFFF)
-    jpath.write_bytes(bytes(data))
-    with pytest.raises(JournalCorrupt):
-        open_journal(jpath).close()
-    assert os.path.getsize(jpath) == size  # the evidence is left in place
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unsynced tail longer than one record header that is not a valid record "
-    "(zeros after a power loss, or garbage) refuses the start instead of being cut",
-)
 @pytest.mark.parametrize(
-    "tail",
+    "length",
     [
-        pytest.param(b"\x00" * 64, id="zero-filled"),
-        pytest.param(struct.pack("<I", 1) + b"\xab" * 60, id="garbage"),
+        pytest.param(0x7FFF_FFFF, id="past-eof"),
+        pytest.param(0, id="zero"),
+        pytest.param(len(ENTRIES[0][0]) - 1, id="one-short"),
+        pytest.param(len(ENTRIES[0][0]) + 1, id="one-long"),
+        # Ends exactly where the third record starts: a record boundary, still refused.
+        pytest.param(len(ENTRIES[0][0]) + REC.size + len(ENTRIES[1][0]), id="onto-a-boundary"),
     ],
 )
-def test_an_unsynced_garbage_tail_is_cut(jpath: Path, tail: bytes) -> None:
+def test_a_corrupt_length_in_the_middle_refuses_the_start(jpath: Path, length: int) -> None:
     written(jpath, ENTRIES)
+    offsets = record_offsets(jpath)
+    data = bytearray(jpath.read_bytes())
+    struct.pack_into("<I", data, offsets[0], length)
+    jpath.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt, match=damaged_message(offsets[0], offsets[1])):
+        open_journal(jpath).close()
+    assert jpath.read_bytes() == bytes(data)  # the evidence is left in place
+
+
+@pytest.mark.parametrize("gap", [1, 7, REC.size - 1, REC.size, 37])
+def test_damage_followed_by_a_valid_record_anywhere_later_refuses_the_start(
+    jpath: Path, gap: int
+) -> None:
+    """The valid record need not sit on a record boundary, nor a header's length away from
+    the damage: it is searched for byte by byte."""
+    written(jpath, ENTRIES)
+    size = os.path.getsize(jpath)
     with open(jpath, "ab") as f:
-        f.write(tail)
-    j = open_journal(jpath)
-    assert contents(j) == ENTRIES
-    j.close()
+        f.write(b"\xab" * gap + record(b"acknowledged", 4, 3) + b"\x00" * 11)
+    data = jpath.read_bytes()
+    with pytest.raises(JournalCorrupt, match=damaged_message(size, size + gap)):
+        open_journal(jpath)
+    assert jpath.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("idx", "refused"),
+    [
+        pytest.param(1, False, id="an-old-index"),
+        pytest.param(3, False, id="the-last-good-index"),
+        pytest.param(4, True, id="the-next-index"),
+        pytest.param(9, True, id="a-few-past"),
+        pytest.param(3 + 2**32, True, id="the-largest-plausible-index"),
+        pytest.param(3 + 2**32 + 1, False, id="too-far-past"),
+    ],
+)
+def test_only_a_later_record_with_a_plausible_index_proves_mid_file_damage(
+    jpath: Path, idx: int, refused: bool
+) -> None:
+    """Evidence is a valid record with idx in (last good idx, last good idx + 2**32]."""
+    written(jpath, ENTRIES)  # last good idx: 3
+    size = os.path.getsize(jpath)
+    with open(jpath, "ab") as f:
+        f.write(b"\x00" * 40 + record(b"later", idx, 9))
+    data = jpath.read_bytes()
+    if refused:
+        with pytest.raises(JournalCorrupt, match=damaged_message(size, size + 40)):
+            open_journal(jpath)
+        assert jpath.read_bytes() == data
+    else:
+        j = open_journal(jpath)
+        assert contents(j) == ENTRIES
+        assert os.path.getsize(jpath) == size
+        j.close()
+
+
+def test_without_a_good_record_any_valid_later_record_is_evidence(jpath: Path) -> None:
+    jpath.write_bytes(MAGIC + b"\x00" * 30 + record(b"x", 1, 1))
+    with pytest.raises(JournalCorrupt, match=damaged_message(len(MAGIC), len(MAGIC) + 30)):
+        open_journal(jpath)
+
+
+@settings(max_examples=200, deadline=None)
+@given(commands=st.lists(st.binary(max_size=30), min_size=2, max_size=6), data=st.data())
+def test_any_damaged_byte_is_refused_in_the_middle_and_cut_at_the_tail(
+    commands: list[bytes], data: st.DataObject
+) -> None:
+    entries = [(c, i + 1, 1 + i // 2) for i, c in enumerate(commands)]
+    with tempfile.TemporaryDirectory() as d:
+        path = written(Path(d) / "j", entries)
+        offsets = record_offsets(path)
+        pos = data.draw(st.integers(len(MAGIC), os.path.getsize(path) - 1), label="pos")
+        damaged = flip(path, pos, data.draw(st.integers(1, 255), label="mask"))
+        victim = max(i for i, off in enumerate(offsets) if off <= pos)
+        if victim < len(entries) - 1:
+            with pytest.raises(
+                JournalCorrupt, match=damaged_message(offsets[victim], offsets[victim + 1])
+            ):
+                open_journal(path)
+            assert path.read_bytes() == damaged
+        else:
+            j = open_journal(path)
+            assert contents(j) == entries[:-1]
+            assert os.path.getsize(path) == offsets[-1]
+            j.close()
 
 
 def test_a_file_that_is_not_a_journal_is_refused(jpath: Path) -> None:
     jpath.write_bytes(b"NOTAJOURNAL, just some file")
     with pytest.raises(JournalCorrupt, match="not a coord journal"):
         open_journal(jpath)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_refused_journal_leaves_no_file_open(jpath: Path) -> None:
+    written(jpath, ENTRIES)
+    flip(jpath, record_offsets(jpath)[0] + FIELDS["crc"])
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(JournalCorrupt):
+            open_journal(jpath)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_journal_refused_for_its_magic_leaves_no_file_open(jpath: Path) -> None:
+    jpath.write_bytes(b"NOTAJOURNAL, just some file")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(JournalCorrupt):
+            open_journal(jpath)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 # -- term, vote, commit index ----------------------------------------------------------------
@@ -426,6 +648,7 @@ def test_random_histories_match_a_list_model(ops: list[tuple[object, ...]]) -> N
                 j = open_journal(path)
                 assert not j.dirty
             assert contents(j) == model
+            assert os.path.getsize(path) == file_size(model)  # no stray bytes left behind
         j._destroy()
         j = open_journal(path)
         assert contents(j) == model

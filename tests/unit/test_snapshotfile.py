@@ -1,11 +1,19 @@
-"""The full-dump file: ``magic | u32 header length | header JSON | u32 crc32(state) | state``."""
+"""The full-dump file: ``magic | u32 header length | header JSON | u32 crc | state``.
+
+Format 2 (magic ``COORDD02``): the crc32 covers the header JSON and the state, so any
+damage to either is a checksum mismatch; a header that passes its checksum but does not
+parse (bad JSON, not an object, missing keys, entries of the wrong shape, bad base64)
+is a DumpError too, never an escaping ValueError/KeyError/binascii.Error.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -43,10 +51,38 @@ def header_span(data: bytes) -> tuple[int, int]:
     return 12, 12 + hlen
 
 
+def assemble(raw_header: bytes, state: bytes = STATE) -> bytes:
+    """A dump built by hand from the documented layout, with a correct checksum."""
+    crc = zlib.crc32(raw_header + state)
+    return MAGIC + U32.pack(len(raw_header)) + raw_header + U32.pack(crc) + state
+
+
 def rewrite(path: Path, header: object, state: bytes = STATE) -> None:
-    """A dump with an arbitrary header and a correct state checksum."""
-    raw = json.dumps(header).encode()
-    path.write_bytes(MAGIC + U32.pack(len(raw)) + raw + U32.pack(zlib.crc32(state)) + state)
+    """A dump with an arbitrary header and a correct checksum."""
+    path.write_bytes(assemble(json.dumps(header).encode(), state))
+
+
+def rewrite_raw(path: Path, raw_header: bytes) -> None:
+    """Keep the state, replace the header bytes, fix up the checksum."""
+    data = path.read_bytes()
+    _, end = header_span(data)
+    path.write_bytes(assemble(raw_header, data[end + 4 :]))
+
+
+def valid_header(**changes: object) -> dict[str, object]:
+    """What write_dump writes for LAST/PREV/NODES, with some keys changed (None: removed)."""
+    header: dict[str, object] = {
+        "format": 1,
+        "last": [base64.b64encode(LAST[0]).decode(), LAST[1], LAST[2]],
+        "prev": [base64.b64encode(PREV[0]).decode(), PREV[1], PREV[2]],
+        "nodes": NODES,
+    }
+    for key, value in changes.items():
+        if value is None:
+            del header[key]
+        else:
+            header[key] = value
+    return header
 
 
 @pytest.mark.parametrize("fsync", [True, False])
@@ -61,7 +97,31 @@ def test_write_then_read_round_trips(tmp_path: Path, fsync: bool) -> None:
 
 
 def test_the_file_starts_with_the_magic(dump: Path) -> None:
-    assert dump.read_bytes().startswith(b"COORDD01")
+    assert MAGIC == b"COORDD02"
+    assert dump.read_bytes().startswith(b"COORDD02")
+
+
+def test_the_file_has_the_documented_layout(dump: Path) -> None:
+    data = dump.read_bytes()
+    start, end = header_span(data)
+    assert json.loads(data[start:end]) == valid_header()
+    assert data == assemble(data[start:end], STATE)  # crc32 over header + state
+
+
+def test_a_hand_built_dump_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    rewrite(path, valid_header())
+    assert read_dump(str(path)) == Dump(state=STATE, last=LAST, prev=PREV, node_ids=tuple(NODES))
+
+
+def test_a_checksum_over_the_state_alone_is_refused(dump: Path) -> None:
+    """A format-1 checksum (crc32 of the state only) does not pass in a format-2 file."""
+    data = bytearray(dump.read_bytes())
+    _, end = header_span(bytes(data))
+    U32.pack_into(data, end, zlib.crc32(STATE))
+    dump.write_bytes(bytes(data))
+    with pytest.raises(DumpError, match="checksum mismatch"):
+        read_dump(str(dump))
 
 
 def test_memoryview_commands_and_empty_state_round_trip(tmp_path: Path) -> None:
@@ -99,18 +159,57 @@ def test_every_truncation_raises_dump_error(dump: Path) -> None:
     full = dump.read_bytes()
     for size in range(len(full)):
         dump.write_bytes(full[:size])
-        with pytest.raises(DumpError):
+        # Both "is truncated" and "checksum mismatch, ... corrupt or truncated" say so.
+        with pytest.raises(DumpError, match="bad magic" if size < len(MAGIC) else "truncated"):
             read_dump(str(dump))
+
+
+def _header_end(dump: Path) -> int:
+    return header_span(dump.read_bytes())[1]
 
 
 @pytest.mark.parametrize(
     ("cut", "words"),
-    [(0, "bad magic"), (5, "bad magic"), (10, "truncated or corrupt"), (-1, "checksum mismatch")],
+    [
+        (lambda d: 0, "bad magic"),
+        (lambda d: 5, "bad magic"),
+        (lambda d: 10, "is truncated"),  # inside the header length
+        (lambda d: 20, "is truncated"),  # inside the header
+        (lambda d: _header_end(d) + 2, "is truncated"),  # inside the checksum
+        (lambda d: _header_end(d) + 4, "checksum mismatch, the dump is corrupt or truncated"),
+        (lambda d: -1, "checksum mismatch, the dump is corrupt or truncated"),
+    ],
+    ids=["empty", "in-magic", "in-length", "in-header", "in-crc", "no-state", "state-short"],
 )
-def test_truncation_messages(dump: Path, cut: int, words: str) -> None:
-    dump.write_bytes(dump.read_bytes()[:cut])
+def test_truncation_messages(dump: Path, cut: Any, words: str) -> None:
+    dump.write_bytes(dump.read_bytes()[: cut(dump)])
     with pytest.raises(DumpError, match=words):
         read_dump(str(dump))
+
+
+def test_a_flipped_byte_in_the_header_raises(dump: Path) -> None:
+    """The header is under the checksum: every flipped bit is refused, even one that leaves
+    valid JSON (a different index, a different node id)."""
+    full = dump.read_bytes()
+    start, end = header_span(full)
+    for pos in range(start, end):
+        for mask in (0x01, 0x04, 0x80):
+            data = bytearray(full)
+            data[pos] ^= mask
+            dump.write_bytes(bytes(data))
+            with pytest.raises(DumpError, match="checksum mismatch, the dump is corrupt"):
+                read_dump(str(dump))
+
+
+def test_a_flipped_byte_in_the_header_length_raises(dump: Path) -> None:
+    full = dump.read_bytes()
+    for pos in range(len(MAGIC), len(MAGIC) + 4):
+        for mask in (0x01, 0x80):
+            data = bytearray(full)
+            data[pos] ^= mask
+            dump.write_bytes(bytes(data))
+            with pytest.raises(DumpError, match="truncated"):
+                read_dump(str(dump))
 
 
 def test_a_flipped_byte_in_the_state_or_its_checksum_raises(dump: Path) -> None:
@@ -130,9 +229,11 @@ def test_trailing_bytes_raise(dump: Path) -> None:
         read_dump(str(dump))
 
 
-def test_a_bad_magic_raises(dump: Path) -> None:
-    dump.write_bytes(b"COORDJ01" + dump.read_bytes()[8:])
-    with pytest.raises(DumpError, match="is not a coord snapshot dump"):
+@pytest.mark.parametrize("magic", [b"COORDJ02", b"COORDD01", b"COORDD03"])
+def test_a_bad_magic_raises(dump: Path, magic: bytes) -> None:
+    """Another coord file, a format-1 dump, a future format: all refused by the magic."""
+    dump.write_bytes(magic + dump.read_bytes()[8:])
+    with pytest.raises(DumpError, match=r"is not a coord snapshot dump \(bad magic\)"):
         read_dump(str(dump))
 
 
@@ -146,7 +247,10 @@ def test_a_header_that_is_not_json_raises(dump: Path) -> None:
     data = bytearray(dump.read_bytes())
     data[12] = ord("[")
     dump.write_bytes(bytes(data))
-    with pytest.raises(DumpError, match="truncated or corrupt"):
+    with pytest.raises(DumpError, match="checksum mismatch"):
+        read_dump(str(dump))
+    rewrite_raw(dump, bytes(data[12 : header_span(bytes(data))[1]]))  # same, checksum fixed
+    with pytest.raises(DumpError, match="the dump header is malformed"):
         read_dump(str(dump))
 
 
@@ -179,28 +283,49 @@ def _break_the_base64_padding(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the dump header (last/prev entries, node ids) is neither covered by a "
-    "checksum nor validated; corruption there is accepted or escapes as a non-DumpError",
-)
 @pytest.mark.parametrize(
     "corrupt",
     [
-        pytest.param(_flip_digit_of_last_index, id="flipped-digit-accepted"),
-        pytest.param(_break_the_base64_padding, id="bad-base64-raises-binascii-error"),
-        pytest.param(lambda p: rewrite(p, [1]), id="header-not-an-object"),
-        pytest.param(lambda p: rewrite(p, {"format": 1}), id="header-without-entries"),
-        pytest.param(
-            lambda p: rewrite(p, {"format": 1, "last": [], "prev": ["", 0, 0]}),
-            id="entry-of-wrong-shape",
-        ),
+        pytest.param(_flip_digit_of_last_index, id="flipped-digit"),
+        pytest.param(_break_the_base64_padding, id="bad-base64"),
     ],
 )
-def test_a_corrupt_header_raises_dump_error(dump: Path, corrupt: object) -> None:
-    assert callable(corrupt)
+def test_damage_to_the_header_is_a_checksum_mismatch(dump: Path, corrupt: Any) -> None:
     corrupt(dump)
-    with pytest.raises(DumpError):
+    with pytest.raises(DumpError, match="checksum mismatch"):
+        read_dump(str(dump))
+
+
+BAD_B64 = base64.b64encode(LAST[0]).decode()[:-1]  # padding broken
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"[", id="not-json"),
+        pytest.param(b"\xff\xfe{}", id="not-utf8"),
+        pytest.param(b"", id="empty"),
+        pytest.param(json.dumps([1]).encode(), id="header-not-an-object"),
+        pytest.param(json.dumps("format").encode(), id="header-a-string"),
+        pytest.param(json.dumps(valid_header(last=None)).encode(), id="without-last"),
+        pytest.param(json.dumps(valid_header(prev=None)).encode(), id="without-prev"),
+        pytest.param(json.dumps(valid_header(last=[])).encode(), id="entry-empty"),
+        pytest.param(json.dumps(valid_header(last=["", 1])).encode(), id="entry-too-short"),
+        pytest.param(json.dumps(valid_header(prev=["", 1, 1, 1])).encode(), id="entry-too-long"),
+        pytest.param(json.dumps(valid_header(last={"idx": 7})).encode(), id="entry-an-object"),
+        pytest.param(json.dumps(valid_header(last="AA==")).encode(), id="entry-a-string"),
+        pytest.param(json.dumps(valid_header(last=[BAD_B64, 7, 2])).encode(), id="bad-padding"),
+        pytest.param(json.dumps(valid_header(prev=["#!*", 6, 2])).encode(), id="bad-alphabet"),
+        pytest.param(json.dumps(valid_header(last=["", "seven", 2])).encode(), id="idx-a-word"),
+        pytest.param(json.dumps(valid_header(last=["", 7.5, 2])).encode(), id="idx-a-fraction"),
+        pytest.param(json.dumps(valid_header(prev=["", 6, None])).encode(), id="term-null"),
+        pytest.param(json.dumps(valid_header(nodes=5)).encode(), id="nodes-a-number"),
+    ],
+)
+def test_a_malformed_header_with_a_valid_checksum_raises_dump_error(dump: Path, raw: bytes) -> None:
+    """What a buggy or foreign writer could produce: refused as a DumpError, nothing else."""
+    rewrite_raw(dump, raw)
+    with pytest.raises(DumpError, match="the dump header is malformed"):
         read_dump(str(dump))
 
 

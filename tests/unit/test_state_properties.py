@@ -39,7 +39,7 @@ VALUES = st.binary(max_size=4)
 REQUEST_IDS = st.sampled_from(["", "", "", "r1", "r2", "r3", "r4", "r5"])
 TIMES = st.integers(min_value=-5, max_value=50)
 EXPECTED = st.integers(min_value=0, max_value=15)
-CLUSTER_IDS = st.sampled_from(["c1", "c2"])
+CLUSTER_IDS = st.sampled_from(["c1", "c2", ""])  # "": refused, changes nothing
 NODE_IDS = st.lists(st.sampled_from(["n1", "n2", "n3"]), max_size=3, unique=True)
 
 OVERSIZED_KEY = b"k" * (limits.MAX_KEY_BYTES + 1)
@@ -157,7 +157,7 @@ def request_id_of(data: bytes) -> str | None:
 
 
 def clone(result: raft_pb2.CommandResult) -> raft_pb2.CommandResult:
-    """A copy: the machine hands out the object its dedupe table keeps (see the xfail below)."""
+    """A copy, so that later mutations by a test cannot blur what was answered."""
     out = raft_pb2.CommandResult()
     out.CopyFrom(result)
     return out
@@ -338,20 +338,47 @@ def test_an_error_is_remembered_too() -> None:
     assert sm.revision == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: apply() returns the very CommandResult its dedupe table keeps; the server "
-    "mutates it (kv_service sets resp.header), which changes this replica's snapshot",
-)
+def scribble_on(result: raft_pb2.CommandResult) -> None:
+    """What the servicers do to a result (KVService.Put: resp = result.put; resp.header...),
+    and more: every part a caller could reach."""
+    result.revision += 1000
+    result.error_message += " (seen)"
+    if result.HasField("put"):
+        result.put.header.node_id = "n1"
+        result.put.header.revision = 99
+        result.put.kv.value += b"!"
+    if result.HasField("delete"):
+        result.delete.header.node_id = "n1"
+        result.delete.deleted += 7
+        result.delete.prev_kvs.add(key=b"ghost")
+
+
 def test_mutating_a_returned_result_does_not_change_the_machine() -> None:
     a, b = StateMachine(), StateMachine()
     cmd = put(b"k", b"v", rid="r1")
     result = a.apply(cmd)
     b.apply(cmd)
-    result.put.header.node_id = "n1"  # what KVService.Put does: resp = result.put; resp.header...
-    result.put.header.revision = 99
+    scribble_on(result)
+    assert a.snapshot() == b.snapshot()
+    retried = a.apply(cmd)  # answered from the dedupe table: a copy again
+    assert retried == b.apply(cmd)
+    scribble_on(retried)
     assert a.snapshot() == b.snapshot()
     assert a.apply(cmd) == b.apply(cmd)
+    assert a.kv.get(b"k") == b.kv.get(b"k")
+
+
+@PROPERTY
+@given(SEQUENCES)
+def test_no_result_shares_state_with_the_machine(cmds: list[bytes]) -> None:
+    """Scribbling on every result leaves the replica identical to an untouched one."""
+    a, b = StateMachine(), StateMachine()
+    for cmd in cmds:
+        got, want = a.apply(cmd), b.apply(cmd)
+        assert got == want
+        scribble_on(got)
+        assert a.snapshot() == b.snapshot()
+    assert everything(a) == everything(b)
 
 
 # -- apply never raises; revision moves by at most one -------------------------------------
@@ -383,10 +410,6 @@ def test_revision_never_decreases_and_moves_by_at_most_one(cmds: list[bytes]) ->
             assert not result.error_reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an undecodable command's result carries revision 0, not the current revision",
-)
 def test_every_result_carries_the_current_revision() -> None:
     sm = StateMachine()
     sm.apply(put(b"k", b"v"))
@@ -395,18 +418,37 @@ def test_every_result_carries_the_current_revision() -> None:
     assert result.revision == sm.revision == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a Bootstrap with an empty cluster_id is accepted and bumps the revision; "
-    "every later Bootstrap then applies again (the id stays empty)",
-)
 def test_bootstrap_without_cluster_id_is_rejected() -> None:
     sm = StateMachine()
+    snap = sm.snapshot()
     result = sm.apply(bootstrap("", ["n1"]))
     assert result.error_reason == "invalid_argument"
-    assert sm.revision == 0
+    assert "cluster id" in result.error_message
+    assert result.revision == sm.revision == 0
+    assert sm.snapshot() == snap
     sm.apply(bootstrap("", ["n2"]))
     assert sm.revision == 0
+    assert (sm.cluster_id, sm.node_ids) == ("", [])
+    sm.apply(bootstrap("c1", ["n1"]))  # a real bootstrap still applies, once
+    assert (sm.cluster_id, sm.node_ids, sm.revision) == ("c1", ["n1"], 1)
+
+
+def test_bootstrap_without_cluster_id_is_rejected_after_a_bootstrap_too() -> None:
+    sm = StateMachine()
+    sm.apply(bootstrap("c1", ["n1"]))
+    snap = sm.snapshot()
+    result = sm.apply(bootstrap("", ["n2"]))
+    assert result.error_reason == "invalid_argument"
+    assert result.revision == sm.revision == 1
+    assert sm.snapshot() == snap
+
+
+def test_a_rejected_bootstrap_is_remembered_under_its_request_id() -> None:
+    sm = StateMachine()
+    first = clone(sm.apply(bootstrap("", ["n1"], rid="b")))
+    assert first.error_reason == "invalid_argument"
+    assert sm.apply(bootstrap("c1", ["n1"], rid="b")) == first  # the id names the first
+    assert (sm.cluster_id, sm.revision) == ("", 0)
 
 
 # -- focused semantics ------------------------------------------------------------------------
@@ -589,12 +631,12 @@ class Model:
         self.data: dict[bytes, kv_pb2.KeyValue] = {}
         self.dedupe: dict[str, raft_pb2.CommandResult] = {}
 
-    def apply(self, data: bytes) -> raft_pb2.CommandResult | None:
-        """The expected result, with an empty error_message; None for undecodable bytes."""
+    def apply(self, data: bytes) -> raft_pb2.CommandResult:
+        """The expected result, with an empty error_message."""
         try:
             cmd = raft_pb2.Command.FromString(data)
         except Exception:
-            return None
+            return _invalid(self.revision)  # undecodable: nothing changes, not even the time
         rid = cmd.request_id
         if rid in self.dedupe:
             return self.dedupe[rid]
@@ -613,8 +655,8 @@ class Model:
         if op == "delete":
             return self._delete(cmd.delete)
         if op == "bootstrap":
-            # Mirrors today's code, which also accepts an empty cluster id (see the xfail
-            # test_bootstrap_without_cluster_id_is_rejected; update both with the fix).
+            if not cmd.bootstrap.cluster_id:
+                return _invalid(self.revision)
             if not self.cluster_id:
                 self.cluster_id = cmd.bootstrap.cluster_id
                 self.node_ids = sorted(cmd.bootstrap.node_ids)
@@ -703,12 +745,9 @@ class ModelComparison(RuleBasedStateMachine):
         before = self.sut.revision
         got = self.sut.apply(data)
         assert self.twin.apply(data) == got
-        want = self.model.apply(data)
-        if want is None:  # undecodable: an error, no change (revision: see the xfail above)
-            assert got.error_reason == "invalid_argument"
-        else:
-            assert comparable(got) == want
+        assert comparable(got) == self.model.apply(data)
         assert self.sut.revision - before in (0, 1)
+        scribble_on(got)  # the caller owns the result: the invariants must not notice
         return data
 
     # Commands.
