@@ -35,6 +35,7 @@ from pysyncobj.monotonic import monotonic as raft_clock
 from coord import errors
 from coord.config import NodeConfig
 from coord.raft.journal import DurableJournal
+from coord.raft.prevote import PreVote
 from coord.raft.snapshotfile import read_dump, write_dump
 from coord.raft.transport import CoordTransport, RoutedNode
 from coord.state.machine import StateMachine
@@ -176,7 +177,6 @@ class RaftNode:
             (CoordTransport,),
             {
                 "cluster_id": cfg.cluster_id,
-                "stickiness_s": cfg.timings.election_timeout_min_s,
                 "is_durable": staticmethod(lambda: not self.journal.dirty),
                 "catching_up": staticmethod(lambda: self._catching_up),
                 "on_peer_disconnected": staticmethod(self._on_peer_disconnected),
@@ -207,6 +207,14 @@ class RaftNode:
         )
         self._so = _SyncObj(self._apply, me, others, conf, transportClass=transport_cls)
         self._transport: CoordTransport = self._so._SyncObj__transport
+        self._prevote = PreVote(
+            self._so,
+            self._transport.send_now,
+            (t.election_timeout_min_s, t.election_timeout_max_s),
+            margin_s=3 * t.tick_s,
+            catching_up=lambda: self._catching_up,
+        )
+        self._transport.prevote = self._prevote
         self._so.addOnTickCallback(self._on_tick)
 
     # -- apply (tick thread) ---------------------------------------------------
@@ -330,6 +338,7 @@ class RaftNode:
         self.journal.sync()
         self._transport.flush_held()
         self._update_catch_up()
+        self._prevote.on_tick()
         self._update_view()
         self._maybe_bootstrap()
         self._check_barrier_timeout()

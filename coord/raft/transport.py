@@ -10,9 +10,8 @@
 - Acknowledgements (``next_node_idx``) are held back until the journal is
   synced; the node flushes them once per tick after one fsync (group commit).
 - A node that is catching up (blank data dir) neither votes nor campaigns.
-- Leader stickiness: while this node has a live link to a leader it heard
-  from recently (or, as leader, from a majority), vote requests are dropped,
-  so a rejoining node with a stale view cannot depose a healthy leader.
+- PreVote messages (``coord.raft.prevote``) are handled here, beside
+  pysyncobj's own.
 
 Thread: everything runs on the Raft tick thread.
 """
@@ -24,9 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 from pysyncobj.dns_resolver import globalDnsResolver
-from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
+
+from coord.raft.prevote import PreVote
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +80,13 @@ class CoordTransport(TCPTransport):
     """
 
     cluster_id: str = ""
-    # Votes are refused while the leader was heard from within this long.
-    stickiness_s: float = 0.3
     is_durable: Callable[[], bool] = staticmethod(lambda: True)
     catching_up: Callable[[], bool] = staticmethod(lambda: False)
     on_peer_disconnected: Callable[[Any], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._held: list[tuple[Any, Any]] = []
-        self._last_contact: dict[str, float] = {}  # peer id -> raft_clock() of last AE/ack
+        self.prevote: PreVote | None = None  # set by the node once built
         super().__init__(*args, **kwargs)
 
     # -- handshake -------------------------------------------------------------
@@ -128,13 +126,12 @@ class CoordTransport(TCPTransport):
         if kind == "next_node_idx" and (self._held or not self.is_durable()):
             self._held.append((node, message))
             return True
-        if kind == "request_vote":
-            if self.catching_up():
-                return False
-            if self._syncObj._SyncObj__transferInProgress:
-                # An election the leader asked for (leadership transfer): voters
-                # must not apply leader stickiness to it.
-                message = {**message, "transfer": True}
+        if kind == "request_vote" and self.catching_up():
+            return False
+        return bool(super().send(node, message))
+
+    def send_now(self, node: Any, message: dict[str, Any]) -> bool:
+        """Send without holding back (PreVote traffic)."""
         return bool(super().send(node, message))
 
     def flush_held(self) -> None:
@@ -147,33 +144,21 @@ class CoordTransport(TCPTransport):
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
+        prevote = self.prevote
         if kind in ("append_entries", "next_node_idx"):
-            self._last_contact[node.id] = raft_clock()
-        elif kind == "request_vote":
-            if self.catching_up():
-                return  # a blank node must not vote: it may not hold committed entries
-            if not message.get("transfer") and self._leader_is_alive():
-                # Leader stickiness (Raft thesis 4.2.3): while a leader is
-                # demonstrably alive, a candidate (a restarted node with a stale
-                # view, a node cut off on its own) must not bump our term and
-                # depose it. Dropping a vote request is always safe.
-                return
+            if prevote is not None:
+                prevote.heard_from(node.id)
+        elif kind == "pre_vote":
+            if prevote is not None:
+                prevote.answer(node, message)
+            return
+        elif kind == "pre_vote_resp":
+            if prevote is not None:
+                prevote.on_response(node, message)
+            return
+        elif kind == "request_vote" and self.catching_up():
+            return  # a blank node must not vote: it may not hold committed entries
         super()._onMessageReceived(node, message)
-
-    def _leader_is_alive(self) -> bool:
-        so = self._syncObj
-        now = raft_clock()
-        fresh = now - self.stickiness_s
-        if so._isLeader():
-            peers = so.otherNodes
-            heard = sum(1 for n in peers if self._last_contact.get(n.id, 0.0) > fresh)
-            return (heard + 1) * 2 > len(peers) + 1
-        leader = so._getLeader()
-        return (
-            leader is not None
-            and so.isNodeConnected(leader)
-            and self._last_contact.get(leader.id, 0.0) > fresh
-        )
 
     def _onNodeDisconnected(self, node: Any) -> None:
         super()._onNodeDisconnected(node)

@@ -1,0 +1,130 @@
+"""PreVote for pysyncobj (Raft thesis 9.6), done beside it rather than inside it.
+
+pysyncobj campaigns the moment its election deadline passes: it bumps its term
+and asks for votes. A node that merely stalled (CPU starvation, a GC pause) or
+that restarts with a stale view then deposes a healthy leader. With PreVote a
+node first asks "would you vote for me?" without touching any term; only when a
+majority says yes does it let pysyncobj campaign.
+
+How it is wired, all on the tick thread:
+- :meth:`PreVote.on_tick` runs once per tick (after pysyncobj's election check).
+  When the election deadline is less than ``margin_s`` away and no majority has
+  granted yet, it moves the deadline a full election timeout out and sends
+  ``pre_vote`` requests. When a majority grants, it sets the deadline to zero:
+  pysyncobj campaigns on the next tick.
+- :meth:`PreVote.answer` grants when this node has no live leader (no link to
+  a leader heard from within the minimum election timeout) and the candidate's
+  log is at least as up to date as its own. Nothing else changes.
+- Elections a leader asks for (leadership transfer) skip PreVote.
+
+Dropping or losing these messages only delays an election; safety is Raft's.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from pysyncobj.monotonic import monotonic as raft_clock
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[Any, dict[str, Any]], object]
+
+
+class PreVote:
+    def __init__(
+        self,
+        so: Any,
+        send: Send,
+        election_timeout: tuple[float, float],
+        margin_s: float,
+        catching_up: Callable[[], bool],
+    ) -> None:
+        self._so = so
+        self._send = send
+        self._timeout = election_timeout
+        self._margin = margin_s
+        self._catching_up = catching_up
+        self._last_contact: dict[str, float] = {}  # peer id -> raft_clock() of last AE/ack
+        self._round = 0
+        self._grants: set[str] = set()
+        self._granted_term: int | None = None  # term at which a majority granted
+
+    # -- bookkeeping -----------------------------------------------------------
+
+    def heard_from(self, node_id: str) -> None:
+        self._last_contact[node_id] = raft_clock()
+
+    def leader_is_alive(self) -> bool:
+        """A live link to a leader heard from recently (a leader: from a majority)."""
+        so = self._so
+        fresh = raft_clock() - self._timeout[0]
+        if so._isLeader():
+            peers = so.otherNodes
+            heard = sum(1 for n in peers if self._last_contact.get(n.id, 0.0) > fresh)
+            return (heard + 1) * 2 > len(peers) + 1
+        leader = so._getLeader()
+        return (
+            leader is not None
+            and so.isNodeConnected(leader)
+            and self._last_contact.get(leader.id, 0.0) > fresh
+        )
+
+    # -- candidate side --------------------------------------------------------
+
+    def on_tick(self) -> None:
+        so = self._so
+        if so._isLeader() or self._catching_up() or so._SyncObj__transferInProgress:
+            return
+        term = so.raftCurrentTerm
+        if self._granted_term is not None:
+            if term == self._granted_term:
+                return  # granted: pysyncobj campaigns at its deadline
+            self._granted_term = None  # it campaigned (or learned a new term)
+        now = raft_clock()
+        if so._SyncObj__raftElectionDeadline - now > self._margin:
+            return
+        so._SyncObj__raftElectionDeadline = now + random.uniform(*self._timeout)
+        self._round += 1
+        self._grants = {so.selfNode.id}
+        request = {
+            "type": "pre_vote",
+            "round": self._round,
+            "term": term + 1,
+            "last_log_index": so._SyncObj__getCurrentLogIndex(),
+            "last_log_term": so._SyncObj__getCurrentLogTerm(),
+        }
+        for node in so.otherNodes:
+            self._send(node, request)
+        self._maybe_won()
+
+    def on_response(self, node: Any, message: dict[str, Any]) -> None:
+        if message.get("round") != self._round or not message.get("granted"):
+            return
+        self._grants.add(node.id)
+        self._maybe_won()
+
+    def _maybe_won(self) -> None:
+        so = self._so
+        if self._granted_term is None and len(self._grants) * 2 > len(so.otherNodes) + 1:
+            self._granted_term = so.raftCurrentTerm
+            self._round += 1  # late grants of this round must not start a second election
+            so._SyncObj__raftElectionDeadline = 0.0
+            logger.debug("pre-vote granted by %s: campaigning", sorted(self._grants))
+
+    # -- voter side ------------------------------------------------------------
+
+    def answer(self, node: Any, message: dict[str, Any]) -> None:
+        so = self._so
+        my_term = so._SyncObj__getCurrentLogTerm()
+        my_index = so._SyncObj__getCurrentLogIndex()
+        their = (message.get("last_log_term", -1), message.get("last_log_index", -1))
+        granted = (
+            not self._catching_up() and not self.leader_is_alive() and their >= (my_term, my_index)
+        )
+        self._send(
+            node, {"type": "pre_vote_resp", "round": message.get("round"), "granted": granted}
+        )
