@@ -201,12 +201,20 @@ class RaftNode:
             deserializer=self._deserialize,
             logCompactionMinEntries=cfg.log_compaction_entries,
             commandsWaitLeader=True,
-            maxBindRetries=50,
+            maxBindRetries=30,
             bindRetryTime=0.1,
             tcp_keepalive=(5, 1, 3),
         )
         self._so = _SyncObj(self._apply, me, others, conf, transportClass=transport_cls)
         self._transport: CoordTransport = self._so._SyncObj__transport
+        try:
+            self._so.waitBinded()  # retries every 0.1 s, 30 times (a port in TIME_WAIT, say)
+        except Exception:
+            self._so.destroy()
+            raise errors.Unavailable(
+                f"cannot listen on {cfg.bind_raft} for Raft traffic: is another process "
+                "using the port?"
+            )
         self._prevote = PreVote(
             self._so,
             self._transport.send_now,
