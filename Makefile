@@ -44,7 +44,7 @@ proto: bootstrap
 proto-check:
 	@tmp=$$(mktemp -d) && \
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$$tmp --grpc_python_out=$$tmp \
-		--mypy_out=$$tmp --mypy_grpc_out=$$tmp --plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc $(PROTO_FILES) >/dev/null && \
+		--mypy_out=$$tmp --mypy_grpc_out=$$tmp --plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc $(PROTO_FILES) >/dev/null 2>&1 && \
 	diff -r -x __init__.py -x __pycache__ $$tmp/coord/v1 coord/v1 && rm -rf $$tmp && echo "proto: generated code is fresh"
 
 bench: bootstrap

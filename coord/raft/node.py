@@ -214,7 +214,7 @@ class RaftNode:
             raise errors.Unavailable(
                 f"cannot listen on {cfg.bind_raft} for Raft traffic: is another process "
                 "using the port?"
-            )
+            ) from None
         self._prevote = PreVote(
             self._so,
             self._transport.send_now,
