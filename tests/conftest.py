@@ -32,6 +32,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests run only when a ``-m`` expression is given (``-m slow``, ``-m "slow or
+    not slow"``); a plain run skips them, ``-m "not slow"`` deselects them."""
+    if config.getoption("markexpr", ""):
+        return
+    skip = pytest.mark.skip(reason="slow: select with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
 def phase_failed(node: pytest.Item) -> bool:
     """True when ``node``'s setup or call phase failed (an xfail is not a failure)."""
     return any(

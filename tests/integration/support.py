@@ -27,11 +27,18 @@ COORDCTL = os.path.join(BIN_DIR, "coordctl")
 def run(cmd: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run a command to completion; stdout and stderr are kept apart."""
     return subprocess.run(
-        list(cmd), capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+        list(cmd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
 
 
-def coordctl(endpoints: Sequence[str] | str, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def coordctl(
+    endpoints: Sequence[str] | str, *args: str, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
     eps = endpoints if isinstance(endpoints, str) else ",".join(endpoints)
     return run([COORDCTL, "--endpoints", eps, *args], timeout=timeout)
 
@@ -101,12 +108,14 @@ def expect_never(pred: Callable[[], object], seconds: float, what: str) -> None:
 
 
 def wait_no_leader_for(cluster: LocalCluster, seconds: float, nodes: Sequence[int]) -> None:
-    """Assert that none of ``nodes`` reports a leader at any poll during ``seconds``."""
+    """Assert that no leader is elected among ``nodes`` during ``seconds``: none of them
+    leads or follows one of them. (A node may still name a dead leader for a moment.)"""
+    ids = {cluster.nodes[i].node_id for i in nodes}
 
     def leader_seen() -> str | None:
         for i in nodes:
             st = cluster.status(i)
-            if st is not None and (st.leader_id or st.role == cluster_pb2.ROLE_LEADER):
+            if st is not None and (st.leader_id in ids or st.role == cluster_pb2.ROLE_LEADER):
                 return f"{st.node_id}: leader={st.leader_id!r} role={st.role} term={st.term}"
         return None
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,16 @@ from coord.state import limits
 from coord.testing import LocalCluster, free_ports
 from coord.v1 import kv_pb2, kv_pb2_grpc
 
-from .support import COORD, ClusterFactory, coordctl, describe, local_kvs, run, status_of
+from .support import (
+    COORD,
+    ClusterFactory,
+    coordctl,
+    describe,
+    local_kvs,
+    run,
+    status_of,
+    wait_all_caught_up,
+)
 
 MiB = 1024 * 1024
 BIG_CHANNEL = [
@@ -71,10 +81,17 @@ def state_unchanged(cluster: LocalCluster) -> Iterator[None]:
         with grpc.insecure_channel(node.api) as ch:
             h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert h.status == health_pb2.HealthCheckResponse.SERVING, node.node_id
-    # Followers hold the same keys (serializable reads may lag: compare keys present).
-    want = {kv[0] for kv in before[0]}
+    # Every replica holds exactly that state.
+    wait_all_caught_up(cluster)
     for node in cluster.nodes:
-        assert set(local_kvs(cluster, node.index)) <= want | set(), node.node_id
+        local = local_kvs(cluster, node.index)
+        assert (
+            sorted(
+                (k.key, k.value, k.create_revision, k.mod_revision, k.version)
+                for k in local.values()
+            )
+            == before[0]
+        ), node.node_id
 
 
 def expect_rpc_error(call: object, code: grpc.StatusCode) -> grpc.RpcError:
@@ -122,9 +139,12 @@ def test_client_bad_input_is_invalid_argument(cluster: LocalCluster, case: str) 
 
 
 def test_client_message_over_4_mib_is_resource_exhausted(cluster: LocalCluster) -> None:
-    with state_unchanged(cluster), cluster.client() as c:
-        with pytest.raises(errors.ResourceExhausted):
-            c.put(b"k", b"v" * (5 * MiB))
+    with (
+        state_unchanged(cluster),
+        cluster.client() as c,
+        pytest.raises(errors.ResourceExhausted),
+    ):
+        c.put(b"k", b"v" * (5 * MiB))
 
 
 def test_limits_are_inclusive(cluster: LocalCluster) -> None:
@@ -203,7 +223,9 @@ def malformed_bodies() -> list[bytes]:
 
 
 def send_raw(ch: grpc.Channel, method: str, body: bytes) -> grpc.RpcError:
-    fn = ch.unary_unary(f"/coord.v1.KV/{method}", request_serializer=None, response_deserializer=None)
+    fn = ch.unary_unary(
+        f"/coord.v1.KV/{method}", request_serializer=None, response_deserializer=None
+    )
     with pytest.raises(grpc.RpcError) as info:
         fn(body, timeout=10)
     return info.value
@@ -265,63 +287,84 @@ def _replace(args: list[str], flag: str, value: str) -> list[str]:
     return out
 
 
-def bad_serve_cases(args: list[str], tmp: Path) -> dict[str, tuple[list[str], str]]:
-    peer = args[args.index("--peer") + 1]
-    raft_port = peer.split(",")[0].rsplit(":", 1)[1]
-    bad_yaml = tmp / "bad.yaml"
-    bad_yaml.write_text("peers: [unclosed\n  - n1\n")
-    unknown_key = tmp / "unknown.yaml"
-    unknown_key.write_text("node_id: n1\nbogus_setting: 3\n")
-    other = "n2=127.0.0.1:1,127.0.0.1:2"
-    return {
-        "missing --peer": (_drop(args, "--peer"), "no peers"),
-        "node id not among peers": (_replace(args, "--node-id", "n9"), "'n9' is not among the peers"),
-        "duplicate peer ids": (
-            [*args, "--peer", peer.replace(raft_port, "1"), "--peer", other],
-            "duplicate peer ids",
-        ),
-        "peer without comma": (
-            _replace(args, "--peer", peer.split(",")[0]),
-            "is not ID=RAFT_HOST:PORT,API_HOST:PORT",
-        ),
-        "peer address without port": (
-            _replace(args, "--peer", "n1=localhost,127.0.0.1:1"),
-            "is not host:port",
-        ),
-        "two peers": ([*args, "--peer", other], "a cluster has 1, 3, 5 or 7 members"),
-        "unknown yaml key": ([*args, "--config", str(unknown_key)], "unknown key 'bogus_setting'"),
-        "invalid yaml": ([*args, "--config", str(bad_yaml)], "is not valid YAML"),
-        "missing config file": ([*args, "--config", str(tmp / "nope.yaml")], "cannot read config file"),
-        "heartbeat too slow for the election timeout": (
-            [*args, "--heartbeat-s", "0.5"],
-            "election_timeout_min_s must exceed 3 x heartbeat_s",
-        ),
-        "election timeouts reversed": (
-            [*args, "--election-timeout-min-s", "0.5", "--election-timeout-max-s", "0.4"],
-            "election_timeout_min_s must be < election_timeout_max_s",
-        ),
-        "non-loopback raft bind without secret": (
-            [*args, "--listen-raft", f"0.0.0.0:{raft_port}"],
-            "without a cluster secret",
-        ),
-        "non-loopback raft peer without secret": (
-            _replace(args, "--peer", peer.replace("127.0.0.1", "10.11.12.13", 1)),
-            "without a cluster secret",
-        ),
-        "log compaction too small": ([*args, "--log-compaction-entries", "10"], "log compaction"),
-    }
+def _peer(args: list[str]) -> str:
+    return args[args.index("--peer") + 1]
 
 
-CASE_NAMES = list(bad_serve_cases(["--peer", "n1=h:1,h:2", "--node-id", "n1"], Path("/nonexistent")))
+def _raft_port(args: list[str]) -> str:
+    return _peer(args).split(",")[0].rsplit(":", 1)[1]
 
 
-@pytest.mark.parametrize("case", CASE_NAMES)
+def _with_yaml(args: list[str], tmp: Path, text: str) -> list[str]:
+    path = tmp / "coord.yaml"
+    path.write_text(text)
+    return [*args, "--config", str(path)]
+
+
+OTHER_PEER = "n2=127.0.0.1:1,127.0.0.1:2"
+
+# name -> (build the command line from a valid one and a tmp dir, text the error must hold)
+BAD_SERVE: dict[str, tuple[Callable[[list[str], Path], list[str]], str]] = {
+    "missing --peer": (lambda a, t: _drop(a, "--peer"), "no peers"),
+    "node id not among peers": (
+        lambda a, t: _replace(a, "--node-id", "n9"),
+        "'n9' is not among the peers",
+    ),
+    "duplicate peer ids": (
+        lambda a, t: [*a, "--peer", _peer(a).replace(_raft_port(a), "1"), "--peer", OTHER_PEER],
+        "duplicate peer ids",
+    ),
+    "peer without comma": (
+        lambda a, t: _replace(a, "--peer", _peer(a).split(",")[0]),
+        "is not ID=RAFT_HOST:PORT,API_HOST:PORT",
+    ),
+    "peer address without port": (
+        lambda a, t: _replace(a, "--peer", "n1=localhost,127.0.0.1:1"),
+        "is not host:port",
+    ),
+    "two peers": (lambda a, t: [*a, "--peer", OTHER_PEER], "a cluster has 1, 3, 5 or 7 members"),
+    "unknown yaml key": (
+        lambda a, t: _with_yaml(a, t, "node_id: n1\nbogus_setting: 3\n"),
+        "unknown key 'bogus_setting'",
+    ),
+    "invalid yaml": (
+        lambda a, t: _with_yaml(a, t, "peers: [unclosed\n  - n1\n"),
+        "is not valid YAML",
+    ),
+    "missing config file": (
+        lambda a, t: [*a, "--config", str(t / "nope.yaml")],
+        "cannot read config file",
+    ),
+    "heartbeat too slow for the election timeout": (
+        lambda a, t: [*a, "--heartbeat-s", "0.5"],
+        "election_timeout_min_s must exceed 3 x heartbeat_s",
+    ),
+    "election timeouts reversed": (
+        lambda a, t: [*a, "--election-timeout-min-s", "0.5", "--election-timeout-max-s", "0.4"],
+        "election_timeout_min_s must be < election_timeout_max_s",
+    ),
+    "non-loopback raft bind without secret": (
+        lambda a, t: [*a, "--listen-raft", f"0.0.0.0:{_raft_port(a)}"],
+        "without a cluster secret",
+    ),
+    "non-loopback raft peer without secret": (
+        lambda a, t: _replace(a, "--peer", _peer(a).replace("127.0.0.1", "10.11.12.13", 1)),
+        "without a cluster secret",
+    ),
+    "log compaction too small": (
+        lambda a, t: [*a, "--log-compaction-entries", "10"],
+        "log compaction entries must be >= 100",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SERVE))
 def test_coord_serve_rejects_bad_configuration(
     serve_args: tuple[list[str], Path], tmp_path: Path, case: str
 ) -> None:
     args, data = serve_args
-    cmd, expect = bad_serve_cases(args, tmp_path)[case]
-    p = run(cmd, timeout=30)
+    build, expect = BAD_SERVE[case]
+    p = run(build(args, tmp_path), timeout=30)
     assert p.returncode == EXIT_CONFIG, describe(p)
     assert expect in p.stderr, describe(p)
     assert "Traceback" not in p.stderr + p.stdout, describe(p)
@@ -331,8 +374,6 @@ def test_coord_serve_rejects_bad_configuration(
 def test_coord_serve_rejects_bad_environment(serve_args: tuple[list[str], Path]) -> None:
     args, data = serve_args
     env = {**os.environ, "COORD_REQUEST_TIMEOUT_S": "soon"}
-    import subprocess
-
     p = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False, env=env)
     assert p.returncode == EXIT_CONFIG, describe(p)
     assert "request_timeout_s" in p.stderr and "'soon'" in p.stderr, describe(p)

@@ -9,7 +9,7 @@ import pytest
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import cluster_pb2
 
-from .support import ClusterFactory, coordctl, describe, expect_never
+from .support import ClusterFactory, coordctl, describe, expect_never, node_client
 
 
 def agreed_statuses(cluster: LocalCluster) -> list[cluster_pb2.StatusResponse] | None:
@@ -43,22 +43,9 @@ def cluster3(module_cluster_factory: ClusterFactory) -> LocalCluster:
     return c
 
 
-# Five processes starting on two cores spread over a second or more; with the default
-# election timeouts the first two nodes can campaign before the others probe them at
-# start-up, which trips the bootstrap bug pinned by
-# test_staggered_bootstrap_of_five_nodes_elects_a_leader. Longer election timeouts keep
-# this test about agreement; drop them once that bug is fixed.
-SLOW_ELECTIONS = [
-    "--election-timeout-min-s", "2.0",
-    "--election-timeout-max-s", "3.0",
-    "--connection-timeout-s", "3.0",
-    "--leader-fallback-timeout-s", "3.0",
-]  # fmt: skip
-
-
 @pytest.mark.parametrize("n", [3, 5])
 def test_exactly_one_leader_that_every_node_names(cluster_factory: ClusterFactory, n: int) -> None:
-    cluster = cluster_factory(n, extra_args=SLOW_ELECTIONS if n == 5 else ())
+    cluster = cluster_factory(n)
     leader = check_one_leader(cluster)
 
     # A healthy cluster keeps its leader: no node campaigns while heartbeats flow.
@@ -186,25 +173,27 @@ def test_coordctl_with_a_node_down(cluster_factory: ClusterFactory) -> None:
     wait_until(leader_sees_down, 20, f"`coordctl nodes` to show {down.node_id} disconnected", 0.2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="BUG: coord/server/app.py probe_peers_for_history counts a peer whose term > 0 as "
-    "'history'; a peer that merely campaigned has term > 0, so the late nodes of a fresh "
-    "5-node cluster join as non-voters and no majority can ever vote",
-)
 def test_staggered_bootstrap_of_five_nodes_elects_a_leader(cluster_factory: ClusterFactory) -> None:
-    """A fresh cluster whose nodes start a little apart (systemd units, slow hosts) must form."""
+    """A fresh cluster whose nodes start well apart (systemd units, slow hosts) must form.
+
+    Two of five cannot elect; they wait, connected, for several election timeouts. The
+    late three must still join as voters (a probe that took the early pair's campaign
+    terms for "history" made them non-voters and the cluster never elected).
+    """
     cluster = cluster_factory(5, start=False)
     cluster.start(0)
     cluster.start(1)
-    # Two of five cannot win an election, but they campaign: their terms rise.
-    wait_until(
-        lambda: all((s := cluster.status(i)) is not None and s.term > 0 for i in (0, 1)),
-        20,
-        "n1 and n2 to campaign",
-    )
+
+    def early_pair_waited() -> bool:
+        sts = [cluster.status(i) for i in (0, 1)]
+        if any(s is None or s.uptime_s < 2.0 for s in sts):
+            return False
+        with node_client(cluster, 0) as c:
+            nodes = {n.id: n.connected for n in c.nodes().nodes}
+        return nodes["n2"]
+
+    wait_until(early_pair_waited, 20, "n1 and n2 connected for several election timeouts")
     for i in (2, 3, 4):
         cluster.start(i)
-    cluster.wait_for_leader(timeout=10)
+    cluster.wait_for_leader(timeout=15)
     check_one_leader(cluster)

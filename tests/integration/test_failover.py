@@ -118,6 +118,11 @@ def test_sigstop_leader_then_sigcont(cluster: LocalCluster) -> None:
         client.close()
 
     cluster.resume(old)
+    # Right away, before it has heard of the new term, the old leader must not answer a
+    # linearizable read from its stale state.
+    with node_client(cluster, old, timeout_s=15.0) as c:
+        got = c.get("during-pause")
+    assert got is not None and got.value == b"1", "stale linearizable read from the old leader"
 
     def old_stepped_down() -> bool:
         st = cluster.status(old)
@@ -127,7 +132,9 @@ def test_sigstop_leader_then_sigcont(cluster: LocalCluster) -> None:
             and st.leader_id == node_id(cluster, new)
         )
 
-    wait_until(old_stepped_down, 20, f"{node_id(cluster, old)} to step down and follow the new leader")
+    wait_until(
+        old_stepped_down, 20, f"{node_id(cluster, old)} to step down and follow the new leader"
+    )
     # Exactly one leader, the new one, and the old one converges on its state.
     assert cluster.wait_for_leader() == new
     wait_all_caught_up(cluster)
