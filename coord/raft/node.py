@@ -112,6 +112,14 @@ class _SyncObj(SyncObj):
     def apply_command(self, data: bytes) -> Any:
         return self._coord_apply(data)
 
+    # Overrides pysyncobj's private ``__deleteEntriesFrom`` (name-mangled): the
+    # follower may only truncate at a conflict (see coord.raft.appendfix).
+    def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None:
+        transport = self._SyncObj__transport
+        if transport.truncate_from is None or fromIDx != transport.truncate_from:
+            return
+        SyncObj._SyncObj__deleteEntriesFrom(self, fromIDx)
+
     # pysyncobj without batching sends one append-entries message per command
     # (each pickled and compressed, per follower), and with batching waits for
     # the next heartbeat. Coalesce instead: take every queued command in one
@@ -194,6 +202,10 @@ class RaftNode:
             connectionRetryTime=t.reconnect_s,
             leaderFallbackTimeout=t.leader_fallback_timeout_s,
             appendEntriesUseBatch=False,
+            # pysyncobj's chunked path for entries over this size is broken (it
+            # marks the wrong chunk as the last); values are <= 1 MiB, pickled
+            # entries ~1.5x that, so no entry ever takes it.
+            appendEntriesBatchSizeBytes=8 * 1024 * 1024,
             journalFile=journal_path,
             fullDumpFile=self._dump_path,
             bindAddress=cfg.bind_raft,
@@ -223,6 +235,7 @@ class RaftNode:
             catching_up=lambda: self._catching_up,
         )
         self._transport.prevote = self._prevote
+        logging.getLogger("pysyncobj.syncobj").addFilter(_VetoedTruncationFilter(self._transport))
         self._so.addOnTickCallback(self._on_tick)
 
     # -- apply (tick thread) ---------------------------------------------------
@@ -453,6 +466,21 @@ class RaftNode:
             logger.critical("cannot load the Raft snapshot %s: exiting", filename, exc_info=True)
             os._exit(70)
         return dump.last, dump.prev, set(dump.node_ids)
+
+
+class _VetoedTruncationFilter(logging.Filter):
+    """Drop pysyncobj's CRITICAL about truncating applied entries when coord vetoes
+    that truncation (no conflict: nothing is deleted, see coord.raft.appendfix)."""
+
+    def __init__(self, transport: CoordTransport) -> None:
+        super().__init__()
+        self._transport = transport
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("truncating already-applied"):
+            return True
+        allowed = self._transport.truncate_from
+        return allowed is not None and bool(record.args) and record.args[0] == allowed  # type: ignore[index]
 
 
 def _unknown_failure() -> errors.CoordError:

@@ -26,6 +26,7 @@ from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
+from coord.raft import appendfix
 from coord.raft.prevote import PreVote
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class CoordTransport(TCPTransport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._held: list[tuple[Any, Any]] = []
         self.prevote: PreVote | None = None  # set by the node once built
+        # While an append-entries is handled: the one index pysyncobj may truncate from.
+        self.truncate_from: int | None = None
         super().__init__(*args, **kwargs)
 
     # -- handshake -------------------------------------------------------------
@@ -158,6 +161,15 @@ class CoordTransport(TCPTransport):
             return
         elif kind == "request_vote" and self.catching_up():
             return  # a blank node must not vote: it may not hold committed entries
+        if kind == "append_entries":
+            message, self.truncate_from = appendfix.rewrite(
+                self._syncObj._SyncObj__raftLog, message
+            )
+            try:
+                super()._onMessageReceived(node, message)
+            finally:
+                self.truncate_from = None
+            return
         super()._onMessageReceived(node, message)
 
     def _onNodeDisconnected(self, node: Any) -> None:

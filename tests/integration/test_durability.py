@@ -198,15 +198,6 @@ def test_repeated_crashes_under_load(cluster: LocalCluster, rounds: int) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: followers truncate entries they already acknowledged: pysyncobj's leader "
-    "sets nextIndex to each (lagging) ack, so entries still in flight are sent again, and its "
-    "follower deletes everything after prevLogIdx on ANY append_entries overlapping its log, "
-    "without a term conflict (Raft 5.3 truncates only on conflict); logged as CRITICAL "
-    "'truncating already-applied log entries' (a few times per thousand puts under load)",
-)
 def test_followers_never_truncate_acknowledged_entries(cluster: LocalCluster) -> None:
     """A healthy cluster under concurrent load: no follower drops entries it acknowledged.
 

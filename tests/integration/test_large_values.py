@@ -50,15 +50,6 @@ def test_large_values_replicate_and_survive_kill9_of_all(cluster_factory: Cluste
     check_every_node_has(cluster, values)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a Raft entry over 64 KiB (a value over ~43 KiB once pysyncobj pickles it) takes "
-    "pysyncobj's chunked 'transmission' path, which marks the wrong chunk 'finish' "
-    "(syncobj.py compares chunk offsets with the unpickled command's length): followers raise "
-    "in the tick thread on every such entry; coord/raft/node.py keeps "
-    "appendEntriesBatchSizeBytes at the 64 KiB default although commands reach ~1.5 MiB",
-)
 def test_large_values_replicate_without_errors(cluster_factory: ClusterFactory) -> None:
     cluster = cluster_factory(3)
     leader = cluster.wait_for_leader()

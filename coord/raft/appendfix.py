@@ -1,0 +1,61 @@
+"""Raft's append-entries rule on top of pysyncobj's follower code.
+
+pysyncobj 0.3.17's follower deletes every entry after ``prevLogIdx`` whenever
+it holds more, conflict or not, and then sets its commit index to
+``min(leaderCommit, its own last index)``. The leader resends in-flight entries
+(it moves nextIndex back to each lagging acknowledgement), so a follower
+routinely cut entries it had already acknowledged - entries the leader may have
+counted towards a commit (measured: 8-13 times per 8,000 concurrent puts). That
+breaks the majority intersection Raft's safety rests on.
+
+Raft (Figure 2, AppendEntries 3-5) says: skip entries already present with the
+same term; truncate only at the first conflicting entry; commit at most up to
+the last entry this message verified. :func:`rewrite` turns a leader's message
+into one for which pysyncobj's code does exactly that:
+
+- the matching prefix of ``entries`` is dropped and ``prevLogIdx`` advanced
+  over it (pysyncobj then acknowledges up to the verified index, no further);
+- truncation is allowed only from the first conflicting index; anything else
+  pysyncobj would delete is vetoed (see ``_SyncObj._SyncObj__deleteEntriesFrom``);
+- ``commit_index`` is clamped to the last verified index, so entries of ours
+  that the leader has not vouched for are never applied.
+
+Thread: the tick thread (inside pysyncobj's message handling).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def rewrite(log: Any, message: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """Return the message pysyncobj should see, and the index truncation may start at."""
+    if "transmission" in message or "prevLogIdx" not in message:
+        return message, None
+    prev, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+    first, last = log[0][1], log[-1][1]
+    if prev is None or not first <= prev <= last or log[prev - first][2] != prev_term:
+        return message, None  # pysyncobj answers "reset" and truncates nothing
+    entries = message.get("entries") or []
+    i = 0
+    conflict: int | None = None
+    while i < len(entries):
+        idx, term = entries[i][1], entries[i][2]
+        if idx > last:
+            break
+        if log[idx - first][2] != term:
+            conflict = idx
+            break
+        i += 1
+    if i:
+        prev, prev_term = entries[i - 1][1], entries[i - 1][2]
+    rest = entries[i:]
+    verified = rest[-1][1] if rest else prev
+    out = dict(message)
+    out.update(
+        prevLogIdx=prev,
+        prevLogTerm=prev_term,
+        entries=rest,
+        commit_index=min(message["commit_index"], verified),
+    )
+    return out, conflict
