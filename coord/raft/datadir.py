@@ -5,7 +5,7 @@ node refuses to start on a data dir of another node or cluster, or on a
 directory that holds files but no identity (not a coord data dir), with a
 message that says what to do. A data dir without Raft history is *blank*:
 such a node must not vote until it has the leader's log (see
-``RaftNode(catch_up=True)``).
+``coord.raft.gate``).
 """
 
 from __future__ import annotations

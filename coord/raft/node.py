@@ -34,6 +34,7 @@ from pysyncobj.monotonic import monotonic as raft_clock
 
 from coord import errors
 from coord.config import NodeConfig
+from coord.raft.gate import VOTER, VotingGate
 from coord.raft.journal import DurableJournal
 from coord.raft.prevote import PreVote
 from coord.raft.snapshotfile import read_dump, write_dump
@@ -157,13 +158,13 @@ class _SyncObj(SyncObj):
 class RaftNode:
     """One Raft member: proposes commands, applies them to ``state``, reports its view."""
 
-    def __init__(self, cfg: NodeConfig, catch_up: bool = False) -> None:
+    def __init__(self, cfg: NodeConfig, voting: str = VOTER) -> None:
         self.cfg = cfg
         self.state = StateMachine()
         self.lock = threading.RLock()
         self.started = time.monotonic()
-        self._view = View(catching_up=catch_up)
-        self._catching_up = catch_up
+        self.gate = VotingGate(voting)
+        self._view = View(catching_up=not self.gate.is_voter)
         self._listeners: list[Callable[[View], None]] = []
         self._barrier_lock = threading.Lock()
         self._barrier_inflight: tuple[Future[None], float] | None = None
@@ -186,7 +187,6 @@ class RaftNode:
             {
                 "cluster_id": cfg.cluster_id,
                 "is_durable": staticmethod(lambda: not self.journal.dirty),
-                "catching_up": staticmethod(lambda: self._catching_up),
                 "on_peer_disconnected": staticmethod(self._on_peer_disconnected),
             },
         )
@@ -232,9 +232,10 @@ class RaftNode:
             self._transport.send_now,
             (t.election_timeout_min_s, t.election_timeout_max_s),
             margin_s=3 * t.tick_s,
-            catching_up=lambda: self._catching_up,
+            gate=self.gate,
         )
         self._transport.prevote = self._prevote
+        self._transport.gate = self.gate
         logging.getLogger("pysyncobj.syncobj").addFilter(_VetoedTruncationFilter(self._transport))
         self._so.addOnTickCallback(self._on_tick)
 
@@ -365,16 +366,12 @@ class RaftNode:
         self._check_barrier_timeout()
 
     def _update_catch_up(self) -> None:
-        so = self._so
-        if not self._catching_up:
+        if self.gate.is_voter or self.gate.update(self.journal[-1][1]):
             return
-        if len(self.journal) and self.journal[-1][2] > 0:
-            self._catching_up = False
-            logger.info("caught up with the leader's log: this node now votes")
-            return
-        # A blank node must not campaign: its term would rise past the leader's
-        # and it would then ignore the very entries it needs.
-        so._SyncObj__raftElectionDeadline = raft_clock() + 3600
+        if not self.gate.may_campaign():
+            # A catching-up node must not campaign: its term would rise past the
+            # leader's and it would then ignore the very entries it needs.
+            self._so._SyncObj__raftElectionDeadline = raft_clock() + 3600
 
     def _update_view(self) -> None:
         so = self._so
@@ -390,7 +387,7 @@ class RaftNode:
             connected=connected,
             has_quorum=(len(connected & peers) + 1) * 2 > len(peers) + 1,
             log_entries=len(self.journal),
-            catching_up=self._catching_up,
+            catching_up=not self.gate.is_voter,
         )
         old, self._view = self._view, view
         if (old.leader_id, old.term, old.role) != (view.leader_id, view.term, view.role):
@@ -434,7 +431,7 @@ class RaftNode:
         # so that a vote granted later in this poll resets it as usual.
         so = self._so
         leader = so._getLeader()
-        if self._catching_up or so._isLeader() or leader is None or node.id != leader.id:
+        if not self.gate.may_campaign() or so._isLeader() or leader is None or node.id != leader.id:
             return
         survivors = sorted(p.id for p in self.cfg.peers if p.id != node.id)
         rank = survivors.index(self.cfg.node_id)

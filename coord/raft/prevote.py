@@ -29,6 +29,8 @@ from typing import Any
 
 from pysyncobj.monotonic import monotonic as raft_clock
 
+from coord.raft.gate import VotingGate
+
 logger = logging.getLogger(__name__)
 
 Send = Callable[[Any, dict[str, Any]], object]
@@ -41,13 +43,13 @@ class PreVote:
         send: Send,
         election_timeout: tuple[float, float],
         margin_s: float,
-        catching_up: Callable[[], bool],
+        gate: VotingGate,
     ) -> None:
         self._so = so
         self._send = send
         self._timeout = election_timeout
         self._margin = margin_s
-        self._catching_up = catching_up
+        self._gate = gate
         self._last_contact: dict[str, float] = {}  # peer id -> raft_clock() of last AE/ack
         self._round = 0
         self._grants: set[str] = set()
@@ -77,7 +79,7 @@ class PreVote:
 
     def on_tick(self) -> None:
         so = self._so
-        if so._isLeader() or self._catching_up() or so._SyncObj__transferInProgress:
+        if so._isLeader() or not self._gate.may_campaign() or so._SyncObj__transferInProgress:
             return
         term = so.raftCurrentTerm
         if self._granted_term is not None:
@@ -123,7 +125,9 @@ class PreVote:
         my_index = so._SyncObj__getCurrentLogIndex()
         their = (message.get("last_log_term", -1), message.get("last_log_index", -1))
         granted = (
-            not self._catching_up() and not self.leader_is_alive() and their >= (my_term, my_index)
+            self._gate.may_vote_for(their[0])
+            and not self.leader_is_alive()
+            and their >= (my_term, my_index)
         )
         self._send(
             node, {"type": "pre_vote_resp", "round": message.get("round"), "granted": granted}

@@ -9,7 +9,7 @@
   foreign data dir) is disconnected and logged, never joined.
 - Acknowledgements (``next_node_idx``) are held back until the journal is
   synced; the node flushes them once per tick after one fsync (group commit).
-- A node that is catching up (blank data dir) neither votes nor campaigns.
+- A blank node votes and campaigns only as ``coord.raft.gate`` allows.
 - PreVote messages (``coord.raft.prevote``) are handled here, beside
   pysyncobj's own.
 
@@ -27,6 +27,7 @@ from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
 from coord.raft import appendfix
+from coord.raft.gate import VotingGate
 from coord.raft.prevote import PreVote
 
 logger = logging.getLogger(__name__)
@@ -82,12 +83,12 @@ class CoordTransport(TCPTransport):
 
     cluster_id: str = ""
     is_durable: Callable[[], bool] = staticmethod(lambda: True)
-    catching_up: Callable[[], bool] = staticmethod(lambda: False)
     on_peer_disconnected: Callable[[Any], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._held: list[tuple[Any, Any]] = []
         self.prevote: PreVote | None = None  # set by the node once built
+        self.gate = VotingGate()  # replaced by the node's own
         # While an append-entries is handled: the one index pysyncobj may truncate from.
         self.truncate_from: int | None = None
         super().__init__(*args, **kwargs)
@@ -129,7 +130,7 @@ class CoordTransport(TCPTransport):
         if kind == "next_node_idx" and (self._held or not self.is_durable()):
             self._held.append((node, message))
             return True
-        if kind == "request_vote" and self.catching_up():
+        if kind == "request_vote" and not self.gate.may_campaign():
             return False
         return bool(super().send(node, message))
 
@@ -159,9 +160,10 @@ class CoordTransport(TCPTransport):
             if prevote is not None:
                 prevote.on_response(node, message)
             return
-        elif kind == "request_vote" and self.catching_up():
-            return  # a blank node must not vote: it may not hold committed entries
+        elif kind == "request_vote" and not self.gate.may_vote_for(message.get("last_log_term", 1)):
+            return  # a blank node must not help a non-blank candidate (coord.raft.gate)
         if kind == "append_entries":
+            self.gate.leader_commit(int(message.get("commit_index") or 0))
             message, self.truncate_from = appendfix.rewrite(
                 self._syncObj._SyncObj__raftLog, message
             )

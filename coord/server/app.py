@@ -23,11 +23,13 @@ from grpc_reflection.v1alpha import reflection
 from coord.config import NodeConfig
 from coord.errors import Unavailable
 from coord.raft import datadir
+from coord.raft.gate import CATCH_UP, NEW_BLANK, VOTER
 from coord.raft.node import RaftNode, View
 from coord.server.cluster_service import ClusterService
 from coord.server.context import NodeContext
+from coord.server.handlers import add_service
 from coord.server.kv_service import KVService
-from coord.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
+from coord.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def probe_peers_for_history(cfg: NodeConfig, timeout_s: float = 0.7) -> str | No
                 )
         except grpc.RpcError:
             return None
-        if st.header.cluster_id == cfg.cluster_id and st.term > 0:
+        if st.header.cluster_id == cfg.cluster_id and (st.revision > 0 or st.term > 0):
             return f"peer {peer_id} at term {st.term}, applied index {st.applied_index}"
         return None
 
@@ -64,9 +66,30 @@ def probe_peers_for_history(cfg: NodeConfig, timeout_s: float = 0.7) -> str | No
     return next((a for a in answers if a), None)
 
 
-def decide_catch_up(cfg: NodeConfig, blank: bool) -> bool:
+def decide_voting(cfg: NodeConfig, blank: bool) -> str:
+    """The voting mode this node starts in (see coord.raft.gate)."""
     if not blank:
-        return False
+        return VOTER
+    if cfg.initial_cluster_state == "existing":
+        logger.info("blank data dir joining an existing cluster: no vote until caught up")
+        return CATCH_UP
+    seen = probe_peers_for_history(cfg)
+    if seen:
+        logger.warning(
+            "data dir %s is blank but cluster %s already has history (%s): catching up, "
+            "no vote until this node holds the leader's log",
+            cfg.data_dir,
+            cfg.cluster_id,
+            seen,
+        )
+        return CATCH_UP
+    logger.info(
+        "bootstrapping new cluster %s with %s (blank: votes only for blank candidates until "
+        "it holds a leader's log)",
+        cfg.cluster_id,
+        [p.id for p in cfg.peers],
+    )
+    return NEW_BLANK
     if cfg.initial_cluster_state == "existing":
         logger.info("blank data dir joining an existing cluster: no vote until caught up")
         return True
@@ -90,7 +113,7 @@ class NodeServer:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         blank = datadir.prepare(cfg)
-        self.raft = RaftNode(cfg, catch_up=decide_catch_up(cfg, blank))
+        self.raft = RaftNode(cfg, voting=decide_voting(cfg, blank))
         self.ctx = NodeContext(cfg, self.raft)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -104,8 +127,10 @@ class NodeServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        kv_pb2_grpc.add_KVServicer_to_server(KVService(self.ctx), server)
-        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.ctx), server)
+        add_service(server, KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"])
+        add_service(
+            server, ClusterService(self.ctx), cluster_pb2.DESCRIPTOR.services_by_name["Cluster"]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

@@ -66,7 +66,9 @@ class KVService(kv_pb2_grpc.KVServicer):
                 await self.node.linearize(context)
 
             def read(state: StateMachine) -> tuple[list[kv_pb2.KeyValue], int, int]:
-                kvs, count = state.range(request.key, request.prefix, request.limit)
+                kvs, count = state.range(
+                    request.key, request.prefix, request.limit, request.keys_only
+                )
                 return kvs, count, state.revision
 
             kvs, count, revision = self.node.raft.read(read)

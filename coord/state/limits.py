@@ -15,3 +15,6 @@ MAX_REQUEST_ID_CHARS = 128
 DEDUPE_ENTRIES = 20_000
 # A Range answers at most this many keys; ``more`` says when there were more.
 MAX_RANGE_KEYS = 10_000
+# ... and at most this many bytes of keys and values (a response must fit the
+# 4 MiB gRPC message limit); ``more`` says there is more to read.
+MAX_RANGE_BYTES = 3 * 1024 * 1024

@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 import zlib
@@ -47,7 +48,8 @@ class StateMachine:
         self.revision = 0
         self.last_time_ms = 0
         self.kv = KVStore()
-        self._dedupe: OrderedDict[str, raft_pb2.CommandResult] = OrderedDict()
+        # request id -> (first result, fingerprint of the operation)
+        self._dedupe: OrderedDict[str, tuple[raft_pb2.CommandResult, bytes]] = OrderedDict()
 
     # -- apply -----------------------------------------------------------------
 
@@ -64,10 +66,20 @@ class StateMachine:
             result = _error(InvalidArgument("undecodable command"))
             result.revision = self.revision
             return result
+        fingerprint = _fingerprint(cmd) if cmd.request_id else b""
         if cmd.request_id:
             seen = self._dedupe.get(cmd.request_id)
             if seen is not None:
-                return _copy(seen)
+                if seen[1] != fingerprint:
+                    result = _error(
+                        InvalidArgument(
+                            f"request id {cmd.request_id!r} was already used for a different "
+                            "request: give every request its own id (a retry reuses it)"
+                        )
+                    )
+                    result.revision = self.revision
+                    return result
+                return _copy(seen[0])
         self.last_time_ms = max(self.last_time_ms, cmd.time_ms)
         try:
             result = self._dispatch(cmd)
@@ -78,7 +90,7 @@ class StateMachine:
             result = _error(Internal(f"apply failed: {type(e).__name__}"))
         result.revision = self.revision
         if cmd.request_id:
-            self._remember(cmd.request_id, _copy(result))
+            self._remember(cmd.request_id, _copy(result), fingerprint)
         return result
 
     def _dispatch(self, cmd: raft_pb2.Command) -> raft_pb2.CommandResult:
@@ -93,10 +105,12 @@ class StateMachine:
             return raft_pb2.CommandResult()
         raise InvalidArgument(f"unknown command {op!r}: is this node running an older version?")
 
-    def _remember(self, request_id: str, result: raft_pb2.CommandResult) -> None:
+    def _remember(
+        self, request_id: str, result: raft_pb2.CommandResult, fingerprint: bytes
+    ) -> None:
         if len(request_id) > limits.MAX_REQUEST_ID_CHARS:
             return
-        self._dedupe[request_id] = result
+        self._dedupe[request_id] = (result, fingerprint)
         while len(self._dedupe) > limits.DEDUPE_ENTRIES:
             self._dedupe.popitem(last=False)
 
@@ -152,8 +166,11 @@ class StateMachine:
 
     # -- reads (caller holds the apply lock) -----------------------------------
 
-    def range(self, key: bytes, prefix: bool, limit: int) -> tuple[list[kv_pb2.KeyValue], int]:
-        """Return up to ``limit`` matching records and the total count."""
+    def range(
+        self, key: bytes, prefix: bool, limit: int, keys_only: bool = False
+    ) -> tuple[list[kv_pb2.KeyValue], int]:
+        """Return up to ``limit`` matching records (and at most ``MAX_RANGE_BYTES``) and
+        the total count."""
         validate_key(key, allow_empty=prefix)
         if not prefix:
             kv = self.kv.get(key)
@@ -161,12 +178,19 @@ class StateMachine:
         cap = min(limit, limits.MAX_RANGE_KEYS) if limit > 0 else limits.MAX_RANGE_KEYS
         out: list[kv_pb2.KeyValue] = []
         count = 0
+        size = 0
+        full = False
         for k in self.kv.keys_with_prefix(key):
             count += 1
-            if len(out) < cap:
-                kv = self.kv.get(k)
-                assert kv is not None
-                out.append(kv)
+            if full or len(out) >= cap:
+                continue
+            kv = self.kv.get(k)
+            assert kv is not None
+            size += len(k) + (0 if keys_only else len(kv.value))
+            if out and size > limits.MAX_RANGE_BYTES:
+                full = True
+                continue
+            out.append(kv)
         return out, count
 
     # -- snapshots -------------------------------------------------------------
@@ -180,8 +204,8 @@ class StateMachine:
             node_ids=self.node_ids,
         )
         snap.kvs.extend(self.kv.items())
-        for rid, res in self._dedupe.items():
-            snap.dedupe.add(request_id=rid, result=res)
+        for rid, (res, fp) in self._dedupe.items():
+            snap.dedupe.add(request_id=rid, result=res, fingerprint=fp)
         body = snap.SerializeToString(deterministic=True)
         return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, zlib.crc32(body)) + body
 
@@ -193,7 +217,7 @@ class StateMachine:
         self.revision = snap.revision
         self.last_time_ms = snap.last_time_ms
         self.kv.load(list(snap.kvs))
-        self._dedupe = OrderedDict((d.request_id, d.result) for d in snap.dedupe)
+        self._dedupe = OrderedDict((d.request_id, (d.result, d.fingerprint)) for d in snap.dedupe)
 
 
 def decode_snapshot(data: bytes) -> raft_pb2.StateSnapshot:
@@ -219,6 +243,13 @@ def decode_snapshot(data: bytes) -> raft_pb2.StateSnapshot:
 
 def _matches(prev: kv_pb2.KeyValue | None, expected: int) -> bool:
     return (prev.mod_revision if prev is not None else 0) == expected
+
+
+def _fingerprint(cmd: raft_pb2.Command) -> bytes:
+    """Digest of what the command does (not when it was proposed)."""
+    op = cmd.WhichOneof("op") or ""
+    body = getattr(cmd, op).SerializeToString(deterministic=True) if op else b""
+    return hashlib.blake2b(op.encode() + b"\0" + body, digest_size=16).digest()
 
 
 def _copy(result: raft_pb2.CommandResult) -> raft_pb2.CommandResult:

@@ -194,7 +194,10 @@ class DedupeEntry(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    fingerprint: _builtins.bytes
+    """Digest of the operation: a request id reused for another request is refused."""
     @_builtins.property
     def result(self) -> Global___CommandResult: ...
     def __init__(
@@ -202,10 +205,11 @@ class DedupeEntry(_message.Message):
         *,
         request_id: _builtins.str = ...,
         result: Global___CommandResult | None = ...,
+        fingerprint: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "request_id", b"request_id", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -242,13 +242,6 @@ def test_malformed_protobuf_leaves_nodes_healthy(
                 assert err.code() != grpc.StatusCode.OK  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a malformed request body is answered UNKNOWN 'Unexpected <class "
-    "DecodeError>...' (grpc.aio's default), not INVALID_ARGUMENT/INTERNAL with a coord: message; "
-    "coord/server/app.py registers the generated handlers without a tolerant deserializer",
-)
 def test_malformed_protobuf_is_invalid_argument(
     cluster: LocalCluster, channels: list[grpc.Channel]
 ) -> None:

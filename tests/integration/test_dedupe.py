@@ -77,21 +77,21 @@ def test_put_retried_with_same_request_id_applies_once(
     assert [(kv.value, kv.version, kv.mod_revision) for kv in got] == [(b"once", 1, rev0 + 1)]
 
 
-def test_retry_with_a_different_payload_returns_the_first_result(
+def test_retry_with_a_different_payload_is_refused(
     stubs: dict[str, kv_pb2_grpc.KVStub],
 ) -> None:
-    """The request id names the request: a 'retry' that changed its payload is still the
-    first request, so it answers the first result and changes nothing."""
+    """The request id names one request: a 'retry' that changed its payload is refused
+    with INVALID_ARGUMENT and changes nothing (a silent first answer would hide a bug)."""
     key = f"dedupe/payload/{uuid.uuid4().hex[:8]}".encode()
     request_id = rid()
-    r1 = stubs["leader"].Put(
-        kv_pb2.PutRequest(key=key, value=b"v1", request_id=request_id), timeout=10
-    )
+    stubs["leader"].Put(kv_pb2.PutRequest(key=key, value=b"v1", request_id=request_id), timeout=10)
     rev = revision(stubs["leader"])
-    r2 = stubs["follower"].Put(
-        kv_pb2.PutRequest(key=key, value=b"v2", request_id=request_id), timeout=10
-    )
-    assert without_volatile_header(r2) == without_volatile_header(r1)
+    with pytest.raises(grpc.RpcError) as err:
+        stubs["follower"].Put(
+            kv_pb2.PutRequest(key=key, value=b"v2", request_id=request_id), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "already used for a different request" in (err.value.details() or "")
     assert revision(stubs["leader"]) == rev
     (kv,) = stubs["leader"].Range(kv_pb2.RangeRequest(key=key), timeout=10).kvs
     assert kv.value == b"v1"
@@ -178,14 +178,6 @@ def test_retry_after_leader_kill9_applies_once(cluster_factory: ClusterFactory) 
         assert kv.version == 1, node.node_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: coord/state/machine.py apply returns the remembered result for a known "
-    "request id whatever the command: a Delete reusing a Put's request id gets the "
-    "PutResponse's CommandResult, so KVService.Delete answers OK with an empty DeleteResponse "
-    "(succeeded=false, deleted=0) and deletes nothing",
-)
 def test_request_id_reused_by_another_kind_of_request_is_rejected(
     stubs: dict[str, kv_pb2_grpc.KVStub],
 ) -> None:

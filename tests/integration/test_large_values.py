@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from coord.client import Client
 from coord.state import limits
 from coord.testing import LocalCluster

@@ -264,12 +264,16 @@ def test_a_retried_request_id_applies_once(
     assert sm.snapshot() == snap
 
 
-def test_a_request_id_names_the_first_command_even_if_the_retry_differs() -> None:
-    """The id is the idempotency key: a second command under it is answered with the first."""
+def test_a_request_id_reused_for_another_command_is_refused() -> None:
+    """The id is the idempotency key of one request: another request under it is refused."""
     sm = StateMachine()
     first = clone(sm.apply(put(b"a", b"1", rid="r")))
-    assert sm.apply(put(b"b", b"2", rid="r")) == first
-    assert sm.apply(delete(b"a", rid="r")) == first
+    for other in (put(b"b", b"2", rid="r"), delete(b"a", rid="r"), put(b"a", b"2", rid="r")):
+        res = sm.apply(other)
+        assert res.error_reason == "invalid_argument"
+        assert "already used for a different request" in res.error_message
+        assert res.revision == 1
+    assert sm.apply(put(b"a", b"1", rid="r")) == first  # the same request: its first answer
     assert [kv.key for kv in everything(sm)] == [b"a"]
     assert sm.revision == 1
 
@@ -277,11 +281,11 @@ def test_a_request_id_names_the_first_command_even_if_the_retry_differs() -> Non
 def test_a_miss_is_remembered_too() -> None:
     """A retried compare-and-set gets its first answer, even if it would now succeed."""
     sm = StateMachine()
-    first = clone(sm.apply(put(b"k", b"v", rid="r", expected=7)))
+    first = clone(sm.apply(put(b"k", b"v", rid="r", expected=2)))
     assert first.put.succeeded is False
     sm.apply(put(b"k", b"x"))
     sm.apply(put(b"k", b"y"))  # k's mod_revision is now 2
-    assert sm.apply(put(b"k", b"z", rid="r", expected=2)) == first
+    assert sm.apply(put(b"k", b"v", rid="r", expected=2)) == first
     assert sm.kv.get(b"k") is not None
     assert sm.kv.get(b"k").value == b"y"  # type: ignore[union-attr]
 
@@ -447,7 +451,9 @@ def test_a_rejected_bootstrap_is_remembered_under_its_request_id() -> None:
     sm = StateMachine()
     first = clone(sm.apply(bootstrap("", ["n1"], rid="b")))
     assert first.error_reason == "invalid_argument"
-    assert sm.apply(bootstrap("c1", ["n1"], rid="b")) == first  # the id names the first
+    assert sm.apply(bootstrap("", ["n1"], rid="b")) == first  # its retry: the first answer
+    other = sm.apply(bootstrap("c1", ["n1"], rid="b"))  # another request under the id
+    assert "already used for a different request" in other.error_message
     assert (sm.cluster_id, sm.revision) == ("", 0)
 
 
@@ -629,7 +635,8 @@ class Model:
         self.cluster_id = ""
         self.node_ids: list[str] = []
         self.data: dict[bytes, kv_pb2.KeyValue] = {}
-        self.dedupe: dict[str, raft_pb2.CommandResult] = {}
+        # request id -> (first result, the operation it answered)
+        self.dedupe: dict[str, tuple[raft_pb2.CommandResult, tuple[str, bytes]]] = {}
 
     def apply(self, data: bytes) -> raft_pb2.CommandResult:
         """The expected result, with an empty error_message."""
@@ -638,14 +645,18 @@ class Model:
         except Exception:
             return _invalid(self.revision)  # undecodable: nothing changes, not even the time
         rid = cmd.request_id
+        op = cmd.WhichOneof("op") or ""
+        what = (op, getattr(cmd, op).SerializeToString(deterministic=True) if op else b"")
         if rid in self.dedupe:
-            return self.dedupe[rid]
+            first, first_what = self.dedupe[rid]
+            # the same request: its first answer; another request under the id: refused
+            return first if first_what == what else _invalid(self.revision)
         self.last_time_ms = max(self.last_time_ms, cmd.time_ms)
         result = self._dispatch(cmd)
         result.revision = self.revision
         if rid and len(rid) <= limits.MAX_REQUEST_ID_CHARS:
             assert len(self.dedupe) < limits.DEDUPE_ENTRIES  # the model has no eviction
-            self.dedupe[rid] = result
+            self.dedupe[rid] = (result, what)
         return result
 
     def _dispatch(self, cmd: raft_pb2.Command) -> raft_pb2.CommandResult:
