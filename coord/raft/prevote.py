@@ -52,6 +52,7 @@ class PreVote:
         self._gate = gate
         self._last_contact: dict[str, float] = {}  # peer id -> raft_clock() of last AE/ack
         self._round = 0
+        self._round_term: int | None = None  # our term when the current round started
         self._grants: set[str] = set()
         self._granted_term: int | None = None  # term at which a majority granted
 
@@ -83,14 +84,17 @@ class PreVote:
             return
         term = so.raftCurrentTerm
         if self._granted_term is not None:
-            if term == self._granted_term:
-                return  # granted: pysyncobj campaigns at its deadline
-            self._granted_term = None  # it campaigned (or learned a new term)
+            if term == self._granted_term and so._SyncObj__raftElectionDeadline == 0.0:
+                return  # granted: pysyncobj campaigns at its next election check
+            # It campaigned, learned a new term, or heard a leader (which moved the
+            # deadline): the grant is spent. The next campaign asks again.
+            self._granted_term = None
         now = raft_clock()
         if so._SyncObj__raftElectionDeadline - now > self._margin:
             return
         so._SyncObj__raftElectionDeadline = now + random.uniform(*self._timeout)
         self._round += 1
+        self._round_term = term
         self._grants = {so.selfNode.id}
         request = {
             "type": "pre_vote",
@@ -106,6 +110,8 @@ class PreVote:
     def on_response(self, node: Any, message: dict[str, Any]) -> None:
         if message.get("round") != self._round or not message.get("granted"):
             return
+        if self._round_term is None or self._so.raftCurrentTerm != self._round_term:
+            return  # the round belongs to an older term: a leader appeared meanwhile
         self._grants.add(node.id)
         self._maybe_won()
 
