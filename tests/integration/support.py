@@ -129,3 +129,14 @@ class Ack:
     key: bytes
     value: bytes
     mod_revision: int
+
+
+def write_keys(cluster: LocalCluster, prefix: str, n: int = 20) -> dict[bytes, bytes]:
+    """Put ``prefix/000`` ... through the client; return what was acknowledged."""
+    out = {}
+    with cluster.client(timeout_s=15.0) as c:
+        for i in range(n):
+            k, v = f"{prefix}/{i:03d}".encode(), f"{prefix}-{i}".encode()
+            assert c.put(k, v).succeeded
+            out[k] = v
+    return out

@@ -23,17 +23,8 @@ from .support import (
     status_of,
     wait_all_caught_up,
     wait_no_leader_for,
+    write_keys,
 )
-
-
-def write(cluster: LocalCluster, prefix: str, n: int = 20) -> dict[bytes, bytes]:
-    out = {}
-    with cluster.client(timeout_s=15.0) as c:
-        for i in range(n):
-            k, v = f"{prefix}/{i:03d}".encode(), f"{prefix}-{i}".encode()
-            assert c.put(k, v).succeeded
-            out[k] = v
-    return out
 
 
 def check_every_node_has(cluster: LocalCluster, expected: dict[bytes, bytes]) -> None:
@@ -65,13 +56,13 @@ def test_wiped_node_restarted_catches_up_without_disrupting(
 ) -> None:
     cluster = cluster_factory(3)
     leader = cluster.wait_for_leader()
-    before = write(cluster, "before")
+    before = write_keys(cluster, "before")
     i = leader if victim == "leader" else (leader + 1) % 3
     node = cluster.nodes[i]
 
     cluster.kill(i)
     shutil.rmtree(node.data_dir)
-    during = write(cluster, "during")  # entries the wiped node never saw
+    during = write_keys(cluster, "during")  # entries the wiped node never saw
     leader = cluster.wait_for_leader()
     term = status_of(cluster, leader).term
     log_before = len(cluster.log(i))
@@ -103,9 +94,9 @@ def _wipe_scenario(
     cluster = cluster_factory(3)
     lead = cluster.wait_for_leader()
     x, y = [i for i in range(3) if i != lead]
-    base = write(cluster, "base")
+    base = write_keys(cluster, "base")
     cluster.kill(x)
-    only_on_l_y = write(cluster, "late")
+    only_on_l_y = write_keys(cluster, "late")
     cluster.kill(lead)
     cluster.kill(y)
     shutil.rmtree(cluster.nodes[y].data_dir)
@@ -156,7 +147,7 @@ def test_partly_caught_up_wiped_node_does_not_vote_a_stale_node_in(
         for i in range(1200):
             c.put(f"base/{i:04d}", filler)
     cluster.kill(x)
-    late = write(cluster, "late")  # on the leader and y only
+    late = write_keys(cluster, "late")  # on the leader and y only
     total = status_of(cluster, lead).commit_index
     cluster.kill(y)
     shutil.rmtree(cluster.nodes[y].data_dir)
@@ -201,7 +192,7 @@ def test_partly_caught_up_wiped_node_does_not_vote_a_stale_node_in(
 def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
     c = module_cluster_factory(3)
     c.wait_for_leader()
-    write(c, "seed", 10)
+    write_keys(c, "seed", 10)
     return c
 
 

@@ -8,21 +8,18 @@ import pytest
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import cluster_pb2
 
-from .support import ClusterFactory, local_kvs, node_client, status_of, wait_all_caught_up
+from .support import (
+    ClusterFactory,
+    local_kvs,
+    node_client,
+    status_of,
+    wait_all_caught_up,
+    write_keys,
+)
 
 
 def node_id(cluster: LocalCluster, i: int) -> str:
     return cluster.nodes[i].node_id
-
-
-def write_keys(cluster: LocalCluster, prefix: str, n: int) -> dict[bytes, bytes]:
-    written = {}
-    with cluster.client(timeout_s=15.0) as c:
-        for i in range(n):
-            key, value = f"{prefix}/{i:03d}".encode(), f"v{i}".encode()
-            assert c.put(key, value).succeeded
-            written[key] = value
-    return written
 
 
 def check_has(cluster: LocalCluster, i: int, expected: dict[bytes, bytes]) -> None:
