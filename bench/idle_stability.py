@@ -28,20 +28,37 @@ def main() -> None:
         c.wait_healthy()
         e.wait_healthy()
         c0, e0 = c.term(), etcd_term(e)
+        last = {"coord": c0, "etcd": e0}
+        changes: list[tuple[float, str, int]] = []
         samples = 0
-        deadline = time.monotonic() + args.minutes * 60
-        while time.monotonic() < deadline:  # bounded by --minutes
+        start = time.monotonic()
+        while time.monotonic() < start + args.minutes * 60:  # bounded by --minutes
             time.sleep(1.0)  # sampling period of the measurement, not synchronisation
             samples += 1
+            for name, term in (("coord", c.term()), ("etcd", etcd_term(e))):
+                if term != last[name]:
+                    changes.append((round(time.monotonic() - start, 1), name, term))
+                    log(f"{name}: term {last[name]} -> {term} at {changes[-1][0]} s")
+                    last[name] = term
             if samples % 60 == 0:
-                log(f"{samples // 60} min: coord term {c.term()}, etcd term {etcd_term(e)}")
+                log(f"{samples // 60} min: coord term {last['coord']}, etcd term {last['etcd']}")
         c1, e1 = c.term(), etcd_term(e)
     rows = [
-        Comparison(f"term increases idle {args.minutes:g} min", "terms", float(c1 - c0),
-                   float(e1 - e0)),
+        Comparison(
+            f"term increases idle {args.minutes:g} min", "terms", float(c1 - c0), float(e1 - e0)
+        ),
     ]
-    report(rows, args.json, title="idle stability (3 nodes; etcd tuned 50/250 ms)",
-           meta={"coord_terms": [c0, c1], "etcd_terms": [e0, e1], "samples": samples})
+    report(
+        rows,
+        args.json,
+        title="idle stability (3 nodes; etcd tuned 50/250 ms)",
+        meta={
+            "coord_terms": [c0, c1],
+            "etcd_terms": [e0, e1],
+            "samples": samples,
+            "changes": changes,
+        },
+    )
 
 
 if __name__ == "__main__":
