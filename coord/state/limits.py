@@ -18,3 +18,14 @@ MAX_RANGE_KEYS = 10_000
 # ... and at most this many bytes of keys and values (a response must fit the
 # 4 MiB gRPC message limit); ``more`` says there is more to read.
 MAX_RANGE_BYTES = 3 * 1024 * 1024
+# Events kept for watch resume and differential backups (same on every replica).
+EVENT_LOG_ENTRIES = 10_000
+EVENT_LOG_BYTES = 64 * 1024 * 1024
+# Session TTL bounds (the server also requires TTL > its election timeout).
+MIN_SESSION_TTL_MS = 500
+MAX_SESSION_TTL_MS = 3_600_000
+MAX_SLOTS = 64
+MAX_NAME_CHARS = 128
+MAX_TAGS = 32
+MAX_TAG_CHARS = 256
+DEFAULT_SWITCHOVER_TIMEOUT_MS = 10_000

@@ -22,11 +22,15 @@ import logging
 import struct
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 from coord.errors import CoordError, Internal, InvalidArgument
 from coord.state import limits
+from coord.state.events import EventLog
+from coord.state.groups import Groups, GroupState
 from coord.state.kv import KVStore, validate_key, validate_value
-from coord.v1 import kv_pb2, raft_pb2
+from coord.v1 import groups_pb2, kv_pb2, raft_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +51,10 @@ class StateMachine:
         self.node_ids: list[str] = []
         self.revision = 0
         self.last_time_ms = 0
+        self.last_term = 0
         self.kv = KVStore()
+        self.events = EventLog()
+        self.groups = Groups(_Emitter(self))
         # request id -> (first result, fingerprint of the operation)
         self._dedupe: OrderedDict[str, tuple[raft_pb2.CommandResult, bytes]] = OrderedDict()
 
@@ -81,7 +88,10 @@ class StateMachine:
                     return result
                 return _copy(seen[0])
         self.last_time_ms = max(self.last_time_ms, cmd.time_ms)
+        self.last_term = max(self.last_term, cmd.term)
         try:
+            if self.groups.groups:
+                self.groups.advance(self.last_time_ms)  # timers due by this command's time
             result = self._dispatch(cmd)
         except CoordError as e:
             result = _error(e)
@@ -101,8 +111,11 @@ class StateMachine:
             return self._delete(cmd.delete)
         if op == "bootstrap":
             return self._bootstrap(cmd.bootstrap)
-        if op == "noop":
+        if op in {"noop", "advance"}:
             return raft_pb2.CommandResult()
+        handler = _GROUP_COMMANDS.get(op or "")
+        if op is not None and handler is not None:
+            return handler(self.groups, getattr(cmd, op), self.last_time_ms)
         raise InvalidArgument(f"unknown command {op!r}: is this node running an older version?")
 
     def _remember(
@@ -118,6 +131,17 @@ class StateMachine:
         self.revision += 1
         return self.revision
 
+    def _record(self, revision: int, kind: str, **fields: Any) -> None:
+        self.events.append(
+            groups_pb2.Event(
+                revision=revision,
+                term=self.last_term,
+                time_ms=self.last_time_ms,
+                type=kind,
+                **fields,
+            )
+        )
+
     # -- commands --------------------------------------------------------------
 
     def _bootstrap(self, req: raft_pb2.Bootstrap) -> raft_pb2.CommandResult:
@@ -126,7 +150,7 @@ class StateMachine:
         if not self.cluster_id:
             self.cluster_id = req.cluster_id
             self.node_ids = sorted(req.node_ids)
-            self._bump()
+            self._record(self._bump(), "cluster_bootstrapped")
         return raft_pb2.CommandResult()
 
     def _put(self, req: kv_pb2.PutRequest) -> raft_pb2.CommandResult:
@@ -139,7 +163,9 @@ class StateMachine:
             if prev is not None:
                 resp.kv.CopyFrom(prev)
             return raft_pb2.CommandResult(put=resp)
-        kv = self.kv.put(req.key, req.value, self._bump())
+        rev = self._bump()
+        kv = self.kv.put(req.key, req.value, rev)
+        self._record(rev, "kv_put", kvs=[kv])
         resp.kv.CopyFrom(kv)
         if req.prev_kv and prev is not None:
             resp.prev_kv.CopyFrom(prev)
@@ -158,7 +184,7 @@ class StateMachine:
             return raft_pb2.CommandResult(delete=resp)
         removed = [kv for kv in (self.kv.delete(k) for k in keys) if kv is not None]
         if removed:
-            self._bump()
+            self._record(self._bump(), "kv_delete", deleted_keys=[kv.key for kv in removed])
         resp.deleted = len(removed)
         if req.prev_kv:
             resp.prev_kvs.extend(removed)
@@ -206,6 +232,10 @@ class StateMachine:
         snap.kvs.extend(self.kv.items())
         for rid, (res, fp) in self._dedupe.items():
             snap.dedupe.add(request_id=rid, result=res, fingerprint=fp)
+        snap.last_term = self.last_term
+        snap.sessions.extend(self.groups.sessions.values())
+        snap.groups.extend(g.to_proto() for g in self.groups.groups.values())
+        snap.events.extend(self.events.items())
         body = snap.SerializeToString(deterministic=True)
         return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, zlib.crc32(body)) + body
 
@@ -218,6 +248,12 @@ class StateMachine:
         self.last_time_ms = snap.last_time_ms
         self.kv.load(list(snap.kvs))
         self._dedupe = OrderedDict((d.request_id, (d.result, d.fingerprint)) for d in snap.dedupe)
+        self.last_term = snap.last_term
+        self.groups = Groups(_Emitter(self))
+        self.groups.sessions = {s.id: s for s in snap.sessions}
+        self.groups.groups = {g.name: GroupState.from_proto(g) for g in snap.groups}
+        self.events = EventLog()
+        self.events.load(snap.events)
 
 
 def decode_snapshot(data: bytes) -> raft_pb2.StateSnapshot:
@@ -260,3 +296,88 @@ def _copy(result: raft_pb2.CommandResult) -> raft_pb2.CommandResult:
 
 def _error(e: CoordError) -> raft_pb2.CommandResult:
     return raft_pb2.CommandResult(error_reason=e.reason, error_message=e.message)
+
+
+class _Emitter:
+    """How coord.state.groups bumps the revision and records events (one per revision)."""
+
+    def __init__(self, machine: StateMachine) -> None:
+        self._m = machine
+
+    def __call__(self, kind: str, **fields: Any) -> int:
+        rev = self._m._bump()
+        self._m._record(rev, kind, **fields)
+        return rev
+
+    def reserve(self) -> int:
+        return self._m._bump()
+
+    def record(self, revision: int, kind: str, **fields: Any) -> None:
+        self._m._record(revision, kind, **fields)
+
+
+def _open_session(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(session=g.open_session(req, now))
+
+
+def _close_session(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.close_session(req.session_id, "session_closed", now)
+    return raft_pb2.CommandResult()
+
+
+def _expire_session(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.expire_session(req, now)
+    return raft_pb2.CommandResult()
+
+
+def _create_group(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(group=g.create_group(req, now).to_proto())
+
+
+def _delete_group(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.delete_group(req.name, now)
+    return raft_pb2.CommandResult()
+
+
+def _register(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(member=g.register(req.member, now))
+
+
+def _unregister(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.unregister(req.group, req.member_id, now)
+    return raft_pb2.CommandResult()
+
+
+def _campaign(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(member=g.campaign(req.group, req.member_id, now))
+
+
+def _resign(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.resign(req.group, req.member_id, now)
+    return raft_pb2.CommandResult()
+
+
+def _switchover(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.switchover(req, now)
+    return raft_pb2.CommandResult()
+
+
+def _revoke(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.revoke(req.group, req.slot, "admin_revoke", now)
+    return raft_pb2.CommandResult()
+
+
+# Group and session commands: op name -> handler(groups, request, now).
+_GROUP_COMMANDS: dict[str, Callable[[Groups, Any, int], raft_pb2.CommandResult]] = {
+    "open_session": _open_session,
+    "close_session": _close_session,
+    "expire_session": _expire_session,
+    "create_group": _create_group,
+    "delete_group": _delete_group,
+    "register": _register,
+    "unregister": _unregister,
+    "campaign": _campaign,
+    "resign": _resign,
+    "switchover": _switchover,
+    "revoke_holding": _revoke,
+}

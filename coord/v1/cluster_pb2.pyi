@@ -40,7 +40,7 @@ ROLE_LEADER: Role.ValueType  # 3
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
-class Member(_message.Message):
+class Node(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -73,7 +73,7 @@ class Member(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Member: _TypeAlias = Member  # noqa: Y015
+Global___Node: _TypeAlias = Node  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):
@@ -257,12 +257,12 @@ class ListNodesResponse(_message.Message):
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
-    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
     def __init__(
         self,
         *,
         header: _common_pb2.ResponseHeader | None = ...,
-        nodes: _abc.Iterable[Global___Member] | None = ...,
+        nodes: _abc.Iterable[Global___Node] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -22,26 +22,27 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from coord.v1 import groups_pb2 as coord_dot_v1_dot_groups__pb2
 from coord.v1 import kv_pb2 as coord_dot_v1_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63oord/v1/raft.proto\x12\x08\x63oord.v1\x1a\x11\x63oord/v1/kv.proto\"\xce\x01\n\x07\x43ommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07time_ms\x18\x02 \x01(\x03\x12\x1e\n\x04noop\x18\n \x01(\x0b\x32\x0e.coord.v1.NoopH\x00\x12#\n\x03put\x18\x0b \x01(\x0b\x32\x14.coord.v1.PutRequestH\x00\x12)\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x17.coord.v1.DeleteRequestH\x00\x12(\n\tbootstrap\x18\r \x01(\x0b\x32\x13.coord.v1.BootstrapH\x00\x42\x04\n\x02op\"\x06\n\x04Noop\"1\n\tBootstrap\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\"\xaa\x01\n\rCommandResult\x12\x14\n\x0c\x65rror_reason\x18\x01 \x01(\t\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12$\n\x03put\x18\n \x01(\x0b\x32\x15.coord.v1.PutResponseH\x00\x12*\n\x06\x64\x65lete\x18\x0b \x01(\x0b\x32\x18.coord.v1.DeleteResponseH\x00\x42\x08\n\x06result\"\xa5\x01\n\rStateSnapshot\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x14\n\x0clast_time_ms\x18\x03 \x01(\x03\x12\x1f\n\x03kvs\x18\x04 \x03(\x0b\x32\x12.coord.v1.KeyValue\x12%\n\x06\x64\x65\x64upe\x18\x05 \x03(\x0b\x32\x15.coord.v1.DedupeEntry\x12\x10\n\x08node_ids\x18\x06 \x03(\t\"_\n\x0b\x44\x65\x64upeEntry\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.coord.v1.CommandResult\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63oord/v1/raft.proto\x12\x08\x63oord.v1\x1a\x15\x63oord/v1/groups.proto\x1a\x11\x63oord/v1/kv.proto\"\xf2\x05\n\x07\x43ommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07time_ms\x18\x02 \x01(\x03\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x1e\n\x04noop\x18\n \x01(\x0b\x32\x0e.coord.v1.NoopH\x00\x12#\n\x03put\x18\x0b \x01(\x0b\x32\x14.coord.v1.PutRequestH\x00\x12)\n\x06\x64\x65lete\x18\x0c \x01(\x0b\x32\x17.coord.v1.DeleteRequestH\x00\x12(\n\tbootstrap\x18\r \x01(\x0b\x32\x13.coord.v1.BootstrapH\x00\x12-\n\x0copen_session\x18\x0e \x01(\x0b\x32\x15.coord.v1.OpenSessionH\x00\x12/\n\rclose_session\x18\x0f \x01(\x0b\x32\x16.coord.v1.CloseSessionH\x00\x12\x31\n\x0e\x65xpire_session\x18\x10 \x01(\x0b\x32\x17.coord.v1.ExpireSessionH\x00\x12-\n\x0c\x63reate_group\x18\x11 \x01(\x0b\x32\x15.coord.v1.CreateGroupH\x00\x12-\n\x0c\x64\x65lete_group\x18\x12 \x01(\x0b\x32\x15.coord.v1.DeleteGroupH\x00\x12&\n\x08register\x18\x13 \x01(\x0b\x32\x12.coord.v1.RegisterH\x00\x12*\n\nunregister\x18\x14 \x01(\x0b\x32\x14.coord.v1.UnregisterH\x00\x12&\n\x08\x63\x61mpaign\x18\x15 \x01(\x0b\x32\x12.coord.v1.CampaignH\x00\x12\"\n\x06resign\x18\x16 \x01(\x0b\x32\x10.coord.v1.ResignH\x00\x12*\n\nswitchover\x18\x17 \x01(\x0b\x32\x14.coord.v1.SwitchoverH\x00\x12\x31\n\x0erevoke_holding\x18\x18 \x01(\x0b\x32\x17.coord.v1.RevokeHoldingH\x00\x12$\n\x07\x61\x64vance\x18\x19 \x01(\x0b\x32\x11.coord.v1.AdvanceH\x00\x42\x04\n\x02op\"\x06\n\x04Noop\"1\n\tBootstrap\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\"\x96\x02\n\rCommandResult\x12\x14\n\x0c\x65rror_reason\x18\x01 \x01(\t\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12$\n\x03put\x18\n \x01(\x0b\x32\x15.coord.v1.PutResponseH\x00\x12*\n\x06\x64\x65lete\x18\x0b \x01(\x0b\x32\x18.coord.v1.DeleteResponseH\x00\x12$\n\x07session\x18\x0c \x01(\x0b\x32\x11.coord.v1.SessionH\x00\x12 \n\x05group\x18\r \x01(\x0b\x32\x0f.coord.v1.GroupH\x00\x12\"\n\x06member\x18\x0e \x01(\x0b\x32\x10.coord.v1.MemberH\x00\x42\x08\n\x06result\"\x9f\x02\n\rStateSnapshot\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x14\n\x0clast_time_ms\x18\x03 \x01(\x03\x12\x1f\n\x03kvs\x18\x04 \x03(\x0b\x32\x12.coord.v1.KeyValue\x12%\n\x06\x64\x65\x64upe\x18\x05 \x03(\x0b\x32\x15.coord.v1.DedupeEntry\x12\x10\n\x08node_ids\x18\x06 \x03(\t\x12#\n\x08sessions\x18\x07 \x03(\x0b\x32\x11.coord.v1.Session\x12\x1f\n\x06groups\x18\x08 \x03(\x0b\x32\x0f.coord.v1.Group\x12\x1f\n\x06\x65vents\x18\t \x03(\x0b\x32\x0f.coord.v1.Event\x12\x11\n\tlast_term\x18\n \x01(\x04\"_\n\x0b\x44\x65\x64upeEntry\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.coord.v1.CommandResult\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coord.v1.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMAND']._serialized_start=53
-  _globals['_COMMAND']._serialized_end=259
-  _globals['_NOOP']._serialized_start=261
-  _globals['_NOOP']._serialized_end=267
-  _globals['_BOOTSTRAP']._serialized_start=269
-  _globals['_BOOTSTRAP']._serialized_end=318
-  _globals['_COMMANDRESULT']._serialized_start=321
-  _globals['_COMMANDRESULT']._serialized_end=491
-  _globals['_STATESNAPSHOT']._serialized_start=494
-  _globals['_STATESNAPSHOT']._serialized_end=659
-  _globals['_DEDUPEENTRY']._serialized_start=661
-  _globals['_DEDUPEENTRY']._serialized_end=756
+  _globals['_COMMAND']._serialized_start=76
+  _globals['_COMMAND']._serialized_end=830
+  _globals['_NOOP']._serialized_start=832
+  _globals['_NOOP']._serialized_end=838
+  _globals['_BOOTSTRAP']._serialized_start=840
+  _globals['_BOOTSTRAP']._serialized_end=889
+  _globals['_COMMANDRESULT']._serialized_start=892
+  _globals['_COMMANDRESULT']._serialized_end=1170
+  _globals['_STATESNAPSHOT']._serialized_start=1173
+  _globals['_STATESNAPSHOT']._serialized_end=1460
+  _globals['_DEDUPEENTRY']._serialized_start=1462
+  _globals['_DEDUPEENTRY']._serialized_end=1557
 # @@protoc_insertion_point(module_scope)

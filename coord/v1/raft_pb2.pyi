@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from coord.v1 import groups_pb2 as _groups_pb2
 from coord.v1 import kv_pb2 as _kv_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -29,16 +30,31 @@ class Command(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TIME_MS_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
     NOOP_FIELD_NUMBER: _builtins.int
     PUT_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
     BOOTSTRAP_FIELD_NUMBER: _builtins.int
+    OPEN_SESSION_FIELD_NUMBER: _builtins.int
+    CLOSE_SESSION_FIELD_NUMBER: _builtins.int
+    EXPIRE_SESSION_FIELD_NUMBER: _builtins.int
+    CREATE_GROUP_FIELD_NUMBER: _builtins.int
+    DELETE_GROUP_FIELD_NUMBER: _builtins.int
+    REGISTER_FIELD_NUMBER: _builtins.int
+    UNREGISTER_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    RESIGN_FIELD_NUMBER: _builtins.int
+    SWITCHOVER_FIELD_NUMBER: _builtins.int
+    REVOKE_HOLDING_FIELD_NUMBER: _builtins.int
+    ADVANCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client idempotency key; empty for commands that need no dedupe."""
     time_ms: _builtins.int
     """Proposer's wall clock, ms since the epoch. The state machine never reads a
     clock; it clamps this to be non-decreasing.
     """
+    term: _builtins.int
+    """Proposer's Raft term (recorded in events)."""
     @_builtins.property
     def noop(self) -> Global___Noop: ...
     @_builtins.property
@@ -47,21 +63,58 @@ class Command(_message.Message):
     def delete(self) -> _kv_pb2.DeleteRequest: ...
     @_builtins.property
     def bootstrap(self) -> Global___Bootstrap: ...
+    @_builtins.property
+    def open_session(self) -> _groups_pb2.OpenSession: ...
+    @_builtins.property
+    def close_session(self) -> _groups_pb2.CloseSession: ...
+    @_builtins.property
+    def expire_session(self) -> _groups_pb2.ExpireSession: ...
+    @_builtins.property
+    def create_group(self) -> _groups_pb2.CreateGroup: ...
+    @_builtins.property
+    def delete_group(self) -> _groups_pb2.DeleteGroup: ...
+    @_builtins.property
+    def register(self) -> _groups_pb2.Register: ...
+    @_builtins.property
+    def unregister(self) -> _groups_pb2.Unregister: ...
+    @_builtins.property
+    def campaign(self) -> _groups_pb2.Campaign: ...
+    @_builtins.property
+    def resign(self) -> _groups_pb2.Resign: ...
+    @_builtins.property
+    def switchover(self) -> _groups_pb2.Switchover: ...
+    @_builtins.property
+    def revoke_holding(self) -> _groups_pb2.RevokeHolding: ...
+    @_builtins.property
+    def advance(self) -> _groups_pb2.Advance: ...
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         time_ms: _builtins.int = ...,
+        term: _builtins.int = ...,
         noop: Global___Noop | None = ...,
         put: _kv_pb2.PutRequest | None = ...,
         delete: _kv_pb2.DeleteRequest | None = ...,
         bootstrap: Global___Bootstrap | None = ...,
+        open_session: _groups_pb2.OpenSession | None = ...,
+        close_session: _groups_pb2.CloseSession | None = ...,
+        expire_session: _groups_pb2.ExpireSession | None = ...,
+        create_group: _groups_pb2.CreateGroup | None = ...,
+        delete_group: _groups_pb2.DeleteGroup | None = ...,
+        register: _groups_pb2.Register | None = ...,
+        unregister: _groups_pb2.Unregister | None = ...,
+        campaign: _groups_pb2.Campaign | None = ...,
+        resign: _groups_pb2.Resign | None = ...,
+        switchover: _groups_pb2.Switchover | None = ...,
+        revoke_holding: _groups_pb2.RevokeHolding | None = ...,
+        advance: _groups_pb2.Advance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bootstrap", b"bootstrap", "delete", b"delete", "noop", b"noop", "op", b"op", "put", b"put"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "resign", b"resign", "revoke_holding", b"revoke_holding", "switchover", b"switchover", "unregister", b"unregister"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap", b"bootstrap", "delete", b"delete", "noop", b"noop", "op", b"op", "put", b"put", "request_id", b"request_id", "time_ms", b"time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "request_id", b"request_id", "resign", b"resign", "revoke_holding", b"revoke_holding", "switchover", b"switchover", "term", b"term", "time_ms", b"time_ms", "unregister", b"unregister"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap", "open_session", "close_session", "expire_session", "create_group", "delete_group", "register", "unregister", "campaign", "resign", "switchover", "revoke_holding", "advance"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
@@ -120,6 +173,9 @@ class CommandResult(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     PUT_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
     error_reason: _builtins.str
     """Empty on success; else a reason from coord.errors (e.g. "invalid_argument")."""
     error_message: _builtins.str
@@ -128,6 +184,12 @@ class CommandResult(_message.Message):
     def put(self) -> _kv_pb2.PutResponse: ...
     @_builtins.property
     def delete(self) -> _kv_pb2.DeleteResponse: ...
+    @_builtins.property
+    def session(self) -> _groups_pb2.Session: ...
+    @_builtins.property
+    def group(self) -> _groups_pb2.Group: ...
+    @_builtins.property
+    def member(self) -> _groups_pb2.Member: ...
     def __init__(
         self,
         *,
@@ -136,12 +198,15 @@ class CommandResult(_message.Message):
         revision: _builtins.int = ...,
         put: _kv_pb2.PutResponse | None = ...,
         delete: _kv_pb2.DeleteResponse | None = ...,
+        session: _groups_pb2.Session | None = ...,
+        group: _groups_pb2.Group | None = ...,
+        member: _groups_pb2.Member | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "put", b"put", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "group", b"group", "member", b"member", "put", b"put", "result", b"result", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "error_message", b"error_message", "error_reason", b"error_reason", "put", b"put", "result", b"result", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "error_message", b"error_message", "error_reason", b"error_reason", "group", b"group", "member", b"member", "put", b"put", "result", b"result", "revision", b"revision", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "delete"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "delete", "session", "group", "member"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -161,15 +226,26 @@ class StateSnapshot(_message.Message):
     KVS_FIELD_NUMBER: _builtins.int
     DEDUPE_FIELD_NUMBER: _builtins.int
     NODE_IDS_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    LAST_TERM_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     revision: _builtins.int
     last_time_ms: _builtins.int
+    last_term: _builtins.int
     @_builtins.property
     def kvs(self) -> _containers.RepeatedCompositeFieldContainer[_kv_pb2.KeyValue]: ...
     @_builtins.property
     def dedupe(self) -> _containers.RepeatedCompositeFieldContainer[Global___DedupeEntry]: ...
     @_builtins.property
     def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[_groups_pb2.Session]: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[_groups_pb2.Group]: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_groups_pb2.Event]: ...
     def __init__(
         self,
         *,
@@ -179,10 +255,14 @@ class StateSnapshot(_message.Message):
         kvs: _abc.Iterable[_kv_pb2.KeyValue] | None = ...,
         dedupe: _abc.Iterable[Global___DedupeEntry] | None = ...,
         node_ids: _abc.Iterable[_builtins.str] | None = ...,
+        sessions: _abc.Iterable[_groups_pb2.Session] | None = ...,
+        groups: _abc.Iterable[_groups_pb2.Group] | None = ...,
+        events: _abc.Iterable[_groups_pb2.Event] | None = ...,
+        last_term: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "dedupe", b"dedupe", "kvs", b"kvs", "last_time_ms", b"last_time_ms", "node_ids", b"node_ids", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "dedupe", b"dedupe", "events", b"events", "groups", b"groups", "kvs", b"kvs", "last_term", b"last_term", "last_time_ms", b"last_time_ms", "node_ids", b"node_ids", "revision", b"revision", "sessions", b"sessions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

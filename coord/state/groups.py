@@ -1,0 +1,453 @@
+"""Sessions, groups, members and holdings: who is master of what.
+
+Pure and deterministic like the rest of ``coord.state``; time is the command's
+clamped time. The rules (DESIGN.md, "Groups, failover, failback"):
+
+- A slot is held by at most one member; a member holds at most one slot of a
+  group. Every grant gets a fencing token: the revision of the grant, so
+  tokens strictly increase per slot (and cluster-wide).
+- Successor choice: eligible = candidate, healthy, not ``nofailover``, not
+  holding a slot, session alive; order = priority (higher first), then
+  registration revision. The same rule fills every slot of a multi-master group.
+- Releasing a holding and granting the next one happen in the same apply.
+- A session that expires or closes releases its members' holdings (its TTL has
+  passed: the holder's client library already stopped claiming) and removes them.
+- Switchover and failback ask the holder to step down (a handover with a
+  deadline). It resigns, or at the deadline it is revoked, and its slot is
+  granted only once the holder's session TTL has also passed (it may not have
+  heard: DESIGN.md's safety argument).
+
+:class:`Groups` owns the tables; every change goes through ``emit``, which
+bumps the revision and appends the one event of that revision (or through
+``reserve``/``record`` when the event's fields need its own revision).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from coord.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from coord.state import limits
+from coord.v1 import groups_pb2
+
+
+class Emitter(Protocol):
+    def __call__(self, kind: str, **fields: Any) -> int:
+        """Bump the revision and append its event; returns the revision."""
+
+    def reserve(self) -> int:
+        """Bump the revision; the caller must ``record`` its event next."""
+
+    def record(self, revision: int, kind: str, **fields: Any) -> None:
+        """Append the event of a reserved revision."""
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+_MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+
+
+@dataclass
+class GroupState:
+    name: str
+    policy: groups_pb2.GroupPolicy
+    created_revision: int
+    members: dict[str, groups_pb2.Member] = field(default_factory=dict)  # registration order
+    holdings: dict[int, groups_pb2.Holding] = field(default_factory=dict)
+    handovers: dict[int, groups_pb2.Handover] = field(default_factory=dict)
+    vacated_cause: dict[int, str] = field(default_factory=dict)
+
+    def holder_slot(self, member_id: str) -> int | None:
+        return next((s for s, h in self.holdings.items() if h.member_id == member_id), None)
+
+    def to_proto(self) -> groups_pb2.Group:
+        g = groups_pb2.Group(
+            name=self.name, policy=self.policy, created_revision=self.created_revision
+        )
+        g.members.extend(self.members.values())
+        g.holdings.extend(self.holdings[s] for s in sorted(self.holdings))
+        g.handovers.extend(self.handovers[s] for s in sorted(self.handovers))
+        for slot in sorted(self.vacated_cause):
+            g.vacated_cause[slot] = self.vacated_cause[slot]
+        return g
+
+    @classmethod
+    def from_proto(cls, g: groups_pb2.Group) -> GroupState:
+        return cls(
+            name=g.name,
+            policy=g.policy,
+            created_revision=g.created_revision,
+            members={m.id: m for m in g.members},
+            holdings={h.slot: h for h in g.holdings},
+            handovers={h.slot: h for h in g.handovers},
+            vacated_cause=dict(g.vacated_cause),
+        )
+
+
+class Groups:
+    """Sessions and groups, changed only through the methods below (each validates first)."""
+
+    def __init__(self, emit: Emitter) -> None:
+        self.emit = emit
+        self.sessions: dict[str, groups_pb2.Session] = {}
+        self.groups: dict[str, GroupState] = {}
+
+    # -- sessions --------------------------------------------------------------
+
+    def open_session(self, req: groups_pb2.OpenSession, now: int) -> groups_pb2.Session:
+        if not limits.MIN_SESSION_TTL_MS <= req.ttl_ms <= limits.MAX_SESSION_TTL_MS:
+            raise InvalidArgument(
+                f"session TTL {req.ttl_ms} ms is out of bounds: use "
+                f"{limits.MIN_SESSION_TTL_MS}..{limits.MAX_SESSION_TTL_MS} ms"
+            )
+        _check_label(req.name, "session name")
+        rev = self.emit.reserve()
+        session = groups_pb2.Session(
+            id=f"s{rev:x}", ttl_ms=req.ttl_ms, epoch=rev, name=req.name,
+            created_revision=rev, created_time_ms=now,
+        )  # fmt: skip
+        self.sessions[session.id] = session
+        self.emit.record(rev, "session_opened", session_id=session.id, session=session)
+        return session
+
+    def close_session(self, session_id: str, cause: str, now: int) -> None:
+        self._session(session_id)
+        self._drop_session_members(session_id, cause, now)
+        del self.sessions[session_id]
+        kind = "session_expired" if cause == "session_expired" else "session_closed"
+        self.emit(kind, session_id=session_id, cause=cause)
+
+    def expire_session(self, req: groups_pb2.ExpireSession, now: int) -> bool:
+        """Expire if the epoch matches (else the expiry is stale). Returns True if expired."""
+        session = self.sessions.get(req.session_id)
+        if session is None or session.epoch != req.epoch:
+            return False
+        self.close_session(req.session_id, "session_expired", now)
+        return True
+
+    def _session(self, session_id: str) -> groups_pb2.Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise NotFound(
+                f"session {session_id!r} does not exist (expired or closed): open a new one"
+            )
+        return session
+
+    def _drop_session_members(self, session_id: str, cause: str, now: int) -> None:
+        for g in list(self.groups.values()):
+            gone = [m.id for m in g.members.values() if m.session_id == session_id]
+            for member_id in gone:
+                self._remove_member(g, member_id, cause, now)
+            if gone:
+                self._fill(g, now)
+
+    # -- groups ----------------------------------------------------------------
+
+    def create_group(self, req: groups_pb2.CreateGroup, now: int) -> GroupState:
+        if not _GROUP_NAME.fullmatch(req.name):
+            raise InvalidArgument(
+                f"group name {req.name!r} is invalid: 1-128 of letters, digits, '.', '_', '/', "
+                "'-', starting with a letter or digit"
+            )
+        if req.name in self.groups:
+            raise AlreadyExists(f"group {req.name!r} exists: delete it first, or pick a new name")
+        policy = _checked_policy(req.policy)
+        rev = self.emit("group_created", group=req.name, policy=policy)
+        g = GroupState(name=req.name, policy=policy, created_revision=rev)
+        self.groups[req.name] = g
+        return g
+
+    def delete_group(self, name: str, now: int) -> None:
+        g = self.group(name)
+        for member_id in list(g.members):
+            self._remove_member(g, member_id, "group_deleted", now)
+        del self.groups[name]
+        self.emit("group_deleted", group=name)
+
+    def group(self, name: str) -> GroupState:
+        g = self.groups.get(name)
+        if g is None:
+            raise NotFound(
+                f"group {name!r} does not exist: create it first (coordctl group create)"
+            )
+        return g
+
+    # -- members ---------------------------------------------------------------
+
+    def register(self, req: groups_pb2.Member, now: int) -> groups_pb2.Member:
+        g = self.group(req.group)
+        if not _MEMBER_ID.fullmatch(req.id):
+            raise InvalidArgument(
+                f"member id {req.id!r} is invalid: 1-128 of letters, digits, '.', '_', ':', '@', "
+                "'/', '-', starting with a letter or digit"
+            )
+        self._session(req.session_id)
+        _check_member_fields(req)
+        old = g.members.get(req.id)
+        if old is not None and old.session_id != req.session_id:
+            raise AlreadyExists(
+                f"member {req.id!r} of group {req.group!r} is registered by another session: "
+                "use another member id, or wait for that session to end"
+            )
+        member = groups_pb2.Member()
+        member.CopyFrom(req)
+        member.healthy = True if old is None else old.healthy
+        member.eligible_since_ms = (
+            now if old is None or not old.candidate else old.eligible_since_ms
+        )
+        kind = "member_updated" if old is not None else "member_joined"
+        rev = self.emit.reserve()
+        member.registered_revision = old.registered_revision if old is not None else rev
+        g.members[req.id] = member
+        self.emit.record(
+            rev, kind, group=g.name, member=req.id, session_id=req.session_id,
+            member_record=member,
+        )  # fmt: skip
+        self._fill(g, now)
+        return member
+
+    def unregister(self, group: str, member_id: str, now: int) -> None:
+        g = self.group(group)
+        self._member(g, member_id)
+        self._remove_member(g, member_id, "member_left", now)
+        self._fill(g, now)
+
+    def campaign(self, group: str, member_id: str, now: int) -> groups_pb2.Member:
+        g = self.group(group)
+        m = self._member(g, member_id)
+        if m.nofailover:
+            raise FailedPrecondition(
+                f"member {member_id!r} is nofailover: it never becomes master; register it "
+                "without nofailover to campaign"
+            )
+        if not m.candidate:
+            m.candidate = True
+            m.eligible_since_ms = now
+            self.emit("member_updated", group=group, member=member_id, member_record=m)
+        self._fill(g, now)
+        return m
+
+    def resign(self, group: str, member_id: str, now: int) -> None:
+        g = self.group(group)
+        m = self._member(g, member_id)
+        slot = g.holder_slot(member_id)
+        if slot is None:
+            raise FailedPrecondition(
+                f"member {member_id!r} does not hold a slot in group {group!r}: only the master "
+                "can resign"
+            )
+        handover = g.handovers.get(slot)
+        m.candidate = False
+        self._release(g, slot, handover.cause if handover else "resign")
+        self._fill(g, now)
+
+    def _member(self, g: GroupState, member_id: str) -> groups_pb2.Member:
+        m = g.members.get(member_id)
+        if m is None:
+            raise NotFound(f"member {member_id!r} is not registered in group {g.name!r}")
+        return m
+
+    def _remove_member(self, g: GroupState, member_id: str, cause: str, now: int) -> None:
+        slot = g.holder_slot(member_id)
+        if slot is not None:
+            self._release(g, slot, cause)
+        for s, h in list(g.handovers.items()):
+            if h.to_member == member_id:
+                del g.handovers[s]
+        del g.members[member_id]
+        self.emit("member_left", group=g.name, member=member_id, cause=cause)
+
+    # -- holdings --------------------------------------------------------------
+
+    def _eligible(self, g: GroupState, m: groups_pb2.Member) -> bool:
+        return (
+            m.candidate
+            and m.healthy
+            and not m.nofailover
+            and m.session_id in self.sessions
+            and g.holder_slot(m.id) is None
+        )
+
+    def _best(self, g: GroupState, prefer: str = "") -> groups_pb2.Member | None:
+        if prefer and prefer in g.members and self._eligible(g, g.members[prefer]):
+            return g.members[prefer]
+        ranked = sorted(
+            (m for m in g.members.values() if self._eligible(g, m)),
+            key=lambda m: (-m.priority, m.registered_revision),
+        )
+        return ranked[0] if ranked else None
+
+    def _fill(self, g: GroupState, now: int) -> None:
+        """Grant every empty slot to the best eligible candidate (slot order)."""
+        for slot in range(g.policy.slots):
+            if slot in g.holdings:
+                continue
+            handover = g.handovers.get(slot)
+            m = self._best(g, handover.to_member if handover else "")
+            if m is None:
+                continue
+            cause = g.vacated_cause.pop(slot, "initial")
+            g.handovers.pop(slot, None)
+            rev = self.emit.reserve()
+            g.holdings[slot] = groups_pb2.Holding(
+                slot=slot, member_id=m.id, token=rev, granted_time_ms=now, cause=cause
+            )
+            self.emit.record(
+                rev, "master_elected", group=g.name, member=m.id, slot=slot, token=rev,
+                cause=cause, session_id=m.session_id,
+            )  # fmt: skip
+
+    def _release(self, g: GroupState, slot: int, cause: str) -> None:
+        h = g.holdings.pop(slot)
+        g.handovers.pop(slot, None)
+        g.vacated_cause[slot] = cause
+        self.emit(
+            "master_lost", group=g.name, member=h.member_id, slot=slot, token=h.token, cause=cause
+        )
+
+    # -- step-down requests ----------------------------------------------------
+
+    def switchover(self, req: groups_pb2.Switchover, now: int) -> groups_pb2.Handover:
+        g = self.group(req.group)
+        held = sorted(s for s, h in g.holdings.items() if not h.revoked_time_ms)
+        if not held:
+            raise FailedPrecondition(f"group {g.name!r} has no master to switch over from")
+        if req.to_member:
+            target = self._member(g, req.to_member)
+            if not self._eligible(g, target):
+                raise FailedPrecondition(
+                    f"member {req.to_member!r} cannot take over: it must be a healthy "
+                    "candidate, not nofailover, with a live session and no slot"
+                )
+        elif self._best(g) is None:
+            raise FailedPrecondition(f"group {g.name!r} has no eligible candidate to take over")
+        slot = held[0]
+        if slot in g.handovers:
+            raise FailedPrecondition(
+                f"a {g.handovers[slot].cause} of group {g.name!r} is already in progress"
+            )
+        return self._request_stepdown(g, slot, req.to_member, "switchover", now)
+
+    def _request_stepdown(
+        self, g: GroupState, slot: int, to_member: str, cause: str, now: int
+    ) -> groups_pb2.Handover:
+        h = g.holdings[slot]
+        handover = groups_pb2.Handover(
+            slot=slot, from_member=h.member_id, to_member=to_member, cause=cause,
+            deadline_ms=now + g.policy.switchover_timeout_ms,
+        )  # fmt: skip
+        g.handovers[slot] = handover
+        self.emit(
+            "stepdown_requested", group=g.name, member=h.member_id, slot=slot, token=h.token,
+            cause=cause,
+        )  # fmt: skip
+        return handover
+
+    def revoke(self, group: str, slot: int, cause: str, now: int) -> None:
+        """Take a slot from a holder that may still believe it holds it: the slot is granted
+        again only once the holder's session TTL has passed."""
+        g = self.group(group)
+        h = g.holdings.get(slot)
+        if h is None:
+            raise FailedPrecondition(f"slot {slot} of group {group!r} has no holder to revoke")
+        if h.revoked_time_ms:
+            return
+        member = g.members[h.member_id]
+        session = self.sessions.get(member.session_id)
+        ttl = session.ttl_ms if session is not None else 0
+        h.revoked_time_ms = now
+        h.release_after_ms = now + ttl
+        member.candidate = False
+        handover = g.handovers.get(slot)
+        if handover is not None:
+            g.vacated_cause[slot] = handover.cause
+        self.emit(
+            "master_revoked", group=group, member=h.member_id, slot=slot, token=h.token,
+            cause=cause,
+        )  # fmt: skip
+
+    # -- time ------------------------------------------------------------------
+
+    def advance(self, now: int) -> None:
+        """Run every timer due at ``now`` (called on every apply, in group-name order)."""
+        for name in sorted(self.groups):
+            g = self.groups[name]
+            for slot, h in sorted(g.holdings.items()):
+                if h.revoked_time_ms and h.release_after_ms <= now:
+                    cause = g.vacated_cause.get(slot, "admin_revoke")
+                    self._release(g, slot, cause)
+                    self._fill(g, now)
+            for slot, ho in sorted(g.handovers.items()):
+                h2 = g.holdings.get(slot)
+                if h2 is not None and not h2.revoked_time_ms and ho.deadline_ms <= now:
+                    self.revoke(name, slot, ho.cause, now)
+            self._maybe_failback(g, now)
+
+    def _maybe_failback(self, g: GroupState, now: int) -> None:
+        if g.policy.failback != groups_pb2.FAILBACK_AUTO:
+            return
+        for slot, h in sorted(g.holdings.items()):
+            if h.revoked_time_ms or slot in g.handovers:
+                continue
+            holder = g.members.get(h.member_id)
+            best = self._best(g)
+            if (
+                holder is not None
+                and best is not None
+                and best.priority > holder.priority
+                and best.eligible_since_ms + g.policy.failback_hold_ms <= now
+            ):
+                self._request_stepdown(g, slot, best.id, "failback", now)
+
+    def next_timer_ms(self) -> int | None:
+        """When the leader should propose Advance next (None: no timer pending)."""
+        due: list[int] = []
+        for g in self.groups.values():
+            due += [h.release_after_ms for h in g.holdings.values() if h.revoked_time_ms]
+            due += [ho.deadline_ms for ho in g.handovers.values()]
+            if g.policy.failback == groups_pb2.FAILBACK_AUTO:
+                holders = [g.members[h.member_id] for h in g.holdings.values()]
+                floor = min((m.priority for m in holders), default=None)
+                due += [
+                    m.eligible_since_ms + g.policy.failback_hold_ms
+                    for m in g.members.values()
+                    if floor is not None and m.priority > floor and self._eligible(g, m)
+                ]
+        return min(due) if due else None
+
+
+def _checked_policy(p: groups_pb2.GroupPolicy) -> groups_pb2.GroupPolicy:
+    if not 1 <= p.slots <= limits.MAX_SLOTS:
+        raise InvalidArgument(f"slots must be 1..{limits.MAX_SLOTS}, got {p.slots}")
+    if p.failback_hold_ms < 0 or p.switchover_timeout_ms < 0 or p.downtime_budget_ms < 0:
+        raise InvalidArgument("failback_hold_ms, switchover_timeout_ms and budgets must be >= 0")
+    out = groups_pb2.GroupPolicy()
+    out.CopyFrom(p)
+    if out.failback == groups_pb2.FAILBACK_UNSPECIFIED:
+        out.failback = groups_pb2.FAILBACK_OFF
+    if out.switchover_timeout_ms == 0:
+        out.switchover_timeout_ms = limits.DEFAULT_SWITCHOVER_TIMEOUT_MS
+    return out
+
+
+def _check_label(text: str, what: str) -> None:
+    if len(text) > limits.MAX_NAME_CHARS:
+        raise InvalidArgument(
+            f"{what} is {len(text)} characters, the limit is {limits.MAX_NAME_CHARS}"
+        )
+
+
+def _check_member_fields(m: groups_pb2.Member) -> None:
+    _check_label(m.address, "member address")
+    if m.weight < 0:
+        raise InvalidArgument(f"weight must be >= 0, got {m.weight}")
+    for what, table in (("tags", m.tags), ("metadata", m.metadata)):
+        if len(table) > limits.MAX_TAGS:
+            raise InvalidArgument(f"{len(table)} {what}, the limit is {limits.MAX_TAGS}")
+        for k, v in table.items():
+            if not k or len(k) > limits.MAX_TAG_CHARS or len(v) > limits.MAX_TAG_CHARS:
+                raise InvalidArgument(
+                    f"{what} entries need a key of 1-{limits.MAX_TAG_CHARS} characters and a "
+                    f"value of at most {limits.MAX_TAG_CHARS}"
+                )
