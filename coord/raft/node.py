@@ -166,6 +166,7 @@ class RaftNode:
         self.gate = VotingGate(voting)
         self._view = View(catching_up=not self.gate.is_voter)
         self._listeners: list[Callable[[View], None]] = []
+        self._apply_listeners: list[Callable[[], None]] = []
         self._barrier_lock = threading.Lock()
         self._barrier_inflight: tuple[Future[None], float] | None = None
         self._barrier_next: Future[None] | None = None
@@ -243,7 +244,14 @@ class RaftNode:
 
     def _apply(self, data: bytes) -> raft_pb2.CommandResult:
         with self.lock:
-            return self.state.apply(data)
+            result = self.state.apply(data)
+        for fn in self._apply_listeners:
+            fn()
+        return result
+
+    def add_apply_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` on the tick thread after every applied command: keep it tiny."""
+        self._apply_listeners.append(fn)
 
     # -- proposals (any thread) ------------------------------------------------
 

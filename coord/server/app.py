@@ -27,9 +27,12 @@ from coord.raft.gate import CATCH_UP, NEW_BLANK, VOTER
 from coord.raft.node import RaftNode, View
 from coord.server.cluster_service import ClusterService
 from coord.server.context import NodeContext
+from coord.server.election_service import GroupsService, SessionsService, WatchService
 from coord.server.handlers import add_service
 from coord.server.kv_service import KVService
-from coord.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2
+from coord.server.leases import LeaseKeeper
+from coord.server.notify import StateNotifier
+from coord.v1 import cluster_pb2, cluster_pb2_grpc, election_pb2, kv_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVICES = (
     kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
     cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
+    *(s.full_name for s in election_pb2.DESCRIPTOR.services_by_name.values()),
 )
 
 
@@ -118,6 +122,7 @@ class NodeServer:
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self.keeper: LeaseKeeper | None = None
 
     async def start(self) -> None:
         server = grpc.aio.server(
@@ -127,6 +132,16 @@ class NodeServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
+        loop = asyncio.get_running_loop()
+        self.notifier = StateNotifier(loop)
+        self.raft.add_apply_listener(self.notifier.applied)
+        self.keeper = LeaseKeeper(self.raft)
+        self.keeper.start()
+        parts = (self.ctx, self.notifier, self.keeper)
+        services = election_pb2.DESCRIPTOR.services_by_name
+        add_service(server, SessionsService(*parts), services["Sessions"])
+        add_service(server, GroupsService(*parts), services["Groups"])
+        add_service(server, WatchService(*parts), services["Watch"])
         add_service(server, KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"])
         add_service(
             server, ClusterService(self.ctx), cluster_pb2.DESCRIPTOR.services_by_name["Cluster"]
@@ -149,7 +164,6 @@ class NodeServer:
             ) from e
         await server.start()
         self.server = server
-        loop = asyncio.get_running_loop()
 
         def on_change(view: View) -> None:  # tick thread
             loop.call_soon_threadsafe(self._set_health, view)
@@ -176,6 +190,8 @@ class NodeServer:
             task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        if self.keeper is not None:
+            await self.keeper.stop()
         if self.server is not None:
             await self.server.stop(grace=1.0)
         await asyncio.get_running_loop().run_in_executor(None, self.raft.close)

@@ -47,6 +47,21 @@ def _refusal(method: MethodDescriptor, bad: Malformed) -> errors.InvalidArgument
 def _handler(method: MethodDescriptor, impl: Any) -> grpc.RpcMethodHandler[Any, Any]:
     decode = _decoder(message_factory.GetMessageClass(method.input_type))
     encode = message_factory.GetMessageClass(method.output_type).SerializeToString
+    if method.client_streaming and method.server_streaming:
+
+        async def bidi(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            async def checked() -> AsyncIterator[Any]:
+                async for request in requests:
+                    if isinstance(request, Malformed):
+                        await abort(context, _refusal(method, request))
+                    yield request
+
+            async for item in impl(checked(), context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(
+            bidi, request_deserializer=decode, response_serializer=encode
+        )
     if method.server_streaming:
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
@@ -70,7 +85,7 @@ def _handler(method: MethodDescriptor, impl: Any) -> grpc.RpcMethodHandler[Any, 
 
 
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
-    """Register every unary and server-streaming method of ``service`` on ``servicer``."""
+    """Register every method of ``service`` (unary, server-streaming, bidi) on ``servicer``."""
     handlers = {m.name: _handler(m, getattr(servicer, m.name)) for m in service.methods}
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)

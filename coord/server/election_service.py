@@ -1,0 +1,347 @@
+"""Sessions, Groups and Watch servicers: thin layers over the state machine.
+
+Writes are proposed like KV writes (request ids, errors mapped once); reads are
+linearizable unless ``serializable``; streams wake on :class:`StateNotifier`
+and read the state under the Raft node's lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from coord import errors
+from coord.server.context import NodeContext, ServicerContext
+from coord.server.leases import LeaseKeeper
+from coord.server.notify import StateNotifier
+from coord.server.status import abort
+from coord.state.machine import StateMachine
+from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2, raft_pb2
+
+IDLE_WAKE_S = 1.0  # streams re-check at least this often (a closed client, a lost leadership)
+
+
+def _holdings(state: StateMachine, group: str) -> list[groups_pb2.Holding]:
+    g = state.groups.groups.get(group)
+    if g is None:
+        raise errors.NotFound(f"group {group!r} does not exist: create it first")
+    return [_copy(g.holdings[s]) for s in sorted(g.holdings)]
+
+
+def _copy(msg: Any) -> Any:
+    out = type(msg)()
+    out.CopyFrom(msg)
+    return out
+
+
+class _Base:
+    def __init__(self, ctx: NodeContext, notifier: StateNotifier, keeper: LeaseKeeper) -> None:
+        self.ctx = ctx
+        self.notifier = notifier
+        self.keeper = keeper
+
+    async def _write(
+        self, context: ServicerContext, request_id: str, **op: Any
+    ) -> raft_pb2.CommandResult:
+        cmd = raft_pb2.Command(request_id=request_id, term=self.ctx.raft.view.term, **op)
+        return await self.ctx.write(cmd, context)
+
+    async def _read(
+        self, context: ServicerContext, serializable: bool, fn: Callable[[StateMachine], Any]
+    ) -> Any:
+        if not serializable:
+            await self.ctx.linearize(context)
+        return self.ctx.raft.read(fn)
+
+
+class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
+    async def Open(
+        self, request: election_pb2.OpenSessionRequest, context: ServicerContext
+    ) -> election_pb2.OpenSessionResponse:
+        try:
+            result = await self._write(
+                context, request.request_id,
+                open_session=groups_pb2.OpenSession(ttl_ms=request.ttl_ms, name=request.name),
+            )  # fmt: skip
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        self.keeper.touch(result.session.id, time.monotonic())
+        return election_pb2.OpenSessionResponse(
+            header=self.ctx.header(revision=result.revision), session=result.session
+        )
+
+    async def KeepAlive(
+        self, requests: AsyncIterator[election_pb2.KeepAliveRequest], context: ServicerContext
+    ) -> AsyncIterator[election_pb2.KeepAliveResponse]:
+        async for req in requests:
+            arrival = time.monotonic()
+            try:
+                if not self.keeper.leading:
+                    leader, address = self.ctx.leader_hint()
+                    raise errors.NotLeader(
+                        f"keepalives go to the leader ({leader or 'none yet'}): reconnect there",
+                        leader, address,
+                    )  # fmt: skip
+                alive = self.keeper.touch(req.session_id, arrival)
+                if alive:
+                    # Acknowledge only after a commit proposed after the arrival: a
+                    # deposed leader cannot commit, so it cannot acknowledge.
+                    await self.ctx.linearize(context)
+                    alive = self.keeper.leading and self.keeper.touch(req.session_id, arrival)
+            except errors.CoordError as e:
+                await abort(context, e, self.ctx.leader_hint())
+            yield self._keepalive_answer(req, alive)
+
+    def _keepalive_answer(
+        self, req: election_pb2.KeepAliveRequest, alive: bool
+    ) -> election_pb2.KeepAliveResponse:
+        def read(state: StateMachine) -> tuple[int, list[election_pb2.StepDown]]:
+            session = state.groups.sessions.get(req.session_id)
+            steps = []
+            for g in state.groups.groups.values():
+                for slot, ho in g.handovers.items():
+                    holder = g.members.get(ho.from_member)
+                    if holder is not None and holder.session_id == req.session_id:
+                        steps.append(
+                            election_pb2.StepDown(
+                                group=g.name, slot=slot, cause=ho.cause, to_member=ho.to_member
+                            )
+                        )
+            return (session.ttl_ms if session is not None else 0), steps
+
+        ttl_ms, steps = self.ctx.raft.read(read)
+        return election_pb2.KeepAliveResponse(
+            header=self.ctx.header(), session_id=req.session_id, seq=req.seq, ttl_ms=ttl_ms,
+            expired=not alive, stepdown=steps,
+        )  # fmt: skip
+
+    async def Close(
+        self, request: election_pb2.CloseSessionRequest, context: ServicerContext
+    ) -> election_pb2.CloseSessionResponse:
+        try:
+            result = await self._write(
+                context, request.request_id,
+                close_session=groups_pb2.CloseSession(session_id=request.session_id),
+            )  # fmt: skip
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.CloseSessionResponse(header=self.ctx.header(revision=result.revision))
+
+    async def List(
+        self, request: election_pb2.ListSessionsRequest, context: ServicerContext
+    ) -> election_pb2.ListSessionsResponse:
+        try:
+            sessions = await self._read(
+                context, False, lambda s: [_copy(x) for x in s.groups.sessions.values()]
+            )
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.ListSessionsResponse(header=self.ctx.header(), sessions=sessions)
+
+
+class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
+    async def Create(
+        self, request: election_pb2.CreateGroupRequest, context: ServicerContext
+    ) -> election_pb2.GroupResponse:
+        try:
+            result = await self._write(
+                context, request.request_id,
+                create_group=groups_pb2.CreateGroup(name=request.name, policy=request.policy),
+            )  # fmt: skip
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.GroupResponse(
+            header=self.ctx.header(revision=result.revision), group=result.group
+        )
+
+    async def Delete(
+        self, request: election_pb2.DeleteGroupRequest, context: ServicerContext
+    ) -> election_pb2.DeleteGroupResponse:
+        try:
+            result = await self._write(
+                context, request.request_id,
+                delete_group=groups_pb2.DeleteGroup(name=request.name),
+            )  # fmt: skip
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.DeleteGroupResponse(header=self.ctx.header(revision=result.revision))
+
+    async def Get(
+        self, request: election_pb2.GetGroupRequest, context: ServicerContext
+    ) -> election_pb2.GroupResponse:
+        def read(state: StateMachine) -> groups_pb2.Group:
+            g = state.groups.groups.get(request.name)
+            if g is None:
+                raise errors.NotFound(f"group {request.name!r} does not exist: create it first")
+            return g.to_proto()
+
+        try:
+            group = await self._read(context, request.serializable, read)
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.GroupResponse(
+            header=self.ctx.header(serializable=request.serializable), group=group
+        )
+
+    async def List(
+        self, request: election_pb2.ListGroupsRequest, context: ServicerContext
+    ) -> election_pb2.ListGroupsResponse:
+        try:
+            groups = await self._read(
+                context, request.serializable,
+                lambda s: [s.groups.groups[n].to_proto() for n in sorted(s.groups.groups)],
+            )  # fmt: skip
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.ListGroupsResponse(
+            header=self.ctx.header(serializable=request.serializable), groups=groups
+        )
+
+    async def Register(
+        self, request: election_pb2.RegisterRequest, context: ServicerContext
+    ) -> election_pb2.MemberResponse:
+        try:
+            result = await self._write(
+                context, request.request_id, register=groups_pb2.Register(member=request.member)
+            )
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.MemberResponse(
+            header=self.ctx.header(revision=result.revision), member=result.member
+        )
+
+    async def Unregister(
+        self, request: election_pb2.UnregisterRequest, context: ServicerContext
+    ) -> election_pb2.UnregisterResponse:
+        try:
+            result = await self._write(
+                context, request.request_id,
+                unregister=groups_pb2.Unregister(group=request.group, member_id=request.member_id),
+            )  # fmt: skip
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.UnregisterResponse(header=self.ctx.header(revision=result.revision))
+
+    async def Campaign(
+        self, request: election_pb2.CampaignRequest, context: ServicerContext
+    ) -> AsyncIterator[election_pb2.CampaignResponse]:
+        try:
+            await self._write(
+                context, request.request_id,
+                campaign=groups_pb2.Campaign(group=request.group, member_id=request.member_id),
+            )  # fmt: skip
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+
+        def read(state: StateMachine) -> tuple[groups_pb2.Holding | None, list[groups_pb2.Holding]]:
+            masters = _holdings(state, request.group)
+            g = state.groups.groups[request.group]
+            if request.member_id not in g.members:
+                raise errors.NotFound(
+                    f"member {request.member_id!r} left group {request.group!r} while campaigning"
+                )
+            mine = next((h for h in masters if h.member_id == request.member_id), None)
+            return mine, masters
+
+        generation = self.notifier.generation
+        while True:
+            try:
+                mine, masters = self.ctx.raft.read(read)
+            except errors.CoordError as e:
+                await abort(context, e, self.ctx.leader_hint())
+            if mine is not None and not mine.revoked_time_ms:
+                yield election_pb2.CampaignResponse(
+                    header=self.ctx.header(), elected=True, holding=mine, masters=masters
+                )
+                return
+            yield election_pb2.CampaignResponse(header=self.ctx.header(), masters=masters)
+            generation = await self.notifier.wait_beyond(generation, IDLE_WAKE_S)
+
+    async def Resign(
+        self, request: election_pb2.ResignRequest, context: ServicerContext
+    ) -> election_pb2.ResignResponse:
+        try:
+            result = await self._write(
+                context, request.request_id,
+                resign=groups_pb2.Resign(group=request.group, member_id=request.member_id),
+            )  # fmt: skip
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.ResignResponse(header=self.ctx.header(revision=result.revision))
+
+    async def Masters(
+        self, request: election_pb2.MastersRequest, context: ServicerContext
+    ) -> election_pb2.MastersResponse:
+        try:
+            masters = await self._read(
+                context, request.serializable, lambda s: _holdings(s, request.group)
+            )
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.MastersResponse(
+            header=self.ctx.header(serializable=request.serializable),
+            group=request.group, masters=masters,
+        )  # fmt: skip
+
+    async def Observe(
+        self, request: election_pb2.MastersRequest, context: ServicerContext
+    ) -> AsyncIterator[election_pb2.MastersResponse]:
+        seen: tuple[tuple[int, str, int, int], ...] | None = None
+        generation = self.notifier.generation
+        while True:
+            try:
+                masters = self.ctx.raft.read(lambda s: _holdings(s, request.group))
+            except errors.CoordError as e:
+                await abort(context, e, self.ctx.leader_hint())
+            view = tuple((h.slot, h.member_id, h.token, h.revoked_time_ms) for h in masters)
+            if view != seen:
+                seen = view
+                yield election_pb2.MastersResponse(
+                    header=self.ctx.header(serializable=True), group=request.group,
+                    masters=masters,
+                )  # fmt: skip
+            generation = await self.notifier.wait_beyond(generation, IDLE_WAKE_S)
+
+    async def Switchover(
+        self, request: election_pb2.SwitchoverRequest, context: ServicerContext
+    ) -> election_pb2.SwitchoverResponse:
+        try:
+            result = await self._write(
+                context, request.request_id,
+                switchover=groups_pb2.Switchover(group=request.group, to_member=request.to_member),
+            )  # fmt: skip
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.SwitchoverResponse(header=self.ctx.header(revision=result.revision))
+
+
+class WatchService(_Base, election_pb2_grpc.WatchServicer):
+    async def Watch(
+        self, request: election_pb2.WatchRequest, context: ServicerContext
+    ) -> AsyncIterator[election_pb2.WatchResponse]:
+        if request.from_revision < 0:
+            await abort(context, errors.InvalidArgument("from_revision must be >= 0"))
+        groups, types = set(request.groups), set(request.types)
+        raft = self.ctx.raft
+        following = request.from_revision or raft.state.revision + 1
+        generation = self.notifier.generation
+        while True:
+            try:
+                events, current = raft.read(
+                    lambda s, start=following: (s.events.since(start, s.revision), s.revision)
+                )
+            except errors.CoordError as e:
+                await abort(context, e)
+            if events:
+                following = events[-1].revision + 1
+                picked = [
+                    _copy(e)
+                    for e in events
+                    if (not groups or e.group in groups) and (not types or e.type in types)
+                ]
+                if picked:
+                    yield election_pb2.WatchResponse(
+                        header=self.ctx.header(revision=current, serializable=True), events=picked
+                    )
+            generation = await self.notifier.wait_beyond(generation, IDLE_WAKE_S)
