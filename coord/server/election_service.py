@@ -327,10 +327,12 @@ class WatchService(_Base, election_pb2_grpc.WatchServicer):
         following = request.from_revision or raft.state.revision + 1
         generation = self.notifier.generation
         while True:
+
+            def tail(s: StateMachine, start: int = following) -> tuple[list[Any], int]:
+                return s.events.since(start, s.revision), s.revision
+
             try:
-                events, current = raft.read(
-                    lambda s, start=following: (s.events.since(start, s.revision), s.revision)
-                )
+                events, current = raft.read(tail)
             except errors.CoordError as e:
                 await abort(context, e)
             if events:
