@@ -3,5 +3,29 @@
 from __future__ import annotations
 
 from coord.client.client import Client, parse_endpoints
+from coord.client.election import (
+    FencedResource,
+    Leadership,
+    Member,
+    StaleToken,
+    create_group,
+    masters,
+    observe,
+    watch,
+)
+from coord.client.session import Session, SessionState
 
-__all__ = ["Client", "parse_endpoints"]
+__all__ = [
+    "Client",
+    "FencedResource",
+    "Leadership",
+    "Member",
+    "Session",
+    "SessionState",
+    "StaleToken",
+    "create_group",
+    "masters",
+    "observe",
+    "parse_endpoints",
+    "watch",
+]

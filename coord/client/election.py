@@ -1,0 +1,229 @@
+"""Groups from the client's side: register, campaign, observe, watch, fencing.
+
+::
+
+    with Session(client, ttl_s=5) as session:
+        member = Member(client, session, "db", "db-1", address="10.0.0.1:5432", priority=10)
+        with member.campaign() as lead:           # blocks until elected
+            resource.write(data, token=lead.token)  # the resource checks the token
+            while lead.is_master():
+                ...
+
+``Leadership.is_master()`` turns False the moment the session's local validity
+ends (DESIGN.md): stop writing then. Tokens strictly increase per slot; a
+resource that remembers the highest token it accepted (:class:`FencedResource`)
+rejects a deposed master that wakes up late.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grpc
+
+from coord import errors
+from coord.client.client import Client
+from coord.client.errors import translate
+from coord.client.session import Session
+from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
+
+
+def _groups(ch: grpc.Channel) -> election_pb2_grpc.GroupsStub:
+    return election_pb2_grpc.GroupsStub(ch)
+
+
+def create_group(client: Client, name: str, slots: int = 1, **policy: Any) -> groups_pb2.Group:
+    """Create a group; ``policy`` takes GroupPolicy fields (failback, failback_hold_ms, ...)."""
+    req = election_pb2.CreateGroupRequest(
+        name=name, policy=groups_pb2.GroupPolicy(slots=slots, **policy)
+    )
+    resp: election_pb2.GroupResponse = client.call(lambda ch, t: _groups(ch).Create(req, timeout=t))
+    return resp.group
+
+
+class Member:
+    """A member of a group, bound to a session (registered on construction)."""
+
+    def __init__(
+        self,
+        client: Client,
+        session: Session,
+        group: str,
+        member_id: str,
+        address: str = "",
+        priority: int = 0,
+        weight: int = 1,
+        tags: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        nofailover: bool = False,
+    ) -> None:
+        self.client = client
+        self.session = session
+        self.group = group
+        self.id = member_id
+        record = groups_pb2.Member(
+            group=group, id=member_id, session_id=session.id, address=address,
+            priority=priority, weight=weight, tags=tags or {}, metadata=metadata or {},
+            nofailover=nofailover,
+        )  # fmt: skip
+        client.call(
+            lambda ch, t: _groups(ch).Register(
+                election_pb2.RegisterRequest(member=record), timeout=t
+            )
+        )
+
+    def campaign(self, timeout_s: float | None = None) -> Leadership:
+        """Block until this member holds a slot; returns the holding (a context manager).
+
+        Survives node failures: the campaign is re-sent (it is idempotent) to
+        whichever node answers, until elected or ``timeout_s`` passes.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        req = election_pb2.CampaignRequest(group=self.group, member_id=self.id)
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise errors.DeadlineExceeded(
+                    f"not elected in group {self.group!r} within {timeout_s} s"
+                )
+            endpoint = self.client.endpoints[0]
+            try:
+                endpoint = self.client.leader().leader_api_address or endpoint
+                for resp in _groups(self.client.channel(endpoint)).Campaign(req, timeout=left):
+                    if resp.elected:
+                        return Leadership(self, resp.holding)
+            except grpc.RpcError as e:
+                err = translate(e, endpoint)
+                if not err.retryable or isinstance(err, errors.DeadlineExceeded):
+                    raise err from None
+            except errors.CoordError as e:
+                if not e.retryable:
+                    raise
+            time.sleep(0.02)  # back off before re-sending the campaign elsewhere
+
+    def resign(self) -> None:
+        self.client.call(
+            lambda ch, t: _groups(ch).Resign(
+                election_pb2.ResignRequest(group=self.group, member_id=self.id), timeout=t
+            )
+        )
+
+
+class Leadership:
+    """A slot this process holds: its fencing token, and whether it may still act."""
+
+    def __init__(self, member: Member, holding: groups_pb2.Holding) -> None:
+        self.member = member
+        self.slot = holding.slot
+        self.token = holding.token
+        self._resigned = threading.Event()
+
+    def is_master(self) -> bool:
+        """True while the session is valid here and the slot was not given up."""
+        return not self._resigned.is_set() and self.member.session.is_valid()
+
+    def resign(self) -> None:
+        if not self._resigned.is_set():
+            self._resigned.set()
+            if self.member.session.is_valid():
+                self.member.resign()
+
+    def __enter__(self) -> Leadership:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.resign()
+
+
+def masters(client: Client, group: str) -> list[groups_pb2.Holding]:
+    resp: election_pb2.MastersResponse = client.call(
+        lambda ch, t: _groups(ch).Masters(election_pb2.MastersRequest(group=group), timeout=t)
+    )
+    return list(resp.masters)
+
+
+def observe(client: Client, group: str) -> Iterator[list[groups_pb2.Holding]]:
+    """The group's masters now, then after every change (reconnects on node failure)."""
+    while True:
+        endpoint = client.endpoints[0]
+        try:
+            endpoint = client.leader().leader_api_address or endpoint
+            for resp in _groups(client.channel(endpoint)).Observe(
+                election_pb2.MastersRequest(group=group)
+            ):
+                yield list(resp.masters)
+        except grpc.RpcError as e:
+            err = translate(e, endpoint)
+            if not err.retryable:
+                raise err from None
+        except errors.CoordError as e:
+            if not e.retryable:
+                raise
+
+
+def watch(
+    client: Client,
+    from_revision: int = 0,
+    groups: Iterable[str] = (),
+    types: Iterable[str] = (),
+) -> Iterator[groups_pb2.Event]:
+    """Events from ``from_revision`` (0: from now) with automatic resume after failures.
+
+    Gap-free across reconnects (each resume asks for the revision after the last
+    one seen). Raises OutOfRange when the events needed were compacted: re-read
+    the state and watch from its revision + 1.
+    """
+    # "From now" is pinned to a revision at once, so that a reconnect resumes
+    # exactly where the stream stopped.
+    following = from_revision or client.status().revision + 1
+    req_groups, req_types = list(groups), list(types)
+    while True:
+        endpoint = client.endpoints[0]
+        try:
+            endpoint = client.leader().leader_api_address or endpoint
+            stub = election_pb2_grpc.WatchStub(client.channel(endpoint))
+            req = election_pb2.WatchRequest(
+                from_revision=following, groups=req_groups, types=req_types
+            )
+            for resp in stub.Watch(req):
+                for event in resp.events:
+                    following = event.revision + 1
+                    yield event
+                # The server filtered every event up to the header's revision.
+                following = max(following, resp.header.revision + 1)
+        except grpc.RpcError as e:
+            err = translate(e, endpoint)
+            if not err.retryable:
+                raise err from None
+        except errors.CoordError as e:
+            if not e.retryable:
+                raise
+
+
+class StaleToken(errors.FailedPrecondition):
+    """A write carried a fencing token older than one already accepted."""
+
+    reason = "stale_token"
+
+
+class FencedResource:
+    """How a resource protects itself from deposed masters: accept a token only if it
+    is at least the highest seen for that (group, slot). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._highest: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def check(self, group: str, slot: int, token: int) -> None:
+        """Raise StaleToken if ``token`` is older than one already accepted, else record it."""
+        with self._lock:
+            highest = self._highest.get((group, slot), 0)
+            if token < highest:
+                raise StaleToken(
+                    f"fencing token {token} for {group}/{slot} is older than {highest}: a newer "
+                    "master exists; this one must stop"
+                )
+            self._highest[(group, slot)] = token

@@ -1,0 +1,229 @@
+"""Session: a TTL lease kept alive in the background, with a local validity clock.
+
+DESIGN.md's safety argument, client side: a session is valid until
+``send_time + TTL x (1 - drift)`` of the newest acknowledged keepalive, on this
+process's monotonic clock. The leader acknowledges only after a commit made
+after the keepalive arrived, so when validity ends here, the cluster may have
+expired the session and granted its slots to others: stop acting as master.
+
+States (callbacks always fire, once per transition, in order, on one thread)::
+
+    CONNECTED --(no ack for TTL/2, or the stream broke)--> SUSPENDED
+    SUSPENDED --(an ack)--> CONNECTED
+    CONNECTED/SUSPENDED --(validity ended, or the cluster said expired)--> LOST
+    any --(close())--> CLOSED
+
+LOST and CLOSED are final: open a new Session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from coord import errors
+from coord.client.client import Client
+from coord.client.errors import translate
+from coord.v1 import election_pb2, election_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class SessionState(enum.Enum):
+    CONNECTED = "connected"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+    CLOSED = "closed"
+
+
+StateCallback = Callable[["Session", SessionState], None]
+StepDownCallback = Callable[["Session", election_pb2.StepDown], None]
+
+
+class Session:
+    """Open with ``Session(client, ttl_s)``; use as a context manager to close it."""
+
+    def __init__(
+        self,
+        client: Client,
+        ttl_s: float = 5.0,
+        name: str = "",
+        drift: float = 0.02,
+        on_state: StateCallback | None = None,
+        on_stepdown: StepDownCallback | None = None,
+    ) -> None:
+        if not 0 <= drift < 0.5:
+            raise errors.InvalidArgument("drift must be in [0, 0.5)")
+        self.client = client
+        self.drift = drift
+        self._callbacks: list[StateCallback] = [on_state] if on_state else []
+        self._on_stepdown = on_stepdown
+        self._lock = threading.Lock()
+        self._events: queue.Queue[SessionState | None] = queue.Queue()
+        sent = time.monotonic()
+        resp = client.call(
+            lambda ch, t: election_pb2_grpc.SessionsStub(ch).Open(
+                election_pb2.OpenSessionRequest(ttl_ms=int(ttl_s * 1000), name=name), timeout=t
+            )
+        )
+        self.id: str = resp.session.id
+        self.ttl_s = resp.session.ttl_ms / 1000
+        self._valid_until = sent + self.ttl_s * (1 - drift)
+        self._last_ack = sent
+        self._state = SessionState.CONNECTED
+        self._stop = threading.Event()
+        self._notifier = threading.Thread(target=self._run_callbacks, daemon=True)
+        self._notifier.start()
+        self._keeper = threading.Thread(target=self._keep_alive, daemon=True)
+        self._keeper.start()
+        self._watchdog = threading.Thread(target=self._watch_validity, daemon=True)
+        self._watchdog.start()
+
+    # -- public ----------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    def is_valid(self) -> bool:
+        """True while this process may act on the session (it has not expired here)."""
+        with self._lock:
+            live = self._state in (SessionState.CONNECTED, SessionState.SUSPENDED)
+            return live and time.monotonic() < self._valid_until
+
+    def valid_for_s(self) -> float:
+        with self._lock:
+            return max(0.0, self._valid_until - time.monotonic())
+
+    def add_callback(self, fn: StateCallback) -> None:
+        self._callbacks.append(fn)
+
+    def close(self) -> None:
+        """Close the session on the cluster (releasing what it holds) and stop."""
+        was_live = self._set_state(SessionState.CLOSED)
+        self._stop.set()
+        if was_live:
+            with contextlib.suppress(errors.NotFound):  # already expired
+                self.client.call(
+                    lambda ch, t: election_pb2_grpc.SessionsStub(ch).Close(
+                        election_pb2.CloseSessionRequest(session_id=self.id), timeout=t
+                    )
+                )
+        self._events.put(None)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state -----------------------------------------------------------------
+
+    def _set_state(self, new: SessionState) -> bool:
+        """Move to ``new`` unless final; returns True if the session was live before."""
+        with self._lock:
+            old = self._state
+            if old in (SessionState.LOST, SessionState.CLOSED) or old == new:
+                return False
+            self._state = new
+        self._events.put(new)
+        return True
+
+    def _run_callbacks(self) -> None:
+        while True:
+            state = self._events.get()
+            if state is None:
+                return
+            for fn in list(self._callbacks):
+                try:
+                    fn(self, state)
+                except Exception:
+                    logger.exception("session state callback failed")
+            if state in (SessionState.LOST, SessionState.CLOSED):
+                return
+
+    def _acked(self, sent: float) -> None:
+        with self._lock:
+            self._valid_until = max(self._valid_until, sent + self.ttl_s * (1 - self.drift))
+            self._last_ack = max(self._last_ack, sent)
+        self._set_state(SessionState.CONNECTED)
+
+    def _lost(self, why: str) -> None:
+        if self._set_state(SessionState.LOST):
+            logger.warning("session %s lost: %s", self.id, why)
+        self._stop.set()
+
+    # -- threads ---------------------------------------------------------------
+
+    def _watch_validity(self) -> None:
+        step = max(0.005, self.ttl_s / 50)
+        while not self._stop.wait(step):
+            now = time.monotonic()
+            with self._lock:
+                valid_until, last_ack = self._valid_until, self._last_ack
+            if now >= valid_until:
+                self._lost("no keepalive acknowledged within the TTL")
+                return
+            if now - last_ack > self.ttl_s / 2:
+                self._set_state(SessionState.SUSPENDED)
+
+    def _keep_alive(self) -> None:
+        interval = self.ttl_s / 3
+        endpoint: str | None = None
+        while not self._stop.is_set():
+            endpoint = endpoint or self._leader_endpoint()
+            if endpoint is None:
+                self._stop.wait(min(0.05, interval))
+                continue
+            try:
+                self._stream(endpoint, interval)
+            except errors.CoordError as e:
+                hint = getattr(e, "leader_hint", "") or getattr(e, "leader_address", "")
+                endpoint = hint or None
+                if not self._stop.is_set():
+                    self._set_state(SessionState.SUSPENDED)
+                    self._stop.wait(0.02)
+
+    def _leader_endpoint(self) -> str | None:
+        try:
+            return self.client.leader().leader_api_address or None
+        except errors.CoordError:
+            return None
+
+    def _stream(self, endpoint: str, interval: float) -> None:
+        sent_at: dict[int, float] = {}
+
+        def requests() -> Iterator[election_pb2.KeepAliveRequest]:
+            seq = 0
+            while not self._stop.is_set():
+                seq += 1
+                sent_at[seq] = time.monotonic()
+                yield election_pb2.KeepAliveRequest(session_id=self.id, seq=seq)
+                self._stop.wait(interval)
+
+        stub = election_pb2_grpc.SessionsStub(self.client.channel(endpoint))
+        call = stub.KeepAlive(requests())
+        try:
+            for resp in call:
+                if resp.expired:
+                    self._lost("the cluster expired the session")
+                    return
+                sent = sent_at.pop(resp.seq, None)
+                if sent is not None:
+                    self._acked(sent)
+                for step in resp.stepdown:
+                    if self._on_stepdown is not None:
+                        self._on_stepdown(self, step)
+        except grpc.RpcError as e:
+            if self._stop.is_set():
+                return
+            raise translate(e, endpoint) from None
+        finally:
+            call.cancel()
