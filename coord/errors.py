@@ -14,6 +14,7 @@ gRPC status + ``coord-error``/``coord-leader`` trailing metadata) and
     +-- AlreadyExists            ALREADY_EXISTS
     +-- FailedPrecondition       FAILED_PRECONDITION
     |   +-- NotLeader            (+ leader hint)      retry on the leader
+    |   +-- StaleToken           a fencing token older than one already accepted
     +-- Unavailable              UNAVAILABLE          retryable
     |   +-- NoLeader             election in progress
     |   +-- OutcomeUnknown       the write may or may not have applied; retry
@@ -75,6 +76,13 @@ class NotLeader(FailedPrecondition):
         super().__init__(message)
         self.leader_id = leader_id
         self.leader_address = leader_address
+
+
+class StaleToken(FailedPrecondition):
+    """A write carried a fencing token older than one already accepted: a newer master
+    exists, and the sender must stop acting as master."""
+
+    reason = "stale_token"
 
 
 class Unavailable(CoordError):

@@ -203,12 +203,6 @@ def watch(
                 raise
 
 
-class StaleToken(errors.FailedPrecondition):
-    """A write carried a fencing token older than one already accepted."""
-
-    reason = "stale_token"
-
-
 class FencedResource:
     """How a resource protects itself from deposed masters: accept a token only if it
     is at least the highest seen for that (group, slot). Thread-safe."""
@@ -222,7 +216,7 @@ class FencedResource:
         with self._lock:
             highest = self._highest.get((group, slot), 0)
             if token < highest:
-                raise StaleToken(
+                raise errors.StaleToken(
                     f"fencing token {token} for {group}/{slot} is older than {highest}: a newer "
                     "master exists; this one must stop"
                 )

@@ -39,6 +39,7 @@ CODES = {
     errors.AlreadyExists: "ALREADY_EXISTS",
     errors.FailedPrecondition: "FAILED_PRECONDITION",
     errors.NotLeader: "FAILED_PRECONDITION",
+    errors.StaleToken: "FAILED_PRECONDITION",
     errors.Unavailable: "UNAVAILABLE",
     errors.NoLeader: "UNAVAILABLE",
     errors.OutcomeUnknown: "UNAVAILABLE",
