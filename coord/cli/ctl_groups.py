@@ -1,0 +1,312 @@
+"""coordctl commands for sessions, groups, members, campaigns and events."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from typing import Any
+
+import click
+from google.protobuf.json_format import MessageToDict
+
+from coord import errors
+from coord.cli.ctl import Ctx, handles_errors, main, pass_ctx
+from coord.cli.output import emit
+from coord.client import Member, Session, create_group, watch
+from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
+
+FAILBACK = {"off": groups_pb2.FAILBACK_OFF, "auto": groups_pb2.FAILBACK_AUTO}
+
+
+def _dict(msg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = MessageToDict(msg, preserving_proto_field_name=True)
+    return out
+
+
+def _call_groups(ctx: Ctx, method: str, request: Any) -> Any:
+    return ctx.client.call(
+        lambda ch, t: getattr(election_pb2_grpc.GroupsStub(ch), method)(request, timeout=t)
+    )
+
+
+# -- sessions ------------------------------------------------------------------
+
+
+@main.group()
+def session() -> None:
+    """Client sessions (TTL leases kept alive by keepalives)."""
+
+
+@session.command("ls")
+@pass_ctx
+@handles_errors
+def session_ls(ctx: Ctx) -> None:
+    """Every live session."""
+    resp = ctx.client.call(
+        lambda ch, t: election_pb2_grpc.SessionsStub(ch).List(
+            election_pb2.ListSessionsRequest(), timeout=t
+        )
+    )
+    emit(
+        ctx.output,
+        [_dict(s) for s in resp.sessions],
+        ["ID", "NAME", "TTL_MS", "CREATED_REVISION"],
+        [[s.id, s.name, s.ttl_ms, s.created_revision] for s in resp.sessions],
+    )
+
+
+# -- groups --------------------------------------------------------------------
+
+
+@main.group()
+def group() -> None:
+    """Groups: services that need masters."""
+
+
+@group.command("create")
+@click.argument("name")
+@click.option(
+    "--slots",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="1 = master/standby; N = N masters.",
+)
+@click.option("--failback", type=click.Choice(["off", "auto"]), default="off", show_default=True)
+@click.option("--failback-hold-s", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option(
+    "--switchover-timeout-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True
+)
+@click.option(
+    "--downtime-budget-s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Maximum allowed downtime per 30 days (0: none set).",
+)
+@click.option("--failover-on-unhealthy", is_flag=True)
+@pass_ctx
+@handles_errors
+def group_create(
+    ctx: Ctx,
+    name: str,
+    slots: int,
+    failback: str,
+    failback_hold_s: float,
+    switchover_timeout_s: float,
+    downtime_budget_s: float,
+    failover_on_unhealthy: bool,
+) -> None:
+    """Create group NAME."""
+    g = create_group(
+        ctx.client, name, slots=slots, failback=FAILBACK[failback],
+        failback_hold_ms=int(failback_hold_s * 1000),
+        switchover_timeout_ms=int(switchover_timeout_s * 1000),
+        downtime_budget_ms=int(downtime_budget_s * 1000),
+        failover_on_unhealthy=failover_on_unhealthy,
+    )  # fmt: skip
+    emit(
+        ctx.output,
+        _dict(g),
+        ["GROUP", "SLOTS", "FAILBACK"],
+        [[g.name, g.policy.slots, "auto" if g.policy.failback == 2 else "off"]],
+    )
+
+
+def _group_rows(g: groups_pb2.Group) -> list[list[Any]]:
+    holders = {h.member_id: h for h in g.holdings}
+    rows = []
+    for m in g.members:
+        h = holders.get(m.id)
+        role = ("REVOKED" if h.revoked_time_ms else "MASTER") if h else "standby"
+        rows.append(
+            [
+                g.name,
+                m.id,
+                role,
+                h.slot if h else "-",
+                h.token if h else "-",
+                m.priority,
+                "yes" if m.healthy else "no",
+                m.address or "-",
+                m.session_id,
+            ]
+        )
+    return rows
+
+
+_GROUP_HEADERS = [
+    "GROUP",
+    "MEMBER",
+    "ROLE",
+    "SLOT",
+    "TOKEN",
+    "PRIORITY",
+    "HEALTHY",
+    "ADDRESS",
+    "SESSION",
+]
+
+
+@group.command("ls")
+@pass_ctx
+@handles_errors
+def group_ls(ctx: Ctx) -> None:
+    """Every group with its masters."""
+    resp = _call_groups(ctx, "List", election_pb2.ListGroupsRequest())
+    rows = [
+        [
+            g.name,
+            g.policy.slots,
+            len(g.members),
+            ",".join(f"{h.slot}:{h.member_id}" for h in g.holdings) or "-",
+        ]
+        for g in resp.groups
+    ]
+    emit(
+        ctx.output, [_dict(g) for g in resp.groups], ["GROUP", "SLOTS", "MEMBERS", "MASTERS"], rows
+    )
+
+
+@group.command("get")
+@click.argument("name")
+@pass_ctx
+@handles_errors
+def group_get(ctx: Ctx, name: str) -> None:
+    """Group NAME: policy, members, masters and tokens."""
+    g = _call_groups(ctx, "Get", election_pb2.GetGroupRequest(name=name)).group
+    emit(ctx.output, _dict(g), _GROUP_HEADERS, _group_rows(g))
+
+
+@group.command("rm")
+@click.argument("name")
+@pass_ctx
+@handles_errors
+def group_rm(ctx: Ctx, name: str) -> None:
+    """Delete group NAME (its masters are released)."""
+    _call_groups(ctx, "Delete", election_pb2.DeleteGroupRequest(name=name))
+    emit(ctx.output, {"deleted": name}, ["DELETED"], [[name]])
+
+
+@main.group()
+def member() -> None:
+    """Members of groups."""
+
+
+@member.command("ls")
+@click.argument("group_name", metavar="GROUP", required=False)
+@pass_ctx
+@handles_errors
+def member_ls(ctx: Ctx, group_name: str | None) -> None:
+    """Members of GROUP (or of every group), with their roles."""
+    resp = _call_groups(ctx, "List", election_pb2.ListGroupsRequest())
+    groups = [g for g in resp.groups if group_name in (None, g.name)]
+    if group_name and not groups:
+        raise errors.NotFound(f"group {group_name!r} does not exist")
+    rows = [row for g in groups for row in _group_rows(g)]
+    emit(ctx.output, [_dict(m) for g in groups for m in g.members], _GROUP_HEADERS, rows)
+
+
+@main.command()
+@click.argument("group_name", metavar="GROUP")
+@click.argument("member_id", metavar="MEMBER")
+@click.option("--ttl-s", type=click.FloatRange(0.5, 3600), default=5.0, show_default=True)
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--address", default="", help="Where clients reach this member.")
+@click.option(
+    "--hold/--no-hold",
+    default=True,
+    show_default=True,
+    help="Keep mastership until Ctrl-C (else resign and exit once elected).",
+)
+@pass_ctx
+@handles_errors
+def campaign(
+    ctx: Ctx, group_name: str, member_id: str, ttl_s: float, priority: int, address: str, hold: bool
+) -> None:
+    """Open a session, register MEMBER in GROUP and wait until it is elected."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with Session(ctx.client, ttl_s=ttl_s, name=f"coordctl campaign {member_id}") as s:
+        m = Member(ctx.client, s, group_name, member_id, address=address, priority=priority)
+        click.echo(f"campaigning for {group_name} as {member_id} (session {s.id})", err=True)
+        lead = m.campaign()
+        emit(
+            ctx.output,
+            {"group": group_name, "member": member_id, "slot": lead.slot, "token": lead.token},
+            ["GROUP", "MEMBER", "SLOT", "TOKEN"],
+            [[group_name, member_id, lead.slot, lead.token]],
+        )
+        try:
+            while hold and lead.is_master() and not done.wait(0.1):
+                pass
+        except KeyboardInterrupt:
+            pass
+        if hold and not lead.is_master():
+            click.echo("no longer master (session lost or resigned)", err=True)
+        lead.resign()
+
+
+@main.command()
+@click.argument("group_name", metavar="GROUP")
+@click.argument("member_id", metavar="MEMBER")
+@pass_ctx
+@handles_errors
+def resign(ctx: Ctx, group_name: str, member_id: str) -> None:
+    """Make MEMBER give up its slot in GROUP (the next candidate is elected at once)."""
+    _call_groups(ctx, "Resign", election_pb2.ResignRequest(group=group_name, member_id=member_id))
+    emit(ctx.output, {"resigned": member_id}, ["RESIGNED"], [[member_id]])
+
+
+@main.command()
+@click.argument("group_name", metavar="GROUP")
+@click.option("--to", "to_member", default="", help="The member to hand over to (default: best).")
+@pass_ctx
+@handles_errors
+def switchover(ctx: Ctx, group_name: str, to_member: str) -> None:
+    """Ask GROUP's master to step down in favour of --to (or the best candidate)."""
+    _call_groups(
+        ctx, "Switchover", election_pb2.SwitchoverRequest(group=group_name, to_member=to_member)
+    )
+    emit(
+        ctx.output,
+        {"switchover": group_name, "to": to_member},
+        ["GROUP", "TO"],
+        [[group_name, to_member or "(best)"]],
+    )
+
+
+@main.command("watch")
+@click.option(
+    "--from-revision",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Replay from this revision first (0: only new events).",
+)
+@click.option("--group", "groups", multiple=True, help="Only these groups.")
+@click.option("--type", "types", multiple=True, help="Only these event types.")
+@click.option("--count", type=click.IntRange(min=0), default=0, help="Stop after N events.")
+@pass_ctx
+@handles_errors
+def watch_cmd(
+    ctx: Ctx, from_revision: int, groups: tuple[str, ...], types: tuple[str, ...], count: int
+) -> None:
+    """Stream events (resumes after node failures); Ctrl-C to stop."""
+    seen = 0
+    try:
+        for ev in watch(ctx.client, from_revision, groups, types):
+            if ctx.output == "json":
+                click.echo(json.dumps(_dict(ev), sort_keys=True))
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(ev.time_ms / 1000))
+                click.echo(
+                    f"{ev.revision:>8} {stamp} {ev.type:<18} {ev.group or '-':<12} "
+                    f"{ev.member or '-':<12} slot={ev.slot} token={ev.token or '-'} "
+                    f"cause={ev.cause or '-'}"
+                )
+            seen += 1
+            if count and seen >= count:
+                return
+    except KeyboardInterrupt:
+        pass
