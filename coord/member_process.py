@@ -1,0 +1,96 @@
+"""A member process: what a service that wants mastership runs, as a program.
+
+``python -m coord.member_process --endpoints A,B,C --group db --id db-1 --priority 10``
+opens a session, registers, campaigns, and then holds mastership while its
+session is valid; it resigns when asked to step down, and campaigns again
+when it loses mastership. Every change is one JSON line on stdout::
+
+    {"t": 12.345, "event": "elected", "token": 42, "slot": 0}
+    {"t": 15.001, "event": "stepped_down", "cause": "switchover"}
+    {"t": 19.870, "event": "session", "state": "lost"}
+
+``t`` is this process's monotonic clock. ``coord dev`` runs three of these for
+its demo group, and the integration tests use them as real member processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from coord import errors
+from coord.client import Client, Member, Session, SessionState
+from coord.v1 import election_pb2
+
+_lock = threading.Lock()
+
+
+def say(event: str, **fields: Any) -> None:
+    with _lock:
+        print(json.dumps({"t": round(time.monotonic(), 4), "event": event, **fields}), flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stepdown = threading.Event()
+    client = Client(args.endpoints, timeout_s=30)
+
+    def on_state(_: Session, state: SessionState) -> None:
+        say("session", state=state.value)
+
+    def on_stepdown(_: Session, step: election_pb2.StepDown) -> None:
+        if not stepdown.is_set():
+            say("stepdown_requested", cause=step.cause, to=step.to_member)
+            stepdown.set()
+
+    while not stop.is_set():
+        session = Session(client, ttl_s=args.ttl_s, name=args.id, on_state=on_state,
+                          on_stepdown=on_stepdown)  # fmt: skip
+        say("session", state="connected", id=session.id)
+        try:
+            member = Member(client, session, args.group, args.id, address=args.address,
+                            priority=args.priority, nofailover=args.nofailover)  # fmt: skip
+            if args.nofailover:
+                stop.wait()
+                continue
+            while session.is_valid() and not stop.is_set():
+                stepdown.clear()
+                lead = member.campaign()
+                say("elected", token=lead.token, slot=lead.slot)
+                while lead.is_master() and not stop.is_set() and not stepdown.is_set():
+                    stop.wait(0.01)
+                if not lead.is_master():
+                    say("not_master", reason="session validity ended")
+                    break
+                lead.resign()
+                say("resigned", cause="stepdown" if stepdown.is_set() else "stop")
+        except errors.CoordError as e:
+            say("error", message=e.message)
+            session.close()  # e.g. the old session still holds our member id: retry later
+            stop.wait(0.2)
+        finally:
+            if stop.is_set():
+                session.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--endpoints", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--id", required=True)
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--address", default="")
+    p.add_argument("--ttl-s", type=float, default=2.0)
+    p.add_argument("--nofailover", action="store_true")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
