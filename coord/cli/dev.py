@@ -1,9 +1,13 @@
 """``coord dev``: a local cluster of separate processes with a live view.
 
+It also runs the demo group ``db``: three member processes (coord.member_process)
+competing for one master slot, with failback to the preferred one.
+
 Commands typed while it runs (one per line): ``kill N`` (kill -9 node N, or
 ``kill leader``), ``stop N``, ``start N``, ``restart N``, ``pause N`` /
-``resume N`` (SIGSTOP/SIGCONT), ``put KEY VALUE``, ``demo``, ``help``, ``quit``.
-Ctrl-C stops every node and exits.
+``resume N`` (SIGSTOP/SIGCONT), ``kill db-1`` / ``start db-1`` (member
+processes), ``switchover [db-2]``, ``put KEY VALUE``, ``demo``, ``quit``.
+Ctrl-C stops every process and exits.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from collections.abc import Callable
 import click
 
 from coord import errors
+from coord.cli.dev_group import GROUP, MEMBERS, TTL_S, DemoGroup
 from coord.cli.output import table
 from coord.client import Client
 from coord.testing import LocalCluster
-from coord.v1 import cluster_pb2
+from coord.v1 import cluster_pb2, election_pb2, election_pb2_grpc
 
 ROLE = {cluster_pb2.ROLE_LEADER: "LEADER", cluster_pb2.ROLE_CANDIDATE: "candidate"}
 
@@ -31,6 +36,7 @@ ROLE = {cluster_pb2.ROLE_LEADER: "LEADER", cluster_pb2.ROLE_CANDIDATE: "candidat
 class DevConsole:
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
+        self.group = DemoGroup(cluster, self.note)
         self.events: deque[str] = deque(maxlen=12)
         self.tty = sys.stdout.isatty()
         self.stop = threading.Event()
@@ -99,13 +105,15 @@ class DevConsole:
             f"coord dev: {len(self.cluster.nodes)} nodes in "
             f"{self.cluster.base_dir}   (Ctrl-C to stop)\n",
             table(["#", "ID", "API", "PID", "ROLE", "TERM", "LEADER", "APPLIED", "REV"], rows),
+            f"\ngroup {GROUP} (session TTL {TTL_S:g} s, failback after 5 s):",
+            table(["MEMBER", "PID", "PRIORITY", "ROLE", "TOKEN", "SESSION"], self.group.rows()),
             "\nevents:",
         ]
         with self._lock:
             out += ["  " + e for e in self.events]
         out.append(
-            "\ncommands: kill N|leader, stop N, start N, restart N, pause N, resume N, "
-            "put K V, demo, quit"
+            "\ncommands: kill N|leader|db-1, start N|db-1, stop N, restart N, pause N, "
+            "resume N, switchover [db-2], put K V, demo, quit"
         )
         out.append(f"coordctl --endpoints {','.join(self.cluster.endpoints)} status\n> ")
         sys.stdout.write("\n".join(out))
@@ -127,8 +135,20 @@ class DevConsole:
                 self.note(f"put {args[0]} -> revision {r.kv.mod_revision}")
             elif cmd == "demo":
                 threading.Thread(
-                    target=run_demo, args=(self.cluster, self.note), daemon=True
+                    target=run_demo, args=(self.cluster, self.note, self.group), daemon=True
                 ).start()
+            elif cmd in ("kill", "start") and len(args) == 1 and args[0] in dict(MEMBERS):
+                if cmd == "kill":
+                    self.group.kill_member(args[0])
+                else:
+                    self.group.start_member(args[0])
+                self.note(f"{cmd} member {args[0]}" + (" (kill -9)" if cmd == "kill" else ""))
+            elif cmd == "switchover" and len(args) <= 1:
+                with Client(self.cluster.endpoints, timeout_s=5) as c:
+                    c.call(lambda ch, t: election_pb2_grpc.GroupsStub(ch).Switchover(
+                        election_pb2.SwitchoverRequest(group=GROUP, to_member=args[0] if args
+                                                       else ""), timeout=t))  # fmt: skip
+                self.note(f"switchover of {GROUP} requested")
             elif cmd in ("kill", "stop", "start", "restart", "pause", "resume") and len(args) == 1:
                 self._node_command(cmd, args[0])
             else:
@@ -159,7 +179,11 @@ class DevConsole:
         self.note(f"{cmd} {node_id}" + (" (kill -9)" if cmd == "kill" else ""))
 
 
-def run_demo(cluster: LocalCluster, say: Callable[[str], None] = click.echo) -> bool:
+def run_demo(
+    cluster: LocalCluster,
+    say: Callable[[str], None] = click.echo,
+    group: DemoGroup | None = None,
+) -> bool:
     """Scripted failover: write, kill -9 the leader, time the first good write, restart, verify."""
     say("demo: waiting for a leader")
     leader = cluster.wait_for_leader(timeout=30)
@@ -186,6 +210,29 @@ def run_demo(cluster: LocalCluster, say: Callable[[str], None] = click.echo) -> 
             f"demo: {cluster.nodes[leader].node_id} restarted from its data dir and caught up: "
             f"{got.count}/51 keys present -> {'OK' if ok else 'MISSING KEYS'}"
         )
+    if group is not None:
+        ok = run_group_demo(group, say) and ok
+    return ok
+
+
+def run_group_demo(group: DemoGroup, say: Callable[[str], None]) -> bool:
+    """kill -9 the master member process: the next one takes over with a larger token."""
+    first = group.wait_for_master(timeout=30)
+    say(f"demo: group {GROUP}: master {first.member_id} (token {first.token}); kill -9 it now")
+    t0 = time.monotonic()
+    group.kill_member(first.member_id)
+    second = group.wait_for_master(timeout=30, not_member=first.member_id)
+    took = time.monotonic() - t0
+    ok = second.token > first.token
+    say(
+        f"demo: group {GROUP}: {second.member_id} is master after {took:.2f} s (session TTL "
+        f"{TTL_S:g} s), token {first.token} -> {second.token} -> {'OK' if ok else 'BAD TOKEN'}"
+    )
+    group.start_member(first.member_id)
+    say(
+        f"demo: {first.member_id} restarted as a standby; failback hands mastership to the "
+        "highest-priority member once it has been eligible for 5 s"
+    )
     return ok
 
 
@@ -222,8 +269,9 @@ def run_dev(
         except TimeoutError as e:
             click.echo(f"coord dev: {e}\n{cluster.logs()}", err=True)
             raise SystemExit(1) from None
+        console.group.start()
         if demo:
-            ok = run_demo(cluster, console.note if console.tty else click.echo)
+            ok = run_demo(cluster, console.note if console.tty else click.echo, console.group)
             if exit_after_demo or not sys.stdin.isatty():
                 return
         viewer = threading.Thread(target=console.watch, daemon=True)
@@ -237,7 +285,8 @@ def run_dev(
         pass
     finally:
         console.stop.set()
-        click.echo("\ncoord dev: stopping the nodes")
+        click.echo("\ncoord dev: stopping the member processes and the nodes")
+        console.group.stop()
         for node in cluster.nodes:
             cluster.stop(node.index)
     if not ok:
