@@ -44,6 +44,7 @@ class Emitter(Protocol):
         """Append the event of a reserved revision."""
 
 
+_NEVER = 2**63 - 1
 _GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 _MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 
@@ -92,6 +93,9 @@ class Groups:
         self.emit = emit
         self.sessions: dict[str, groups_pb2.Session] = {}
         self.groups: dict[str, GroupState] = {}
+        # Earliest time a timer may be due (None: recompute). Derived from the state
+        # above, never persisted.
+        self._due_ms: int | None = None
 
     # -- sessions --------------------------------------------------------------
 
@@ -369,8 +373,21 @@ class Groups:
 
     # -- time ------------------------------------------------------------------
 
+    def run_due_timers(self, now: int) -> None:
+        """Called on every apply: cheap unless a timer may be due (or groups changed)."""
+        if self._due_ms is not None and now < self._due_ms:
+            return
+        self.advance(now)
+        self._due_ms = self.next_timer_ms()
+        if self._due_ms is None:
+            self._due_ms = _NEVER
+
+    def changed(self) -> None:
+        """A group command ran: the next timer must be recomputed."""
+        self._due_ms = None
+
     def advance(self, now: int) -> None:
-        """Run every timer due at ``now`` (called on every apply, in group-name order)."""
+        """Run every timer due at ``now`` (in group-name order)."""
         for name in sorted(self.groups):
             g = self.groups[name]
             for slot, h in sorted(g.holdings.items()):

@@ -91,7 +91,7 @@ class StateMachine:
         self.last_term = max(self.last_term, cmd.term)
         try:
             if self.groups.groups:
-                self.groups.advance(self.last_time_ms)  # timers due by this command's time
+                self.groups.run_due_timers(self.last_time_ms)  # due by this command's time
             result = self._dispatch(cmd)
         except CoordError as e:
             result = _error(e)
@@ -115,6 +115,7 @@ class StateMachine:
             return raft_pb2.CommandResult()
         handler = _GROUP_COMMANDS.get(op or "")
         if op is not None and handler is not None:
+            self.groups.changed()
             return handler(self.groups, getattr(cmd, op), self.last_time_ms)
         raise InvalidArgument(f"unknown command {op!r}: is this node running an older version?")
 
