@@ -37,9 +37,20 @@ def say(event: str, **fields: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stepdown = threading.Event()
     client = Client(args.endpoints, timeout_s=30)
+    current: list[Session] = []
+    holding = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if not holding.is_set():
+            # A standby waits in its campaign: closing the session ends it. (A master
+            # resigns in the loop below instead, so the handover says "resign".)
+            for s in list(current):
+                threading.Thread(target=s.close, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
 
     def on_state(_: Session, state: SessionState) -> None:
         say("session", state=state.value)
@@ -52,31 +63,34 @@ def run(args: argparse.Namespace) -> int:
     while not stop.is_set():
         session = Session(client, ttl_s=args.ttl_s, name=args.id, on_state=on_state,
                           on_stepdown=on_stepdown)  # fmt: skip
+        current[:] = [session]
         say("session", state="connected", id=session.id)
         try:
             member = Member(client, session, args.group, args.id, address=args.address,
                             priority=args.priority, nofailover=args.nofailover)  # fmt: skip
             if args.nofailover:
                 stop.wait()
-                continue
             while session.is_valid() and not stop.is_set():
                 stepdown.clear()
                 lead = member.campaign()
+                holding.set()
                 say("elected", token=lead.token, slot=lead.slot)
                 while lead.is_master() and not stop.is_set() and not stepdown.is_set():
                     stop.wait(0.01)
-                if not lead.is_master():
+                holding.clear()
+                if stop.is_set() or stepdown.is_set():
+                    lead.resign()
+                    say("resigned", cause="stepdown" if stepdown.is_set() else "stop")
+                elif not session.is_valid():
                     say("not_master", reason="session validity ended")
-                    break
-                lead.resign()
-                say("resigned", cause="stepdown" if stepdown.is_set() else "stop")
+                else:
+                    say("not_master", reason="the cluster no longer lists this holding")
         except errors.CoordError as e:
-            say("error", message=e.message)
-            session.close()  # e.g. the old session still holds our member id: retry later
-            stop.wait(0.2)
+            if not stop.is_set():
+                say("error", message=e.message)
+                stop.wait(0.2)
         finally:
-            if stop.is_set():
-                session.close()
+            session.close()  # a lost session is already gone; an error: retry afresh
     return 0
 
 

@@ -105,11 +105,11 @@ class Member:
             time.sleep(0.02)  # back off before re-sending the campaign elsewhere
 
     def resign(self) -> None:
-        self.client.call(
-            lambda ch, t: _groups(ch).Resign(
-                election_pb2.ResignRequest(group=self.group, member_id=self.id), timeout=t
-            )
+        """Give up the slot at once (as the holder's own session)."""
+        req = election_pb2.ResignRequest(
+            group=self.group, member_id=self.id, session_id=self.session.id
         )
+        self.client.call(lambda ch, t: _groups(ch).Resign(req, timeout=t))
 
 
 class Leadership:
@@ -119,11 +119,18 @@ class Leadership:
         self.member = member
         self.slot = holding.slot
         self.token = holding.token
+        self.granted_at = time.monotonic()
         self._resigned = threading.Event()
 
     def is_master(self) -> bool:
-        """True while the session is valid here and the slot was not given up."""
-        return not self._resigned.is_set() and self.member.session.is_valid()
+        """True while the session is valid here, the slot was not given up, and no
+        keepalive acknowledgement since the grant says the slot is gone or revoked."""
+        session = self.member.session
+        return (
+            not self._resigned.is_set()
+            and session.is_valid()
+            and session.holds(self.member.group, self.slot, self.token, self.granted_at)
+        )
 
     def resign(self) -> None:
         if not self._resigned.is_set():

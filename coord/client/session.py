@@ -31,7 +31,7 @@ import grpc
 from coord import errors
 from coord.client.client import Client
 from coord.client.errors import translate
-from coord.v1 import election_pb2, election_pb2_grpc
+from coord.v1 import cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,11 @@ class Session:
         self.ttl_s = resp.session.ttl_ms / 1000
         self._valid_until = sent + self.ttl_s * (1 - drift)
         self._last_ack = sent
+        # What the cluster said this session holds, as of the send time of the ack.
+        self._held: dict[tuple[str, int], tuple[int, bool]] = {}
+        self._held_as_of = 0.0
+        self._call: grpc.Call | None = None  # the live keepalive stream
+        self._stalled_endpoint: str | None = None
         self._state = SessionState.CONNECTED
         self._stop = threading.Event()
         self._notifier = threading.Thread(target=self._run_callbacks, daemon=True)
@@ -101,6 +106,15 @@ class Session:
     def valid_for_s(self) -> float:
         with self._lock:
             return max(0.0, self._valid_until - time.monotonic())
+
+    def holds(self, group: str, slot: int, token: int, granted_at: float) -> bool:
+        """False once an acknowledgement sent after ``granted_at`` shows the slot gone,
+        revoked, or held under another token (an operator resigned it, say)."""
+        with self._lock:
+            if self._held_as_of <= granted_at:
+                return True  # no newer word from the cluster yet
+            held = self._held.get((group, slot))
+        return held is not None and held == (token, False)
 
     def add_callback(self, fn: StateCallback) -> None:
         self._callbacks.append(fn)
@@ -149,10 +163,13 @@ class Session:
             if state in (SessionState.LOST, SessionState.CLOSED):
                 return
 
-    def _acked(self, sent: float) -> None:
+    def _acked(self, sent: float, resp: election_pb2.KeepAliveResponse) -> None:
         with self._lock:
             self._valid_until = max(self._valid_until, sent + self.ttl_s * (1 - self.drift))
             self._last_ack = max(self._last_ack, sent)
+            if sent >= self._held_as_of:
+                self._held = {(h.group, h.slot): (h.token, h.revoked) for h in resp.held}
+                self._held_as_of = sent
         self._set_state(SessionState.CONNECTED)
 
     def _lost(self, why: str) -> None:
@@ -173,6 +190,12 @@ class Session:
                 return
             if now - last_ack > self.ttl_s / 2:
                 self._set_state(SessionState.SUSPENDED)
+                call = self._call
+                if call is not None:
+                    # A hung leader (SIGSTOP) keeps its socket open: give up on it
+                    # and look for the new leader while the session is still valid.
+                    self._call = None
+                    call.cancel()
 
     def _keep_alive(self) -> None:
         interval = self.ttl_s / 3
@@ -184,18 +207,28 @@ class Session:
                 continue
             try:
                 self._stream(endpoint, interval)
+                endpoint = None  # the stream ended or was given up: find the leader again
             except errors.CoordError as e:
                 hint = getattr(e, "leader_hint", "") or getattr(e, "leader_address", "")
-                endpoint = hint or None
+                endpoint = hint if hint and hint != self._stalled_endpoint else None
                 if not self._stop.is_set():
                     self._set_state(SessionState.SUSPENDED)
                     self._stop.wait(0.02)
 
     def _leader_endpoint(self) -> str | None:
-        try:
-            return self.client.leader().leader_api_address or None
-        except errors.CoordError:
-            return None
+        """Ask every endpoint briefly who leads; skip a leader that just stalled on us."""
+        for ep in self.client.endpoints:
+            if ep == self._stalled_endpoint:
+                continue
+            try:
+                resp = _get_leader(self.client, ep)
+            except grpc.RpcError:
+                continue
+            address = resp.leader_api_address
+            if address and address != self._stalled_endpoint:
+                return str(address)
+        self._stalled_endpoint = None  # nobody else knows better: try it again
+        return None
 
     def _stream(self, endpoint: str, interval: float) -> None:
         sent_at: dict[int, float] = {}
@@ -210,6 +243,8 @@ class Session:
 
         stub = election_pb2_grpc.SessionsStub(self.client.channel(endpoint))
         call = stub.KeepAlive(requests())
+        self._call = call
+        self._stalled_endpoint = None
         try:
             for resp in call:
                 if resp.expired:
@@ -217,13 +252,25 @@ class Session:
                     return
                 sent = sent_at.pop(resp.seq, None)
                 if sent is not None:
-                    self._acked(sent)
+                    self._acked(sent, resp)
                 for step in resp.stepdown:
                     if self._on_stepdown is not None:
                         self._on_stepdown(self, step)
         except grpc.RpcError as e:
             if self._stop.is_set():
                 return
+            if self._call is None:  # cancelled by the watchdog: that leader hangs
+                self._stalled_endpoint = endpoint
+                return
             raise translate(e, endpoint) from None
         finally:
+            self._call = None
             call.cancel()
+
+
+def _get_leader(client: Client, endpoint: str) -> cluster_pb2.GetLeaderResponse:
+    """GetLeader from one endpoint with a short deadline (a hung node must not stall us)."""
+    resp: cluster_pb2.GetLeaderResponse = cluster_pb2_grpc.ClusterStub(
+        client.channel(endpoint)
+    ).GetLeader(cluster_pb2.GetLeaderRequest(), timeout=0.2)
+    return resp

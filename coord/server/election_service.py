@@ -96,9 +96,19 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
     def _keepalive_answer(
         self, req: election_pb2.KeepAliveRequest, alive: bool
     ) -> election_pb2.KeepAliveResponse:
-        def read(state: StateMachine) -> tuple[int, list[election_pb2.StepDown]]:
+        def read(
+            state: StateMachine,
+        ) -> tuple[int, list[election_pb2.StepDown], list[election_pb2.Held]]:
             session = state.groups.sessions.get(req.session_id)
             steps = []
+            held = [
+                election_pb2.Held(
+                    group=g.name, slot=h.slot, token=h.token, revoked=bool(h.revoked_time_ms)
+                )
+                for g in state.groups.groups.values()
+                for h in g.holdings.values()
+                if g.members[h.member_id].session_id == req.session_id
+            ]
             for g in state.groups.groups.values():
                 for slot, ho in g.handovers.items():
                     holder = g.members.get(ho.from_member)
@@ -108,12 +118,12 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
                                 group=g.name, slot=slot, cause=ho.cause, to_member=ho.to_member
                             )
                         )
-            return (session.ttl_ms if session is not None else 0), steps
+            return (session.ttl_ms if session is not None else 0), steps, held
 
-        ttl_ms, steps = self.ctx.raft.read(read)
+        ttl_ms, steps, held = self.ctx.raft.read(read)
         return election_pb2.KeepAliveResponse(
             header=self.ctx.header(), session_id=req.session_id, seq=req.seq, ttl_ms=ttl_ms,
-            expired=not alive, stepdown=steps,
+            expired=not alive, stepdown=steps, held=held,
         )  # fmt: skip
 
     async def Close(
@@ -264,7 +274,10 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
         try:
             result = await self._write(
                 context, request.request_id,
-                resign=groups_pb2.Resign(group=request.group, member_id=request.member_id),
+                resign=groups_pb2.Resign(
+                    group=request.group, member_id=request.member_id,
+                    session_id=request.session_id,
+                ),
             )  # fmt: skip
         except errors.CoordError as e:
             await abort(context, e, self.ctx.leader_hint())
@@ -342,8 +355,29 @@ class WatchService(_Base, election_pb2_grpc.WatchServicer):
                     for e in events
                     if (not groups or e.group in groups) and (not types or e.type in types)
                 ]
-                if picked:
+                batches = _batches(picked)
+                for i, batch in enumerate(batches):
+                    # The header's revision promises "filtered up to here": only the last
+                    # batch may claim the whole read (a client resumes after it).
+                    upto = current if i == len(batches) - 1 else batch[-1].revision
                     yield election_pb2.WatchResponse(
-                        header=self.ctx.header(revision=current, serializable=True), events=picked
+                        header=self.ctx.header(revision=upto, serializable=True), events=batch
                     )
             generation = await self.notifier.wait_beyond(generation, IDLE_WAKE_S)
+
+
+WATCH_BATCH_BYTES = 2 * 1024 * 1024  # a response stays well under the 4 MiB message limit
+
+
+def _batches(events: list[groups_pb2.Event]) -> list[list[groups_pb2.Event]]:
+    """Split events into responses of at most WATCH_BATCH_BYTES (at least one event each)."""
+    out: list[list[groups_pb2.Event]] = []
+    size = 0
+    for e in events:
+        n = e.ByteSize()
+        if not out or size + n > WATCH_BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(e)
+        size += n
+    return out

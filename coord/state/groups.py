@@ -232,7 +232,10 @@ class Groups:
         self._fill(g, now)
         return m
 
-    def resign(self, group: str, member_id: str, now: int) -> None:
+    def resign(self, group: str, member_id: str, session_id: str, now: int) -> None:
+        """The holder's own session resigns at once. Anyone else (an operator) only asks
+        it to step down: it may still believe it is master until it hears, so the slot
+        moves when it resigns, or after the switchover timeout plus its TTL."""
         g = self.group(group)
         m = self._member(g, member_id)
         slot = g.holder_slot(member_id)
@@ -242,6 +245,10 @@ class Groups:
                 "can resign"
             )
         handover = g.handovers.get(slot)
+        if session_id != m.session_id:
+            if handover is None:
+                self._request_stepdown(g, slot, "", "resign", now)
+            return
         m.candidate = False
         self._release(g, slot, handover.cause if handover else "resign")
         self._fill(g, now)
@@ -287,12 +294,11 @@ class Groups:
         for slot in range(g.policy.slots):
             if slot in g.holdings:
                 continue
-            handover = g.handovers.get(slot)
+            handover = g.handovers.pop(slot, None)  # consumed: granted now or moot
             m = self._best(g, handover.to_member if handover else "")
             if m is None:
                 continue
             cause = g.vacated_cause.pop(slot, "initial")
-            g.handovers.pop(slot, None)
             rev = self.emit.reserve()
             g.holdings[slot] = groups_pb2.Holding(
                 slot=slot, member_id=m.id, token=rev, granted_time_ms=now, cause=cause
@@ -303,8 +309,7 @@ class Groups:
             )  # fmt: skip
 
     def _release(self, g: GroupState, slot: int, cause: str) -> None:
-        h = g.holdings.pop(slot)
-        g.handovers.pop(slot, None)
+        h = g.holdings.pop(slot)  # a pending handover stays: the fill honours its target
         g.vacated_cause[slot] = cause
         self.emit(
             "master_lost", group=g.name, member=h.member_id, slot=slot, token=h.token, cause=cause

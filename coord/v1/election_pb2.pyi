@@ -143,6 +143,7 @@ class KeepAliveResponse(_message.Message):
     TTL_MS_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
     STEPDOWN_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     seq: _builtins.int
     ttl_ms: _builtins.int
@@ -152,6 +153,12 @@ class KeepAliveResponse(_message.Message):
     def header(self) -> _common_pb2.ResponseHeader: ...
     @_builtins.property
     def stepdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepDown]: ...
+    @_builtins.property
+    def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___Held]:
+        """What the session's members hold as of this acknowledgement: a holder that no
+        longer finds its slot here has lost it (revoked, resigned by an operator).
+        """
+
     def __init__(
         self,
         *,
@@ -161,14 +168,43 @@ class KeepAliveResponse(_message.Message):
         ttl_ms: _builtins.int = ...,
         expired: _builtins.bool = ...,
         stepdown: _abc.Iterable[Global___StepDown] | None = ...,
+        held: _abc.Iterable[Global___Held] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expired", b"expired", "header", b"header", "seq", b"seq", "session_id", b"session_id", "stepdown", b"stepdown", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expired", b"expired", "header", b"header", "held", b"held", "seq", b"seq", "session_id", b"session_id", "stepdown", b"stepdown", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeepAliveResponse: _TypeAlias = KeepAliveResponse  # noqa: Y015
+
+@_typing.final
+class Held(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    slot: _builtins.int
+    token: _builtins.int
+    revoked: _builtins.bool
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        slot: _builtins.int = ...,
+        token: _builtins.int = ...,
+        revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "revoked", b"revoked", "slot", b"slot", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Held: _TypeAlias = Held  # noqa: Y015
 
 @_typing.final
 class CloseSessionRequest(_message.Message):
@@ -569,19 +605,25 @@ class ResignRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     member_id: _builtins.str
     request_id: _builtins.str
+    session_id: _builtins.str
+    """The member's own session: resign at once. Empty or another session (an
+    operator): the member is asked to step down (switchover timeout, then its TTL).
+    """
     def __init__(
         self,
         *,
         group: _builtins.str = ...,
         member_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

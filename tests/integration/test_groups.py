@@ -223,12 +223,6 @@ def test_coordctl_switchover_to_a_named_member(cluster: LocalCluster, members: M
         watcher.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py Groups.resign() -> _release() pops the handover before _fill() "
-    "reads its to_member, so a switchover to a member that is not the best candidate "
-    "elects the best candidate instead",
-)
 def test_switchover_rpc_to_a_member_that_is_not_the_best(
     cluster: LocalCluster, members: Members
 ) -> None:
@@ -372,13 +366,6 @@ def test_multi_master_slots_are_refilled_from_standbys(
 # -- admin resign of a live master ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Groups.Resign of another process's holding (coordctl resign) releases the "
-    "slot and elects the next member at once, but the holder is never told (no stepdown, "
-    "and KeepAliveResponse does not carry holdings): it keeps acting as master until its "
-    "session ends, so two members believe they hold slot 0",
-)
 def test_coordctl_resign_of_a_live_master_is_noticed_by_it(
     cluster: LocalCluster, members: Members
 ) -> None:
@@ -404,12 +391,6 @@ def test_coordctl_resign_of_a_live_master_is_noticed_by_it(
 # -- the member program -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: member_process.py run(): SIGTERM only sets `stop`, but a standby is blocked "
-    "in member.campaign() (no timeout, election.py Member.campaign) and never looks at it: "
-    "it neither exits nor closes its session until it is elected",
-)
 def test_sigterm_of_a_standby_member_exits_and_closes_its_session(
     cluster: LocalCluster, members: Members
 ) -> None:

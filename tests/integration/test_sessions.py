@@ -328,12 +328,6 @@ def test_watch_from_a_compacted_revision_is_out_of_range(own_cluster: LocalClust
             assert first.events[-1].revision == current
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: election_service.py WatchService.Watch puts every event it reads into one "
-    "WatchResponse; a replay of a few events with ~1 MiB values exceeds the 4 MiB message "
-    "limit, the stream fails with RESOURCE_EXHAUSTED and the watcher can never resume",
-)
 def test_watch_replays_events_larger_than_one_message(own_cluster: LocalCluster) -> None:
     value = b"v" * (limits.MAX_VALUE_BYTES - 1024)
     with own_cluster.client(timeout_s=30.0) as c:
