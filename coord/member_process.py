@@ -79,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
                     stop.wait(0.01)
                 holding.clear()
                 if stop.is_set() or stepdown.is_set():
+                    why = "stepdown" if stepdown.is_set() else "stop"
+                    say("not_master", reason=f"stepping down ({why})")  # stops acting first
                     lead.resign()
-                    say("resigned", cause="stepdown" if stepdown.is_set() else "stop")
+                    say("resigned", cause=why)
                 elif not session.is_valid():
                     say("not_master", reason="session validity ended")
                 else:

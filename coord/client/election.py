@@ -92,7 +92,8 @@ class Member:
             endpoint = self.client.endpoints[0]
             try:
                 endpoint = self.client.leader().leader_api_address or endpoint
-                for resp in _groups(self.client.channel(endpoint)).Campaign(req, timeout=left):
+                stream = _groups(self.client.channel(endpoint)).Campaign(req, timeout=left)
+                for resp in _guarded(stream):
                     if resp.elected:
                         return Leadership(self, resp.holding)
             except grpc.RpcError as e:
@@ -145,6 +146,31 @@ class Leadership:
         self.resign()
 
 
+# Servers send on every stream at least once a second (progress); this much silence
+# means the node hangs (SIGSTOP keeps its sockets open): give up and go elsewhere.
+STREAM_SILENCE_S = 3.0
+
+
+def _guarded(call: Any, silence_s: float = STREAM_SILENCE_S) -> Iterator[Any]:
+    """Iterate a gRPC response stream, cancelling it after ``silence_s`` without a message."""
+    last = [time.monotonic()]
+    done = threading.Event()
+
+    def watchdog() -> None:
+        while not done.wait(0.25):
+            if time.monotonic() - last[0] > silence_s:
+                call.cancel()
+                return
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        for item in call:
+            last[0] = time.monotonic()
+            yield item
+    finally:
+        done.set()
+
+
 def masters(client: Client, group: str) -> list[groups_pb2.Holding]:
     resp: election_pb2.MastersResponse = client.call(
         lambda ch, t: _groups(ch).Masters(election_pb2.MastersRequest(group=group), timeout=t)
@@ -158,10 +184,13 @@ def observe(client: Client, group: str) -> Iterator[list[groups_pb2.Holding]]:
         endpoint = client.endpoints[0]
         try:
             endpoint = client.leader().leader_api_address or endpoint
-            for resp in _groups(client.channel(endpoint)).Observe(
-                election_pb2.MastersRequest(group=group)
+            seen: list[groups_pb2.Holding] | None = None
+            for resp in _guarded(
+                _groups(client.channel(endpoint)).Observe(election_pb2.MastersRequest(group=group))
             ):
-                yield list(resp.masters)
+                if list(resp.masters) != seen:
+                    seen = list(resp.masters)
+                    yield seen
         except grpc.RpcError as e:
             err = translate(e, endpoint)
             if not err.retryable:
@@ -195,7 +224,7 @@ def watch(
             req = election_pb2.WatchRequest(
                 from_revision=following, groups=req_groups, types=req_types
             )
-            for resp in stub.Watch(req):
+            for resp in _guarded(stub.Watch(req)):
                 for event in resp.events:
                     following = event.revision + 1
                     yield event

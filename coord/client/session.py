@@ -81,6 +81,7 @@ class Session:
         self._held: dict[tuple[str, int], tuple[int, bool]] = {}
         self._held_as_of = 0.0
         self._call: grpc.Call | None = None  # the live keepalive stream
+        self._close_sent = False
         self._stalled_endpoint: str | None = None
         self._state = SessionState.CONNECTED
         self._stop = threading.Event()
@@ -120,11 +121,20 @@ class Session:
         self._callbacks.append(fn)
 
     def close(self) -> None:
-        """Close the session on the cluster (releasing what it holds) and stop."""
-        was_live = self._set_state(SessionState.CLOSED)
+        """Close the session on the cluster (releasing what it holds) and stop.
+
+        If its validity already ended here, LOST is reported first (callbacks learn
+        that it was lost, not merely closed); the cluster is told either way."""
+        with self._lock:
+            first_close = not self._close_sent
+            self._close_sent = True
+            ended = time.monotonic() >= self._valid_until
+        if ended:
+            self._lost("its validity ended before it was closed")
+        self._set_state(SessionState.CLOSED)
         self._stop.set()
-        if was_live:
-            with contextlib.suppress(errors.NotFound):  # already expired
+        if first_close:
+            with contextlib.suppress(errors.NotFound, errors.Unavailable):  # gone already
                 self.client.call(
                     lambda ch, t: election_pb2_grpc.SessionsStub(ch).Close(
                         election_pb2.CloseSessionRequest(session_id=self.id), timeout=t

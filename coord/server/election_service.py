@@ -301,6 +301,7 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
         self, request: election_pb2.MastersRequest, context: ServicerContext
     ) -> AsyncIterator[election_pb2.MastersResponse]:
         seen: tuple[tuple[int, str, int, int], ...] | None = None
+        last_sent = 0.0
         generation = self.notifier.generation
         while True:
             try:
@@ -308,8 +309,9 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
             except errors.CoordError as e:
                 await abort(context, e, self.ctx.leader_hint())
             view = tuple((h.slot, h.member_id, h.token, h.revoked_time_ms) for h in masters)
-            if view != seen:
-                seen = view
+            # Also re-sent after IDLE_WAKE_S of silence: the client notices a hung node.
+            if view != seen or time.monotonic() - last_sent >= IDLE_WAKE_S:
+                seen, last_sent = view, time.monotonic()
                 yield election_pb2.MastersResponse(
                     header=self.ctx.header(serializable=True), group=request.group,
                     masters=masters,
@@ -338,6 +340,7 @@ class WatchService(_Base, election_pb2_grpc.WatchServicer):
         groups, types = set(request.groups), set(request.types)
         raft = self.ctx.raft
         following = request.from_revision or raft.state.revision + 1
+        last_sent = time.monotonic()
         generation = self.notifier.generation
         while True:
 
@@ -360,9 +363,18 @@ class WatchService(_Base, election_pb2_grpc.WatchServicer):
                     # The header's revision promises "filtered up to here": only the last
                     # batch may claim the whole read (a client resumes after it).
                     upto = current if i == len(batches) - 1 else batch[-1].revision
+                    last_sent = time.monotonic()
                     yield election_pb2.WatchResponse(
                         header=self.ctx.header(revision=upto, serializable=True), events=batch
                     )
+            if time.monotonic() - last_sent >= IDLE_WAKE_S:
+                # Progress notification (as etcd's): a stream whose filter matched
+                # nothing lately still hears from this node, and learns how far it
+                # has been filtered; a client notices a hung node by the silence.
+                last_sent = time.monotonic()
+                yield election_pb2.WatchResponse(
+                    header=self.ctx.header(revision=following - 1, serializable=True)
+                )
             generation = await self.notifier.wait_beyond(generation, IDLE_WAKE_S)
 
 

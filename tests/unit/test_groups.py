@@ -86,8 +86,15 @@ class Driver:
     def expire(self, session: gp.Session, dt: int = 1) -> None:
         self.ok(dt, expire_session=gp.ExpireSession(session_id=session.id, epoch=session.epoch))
 
-    def resign(self, member_id: str, group: str = "g", dt: int = 1) -> raft_pb2.CommandResult:
-        return self.apply(dt, resign=gp.Resign(group=group, member_id=member_id))
+    def resign(
+        self, member_id: str, group: str = "g", dt: int = 1, by: str | None = None
+    ) -> raft_pb2.CommandResult:
+        """Resign from the member's own session (at once), or ``by`` another session id
+        ("" = an operator: the holder is only asked to step down)."""
+        if by is None:
+            m = self.sm.groups.groups[group].members.get(member_id)
+            by = m.session_id if m is not None else ""
+        return self.apply(dt, resign=gp.Resign(group=group, member_id=member_id, session_id=by))
 
     def switchover(self, to: str = "", group: str = "g", dt: int = 1) -> raft_pb2.CommandResult:
         return self.apply(dt, switchover=gp.Switchover(group=group, to_member=to))
@@ -280,29 +287,55 @@ def test_switchover_to_the_best_candidate() -> None:
     assert d.holders() == {0: "b"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py _release() pops the handover before _fill() reads it, so a "
-    "switchover's named target is ignored and the best candidate gets the slot",
-)
 def test_switchover_to_a_named_member_that_is_not_the_best() -> None:
     d = master_standby()
     assert not d.switchover("c").error_reason  # c (priority 1) is eligible: accepted
+    mark = d.sm.revision
     d.resign("a")
-    assert d.holders() == {0: "c"}  # actual: b
+    assert d.since(mark)[-1] == ("master_elected", "c", 0, "switchover")
+    assert d.holders() == {0: "c"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py _release() pops the handover, so after a switchover timeout the "
-    "slot goes to the best candidate, not the named target",
-)
 def test_switchover_timeout_grants_the_named_target() -> None:
     d = master_standby(timeout=200)
     d.switchover("c")
     d.advance(200)
     d.advance(1000)
-    assert d.holders() == {0: "c"}  # actual: b
+    assert d.holders() == {0: "c"}
+
+
+def test_a_named_target_no_longer_eligible_falls_back_to_the_best() -> None:
+    d = master_standby()
+    d.switchover("c")
+    d.join("c", d.sm.groups.sessions[d.sm.groups.groups["g"].members["c"].session_id],
+           priority=1, candidate=False)  # fmt: skip
+    d.resign("a")
+    assert d.holders() == {0: "b"}
+    assert d.sm.groups.groups["g"].handovers == {}  # consumed, not left behind
+
+
+def test_resign_by_another_session_only_asks_the_holder_to_step_down() -> None:
+    """An operator (or any other session) cannot know that the holder heard: the slot moves
+    when the holder resigns itself, or after the switchover timeout plus the holder's TTL."""
+    d = master_standby(timeout=300)
+    token = d.holding().token
+    for by in ("", d.b.id):
+        mark = d.sm.revision
+        assert not d.resign("a", by=by).error_reason
+        assert d.holders() == {0: "a"}
+        assert d.holding().token == token
+        # The first asks (once); the second finds the request pending and changes nothing.
+        assert d.since(mark) == ([("stepdown_requested", "a", 0, "resign")] if by == "" else [])
+    ho = d.sm.groups.groups["g"].handovers[0]
+    assert (ho.from_member, ho.to_member, ho.cause) == ("a", "", "resign")
+    t = ho.deadline_ms
+    assert d.advance(at=t - 1) == []
+    assert d.advance(at=t) == [("master_revoked", "a", 0, "resign")]
+    assert d.advance(at=t + 999) == []
+    assert d.advance(at=t + 1000) == [
+        ("master_lost", "a", 0, "resign"),
+        ("master_elected", "b", 0, "resign"),
+    ]
 
 
 def test_switchover_timeout_revokes_then_waits_out_the_holders_ttl() -> None:

@@ -15,12 +15,17 @@ snapshot, plus an Advance at the command's time. The shadow is what the command
 sees: rejections are predicted from it, a rejected command must leave the state
 equal to it, grants made by timers are judged against it.
 
+A replica with a warm timer cache (``Groups.run_due_timers`` skips timers
+until the cached next timer) must behave exactly like one that has just been
+restored from a snapshot (cold cache): every step also applies the command to
+such a cold copy and compares.
+
 After every command the machine checks the invariants listed in
-:meth:`GroupsMachine.step`. Two known bugs (see the xfail tests in
-``test_groups.py``) are tolerated here, narrowly, so that this test keeps
-guarding everything else: ``next_timer_ms()`` may return a spurious time that
-is exactly one of the values those bugs produce, and a switchover's named target
-may lose to the best candidate.
+:meth:`GroupsMachine.step`. Two known bugs of ``next_timer_ms()`` (xfail tests
+in ``test_groups.py``) are tolerated here, narrowly, so that this test keeps
+guarding everything else: it may return a spurious time, but only exactly one of
+the values those bugs produce, and never later than the true next timer
+(``STRICT_TIMERS = True`` checks it strictly).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ SLOTS = st.one_of(st.integers(1, 3), st.integers(1, 3), st.sampled_from([0, 65, 
 FAILBACK = st.sampled_from([gp.FAILBACK_UNSPECIFIED, gp.FAILBACK_OFF, gp.FAILBACK_AUTO])
 RID = st.booleans()
 KNOWN = st.sampled_from([True, True, True, True, False])
+WHO = st.sampled_from(["own", "own", "own", "other", "operator"])
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -226,7 +232,7 @@ def check_structure(gs: Groups, now: int) -> None:
             h = g.holdings.get(slot)
             assert h is not None, f"{name}/{slot}: handover of an empty slot"
             assert ho.from_member == h.member_id
-            assert ho.cause in {"switchover", "failback"}
+            assert ho.cause in {"switchover", "failback", "resign"}
             if not h.revoked_time_ms:
                 assert ho.deadline_ms > now, "a due handover was not revoked"
             if ho.to_member:
@@ -270,9 +276,8 @@ def check_timers_ran(gs: Groups, now: int) -> None:
 
 
 class GroupsMachine(RuleBasedStateMachine):
-    # The known bugs, tolerated here (see the module docstring); True checks them strictly.
+    # The known next_timer_ms() bugs, tolerated (see the module docstring); True: strict.
     STRICT_TIMERS = False
-    STRICT_TARGET = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -301,7 +306,8 @@ class GroupsMachine(RuleBasedStateMachine):
         - grants: token == revision of its master_elected event, strictly increasing per
           (group, slot), the holder's token is the slot's last grant; the grantee ranks
           first among the eligible (priority, then registration);
-        - replicas agree; snapshot/restore is the identity; next_timer_ms (check_timer).
+        - replicas agree, a cold copy (restored just before) too; snapshot/restore is the
+          identity; next_timer_ms (check_timer).
         """
         self.now += dt
         t, term = self.now, self.term
@@ -321,6 +327,9 @@ class GroupsMachine(RuleBasedStateMachine):
         data = command(t, term, request_id, **op)
         res = clone(self.sm.apply(data))
         assert res == self.replica.apply(data), "replicas answered differently"
+        cold = restored(before)
+        assert res == cold.apply(data), "a just-restored replica answered differently"
+        assert cold.snapshot() == self.sm.snapshot(), "a just-restored replica diverged"
         assert res.error_reason == expected, (name, msg, res.error_message)
         assert res.revision == self.sm.revision
         if res.error_reason:
@@ -423,13 +432,13 @@ class GroupsMachine(RuleBasedStateMachine):
             better = [
                 m.id for m in g.members.values() if eligible(post, g, m) and rank(m) < rank(grantee)
             ]
-            if named == e.member:
-                continue
-            assert not better, f"{e.group}/{e.slot} granted to {e.member}, not to {better}"
-            if self.STRICT_TARGET and named and named in g.members:
+            if named and named in g.members:
                 assert not eligible(post, g, g.members[named]), (
                     f"{e.group}/{e.slot}: named target {named} lost to {e.member}"
                 )
+            if named == e.member:
+                continue
+            assert not better, f"{e.group}/{e.slot} granted to {e.member}, not to {better}"
 
     def check_tokens(self) -> None:
         log = {e.revision: e for e in self.sm.events.items()}
@@ -453,66 +462,115 @@ class GroupsMachine(RuleBasedStateMachine):
     def check_effect(
         self, name: str, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
     ) -> None:
-        """What a successful command did (beyond the invariants)."""
-        if res.error_reason:
+        """What a successful command did (beyond the invariants): ``effect_<op>``."""
+        check = getattr(self, f"effect_{name}", None)
+        if not res.error_reason and check is not None:
+            check(msg, res, shadow, t)
+
+    def effect_open_session(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        s = self.sm.groups.sessions[res.session.id]
+        assert s == res.session
+        assert s.epoch == s.created_revision == res.revision
+        assert (s.ttl_ms, s.created_time_ms) == (msg.ttl_ms, t)
+
+    def effect_close_session(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        live = shadow.groups.sessions.get(msg.session_id)
+        if isinstance(msg, gp.ExpireSession) and (live is None or live.epoch != msg.epoch):
+            assert state_of(self.sm) == state_of(shadow)  # stale or unknown: ignored
             return
-        gs = self.sm.groups
-        if name == "open_session":
-            s = gs.sessions[res.session.id]
-            assert s == res.session
-            assert s.epoch == s.created_revision == res.revision
-            assert (s.ttl_ms, s.created_time_ms) == (msg.ttl_ms, t)
-        elif name in {"close_session", "expire_session"}:
-            live = shadow.groups.sessions.get(msg.session_id)
-            if name == "close_session" or (live is not None and live.epoch == msg.epoch):
-                assert msg.session_id not in gs.sessions
-                for g in gs.groups.values():
-                    assert all(m.session_id != msg.session_id for m in g.members.values())
-            else:  # stale or unknown: ignored
-                assert state_of(self.sm) == state_of(shadow)
-        elif name == "create_group":
-            g = gs.groups[msg.name]
-            assert g.created_revision == res.revision
-            assert g.policy.failback in {gp.FAILBACK_OFF, gp.FAILBACK_AUTO}
-            assert g.policy.switchover_timeout_ms == (
-                msg.policy.switchover_timeout_ms or limits.DEFAULT_SWITCHOVER_TIMEOUT_MS
-            )
-        elif name == "delete_group":
-            assert msg.name not in gs.groups
-        elif name == "register":
-            m = gs.groups[msg.member.group].members[msg.member.id]
-            assert (m.session_id, m.priority, m.nofailover) == (
-                msg.member.session_id,
-                msg.member.priority,
-                msg.member.nofailover,
-            )
-            old = shadow.groups.groups[msg.member.group].members.get(msg.member.id)
-            if old is not None:
-                assert m.registered_revision == old.registered_revision
-        elif name == "unregister":
-            assert msg.member_id not in gs.groups[msg.group].members
-        elif name == "campaign":
-            assert gs.groups[msg.group].members[msg.member_id].candidate
-        elif name == "resign":
-            g = gs.groups[msg.group]
+        assert msg.session_id not in self.sm.groups.sessions
+        for g in self.sm.groups.groups.values():
+            assert all(m.session_id != msg.session_id for m in g.members.values())
+
+    effect_expire_session = effect_close_session
+
+    def effect_create_group(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        g = self.sm.groups.groups[msg.name]
+        assert g.created_revision == res.revision
+        assert g.policy.failback in {gp.FAILBACK_OFF, gp.FAILBACK_AUTO}
+        assert g.policy.switchover_timeout_ms == (
+            msg.policy.switchover_timeout_ms or limits.DEFAULT_SWITCHOVER_TIMEOUT_MS
+        )
+
+    def effect_delete_group(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        assert msg.name not in self.sm.groups.groups
+
+    def effect_register(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        want = msg.member
+        m = self.sm.groups.groups[want.group].members[want.id]
+        assert (m.session_id, m.priority, m.nofailover) == (
+            want.session_id,
+            want.priority,
+            want.nofailover,
+        )
+        old = shadow.groups.groups[want.group].members.get(want.id)
+        if old is not None:
+            assert m.registered_revision == old.registered_revision
+
+    def effect_unregister(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        assert msg.member_id not in self.sm.groups.groups[msg.group].members
+
+    def effect_campaign(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        assert self.sm.groups.groups[msg.group].members[msg.member_id].candidate
+
+    def effect_resign(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        g0, g = shadow.groups.groups[msg.group], self.sm.groups.groups[msg.group]
+        if msg.session_id == g0.members[msg.member_id].session_id:  # the holder itself
             assert not holds(g, msg.member_id)
             assert not g.members[msg.member_id].candidate
-        elif name == "switchover":
-            g0 = shadow.groups.groups[msg.group]
-            slot = min(s for s, h in g0.holdings.items() if not h.revoked_time_ms)
-            ho = gs.groups[msg.group].handovers[slot]
-            assert (ho.from_member, ho.to_member, ho.cause) == (
-                g0.holdings[slot].member_id,
-                msg.to_member,
-                "switchover",
-            )
-            assert ho.deadline_ms == t + g0.policy.switchover_timeout_ms
+            return
+        # Anyone else only asks the holder to step down (once).
+        slot = g0.holder_slot(msg.member_id)
+        assert slot is not None
+        assert g.holdings[slot].token == g0.holdings[slot].token
+        if slot in g0.handovers:
+            assert state_of(self.sm) == state_of(shadow)
+            return
+        ho = g.handovers[slot]
+        assert (ho.from_member, ho.to_member, ho.cause) == (msg.member_id, "", "resign")
+        assert ho.deadline_ms == t + g0.policy.switchover_timeout_ms
+        assert self.sm.revision == shadow.revision + 1
+
+    def effect_switchover(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        g0 = shadow.groups.groups[msg.group]
+        slot = min(s for s, h in g0.holdings.items() if not h.revoked_time_ms)
+        ho = self.sm.groups.groups[msg.group].handovers[slot]
+        assert (ho.from_member, ho.to_member, ho.cause) == (
+            g0.holdings[slot].member_id,
+            msg.to_member,
+            "switchover",
+        )
+        assert ho.deadline_ms == t + g0.policy.switchover_timeout_ms
+        assert self.sm.revision == shadow.revision + 1
+
+    def effect_revoke_holding(
+        self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
+    ) -> None:
+        h = self.sm.groups.groups[msg.group].holdings[msg.slot]
+        assert h.revoked_time_ms
+        if not shadow.groups.groups[msg.group].holdings[msg.slot].revoked_time_ms:
+            assert h.revoked_time_ms == t
             assert self.sm.revision == shadow.revision + 1
-        elif name == "revoke_holding":
-            h = gs.groups[msg.group].holdings[msg.slot]
-            assert h.revoked_time_ms
-            if not shadow.groups.groups[msg.group].holdings[msg.slot].revoked_time_ms:
-                assert h.revoked_time_ms == t
+        else:
+            assert state_of(self.sm) == state_of(shadow)  # revoking twice: nothing
 
     # -- invariants that need no step context ---------------------------------------------
 
@@ -703,21 +761,36 @@ class GroupsMachine(RuleBasedStateMachine):
         name, mid = self.member_op(group, member, known)
         self.step(dt, rid, campaign=gp.Campaign(group=name, member_id=mid))
 
-    @rule(dt=DT, group=PICK, member=PICK, known=KNOWN)
-    def resign(self, dt: int, group: int, member: int, known: bool) -> None:
+    def resign_as(self, dt: int, group: str, member: str, who: str, pick: int) -> None:
+        """``who``: "own" (the member's session: resigns at once), "other" (another live
+        session) or "operator" (no session): those only ask the holder to step down."""
+        m = (
+            self.sm.groups.groups[group].members.get(member)
+            if group in self.sm.groups.groups
+            else None
+        )
+        session = ""
+        if who == "own" and m is not None:
+            session = m.session_id
+        elif who == "other":
+            session = self.pick_session(pick, True).id
+        self.step(dt, resign=gp.Resign(group=group, member_id=member, session_id=session))
+
+    @rule(dt=DT, group=PICK, member=PICK, known=KNOWN, who=WHO, pick=PICK)
+    def resign(self, dt: int, group: int, member: int, known: bool, who: str, pick: int) -> None:
         name, mid = self.member_op(group, member, known)
-        self.step(dt, resign=gp.Resign(group=name, member_id=mid))
+        self.resign_as(dt, name, mid, who, pick)
 
     @precondition(lambda self: any(g.holdings for g in self.sm.groups.groups.values()))
-    @rule(dt=st.integers(0, 60), pick=PICK)
-    def resign_a_holder(self, dt: int, pick: int) -> None:
+    @rule(dt=st.integers(0, 60), pick=PICK, who=WHO)
+    def resign_a_holder(self, dt: int, pick: int, who: str) -> None:
         held = [
             (name, h.member_id)
             for name, g in sorted(self.sm.groups.groups.items())
             for _, h in sorted(g.holdings.items())
         ]
         group, member = held[pick % len(held)]
-        self.step(dt, resign=gp.Resign(group=group, member_id=member))
+        self.resign_as(dt, group, member, who, pick)
 
     @rule(
         dt=DT,
@@ -819,9 +892,10 @@ def commands_for(t0: int) -> st.SearchStrategy[list[tuple[int, dict[str, Any]]]]
             st.integers(0, 2),
         ),
         st.builds(
-            lambda g, m: {"resign": gp.Resign(group=g, member_id=m)},
+            lambda g, m, s: {"resign": gp.Resign(group=g, member_id=m, session_id=s)},
             st.sampled_from(GROUP_NAMES[:2]),
             st.sampled_from(MEMBER_IDS[:4]),
+            sessions,
         ),
         st.builds(
             lambda g, m: {"switchover": gp.Switchover(group=g, to_member=m)},
