@@ -406,36 +406,53 @@ class Groups:
                     self.revoke(name, slot, ho.cause, now)
             self._maybe_failback(g, now)
 
-    def _maybe_failback(self, g: GroupState, now: int) -> None:
+    def _failback_plan(self, g: GroupState) -> list[tuple[int, str, int]]:
+        """(slot, candidate, due time) for each failback this group may need.
+
+        The lowest-priority holders are paired with the best candidates, each
+        candidate at most once (a multi-master group must not ask two holders to
+        make way for one member); a pair counts only if the candidate outranks the
+        holder. Slots with a pending handover or revocation are left alone.
+        """
         if g.policy.failback != groups_pb2.FAILBACK_AUTO:
-            return
-        for slot, h in sorted(g.holdings.items()):
-            if h.revoked_time_ms or slot in g.handovers:
-                continue
-            holder = g.members.get(h.member_id)
-            best = self._best(g)
-            if (
-                holder is not None
-                and best is not None
-                and best.priority > holder.priority
-                and best.eligible_since_ms + g.policy.failback_hold_ms <= now
-            ):
-                self._request_stepdown(g, slot, best.id, "failback", now)
+            return []
+        holders = sorted(
+            (g.members[h.member_id].priority, slot, h.member_id)
+            for slot, h in g.holdings.items()
+            if not h.revoked_time_ms and slot not in g.handovers
+        )
+        targeted = {ho.to_member for ho in g.handovers.values()}
+        candidates = sorted(
+            (m for m in g.members.values() if self._eligible(g, m) and m.id not in targeted),
+            key=lambda m: (-m.priority, m.registered_revision),
+        )
+        plan = []
+        for (priority, slot, _), c in zip(holders, candidates, strict=False):
+            if c.priority <= priority:
+                break
+            plan.append((slot, c.id, c.eligible_since_ms + g.policy.failback_hold_ms))
+        return plan
+
+    def _maybe_failback(self, g: GroupState, now: int) -> None:
+        for slot, candidate, due in self._failback_plan(g):
+            if due <= now:
+                self._request_stepdown(g, slot, candidate, "failback", now)
 
     def next_timer_ms(self) -> int | None:
-        """When the leader should propose Advance next (None: no timer pending)."""
+        """When the leader should propose Advance next (None: no timer pending).
+
+        A lower bound on the time of any timer action (advance() before it is a
+        no-op), and exact: an Advance at this time acts.
+        """
         due: list[int] = []
         for g in self.groups.values():
             due += [h.release_after_ms for h in g.holdings.values() if h.revoked_time_ms]
-            due += [ho.deadline_ms for ho in g.handovers.values()]
-            if g.policy.failback == groups_pb2.FAILBACK_AUTO:
-                holders = [g.members[h.member_id] for h in g.holdings.values()]
-                floor = min((m.priority for m in holders), default=None)
-                due += [
-                    m.eligible_since_ms + g.policy.failback_hold_ms
-                    for m in g.members.values()
-                    if floor is not None and m.priority > floor and self._eligible(g, m)
-                ]
+            due += [
+                ho.deadline_ms
+                for slot, ho in g.handovers.items()
+                if slot in g.holdings and not g.holdings[slot].revoked_time_ms
+            ]
+            due += [t for _, _, t in self._failback_plan(g)]
         return min(due) if due else None
 
 

@@ -373,12 +373,6 @@ def test_a_timer_fires_on_any_command_not_only_advance() -> None:
     assert kinds == ["master_revoked", "session_opened"]  # revoked before the command
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py next_timer_ms() keeps returning the deadline of a handover whose "
-    "holding is already revoked (advance() skips it): the leader proposes no-op Advances "
-    "until release_after_ms",
-)
 def test_next_timer_after_a_switchover_revocation_is_the_release_time() -> None:
     d = master_standby(timeout=200)
     d.switchover("b")
@@ -490,12 +484,6 @@ def test_failback_timeout_revokes_the_holder_then_grants_after_its_ttl() -> None
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py next_timer_ms() counts the failback hold of a candidate whose "
-    "holder already has a pending handover (advance() skips such slots): it returns a past "
-    "time until the holder resigns or its deadline passes",
-)
 def test_next_timer_during_a_failback_handover_is_its_deadline() -> None:
     d = Driver()
     d.group(failback=AUTO, hold=1000, timeout=5000)
@@ -506,12 +494,6 @@ def test_next_timer_during_a_failback_handover_is_its_deadline() -> None:
     assert d.sm.groups.next_timer_ms() == ho.deadline_ms  # actual: the past hold expiry
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: next_timer_ms() uses the hold of any eligible member above the lowest "
-    "holder, _maybe_failback() only that of the best one: an Advance at the returned time "
-    "changes nothing",
-)
 def test_next_timer_for_failback_is_a_time_at_which_advance_acts() -> None:
     d = Driver()
     d.group(failback=AUTO, hold=1000)
@@ -523,12 +505,6 @@ def test_next_timer_for_failback_is_a_time_at_which_advance_acts() -> None:
     assert d.advance(at=due) != []  # actual: [] (mid's hold is due, top's is not)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py _maybe_failback() asks every lower-priority holder of a "
-    "multi-master group to step down for the same single candidate: once they resign, "
-    "a slot stays empty",
-)
 def test_multi_master_failback_with_one_candidate_keeps_every_slot_held() -> None:
     d = Driver()
     d.group(slots=2, failback=AUTO, hold=0, timeout=300)
