@@ -111,6 +111,15 @@ def module_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator
             c.close()
 
 
+@pytest.fixture(scope="module")
+def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
+    """A 3-node cluster with a leader, shared by one module's tests (a module may
+    define its own ``cluster`` instead)."""
+    c = module_cluster_factory(3)
+    c.wait_for_leader()
+    return c
+
+
 @pytest.fixture(autouse=True)
 def _shared_cluster_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a failed test, print the logs of the module-scoped clusters still running."""

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import grpc
 
@@ -29,6 +29,8 @@ from coord.client.client import Client
 from coord.client.errors import translate
 from coord.client.session import Session
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
+
+T = TypeVar("T")
 
 
 def _groups(ch: grpc.Channel) -> election_pb2_grpc.GroupsStub:
@@ -178,19 +180,13 @@ def masters(client: Client, group: str) -> list[groups_pb2.Holding]:
     return list(resp.masters)
 
 
-def observe(client: Client, group: str) -> Iterator[list[groups_pb2.Holding]]:
-    """The group's masters now, then after every change (reconnects on node failure)."""
+def _resuming(client: Client, stream: Callable[[grpc.Channel], Iterator[T]]) -> Iterator[T]:
+    """Run ``stream`` against the leader (or any node), again after retryable failures."""
     while True:
         endpoint = client.endpoints[0]
         try:
             endpoint = client.leader().leader_api_address or endpoint
-            seen: list[groups_pb2.Holding] | None = None
-            for resp in _guarded(
-                _groups(client.channel(endpoint)).Observe(election_pb2.MastersRequest(group=group))
-            ):
-                if list(resp.masters) != seen:
-                    seen = list(resp.masters)
-                    yield seen
+            yield from stream(client.channel(endpoint))
         except grpc.RpcError as e:
             err = translate(e, endpoint)
             if not err.retryable:
@@ -198,6 +194,20 @@ def observe(client: Client, group: str) -> Iterator[list[groups_pb2.Holding]]:
         except errors.CoordError as e:
             if not e.retryable:
                 raise
+
+
+def observe(client: Client, group: str) -> Iterator[list[groups_pb2.Holding]]:
+    """The group's masters now, then after every change (reconnects on node failure)."""
+    seen: list[groups_pb2.Holding] | None = None
+
+    def stream(ch: grpc.Channel) -> Iterator[list[groups_pb2.Holding]]:
+        nonlocal seen
+        for resp in _guarded(_groups(ch).Observe(election_pb2.MastersRequest(group=group))):
+            if list(resp.masters) != seen:  # the server also repeats views as a heartbeat
+                seen = list(resp.masters)
+                yield seen
+
+    return _resuming(client, stream)
 
 
 def watch(
@@ -216,27 +226,18 @@ def watch(
     # exactly where the stream stopped.
     following = from_revision or client.status().revision + 1
     req_groups, req_types = list(groups), list(types)
-    while True:
-        endpoint = client.endpoints[0]
-        try:
-            endpoint = client.leader().leader_api_address or endpoint
-            stub = election_pb2_grpc.WatchStub(client.channel(endpoint))
-            req = election_pb2.WatchRequest(
-                from_revision=following, groups=req_groups, types=req_types
-            )
-            for resp in _guarded(stub.Watch(req)):
-                for event in resp.events:
-                    following = event.revision + 1
-                    yield event
-                # The server filtered every event up to the header's revision.
-                following = max(following, resp.header.revision + 1)
-        except grpc.RpcError as e:
-            err = translate(e, endpoint)
-            if not err.retryable:
-                raise err from None
-        except errors.CoordError as e:
-            if not e.retryable:
-                raise
+
+    def stream(ch: grpc.Channel) -> Iterator[groups_pb2.Event]:
+        nonlocal following
+        req = election_pb2.WatchRequest(from_revision=following, groups=req_groups, types=req_types)
+        for resp in _guarded(election_pb2_grpc.WatchStub(ch).Watch(req)):
+            for event in resp.events:
+                following = event.revision + 1
+                yield event
+            # The server filtered every event up to the header's revision.
+            following = max(following, resp.header.revision + 1)
+
+    return _resuming(client, stream)
 
 
 class FencedResource:

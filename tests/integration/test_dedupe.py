@@ -15,13 +15,6 @@ from coord.v1 import kv_pb2, kv_pb2_grpc
 from .support import ClusterFactory, local_kvs, wait_all_caught_up
 
 
-@pytest.fixture(scope="module")
-def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
-    c = module_cluster_factory(3)
-    c.wait_for_leader()
-    return c
-
-
 @pytest.fixture
 def stubs(cluster: LocalCluster) -> Iterator[dict[str, kv_pb2_grpc.KVStub]]:
     """Raw KV stubs: "leader" and "follower" (the leader at fixture time)."""

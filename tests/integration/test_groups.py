@@ -32,17 +32,10 @@ from .members import (
     list_sessions,
     members_fixture,
 )
-from .support import ClusterFactory, coordctl, describe, expect_never
+from .support import coordctl, describe, expect_never
 
 TTL_S = 2.0
 MASTER_EVENTS = ("master_elected", "master_lost")
-
-
-@pytest.fixture(scope="module")
-def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
-    c = module_cluster_factory(3)
-    c.wait_for_leader()
-    return c
 
 
 @pytest.fixture

@@ -37,13 +37,6 @@ from .support import ClusterFactory, coordctl, describe, expect_never
 TTL_S = 2.0
 
 
-@pytest.fixture(scope="module")
-def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
-    c = module_cluster_factory(3)
-    c.wait_for_leader()
-    return c
-
-
 @pytest.fixture
 def members(
     request: pytest.FixtureRequest, cluster: LocalCluster, tmp_path: Path
