@@ -318,25 +318,41 @@ class Groups:
     # -- step-down requests ----------------------------------------------------
 
     def switchover(self, req: groups_pb2.Switchover, now: int) -> groups_pb2.Handover:
+        """Ask a master to step down for ``to_member`` (or the best candidate, chosen now:
+        every pending handover names its successor, so none promises one member twice)."""
         g = self.group(req.group)
         held = sorted(s for s, h in g.holdings.items() if not h.revoked_time_ms)
         if not held:
             raise FailedPrecondition(f"group {g.name!r} has no master to switch over from")
-        if req.to_member:
-            target = self._member(g, req.to_member)
+        promised = {ho.to_member for ho in g.handovers.values()}
+        to_member = req.to_member
+        if to_member:
+            target = self._member(g, to_member)
             if not self._eligible(g, target):
                 raise FailedPrecondition(
-                    f"member {req.to_member!r} cannot take over: it must be a healthy "
+                    f"member {to_member!r} cannot take over: it must be a healthy "
                     "candidate, not nofailover, with a live session and no slot"
                 )
-        elif self._best(g) is None:
-            raise FailedPrecondition(f"group {g.name!r} has no eligible candidate to take over")
-        slot = held[0]
-        if slot in g.handovers:
+            if to_member in promised:
+                raise FailedPrecondition(
+                    f"member {to_member!r} is already the successor of a pending handover in "
+                    f"group {g.name!r}: wait for it to finish"
+                )
+        else:
+            ranked = sorted(
+                (m for m in g.members.values() if self._eligible(g, m) and m.id not in promised),
+                key=lambda m: (-m.priority, m.registered_revision),
+            )
+            if not ranked:
+                raise FailedPrecondition(f"group {g.name!r} has no eligible candidate to take over")
+            to_member = ranked[0].id
+        free = [s for s in held if s not in g.handovers]
+        if not free:
+            slot = held[0]
             raise FailedPrecondition(
                 f"a {g.handovers[slot].cause} of group {g.name!r} is already in progress"
             )
-        return self._request_stepdown(g, slot, req.to_member, "switchover", now)
+        return self._request_stepdown(g, free[0], to_member, "switchover", now)
 
     def _request_stepdown(
         self, g: GroupState, slot: int, to_member: str, cause: str, now: int

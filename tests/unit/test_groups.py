@@ -21,7 +21,7 @@ from coord.errors import OutOfRange
 from coord.state import limits
 from coord.state.machine import StateMachine
 from coord.v1 import groups_pb2 as gp
-from coord.v1 import raft_pb2
+from coord.v1 import kv_pb2, raft_pb2
 
 T0 = 1_700_000_000_000
 OFF, AUTO = gp.FAILBACK_OFF, gp.FAILBACK_AUTO
@@ -34,6 +34,7 @@ class Driver:
         self.sm = StateMachine()
         self.now = T0
         self.term = 1
+        self.s: dict[str, gp.Session] = {}  # sessions by the name of their member
 
     def apply(self, dt: int = 1, *, at: int | None = None, **op: Any) -> raft_pb2.CommandResult:
         self.now = at if at is not None else self.now + dt
@@ -125,9 +126,8 @@ def master_standby(failback: int = OFF, hold: int = 0, timeout: int = 0) -> Driv
     d = Driver()
     d.group(failback=failback, hold=hold, timeout=timeout)
     for name, prio in (("a", 3), ("b", 2), ("c", 1)):
-        s = d.session(1000)
-        setattr(d, name, s)
-        d.join(name, s, priority=prio)
+        d.s[name] = d.session(1000)
+        d.join(name, d.s[name], priority=prio)
     assert d.holders() == {0: "a"}
     return d
 
@@ -153,7 +153,7 @@ def test_master_standby_failover_on_session_expiry() -> None:
     d = master_standby()
     old_token = d.holding().token
     mark = d.sm.revision
-    d.expire(d.a, dt=5000)
+    d.expire(d.s["a"], dt=5000)
     assert d.since(mark) == [
         ("master_lost", "a", 0, "session_expired"),
         ("member_left", "a", 0, "session_expired"),
@@ -163,14 +163,14 @@ def test_master_standby_failover_on_session_expiry() -> None:
     assert d.holders() == {0: "b"}
     assert d.holding().token > old_token
     assert d.holding().token == d.sm.revision - 1  # master_elected, then session_expired
-    assert d.a.id not in d.sm.groups.sessions
+    assert d.s["a"].id not in d.sm.groups.sessions
     assert "a" not in d.sm.groups.groups["g"].members
 
 
 def test_closing_a_session_fails_over_with_cause_session_closed() -> None:
     d = master_standby()
     mark = d.sm.revision
-    d.ok(close_session=gp.CloseSession(session_id=d.a.id))
+    d.ok(close_session=gp.CloseSession(session_id=d.s["a"].id))
     assert ("master_elected", "b", 0, "session_closed") in d.since(mark)
     assert d.since(mark)[-1] == ("session_closed", "", 0, "session_closed")
 
@@ -178,22 +178,22 @@ def test_closing_a_session_fails_over_with_cause_session_closed() -> None:
 def test_a_stale_expiry_epoch_is_ignored() -> None:
     d = master_standby()
     snap, rev = d.sm.snapshot(), d.sm.revision
-    for epoch in (d.a.epoch - 1, d.a.epoch + 1, 0):
-        res = d.ok(expire_session=gp.ExpireSession(session_id=d.a.id, epoch=epoch), dt=0)
+    for epoch in (d.s["a"].epoch - 1, d.s["a"].epoch + 1, 0):
+        res = d.ok(expire_session=gp.ExpireSession(session_id=d.s["a"].id, epoch=epoch), dt=0)
         assert res.revision == rev
     assert d.sm.revision == rev
     assert d.sm.snapshot() == snap
     assert d.holders() == {0: "a"}
     # The right epoch still expires it.
-    d.expire(d.a)
+    d.expire(d.s["a"])
     assert d.holders() == {0: "b"}
 
 
 def test_expiring_an_unknown_or_expired_session_is_a_no_op() -> None:
     d = master_standby()
-    d.expire(d.a)
+    d.expire(d.s["a"])
     rev = d.sm.revision
-    d.expire(d.a)  # already expired
+    d.expire(d.s["a"])  # already expired
     d.ok(expire_session=gp.ExpireSession(session_id="nope", epoch=1))
     assert d.sm.revision == rev
 
@@ -307,8 +307,7 @@ def test_switchover_timeout_grants_the_named_target() -> None:
 def test_a_named_target_no_longer_eligible_falls_back_to_the_best() -> None:
     d = master_standby()
     d.switchover("c")
-    d.join("c", d.sm.groups.sessions[d.sm.groups.groups["g"].members["c"].session_id],
-           priority=1, candidate=False)  # fmt: skip
+    d.join("c", d.s["c"], priority=1, candidate=False)  # re-registered: no longer campaigns
     d.resign("a")
     assert d.holders() == {0: "b"}
     assert d.sm.groups.groups["g"].handovers == {}  # consumed, not left behind
@@ -319,7 +318,7 @@ def test_resign_by_another_session_only_asks_the_holder_to_step_down() -> None:
     when the holder resigns itself, or after the switchover timeout plus the holder's TTL."""
     d = master_standby(timeout=300)
     token = d.holding().token
-    for by in ("", d.b.id):
+    for by in ("", d.s["b"].id):
         mark = d.sm.revision
         assert not d.resign("a", by=by).error_reason
         assert d.holders() == {0: "a"}
@@ -327,7 +326,8 @@ def test_resign_by_another_session_only_asks_the_holder_to_step_down() -> None:
         # The first asks (once); the second finds the request pending and changes nothing.
         assert d.since(mark) == ([("stepdown_requested", "a", 0, "resign")] if by == "" else [])
     ho = d.sm.groups.groups["g"].handovers[0]
-    assert (ho.from_member, ho.to_member, ho.cause) == ("a", "", "resign")
+    assert (ho.from_member, ho.cause) == ("a", "resign")
+    assert ho.to_member in {"", "b"}  # the best, chosen at the fill (or named now)
     t = ho.deadline_ms
     assert d.advance(at=t - 1) == []
     assert d.advance(at=t) == [("master_revoked", "a", 0, "resign")]
@@ -363,14 +363,24 @@ def test_switchover_timeout_revokes_then_waits_out_the_holders_ttl() -> None:
     assert d.sm.groups.next_timer_ms() is None
 
 
-def test_a_timer_fires_on_any_command_not_only_advance() -> None:
+@pytest.mark.parametrize(
+    "op",
+    [
+        {"open_session": gp.OpenSession(ttl_ms=1000)},
+        {"put": kv_pb2.PutRequest(key=b"k", value=b"v")},
+        {"noop": raft_pb2.Noop()},
+    ],
+)
+def test_a_timer_fires_on_any_command_not_only_advance(op: dict[str, Any]) -> None:
     d = master_standby(timeout=200)
     d.switchover()
+    d.ok(**op)  # not due yet: nothing but the command itself
+    assert d.holding().revoked_time_ms == 0
     mark = d.sm.revision
-    res = d.apply(5000, open_session=gp.OpenSession(ttl_ms=1000))
-    assert not res.error_reason
+    d.ok(5000, **op)
     kinds = [e[0] for e in d.since(mark)]
-    assert kinds == ["master_revoked", "session_opened"]  # revoked before the command
+    assert kinds[0] == "master_revoked"  # before the command's own event, if any
+    assert len(kinds) == (1 if "noop" in op else 2)
 
 
 def test_next_timer_after_a_switchover_revocation_is_the_release_time() -> None:
@@ -378,7 +388,7 @@ def test_next_timer_after_a_switchover_revocation_is_the_release_time() -> None:
     d.switchover("b")
     d.advance(200)
     assert d.holding().revoked_time_ms
-    assert d.sm.groups.next_timer_ms() == d.holding().release_after_ms  # actual: the deadline
+    assert d.sm.groups.next_timer_ms() == d.holding().release_after_ms  # not the deadline
 
 
 def test_admin_revoke_waits_out_the_ttl_then_grants() -> None:
@@ -491,7 +501,7 @@ def test_next_timer_during_a_failback_handover_is_its_deadline() -> None:
     d.join("high", d.session(), priority=5)
     d.advance(1000)
     ho = d.sm.groups.groups["g"].handovers[0]
-    assert d.sm.groups.next_timer_ms() == ho.deadline_ms  # actual: the past hold expiry
+    assert d.sm.groups.next_timer_ms() == ho.deadline_ms  # not the (past) hold expiry
 
 
 def test_next_timer_for_failback_is_a_time_at_which_advance_acts() -> None:
@@ -502,7 +512,7 @@ def test_next_timer_for_failback_is_a_time_at_which_advance_acts() -> None:
     d.join("top", d.session(), priority=9, dt=500)
     due = d.sm.groups.next_timer_ms()
     assert due is not None
-    assert d.advance(at=due) != []  # actual: [] (mid's hold is due, top's is not)
+    assert d.advance(at=due) != []  # failback targets top: its hold, not mid's
 
 
 def test_multi_master_failback_with_one_candidate_keeps_every_slot_held() -> None:
@@ -518,13 +528,6 @@ def test_multi_master_failback_with_one_candidate_keeps_every_slot_held() -> Non
     assert "top" in d.holders().values()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py switchover() and _failback_plan() do not see each other's "
-    "successor: an unnamed switchover (to_member '') or a switchover naming a member that a "
-    "failback handover already targets is accepted, and failback ignores unnamed handovers; "
-    "both holders are asked to make way for one candidate and a slot ends empty",
-)
 @pytest.mark.parametrize(
     ("first", "to"),
     [("failback", ""), ("failback", "c"), ("switchover", "")],
@@ -545,9 +548,31 @@ def test_switchover_and_failback_do_not_promise_one_candidate_twice(first: str, 
         d.switchover(to)  # a is asked to make way for the best: c
         d.advance(1000)  # failback should not ask b for c as well
     asked = [e[1] for e in d.since(mark) if e[0] == "stepdown_requested"]
-    for member in asked:  # actual: a and b
+    for member in asked:  # today: a and b
         d.resign(member)
-    assert len(d.holders()) == 2  # actual: {0: "c"}, slot 1 empty
+    assert len(d.holders()) == 2  # today: {0: "c"}, slot 1 empty
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: groups.py resign() by another session (an operator) leaves the handover's "
+    "successor unnamed (to_member ''), so _failback_plan() does not see that the best "
+    "candidate is already promised: it asks a second holder to make way for it too, and a "
+    "slot ends empty (name the successor in resign() as switchover() now does)",
+)
+def test_operator_resign_and_failback_do_not_promise_one_candidate_twice() -> None:
+    d = Driver()
+    d.group(slots=2, failback=AUTO, hold=1000, timeout=5000)
+    d.join("a", d.session(), priority=5)
+    d.join("b", d.session(), priority=1)
+    d.join("c", d.session(), priority=9)
+    mark = d.sm.revision
+    d.resign("a", by="")  # an operator: a is asked to step down; c is the one to follow
+    d.advance(1000)  # c's failback hold is over: b must not be asked to make way for c too
+    asked = [e[1] for e in d.since(mark) if e[0] == "stepdown_requested"]
+    for member in asked:  # today: a and b
+        d.resign(member)
+    assert len(d.holders()) == 2  # today: {0: "c"}, slot 1 empty
 
 
 # -- multi-master -------------------------------------------------------------------------
@@ -734,7 +759,7 @@ def test_every_revision_has_exactly_one_event_with_term_and_time() -> None:
     d.advance(100)
     d.term = 5
     d.advance(2000)
-    d.expire(d.b)
+    d.expire(d.s["b"])
     events = list(d.sm.events.items())
     assert [e.revision for e in events] == list(range(1, d.sm.revision + 1))
     assert [e.term for e in events][-1] == 5

@@ -162,6 +162,27 @@ def expected_next_timer(gs: Groups) -> int | None:
     return min(due, default=None)
 
 
+def switchover_plan(gs: Groups, g: GroupState, to_member: str) -> tuple[int, str] | None:
+    """(slot, successor) of a switchover: the first master with no pending handover steps
+    down for ``to_member``, or for the best candidate no pending handover promised; None
+    if there is no such master or successor (every handover names its successor)."""
+    promised = {ho.to_member for ho in g.handovers.values()}
+    if to_member:
+        m = g.members.get(to_member)
+        ok = m is not None and eligible(gs, g, m) and to_member not in promised
+        successor = to_member if ok else ""
+    else:
+        ranked = sorted(
+            (m for m in g.members.values() if eligible(gs, g, m) and m.id not in promised),
+            key=rank,
+        )
+        successor = ranked[0].id if ranked else ""
+    free = sorted(
+        s for s, h in g.holdings.items() if not h.revoked_time_ms and s not in g.handovers
+    )
+    return (free[0], successor) if free and successor else None
+
+
 def predict_error(gs: Groups, op: str, msg: Any) -> str:
     """The error_reason the command must get in state ``gs`` (timers already run)."""
     if op == "open_session":
@@ -189,18 +210,13 @@ def predict_error(gs: Groups, op: str, msg: Any) -> str:
     if op == "revoke_holding":
         return "" if msg.slot in g.holdings else "failed_precondition"
     if op == "switchover":
-        held = sorted(s for s, h in g.holdings.items() if not h.revoked_time_ms)
-        if not held:
-            return "failed_precondition"
-        if msg.to_member:
-            target = g.members.get(msg.to_member)
-            if target is None:
-                return "not_found"
-            if not eligible(gs, g, target):
-                return "failed_precondition"
-        elif best(gs, g) is None:
-            return "failed_precondition"
-        return "failed_precondition" if held[0] in g.handovers else ""
+        if not any(not h.revoked_time_ms for h in g.holdings.values()):
+            return "failed_precondition"  # no master
+        if msg.to_member and msg.to_member not in g.members:
+            return "not_found"
+        if switchover_plan(gs, g, msg.to_member) is None:
+            return "failed_precondition"  # no (free) successor, or no master without one
+        return ""
     m = g.members.get(msg.member_id)
     if m is None:
         return "not_found"
@@ -534,7 +550,10 @@ class GroupsMachine(RuleBasedStateMachine):
             assert state_of(self.sm) == state_of(shadow)
             return
         ho = g.handovers[slot]
-        assert (ho.from_member, ho.to_member, ho.cause) == (msg.member_id, "", "resign")
+        assert (ho.from_member, ho.cause) == (msg.member_id, "resign")
+        # The successor: the best at the fill (unnamed), or named now (as switchover does).
+        plan = switchover_plan(shadow.groups, g0, "")
+        assert ho.to_member in {"", plan[1] if plan else ""}
         assert ho.deadline_ms == t + g0.policy.switchover_timeout_ms
         assert self.sm.revision == shadow.revision + 1
 
@@ -542,11 +561,13 @@ class GroupsMachine(RuleBasedStateMachine):
         self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
     ) -> None:
         g0 = shadow.groups.groups[msg.group]
-        slot = min(s for s, h in g0.holdings.items() if not h.revoked_time_ms)
+        plan = switchover_plan(shadow.groups, g0, msg.to_member)
+        assert plan is not None
+        slot, successor = plan
         ho = self.sm.groups.groups[msg.group].handovers[slot]
         assert (ho.from_member, ho.to_member, ho.cause) == (
             g0.holdings[slot].member_id,
-            msg.to_member,
+            successor,
             "switchover",
         )
         assert ho.deadline_ms == t + g0.policy.switchover_timeout_ms
@@ -785,6 +806,23 @@ class GroupsMachine(RuleBasedStateMachine):
         elif who == "other":
             session = self.pick_session(pick, True).id
         self.step(dt, resign=gp.Resign(group=group, member_id=member, session_id=session))
+
+    @precondition(
+        lambda self: any(
+            m.nofailover for g in self.sm.groups.groups.values() for m in g.members.values()
+        )
+    )
+    @rule(dt=st.integers(0, 60), pick=PICK)
+    def campaign_nofailover(self, dt: int, pick: int) -> None:
+        """Refused, and must change nothing (the refusal comes after the member lookup)."""
+        members = [
+            (name, m.id)
+            for name, g in sorted(self.sm.groups.groups.items())
+            for m in g.members.values()
+            if m.nofailover
+        ]
+        group, member = members[pick % len(members)]
+        self.step(dt, campaign=gp.Campaign(group=group, member_id=member))
 
     @rule(dt=DT, group=PICK, member=PICK, known=KNOWN, who=WHO, pick=PICK)
     def resign(self, dt: int, group: int, member: int, known: bool, who: str, pick: int) -> None:
