@@ -247,7 +247,7 @@ class Groups:
         handover = g.handovers.get(slot)
         if session_id != m.session_id:
             if handover is None:
-                self._request_stepdown(g, slot, "", "resign", now)
+                self._request_stepdown(g, slot, self._successor(g), "resign", now)
             return
         m.candidate = False
         self._release(g, slot, handover.cause if handover else "resign")
@@ -339,13 +339,9 @@ class Groups:
                     f"group {g.name!r}: wait for it to finish"
                 )
         else:
-            ranked = sorted(
-                (m for m in g.members.values() if self._eligible(g, m) and m.id not in promised),
-                key=lambda m: (-m.priority, m.registered_revision),
-            )
-            if not ranked:
+            to_member = self._successor(g)
+            if not to_member:
                 raise FailedPrecondition(f"group {g.name!r} has no eligible candidate to take over")
-            to_member = ranked[0].id
         free = [s for s in held if s not in g.handovers]
         if not free:
             slot = held[0]
@@ -353,6 +349,15 @@ class Groups:
                 f"a {g.handovers[slot].cause} of group {g.name!r} is already in progress"
             )
         return self._request_stepdown(g, free[0], to_member, "switchover", now)
+
+    def _successor(self, g: GroupState) -> str:
+        """The best eligible candidate that no pending handover has promised a slot to."""
+        promised = {ho.to_member for ho in g.handovers.values()}
+        ranked = sorted(
+            (m for m in g.members.values() if self._eligible(g, m) and m.id not in promised),
+            key=lambda m: (-m.priority, m.registered_revision),
+        )
+        return ranked[0].id if ranked else ""
 
     def _request_stepdown(
         self, g: GroupState, slot: int, to_member: str, cause: str, now: int

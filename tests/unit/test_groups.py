@@ -553,13 +553,6 @@ def test_switchover_and_failback_do_not_promise_one_candidate_twice(first: str, 
     assert len(d.holders()) == 2  # today: {0: "c"}, slot 1 empty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py resign() by another session (an operator) leaves the handover's "
-    "successor unnamed (to_member ''), so _failback_plan() does not see that the best "
-    "candidate is already promised: it asks a second holder to make way for it too, and a "
-    "slot ends empty (name the successor in resign() as switchover() now does)",
-)
 def test_operator_resign_and_failback_do_not_promise_one_candidate_twice() -> None:
     d = Driver()
     d.group(slots=2, failback=AUTO, hold=1000, timeout=5000)
