@@ -326,8 +326,7 @@ def test_resign_by_another_session_only_asks_the_holder_to_step_down() -> None:
         # The first asks (once); the second finds the request pending and changes nothing.
         assert d.since(mark) == ([("stepdown_requested", "a", 0, "resign")] if by == "" else [])
     ho = d.sm.groups.groups["g"].handovers[0]
-    assert (ho.from_member, ho.cause) == ("a", "resign")
-    assert ho.to_member in {"", "b"}  # the best, chosen at the fill (or named now)
+    assert (ho.from_member, ho.to_member, ho.cause) == ("a", "b", "resign")
     t = ho.deadline_ms
     assert d.advance(at=t - 1) == []
     assert d.advance(at=t) == [("master_revoked", "a", 0, "resign")]
@@ -566,6 +565,36 @@ def test_operator_resign_and_failback_do_not_promise_one_candidate_twice() -> No
     for member in asked:  # today: a and b
         d.resign(member)
     assert len(d.holders()) == 2  # today: {0: "c"}, slot 1 empty
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: groups.py keeps a handover whose successor stopped being eligible (it "
+    "re-registered as non-candidate or nofailover; only a member that leaves cancels it): at "
+    "the deadline advance() still revokes the holder, and after its TTL the group has no "
+    "master. Drop the handover when its target becomes ineligible (register/campaign, and "
+    "re-check in advance() before revoking)",
+)
+@pytest.mark.parametrize(
+    ("cause", "candidate", "nofailover"),
+    [("failback", False, False), ("failback", True, True), ("switchover", False, False)],
+)
+def test_a_handover_whose_successor_withdrew_does_not_unseat_the_master(
+    cause: str, candidate: bool, nofailover: bool
+) -> None:
+    d = Driver()
+    d.group(failback=AUTO if cause == "failback" else OFF, hold=0, timeout=300)
+    d.join("low", d.session(), priority=1)
+    s = d.session()
+    d.join("high", s, priority=5)
+    if cause == "switchover":
+        d.switchover("high")
+    else:
+        assert d.advance() == [("stepdown_requested", "low", 0, "failback")]
+    d.join("high", s, priority=5, candidate=candidate, nofailover=nofailover)  # withdraws
+    d.advance(300)  # the deadline: today low is revoked
+    d.advance(1000)  # and its TTL: today the slot is released to nobody
+    assert d.holders() == {0: "low"}  # today: {}
 
 
 # -- multi-master -------------------------------------------------------------------------

@@ -551,9 +551,9 @@ class GroupsMachine(RuleBasedStateMachine):
             return
         ho = g.handovers[slot]
         assert (ho.from_member, ho.cause) == (msg.member_id, "resign")
-        # The successor: the best at the fill (unnamed), or named now (as switchover does).
+        # Named now, like a switchover's: the best candidate no handover promised ("": none).
         plan = switchover_plan(shadow.groups, g0, "")
-        assert ho.to_member in {"", plan[1] if plan else ""}
+        assert ho.to_member == (plan[1] if plan else "")
         assert ho.deadline_ms == t + g0.policy.switchover_timeout_ms
         assert self.sm.revision == shadow.revision + 1
 
