@@ -119,7 +119,7 @@ def _group_rows(g: groups_pb2.Group) -> list[list[Any]]:
     rows = []
     for m in g.members:
         h = holders.get(m.id)
-        role = ("REVOKED" if h.revoked_time_ms else "MASTER") if h else "standby"
+        role = ("REVOKED" if h.revoked else "MASTER") if h else "standby"
         rows.append(
             [
                 g.name,

@@ -106,7 +106,7 @@ class DemoGroup:
             proc = self.procs.get(member_id)
             alive = proc is not None and proc.poll() is None
             h = holders.get(member_id)
-            role = "MASTER" if h and not h.revoked_time_ms else ("revoked" if h else "standby")
+            role = "MASTER" if h and not h.revoked else ("revoked" if h else "standby")
             if member_id not in members:
                 role = "-" if alive else "DOWN"
             rows.append([member_id, proc.pid if alive and proc else "-", priority, role,
@@ -117,7 +117,7 @@ class DemoGroup:
     def wait_for_master(self, timeout: float, not_member: str = "") -> groups_pb2.Holding:
         def master() -> groups_pb2.Holding | None:
             g = self.group()
-            live = [h for h in g.holdings if not h.revoked_time_ms] if g else []
+            live = [h for h in g.holdings if not h.revoked] if g else []
             return next((h for h in live if h.member_id != not_member), None)
 
         return wait_until(master, timeout, f"a master of group {GROUP}")

@@ -102,9 +102,7 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
             session = state.groups.sessions.get(req.session_id)
             steps = []
             held = [
-                election_pb2.Held(
-                    group=g.name, slot=h.slot, token=h.token, revoked=bool(h.revoked_time_ms)
-                )
+                election_pb2.Held(group=g.name, slot=h.slot, token=h.token, revoked=h.revoked)
                 for g in state.groups.groups.values()
                 for h in g.holdings.values()
                 if g.members[h.member_id].session_id == req.session_id
@@ -227,7 +225,10 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
         try:
             result = await self._write(
                 context, request.request_id,
-                unregister=groups_pb2.Unregister(group=request.group, member_id=request.member_id),
+                unregister=groups_pb2.Unregister(
+                    group=request.group, member_id=request.member_id,
+                    session_id=request.session_id,
+                ),
             )  # fmt: skip
         except errors.CoordError as e:
             await abort(context, e, self.ctx.leader_hint())
@@ -260,7 +261,7 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
                 mine, masters = self.ctx.raft.read(read)
             except errors.CoordError as e:
                 await abort(context, e, self.ctx.leader_hint())
-            if mine is not None and not mine.revoked_time_ms:
+            if mine is not None and not mine.revoked:
                 yield election_pb2.CampaignResponse(
                     header=self.ctx.header(), elected=True, holding=mine, masters=masters
                 )
@@ -308,7 +309,7 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
                 masters = self.ctx.raft.read(lambda s: _holdings(s, request.group))
             except errors.CoordError as e:
                 await abort(context, e, self.ctx.leader_hint())
-            view = tuple((h.slot, h.member_id, h.token, h.revoked_time_ms) for h in masters)
+            view = tuple((h.slot, h.member_id, h.token, h.revoked) for h in masters)
             # Also re-sent after IDLE_WAKE_S of silence: the client notices a hung node.
             if view != seen or time.monotonic() - last_sent >= IDLE_WAKE_S:
                 seen, last_sent = view, time.monotonic()

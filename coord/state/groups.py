@@ -16,6 +16,11 @@ clamped time. The rules (DESIGN.md, "Groups, failover, failback"):
   deadline). It resigns, or at the deadline it is revoked, and its slot is
   granted only once the holder's session TTL has also passed (it may not have
   heard: DESIGN.md's safety argument).
+- A pending handover always names an eligible successor (or none, for an
+  operator's resign): if its successor stops being eligible before the holder
+  steps down, the handover goes to the next free candidate or is cancelled, so a
+  master is never unseated for nobody. Operator actions on a holder (resign,
+  unregister by another session) are step-down requests, never instant releases.
 
 :class:`Groups` owns the tables; every change goes through ``emit``, which
 bumps the revision and appends the one event of that revision (or through
@@ -80,7 +85,7 @@ class GroupState:
             policy=g.policy,
             created_revision=g.created_revision,
             members={m.id: m for m in g.members},
-            holdings={h.slot: h for h in g.holdings},
+            holdings={h.slot: _revoked_flag(h) for h in g.holdings},
             handovers={h.slot: h for h in g.handovers},
             vacated_cause=dict(g.vacated_cause),
         )
@@ -197,6 +202,8 @@ class Groups:
         member = groups_pb2.Member()
         member.CopyFrom(req)
         member.healthy = True if old is None else old.healthy
+        member.leaving = old is not None and old.leaving  # on its way out: no campaign
+        member.candidate = member.candidate and not member.leaving
         member.eligible_since_ms = (
             now if old is None or not old.candidate else old.eligible_since_ms
         )
@@ -211,15 +218,31 @@ class Groups:
         self._fill(g, now)
         return member
 
-    def unregister(self, group: str, member_id: str, now: int) -> None:
+    def unregister(self, group: str, member_id: str, session_id: str, now: int) -> None:
+        """The member's own session leaves at once. Anyone else unregistering a master
+        only asks it to step down (like an operator's resign): the member leaves once
+        its slot is released, when it resigns or after the timeout plus its TTL."""
         g = self.group(group)
-        self._member(g, member_id)
+        m = self._member(g, member_id)
+        slot = g.holder_slot(member_id)
+        if slot is not None and session_id != m.session_id:
+            if not m.leaving:
+                m.leaving, m.candidate = True, False
+                self.emit("member_updated", group=group, member=member_id, member_record=m)
+            if not g.holdings[slot].revoked and slot not in g.handovers:
+                self._request_stepdown(g, slot, self._successor(g), "member_left", False, now)
+            return
         self._remove_member(g, member_id, "member_left", now)
         self._fill(g, now)
 
     def campaign(self, group: str, member_id: str, now: int) -> groups_pb2.Member:
         g = self.group(group)
         m = self._member(g, member_id)
+        if m.leaving:
+            raise FailedPrecondition(
+                f"member {member_id!r} was unregistered and leaves once its slot is released: "
+                "register it again after that to campaign"
+            )
         if m.nofailover:
             raise FailedPrecondition(
                 f"member {member_id!r} is nofailover: it never becomes master; register it "
@@ -246,11 +269,11 @@ class Groups:
             )
         handover = g.handovers.get(slot)
         if session_id != m.session_id:
-            if handover is None:
-                self._request_stepdown(g, slot, self._successor(g), "resign", now)
+            if handover is None and not g.holdings[slot].revoked:
+                self._request_stepdown(g, slot, self._successor(g), "resign", False, now)
             return
         m.candidate = False
-        self._release(g, slot, handover.cause if handover else "resign")
+        self._release(g, slot, handover.cause if handover else "resign", now)
         self._fill(g, now)
 
     def _member(self, g: GroupState, member_id: str) -> groups_pb2.Member:
@@ -260,13 +283,15 @@ class Groups:
         return m
 
     def _remove_member(self, g: GroupState, member_id: str, cause: str, now: int) -> None:
+        """Remove a member, releasing its slot; the caller runs _fill next (which also
+        re-targets a pending handover that promised this member a slot)."""
         slot = g.holder_slot(member_id)
-        if slot is not None:
-            self._release(g, slot, cause)
-        for s, h in list(g.handovers.items()):
-            if h.to_member == member_id:
-                del g.handovers[s]
         del g.members[member_id]
+        if slot is not None:
+            self._release(g, slot, cause, now)
+        for s, ho in list(g.handovers.items()):
+            if ho.to_member == member_id and (s not in g.holdings or g.holdings[s].revoked):
+                ho.to_member = ""  # a revoked slot goes to the best candidate at release
         self.emit("member_left", group=g.name, member=member_id, cause=cause)
 
     # -- holdings --------------------------------------------------------------
@@ -290,7 +315,8 @@ class Groups:
         return ranked[0] if ranked else None
 
     def _fill(self, g: GroupState, now: int) -> None:
-        """Grant every empty slot to the best eligible candidate (slot order)."""
+        """Grant every empty slot to the best eligible candidate (slot order), then keep
+        every pending handover's promise valid."""
         for slot in range(g.policy.slots):
             if slot in g.holdings:
                 continue
@@ -307,13 +333,50 @@ class Groups:
                 rev, "master_elected", group=g.name, member=m.id, slot=slot, token=rev,
                 cause=cause, session_id=m.session_id,
             )  # fmt: skip
+        self._retarget(g, now)
 
-    def _release(self, g: GroupState, slot: int, cause: str) -> None:
+    def _retarget(self, g: GroupState, now: int) -> None:
+        """A handover whose successor is no longer eligible (it left, withdrew, or took
+        another slot) goes to the next free candidate, or is cancelled: the master stays.
+        A named successor (switchover to X) and a failback are never re-targeted (a
+        failback is planned again by advance()). An operator's resign or unregister
+        keeps asking the holder to step down, for the best candidate or for nobody."""
+        for slot, ho in sorted(g.handovers.items()):
+            h = g.holdings.get(slot)
+            if h is None or h.revoked or not ho.to_member:
+                continue
+            m = g.members.get(ho.to_member)
+            if m is not None and self._eligible(g, m):
+                continue
+            if ho.named or ho.cause == "failback":
+                successor = ""
+            else:
+                ho.to_member = ""  # not promised while we look for another
+                successor = self._successor(g)
+            if successor or ho.cause in ("resign", "member_left"):
+                ho.to_member = successor
+                self.emit(
+                    "stepdown_requested", group=g.name, member=h.member_id, slot=slot,
+                    token=h.token, cause=ho.cause, handover=ho,
+                )  # fmt: skip
+            else:
+                del g.handovers[slot]
+                self.emit(
+                    "stepdown_cancelled", group=g.name, member=h.member_id, slot=slot,
+                    token=h.token, cause=ho.cause, handover=ho,
+                )  # fmt: skip
+
+    def _release(self, g: GroupState, slot: int, cause: str, now: int) -> None:
+        """Free a slot (the caller runs _fill next). A member that was unregistered by
+        someone else while it held the slot leaves now."""
         h = g.holdings.pop(slot)  # a pending handover stays: the fill honours its target
         g.vacated_cause[slot] = cause
         self.emit(
             "master_lost", group=g.name, member=h.member_id, slot=slot, token=h.token, cause=cause
         )
+        m = g.members.get(h.member_id)
+        if m is not None and m.leaving:
+            self._remove_member(g, m.id, "member_left", now)
 
     # -- step-down requests ----------------------------------------------------
 
@@ -321,7 +384,7 @@ class Groups:
         """Ask a master to step down for ``to_member`` (or the best candidate, chosen now:
         every pending handover names its successor, so none promises one member twice)."""
         g = self.group(req.group)
-        held = sorted(s for s, h in g.holdings.items() if not h.revoked_time_ms)
+        held = sorted(s for s, h in g.holdings.items() if not h.revoked)
         if not held:
             raise FailedPrecondition(f"group {g.name!r} has no master to switch over from")
         promised = {ho.to_member for ho in g.handovers.values()}
@@ -348,7 +411,7 @@ class Groups:
             raise FailedPrecondition(
                 f"a {g.handovers[slot].cause} of group {g.name!r} is already in progress"
             )
-        return self._request_stepdown(g, free[0], to_member, "switchover", now)
+        return self._request_stepdown(g, free[0], to_member, "switchover", bool(req.to_member), now)
 
     def _successor(self, g: GroupState) -> str:
         """The best eligible candidate that no pending handover has promised a slot to."""
@@ -360,17 +423,17 @@ class Groups:
         return ranked[0].id if ranked else ""
 
     def _request_stepdown(
-        self, g: GroupState, slot: int, to_member: str, cause: str, now: int
+        self, g: GroupState, slot: int, to_member: str, cause: str, named: bool, now: int
     ) -> groups_pb2.Handover:
         h = g.holdings[slot]
         handover = groups_pb2.Handover(
             slot=slot, from_member=h.member_id, to_member=to_member, cause=cause,
-            deadline_ms=now + g.policy.switchover_timeout_ms,
+            deadline_ms=now + g.policy.switchover_timeout_ms, named=named,
         )  # fmt: skip
         g.handovers[slot] = handover
         self.emit(
             "stepdown_requested", group=g.name, member=h.member_id, slot=slot, token=h.token,
-            cause=cause,
+            cause=cause, handover=handover,
         )  # fmt: skip
         return handover
 
@@ -381,11 +444,12 @@ class Groups:
         h = g.holdings.get(slot)
         if h is None:
             raise FailedPrecondition(f"slot {slot} of group {group!r} has no holder to revoke")
-        if h.revoked_time_ms:
+        if h.revoked:
             return
         member = g.members[h.member_id]
         session = self.sessions.get(member.session_id)
         ttl = session.ttl_ms if session is not None else 0
+        h.revoked = True
         h.revoked_time_ms = now
         h.release_after_ms = now + ttl
         member.candidate = False
@@ -394,7 +458,7 @@ class Groups:
             g.vacated_cause[slot] = handover.cause
         self.emit(
             "master_revoked", group=group, member=h.member_id, slot=slot, token=h.token,
-            cause=cause,
+            cause=cause, holding=h,
         )  # fmt: skip
 
     # -- time ------------------------------------------------------------------
@@ -417,13 +481,18 @@ class Groups:
         for name in sorted(self.groups):
             g = self.groups[name]
             for slot, h in sorted(g.holdings.items()):
-                if h.revoked_time_ms and h.release_after_ms <= now:
+                if h.revoked and h.release_after_ms <= now and g.holdings.get(slot) is h:
                     cause = g.vacated_cause.get(slot, "admin_revoke")
-                    self._release(g, slot, cause)
+                    self._release(g, slot, cause, now)
                     self._fill(g, now)
             for slot, ho in sorted(g.handovers.items()):
                 h2 = g.holdings.get(slot)
-                if h2 is not None and not h2.revoked_time_ms and ho.deadline_ms <= now:
+                if (
+                    g.handovers.get(slot) is ho
+                    and h2 is not None
+                    and not h2.revoked
+                    and ho.deadline_ms <= now
+                ):
                     self.revoke(name, slot, ho.cause, now)
             self._maybe_failback(g, now)
 
@@ -440,7 +509,7 @@ class Groups:
         holders = sorted(
             (g.members[h.member_id].priority, slot, h.member_id)
             for slot, h in g.holdings.items()
-            if not h.revoked_time_ms and slot not in g.handovers
+            if not h.revoked and slot not in g.handovers
         )
         targeted = {ho.to_member for ho in g.handovers.values()}
         candidates = sorted(
@@ -457,7 +526,7 @@ class Groups:
     def _maybe_failback(self, g: GroupState, now: int) -> None:
         for slot, candidate, due in self._failback_plan(g):
             if due <= now:
-                self._request_stepdown(g, slot, candidate, "failback", now)
+                self._request_stepdown(g, slot, candidate, "failback", False, now)
 
     def next_timer_ms(self) -> int | None:
         """When the leader should propose Advance next (None: no timer pending).
@@ -467,11 +536,11 @@ class Groups:
         """
         due: list[int] = []
         for g in self.groups.values():
-            due += [h.release_after_ms for h in g.holdings.values() if h.revoked_time_ms]
+            due += [h.release_after_ms for h in g.holdings.values() if h.revoked]
             due += [
                 ho.deadline_ms
                 for slot, ho in g.handovers.items()
-                if slot in g.holdings and not g.holdings[slot].revoked_time_ms
+                if slot in g.holdings and not g.holdings[slot].revoked
             ]
             due += [t for _, _, t in self._failback_plan(g)]
         return min(due) if due else None
@@ -511,3 +580,10 @@ def _check_member_fields(m: groups_pb2.Member) -> None:
                     f"{what} entries need a key of 1-{limits.MAX_TAG_CHARS} characters and a "
                     f"value of at most {limits.MAX_TAG_CHARS}"
                 )
+
+
+def _revoked_flag(h: groups_pb2.Holding) -> groups_pb2.Holding:
+    """Snapshots written before ``revoked`` existed mark a revoke by its time alone."""
+    if h.revoked_time_ms and not h.revoked:
+        h.revoked = True
+    return h

@@ -345,7 +345,7 @@ def _register(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
 
 
 def _unregister(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
-    g.unregister(req.group, req.member_id, now)
+    g.unregister(req.group, req.member_id, req.session_id, now)
     return raft_pb2.CommandResult()
 
 

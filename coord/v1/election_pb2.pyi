@@ -500,19 +500,25 @@ class UnregisterRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     member_id: _builtins.str
     request_id: _builtins.str
+    session_id: _builtins.str
+    """The member's own session leaves at once; without it (an operator) a master is
+    first asked to step down, and leaves once its slot is released.
+    """
     def __init__(
         self,
         *,
         group: _builtins.str = ...,
         member_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

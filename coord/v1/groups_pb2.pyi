@@ -183,6 +183,7 @@ class Member(_message.Message):
     HEALTHY_FIELD_NUMBER: _builtins.int
     REGISTERED_REVISION_FIELD_NUMBER: _builtins.int
     ELIGIBLE_SINCE_MS_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     id: _builtins.str
     session_id: _builtins.str
@@ -198,6 +199,10 @@ class Member(_message.Message):
     registered_revision: _builtins.int
     eligible_since_ms: _builtins.int
     """Since when it has been a healthy candidate (failback hold)."""
+    leaving: _builtins.bool
+    """Unregistered by someone other than its own session while holding a slot: it is
+    asked to step down and removed once its slot is released.
+    """
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -218,10 +223,11 @@ class Member(_message.Message):
         healthy: _builtins.bool = ...,
         registered_revision: _builtins.int = ...,
         eligible_since_ms: _builtins.int = ...,
+        leaving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "candidate", b"candidate", "eligible_since_ms", b"eligible_since_ms", "group", b"group", "healthy", b"healthy", "id", b"id", "metadata", b"metadata", "nofailover", b"nofailover", "priority", b"priority", "registered_revision", b"registered_revision", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "candidate", b"candidate", "eligible_since_ms", b"eligible_since_ms", "group", b"group", "healthy", b"healthy", "id", b"id", "leaving", b"leaving", "metadata", b"metadata", "nofailover", b"nofailover", "priority", b"priority", "registered_revision", b"registered_revision", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -240,6 +246,7 @@ class Holding(_message.Message):
     CAUSE_FIELD_NUMBER: _builtins.int
     REVOKED_TIME_MS_FIELD_NUMBER: _builtins.int
     RELEASE_AFTER_MS_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
     slot: _builtins.int
     member_id: _builtins.str
     token: _builtins.int
@@ -248,6 +255,8 @@ class Holding(_message.Message):
     revoked_time_ms: _builtins.int
     """Set when revoked: the slot is granted again at release_after_ms."""
     release_after_ms: _builtins.int
+    revoked: _builtins.bool
+    """Set by a revoke (revoked_time_ms may be 0 at time 0)."""
     def __init__(
         self,
         *,
@@ -258,10 +267,11 @@ class Holding(_message.Message):
         cause: _builtins.str = ...,
         revoked_time_ms: _builtins.int = ...,
         release_after_ms: _builtins.int = ...,
+        revoked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "granted_time_ms", b"granted_time_ms", "member_id", b"member_id", "release_after_ms", b"release_after_ms", "revoked_time_ms", b"revoked_time_ms", "slot", b"slot", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "granted_time_ms", b"granted_time_ms", "member_id", b"member_id", "release_after_ms", b"release_after_ms", "revoked", b"revoked", "revoked_time_ms", b"revoked_time_ms", "slot", b"slot", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,12 +288,17 @@ class Handover(_message.Message):
     TO_MEMBER_FIELD_NUMBER: _builtins.int
     CAUSE_FIELD_NUMBER: _builtins.int
     DEADLINE_MS_FIELD_NUMBER: _builtins.int
+    NAMED_FIELD_NUMBER: _builtins.int
     slot: _builtins.int
     from_member: _builtins.str
     to_member: _builtins.str
     """Empty: the best eligible candidate."""
     cause: _builtins.str
     deadline_ms: _builtins.int
+    named: _builtins.bool
+    """The operator named to_member: if it stops being eligible the handover is
+    cancelled, not given to the next best candidate.
+    """
     def __init__(
         self,
         *,
@@ -292,10 +307,11 @@ class Handover(_message.Message):
         to_member: _builtins.str = ...,
         cause: _builtins.str = ...,
         deadline_ms: _builtins.int = ...,
+        named: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deadline_ms", b"deadline_ms", "from_member", b"from_member", "slot", b"slot", "to_member", b"to_member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deadline_ms", b"deadline_ms", "from_member", b"from_member", "named", b"named", "slot", b"slot", "to_member", b"to_member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,6 +402,8 @@ class Event(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     MEMBER_RECORD_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    HOLDING_FIELD_NUMBER: _builtins.int
+    HANDOVER_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     term: _builtins.int
     time_ms: _builtins.int
@@ -414,6 +432,14 @@ class Event(_message.Message):
     def member_record(self) -> Global___Member: ...
     @_builtins.property
     def policy(self) -> Global___GroupPolicy: ...
+    @_builtins.property
+    def holding(self) -> Global___Holding:
+        """master_revoked: the holding (release_after_ms); stepdown_requested and
+        stepdown_cancelled: the handover.
+        """
+
+    @_builtins.property
+    def handover(self) -> Global___Handover: ...
     def __init__(
         self,
         *,
@@ -432,10 +458,12 @@ class Event(_message.Message):
         session: Global___Session | None = ...,
         member_record: Global___Member | None = ...,
         policy: Global___GroupPolicy | None = ...,
+        holding: Global___Holding | None = ...,
+        handover: Global___Handover | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["member_record", b"member_record", "policy", b"policy", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handover", b"handover", "holding", b"holding", "member_record", b"member_record", "policy", b"policy", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "kvs", b"kvs", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "session", b"session", "session_id", b"session_id", "slot", b"slot", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "handover", b"handover", "holding", b"holding", "kvs", b"kvs", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "session", b"session", "session_id", b"session_id", "slot", b"slot", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -574,17 +602,23 @@ class Unregister(_message.Message):
 
     GROUP_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     member_id: _builtins.str
+    session_id: _builtins.str
+    """The caller's session: a holder unregistered by anyone else (an operator) is
+    asked to step down first, like a resign.
+    """
     def __init__(
         self,
         *,
         group: _builtins.str = ...,
         member_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -410,11 +410,6 @@ def test_admin_revoke_waits_out_the_ttl_then_grants() -> None:
     assert d.sm.snapshot() == snap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (latent): a revoke at time_ms 0 stores revoked_time_ms=0, which groups.py "
-    "reads as 'not revoked' (proto3 zero): the holding is never released",
-)
 def test_a_revoke_at_time_zero_is_not_lost() -> None:
     d = Driver()
     d.now = 0
@@ -547,9 +542,9 @@ def test_switchover_and_failback_do_not_promise_one_candidate_twice(first: str, 
         d.switchover(to)  # a is asked to make way for the best: c
         d.advance(1000)  # failback should not ask b for c as well
     asked = [e[1] for e in d.since(mark) if e[0] == "stepdown_requested"]
-    for member in asked:  # today: a and b
+    for member in asked:
         d.resign(member)
-    assert len(d.holders()) == 2  # today: {0: "c"}, slot 1 empty
+    assert len(d.holders()) == 2
 
 
 def test_operator_resign_and_failback_do_not_promise_one_candidate_twice() -> None:
@@ -562,19 +557,11 @@ def test_operator_resign_and_failback_do_not_promise_one_candidate_twice() -> No
     d.resign("a", by="")  # an operator: a is asked to step down; c is the one to follow
     d.advance(1000)  # c's failback hold is over: b must not be asked to make way for c too
     asked = [e[1] for e in d.since(mark) if e[0] == "stepdown_requested"]
-    for member in asked:  # today: a and b
+    for member in asked:
         d.resign(member)
-    assert len(d.holders()) == 2  # today: {0: "c"}, slot 1 empty
+    assert len(d.holders()) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py keeps a handover whose successor stopped being eligible (it "
-    "re-registered as non-candidate or nofailover, or _fill() gave it another slot; only a "
-    "member that leaves cancels it): at the deadline advance() still revokes the holder, and "
-    "after its TTL the slot goes to nobody. Drop (or re-target) the handover when its "
-    "successor becomes ineligible, and re-check in advance() before revoking",
-)
 @pytest.mark.parametrize(
     "how", ["failback, not a candidate", "failback, nofailover", "switchover, not a candidate"]
 )
@@ -590,17 +577,13 @@ def test_a_handover_whose_successor_withdrew_does_not_unseat_the_master(how: str
         assert d.advance() == [("stepdown_requested", "low", 0, "failback")]
     nofailover = how.endswith("nofailover")
     d.join("high", s, priority=5, candidate=nofailover, nofailover=nofailover)  # withdraws
-    d.advance(300)  # the deadline: today low is revoked
-    d.advance(1000)  # and its TTL: today the slot is released to nobody
-    assert d.holders() == {0: "low"}  # today: {}
+    assert d.sm.groups.groups["g"].handovers == {}  # cancelled
+    d.advance(300)  # the deadline passes: nothing to revoke
+    d.advance(1000)
+    assert d.holders() == {0: "low"}
+    assert not d.holding().revoked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: same root cause: _fill() grants a vacated slot to the member a switchover "
-    "promised to another slot; the switchover still revokes its holder at the deadline and "
-    "that slot ends empty",
-)
 def test_a_switchover_whose_successor_took_another_slot_does_not_unseat_the_master() -> None:
     d = Driver()
     d.group(slots=2, timeout=300)
@@ -609,30 +592,52 @@ def test_a_switchover_whose_successor_took_another_slot_does_not_unseat_the_mast
     d.join("b", sb, priority=2)
     d.join("c", d.session(), priority=3)
     d.switchover()  # a (slot 0) is asked to make way for c
-    d.expire(sb)  # b's slot 1 goes to c at once (today)
+    d.expire(sb)  # b's slot 1 goes to c at once: nobody is left for a's handover
     d.advance(300)
     d.advance(1000)
-    assert len(d.holders()) == 2  # today: {1: "c"}, a revoked for nobody
+    assert len(d.holders()) == 2
+    assert d.sm.groups.groups["g"].handovers == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: groups.py unregister() (and the Unregister command, which carries no "
-    "session) releases a holder's slot and grants it at once, whoever sends it: the holder "
-    "keeps its session and may believe it is master until it hears (the hole resign() closed "
-    "in ed26f03), and a revoked holder's slot is granted before release_after_ms. Treat an "
-    "unregister of a holder by anyone but its own session like an operator resign",
-)
 @pytest.mark.parametrize("revoked", [False, True])
 def test_unregistering_a_holder_does_not_grant_its_slot_at_once(revoked: bool) -> None:
     d = master_standby()
     if revoked:
         d.apply(revoke_holding=gp.RevokeHolding(group="g", slot=0))
-    release_after = d.now + 1000  # a's TTL after the revoke (or after a step-down)
+    revoked_at = d.now
+    mark = d.sm.revision
     d.apply(unregister=gp.Unregister(group="g", member_id="a"))  # an operator, or anyone
-    assert d.holders().get(0) != "b"  # today: b holds slot 0 at once
-    d.advance(at=release_after + limits.DEFAULT_SWITCHOVER_TIMEOUT_MS)
+    t = d.now if not revoked else revoked_at
+    assert d.holders() == {0: "a"}  # a may still believe it is master
+    assert d.sm.groups.groups["g"].members["a"].leaving
+    if not revoked:  # asked to step down, like an operator's resign
+        assert d.since(mark)[-1] == ("stepdown_requested", "a", 0, "member_left")
+        assert d.advance(at=t + limits.DEFAULT_SWITCHOVER_TIMEOUT_MS - 1) == []
+        d.advance(at=t + limits.DEFAULT_SWITCHOVER_TIMEOUT_MS)
+        t += limits.DEFAULT_SWITCHOVER_TIMEOUT_MS
+    assert d.holding().revoked
+    assert d.advance(at=t + 999) == []
+    d.advance(at=t + 1000)  # a's TTL after the revoke
     assert d.holders() == {0: "b"}
+    assert "a" not in d.sm.groups.groups["g"].members  # and a has left
+
+
+def test_a_leaving_holder_that_resigns_leaves_at_once() -> None:
+    d = master_standby()
+    d.apply(unregister=gp.Unregister(group="g", member_id="a"))
+    res = d.apply(campaign=gp.Campaign(group="g", member_id="a"))
+    assert res.error_reason == "failed_precondition"  # on its way out: no campaign
+    d.resign("a")  # it heard the step-down request
+    assert d.holders() == {0: "b"}
+    assert "a" not in d.sm.groups.groups["g"].members
+
+
+def test_a_member_unregistering_itself_leaves_at_once() -> None:
+    d = master_standby()
+    session = d.sm.groups.groups["g"].members["a"].session_id
+    d.ok(unregister=gp.Unregister(group="g", member_id="a", session_id=session))
+    assert d.holders() == {0: "b"}
+    assert "a" not in d.sm.groups.groups["g"].members
 
 
 # -- multi-master -------------------------------------------------------------------------
