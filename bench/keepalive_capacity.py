@@ -55,12 +55,11 @@ async def _coord_stream(
 async def coord_load(endpoint: str, n: int, pid: int, seconds: float) -> tuple[float, int]:
     async with aio.insecure_channel(endpoint) as ch:
         stub = election_pb2_grpc.SessionsStub(ch)
-        sids = []
-        for i in range(n):
-            r = await stub.Open(election_pb2.OpenSessionRequest(ttl_ms=TTL_S * 1000, name=f"k{i}"))
-            sids.append(r.session.id)
         stop, lost = asyncio.Event(), []
-        tasks = [asyncio.create_task(_coord_stream(stub, s, stop, lost)) for s in sids]
+        tasks = []
+        for i in range(n):  # each stream starts at once: opening N takes longer than a TTL
+            r = await stub.Open(election_pb2.OpenSessionRequest(ttl_ms=TTL_S * 1000, name=f"k{i}"))
+            tasks.append(asyncio.create_task(_coord_stream(stub, r.session.id, stop, lost)))
         await asyncio.sleep(TTL_S / 3 + 1)  # every stream has sent once: measure from here
         c0, t0 = cpu_s(pid), time.monotonic()
         await asyncio.sleep(seconds)
@@ -92,7 +91,7 @@ async def etcd_load(endpoint: str, n: int, pid: int, seconds: float) -> tuple[fl
         stub = rpc_pb2_grpc.LeaseStub(ch)
         stop, lost = asyncio.Event(), []
         tasks = []
-        for _ in range(n):  # as for coord: each stream starts at once
+        for _ in range(n):  # as for coord
             lease = (await stub.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=TTL_S))).ID
             tasks.append(asyncio.create_task(_etcd_stream(stub, lease, stop, lost)))
         await asyncio.sleep(TTL_S / 3 + 1)
@@ -104,6 +103,28 @@ async def etcd_load(endpoint: str, n: int, pid: int, seconds: float) -> tuple[fl
         return share, len(lost)
 
 
+SKIPPED = (float("nan"), -1)
+
+
+def run_coord(n: int, seconds: float) -> tuple[float, int]:
+    with CoordBenchCluster(3) as c:
+        li = c.leader_index() or 0
+        pid = c.cluster.nodes[li].proc.pid  # type: ignore[union-attr]
+        share, lost = asyncio.run(coord_load(c.endpoints()[li], n, pid, seconds))
+    log(f"coord {n} sessions: leader {share:.2f} core, lost {lost}")
+    return share, lost
+
+
+def run_etcd(n: int, seconds: float) -> tuple[float, int]:
+    with EtcdCluster(3, DEFAULT) as e:
+        li = e.leader_index() or 0
+        pid = e.group.pid(li)
+        assert pid is not None
+        share, lost = asyncio.run(etcd_load(e.endpoints()[li], n, pid, seconds))
+    log(f"etcd {n} leases: leader {share:.2f} core, lost {lost}")
+    return share, lost
+
+
 def capacity(results: dict[int, tuple[float, int]]) -> int:
     ok = [n for n, (share, lost) in results.items() if share < 0.5 and lost == 0]
     return max(ok, default=0)
@@ -113,22 +134,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--counts", default="250,500,1000,2000")
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--systems", default="coord,etcd", help="which to run (comma-separated)")
     add_json_flag(p)
     args = p.parse_args()
     counts = [int(x) for x in args.counts.split(",")]
     res: dict[str, dict[int, tuple[float, int]]] = {"coord": {}, "etcd": {}}
+    systems = set(args.systems.split(","))
     for n in counts:
-        with CoordBenchCluster(3) as c:
-            li = c.leader_index() or 0
-            pid = c.cluster.nodes[li].proc.pid  # type: ignore[union-attr]
-            res["coord"][n] = asyncio.run(coord_load(c.endpoints()[li], n, pid, args.seconds))
-        log(f"coord {n} sessions: leader {res['coord'][n][0]:.2f} core, lost {res['coord'][n][1]}")
-        with EtcdCluster(3, DEFAULT) as e:
-            li = e.leader_index() or 0
-            pid = e.group.pid(li)
-            assert pid is not None
-            res["etcd"][n] = asyncio.run(etcd_load(e.endpoints()[li], n, pid, args.seconds))
-        log(f"etcd {n} leases: leader {res['etcd'][n][0]:.2f} core, lost {res['etcd'][n][1]}")
+        res["coord"][n] = run_coord(n, args.seconds) if "coord" in systems else SKIPPED
+        res["etcd"][n] = run_etcd(n, args.seconds) if "etcd" in systems else SKIPPED
     rows = [
         Comparison(
             f"leader CPU, {n} sessions at TTL {TTL_S} s",

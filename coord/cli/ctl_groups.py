@@ -208,6 +208,23 @@ def member_ls(ctx: Ctx, group_name: str | None) -> None:
     emit(ctx.output, [_dict(m) for g in groups for m in g.members], _GROUP_HEADERS, rows)
 
 
+@member.command("rm")
+@click.argument("group_name", metavar="GROUP")
+@click.argument("member_id", metavar="MEMBER")
+@pass_ctx
+@handles_errors
+def member_rm(ctx: Ctx, group_name: str, member_id: str) -> None:
+    """Unregister MEMBER from GROUP.
+
+    A standby leaves at once. A master is first asked to step down, like `resign`,
+    and leaves once its slot has moved on.
+    """
+    _call_groups(
+        ctx, "Unregister", election_pb2.UnregisterRequest(group=group_name, member_id=member_id)
+    )
+    emit(ctx.output, {"unregistered": member_id}, ["UNREGISTERED"], [[member_id]])
+
+
 @main.command()
 @click.argument("group_name", metavar="GROUP")
 @click.argument("member_id", metavar="MEMBER")
@@ -254,7 +271,12 @@ def campaign(
 @pass_ctx
 @handles_errors
 def resign(ctx: Ctx, group_name: str, member_id: str) -> None:
-    """Make MEMBER give up its slot in GROUP (the next candidate is elected at once)."""
+    """Ask MEMBER, a master of GROUP, to step down.
+
+    The slot moves when the member resigns (its library does so at once), or after
+    the group's switchover timeout plus the member's session TTL if it does not
+    answer: it may still believe it is master until then.
+    """
     _call_groups(ctx, "Resign", election_pb2.ResignRequest(group=group_name, member_id=member_id))
     emit(ctx.output, {"resigned": member_id}, ["RESIGNED"], [[member_id]])
 

@@ -107,6 +107,13 @@ class Member:
                     raise
             time.sleep(0.02)  # back off before re-sending the campaign elsewhere
 
+    def leave(self) -> None:
+        """Unregister at once (as the member's own session), giving up any slot."""
+        req = election_pb2.UnregisterRequest(
+            group=self.group, member_id=self.id, session_id=self.session.id
+        )
+        self.client.call(lambda ch, t: _groups(ch).Unregister(req, timeout=t))
+
     def resign(self) -> None:
         """Give up the slot at once (as the holder's own session)."""
         req = election_pb2.ResignRequest(

@@ -47,7 +47,7 @@ class NodeContext:
             applied_index=view.applied_index,
         )
 
-    def _timeout(self, context: ServicerContext) -> float:
+    def timeout(self, context: ServicerContext) -> float:
         remaining = context.time_remaining()
         limit = self.cfg.request_timeout_s
         return limit if remaining is None else max(0.0, min(limit, remaining))
@@ -61,7 +61,7 @@ class NodeContext:
         bridge = self._bridge(loop)
         self.raft.propose_cb(cmd, lambda res, err: bridge.complete(fut, res, err))
         # A timer handle, not asyncio.wait_for: wait_for builds tasks per call.
-        timer = loop.call_later(self._timeout(context), _expire, fut)
+        timer = loop.call_later(self.timeout(context), _expire, fut)
         try:
             result = await fut
         finally:
@@ -78,7 +78,7 @@ class NodeContext:
     async def linearize(self, context: ServicerContext) -> None:
         """Wait until this node's state includes every write committed before the call."""
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self.raft.barrier()), self._timeout(context))
+            await asyncio.wait_for(asyncio.wrap_future(self.raft.barrier()), self.timeout(context))
         except TimeoutError:
             raise errors.Unavailable(
                 "linearizable read timed out (no quorum?): retry, or read with serializable=true"

@@ -55,7 +55,15 @@ class _Base:
         return self.ctx.raft.read(fn)
 
 
+_SessionView = tuple[list[election_pb2.StepDown], list[election_pb2.Held]]
+_NO_VIEW: _SessionView = ([], [])
+
+
 class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
+    def __init__(self, ctx: NodeContext, notifier: StateNotifier, keeper: LeaseKeeper) -> None:
+        super().__init__(ctx, notifier, keeper)
+        self._views_cache: tuple[tuple[object, int], dict[str, _SessionView]] | None = None
+
     async def Open(
         self, request: election_pb2.OpenSessionRequest, context: ServicerContext
     ) -> election_pb2.OpenSessionResponse:
@@ -87,42 +95,59 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
                 if alive:
                     # Acknowledge only after a commit proposed after the arrival: a
                     # deposed leader cannot commit, so it cannot acknowledge.
-                    await self.ctx.linearize(context)
+                    await self._ack_barrier(context)
                     alive = self.keeper.leading and self.keeper.touch(req.session_id, arrival)
             except errors.CoordError as e:
                 await abort(context, e, self.ctx.leader_hint())
             yield self._keepalive_answer(req, alive)
 
+    async def _ack_barrier(self, context: ServicerContext) -> None:
+        try:
+            await self.keeper.ack_barrier(self.ctx.timeout(context))
+        except TimeoutError:
+            raise errors.Unavailable(
+                "keepalive not acknowledged in time (no quorum?): retry"
+            ) from None
+
     def _keepalive_answer(
         self, req: election_pb2.KeepAliveRequest, alive: bool
     ) -> election_pb2.KeepAliveResponse:
-        def read(
-            state: StateMachine,
-        ) -> tuple[int, list[election_pb2.StepDown], list[election_pb2.Held]]:
+        def read(state: StateMachine) -> tuple[int, _SessionView]:
             session = state.groups.sessions.get(req.session_id)
-            steps = []
-            held = [
-                election_pb2.Held(group=g.name, slot=h.slot, token=h.token, revoked=h.revoked)
-                for g in state.groups.groups.values()
-                for h in g.holdings.values()
-                if g.members[h.member_id].session_id == req.session_id
-            ]
-            for g in state.groups.groups.values():
-                for slot, ho in g.handovers.items():
-                    holder = g.members.get(ho.from_member)
-                    if holder is not None and holder.session_id == req.session_id:
-                        steps.append(
-                            election_pb2.StepDown(
-                                group=g.name, slot=slot, cause=ho.cause, to_member=ho.to_member
-                            )
-                        )
-            return (session.ttl_ms if session is not None else 0), steps, held
+            return (session.ttl_ms if session is not None else 0), self._views(state).get(
+                req.session_id, _NO_VIEW
+            )
 
-        ttl_ms, steps, held = self.ctx.raft.read(read)
+        ttl_ms, (steps, held) = self.ctx.raft.read(read)
         return election_pb2.KeepAliveResponse(
             header=self.ctx.header(), session_id=req.session_id, seq=req.seq, ttl_ms=ttl_ms,
             expired=not alive, stepdown=steps, held=held,
         )  # fmt: skip
+
+    def _views(self, state: StateMachine) -> dict[str, _SessionView]:
+        """Per session: its step-down requests and holdings, rebuilt once per revision
+        (a keepalive then costs a lookup, however many groups there are)."""
+        key = (state.groups, state.revision)
+        cached = self._views_cache
+        if cached is not None and cached[0][0] is key[0] and cached[0][1] == key[1]:
+            return cached[1]
+        views: dict[str, _SessionView] = {}
+        for g in state.groups.groups.values():
+            for h in g.holdings.values():
+                sid = g.members[h.member_id].session_id
+                views.setdefault(sid, ([], []))[1].append(
+                    election_pb2.Held(group=g.name, slot=h.slot, token=h.token, revoked=h.revoked)
+                )
+            for slot, ho in g.handovers.items():
+                holder = g.members.get(ho.from_member)
+                if holder is not None:
+                    views.setdefault(holder.session_id, ([], []))[0].append(
+                        election_pb2.StepDown(
+                            group=g.name, slot=slot, cause=ho.cause, to_member=ho.to_member
+                        )
+                    )
+        self._views_cache = (key, views)
+        return views
 
     async def Close(
         self, request: election_pb2.CloseSessionRequest, context: ServicerContext

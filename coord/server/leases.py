@@ -14,13 +14,20 @@ Runs on every node's asyncio loop and acts only while the node leads:
   deadline, failback hold) is due, the leader proposes ``Advance``.
 
 Keepalive acknowledgements are the servicer's job (election_service.py): it
-records the arrival here, waits for a commit proposed after it, and answers.
+records the arrival here, waits for a commit proposed after it (``ack_barrier``:
+one shared no-op per ``ACK_WINDOW_S`` at most, so the Raft cost of keepalives does
+not grow with their number), and answers.
+
+Costs are per event, not per session per tick: deadlines sit in a heap (a
+keepalive pushes, the duty loop pops what is due), and the session table is
+re-read only when sessions were opened or closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 
@@ -32,6 +39,7 @@ logger = logging.getLogger(__name__)
 PERIOD_S = 0.02  # how often the duty loop looks at deadlines and timers
 STALL_S = 1.0  # a loop iteration this late means the leader stalled: rearm, don't expire
 RETRY_S = 0.5  # re-propose an expiry or Advance that has not taken effect after this
+ACK_WINDOW_S = 0.01  # keepalive barriers start at most this often (their rate is bounded)
 
 
 class LeaseKeeper:
@@ -39,9 +47,15 @@ class LeaseKeeper:
         self.raft = raft
         # session id -> (monotonic deadline, epoch the deadline belongs to)
         self.deadlines: dict[str, tuple[float, int]] = {}
+        # (deadline, session id), possibly stale: an entry counts only if its session's
+        # deadline has passed when it is popped (a keepalive pushes a later one).
+        self._heap: list[tuple[float, str]] = []
         self._term: int | None = None
         self._proposed: dict[str, float] = {}  # what was proposed, when (monotonic)
+        self._sessions_seen: object = None  # the state's session-table version last rearmed
         self._task: asyncio.Task[None] | None = None
+        self._ack_next: asyncio.Future[None] | None = None  # the batch still gathering
+        self._ack_last = 0.0  # when the last keepalive barrier was started (monotonic)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -63,8 +77,49 @@ class LeaseKeeper:
         if session is None:
             self.deadlines.pop(session_id, None)
             return False
-        self.deadlines[session_id] = (arrival + session.ttl_ms / 1000, session.epoch)
+        deadline = arrival + session.ttl_ms / 1000
+        self.deadlines[session_id] = (deadline, session.epoch)
+        heapq.heappush(self._heap, (deadline, session_id))
         return True
+
+    async def ack_barrier(self, timeout: float) -> None:
+        """Wait for a no-op proposed after this call to commit and apply here.
+
+        Callers within ``ACK_WINDOW_S`` of the last barrier start share the next one,
+        started at the end of the window: keepalives cost at most 1/ACK_WINDOW_S Raft
+        entries a second, however many sessions there are. An idle keepalive waits no
+        window. Raises TimeoutError after ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        if self._ack_next is None:
+            self._ack_next = batch = loop.create_future()
+            delay = self._ack_last + ACK_WINDOW_S - time.monotonic()
+            if delay > 0:
+                loop.call_later(delay, self._start_ack, batch)
+            else:
+                self._start_ack(batch)
+        else:
+            batch = self._ack_next
+        await asyncio.wait_for(asyncio.shield(batch), timeout)
+
+    def _start_ack(self, batch: asyncio.Future[None]) -> None:
+        if self._ack_next is batch:
+            self._ack_next = None
+        self._ack_last = time.monotonic()
+        barrier = asyncio.wrap_future(self.raft.barrier())
+
+        def done(f: asyncio.Future[None]) -> None:
+            if batch.done():
+                return
+            exc = None if f.cancelled() else f.exception()
+            if exc is not None:
+                batch.set_exception(exc)
+            else:
+                batch.set_result(None)
+
+        barrier.add_done_callback(done)
+        # A batch nobody awaits any more must not log "exception never retrieved".
+        batch.add_done_callback(lambda b: b.cancelled() or b.exception())
 
     # -- the duty loop ---------------------------------------------------------
 
@@ -84,7 +139,9 @@ class LeaseKeeper:
         if view.role != ROLE_LEADER:
             self._term = None
             self.deadlines.clear()
+            self._heap.clear()
             self._proposed.clear()
+            self._sessions_seen = None
             return
         if self._term != view.term or stalled:
             if stalled and self._term == view.term:
@@ -97,26 +154,48 @@ class LeaseKeeper:
         self._advance_if_due(now)
 
     def _rearm(self, now: float, everything: bool) -> None:
-        """Deadlines for sessions the state holds (all of them, or only new ones)."""
+        """Deadlines for sessions the state holds (all of them, or only new ones, and
+        only if sessions were opened or closed since the last look)."""
+        version = self.raft.read(lambda s: s.groups.sessions_version)
+        if not everything and version == self._sessions_seen:
+            return
         sessions = self.raft.read(
             lambda s: [(x.id, x.ttl_ms, x.epoch) for x in s.groups.sessions.values()]
         )
+        self._sessions_seen = version
+        if everything:
+            self.deadlines.clear()
+            self._heap.clear()
         live = set()
         for sid, ttl_ms, epoch in sessions:
             live.add(sid)
             known = self.deadlines.get(sid)
-            if everything or known is None or known[1] != epoch:
-                self.deadlines[sid] = (now + ttl_ms / 1000, epoch)
+            if known is None or known[1] != epoch:
+                deadline = now + ttl_ms / 1000
+                self.deadlines[sid] = (deadline, epoch)
+                heapq.heappush(self._heap, (deadline, sid))
         for sid in list(self.deadlines):
             if sid not in live:
                 del self.deadlines[sid]
                 self._proposed.pop(sid, None)
+        if len(self._heap) > 4 * len(self.deadlines) + 1024:  # mostly stale: rebuild
+            self._heap = [(d, sid) for sid, (d, _) in self.deadlines.items()]
+            heapq.heapify(self._heap)
 
     def _expire_due(self, now: float) -> None:
-        for sid, (deadline, epoch) in list(self.deadlines.items()):
-            if deadline > now or now - self._proposed.get(sid, -RETRY_S) < RETRY_S:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, sid = heapq.heappop(heap)
+            known = self.deadlines.get(sid)
+            if known is None or known[0] > now:
+                continue  # closed, or kept alive since: a later entry is in the heap
+            epoch = known[1]
+            last = self._proposed.get(sid)
+            if last is not None and now - last < RETRY_S:
+                heapq.heappush(heap, (last + RETRY_S, sid))  # look again when a retry is due
                 continue
             self._proposed[sid] = now
+            heapq.heappush(heap, (now + RETRY_S, sid))
             logger.info("session %s expired (no keepalive for its TTL)", sid)
             self.raft.propose(
                 raft_pb2.Command(
@@ -126,7 +205,7 @@ class LeaseKeeper:
             )
 
     def _advance_if_due(self, now: float) -> None:
-        due = self.raft.read(lambda s: s.groups.next_timer_ms())
+        due = self.raft.read(lambda s: s.groups.due_ms())
         if due is None or time.time() * 1000 < due:
             return
         if now - self._proposed.get("\0advance", -RETRY_S) < RETRY_S:

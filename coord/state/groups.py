@@ -101,6 +101,9 @@ class Groups:
         # Earliest time a timer may be due (None: recompute). Derived from the state
         # above, never persisted.
         self._due_ms: int | None = None
+        # A new object whenever a session is opened or closed: lets the leader's
+        # deadline table skip re-reading an unchanged session table. Never persisted.
+        self.sessions_version = object()
 
     # -- sessions --------------------------------------------------------------
 
@@ -117,6 +120,7 @@ class Groups:
             created_revision=rev, created_time_ms=now,
         )  # fmt: skip
         self.sessions[session.id] = session
+        self.sessions_version = object()
         self.emit.record(rev, "session_opened", session_id=session.id, session=session)
         return session
 
@@ -124,6 +128,7 @@ class Groups:
         self._session(session_id)
         self._drop_session_members(session_id, cause, now)
         del self.sessions[session_id]
+        self.sessions_version = object()
         kind = "session_expired" if cause == "session_expired" else "session_closed"
         self.emit(kind, session_id=session_id, cause=cause)
 
@@ -471,6 +476,13 @@ class Groups:
         self._due_ms = self.next_timer_ms()
         if self._due_ms is None:
             self._due_ms = _NEVER
+
+    def due_ms(self) -> int | None:
+        """next_timer_ms(), cached until the groups change (the leader asks often)."""
+        if self._due_ms is None:
+            due = self.next_timer_ms()
+            self._due_ms = _NEVER if due is None else due
+        return None if self._due_ms == _NEVER else self._due_ms
 
     def changed(self) -> None:
         """A group command ran: the next timer must be recomputed."""

@@ -22,6 +22,7 @@ from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
 from .members import (
+    MemberProc,
     Members,
     Observer,
     Watcher,
@@ -379,6 +380,63 @@ def test_coordctl_resign_of_a_live_master_is_noticed_by_it(
         m1.wait_for("resigned", TTL_S + 1, since=mark)
         stopped = [x for x in m1.since(mark) if x["event"] in ("not_master", "resigned")]
     assert stopped[0]["t"] <= new["t"], "m1 still acted as master after m2 was elected"
+
+
+def test_coordctl_member_rm_of_a_master_asks_it_to_step_down_first(
+    cluster: LocalCluster, members: Members
+) -> None:
+    g = "memberrm"
+    new_group(cluster, g)
+    m1 = members.start(g, "m1", priority=10, ttl_s=TTL_S)
+    m1.elected()
+    m2 = members.start(g, "m2", priority=5, ttl_s=TTL_S)
+    wait_candidates(cluster, g, {"m2"})
+    w = Watcher(cluster.endpoints, groups=[g])
+    try:
+        check_member_rm_of_a_master(cluster, g, m1, m2, w)
+    finally:
+        w.stop()
+
+
+def check_member_rm_of_a_master(
+    cluster: LocalCluster, g: str, m1: MemberProc, m2: MemberProc, w: Watcher
+) -> None:
+    mark = m1.mark()
+    p = coordctl(cluster.endpoints, "member", "rm", g, "m1")
+    assert p.returncode == 0, describe(p)
+    asked = m1.wait_for("stepdown_requested", 5, since=mark)
+    assert asked["cause"] == "member_left" and asked["to"] == "m2"
+    new = m2.elected(timeout=5)
+    resigned = m1.wait_for("not_master", 5, since=mark)
+    assert resigned["t"] <= new["t"], "m2 was elected while m1 could still act as master"
+    # The record of it: step-down request, m1's slot lost, m2 elected, m1 gone.
+    w.wait_for(lambda e: e.type == "member_left" and e.member == "m1", 10, "m1 to leave")
+    kinds = [(e.type, e.member, e.cause) for e in w.events() if e.type != "member_updated"]
+    assert kinds[:4] == [
+        ("stepdown_requested", "m1", "member_left"),
+        ("master_lost", "m1", "member_left"),
+        ("member_left", "m1", "member_left"),
+        ("master_elected", "m2", "member_left"),
+    ]
+
+
+def test_coordctl_member_rm_of_a_standby_and_of_an_unknown_member(
+    cluster: LocalCluster, members: Members
+) -> None:
+    g = "memberrm2"
+    new_group(cluster, g)
+    m1 = members.start(g, "m1", priority=10, ttl_s=TTL_S)
+    m1.elected()
+    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
+        Member(c, s, g, "standby", priority=1)
+        p = coordctl(cluster.endpoints, "--output", "json", "member", "rm", g, "standby")
+        assert p.returncode == 0, describe(p)
+        assert json.loads(p.stdout) == {"unregistered": "standby"}
+        assert "standby" not in {m.id for m in get_group(c, g).members}
+        assert holder_now(cluster, g) == "m1"  # a standby leaving changes no master
+    p = coordctl(cluster.endpoints, "member", "rm", g, "nobody")
+    assert p.returncode == EXIT_NOT_FOUND, describe(p)
+    assert "nobody" in p.stderr
 
 
 # -- the member program -------------------------------------------------------------------

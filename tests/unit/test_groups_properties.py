@@ -117,6 +117,12 @@ def eligible(gs: Groups, g: GroupState, m: gp.Member) -> bool:
     )
 
 
+def eligible_id(gs: Groups, g: GroupState, member_id: str) -> bool:
+    """``eligible`` by id: a member that is gone is not eligible."""
+    m = g.members.get(member_id)
+    return m is not None and eligible(gs, g, m)
+
+
 def rank(m: gp.Member) -> tuple[int, int]:
     return (-m.priority, m.registered_revision)
 
@@ -124,6 +130,24 @@ def rank(m: gp.Member) -> tuple[int, int]:
 def best(gs: Groups, g: GroupState) -> gp.Member | None:
     ranked = sorted((m for m in g.members.values() if eligible(gs, g, m)), key=rank)
     return ranked[0] if ranked else None
+
+
+def copy_of(ho: gp.Handover, **changes: Any) -> gp.Handover:
+    out = gp.Handover()
+    out.CopyFrom(ho)
+    for k, v in changes.items():
+        setattr(out, k, v)
+    return out
+
+
+def same_request(a: gp.Handover | None, b: gp.Handover | None) -> bool:
+    """The same step-down request (its successor may have been re-targeted)."""
+    return (
+        a is not None
+        and b is not None
+        and (a.slot, a.from_member, a.cause, a.deadline_ms, a.named)
+        == (b.slot, b.from_member, b.cause, b.deadline_ms, b.named)
+    )
 
 
 def failback_plan(gs: Groups, g: GroupState) -> list[tuple[int, str, int]]:
@@ -135,7 +159,7 @@ def failback_plan(gs: Groups, g: GroupState) -> list[tuple[int, str, int]]:
     holders = sorted(
         (g.members[h.member_id].priority, slot)
         for slot, h in g.holdings.items()
-        if not h.revoked_time_ms and slot not in g.handovers
+        if not h.revoked and slot not in g.handovers
     )
     targeted = {ho.to_member for ho in g.handovers.values()}
     ranked = sorted(
@@ -154,7 +178,7 @@ def expected_next_timer(gs: Groups) -> int | None:
     due: list[int] = []
     for g in gs.groups.values():
         for slot, h in g.holdings.items():
-            if h.revoked_time_ms:
+            if h.revoked:
                 due.append(h.release_after_ms)
             elif slot in g.handovers:
                 due.append(g.handovers[slot].deadline_ms)
@@ -162,13 +186,28 @@ def expected_next_timer(gs: Groups) -> int | None:
     return min(due, default=None)
 
 
-def free_successor(gs: Groups, g: GroupState) -> str:
-    """The best eligible candidate that no pending handover promised a slot to ("": none)."""
-    promised = {ho.to_member for ho in g.handovers.values()}
+def free_successor(gs: Groups, g: GroupState, but: int | None = None) -> str:
+    """The best eligible candidate that no pending handover (but the one of slot ``but``)
+    promised a slot to ("": none)."""
+    promised = {ho.to_member for s, ho in g.handovers.items() if s != but}
     ranked = sorted(
         (m for m in g.members.values() if eligible(gs, g, m) and m.id not in promised), key=rank
     )
     return ranked[0].id if ranked else ""
+
+
+def retargeted(gs: Groups, g: GroupState, slot: int, ho: gp.Handover) -> str | None:
+    """Where a handover goes when its successor stopped being eligible (``gs``/``g``: the
+    state once the successor stopped): a named switchover and a failback are cancelled
+    (None); any other goes to the best eligible candidate no other handover promised; with
+    none, a resign or member_left keeps asking the holder for nobody (""), a switchover is
+    cancelled."""
+    if ho.named or ho.cause == "failback":
+        return None
+    successor = free_successor(gs, g, but=slot)
+    if successor or ho.cause in {"resign", "member_left"}:
+        return successor
+    return None
 
 
 def switchover_plan(gs: Groups, g: GroupState, to_member: str) -> tuple[int, str] | None:
@@ -182,9 +221,7 @@ def switchover_plan(gs: Groups, g: GroupState, to_member: str) -> tuple[int, str
         successor = to_member if ok else ""
     else:
         successor = free_successor(gs, g)
-    free = sorted(
-        s for s, h in g.holdings.items() if not h.revoked_time_ms and s not in g.handovers
-    )
+    free = sorted(s for s, h in g.holdings.items() if not h.revoked and s not in g.handovers)
     return (free[0], successor) if free and successor else None
 
 
@@ -215,7 +252,7 @@ def predict_error(gs: Groups, op: str, msg: Any) -> str:
     if op == "revoke_holding":
         return "" if msg.slot in g.holdings else "failed_precondition"
     if op == "switchover":
-        if not any(not h.revoked_time_ms for h in g.holdings.values()):
+        if not any(not h.revoked for h in g.holdings.values()):
             return "failed_precondition"  # no master
         if msg.to_member and msg.to_member not in g.members:
             return "not_found"
@@ -225,15 +262,17 @@ def predict_error(gs: Groups, op: str, msg: Any) -> str:
     m = g.members.get(msg.member_id)
     if m is None:
         return "not_found"
-    if op == "campaign":
-        return "failed_precondition" if m.nofailover else ""
+    if op == "campaign":  # a leaving member, or a nofailover one, never campaigns
+        return "failed_precondition" if m.leaving or m.nofailover else ""
     if op == "resign":
         return "" if holds(g, m.id) else "failed_precondition"
     return ""  # unregister
 
 
 def check_structure(gs: Groups, now: int) -> None:
-    """Holdings, handovers and members agree with each other and with the sessions."""
+    """Holdings, handovers and members agree with each other and with the sessions; every
+    handover of a holding that is not revoked names an eligible successor, or nobody (a
+    resign or member_left only); no successor is promised twice."""
     for name, g in gs.groups.items():
         assert g.name == name
         holders = [h.member_id for h in g.holdings.values()]
@@ -246,29 +285,46 @@ def check_structure(gs: Groups, now: int) -> None:
             session = gs.sessions.get(m.session_id)
             assert session is not None, f"{name}/{slot}: holder's session is gone"
             assert h.granted_time_ms <= now
-            if h.revoked_time_ms:
+            if h.revoked:  # revoked_time_ms may be 0 (a revoke at time 0)
+                assert h.revoked_time_ms <= now
                 assert h.release_after_ms == h.revoked_time_ms + session.ttl_ms
                 assert h.release_after_ms > now, "a due revoked holding was not released"
+            else:
+                assert (h.revoked_time_ms, h.release_after_ms) == (0, 0)
         for slot, ho in g.handovers.items():
-            h = g.holdings.get(slot)
-            assert h is not None, f"{name}/{slot}: handover of an empty slot"
-            assert ho.from_member == h.member_id
-            assert ho.cause in {"switchover", "failback", "resign"}
-            if not h.revoked_time_ms:
-                assert ho.deadline_ms > now, "a due handover was not revoked"
+            held = g.holdings.get(slot)
+            assert held is not None, f"{name}/{slot}: handover of an empty slot"
+            assert ho.slot == slot
+            assert ho.from_member == held.member_id
+            assert ho.cause in {"switchover", "failback", "resign", "member_left"}
+            assert not ho.named or ho.cause == "switchover", "only a switchover names"
             if ho.to_member:
-                assert ho.to_member in g.members
+                assert ho.to_member in g.members, f"{name}/{slot}: successor is gone"
+            if held.revoked:
+                continue  # its successor is settled at the release, whatever it became
+            assert ho.deadline_ms > now, "a due handover was not revoked"
+            if ho.to_member:
+                assert eligible_id(gs, g, ho.to_member), (
+                    f"{name}/{slot}: handover to {ho.to_member}, who is not eligible"
+                )
+            else:
+                assert ho.cause in {"resign", "member_left"}, (
+                    f"{name}/{slot}: a {ho.cause} for nobody"
+                )
         promised = [ho.to_member for ho in g.handovers.values() if ho.to_member]
         assert len(promised) == len(set(promised)), f"{name}: one successor promised twice"
         for slot in g.vacated_cause:
             assert 0 <= slot < g.policy.slots
-            assert slot not in g.holdings or g.holdings[slot].revoked_time_ms
+            assert slot not in g.holdings or g.holdings[slot].revoked
         regs = [m.registered_revision for m in g.members.values()]
         assert regs == sorted(set(regs)), "registration order is not revision order"
         for mid, m in g.members.items():
             assert (m.id, m.group) == (mid, name)
             assert m.session_id in gs.sessions, f"{name}/{mid}: bound to a dead session"
             assert m.healthy
+            if m.leaving:  # it leaves as soon as its slot is released
+                assert holds(g, mid), f"{name}/{mid}: leaving, but holds no slot"
+                assert not m.candidate, f"{name}/{mid}: leaving, but a candidate"
 
 
 def check_filled(gs: Groups) -> None:
@@ -360,6 +416,8 @@ class GroupsMachine(RuleBasedStateMachine):
             check_filled(gs)
         check_timers_ran(shadow.groups, t)
         self.check_timer_phase(pre.groups, shadow.groups, rev0, rev_mid, t)
+        self.check_handovers(shadow.groups, self.sm.groups, name, msg)
+        self.check_event_records(self.new_events(rev_mid, self.sm.revision), self.sm.groups, t)
         self.check_released_by_holder(shadow.groups, name, msg)
         self.check_grants(pre.groups, shadow.groups, rev0, rev_mid)
         self.check_grants(shadow.groups, self.sm.groups, rev_mid, self.sm.revision)
@@ -398,46 +456,199 @@ class GroupsMachine(RuleBasedStateMachine):
                 raise AssertionError("since() below the oldest kept event did not raise")
 
     def check_timer_phase(self, pre: Groups, mid: Groups, rev0: int, rev_mid: int, t: int) -> None:
-        """What the Advance at the start of the command did, against what was due."""
+        """What the Advance at the start of the command did, against what was due, in order:
+        the revoked holdings due are released (a leaving holder leaves with its slot) and
+        their slots refilled, which re-targets or cancels a handover whose successor took a
+        slot; then a handover still pending at its deadline revokes its holding; then a due
+        failback is requested. Nothing else changes."""
         for name, g in pre.groups.items():
             g2 = mid.groups[name]  # timers never delete groups
-            for slot, h in g.holdings.items():
-                h2 = g2.holdings.get(slot)
-                same = h2 is not None and h2.token == h.token
-                if h.revoked_time_ms:
-                    assert same == (t < h.release_after_ms), "release not at release_after_ms"
-                elif slot in g.handovers:
-                    assert same
-                    assert bool(h2.revoked_time_ms) == (t >= g.handovers[slot].deadline_ms)
-                else:
-                    assert same and not h2.revoked_time_ms
-        for e in self.new_events(rev0, rev_mid):
+            due = [s for s, h in g.holdings.items() if h.revoked and h.release_after_ms <= t]
+            self.check_timer_holdings(g, g2, mid, due, t)
+            self.check_timer_requests(g, g2, mid, t)
+        self.check_timer_events(pre, mid, rev0, rev_mid, t)
+
+    def check_timer_holdings(
+        self, g: GroupState, g2: GroupState, mid: Groups, due: list[int], t: int
+    ) -> None:
+        """Each holding and handover of a group before the timers (``g``) against after
+        (``g2``); ``due``: the revoked slots due for release."""
+        name = g.name
+        for slot, h in g.holdings.items():
+            h2 = g2.holdings.get(slot)
+            same = h2 is not None and h2.token == h.token
+            ho, ho2 = g.handovers.get(slot), g2.handovers.get(slot)
+            if h.revoked:
+                assert same == (slot not in due), "release not at release_after_ms"
+                if not same:
+                    if g.members[h.member_id].leaving:
+                        assert h.member_id not in g2.members, "a leaving holder stayed"
+                    continue
+                assert h2 == h
+                if ho is None:
+                    assert ho2 is None
+                else:  # settled at the release: only its successor's removal clears it
+                    gone = ho.to_member and ho.to_member not in g2.members
+                    assert ho2 == (copy_of(ho, to_member="") if gone else ho)
+                continue
+            assert h2 is not None and same, f"{name}/{slot}: a timer took a held slot"
+            if ho is None:
+                assert h2 == h
+                continue  # a failback may have been requested (below)
+            kept = same_request(ho, ho2)
+            if kept and ho.deadline_ms <= t:  # revoked at its deadline
+                assert h2.revoked, f"{name}/{slot}: handover due at {ho.deadline_ms} not done"
+                assert h2.revoked_time_ms == t
+                assert (h2.member_id, h2.token, h2.granted_time_ms, h2.cause) == (
+                    h.member_id,
+                    h.token,
+                    h.granted_time_ms,
+                    h.cause,
+                )
+                assert g2.vacated_cause.get(slot) == ho.cause
+            else:
+                assert h2 == h, f"{name}/{slot}: revoked before its deadline or without it"
+            if kept and ho2 is not None and ho2.to_member == ho.to_member:
+                assert not ho.to_member or eligible_id(mid, g2, ho.to_member)
+                continue
+            # Re-targeted or cancelled: only because a refill gave its successor a slot.
+            assert due, f"{name}/{slot}: a handover changed with no release"
+            assert ho.to_member and holds(g2, ho.to_member), f"{name}/{slot}: {ho} changed"
+            if len(due) == 1:  # one refill, in the state the timers end with
+                want = retargeted(mid, g2, slot, ho)
+                assert kept == (want is not None), f"{name}/{slot}: {ho} -> {ho2}"
+                assert want is None or (ho2 is not None and ho2.to_member == want)
+            elif kept:
+                assert not ho.named and ho.cause != "failback"
+            else:
+                assert ho.named or ho.cause in {"failback", "switchover"}
+
+    def check_timer_requests(self, g: GroupState, g2: GroupState, mid: Groups, t: int) -> None:
+        """A handover that was not there before the timers: a failback due now."""
+        for slot, ho2 in g2.handovers.items():
+            h, h2 = g.holdings.get(slot), g2.holdings[slot]
+            if h is not None and h.token == h2.token and same_request(g.handovers.get(slot), ho2):
+                continue
+            # A new request: a failback due now.
+            assert (ho2.cause, ho2.named) == ("failback", False)
+            assert g2.policy.failback == gp.FAILBACK_AUTO
+            assert ho2.deadline_ms == t + g2.policy.switchover_timeout_ms
+            assert not h2.revoked
+            target, holder = g2.members[ho2.to_member], g2.members[ho2.from_member]
+            assert target.priority > holder.priority
+            assert target.eligible_since_ms + g2.policy.failback_hold_ms <= t, "too soon"
+            assert eligible(mid, g2, target)
+
+    def check_timer_events(self, pre: Groups, mid: Groups, rev0: int, rev_mid: int, t: int) -> None:
+        """The events of the timers, each against the state before and after them."""
+        events = self.new_events(rev0, rev_mid)
+        for e in events:
             assert e.type in {
-                "master_revoked",
                 "master_lost",
+                "member_left",
                 "master_elected",
                 "stepdown_requested",
-            }
-            if e.type != "stepdown_requested":
+                "stepdown_cancelled",
+                "master_revoked",
+            }, e.type  # (a revoke's candidate=False on the holder has no member_updated)
+            g, g2 = pre.groups[e.group], mid.groups[e.group]
+            h = g.holdings.get(e.slot)
+            due = [s for s, x in g.holdings.items() if x.revoked and x.release_after_ms <= t]
+            if e.type == "master_lost":
+                assert h is not None and h.revoked and h.release_after_ms <= t
+                assert (e.member, e.token) == (h.member_id, h.token)
+                assert e.cause == g.vacated_cause.get(e.slot, "admin_revoke")
+            elif e.type == "member_left":
+                m = g.members[e.member]
+                assert m.leaving and e.cause == "member_left"
+                slot = g.holder_slot(e.member)
+                assert slot is not None and slot in due
+                assert e.member not in g2.members
+            elif e.type == "master_revoked":
+                ho = g.handovers[e.slot]
+                assert h is not None and not h.revoked and e.token == h.token
+                assert e.cause == ho.cause and ho.deadline_ms <= t
+            elif e.type == "stepdown_cancelled":
+                was = g.handovers.get(e.slot)
+                assert was is not None and same_request(was, e.handover)
+                assert h is not None and e.token == h.token
+                assert was.named or was.cause in {"failback", "switchover"}
+            elif e.type == "stepdown_requested":
+                was = g.handovers.get(e.slot)
+                if e.cause == "failback":  # new (a failback is never re-targeted)
+                    assert not same_request(was, e.handover)
+                    assert e.handover == g2.handovers[e.slot]
+                else:  # re-targeted: the same request, for another successor
+                    assert was is not None and same_request(was, e.handover)
+                    assert h is not None and e.token == h.token and not was.named
+        self.check_event_records(events, mid, t)
+
+    def check_event_records(self, events: list[gp.Event], gs: Groups, t: int) -> None:
+        """master_revoked carries the holding, stepdown_requested/_cancelled the handover:
+        as they were then, and as the state has them if nothing changed them since."""
+        last: dict[tuple[str, int], gp.Event] = {}
+        for e in events:
+            g = gs.groups.get(e.group)
+            h = g.holdings.get(e.slot) if g is not None else None
+            if e.type == "master_revoked":
+                hh = e.holding
+                assert (hh.slot, hh.member_id, hh.token) == (e.slot, e.member, e.token)
+                assert hh.revoked and hh.revoked_time_ms == t
+                if h is not None and h.token == e.token:
+                    assert h == hh
+            if e.type in {"stepdown_requested", "stepdown_cancelled"}:
+                ho = e.handover
+                assert (ho.slot, ho.from_member, ho.cause) == (e.slot, e.member, e.cause)
+                if e.type == "stepdown_requested":
+                    assert ho.to_member or ho.cause in {"resign", "member_left"}
+                last[(e.group, e.slot)] = e
+        for (name, slot), e in last.items():
+            g = gs.groups.get(name)
+            h = g.holdings.get(slot) if g is not None else None
+            if g is None or h is None or h.token != e.token:
+                continue  # released since
+            if e.type == "stepdown_requested":
+                assert g.handovers.get(slot) == e.handover
+            else:
+                assert slot not in g.handovers
+
+    def check_handovers(self, mid: Groups, post: Groups, op: str, msg: Any) -> None:
+        """The handovers a command found, after it: consumed with their slot; left alone if
+        their holding is revoked (but for a successor that left); else kept while their
+        successor is eligible (or none: resign, member_left), re-targeted or cancelled
+        (``retargeted``) otherwise. A new handover only by the command's own step-down
+        request (see its effect_)."""
+        for name, g in mid.groups.items():
+            g2 = post.groups.get(name)
+            if g2 is None:
                 continue
-            g = mid.groups[e.group]
-            assert e.cause == "failback"
-            assert g.policy.failback == gp.FAILBACK_AUTO
-            ho = g.handovers[e.slot]
-            target, holder = g.members[ho.to_member], g.members[ho.from_member]
-            assert target.priority > holder.priority
-            assert target.eligible_since_ms + g.policy.failback_hold_ms <= t, "failback too soon"
-            assert eligible(mid, g, target)
-            assert ho.deadline_ms == t + g.policy.switchover_timeout_ms
+            for slot, ho in sorted(g.handovers.items()):
+                h, h2, ho2 = g.holdings[slot], g2.holdings.get(slot), g2.handovers.get(slot)
+                if h2 is None or h2.token != h.token:
+                    assert ho2 is None, f"{name}/{slot}: a handover outlived its holding"
+                elif h2.revoked:
+                    gone = ho.to_member and ho.to_member not in g2.members
+                    assert ho2 == (copy_of(ho, to_member="") if gone else ho)
+                elif not ho.to_member or eligible_id(post, g2, ho.to_member):
+                    assert ho2 == ho, f"{name}/{slot}: {ho} changed to {ho2}"
+                else:
+                    want = retargeted(post, g2, slot, ho)
+                    expect = None if want is None else copy_of(ho, to_member=want)
+                    assert ho2 == expect, f"{name}/{slot}: {ho} became {ho2}, not {expect}"
+            for slot in g2.handovers:
+                h0, h2 = g.holdings.get(slot), g2.holdings[slot]
+                if slot in g.handovers and h0 is not None and h0.token == h2.token:
+                    continue
+                assert op in {"switchover", "resign", "unregister"} and msg.group == name, (
+                    f"{name}/{slot}: {op} made a handover"
+                )
 
     def check_released_by_holder(self, mid: Groups, op: str, msg: Any) -> None:
         """A command takes a slot from its holder (revoked or not) only if the holder itself
-        let go (its own resign, its session closed or expired) or the group went: anyone
-        else can only ask it to step down, so a slot is never granted while its previous
-        holder may still believe it holds it, and a revoked one not before release_after_ms.
-        (Unregister is exempt here: test_groups.py pins that bug with a strict xfail.)"""
-        if op == "unregister":
-            return
+        let go (its own resign or unregister, its session closed or expired) or the group
+        went: anyone else can only ask it to step down, so a slot is never granted while its
+        previous holder may still believe it holds it, and a revoked one not before
+        release_after_ms."""
         for name, g in mid.groups.items():
             after = self.sm.groups.groups.get(name)
             for slot, h in g.holdings.items():
@@ -447,7 +658,7 @@ class GroupsMachine(RuleBasedStateMachine):
                 session = g.members[h.member_id].session_id
                 assert (
                     (op == "delete_group" and msg.name == name)
-                    or (op == "resign" and msg.session_id == session)
+                    or (op in {"resign", "unregister"} and msg.session_id == session)
                     or (op in {"close_session", "expire_session"} and msg.session_id == session)
                 ), f"{name}/{slot}: {op} took the slot from {h.member_id}"
 
@@ -553,11 +764,53 @@ class GroupsMachine(RuleBasedStateMachine):
         old = shadow.groups.groups[want.group].members.get(want.id)
         if old is not None:
             assert m.registered_revision == old.registered_revision
+        # A leaving member stays leaving, and no candidate, whatever it asks for.
+        leaving = old is not None and old.leaving
+        assert (m.leaving, m.candidate) == (leaving, want.candidate and not leaving)
 
     def effect_unregister(
         self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
     ) -> None:
-        assert msg.member_id not in self.sm.groups.groups[msg.group].members
+        """A member without a slot, or unregistered by its own session, leaves at once (its
+        slot is refilled now). Anyone else unregistering a holder marks it leaving (and no
+        candidate; member_updated the first time) and asks it to step down for the best
+        free candidate (cause member_left), unless its holding is revoked or a handover is
+        pending: it leaves with its slot."""
+        g0, g = shadow.groups.groups[msg.group], self.sm.groups.groups[msg.group]
+        m0 = g0.members[msg.member_id]
+        slot = g0.holder_slot(msg.member_id)
+        new = self.new_events(shadow.revision, self.sm.revision)
+        if slot is None or msg.session_id == m0.session_id:
+            assert msg.member_id not in g.members
+            if slot is not None:  # released and refilled in this apply
+                h = g.holdings.get(slot)
+                assert h is None or h.token > g0.holdings[slot].token
+            if new:
+                left = [(e.type, e.cause) for e in new if e.member == msg.member_id]
+                assert left[-1] == ("member_left", "member_left"), left
+            return
+        expect = restored(shadow.snapshot()).groups
+        ge = expect.groups[msg.group]
+        me = ge.members[msg.member_id]
+        me.leaving, me.candidate = True, False
+        kinds = [] if m0.leaving else ["member_updated"]
+        if not g0.holdings[slot].revoked and slot not in g0.handovers:
+            ge.handovers[slot] = gp.Handover(
+                slot=slot,
+                from_member=msg.member_id,
+                to_member=free_successor(shadow.groups, g0),
+                cause="member_left",
+                deadline_ms=t + g0.policy.switchover_timeout_ms,
+                named=False,
+            )
+            kinds.append("stepdown_requested")
+        for name in shadow.groups.groups:
+            assert self.sm.groups.groups[name].to_proto() == expect.groups[name].to_proto()
+        assert self.sm.groups.sessions == expect.sessions
+        assert self.sm.revision == shadow.revision + len(kinds)
+        if new:
+            assert [e.type for e in new] == kinds
+            assert all(e.member == msg.member_id for e in new)
 
     def effect_campaign(
         self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
@@ -568,22 +821,30 @@ class GroupsMachine(RuleBasedStateMachine):
         self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
     ) -> None:
         g0, g = shadow.groups.groups[msg.group], self.sm.groups.groups[msg.group]
-        if msg.session_id == g0.members[msg.member_id].session_id:  # the holder itself
+        m0 = g0.members[msg.member_id]
+        if msg.session_id == m0.session_id:  # the holder itself
             assert not holds(g, msg.member_id)
-            assert not g.members[msg.member_id].candidate
+            if m0.leaving:  # it was only waiting for its slot to go
+                assert msg.member_id not in g.members
+            else:
+                assert not g.members[msg.member_id].candidate
             return
-        # Anyone else only asks the holder to step down (once).
+        # Anyone else only asks the holder to step down (once; not once revoked).
         slot = g0.holder_slot(msg.member_id)
         assert slot is not None
-        assert g.holdings[slot].token == g0.holdings[slot].token
-        if slot in g0.handovers:
+        if slot in g0.handovers or g0.holdings[slot].revoked:
             assert state_of(self.sm) == state_of(shadow)
             return
-        ho = g.handovers[slot]
-        assert (ho.from_member, ho.cause) == (msg.member_id, "resign")
+        assert g.holdings[slot] == g0.holdings[slot]
         # Named now, like a switchover's: the best candidate no handover promised ("": none).
-        assert ho.to_member == free_successor(shadow.groups, g0)
-        assert ho.deadline_ms == t + g0.policy.switchover_timeout_ms
+        assert g.handovers[slot] == gp.Handover(
+            slot=slot,
+            from_member=msg.member_id,
+            to_member=free_successor(shadow.groups, g0),
+            cause="resign",
+            deadline_ms=t + g0.policy.switchover_timeout_ms,
+            named=False,
+        )
         assert self.sm.revision == shadow.revision + 1
 
     def effect_switchover(
@@ -593,25 +854,31 @@ class GroupsMachine(RuleBasedStateMachine):
         plan = switchover_plan(shadow.groups, g0, msg.to_member)
         assert plan is not None
         slot, successor = plan
-        ho = self.sm.groups.groups[msg.group].handovers[slot]
-        assert (ho.from_member, ho.to_member, ho.cause) == (
-            g0.holdings[slot].member_id,
-            successor,
-            "switchover",
+        assert self.sm.groups.groups[msg.group].handovers[slot] == gp.Handover(
+            slot=slot,
+            from_member=g0.holdings[slot].member_id,
+            to_member=successor,
+            cause="switchover",
+            deadline_ms=t + g0.policy.switchover_timeout_ms,
+            named=bool(msg.to_member),  # only a switchover to a given member is named
         )
-        assert ho.deadline_ms == t + g0.policy.switchover_timeout_ms
         assert self.sm.revision == shadow.revision + 1
 
     def effect_revoke_holding(
         self, msg: Any, res: raft_pb2.CommandResult, shadow: StateMachine, t: int
     ) -> None:
-        h = self.sm.groups.groups[msg.group].holdings[msg.slot]
-        assert h.revoked_time_ms
-        if not shadow.groups.groups[msg.group].holdings[msg.slot].revoked_time_ms:
-            assert h.revoked_time_ms == t
-            assert self.sm.revision == shadow.revision + 1
-        else:
+        g0, g = shadow.groups.groups[msg.group], self.sm.groups.groups[msg.group]
+        h0, h = g0.holdings[msg.slot], g.holdings[msg.slot]
+        assert h.revoked
+        if h0.revoked:
             assert state_of(self.sm) == state_of(shadow)  # revoking twice: nothing
+            return
+        ttl = shadow.groups.sessions[g0.members[h0.member_id].session_id].ttl_ms
+        assert (h.revoked_time_ms, h.release_after_ms) == (t, t + ttl)  # t may be 0
+        assert not g.members[h.member_id].candidate
+        ho = g0.handovers.get(msg.slot)
+        assert g.vacated_cause.get(msg.slot) == (ho.cause if ho is not None else None)
+        assert self.sm.revision == shadow.revision + 1
 
     # -- invariants that need no step context ---------------------------------------------
 
@@ -678,6 +945,7 @@ class GroupsMachine(RuleBasedStateMachine):
         hold=st.sampled_from(HOLDS),
         timeout=st.sampled_from(TIMEOUTS),
         members=st.lists(st.tuples(PICK, PRIORITY), max_size=5),
+        epoch=st.sampled_from([T0, T0, T0, 0]),
     )
     def start(
         self,
@@ -687,7 +955,9 @@ class GroupsMachine(RuleBasedStateMachine):
         hold: int,
         timeout: int,
         members: list[tuple[int, int]],
+        epoch: int,
     ) -> None:
+        self.now = epoch  # 0: a revoke at time 0 has revoked_time_ms == 0, and is one
         for ttl in ttls:
             self.open_session(1, ttl, False)
         self.create_group(1, "g0", slots, failback, hold, timeout, False)
@@ -729,7 +999,10 @@ class GroupsMachine(RuleBasedStateMachine):
         self, dt: int, name: str, slots: int, failback: int, hold: int, timeout: int, rid: bool
     ) -> None:
         policy = gp.GroupPolicy(
-            slots=slots, failback=failback, failback_hold_ms=hold, switchover_timeout_ms=timeout
+            slots=slots,
+            failback=gp.FailbackMode.ValueType(failback),
+            failback_hold_ms=hold,
+            switchover_timeout_ms=timeout,
         )
         self.step(dt, rid, create_group=gp.CreateGroup(name=name, policy=policy))
 
@@ -811,10 +1084,108 @@ class GroupsMachine(RuleBasedStateMachine):
         name = self.pick_group(group, known)
         return name, self.pick_member(name, member, known)
 
-    @rule(dt=DT, group=PICK, member=PICK, known=KNOWN)
-    def unregister(self, dt: int, group: int, member: int, known: bool) -> None:
+    def session_as(self, group: str, member: str, who: str, pick: int) -> str:
+        """``who``: "own" (the member's session), "other" (another live session, or the
+        same) or "operator" (no session)."""
+        g = self.sm.groups.groups.get(group)
+        m = g.members.get(member) if g is not None else None
+        if who == "own" and m is not None:
+            return m.session_id
+        if who == "other":
+            return self.pick_session(pick, True).id
+        return ""
+
+    @rule(dt=DT, group=PICK, member=PICK, known=KNOWN, who=WHO, pick=PICK, rid=RID)
+    def unregister(
+        self, dt: int, group: int, member: int, known: bool, who: str, pick: int, rid: bool
+    ) -> None:
         name, mid = self.member_op(group, member, known)
-        self.step(dt, unregister=gp.Unregister(group=name, member_id=mid))
+        session = self.session_as(name, mid, who, pick)
+        self.step(dt, rid, unregister=gp.Unregister(group=name, member_id=mid, session_id=session))
+
+    @precondition(lambda self: any(g.holdings for g in self.sm.groups.groups.values()))
+    @rule(dt=st.integers(0, 60), pick=PICK, who=st.sampled_from(["own", "other", "operator"]))
+    def unregister_a_holder(self, dt: int, pick: int, who: str) -> None:
+        """By its own session: it leaves at once. By anyone else: it is asked to step down
+        and leaves with its slot."""
+        group, member = self.pick_holder(pick)
+        session = self.session_as(group, member, who, pick)
+        self.step(dt, unregister=gp.Unregister(group=group, member_id=member, session_id=session))
+
+    @precondition(
+        lambda self: any(
+            m.leaving for g in self.sm.groups.groups.values() for m in g.members.values()
+        )
+    )
+    @rule(
+        dt=st.integers(0, 60),
+        pick=PICK,
+        act=st.sampled_from(["campaign", "register", "resign", "unregister", "unregister_other"]),
+    )
+    def poke_a_leaving_member(self, dt: int, pick: int, act: str) -> None:
+        """A member on its way out: no campaign, re-registering keeps it leaving (and no
+        candidate); its own resign or unregister lets it go at once, anyone else's is a
+        no-op or a new step-down request."""
+        leaving = [
+            (name, m)
+            for name, g in sorted(self.sm.groups.groups.items())
+            for m in g.members.values()
+            if m.leaving
+        ]
+        group, m = leaving[pick % len(leaving)]
+        if act == "campaign":
+            self.step(dt, campaign=gp.Campaign(group=group, member_id=m.id))
+        elif act == "register":
+            self.do_register(dt, group, m.id, m.session_id, m.priority + pick % 2)
+        elif act == "resign":
+            self.step(dt, resign=gp.Resign(group=group, member_id=m.id, session_id=m.session_id))
+        else:
+            session = m.session_id if act == "unregister" else ""
+            unregister = gp.Unregister(group=group, member_id=m.id, session_id=session)
+            self.step(dt, unregister=unregister)
+
+    @precondition(
+        lambda self: any(
+            ho.to_member for g in self.sm.groups.groups.values() for ho in g.handovers.values()
+        )
+    )
+    @rule(
+        dt=st.integers(0, 60),
+        pick=PICK,
+        how=st.sampled_from(
+            ["not a candidate", "nofailover", "unregister", "close", "expire", "resign"]
+        ),
+    )
+    def withdraw_a_successor(self, dt: int, pick: int, how: str) -> None:
+        """The successor a handover promised stops being eligible (or, "resign": the slot it
+        may take instead frees up): the handover is re-targeted or cancelled."""
+        promised = [
+            (name, g.members[ho.to_member])
+            for name, g in sorted(self.sm.groups.groups.items())
+            for _, ho in sorted(g.handovers.items())
+            if ho.to_member
+        ]
+        group, m = promised[pick % len(promised)]
+        if how in {"not a candidate", "nofailover"}:
+            nofailover = how == "nofailover"
+            self.do_register(dt, group, m.id, m.session_id, m.priority, nofailover, nofailover)
+        elif how == "unregister":
+            session = m.session_id if pick % 2 else ""
+            self.step(dt, unregister=gp.Unregister(group=group, member_id=m.id, session_id=session))
+        elif how == "close":
+            self.step(dt, close_session=gp.CloseSession(session_id=m.session_id))
+        elif how == "expire":
+            s = self.sm.groups.sessions[m.session_id]
+            self.step(dt, expire_session=gp.ExpireSession(session_id=s.id, epoch=s.epoch))
+        else:  # a holder without a handover lets go: its slot may go to the promised one
+            g = self.sm.groups.groups[group]
+            free = [h for s, h in sorted(g.holdings.items()) if s not in g.handovers]
+            if free:
+                h = free[pick % len(free)]
+                session = g.members[h.member_id].session_id
+                self.step(
+                    dt, resign=gp.Resign(group=group, member_id=h.member_id, session_id=session)
+                )
 
     @rule(dt=DT, group=PICK, member=PICK, known=KNOWN, rid=RID)
     def campaign(self, dt: int, group: int, member: int, known: bool, rid: bool) -> None:
@@ -822,19 +1193,18 @@ class GroupsMachine(RuleBasedStateMachine):
         self.step(dt, rid, campaign=gp.Campaign(group=name, member_id=mid))
 
     def resign_as(self, dt: int, group: str, member: str, who: str, pick: int) -> None:
-        """``who``: "own" (the member's session: resigns at once), "other" (another live
-        session) or "operator" (no session): those only ask the holder to step down."""
-        m = (
-            self.sm.groups.groups[group].members.get(member)
-            if group in self.sm.groups.groups
-            else None
-        )
-        session = ""
-        if who == "own" and m is not None:
-            session = m.session_id
-        elif who == "other":
-            session = self.pick_session(pick, True).id
+        """``who`` (see session_as): the member's own session resigns at once; anyone else
+        only asks the holder to step down."""
+        session = self.session_as(group, member, who, pick)
         self.step(dt, resign=gp.Resign(group=group, member_id=member, session_id=session))
+
+    def pick_holder(self, pick: int) -> tuple[str, str]:
+        held = [
+            (name, h.member_id)
+            for name, g in sorted(self.sm.groups.groups.items())
+            for _, h in sorted(g.holdings.items())
+        ]
+        return held[pick % len(held)]
 
     @precondition(
         lambda self: any(
@@ -861,12 +1231,7 @@ class GroupsMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(g.holdings for g in self.sm.groups.groups.values()))
     @rule(dt=st.integers(0, 60), pick=PICK, who=WHO)
     def resign_a_holder(self, dt: int, pick: int, who: str) -> None:
-        held = [
-            (name, h.member_id)
-            for name, g in sorted(self.sm.groups.groups.items())
-            for _, h in sorted(g.holdings.items())
-        ]
-        group, member = held[pick % len(held)]
+        group, member = self.pick_holder(pick)
         self.resign_as(dt, group, member, who, pick)
 
     @rule(
