@@ -6,9 +6,12 @@
    one load-generator process for both (coord vs etcd default).
 3. Spurious leader changes: the Raft term before and after the throughput runs
    (under load), and over ``--idle-minutes`` of idleness (0 skips it).
+4. Watch latency: put sent to the leader -> event received by a watcher on a
+   follower, p50/p99, ``--watch-count`` sequential puts (``watch_latency.py``).
 
 Usage: ``python bench/run_all.py [--rounds 10] [--clients 1,16,64] [--seconds 5]
-[--idle-minutes 0] [--json]``. Quote medians of several runs: this machine is noisy.
+[--idle-minutes 0] [--watch-count 500] [--json]``. Quote medians of several runs:
+this machine is noisy.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from _harness import Comparison, add_json_flag, log, report, summarize
 from coord_adapter import CoordBenchCluster
 from etcd_cluster import DEFAULT, TUNED, EtcdCluster
 from measure import leader_first, measure_leader_kill_to_write, measure_put_throughput
+from watch_latency import compare as compare_watch
 
 
 def etcd_term(cluster: EtcdCluster) -> int:
@@ -106,6 +110,11 @@ def throughput(args: argparse.Namespace, raw: dict[str, Any]) -> list[Comparison
     return rows
 
 
+def watch(args: argparse.Namespace, raw: dict[str, Any]) -> list[Comparison]:
+    rows, raw["watch"] = compare_watch(args.nodes, args.watch_count)
+    return rows
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,6 +128,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--idle-minutes", type=float, default=0.0)
     p.add_argument("--skip-failover", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--watch-count", type=int, default=500)
+    p.add_argument("--skip-watch", action="store_true")
     add_json_flag(p)
     return p.parse_args()
 
@@ -132,6 +143,8 @@ def main() -> None:
         rows += failover(args, raw)
     if not args.skip_throughput:
         rows += throughput(args, raw)
+    if not args.skip_watch:
+        rows += watch(args, raw)
     meta = {"nodes": args.nodes, "elapsed_s": round(time.monotonic() - started, 1), "raw": raw}
     report(rows, args.json, title=f"coord vs etcd 3.4 ({args.nodes} nodes, fsync on)", meta=meta)
 

@@ -329,6 +329,171 @@ class LeaseKeepAliveResponse(_message.Message):
 Global___LeaseKeepAliveResponse: _TypeAlias = LeaseKeepAliveResponse  # noqa: Y015
 
 @_typing.final
+class WatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATE_REQUEST_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUEST_FIELD_NUMBER: _builtins.int
+    PROGRESS_REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def create_request(self) -> Global___WatchCreateRequest: ...
+    @_builtins.property
+    def cancel_request(self) -> Global___WatchCancelRequest: ...
+    @_builtins.property
+    def progress_request(self) -> Global___WatchProgressRequest: ...
+    def __init__(
+        self,
+        *,
+        create_request: Global___WatchCreateRequest | None = ...,
+        cancel_request: Global___WatchCancelRequest | None = ...,
+        progress_request: Global___WatchProgressRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_request", b"cancel_request", "create_request", b"create_request", "progress_request", b"progress_request", "request_union", b"request_union"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_request", b"cancel_request", "create_request", b"create_request", "progress_request", b"progress_request", "request_union", b"request_union"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_request_union: _TypeAlias = _typing.Literal["create_request", "cancel_request", "progress_request"]  # noqa: Y015
+    _WhichOneofArgType_request_union: _TypeAlias = _typing.Literal["request_union", b"request_union"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_request_union) -> _WhichOneofReturnType_request_union | None: ...
+
+Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchCreateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _FilterType:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _FilterTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WatchCreateRequest._FilterType.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        NOPUT: WatchCreateRequest._FilterType.ValueType  # 0
+        NODELETE: WatchCreateRequest._FilterType.ValueType  # 1
+
+    class FilterType(_FilterType, metaclass=_FilterTypeEnumTypeWrapper): ...
+    NOPUT: WatchCreateRequest.FilterType.ValueType  # 0
+    NODELETE: WatchCreateRequest.FilterType.ValueType  # 1
+
+    KEY_FIELD_NUMBER: _builtins.int
+    RANGE_END_FIELD_NUMBER: _builtins.int
+    START_REVISION_FIELD_NUMBER: _builtins.int
+    PROGRESS_NOTIFY_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
+    PREV_KV_FIELD_NUMBER: _builtins.int
+    WATCH_ID_FIELD_NUMBER: _builtins.int
+    FRAGMENT_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    range_end: _builtins.bytes
+    """[key, range_end); empty: only key; "\\0": every key >= key; key + 1: the prefix."""
+    start_revision: _builtins.int
+    """Inclusive; 0: from now (after the created response's header revision)."""
+    progress_notify: _builtins.bool
+    prev_kv: _builtins.bool
+    watch_id: _builtins.int
+    fragment: _builtins.bool
+    @_builtins.property
+    def filters(self) -> _containers.RepeatedScalarFieldContainer[Global___WatchCreateRequest.FilterType.ValueType]:
+        """Event types to drop server-side."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        range_end: _builtins.bytes = ...,
+        start_revision: _builtins.int = ...,
+        progress_notify: _builtins.bool = ...,
+        filters: _abc.Iterable[Global___WatchCreateRequest.FilterType.ValueType] | None = ...,
+        prev_kv: _builtins.bool = ...,
+        watch_id: _builtins.int = ...,
+        fragment: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters", "fragment", b"fragment", "key", b"key", "prev_kv", b"prev_kv", "progress_notify", b"progress_notify", "range_end", b"range_end", "start_revision", b"start_revision", "watch_id", b"watch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCreateRequest: _TypeAlias = WatchCreateRequest  # noqa: Y015
+
+@_typing.final
+class WatchCancelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_ID_FIELD_NUMBER: _builtins.int
+    watch_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        watch_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watch_id", b"watch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCancelRequest: _TypeAlias = WatchCancelRequest  # noqa: Y015
+
+@_typing.final
+class WatchProgressRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchProgressRequest: _TypeAlias = WatchProgressRequest  # noqa: Y015
+
+@_typing.final
+class WatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    WATCH_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    CANCELED_FIELD_NUMBER: _builtins.int
+    COMPACT_REVISION_FIELD_NUMBER: _builtins.int
+    CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    FRAGMENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    watch_id: _builtins.int
+    created: _builtins.bool
+    """The answer to a create_request (the watch is registered once this arrives)."""
+    canceled: _builtins.bool
+    compact_revision: _builtins.int
+    cancel_reason: _builtins.str
+    fragment: _builtins.bool
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_kv_pb2.Event]: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        watch_id: _builtins.int = ...,
+        created: _builtins.bool = ...,
+        canceled: _builtins.bool = ...,
+        compact_revision: _builtins.int = ...,
+        cancel_reason: _builtins.str = ...,
+        fragment: _builtins.bool = ...,
+        events: _abc.Iterable[_kv_pb2.Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "canceled", b"canceled", "compact_revision", b"compact_revision", "created", b"created", "events", b"events", "fragment", b"fragment", "header", b"header", "watch_id", b"watch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchResponse: _TypeAlias = WatchResponse  # noqa: Y015
+
+@_typing.final
 class StatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
