@@ -118,6 +118,8 @@ class NodeConfig:
     timings: RaftTimings = field(default_factory=RaftTimings)
     # Deadline for a write or linearizable read inside the server.
     request_timeout_s: float = 5.0
+    # Health checks the leader runs at once, at most.
+    health_check_concurrency: int = 64
     # Compact the Raft log after this many entries.
     log_compaction_entries: int = 5000
     log_level: str = "INFO"
@@ -194,6 +196,8 @@ class NodeConfig:
             )
         if not 0 < self.request_timeout_s < 3600:
             raise InvalidArgument("request timeout must be > 0 and < 3600 s")
+        if not 1 <= self.health_check_concurrency <= 10_000:
+            raise InvalidArgument("health check concurrency must be 1..10000")
         if self.log_compaction_entries < 100:
             raise InvalidArgument("log compaction entries must be >= 100")
         self.timings.validate()
@@ -231,6 +235,7 @@ _SCALARS: dict[str, type] = {
     "listen_api": str,
     "fsync": bool,
     "request_timeout_s": float,
+    "health_check_concurrency": int,
     "log_compaction_entries": int,
     "log_level": str,
 }

@@ -71,6 +71,12 @@ def main() -> None:
     help="fsync the journal before acknowledging writes (default on).",
 )
 @click.option("--request-timeout-s", type=float, default=None)
+@click.option(
+    "--health-check-concurrency",
+    type=int,
+    default=None,
+    help="Member health checks the leader runs at once, at most (default 64).",
+)
 @click.option("--log-compaction-entries", type=int, default=None)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)
 @_timing_options

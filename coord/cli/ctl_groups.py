@@ -13,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 
 from coord import errors
 from coord.cli.ctl import Ctx, handles_errors, main, pass_ctx
-from coord.cli.output import emit
+from coord.cli.output import EXIT_ERROR, CLIError, emit
 from coord.client import Member, Session, create_group, watch
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -204,8 +204,56 @@ def member_ls(ctx: Ctx, group_name: str | None) -> None:
     groups = [g for g in resp.groups if group_name in (None, g.name)]
     if group_name and not groups:
         raise errors.NotFound(f"group {group_name!r} does not exist")
-    rows = [row for g in groups for row in _group_rows(g)]
-    emit(ctx.output, [_dict(m) for g in groups for m in g.members], _GROUP_HEADERS, rows)
+    live = _health_status(ctx, group_name or "")
+    rows, data = [], []
+    for g in groups:
+        for m, row in zip(g.members, _group_rows(g), strict=True):
+            h = live.get((g.name, m.id))
+            kind = m.check.WhichOneof("kind") if m.HasField("check") else None
+            last = "-"
+            if h is not None and h.checked:
+                last = f"{'ok' if h.last_ok else 'FAIL'} {h.last_detail} x{h.streak}"
+            latency = f"{h.last_latency_ms:.1f}ms" if h is not None and h.checked else "-"
+            rows.append([*row, kind or "-", last, latency])
+            record = _dict(m)
+            if h is not None:
+                record["last_check"] = _dict(h)
+            data.append(record)
+    emit(ctx.output, data, [*_GROUP_HEADERS, "CHECK", "LAST CHECK", "LATENCY"], rows)
+
+
+def _health_status(ctx: Ctx, group: str) -> dict[tuple[str, str], election_pb2.MemberHealth]:
+    """The leader's live check results (empty if it cannot be asked now)."""
+    try:
+        resp = _call_groups(ctx, "HealthStatus", election_pb2.HealthStatusRequest(group=group))
+    except errors.CoordError:
+        return {}
+    return {(h.group, h.member_id): h for h in resp.members}
+
+
+@main.command()
+@click.argument("group_name", metavar="GROUP")
+@click.argument("member_id", metavar="MEMBER")
+@pass_ctx
+@handles_errors
+def check(ctx: Ctx, group_name: str, member_id: str) -> None:
+    """Run MEMBER's health check once, now, and print the result (for debugging).
+
+    Exits 1 if the check fails.
+    """
+    resp = _call_groups(
+        ctx, "RunCheck", election_pb2.RunCheckRequest(group=group_name, member_id=member_id)
+    )
+    emit(
+        ctx.output,
+        {"ok": resp.ok, "detail": resp.detail, "latency_ms": round(resp.latency_ms, 3),
+         "node": resp.header.node_id},
+        ["OK", "DETAIL", "LATENCY", "NODE"],
+        [["ok" if resp.ok else "FAIL", resp.detail, f"{resp.latency_ms:.1f}ms",
+          resp.header.node_id]],
+    )  # fmt: skip
+    if not resp.ok:
+        raise CLIError(f"check of {group_name}/{member_id} failed: {resp.detail}", EXIT_ERROR)
 
 
 @member.command("rm")

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from coord.client.balancer import Balancer
 from coord.client.client import Client, parse_endpoints
 from coord.client.election import (
     FencedResource,
     Leadership,
     Member,
     create_group,
+    grpc_check,
+    http_check,
     masters,
     observe,
+    tcp_check,
     watch,
 )
 from coord.client.session import Session, SessionState
 
 __all__ = [
+    "Balancer",
     "Client",
     "FencedResource",
     "Leadership",
@@ -22,8 +27,11 @@ __all__ = [
     "Session",
     "SessionState",
     "create_group",
+    "grpc_check",
+    "http_check",
     "masters",
     "observe",
     "parse_endpoints",
+    "tcp_check",
     "watch",
 ]

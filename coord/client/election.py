@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -61,7 +61,10 @@ class Member:
         tags: dict[str, str] | None = None,
         metadata: dict[str, str] | None = None,
         nofailover: bool = False,
+        check: groups_pb2.HealthCheck | None = None,
     ) -> None:
+        """``check``: a health check the cluster runs against this member (see
+        :func:`tcp_check`, :func:`http_check`, :func:`grpc_check`)."""
         self.client = client
         self.session = session
         self.group = group
@@ -69,7 +72,7 @@ class Member:
         record = groups_pb2.Member(
             group=group, id=member_id, session_id=session.id, address=address,
             priority=priority, weight=weight, tags=tags or {}, metadata=metadata or {},
-            nofailover=nofailover,
+            nofailover=nofailover, check=check,
         )  # fmt: skip
         client.call(
             lambda ch, t: _groups(ch).Register(
@@ -106,6 +109,33 @@ class Member:
                 if not e.retryable:
                     raise
             time.sleep(0.02)  # back off before re-sending the campaign elsewhere
+
+    def update(
+        self,
+        weight: int | None = None,
+        address: str | None = None,
+        tags: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        replace: bool = False,
+    ) -> groups_pb2.Member:
+        """Change how this member is balanced, without re-registering. ``tags`` and
+        ``metadata`` are merged (an empty value deletes a key), or with ``replace``
+        replace the old ones."""
+        update = groups_pb2.UpdateMember(
+            group=self.group, member_id=self.id, session_id=self.session.id,
+            tags=tags or {}, metadata=metadata or {},
+            replace_tags=replace and tags is not None,
+            replace_metadata=replace and metadata is not None,
+        )  # fmt: skip
+        if weight is not None:
+            update.weight = weight
+        if address is not None:
+            update.address = address
+        req = election_pb2.UpdateMemberRequest(update=update)
+        resp: election_pb2.MemberResponse = self.client.call(
+            lambda ch, t: _groups(ch).UpdateMember(req, timeout=t)
+        )
+        return resp.member
 
     def leave(self) -> None:
         """Unregister at once (as the member's own session), giving up any slot."""
@@ -178,6 +208,54 @@ def _guarded(call: Any, silence_s: float = STREAM_SILENCE_S) -> Iterator[Any]:
             yield item
     finally:
         done.set()
+
+
+def tcp_check(
+    address: str = "", interval_s: float = 1.0, timeout_s: float = 0.0, rise: int = 2, fall: int = 3
+) -> groups_pb2.HealthCheck:
+    """Connect to ``address`` (default: the member's address)."""
+    return _check(interval_s, timeout_s, rise, fall, tcp=groups_pb2.TcpCheck(address=address))
+
+
+def http_check(
+    url: str,
+    expect_status: Sequence[int] = (),
+    body_contains: str = "",
+    interval_s: float = 1.0,
+    timeout_s: float = 0.0,
+    rise: int = 2,
+    fall: int = 3,
+    tls_skip_verify: bool = False,
+) -> groups_pb2.HealthCheck:
+    """GET ``url``; healthy on an expected status (default 2xx/3xx) and body."""
+    spec = groups_pb2.HttpCheck(
+        url=url, expect_status=list(expect_status), body_contains=body_contains,
+        tls_skip_verify=tls_skip_verify,
+    )  # fmt: skip
+    return _check(interval_s, timeout_s, rise, fall, http=spec)
+
+
+def grpc_check(
+    address: str = "",
+    service: str = "",
+    tls: bool = False,
+    interval_s: float = 1.0,
+    timeout_s: float = 0.0,
+    rise: int = 2,
+    fall: int = 3,
+) -> groups_pb2.HealthCheck:
+    """grpc.health.v1 Check of ``service`` at ``address`` (default: the member's)."""
+    spec = groups_pb2.GrpcCheck(address=address, service=service, tls=tls)
+    return _check(interval_s, timeout_s, rise, fall, grpc=spec)
+
+
+def _check(
+    interval_s: float, timeout_s: float, rise: int, fall: int, **kind: Any
+) -> groups_pb2.HealthCheck:
+    return groups_pb2.HealthCheck(
+        interval_ms=round(interval_s * 1000), timeout_ms=round(timeout_s * 1000),
+        rise=rise, fall=fall, **kind,
+    )  # fmt: skip
 
 
 def masters(client: Client, group: str) -> list[groups_pb2.Holding]:

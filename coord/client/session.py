@@ -33,6 +33,8 @@ from coord.client.client import Client
 from coord.client.errors import translate
 from coord.v1 import cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc
 
+LOAD_REPORT_GAP_S = 0.1  # a changed load is sent early, but at most this often
+
 logger = logging.getLogger(__name__)
 
 
@@ -81,6 +83,8 @@ class Session:
         self._held: dict[tuple[str, int], tuple[int, bool]] = {}
         self._held_as_of = 0.0
         self._call: grpc.Call | None = None  # the live keepalive stream
+        self._load = 0.0
+        self._wake = threading.Event()  # set by report_load() and close()
         self._close_sent = False
         self._stalled_endpoint: str | None = None
         self._state = SessionState.CONNECTED
@@ -97,6 +101,15 @@ class Session:
     @property
     def state(self) -> SessionState:
         return self._state
+
+    def report_load(self, load: float) -> None:
+        """Report this session's load (for least-load balancing); sent with the next
+        keepalive, which goes out early (at most every 0.1 s) when the load changed."""
+        if not 0 <= load < float("inf"):
+            raise errors.InvalidArgument(f"load must be a finite number >= 0, got {load}")
+        if load != self._load:
+            self._load = load
+            self._wake.set()
 
     def is_valid(self) -> bool:
         """True while this process may act on the session (it has not expired here)."""
@@ -133,6 +146,7 @@ class Session:
             self._lost("its validity ended before it was closed")
         self._set_state(SessionState.CLOSED)
         self._stop.set()
+        self._wake.set()
         if first_close:
             with contextlib.suppress(errors.NotFound, errors.Unavailable):  # gone already
                 self.client.call(
@@ -186,6 +200,7 @@ class Session:
         if self._set_state(SessionState.LOST):
             logger.warning("session %s lost: %s", self.id, why)
         self._stop.set()
+        self._wake.set()
 
     # -- threads ---------------------------------------------------------------
 
@@ -248,8 +263,11 @@ class Session:
             while not self._stop.is_set():
                 seq += 1
                 sent_at[seq] = time.monotonic()
-                yield election_pb2.KeepAliveRequest(session_id=self.id, seq=seq)
-                self._stop.wait(interval)
+                yield election_pb2.KeepAliveRequest(session_id=self.id, seq=seq, load=self._load)
+                # A new load report goes out early, at most every LOAD_REPORT_GAP_S.
+                self._stop.wait(min(interval, LOAD_REPORT_GAP_S))
+                if self._wake.wait(max(0.0, interval - LOAD_REPORT_GAP_S)):
+                    self._wake.clear()
 
         stub = election_pb2_grpc.SessionsStub(self.client.channel(endpoint))
         call = stub.KeepAlive(requests())

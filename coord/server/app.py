@@ -29,6 +29,7 @@ from coord.server.cluster_service import ClusterService
 from coord.server.context import NodeContext
 from coord.server.election_service import GroupsService, SessionsService, WatchService
 from coord.server.handlers import add_service
+from coord.server.health import HealthChecker
 from coord.server.kv_service import KVService
 from coord.server.leases import LeaseKeeper
 from coord.server.notify import StateNotifier
@@ -123,6 +124,7 @@ class NodeServer:
         self.server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self.keeper: LeaseKeeper | None = None
+        self.checker: HealthChecker | None = None
 
     async def start(self) -> None:
         server = grpc.aio.server(
@@ -141,10 +143,12 @@ class NodeServer:
         self.raft.add_apply_listener(self.notifier.applied)
         self.keeper = LeaseKeeper(self.raft)
         self.keeper.start()
+        self.checker = HealthChecker(self.raft, self.cfg.health_check_concurrency)
+        self.checker.start()
         parts = (self.ctx, self.notifier, self.keeper)
         services = election_pb2.DESCRIPTOR.services_by_name
         add_service(server, SessionsService(*parts), services["Sessions"])
-        add_service(server, GroupsService(*parts), services["Groups"])
+        add_service(server, GroupsService(*parts, checker=self.checker), services["Groups"])
         add_service(server, WatchService(*parts), services["Watch"])
         add_service(server, KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"])
         add_service(
@@ -196,6 +200,8 @@ class NodeServer:
     async def stop(self) -> None:
         if self.keeper is not None:
             await self.keeper.stop()
+        if self.checker is not None:
+            await self.checker.stop()
         if self.server is not None:
             await self.server.stop(grace=1.0)
         await asyncio.get_running_loop().run_in_executor(None, self.raft.close)

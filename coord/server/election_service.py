@@ -13,9 +13,12 @@ from typing import Any
 
 from coord import errors
 from coord.server.context import NodeContext, ServicerContext
+from coord.server.health import HealthChecker
 from coord.server.leases import LeaseKeeper
 from coord.server.notify import StateNotifier
+from coord.server.probes import probe
 from coord.server.status import abort
+from coord.state import healthspec
 from coord.state.machine import StateMachine
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2, raft_pb2
 
@@ -91,12 +94,16 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
                         f"keepalives go to the leader ({leader or 'none yet'}): reconnect there",
                         leader, address,
                     )  # fmt: skip
-                alive = self.keeper.touch(req.session_id, arrival)
+                if not 0 <= req.load < float("inf"):
+                    raise errors.InvalidArgument(
+                        f"load must be a finite number >= 0, got {req.load}"
+                    )
+                alive = self.keeper.touch(req.session_id, arrival, req.load)
                 if alive:
                     # Acknowledge only after a commit proposed after the arrival: a
                     # deposed leader cannot commit, so it cannot acknowledge.
                     await self._ack_barrier(context)
-                    alive = self.keeper.leading and self.keeper.touch(req.session_id, arrival)
+                    alive = self.keeper.leading and self.keeper.exists(req.session_id)
             except errors.CoordError as e:
                 await abort(context, e, self.ctx.leader_hint())
             yield self._keepalive_answer(req, alive)
@@ -174,6 +181,78 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
 
 
 class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
+    def __init__(
+        self,
+        ctx: NodeContext,
+        notifier: StateNotifier,
+        keeper: LeaseKeeper,
+        checker: HealthChecker,
+    ) -> None:
+        super().__init__(ctx, notifier, keeper)
+        self.checker = checker
+
+    async def UpdateMember(
+        self, request: election_pb2.UpdateMemberRequest, context: ServicerContext
+    ) -> election_pb2.MemberResponse:
+        try:
+            result = await self._write(context, request.request_id, update_member=request.update)
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        return election_pb2.MemberResponse(
+            header=self.ctx.header(revision=result.revision), member=result.member
+        )
+
+    async def HealthStatus(
+        self, request: election_pb2.HealthStatusRequest, context: ServicerContext
+    ) -> election_pb2.HealthStatusResponse:
+        try:
+            if not self.keeper.leading:
+                leader, address = self.ctx.leader_hint()
+                raise errors.NotLeader(
+                    f"the leader runs the health checks ({leader or 'none yet'}): ask it",
+                    leader, address,
+                )  # fmt: skip
+            members = self.ctx.raft.read(lambda s: _health_rows(s, request.group))
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        out = []
+        for group, member_id, registered, healthy in members:
+            t = self.checker.targets.get((group, member_id, registered))
+            row = election_pb2.MemberHealth(group=group, member_id=member_id, healthy=healthy)
+            if t is not None and t.last is not None:
+                row.checked, row.last_ok, row.last_detail = True, t.last.ok, t.last.detail
+                row.last_latency_ms = t.last.latency_s * 1000
+                row.last_time_ms, row.streak = t.last_time_ms, t.streak
+            out.append(row)
+        return election_pb2.HealthStatusResponse(header=self.ctx.header(), members=out)
+
+    async def RunCheck(
+        self, request: election_pb2.RunCheckRequest, context: ServicerContext
+    ) -> election_pb2.RunCheckResponse:
+        def read(state: StateMachine) -> tuple[groups_pb2.HealthCheck, str]:
+            g = state.groups.groups.get(request.group)
+            m = g.members.get(request.member_id) if g is not None else None
+            if m is None:
+                raise errors.NotFound(
+                    f"member {request.member_id!r} is not registered in group {request.group!r}"
+                )
+            if not request.HasField("check") and not m.HasField("check"):
+                raise errors.FailedPrecondition(
+                    f"member {request.member_id!r} has no health check: give one to run"
+                )
+            check = request.check if request.HasField("check") else m.check
+            return healthspec.checked(check, m.address), m.address
+
+        try:
+            check, address = self.ctx.raft.read(read)
+        except errors.CoordError as e:
+            await abort(context, e, self.ctx.leader_hint())
+        result = await probe(check, address)
+        return election_pb2.RunCheckResponse(
+            header=self.ctx.header(serializable=True), ok=result.ok, detail=result.detail,
+            latency_ms=result.latency_s * 1000,
+        )  # fmt: skip
+
     async def Create(
         self, request: election_pb2.CreateGroupRequest, context: ServicerContext
     ) -> election_pb2.GroupResponse:
@@ -355,6 +434,17 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
         except errors.CoordError as e:
             await abort(context, e, self.ctx.leader_hint())
         return election_pb2.SwitchoverResponse(header=self.ctx.header(revision=result.revision))
+
+
+def _health_rows(s: StateMachine, group: str) -> list[tuple[str, str, int, bool]]:
+    if group and group not in s.groups.groups:
+        raise errors.NotFound(f"group {group!r} does not exist")
+    return [
+        (g.name, m.id, m.registered_revision, m.healthy)
+        for g in s.groups.groups.values()
+        if not group or g.name == group
+        for m in g.members.values()
+    ]
 
 
 class WatchService(_Base, election_pb2_grpc.WatchServicer):

@@ -40,6 +40,12 @@ PERIOD_S = 0.02  # how often the duty loop looks at deadlines and timers
 STALL_S = 1.0  # a loop iteration this late means the leader stalled: rearm, don't expire
 RETRY_S = 0.5  # re-propose an expiry or Advance that has not taken effect after this
 ACK_WINDOW_S = 0.01  # keepalive barriers start at most this often (their rate is bounded)
+LOAD_PERIOD_S = 0.25  # reported loads are replicated (one SetLoads) at most this often
+
+
+def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 class LeaseKeeper:
@@ -56,6 +62,8 @@ class LeaseKeeper:
         self._task: asyncio.Task[None] | None = None
         self._ack_next: asyncio.Future[None] | None = None  # the batch still gathering
         self._ack_last = 0.0  # when the last keepalive barrier was started (monotonic)
+        self._loads: dict[str, float] = {}  # reported loads not yet replicated
+        self._loads_sent = 0.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -71,12 +79,20 @@ class LeaseKeeper:
         view = self.raft.view
         return view.role == ROLE_LEADER and view.term == self._term
 
-    def touch(self, session_id: str, arrival: float) -> bool:
-        """A keepalive arrived: deadline = arrival + TTL. False if the session is gone."""
+    def touch(self, session_id: str, arrival: float, load: float | None = None) -> bool:
+        """A keepalive arrived: deadline = arrival + TTL. False if the session is gone.
+
+        ``load`` (if given) is what the session reports for least-load balancing; a
+        change is replicated within ``LOAD_PERIOD_S`` (batched with other sessions').
+        """
         session = self.raft.read(lambda s: s.groups.sessions.get(session_id))
         if session is None:
             self.deadlines.pop(session_id, None)
             return False
+        if load is not None and load != session.load:
+            self._loads[session_id] = load
+        elif load is not None:
+            self._loads.pop(session_id, None)
         deadline = arrival + session.ttl_ms / 1000
         self.deadlines[session_id] = (deadline, session.epoch)
         heapq.heappush(self._heap, (deadline, session_id))
@@ -93,6 +109,8 @@ class LeaseKeeper:
         loop = asyncio.get_running_loop()
         if self._ack_next is None:
             self._ack_next = batch = loop.create_future()
+            # One timer per batch, not one wait_for (a task) per keepalive.
+            loop.call_later(timeout, _fail, batch, TimeoutError())
             delay = self._ack_last + ACK_WINDOW_S - time.monotonic()
             if delay > 0:
                 loop.call_later(delay, self._start_ack, batch)
@@ -100,7 +118,10 @@ class LeaseKeeper:
                 self._start_ack(batch)
         else:
             batch = self._ack_next
-        await asyncio.wait_for(asyncio.shield(batch), timeout)
+        await asyncio.shield(batch)  # a cancelled stream must not cancel the batch
+
+    def exists(self, session_id: str) -> bool:
+        return bool(self.raft.read(lambda s: session_id in s.groups.sessions))
 
     def _start_ack(self, batch: asyncio.Future[None]) -> None:
         if self._ack_next is batch:
@@ -141,6 +162,7 @@ class LeaseKeeper:
             self.deadlines.clear()
             self._heap.clear()
             self._proposed.clear()
+            self._loads.clear()
             self._sessions_seen = None
             return
         if self._term != view.term or stalled:
@@ -152,6 +174,17 @@ class LeaseKeeper:
         self._rearm(now, everything=False)
         self._expire_due(now)
         self._advance_if_due(now)
+        self._replicate_loads(now)
+
+    def _replicate_loads(self, now: float) -> None:
+        if not self._loads or now - self._loads_sent < LOAD_PERIOD_S:
+            return
+        self._loads_sent = now
+        loads = [groups_pb2.SessionLoad(session_id=k, load=v) for k, v in self._loads.items()]
+        self._loads.clear()  # a lost proposal is made good by the next keepalive
+        self.raft.propose(
+            raft_pb2.Command(term=self.raft.view.term, set_loads=groups_pb2.SetLoads(loads=loads))
+        )
 
     def _rearm(self, now: float, everything: bool) -> None:
         """Deadlines for sessions the state holds (all of them, or only new ones, and

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coord.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from coord.state import limits
+from coord.state import healthspec, limits
 from coord.v1 import groups_pb2
 
 
@@ -207,6 +207,12 @@ class Groups:
         member = groups_pb2.Member()
         member.CopyFrom(req)
         member.healthy = True if old is None else old.healthy
+        if old is not None:
+            member.health_detail, member.health_changed_ms = (
+                old.health_detail, old.health_changed_ms,
+            )  # fmt: skip
+        if req.HasField("check"):
+            member.check.CopyFrom(healthspec.checked(req.check, req.address))
         member.leaving = old is not None and old.leaving  # on its way out: no campaign
         member.candidate = member.candidate and not member.leaving
         member.eligible_since_ms = (
@@ -222,6 +228,79 @@ class Groups:
         )  # fmt: skip
         self._fill(g, now)
         return member
+
+    def update_member(self, req: groups_pb2.UpdateMember, now: int) -> groups_pb2.Member:
+        """Weight, address, tags, metadata: by the member's own session only."""
+        g = self.group(req.group)
+        m = self._member(g, req.member_id)
+        if req.session_id != m.session_id:
+            raise FailedPrecondition(
+                f"member {req.member_id!r} of group {req.group!r} belongs to another session: "
+                "only its own session updates it"
+            )
+        new = groups_pb2.Member()
+        new.CopyFrom(m)
+        if req.HasField("weight"):
+            new.weight = req.weight
+        if req.HasField("address"):
+            new.address = req.address
+        for table, update, replace in (
+            (new.tags, req.tags, req.replace_tags),
+            (new.metadata, req.metadata, req.replace_metadata),
+        ):
+            if replace:
+                table.clear()
+            for k, v in update.items():
+                if v or replace:
+                    table[k] = v
+                else:
+                    table.pop(k, None)
+        _check_member_fields(new)
+        if new.HasField("check"):
+            healthspec.checked(new.check, new.address)  # a new address must still do
+        if new == m:
+            return m
+        m.CopyFrom(new)
+        self.emit("member_updated", group=g.name, member=m.id, member_record=m)
+        return m
+
+    def set_health(self, req: groups_pb2.SetHealth, now: int) -> None:
+        """The leader's checker saw a transition. A verdict about an earlier registration
+        of the member (or a member gone) is ignored. An unhealthy master of a group with
+        failover_on_unhealthy is revoked: replaced once its TTL has passed."""
+        g = self.groups.get(req.group)
+        m = g.members.get(req.member_id) if g is not None else None
+        if g is None or m is None or m.registered_revision != req.registered_revision:
+            return
+        if m.healthy == req.healthy:
+            return
+        m.healthy = req.healthy
+        m.health_detail = req.detail[: limits.MAX_TAG_CHARS]
+        m.health_changed_ms = now
+        if m.healthy:
+            m.eligible_since_ms = now  # a failback hold counts from here
+        kind = "member_healthy" if m.healthy else "member_unhealthy"
+        self.emit(kind, group=g.name, member=m.id, cause=m.health_detail, member_record=m)
+        slot = g.holder_slot(m.id)
+        if (
+            not m.healthy
+            and slot is not None
+            and g.policy.failover_on_unhealthy
+            and not g.holdings[slot].revoked
+        ):
+            self.revoke(g.name, slot, "unhealthy", now)
+        self._fill(g, now)
+
+    def set_loads(self, req: groups_pb2.SetLoads, now: int) -> None:
+        changed = []
+        for item in req.loads:
+            session = self.sessions.get(item.session_id)
+            if session is None or not 0 <= item.load < float("inf") or session.load == item.load:
+                continue
+            session.load = item.load
+            changed.append(item)
+        if changed:
+            self.emit("loads_reported", loads=changed)
 
     def unregister(self, group: str, member_id: str, session_id: str, now: int) -> None:
         """The member's own session leaves at once. Anyone else unregistering a master
@@ -459,8 +538,7 @@ class Groups:
         h.release_after_ms = now + ttl
         member.candidate = False
         handover = g.handovers.get(slot)
-        if handover is not None:
-            g.vacated_cause[slot] = handover.cause
+        g.vacated_cause[slot] = handover.cause if handover is not None else cause
         self.emit(
             "master_revoked", group=group, member=h.member_id, slot=slot, token=h.token,
             cause=cause, holding=h,

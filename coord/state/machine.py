@@ -368,6 +368,20 @@ def _revoke(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
     return raft_pb2.CommandResult()
 
 
+def _update_member(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(member=g.update_member(req, now))
+
+
+def _set_health(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.set_health(req, now)
+    return raft_pb2.CommandResult()
+
+
+def _set_loads(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.set_loads(req, now)
+    return raft_pb2.CommandResult()
+
+
 # Group and session commands: op name -> handler(groups, request, now).
 _GROUP_COMMANDS: dict[str, Callable[[Groups, Any, int], raft_pb2.CommandResult]] = {
     "open_session": _open_session,
@@ -381,4 +395,7 @@ _GROUP_COMMANDS: dict[str, Callable[[Groups, Any, int], raft_pb2.CommandResult]]
     "resign": _resign,
     "switchover": _switchover,
     "revoke_holding": _revoke,
+    "update_member": _update_member,
+    "set_health": _set_health,
+    "set_loads": _set_loads,
 }

@@ -290,6 +290,21 @@ class GroupsStub:
                 request_serializer=coord_dot_v1_dot_election__pb2.SwitchoverRequest.SerializeToString,
                 response_deserializer=coord_dot_v1_dot_election__pb2.SwitchoverResponse.FromString,
                 _registered_method=True)
+        self.UpdateMember = channel.unary_unary(
+                '/coord.v1.Groups/UpdateMember',
+                request_serializer=coord_dot_v1_dot_election__pb2.UpdateMemberRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_election__pb2.MemberResponse.FromString,
+                _registered_method=True)
+        self.HealthStatus = channel.unary_unary(
+                '/coord.v1.Groups/HealthStatus',
+                request_serializer=coord_dot_v1_dot_election__pb2.HealthStatusRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_election__pb2.HealthStatusResponse.FromString,
+                _registered_method=True)
+        self.RunCheck = channel.unary_unary(
+                '/coord.v1.Groups/RunCheck',
+                request_serializer=coord_dot_v1_dot_election__pb2.RunCheckRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_election__pb2.RunCheckResponse.FromString,
+                _registered_method=True)
 
 
 class GroupsServicer:
@@ -363,6 +378,26 @@ class GroupsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateMember(self, request, context):
+        """Weight, address, tags and metadata of a member, by its own session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HealthStatus(self, request, context):
+        """Served by the leader (it runs the checks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunCheck(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GroupsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -420,6 +455,21 @@ def add_GroupsServicer_to_server(servicer, server):
                     servicer.Switchover,
                     request_deserializer=coord_dot_v1_dot_election__pb2.SwitchoverRequest.FromString,
                     response_serializer=coord_dot_v1_dot_election__pb2.SwitchoverResponse.SerializeToString,
+            ),
+            'UpdateMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMember,
+                    request_deserializer=coord_dot_v1_dot_election__pb2.UpdateMemberRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_election__pb2.MemberResponse.SerializeToString,
+            ),
+            'HealthStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.HealthStatus,
+                    request_deserializer=coord_dot_v1_dot_election__pb2.HealthStatusRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_election__pb2.HealthStatusResponse.SerializeToString,
+            ),
+            'RunCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunCheck,
+                    request_deserializer=coord_dot_v1_dot_election__pb2.RunCheckRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_election__pb2.RunCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -719,6 +769,87 @@ class Groups:
             '/coord.v1.Groups/Switchover',
             coord_dot_v1_dot_election__pb2.SwitchoverRequest.SerializeToString,
             coord_dot_v1_dot_election__pb2.SwitchoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Groups/UpdateMember',
+            coord_dot_v1_dot_election__pb2.UpdateMemberRequest.SerializeToString,
+            coord_dot_v1_dot_election__pb2.MemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HealthStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Groups/HealthStatus',
+            coord_dot_v1_dot_election__pb2.HealthStatusRequest.SerializeToString,
+            coord_dot_v1_dot_election__pb2.HealthStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Groups/RunCheck',
+            coord_dot_v1_dot_election__pb2.RunCheckRequest.SerializeToString,
+            coord_dot_v1_dot_election__pb2.RunCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

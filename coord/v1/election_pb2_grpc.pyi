@@ -93,6 +93,11 @@ class GroupsStub:
     Observe: _grpc.UnaryStreamMultiCallable[_election_pb2.MastersRequest, _election_pb2.MastersResponse]
     """The masters now, then again after every change."""
     Switchover: _grpc.UnaryUnaryMultiCallable[_election_pb2.SwitchoverRequest, _election_pb2.SwitchoverResponse]
+    UpdateMember: _grpc.UnaryUnaryMultiCallable[_election_pb2.UpdateMemberRequest, _election_pb2.MemberResponse]
+    """Weight, address, tags and metadata of a member, by its own session."""
+    HealthStatus: _grpc.UnaryUnaryMultiCallable[_election_pb2.HealthStatusRequest, _election_pb2.HealthStatusResponse]
+    """Served by the leader (it runs the checks)."""
+    RunCheck: _grpc.UnaryUnaryMultiCallable[_election_pb2.RunCheckRequest, _election_pb2.RunCheckResponse]
 
 @_typing.type_check_only
 class GroupsAsyncStub(GroupsStub):
@@ -110,6 +115,11 @@ class GroupsAsyncStub(GroupsStub):
     Observe: _aio.UnaryStreamMultiCallable[_election_pb2.MastersRequest, _election_pb2.MastersResponse]  # type: ignore[assignment]
     """The masters now, then again after every change."""
     Switchover: _aio.UnaryUnaryMultiCallable[_election_pb2.SwitchoverRequest, _election_pb2.SwitchoverResponse]  # type: ignore[assignment]
+    UpdateMember: _aio.UnaryUnaryMultiCallable[_election_pb2.UpdateMemberRequest, _election_pb2.MemberResponse]  # type: ignore[assignment]
+    """Weight, address, tags and metadata of a member, by its own session."""
+    HealthStatus: _aio.UnaryUnaryMultiCallable[_election_pb2.HealthStatusRequest, _election_pb2.HealthStatusResponse]  # type: ignore[assignment]
+    """Served by the leader (it runs the checks)."""
+    RunCheck: _aio.UnaryUnaryMultiCallable[_election_pb2.RunCheckRequest, _election_pb2.RunCheckResponse]  # type: ignore[assignment]
 
 class GroupsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -190,6 +200,29 @@ class GroupsServicer(metaclass=_abc_1.ABCMeta):
         request: _election_pb2.SwitchoverRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_election_pb2.SwitchoverResponse, _abc.Awaitable[_election_pb2.SwitchoverResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateMember(
+        self,
+        request: _election_pb2.UpdateMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_election_pb2.MemberResponse, _abc.Awaitable[_election_pb2.MemberResponse]]:
+        """Weight, address, tags and metadata of a member, by its own session."""
+
+    @_abc_1.abstractmethod
+    def HealthStatus(
+        self,
+        request: _election_pb2.HealthStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_election_pb2.HealthStatusResponse, _abc.Awaitable[_election_pb2.HealthStatusResponse]]:
+        """Served by the leader (it runs the checks)."""
+
+    @_abc_1.abstractmethod
+    def RunCheck(
+        self,
+        request: _election_pb2.RunCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_election_pb2.RunCheckResponse, _abc.Awaitable[_election_pb2.RunCheckResponse]]: ...
 
 def add_GroupsServicer_to_server(servicer: GroupsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

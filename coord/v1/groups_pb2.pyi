@@ -57,6 +57,7 @@ class Session(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CREATED_REVISION_FIELD_NUMBER: _builtins.int
     CREATED_TIME_MS_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     ttl_ms: _builtins.int
     epoch: _builtins.int
@@ -67,6 +68,10 @@ class Session(_message.Message):
     """A label for humans (host, process)."""
     created_revision: _builtins.int
     created_time_ms: _builtins.int
+    load: _builtins.float
+    """Reported by the session's keepalives (least-load balancing), as of the
+    leader's last SetLoads.
+    """
     def __init__(
         self,
         *,
@@ -76,10 +81,11 @@ class Session(_message.Message):
         name: _builtins.str = ...,
         created_revision: _builtins.int = ...,
         created_time_ms: _builtins.int = ...,
+        load: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "created_time_ms", b"created_time_ms", "epoch", b"epoch", "id", b"id", "name", b"name", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "created_time_ms", b"created_time_ms", "epoch", b"epoch", "id", b"id", "load", b"load", "name", b"name", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -184,6 +190,9 @@ class Member(_message.Message):
     REGISTERED_REVISION_FIELD_NUMBER: _builtins.int
     ELIGIBLE_SINCE_MS_FIELD_NUMBER: _builtins.int
     LEAVING_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
+    HEALTH_CHANGED_MS_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     id: _builtins.str
     session_id: _builtins.str
@@ -203,10 +212,17 @@ class Member(_message.Message):
     """Unregistered by someone other than its own session while holding a slot: it is
     asked to step down and removed once its slot is released.
     """
+    health_detail: _builtins.str
+    """Why `healthy` last changed: the check's result then, and when (ms)."""
+    health_changed_ms: _builtins.int
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def check(self) -> Global___HealthCheck:
+        """Optional: the leader runs it and proposes only transitions of `healthy`."""
+
     def __init__(
         self,
         *,
@@ -224,14 +240,154 @@ class Member(_message.Message):
         registered_revision: _builtins.int = ...,
         eligible_since_ms: _builtins.int = ...,
         leaving: _builtins.bool = ...,
+        check: Global___HealthCheck | None = ...,
+        health_detail: _builtins.str = ...,
+        health_changed_ms: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "candidate", b"candidate", "eligible_since_ms", b"eligible_since_ms", "group", b"group", "healthy", b"healthy", "id", b"id", "leaving", b"leaving", "metadata", b"metadata", "nofailover", b"nofailover", "priority", b"priority", "registered_revision", b"registered_revision", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "candidate", b"candidate", "check", b"check", "eligible_since_ms", b"eligible_since_ms", "group", b"group", "health_changed_ms", b"health_changed_ms", "health_detail", b"health_detail", "healthy", b"healthy", "id", b"id", "leaving", b"leaving", "metadata", b"metadata", "nofailover", b"nofailover", "priority", b"priority", "registered_revision", b"registered_revision", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
+class HealthCheck(_message.Message):
+    """A health check the cluster's leader runs against a member (HAProxy semantics:
+    `fall` consecutive failures make a healthy member unhealthy, `rise` consecutive
+    successes make it healthy again).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TCP_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    GRPC_FIELD_NUMBER: _builtins.int
+    INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    RISE_FIELD_NUMBER: _builtins.int
+    FALL_FIELD_NUMBER: _builtins.int
+    interval_ms: _builtins.int
+    """0: 1000"""
+    timeout_ms: _builtins.int
+    """0: min(interval, 1000); must be <= interval"""
+    rise: _builtins.int
+    """0: 2"""
+    fall: _builtins.int
+    """0: 3"""
+    @_builtins.property
+    def tcp(self) -> Global___TcpCheck: ...
+    @_builtins.property
+    def http(self) -> Global___HttpCheck: ...
+    @_builtins.property
+    def grpc(self) -> Global___GrpcCheck: ...
+    def __init__(
+        self,
+        *,
+        tcp: Global___TcpCheck | None = ...,
+        http: Global___HttpCheck | None = ...,
+        grpc: Global___GrpcCheck | None = ...,
+        interval_ms: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
+        rise: _builtins.int = ...,
+        fall: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grpc", b"grpc", "http", b"http", "kind", b"kind", "tcp", b"tcp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fall", b"fall", "grpc", b"grpc", "http", b"http", "interval_ms", b"interval_ms", "kind", b"kind", "rise", b"rise", "tcp", b"tcp", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["tcp", "http", "grpc"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___HealthCheck: _TypeAlias = HealthCheck  # noqa: Y015
+
+@_typing.final
+class TcpCheck(_message.Message):
+    """Connect, then close."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """host:port; empty: the member's address"""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TcpCheck: _TypeAlias = TcpCheck  # noqa: Y015
+
+@_typing.final
+class HttpCheck(_message.Message):
+    """GET the URL; healthy if the status is expected (default 2xx/3xx) and the
+    body contains `body_contains` (when set).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    EXPECT_STATUS_FIELD_NUMBER: _builtins.int
+    BODY_CONTAINS_FIELD_NUMBER: _builtins.int
+    TLS_SKIP_VERIFY_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """http:// or https://"""
+    body_contains: _builtins.str
+    tls_skip_verify: _builtins.bool
+    @_builtins.property
+    def expect_status(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        expect_status: _abc.Iterable[_builtins.int] | None = ...,
+        body_contains: _builtins.str = ...,
+        tls_skip_verify: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_contains", b"body_contains", "expect_status", b"expect_status", "tls_skip_verify", b"tls_skip_verify", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpCheck: _TypeAlias = HttpCheck  # noqa: Y015
+
+@_typing.final
+class GrpcCheck(_message.Message):
+    """grpc.health.v1.Health/Check; healthy if SERVING."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """host:port; empty: the member's address"""
+    service: _builtins.str
+    """empty: the server as a whole"""
+    tls: _builtins.bool
+    """verified against the system's roots"""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        service: _builtins.str = ...,
+        tls: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "service", b"service", "tls", b"tls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrpcCheck: _TypeAlias = GrpcCheck  # noqa: Y015
 
 @_typing.final
 class Holding(_message.Message):
@@ -404,6 +560,7 @@ class Event(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     HOLDING_FIELD_NUMBER: _builtins.int
     HANDOVER_FIELD_NUMBER: _builtins.int
+    LOADS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     term: _builtins.int
     time_ms: _builtins.int
@@ -440,6 +597,10 @@ class Event(_message.Message):
 
     @_builtins.property
     def handover(self) -> Global___Handover: ...
+    @_builtins.property
+    def loads(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionLoad]:
+        """loads_reported: the sessions whose load changed."""
+
     def __init__(
         self,
         *,
@@ -460,14 +621,37 @@ class Event(_message.Message):
         policy: Global___GroupPolicy | None = ...,
         holding: Global___Holding | None = ...,
         handover: Global___Handover | None = ...,
+        loads: _abc.Iterable[Global___SessionLoad] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["handover", b"handover", "holding", b"holding", "member_record", b"member_record", "policy", b"policy", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "handover", b"handover", "holding", b"holding", "kvs", b"kvs", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "session", b"session", "session_id", b"session_id", "slot", b"slot", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "handover", b"handover", "holding", b"holding", "kvs", b"kvs", "loads", b"loads", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "session", b"session", "session_id", b"session_id", "slot", b"slot", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class SessionLoad(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    load: _builtins.float
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        load: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load", b"load", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionLoad: _TypeAlias = SessionLoad  # noqa: Y015
 
 @_typing.final
 class OpenSession(_message.Message):
@@ -733,3 +917,161 @@ class Advance(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Advance: _TypeAlias = Advance  # noqa: Y015
+
+@_typing.final
+class SetHealth(_message.Message):
+    """The leader's checker saw a member's health change. `registered_revision`
+    guards against a member that re-registered meanwhile (a stale verdict is
+    ignored).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    REGISTERED_REVISION_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    member_id: _builtins.str
+    registered_revision: _builtins.int
+    healthy: _builtins.bool
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        registered_revision: _builtins.int = ...,
+        healthy: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "group", b"group", "healthy", b"healthy", "member_id", b"member_id", "registered_revision", b"registered_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHealth: _TypeAlias = SetHealth  # noqa: Y015
+
+@_typing.final
+class UpdateMember(_message.Message):
+    """A member changes how it is balanced, without re-registering: only by its own
+    session. Unset fields stay as they are.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    REPLACE_TAGS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    REPLACE_METADATA_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    member_id: _builtins.str
+    session_id: _builtins.str
+    weight: _builtins.int
+    replace_tags: _builtins.bool
+    replace_metadata: _builtins.bool
+    address: _builtins.str
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """With replace_tags, `tags` replaces them all; else its entries are merged
+        (an empty value deletes the key). The same for metadata.
+        """
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        weight: _builtins.int | None = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        replace_tags: _builtins.bool = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        replace_metadata: _builtins.bool = ...,
+        address: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_weight", b"_weight", "address", b"address", "weight", b"weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_weight", b"_weight", "address", b"address", "group", b"group", "member_id", b"member_id", "metadata", b"metadata", "replace_metadata", b"replace_metadata", "replace_tags", b"replace_tags", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__address: _TypeAlias = _typing.Literal["address"]  # noqa: Y015
+    _WhichOneofArgType__address: _TypeAlias = _typing.Literal["_address", b"_address"]  # noqa: Y015
+    _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
+    _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__address) -> _WhichOneofReturnType__address | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
+
+Global___UpdateMember: _TypeAlias = UpdateMember  # noqa: Y015
+
+@_typing.final
+class SetLoads(_message.Message):
+    """Loads reported by keepalives since the last SetLoads (the leader batches them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOADS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def loads(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionLoad]: ...
+    def __init__(
+        self,
+        *,
+        loads: _abc.Iterable[Global___SessionLoad] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loads", b"loads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLoads: _TypeAlias = SetLoads  # noqa: Y015

@@ -47,6 +47,9 @@ class Command(_message.Message):
     SWITCHOVER_FIELD_NUMBER: _builtins.int
     REVOKE_HOLDING_FIELD_NUMBER: _builtins.int
     ADVANCE_FIELD_NUMBER: _builtins.int
+    SET_HEALTH_FIELD_NUMBER: _builtins.int
+    UPDATE_MEMBER_FIELD_NUMBER: _builtins.int
+    SET_LOADS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client idempotency key; empty for commands that need no dedupe."""
     time_ms: _builtins.int
@@ -87,6 +90,12 @@ class Command(_message.Message):
     def revoke_holding(self) -> _groups_pb2.RevokeHolding: ...
     @_builtins.property
     def advance(self) -> _groups_pb2.Advance: ...
+    @_builtins.property
+    def set_health(self) -> _groups_pb2.SetHealth: ...
+    @_builtins.property
+    def update_member(self) -> _groups_pb2.UpdateMember: ...
+    @_builtins.property
+    def set_loads(self) -> _groups_pb2.SetLoads: ...
     def __init__(
         self,
         *,
@@ -109,12 +118,15 @@ class Command(_message.Message):
         switchover: _groups_pb2.Switchover | None = ...,
         revoke_holding: _groups_pb2.RevokeHolding | None = ...,
         advance: _groups_pb2.Advance | None = ...,
+        set_health: _groups_pb2.SetHealth | None = ...,
+        update_member: _groups_pb2.UpdateMember | None = ...,
+        set_loads: _groups_pb2.SetLoads | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "resign", b"resign", "revoke_holding", b"revoke_holding", "switchover", b"switchover", "unregister", b"unregister"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "resign", b"resign", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "request_id", b"request_id", "resign", b"resign", "revoke_holding", b"revoke_holding", "switchover", b"switchover", "term", b"term", "time_ms", b"time_ms", "unregister", b"unregister"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "request_id", b"request_id", "resign", b"resign", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "term", b"term", "time_ms", b"time_ms", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap", "open_session", "close_session", "expire_session", "create_group", "delete_group", "register", "unregister", "campaign", "resign", "switchover", "revoke_holding", "advance"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap", "open_session", "close_session", "expire_session", "create_group", "delete_group", "register", "unregister", "campaign", "resign", "switchover", "revoke_holding", "advance", "set_health", "update_member", "set_loads"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
