@@ -49,10 +49,12 @@ _EVENT_TYPES = (
 )  # fmt: skip
 
 
-class Balancer:
+class Picker:
+    """The member table and the picking policies, without any I/O (thread-unsafe: the
+    Balancer holds its lock around every call)."""
+
     def __init__(
         self,
-        client: Client,
         group: str,
         policy: Policy = "round_robin",
         role: Role = "any",
@@ -63,87 +65,61 @@ class Balancer:
             raise errors.InvalidArgument(f"unknown policy {policy!r}: use one of {POLICIES}")
         if role not in ROLES:
             raise errors.InvalidArgument(f"unknown role {role!r}: use one of {ROLES}")
-        self.client, self.group, self.policy, self.role = client, group, policy, role
+        self.group, self.policy, self.role = group, policy, role
         self.tags = dict(tags or {})
         self._rng = _random.Random(seed)
-        self._lock = threading.Condition()
-        self._members: dict[str, groups_pb2.Member] = {}  # registration order
-        self._masters: set[str] = set()
-        self._loads: dict[str, float] = {}  # session id -> reported load
-        self._inflight: dict[str, int] = {}
+        self.members: dict[str, groups_pb2.Member] = {}  # registration order
+        self.masters: set[str] = set()
+        self.loads: dict[str, float] = {}  # session id -> reported load
+        self.inflight: dict[str, int] = {}
         self._current: dict[str, int] = {}  # smooth weighted round robin state
         self._turn = 0
-        self.revision = 0  # the last event applied
-        self.error: BaseException | None = None
-        self._closed = False
-        self._ready = threading.Event()
-        # Its own connections, so that close() can end the watch stream.
-        self._watcher = _StoppableClient(
-            client.endpoints, timeout_s=client.timeout_s, attempt_timeout_s=client.attempt_timeout_s
-        )
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"balancer-{group}")
-        self._thread.start()
 
-    # -- picking ---------------------------------------------------------------
+    def load(self, group: groups_pb2.Group, sessions: list[groups_pb2.Session]) -> None:
+        self.members = {m.id: m for m in group.members}
+        self.masters = {h.member_id for h in group.holdings if not h.revoked}
+        self.loads = {x.id: x.load for x in sessions}
+        self._current = {k: v for k, v in self._current.items() if k in self.members}
 
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        """Until the member table has been loaded (raises the load's error, if any)."""
-        if not self._ready.wait(timeout):
-            raise errors.DeadlineExceeded(f"balancer for {self.group!r} not ready in {timeout} s")
-        if self.error is not None:  # not following the group any more: say why
-            raise self.error
+    def apply(self, e: groups_pb2.Event) -> None:
+        if e.type == "loads_reported":
+            for item in e.loads:
+                self.loads[item.session_id] = item.load
+            return
+        if e.group != self.group:
+            return
+        if e.type in ("member_joined", "member_updated", "member_healthy", "member_unhealthy"):
+            if e.type == "member_joined":
+                self.members.pop(e.member, None)  # a rejoin goes to the end
+            self.members[e.member] = e.member_record
+        elif e.type == "member_left":
+            self.members.pop(e.member, None)
+            self.masters.discard(e.member)
+            self._current.pop(e.member, None)
+        elif e.type == "master_elected":
+            self.masters.add(e.member)
+        elif e.type in ("master_lost", "master_revoked"):
+            self.masters.discard(e.member)
+        elif e.type in ("group_deleted", "group_created"):
+            self.members.clear()
+            self.masters.clear()
 
-    def candidates(self) -> list[groups_pb2.Member]:
-        """The members a pick may return now, in registration order."""
-        with self._lock:
-            return list(self._eligible())
-
-    def pick(self) -> groups_pb2.Member:
-        """One member by the policy; Unavailable if none is eligible."""
-        self.wait_ready()
-        with self._lock:
-            return self._pick_locked()
-
-    @contextlib.contextmanager
-    def request(self) -> Iterator[groups_pb2.Member]:
-        """Pick, and count the member as having one more request in flight meanwhile."""
-        self.wait_ready()
-        with self._lock:
-            m = self._pick_locked()
-            self._inflight[m.id] = self._inflight.get(m.id, 0) + 1
-        try:
-            yield m
-        finally:
-            with self._lock:
-                self._inflight[m.id] -= 1
-
-    def close(self) -> None:
-        """Stop following the group (picks then use the table as it was)."""
-        self._closed = True
-        self._watcher.stopped = True
-        self._watcher.close()  # cancels the stream in flight
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Balancer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _eligible(self) -> Iterator[groups_pb2.Member]:
-        for m in self._members.values():
+    def eligible(self) -> list[groups_pb2.Member]:
+        out = []
+        for m in self.members.values():
             if not m.healthy or m.leaving:
                 continue
-            if self.role == "master" and m.id not in self._masters:
+            if self.role == "master" and m.id not in self.masters:
                 continue
-            if self.role == "standby" and m.id in self._masters:
+            if self.role == "standby" and m.id in self.masters:
                 continue
             if any(m.tags.get(k) != v for k, v in self.tags.items()):
                 continue
-            yield m
+            out.append(m)
+        return out
 
-    def _pick_locked(self) -> groups_pb2.Member:
-        pool = list(self._eligible())
+    def pick(self) -> groups_pb2.Member:
+        pool = self.eligible()
         if self.policy == "weighted":
             pool = [m for m in pool if m.weight > 0]
         if not pool:
@@ -158,7 +134,7 @@ class Balancer:
             return self._smooth_weighted(pool)
         if self.policy == "least_load":
             score = {
-                m.id: self._loads.get(m.session_id, 0.0) + self._inflight.get(m.id, 0) for m in pool
+                m.id: self.loads.get(m.session_id, 0.0) + self.inflight.get(m.id, 0) for m in pool
             }
             low = min(score.values())
             pool = [m for m in pool if score[m.id] == low]
@@ -166,6 +142,8 @@ class Balancer:
         return pool[(self._turn - 1) % len(pool)]
 
     def _smooth_weighted(self, pool: list[groups_pb2.Member]) -> groups_pb2.Member:
+        """nginx's smooth weighted round robin: each pick, every peer's current weight
+        grows by its weight; the largest is picked and lowered by the total."""
         total = 0
         best: groups_pb2.Member | None = None
         for m in pool:
@@ -177,6 +155,87 @@ class Balancer:
         assert best is not None
         self._current[best.id] -= total
         return best
+
+
+class Balancer:
+    """A :class:`Picker` kept current by a watch stream on its own thread."""
+
+    def __init__(
+        self,
+        client: Client,
+        group: str,
+        policy: Policy = "round_robin",
+        role: Role = "any",
+        tags: dict[str, str] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.picker = Picker(group, policy, role, tags, seed)
+        self.group = group
+        self._lock = threading.Condition()
+        self.revision = 0  # the last event applied
+        self.error: BaseException | None = None
+        self._closed = False
+        self._ready = threading.Event()
+        # Its own connections, so that close() can end the watch stream.
+        self._watcher = _StoppableClient(
+            client.endpoints, timeout_s=client.timeout_s, attempt_timeout_s=client.attempt_timeout_s
+        )
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"balancer-{group}")
+        self._thread.start()
+
+    # -- picking ---------------------------------------------------------------
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until the member table has been loaded; raises why the balancer stopped
+        following the group, if it did."""
+        if not self._ready.wait(timeout):
+            raise errors.DeadlineExceeded(f"balancer for {self.group!r} not ready in {timeout} s")
+        if self.error is not None:
+            raise self.error
+
+    def candidates(self) -> list[groups_pb2.Member]:
+        """The members a pick may return now, in registration order."""
+        with self._lock:
+            return self.picker.eligible()
+
+    def pick(self) -> groups_pb2.Member:
+        """One member by the policy; Unavailable if none is eligible."""
+        self.wait_ready()
+        with self._lock:
+            return self.picker.pick()
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[groups_pb2.Member]:
+        """Pick, and count the member as having one more request in flight meanwhile."""
+        self.wait_ready()
+        inflight = self.picker.inflight
+        with self._lock:
+            m = self.picker.pick()
+            inflight[m.id] = inflight.get(m.id, 0) + 1
+        try:
+            yield m
+        finally:
+            with self._lock:
+                inflight[m.id] -= 1
+
+    def wait_revision(self, revision: int, timeout: float = 10.0) -> None:
+        """Until the table includes every event up to ``revision`` (of this group)."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: self.revision >= revision, timeout):
+                raise errors.DeadlineExceeded(f"balancer did not reach revision {revision}")
+
+    def close(self) -> None:
+        """Stop following the group."""
+        self._closed = True
+        self._watcher.stopped = True
+        self._watcher.close()  # cancels the stream in flight
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Balancer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the member table ------------------------------------------------------
 
@@ -196,53 +255,26 @@ class Balancer:
     def _follow(self) -> None:
         start = self._watcher.status().revision
         events = watch(self._watcher, start + 1, types=_EVENT_TYPES)
-        self._load_table()
-        self._ready.set()
-        for e in events:  # replays from start + 1: stale records are overwritten in order
-            if self._closed:
-                return
-            with self._lock:
-                self._apply(e)
-                self.revision = e.revision
-                self._lock.notify_all()
-
-    def _load_table(self) -> None:
-        resp = self._watcher.call(
+        group = self._watcher.call(
             lambda ch, t: _groups(ch).Get(election_pb2.GetGroupRequest(name=self.group), timeout=t)
-        )
+        ).group
         sessions = self._watcher.call(
             lambda ch, t: election_pb2_grpc.SessionsStub(ch).List(
                 election_pb2.ListSessionsRequest(), timeout=t
             )
-        )
+        ).sessions
         with self._lock:
-            self._members = {m.id: m for m in resp.group.members}
-            self._masters = {h.member_id for h in resp.group.holdings if not h.revoked}
-            self._loads = {s.id: s.load for s in sessions.sessions}
+            self.picker.load(group, list(sessions))
+            self.revision = start
             self._lock.notify_all()
-
-    def _apply(self, e: groups_pb2.Event) -> None:
-        if e.type == "loads_reported":
-            for item in e.loads:
-                self._loads[item.session_id] = item.load
-            return
-        if e.group != self.group:
-            return
-        if e.type in ("member_joined", "member_updated", "member_healthy", "member_unhealthy"):
-            if e.type == "member_joined":
-                self._members.pop(e.member, None)  # a rejoin goes to the end
-            self._members[e.member] = e.member_record
-        elif e.type == "member_left":
-            self._members.pop(e.member, None)
-            self._masters.discard(e.member)
-            self._current.pop(e.member, None)
-        elif e.type == "master_elected":
-            self._masters.add(e.member)
-        elif e.type in ("master_lost", "master_revoked"):
-            self._masters.discard(e.member)
-        elif e.type in ("group_deleted", "group_created"):
-            self._members.clear()
-            self._masters.clear()
+        self._ready.set()
+        for e in events:  # replays from start + 1: older records are overwritten in order
+            if self._closed:
+                return
+            with self._lock:
+                self.picker.apply(e)
+                self.revision = e.revision
+                self._lock.notify_all()
 
 
 class _StoppableClient(Client):

@@ -26,7 +26,7 @@ from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
 from .members import Watcher, get_group, groups_stub
-from .support import coordctl, describe
+from .support import ClusterFactory, coordctl, describe
 
 INTERVAL_S = 0.2
 TTL_S = 2.0
@@ -291,3 +291,41 @@ def test_health_status_is_served_by_the_leader(
 
         row = wait_until(status, 10, "a checked row")
         assert row.last_ok and row.last_detail == "HTTP 200" and row.last_latency_ms > 0
+
+
+def test_a_new_leader_resumes_from_the_replicated_health(
+    cluster_factory: ClusterFactory, tcp_members: list[TcpMember]
+) -> None:
+    """Kill the leader while a member is unhealthy: the new leader neither flips it back
+    (it needs `rise` successes first) nor re-announces it; it recovers after `rise`."""
+    c3 = cluster_factory(3)
+    c3.wait_for_leader()
+    g = "resume"
+    down = tcp_members[0]
+    with c3.client() as c, Session(c, ttl_s=10) as s:
+        create_group(c, g)
+        Member(c, s, g, "m", address=down.address,
+               check=tcp_check(interval_s=INTERVAL_S, fall=2, rise=3))  # fmt: skip
+        w = Watcher(c3.endpoints, groups=[g], types=["member_healthy", "member_unhealthy"])
+        try:
+            down.close()
+            w.wait_for(lambda e: e.type == "member_unhealthy", 10, "unhealthy")
+            old = c3.leader_index()
+            assert old is not None
+            c3.kill(old)
+            c3.wait_for_leader(exclude=old)
+
+            # The new leader's checker has failed it several times: still one transition.
+            def failing_streak() -> bool:
+                rows = groups_stub(c).HealthStatus(election_pb2.HealthStatusRequest(group=g))
+                row = rows.members[0]
+                return row.checked and not row.last_ok and row.streak >= 4
+
+            wait_until(failing_streak, 10, "the new leader to fail the member 4 times")
+            assert [x.type for x in w.events()] == ["member_unhealthy"]
+            assert not get_group(c, g).members[0].healthy
+            down.open()
+            w.wait_for(lambda e: e.type == "member_healthy", 10, "healthy")
+            assert [x.type for x in w.events()] == ["member_unhealthy", "member_healthy"]
+        finally:
+            w.stop()
