@@ -71,6 +71,9 @@ RID = st.booleans()
 KNOWN = st.sampled_from([True, True, True, True, False])
 PRIORITY = st.integers(0, 3)
 WHO = st.sampled_from(["own", "own", "own", "other", "operator"])
+WITHDRAW = st.sampled_from(
+    ["not a candidate", "nofailover", "unregister", "close", "expire", "resign", "revoke"]
+)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -505,7 +508,7 @@ class GroupsMachine(RuleBasedStateMachine):
                     h.granted_time_ms,
                     h.cause,
                 )
-                assert g2.vacated_cause.get(slot) == ho.cause
+                assert g2.vacated_cause.get(slot, "admin_revoke") == ho.cause
             else:
                 assert h2 == h, f"{name}/{slot}: revoked before its deadline or without it"
             if kept and ho2 is not None and ho2.to_member == ho.to_member:
@@ -627,6 +630,7 @@ class GroupsMachine(RuleBasedStateMachine):
                 if h2 is None or h2.token != h.token:
                     assert ho2 is None, f"{name}/{slot}: a handover outlived its holding"
                 elif h2.revoked:
+                    assert h.revoked or op == "revoke_holding"
                     gone = ho.to_member and ho.to_member not in g2.members
                     assert ho2 == (copy_of(ho, to_member="") if gone else ho)
                 elif not ho.to_member or eligible_id(post, g2, ho.to_member):
@@ -876,8 +880,9 @@ class GroupsMachine(RuleBasedStateMachine):
         ttl = shadow.groups.sessions[g0.members[h0.member_id].session_id].ttl_ms
         assert (h.revoked_time_ms, h.release_after_ms) == (t, t + ttl)  # t may be 0
         assert not g.members[h.member_id].candidate
-        ho = g0.handovers.get(msg.slot)
-        assert g.vacated_cause.get(msg.slot) == (ho.cause if ho is not None else None)
+        ho = g0.handovers.get(msg.slot)  # the cause its release will give
+        cause = ho.cause if ho is not None else "admin_revoke"
+        assert g.vacated_cause.get(msg.slot, "admin_revoke") == cause
         assert self.sm.revision == shadow.revision + 1
 
     # -- invariants that need no step context ---------------------------------------------
@@ -959,10 +964,10 @@ class GroupsMachine(RuleBasedStateMachine):
     ) -> None:
         self.now = epoch  # 0: a revoke at time 0 has revoked_time_ms == 0, and is one
         for ttl in ttls:
-            self.open_session(1, ttl, False)
-        self.create_group(1, "g0", slots, failback, hold, timeout, False)
+            self.open_session(0, ttl, False)
+        self.create_group(0, "g0", slots, failback, hold, timeout, False)
         for i, (pick, priority) in enumerate(members):
-            self.do_register(1, "g0", MEMBER_IDS[i], self.pick_session(pick, True).id, priority)
+            self.do_register(0, "g0", MEMBER_IDS[i], self.pick_session(pick, True).id, priority)
 
     @rule(dt=DT, ttl=st.sampled_from(TTLS + TTLS + BAD_TTLS), rid=RID)
     def open_session(self, dt: int, ttl: int, rid: bool) -> None:
@@ -1114,6 +1119,46 @@ class GroupsMachine(RuleBasedStateMachine):
 
     @precondition(
         lambda self: any(
+            s not in g.handovers and not h.revoked
+            for g in self.sm.groups.groups.values()
+            for s, h in g.holdings.items()
+        )
+    )
+    @rule(
+        dt=st.integers(0, 60),
+        pick=PICK,
+        how=st.sampled_from(["switchover", "switchover to", "resign", "unregister"]),
+        then=st.one_of(st.none(), WITHDRAW),
+    )
+    def ask_a_holder_to_step_down(self, dt: int, pick: int, how: str, then: str | None) -> None:
+        """A handover on a holder that has none: a switchover (for the best, or named), an
+        operator's resign or unregister; ``then``, maybe, its successor withdraws at once."""
+        asked = [
+            (name, h.member_id)
+            for name, g in sorted(self.sm.groups.groups.items())
+            for s, h in sorted(g.holdings.items())
+            if s not in g.handovers and not h.revoked
+        ]
+        group, member = asked[pick % len(asked)]
+        g = self.sm.groups.groups[group]
+        asked_slots = set(g.handovers)
+        if how.startswith("switchover"):
+            to = ""
+            if how == "switchover to":
+                ready = [m.id for m in g.members.values() if eligible(self.sm.groups, g, m)]
+                to = ready[pick % len(ready)] if ready else ""
+            self.step(dt, switchover=gp.Switchover(group=group, to_member=to))
+        elif how == "resign":
+            self.step(dt, resign=gp.Resign(group=group, member_id=member, session_id=""))
+        else:
+            self.step(dt, unregister=gp.Unregister(group=group, member_id=member, session_id=""))
+        g = self.sm.groups.groups[group]
+        made = [s for s, ho in g.handovers.items() if ho.to_member and s not in asked_slots]
+        if then is not None and made:
+            self.withdraw(dt % 7, group, made[0], then, pick)
+
+    @precondition(
+        lambda self: any(
             m.leaving for g in self.sm.groups.groups.values() for m in g.members.values()
         )
     )
@@ -1149,23 +1194,28 @@ class GroupsMachine(RuleBasedStateMachine):
             ho.to_member for g in self.sm.groups.groups.values() for ho in g.handovers.values()
         )
     )
-    @rule(
-        dt=st.integers(0, 60),
-        pick=PICK,
-        how=st.sampled_from(
-            ["not a candidate", "nofailover", "unregister", "close", "expire", "resign"]
-        ),
-    )
+    @rule(dt=st.integers(0, 60), pick=PICK, how=WITHDRAW)
     def withdraw_a_successor(self, dt: int, pick: int, how: str) -> None:
-        """The successor a handover promised stops being eligible (or, "resign": the slot it
-        may take instead frees up): the handover is re-targeted or cancelled."""
         promised = [
-            (name, g.members[ho.to_member])
+            (name, slot)
             for name, g in sorted(self.sm.groups.groups.items())
-            for _, ho in sorted(g.handovers.items())
+            for slot, ho in sorted(g.handovers.items())
             if ho.to_member
         ]
-        group, m = promised[pick % len(promised)]
+        group, slot = promised[pick % len(promised)]
+        self.withdraw(dt, group, slot, how, pick)
+
+    def withdraw(self, dt: int, group: str, slot: int, how: str, pick: int) -> None:
+        """The successor the handover of ``slot`` promised stops being eligible: it withdraws
+        (re-registers as no candidate, or nofailover), is unregistered, or its session ends;
+        or another slot frees up and is refilled with it ("resign": its holder resigns;
+        "revoke": it is revoked, then released by the timers). The handover is re-targeted
+        or cancelled."""
+        g = self.sm.groups.groups[group]
+        ho = g.handovers[slot]
+        if not ho.to_member:
+            return
+        m = g.members[ho.to_member]
         if how in {"not a candidate", "nofailover"}:
             nofailover = how == "nofailover"
             self.do_register(dt, group, m.id, m.session_id, m.priority, nofailover, nofailover)
@@ -1177,15 +1227,19 @@ class GroupsMachine(RuleBasedStateMachine):
         elif how == "expire":
             s = self.sm.groups.sessions[m.session_id]
             self.step(dt, expire_session=gp.ExpireSession(session_id=s.id, epoch=s.epoch))
-        else:  # a holder without a handover lets go: its slot may go to the promised one
-            g = self.sm.groups.groups[group]
-            free = [h for s, h in sorted(g.holdings.items()) if s not in g.handovers]
-            if free:
-                h = free[pick % len(free)]
+        else:  # another slot frees up: its refill may take the promised successor
+            others = [(s, h) for s, h in sorted(g.holdings.items()) if s != slot and not h.revoked]
+            if not others:
+                return
+            other, h = others[pick % len(others)]
+            if how == "resign":
                 session = g.members[h.member_id].session_id
-                self.step(
-                    dt, resign=gp.Resign(group=group, member_id=h.member_id, session_id=session)
-                )
+                resign = gp.Resign(group=group, member_id=h.member_id, session_id=session)
+                self.step(dt, resign=resign)
+                return
+            self.step(dt, revoke_holding=gp.RevokeHolding(group=group, slot=other))
+            h = self.sm.groups.groups[group].holdings[other]
+            self.step(max(0, h.release_after_ms - self.now), advance=gp.Advance())
 
     @rule(dt=DT, group=PICK, member=PICK, known=KNOWN, rid=RID)
     def campaign(self, dt: int, group: int, member: int, known: bool, rid: bool) -> None:
@@ -1291,10 +1345,44 @@ class GroupsMachine(RuleBasedStateMachine):
         assert self.sm.snapshot() == before
 
 
-def test_groups_state_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+class HandoverMachine(GroupsMachine):
+    """The same rules and checks, from a start that makes handovers likely to change: one
+    group with more candidates than slots (often with failback), so that step-down requests
+    name successors that then withdraw, leave, or take another slot."""
+
+    @initialize(
+        ttls=st.lists(st.sampled_from(TTLS), min_size=2, max_size=3),
+        slots=st.integers(1, 2),
+        failback=st.sampled_from([gp.FAILBACK_OFF, gp.FAILBACK_AUTO, gp.FAILBACK_AUTO]),
+        hold=st.sampled_from([0, 300]),
+        timeout=st.sampled_from([200, 1500, 0]),
+        members=st.lists(st.tuples(PICK, PRIORITY), min_size=3, max_size=6),
+        epoch=st.sampled_from([T0, 0]),
+        revoke=st.booleans(),
+    )
+    def start(
+        self,
+        ttls: list[int],
+        slots: int,
+        failback: int,
+        hold: int,
+        timeout: int,
+        members: list[tuple[int, int]],
+        epoch: int,
+        revoke: bool = False,
+    ) -> None:
+        super().start(ttls, slots, failback, hold, timeout, members, epoch)
+        if revoke:  # at once: at epoch 0, revoked_time_ms is 0
+            self.step(0, revoke_holding=gp.RevokeHolding(group="g0", slot=0))
+
+
+@pytest.mark.parametrize("machine", [GroupsMachine, HandoverMachine])
+def test_groups_state_machine(
+    monkeypatch: pytest.MonkeyPatch, machine: type[GroupsMachine]
+) -> None:
     monkeypatch.setattr(limits, "EVENT_LOG_ENTRIES", EVENTS_KEPT)
     run_state_machine_as_test(
-        GroupsMachine,
+        machine,
         settings=settings(max_examples=100, stateful_step_count=50, deadline=None),
     )
 
@@ -1338,6 +1426,17 @@ def commands_for(t0: int) -> st.SearchStrategy[list[tuple[int, dict[str, Any]]]]
             st.sampled_from(GROUP_NAMES[:2]),
             st.sampled_from(MEMBER_IDS[:4]),
             sessions,
+        ),
+        st.builds(
+            lambda g, m, s: {"unregister": gp.Unregister(group=g, member_id=m, session_id=s)},
+            st.sampled_from(GROUP_NAMES[:2]),
+            st.sampled_from(MEMBER_IDS[:4]),
+            sessions,
+        ),
+        st.builds(
+            lambda g, m: {"campaign": gp.Campaign(group=g, member_id=m)},
+            st.sampled_from(GROUP_NAMES[:2]),
+            st.sampled_from(MEMBER_IDS[:4]),
         ),
         st.builds(
             lambda g, m: {"switchover": gp.Switchover(group=g, to_member=m)},
