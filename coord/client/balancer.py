@@ -34,7 +34,7 @@ import grpc
 
 from coord import errors
 from coord.client.client import Client
-from coord.client.election import _groups, watch
+from coord.client.election import _groups, watch_batches
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
 Policy = Literal["round_robin", "random", "weighted", "least_load"]
@@ -219,7 +219,8 @@ class Balancer:
                 inflight[m.id] -= 1
 
     def wait_revision(self, revision: int, timeout: float = 10.0) -> None:
-        """Until the table includes every event up to ``revision`` (of this group)."""
+        """Until the table includes every event up to ``revision`` (a write's response
+        revision, say), whether or not the events matched."""
         with self._lock:
             if not self._lock.wait_for(lambda: self.revision >= revision, timeout):
                 raise errors.DeadlineExceeded(f"balancer did not reach revision {revision}")
@@ -254,10 +255,11 @@ class Balancer:
 
     def _follow(self) -> None:
         start = self._watcher.status().revision
-        events = watch(self._watcher, start + 1, types=_EVENT_TYPES)
-        group = self._watcher.call(
+        batches = watch_batches(self._watcher, start + 1, types=_EVENT_TYPES)
+        resp = self._watcher.call(
             lambda ch, t: _groups(ch).Get(election_pb2.GetGroupRequest(name=self.group), timeout=t)
-        ).group
+        )
+        group, loaded = resp.group, resp.header.revision
         sessions = self._watcher.call(
             lambda ch, t: election_pb2_grpc.SessionsStub(ch).List(
                 election_pb2.ListSessionsRequest(), timeout=t
@@ -267,14 +269,18 @@ class Balancer:
             self.picker.load(group, list(sessions))
             self.revision = start
             self._lock.notify_all()
-        self._ready.set()
-        for e in events:  # replays from start + 1: older records are overwritten in order
+        # Events from start + 1 replay what the table already holds (older records are
+        # overwritten in order); ready once the replay has passed the table's revision.
+        for events, upto in batches:
             if self._closed:
                 return
             with self._lock:
-                self.picker.apply(e)
-                self.revision = e.revision
+                for e in events:
+                    self.picker.apply(e)
+                self.revision = upto
                 self._lock.notify_all()
+            if upto >= loaded:
+                self._ready.set()
 
 
 class _StoppableClient(Client):

@@ -307,20 +307,34 @@ def watch(
     one seen). Raises OutOfRange when the events needed were compacted: re-read
     the state and watch from its revision + 1.
     """
+    for events, _ in watch_batches(client, from_revision, groups, types):
+        yield from events
+
+
+def watch_batches(
+    client: Client,
+    from_revision: int = 0,
+    groups: Iterable[str] = (),
+    types: Iterable[str] = (),
+) -> Iterator[tuple[list[groups_pb2.Event], int]]:
+    """Like :func:`watch`, in batches with the revision every event up to which has
+    been seen and filtered (progress messages yield an empty batch): a consumer knows
+    how far it is caught up even when no event matched."""
     # "From now" is pinned to a revision at once, so that a reconnect resumes
     # exactly where the stream stopped.
     following = from_revision or client.status().revision + 1
     req_groups, req_types = list(groups), list(types)
 
-    def stream(ch: grpc.Channel) -> Iterator[groups_pb2.Event]:
+    def stream(ch: grpc.Channel) -> Iterator[tuple[list[groups_pb2.Event], int]]:
         nonlocal following
         req = election_pb2.WatchRequest(from_revision=following, groups=req_groups, types=req_types)
         for resp in _guarded(election_pb2_grpc.WatchStub(ch).Watch(req)):
-            for event in resp.events:
-                following = event.revision + 1
-                yield event
+            events = list(resp.events)
+            if events:
+                following = events[-1].revision + 1
             # The server filtered every event up to the header's revision.
             following = max(following, resp.header.revision + 1)
+            yield events, following - 1
 
     return _resuming(client, stream)
 
