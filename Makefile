@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PROTO_FILES := $(wildcard proto/coord/v1/*.proto)
 
-.PHONY: help bootstrap test check lint typecheck imports proto proto-check demo bench fmt
+.PHONY: help bootstrap test check lint typecheck imports proto proto-check demo bench fmt chaos
 
 help:
 	@echo "make demo       local 3-node cluster with a live failover demo"
@@ -10,6 +10,7 @@ help:
 	@echo "make check      ruff, mypy --strict, import contracts, proto freshness"
 	@echo "make proto      regenerate coord/v1 from proto/"
 	@echo "make bench      side-by-side benchmarks with etcd (see bench/README.md)"
+	@echo "make chaos      every chaos scenario through Toxiproxy (SEED=n to repeat a run)"
 
 bootstrap:
 	@scripts/bootstrap
@@ -23,12 +24,12 @@ test:
 check: bootstrap lint typecheck imports proto-check
 
 lint:
-	$(PY) -m ruff check coord tests bench
-	$(PY) -m ruff format --check coord tests
+	$(PY) -m ruff check coord tests bench chaos
+	$(PY) -m ruff format --check coord tests chaos
 
 fmt:
-	$(PY) -m ruff format coord tests
-	$(PY) -m ruff check --fix coord tests
+	$(PY) -m ruff format coord tests chaos
+	$(PY) -m ruff check --fix coord tests chaos
 
 typecheck:
 	$(PY) -m mypy
@@ -49,3 +50,8 @@ proto-check:
 
 bench: bootstrap
 	$(PY) bench/run_all.py
+
+# The full chaos suite (about 10 minutes): a table of scenarios and violations.
+SEED ?= $(shell date +%s)
+chaos: bootstrap
+	$(PY) -m chaos.run --seed $(SEED)

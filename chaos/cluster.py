@@ -22,23 +22,33 @@ from chaos.toxiproxy import Toxiproxy
 from coord.testing import LocalCluster, free_ports
 
 
+_CLUSTERS = itertools.count(1)
+
+
 class ProxiedCluster(LocalCluster):
     def __init__(self, toxi: Toxiproxy, n: int = 3, **kwargs: object) -> None:
         super().__init__(n, **kwargs)  # type: ignore[arg-type]
         self.toxi = toxi
         self.advertised: dict[str, str] = {}  # node id -> proxied API address
-        token = self.token.rsplit("-", 1)[-1][:8]
-        self._prefix = f"c{token}"
+        self._prefix = f"c{next(_CLUSTERS)}"
+        self._proxies: list[str] = []
         for node in self.nodes:
             name = self.api_proxy(node.node_id)
             toxi.create(name, upstream=node.api, listen_port=free_ports(1)[0])
+            self._proxies.append(name)
             self.advertised[node.node_id] = toxi.listen(name)
             node.extra_args += ["--listen-api", node.api]
         for a, b in itertools.combinations(self.nodes, 2):
             hi, lo = (a, b) if a.node_id > b.node_id else (b, a)
             name = self.raft_proxy(hi.node_id, lo.node_id)
             toxi.create(name, upstream=lo.raft)
+            self._proxies.append(name)
             hi.extra_args += ["--raft-route", f"{lo.node_id}={toxi.listen(name)}"]
+
+    def close(self) -> None:
+        super().close()
+        for name in self._proxies:
+            self.toxi.destroy(name)
 
     # -- names -----------------------------------------------------------------
 
@@ -106,7 +116,7 @@ class ProxiedCluster(LocalCluster):
         retransmitted or broken the connection."""
         for proxy, toxic in toxics:
             self.toxi.remove_toxic(proxy, toxic)
-        for proxy in sorted({p for p, t in toxics if t.startswith(("cut_", "loss_"))}):
+        for proxy in sorted({p for p, t in toxics if t.startswith("cut_")}):
             self.toxi.disable(proxy)
             self.toxi.enable(proxy)
 

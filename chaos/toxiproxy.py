@@ -120,6 +120,11 @@ class Toxiproxy:
         self._expect(name, enabled=True, toxics=set())
         return p
 
+    def destroy(self, name: str) -> None:
+        self.proxies.pop(name).destroy()
+        if name in self.client.proxies():
+            raise ToxiproxyError(f"proxy {name} still exists after it was destroyed")
+
     def listen(self, name: str) -> str:
         return str(self.proxies[name].listen)
 
