@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chaos import checkers
 from chaos.cluster import ProxiedCluster
@@ -27,7 +28,7 @@ from chaos.linearizability import History
 from chaos.nemesis import NEMESES, leader_id
 from chaos.records import RunRecord
 from chaos.toxiproxy import Toxiproxy
-from chaos.workload import AckWriter, Campaigner, EventWatcher, RegisterClient
+from chaos.workload import AckWriter, Campaigner, EventWatcher, RegisterClient, Worker
 from coord.client import Client, create_group, masters
 from coord.testing import wait_until
 from coord.v1 import kv_pb2, kv_pb2_grpc
@@ -78,7 +79,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     record = RunRecord(sc.name, seed, time.monotonic())
     history = History()
     c = ProxiedCluster(toxi, sc.nodes, base_dir=f"{workdir}/{sc.name}")
-    workers: list = []
+    workers: list[Worker] = []
     try:
         c.start()
         leader_id(c)
@@ -87,14 +88,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
             create_group(admin, "g1", slots=1)
             create_group(admin, "g3", slots=3)
             start_rev = admin.status().revision + 1
-        workers += [Campaigner(record, eps, "g1", f"m{i}", 10 - i, TTL_S) for i in range(3)]
-        workers += [Campaigner(record, eps, "g3", f"m{i}", 10 - i, TTL_S) for i in range(5)]
-        workers += [AckWriter(record, eps, f"w{i}") for i in range(2)]
-        keys = [f"reg/{k}" for k in range(4)]
-        workers += [RegisterClient(history, eps, p, keys, rng.randrange(2**32)) for p in range(3)]
-        workers += [EventWatcher(record, eps, "watch-all", start_rev)]
-        for w in workers:
-            w.start()
+        workers += _workload(record, history, eps, rng, start_rev)
         time.sleep(1.0)  # the workload settles before the first fault (a pacing delay)
         nemesis = NEMESES[sc.nemesis]
         for _ in range(cycles):
@@ -125,6 +119,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     notes = [e for w in workers for e in w.errors]
     violations = [f"{v.checker}: {v.detail}" for v in checkers.check_all(record, RECOVERY_BOUND_S)]
     violations += [f"workload: {n}" for n in notes if "did not stop" in n]
+    violations += _unfed(record, history)
     return Row(
         sc.name,
         record.operations,
@@ -133,6 +128,34 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         record.recovered_after_s,
         violations,
     )
+
+
+def _workload(
+    record: RunRecord, history: History, eps: list[str], rng: random.Random, start_rev: int
+) -> list[Worker]:
+    """Campaigners in a 1-slot and a 3-slot group, two writers of acknowledged keys,
+    three register clients on four keys, one unfiltered watcher; all started."""
+    workers: list[Worker] = []
+    workers += [Campaigner(record, eps, "g1", f"m{i}", 10 - i, TTL_S) for i in range(3)]
+    workers += [Campaigner(record, eps, "g3", f"m{i}", 10 - i, TTL_S) for i in range(5)]
+    workers += [AckWriter(record, eps, f"w{i}") for i in range(2)]
+    keys = [f"reg/{k}" for k in range(4)]
+    workers += [RegisterClient(history, eps, p, keys, rng.randrange(2**32)) for p in range(3)]
+    workers += [EventWatcher(record, eps, "watch-all", start_rev)]
+    for w in workers:
+        w.start()
+    return workers
+
+
+def _unfed(record: RunRecord, history: History) -> list[str]:
+    """A checker over an empty record proves nothing: the workload must have fed each."""
+    fed = {
+        "tenures": len(record.tenures),
+        "acknowledged writes": len(record.acked),
+        "register operations": sum(1 for op in history.ops() if op.status == "ok"),
+        "watched events": sum(len(w.revisions) for w in record.watches),
+    }
+    return [f"workload: no {what} recorded" for what, n in fed.items() if n == 0]
 
 
 def _recovery(c: ProxiedCluster, since: float) -> float | None:
@@ -160,13 +183,12 @@ def _read_back(c: ProxiedCluster, record: RunRecord) -> None:
         keys: set[str] = set()
         with Client([node.api], timeout_s=10) as cl:
             for prefix in buckets:
-                resp = cl.call(
-                    lambda ch, t, prefix=prefix: kv_pb2_grpc.KVStub(ch).Range(
-                        kv_pb2.RangeRequest(key=prefix.encode(), prefix=True, keys_only=True),
-                        timeout=t,
-                    ),
-                    endpoint=node.api,
-                )
+                req = kv_pb2.RangeRequest(key=prefix.encode(), prefix=True, keys_only=True)
+
+                def ask(ch: Any, t: float, req: kv_pb2.RangeRequest = req) -> Any:
+                    return kv_pb2_grpc.KVStub(ch).Range(req, timeout=t)
+
+                resp = cl.call(ask, endpoint=node.api)
                 if resp.more:
                     raise RuntimeError(f"bucket {prefix} holds more keys than a range returns")
                 keys |= {kv.key.decode() for kv in resp.kvs}

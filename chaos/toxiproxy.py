@@ -85,7 +85,7 @@ class Toxiproxy:
             [server_binary(), "-host", "127.0.0.1", "-port", str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        _api.requests = _CheckedRequests()  # type: ignore[assignment]
+        _api.requests = _CheckedRequests()
         _api.validate_response = _validate
         _api.APIConsumer.host, _api.APIConsumer.port = "127.0.0.1", self.port
         self.client = _Client()

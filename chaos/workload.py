@@ -31,7 +31,7 @@ from coord.client import Client, Member, Session, watch
 POLL_S = 0.002  # how often a master asks its library whether it still is
 
 
-class _Worker:
+class Worker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.stop = threading.Event()
@@ -58,7 +58,7 @@ class _Worker:
         raise NotImplementedError
 
 
-class Campaigner(_Worker):
+class Campaigner(Worker):
     def __init__(
         self,
         record: RunRecord,
@@ -109,7 +109,7 @@ class Campaigner(_Worker):
                 session.close()
 
 
-class AckWriter(_Worker):
+class AckWriter(Worker):
     def __init__(self, record: RunRecord, endpoints: Sequence[str], name: str) -> None:
         super().__init__(name)
         self.record, self.endpoints = record, list(endpoints)
@@ -131,7 +131,7 @@ class AckWriter(_Worker):
             client.close()
 
 
-class RegisterClient(_Worker):
+class RegisterClient(Worker):
     """Random read / write / cas on ``keys``; every value written is unique."""
 
     def __init__(
@@ -207,7 +207,7 @@ class RegisterClient(_Worker):
         self.history.ok(handle, result(resp))
 
 
-class EventWatcher(_Worker):
+class EventWatcher(Worker):
     def __init__(
         self, record: RunRecord, endpoints: Sequence[str], name: str, from_revision: int
     ) -> None:
