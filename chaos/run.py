@@ -29,6 +29,7 @@ from chaos.nemesis import NEMESES, leader_id
 from chaos.records import RunRecord
 from chaos.toxiproxy import Toxiproxy
 from chaos.workload import AckWriter, Campaigner, EventWatcher, RegisterClient, Worker
+from coord import errors
 from coord.client import Client, create_group, masters
 from coord.testing import wait_until
 from coord.v1 import kv_pb2, kv_pb2_grpc
@@ -188,11 +189,25 @@ def _read_back(c: ProxiedCluster, record: RunRecord) -> None:
                 def ask(ch: Any, t: float, req: kv_pb2.RangeRequest = req) -> Any:
                     return kv_pb2_grpc.KVStub(ch).Range(req, timeout=t)
 
-                resp = cl.call(ask, endpoint=node.api)
+                resp = _retrying(lambda ask=ask, ep=node.api: cl.call(ask, endpoint=ep))
                 if resp.more:
                     raise RuntimeError(f"bucket {prefix} holds more keys than a range returns")
                 keys |= {kv.key.decode() for kv in resp.kvs}
         record.final[node.node_id] = keys
+
+
+def _retrying(fn: Any, within_s: float = 20.0) -> Any:
+    """``fn()`` again after transient failures (a node still settling after the heal)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return fn()
+        except errors.CoordError as e:
+            if not e.retryable and not isinstance(e, errors.DeadlineExceeded):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # retry pacing
 
 
 def _failovers(record: RunRecord) -> int:
