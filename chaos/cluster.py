@@ -21,7 +21,6 @@ from collections.abc import Iterable, Sequence
 from chaos.toxiproxy import Toxiproxy
 from coord.testing import LocalCluster, free_ports
 
-
 _CLUSTERS = itertools.count(1)
 
 
