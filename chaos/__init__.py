@@ -1,0 +1,1 @@
+"""Chaos testing tools: history recording and linearizability checking."""
