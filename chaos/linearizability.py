@@ -326,6 +326,8 @@ def _prepare(index: int, op: Op) -> _KOp | None:
     elif op.kind == "cas":
         if not isinstance(op.value, bytes):
             raise ValueError(f"op #{index}: a cas needs a bytes new value")
+        if not (op.expected is None or isinstance(op.expected, bytes)):
+            raise ValueError(f"op #{index}: a cas's expected value must be bytes or None")
         a, b = op.expected, op.value
         if info:
             code = _CAS_UNKNOWN
@@ -417,7 +419,7 @@ class _Search:
         done_order = [j for j in range(n) if not info[j]]
         self.info_order = [j for j in range(n) if info[j]]
         by_ret = sorted(done_order, key=lambda j: (self.ret[j], self.call[j]))
-        self.remaining = len(by_ret)
+        self.remaining = self.completed = len(by_ret)
         self.rank = {j: r for r, j in enumerate(by_ret)}
         self.info_mask = sum(1 << j for j in self.info_order)
         # Info ops by the value they may write, and the info deletes.
@@ -457,6 +459,9 @@ class _Search:
         self.after_info = False
         self.before: _State = None
         self.tried: dict[int, set[_State]] = {}
+        # The furthest any configuration got: the rank (in return order) of its blocking op.
+        self.best: _Failure | None = None
+        self.best_rank = -1
 
     def canon(self, v: _State) -> _State:
         return v if v is None or self.watchers.get(v, 0) > 0 else _UNREAD
@@ -583,8 +588,6 @@ class _Search:
         if self.remaining == 0:
             return None
         info = self.info
-        best: _Failure | None = None
-        best_rank = -1
         # Frames: (candidates, next candidate, blocking op, op linearized, state before it).
         stack: list[tuple[list[int], int, int, int, _State]] = []
         cands, blocking = self.candidates()
@@ -613,9 +616,9 @@ class _Search:
                 break
             else:
                 # Every way on from this configuration failed.
-                if self.rank[blocking] > best_rank:
-                    best_rank = self.rank[blocking]
-                    best = _Failure(blocking, [f[3] for f in stack])
+                if self.rank[blocking] > self.best_rank:
+                    self.best_rank = self.rank[blocking]
+                    self.best = _Failure(blocking, [f[3] for f in stack])
                 if not stack:
                     break
                 cands, i, blocking, j, self.s = stack.pop()
@@ -626,6 +629,7 @@ class _Search:
                 self.after_info = bool(stack) and info[stack[-1][3]]
                 if self.after_info:
                     self.before = stack[-1][4]
+        best = self.best
         assert best is not None
         best.tried = self.tried.get(best.blocking, set())
         return best
@@ -653,10 +657,11 @@ def check(
     t0 = min((op.call for op in ops), default=0.0)
     init = init or {}
     for checked, (key, kops) in enumerate(per_key.items()):
+        search = _Search(kops, init.get(key))
         try:
             if time.monotonic() >= deadline:
                 raise _Timeout
-            failure = _Search(kops, init.get(key)).run(deadline)
+            failure = search.run(deadline)
         except _Timeout:
             elapsed = time.monotonic() - start
             return Result(
@@ -665,7 +670,14 @@ def check(
                 unknown=True,
                 explanation=(
                     f"timed out after {elapsed:.2f}s checking key {key!r} ({len(kops)} ops); "
-                    f"{checked} of {len(per_key)} keys were linearizable"
+                    f"{checked} of {len(per_key)} keys were found linearizable before it"
+                    + (
+                        ""
+                        if search.best is None
+                        else f"; the furthest dead end so far is the return of op "
+                        f"#{kops[search.best.blocking].index} (completed op "
+                        f"{search.best_rank + 1} of {search.completed} in return order)"
+                    )
                 ),
                 elapsed_s=elapsed,
             )

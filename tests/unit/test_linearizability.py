@@ -4,18 +4,13 @@ against simulated registers and a brute-force reference, and a performance smoke
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-# `chaos` is a top-level directory of the repo, not part of the installed `coord` package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from chaos.linearizability import History, Op, Status, Value, check
 
