@@ -5,9 +5,23 @@
 and expired (with the right or a stale epoch), groups created and deleted with
 1-3 slots and random policies, members registered (random priorities,
 ``nofailover``, ``candidate``, ids shared between sessions, sessions that are
-gone), unregistered, campaigning, resigning, switched over and revoked, and
-Advances, at a clock that moves by random steps (sometimes by more than any
-TTL or timeout, sometimes exactly onto the next timer) and a term that grows.
+gone), unregistered (by their own session, another one or none), campaigning,
+resigning, switched over and revoked, and Advances, at a clock that starts at
+some epoch or at 0 and moves by random steps (sometimes by more than any TTL or
+timeout, sometimes exactly onto the next timer) and a term that grows.
+:class:`HandoverMachine` runs the same rules from a start with more candidates
+than slots, where step-down requests name successors that then withdraw, leave
+or take another slot.
+
+The model (the rules of ``coord/state/groups.py``'s docstring): a handover of a
+holding that is not revoked always names an eligible successor no other handover
+promised (or nobody, for an operator's resign or unregister); when its successor
+stops being eligible it is re-targeted to the best free candidate or cancelled
+(``retargeted``); a handover of a revoked holding is left alone (its successor is
+settled at the release). A member unregistered by anyone but its own session while
+it holds a slot is ``leaving``: asked to step down (cause member_left), never a
+candidate again, removed as soon as its slot is released. ``Holding.revoked`` is
+the revoked flag (``revoked_time_ms`` is 0 for a revoke at time 0).
 
 A command first runs every timer due by its time, then does its own work. Each
 step therefore builds a *shadow*: the state before the command restored from a
@@ -373,9 +387,15 @@ class GroupsMachine(RuleBasedStateMachine):
         - events: one per revision, consecutive, term and time of the command; the log is
           gap-free, ``since`` returns its tails and OutOfRange below the oldest kept;
         - structure (check_structure) and "filled" (check_filled), in the shadow and after;
-        - timers: a revoked holding is released exactly when its release_after_ms has
-          come, a handover revoked exactly at its deadline, a due failback requested;
-          a failback stepdown only for a higher-priority member held for failback_hold_ms;
+        - timers (check_timer_phase): a revoked holding is released exactly when its
+          release_after_ms has come (a leaving holder leaves with it), a handover
+          re-targeted or cancelled only because a refill gave its successor a slot, one
+          still pending revoked exactly at its deadline, a due failback requested (only
+          for a higher-priority member held for failback_hold_ms);
+        - handovers after the command (check_handovers): kept, consumed, re-targeted or
+          cancelled as the rules say; new ones only by the command (its effect_);
+        - events: master_revoked carries the holding, stepdown_* the handover
+          (check_event_records);
         - releases by a command: only by the holder itself (check_released_by_holder);
         - grants: token == revision of its master_elected event, strictly increasing per
           (group, slot), the holder's token is the slot's last grant; the grantee ranks
@@ -1159,6 +1179,77 @@ class GroupsMachine(RuleBasedStateMachine):
 
     @precondition(
         lambda self: any(
+            not h.revoked and s in g.handovers
+            for g in self.sm.groups.groups.values()
+            for s, h in g.holdings.items()
+        )
+    )
+    @rule(
+        dt=st.integers(0, 60),
+        pick=PICK,
+        act=st.sampled_from(["resign", "unregister", "unregister", "switchover"]),
+        who=st.sampled_from(["own", "other", "operator"]),
+    )
+    def act_on_an_asked_holder(self, dt: int, pick: int, act: str, who: str) -> None:
+        """A holder already asked to step down: its own session resigns or unregisters
+        (the slot goes to the handover's successor), anyone else's resign changes nothing
+        and their unregister only marks it leaving (the pending handover stays as it is);
+        a switchover looks for another master."""
+        asked = [
+            (name, h.member_id)
+            for name, g in sorted(self.sm.groups.groups.items())
+            for s, h in sorted(g.holdings.items())
+            if not h.revoked and s in g.handovers
+        ]
+        group, member = asked[pick % len(asked)]
+        session = self.session_as(group, member, who, pick)
+        if act == "resign":
+            self.step(dt, resign=gp.Resign(group=group, member_id=member, session_id=session))
+        elif act == "unregister":
+            unregister = gp.Unregister(group=group, member_id=member, session_id=session)
+            self.step(dt, unregister=unregister)
+        else:
+            self.step(dt, switchover=gp.Switchover(group=group, to_member=""))
+
+    @precondition(lambda self: any(g.holdings for g in self.sm.groups.groups.values()))
+    @rule(
+        dt=st.integers(0, 60),
+        pick=PICK,
+        act=st.sampled_from(
+            ["resign", "unregister", "campaign", "withdraw", "withdraw", "switchover"]
+        ),
+        who=st.sampled_from(["own", "other", "operator"]),
+    )
+    def act_on_a_revoked_holding(self, dt: int, pick: int, act: str, who: str) -> None:
+        """While a revoked holding (revoked first if need be) waits out its holder's TTL:
+        the holder resigns or is unregistered (its own session lets go at once, anyone
+        else changes nothing but the leaving flag), campaigns again, the successor its
+        handover named withdraws (no re-targeting: the slot goes to the best at its
+        release), or a switchover looks for a master."""
+        group, member = self.pick_holder(pick)
+        g = self.sm.groups.groups[group]
+        slot = g.holder_slot(member)
+        assert slot is not None
+        if not g.holdings[slot].revoked:
+            self.step(dt, revoke_holding=gp.RevokeHolding(group=group, slot=slot))
+            if slot not in g.holdings or not g.holdings[slot].revoked:
+                return  # released by the timers of the revoke
+        session = self.session_as(group, member, who, pick)
+        if act == "resign":
+            self.step(dt, resign=gp.Resign(group=group, member_id=member, session_id=session))
+        elif act == "unregister":
+            unregister = gp.Unregister(group=group, member_id=member, session_id=session)
+            self.step(dt, unregister=unregister)
+        elif act == "campaign":
+            self.step(dt, campaign=gp.Campaign(group=group, member_id=member))
+        elif act == "withdraw" and slot in g.handovers and g.handovers[slot].to_member:
+            how = ["not a candidate", "nofailover", "resign", "unregister"][pick % 4]
+            self.withdraw(dt, group, slot, how, pick)
+        else:
+            self.step(dt, switchover=gp.Switchover(group=group, to_member=""))
+
+    @precondition(
+        lambda self: any(
             m.leaving for g in self.sm.groups.groups.values() for m in g.members.values()
         )
     )
@@ -1383,7 +1474,7 @@ def test_groups_state_machine(
     monkeypatch.setattr(limits, "EVENT_LOG_ENTRIES", EVENTS_KEPT)
     run_state_machine_as_test(
         machine,
-        settings=settings(max_examples=100, stateful_step_count=50, deadline=None),
+        settings=settings(max_examples=150, stateful_step_count=50, deadline=None),
     )
 
 
