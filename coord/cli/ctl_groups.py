@@ -219,7 +219,7 @@ def member_ls(ctx: Ctx, group_name: str | None) -> None:
             if h is not None:
                 record["last_check"] = _dict(h)
             data.append(record)
-    emit(ctx.output, data, [*_GROUP_HEADERS, "CHECK", "LAST CHECK", "LATENCY"], rows)
+    emit(ctx.output, data, [*_GROUP_HEADERS, "CHECK", "LAST-CHECK", "LATENCY"], rows)
 
 
 def _health_status(ctx: Ctx, group: str) -> dict[tuple[str, str], election_pb2.MemberHealth]:

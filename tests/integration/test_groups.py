@@ -506,7 +506,7 @@ def check_group_views(
         "m1": e1["token"], "m2": e2["token"],
     }  # fmt: skip
 
-    rows = table_rows(ctl_ok(eps, "member", "ls", g), headers)
+    rows = table_rows(ctl_ok(eps, "member", "ls", g), [*headers, "CHECK", "LAST-CHECK", "LATENCY"])
     assert sorted((r[1], r[2]) for r in rows) == [("m1", "MASTER"), ("m2", "MASTER"),
                                                   ("m3", "standby")]  # fmt: skip
     listed = json.loads(ctl_ok(eps, "-o", "json", "member", "ls", g))
