@@ -31,6 +31,7 @@ class ProxiedCluster(LocalCluster):
         self.advertised: dict[str, str] = {}  # node id -> proxied API address
         self._prefix = f"c{next(_CLUSTERS)}"
         self._proxies: list[str] = []
+        self.client_links: dict[str, dict[str, str]] = {}
         for node in self.nodes:
             name = self.api_proxy(node.node_id)
             toxi.create(name, upstream=node.api, listen_port=free_ports(1)[0])
@@ -57,6 +58,29 @@ class ProxiedCluster(LocalCluster):
     def raft_proxy(self, a: str, b: str) -> str:
         hi, lo = max(a, b), min(a, b)
         return f"{self._prefix}-raft-{hi}-{lo}"
+
+    def own_links(self, client: str) -> dict[str, str]:
+        """Proxies of one client's own (advertised API address -> its proxy), so that
+        this client alone can be cut off; created on first use."""
+        if client not in self.client_links:
+            links = {}
+            for node in self.nodes:
+                name = f"{self._prefix}-cli-{client}-{node.node_id}"
+                self.toxi.create(name, upstream=node.api)
+                self._proxies.append(name)
+                links[self.advertised[node.node_id]] = self.toxi.listen(name)
+            self.client_links[client] = links
+        return self.client_links[client]
+
+    def cut_client(self, client: str) -> list[tuple[str, str]]:
+        """Cut one client (its own proxies) from every node."""
+        undo = []
+        for node in self.nodes:
+            name = f"{self._prefix}-cli-{client}-{node.node_id}"
+            for s in ("upstream", "downstream"):
+                undo.append((name, self.toxi.add_toxic(name, "timeout", s, {"timeout": 0},
+                                                       tag="cut")))  # fmt: skip
+        return undo
 
     @property
     def client_endpoints(self) -> list[str]:

@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 from chaos.cluster import ProxiedCluster
+from coord.client import Client, masters
 from coord.testing import wait_until
 
 Heal = Callable[[], None]
@@ -113,6 +114,15 @@ def reset_peer(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     return lambda: c.undo(undo)
 
 
+def isolate_master_client(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """Cut the 1-slot group's master (the client) from every node: its library must
+    stop believing before the cluster grants the slot to another (DESIGN.md)."""
+    with Client(c.client_endpoints, timeout_s=10) as cl:
+        held = wait_until(lambda: masters(cl, "g1"), 20, "a master of g1")
+    undo = c.cut_client(f"g1-{held[0].member_id}")
+    return lambda: c.undo(undo)
+
+
 def kill_leader(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     lid = leader_id(c)
     i = _ids(c).index(lid)
@@ -152,6 +162,7 @@ NEMESES: dict[str, Nemesis] = {
     "latency-jitter": latency,
     "slow-close": slow_close,
     "reset-peer": reset_peer,
+    "isolate-master-client": isolate_master_client,
     "kill-leader": kill_leader,
     "kill-random": kill_random,
     "pause-leader": pause_leader,

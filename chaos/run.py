@@ -57,12 +57,13 @@ SCENARIOS = [
     Scenario("latency-jitter", "latency-jitter"),
     Scenario("slow-close", "slow-close"),
     Scenario("reset-peer", "reset-peer"),
+    Scenario("isolate-master-client", "isolate-master-client", fault_s=TTL_S * 1.5 + 0.5),
     Scenario("kill-leader", "kill-leader"),
     Scenario("kill-random-5", "kill-random", nodes=5),
     Scenario("pause-leader-beyond-ttl", "pause-leader", fault_s=TTL_S * 1.5 + 0.5),
     Scenario("rolling-restart", "rolling-restart", fault_s=0.5),
 ]
-SHORT = ["isolate-leader", "kill-leader", "pause-leader-beyond-ttl"]
+SHORT = ["isolate-leader", "isolate-master-client", "pause-leader-beyond-ttl"]
 
 
 @dataclass
@@ -89,7 +90,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
             create_group(admin, "g1", slots=1)
             create_group(admin, "g3", slots=3)
             start_rev = admin.status().revision + 1
-        workers += _workload(record, history, eps, rng, start_rev)
+        workers += _workload(c, record, history, rng, start_rev)
         time.sleep(1.0)  # the workload settles before the first fault (a pacing delay)
         nemesis = NEMESES[sc.nemesis]
         for _ in range(cycles):
@@ -132,12 +133,20 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
 
 
 def _workload(
-    record: RunRecord, history: History, eps: list[str], rng: random.Random, start_rev: int
+    c: ProxiedCluster,
+    record: RunRecord,
+    history: History,
+    rng: random.Random,
+    start_rev: int,
 ) -> list[Worker]:
     """Campaigners in a 1-slot and a 3-slot group, two writers of acknowledged keys,
     three register clients on four keys, one unfiltered watcher; all started."""
+    eps = c.client_endpoints
     workers: list[Worker] = []
-    workers += [Campaigner(record, eps, "g1", f"m{i}", 10 - i, TTL_S) for i in range(3)]
+    workers += [
+        Campaigner(record, eps, "g1", f"m{i}", 10 - i, TTL_S, c.own_links(f"g1-m{i}"))
+        for i in range(3)
+    ]
     workers += [Campaigner(record, eps, "g3", f"m{i}", 10 - i, TTL_S) for i in range(5)]
     workers += [AckWriter(record, eps, f"w{i}") for i in range(2)]
     keys = [f"reg/{k}" for k in range(4)]

@@ -67,15 +67,19 @@ class Campaigner(Worker):
         member_id: str,
         priority: int,
         ttl_s: float,
+        links: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{group}/{member_id}")
+        self.links = links or {}
         self.record, self.endpoints = record, list(endpoints)
         self.group, self.member_id, self.priority, self.ttl_s = group, member_id, priority, ttl_s
         self._lock = threading.Lock()
         self.tenures: list[Tenure] = []
 
     def run(self) -> None:
-        client = Client(self.endpoints, timeout_s=3.0, attempt_timeout_s=0.5)
+        client: Client = Client(self.endpoints, timeout_s=3.0, attempt_timeout_s=0.5)
+        if self.links:  # through its own proxies: the nemesis may cut this client alone
+            client = LinkedClient(self.links, timeout_s=3.0, attempt_timeout_s=0.5)
         try:
             while not self.stop.is_set():
                 try:
@@ -246,3 +250,16 @@ class _StoppableClient(Client):
         if self.stopped:
             raise errors.Internal("watcher stopped")
         return super().channel(endpoint)
+
+
+class LinkedClient(Client):
+    """A client whose every connection goes through its own proxies: ``links`` maps
+    each node's advertised API address (what leader hints name) to this client's
+    proxy for that node."""
+
+    def __init__(self, links: dict[str, str], **kw: float) -> None:
+        super().__init__(list(links), **kw)
+        self.links = links
+
+    def channel(self, endpoint: str) -> Any:
+        return super().channel(self.links.get(endpoint, endpoint))
