@@ -26,7 +26,7 @@ from typing import Any
 from chaos.linearizability import History
 from chaos.records import RunRecord, Tenure, WatchLog
 from coord import errors
-from coord.client import Client, Member, Session, watch
+from coord.client import Client, Member, Session, StoppableClient, watch
 
 POLL_S = 0.002  # how often a master asks its library whether it still is
 
@@ -219,7 +219,7 @@ class EventWatcher(Worker):
         self.log = WatchLog(name, from_revision)
         record.watches.append(self.log)
         self.endpoints = list(endpoints)
-        self.client = _StoppableClient(self.endpoints, timeout_s=5.0, attempt_timeout_s=1.0)
+        self.client = StoppableClient(self.endpoints, timeout_s=5.0, attempt_timeout_s=1.0)
 
     def run(self) -> None:
         try:
@@ -236,20 +236,6 @@ class EventWatcher(Worker):
         self.client.stopped = True
         self.client.close()
         super().join(timeout)
-
-
-class _StoppableClient(Client):
-    stopped = False
-
-    def leader(self) -> Any:
-        if self.stopped:
-            raise errors.Internal("watcher stopped")
-        return super().leader()
-
-    def channel(self, endpoint: str) -> Any:
-        if self.stopped:
-            raise errors.Internal("watcher stopped")
-        return super().channel(endpoint)
 
 
 class LinkedClient(Client):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coord.client.balancer import Balancer
-from coord.client.client import Client, parse_endpoints
+from coord.client.client import Client, StoppableClient, parse_endpoints
 from coord.client.election import (
     FencedResource,
     Leadership,
@@ -26,6 +26,7 @@ __all__ = [
     "Member",
     "Session",
     "SessionState",
+    "StoppableClient",
     "create_group",
     "grpc_check",
     "http_check",

@@ -28,12 +28,10 @@ import contextlib
 import random as _random
 import threading
 from collections.abc import Iterator
-from typing import Any, Literal
-
-import grpc
+from typing import Literal
 
 from coord import errors
-from coord.client.client import Client
+from coord.client.client import Client, StoppableClient
 from coord.client.election import _groups, watch_batches
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -177,7 +175,7 @@ class Balancer:
         self._closed = False
         self._ready = threading.Event()
         # Its own connections, so that close() can end the watch stream.
-        self._watcher = _StoppableClient(
+        self._watcher = StoppableClient(
             client.endpoints, timeout_s=client.timeout_s, attempt_timeout_s=client.attempt_timeout_s
         )
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"balancer-{group}")
@@ -281,19 +279,3 @@ class Balancer:
                 self._lock.notify_all()
             if upto >= loaded:
                 self._ready.set()
-
-
-class _StoppableClient(Client):
-    """Fails for good once stopped, so the watch's resume loop ends."""
-
-    stopped = False
-
-    def leader(self) -> Any:
-        if self.stopped:
-            raise errors.Internal("balancer closed")
-        return super().leader()
-
-    def channel(self, endpoint: str) -> grpc.Channel:
-        if self.stopped:
-            raise errors.Internal("balancer closed")
-        return super().channel(endpoint)

@@ -284,6 +284,24 @@ class Client:
         return self.call(lambda ch, t: fn(kv_pb2_grpc.KVStub(ch), t), prefer_leader=prefer_leader)
 
 
+class StoppableClient(Client):
+    """A client that refuses new work for good once ``stopped`` is set: a resume loop
+    (watch, observe) running on it ends instead of reconnecting. For a thread that
+    follows a stream on its own connections: set ``stopped``, then ``close()``."""
+
+    stopped = False
+
+    def leader(self) -> cluster_pb2.GetLeaderResponse:
+        if self.stopped:
+            raise errors.Internal("client stopped")
+        return super().leader()
+
+    def channel(self, endpoint: str) -> grpc.Channel:
+        if self.stopped:  # no new channel after close(): a reconnect in flight ends here
+            raise errors.Internal("client stopped")
+        return super().channel(endpoint)
+
+
 class _RetryableRpc(grpc.RpcError):
     """A failure found in a successful RPC's answer that is worth another try."""
 

@@ -29,7 +29,7 @@ import grpc
 import pytest
 
 from coord import errors
-from coord.client import Client, observe, watch
+from coord.client import Client, StoppableClient, observe, watch
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -318,28 +318,11 @@ def check_slots(group: groups_pb2.Group) -> None:
 # -- streams on threads --------------------------------------------------------------
 
 
-class _StoppableClient(Client):
-    """A client whose ``leader()`` fails for good once stopped, so that the library's
-    resume loops (watch, observe) end instead of reconnecting."""
-
-    stopped = False
-
-    def leader(self) -> Any:
-        if self.stopped:
-            raise errors.Internal("stream stopped by the test")
-        return super().leader()
-
-    def channel(self, endpoint: str) -> grpc.Channel:
-        if self.stopped:  # no new channel after close(): a reconnect in flight ends here
-            raise errors.Internal("stream stopped by the test")
-        return super().channel(endpoint)
-
-
 class _Stream:
     """Items yielded by a library generator on a thread, with arrival times."""
 
     def __init__(self, endpoints: Sequence[str], name: str) -> None:
-        self.client = _StoppableClient(endpoints, timeout_s=30.0)
+        self.client = StoppableClient(endpoints, timeout_s=30.0)
         self.items: list[tuple[float, Any]] = []
         self.error: BaseException | None = None
         self._cond = threading.Condition()

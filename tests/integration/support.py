@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -140,3 +141,30 @@ def write_keys(cluster: LocalCluster, prefix: str, n: int = 20) -> dict[bytes, b
             assert c.put(k, v).succeeded
             out[k] = v
     return out
+
+
+class TcpListener:
+    """A listening TCP socket (a member's service) that a test closes and reopens on
+    the same port."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.sock: socket.socket | None = None
+        self.open()
+
+    def open(self) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self.port = s.getsockname()[1]
+        self.sock = s
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

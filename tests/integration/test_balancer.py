@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
 from .members import Members, Watcher, get_group, groups_stub, members_fixture
+from .support import TcpListener
 
 TTL_S = 2.0
 KILL_TTL_S = 1.0  # the killed member process's session TTL: the balancer drops it after it
@@ -53,32 +53,6 @@ def joined_revision(c: Client, group: str) -> int:
 def wait_event(w: Watcher, kind: str, member: str, what: str) -> groups_pb2.Event:
     _, e = w.wait_for(lambda e: e.type == kind and e.member == member, 15, what)
     return e  # type: ignore[no-any-return]
-
-
-class Listener:
-    """A listening TCP socket that the test closes and reopens on the same port."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.sock: socket.socket | None = None
-        self.open()
-
-    def open(self) -> None:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
-        s.listen(64)
-        self.port = s.getsockname()[1]
-        self.sock = s
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
 
 # -- weighted ------------------------------------------------------------------------------
@@ -261,7 +235,7 @@ def test_a_killed_member_is_never_picked_once_its_member_left_arrived(
 
 def test_an_unhealthy_member_is_not_picked_until_healthy_again(cluster: LocalCluster) -> None:
     g = "lb-health"
-    listener = Listener()
+    listener = TcpListener()
     try:
         with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
             create_group(c, g)

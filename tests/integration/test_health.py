@@ -9,7 +9,6 @@ within a few intervals after that.
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
 from .members import Watcher, get_group, groups_stub
-from .support import ClusterFactory, coordctl, describe
+from .support import ClusterFactory, TcpListener, coordctl, describe
 
 INTERVAL_S = 0.2
 TTL_S = 2.0
@@ -65,32 +64,6 @@ class HttpMember:
         self.server.server_close()
 
 
-class TcpMember:
-    """A listening socket that can be closed and reopened on the same port."""
-
-    def __init__(self) -> None:
-        self.sock: socket.socket | None = None
-        self.port = 0
-        self.open()
-
-    def open(self) -> None:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
-        s.listen(64)
-        self.port = s.getsockname()[1]
-        self.sock = s
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
 @pytest.fixture
 def http_member() -> Iterator[HttpMember]:
     m = HttpMember()
@@ -99,8 +72,8 @@ def http_member() -> Iterator[HttpMember]:
 
 
 @pytest.fixture
-def tcp_members() -> Iterator[list[TcpMember]]:
-    made = [TcpMember(), TcpMember()]
+def tcp_members() -> Iterator[list[TcpListener]]:
+    made = [TcpListener(), TcpListener()]
     yield made
     for m in made:
         m.close()
@@ -150,7 +123,7 @@ def test_http_member_unhealthy_after_fall_failures_and_healthy_after_rise(
 
 
 def test_an_unhealthy_master_fails_over_after_its_ttl(
-    cluster: LocalCluster, tcp_members: list[TcpMember]
+    cluster: LocalCluster, tcp_members: list[TcpListener]
 ) -> None:
     g = "tcp-failover"
     a, b = tcp_members
@@ -170,6 +143,7 @@ def test_an_unhealthy_master_fails_over_after_its_ttl(
             wait_until(lambda: not lead.is_master(), TTL_S, "m1 to stop claiming")
             new = m2.campaign(timeout_s=TTL_S + 5)
             assert new.token > lead.token
+            w.wait_for(lambda e: e.type == "master_elected", 10, "the watcher to see m2")
             elected = [e for e in w.events() if e.type == "master_elected"]
             assert [(e.member, e.cause) for e in elected] == [("m2", "unhealthy")]
             # m1 comes back healthy: no failback (the group's failback is off).
@@ -294,7 +268,7 @@ def test_health_status_is_served_by_the_leader(
 
 
 def test_a_new_leader_resumes_from_the_replicated_health(
-    cluster_factory: ClusterFactory, tcp_members: list[TcpMember]
+    cluster_factory: ClusterFactory, tcp_members: list[TcpListener]
 ) -> None:
     """Kill the leader while a member is unhealthy: the new leader neither flips it back
     (it needs `rise` successes first) nor re-announces it; it recovers after `rise`."""

@@ -439,7 +439,7 @@ class GroupsMachine(RuleBasedStateMachine):
             check_filled(gs)
         check_timers_ran(shadow.groups, t)
         self.check_timer_phase(pre.groups, shadow.groups, rev0, rev_mid, t)
-        self.check_handovers(shadow.groups, self.sm.groups, name, msg)
+        self.check_handovers(shadow.groups, self.sm.groups, name, msg, rev_mid)
         self.check_event_records(self.new_events(rev_mid, self.sm.revision), self.sm.groups, t)
         self.check_released_by_holder(shadow.groups, name, msg)
         self.check_grants(pre.groups, shadow.groups, rev0, rev_mid)
@@ -488,6 +488,11 @@ class GroupsMachine(RuleBasedStateMachine):
             g2 = mid.groups[name]  # timers never delete groups
             due = [s for s, h in g.holdings.items() if h.revoked and h.release_after_ms <= t]
             self.check_timer_holdings(g, g2, mid, due, t)
+            for slot, ho in g.handovers.items():  # re-targeted or cancelled: announced
+                ho2 = g2.handovers.get(slot)
+                if not g.holdings[slot].revoked and ho2 != ho:
+                    kept = same_request(ho, ho2)
+                    self.check_announced(rev0, rev_mid, name, slot, ho2 if kept else None)
             self.check_timer_requests(g, g2, mid, t)
         self.check_timer_events(pre, mid, rev0, rev_mid, t)
 
@@ -635,7 +640,7 @@ class GroupsMachine(RuleBasedStateMachine):
             else:
                 assert slot not in g.handovers
 
-    def check_handovers(self, mid: Groups, post: Groups, op: str, msg: Any) -> None:
+    def check_handovers(self, mid: Groups, post: Groups, op: str, msg: Any, rev_mid: int) -> None:
         """The handovers a command found, after it: consumed with their slot; left alone if
         their holding is revoked (but for a successor that left); else kept while their
         successor is eligible (or none: resign, member_left), re-targeted or cancelled
@@ -659,6 +664,7 @@ class GroupsMachine(RuleBasedStateMachine):
                     want = retargeted(post, g2, slot, ho)
                     expect = None if want is None else copy_of(ho, to_member=want)
                     assert ho2 == expect, f"{name}/{slot}: {ho} became {ho2}, not {expect}"
+                    self.check_announced(rev_mid, self.sm.revision, name, slot, expect)
             for slot in g2.handovers:
                 h0, h2 = g.holdings.get(slot), g2.holdings[slot]
                 if slot in g.handovers and h0 is not None and h0.token == h2.token:
@@ -666,6 +672,26 @@ class GroupsMachine(RuleBasedStateMachine):
                 assert op in {"switchover", "resign", "unregister"} and msg.group == name, (
                     f"{name}/{slot}: {op} made a handover"
                 )
+
+    def check_announced(
+        self, after: int, upto: int, group: str, slot: int, ho: gp.Handover | None
+    ) -> None:
+        """A handover re-targeted (to ``ho``) or cancelled (None) between revisions ``after``
+        and ``upto`` was announced: stepdown_requested with the handover as it is now (the
+        last step-down event of its slot), or stepdown_cancelled."""
+        events = self.new_events(after, upto)
+        if not events:
+            return  # evicted from the small log
+        mine = [
+            e
+            for e in events
+            if (e.group, e.slot) == (group, slot) and e.type.startswith("stepdown_")
+        ]
+        if ho is None:
+            assert any(e.type == "stepdown_cancelled" for e in mine), f"{group}/{slot}: {mine}"
+        else:
+            assert mine, f"{group}/{slot}: re-targeted to {ho.to_member!r} without an event"
+            assert (mine[-1].type, mine[-1].handover) == ("stepdown_requested", ho)
 
     def check_released_by_holder(self, mid: Groups, op: str, msg: Any) -> None:
         """A command takes a slot from its holder (revoked or not) only if the holder itself
@@ -1147,35 +1173,51 @@ class GroupsMachine(RuleBasedStateMachine):
     @rule(
         dt=st.integers(0, 60),
         pick=PICK,
-        how=st.sampled_from(["switchover", "switchover to", "resign", "unregister"]),
+        hows=st.lists(
+            st.sampled_from(["switchover", "switchover to", "resign", "unregister"]),
+            min_size=1,
+            max_size=3,
+        ),
         then=st.one_of(st.none(), WITHDRAW),
     )
-    def ask_a_holder_to_step_down(self, dt: int, pick: int, how: str, then: str | None) -> None:
-        """A handover on a holder that has none: a switchover (for the best, or named), an
-        operator's resign or unregister; ``then``, maybe, its successor withdraws at once."""
-        asked = [
-            (name, h.member_id)
-            for name, g in sorted(self.sm.groups.groups.items())
-            for s, h in sorted(g.holdings.items())
-            if s not in g.handovers and not h.revoked
-        ]
-        group, member = asked[pick % len(asked)]
+    def ask_holders_to_step_down(
+        self, dt: int, pick: int, hows: list[str], then: str | None
+    ) -> None:
+        """Handovers on holders of one group that have none, one per ``hows``: a switchover
+        (for the best, or named), an operator's resign or unregister; ``then``, maybe, the
+        successor of one of them withdraws at once (with several pending: re-targeted to a
+        candidate no other handover promised)."""
+        asked = sorted(
+            name
+            for name, g in self.sm.groups.groups.items()
+            if any(s not in g.handovers and not h.revoked for s, h in g.holdings.items())
+        )
+        group = asked[pick % len(asked)]
         g = self.sm.groups.groups[group]
-        asked_slots = set(g.handovers)
-        if how.startswith("switchover"):
-            to = ""
-            if how == "switchover to":
-                ready = [m.id for m in g.members.values() if eligible(self.sm.groups, g, m)]
-                to = ready[pick % len(ready)] if ready else ""
-            self.step(dt, switchover=gp.Switchover(group=group, to_member=to))
-        elif how == "resign":
-            self.step(dt, resign=gp.Resign(group=group, member_id=member, session_id=""))
-        else:
-            self.step(dt, unregister=gp.Unregister(group=group, member_id=member, session_id=""))
-        g = self.sm.groups.groups[group]
-        made = [s for s, ho in g.handovers.items() if ho.to_member and s not in asked_slots]
+        before = set(g.handovers)
+        for how in hows:
+            free = [
+                h.member_id
+                for s, h in sorted(g.holdings.items())
+                if s not in g.handovers and not h.revoked
+            ]
+            if not free:
+                break
+            member = free[pick % len(free)]
+            if how.startswith("switchover"):
+                to = ""
+                if how == "switchover to":
+                    ready = [m.id for m in g.members.values() if eligible(self.sm.groups, g, m)]
+                    to = ready[pick % len(ready)] if ready else ""
+                self.step(dt, switchover=gp.Switchover(group=group, to_member=to))
+            elif how == "resign":
+                self.step(dt, resign=gp.Resign(group=group, member_id=member, session_id=""))
+            else:
+                unregister = gp.Unregister(group=group, member_id=member, session_id="")
+                self.step(dt, unregister=unregister)
+        made = [s for s, ho in sorted(g.handovers.items()) if ho.to_member and s not in before]
         if then is not None and made:
-            self.withdraw(dt % 7, group, made[0], then, pick)
+            self.withdraw(dt % 7, group, made[pick % len(made)], then, pick)
 
     @precondition(
         lambda self: any(
@@ -1443,7 +1485,7 @@ class HandoverMachine(GroupsMachine):
 
     @initialize(
         ttls=st.lists(st.sampled_from(TTLS), min_size=2, max_size=3),
-        slots=st.integers(1, 2),
+        slots=st.sampled_from([1, 2, 2, 3]),
         failback=st.sampled_from([gp.FAILBACK_OFF, gp.FAILBACK_AUTO, gp.FAILBACK_AUTO]),
         hold=st.sampled_from([0, 300]),
         timeout=st.sampled_from([200, 1500, 0]),
