@@ -104,9 +104,10 @@ class Client:
         endpoint did), so a hung node costs one attempt timeout, not one per pass.
         """
         while True:
-            if prefer_leader and self._preferred:
-                yield self._preferred
             now = time.monotonic()
+            preferred = self._preferred
+            if prefer_leader and preferred and self._suspect.get(preferred, 0.0) <= now:
+                yield preferred
             with self._lock:
                 order = [
                     self.endpoints[(self._next + i) % len(self.endpoints)]
