@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from coord.raft.node import ROLE_LEADER, RaftNode
 from coord.server.probes import GrpcChannels, ProbeResult, probe
@@ -45,7 +45,6 @@ class Target:
     last_time_ms: int = 0
     streak: int = 0  # consecutive results equal to last.ok
     proposed: tuple[bool, float] | None = None  # (healthy, when) last proposed
-    runs: int = field(default=0)
 
 
 class HealthChecker:
@@ -145,7 +144,7 @@ class HealthChecker:
 
     def _record(self, t: Target, result: ProbeResult) -> None:
         t.streak = t.streak + 1 if t.last is not None and t.last.ok == result.ok else 1
-        t.last, t.last_time_ms, t.runs = result, int(time.time() * 1000), t.runs + 1
+        t.last, t.last_time_ms = result, int(time.time() * 1000)
         want: bool | None = None
         if t.healthy and not result.ok and t.streak >= t.check.fall:
             want = False
