@@ -105,6 +105,9 @@ class NodeConfig:
     cluster_token: str = "coord"
     # "new": bootstrap a cluster from empty data dirs; "existing": join one.
     initial_cluster_state: str = "new"
+    # The id of the cluster to join (``--cluster-id``, printed by ``coordctl node
+    # add``). Empty: derived from the token and the bootstrap members.
+    explicit_cluster_id: str = ""
     # Shared secret for Raft traffic (encryption + authentication). Required
     # whenever Raft binds beyond loopback.
     cluster_secret: str | None = None
@@ -138,7 +141,10 @@ class NodeConfig:
 
     @functools.cached_property
     def cluster_id(self) -> str:
-        """Derived from the token and member ids, so every node computes the same one."""
+        """Derived from the token and member ids, so every node computes the same one;
+        a node that joins later is told it (``--cluster-id``)."""
+        if self.explicit_cluster_id:
+            return self.explicit_cluster_id
         ids = ",".join(sorted(p.id for p in self.peers))
         return hashlib.sha256(f"{self.cluster_token}|{ids}".encode()).hexdigest()[:16]
 
@@ -172,10 +178,17 @@ class NodeConfig:
                 f"node id {self.node_id!r} is not among the peers {ids}: list every member, "
                 "this one included, with --peer ID=RAFT_ADDR,API_ADDR"
             )
-        if len(ids) not in (1, 3, 5, 7):
+        if self.initial_cluster_state == "new" and len(ids) not in (1, 3, 5, 7):
             raise InvalidArgument(
                 f"{len(ids)} peers: a cluster has 1, 3, 5 or 7 members (an even count adds no "
                 "fault tolerance)"
+            )
+        if len(ids) > 7:
+            raise InvalidArgument(f"{len(ids)} peers: a cluster has at most 7 members")
+        if self.explicit_cluster_id and not _CLUSTER_ID.fullmatch(self.explicit_cluster_id):
+            raise InvalidArgument(
+                f"cluster id {self.explicit_cluster_id!r} is not 16 hex digits: copy it from "
+                "`coordctl status` or the output of `coordctl node add`"
             )
         for p in self.peers:
             _check_address(p.raft_address, f"raft address of {p.id}")
@@ -204,6 +217,18 @@ class NodeConfig:
 
 
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_CLUSTER_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def check_node_id(node_id: str) -> None:
+    if not _NODE_ID.fullmatch(node_id):
+        raise InvalidArgument(
+            f"node id {node_id!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'"
+        )
+
+
+def check_address(addr: str, what: str) -> None:
+    _check_address(addr, what)
 
 
 def _check_address(addr: str, what: str) -> None:
@@ -230,6 +255,7 @@ _SCALARS: dict[str, type] = {
     "data_dir": str,
     "cluster_token": str,
     "initial_cluster_state": str,
+    "explicit_cluster_id": str,
     "cluster_secret": str,
     "listen_raft": str,
     "listen_api": str,
@@ -335,6 +361,8 @@ def from_env(env: Mapping[str, str]) -> dict[str, Any]:
         value = env.get("COORD_" + key.upper())
         if value is not None and value != "":
             out[key] = value
+    if env.get("COORD_CLUSTER_ID"):
+        out["explicit_cluster_id"] = env["COORD_CLUSTER_ID"]
     if env.get("COORD_PEERS"):
         out["peers"] = [parse_peer(s) for s in env["COORD_PEERS"].split(";") if s.strip()]
     if env.get("COORD_RAFT_ROUTES"):

@@ -81,6 +81,10 @@ class NodeProc:
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
     extra_args: list[str] = field(default_factory=list)
+    # A node added after bootstrap (``add_node``): the cluster id and members it was
+    # told to start with (``coordctl node add`` prints them).
+    joined_cluster_id: str = ""
+    join_peers: list[str] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
@@ -112,6 +116,7 @@ class LocalCluster:
         self.fsync = fsync
         self.extra_args = list(extra_args)
         self.env = {**os.environ, **(env or {})}
+        self.bootstrap_size = n
         self.nodes = [
             NodeProc(
                 index=i,
@@ -139,11 +144,19 @@ class LocalCluster:
             node.data_dir,
             "--cluster-token",
             self.token,
-            "--initial-cluster-state",
-            state,
         ]
-        for p in self.nodes:
-            cmd += ["--peer", f"{p.node_id}={p.raft},{p.api}"]
+        if node.joined_cluster_id:
+            # As an operator would: the flags `coordctl node add` printed, kept.
+            cmd += ["--initial-cluster-state", "existing"]
+            cmd += ["--cluster-id", node.joined_cluster_id]
+            for spec in node.join_peers:
+                cmd += ["--peer", spec]
+        else:
+            # Bootstrap members keep their bootstrap flags; the data dir knows the
+            # membership changes since.
+            cmd += ["--initial-cluster-state", state]
+            for p in self.nodes[: self.bootstrap_size]:
+                cmd += ["--peer", f"{p.node_id}={p.raft},{p.api}"]
         if not self.fsync:
             cmd.append("--no-fsync")
         return cmd + self.extra_args + node.extra_args
@@ -163,6 +176,30 @@ class LocalCluster:
             )
             log.close()
             node.paused = False
+
+    def new_node(self) -> NodeProc:
+        """Allocate a further node (ports, data dir), not yet a member nor started."""
+        api, raft = free_ports(2)
+        k = len(self.nodes)
+        node = NodeProc(
+            index=k,
+            node_id=f"n{k + 1}",
+            api=f"127.0.0.1:{api}",
+            raft=f"127.0.0.1:{raft}",
+            data_dir=os.path.join(self.base_dir, f"n{k + 1}"),
+            log_path=os.path.join(self.base_dir, f"n{k + 1}.log"),
+        )
+        self.nodes.append(node)
+        return node
+
+    def add_node(self, client: Client) -> NodeProc:
+        """``coordctl node add`` + start: a new member, joined with the printed flags."""
+        node = self.new_node()
+        resp = client.add_node(node.node_id, node.raft, node.api)
+        node.joined_cluster_id = resp.cluster_id
+        node.join_peers = [f"{n.id}={n.raft_address},{n.api_address}" for n in resp.nodes]
+        self.start(node.index)
+        return node
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` (default kill -9) to node ``i`` and reap it."""

@@ -53,6 +53,12 @@ def main() -> None:
 )
 @click.option("--initial-cluster-state", type=click.Choice(["new", "existing"]), default=None)
 @click.option(
+    "--cluster-id",
+    "explicit_cluster_id",
+    default=None,
+    help="The cluster to join (a node added later: `coordctl node add` prints it).",
+)
+@click.option(
     "--cluster-secret",
     default=None,
     help="Secret for Raft traffic; required when Raft binds beyond loopback.",

@@ -131,11 +131,18 @@ def status(ctx: Ctx) -> None:
         raise CLIError("no endpoint answered", 4)
 
 
-@main.command()
-@pass_ctx
-@handles_errors
-def leader(ctx: Ctx) -> None:
+@main.group(invoke_without_command=True)
+@click.pass_context
+def leader(cctx: click.Context) -> None:
     """The current leader (waits out an election in progress, up to --timeout)."""
+    if cctx.invoked_subcommand is None:
+        ctx = cctx.find_object(Ctx)
+        assert ctx is not None  # main() made it
+        show_leader(ctx)
+
+
+@handles_errors
+def show_leader(ctx: Ctx) -> None:
     resp = ctx.client.leader()
     emit(
         ctx.output,

@@ -219,6 +219,38 @@ class Client:
             prefer_leader=True,
         )
 
+    def add_node(
+        self, node_id: str, raft_address: str, api_address: str
+    ) -> cluster_pb2.AddNodeResponse:
+        """Add a member (run on the leader; idempotent for the same addresses). Start the
+        new node afterwards with ``--initial-cluster-state existing`` and the cluster id
+        and members this returns."""
+        req = cluster_pb2.AddNodeRequest(
+            id=node_id, raft_address=raft_address, api_address=api_address
+        )
+        return self.call(
+            lambda ch, t: cluster_pb2_grpc.ClusterStub(ch).AddNode(req, timeout=t),
+            prefer_leader=True,
+        )
+
+    def remove_node(self, node_id: str) -> cluster_pb2.RemoveNodeResponse:
+        """Remove a member (not the leader: transfer leadership first)."""
+        req = cluster_pb2.RemoveNodeRequest(id=node_id)
+        return self.call(
+            lambda ch, t: cluster_pb2_grpc.ClusterStub(ch).RemoveNode(req, timeout=t),
+            prefer_leader=True,
+        )
+
+    def transfer_leader(self, to: str = "") -> cluster_pb2.TransferLeaderResponse:
+        """Move leadership to ``to`` (or the most caught-up member); returns the new leader."""
+        req = cluster_pb2.TransferLeaderRequest(to=to)
+        resp: cluster_pb2.TransferLeaderResponse = self.call(
+            lambda ch, t: cluster_pb2_grpc.ClusterStub(ch).TransferLeader(req, timeout=t),
+            prefer_leader=True,
+        )
+        self._note_leader(resp.leader_api_address)
+        return resp
+
     def watch_leader(self, endpoint: str | None = None) -> Iterator[cluster_pb2.LeaderEvent]:
         """Stream leader changes as seen by one node (no retries: re-call to resume)."""
         ep = endpoint or self.endpoints[0]

@@ -65,7 +65,9 @@ def prepare(cfg: NodeConfig) -> bool:
         raise DataDirError(
             f"data dir {path} belongs to cluster {ident.get('cluster_id')!r}, but this "
             f"configuration (token and members) makes cluster {cfg.cluster_id!r}: check "
-            "--cluster-token and --peer, or use an empty data dir for a new cluster"
+            "--cluster-token and --peer (the bootstrap members), pass --cluster-id "
+            f"{ident.get('cluster_id')} if members changed since, or use an empty data dir "
+            "for a new cluster"
         )
     return not _has_history(path)
 

@@ -26,6 +26,7 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from coord.raft.fsutil import fsync_dir, write_file_durably
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 MAGIC = b"COORDJ02"
 _REC = struct.Struct("<IIQQ")  # payload length, crc32(length|idx|term|command), idx, term
 _LEN_IDX_TERM = struct.Struct("<IQQ")
+_CONFIG_TAG = b"\x02"  # pysyncobj's membership command type (coord.raft.membership)
 # Log indices are consecutive; a later record claiming an index this far past
 # the last good one is not taken as evidence of mid-file damage.
 _MAX_IDX_GAP = 1 << 32
@@ -56,6 +58,10 @@ class DurableJournal:
         self._entries: list[Entry] = []
         self._offsets: list[int] = []  # file offset of each entry's record
         self._dirty = False
+        # Membership entries (coord.raft.membership) in the log, (idx, command) in
+        # order, and who to tell when that list changes.
+        self._config: list[tuple[int, bytes]] = []
+        self.on_config_change: Callable[[], None] | None = None
         self._meta: dict[str, Any] = self._load_meta()
         self._meta_dirty = False
         self._fd = self._open_and_load()
@@ -118,6 +124,8 @@ class DurableJournal:
                 break  # torn tail
             entry, end = rec
             self._entries.append(entry)
+            if entry[0][:1] == _CONFIG_TAG:
+                self._config.append((entry[1], entry[0]))
             self._offsets.append(off)
             off = end
         return off
@@ -131,6 +139,9 @@ class DurableJournal:
         self._entries.append((command, idx, term))
         self._offsets.append(off)
         self._dirty = True
+        if command[:1] == _CONFIG_TAG:
+            self._config.append((idx, command))
+            self._config_changed()
 
     def clear(self) -> None:
         self._truncate_at(0)
@@ -142,11 +153,15 @@ class DurableJournal:
         if pos >= len(self._entries):
             return
         off = self._offsets[pos]
+        first_gone = self._entries[pos][1]
         os.ftruncate(self._fd, off)
         os.lseek(self._fd, off, os.SEEK_SET)
         del self._entries[pos:]
         del self._offsets[pos:]
         self._dirty = True
+        if self._config and self._config[-1][0] >= first_gone:
+            self._config = [c for c in self._config if c[0] < first_gone]
+            self._config_changed()
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         """Drop the prefix covered by a snapshot: rewrite the file atomically."""
@@ -169,6 +184,18 @@ class DurableJournal:
         os.lseek(self._fd, off, os.SEEK_SET)
         self._entries = keep
         self._offsets = offsets
+        # Entries folded into the snapshot are in its configuration (the node
+        # moved its base there before compacting): nothing to report.
+        first = keep[0][1] if keep else None
+        self._config = [c for c in self._config if first is not None and c[0] >= first]
+
+    def config_entries(self) -> list[tuple[int, bytes]]:
+        """The membership entries in the log, ``(idx, command)`` in log order."""
+        return list(self._config)
+
+    def _config_changed(self) -> None:
+        if self.on_config_change is not None:
+            self.on_config_change()
 
     def __getitem__(self, item: Any) -> Any:
         return self._entries[item]

@@ -34,8 +34,10 @@ from pysyncobj.monotonic import monotonic as raft_clock
 
 from coord import errors
 from coord.config import NodeConfig
+from coord.raft import membership
 from coord.raft.gate import VOTER, VotingGate
 from coord.raft.journal import DurableJournal
+from coord.raft.membership import Change, NodeAddress
 from coord.raft.prevote import PreVote
 from coord.raft.snapshotfile import read_dump, write_dump
 from coord.raft.transport import CoordTransport, RoutedNode
@@ -98,16 +100,38 @@ class View:
     has_quorum: bool = False
     log_entries: int = 0
     catching_up: bool = False
+    # The ids in the latest configuration (coord.raft.membership), and whether this
+    # node's own removal from it has committed.
+    members: frozenset[str] = frozenset()
+    removed: bool = False
 
 
 class _SyncObj(SyncObj):
     """The one replicated entry point. pysyncobj numbers replicated methods by
     sorted name; there is exactly one, so journals never get renumbered."""
 
-    def __init__(self, apply: Callable[[bytes], Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        apply: Callable[[bytes], Any],
+        check_change: Callable[[Any], bool],
+        sync_config: Callable[[], None],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
         self._coord_apply = apply
+        self._coord_check_change = check_change
+        self._coord_sync_config = sync_config
         self._coord_woken = False
         super().__init__(*args, **kwargs)
+
+    # Membership (coord.raft.membership): the configuration follows the log, kept by
+    # RaftNode. pysyncobj's own change/rollback/re-apply calls only ask whether a
+    # change is allowed (its leader checks that before appending one).
+    def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool:
+        return False if reverse else self._coord_check_change(request)
+
+    def _SyncObj__updateClusterConfiguration(self, newNodes: Any) -> None:
+        self._coord_sync_config()  # a dump was loaded: its configuration is the base
 
     @replicated
     def apply_command(self, data: bytes) -> Any:
@@ -174,14 +198,26 @@ class RaftNode:
 
         journal_path = os.path.join(cfg.data_dir, JOURNAL_FILE)
         self._dump_path = os.path.join(cfg.data_dir, DUMP_FILE)
+        # The configuration = base (at index base_idx) + the journal's config entries.
+        self._initial = {p.id: NodeAddress(p.raft_address, p.api_address) for p in cfg.peers}
+        self._base: dict[str, NodeAddress] = dict(self._initial)
+        self._base_idx = 0
         if os.path.exists(self._dump_path):
-            read_dump(self._dump_path)  # refuse to start on a corrupt snapshot
+            dump = read_dump(self._dump_path)  # refuse to start on a corrupt snapshot
+            self._set_base(dump.members, dump.node_ids, dump.last[1])
         self.journal = DurableJournal(journal_path, fsync=cfg.fsync)
         _JOURNALS[journal_path] = self.journal
+        self._config: dict[str, NodeAddress] = dict(
+            membership.apply_changes(self._base, self.journal.config_entries(), self._base_idx)
+        )
+        self._transfer: _Transfer | None = None
+        self._removed_by_peer = False
 
-        routes = cfg.routes()
-        others = [RoutedNode(p.id, routes) for p in cfg.peers if p.id != cfg.node_id]
-        me = RoutedNode(cfg.node_id, {**routes, cfg.node_id: cfg.bind_raft})
+        # One route table for every node object: id -> dial address.
+        self._routes: dict[str, str] = {}
+        self._update_routes()
+        others = [RoutedNode(nid, self._routes) for nid in self._config if nid != cfg.node_id]
+        me = RoutedNode(cfg.node_id, self._routes)
         transport_cls = type(
             "BoundCoordTransport",
             (CoordTransport,),
@@ -209,6 +245,7 @@ class RaftNode:
             appendEntriesBatchSizeBytes=8 * 1024 * 1024,
             journalFile=journal_path,
             fullDumpFile=self._dump_path,
+            dynamicMembershipChange=True,
             bindAddress=cfg.bind_raft,
             serializer=self._serialize,
             deserializer=self._deserialize,
@@ -218,7 +255,16 @@ class RaftNode:
             bindRetryTime=0.1,
             tcp_keepalive=(5, 1, 3),
         )
-        self._so = _SyncObj(self._apply, me, others, conf, transportClass=transport_cls)
+        self._so = _SyncObj(
+            self._apply,
+            self._check_change_request,
+            self._sync_config,
+            me,
+            others,
+            conf,
+            transportClass=transport_cls,
+        )
+        self.journal.on_config_change = self._sync_config
         self._transport: CoordTransport = self._so._SyncObj__transport
         try:
             self._so.waitBinded()  # retries every 0.1 s, 30 times (a port in TIME_WAIT, say)
@@ -372,8 +418,14 @@ class RaftNode:
         self._update_view()
         self._maybe_bootstrap()
         self._check_barrier_timeout()
+        self._drive_transfer()
 
     def _update_catch_up(self) -> None:
+        if self.cfg.node_id not in self._config:
+            # Not a member of the latest configuration (removed, or not yet added):
+            # campaigning would only disturb the members.
+            self._so._SyncObj__raftElectionDeadline = raft_clock() + 3600
+            return
         if self.gate.is_voter or self.gate.update(self.journal[-1][1]):
             return
         if not self.gate.may_campaign():
@@ -385,7 +437,8 @@ class RaftNode:
         so = self._so
         leader = so._getLeader()
         connected = frozenset(n.id for n in so._SyncObj__connectedNodes)
-        peers = {p.id for p in self.cfg.peers if p.id != self.cfg.node_id}
+        config = self._config
+        peers = {nid for nid in config if nid != self.cfg.node_id}
         view = View(
             role=so._SyncObj__raftState,
             term=so.raftCurrentTerm,
@@ -396,9 +449,19 @@ class RaftNode:
             has_quorum=(len(connected & peers) + 1) * 2 > len(peers) + 1,
             log_entries=len(self.journal),
             catching_up=not self.gate.is_voter,
+            members=frozenset(config),
+            removed=self._removal_committed(so.raftCommitIndex),
         )
         old, self._view = self._view, view
-        if (old.leader_id, old.term, old.role) != (view.leader_id, view.term, view.role):
+        if view.removed and not old.removed:
+            logger.warning("this node was removed from the cluster: it no longer votes or serves")
+        if (old.leader_id, old.term, old.role, old.members, old.removed) != (
+            view.leader_id,
+            view.term,
+            view.role,
+            view.members,
+            view.removed,
+        ):
             if view.leader_id != old.leader_id:
                 logger.info("leader is now %r (term %d)", view.leader_id or None, view.term)
             for fn in list(self._listeners):
@@ -441,7 +504,11 @@ class RaftNode:
         leader = so._getLeader()
         if not self.gate.may_campaign() or so._isLeader() or leader is None or node.id != leader.id:
             return
-        survivors = sorted(p.id for p in self.cfg.peers if p.id != node.id)
+        if node.id not in self._view.connected:
+            return  # a failed redial, not a link that dropped
+        survivors = sorted(nid for nid in self._config if nid != node.id)
+        if self.cfg.node_id not in survivors:
+            return
         rank = survivors.index(self.cfg.node_id)
         delay = rank * self.cfg.timings.fast_election_s
         delay += random.uniform(0, self.cfg.timings.tick_s)
@@ -451,26 +518,284 @@ class RaftNode:
             so._SyncObj__raftElectionDeadline = deadline
             logger.info("lost the link to leader %s: campaigning in %.0f ms", node.id, 1000 * delay)
 
+    # -- membership ------------------------------------------------------------
+
+    def _set_base(
+        self, members: dict[str, dict[str, str]] | None, node_ids: tuple[str, ...], idx: int
+    ) -> None:
+        if members is not None:
+            base = membership.from_json(members)
+        else:  # a dump from before membership changes: the bootstrap members
+            base = {nid: self._initial[nid] for nid in node_ids if nid in self._initial}
+        if base:
+            self._base, self._base_idx = base, idx
+
+    def _update_routes(self) -> None:
+        overrides = self.cfg.raft_routes
+        for nid, addr in self._config.items():
+            self._routes[nid] = overrides.get(nid, addr.raft)
+        self._routes[self.cfg.node_id] = self.cfg.bind_raft
+
+    def _sync_config(self) -> None:
+        """Make pysyncobj's peer set the latest configuration in the log (tick thread)."""
+        config = dict(
+            membership.apply_changes(self._base, self.journal.config_entries(), self._base_idx)
+        )
+        if config == self._config and getattr(self, "_so", None) is None:
+            return
+        if config != self._config:
+            logger.info(
+                "cluster configuration: %s", ", ".join(f"{k}={v.raft}" for k, v in config.items())
+            )
+        self._config = config
+        self._update_routes()
+        so = getattr(self, "_so", None)
+        if so is None:
+            return
+        me = self.cfg.node_id
+        others: set[Any] = so._SyncObj__otherNodes
+        current = {n.id: n for n in others}
+        for nid in current.keys() - config.keys():
+            node = current[nid]
+            others.discard(node)
+            so._SyncObj__raftNextIndex.pop(node, None)
+            so._SyncObj__raftMatchIndex.pop(node, None)
+            so._SyncObj__lastResponseTime.pop(node, None)
+            self._transport.dropNode(node)
+        for nid in sorted(config.keys() - current.keys() - {me}):
+            node = RoutedNode(nid, self._routes)
+            others.add(node)
+            so._SyncObj__raftNextIndex[node] = self.journal[-1][1] + 1
+            so._SyncObj__raftMatchIndex[node] = 0
+            so._SyncObj__lastResponseTime[node] = raft_clock()
+            self._transport.addNode(node)
+
+    def _pending_change(self) -> int | None:
+        """The index of a configuration entry not committed yet, if any."""
+        entries = self.journal.config_entries()
+        commit = self._so.raftCommitIndex
+        return entries[-1][0] if entries and entries[-1][0] > commit else None
+
+    def change_pending(self) -> bool:
+        return self._pending_change() is not None
+
+    def check_no_pending_change(self) -> None:
+        pending = self._pending_change()
+        if pending is not None:
+            raise errors.FailedPrecondition(
+                f"another membership change (log index {pending}) has not committed yet: "
+                "one change at a time; wait for it (is a majority of the new configuration "
+                "up?) and retry"
+            )
+
+    def mark_removed(self, why: str) -> None:
+        """A leader's committed configuration no longer has this node (the leader stops
+        replicating to a removed node at once, so it may never see its own removal)."""
+        if not self._removed_by_peer:
+            logger.warning("removed from the cluster: %s", why)
+        self._removed_by_peer = True
+
+    def _removal_committed(self, commit_index: int) -> bool:
+        if self._removed_by_peer:
+            return True
+        # Only an explicit, committed removal counts: a node that joins gets a leader's
+        # snapshot from before its addition first, and is not in that configuration.
+        me = self.cfg.node_id
+        if me in self._config:
+            return False
+        for idx, command in self.journal.config_entries():
+            change = membership.decode_change(command)
+            if change is not None and change.op == membership.REMOVE and change.node_id == me:
+                return idx <= commit_index
+        return False
+
+    def _check_change_request(self, request: Any) -> bool:
+        """pysyncobj's leader asks before appending a configuration entry (tick thread)."""
+        try:
+            change = membership.change_from_request(request)
+        except (ValueError, KeyError, TypeError):
+            return False
+        if change is None or self._pending_change() is not None:
+            return False
+        return membership.check_change(self._config, change, self.cfg.node_id) is None
+
+    def members(self) -> dict[str, NodeAddress]:
+        """The latest configuration: node id -> addresses."""
+        return dict(self._config)
+
+    def api_address(self, node_id: str) -> str:
+        addr = self._config.get(node_id) or self._initial.get(node_id)
+        return addr.api if addr is not None else ""
+
+    def match_index(self, node_id: str) -> int | None:
+        """The leader's view of how far ``node_id``'s log matches (None off the leader)."""
+        if self._view.role != ROLE_LEADER:
+            return None
+        if node_id == self.cfg.node_id:
+            return int(self.journal[-1][1])
+        for node, idx in list(self._so._SyncObj__raftMatchIndex.items()):
+            if node.id == node_id:
+                return int(idx)
+        return None
+
+    def change_membership(self, change: Change) -> Future[None]:
+        """Append a configuration change (on the leader); resolves once it committed.
+
+        One change at a time: a change while another is uncommitted is refused.
+        """
+        fut: Future[None] = Future()
+        if self._view.role != ROLE_LEADER:
+            fut.set_exception(errors.NotLeader("membership changes run on the leader"))
+            return fut
+        try:
+            self.check_no_pending_change()
+        except errors.FailedPrecondition as e:
+            fut.set_exception(e)
+            return fut
+        reason = membership.check_change(self._config, change, self.cfg.node_id)
+        if reason is not None:
+            fut.set_exception(errors.FailedPrecondition(reason))
+            return fut
+
+        def done(result: Any, err: int) -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            if err == FAIL_REASON.SUCCESS:
+                fut.set_result(None)
+            elif err == FAIL_REASON.REQUEST_DENIED:
+                why = membership.check_change(self._config, change, self.cfg.node_id)
+                fut.set_exception(
+                    errors.FailedPrecondition(
+                        why
+                        or "refused: another membership change is in progress, or the "
+                        "leader has not committed an entry of its term yet; retry"
+                    )
+                )
+            else:
+                fut.set_exception(_FAIL_TO_ERROR.get(err, _unknown_failure)())
+
+        self._so._applyCommand(
+            membership.encode_change(change)[1:], done, membership.MEMBERSHIP_TYPE
+        )
+        return fut
+
+    # -- leadership transfer ---------------------------------------------------
+
+    def transfer_leadership(self, target: str | None, timeout_s: float) -> Future[str]:
+        """Hand leadership to ``target`` (or the most caught-up member); resolves with
+        the new leader's id once this node sees it lead."""
+        fut: Future[str] = Future()
+        if self._view.role != ROLE_LEADER:
+            fut.set_exception(errors.NotLeader("leadership transfer runs on the leader"))
+            return fut
+        if target is not None:
+            if target == self.cfg.node_id:
+                fut.set_result(target)
+                return fut
+            if target not in self._config:
+                fut.set_exception(
+                    errors.NotFound(
+                        f"node {target!r} is not a member (members: {sorted(self._config)})"
+                    )
+                )
+                return fut
+        with self._barrier_lock:
+            if self._transfer is not None and not self._transfer.fut.done():
+                fut.set_exception(
+                    errors.FailedPrecondition("a leadership transfer is already in progress")
+                )
+                return fut
+            self._transfer = _Transfer(target, time.monotonic() + timeout_s, fut)
+        return fut
+
+    def _drive_transfer(self) -> None:
+        t = self._transfer
+        if t is None or t.fut.done():
+            return
+        view = self._view
+        if view.leader_id and view.leader_id != self.cfg.node_id:
+            if t.target is None or view.leader_id == t.target:
+                t.fut.set_result(view.leader_id)
+            else:
+                t.fut.set_exception(
+                    errors.Unavailable(
+                        f"leadership went to {view.leader_id}, not {t.target}: retry the transfer"
+                    )
+                )
+            return
+        now = time.monotonic()
+        if now > t.deadline:
+            t.fut.set_exception(
+                errors.Unavailable(
+                    "the leadership transfer did not complete in time (target down or "
+                    "lagging?): the leader is unchanged, retry"
+                )
+            )
+            return
+        if view.role != ROLE_LEADER or now < t.next_try:
+            return
+        so = self._so
+        last = self.journal[-1][1]
+        connected = so._SyncObj__connectedNodes
+        candidates = [
+            (idx, node.id, node)
+            for node, idx in so._SyncObj__raftMatchIndex.items()
+            if node in connected and (t.target is None or node.id == t.target)
+        ]
+        ready = [c for c in candidates if c[0] == last]
+        if not ready:
+            return  # wait for the target to catch up (appends go out every heartbeat)
+        node = max(ready)[2]
+        logger.info("transferring leadership to %s (term %d)", node.id, view.term)
+        so.transferLeadership(node)
+        # Not answered within an election timeout (a lost message, a dead target): again.
+        t.next_try = now + self.cfg.timings.election_timeout_max_s * 2
+
     # -- snapshots (tick thread) -----------------------------------------------
 
     def _serialize(self, filename: str, raft_data: Any) -> None:
-        last, prev, cluster = raft_data
+        last, prev, _cluster = raft_data
         with self.lock:
             state = self.state.snapshot()
-        ids = sorted(getattr(n, "id", str(n)) for n in cluster)
-        write_dump(filename, state, tuple(last), tuple(prev), ids, fsync=self.cfg.fsync)
+        # The configuration at the snapshot's index (pysyncobj's ``_cluster`` is the
+        # latest one, later uncommitted changes included).
+        idx = int(last[1])
+        at = membership.apply_changes(
+            self._base, [e for e in self.journal.config_entries() if e[0] <= idx], self._base_idx
+        )
+        write_dump(
+            filename,
+            state,
+            tuple(last),
+            tuple(prev),
+            sorted(at),
+            fsync=self.cfg.fsync,
+            members=membership.to_json(at),
+        )
+        if idx >= self._base_idx:
+            # Entries up to idx may now be compacted away: fold them into the base.
+            self._base, self._base_idx = dict(at), idx
 
     def _deserialize(self, filename: str) -> Any:
         try:
             dump = read_dump(filename, fsync=self.cfg.fsync)
             with self.lock:
                 self.state.restore(dump.state)
+            self._set_base(dump.members, dump.node_ids, dump.last[1])
         except Exception:
             # pysyncobj would log and go on with a stale state machine: a replica
             # that silently diverged. Stop instead; a restart reloads cleanly.
             logger.critical("cannot load the Raft snapshot %s: exiting", filename, exc_info=True)
             os._exit(70)
         return dump.last, dump.prev, set(dump.node_ids)
+
+
+@dataclass
+class _Transfer:
+    target: str | None
+    deadline: float
+    fut: Future[str]
+    next_try: float = 0.0
 
 
 class _VetoedTruncationFilter(logging.Filter):

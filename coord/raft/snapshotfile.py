@@ -5,7 +5,9 @@ Format (version 2)::
     magic "COORDD02" | u32 header length | header JSON | u32 crc32(header + state) | state
 
 The header holds the last two log entries the snapshot covers (pysyncobj needs
-them to continue the log) and the member ids; ``state`` is
+them to continue the log), the member ids and, since membership changes, the
+configuration at the snapshot's index with every member's addresses
+(``members``; dumps without it predate membership changes); ``state`` is
 ``StateMachine.snapshot()`` (itself versioned and checksummed).
 """
 
@@ -37,6 +39,8 @@ class Dump:
     last: Entry
     prev: Entry
     node_ids: tuple[str, ...]
+    # id -> {"raft": host:port, "api": host:port}; None in dumps that predate it.
+    members: dict[str, dict[str, str]] | None = None
 
 
 def _entry_json(e: Entry) -> list[object]:
@@ -50,17 +54,24 @@ def _entry_from_json(v: list[object]) -> Entry:
 
 
 def write_dump(
-    path: str, state: bytes, last: Entry, prev: Entry, node_ids: list[str], fsync: bool = True
+    path: str,
+    state: bytes,
+    last: Entry,
+    prev: Entry,
+    node_ids: list[str],
+    fsync: bool = True,
+    members: dict[str, dict[str, str]] | None = None,
 ) -> None:
     """Write the dump to ``path`` (pysyncobj renames it into place afterwards)."""
-    header = json.dumps(
-        {
-            "format": FORMAT_VERSION,
-            "last": _entry_json(last),
-            "prev": _entry_json(prev),
-            "nodes": node_ids,
-        }
-    ).encode()
+    fields: dict[str, object] = {
+        "format": FORMAT_VERSION,
+        "last": _entry_json(last),
+        "prev": _entry_json(prev),
+        "nodes": node_ids,
+    }
+    if members is not None:
+        fields["members"] = members
+    header = json.dumps(fields).encode()
     with open(path, "wb") as f:
         crc = zlib.crc32(state, zlib.crc32(header))
         f.write(MAGIC + _U32.pack(len(header)) + header + _U32.pack(crc) + state)
@@ -98,8 +109,22 @@ def read_dump(path: str, fsync: bool = False) -> Dump:
             last=_entry_from_json(header["last"]),
             prev=_entry_from_json(header["prev"]),
             node_ids=tuple(str(n) for n in header.get("nodes", ())),
+            members=_members(header.get("members")),
         )
     except DumpError:
         raise
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise DumpError(f"{path}: the dump header is malformed ({e!r})") from e
+
+
+def _members(raw: object) -> dict[str, dict[str, str]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("members is not an object")
+    out: dict[str, dict[str, str]] = {}
+    for nid, addr in raw.items():
+        if not isinstance(addr, dict):
+            raise ValueError(f"member {nid!r} is not an object")
+        out[str(nid)] = {"raft": str(addr["raft"]), "api": str(addr["api"])}
+    return out

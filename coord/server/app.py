@@ -33,6 +33,7 @@ from coord.server.health import HealthChecker
 from coord.server.kv_service import KVService
 from coord.server.leases import LeaseKeeper
 from coord.server.notify import StateNotifier
+from coord.server.removal import watch_for_removal
 from coord.v1 import cluster_pb2, cluster_pb2_grpc, election_pb2, kv_pb2
 
 logger = logging.getLogger(__name__)
@@ -95,21 +96,6 @@ def decide_voting(cfg: NodeConfig, blank: bool) -> str:
         [p.id for p in cfg.peers],
     )
     return NEW_BLANK
-    if cfg.initial_cluster_state == "existing":
-        logger.info("blank data dir joining an existing cluster: no vote until caught up")
-        return True
-    seen = probe_peers_for_history(cfg)
-    if seen:
-        logger.warning(
-            "data dir %s is blank but cluster %s already has history (%s): joining as a "
-            "catching-up node that does not vote until it holds the leader's log",
-            cfg.data_dir,
-            cfg.cluster_id,
-            seen,
-        )
-        return True
-    logger.info("bootstrapping new cluster %s with %s", cfg.cluster_id, [p.id for p in cfg.peers])
-    return False
 
 
 class NodeServer:
@@ -125,6 +111,8 @@ class NodeServer:
         self._tasks: set[asyncio.Future[None]] = set()
         self.keeper: LeaseKeeper | None = None
         self.checker: HealthChecker | None = None
+        # Set once this node's removal from the cluster committed: it then exits.
+        self.removed = asyncio.Event()
 
     async def start(self) -> None:
         server = grpc.aio.server(
@@ -178,6 +166,9 @@ class NodeServer:
 
         self.raft.add_listener(on_change)
         self._set_health(self.raft.view)
+        watch = asyncio.ensure_future(watch_for_removal(self.raft, self.cfg.cluster_id))
+        self._tasks.add(watch)
+        watch.add_done_callback(self._tasks.discard)
         logger.info(
             "node %s serving the API on %s, raft on %s (cluster %s)",
             self.cfg.node_id,
@@ -187,9 +178,11 @@ class NodeServer:
         )
 
     def _set_health(self, view: View) -> None:
+        if view.removed:
+            self.removed.set()
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if view.leader_id
+            if view.leader_id and not view.removed
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", *SERVICES):
@@ -198,6 +191,8 @@ class NodeServer:
             task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self.keeper is not None:
             await self.keeper.stop()
         if self.checker is not None:
@@ -214,7 +209,12 @@ async def _run(cfg: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(node.removed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
+    if node.removed.is_set():
+        logger.warning("node %s was removed from the cluster: exiting", cfg.node_id)
     logger.info("stopping node %s", cfg.node_id)
     await node.stop()
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 
-from coord import __version__
+from coord import __version__, config, errors
+from coord.raft.membership import ADD, REMOVE, Change, NodeAddress
 from coord.raft.node import ROLE_CANDIDATE, ROLE_LEADER, View
 from coord.server.context import NodeContext, ServicerContext
+from coord.server.status import abort
 from coord.v1 import cluster_pb2, cluster_pb2_grpc
 
 _ROLES = {
@@ -51,18 +54,120 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     async def ListNodes(
         self, request: cluster_pb2.ListNodesRequest, context: ServicerContext
     ) -> cluster_pb2.ListNodesResponse:
-        view = self.node.raft.view
+        return cluster_pb2.ListNodesResponse(
+            header=self.node.header(),
+            nodes=self._nodes(),
+            change_pending=self.node.raft.change_pending(),
+        )
+
+    def _nodes(self) -> list[cluster_pb2.Node]:
+        raft = self.node.raft
+        view = raft.view
         me = self.node.cfg.node_id
-        resp = cluster_pb2.ListNodesResponse(header=self.node.header())
-        for p in sorted(self.node.cfg.peers, key=lambda p: p.id):
-            resp.nodes.add(
-                id=p.id,
-                api_address=p.api_address,
-                raft_address=p.raft_address,
-                connected=p.id == me or p.id in view.connected,
-                is_leader=p.id == view.leader_id,
+        return [
+            cluster_pb2.Node(
+                id=nid,
+                api_address=addr.api,
+                raft_address=addr.raft,
+                connected=nid == me or nid in view.connected,
+                is_leader=nid == view.leader_id,
+                match_index=raft.match_index(nid) or 0,
             )
-        return resp
+            for nid, addr in sorted(raft.members().items())
+        ]
+
+    def _need_leader(self, what: str) -> None:
+        if self.node.raft.view.role != ROLE_LEADER:
+            leader, address = self.node.leader_hint()
+            raise errors.NotLeader(
+                f"{what} runs on the leader ({leader or 'none elected yet'})",
+                leader_id=leader,
+                leader_address=address,
+            )
+
+    async def AddNode(
+        self, request: cluster_pb2.AddNodeRequest, context: ServicerContext
+    ) -> cluster_pb2.AddNodeResponse:
+        try:
+            return await self._add_node(request, context)
+        except errors.CoordError as e:
+            await abort(context, e, self.node.leader_hint())
+
+    async def RemoveNode(
+        self, request: cluster_pb2.RemoveNodeRequest, context: ServicerContext
+    ) -> cluster_pb2.RemoveNodeResponse:
+        try:
+            return await self._remove_node(request, context)
+        except errors.CoordError as e:
+            await abort(context, e, self.node.leader_hint())
+
+    async def TransferLeader(
+        self, request: cluster_pb2.TransferLeaderRequest, context: ServicerContext
+    ) -> cluster_pb2.TransferLeaderResponse:
+        try:
+            return await self._transfer(request, context)
+        except errors.CoordError as e:
+            await abort(context, e, self.node.leader_hint())
+
+    async def _add_node(
+        self, request: cluster_pb2.AddNodeRequest, context: ServicerContext
+    ) -> cluster_pb2.AddNodeResponse:
+        config.check_node_id(request.id)
+        config.check_address(request.raft_address, "raft address")
+        config.check_address(request.api_address, "api address")
+        self._need_leader("adding a node")
+        address = NodeAddress(request.raft_address, request.api_address)
+        if self.node.raft.members().get(request.id) == address:
+            await self.node.linearize(context)  # a retry: answer once it committed
+        else:
+            await self._change(Change(ADD, request.id, address), context)
+        return cluster_pb2.AddNodeResponse(
+            header=self.node.header(), nodes=self._nodes(), cluster_id=self.node.cfg.cluster_id
+        )
+
+    async def _remove_node(
+        self, request: cluster_pb2.RemoveNodeRequest, context: ServicerContext
+    ) -> cluster_pb2.RemoveNodeResponse:
+        config.check_node_id(request.id)
+        self._need_leader("removing a node")
+        if request.id not in self.node.raft.members():
+            raise errors.NotFound(
+                f"node {request.id!r} is not a member (members: {sorted(self.node.raft.members())})"
+            )
+        await self._change(Change(REMOVE, request.id), context)
+        return cluster_pb2.RemoveNodeResponse(header=self.node.header(), nodes=self._nodes())
+
+    async def _transfer(
+        self, request: cluster_pb2.TransferLeaderRequest, context: ServicerContext
+    ) -> cluster_pb2.TransferLeaderResponse:
+        if request.to:
+            config.check_node_id(request.to)
+        self._need_leader("a leadership transfer")
+        timeout = self.node.timeout(context)
+        fut = self.node.raft.transfer_leadership(request.to or None, timeout)
+        leader = await asyncio.wrap_future(fut)
+        return cluster_pb2.TransferLeaderResponse(
+            header=self.node.header(),
+            leader_id=leader,
+            leader_api_address=self.node.api_address(leader),
+        )
+
+    async def _change(self, change: Change, context: ServicerContext) -> None:
+        # pysyncobj refuses a change until the leader committed an entry of its term
+        # (Raft's fix for single-server changes across leader changes): commit one.
+        self.node.raft.check_no_pending_change()  # before the barrier, which would wait
+        await self.node.linearize(context)
+        self._need_leader("a membership change")
+        await self._commit(self.node.raft.change_membership(change), context)
+
+    async def _commit(self, fut: Future[None], context: ServicerContext) -> None:
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(fut), self.node.timeout(context))
+        except TimeoutError:
+            raise errors.OutcomeUnknown(
+                "the membership change did not commit in time (is a majority of the new "
+                "configuration up?): check `coordctl node ls` before retrying"
+            ) from None
 
     async def WatchLeader(
         self, request: cluster_pb2.WatchLeaderRequest, context: ServicerContext

@@ -23,12 +23,11 @@ class NodeContext:
     def __init__(self, cfg: NodeConfig, raft: RaftNode) -> None:
         self.cfg = cfg
         self.raft = raft
-        self._api = {p.id: p.api_address for p in cfg.peers}
         self._cluster_id = cfg.cluster_id
         self._loop_bridge: LoopBridge | None = None
 
     def api_address(self, node_id: str) -> str:
-        return self._api.get(node_id, "")
+        return self.raft.api_address(node_id)
 
     def leader_hint(self) -> tuple[str, str]:
         leader = self.raft.view.leader_id

@@ -54,6 +54,21 @@ class ClusterStub:
                 request_serializer=coord_dot_v1_dot_cluster__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=coord_dot_v1_dot_cluster__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.AddNode = channel.unary_unary(
+                '/coord.v1.Cluster/AddNode',
+                request_serializer=coord_dot_v1_dot_cluster__pb2.AddNodeRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_cluster__pb2.AddNodeResponse.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/coord.v1.Cluster/RemoveNode',
+                request_serializer=coord_dot_v1_dot_cluster__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_cluster__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
+        self.TransferLeader = channel.unary_unary(
+                '/coord.v1.Cluster/TransferLeader',
+                request_serializer=coord_dot_v1_dot_cluster__pb2.TransferLeaderRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_cluster__pb2.TransferLeaderResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -83,6 +98,24 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TransferLeader(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +138,21 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=coord_dot_v1_dot_cluster__pb2.ListNodesRequest.FromString,
                     response_serializer=coord_dot_v1_dot_cluster__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'AddNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddNode,
+                    request_deserializer=coord_dot_v1_dot_cluster__pb2.AddNodeRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_cluster__pb2.AddNodeResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=coord_dot_v1_dot_cluster__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_cluster__pb2.RemoveNodeResponse.SerializeToString,
+            ),
+            'TransferLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferLeader,
+                    request_deserializer=coord_dot_v1_dot_cluster__pb2.TransferLeaderRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_cluster__pb2.TransferLeaderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +263,87 @@ class Cluster:
             '/coord.v1.Cluster/ListNodes',
             coord_dot_v1_dot_cluster__pb2.ListNodesRequest.SerializeToString,
             coord_dot_v1_dot_cluster__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Cluster/AddNode',
+            coord_dot_v1_dot_cluster__pb2.AddNodeRequest.SerializeToString,
+            coord_dot_v1_dot_cluster__pb2.AddNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Cluster/RemoveNode',
+            coord_dot_v1_dot_cluster__pb2.RemoveNodeRequest.SerializeToString,
+            coord_dot_v1_dot_cluster__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Cluster/TransferLeader',
+            coord_dot_v1_dot_cluster__pb2.TransferLeaderRequest.SerializeToString,
+            coord_dot_v1_dot_cluster__pb2.TransferLeaderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,9 @@ class ClusterStub:
     GetLeader: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.GetLeaderRequest, _cluster_pb2.GetLeaderResponse]
     WatchLeader: _grpc.UnaryStreamMultiCallable[_cluster_pb2.WatchLeaderRequest, _cluster_pb2.LeaderEvent]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.ListNodesRequest, _cluster_pb2.ListNodesResponse]
+    AddNode: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.AddNodeRequest, _cluster_pb2.AddNodeResponse]
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.RemoveNodeRequest, _cluster_pb2.RemoveNodeResponse]
+    TransferLeader: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.TransferLeaderRequest, _cluster_pb2.TransferLeaderResponse]
 
 @_typing.type_check_only
 class ClusterAsyncStub(ClusterStub):
@@ -43,6 +46,9 @@ class ClusterAsyncStub(ClusterStub):
     GetLeader: _aio.UnaryUnaryMultiCallable[_cluster_pb2.GetLeaderRequest, _cluster_pb2.GetLeaderResponse]  # type: ignore[assignment]
     WatchLeader: _aio.UnaryStreamMultiCallable[_cluster_pb2.WatchLeaderRequest, _cluster_pb2.LeaderEvent]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_cluster_pb2.ListNodesRequest, _cluster_pb2.ListNodesResponse]  # type: ignore[assignment]
+    AddNode: _aio.UnaryUnaryMultiCallable[_cluster_pb2.AddNodeRequest, _cluster_pb2.AddNodeResponse]  # type: ignore[assignment]
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_cluster_pb2.RemoveNodeRequest, _cluster_pb2.RemoveNodeResponse]  # type: ignore[assignment]
+    TransferLeader: _aio.UnaryUnaryMultiCallable[_cluster_pb2.TransferLeaderRequest, _cluster_pb2.TransferLeaderResponse]  # type: ignore[assignment]
 
 class ClusterServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +78,26 @@ class ClusterServicer(metaclass=_abc_1.ABCMeta):
         request: _cluster_pb2.ListNodesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.ListNodesResponse, _abc.Awaitable[_cluster_pb2.ListNodesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddNode(
+        self,
+        request: _cluster_pb2.AddNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.AddNodeResponse, _abc.Awaitable[_cluster_pb2.AddNodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _cluster_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.RemoveNodeResponse, _abc.Awaitable[_cluster_pb2.RemoveNodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def TransferLeader(
+        self,
+        request: _cluster_pb2.TransferLeaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.TransferLeaderResponse, _abc.Awaitable[_cluster_pb2.TransferLeaderResponse]]: ...
 
 def add_ClusterServicer_to_server(servicer: ClusterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
