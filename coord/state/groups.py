@@ -17,10 +17,12 @@ clamped time. The rules (DESIGN.md, "Groups, failover, failback"):
   granted only once the holder's session TTL has also passed (it may not have
   heard: DESIGN.md's safety argument).
 - A pending handover always names an eligible successor (or none, for an
-  operator's resign): if its successor stops being eligible before the holder
-  steps down, the handover goes to the next free candidate or is cancelled, so a
-  master is never unseated for nobody. Operator actions on a holder (resign,
-  unregister by another session) are step-down requests, never instant releases.
+  operator's resign or unregister): if its successor stops being eligible before
+  the holder steps down, the handover goes to the next free candidate or is
+  cancelled, so a master is never unseated for nobody. Operator actions on a
+  holder (resign, unregister by another session) are step-down requests, never
+  instant releases; a handover of a holder that is leaving is never cancelled (it
+  becomes the holder's member_left request), so a leaving master always leaves.
 
 :class:`Groups` owns the tables; every change goes through ``emit``, which
 bumps the revision and appends the one event of that revision (or through
@@ -424,7 +426,14 @@ class Groups:
         another slot) goes to the next free candidate, or is cancelled: the master stays.
         A named successor (switchover to X) and a failback are never re-targeted (a
         failback is planned again by advance()). An operator's resign or unregister
-        keeps asking the holder to step down, for the best candidate or for nobody."""
+        keeps asking the holder to step down, for the best candidate or for nobody.
+
+        A handover that would be cancelled while its holder is ``leaving`` (unregistered
+        by someone else while this handover was pending) becomes the holder's own
+        member_left request instead (not named, same deadline, for the best free
+        candidate or for nobody): cancelling it would leave the holder in a slot it is
+        leaving. A stepdown_cancelled event carries the handover as it was (its target).
+        """
         for slot, ho in sorted(g.handovers.items()):
             h = g.holdings.get(slot)
             if h is None or h.revoked or not ho.to_member:
@@ -432,23 +441,25 @@ class Groups:
             m = g.members.get(ho.to_member)
             if m is not None and self._eligible(g, m):
                 continue
-            if ho.named or ho.cause == "failback":
-                successor = ""
-            else:
-                ho.to_member = ""  # not promised while we look for another
+            was = groups_pb2.Handover()
+            was.CopyFrom(ho)
+            ho.to_member = ""  # not promised while we look for another
+            successor = "" if ho.named or ho.cause == "failback" else self._successor(g)
+            if not successor and ho.cause not in ("resign", "member_left"):
+                if not g.members[h.member_id].leaving:
+                    del g.handovers[slot]
+                    self.emit(
+                        "stepdown_cancelled", group=g.name, member=h.member_id, slot=slot,
+                        token=h.token, cause=was.cause, handover=was,
+                    )  # fmt: skip
+                    continue
+                ho.cause, ho.named = "member_left", False
                 successor = self._successor(g)
-            if successor or ho.cause in ("resign", "member_left"):
-                ho.to_member = successor
-                self.emit(
-                    "stepdown_requested", group=g.name, member=h.member_id, slot=slot,
-                    token=h.token, cause=ho.cause, handover=ho,
-                )  # fmt: skip
-            else:
-                del g.handovers[slot]
-                self.emit(
-                    "stepdown_cancelled", group=g.name, member=h.member_id, slot=slot,
-                    token=h.token, cause=ho.cause, handover=ho,
-                )  # fmt: skip
+            ho.to_member = successor
+            self.emit(
+                "stepdown_requested", group=g.name, member=h.member_id, slot=slot,
+                token=h.token, cause=ho.cause, handover=ho,
+            )  # fmt: skip
 
     def _release(self, g: GroupState, slot: int, cause: str, now: int) -> None:
         """Free a slot (the caller runs _fill next). A member that was unregistered by

@@ -19,9 +19,13 @@ promised (or nobody, for an operator's resign or unregister); when its successor
 stops being eligible it is re-targeted to the best free candidate or cancelled
 (``retargeted``); a handover of a revoked holding is left alone (its successor is
 settled at the release). A member unregistered by anyone but its own session while
-it holds a slot is ``leaving``: asked to step down (cause member_left), never a
-candidate again, removed as soon as its slot is released. ``Holding.revoked`` is
-the revoked flag (``revoked_time_ms`` is 0 for a revoke at time 0).
+it holds a slot is ``leaving``: asked to step down (cause member_left; a handover
+already pending stands for that request, and instead of being cancelled it becomes
+the member_left request), never a candidate again, removed as soon as its slot is
+released: a leaving holder always has a handover or a revoked holding. The
+stepdown_cancelled event carries the handover as it was (with its successor).
+``Holding.revoked`` is the revoked flag (``revoked_time_ms`` is 0 for a revoke at
+time 0).
 
 A command first runs every timer due by its time, then does its own work. Each
 step therefore builds a *shadow*: the state before the command restored from a
@@ -167,6 +171,19 @@ def same_request(a: gp.Handover | None, b: gp.Handover | None) -> bool:
     )
 
 
+def continues(a: gp.Handover | None, b: gp.Handover | None) -> bool:
+    """``b`` carries on the step-down request ``a``: the same request (``same_request``),
+    or ``a`` (of a holder that is leaving) turned into the holder's member_left request
+    instead of being cancelled (not named, same deadline; see ``retargeted``)."""
+    return same_request(a, b) or (
+        a is not None
+        and b is not None
+        and (a.slot, a.from_member, a.deadline_ms) == (b.slot, b.from_member, b.deadline_ms)
+        and a.cause != "member_left"
+        and (b.cause, b.named) == ("member_left", False)
+    )
+
+
 def failback_plan(gs: Groups, g: GroupState) -> list[tuple[int, str, int]]:
     """(slot, candidate, due) per the documented rule: the lowest-priority holders (no
     handover, not revoked) are paired with the best candidates not already a handover's
@@ -213,17 +230,20 @@ def free_successor(gs: Groups, g: GroupState, but: int | None = None) -> str:
     return ranked[0].id if ranked else ""
 
 
-def retargeted(gs: Groups, g: GroupState, slot: int, ho: gp.Handover) -> str | None:
-    """Where a handover goes when its successor stopped being eligible (``gs``/``g``: the
+def retargeted(gs: Groups, g: GroupState, slot: int, ho: gp.Handover) -> gp.Handover | None:
+    """What a handover becomes when its successor stopped being eligible (``gs``/``g``: the
     state once the successor stopped): a named switchover and a failback are cancelled
     (None); any other goes to the best eligible candidate no other handover promised; with
     none, a resign or member_left keeps asking the holder for nobody (""), a switchover is
-    cancelled."""
-    if ho.named or ho.cause == "failback":
-        return None
+    cancelled. A handover of a holder that is leaving is never cancelled: it becomes the
+    holder's member_left request (not named, same deadline), for the best eligible
+    candidate no other handover promised, or for nobody."""
     successor = free_successor(gs, g, but=slot)
-    if successor or ho.cause in {"resign", "member_left"}:
-        return successor
+    retargetable = not ho.named and ho.cause != "failback"
+    if retargetable and (successor or ho.cause in {"resign", "member_left"}):
+        return copy_of(ho, to_member=successor)
+    if g.members[ho.from_member].leaving:
+        return copy_of(ho, to_member=successor, cause="member_left", named=False)
     return None
 
 
@@ -340,8 +360,12 @@ def check_structure(gs: Groups, now: int) -> None:
             assert m.session_id in gs.sessions, f"{name}/{mid}: bound to a dead session"
             assert m.healthy
             if m.leaving:  # it leaves as soon as its slot is released
-                assert holds(g, mid), f"{name}/{mid}: leaving, but holds no slot"
+                slot = g.holder_slot(mid)
+                assert slot is not None, f"{name}/{mid}: leaving, but holds no slot"
                 assert not m.candidate, f"{name}/{mid}: leaving, but a candidate"
+                assert g.holdings[slot].revoked or slot in g.handovers, (
+                    f"{name}/{mid}: leaving, but nothing asks it to step down"
+                )
 
 
 def check_filled(gs: Groups) -> None:
@@ -491,8 +515,8 @@ class GroupsMachine(RuleBasedStateMachine):
             for slot, ho in g.handovers.items():  # re-targeted or cancelled: announced
                 ho2 = g2.handovers.get(slot)
                 if not g.holdings[slot].revoked and ho2 != ho:
-                    kept = same_request(ho, ho2)
-                    self.check_announced(rev0, rev_mid, name, slot, ho2 if kept else None)
+                    kept = continues(ho, ho2)
+                    self.check_announced(rev0, rev_mid, name, slot, ho2 if kept else None, ho)
             self.check_timer_requests(g, g2, mid, t)
         self.check_timer_events(pre, mid, rev0, rev_mid, t)
 
@@ -523,7 +547,7 @@ class GroupsMachine(RuleBasedStateMachine):
             if ho is None:
                 assert h2 == h
                 continue  # a failback may have been requested (below)
-            kept = same_request(ho, ho2)
+            kept = continues(ho, ho2)  # (maybe re-targeted, or made a member_left request)
             if kept and ho.deadline_ms <= t:  # revoked at its deadline
                 assert h2.revoked, f"{name}/{slot}: handover due at {ho.deadline_ms} not done"
                 assert h2.revoked_time_ms == t
@@ -533,29 +557,37 @@ class GroupsMachine(RuleBasedStateMachine):
                     h.granted_time_ms,
                     h.cause,
                 )
-                assert g2.vacated_cause.get(slot, "admin_revoke") == ho.cause
+                assert ho2 is not None
+                assert g2.vacated_cause.get(slot, "admin_revoke") == ho2.cause
             else:
                 assert h2 == h, f"{name}/{slot}: revoked before its deadline or without it"
-            if kept and ho2 is not None and ho2.to_member == ho.to_member:
+            if ho2 == ho:
                 assert not ho.to_member or eligible_id(mid, g2, ho.to_member)
                 continue
-            # Re-targeted or cancelled: only because a refill gave its successor a slot.
+            # Re-targeted, made a member_left request or cancelled: only because a refill
+            # gave its successor a slot.
             assert due, f"{name}/{slot}: a handover changed with no release"
             assert ho.to_member and holds(g2, ho.to_member), f"{name}/{slot}: {ho} changed"
+            leaving = g2.members[h.member_id].leaving
             if len(due) == 1:  # one refill, in the state the timers end with
                 want = retargeted(mid, g2, slot, ho)
-                assert kept == (want is not None), f"{name}/{slot}: {ho} -> {ho2}"
-                assert want is None or (ho2 is not None and ho2.to_member == want)
-            elif kept:
+                if want is None:  # cancelled (a failback may have been requested since)
+                    assert not kept, f"{name}/{slot}: {ho} -> {ho2}, not cancelled"
+                else:
+                    assert ho2 == want, f"{name}/{slot}: {ho} -> {ho2}, not {want}"
+            elif kept and same_request(ho, ho2):
                 assert not ho.named and ho.cause != "failback"
+            elif kept:
+                assert leaving, f"{name}/{slot}: {ho} -> {ho2}, but its holder stays"
             else:
                 assert ho.named or ho.cause in {"failback", "switchover"}
+                assert not leaving, f"{name}/{slot}: {ho} of a leaving holder cancelled"
 
     def check_timer_requests(self, g: GroupState, g2: GroupState, mid: Groups, t: int) -> None:
         """A handover that was not there before the timers: a failback due now."""
         for slot, ho2 in g2.handovers.items():
             h, h2 = g.holdings.get(slot), g2.holdings[slot]
-            if h is not None and h.token == h2.token and same_request(g.handovers.get(slot), ho2):
+            if h is not None and h.token == h2.token and continues(g.handovers.get(slot), ho2):
                 continue
             # A new request: a failback due now.
             assert (ho2.cause, ho2.named) == ("failback", False)
@@ -593,22 +625,29 @@ class GroupsMachine(RuleBasedStateMachine):
                 assert slot is not None and slot in due
                 assert e.member not in g2.members
             elif e.type == "master_revoked":
-                ho = g.handovers[e.slot]
+                ho, ho2 = g.handovers[e.slot], g2.handovers.get(e.slot)
                 assert h is not None and not h.revoked and e.token == h.token
-                assert e.cause == ho.cause and ho.deadline_ms <= t
+                assert continues(ho, ho2) and ho.deadline_ms <= t
+                assert ho2 is not None and e.cause == ho2.cause  # member_left if made so
             elif e.type == "stepdown_cancelled":
                 was = g.handovers.get(e.slot)
                 assert was is not None and same_request(was, e.handover)
                 assert h is not None and e.token == h.token
                 assert was.named or was.cause in {"failback", "switchover"}
+                assert not g.members[h.member_id].leaving, "a leaving holder's request cancelled"
             elif e.type == "stepdown_requested":
                 was = g.handovers.get(e.slot)
                 if e.cause == "failback":  # new (a failback is never re-targeted)
                     assert not same_request(was, e.handover)
                     assert e.handover == g2.handovers[e.slot]
-                else:  # re-targeted: the same request, for another successor
-                    assert was is not None and same_request(was, e.handover)
-                    assert h is not None and e.token == h.token and not was.named
+                else:  # re-targeted (the same request, for another successor), or made the
+                    # member_left request of a leaving holder
+                    assert was is not None and continues(was, e.handover)
+                    assert h is not None and e.token == h.token
+                    if same_request(was, e.handover):
+                        assert not was.named
+                    else:
+                        assert g.members[h.member_id].leaving
         self.check_event_records(events, mid, t)
 
     def check_event_records(self, events: list[gp.Event], gs: Groups, t: int) -> None:
@@ -629,6 +668,12 @@ class GroupsMachine(RuleBasedStateMachine):
                 assert (ho.slot, ho.from_member, ho.cause) == (e.slot, e.member, e.cause)
                 if e.type == "stepdown_requested":
                     assert ho.to_member or ho.cause in {"resign", "member_left"}
+                else:  # as it was: only a handover with a successor is ever cancelled
+                    assert ho.to_member, "stepdown_cancelled without the cancelled successor"
+                    prev = last.get((e.group, e.slot))
+                    if prev is not None and prev.token == e.token:
+                        assert prev.type == "stepdown_requested"
+                        assert ho == prev.handover, "cancelled another handover than requested"
                 last[(e.group, e.slot)] = e
         for (name, slot), e in last.items():
             g = gs.groups.get(name)
@@ -661,10 +706,9 @@ class GroupsMachine(RuleBasedStateMachine):
                 elif not ho.to_member or eligible_id(post, g2, ho.to_member):
                     assert ho2 == ho, f"{name}/{slot}: {ho} changed to {ho2}"
                 else:
-                    want = retargeted(post, g2, slot, ho)
-                    expect = None if want is None else copy_of(ho, to_member=want)
+                    expect = retargeted(post, g2, slot, ho)
                     assert ho2 == expect, f"{name}/{slot}: {ho} became {ho2}, not {expect}"
-                    self.check_announced(rev_mid, self.sm.revision, name, slot, expect)
+                    self.check_announced(rev_mid, self.sm.revision, name, slot, expect, ho)
             for slot in g2.handovers:
                 h0, h2 = g.holdings.get(slot), g2.holdings[slot]
                 if slot in g.handovers and h0 is not None and h0.token == h2.token:
@@ -674,11 +718,19 @@ class GroupsMachine(RuleBasedStateMachine):
                 )
 
     def check_announced(
-        self, after: int, upto: int, group: str, slot: int, ho: gp.Handover | None
+        self,
+        after: int,
+        upto: int,
+        group: str,
+        slot: int,
+        ho: gp.Handover | None,
+        was: gp.Handover,
     ) -> None:
-        """A handover re-targeted (to ``ho``) or cancelled (None) between revisions ``after``
-        and ``upto`` was announced: stepdown_requested with the handover as it is now (the
-        last step-down event of its slot), or stepdown_cancelled."""
+        """A handover (``was`` at revision ``after``) re-targeted (to ``ho``) or cancelled
+        (None) between revisions ``after`` and ``upto`` was announced: stepdown_requested
+        with the handover as it is now (the last step-down event of its slot), or
+        stepdown_cancelled with the handover as it was then (``was``, or as the last
+        stepdown_requested before it made it)."""
         events = self.new_events(after, upto)
         if not events:
             return  # evicted from the small log
@@ -689,6 +741,13 @@ class GroupsMachine(RuleBasedStateMachine):
         ]
         if ho is None:
             assert any(e.type == "stepdown_cancelled" for e in mine), f"{group}/{slot}: {mine}"
+            current: gp.Handover | None = was
+            for e in mine:
+                if e.type == "stepdown_requested":
+                    current = e.handover
+                elif current is not None:
+                    assert e.handover == current, f"{group}/{slot}: cancelled {e.handover}"
+                    current = None
         else:
             assert mine, f"{group}/{slot}: re-targeted to {ho.to_member!r} without an event"
             assert (mine[-1].type, mine[-1].handover) == ("stepdown_requested", ho)
