@@ -355,8 +355,20 @@ class Groups:
             )
         handover = g.handovers.get(slot)
         if session_id != m.session_id:
-            if handover is None and not g.holdings[slot].revoked:
+            if g.holdings[slot].revoked:
+                return
+            if handover is None:
                 self._request_stepdown(g, slot, self._successor(g), "resign", False, now)
+            elif handover.cause not in ("resign", "member_left"):
+                # A pending failback or switchover may still be cancelled (its successor
+                # may go away); the operator's request may not: it becomes the resign,
+                # same successor and deadline, never cancelled, re-targeted if need be.
+                handover.cause, handover.named = "resign", False
+                h = g.holdings[slot]
+                self.emit(
+                    "stepdown_requested", group=g.name, member=h.member_id, slot=slot,
+                    token=h.token, cause="resign", handover=handover,
+                )  # fmt: skip
             return
         m.candidate = False
         self._release(g, slot, handover.cause if handover else "resign", now)

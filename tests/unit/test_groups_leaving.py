@@ -248,14 +248,9 @@ def test_stepdown_cancelled_carries_the_handover_as_it_was(kind: str) -> None:
     assert cancelled.handover.to_member == "b"
 
 
-# -- the gap this change does not close ---------------------------------------------------
+# -- an operator's resign while another handover is pending ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an operator's resign while a failback or switchover is pending is a no-op "
-    "(nothing records it), so when that handover is cancelled the master stays",
-)
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_operator_resign_during_a_pending_handover_is_not_lost(kind: str) -> None:
     d, _ = low_master_with_a_pending(kind)

@@ -697,6 +697,15 @@ class GroupsMachine(RuleBasedStateMachine):
                 continue
             for slot, ho in sorted(g.handovers.items()):
                 h, h2, ho2 = g.holdings[slot], g2.holdings.get(slot), g2.handovers.get(slot)
+                if (
+                    op == "resign"
+                    and msg.group == name
+                    and msg.member_id == h.member_id
+                    and not h.revoked
+                    and ho.cause not in ("resign", "member_left")
+                ):
+                    # An operator's resign takes over a pending failback or switchover.
+                    ho = copy_of(ho, cause="resign", named=False)
                 if h2 is None or h2.token != h.token:
                     assert ho2 is None, f"{name}/{slot}: a handover outlived its holding"
                 elif h2.revoked:
@@ -941,10 +950,18 @@ class GroupsMachine(RuleBasedStateMachine):
         # Anyone else only asks the holder to step down (once; not once revoked).
         slot = g0.holder_slot(msg.member_id)
         assert slot is not None
-        if slot in g0.handovers or g0.holdings[slot].revoked:
+        if g0.holdings[slot].revoked or (
+            slot in g0.handovers and g0.handovers[slot].cause in ("resign", "member_left")
+        ):
             assert state_of(self.sm) == state_of(shadow)
             return
         assert g.holdings[slot] == g0.holdings[slot]
+        if slot in g0.handovers:
+            # A pending failback or switchover becomes the resign: same successor and
+            # deadline, never cancelled from now on; one stepdown_requested event.
+            assert g.handovers[slot] == copy_of(g0.handovers[slot], cause="resign", named=False)
+            assert self.sm.revision == shadow.revision + 1
+            return
         # Named now, like a switchover's: the best candidate no handover promised ("": none).
         assert g.handovers[slot] == gp.Handover(
             slot=slot,
