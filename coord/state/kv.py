@@ -71,6 +71,11 @@ class KVStore:
         self._data[key] = kv
         return kv
 
+    def store(self, kv: kv_pb2.KeyValue) -> None:
+        """Keep ``kv`` as it is (its revisions and version included): replaying a
+        recorded put. The record must not be changed afterwards."""
+        self._data[kv.key] = kv
+
     def delete(self, key: bytes) -> kv_pb2.KeyValue | None:
         kv: kv_pb2.KeyValue | None = self._data.pop(key, None)
         return kv

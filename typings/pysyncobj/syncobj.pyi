@@ -5,6 +5,13 @@ from pysyncobj.config import SyncObjConf
 from pysyncobj.node import Node
 
 def createJournal(journalFile: str | None = None) -> Any: ...
+
+class _COMMAND_TYPE:
+    REGULAR: int
+    NO_OP: int
+    MEMBERSHIP: int
+    VERSION: int
+
 def replicated(func: Callable[..., Any]) -> Callable[..., Any]: ...
 
 class SyncObj:
