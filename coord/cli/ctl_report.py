@@ -1,0 +1,122 @@
+"""coordctl report: availability per group (FTSD, MTTR, MTBF, budget) and outage timelines."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import click
+from google.protobuf.json_format import MessageToDict
+
+from coord.cli.ctl import Ctx, handles_errors, main, pass_ctx
+from coord.cli.output import CLIError, emit, table
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_window(spec: str) -> int:
+    """``90s``, ``15m``, ``1h``, ``24h``, ``30d``, ``2w`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", spec)
+    if not m or int(m.group(1)) <= 0:
+        raise CLIError(f"window {spec!r} is not a duration like 15m, 1h, 24h or 30d", 2)
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def human_window(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def human_ms(ms: float) -> str:
+    if ms <= 0:
+        return "0"
+    s = ms / 1000
+    if s < 60:
+        return f"{s:.2f}s"
+    if s < 3600:
+        return f"{s / 60:.1f}m"
+    if s < 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def _when(ms: int) -> str:
+    if not ms:
+        return "-"
+    t = time.gmtime(ms / 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{ms % 1000:03d}Z"
+
+
+@main.command()
+@click.option("--group", "-g", default="", help="One group (default: every group).")
+@click.option(
+    "--window",
+    "-w",
+    "windows",
+    multiple=True,
+    help="Window to report on, e.g. 1h, 24h, 30d (repeat; default 1h, 24h and 30d).",
+)
+@click.option("--serializable", is_flag=True, help="Read the answering node's state.")
+@pass_ctx
+@handles_errors
+def report(ctx: Ctx, group: str, windows: tuple[str, ...], serializable: bool) -> None:
+    """Availability per group: downtime, FTSD, outages, MTTR, MTBF and the downtime budget
+    (MAD) with what remains of it, then each group's outage timeline."""
+    seconds = [parse_window(w) for w in windows]
+    resp = ctx.client.availability(group, seconds, serializable=serializable)
+    if ctx.output == "json":
+        data: dict[str, Any] = MessageToDict(resp, preserving_proto_field_name=True)
+        emit(ctx.output, data, [], [])
+        return
+    rows = []
+    for g in resp.groups:
+        for w in g.windows:
+            causes = ",".join(f"{c}={n}" for c, n in sorted(w.failovers_by_cause.items()))
+            rows.append(
+                [
+                    g.group,
+                    human_window(w.window_s),
+                    human_ms(w.observed_ms),
+                    human_ms(w.downtime_ms),
+                    f"{w.ftsd:.6f}",
+                    f"{100 * (1 - w.ftsd):.4f}%" if w.observed_ms else "-",
+                    w.outages,
+                    human_ms(w.mttr_ms) if w.mttr_ms else "-",
+                    human_ms(w.mtbf_ms) if w.mtbf_ms else "-",
+                    human_ms(w.budget_ms) if w.budget_ms else "-",
+                    _remaining(w.budget_ms, w.budget_remaining_ms),
+                    causes or "-",
+                ]
+            )
+    headers = [
+        "GROUP", "WINDOW", "OBSERVED", "DOWNTIME", "FTSD", "AVAILABILITY", "OUTAGES",
+        "MTTR", "MTBF", "BUDGET", "REMAINING", "FAILOVERS",
+    ]  # fmt: skip
+    click.echo(table(headers, rows))
+    for g in resp.groups:
+        if not g.timeline:
+            continue
+        click.echo(f"\n{g.group}: outages, oldest first" + (" (one open)" if g.outage_open else ""))
+        lines = [
+            [
+                _when(o.start_ms),
+                _when(o.end_ms) if o.end_ms else "open",
+                human_ms((o.end_ms or g.now_ms) - o.start_ms),
+                o.slot,
+                o.cause,
+                o.member,
+            ]
+            for o in g.timeline
+        ]
+        click.echo(table(["START", "END", "DURATION", "SLOT", "CAUSE", "MEMBER"], lines))
+
+
+def _remaining(budget_ms: int, remaining_ms: int) -> str:
+    if not budget_ms:
+        return "-"
+    if remaining_ms < 0:
+        return f"OVERSPENT {human_ms(-remaining_ms)}"
+    return f"{human_ms(remaining_ms)} ({100 * remaining_ms / budget_ms:.0f}%)"

@@ -1,0 +1,177 @@
+"""The node's HTTP port: /metrics, /healthz, /readyz, and the status page's data.
+
+- ``/metrics``: Prometheus text format (coord.server.metrics).
+- ``/healthz``: 200 while the process serves and its Raft thread ticks.
+- ``/readyz``: 200 when the node can serve linearizable requests soon: it knows
+  a leader it can reach (or is it), it is not catching up, it has applied what
+  it knows to be committed, and it was not removed. 503 otherwise, with why.
+- ``/api/status``: JSON for the status page (nodes, leader, groups, members,
+  recent events, availability per group).
+
+Runs on the node's asyncio loop (aiohttp), beside the gRPC server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from google.protobuf.json_format import MessageToDict
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from coord.raft.node import ROLE_LEADER, RaftNode
+from coord.server.metrics import WINDOWS, NodeMetrics
+from coord.state import ledger
+
+# A node this far behind what it knows to be committed is not ready.
+READY_MAX_LAG = 1000
+# A Raft thread silent for this long is not healthy.
+TICK_STALL_S = 5.0
+RECENT_EVENTS = 50
+
+
+class HttpServer:
+    def __init__(
+        self,
+        raft: RaftNode,
+        metrics: NodeMetrics,
+        address: str,
+        extra_routes: Callable[[web.Application], None] | None = None,
+    ) -> None:
+        self.raft = raft
+        self.metrics = metrics
+        self.address = address
+        self.app = web.Application()
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
+        self.app.router.add_get("/api/status", self._status)
+        if extra_routes is not None:
+            extra_routes(self.app)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_address=True)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- handlers ----------------------------------------------------------------
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics.flush_leaderless()
+        loop = asyncio.get_running_loop()
+        # The state collector takes the apply lock: not on the loop thread.
+        body = await loop.run_in_executor(None, generate_latest, self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        stalled = time.monotonic() - self.raft.last_tick
+        if stalled > TICK_STALL_S:
+            return web.json_response(
+                {"ok": False, "why": f"the Raft thread has not ticked for {stalled:.1f} s"},
+                status=503,
+            )
+        return web.json_response({"ok": True})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        why = not_ready_reason(self.raft)
+        if why:
+            return web.json_response({"ready": False, "why": why}, status=503)
+        return web.json_response({"ready": True, "leader": self.raft.view.leader_id})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(None, status_snapshot, self.raft)
+        return web.json_response(body)
+
+
+def not_ready_reason(raft: RaftNode) -> str:
+    view = raft.view
+    me = raft.cfg.node_id
+    if view.removed:
+        return "this node was removed from the cluster"
+    if view.catching_up:
+        return "catching up with the leader's log (no vote yet)"
+    if not view.leader_id:
+        return "no leader"
+    if view.leader_id != me and view.leader_id not in view.connected:
+        return f"no link to the leader {view.leader_id}"
+    if view.commit_index - view.applied_index > READY_MAX_LAG:
+        return f"applying: {view.commit_index - view.applied_index} committed entries behind"
+    return ""
+
+
+def _dict(msg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = MessageToDict(msg, preserving_proto_field_name=True)
+    return out
+
+
+def status_snapshot(raft: RaftNode) -> dict[str, Any]:
+    """Everything the status page shows, as JSON-able data (any thread)."""
+    view = raft.view
+    now_ms = int(time.time() * 1000)
+    members = raft.members()
+    nodes = [
+        {
+            "id": nid,
+            "api": addr.api,
+            "raft": addr.raft,
+            "leader": nid == view.leader_id,
+            "connected": nid == raft.cfg.node_id or nid in view.connected,
+            "self": nid == raft.cfg.node_id,
+        }
+        for nid, addr in sorted(members.items())
+    ]
+
+    def read(state: Any) -> dict[str, Any]:
+        groups = []
+        for name, g in sorted(state.groups.groups.items()):
+            masters = {
+                h.member_id: {"slot": s, "token": h.token, "revoked": h.revoked}
+                for s, h in sorted(g.holdings.items())
+            }
+            ms = []
+            for m in sorted(g.members.values(), key=lambda m: (-m.priority, m.id)):
+                ms.append(
+                    {
+                        "id": m.id,
+                        "address": m.address,
+                        "priority": m.priority,
+                        "healthy": m.healthy,
+                        "health_detail": m.health_detail,
+                        "role": "master" if m.id in masters else "standby",
+                        **({"master": masters[m.id]} if m.id in masters else {}),
+                    }
+                )
+            book = state.ledger.groups.get(name)
+            avail = _dict(ledger.report(book, now_ms, WINDOWS.values())) if book is not None else {}
+            groups.append(
+                {
+                    "name": name,
+                    "slots": g.policy.slots,
+                    "members": ms,
+                    "availability": avail,
+                }
+            )
+        events = [_dict(e) for e in list(state.events.items())[-RECENT_EVENTS:]]
+        return {"revision": state.revision, "groups": groups, "events": events}
+
+    body: dict[str, Any] = raft.read(read)
+    body.update(
+        node=raft.cfg.node_id,
+        leader=view.leader_id,
+        term=view.term,
+        role="leader" if view.role == ROLE_LEADER else "follower",
+        nodes=nodes,
+        now_ms=now_ms,
+    )
+    return body

@@ -1,0 +1,284 @@
+"""Prometheus metrics of one node.
+
+Two kinds:
+- event metrics, updated where things happen: gRPC requests (by method and
+  code) and their latency, Raft apply and fsync latency, failed proposals,
+  leader changes, this node's leaderless time;
+- state metrics, read at scrape time from the replicated state (sessions,
+  groups, members by health, masters, failovers by cause, the availability
+  ledger per group): every node reports the same figures for them, so a
+  dashboard may scrape any node, and alert rules aggregate with ``max``.
+
+Names follow Prometheus conventions: ``coord_`` prefix, base units (seconds),
+``_total`` for counters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from coord import __version__
+from coord.raft.node import ROLE_LEADER, RaftNode, View
+from coord.state import ledger
+
+# ``*_created`` series double the output for no use here.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+WINDOWS = {"1h": 3600, "24h": 24 * 3600, "30d": 30 * 24 * 3600}
+
+
+class NodeMetrics:
+    """The metrics registry of one node; hooks into the Raft node and the gRPC layer."""
+
+    def __init__(self, raft: RaftNode) -> None:
+        self.raft = raft
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.grpc_requests = Counter(
+            "coord_grpc_requests",
+            "gRPC requests handled, by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_latency = Histogram(
+            "coord_grpc_request_duration_seconds",
+            "gRPC request latency (streams: until they end), by method.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.apply_latency = Histogram(
+            "coord_raft_apply_duration_seconds",
+            "Time to apply one committed command to the state machine.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fsync_latency = Histogram(
+            "coord_raft_fsync_duration_seconds",
+            "Journal fsync (group commit) latency.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.failed_proposals = Counter(
+            "coord_raft_proposals_failed",
+            "Proposals that failed (no leader, leader change, timeout...), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "coord_requests_rejected",
+            "Requests refused before reaching a servicer, by reason (unauthenticated, "
+            "permission_denied, rate, watch_streams).",
+            ["reason"],
+            registry=r,
+        )
+        self.leader_changes = Counter(
+            "coord_raft_leader_changes",
+            "Times this node saw the leader change (including to none).",
+            registry=r,
+        )
+        self.leaderless = Counter(
+            "coord_raft_leaderless_seconds",
+            "Time this node spent without a leader it could reach.",
+            registry=r,
+        )
+        # Webhook notifications (coord.server.webhook; the leader posts).
+        self.webhook_posted = Counter(
+            "coord_webhook_posted", "Webhook notifications delivered (2xx).", registry=r
+        )
+        self.webhook_failed = Counter(
+            "coord_webhook_failed",
+            "Failed webhook post attempts (each retry counts), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.webhook_dropped = Counter(
+            "coord_webhook_dropped",
+            "Webhook notifications never delivered, by reason (queue_full, rejected, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.webhook_queue = Gauge(
+            "coord_webhook_queue_length", "Webhook notifications waiting.", registry=r
+        )
+        Gauge("coord_build_info", "coord version.", ["version"], registry=r).labels(
+            __version__
+        ).set(1)
+        r.register(_StateCollector(raft))
+        self._lock = threading.Lock()
+        self._leader = raft.view.leader_id
+        self._leaderless_since: float | None = None if self._leader else time.monotonic()
+        raft.add_listener(self._on_view)
+        raft.on_apply_latency = self.apply_latency.observe
+        raft.journal.on_sync_latency = self.fsync_latency.observe
+        raft.on_proposal_failed = lambda reason: self.failed_proposals.labels(reason).inc()
+
+    def _on_view(self, view: View) -> None:  # tick thread
+        with self._lock:
+            if view.leader_id != self._leader:
+                self.leader_changes.inc()
+                self._leader = view.leader_id
+            now = time.monotonic()
+            if not view.leader_id and self._leaderless_since is None:
+                self._leaderless_since = now
+            elif view.leader_id and self._leaderless_since is not None:
+                self.leaderless.inc(now - self._leaderless_since)
+                self._leaderless_since = None
+
+    def flush_leaderless(self) -> None:
+        """Count an ongoing leaderless stretch up to now (called before each scrape)."""
+        with self._lock:
+            if self._leaderless_since is not None:
+                now = time.monotonic()
+                self.leaderless.inc(now - self._leaderless_since)
+                self._leaderless_since = now
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        self.grpc_requests.labels(method, code).inc()
+        self.grpc_latency.labels(method).observe(seconds)
+
+
+class _StateCollector(Collector):
+    """Figures read from the Raft view and the replicated state at scrape time."""
+
+    def __init__(self, raft: RaftNode) -> None:
+        self.raft = raft
+
+    def collect(self) -> Iterator[Metric]:
+        raft = self.raft
+        view = raft.view
+        yield _gauge("coord_raft_term", "Current Raft term.", view.term)
+        yield _gauge("coord_raft_is_leader", "1 if this node leads.", view.role == ROLE_LEADER)
+        yield _gauge(
+            "coord_raft_has_leader", "1 if this node knows a leader.", bool(view.leader_id)
+        )
+        yield _gauge("coord_raft_commit_index", "Raft commit index.", view.commit_index)
+        yield _gauge("coord_raft_applied_index", "Last applied Raft index.", view.applied_index)
+        yield _gauge("coord_raft_log_entries", "Entries in the Raft journal.", view.log_entries)
+        yield _gauge("coord_raft_has_quorum", "1 if connected to a majority.", view.has_quorum)
+        yield _gauge("coord_raft_members", "Members in the configuration.", len(view.members))
+        yield _gauge("coord_raft_connected_peers", "Members with a live link.", len(view.connected))
+        # Copy plain numbers (and the ledgers) under the apply lock, which applies wait
+        # for; build the metric families after releasing it.
+        yield from _state_metrics(raft.read(_StateFigures.read))
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value))
+
+
+class _StateFigures:
+    """What the scrape needs from the replicated state, copied under the apply lock."""
+
+    def __init__(self, state: Any) -> None:
+        self.revision = int(state.revision)
+        self.sessions = len(state.groups.sessions)
+        self.kv_keys = len(state.kv)
+        # name -> (healthy, unhealthy, masters, slots)
+        self.groups: list[tuple[str, int, int, int, int]] = []
+        for name, g in sorted(state.groups.groups.items()):
+            healthy = sum(1 for m in g.members.values() if m.healthy)
+            self.groups.append(
+                (
+                    name,
+                    healthy,
+                    len(g.members) - healthy,
+                    sum(1 for h in g.holdings.values() if not h.revoked),
+                    int(g.policy.slots),
+                )
+            )
+        self.ledger = ledger.Ledger()
+        self.ledger.load(state.ledger.to_proto())  # copies
+
+    @classmethod
+    def read(cls, state: Any) -> _StateFigures:
+        return cls(state)
+
+
+def _state_metrics(fig: _StateFigures) -> list[Metric]:
+    now_ms = int(time.time() * 1000)
+    out: list[Metric] = [
+        _gauge("coord_revision", "State revision.", fig.revision),
+        _gauge("coord_sessions", "Open sessions.", fig.sessions),
+        _gauge("coord_groups", "Groups.", len(fig.groups)),
+        _gauge("coord_kv_keys", "Keys in the KV store.", fig.kv_keys),
+    ]
+    members = GaugeMetricFamily(
+        "coord_members", "Registered members, by group and health.", labels=["group", "health"]
+    )
+    masters = GaugeMetricFamily(
+        "coord_group_masters", "Slots with a serving master.", labels=["group"]
+    )
+    slots = GaugeMetricFamily("coord_group_slots", "Master slots of the group.", labels=["group"])
+    for name, healthy, unhealthy, serving, n_slots in fig.groups:
+        members.add_metric([name, "healthy"], healthy)
+        members.add_metric([name, "unhealthy"], unhealthy)
+        masters.add_metric([name], serving)
+        slots.add_metric([name], n_slots)
+    out += [members, masters, slots]
+    out += _ledger_metrics(fig.ledger, now_ms)
+    return out
+
+
+def _ledger_metrics(book: ledger.Ledger, now_ms: int) -> list[Metric]:
+    failovers = CounterMetricFamily(
+        "coord_group_failovers", "Failovers, by group and cause.", labels=["group", "cause"]
+    )
+    outages = CounterMetricFamily("coord_group_outages", "Outages, by group.", labels=["group"])
+    down_total = CounterMetricFamily(
+        "coord_group_downtime_seconds", "Downtime since the group's first master.", labels=["group"]
+    )
+    outage_open = GaugeMetricFamily(
+        "coord_group_outage_open", "1 while a slot of the group has no master.", labels=["group"]
+    )
+    ftsd = GaugeMetricFamily(
+        "coord_group_ftsd", "Fraction of time down over the window.", labels=["group", "window"]
+    )
+    downtime = GaugeMetricFamily(
+        "coord_group_window_downtime_seconds", "Downtime in the window.", labels=["group", "window"]
+    )
+    mttr = GaugeMetricFamily(
+        "coord_group_mttr_seconds",
+        "Mean time to repair over the window.",
+        labels=["group", "window"],
+    )
+    budget = GaugeMetricFamily(
+        "coord_group_budget_seconds",
+        "MAD: allowed downtime in the window.",
+        labels=["group", "window"],
+    )
+    remaining = GaugeMetricFamily(
+        "coord_group_budget_remaining_seconds",
+        "Allowed downtime left in the window (negative: overspent).",
+        labels=["group", "window"],
+    )
+    for name, g in sorted(book.groups.items()):
+        rep = ledger.report(g, now_ms, WINDOWS.values())
+        for cause, n in sorted(rep.failovers_by_cause_total.items()):
+            failovers.add_metric([name, cause], n)
+        outages.add_metric([name], rep.outage_count_total)
+        down_total.add_metric([name], rep.downtime_ms_total / 1000)
+        outage_open.add_metric([name], 1.0 if rep.outage_open else 0.0)
+        for label, w in zip(WINDOWS, rep.windows, strict=True):
+            ftsd.add_metric([name, label], w.ftsd)
+            downtime.add_metric([name, label], w.downtime_ms / 1000)
+            mttr.add_metric([name, label], w.mttr_ms / 1000)
+            budget.add_metric([name, label], w.budget_ms / 1000)
+            remaining.add_metric([name, label], w.budget_remaining_ms / 1000)
+    return [failovers, outages, down_total, outage_open, ftsd, downtime, mttr, budget, remaining]

@@ -1,0 +1,305 @@
+// coord status page: renders /api/status, kept live by /api/stream (Server-Sent Events),
+// polling /api/status while the stream is down.
+//
+// Everything shown comes from the cluster, and member ids, addresses, health details and
+// group names come from its clients: it goes into the DOM only as text nodes and
+// attribute values (never innerHTML), so no value can become markup or script.
+"use strict";
+
+(() => {
+  const POLL_MS = 1000; // while the stream is down
+  const STREAM_RETRY_MS = 3000; // try the stream again this long after it dropped
+  const WINDOW_30D_S = 30 * 24 * 3600;
+  const FAILOVER_EVENTS = new Set(["master_elected", "master_lost", "master_revoked",
+    "stepdown_requested"]);
+
+  let stream = null;
+  let pollTimer = null;
+  let retryTimer = null;
+  let lastUpdate = 0;
+
+  // -- DOM helpers (text only) ----------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v !== undefined && v !== null && v !== false) e.setAttribute(k, String(v));
+    }
+    for (const c of children) {
+      if (c === undefined || c === null || c === false) continue;
+      e.append(c instanceof Node ? c : String(c)); // a string becomes a text node
+    }
+    return e;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+    for (const c of children) e.append(c instanceof Node ? c : String(c));
+    return e;
+  }
+
+  // int64 fields arrive as strings, and zero values are left out.
+  const num = (x) => Number(x ?? 0);
+
+  function duration(ms) {
+    ms = Math.max(0, ms);
+    if (ms < 1000) return `${Math.round(ms)} ms`;
+    const s = ms / 1000;
+    if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+    const h = Math.floor(m / 60);
+    if (h < 48) return `${h} h ${m % 60} min`;
+    return `${Math.floor(h / 24)} d ${h % 24} h`;
+  }
+
+  function clock(ms) {
+    if (!ms) return "";
+    const d = new Date(ms);
+    const p = (n, w = 2) => String(n).padStart(w, "0");
+    return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+  }
+
+  function day(ms) {
+    const d = new Date(ms);
+    return `${d.toISOString().slice(0, 10)} ${clock(ms).slice(0, 8)}`;
+  }
+
+  // -- rendering ----------------------------------------------------------------------
+
+  function renderSummary(st) {
+    const leader = st.leader
+      ? el("span", { id: "leader", "data-leader": st.leader }, st.leader)
+      : el("span", { id: "leader", class: "bad", "data-leader": "" }, "none");
+    document.getElementById("summary").replaceChildren(
+      "leader ", leader,
+      el("span", { class: "sep" }, "term ", el("b", { id: "term" }, st.term)),
+      el("span", { class: "sep" }, "revision ", el("b", { id: "revision" }, st.revision)),
+      el("span", { class: "sep muted" }, `served by ${st.node} (${st.role})`),
+    );
+  }
+
+  function renderNodes(st) {
+    const rows = (st.nodes || []).map((n) =>
+      el("tr", { "data-node": n.id, class: n.leader ? "leader" : null },
+        el("td", {}, el("b", {}, n.id), n.self ? el("span", { class: "muted" }, " (this page)") : null),
+        el("td", {}, n.leader ? el("span", { class: "badge master" }, "leader") : "follower"),
+        el("td", {}, n.connected ? el("span", { class: "ok" }, "connected")
+          : el("span", { class: "bad" }, "unreachable")),
+        el("td", { class: "mono" }, n.api),
+        el("td", { class: "mono" }, n.raft)));
+    document.querySelector("#nodes tbody").replaceChildren(...rows);
+  }
+
+  function memberRow(m) {
+    const master = m.master;
+    const role = master
+      ? el("span", { class: master.revoked ? "badge revoked" : "badge master" },
+        master.revoked ? "master (revoked)" : "master")
+      : el("span", { class: "badge standby" }, "standby");
+    const health = m.healthy
+      ? el("span", { class: "ok" }, "healthy")
+      : el("span", { class: "bad" }, "unhealthy");
+    return el("tr", { "data-member": m.id, "data-role": m.role },
+      el("td", { class: "member" }, el("b", {}, m.id)),
+      el("td", { class: "role" }, role),
+      el("td", { class: "slot num" }, master ? master.slot : ""),
+      el("td", { class: "token num mono" }, master ? master.token : ""),
+      el("td", { class: "health" }, health,
+        m.health_detail ? el("span", { class: "muted detail" }, ` ${m.health_detail}`) : null),
+      el("td", { class: "num" }, m.priority),
+      el("td", { class: "mono" }, m.address || ""));
+  }
+
+  function timeline(av, nowMs) {
+    const since = num(av.tracking_since_ms);
+    if (!since) return el("p", { class: "muted" }, "no master yet: accounting starts with the first one");
+    const lo = Math.max(since, nowMs - WINDOW_30D_S * 1000);
+    const span = Math.max(1, nowMs - lo);
+    const W = 1000;
+    const bar = svg("svg", { class: "timeline", viewBox: `0 0 ${W} 20`, preserveAspectRatio: "none",
+      role: "img", "aria-label": "outage timeline" },
+    svg("rect", { x: 0, y: 0, width: W, height: 20, class: "up" }));
+    for (const o of av.timeline || []) {
+      const start = Math.max(lo, num(o.start_ms));
+      const end = o.end_ms ? num(o.end_ms) : nowMs;
+      const x = ((start - lo) / span) * W;
+      const w = Math.max(2, ((end - start) / span) * W);
+      const title = `${o.end_ms ? "outage" : "outage (open)"}: ${duration(end - num(o.start_ms))}` +
+        `, ${o.cause || "?"}, slot ${num(o.slot)}, member ${o.member || "?"}, revision ${num(o.revision)}`;
+      bar.append(svg("rect", { x, y: 0, width: w, height: 20, class: o.end_ms ? "down" : "down open" },
+        svg("title", {}, title)));
+    }
+    const outages = (av.timeline || []).slice(-5).reverse().map((o) => {
+      const end = o.end_ms ? num(o.end_ms) : nowMs;
+      return el("li", { class: o.end_ms ? null : "bad" },
+        `${day(num(o.start_ms))}: ${duration(end - num(o.start_ms))}${o.end_ms ? "" : " (open)"}`,
+        el("span", { class: "muted" }, ` ${o.cause || ""} · slot ${num(o.slot)} · ${o.member || ""}`));
+    });
+    return el("div", { class: "timeline-box" },
+      el("div", { class: "axis muted" }, el("span", {}, day(lo)), el("span", {}, "now")),
+      bar,
+      outages.length ? el("ul", { class: "outages" }, ...outages)
+        : el("p", { class: "muted" }, "no outage in the last 30 days"));
+  }
+
+  function budget(av) {
+    const total = num(av.budget_ms_30d);
+    if (!total) return el("p", { class: "muted budget" }, "no downtime budget set");
+    const w = (av.windows || []).find((x) => num(x.window_s) === WINDOW_30D_S) || {};
+    const remaining = num(w.budget_remaining_ms);
+    const used = Math.min(1, Math.max(0, (total - remaining) / total));
+    const meter = el("div", { class: "meter" },
+      el("div", { class: remaining < 0 ? "fill spent" : used > 0.75 ? "fill warn" : "fill" }));
+    meter.firstChild.style.width = `${(used * 100).toFixed(1)}%`;
+    return el("div", { class: "budget", "data-remaining-ms": remaining },
+      el("div", {}, "30-day budget: ",
+        el("b", { class: remaining < 0 ? "bad" : "ok" },
+          remaining < 0 ? `overspent by ${duration(-remaining)}` : `${duration(remaining)} left`),
+        el("span", { class: "muted" }, ` of ${duration(total)}`)),
+      meter);
+  }
+
+  function figures(av) {
+    const label = { 3600: "1 h", 86400: "24 h", 2592000: "30 d" };
+    const rows = (av.windows || []).map((w) => el("tr", {},
+      el("td", {}, label[num(w.window_s)] || `${num(w.window_s)} s`),
+      el("td", { class: "num" }, `${((1 - (w.ftsd || 0)) * 100).toFixed(4)} %`),
+      el("td", { class: "num" }, duration(num(w.downtime_ms))),
+      el("td", { class: "num" }, num(w.outages)),
+      el("td", { class: "num" }, w.mttr_ms ? duration(w.mttr_ms) : "–")));
+    return el("table", { class: "grid figures" },
+      el("thead", {}, el("tr", {}, el("th", {}, "window"), el("th", {}, "available"),
+        el("th", {}, "downtime"), el("th", {}, "outages"), el("th", {}, "MTTR"))),
+      el("tbody", {}, ...rows));
+  }
+
+  function renderGroup(g, nowMs) {
+    const members = g.members || [];
+    const masters = members.filter((m) => m.master).sort((a, b) => a.master.slot - b.master.slot);
+    const standbys = members.filter((m) => !m.master);
+    const serving = masters.filter((m) => !m.master.revoked).length;
+    const av = g.availability || {};
+    const state = serving >= g.slots
+      ? el("span", { class: "badge ok-badge" }, `${serving}/${g.slots} masters`)
+      : el("span", { class: "badge bad-badge" }, `${serving}/${g.slots} masters`);
+    return el("section", { class: "group", "data-group": g.name },
+      el("h3", {}, g.name, " ", state,
+        av.outage_open ? el("span", { class: "badge bad-badge" }, "outage") : null),
+      el("div", { class: "cols" },
+        el("div", { class: "col" },
+          el("table", { class: "grid members" },
+            el("thead", {}, el("tr", {}, ...["member", "role", "slot", "fencing token", "health",
+              "priority", "address"].map((h) => el("th", {}, h)))),
+            el("tbody", {}, ...[...masters, ...standbys].map(memberRow),
+              members.length ? null : el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no members"))))),
+        el("div", { class: "col" },
+          budget(av),
+          timeline(av, nowMs),
+          figures(av))));
+  }
+
+  function renderGroups(st) {
+    const groups = st.groups || [];
+    const box = document.getElementById("groups");
+    if (!groups.length) {
+      box.replaceChildren(el("p", { class: "muted" }, "no groups yet"));
+      return;
+    }
+    box.replaceChildren(...groups.map((g) => renderGroup(g, st.now_ms)));
+  }
+
+  function renderEvents(st) {
+    const rows = (st.events || []).slice().reverse().map((e) =>
+      el("tr", { "data-revision": num(e.revision), "data-type": e.type,
+        class: FAILOVER_EVENTS.has(e.type) ? "failover" : null },
+      el("td", { class: "num" }, num(e.revision)),
+      el("td", { class: "mono" }, clock(num(e.time_ms))),
+      el("td", {}, e.type),
+      el("td", {}, e.group || ""),
+      el("td", {}, e.member || ""),
+      el("td", { class: "num" }, e.group && FAILOVER_EVENTS.has(e.type) ? num(e.slot) : ""),
+      el("td", { class: "num mono" }, e.token ? num(e.token) : ""),
+      el("td", {}, e.cause || "")));
+    document.querySelector("#events tbody").replaceChildren(...rows);
+  }
+
+  function render(st) {
+    renderSummary(st);
+    renderNodes(st);
+    renderGroups(st);
+    renderEvents(st);
+    lastUpdate = Date.now();
+    // For tests and scripts: what is on screen, and since when.
+    document.body.dataset.revision = String(st.revision);
+    document.body.dataset.renderedAt = String(lastUpdate);
+  }
+
+  // -- transport: the stream, and polling while it is down ------------------------------
+
+  function setConn(mode, text) {
+    const c = document.getElementById("conn");
+    c.className = `conn conn-${mode}`;
+    c.dataset.mode = mode;
+    c.textContent = text;
+  }
+
+  function show(st, via) {
+    try {
+      render(st);
+      setConn(via === "stream" ? "live" : "polling",
+        via === "stream" ? "live" : `polling (stream down) · ${clock(lastUpdate)}`);
+    } catch (err) {
+      setConn("offline", `cannot show the status: ${err}`);
+    }
+  }
+
+  async function poll() {
+    try {
+      const r = await fetch("api/status", { cache: "no-store" });
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      show(await r.json(), "poll");
+    } catch (err) {
+      setConn("offline", `node unreachable (${err.message || err}) · last update ${clock(lastUpdate) || "never"}`);
+    }
+  }
+
+  function startPolling() {
+    if (pollTimer === null) {
+      pollTimer = setInterval(poll, POLL_MS);
+      poll();
+    }
+  }
+
+  function stopPolling() {
+    if (pollTimer !== null) {
+      clearInterval(pollTimer);
+      pollTimer = null;
+    }
+  }
+
+  function startStream() {
+    retryTimer = null;
+    if (!window.EventSource) {
+      startPolling();
+      return;
+    }
+    stream = new EventSource("api/stream");
+    stream.addEventListener("status", (ev) => {
+      stopPolling();
+      show(JSON.parse(ev.data), "stream");
+    });
+    stream.onerror = () => {
+      // Poll until the stream is back: a browser's own reconnect can take long, and a
+      // proxy may have cut the stream while plain requests still work.
+      stream.close();
+      stream = null;
+      startPolling();
+      if (retryTimer === null) retryTimer = setTimeout(startStream, STREAM_RETRY_MS);
+    };
+  }
+
+  poll();
+  startStream();
+})();
