@@ -21,6 +21,8 @@ gRPC status + ``coord-error``/``coord-leader`` trailing metadata) and
     |                            with the same request id
     +-- DeadlineExceeded         DEADLINE_EXCEEDED    retryable
     +-- ResourceExhausted        RESOURCE_EXHAUSTED   limits
+    +-- Unauthenticated          UNAUTHENTICATED      no or unknown credentials
+    +-- PermissionDenied         PERMISSION_DENIED    a role too low for the call
     +-- OutOfRange               OUT_OF_RANGE
     +-- Internal                 INTERNAL
 
@@ -110,6 +112,16 @@ class DeadlineExceeded(CoordError):
 class ResourceExhausted(CoordError):
     code = "RESOURCE_EXHAUSTED"
     reason = "resource_exhausted"
+
+
+class Unauthenticated(CoordError):
+    code = "UNAUTHENTICATED"
+    reason = "unauthenticated"
+
+
+class PermissionDenied(CoordError):
+    code = "PERMISSION_DENIED"
+    reason = "permission_denied"
 
 
 class OutOfRange(CoordError):

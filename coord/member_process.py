@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 
 from coord import errors
 from coord.client import Client, Member, Session, SessionState
+from coord.client.credentials import Credentials
 from coord.v1 import election_pb2
 
 _lock = threading.Lock()
@@ -38,7 +40,14 @@ def say(event: str, **fields: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stepdown = threading.Event()
-    client = Client(args.endpoints, timeout_s=30)
+    creds = Credentials(
+        token=os.environ.get("COORD_MEMBER_TOKEN", ""),
+        ca_file=args.cacert,
+        cert_file=args.cert,
+        key_file=args.key,
+        server_name=args.server_name,
+    )
+    client = Client(args.endpoints, timeout_s=30, credentials=creds)
     current: list[Session] = []
     holding = threading.Event()
 
@@ -105,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default="")
     p.add_argument("--ttl-s", type=float, default=2.0)
     p.add_argument("--nofailover", action="store_true")
+    # A secured cluster: TLS files, and the bearer token in COORD_MEMBER_TOKEN (not a
+    # flag: flags show in `ps`).
+    p.add_argument("--cacert", default="")
+    p.add_argument("--cert", default="")
+    p.add_argument("--key", default="")
+    p.add_argument("--server-name", default="")
     return run(p.parse_args(argv))
 
 

@@ -16,6 +16,8 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.CoordError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
     grpc.StatusCode.OUT_OF_RANGE: errors.OutOfRange,
     grpc.StatusCode.INTERNAL: errors.Internal,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.CANCELLED: errors.Unavailable,
 }
 

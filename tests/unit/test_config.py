@@ -158,7 +158,7 @@ def test_non_loopback_raft_without_a_secret_is_refused(bind: str) -> None:
 
 
 def test_non_loopback_peer_address_needs_a_secret_too() -> None:
-    peers = (Peer("n1", "10.0.0.1:7001", "10.0.0.1:8001"), *LOOP3[1:])
+    peers = (Peer("n1", "10.0.0.1:7001", "127.0.0.1:8001"), *LOOP3[1:])
     with pytest.raises(InvalidArgument, match="--cluster-secret"):
         node(peers=peers).validate()
     node(peers=peers, cluster_secret="s3cret").validate()
@@ -176,8 +176,12 @@ def test_loopback_raft_needs_no_secret(bind: str) -> None:
     node(listen_raft=bind).validate()
 
 
-def test_api_beyond_loopback_needs_no_secret() -> None:
-    node(listen_api="0.0.0.0:8001").validate()
+def test_api_beyond_loopback_needs_no_cluster_secret(tmp_path: Path) -> None:
+    # (It needs authentication: see test_an_api_beyond_loopback_needs_authentication.)
+    cert, key, ca = _files(tmp_path, "c.pem", "k.pem", "ca.pem")
+    node(
+        listen_api="0.0.0.0:8001", tls_client_auth="require", tls_cert=cert, tls_key=key, tls_ca=ca
+    ).validate()
 
 
 def test_cluster_id_is_deterministic_and_ignores_peer_order() -> None:
@@ -630,3 +634,56 @@ def test_an_empty_yaml_peer_list_defers_to_other_layers(tmp_path: Path) -> None:
     assert config.load(str(path), flags(), env={}).peers == LOOP3
     with pytest.raises(InvalidArgument, match="no peers"):
         config.load(str(path), {"node_id": "n1", "data_dir": "/d"}, env={})
+
+
+# -- security --------------------------------------------------------------------
+
+
+def _files(tmp_path: Path, *names: str) -> list[str]:
+    out = []
+    for n in names:
+        f = tmp_path / n
+        f.write_text("x")
+        out.append(str(f))
+    return out
+
+
+def test_an_api_beyond_loopback_needs_authentication(tmp_path: Path) -> None:
+    cert, key, ca, tokens = _files(tmp_path, "c.pem", "k.pem", "ca.pem", "tokens.yaml")
+    public = {"listen_api": "0.0.0.0:8001", "listen_raft": "127.0.0.1:7001"}
+    with pytest.raises(InvalidArgument, match="beyond loopback, without authentication"):
+        node(**public).validate()
+    with pytest.raises(InvalidArgument, match="in clear"):
+        node(**public, auth_tokens_file=tokens).validate()
+    node(**public, auth_tokens_file=tokens, tls_cert=cert, tls_key=key).validate()
+    node(**public, tls_client_auth="require", tls_cert=cert, tls_key=key, tls_ca=ca).validate()
+    with pytest.raises(InvalidArgument, match="only on loopback"):
+        node(**public, allow_unauthenticated="true", tls_client_auth="require",
+             tls_cert=cert, tls_key=key, tls_ca=ca).validate()  # fmt: skip
+
+
+def test_anonymous_access_defaults(tmp_path: Path) -> None:
+    (tokens,) = _files(tmp_path, "tokens.yaml")
+    assert node().anonymous_allowed  # loopback, nothing configured: development
+    assert not node(auth_tokens_file=tokens).anonymous_allowed
+    assert node(auth_tokens_file=tokens, allow_unauthenticated="true").anonymous_allowed
+    assert not node(allow_unauthenticated="false").anonymous_allowed
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"tls_cert": "c"}, "both --tls-cert and --tls-key"),
+        ({"tls_client_auth": "require"}, "needs --tls-cert"),
+        ({"tls_client_auth": "optional"}, "'none' or 'require'"),
+        ({"allow_unauthenticated": "maybe"}, "auto, true or false"),
+        ({"rate_limit_per_s": -1.0}, "rate limit"),
+        ({"max_watch_streams": -1}, "watch streams"),
+        ({"max_sessions_per_identity": -1}, "sessions per identity"),
+        ({"auth_tokens_file": "/nonexistent/tokens.yaml"}, "does not exist"),
+        ({"notify_webhook": "http://h:99999/x"}, "valid port"),
+    ],
+)
+def test_bad_security_settings_say_what_to_fix(kw: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        node(**kw).validate()

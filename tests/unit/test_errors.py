@@ -45,6 +45,8 @@ CODES = {
     errors.OutcomeUnknown: "UNAVAILABLE",
     errors.DeadlineExceeded: "DEADLINE_EXCEEDED",
     errors.ResourceExhausted: "RESOURCE_EXHAUSTED",
+    errors.Unauthenticated: "UNAUTHENTICATED",
+    errors.PermissionDenied: "PERMISSION_DENIED",
     errors.OutOfRange: "OUT_OF_RANGE",
     errors.Internal: "INTERNAL",
 }
@@ -201,7 +203,8 @@ FALLBACK = [
     (grpc.StatusCode.OUT_OF_RANGE, errors.OutOfRange),
     (grpc.StatusCode.INTERNAL, errors.Internal),
     (grpc.StatusCode.CANCELLED, errors.Unavailable),
-    (grpc.StatusCode.PERMISSION_DENIED, errors.CoordError),
+    (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied),
+    (grpc.StatusCode.UNAUTHENTICATED, errors.Unauthenticated),
     (grpc.StatusCode.UNIMPLEMENTED, errors.CoordError),
     (grpc.StatusCode.UNKNOWN, errors.CoordError),
 ]

@@ -1,0 +1,95 @@
+"""The gate every RPC passes before its servicer: identity, role, rate, stream count.
+
+Runs on the asyncio loop, in the handler wrappers of :mod:`coord.server.handlers`.
+The caller's identity is put in a context variable for the servicers that need it
+(session ownership).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from coord import errors
+from coord.server.auth import ANONYMOUS, Authenticator, Identity, RateLimiter
+
+_CALLER: ContextVar[Identity] = ContextVar("coord_caller", default=ANONYMOUS)
+
+# Methods whose streams count against the per-connection limit.
+WATCH_STREAMS = frozenset(
+    {"/coord.v1.Watch/Watch", "/coord.v1.Groups/Observe", "/coord.v1.Cluster/WatchLeader"}
+)
+
+
+def caller() -> Identity:
+    """The identity of the RPC being served (ANONYMOUS when auth is off)."""
+    return _CALLER.get()
+
+
+class Guard:
+    def __init__(
+        self,
+        auth: Authenticator,
+        rate_per_s: float = 0.0,
+        burst: float = 0.0,
+        max_watch_streams: int = 0,
+        on_reject: Callable[[str], None] | None = None,
+    ) -> None:
+        self.auth = auth
+        self.limiter = RateLimiter(rate_per_s, burst or max(1.0, 2 * rate_per_s))
+        self.max_watch_streams = max_watch_streams
+        self._streams: Counter[str] = Counter()
+        self._on_reject = on_reject
+
+    def _reject(self, kind: str) -> None:
+        if self._on_reject is not None:
+            self._on_reject(kind)
+
+    def check(self, method: str, request: Any, context: Any) -> Identity:
+        """Identify and authorize the call; raises Unauthenticated, PermissionDenied or
+        ResourceExhausted. Sets the caller for the servicer."""
+        try:
+            auth_context = context.auth_context()
+        except Exception:  # a test double without one
+            auth_context = None
+        try:
+            who = self.auth.identify(context.invocation_metadata(), auth_context)
+            self.auth.authorize(method, who, request)
+        except errors.Unauthenticated:
+            self._reject("unauthenticated")
+            raise
+        except errors.PermissionDenied:
+            self._reject("permission_denied")
+            raise
+        if not self.limiter.allow(who.name):
+            self._reject("rate")
+            raise errors.ResourceExhausted(
+                f"{who.name!r} is over its rate limit ({self.limiter.rate:g} requests/s): "
+                "slow down and retry"
+            )
+        _CALLER.set(who)
+        return who
+
+    @contextlib.contextmanager
+    def stream(self, method: str, context: Any) -> Iterator[None]:
+        """Count a watch-like stream against its connection's limit while it runs."""
+        if method not in WATCH_STREAMS or self.max_watch_streams <= 0:
+            yield
+            return
+        peer = str(context.peer())
+        if self._streams[peer] >= self.max_watch_streams:
+            self._reject("watch_streams")
+            raise errors.ResourceExhausted(
+                f"this connection already has {self.max_watch_streams} watch streams open: "
+                "close some, or multiplex filters over fewer streams"
+            )
+        self._streams[peer] += 1
+        try:
+            yield
+        finally:
+            self._streams[peer] -= 1
+            if self._streams[peer] <= 0:
+                del self._streams[peer]
