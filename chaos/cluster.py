@@ -11,27 +11,60 @@
 Partitions cut proxies with a ``timeout`` toxic (data stops, connections stay open,
 like a dropped network) rather than by disabling them (which resets connections at
 once, like a crash); both are available.
+
+Membership changes (chaos.membership drives them):
+
+- A node added at runtime (:meth:`ProxiedCluster.new_node`) is named ``x01``,
+  ``x02``, ... : its id sorts above every earlier id, so on every pair with an
+  existing member it is the one that dials. Its ``--raft-route`` flags (one per
+  member it was told to start with) send each of those connections through a new
+  per-pair proxy ``raft-xNN-<member>``; nodes added later dial it in turn. So every
+  Raft link of an added node is proxied, both directions, and running members need
+  no new flags. The raft address in its membership entry (the real port) is never
+  dialled. An id sorting *below* a running member's could not be proxied per
+  pair: that member would dial it at the entry's one address, and a bootstrap
+  member cannot even be given a route for it on restart (``--raft-route`` must name
+  one of its ``--peer`` flags, which stay the bootstrap members): refused here.
+- Its API gets proxy ``api-xNN``, advertised in the membership entry (leader hints
+  lead through it), and every client with its own proxies gets one for it too.
+  ``spares`` creates the API proxies of the first added nodes up front (pointing
+  nowhere until the node exists), so that clients started with
+  :attr:`client_endpoints` know the addresses of nodes that join later, as clients
+  configured with every address a cluster may use would.
+- A removed node is *retired*: out of :attr:`members` (what nemeses, statuses and
+  the runner's heal and checks use), never restarted; its proxies stay until close.
+- Restarts use the flags each node was first started with: bootstrap members their
+  bootstrap ``--peer`` list (the data dir knows the changes since), added nodes the
+  members ``node add`` returned.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Sequence
 
 from chaos.toxiproxy import Toxiproxy
-from coord.testing import LocalCluster, free_ports
+from coord.client import Client
+from coord.testing import LocalCluster, NodeProc, free_ports, wait_until
+from coord.v1 import cluster_pb2
 
 _CLUSTERS = itertools.count(1)
+# The upstream of a spare API proxy before its node exists: nothing listens on port 1,
+# so a client that tries it is refused at once, as by a node that is down.
+NOWHERE = "127.0.0.1:1"
 
 
 class ProxiedCluster(LocalCluster):
-    def __init__(self, toxi: Toxiproxy, n: int = 3, **kwargs: object) -> None:
+    def __init__(self, toxi: Toxiproxy, n: int = 3, spares: int = 0, **kwargs: object) -> None:
         super().__init__(n, **kwargs)  # type: ignore[arg-type]
         self.toxi = toxi
         self.advertised: dict[str, str] = {}  # node id -> proxied API address
         self._prefix = f"c{next(_CLUSTERS)}"
         self._proxies: list[str] = []
         self.client_links: dict[str, dict[str, str]] = {}
+        self.retired: set[str] = set()  # removed members (and abandoned joins)
+        self._added = 0
         for node in self.nodes:
             name = self.api_proxy(node.node_id)
             toxi.create(name, upstream=node.api, listen_port=free_ports(1)[0])
@@ -44,6 +77,12 @@ class ProxiedCluster(LocalCluster):
             toxi.create(name, upstream=lo.raft)
             self._proxies.append(name)
             hi.extra_args += ["--raft-route", f"{lo.node_id}={toxi.listen(name)}"]
+        for k in range(1, spares + 1):
+            nid = _added_id(k)
+            name = self.api_proxy(nid)
+            toxi.create(name, upstream=NOWHERE)
+            self._proxies.append(name)
+            self.advertised[nid] = toxi.listen(name)
 
     def close(self) -> None:
         super().close()
@@ -59,24 +98,29 @@ class ProxiedCluster(LocalCluster):
         hi, lo = max(a, b), min(a, b)
         return f"{self._prefix}-raft-{hi}-{lo}"
 
+    def client_proxy(self, client: str, node_id: str) -> str:
+        return f"{self._prefix}-cli-{client}-{node_id}"
+
     def own_links(self, client: str) -> dict[str, str]:
         """Proxies of one client's own (advertised API address -> its proxy), so that
-        this client alone can be cut off; created on first use."""
+        this client alone can be cut off; created on first use. Nodes added later get
+        one too (:meth:`new_node` adds it to this same dict)."""
         if client not in self.client_links:
             links = {}
-            for node in self.nodes:
-                name = f"{self._prefix}-cli-{client}-{node.node_id}"
-                self.toxi.create(name, upstream=node.api)
+            for nid, advertised in self.advertised.items():
+                name = self.client_proxy(client, nid)
+                node = self.node(nid)
+                self.toxi.create(name, upstream=node.api if node is not None else NOWHERE)
                 self._proxies.append(name)
-                links[self.advertised[node.node_id]] = self.toxi.listen(name)
+                links[advertised] = self.toxi.listen(name)
             self.client_links[client] = links
         return self.client_links[client]
 
     def cut_client(self, client: str) -> list[tuple[str, str]]:
-        """Cut one client (its own proxies) from every node."""
+        """Cut one client (its own proxies) from every member."""
         undo = []
-        for node in self.nodes:
-            name = f"{self._prefix}-cli-{client}-{node.node_id}"
+        for node in self.members:
+            name = self.client_proxy(client, node.node_id)
             for s in ("upstream", "downstream"):
                 undo.append((name, self.toxi.add_toxic(name, "timeout", s, {"timeout": 0},
                                                        tag="cut")))  # fmt: skip
@@ -84,15 +128,133 @@ class ProxiedCluster(LocalCluster):
 
     @property
     def client_endpoints(self) -> list[str]:
-        """What clients use: the proxied API addresses."""
-        return [self.advertised[n.node_id] for n in self.nodes]
+        """What clients use: the proxied API addresses (of spare nodes too)."""
+        return list(self.advertised.values())
+
+    # -- members -----------------------------------------------------------------
+
+    @property
+    def members(self) -> list[NodeProc]:
+        """The nodes in the configuration as far as the harness knows: bootstrap or
+        joined (``node add`` answered), not retired. Nemeses act on these only."""
+        return [
+            n
+            for n in self.nodes
+            if n.node_id not in self.retired
+            and (n.index < self.bootstrap_size or n.joined_cluster_id)
+        ]
+
+    @property
+    def member_ids(self) -> list[str]:
+        return [n.node_id for n in self.members]
+
+    def node(self, node_id: str) -> NodeProc | None:
+        return next((n for n in self.nodes if n.node_id == node_id), None)
+
+    def index(self, node_id: str) -> int:
+        node = self.node(node_id)
+        if node is None:
+            raise KeyError(f"no node {node_id!r} in this cluster")
+        return node.index
+
+    def statuses(self) -> list[cluster_pb2.StatusResponse | None]:
+        """Members' statuses (retired nodes are not asked)."""
+        return [self.status(n.index) for n in self.members]
+
+    def agreed_leader(self, timeout: float = 20.0) -> str:
+        """The leader a majority of members agree on (waits for one)."""
+
+        def agreed() -> str | None:
+            views = [s.leader_id for s in self.statuses() if s is not None and s.leader_id]
+            for nid in set(views):
+                if views.count(nid) > len(self.members) // 2:
+                    return nid
+            return None
+
+        found: str = wait_until(agreed, timeout, "a leader a majority agrees on")
+        return found
+
+    def retire(self, node_id: str) -> None:
+        """``node_id`` left the configuration: never restarted nor counted again."""
+        self.retired.add(node_id)
+
+    def new_node(self) -> NodeProc:
+        """Allocate the next node to add: id ``xNN`` (above every earlier id: it dials
+        every member), free ports, an empty data dir, its API proxy (the spare one if
+        clients already know it) and a proxy for it per client with its own links.
+        Not a member nor started yet: :meth:`start_joined` does that once ``node add``
+        answered."""
+        self._added += 1
+        nid = _added_id(self._added)
+        api, raft = free_ports(2)
+        node = NodeProc(
+            index=len(self.nodes),
+            node_id=nid,
+            api=f"127.0.0.1:{api}",
+            raft=f"127.0.0.1:{raft}",
+            data_dir=os.path.join(self.base_dir, nid),
+            log_path=os.path.join(self.base_dir, f"{nid}.log"),
+        )
+        if os.path.exists(node.data_dir):
+            raise RuntimeError(f"the data dir of the new node {nid} already exists")
+        self.nodes.append(node)
+        node.extra_args += ["--listen-api", node.api]
+        name = self.api_proxy(nid)
+        if nid in self.advertised:
+            self.toxi.set_upstream(name, node.api)
+        else:
+            self.toxi.create(name, upstream=node.api)
+            self._proxies.append(name)
+            self.advertised[nid] = self.toxi.listen(name)
+        for client, links in self.client_links.items():
+            cname = self.client_proxy(client, nid)
+            if cname in self.toxi.proxies:
+                self.toxi.set_upstream(cname, node.api)
+            else:
+                self.toxi.create(cname, upstream=node.api)
+                self._proxies.append(cname)
+                links[self.advertised[nid]] = self.toxi.listen(cname)
+        return node
+
+    def start_joined(self, node: NodeProc, resp: cluster_pb2.AddNodeResponse) -> None:
+        """Start an added node with the flags ``node add`` printed (cluster id, every
+        member), plus a proxied ``--raft-route`` to each member it must dial."""
+        if not node.joined_cluster_id:
+            ids = {n.id for n in resp.nodes}
+            if node.node_id not in ids:
+                raise RuntimeError(f"{node.node_id} is not among the members {sorted(ids)}")
+            for peer in resp.nodes:
+                if peer.id == node.node_id:
+                    continue
+                if peer.id > node.node_id:  # it would dial us at our real address
+                    raise RuntimeError(
+                        f"member {peer.id} sorts above the new node {node.node_id}: their "
+                        "link could not go through a per-pair proxy"
+                    )
+                name = self.raft_proxy(node.node_id, peer.id)
+                self.toxi.create(name, upstream=peer.raft_address)
+                self._proxies.append(name)
+                node.extra_args += ["--raft-route", f"{peer.id}={self.toxi.listen(name)}"]
+            node.join_peers = [f"{n.id}={n.raft_address},{n.api_address}" for n in resp.nodes]
+            node.joined_cluster_id = resp.cluster_id
+        self.start(node.index)
+
+    def add_node(self, client: Client) -> NodeProc:
+        """``node add`` (through ``client``) and start: a new member, proxied."""
+        node = self.new_node()
+        resp = client.add_node(node.node_id, node.raft, self.advertised[node.node_id])
+        self.start_joined(node, resp)
+        return node
 
     def command(self, i: int, state: str = "new") -> list[str]:
         cmd = super().command(i, state)
-        # Advertise the proxied API address in every peer entry.
-        for node in self.nodes:
-            real = f"{node.node_id}={node.raft},{node.api}"
-            cmd[cmd.index(real)] = f"{node.node_id}={node.raft},{self.advertised[node.node_id]}"
+        if i < self.bootstrap_size:
+            # Bootstrap members advertise the proxied API address in every peer entry
+            # (added nodes get theirs from ``node add``, which already carries it).
+            for node in self.nodes[: self.bootstrap_size]:
+                real = f"{node.node_id}={node.raft},{node.api}"
+                advertised = self.advertised[node.node_id]
+                cmd[cmd.index(real)] = f"{node.node_id}={node.raft},{advertised}"
         return cmd
 
     # -- cutting links -----------------------------------------------------------
@@ -148,8 +310,16 @@ class ProxiedCluster(LocalCluster):
     ) -> list[tuple[str, str]]:
         """The same toxic on every Raft link, both directions (latency, jitter, ...)."""
         undo = []
-        for a, b in itertools.combinations(self.nodes, 2):
+        for a, b in itertools.combinations(self.members, 2):
             name = self.raft_proxy(a.node_id, b.node_id)
             for s in ("upstream", "downstream"):
                 undo.append((name, self.toxi.add_toxic(name, kind, s, dict(attributes), tag=tag)))
         return undo
+
+
+def _added_id(k: int) -> str:
+    """The id of the k-th node added at runtime: sorts above n1..n5 and every earlier
+    added id (two digits: at most 99 additions per cluster)."""
+    if not 1 <= k <= 99:
+        raise RuntimeError(f"node addition {k}: ids xNN allow 99 per cluster")
+    return f"x{k:02d}"

@@ -1,7 +1,8 @@
 """Faults, each a function ``(cluster, rng, ttl_s) -> heal`` that starts a fault and
 returns the callable that ends it. The runner alternates fault and heal periods.
 
-Network faults go through Toxiproxy (chaos.cluster); process faults use signals.
+Network faults go through Toxiproxy (chaos.cluster); process faults use signals;
+membership changes use the cluster API as an operator would (chaos.membership).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from chaos import membership
 from chaos.cluster import ProxiedCluster
 from coord.client import Client, masters
 from coord.testing import wait_until
@@ -18,21 +20,12 @@ Nemesis = Callable[[ProxiedCluster, random.Random, float], Heal]
 
 
 def _ids(c: ProxiedCluster) -> list[str]:
-    return [n.node_id for n in c.nodes]
+    return c.member_ids
 
 
 def leader_id(c: ProxiedCluster) -> str:
-    """The leader a majority of live nodes agree on (waits for one, 20 s at most)."""
-
-    def agreed() -> str | None:
-        views = [s.leader_id for s in c.statuses() if s is not None and s.leader_id]
-        for nid in set(views):
-            if views.count(nid) > len(c.nodes) // 2:
-                return nid
-        return None
-
-    found: str = wait_until(agreed, 20, "a leader a majority agrees on")
-    return found
+    """The leader a majority of members agree on (waits for one, 20 s at most)."""
+    return c.agreed_leader(20)
 
 
 def isolate_leader(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
@@ -61,7 +54,7 @@ def leader_in_majority(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> H
     lid = leader_id(c)
     followers = [n for n in _ids(c) if n != lid]
     rng.shuffle(followers)
-    k = len(c.nodes) // 2
+    k = len(c.members) // 2
     undo = c.partition(followers[:k], [lid, *followers[k:]])
     return lambda: c.undo(undo)
 
@@ -125,31 +118,140 @@ def isolate_master_client(c: ProxiedCluster, rng: random.Random, ttl_s: float) -
 
 def kill_leader(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     lid = leader_id(c)
-    i = _ids(c).index(lid)
+    i = c.index(lid)
     c.kill(i)
     return lambda: c.start(i)
 
 
 def kill_random(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
-    i = rng.randrange(len(c.nodes))
+    i = c.index(rng.choice(_ids(c)))
     c.kill(i)
     return lambda: c.start(i)
 
 
 def pause_leader(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     """SIGSTOP the leader; the runner keeps it stopped for longer than a session TTL."""
-    i = _ids(c).index(leader_id(c))
+    i = c.index(leader_id(c))
     c.pause(i)
     return lambda: c.resume(i)
 
 
 def rolling_restart(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     """SIGTERM and restart every node in turn, each once a leader is back."""
-    for i in range(len(c.nodes)):
+    for i in [c.index(nid) for nid in _ids(c)]:
         c.stop(i)
         c.start(i)
         leader_id(c)
     return lambda: None
+
+
+# -- membership changes under load ------------------------------------------------
+
+
+def member_replace(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """Remove a random follower, alive (it must notice and exit by itself; odd cycles)
+    or first killed -9 (removing a dead node; even cycles); the cluster runs one member
+    short for the fault period. Heal: a fresh node (new id, empty data dir) joins and
+    catches up, then a random member is killed -9 and restarted with the flags it was
+    first started with."""
+    lid = leader_id(c)
+    victim = rng.choice([n for n in _ids(c) if n != lid])
+    if len(c.retired) % 2 == 1:
+        c.kill(c.index(victim))
+        membership.say(f"killed -9 {victim} (to remove a dead node)")
+    membership.remove(c, victim)
+
+    def heal() -> None:
+        membership.add(c)
+        nid = rng.choice(_ids(c))
+        c.restart(c.index(nid))
+        membership.say(f"killed -9 and restarted {nid}")
+        leader_id(c)
+
+    return heal
+
+
+def leader_transfer(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """Leadership handed to a follower named at random; heal: handed on again with no
+    target (to the most caught-up other member)."""
+    lid = leader_id(c)
+    membership.transfer(c, rng.choice([n for n in _ids(c) if n != lid]))
+
+    def heal() -> None:
+        membership.transfer(c)
+
+    return heal
+
+
+def grow_shrink(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """3 -> 5: two fresh nodes join, one after the other (each caught up first). Heal:
+    5 -> 3, two members drawn at random removed (the leader too, when drawn: leadership
+    is handed away first)."""
+    start = len(c.members)
+    membership.add(c)
+    membership.add(c)
+
+    def heal() -> None:
+        for nid in rng.sample(_ids(c), len(c.members) - start):
+            membership.remove(c, nid)
+
+    return heal
+
+
+def change_with_kill(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """kill -9 of a minority during a change: a fresh node's addition is proposed, and
+    the leader (or a random follower) is killed -9 the moment the leader's log holds the
+    new configuration, before, at or just after its commit. Of 3 nodes, a 4-member
+    configuration with one member dead and one not started can neither commit nor elect:
+    unavailable until the heal restarts the killed node; then the addition completes
+    (or is proposed again if it died with the leader), the new node starts and catches
+    up, and a random other member is removed (back to 3)."""
+    lid = leader_id(c)
+    victim = lid if rng.random() < 0.5 else rng.choice([n for n in _ids(c) if n != lid])
+    node = c.new_node()
+    proposal = membership.propose_add(c, node)
+    shown = membership.wait_shown(c, lid, lambda members: node.node_id in members, 3.0)
+    c.kill(c.index(victim))
+    membership.say(
+        f"killed -9 {victim}{' (the leader)' if victim == lid else ''} "
+        f"{'with' if shown else 'before'} the addition of {node.node_id} in the leader's log"
+    )
+
+    def heal() -> None:
+        proposal.join()
+        c.start(c.index(victim))
+        membership.join(c, node)
+        membership.remove(c, rng.choice([n for n in _ids(c) if n != node.node_id]))
+
+    return heal
+
+
+def change_with_partition(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """A partition during a change: a follower's removal is proposed and, once the
+    leader's log holds it, a random minority (the leader in it or not, the removed node
+    in it or not) is cut off. Heal: the partition ends, the removal completes (or is
+    proposed again if it was lost), the removed node exits by itself, and a fresh node
+    joins (back to the size before)."""
+    lid = leader_id(c)
+    victim = rng.choice([n for n in _ids(c) if n != lid])
+    ids = _ids(c)
+    rng.shuffle(ids)
+    k = len(ids) // 2
+    proposal = membership.propose_remove(c, victim)
+    shown = membership.wait_shown(c, lid, lambda members: victim not in members, 3.0)
+    undo = c.partition(ids[:k], ids[k:])
+    membership.say(
+        f"partitioned {sorted(ids[:k])} | {sorted(ids[k:])} (leader {lid}) "
+        f"{'with' if shown else 'before'} the removal of {victim} in the leader's log"
+    )
+
+    def heal() -> None:
+        c.undo(undo)
+        proposal.join()
+        membership.remove(c, victim)
+        membership.add(c)
+
+    return heal
 
 
 NEMESES: dict[str, Nemesis] = {
@@ -167,4 +269,9 @@ NEMESES: dict[str, Nemesis] = {
     "kill-random": kill_random,
     "pause-leader": pause_leader,
     "rolling-restart": rolling_restart,
+    "member-replace": member_replace,
+    "leader-transfer": leader_transfer,
+    "grow-shrink": grow_shrink,
+    "change-with-kill": change_with_kill,
+    "change-with-partition": change_with_partition,
 }

@@ -1,17 +1,22 @@
 """Run chaos scenarios against real clusters and check what the workload saw.
 
-Each scenario: a fresh ProxiedCluster (3 nodes; 5 for the bridge), the workload
+Each scenario: a fresh ProxiedCluster (3 nodes; 5 for some), the workload
 (campaigners in a 1-slot and a 3-slot group, write-once acknowledged puts, a
 compare-and-set register history, watchers), fault/heal cycles of one nemesis, a
-final heal, then the checkers (chaos.checkers). Prints a table: scenario,
-operations, failovers, longest unavailability, violations.
+final heal, then the checkers (chaos.checkers). Membership nemeses change the
+cluster under that load; a membership step that does not complete in time is a
+violation too, and after the heal the leader's configuration must be the members the
+harness made, with no change pending. Prints a table: scenario, operations,
+failovers, longest unavailability, violations.
 
-Usage: ``python -m chaos.run [--seed N] [--scenarios a,b] [--cycles 3] [--short] [--json]``
+Usage: ``python -m chaos.run [--seed N] [--scenarios a,b] [--cycles 3] [--short] [--json]
+[--workdir DIR]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import random
@@ -25,6 +30,7 @@ from typing import Any
 from chaos import checkers
 from chaos.cluster import ProxiedCluster
 from chaos.linearizability import History
+from chaos.membership import MembershipError, leader_view
 from chaos.nemesis import NEMESES, leader_id
 from chaos.records import RunRecord
 from chaos.toxiproxy import Toxiproxy
@@ -45,6 +51,9 @@ class Scenario:
     nodes: int = 3
     fault_s: float = 3.0  # each fault lasts this long (at least a TTL for pauses)
     heal_s: float = 2.0
+    # Nodes a membership nemesis adds per cycle: the clients are given their (proxied)
+    # addresses up front (ProxiedCluster spares).
+    adds_per_cycle: int = 0
 
 
 SCENARIOS = [
@@ -62,8 +71,13 @@ SCENARIOS = [
     Scenario("kill-random-5", "kill-random", nodes=5),
     Scenario("pause-leader-beyond-ttl", "pause-leader", fault_s=TTL_S * 1.5 + 0.5),
     Scenario("rolling-restart", "rolling-restart", fault_s=0.5),
+    Scenario("member-replace", "member-replace", adds_per_cycle=1),
+    Scenario("leader-transfer", "leader-transfer"),
+    Scenario("grow-shrink-3-5-3", "grow-shrink", adds_per_cycle=2),
+    Scenario("member-change-kill-minority", "change-with-kill", adds_per_cycle=1),
+    Scenario("member-change-partition-5", "change-with-partition", nodes=5, adds_per_cycle=1),
 ]
-SHORT = ["isolate-leader", "isolate-master-client", "pause-leader-beyond-ttl"]
+SHORT = ["isolate-leader", "isolate-master-client", "pause-leader-beyond-ttl", "member-replace"]
 
 
 @dataclass
@@ -80,10 +94,16 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     rng = random.Random(f"{seed}/{sc.name}")
     record = RunRecord(sc.name, seed, time.monotonic())
     history = History()
-    c = ProxiedCluster(toxi, sc.nodes, base_dir=f"{workdir}/{sc.name}")
+    c = ProxiedCluster(
+        toxi, sc.nodes, spares=sc.adds_per_cycle * cycles, base_dir=f"{workdir}/{sc.name}"
+    )
     workers: list[Worker] = []
+    failed_steps: list[str] = []
+    unread: list[str] = []
+    started = False
     try:
         c.start()
+        started = True
         leader_id(c)
         eps = c.client_endpoints
         with Client(eps, timeout_s=10) as admin:
@@ -92,28 +112,19 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
             start_rev = admin.status().revision + 1
         workers += _workload(c, record, history, rng, start_rev)
         time.sleep(1.0)  # the workload settles before the first fault (a pacing delay)
-        nemesis = NEMESES[sc.nemesis]
-        for _ in range(cycles):
-            heal = nemesis(c, rng, TTL_S)
-            time.sleep(sc.fault_s * rng.uniform(0.7, 1.3))  # the fault lasts this long
-            heal()
-            time.sleep(sc.heal_s * rng.uniform(0.7, 1.3))
-        c.toxi.heal()
-        for i, node in enumerate(c.nodes):
-            if not node.running:
-                c.start(i)
-            elif node.paused:
-                c.resume(i)
+        failed_steps += _faults(c, sc, rng, cycles)
         healed = time.monotonic()
         record.recovered_after_s = _recovery(c, healed)
+        if record.recovered_after_s is None:
+            failed_steps += _members_differ(c)
         time.sleep(1.0)  # the workload runs on a healed cluster for a moment
     finally:
         for w in workers:
             w.join()
         record.end = time.monotonic()
         try:
-            if c.nodes[0].proc is not None:
-                _read_back(c, record)
+            if started:
+                unread = _read_back(c, record)
         finally:
             c.close()
     record.kv_history = list(history.ops())
@@ -121,6 +132,8 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     notes = [e for w in workers for e in w.errors]
     violations = [f"{v.checker}: {v.detail}" for v in checkers.check_all(record, RECOVERY_BOUND_S)]
     violations += [f"workload: {n}" for n in notes if "did not stop" in n]
+    violations += [f"membership: {e}" for e in failed_steps]
+    violations += [f"acknowledged_writes_present: {u}" for u in unread]
     violations += _unfed(record, history)
     return Row(
         sc.name,
@@ -130,6 +143,41 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         record.recovered_after_s,
         violations,
     )
+
+
+def _faults(c: ProxiedCluster, sc: Scenario, rng: random.Random, cycles: int) -> list[str]:
+    """The nemesis's fault/heal cycles, then the final heal (every toxic gone, every
+    member running). Returns the membership steps that failed (the rest is skipped)."""
+    nemesis = NEMESES[sc.nemesis]
+    failed: list[str] = []
+    for _ in range(cycles):
+        try:
+            heal = nemesis(c, rng, TTL_S)
+            time.sleep(sc.fault_s * rng.uniform(0.7, 1.3))  # the fault lasts this long
+            heal()
+        except MembershipError as e:
+            failed.append(str(e))
+            break
+        time.sleep(sc.heal_s * rng.uniform(0.7, 1.3))
+    c.toxi.heal()
+    for node in c.members:
+        if not node.running:
+            c.start(node.index)
+        elif node.paused:
+            c.resume(node.index)
+    return failed
+
+
+def _members_differ(c: ProxiedCluster) -> list[str]:
+    """Why the leader's configuration is not the members the harness made, if it is not."""
+    view = leader_view(c)
+    if view is None:
+        return ["after the heal no leader answers with its configuration"]
+    have = sorted(n.id for n in view.nodes)
+    if have != sorted(c.member_ids) or view.change_pending:
+        pending = " (a change pending)" if view.change_pending else ""
+        return [f"after the heal the leader has members {have}{pending}, not {c.member_ids}"]
+    return []
 
 
 def _workload(
@@ -171,9 +219,9 @@ def _unfed(record: RunRecord, history: History) -> list[str]:
 def _recovery(c: ProxiedCluster, since: float) -> float | None:
     def whole() -> bool:
         views = [s for s in c.statuses() if s is not None]
-        if len(views) != len(c.nodes) or len({s.leader_id for s in views}) != 1:
+        if len(views) != len(c.members) or len({s.leader_id for s in views}) != 1:
             return False
-        if not views[0].leader_id:
+        if not views[0].leader_id or _members_differ(c):
             return False
         with Client(c.client_endpoints, timeout_s=2) as cl:
             return len(masters(cl, "g1")) == 1 and len(masters(cl, "g3")) == 3
@@ -185,24 +233,32 @@ def _recovery(c: ProxiedCluster, since: float) -> float | None:
     return time.monotonic() - since
 
 
-def _read_back(c: ProxiedCluster, record: RunRecord) -> None:
-    """Every node's acknowledged keys: a linearizable range through that node, one
-    bucket prefix at a time (a bucket holds at most 1,000 keys: under the range cap)."""
+def _read_back(c: ProxiedCluster, record: RunRecord) -> list[str]:
+    """Every member's acknowledged keys: a linearizable range through that node, one
+    bucket prefix at a time (a bucket holds at most 1,000 keys: under the range cap).
+    Returns the members that could not answer (a violation: after the heal every
+    member must serve linearizable reads)."""
     buckets = sorted({k.rsplit("/", 1)[0] + "/" for k in record.acked})
-    for node in c.nodes:
+    unread = []
+    for node in c.members:
         keys: set[str] = set()
         with Client([node.api], timeout_s=10) as cl:
-            for prefix in buckets:
-                req = kv_pb2.RangeRequest(key=prefix.encode(), prefix=True, keys_only=True)
+            try:
+                for prefix in buckets:
+                    req = kv_pb2.RangeRequest(key=prefix.encode(), prefix=True, keys_only=True)
 
-                def ask(ch: Any, t: float, req: kv_pb2.RangeRequest = req) -> Any:
-                    return kv_pb2_grpc.KVStub(ch).Range(req, timeout=t)
+                    def ask(ch: Any, t: float, req: kv_pb2.RangeRequest = req) -> Any:
+                        return kv_pb2_grpc.KVStub(ch).Range(req, timeout=t)
 
-                resp = _retrying(lambda ask=ask, ep=node.api: cl.call(ask, endpoint=ep))
-                if resp.more:
-                    raise RuntimeError(f"bucket {prefix} holds more keys than a range returns")
-                keys |= {kv.key.decode() for kv in resp.kvs}
+                    resp = _retrying(lambda ask=ask, ep=node.api: cl.call(ask, endpoint=ep))
+                    if resp.more:
+                        raise RuntimeError(f"bucket {prefix} holds more keys than a range returns")
+                    keys |= {kv.key.decode() for kv in resp.kvs}
+            except errors.CoordError as e:
+                unread.append(f"{node.node_id} could not be read back after the heal: {e.message}")
+                continue
         record.final[node.node_id] = keys
+    return unread
 
 
 def _retrying(fn: Any, within_s: float = 20.0) -> Any:
@@ -258,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cycles", type=int, default=3)
     p.add_argument("--short", action="store_true", help=f"only {', '.join(SHORT)}, 1 cycle")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--workdir",
+        default="",
+        help="keep the clusters' data dirs and logs here (default: a temp dir)",
+    )
     args = p.parse_args(argv)
     chosen = SCENARIOS
     if args.short:
@@ -268,9 +329,15 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [s for s in SCENARIOS if s.name in names]
         if len(chosen) != len(names):
             p.error(f"unknown scenario in {sorted(names)}: have {[s.name for s in SCENARIOS]}")
+    if args.workdir:
+        if Path(args.workdir).exists() and any(Path(args.workdir).iterdir()):
+            p.error(f"--workdir {args.workdir} is not empty")
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     rows = []
     with (
-        tempfile.TemporaryDirectory(prefix="coord-chaos-") as workdir,
+        contextlib.nullcontext(args.workdir)
+        if args.workdir
+        else tempfile.TemporaryDirectory(prefix="coord-chaos-") as workdir,
         Toxiproxy(str(Path(workdir) / "toxiproxy.log")) as toxi,
     ):
         for sc in chosen:

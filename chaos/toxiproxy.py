@@ -128,6 +128,18 @@ class Toxiproxy:
     def listen(self, name: str) -> str:
         return str(self.proxies[name].listen)
 
+    def set_upstream(self, name: str, upstream: str) -> None:
+        """Point an existing proxy at another upstream (its listen address stays; its
+        open connections are closed). Read back: the proxy is enabled, with that upstream."""
+        _api.APIConsumer.post(f"/proxies/{name}", json={"upstream": upstream})
+        info = self.state(name)
+        if info["upstream"] != upstream or not info["enabled"]:
+            raise ToxiproxyError(
+                f"proxy {name}: upstream {info['upstream']} enabled={info['enabled']} after "
+                f"setting upstream {upstream}"
+            )
+        self.proxies[name].upstream = upstream
+
     def state(self, name: str) -> dict[str, Any]:
         info: dict[str, Any] = _api.APIConsumer.get(f"/proxies/{name}").json()
         return info

@@ -243,7 +243,7 @@ class LinkedClient(Client):
     each node's advertised API address (what leader hints name) to this client's
     proxy for that node."""
 
-    def __init__(self, links: dict[str, str], **kw: float) -> None:
+    def __init__(self, links: dict[str, str], **kw: Any) -> None:
         super().__init__(list(links), **kw)
         self.links = links
 

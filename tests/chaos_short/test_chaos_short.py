@@ -3,20 +3,12 @@ each, through the real Toxiproxy server; the full suite is ``make chaos``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from chaos import run
 from chaos.toxiproxy import Toxiproxy
-
-
-@pytest.fixture(scope="module")
-def toxi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Toxiproxy]:
-    log = tmp_path_factory.mktemp("toxiproxy") / "toxiproxy.log"
-    with Toxiproxy(str(log)) as t:
-        yield t
 
 
 @pytest.mark.parametrize("name", run.SHORT)
