@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,7 @@ class DurableJournal:
         # order, and who to tell when that list changes.
         self._config: list[tuple[int, bytes]] = []
         self.on_config_change: Callable[[], None] | None = None
+        self.on_sync_latency: Callable[[float], None] | None = None  # metrics
         self._meta: dict[str, Any] = self._load_meta()
         self._meta_dirty = False
         self._fd = self._open_and_load()
@@ -247,7 +249,10 @@ class DurableJournal:
         if not self._dirty:
             return False
         if self._fsync:
+            t0 = time.perf_counter()
             os.fdatasync(self._fd)
+            if self.on_sync_latency is not None:
+                self.on_sync_latency(time.perf_counter() - t0)
         self._dirty = False
         return True
 

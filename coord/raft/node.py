@@ -104,6 +104,8 @@ class View:
     # node's own removal from it has committed.
     members: frozenset[str] = frozenset()
     removed: bool = False
+    # Heard from the leader within an election timeout (a leader: from a majority).
+    leader_alive: bool = False
 
 
 class _SyncObj(SyncObj):
@@ -115,10 +117,12 @@ class _SyncObj(SyncObj):
         apply: Callable[[bytes], Any],
         check_change: Callable[[Any], bool],
         sync_config: Callable[[], None],
+        may_campaign: Callable[[], bool],
         *args: Any,
         **kwargs: Any,
     ) -> None:
         self._coord_apply = apply
+        self._coord_may_campaign = may_campaign
         self._coord_check_change = check_change
         self._coord_sync_config = sync_config
         self._coord_woken = False
@@ -129,6 +133,15 @@ class _SyncObj(SyncObj):
     # change is allowed (its leader checks that before appending one).
     def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool:
         return False if reverse else self._coord_check_change(request)
+
+    # A node that may not campaign (catching up, or not in the configuration) gets no
+    # election timer at all: pysyncobj re-arms it whenever a leader's message arrives,
+    # and a slow snapshot load in that tick would then let it campaign (a term bump
+    # that makes it ignore the leader for good) before the node pushes it back.
+    def _SyncObj__generateRaftTimeout(self) -> float:
+        if not self._coord_may_campaign():
+            return 3600.0
+        return float(SyncObj._SyncObj__generateRaftTimeout(self))  # type: ignore[attr-defined]
 
     def _SyncObj__updateClusterConfiguration(self, newNodes: Any) -> None:
         self._coord_sync_config()  # a dump was loaded: its configuration is the base
@@ -187,6 +200,7 @@ class RaftNode:
         self.state = StateMachine()
         self.lock = threading.RLock()
         self.started = time.monotonic()
+        self.last_tick = self.started  # the tick thread's last pass (healthz)
         self.gate = VotingGate(voting)
         self._view = View(catching_up=not self.gate.is_voter)
         self._listeners: list[Callable[[View], None]] = []
@@ -195,6 +209,9 @@ class RaftNode:
         self._barrier_inflight: tuple[Future[None], float] | None = None
         self._barrier_next: Future[None] | None = None
         self._bootstrap_term = -1
+        # Metrics hooks (coord.server.metrics), called on the tick thread.
+        self.on_apply_latency: Callable[[float], None] | None = None
+        self.on_proposal_failed: Callable[[str], None] | None = None
 
         journal_path = os.path.join(cfg.data_dir, JOURNAL_FILE)
         self._dump_path = os.path.join(cfg.data_dir, DUMP_FILE)
@@ -212,6 +229,7 @@ class RaftNode:
         )
         self._transfer: _Transfer | None = None
         self._removed_by_peer = False
+        self._next_ping = 0.0
 
         # One route table for every node object: id -> dial address.
         self._routes: dict[str, str] = {}
@@ -254,11 +272,16 @@ class RaftNode:
             maxBindRetries=30,
             bindRetryTime=0.1,
             tcp_keepalive=(5, 1, 3),
+            # Peers named by DNS (Kubernetes pods) come back at new addresses:
+            # re-resolve within seconds, not after pysyncobj's 600 s cache.
+            dnsCacheTime=5.0,
+            dnsFailCacheTime=1.0,
         )
         self._so = _SyncObj(
             self._apply,
             self._check_change_request,
             self._sync_config,
+            self._may_campaign,
             me,
             others,
             conf,
@@ -289,8 +312,11 @@ class RaftNode:
     # -- apply (tick thread) ---------------------------------------------------
 
     def _apply(self, data: bytes) -> raft_pb2.CommandResult:
+        t0 = time.perf_counter()
         with self.lock:
             result = self.state.apply(data)
+        if self.on_apply_latency is not None:
+            self.on_apply_latency(time.perf_counter() - t0)
         for fn in self._apply_listeners:
             fn()
         return result
@@ -310,8 +336,11 @@ class RaftNode:
         def done(result: Any, err: int) -> None:
             if err == FAIL_REASON.SUCCESS:
                 callback(result, None)
-            else:
-                callback(None, _FAIL_TO_ERROR.get(err, _unknown_failure)())
+                return
+            error = _FAIL_TO_ERROR.get(err, _unknown_failure)()
+            if self.on_proposal_failed is not None:
+                self.on_proposal_failed(error.reason)
+            callback(None, error)
 
         self._so.apply_command(cmd.SerializeToString(), callback=done)
 
@@ -411,6 +440,7 @@ class RaftNode:
         # Runs after this tick's elections, commits, applies and new proposals,
         # and before the poll that receives the next acknowledgements: entries
         # the leader appended are durable before any ack for them is counted.
+        self.last_tick = time.monotonic()
         self.journal.sync()
         self._transport.flush_held()
         self._update_catch_up()
@@ -419,6 +449,22 @@ class RaftNode:
         self._maybe_bootstrap()
         self._check_barrier_timeout()
         self._drive_transfer()
+        self._ping_peers()
+
+    def _ping_peers(self) -> None:
+        """Keep follower-to-follower links alive. They carry nothing between elections,
+        and pysyncobj closes a link that read nothing for a connection timeout the next
+        time it sends on it: a candidate's first vote request to each other follower was
+        dropped, so an election without PreVote (a leadership transfer) needed a second
+        round, or never won in a 5-node cluster."""
+        now = time.monotonic()
+        if now < self._next_ping:
+            return
+        self._next_ping = now + self.cfg.timings.connection_timeout_s / 3
+        if self._view.role == ROLE_LEADER:
+            return  # its appends and their acks keep its links alive
+        for node in list(self._so._SyncObj__otherNodes):
+            self._transport.send_now(node, {"type": "coord_ping"})
 
     def _update_catch_up(self) -> None:
         if self.cfg.node_id not in self._config:
@@ -427,6 +473,11 @@ class RaftNode:
             self._so._SyncObj__raftElectionDeadline = raft_clock() + 3600
             return
         if self.gate.is_voter or self.gate.update(self.journal[-1][1]):
+            return
+        if self._so._isLeader():
+            # A blank node elected (bootstrap): the majority that voted vouches for its
+            # log. No leader will ever send it a commit index: it would never vote.
+            self.gate.leader_commit(self.journal[-1][1])
             return
         if not self.gate.may_campaign():
             # A catching-up node must not campaign: its term would rise past the
@@ -451,6 +502,7 @@ class RaftNode:
             catching_up=not self.gate.is_voter,
             members=frozenset(config),
             removed=self._removal_committed(so.raftCommitIndex),
+            leader_alive=self._prevote.leader_is_alive(),
         )
         old, self._view = self._view, view
         if view.removed and not old.removed:
@@ -565,10 +617,15 @@ class RaftNode:
         for nid in sorted(config.keys() - current.keys() - {me}):
             node = RoutedNode(nid, self._routes)
             others.add(node)
-            so._SyncObj__raftNextIndex[node] = self.journal[-1][1] + 1
+            # (The journal is empty while a snapshot from the leader is being installed.)
+            last = self.journal[-1][1] if len(self.journal) else self._base_idx
+            so._SyncObj__raftNextIndex[node] = last + 1
             so._SyncObj__raftMatchIndex[node] = 0
             so._SyncObj__lastResponseTime[node] = raft_clock()
             self._transport.addNode(node)
+
+    def _may_campaign(self) -> bool:
+        return self.gate.may_campaign() and self.cfg.node_id in self._config
 
     def _pending_change(self) -> int | None:
         """The index of a configuration entry not committed yet, if any."""

@@ -12,6 +12,8 @@
 - A blank node votes and campaigns only as ``coord.raft.gate`` allows.
 - PreVote messages (``coord.raft.prevote``) are handled here, beside
   pysyncobj's own.
+- With a cluster secret, pysyncobj drops a connection whose messages do not
+  authenticate without a word; here both ends say so in the log (rate limited).
 
 Thread: everything runs on the Raft tick thread.
 """
@@ -19,9 +21,11 @@ Thread: everything runs on the Raft tick thread.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from cryptography.fernet import InvalidToken
 from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
@@ -31,6 +35,9 @@ from coord.raft.gate import VotingGate
 from coord.raft.prevote import PreVote
 
 logger = logging.getLogger(__name__)
+
+# A refused secret is logged at most this often per peer (nodes redial every 0.1 s).
+SECRET_WARN_EVERY_S = 10.0
 
 
 class RoutedNode(TCPNode):
@@ -91,7 +98,53 @@ class CoordTransport(TCPTransport):
         self.gate = VotingGate()  # replaced by the node's own
         # While an append-entries is handled: the one index pysyncobj may truncate from.
         self.truncate_from: int | None = None
+        self._handshaking: set[Any] = set()  # outgoing, encrypted, no answer yet
+        self._warned: dict[str, float] = {}
         super().__init__(*args, **kwargs)
+
+    # -- cluster secret: say why a peer is refused -------------------------------
+
+    def _warn(self, peer: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(peer, -SECRET_WARN_EVERY_S) >= SECRET_WARN_EVERY_S:
+            self._warned[peer] = now
+            logger.warning(message, *args)
+
+    def _onNewIncomingConnection(self, conn: Any) -> None:
+        cast(Any, super())._onNewIncomingConnection(conn)  # not in typings/pysyncobj
+        if conn.encryptor is not None:
+            try:
+                host = str(conn._TcpConnection__socket.getpeername()[0])
+            except (AttributeError, OSError):
+                host = "?"
+            conn.encryptor = _SecretCheck(conn.encryptor, lambda: self._warn(
+                host,
+                "refused a raft connection from %s: its messages do not authenticate with "
+                "this node's cluster secret (a node started with another --cluster-secret?)",
+                host,
+            ))  # fmt: skip
+
+    def _onOutgoingConnected(self, conn: Any) -> None:
+        if self._syncObj.encryptor:
+            self._handshaking.add(conn)
+        cast(Any, super())._onOutgoingConnected(conn)  # not in typings/pysyncobj
+
+    def _onOutgoingMessageReceived(self, conn: Any, message: Any) -> None:
+        self._handshaking.discard(conn)
+        cast(Any, super())._onOutgoingMessageReceived(conn, message)  # not in typings/pysyncobj
+
+    def _onDisconnected(self, conn: Any) -> None:
+        if conn in self._handshaking:
+            self._handshaking.discard(conn)
+            node = cast(Any, self)._connToNode(conn)
+            self._warn(
+                str(node),
+                "raft peer %s closed the connection before the encrypted handshake: it does "
+                "not accept this node's cluster secret (check --cluster-secret on both), or "
+                "it is restarting",
+                node,
+            )
+        cast(Any, super())._onDisconnected(conn)  # not in typings/pysyncobj
 
     # -- handshake -------------------------------------------------------------
 
@@ -160,6 +213,8 @@ class CoordTransport(TCPTransport):
             if prevote is not None:
                 prevote.on_response(node, message)
             return
+        elif kind == "coord_ping":
+            return  # read: that keeps the link open (coord.raft.node._ping_peers)
         elif kind == "request_vote" and not self.gate.may_vote_for(message.get("last_log_term", 1)):
             return  # a blank node must not help a non-blank candidate (coord.raft.gate)
         if kind == "append_entries":
@@ -178,3 +233,25 @@ class CoordTransport(TCPTransport):
         super()._onNodeDisconnected(node)
         if self.on_peer_disconnected is not None:
             self.on_peer_disconnected(node)
+
+
+class _SecretCheck:
+    """pysyncobj's Fernet (the cluster secret) for one connection, calling ``refused``
+    when a message does not authenticate (pysyncobj then closes the connection)."""
+
+    def __init__(self, fernet: Any, refused: Callable[[], None]) -> None:
+        self._fernet = fernet
+        self._refused = refused
+
+    def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
+        return bytes(self._fernet.encrypt_at_time(data, current_time))
+
+    def extract_timestamp(self, token: bytes) -> int:
+        try:
+            return int(self._fernet.extract_timestamp(token))  # checks the signature
+        except InvalidToken:
+            self._refused()
+            raise
+
+    def decrypt(self, token: bytes) -> bytes:
+        return bytes(self._fernet.decrypt(token))

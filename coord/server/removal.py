@@ -17,6 +17,7 @@ import time
 
 import grpc
 
+from coord.client.credentials import Credentials
 from coord.raft.node import RaftNode
 from coord.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -27,7 +28,7 @@ LEADERLESS_S = 3.0
 POLL_S = 1.0
 
 
-async def watch_for_removal(raft: RaftNode, cluster_id: str) -> None:
+async def watch_for_removal(raft: RaftNode, cluster_id: str, creds: Credentials) -> None:
     """Run until cancelled; calls ``raft.mark_removed`` when a leader says so."""
     last_leader = time.monotonic()
     while True:
@@ -35,24 +36,26 @@ async def watch_for_removal(raft: RaftNode, cluster_id: str) -> None:
         view = raft.view
         if view.removed:
             return
-        me = raft.cfg.node_id
-        if view.leader_id == me or view.leader_id in view.connected:
+        # Heard from a leader lately? (A link that is merely up is not enough: a removed
+        # node's redials are accepted, then dropped at the handshake.)
+        if view.leader_alive:
             last_leader = time.monotonic()
             continue
         if time.monotonic() - last_leader < LEADERLESS_S:
             continue
+        me = raft.cfg.node_id
         for nid, addr in raft.members().items():
             if nid == me:
                 continue
-            why = await _ask(addr.api, nid, me, cluster_id)
+            why = await _ask(addr.api, nid, me, cluster_id, creds)
             if why:
                 raft.mark_removed(why)
                 return
 
 
-async def _ask(api: str, nid: str, me: str, cluster_id: str) -> str | None:
+async def _ask(api: str, nid: str, me: str, cluster_id: str, creds: Credentials) -> str | None:
     try:
-        async with grpc.aio.insecure_channel(api) as ch:
+        async with creds.aio_channel(api) as ch:
             resp = await cluster_pb2_grpc.ClusterStub(ch).ListNodes(
                 cluster_pb2.ListNodesRequest(), timeout=0.5
             )
