@@ -25,6 +25,7 @@ import ipaddress
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,9 +124,39 @@ class NodeConfig:
     request_timeout_s: float = 5.0
     # Health checks the leader runs at once, at most.
     health_check_concurrency: int = 64
+    # HTTP port for /metrics, /healthz, /readyz and the status page ("": none).
+    listen_http: str = ""
+    # POST failover and budget events here as JSON ("": none).
+    notify_webhook: str = ""
+    # -- security (coord.server.auth) --
+    # TLS on the client API: this node's certificate and key (PEM).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # The CA that signed the nodes' certificates (verifies peers' APIs) and, with
+    # tls_client_auth "require", the clients' certificates (mutual TLS).
+    tls_ca: str = ""
+    tls_client_auth: str = "none"
+    # Bearer tokens (hashed) and certificate identities mapped to roles.
+    auth_tokens_file: str = ""
+    # Calls without credentials, as admin: "auto" = only when the API listens on
+    # loopback and no credentials are configured; "true" (loopback only) or "false".
+    allow_unauthenticated: str = "auto"
+    # Limits: requests per second per identity (0: none), watch streams per connection.
+    rate_limit_per_s: float = 5000.0
+    max_watch_streams: int = 256
+    # Open sessions per identity (0: no limit).
+    max_sessions_per_identity: int = 10_000
     # Compact the Raft log after this many entries.
     log_compaction_entries: int = 5000
     log_level: str = "INFO"
+    # Scheduled backups, written by the leader (coord.server.backups): into this
+    # directory, every backup_every_s seconds (0: none), a full snapshot every
+    # backup_full_every-th time and diffs in between, keeping the last backup_keep
+    # full snapshots and the diffs after them.
+    backup_dir: str = ""
+    backup_every_s: float = 0.0
+    backup_keep: int = 3
+    backup_full_every: int = 4
 
     @property
     def self_peer(self) -> Peer:
@@ -138,6 +169,60 @@ class NodeConfig:
     @property
     def bind_api(self) -> str:
         return self.listen_api or self.self_peer.api_address
+
+    @property
+    def auth_configured(self) -> bool:
+        return bool(self.auth_tokens_file) or self.tls_client_auth == "require"
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        if self.allow_unauthenticated == "auto":
+            return _is_loopback(self.bind_api) and not self.auth_configured
+        return self.allow_unauthenticated == "true"
+
+    def _validate_security(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_auth not in ("none", "require"):
+            raise InvalidArgument("tls client auth must be 'none' or 'require'")
+        if self.tls_client_auth == "require" and not (self.tls_cert and self.tls_ca):
+            raise InvalidArgument(
+                "--tls-client-auth require needs --tls-cert, --tls-key and --tls-ca (the CA "
+                "that signs client certificates)"
+            )
+        if self.allow_unauthenticated not in ("auto", "true", "false"):
+            raise InvalidArgument("allow unauthenticated must be auto, true or false")
+        loopback = _is_loopback(self.bind_api)
+        if self.allow_unauthenticated == "true" and not loopback:
+            raise InvalidArgument(
+                f"unauthenticated access is allowed only on loopback, and the API listens on "
+                f"{self.bind_api}: remove --allow-unauthenticated"
+            )
+        if not loopback and not self.auth_configured:
+            raise InvalidArgument(
+                f"the API listens on {self.bind_api}, beyond loopback, without authentication: "
+                "set --auth-tokens-file (bearer tokens) or --tls-client-auth require (client "
+                "certificates); see `coordctl certs init`"
+            )
+        if not loopback and self.auth_tokens_file and not self.tls_cert:
+            raise InvalidArgument(
+                f"bearer tokens would cross the network in clear ({self.bind_api} is beyond "
+                "loopback): set --tls-cert and --tls-key"
+            )
+        for what, path in (
+            ("tls cert", self.tls_cert),
+            ("tls key", self.tls_key),
+            ("tls ca", self.tls_ca),
+            ("auth tokens file", self.auth_tokens_file),
+        ):
+            if path and not os.path.isfile(path):
+                raise InvalidArgument(f"{what} {path!r} does not exist or is not a file")
+        if self.rate_limit_per_s < 0:
+            raise InvalidArgument("rate limit must be >= 0 (0: no limit)")
+        if not 0 <= self.max_sessions_per_identity <= 10_000_000:
+            raise InvalidArgument("max sessions per identity must be 0..10000000 (0: no limit)")
+        if not 0 <= self.max_watch_streams <= 100_000:
+            raise InvalidArgument("max watch streams must be 0..100000 (0: no limit)")
 
     @functools.cached_property
     def cluster_id(self) -> str:
@@ -199,6 +284,11 @@ class NodeConfig:
             _check_address(addr, f"raft route of {pid}")
         _check_address(self.bind_raft, "listen raft address")
         _check_address(self.bind_api, "listen api address")
+        if self.listen_http:
+            _check_address(self.listen_http, "listen http address")
+        if self.notify_webhook:
+            _check_url(self.notify_webhook)
+        self._validate_security()
         if self.initial_cluster_state not in ("new", "existing"):
             raise InvalidArgument("initial cluster state must be 'new' or 'existing'")
         if not self.cluster_secret and not _is_loopback(self.bind_raft):
@@ -213,7 +303,22 @@ class NodeConfig:
             raise InvalidArgument("health check concurrency must be 1..10000")
         if self.log_compaction_entries < 100:
             raise InvalidArgument("log compaction entries must be >= 100")
+        self._validate_backups()
         self.timings.validate()
+
+    def _validate_backups(self) -> None:
+        if bool(self.backup_dir) != (self.backup_every_s != 0):
+            raise InvalidArgument(
+                "scheduled backups need both --backup-dir and --backup-every (or neither)"
+            )
+        if self.backup_every_s and not 0.1 <= self.backup_every_s <= 366 * 86400:
+            raise InvalidArgument("backup period must be between 100 ms and a year")
+        if not 1 <= self.backup_keep <= 10_000:
+            raise InvalidArgument("backup keep (full snapshots kept) must be 1..10000")
+        if not 1 <= self.backup_full_every <= 10_000:
+            raise InvalidArgument(
+                "backup full every (a full snapshot every N backups) must be 1..10000"
+            )
 
 
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -235,6 +340,20 @@ def _check_address(addr: str, what: str) -> None:
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidArgument(f"{what} {addr!r} is not host:port")
+
+
+def _check_url(url: str) -> None:
+    bad = InvalidArgument(
+        f"notify webhook {url!r} is not an http:// or https:// URL with a host (and a valid "
+        "port, if any)"
+    )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # raises ValueError for a bad or out-of-range port
+    except ValueError:
+        raise bad from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad
 
 
 def _is_loopback(addr: str) -> bool:
@@ -262,8 +381,23 @@ _SCALARS: dict[str, type] = {
     "fsync": bool,
     "request_timeout_s": float,
     "health_check_concurrency": int,
+    "listen_http": str,
+    "notify_webhook": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
+    "tls_client_auth": str,
+    "auth_tokens_file": str,
+    "allow_unauthenticated": str,
+    "rate_limit_per_s": float,
+    "max_watch_streams": int,
+    "max_sessions_per_identity": int,
     "log_compaction_entries": int,
     "log_level": str,
+    "backup_dir": str,
+    "backup_every_s": float,
+    "backup_keep": int,
+    "backup_full_every": int,
 }
 
 

@@ -25,10 +25,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from coord import errors
 from coord.client import Client
+from coord.client.credentials import Credentials
 from coord.v1 import cluster_pb2
 
 T = TypeVar("T")
@@ -84,6 +85,8 @@ class NodeProc:
     # A node added after bootstrap (``add_node``): the cluster id and members it was
     # told to start with (``coordctl node add`` prints them).
     joined_cluster_id: str = ""
+    # The HTTP (metrics, status page) address, when the cluster serves HTTP.
+    http: str = ""
     join_peers: list[str] = field(default_factory=list)
 
     @property
@@ -103,6 +106,7 @@ class LocalCluster:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         token: str | None = None,
+        http: bool = False,
     ) -> None:
         if n not in (1, 3, 5):
             raise errors.InvalidArgument(f"a local cluster has 1, 3 or 5 nodes, not {n}")
@@ -128,6 +132,18 @@ class LocalCluster:
             )
             for i in range(n)
         ]
+        self.http = http
+        # How the harness's own clients authenticate (a cluster started with TLS or
+        # a tokens file in its extra_args).
+        self.credentials: Credentials | None = None
+        if http:
+            http_ports = (
+                [base_port + 2 * n + i for i in range(n)]
+                if base_port is not None
+                else [p for p in free_ports(3 * n) if p not in ports][:n]  # none of ports
+            )
+            for node, port in zip(self.nodes, http_ports, strict=True):
+                node.http = f"127.0.0.1:{port}"
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -157,6 +173,8 @@ class LocalCluster:
             cmd += ["--initial-cluster-state", state]
             for p in self.nodes[: self.bootstrap_size]:
                 cmd += ["--peer", f"{p.node_id}={p.raft},{p.api}"]
+        if node.http:
+            cmd += ["--listen-http", node.http]
         if not self.fsync:
             cmd.append("--no-fsync")
         return cmd + self.extra_args + node.extra_args
@@ -182,6 +200,9 @@ class LocalCluster:
         api, raft = free_ports(2)
         k = len(self.nodes)
         node = NodeProc(
+            http=f"127.0.0.1:{next(p for p in free_ports(3) if p not in (api, raft))}"
+            if self.http
+            else "",
             index=k,
             node_id=f"n{k + 1}",
             api=f"127.0.0.1:{api}",
@@ -258,7 +279,8 @@ class LocalCluster:
     def endpoints(self) -> list[str]:
         return [n.api for n in self.nodes]
 
-    def client(self, **kwargs: float) -> Client:
+    def client(self, **kwargs: Any) -> Client:
+        kwargs.setdefault("credentials", self.credentials)
         return Client(self.endpoints, **kwargs)
 
     def status(self, i: int, timeout: float = 0.5) -> cluster_pb2.StatusResponse | None:
@@ -266,7 +288,12 @@ class LocalCluster:
         if not self.nodes[i].running or self.nodes[i].paused:
             return None
         try:
-            with Client([self.nodes[i].api], timeout_s=timeout, attempt_timeout_s=timeout) as c:
+            with Client(
+                [self.nodes[i].api],
+                timeout_s=timeout,
+                attempt_timeout_s=timeout,
+                credentials=self.credentials,
+            ) as c:
                 return c.status(endpoint=self.nodes[i].api)
         except errors.CoordError:
             return None

@@ -10,6 +10,7 @@ import click
 
 from coord import config, errors
 from coord.cli.output import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, CLIError
+from coord.cli.restore import backup_options, restore_command
 
 _TIMING_FLAGS = [f.name for f in dataclasses.fields(config.RaftTimings)]
 
@@ -66,6 +67,46 @@ def main() -> None:
 @click.option("--listen-raft", default=None, help="Raft bind address (default: own peer entry).")
 @click.option("--listen-api", default=None, help="API bind address (default: own peer entry).")
 @click.option(
+    "--listen-http",
+    default=None,
+    help="HTTP address for /metrics, /healthz, /readyz and the status page (default: none).",
+)
+@click.option("--tls-cert", default=None, help="TLS certificate (PEM) for the client API.")
+@click.option("--tls-key", default=None, help="Its private key (PEM).")
+@click.option(
+    "--tls-ca",
+    default=None,
+    help="CA (PEM) that signed the nodes' certificates and, for mutual TLS, the clients'.",
+)
+@click.option(
+    "--tls-client-auth",
+    type=click.Choice(["none", "require"]),
+    default=None,
+    help="require: clients must present a certificate signed by --tls-ca (mutual TLS).",
+)
+@click.option(
+    "--auth-tokens-file",
+    default=None,
+    help="YAML file of hashed bearer tokens and certificate names mapped to roles.",
+)
+@click.option(
+    "--allow-unauthenticated",
+    type=click.Choice(["auto", "true", "false"]),
+    default=None,
+    help="Calls without credentials act as admin: only on a loopback API (auto: when no "
+    "credentials are configured).",
+)
+@click.option("--rate-limit-per-s", type=float, default=None, help="Requests/s per identity.")
+@click.option("--max-watch-streams", type=int, default=None, help="Watch streams per connection.")
+@click.option(
+    "--max-sessions-per-identity", type=int, default=None, help="Open sessions per identity."
+)
+@click.option(
+    "--notify-webhook",
+    default=None,
+    help="POST failover and budget events to this URL as JSON (retried, bounded queue).",
+)
+@click.option(
     "--raft-route",
     "routes",
     multiple=True,
@@ -85,6 +126,7 @@ def main() -> None:
 )
 @click.option("--log-compaction-entries", type=int, default=None)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)
+@backup_options
 @_timing_options
 def serve(
     config_file: str | None, peers: tuple[str, ...], routes: tuple[str, ...], **flags: Any
@@ -107,6 +149,8 @@ def serve(
 
     try:
         run(cfg)
+    except errors.InvalidArgument as e:
+        raise CLIError(e.message, EXIT_CONFIG) from None
     except errors.FailedPrecondition as e:
         raise CLIError(e.message, EXIT_REFUSED) from None
     except errors.Unavailable as e:
@@ -142,6 +186,8 @@ def dev(
 
     run_dev(int(n), base_port, data_dir, demo, exit_after_demo, fresh)
 
+
+main.add_command(restore_command(serve))
 
 if __name__ == "__main__":
     main()

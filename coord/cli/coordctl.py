@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from coord.cli import ctl_groups, ctl_nodes
+from coord.cli import ctl_backup, ctl_groups, ctl_nodes, ctl_report, ctl_security
 from coord.cli.ctl import main
 
-__all__ = ["ctl_groups", "ctl_nodes", "main"]
+__all__ = ["ctl_backup", "ctl_groups", "ctl_nodes", "ctl_report", "ctl_security", "main"]
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ import click
 from coord import errors
 from coord.cli.output import CLIError, emit, from_coord_error, text
 from coord.client import Client
+from coord.client.credentials import Credentials
 from coord.v1 import cluster_pb2, common_pb2, kv_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,12 +24,30 @@ ROLE_NAMES = {
 
 
 class Ctx:
-    def __init__(self, endpoints: str, output: str, timeout: float) -> None:
+    def __init__(
+        self,
+        endpoints: str,
+        output: str,
+        timeout: float,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.output = output
-        try:
-            self.client = Client(endpoints, timeout_s=timeout)
-        except errors.CoordError as e:
-            raise from_coord_error(e) from None
+        self.endpoints = endpoints
+        self.credentials = credentials or Credentials()
+        self._timeout = timeout
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        """Built on first use (commands such as ``certs init`` need no cluster)."""
+        if self._client is None:
+            try:
+                self._client = Client(
+                    self.endpoints, timeout_s=self._timeout, credentials=self.credentials
+                )
+            except errors.CoordError as e:
+                raise from_coord_error(e) from None
+        return self._client
 
 
 def handles_errors(fn: F) -> F:
@@ -61,13 +80,41 @@ pass_ctx = click.make_pass_decorator(Ctx)
     show_default=True,
     help="Seconds for a whole command, retries included.",
 )
+@click.option(
+    "--token",
+    envvar="COORDCTL_TOKEN",
+    default="",
+    help="Bearer token (or COORDCTL_TOKEN); prefer the variable: flags show in `ps`.",
+)
+@click.option("--cacert", envvar="COORDCTL_CACERT", default="", help="CA to verify the servers.")
+@click.option("--cert", envvar="COORDCTL_CERT", default="", help="Client certificate (mTLS).")
+@click.option("--key", envvar="COORDCTL_KEY", default="", help="Client certificate's key.")
+@click.option(
+    "--server-name",
+    envvar="COORDCTL_SERVER_NAME",
+    default="",
+    help="Name to check in the servers' certificates (when dialling by IP).",
+)
 @click.version_option(package_name="coord")
 @click.pass_context
-def main(ctx: click.Context, endpoints: str, output: str, timeout: float) -> None:
+def main(
+    ctx: click.Context,
+    endpoints: str,
+    output: str,
+    timeout: float,
+    token: str,
+    cacert: str,
+    cert: str,
+    key: str,
+    server_name: str,
+) -> None:
     """Operate a coord cluster."""
     if timeout <= 0:
         raise click.BadParameter("must be > 0", param_hint="--timeout")
-    ctx.obj = Ctx(endpoints, output, timeout)
+    creds = Credentials(
+        token=token, ca_file=cacert, cert_file=cert, key_file=key, server_name=server_name
+    )
+    ctx.obj = Ctx(endpoints, output, timeout, creds)
 
 
 def _header(h: common_pb2.ResponseHeader) -> dict[str, Any]:

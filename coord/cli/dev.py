@@ -254,13 +254,20 @@ def run_dev(
         shutil.rmtree(data_dir, ignore_errors=True)
     os.makedirs(data_dir, exist_ok=True)
     cluster = LocalCluster(
-        n, base_dir=os.path.abspath(data_dir), base_port=base_port, token=_token(data_dir)
+        n,
+        base_dir=os.path.abspath(data_dir),
+        base_port=base_port,
+        token=_token(data_dir),
+        http=True,
     )
     console = DevConsole(cluster)
     cluster.start()
     click.echo(f"coord dev: {n} nodes, data in {cluster.base_dir}")
     for node in cluster.nodes:
-        click.echo(f"  {node.node_id}: api {node.api}  raft {node.raft}  log {node.log_path}")
+        click.echo(
+            f"  {node.node_id}: api {node.api}  raft {node.raft}  "
+            f"status page and /metrics http://{node.http}/  log {node.log_path}"
+        )
     click.echo(f"try: coordctl --endpoints {','.join(cluster.endpoints)} status")
     ok = True
     try:

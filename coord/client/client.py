@@ -15,13 +15,24 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from coord import errors
+from coord.client.credentials import Credentials
 from coord.client.errors import translate
-from coord.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
+from coord.v1 import (
+    availability_pb2,
+    availability_pb2_grpc,
+    cluster_pb2,
+    cluster_pb2_grpc,
+    common_pb2,
+    kv_pb2,
+    kv_pb2_grpc,
+    maintenance_pb2,
+    maintenance_pb2_grpc,
+)
 
 T = TypeVar("T")
 
@@ -65,8 +76,11 @@ class Client:
         endpoints: str | Sequence[str],
         timeout_s: float = 10.0,
         attempt_timeout_s: float = 2.0,
+        credentials: Credentials | None = None,
     ) -> None:
+        """``credentials``: TLS and a bearer token (coord.client.credentials)."""
         self.endpoints = parse_endpoints(endpoints)
+        self.credentials = credentials or Credentials()
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s
         self._lock = threading.Lock()
@@ -81,7 +95,7 @@ class Client:
         with self._lock:
             ch = self._channels.get(endpoint)
             if ch is None:
-                ch = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+                ch = self.credentials.channel(endpoint, _CHANNEL_OPTIONS)
                 self._channels[endpoint] = ch
             return ch
 
@@ -211,6 +225,18 @@ class Client:
         self._note_leader(resp.leader_api_address)
         return resp
 
+    def availability(
+        self, group: str = "", windows_s: Sequence[int] = (), serializable: bool = False
+    ) -> availability_pb2.AvailabilityResponse:
+        """The availability ledger's figures per group (all groups when ``group`` is "")."""
+        req = availability_pb2.AvailabilityRequest(
+            group=group, windows_s=list(windows_s), serializable=serializable
+        )
+        return self.call(
+            lambda ch, t: availability_pb2_grpc.AvailabilityStub(ch).Report(req, timeout=t),
+            prefer_leader=not serializable,
+        )
+
     def nodes(self) -> cluster_pb2.ListNodesResponse:
         return self.call(
             lambda ch, t: cluster_pb2_grpc.ClusterStub(ch).ListNodes(
@@ -315,6 +341,57 @@ class Client:
 
     def _kv(self, fn: Callable[[kv_pb2_grpc.KVStub, float], T], prefer_leader: bool = True) -> T:
         return self.call(lambda ch, t: fn(kv_pb2_grpc.KVStub(ch), t), prefer_leader=prefer_leader)
+
+    # -- backups ---------------------------------------------------------------
+
+    def snapshot(
+        self, serializable: bool = False, endpoint: str | None = None
+    ) -> tuple[common_pb2.ResponseHeader, bytes]:
+        """A full backup file of the cluster's state, taken at a linearizable point (or,
+        with ``serializable``, of the answering node's own state: give ``endpoint``).
+        The bytes are the file as written (see ``coord.state.backupfile``)."""
+        req = maintenance_pb2.SnapshotRequest(serializable=serializable)
+        return self._download(lambda stub, t: stub.Snapshot(req, timeout=t), endpoint)
+
+    def diff(
+        self,
+        since_revision: int,
+        cluster_id: str = "",
+        serializable: bool = False,
+        endpoint: str | None = None,
+    ) -> tuple[common_pb2.ResponseHeader, bytes]:
+        """A diff backup file: the changes after ``since_revision`` of cluster
+        ``cluster_id`` (checked when given). OutOfRange when they were compacted."""
+        req = maintenance_pb2.DiffRequest(
+            since_revision=since_revision, cluster_id=cluster_id, serializable=serializable
+        )
+        return self._download(lambda stub, t: stub.Diff(req, timeout=t), endpoint)
+
+    def _download(
+        self,
+        start: Callable[[maintenance_pb2_grpc.MaintenanceStub, float], Iterator[Any]],
+        endpoint: str | None,
+    ) -> tuple[common_pb2.ResponseHeader, bytes]:
+        """Stream a backup file, retrying from the start on another node if the stream
+        breaks. An attempt may take the whole ``timeout_s`` (a big state streams a while)."""
+        deadline = time.monotonic() + self.timeout_s
+
+        def fetch(ch: grpc.Channel, t: float) -> tuple[common_pb2.ResponseHeader, bytes]:
+            stream = start(
+                maintenance_pb2_grpc.MaintenanceStub(ch), max(t, deadline - time.monotonic())
+            )
+            parts: list[bytes] = []
+            header, total = None, -1
+            for chunk in stream:
+                header = header or chunk.header
+                total = chunk.total_bytes
+                parts.append(chunk.data)
+            data = b"".join(parts)
+            if header is None or len(data) != total:
+                raise _RetryableRpc(errors.Unavailable("the backup stream ended early: retry"))
+            return header, data
+
+        return self.call(fetch, prefer_leader=endpoint is None, endpoint=endpoint)
 
 
 class StoppableClient(Client):

@@ -20,21 +20,37 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from coord import errors
 from coord.config import NodeConfig
 from coord.errors import Unavailable
 from coord.raft import datadir
 from coord.raft.gate import CATCH_UP, NEW_BLANK, VOTER
-from coord.raft.node import RaftNode, View
+from coord.raft.node import ROLE_LEADER, RaftNode, View
+from coord.server.availability_service import AvailabilityService
+from coord.server.backups import BackupScheduler
 from coord.server.cluster_service import ClusterService
 from coord.server.context import NodeContext
 from coord.server.election_service import GroupsService, SessionsService, WatchService
 from coord.server.handlers import add_service
 from coord.server.health import HealthChecker
+from coord.server.http import HttpServer
 from coord.server.kv_service import KVService
 from coord.server.leases import LeaseKeeper
+from coord.server.maintenance import MaintenanceService
+from coord.server.metrics import NodeMetrics
 from coord.server.notify import StateNotifier
 from coord.server.removal import watch_for_removal
-from coord.v1 import cluster_pb2, cluster_pb2_grpc, election_pb2, kv_pb2
+from coord.server.security import build_guard, peer_credentials, server_credentials
+from coord.server.statuspage import add_routes as add_status_page
+from coord.server.webhook import WebhookNotifier
+from coord.v1 import (
+    availability_pb2,
+    cluster_pb2,
+    cluster_pb2_grpc,
+    election_pb2,
+    kv_pb2,
+    maintenance_pb2,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +58,8 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVICES = (
     kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
     cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
+    maintenance_pb2.DESCRIPTOR.services_by_name["Maintenance"].full_name,
+    availability_pb2.DESCRIPTOR.services_by_name["Availability"].full_name,
     *(s.full_name for s in election_pb2.DESCRIPTOR.services_by_name.values()),
 )
 
@@ -55,7 +73,7 @@ def probe_peers_for_history(cfg: NodeConfig, timeout_s: float = 0.7) -> str | No
 
     def ask(peer_id: str, address: str) -> str | None:
         try:
-            with grpc.insecure_channel(address) as ch:
+            with peer_credentials(cfg).channel(address) as ch:
                 st = cluster_pb2_grpc.ClusterStub(ch).Status(
                     cluster_pb2.StatusRequest(), timeout=timeout_s
                 )
@@ -111,6 +129,11 @@ class NodeServer:
         self._tasks: set[asyncio.Future[None]] = set()
         self.keeper: LeaseKeeper | None = None
         self.checker: HealthChecker | None = None
+        self.backups: BackupScheduler | None = None
+        self.metrics = NodeMetrics(self.raft)
+        self.guard = build_guard(cfg, on_reject=lambda why: self.metrics.rejected.labels(why).inc())
+        self.http: HttpServer | None = None
+        self.webhook: WebhookNotifier | None = None
         # Set once this node's removal from the cluster committed: it then exits.
         self.removed = asyncio.Event()
 
@@ -135,13 +158,29 @@ class NodeServer:
         self.checker.start()
         parts = (self.ctx, self.notifier, self.keeper)
         services = election_pb2.DESCRIPTOR.services_by_name
-        add_service(server, SessionsService(*parts), services["Sessions"])
-        add_service(server, GroupsService(*parts, checker=self.checker), services["Groups"])
-        add_service(server, WatchService(*parts), services["Watch"])
-        add_service(server, KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"])
-        add_service(
-            server, ClusterService(self.ctx), cluster_pb2.DESCRIPTOR.services_by_name["Cluster"]
-        )
+        observe = self.metrics.observe_rpc
+        for servicer, descriptor in (
+            (SessionsService(*parts), services["Sessions"]),
+            (GroupsService(*parts, checker=self.checker), services["Groups"]),
+            (WatchService(*parts), services["Watch"]),
+            (KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"]),
+            (ClusterService(self.ctx), cluster_pb2.DESCRIPTOR.services_by_name["Cluster"]),
+            (
+                MaintenanceService(self.ctx),
+                maintenance_pb2.DESCRIPTOR.services_by_name["Maintenance"],
+            ),
+            (
+                AvailabilityService(self.ctx),
+                availability_pb2.DESCRIPTOR.services_by_name["Availability"],
+            ),
+        ):
+            add_service(server, servicer, descriptor, observe, self.guard)
+        if self.cfg.backup_dir:
+            self.backups = BackupScheduler(self.raft, self.cfg)
+            self.backups.start()
+        if self.cfg.notify_webhook:
+            self.webhook = WebhookNotifier(self.raft, self.cfg.notify_webhook, self.metrics)
+            await self.webhook.start()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -152,7 +191,11 @@ class NodeServer:
             server,
         )
         try:
-            server.add_insecure_port(self.cfg.bind_api)
+            creds = server_credentials(self.cfg)
+            if creds is None:
+                server.add_insecure_port(self.cfg.bind_api)
+            else:
+                server.add_secure_port(self.cfg.bind_api, creds)
         except RuntimeError as e:
             raise Unavailable(
                 f"cannot listen on {self.cfg.bind_api} for the client API ({e}): is another "
@@ -160,13 +203,29 @@ class NodeServer:
             ) from e
         await server.start()
         self.server = server
+        if self.cfg.listen_http:
+            self.http = HttpServer(
+                self.raft,
+                self.metrics,
+                self.cfg.listen_http,
+                extra_routes=lambda app: add_status_page(app, self.raft),
+            )
+            try:
+                await self.http.start()
+            except OSError as e:
+                raise Unavailable(
+                    f"cannot listen on {self.cfg.listen_http} for HTTP ({e.strerror}): is "
+                    "another process using the port?"
+                ) from e
 
         def on_change(view: View) -> None:  # tick thread
             loop.call_soon_threadsafe(self._set_health, view)
 
         self.raft.add_listener(on_change)
         self._set_health(self.raft.view)
-        watch = asyncio.ensure_future(watch_for_removal(self.raft, self.cfg.cluster_id))
+        watch = asyncio.ensure_future(
+            watch_for_removal(self.raft, self.cfg.cluster_id, peer_credentials(self.cfg))
+        )
         self._tasks.add(watch)
         watch.add_done_callback(self._tasks.discard)
         logger.info(
@@ -176,6 +235,20 @@ class NodeServer:
             self.cfg.bind_raft,
             self.cfg.cluster_id,
         )
+
+    async def _hand_over_leadership(self, timeout_s: float = 2.0) -> None:
+        """A leader that stops hands leadership to the most caught-up member first, so
+        that the cluster does not wait out an election timeout (like etcd on SIGTERM)."""
+        view = self.raft.view
+        if view.role != ROLE_LEADER or not view.connected or view.removed:
+            return
+        try:
+            new = await asyncio.wait_for(
+                asyncio.wrap_future(self.raft.transfer_leadership(None, timeout_s)), timeout_s
+            )
+            logger.info("stopping: handed leadership to %s", new)
+        except (errors.CoordError, TimeoutError) as e:
+            logger.warning("stopping: could not hand leadership over (%s)", e)
 
     def _set_health(self, view: View) -> None:
         if view.removed:
@@ -191,12 +264,19 @@ class NodeServer:
             task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        await self._hand_over_leadership()
         for task in list(self._tasks):
             task.cancel()
         if self.keeper is not None:
             await self.keeper.stop()
         if self.checker is not None:
             await self.checker.stop()
+        if self.backups is not None:
+            await self.backups.stop()
+        if self.webhook is not None:
+            await self.webhook.stop()
+        if self.http is not None:
+            await self.http.stop()
         if self.server is not None:
             await self.server.stop(grace=1.0)
         await asyncio.get_running_loop().run_in_executor(None, self.raft.close)

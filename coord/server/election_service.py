@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from coord import errors
+from coord.server.auth import ADMIN
 from coord.server.context import NodeContext, ServicerContext
+from coord.server.guard import caller
 from coord.server.health import HealthChecker
 from coord.server.leases import LeaseKeeper
 from coord.server.notify import StateNotifier
@@ -50,6 +52,20 @@ class _Base:
         cmd = raft_pb2.Command(request_id=request_id, term=self.ctx.raft.view.term, **op)
         return await self.ctx.write(cmd, context)
 
+    def _own_session(self, session_id: str) -> None:
+        """The caller may use this session: it opened it, or it is an admin. (An unknown
+        session passes: the state machine answers NOT_FOUND.)"""
+        who = caller()
+        if not session_id or who.role == ADMIN:
+            return
+        # A lock-free dict lookup: a session's owner never changes.
+        session = self.ctx.raft.state.groups.sessions.get(session_id)
+        if session is not None and session.owner != who.name:
+            raise errors.PermissionDenied(
+                f"session {session_id} belongs to {session.owner or 'another identity'!r}, not "
+                f"{who.name!r}: use a session of your own"
+            )
+
     async def _read(
         self, context: ServicerContext, serializable: bool, fn: Callable[[StateMachine], Any]
     ) -> Any:
@@ -71,9 +87,19 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
         self, request: election_pb2.OpenSessionRequest, context: ServicerContext
     ) -> election_pb2.OpenSessionResponse:
         try:
+            who = caller()
+            limit = self.ctx.cfg.max_sessions_per_identity
+            sessions = self.ctx.raft.state.groups.sessions
+            if limit and sum(1 for x in list(sessions.values()) if x.owner == who.name) >= limit:
+                raise errors.ResourceExhausted(
+                    f"{who.name!r} already has {limit} open sessions, the most allowed: close "
+                    "sessions you no longer use (one per process is enough)"
+                )
             result = await self._write(
                 context, request.request_id,
-                open_session=groups_pb2.OpenSession(ttl_ms=request.ttl_ms, name=request.name),
+                open_session=groups_pb2.OpenSession(
+                    ttl_ms=request.ttl_ms, name=request.name, owner=who.name
+                ),
             )  # fmt: skip
         except errors.CoordError as e:
             await abort(context, e, self.ctx.leader_hint())
@@ -98,6 +124,7 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
                     raise errors.InvalidArgument(
                         f"load must be a finite number >= 0, got {req.load}"
                     )
+                self._own_session(req.session_id)
                 alive = self.keeper.touch(req.session_id, arrival, req.load)
                 if alive:
                     # Acknowledge only after a commit proposed after the arrival: a
@@ -160,6 +187,7 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
         self, request: election_pb2.CloseSessionRequest, context: ServicerContext
     ) -> election_pb2.CloseSessionResponse:
         try:
+            self._own_session(request.session_id)
             result = await self._write(
                 context, request.request_id,
                 close_session=groups_pb2.CloseSession(session_id=request.session_id),
@@ -314,6 +342,7 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
         self, request: election_pb2.RegisterRequest, context: ServicerContext
     ) -> election_pb2.MemberResponse:
         try:
+            self._own_session(request.member.session_id)
             result = await self._write(
                 context, request.request_id, register=groups_pb2.Register(member=request.member)
             )
@@ -327,6 +356,7 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
         self, request: election_pb2.UnregisterRequest, context: ServicerContext
     ) -> election_pb2.UnregisterResponse:
         try:
+            self._own_session(request.session_id)
             result = await self._write(
                 context, request.request_id,
                 unregister=groups_pb2.Unregister(
@@ -377,6 +407,7 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
         self, request: election_pb2.ResignRequest, context: ServicerContext
     ) -> election_pb2.ResignResponse:
         try:
+            self._own_session(request.session_id)
             result = await self._write(
                 context, request.request_id,
                 resign=groups_pb2.Resign(

@@ -9,6 +9,8 @@ INVALID_ARGUMENT with a message that says so.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from coord import errors
+from coord.server.guard import Guard
 from coord.server.status import abort
 
 
@@ -44,7 +47,103 @@ def _refusal(method: MethodDescriptor, bad: Malformed) -> errors.InvalidArgument
     )
 
 
-def _handler(method: MethodDescriptor, impl: Any) -> grpc.RpcMethodHandler[Any, Any]:
+Observe = Callable[[str, str, float], None]  # (method, status code, seconds)
+
+
+def _code(context: Any, exc: BaseException | None) -> str:
+    if exc is None:
+        return "OK"
+    code = context.code() if hasattr(context, "code") else None
+    if code is not None:
+        return str(code.name)
+    return "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "UNKNOWN"
+
+
+def _observed(method: MethodDescriptor, impl: Any, observe: Observe | None) -> Any:
+    """``impl`` with its outcome and duration reported to ``observe`` (metrics)."""
+    if observe is None:
+        return impl
+    name = method.name
+    if method.server_streaming:
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            t0 = time.perf_counter()
+            exc: BaseException | None = None
+            try:
+                async for item in impl(request, context):
+                    yield item
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                observe(name, _code(context, exc), time.perf_counter() - t0)
+
+        return stream
+
+    async def unary(request: Any, context: Any) -> Any:
+        t0 = time.perf_counter()
+        exc: BaseException | None = None
+        try:
+            return await impl(request, context)
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            observe(name, _code(context, exc), time.perf_counter() - t0)
+
+    return unary
+
+
+def _guarded(method: MethodDescriptor, impl: Any, guard: Guard | None) -> Any:
+    """``impl`` behind the guard: identity, role, rate, and stream count checked first."""
+    if guard is None:
+        return impl
+    name = f"/{method.containing_service.full_name}/{method.name}"
+    if method.client_streaming:
+
+        async def bidi(requests: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                guard.check(name, None, context)
+            except errors.CoordError as e:
+                await abort(context, e)
+            async for item in impl(requests, context):
+                yield item
+
+        return bidi
+    if method.server_streaming:
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                guard.check(name, None if isinstance(request, Malformed) else request, context)
+                limit = guard.stream(name, context)
+                limit.__enter__()
+            except errors.CoordError as e:
+                await abort(context, e)
+            try:
+                async for item in impl(request, context):
+                    yield item
+            finally:
+                limit.__exit__(None, None, None)
+
+        return stream
+
+    async def unary(request: Any, context: Any) -> Any:
+        try:
+            guard.check(name, None if isinstance(request, Malformed) else request, context)
+        except errors.CoordError as e:
+            await abort(context, e)
+        return await impl(request, context)
+
+    return unary
+
+
+def _handler(
+    method: MethodDescriptor,
+    impl: Any,
+    observe: Observe | None = None,
+    guard: Guard | None = None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    impl = _observed(method, _guarded(method, impl, guard), observe)
     decode = _decoder(message_factory.GetMessageClass(method.input_type))
     encode = message_factory.GetMessageClass(method.output_type).SerializeToString
     if method.client_streaming and method.server_streaming:
@@ -84,9 +183,19 @@ def _handler(method: MethodDescriptor, impl: Any) -> grpc.RpcMethodHandler[Any, 
     )
 
 
-def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
-    """Register every method of ``service`` (unary, server-streaming, bidi) on ``servicer``."""
-    handlers = {m.name: _handler(m, getattr(servicer, m.name)) for m in service.methods}
+def add_service(
+    server: grpc.aio.Server,
+    servicer: object,
+    service: ServiceDescriptor,
+    observe: Observe | None = None,
+    guard: Guard | None = None,
+) -> None:
+    """Register every method of ``service`` (unary, server-streaming, bidi) on ``servicer``;
+    ``guard`` checks each call first (coord.server.guard); ``observe(method, code,
+    seconds)`` is told how each call ended."""
+    handlers = {
+        m.name: _handler(m, getattr(servicer, m.name), observe, guard) for m in service.methods
+    }
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )

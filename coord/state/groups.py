@@ -35,7 +35,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from coord.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from coord.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from coord.state import healthspec, limits
 from coord.v1 import groups_pb2
 
@@ -119,7 +125,7 @@ class Groups:
         rev = self.emit.reserve()
         session = groups_pb2.Session(
             id=f"s{rev:x}", ttl_ms=req.ttl_ms, epoch=rev, name=req.name,
-            created_revision=rev, created_time_ms=now,
+            created_revision=rev, created_time_ms=now, owner=req.owner[: limits.MAX_NAME_CHARS],
         )  # fmt: skip
         self.sessions[session.id] = session
         self.sessions_version = object()
@@ -201,6 +207,11 @@ class Groups:
         self._session(req.session_id)
         _check_member_fields(req)
         old = g.members.get(req.id)
+        if old is None and len(g.members) >= limits.MAX_MEMBERS_PER_GROUP:
+            raise ResourceExhausted(
+                f"group {req.group!r} has {len(g.members)} members, the most a group may have: "
+                "unregister members that are gone, or split the group"
+            )
         if old is not None and old.session_id != req.session_id:
             raise AlreadyExists(
                 f"member {req.id!r} of group {req.group!r} is registered by another session: "

@@ -23,6 +23,7 @@ import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from coord.errors import CoordError, Internal, InvalidArgument
@@ -30,7 +31,8 @@ from coord.state import limits
 from coord.state.events import EventLog
 from coord.state.groups import Groups, GroupState
 from coord.state.kv import KVStore, validate_key, validate_value
-from coord.v1 import groups_pb2, kv_pb2, raft_pb2
+from coord.state.ledger import Ledger
+from coord.v1 import availability_pb2, groups_pb2, kv_pb2, raft_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ class StateMachine:
         self.last_term = 0
         self.kv = KVStore()
         self.events = EventLog()
+        self.ledger = Ledger()  # availability, fed by the events
+        # While a session expires: the expiry time minus its TTL (Event.lost_since_ms).
+        self._expiring_since_ms = 0
         self.groups = Groups(_Emitter(self))
         # request id -> (first result, fingerprint of the operation)
         self._dedupe: OrderedDict[str, tuple[raft_pb2.CommandResult, bytes]] = OrderedDict()
@@ -116,7 +121,15 @@ class StateMachine:
         handler = _GROUP_COMMANDS.get(op or "")
         if op is not None and handler is not None:
             self.groups.changed()
-            return handler(self.groups, getattr(cmd, op), self.last_time_ms)
+            if op == "expire_session":
+                session = self.groups.sessions.get(cmd.expire_session.session_id)
+                self._expiring_since_ms = (
+                    max(0, self.last_time_ms - session.ttl_ms) if session is not None else 0
+                )
+            try:
+                return handler(self.groups, getattr(cmd, op), self.last_time_ms)
+            finally:
+                self._expiring_since_ms = 0
         raise InvalidArgument(f"unknown command {op!r}: is this node running an older version?")
 
     def _remember(
@@ -133,15 +146,22 @@ class StateMachine:
         return self.revision
 
     def _record(self, revision: int, kind: str, **fields: Any) -> None:
-        self.events.append(
-            groups_pb2.Event(
-                revision=revision,
-                term=self.last_term,
-                time_ms=self.last_time_ms,
-                type=kind,
-                **fields,
-            )
+        event = groups_pb2.Event(
+            revision=revision, term=self.last_term, time_ms=self.last_time_ms, type=kind, **fields
         )
+        if kind == "master_lost" and event.cause == "session_expired":
+            event.lost_since_ms = self._expiring_since_ms
+        g = self.groups.groups.get(event.group) if event.group else None
+        if g is not None:
+            _attach_group_state(event, g)
+        self.append_event(event)
+
+    def append_event(self, event: groups_pb2.Event) -> None:
+        """Append the event of the newest revision: the one way into the event log, for
+        events recorded here and events replayed from a backup (coord.state.replay).
+        Anything derived from the events is fed here."""
+        self.events.append(event)
+        self.ledger.on_event(event)
 
     # -- commands --------------------------------------------------------------
 
@@ -224,21 +244,46 @@ class StateMachine:
 
     def snapshot(self) -> bytes:
         """Serialize the whole state: header (magic, version, crc32) + protobuf body."""
-        snap = raft_pb2.StateSnapshot(
+        return self.capture().encode()
+
+    def capture(self) -> StateCapture:
+        """A consistent copy of the state, cheap enough to take under the apply lock
+        while the cluster serves: key-value records, events and dedupe results are
+        never mutated once stored, so they are shared; sessions and groups (changed
+        in place) are copied. ``encode()`` it outside the lock."""
+        return StateCapture(
             cluster_id=self.cluster_id,
+            node_ids=list(self.node_ids),
             revision=self.revision,
             last_time_ms=self.last_time_ms,
-            node_ids=self.node_ids,
+            last_term=self.last_term,
+            kvs=list(self.kv.items()),
+            dedupe=[(rid, res, fp) for rid, (res, fp) in self._dedupe.items()],
+            sessions=[_copied(s) for s in self.groups.sessions.values()],
+            groups=[g.to_proto() for g in self.groups.groups.values()],
+            events=list(self.events.items()),
+            ledgers=[_copied_ledger(g) for g in self.ledger.to_proto()],
         )
-        snap.kvs.extend(self.kv.items())
-        for rid, (res, fp) in self._dedupe.items():
-            snap.dedupe.add(request_id=rid, result=res, fingerprint=fp)
-        snap.last_term = self.last_term
-        snap.sessions.extend(self.groups.sessions.values())
-        snap.groups.extend(g.to_proto() for g in self.groups.groups.values())
-        snap.events.extend(self.events.items())
-        body = snap.SerializeToString(deterministic=True)
-        return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, zlib.crc32(body)) + body
+
+    # -- dedupe table, for differential backups (caller holds the apply lock) ---
+
+    def dedupe_since(self, revision: int) -> list[raft_pb2.DedupeEntry]:
+        """The dedupe entries remembered at or after ``revision`` (with some remembered
+        just before it, whose result has that revision too), in table order."""
+        out: list[raft_pb2.DedupeEntry] = []
+        for rid, (res, fp) in reversed(self._dedupe.items()):
+            if res.revision < revision:
+                break  # revisions never decrease along the table
+            out.append(raft_pb2.DedupeEntry(request_id=rid, result=res, fingerprint=fp))
+        out.reverse()
+        return out
+
+    def merge_dedupe(self, entries: list[raft_pb2.DedupeEntry]) -> None:
+        """Append the entries not in the table yet (in order), then keep the newest
+        ``DEDUPE_ENTRIES``: the table a replica that applied them would have."""
+        for d in entries:
+            if d.request_id not in self._dedupe:
+                self._remember(d.request_id, d.result, d.fingerprint)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot. Raises SnapshotError, changing nothing."""
@@ -255,6 +300,64 @@ class StateMachine:
         self.groups.groups = {g.name: GroupState.from_proto(g) for g in snap.groups}
         self.events = EventLog()
         self.events.load(snap.events)
+        self.ledger = Ledger()
+        self.ledger.load(snap.ledgers)
+        self._backfill_ledgers()
+
+    def _backfill_ledgers(self) -> None:
+        """A snapshot from before the ledger: account every group from now on."""
+        for name, g in self.groups.groups.items():
+            if name in self.ledger.groups:
+                continue
+            book = availability_pb2.GroupLedger(
+                group=name, created_ms=self.last_time_ms, budget_ms=g.policy.downtime_budget_ms
+            )
+            live = sorted(s for s, h in g.holdings.items() if not h.revoked)
+            if live:
+                book.tracking_since_ms = max(self.last_time_ms, 1)
+                book.up_slots.extend(live)
+            self.ledger.groups[name] = book
+
+
+@dataclass(frozen=True)
+class StateCapture:
+    """The parts of a state at one revision (see :meth:`StateMachine.capture`)."""
+
+    cluster_id: str
+    node_ids: list[str]
+    revision: int
+    last_time_ms: int
+    last_term: int
+    kvs: list[kv_pb2.KeyValue]
+    dedupe: list[tuple[str, raft_pb2.CommandResult, bytes]]
+    sessions: list[groups_pb2.Session]
+    groups: list[groups_pb2.Group]
+    events: list[groups_pb2.Event]
+    ledgers: list[availability_pb2.GroupLedger] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        """The snapshot bytes (what ``StateMachine.snapshot()`` returns)."""
+        snap = raft_pb2.StateSnapshot(
+            cluster_id=self.cluster_id,
+            revision=self.revision,
+            last_time_ms=self.last_time_ms,
+            node_ids=self.node_ids,
+        )
+        snap.kvs.extend(self.kvs)
+        for rid, res, fp in self.dedupe:
+            snap.dedupe.add(request_id=rid, result=res, fingerprint=fp)
+        snap.last_term = self.last_term
+        snap.sessions.extend(self.sessions)
+        snap.groups.extend(self.groups)
+        snap.events.extend(self.events)
+        snap.ledgers.extend(self.ledgers)
+        return encode_snapshot(snap)
+
+
+def encode_snapshot(snap: raft_pb2.StateSnapshot) -> bytes:
+    """Header (magic, version, crc32) + protobuf body: the inverse of decode_snapshot."""
+    body = snap.SerializeToString(deterministic=True)
+    return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, zlib.crc32(body)) + body
 
 
 def decode_snapshot(data: bytes) -> raft_pb2.StateSnapshot:
@@ -276,6 +379,37 @@ def decode_snapshot(data: bytes) -> raft_pb2.StateSnapshot:
         return raft_pb2.StateSnapshot.FromString(body)
     except Exception as e:
         raise SnapshotError(f"snapshot body does not decode: {e}") from e
+
+
+def _attach_group_state(event: groups_pb2.Event, g: GroupState) -> None:
+    """Make a group event self-sufficient for replay (differential backups): the
+    group's slot tables after it, and the named member's record if it is still there.
+
+    A handover of an empty slot is left out: every release is followed, in the same
+    command, by the fill that consumes it (granted or moot), without an event of its
+    own when nobody is eligible.
+    """
+    slots = event.group_slots
+    slots.SetInParent()
+    slots.holdings.extend(g.holdings[s] for s in sorted(g.holdings))
+    slots.handovers.extend(g.handovers[s] for s in sorted(g.handovers) if s in g.holdings)
+    for slot in sorted(g.vacated_cause):
+        slots.vacated_cause[slot] = g.vacated_cause[slot]
+    member = g.members.get(event.member) if event.member else None
+    if member is not None and not event.HasField("member_record"):
+        event.member_record.CopyFrom(member)
+
+
+def _copied_ledger(g: availability_pb2.GroupLedger) -> availability_pb2.GroupLedger:
+    out = availability_pb2.GroupLedger()
+    out.CopyFrom(g)
+    return out
+
+
+def _copied(session: groups_pb2.Session) -> groups_pb2.Session:
+    out = groups_pb2.Session()
+    out.CopyFrom(session)
+    return out
 
 
 def _matches(prev: kv_pb2.KeyValue | None, expected: int) -> bool:

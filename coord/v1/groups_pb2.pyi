@@ -58,6 +58,7 @@ class Session(_message.Message):
     CREATED_REVISION_FIELD_NUMBER: _builtins.int
     CREATED_TIME_MS_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     ttl_ms: _builtins.int
     epoch: _builtins.int
@@ -72,6 +73,10 @@ class Session(_message.Message):
     """Reported by the session's keepalives (least-load balancing), as of the
     leader's last SetLoads.
     """
+    owner: _builtins.str
+    """The identity that opened it (coord.server.auth): only it (or an admin) may
+    keep it alive, close it, or register members with it.
+    """
     def __init__(
         self,
         *,
@@ -82,10 +87,11 @@ class Session(_message.Message):
         created_revision: _builtins.int = ...,
         created_time_ms: _builtins.int = ...,
         load: _builtins.float = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "created_time_ms", b"created_time_ms", "epoch", b"epoch", "id", b"id", "load", b"load", "name", b"name", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "created_time_ms", b"created_time_ms", "epoch", b"epoch", "id", b"id", "load", b"load", "name", b"name", "owner", b"owner", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,6 +567,8 @@ class Event(_message.Message):
     HOLDING_FIELD_NUMBER: _builtins.int
     HANDOVER_FIELD_NUMBER: _builtins.int
     LOADS_FIELD_NUMBER: _builtins.int
+    GROUP_SLOTS_FIELD_NUMBER: _builtins.int
+    LOST_SINCE_MS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     term: _builtins.int
     time_ms: _builtins.int
@@ -579,6 +587,11 @@ class Event(_message.Message):
     failback, admin_revoke, member_left, group_deleted
     """
     session_id: _builtins.str
+    lost_since_ms: _builtins.int
+    """master_lost with cause session_expired: when the holder was last known to
+    serve (the expiry time minus its session's TTL: its last renewal, or the
+    current leader's takeover). The availability ledger dates the outage from it.
+    """
     @_builtins.property
     def kvs(self) -> _containers.RepeatedCompositeFieldContainer[_kv_pb2.KeyValue]: ...
     @_builtins.property
@@ -601,6 +614,16 @@ class Event(_message.Message):
     def loads(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionLoad]:
         """loads_reported: the sessions whose load changed."""
 
+    @_builtins.property
+    def group_slots(self) -> Global___GroupSlots:
+        """Set by the state machine on every event of a group that exists once the event
+        is recorded: the group's slot tables after the change (pending handovers of
+        held slots only: a released slot's handover is consumed by the fill in the same
+        command). With member_record (also set on every such event naming a member
+        still in the group, not only member_*), replaying an event on the state at
+        revision - 1 gives the state at its revision (differential backups).
+        """
+
     def __init__(
         self,
         *,
@@ -622,14 +645,66 @@ class Event(_message.Message):
         holding: Global___Holding | None = ...,
         handover: Global___Handover | None = ...,
         loads: _abc.Iterable[Global___SessionLoad] | None = ...,
+        group_slots: Global___GroupSlots | None = ...,
+        lost_since_ms: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["handover", b"handover", "holding", b"holding", "member_record", b"member_record", "policy", b"policy", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group_slots", b"group_slots", "handover", b"handover", "holding", b"holding", "member_record", b"member_record", "policy", b"policy", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "handover", b"handover", "holding", b"holding", "kvs", b"kvs", "loads", b"loads", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "session", b"session", "session_id", b"session_id", "slot", b"slot", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "group_slots", b"group_slots", "handover", b"handover", "holding", b"holding", "kvs", b"kvs", "loads", b"loads", "lost_since_ms", b"lost_since_ms", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "session", b"session", "session_id", b"session_id", "slot", b"slot", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class GroupSlots(_message.Message):
+    """A group's slot tables (see Event.group_slots)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class VacatedCauseEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    HOLDINGS_FIELD_NUMBER: _builtins.int
+    HANDOVERS_FIELD_NUMBER: _builtins.int
+    VACATED_CAUSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Holding]: ...
+    @_builtins.property
+    def handovers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Handover]: ...
+    @_builtins.property
+    def vacated_cause(self) -> _containers.ScalarMap[_builtins.int, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        holdings: _abc.Iterable[Global___Holding] | None = ...,
+        handovers: _abc.Iterable[Global___Handover] | None = ...,
+        vacated_cause: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handovers", b"handovers", "holdings", b"holdings", "vacated_cause", b"vacated_cause"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupSlots: _TypeAlias = GroupSlots  # noqa: Y015
 
 @_typing.final
 class SessionLoad(_message.Message):
@@ -661,17 +736,21 @@ class OpenSession(_message.Message):
 
     TTL_MS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     ttl_ms: _builtins.int
     name: _builtins.str
+    owner: _builtins.str
+    """Stamped by the server: the caller's identity."""
     def __init__(
         self,
         *,
         ttl_ms: _builtins.int = ...,
         name: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "owner", b"owner", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from coord.v1 import availability_pb2 as _availability_pb2
 from coord.v1 import groups_pb2 as _groups_pb2
 from coord.v1 import kv_pb2 as _kv_pb2
 from google.protobuf import descriptor as _descriptor
@@ -242,6 +243,7 @@ class StateSnapshot(_message.Message):
     GROUPS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     LAST_TERM_FIELD_NUMBER: _builtins.int
+    LEDGERS_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     revision: _builtins.int
     last_time_ms: _builtins.int
@@ -258,6 +260,10 @@ class StateSnapshot(_message.Message):
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[_groups_pb2.Group]: ...
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_groups_pb2.Event]: ...
+    @_builtins.property
+    def ledgers(self) -> _containers.RepeatedCompositeFieldContainer[_availability_pb2.GroupLedger]:
+        """The availability ledger (coord.state.ledger); absent in older snapshots."""
+
     def __init__(
         self,
         *,
@@ -271,10 +277,11 @@ class StateSnapshot(_message.Message):
         groups: _abc.Iterable[_groups_pb2.Group] | None = ...,
         events: _abc.Iterable[_groups_pb2.Event] | None = ...,
         last_term: _builtins.int = ...,
+        ledgers: _abc.Iterable[_availability_pb2.GroupLedger] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "dedupe", b"dedupe", "events", b"events", "groups", b"groups", "kvs", b"kvs", "last_term", b"last_term", "last_time_ms", b"last_time_ms", "node_ids", b"node_ids", "revision", b"revision", "sessions", b"sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "dedupe", b"dedupe", "events", b"events", "groups", b"groups", "kvs", b"kvs", "last_term", b"last_term", "last_time_ms", b"last_time_ms", "ledgers", b"ledgers", "node_ids", b"node_ids", "revision", b"revision", "sessions", b"sessions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

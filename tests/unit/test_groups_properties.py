@@ -695,8 +695,9 @@ class GroupsMachine(RuleBasedStateMachine):
             g2 = post.groups.get(name)
             if g2 is None:
                 continue
-            for slot, ho in sorted(g.handovers.items()):
+            for slot, found in sorted(g.handovers.items()):
                 h, h2, ho2 = g.holdings[slot], g2.holdings.get(slot), g2.handovers.get(slot)
+                ho = found
                 if (
                     op == "resign"
                     and msg.group == name
@@ -705,7 +706,7 @@ class GroupsMachine(RuleBasedStateMachine):
                     and ho.cause not in ("resign", "member_left")
                 ):
                     # An operator's resign takes over a pending failback or switchover.
-                    ho = copy_of(ho, cause="resign", named=False)
+                    ho = copy_of(found, cause="resign", named=False)
                 if h2 is None or h2.token != h.token:
                     assert ho2 is None, f"{name}/{slot}: a handover outlived its holding"
                 elif h2.revoked:
