@@ -316,6 +316,10 @@ class LocalCluster:
         """Wait until all live nodes agree on one leader (other than ``exclude``)."""
 
         def agreed() -> int | None:
+            # Every running node must answer: one still starting (slow imports on a busy
+            # machine) would otherwise be taken for a down one.
+            if any(n.running and not n.paused and self.status(n.index) is None for n in self.nodes):
+                return None
             i = self.leader_index()
             return None if i is None or i == exclude else i + 1  # +1: index 0 is falsy
 

@@ -134,7 +134,7 @@ def kill_the_master(hosts: HostCluster, members: list[SecureMember], writer: Wri
     with a larger fencing token. Returns db-2's token."""
     db1 = SecureMember(hosts, "db", "db-1", priority=10, ttl_s=TTL_S)
     members.append(db1)
-    first = db1.wait_for("elected", timeout=20)
+    first = db1.wait_for("elected", timeout=45)  # its Python start-up on 2 busy cores
     db2 = SecureMember(hosts, "db", "db-2", priority=5, ttl_s=TTL_S)
     members.append(db2)
     with hosts.client(timeout_s=15.0) as admin:
