@@ -209,6 +209,11 @@ class NodeConfig:
                 f"bearer tokens would cross the network in clear ({self.bind_api} is beyond "
                 "loopback): set --tls-cert and --tls-key"
             )
+        if self.tls_cert and not self.tls_ca:
+            raise InvalidArgument(
+                "--tls-cert needs --tls-ca too: nodes verify each other's API certificates "
+                "with it (without it they would call each other in plaintext)"
+            )
         for what, path in (
             ("tls cert", self.tls_cert),
             ("tls key", self.tls_key),

@@ -301,9 +301,11 @@ class LocalCluster:
     def statuses(self) -> list[cluster_pb2.StatusResponse | None]:
         return [self.status(i) for i in range(len(self.nodes))]
 
-    def leader_index(self) -> int | None:
+    def leader_index(
+        self, statuses: Sequence[cluster_pb2.StatusResponse | None] | None = None
+    ) -> int | None:
         """Index of the node that says it leads and that every live node agrees on."""
-        sts = [s for s in self.statuses() if s is not None]
+        sts = [s for s in (self.statuses() if statuses is None else statuses) if s is not None]
         leaders = {s.node_id for s in sts if s.role == cluster_pb2.ROLE_LEADER}
         if len(leaders) != 1:
             return None
@@ -318,9 +320,13 @@ class LocalCluster:
         def agreed() -> int | None:
             # Every running node must answer: one still starting (slow imports on a busy
             # machine) would otherwise be taken for a down one.
-            if any(n.running and not n.paused and self.status(n.index) is None for n in self.nodes):
+            sts = self.statuses()
+            if any(
+                n.running and not n.paused and st is None
+                for n, st in zip(self.nodes, sts, strict=True)
+            ):
                 return None
-            i = self.leader_index()
+            i = self.leader_index(sts)
             return None if i is None or i == exclude else i + 1  # +1: index 0 is falsy
 
         return wait_until(agreed, timeout, "one leader that every live node agrees on") - 1

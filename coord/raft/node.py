@@ -450,6 +450,7 @@ class RaftNode:
         self._check_barrier_timeout()
         self._drive_transfer()
         self._ping_peers()
+        self._transport.close_idle_unidentified(self.cfg.timings.connection_timeout_s)
 
     def _ping_peers(self) -> None:
         """Keep follower-to-follower links alive. They carry nothing between elections,

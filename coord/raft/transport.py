@@ -21,6 +21,7 @@ Thread: everything runs on the Raft tick thread.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -35,6 +36,13 @@ from coord.raft.gate import VotingGate
 from coord.raft.prevote import PreVote
 
 logger = logging.getLogger(__name__)
+
+# Frame size limits: before a peer identified itself (handshake messages are tens of
+# bytes, an encrypted key exchange a few hundred), and afterwards (append-entries
+# batches are at most 8 MiB of entries, see coord.raft.node).
+UNIDENTIFIED_FRAME_MAX = 64 * 1024
+FRAME_MAX = 256 * 1024 * 1024
+_FRAME_LEN = struct.Struct("i")
 
 # A refused secret is logged at most this often per peer (nodes redial every 0.1 s).
 SECRET_WARN_EVERY_S = 10.0
@@ -112,6 +120,7 @@ class CoordTransport(TCPTransport):
 
     def _onNewIncomingConnection(self, conn: Any) -> None:
         cast(Any, super())._onNewIncomingConnection(conn)  # not in typings/pysyncobj
+        self._limit_frames(conn)
         if conn.encryptor is not None:
             try:
                 host = str(conn._TcpConnection__socket.getpeername()[0])
@@ -146,6 +155,44 @@ class CoordTransport(TCPTransport):
             )
         cast(Any, super())._onDisconnected(conn)  # not in typings/pysyncobj
 
+    # -- unauthenticated connections: bounded in size and time -------------------
+
+    def _limit_frames(self, conn: Any) -> None:
+        """pysyncobj reads a frame's 4-byte length before authenticating anything and
+        buffers up to 2 GiB for it (quadratically): 16 MiB from anyone who reaches the
+        port deposed a leader. Refuse a frame larger than a handshake while the peer is
+        unidentified, and larger than any real message afterwards."""
+        conn._coord_accepted = time.monotonic()
+        parse = conn._TcpConnection__processParseMessage
+
+        def limited() -> Any:
+            buf = conn._TcpConnection__readBuffer
+            if len(buf) >= 4:
+                (size,) = _FRAME_LEN.unpack_from(buf)
+                limit = UNIDENTIFIED_FRAME_MAX if conn in self._unknownConnections else FRAME_MAX
+                if not 0 <= size <= limit:
+                    self._warn(
+                        "frames",
+                        "refused a raft connection that announced a %d-byte frame (limit %d)",
+                        size,
+                        limit,
+                    )
+                    conn.disconnect()
+                    return None
+            return parse()
+
+        conn._TcpConnection__processParseMessage = limited  # the instance attribute wins
+
+    def close_idle_unidentified(self, timeout_s: float) -> None:
+        """Close incoming connections that have not identified themselves within
+        ``timeout_s`` (pysyncobj checks a connection's timeout only when it has an
+        event: an idle one was kept forever). Tick thread."""
+        now = time.monotonic()
+        for conn in list(self._unknownConnections):
+            if now - getattr(conn, "_coord_accepted", now) > timeout_s:
+                self._unknownConnections.discard(conn)
+                conn.disconnect()
+
     # -- handshake -------------------------------------------------------------
 
     def _sendSelfAddress(self, conn: Any) -> None:
@@ -169,7 +216,7 @@ class CoordTransport(TCPTransport):
                 self._unknownConnections.discard(conn)
                 return
             message = node_id
-        elif not isinstance(message, list):  # utility messages are lists
+        else:  # pysyncobj's utility messages (lists) included: coord uses none
             logger.warning("refused a raft connection that did not identify its cluster")
             conn.disconnect()
             self._unknownConnections.discard(conn)

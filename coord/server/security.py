@@ -48,6 +48,10 @@ def build_guard(cfg: NodeConfig, on_reject: object = None) -> Guard:
     internal = internal_token(cfg)
     if internal:
         tokens[hash_token(internal)] = Identity("coord-node", READ, ())
+    if cfg.tls_client_auth == "require":
+        # Nodes present their own certificate (CN = node id) to each other's APIs.
+        for peer in cfg.peers:
+            certs.setdefault(peer.id, Identity("coord-node", READ, ()))
     authenticator = Authenticator(tokens, certs, ANONYMOUS if cfg.anonymous_allowed else None)
     return Guard(
         authenticator,

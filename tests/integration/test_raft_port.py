@@ -8,12 +8,12 @@ open (slow loris), HTTP and TLS hellos. While it arrives a client keeps writing;
 it, the leader and term are the same, every write succeeded, every node is up, linked
 to every other and has applied the same index.
 
-Known weaknesses are pinned by strict xfails (they pass once fixed): pysyncobj buffers
-any frame an unauthenticated connection announces (up to 2 GiB, with quadratic copying:
-16 MiB of it deposed the leader here, cluster secret or not), keeps idle unauthenticated
-connections forever, and without a cluster secret lets a pickled list reach its
-"utility message" handler (a traceback in the Raft thread for ``[]``; ``["status"]``
-answers the node's status, ``["transfer", ...]`` moves leadership).
+Weaknesses found here and fixed in coord.raft.transport (regression tests below):
+pysyncobj buffered any frame an unauthenticated connection announced (up to 2 GiB, with
+quadratic copying: 16 MiB of it deposed the leader, cluster secret or not), kept idle
+unauthenticated connections forever, and without a cluster secret let a pickled list
+reach its "utility message" handler (a traceback in the Raft thread for ``[]``;
+``["status"]`` answered the node's status, ``["transfer", ...]`` moved leadership).
 """
 
 from __future__ import annotations
@@ -337,7 +337,7 @@ def test_garbage_on_the_raft_port_neither_crashes_nor_disturbs(
         assert "apply failed" not in new, new
 
 
-# -- known weaknesses (strict xfails: they pass once fixed) ------------------------------
+# -- weaknesses found here, fixed (regression tests) -------------------------------------
 
 
 def closed_by_peer(s: socket.socket, within: float) -> bool:
@@ -351,11 +351,6 @@ def closed_by_peer(s: socket.socket, within: float) -> bool:
         return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (pysyncobj TcpConnection, no frame limit before authentication): a node "
-    "buffers whatever length an unauthenticated connection announces",
-)
 def test_an_unauthenticated_huge_frame_is_refused_at_once(secured: LocalCluster) -> None:
     c = all_with_the_secret(secured)
     host, port = c.nodes[0].raft.rsplit(":", 1)
@@ -364,11 +359,6 @@ def test_an_unauthenticated_huge_frame_is_refused_at_once(secured: LocalCluster)
         assert closed_by_peer(s, 3.0), "the node still waits for the 2 GiB frame"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (pysyncobj: a connection's timeout is checked only when it has an event): "
-    "an idle unauthenticated connection is kept forever (a slow loris holds a descriptor)",
-)
 def test_an_idle_unauthenticated_connection_is_closed(secured: LocalCluster) -> None:
     c = all_with_the_secret(secured)
     host, port = c.nodes[1].raft.rsplit(":", 1)
@@ -377,11 +367,6 @@ def test_an_idle_unauthenticated_connection_is_closed(secured: LocalCluster) -> 
         assert closed_by_peer(s, 4.0), "the idle connection is still open"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (coord.raft.transport lets lists through to pysyncobj's utility-message "
-    "handler): without a cluster secret, a pickled [] raises in the Raft thread",
-)
 def test_a_pickled_list_does_not_reach_the_raft_thread(plain: LocalCluster) -> None:
     c = plain
     before = len(c.log(0))
@@ -395,11 +380,6 @@ def test_a_pickled_list_does_not_reach_the_raft_thread(plain: LocalCluster) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="BUG: 16-32 MiB after a huge length prefix from an unauthenticated connection "
-    "stall the leader's Raft thread (quadratic buffering) until it loses leadership; "
-    "timing-dependent, so not strict"
-)
 def test_an_unauthenticated_stream_does_not_depose_the_leader(
     cluster_factory: ClusterFactory,
 ) -> None:

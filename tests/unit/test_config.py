@@ -655,7 +655,7 @@ def test_an_api_beyond_loopback_needs_authentication(tmp_path: Path) -> None:
         node(**public).validate()
     with pytest.raises(InvalidArgument, match="in clear"):
         node(**public, auth_tokens_file=tokens).validate()
-    node(**public, auth_tokens_file=tokens, tls_cert=cert, tls_key=key).validate()
+    node(**public, auth_tokens_file=tokens, tls_cert=cert, tls_key=key, tls_ca=ca).validate()
     node(**public, tls_client_auth="require", tls_cert=cert, tls_key=key, tls_ca=ca).validate()
     with pytest.raises(InvalidArgument, match="only on loopback"):
         node(**public, allow_unauthenticated="true", tls_client_auth="require",
