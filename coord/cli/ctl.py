@@ -203,35 +203,6 @@ def show_leader(ctx: Ctx) -> None:
     )
 
 
-@main.command()
-@pass_ctx
-@handles_errors
-def nodes(ctx: Ctx) -> None:
-    """The cluster's members, as the answering node sees them."""
-    resp = ctx.client.nodes()
-    data = [
-        {
-            "id": n.id,
-            "api_address": n.api_address,
-            "raft_address": n.raft_address,
-            "connected": n.connected,
-            "leader": n.is_leader,
-        }
-        for n in resp.nodes
-    ]
-    rows = [
-        [
-            n.id,
-            n.api_address,
-            n.raft_address,
-            "yes" if n.connected else "no",
-            "*" if n.is_leader else "",
-        ]
-        for n in resp.nodes
-    ]
-    emit(ctx.output, data, ["ID", "API", "RAFT", "CONNECTED", "LEADER"], rows)
-
-
 @main.group()
 def kv() -> None:
     """Small configuration values in the cluster's key-value store."""

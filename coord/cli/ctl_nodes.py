@@ -62,6 +62,10 @@ def node_ls(ctx: Ctx) -> None:
     emit(ctx.output, data, _HEADERS, rows)
 
 
+# The older name: the members, as the answering node sees them.
+main.add_command(node_ls, name="nodes")
+
+
 def start_command(resp: cluster_pb2.AddNodeResponse, node_id: str) -> str:
     """The ``coord serve`` command line the added node must be started with."""
     args = [
