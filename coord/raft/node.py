@@ -64,6 +64,8 @@ def _create_journal(journalFile: str | None = None) -> Any:
 _pso.createJournal = _create_journal
 
 ROLE_FOLLOWER, ROLE_CANDIDATE, ROLE_LEADER = 0, 1, 2  # pysyncobj's _RAFT_STATE
+# A transfer target at most this many entries behind: new proposals wait for it.
+TRANSFER_HOLD_LAG = 64
 
 _FAIL_TO_ERROR: dict[int, Callable[[], errors.CoordError]] = {
     FAIL_REASON.QUEUE_FULL: lambda: errors.Unavailable("too many pending writes: retry shortly"),
@@ -118,10 +120,12 @@ class _SyncObj(SyncObj):
         check_change: Callable[[Any], bool],
         sync_config: Callable[[], None],
         may_campaign: Callable[[], bool],
+        hold: Callable[[], bool],
         *args: Any,
         **kwargs: Any,
     ) -> None:
         self._coord_apply = apply
+        self._coord_hold = hold
         self._coord_may_campaign = may_campaign
         self._coord_check_change = check_change
         self._coord_sync_config = sync_config
@@ -166,6 +170,11 @@ class _SyncObj(SyncObj):
 
     def _checkCommandsToApply(self) -> None:
         self._coord_woken = False  # before draining: a later put must wake us again
+        if self._coord_hold():
+            # A leadership transfer waits for its target to match the leader's log;
+            # under a steady load it never would. Commands wait in the queue and go to
+            # the new leader once this node follows (Raft thesis 3.10).
+            return
         conf = self.conf
         before = self._SyncObj__raftLog[-1][1]
         conf.appendEntriesUseBatch = True  # suppresses the per-command send
@@ -282,6 +291,7 @@ class RaftNode:
             self._check_change_request,
             self._sync_config,
             self._may_campaign,
+            self._holding_for_transfer,
             me,
             others,
             conf,
@@ -625,6 +635,16 @@ class RaftNode:
             so._SyncObj__lastResponseTime[node] = raft_clock()
             self._transport.addNode(node)
 
+    def _holding_for_transfer(self) -> bool:
+        t = self._transfer
+        return (
+            t is not None
+            and t.hold
+            and not t.fut.done()
+            and time.monotonic() < t.deadline
+            and self._view.role == ROLE_LEADER
+        )
+
     def _may_campaign(self) -> bool:
         return self.gate.may_campaign() and self.cfg.node_id in self._config
 
@@ -800,6 +820,9 @@ class RaftNode:
             for node, idx in so._SyncObj__raftMatchIndex.items()
             if node in connected and (t.target is None or node.id == t.target)
         ]
+        # Close enough: hold new proposals so that the target can match (see
+        # _checkCommandsToApply); a far-behind target catches up with writes flowing.
+        t.hold = any(c[0] >= last - TRANSFER_HOLD_LAG for c in candidates)
         ready = [c for c in candidates if c[0] == last]
         if not ready:
             return  # wait for the target to catch up (appends go out every heartbeat)
@@ -854,6 +877,7 @@ class _Transfer:
     deadline: float
     fut: Future[str]
     next_try: float = 0.0
+    hold: bool = False
 
 
 class _VetoedTruncationFilter(logging.Filter):

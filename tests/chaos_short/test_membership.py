@@ -219,7 +219,7 @@ def test_a_follower_behind_a_new_member_catches_up_by_snapshot(
             return st is not None and st.applied_index >= target
 
         try:
-            wait_until(caught_up, 20, f"{lag} to catch up to index {target}")
+            wait_until(caught_up, 40, f"{lag} to catch up to index {target}")
         except TimeoutError:
             failed = "failed to load full dump" in c.log(node.index)
             raise AssertionError(f"{lag} did not catch up (dump load failed: {failed})") from None
