@@ -604,15 +604,13 @@ class RaftNode:
         config = dict(
             membership.apply_changes(self._base, self.journal.config_entries(), self._base_idx)
         )
-        if config == self._config and getattr(self, "_so", None) is None:
-            return
         if config != self._config:
             logger.info(
                 "cluster configuration: %s", ", ".join(f"{k}={v.raft}" for k, v in config.items())
             )
         self._config = config
         self._update_routes()
-        so = getattr(self, "_so", None)
+        so = getattr(self, "_so", None)  # a dump may load before the constructor returned
         if so is None:
             return
         me = self.cfg.node_id

@@ -7,9 +7,8 @@ The caller's identity is put in a context variable for the servicers that need i
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -73,12 +72,11 @@ class Guard:
         _CALLER.set(who)
         return who
 
-    @contextlib.contextmanager
-    def stream(self, method: str, context: Any) -> Iterator[None]:
-        """Count a watch-like stream against its connection's limit while it runs."""
+    def open_stream(self, method: str, context: Any) -> Callable[[], None]:
+        """Count a watch-like stream against its connection's limit (ResourceExhausted
+        when full); returns what to call when the stream ends."""
         if method not in WATCH_STREAMS or self.max_watch_streams <= 0:
-            yield
-            return
+            return _nothing
         peer = str(context.peer())
         if self._streams[peer] >= self.max_watch_streams:
             self._reject("watch_streams")
@@ -87,9 +85,14 @@ class Guard:
                 "close some, or multiplex filters over fewer streams"
             )
         self._streams[peer] += 1
-        try:
-            yield
-        finally:
+
+        def close() -> None:
             self._streams[peer] -= 1
             if self._streams[peer] <= 0:
                 del self._streams[peer]
+
+        return close
+
+
+def _nothing() -> None:
+    pass

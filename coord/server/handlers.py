@@ -115,15 +115,14 @@ def _guarded(method: MethodDescriptor, impl: Any, guard: Guard | None) -> Any:
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             try:
                 guard.check(name, None if isinstance(request, Malformed) else request, context)
-                limit = guard.stream(name, context)
-                limit.__enter__()
+                close = guard.open_stream(name, context)
             except errors.CoordError as e:
                 await abort(context, e)
             try:
                 async for item in impl(request, context):
                     yield item
             finally:
-                limit.__exit__(None, None, None)
+                close()
 
         return stream
 

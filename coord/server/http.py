@@ -162,7 +162,7 @@ def status_snapshot(raft: RaftNode) -> dict[str, Any]:
                     "availability": avail,
                 }
             )
-        events = [_dict(e) for e in list(state.events.items())[-RECENT_EVENTS:]]
+        events = [_dict(e) for e in state.events.last(RECENT_EVENTS)]
         return {"revision": state.revision, "groups": groups, "events": events}
 
     body: dict[str, Any] = raft.read(read)

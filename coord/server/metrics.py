@@ -176,7 +176,7 @@ class _StateCollector(Collector):
         yield _gauge("coord_raft_connected_peers", "Members with a live link.", len(view.connected))
         # Copy plain numbers (and the ledgers) under the apply lock, which applies wait
         # for; build the metric families after releasing it.
-        yield from _state_metrics(raft.read(_StateFigures.read))
+        yield from _state_metrics(raft.read(_StateFigures))
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -205,10 +205,6 @@ class _StateFigures:
             )
         self.ledger = ledger.Ledger()
         self.ledger.load(state.ledger.to_proto())  # copies
-
-    @classmethod
-    def read(cls, state: Any) -> _StateFigures:
-        return cls(state)
 
 
 def _state_metrics(fig: _StateFigures) -> list[Metric]:

@@ -9,6 +9,7 @@ replica keeps the same events.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable
 
@@ -53,6 +54,12 @@ class EventLog:
                 f"{current_revision}): re-read the state, then watch from {current_revision + 1}"
             )
         return list(self._events)[from_revision - oldest :]
+
+    def last(self, n: int) -> list[groups_pb2.Event]:
+        """The newest ``n`` events, oldest first (without copying the whole log)."""
+        out = list(itertools.islice(reversed(self._events), n))
+        out.reverse()
+        return out
 
     def items(self) -> Iterable[groups_pb2.Event]:
         return iter(self._events)

@@ -26,7 +26,8 @@ Definitions (DESIGN.md, "Monitoring and availability accounting"):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from coord.v1 import availability_pb2, groups_pb2
 
@@ -92,7 +93,7 @@ def _slot_up(g: availability_pb2.GroupLedger, e: groups_pb2.Event) -> None:
     if e.cause and e.cause != "initial":
         g.failovers.add(time_ms=e.time_ms, cause=e.cause, slot=e.slot, member=e.member)
         g.failovers_by_cause[e.cause] += 1
-        _prune_failovers(g, e.time_ms)
+        _prune(g.failovers, lambda f: f.time_ms, MAX_FAILOVERS, e.time_ms)
     g.up_since_ms[e.slot] = e.time_ms
     if e.slot not in g.up_slots:
         g.up_slots.append(e.slot)
@@ -111,7 +112,7 @@ def _slot_up(g: availability_pb2.GroupLedger, e: groups_pb2.Event) -> None:
             o.end_ms = end
             g.downtime_ms += o.end_ms - o.start_ms
         g.ClearField("open_outage")
-        _prune_outages(g, e.time_ms)
+        _prune(g.outages, lambda o: o.end_ms, MAX_OUTAGES, e.time_ms)
 
 
 def _slot_down(g: availability_pb2.GroupLedger, e: groups_pb2.Event) -> None:
@@ -143,22 +144,14 @@ def _slot_down(g: availability_pb2.GroupLedger, e: groups_pb2.Event) -> None:
         g.outage_count += 1
 
 
-def _prune_outages(g: availability_pb2.GroupLedger, now_ms: int) -> None:
+def _prune(items: Any, at_ms: Callable[[Any], int], keep: int, now_ms: int) -> None:
+    """Drop the oldest of ``items`` (oldest first) beyond ``keep`` or past the horizon."""
     drop = 0
-    n = len(g.outages)
-    while drop < n and (n - drop > MAX_OUTAGES or g.outages[drop].end_ms < now_ms - KEEP_MS):
+    n = len(items)
+    while drop < n and (n - drop > keep or at_ms(items[drop]) < now_ms - KEEP_MS):
         drop += 1
     if drop:
-        del g.outages[:drop]
-
-
-def _prune_failovers(g: availability_pb2.GroupLedger, now_ms: int) -> None:
-    drop = 0
-    n = len(g.failovers)
-    while drop < n and (n - drop > MAX_FAILOVERS or g.failovers[drop].time_ms < now_ms - KEEP_MS):
-        drop += 1
-    if drop:
-        del g.failovers[:drop]
+        del items[:drop]
 
 
 def _overlap(start: int, end: int, lo: int, hi: int) -> int:

@@ -121,7 +121,7 @@ def apply_diff(
 ) -> None:
     """Replay ``diff`` on ``sm`` (at the diff's base revision), ending at ``revision``."""
     if diff.HasField("base_event") and len(sm.events):
-        ours = list(sm.events.items())[-1]
+        ours = sm.events.last(1)[0]
         if ours.revision == diff.base_event.revision and ours != diff.base_event:
             raise BackupError(
                 f"{name} was taken from another history than the state it is applied to (their "

@@ -465,17 +465,15 @@ def test_guard_limits_watch_streams_per_connection() -> None:
     seen: list[str] = []
     g = Guard(authenticator(), max_watch_streams=2, on_reject=seen.append)
     watch = "/coord.v1.Watch/Watch"
-    with (
-        g.stream(watch, Context(peer="a")),
-        g.stream("/coord.v1.Groups/Observe", Context(peer="a")),
-    ):
-        with pytest.raises(errors.ResourceExhausted, match="already has 2 watch streams"):
-            g.stream(watch, Context(peer="a")).__enter__()
-        with g.stream(watch, Context(peer="b")):  # another connection
-            pass
-        with g.stream("/coord.v1.Groups/Campaign", Context(peer="a")):  # not a watch
-            pass
-    with g.stream(watch, Context(peer="a")), g.stream(watch, Context(peer="a")):
-        pass  # both places were given back
+    close_1 = g.open_stream(watch, Context(peer="a"))
+    close_2 = g.open_stream("/coord.v1.Groups/Observe", Context(peer="a"))
+    with pytest.raises(errors.ResourceExhausted, match="already has 2 watch streams"):
+        g.open_stream(watch, Context(peer="a"))
+    g.open_stream(watch, Context(peer="b"))()  # another connection
+    g.open_stream("/coord.v1.Groups/Campaign", Context(peer="a"))()  # not a watch
+    close_1()
+    close_2()
+    for close in [g.open_stream(watch, Context(peer="a")) for _ in range(2)]:
+        close()  # both places were given back
     assert seen == ["watch_streams"]
     assert not g._streams, "no connection left counted"
