@@ -137,8 +137,15 @@ def test_partly_caught_up_wiped_node_does_not_vote_a_stale_node_in(
     cluster_factory: ClusterFactory,
 ) -> None:
     """As above, but the wiped node restarts while the leader is up and receives only the
-    start of the log before the leader dies."""
-    cluster = cluster_factory(3)
+    start of the log before the leader dies.
+
+    While y restarts the leader hears from nobody; with the default 0.8 s fallback it would
+    step down before y's process is up on a slow machine, and then nobody could lead (y
+    rightly refuses to vote while blank). A long fallback keeps the leader replicating to y.
+    """
+    cluster = cluster_factory(
+        3, extra_args=["--connection-timeout-s", "60", "--leader-fallback-timeout-s", "60"]
+    )
     lead = cluster.wait_for_leader()
     x, y = [i for i in range(3) if i != lead]
     # A long log (several 8 MiB append-entries batches): the wiped node needs a while.
