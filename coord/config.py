@@ -177,7 +177,7 @@ class NodeConfig:
     @property
     def anonymous_allowed(self) -> bool:
         if self.allow_unauthenticated == "auto":
-            return _is_loopback(self.bind_api) and not self.auth_configured
+            return is_loopback(self.bind_api) and not self.auth_configured
         return self.allow_unauthenticated == "true"
 
     def _validate_security(self) -> None:
@@ -192,7 +192,7 @@ class NodeConfig:
             )
         if self.allow_unauthenticated not in ("auto", "true", "false"):
             raise InvalidArgument("allow unauthenticated must be auto, true or false")
-        loopback = _is_loopback(self.bind_api)
+        loopback = is_loopback(self.bind_api)
         if self.allow_unauthenticated == "true" and not loopback:
             raise InvalidArgument(
                 f"unauthenticated access is allowed only on loopback, and the API listens on "
@@ -296,7 +296,7 @@ class NodeConfig:
         self._validate_security()
         if self.initial_cluster_state not in ("new", "existing"):
             raise InvalidArgument("initial cluster state must be 'new' or 'existing'")
-        if not self.cluster_secret and not _is_loopback(self.bind_raft):
+        if not self.cluster_secret and not is_loopback(self.bind_raft):
             raise InvalidArgument(
                 f"raft binds to {self.bind_raft}, beyond loopback, without a cluster secret: "
                 "set --cluster-secret (or COORD_CLUSTER_SECRET); unauthenticated Raft traffic "
@@ -361,7 +361,8 @@ def _check_url(url: str) -> None:
         raise bad
 
 
-def _is_loopback(addr: str) -> bool:
+def is_loopback(addr: str) -> bool:
+    """Whether ``host:port`` names this machine (localhost or a loopback IP)."""
     host = addr.rpartition(":")[0].strip("[]")
     if host == "localhost":
         return True

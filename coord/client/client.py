@@ -81,6 +81,8 @@ class Client:
         """``credentials``: TLS and a bearer token (coord.client.credentials)."""
         self.endpoints = parse_endpoints(endpoints)
         self.credentials = credentials or Credentials()
+        for ep in self.endpoints:  # fail at once, not as "no endpoint answered"
+            self.credentials.check_endpoint(ep)
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s
         self._lock = threading.Lock()

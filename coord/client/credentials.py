@@ -5,6 +5,11 @@ with ``cert_file``/``key_file`` the client also presents a certificate (mutual
 TLS); ``token`` is sent as ``authorization: Bearer <token>`` on every call.
 ``server_name`` overrides the name checked in the server's certificate (when
 connecting by IP to a certificate issued for a host name).
+
+A token is never sent in plaintext beyond loopback: a server that takes tokens off
+loopback must serve TLS (coord serve refuses to start otherwise), so a plaintext
+endpoint there is a misconfiguration or an impostor, and the token would cross the
+network readable by anyone on the path.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import grpc
 
 from coord import errors
+from coord.config import is_loopback
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,18 @@ class Credentials:
             out.append(("grpc.ssl_target_name_override", self.server_name))
         return out
 
+    def check_endpoint(self, endpoint: str) -> None:
+        """Raise InvalidArgument if a call to ``endpoint`` would expose the token."""
+        if self.token and not self.tls and not is_loopback(endpoint):
+            raise errors.InvalidArgument(
+                f"refusing to send a bearer token in plaintext to {endpoint}: give the "
+                "cluster's CA (coordctl --cacert, Credentials(ca_file=...)) so the token "
+                "travels over TLS; plaintext tokens are allowed only on loopback"
+            )
+
     def channel(self, endpoint: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
         """A channel to ``endpoint`` (TLS if configured) that sends the token, if any."""
+        self.check_endpoint(endpoint)
         opts = self._options(options)
         ch = (
             grpc.secure_channel(endpoint, self._ssl(), options=opts)
@@ -62,6 +78,7 @@ class Credentials:
         self, endpoint: str, options: Sequence[tuple[str, Any]] = ()
     ) -> grpc.aio.Channel:
         """The asyncio flavour (used by nodes calling each other's APIs)."""
+        self.check_endpoint(endpoint)
         opts = self._options(options)
         interceptors = [_AioTokenInterceptor(self.token)] if self.token else None
         if self.tls:
