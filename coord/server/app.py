@@ -123,7 +123,7 @@ class NodeServer:
         self.cfg = cfg
         blank = datadir.prepare(cfg)
         self.raft = RaftNode(cfg, voting=decide_voting(cfg, blank))
-        self.ctx = NodeContext(cfg, self.raft)
+        self.ctx = NodeContext(cfg, self.raft, on_reject=self._count_rejected)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Future[None]] = set()
@@ -131,11 +131,14 @@ class NodeServer:
         self.checker: HealthChecker | None = None
         self.backups: BackupScheduler | None = None
         self.metrics = NodeMetrics(self.raft)
-        self.guard = build_guard(cfg, on_reject=lambda why: self.metrics.rejected.labels(why).inc())
+        self.guard = build_guard(cfg, on_reject=self._count_rejected)
         self.http: HttpServer | None = None
         self.webhook: WebhookNotifier | None = None
         # Set once this node's removal from the cluster committed: it then exits.
         self.removed = asyncio.Event()
+
+    def _count_rejected(self, why: str) -> None:
+        self.metrics.rejected.labels(why).inc()
 
     async def start(self) -> None:
         server = grpc.aio.server(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -20,9 +21,13 @@ ServicerContext = grpc.aio.ServicerContext[Any, Any]
 class NodeContext:
     """Shared by the servicers of one node; used on the asyncio loop thread."""
 
-    def __init__(self, cfg: NodeConfig, raft: RaftNode) -> None:
+    def __init__(
+        self, cfg: NodeConfig, raft: RaftNode, on_reject: Callable[[str], None] | None = None
+    ) -> None:
         self.cfg = cfg
         self.raft = raft
+        # Counts a refusal by kind (coord_requests_rejected_total), as the guard does.
+        self.rejected: Callable[[str], None] = on_reject or (lambda why: None)
         self._cluster_id = cfg.cluster_id
         self._loop_bridge: LoopBridge | None = None
 

@@ -61,6 +61,7 @@ class _Base:
         # A lock-free dict lookup: a session's owner never changes.
         session = self.ctx.raft.state.groups.sessions.get(session_id)
         if session is not None and session.owner != who.name:
+            self.ctx.rejected("permission_denied")
             raise errors.PermissionDenied(
                 f"session {session_id} belongs to {session.owner or 'another identity'!r}, not "
                 f"{who.name!r}: use a session of your own"
@@ -91,6 +92,7 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
             limit = self.ctx.cfg.max_sessions_per_identity
             sessions = self.ctx.raft.state.groups.sessions
             if limit and sum(1 for x in list(sessions.values()) if x.owner == who.name) >= limit:
+                self.ctx.rejected("sessions")
                 raise errors.ResourceExhausted(
                     f"{who.name!r} already has {limit} open sessions, the most allowed: close "
                     "sessions you no longer use (one per process is enough)"

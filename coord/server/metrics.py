@@ -83,8 +83,8 @@ class NodeMetrics:
         )
         self.rejected = Counter(
             "coord_requests_rejected",
-            "Requests refused before reaching a servicer, by reason (unauthenticated, "
-            "permission_denied, rate, watch_streams).",
+            "Requests refused for who sent them or how much, by reason (unauthenticated, "
+            "permission_denied, rate, watch_streams, sessions).",
             ["reason"],
             registry=r,
         )

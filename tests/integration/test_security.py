@@ -179,7 +179,7 @@ def tls(module_cluster_factory: ClusterFactory, pki: Pki) -> LocalCluster:
 @pytest.fixture(scope="module")
 def mtls(module_cluster_factory: ClusterFactory, pki: Pki) -> LocalCluster:
     """1 node, mutual TLS + tokens, 20 requests/s per identity, 2 watch streams per
-    connection, /metrics."""
+    connection, 3 open sessions per identity, /metrics."""
     c = _start(
         module_cluster_factory,
         pki,
@@ -188,6 +188,7 @@ def mtls(module_cluster_factory: ClusterFactory, pki: Pki) -> LocalCluster:
         "--tls-client-auth", "require",
         "--rate-limit-per-s", "20",
         "--max-watch-streams", "2",
+        "--max-sessions-per-identity", "3",
     )  # fmt: skip
     with admin_channel(c) as ch:
         election_pb2_grpc.GroupsStub(ch).Create(
@@ -414,10 +415,13 @@ def test_a_session_belongs_to_the_identity_that_opened_it(tls: LocalCluster, pki
         ),
         "register with it": lambda ch: register(ch, "db", session),
     }
-    with unchanged(tls), channel(tls, pki.creds("member2"), i=tls.wait_for_leader()) as ch:
+    lead = tls.wait_for_leader()
+    before = rejected(tls, lead).get("permission_denied", 0)
+    with unchanged(tls), channel(tls, pki.creds("member2"), i=lead) as ch:
         for what, call in calls.items():
             got = code_and_details(refused(lambda call=call: call(ch)))  # type: ignore[misc]
             assert got == (P, theirs), f"{what}: {got}"
+    assert rejected(tls, lead).get("permission_denied", 0) == before + len(calls)
     with admin_channel(tls) as ch:  # an operator may
         sessions(ch).Close(election_pb2.CloseSessionRequest(session_id=session), timeout=10)
 
@@ -509,9 +513,9 @@ def test_certificate_identity_has_its_role_and_groups(mtls: LocalCluster, pki: P
 # -- limits ------------------------------------------------------------------------
 
 
-def rejected(c: LocalCluster) -> dict[str, float]:
-    """coord_requests_rejected_total by reason, from node 0's /metrics."""
-    with urllib.request.urlopen(f"http://{c.nodes[0].http}/metrics", timeout=5) as r:
+def rejected(c: LocalCluster, i: int = 0) -> dict[str, float]:
+    """coord_requests_rejected_total by reason, from node i's /metrics."""
+    with urllib.request.urlopen(f"http://{c.nodes[i].http}/metrics", timeout=5) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
     for m in re.finditer(r'^coord_requests_rejected_total\{reason="(\w+)"\} (\S+)$', text, re.M):
@@ -582,6 +586,29 @@ def test_watch_streams_per_connection(mtls: LocalCluster, pki: Pki) -> None:
         third.cancel()
         streams[1].cancel()
     assert rejected(mtls).get("watch_streams", 0) >= before.get("watch_streams", 0) + 1
+
+
+def test_open_sessions_per_identity(mtls: LocalCluster, pki: Pki) -> None:
+    before = rejected(mtls).get("sessions", 0)
+    sessions = election_pb2_grpc.SessionsStub
+    with channel(mtls, pki.creds("member", cert="alice")) as ch:
+        mine = [open_session(ch) for _ in range(3)]
+        with unchanged(mtls):
+            err = refused(lambda: open_session(ch))
+        assert code_and_details(err) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "'web-agent' already has 3 open sessions, the most allowed: close sessions you no "
+            "longer use (one per process is enough)",
+        )
+        with channel(mtls, pki.creds("member2", cert="alice")) as other:
+            theirs = open_session(other)  # another identity has its own allowance
+            sessions(other).Close(election_pb2.CloseSessionRequest(session_id=theirs), timeout=10)
+        # A closed session gives its place back.
+        sessions(ch).Close(election_pb2.CloseSessionRequest(session_id=mine.pop()), timeout=10)
+        mine.append(open_session(ch))
+        for s in mine:
+            sessions(ch).Close(election_pb2.CloseSessionRequest(session_id=s), timeout=10)
+    assert rejected(mtls).get("sessions", 0) == before + 1
 
 
 def test_metrics_count_refusals_by_reason(mtls: LocalCluster, pki: Pki) -> None:
