@@ -157,6 +157,9 @@ class NodeConfig:
     backup_every_s: float = 0.0
     backup_keep: int = 3
     backup_full_every: int = 4
+    # The leader compares every member's hash of its state this often (0: never);
+    # see coord.server.maintenance.
+    consistency_check_every_s: float = 300.0
 
     @property
     def self_peer(self) -> Peer:
@@ -309,6 +312,10 @@ class NodeConfig:
         if self.log_compaction_entries < 100:
             raise InvalidArgument("log compaction entries must be >= 100")
         self._validate_backups()
+        if self.consistency_check_every_s and not (
+            1.0 <= self.consistency_check_every_s <= 366 * 86400
+        ):
+            raise InvalidArgument("consistency check period must be 0 (never) or 1 s to a year")
         self.timings.validate()
 
     def _validate_backups(self) -> None:
@@ -404,6 +411,7 @@ _SCALARS: dict[str, type] = {
     "backup_every_s": float,
     "backup_keep": int,
     "backup_full_every": int,
+    "consistency_check_every_s": float,
 }
 
 

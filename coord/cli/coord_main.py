@@ -10,7 +10,7 @@ import click
 
 from coord import config, errors
 from coord.cli.output import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, CLIError
-from coord.cli.restore import backup_options, restore_command
+from coord.cli.restore import Duration, backup_options, restore_command
 
 _TIMING_FLAGS = [f.name for f in dataclasses.fields(config.RaftTimings)]
 
@@ -123,6 +123,13 @@ def main() -> None:
     type=int,
     default=None,
     help="Member health checks the leader runs at once, at most (default 64).",
+)
+@click.option(
+    "--consistency-check-every",
+    "consistency_check_every_s",
+    type=Duration(),
+    default=None,
+    help="How often the leader compares every member's state hash (default 5m; 0s: never).",
 )
 @click.option("--log-compaction-entries", type=int, default=None)
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default=None)

@@ -1,4 +1,5 @@
-"""coordctl commands that change the cluster itself: node add/remove/ls, leader transfer.
+"""coordctl commands on the cluster itself: node add/remove/ls, leader transfer, and the
+consistency check.
 
 Membership changes are one at a time (the server refuses a change while the
 previous one has not committed), like ``etcdctl member``. ``node add`` prints
@@ -15,7 +16,7 @@ import click
 
 from coord import errors
 from coord.cli.ctl import Ctx, handles_errors, leader, main, pass_ctx
-from coord.cli.output import CLIError, emit
+from coord.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, CLIError, emit
 from coord.v1 import cluster_pb2
 
 
@@ -152,3 +153,47 @@ def leader_transfer(ctx: Ctx, to: str) -> None:
         ["FROM", "LEADER", "API ADDRESS"],
         [[before, resp.leader_id, resp.leader_api_address]],
     )
+
+
+@main.command()
+@pass_ctx
+@handles_errors
+def consistency(ctx: Ctx) -> None:
+    """Compare every member's state: each hashes its state at one committed point.
+
+    Exit 0 when all match; 1 when a member's state differs from the majority's (it
+    diverged: replace it from a healthy member); 4 when a member gave no hash.
+    """
+    resp = ctx.client.check_consistency()
+    data = {
+        "id": resp.id,
+        "revision": resp.revision,
+        "consistent": resp.consistent,
+        "nodes": [
+            {
+                "id": n.node_id,
+                "revision": n.revision,
+                "hash": n.hash,
+                "matches": n.matches,
+                "error": n.error,
+            }
+            for n in resp.nodes
+        ],
+    }
+    rows = [
+        [
+            n.node_id,
+            n.revision if n.hash else "-",
+            n.hash[:16] if n.hash else "-",
+            "yes" if n.matches else ("NO" if n.hash else "-"),
+            n.error,
+        ]
+        for n in resp.nodes
+    ]
+    emit(ctx.output, data, ["NODE", "REVISION", "HASH", "MATCHES", "ERROR"], rows)
+    diverged = [n.node_id for n in resp.nodes if n.hash and not n.matches]
+    if diverged:
+        raise CLIError(f"state diverged on {', '.join(diverged)}: replace them", EXIT_ERROR)
+    if not resp.consistent:
+        silent = [n.node_id for n in resp.nodes if not n.hash]
+        raise CLIError(f"no state hash from {', '.join(silent)}", EXIT_UNAVAILABLE)

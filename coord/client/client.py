@@ -369,6 +369,18 @@ class Client:
         )
         return self._download(lambda stub, t: stub.Diff(req, timeout=t), endpoint)
 
+    def check_consistency(self) -> maintenance_pb2.CheckConsistencyResponse:
+        """Commit a check point and compare every member's hash of its state there
+        (admin). ``consistent`` is true when all answered with the majority's hash."""
+        req = maintenance_pb2.CheckConsistencyRequest()
+        deadline = time.monotonic() + self.timeout_s
+        return self.call(
+            lambda ch, t: maintenance_pb2_grpc.MaintenanceStub(ch).CheckConsistency(
+                req,
+                timeout=max(t, deadline - time.monotonic()),  # members hash their state
+            )
+        )
+
     def _download(
         self,
         start: Callable[[maintenance_pb2_grpc.MaintenanceStub, float], Iterator[Any]],

@@ -36,7 +36,7 @@ from coord.server.health import HealthChecker
 from coord.server.http import HttpServer
 from coord.server.kv_service import KVService
 from coord.server.leases import LeaseKeeper
-from coord.server.maintenance import MaintenanceService
+from coord.server.maintenance import ConsistencyChecker, MaintenanceService
 from coord.server.metrics import NodeMetrics
 from coord.server.notify import StateNotifier
 from coord.server.removal import watch_for_removal
@@ -129,6 +129,7 @@ class NodeServer:
         self._tasks: set[asyncio.Future[None]] = set()
         self.keeper: LeaseKeeper | None = None
         self.checker: HealthChecker | None = None
+        self.consistency: ConsistencyChecker | None = None
         self.backups: BackupScheduler | None = None
         self.metrics = NodeMetrics(self.raft)
         self.guard = build_guard(cfg, on_reject=self._count_rejected)
@@ -159,6 +160,8 @@ class NodeServer:
         self.keeper.start()
         self.checker = HealthChecker(self.raft, self.cfg.health_check_concurrency)
         self.checker.start()
+        self.consistency = ConsistencyChecker(self.ctx, self.metrics.record_consistency)
+        self.consistency.start()
         parts = (self.ctx, self.notifier, self.keeper)
         services = election_pb2.DESCRIPTOR.services_by_name
         observe = self.metrics.observe_rpc
@@ -169,7 +172,7 @@ class NodeServer:
             (KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"]),
             (ClusterService(self.ctx), cluster_pb2.DESCRIPTOR.services_by_name["Cluster"]),
             (
-                MaintenanceService(self.ctx),
+                MaintenanceService(self.ctx, self.consistency),
                 maintenance_pb2.DESCRIPTOR.services_by_name["Maintenance"],
             ),
             (
@@ -274,6 +277,8 @@ class NodeServer:
             await self.keeper.stop()
         if self.checker is not None:
             await self.checker.stop()
+        if self.consistency is not None:
+            await self.consistency.stop()
         if self.backups is not None:
             await self.backups.stop()
         if self.webhook is not None:

@@ -113,6 +113,9 @@ RULES: dict[str, Rule] = {
     "/coord.v1.Watch/Watch": Rule(READ),
     "/coord.v1.Maintenance/Snapshot": Rule(ADMIN),
     "/coord.v1.Maintenance/Diff": Rule(ADMIN),
+    "/coord.v1.Maintenance/CheckConsistency": Rule(ADMIN),
+    # Called node to node (the internal identity has READ); reveals only a hash.
+    "/coord.v1.Maintenance/StateHash": Rule(READ),
     "/coord.v1.Availability/Report": Rule(READ),
 }
 

@@ -60,12 +60,16 @@ class NodeContext:
         self, cmd: raft_pb2.Command, context: ServicerContext
     ) -> raft_pb2.CommandResult:
         """Propose ``cmd`` and wait for its result; raise its error if it carries one."""
+        return await self.write_within(cmd, self.timeout(context))
+
+    async def write_within(self, cmd: raft_pb2.Command, timeout_s: float) -> raft_pb2.CommandResult:
+        """``write`` for callers without an RPC (the node's own background tasks)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[raft_pb2.CommandResult] = loop.create_future()
         bridge = self._bridge(loop)
         self.raft.propose_cb(cmd, lambda res, err: bridge.complete(fut, res, err))
         # A timer handle, not asyncio.wait_for: wait_for builds tasks per call.
-        timer = loop.call_later(self.timeout(context), _expire, fut)
+        timer = loop.call_later(timeout_s, _expire, fut)
         try:
             result = await fut
         finally:

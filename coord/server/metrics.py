@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from coord import __version__
 from coord.raft.node import ROLE_LEADER, RaftNode, View
 from coord.state import ledger
+from coord.v1 import maintenance_pb2
 
 # ``*_created`` series double the output for no use here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -117,10 +118,22 @@ class NodeMetrics:
         self.webhook_queue = Gauge(
             "coord_webhook_queue_length", "Webhook notifications waiting.", registry=r
         )
+        # Consistency checks (coord.server.maintenance): every member's state hash at a
+        # check point, compared.
+        self.consistency_checks = Counter(
+            "coord_consistency_checks",
+            "Consistency checks run by this node, by result (consistent; diverged: a "
+            "member's state hash differs from the majority's; incomplete: some gave none).",
+            ["result"],
+            registry=r,
+        )
+        # The last check's verdicts, exported while this node leads (coord_state_diverged).
+        self.last_check: maintenance_pb2.CheckConsistencyResponse | None = None
         Gauge("coord_build_info", "coord version.", ["version"], registry=r).labels(
             __version__
         ).set(1)
         r.register(_StateCollector(raft))
+        r.register(_DivergenceCollector(self, raft))
         self._lock = threading.Lock()
         self._leader = raft.view.leader_id
         self._leaderless_since: float | None = None if self._leader else time.monotonic()
@@ -149,9 +162,43 @@ class NodeMetrics:
                 self.leaderless.inc(now - self._leaderless_since)
                 self._leaderless_since = now
 
+    def record_consistency(self, result: maintenance_pb2.CheckConsistencyResponse) -> None:
+        self.last_check = result
+        hashed = [n for n in result.nodes if n.hash]
+        if any(not n.matches for n in hashed):
+            self.consistency_checks.labels("diverged").inc()
+        elif result.consistent:
+            self.consistency_checks.labels("consistent").inc()
+        else:
+            self.consistency_checks.labels("incomplete").inc()
+
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         self.grpc_requests.labels(method, code).inc()
         self.grpc_latency.labels(method).observe(seconds)
+
+
+class _DivergenceCollector(Collector):
+    """coord_state_diverged, from the last consistency check this node ran, while it
+    leads: the leader runs the periodic checks, so only its verdicts are current (a
+    former leader's would linger after the node they name was replaced)."""
+
+    def __init__(self, metrics: NodeMetrics, raft: RaftNode) -> None:
+        self.metrics = metrics
+        self.raft = raft
+
+    def collect(self) -> Iterator[Metric]:
+        fam = GaugeMetricFamily(
+            "coord_state_diverged",
+            "1 if the member's state hash differed from the majority's at the leader's "
+            "last consistency check, 0 if it matched (members that gave no hash: absent).",
+            labels=["node"],
+        )
+        check = self.metrics.last_check
+        if check is not None and self.raft.view.role == ROLE_LEADER:
+            for n in check.nodes:
+                if n.hash:
+                    fam.add_metric([n.node_id], 0 if n.matches else 1)
+        yield fam
 
 
 class _StateCollector(Collector):

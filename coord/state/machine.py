@@ -41,6 +41,13 @@ SNAPSHOT_FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sII")  # magic, format version, crc32 of the body
 
 
+# Consistency check points kept per replica (each shares the state's immutable records).
+CHECK_POINTS_KEPT = 4
+MAX_CHECK_ID_CHARS = 64
+# Records per protobuf message when hashing a capture: the GIL is released between them.
+_HASH_CHUNK = 1024
+
+
 class SnapshotError(Exception):
     """A snapshot could not be decoded: corrupt, truncated or of a foreign format."""
 
@@ -62,6 +69,10 @@ class StateMachine:
         self.groups = Groups(_Emitter(self))
         # request id -> (first result, fingerprint of the operation)
         self._dedupe: OrderedDict[str, tuple[raft_pb2.CommandResult, bytes]] = OrderedDict()
+        # Consistency check points (Digest commands): id -> this replica's state there,
+        # to be hashed off the apply thread and compared with the other replicas'. Not
+        # replicated state (never in a snapshot); the newest CHECK_POINTS_KEPT are kept.
+        self.check_points: OrderedDict[str, StateCapture] = OrderedDict()
 
     # -- apply -----------------------------------------------------------------
 
@@ -118,6 +129,8 @@ class StateMachine:
             return self._bootstrap(cmd.bootstrap)
         if op in {"noop", "advance"}:
             return raft_pb2.CommandResult()
+        if op == "digest":
+            return self._check_point(cmd.digest.id)
         handler = _GROUP_COMMANDS.get(op or "")
         if op is not None and handler is not None:
             self.groups.changed()
@@ -131,6 +144,15 @@ class StateMachine:
             finally:
                 self._expiring_since_ms = 0
         raise InvalidArgument(f"unknown command {op!r}: is this node running an older version?")
+
+    def _check_point(self, check_id: str) -> raft_pb2.CommandResult:
+        if not check_id or len(check_id) > MAX_CHECK_ID_CHARS:
+            raise InvalidArgument(f"a check point id has 1 to {MAX_CHECK_ID_CHARS} characters")
+        self.check_points[check_id] = self.capture()
+        self.check_points.move_to_end(check_id)
+        while len(self.check_points) > CHECK_POINTS_KEPT:
+            self.check_points.popitem(last=False)
+        return raft_pb2.CommandResult()
 
     def _remember(
         self, request_id: str, result: raft_pb2.CommandResult, fingerprint: bytes
@@ -352,6 +374,42 @@ class StateCapture:
         snap.events.extend(self.events)
         snap.ledgers.extend(self.ledgers)
         return encode_snapshot(snap)
+
+    def digest(self) -> str:
+        """A sha256 (hex) of this state, equal on replicas with equal states.
+
+        Hashes what ``encode()`` holds, a chunk of records at a time (so a large state
+        does not hold the GIL for one long serialization): run it in a worker thread.
+        """
+        h = hashlib.sha256()
+        head = raft_pb2.StateSnapshot(
+            cluster_id=self.cluster_id,
+            revision=self.revision,
+            last_time_ms=self.last_time_ms,
+            node_ids=self.node_ids,
+            last_term=self.last_term,
+        )
+        h.update(head.SerializeToString(deterministic=True))
+        parts: list[tuple[str, list[Any]]] = [
+            ("kvs", self.kvs),
+            ("sessions", self.sessions),
+            ("groups", self.groups),
+            ("events", self.events),
+            ("ledgers", self.ledgers),
+        ]
+        for name, records in parts:
+            for i in range(0, len(records), _HASH_CHUNK):
+                part = raft_pb2.StateSnapshot()
+                getattr(part, name).extend(records[i : i + _HASH_CHUNK])
+                h.update(name.encode())
+                h.update(part.SerializeToString(deterministic=True))
+        for i in range(0, len(self.dedupe), _HASH_CHUNK):
+            part = raft_pb2.StateSnapshot()
+            for rid, res, fp in self.dedupe[i : i + _HASH_CHUNK]:
+                part.dedupe.add(request_id=rid, result=res, fingerprint=fp)
+            h.update(b"dedupe")
+            h.update(part.SerializeToString(deterministic=True))
+        return h.hexdigest()
 
 
 def encode_snapshot(snap: raft_pb2.StateSnapshot) -> bytes:

@@ -27,15 +27,15 @@ from coord.v1 import groups_pb2 as coord_dot_v1_dot_groups__pb2
 from coord.v1 import raft_pb2 as coord_dot_v1_dot_raft__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oord/v1/maintenance.proto\x12\x08\x63oord.v1\x1a\x15\x63oord/v1/common.proto\x1a\x15\x63oord/v1/groups.proto\x1a\x13\x63oord/v1/raft.proto\"\xc3\x01\n\x0c\x42\x61\x63kupHeader\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.coord.v1.BackupKind\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x15\n\rbase_revision\x18\x04 \x01(\x03\x12\x11\n\traft_term\x18\x05 \x01(\x04\x12\x17\n\x0f\x63reated_unix_ms\x18\x06 \x01(\x03\x12\x15\n\rcoord_version\x18\x07 \x01(\t\x12\x0f\n\x07node_id\x18\x08 \x01(\t\"\xa2\x01\n\nBackupDiff\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.coord.v1.Event\x12%\n\x06\x64\x65\x64upe\x18\x02 \x03(\x0b\x32\x15.coord.v1.DedupeEntry\x12\x14\n\x0clast_time_ms\x18\x03 \x01(\x03\x12\x11\n\tlast_term\x18\x04 \x01(\x04\x12#\n\nbase_event\x18\x05 \x01(\x0b\x32\x0f.coord.v1.Event\"\'\n\x0fSnapshotRequest\x12\x14\n\x0cserializable\x18\x01 \x01(\x08\"O\n\x0b\x44iffRequest\x12\x16\n\x0esince_revision\x18\x01 \x01(\x03\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x14\n\x0cserializable\x18\x03 \x01(\x08\"Z\n\x0b\x42\x61\x63kupChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03*U\n\nBackupKind\x12\x1b\n\x17\x42\x41\x43KUP_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42\x41\x43KUP_KIND_FULL\x10\x01\x12\x14\n\x10\x42\x41\x43KUP_KIND_DIFF\x10\x02\x32\x85\x01\n\x0bMaintenance\x12>\n\x08Snapshot\x12\x19.coord.v1.SnapshotRequest\x1a\x15.coord.v1.BackupChunk0\x01\x12\x36\n\x04\x44iff\x12\x15.coord.v1.DiffRequest\x1a\x15.coord.v1.BackupChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oord/v1/maintenance.proto\x12\x08\x63oord.v1\x1a\x15\x63oord/v1/common.proto\x1a\x15\x63oord/v1/groups.proto\x1a\x13\x63oord/v1/raft.proto\"\xc3\x01\n\x0c\x42\x61\x63kupHeader\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.coord.v1.BackupKind\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x15\n\rbase_revision\x18\x04 \x01(\x03\x12\x11\n\traft_term\x18\x05 \x01(\x04\x12\x17\n\x0f\x63reated_unix_ms\x18\x06 \x01(\x03\x12\x15\n\rcoord_version\x18\x07 \x01(\t\x12\x0f\n\x07node_id\x18\x08 \x01(\t\"\xa2\x01\n\nBackupDiff\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.coord.v1.Event\x12%\n\x06\x64\x65\x64upe\x18\x02 \x03(\x0b\x32\x15.coord.v1.DedupeEntry\x12\x14\n\x0clast_time_ms\x18\x03 \x01(\x03\x12\x11\n\tlast_term\x18\x04 \x01(\x04\x12#\n\nbase_event\x18\x05 \x01(\x0b\x32\x0f.coord.v1.Event\"\'\n\x0fSnapshotRequest\x12\x14\n\x0cserializable\x18\x01 \x01(\x08\"O\n\x0b\x44iffRequest\x12\x16\n\x0esince_revision\x18\x01 \x01(\x03\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x14\n\x0cserializable\x18\x03 \x01(\x08\"Z\n\x0b\x42\x61\x63kupChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\"\x19\n\x17\x43heckConsistencyRequest\"`\n\rNodeStateHash\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07matches\x18\x05 \x01(\x08\"\x9e\x01\n\x18\x43heckConsistencyResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12&\n\x05nodes\x18\x04 \x03(\x0b\x32\x17.coord.v1.NodeStateHash\x12\x12\n\nconsistent\x18\x05 \x01(\x08\"\x1e\n\x10StateHashRequest\x12\n\n\x02id\x18\x01 \x01(\t\"e\n\x11StateHashResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12&\n\x05state\x18\x02 \x01(\x0b\x32\x17.coord.v1.NodeStateHash*U\n\nBackupKind\x12\x1b\n\x17\x42\x41\x43KUP_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42\x41\x43KUP_KIND_FULL\x10\x01\x12\x14\n\x10\x42\x41\x43KUP_KIND_DIFF\x10\x02\x32\xa6\x02\n\x0bMaintenance\x12>\n\x08Snapshot\x12\x19.coord.v1.SnapshotRequest\x1a\x15.coord.v1.BackupChunk0\x01\x12\x36\n\x04\x44iff\x12\x15.coord.v1.DiffRequest\x1a\x15.coord.v1.BackupChunk0\x01\x12Y\n\x10\x43heckConsistency\x12!.coord.v1.CheckConsistencyRequest\x1a\".coord.v1.CheckConsistencyResponse\x12\x44\n\tStateHash\x12\x1a.coord.v1.StateHashRequest\x1a\x1b.coord.v1.StateHashResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coord.v1.maintenance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKUPKIND']._serialized_start=684
-  _globals['_BACKUPKIND']._serialized_end=769
+  _globals['_BACKUPKIND']._serialized_start=1105
+  _globals['_BACKUPKIND']._serialized_end=1190
   _globals['_BACKUPHEADER']._serialized_start=108
   _globals['_BACKUPHEADER']._serialized_end=303
   _globals['_BACKUPDIFF']._serialized_start=306
@@ -46,6 +46,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DIFFREQUEST']._serialized_end=590
   _globals['_BACKUPCHUNK']._serialized_start=592
   _globals['_BACKUPCHUNK']._serialized_end=682
-  _globals['_MAINTENANCE']._serialized_start=772
-  _globals['_MAINTENANCE']._serialized_end=905
+  _globals['_CHECKCONSISTENCYREQUEST']._serialized_start=684
+  _globals['_CHECKCONSISTENCYREQUEST']._serialized_end=709
+  _globals['_NODESTATEHASH']._serialized_start=711
+  _globals['_NODESTATEHASH']._serialized_end=807
+  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_start=810
+  _globals['_CHECKCONSISTENCYRESPONSE']._serialized_end=968
+  _globals['_STATEHASHREQUEST']._serialized_start=970
+  _globals['_STATEHASHREQUEST']._serialized_end=1000
+  _globals['_STATEHASHRESPONSE']._serialized_start=1002
+  _globals['_STATEHASHRESPONSE']._serialized_end=1103
+  _globals['_MAINTENANCE']._serialized_start=1193
+  _globals['_MAINTENANCE']._serialized_end=1487
 # @@protoc_insertion_point(module_scope)

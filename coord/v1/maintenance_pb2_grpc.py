@@ -44,6 +44,16 @@ class MaintenanceStub:
                 request_serializer=coord_dot_v1_dot_maintenance__pb2.DiffRequest.SerializeToString,
                 response_deserializer=coord_dot_v1_dot_maintenance__pb2.BackupChunk.FromString,
                 _registered_method=True)
+        self.CheckConsistency = channel.unary_unary(
+                '/coord.v1.Maintenance/CheckConsistency',
+                request_serializer=coord_dot_v1_dot_maintenance__pb2.CheckConsistencyRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_maintenance__pb2.CheckConsistencyResponse.FromString,
+                _registered_method=True)
+        self.StateHash = channel.unary_unary(
+                '/coord.v1.Maintenance/StateHash',
+                request_serializer=coord_dot_v1_dot_maintenance__pb2.StateHashRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_maintenance__pb2.StateHashResponse.FromString,
+                _registered_method=True)
 
 
 class MaintenanceServicer:
@@ -65,6 +75,22 @@ class MaintenanceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckConsistency(self, request, context):
+        """Commits a check point (a Digest command), then asks every member for the hash of
+        its state there: replicas that diverged (a bug, a damaged disk) stand out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StateHash(self, request, context):
+        """This node's hash of its state at a check point (waits until it applied it). Called
+        by the node running CheckConsistency.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +103,16 @@ def add_MaintenanceServicer_to_server(servicer, server):
                     servicer.Diff,
                     request_deserializer=coord_dot_v1_dot_maintenance__pb2.DiffRequest.FromString,
                     response_serializer=coord_dot_v1_dot_maintenance__pb2.BackupChunk.SerializeToString,
+            ),
+            'CheckConsistency': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckConsistency,
+                    request_deserializer=coord_dot_v1_dot_maintenance__pb2.CheckConsistencyRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_maintenance__pb2.CheckConsistencyResponse.SerializeToString,
+            ),
+            'StateHash': grpc.unary_unary_rpc_method_handler(
+                    servicer.StateHash,
+                    request_deserializer=coord_dot_v1_dot_maintenance__pb2.StateHashRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_maintenance__pb2.StateHashResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +169,60 @@ class Maintenance:
             '/coord.v1.Maintenance/Diff',
             coord_dot_v1_dot_maintenance__pb2.DiffRequest.SerializeToString,
             coord_dot_v1_dot_maintenance__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckConsistency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Maintenance/CheckConsistency',
+            coord_dot_v1_dot_maintenance__pb2.CheckConsistencyRequest.SerializeToString,
+            coord_dot_v1_dot_maintenance__pb2.CheckConsistencyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StateHash(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Maintenance/StateHash',
+            coord_dot_v1_dot_maintenance__pb2.StateHashRequest.SerializeToString,
+            coord_dot_v1_dot_maintenance__pb2.StateHashResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,14 @@ class MaintenanceStub:
     """A diff backup file: every change after since_revision, up to now. OUT_OF_RANGE
     when those events were compacted from the event log: take a full snapshot.
     """
+    CheckConsistency: _grpc.UnaryUnaryMultiCallable[_maintenance_pb2.CheckConsistencyRequest, _maintenance_pb2.CheckConsistencyResponse]
+    """Commits a check point (a Digest command), then asks every member for the hash of
+    its state there: replicas that diverged (a bug, a damaged disk) stand out.
+    """
+    StateHash: _grpc.UnaryUnaryMultiCallable[_maintenance_pb2.StateHashRequest, _maintenance_pb2.StateHashResponse]
+    """This node's hash of its state at a check point (waits until it applied it). Called
+    by the node running CheckConsistency.
+    """
 
 @_typing.type_check_only
 class MaintenanceAsyncStub(MaintenanceStub):
@@ -50,6 +58,14 @@ class MaintenanceAsyncStub(MaintenanceStub):
     Diff: _aio.UnaryStreamMultiCallable[_maintenance_pb2.DiffRequest, _maintenance_pb2.BackupChunk]  # type: ignore[assignment]
     """A diff backup file: every change after since_revision, up to now. OUT_OF_RANGE
     when those events were compacted from the event log: take a full snapshot.
+    """
+    CheckConsistency: _aio.UnaryUnaryMultiCallable[_maintenance_pb2.CheckConsistencyRequest, _maintenance_pb2.CheckConsistencyResponse]  # type: ignore[assignment]
+    """Commits a check point (a Digest command), then asks every member for the hash of
+    its state there: replicas that diverged (a bug, a damaged disk) stand out.
+    """
+    StateHash: _aio.UnaryUnaryMultiCallable[_maintenance_pb2.StateHashRequest, _maintenance_pb2.StateHashResponse]  # type: ignore[assignment]
+    """This node's hash of its state at a check point (waits until it applied it). Called
+    by the node running CheckConsistency.
     """
 
 class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
@@ -71,6 +87,26 @@ class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_maintenance_pb2.BackupChunk], _abc.AsyncIterator[_maintenance_pb2.BackupChunk]]:
         """A diff backup file: every change after since_revision, up to now. OUT_OF_RANGE
         when those events were compacted from the event log: take a full snapshot.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckConsistency(
+        self,
+        request: _maintenance_pb2.CheckConsistencyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_maintenance_pb2.CheckConsistencyResponse, _abc.Awaitable[_maintenance_pb2.CheckConsistencyResponse]]:
+        """Commits a check point (a Digest command), then asks every member for the hash of
+        its state there: replicas that diverged (a bug, a damaged disk) stand out.
+        """
+
+    @_abc_1.abstractmethod
+    def StateHash(
+        self,
+        request: _maintenance_pb2.StateHashRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_maintenance_pb2.StateHashResponse, _abc.Awaitable[_maintenance_pb2.StateHashResponse]]:
+        """This node's hash of its state at a check point (waits until it applied it). Called
+        by the node running CheckConsistency.
         """
 
 def add_MaintenanceServicer_to_server(servicer: MaintenanceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

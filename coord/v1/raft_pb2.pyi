@@ -51,6 +51,7 @@ class Command(_message.Message):
     SET_HEALTH_FIELD_NUMBER: _builtins.int
     UPDATE_MEMBER_FIELD_NUMBER: _builtins.int
     SET_LOADS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client idempotency key; empty for commands that need no dedupe."""
     time_ms: _builtins.int
@@ -97,6 +98,8 @@ class Command(_message.Message):
     def update_member(self) -> _groups_pb2.UpdateMember: ...
     @_builtins.property
     def set_loads(self) -> _groups_pb2.SetLoads: ...
+    @_builtins.property
+    def digest(self) -> Global___Digest: ...
     def __init__(
         self,
         *,
@@ -122,16 +125,40 @@ class Command(_message.Message):
         set_health: _groups_pb2.SetHealth | None = ...,
         update_member: _groups_pb2.UpdateMember | None = ...,
         set_loads: _groups_pb2.SetLoads | None = ...,
+        digest: Global___Digest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "resign", b"resign", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "resign", b"resign", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "request_id", b"request_id", "resign", b"resign", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "term", b"term", "time_ms", b"time_ms", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "request_id", b"request_id", "resign", b"resign", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "term", b"term", "time_ms", b"time_ms", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap", "open_session", "close_session", "expire_session", "create_group", "delete_group", "register", "unregister", "campaign", "resign", "switchover", "revoke_holding", "advance", "set_health", "update_member", "set_loads"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap", "open_session", "close_session", "expire_session", "create_group", "delete_group", "register", "unregister", "campaign", "resign", "switchover", "revoke_holding", "advance", "set_health", "update_member", "set_loads", "digest"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class Digest(_message.Message):
+    """A consistency check point: every replica that applies it captures its state there,
+    to be hashed and compared (Maintenance.CheckConsistency). Changes no state.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Digest: _TypeAlias = Digest  # noqa: Y015
 
 @_typing.final
 class Noop(_message.Message):

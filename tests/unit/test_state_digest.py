@@ -1,0 +1,128 @@
+"""Consistency check points: the Digest command and the state hash replicas compare.
+
+The hash must be a function of the replicated state alone (equal states, equal hashes,
+however each replica got there: applying every command, or a snapshot and the rest),
+and must cover every part of it (a change anywhere changes the hash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given
+from test_backupfile import T0
+from test_backupfile import machine as populated
+from test_state_properties import PROPERTY, SEQUENCES, apply_all
+
+from coord.state import machine as machine_mod
+from coord.state.machine import CHECK_POINTS_KEPT, StateCapture, StateMachine
+from coord.v1 import availability_pb2, groups_pb2, kv_pb2, raft_pb2
+
+
+def check_point(sm: StateMachine, check_id: str = "c1", time_ms: int = 0) -> StateCapture:
+    cmd = raft_pb2.Command(digest=raft_pb2.Digest(id=check_id), time_ms=time_ms)
+    result = sm.apply(cmd.SerializeToString())
+    assert not result.error_reason, result
+    return sm.check_points[check_id]
+
+
+@PROPERTY
+@given(SEQUENCES, SEQUENCES)
+def test_equal_states_hash_equal_and_different_states_differ(
+    a_cmds: list[bytes], b_cmds: list[bytes]
+) -> None:
+    a, b = StateMachine(), StateMachine()
+    apply_all(a, a_cmds)
+    apply_all(b, b_cmds)
+    same = a.snapshot() == b.snapshot()
+    assert (a.capture().digest() == b.capture().digest()) == same
+
+
+@PROPERTY
+@given(SEQUENCES, SEQUENCES)
+def test_a_replica_caught_up_by_snapshot_hashes_like_the_leader(
+    before: list[bytes], after: list[bytes]
+) -> None:
+    leader, follower = StateMachine(), StateMachine()
+    apply_all(leader, before)
+    follower.restore(leader.snapshot())
+    apply_all(leader, after)
+    apply_all(follower, after)
+    assert check_point(leader).digest() == check_point(follower).digest()
+
+
+def test_a_check_point_changes_nothing_and_captures_the_state_there() -> None:
+    sm = populated()
+    before, revision, events = sm.snapshot(), sm.revision, len(sm.events)
+    cap = check_point(sm, time_ms=sm.last_time_ms)
+    assert sm.snapshot() == before and sm.revision == revision and len(sm.events) == events
+    assert cap.revision == revision and cap.digest() == sm.capture().digest()
+    # Later changes do not reach a capture already taken.
+    sm.apply(raft_pb2.Command(put=kv_pb2.PutRequest(key=b"late", value=b"x")).SerializeToString())
+    assert cap.digest() != sm.capture().digest()
+    assert cap.digest() == StateCapture.digest(cap)  # stable
+
+
+def test_only_the_newest_check_points_are_kept() -> None:
+    sm = populated()
+    for i in range(CHECK_POINTS_KEPT + 3):
+        check_point(sm, f"c{i}")
+    assert list(sm.check_points) == [f"c{i}" for i in range(3, CHECK_POINTS_KEPT + 3)]
+
+
+def test_a_bad_check_point_id_is_refused_and_changes_nothing() -> None:
+    sm = populated()
+    before = sm.snapshot()
+    for bad in ("", "x" * (machine_mod.MAX_CHECK_ID_CHARS + 1)):
+        cmd = raft_pb2.Command(digest=raft_pb2.Digest(id=bad))
+        result = sm.apply(cmd.SerializeToString())
+        assert result.error_reason == "invalid_argument", result
+    assert not sm.check_points and sm.snapshot() == before
+
+
+def test_every_part_of_the_state_is_hashed() -> None:
+    sm = populated()
+    sm.apply(
+        raft_pb2.Command(
+            time_ms=T0 + 99, request_id="r1", put=kv_pb2.PutRequest(key=b"k", value=b"v")
+        ).SerializeToString()
+    )
+    cap = sm.capture()
+    assert cap.kvs and cap.sessions and cap.groups and cap.events and cap.ledgers and cap.dedupe
+    base = cap.digest()
+
+    def changed(**fields: object) -> str:
+        return dataclasses.replace(cap, **fields).digest()
+
+    kv = kv_pb2.KeyValue()
+    kv.CopyFrom(cap.kvs[0])
+    kv.value += b"!"
+    session = groups_pb2.Session()
+    session.CopyFrom(cap.sessions[0])
+    session.ttl_ms += 1
+    group = groups_pb2.Group()
+    group.CopyFrom(cap.groups[0])
+    group.policy.failback_hold_ms += 1
+    event = groups_pb2.Event()
+    event.CopyFrom(cap.events[0])
+    event.time_ms += 1
+    ledger = availability_pb2.GroupLedger()
+    ledger.CopyFrom(cap.ledgers[0])
+    ledger.budget_ms += 1
+    rid, res, fp = cap.dedupe[0]
+    variants = {
+        "cluster id": changed(cluster_id="other"),
+        "node ids": changed(node_ids=["n1"]),
+        "revision": changed(revision=cap.revision + 1),
+        "clock": changed(last_time_ms=cap.last_time_ms + 1),
+        "term": changed(last_term=cap.last_term + 1),
+        "a value": changed(kvs=[kv, *cap.kvs[1:]]),
+        "a key fewer": changed(kvs=cap.kvs[1:]),
+        "a session": changed(sessions=[session, *cap.sessions[1:]]),
+        "a group": changed(groups=[group, *cap.groups[1:]]),
+        "an event": changed(events=[event, *cap.events[1:]]),
+        "a ledger": changed(ledgers=[ledger, *cap.ledgers[1:]]),
+        "a dedupe entry": changed(dedupe=[(rid, res, fp + b"!"), *cap.dedupe[1:]]),
+    }
+    assert base not in variants.values(), [k for k, v in variants.items() if v == base]
+    assert len(set(variants.values())) == len(variants)
