@@ -11,7 +11,10 @@ member each in 20 groups; on etcd, 200 leases with a key each), on a 3-node clus
 - ``restore one member``: wall and CPU time of ``coord restore --snapshot FILE ...``
   building one node's data dir, vs ``etcdctl snapshot restore FILE --data-dir ...``;
 - ``restore 3 members → serving``: all three data dirs restored, the three processes
-  started, until a linearizable read answers from the restored data.
+  started, until a linearizable read answers from the restored data;
+- ``consistency check``: ``coordctl consistency`` (a check point committed, every member
+  hashes its whole state there: keys, sessions, groups, events, dedupe table) vs
+  ``etcdctl endpoint hashkv`` against the three members (each hashes its key-value store).
 
 Each figure is the median of ``--runs`` runs; coord's and etcd's runs alternate, so a
 busy machine weighs on both alike (CPU times are the steadier figures there). The
@@ -182,6 +185,7 @@ def coord_run(
         out["restore"].append(wall)
         out["restore_cpu"].append(cpu)
         out["serving"].append(coord_restore_to_serving(snap, tmp, keys))
+        out["hash"].append(timed([COORDCTL, "--endpoints", eps, "consistency"]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -246,7 +250,10 @@ def etcd_restore_to_serving(snap: str, tmp: str, keys: int) -> float:
         group.cleanup()
 
 
-def etcd_run(endpoint: str, leader_pid: int, keys: int, out: dict[str, list[float]]) -> None:
+def etcd_run(
+    endpoints: list[str], leader: int, leader_pid: int, keys: int, out: dict[str, list[float]]
+) -> None:
+    endpoint = endpoints[leader]
     env = {**os.environ, "ETCDCTL_API": "3"}
     tmp = tempfile.mkdtemp(prefix="etcd-bench-backup-")
     try:
@@ -262,6 +269,8 @@ def etcd_run(endpoint: str, leader_pid: int, keys: int, out: dict[str, list[floa
         out["restore"].append(wall)
         out["restore_cpu"].append(cpu)
         out["serving"].append(etcd_restore_to_serving(snap, tmp, keys))
+        hashkv = [ETCDCTL, "--endpoints", ",".join(endpoints), "endpoint", "hashkv"]
+        out["hash"].append(timed(hashkv, env))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -270,7 +279,7 @@ def measure(keys: int, runs: int) -> tuple[dict[str, list[float]], dict[str, lis
     """Both clusters loaded, then coord and etcd runs alternate: a busy machine (other
     work on the two cores) weighs on both sides alike."""
     co: dict[str, list[float]] = {
-        k: [] for k in ("save", "save_cpu", "size", "restore", "restore_cpu", "serving")
+        k: [] for k in ("save", "save_cpu", "size", "restore", "restore_cpu", "serving", "hash")
     }
     et: dict[str, list[float]] = {k: [] for k in co}
     with LocalCluster(3) as cluster, EtcdCluster(3, DEFAULT) as e:
@@ -288,7 +297,7 @@ def measure(keys: int, runs: int) -> tuple[dict[str, list[float]], dict[str, lis
             assert etcd_pid is not None
             coord_run(cluster.endpoints, coord_pid, keys, co)
             log(f"coord {keys:,} keys, run {run + 1}: " + _last(co))
-            etcd_run(e.endpoints()[etcd_leader], etcd_pid, keys, et)
+            etcd_run(e.endpoints(), etcd_leader, etcd_pid, keys, et)
             log(f"etcd {keys:,} keys, run {run + 1}: " + _last(et))
     return co, et
 
@@ -335,6 +344,8 @@ def main() -> None:
                        1000 * median(co["restore_cpu"]), 1000 * median(et["restore_cpu"])),
             Comparison(f"restore 3 members → serving, {n}", "ms",
                        1000 * median(co["serving"]), 1000 * median(et["serving"])),
+            Comparison(f"consistency check, all 3 members (vs endpoint hashkv), {n}", "ms",
+                       1000 * median(co["hash"]), 1000 * median(et["hash"])),
         ]  # fmt: skip
     rows += cli_start(args.runs)
     report(rows, args.json, title=f"backup and restore, 3 nodes, median of {args.runs} runs")

@@ -96,7 +96,9 @@ def node_add(ctx: Ctx, node_id: str, raft_address: str, api_address: str) -> Non
     """Add NODE_ID to the cluster, then print how to start it.
 
     The cluster counts the new node in its quorum at once: start it promptly (it
-    catches up from the leader, by snapshot if needed, before it votes).
+    catches up from the leader, by snapshot if needed, before it votes). Refused while
+    members are down if the larger configuration could not commit without them
+    (remove dead members first).
     """
     resp = ctx.client.add_node(node_id, raft_address, api_address)
     command = start_command(resp, node_id)
@@ -112,7 +114,9 @@ def node_add(ctx: Ctx, node_id: str, raft_address: str, api_address: str) -> Non
 @pass_ctx
 @handles_errors
 def node_remove(ctx: Ctx, node_id: str) -> None:
-    """Remove NODE_ID (a dead node too). Removing the leader first moves leadership."""
+    """Remove NODE_ID (a dead node too). Removing the leader first moves leadership.
+
+    Refused if the remaining members that are up would be a minority."""
     current = ctx.client.leader()
     if current.leader_id == node_id:
         moved = ctx.client.transfer_leader()

@@ -132,6 +132,34 @@ def check_change(config: Config, change: Change, self_id: str) -> str | None:
     return f"unknown membership change {change.op!r}"
 
 
+def check_quorum_after(config: Config, change: Change, active: set[str]) -> str | None:
+    """Why ``change`` would leave the cluster unable to commit (None if it would not):
+    etcd's strict reconfiguration check. ``active`` holds the members the leader hears
+    from (itself included). A configuration commits with a majority of its members; an
+    added node counts as not up yet (it has to start and catch up first)."""
+    up = active & set(config)
+    if change.op == ADD:
+        if len(config) == 1 and up:
+            return None  # 1 -> 2, the way to grow a single node (restored from backup, say)
+        size = len(config) + 1
+    elif change.op == REMOVE:
+        size = len(config) - 1
+        up.discard(change.node_id)
+    else:
+        return None
+    need = size // 2 + 1
+    if len(up) >= need:
+        return None
+    down = sorted(set(config) - active)
+    what = f"adding {change.node_id!r}" if change.op == ADD else f"removing {change.node_id!r}"
+    return (
+        f"{what} would leave {size} members of which {need} must be up to commit anything, "
+        f"and only {len(up)} would be ({', '.join(down)} not connected): bring "
+        f"{'them' if len(down) > 1 else 'it'} back, or remove "
+        f"{'them' if len(down) > 1 else 'it'} first"
+    )
+
+
 def to_json(config: Config) -> dict[str, dict[str, str]]:
     return {nid: {"raft": a.raft, "api": a.api} for nid, a in sorted(config.items())}
 

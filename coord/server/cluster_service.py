@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 
 from coord import __version__, config, errors
-from coord.raft.membership import ADD, REMOVE, Change, NodeAddress
+from coord.raft.membership import ADD, REMOVE, Change, NodeAddress, check_quorum_after
 from coord.raft.node import ROLE_CANDIDATE, ROLE_LEADER, View
 from coord.server.context import NodeContext, ServicerContext
 from coord.server.status import abort
@@ -158,7 +158,12 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         self.node.raft.check_no_pending_change()  # before the barrier, which would wait
         await self.node.linearize(context)
         self._need_leader("a membership change")
-        await self._commit(self.node.raft.change_membership(change), context)
+        raft = self.node.raft
+        active = {self.node.cfg.node_id} | set(raft.view.connected)
+        why = check_quorum_after(raft.members(), change, active)
+        if why:
+            raise errors.FailedPrecondition(why)
+        await self._commit(raft.change_membership(change), context)
 
     async def _commit(self, fut: Future[None], context: ServicerContext) -> None:
         try:

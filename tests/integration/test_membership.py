@@ -210,16 +210,18 @@ def test_one_change_at_a_time(cluster_factory: ClusterFactory) -> None:
     cluster = cluster_factory(3, extra_args=slow)
     leader = cluster.wait_for_leader()
     down = (leader + 1) % 3
-    cluster.kill(down)
+    # Hung, not dead: its link stays up, so the leader's strict check (which refuses a
+    # change with a member it knows is down) lets the addition through.
+    cluster.pause(down)
     n4 = cluster.new_node()
     with Client([cluster.nodes[leader].api], timeout_s=2.0) as c:
-        # 4 members, 2 up: the change cannot commit (3 of 4 needed).
+        # 4 members, 2 answering: the change cannot commit (3 of 4 needed).
         with pytest.raises((errors.Unavailable, errors.DeadlineExceeded)):
             c.add_node(n4.node_id, n4.raft, n4.api)
         assert c.nodes().change_pending
         with pytest.raises(errors.FailedPrecondition, match="one change at a time"):
             c.add_node("n5", "127.0.0.1:1", "127.0.0.1:2")
-    cluster.start(down)
+    cluster.resume(down)
     with cluster.client(timeout_s=20.0) as c:
         wait_until(lambda: not c.nodes().change_pending, 20, "the change to commit")
         assert members(c) == ["n1", "n2", "n3", "n4"]
@@ -228,6 +230,40 @@ def test_one_change_at_a_time(cluster_factory: ClusterFactory) -> None:
         n4.join_peers = [f"{n.id}={n.raft_address},{n.api_address}" for n in resp.nodes]
         cluster.start(n4.index)
         wait_caught_up(cluster, n4.index)
+
+
+def test_a_change_that_would_leave_no_quorum_is_refused(cluster_factory: ClusterFactory) -> None:
+    """etcd's strict reconfiguration check: with a member down, adding one makes a
+    configuration that needs every live member and the new one (still starting) to
+    commit; removing a live one leaves a minority. Both are refused, nothing changes,
+    and the way out — removing the dead member — is allowed."""
+    cluster = cluster_factory(3, fsync=False)
+    leader = cluster.wait_for_leader()
+    dead, live = (leader + 1) % 3, (leader + 2) % 3
+    dead_id, live_id = cluster.nodes[dead].node_id, cluster.nodes[live].node_id
+    cluster.kill(dead)
+    n4 = cluster.new_node()
+    with cluster.client(timeout_s=5.0) as c:
+
+        def dead_seen_down() -> bool:
+            return not next(n for n in c.nodes().nodes if n.id == dead_id).connected
+
+        wait_until(dead_seen_down, 10, f"the leader to see {dead_id} down")
+        before = members(c)
+        says = rf"must be up to commit anything, and only 2 would be \({dead_id} not connected\)"
+        with pytest.raises(errors.FailedPrecondition, match=says):
+            c.add_node(n4.node_id, n4.raft, n4.api)
+        with pytest.raises(errors.FailedPrecondition, match="only 1 would be"):
+            c.remove_node(live_id)
+        p = coordctl(cluster.endpoints, "node", "add", n4.node_id, "--raft", n4.raft,
+                     "--api", n4.api)  # fmt: skip
+        assert p.returncode != 0 and f"adding '{n4.node_id}' would leave 4 members" in p.stderr, (
+            describe(p)
+        )
+        assert members(c) == before and not c.nodes().change_pending
+        c.put("still", b"writable")
+        c.remove_node(dead_id)
+        assert members(c) == sorted(set(before) - {dead_id})
 
 
 def test_bad_membership_requests_are_refused_and_change_nothing(

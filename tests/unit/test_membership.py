@@ -61,6 +61,44 @@ def test_good_changes_pass() -> None:
     assert "7 members" in (m.check_change(full, m.Change(m.ADD, "x", N4), "n0") or "")
 
 
+# -- strict reconfiguration check: no change that leaves the cluster unable to commit ---
+
+FIVE = {f"n{i}": m.NodeAddress(f"h:{i}", f"h:{100 + i}") for i in range(1, 6)}
+
+
+@pytest.mark.parametrize(
+    ("config", "change", "active", "ok"),
+    [
+        # 3 members, all up: add (4 need 3, 3 up) or remove a follower (2 need 2).
+        (A, m.Change(m.ADD, "n4", N4), {"n1", "n2", "n3"}, True),
+        (A, m.Change(m.REMOVE, "n3"), {"n1", "n2", "n3"}, True),
+        # 3 members, n3 down: adding makes 4 that need 3 (2 up): refused; removing the
+        # dead n3 is fine (2 need 2); removing live n2 leaves n1 alone of 2: refused.
+        (A, m.Change(m.ADD, "n4", N4), {"n1", "n2"}, False),
+        (A, m.Change(m.REMOVE, "n3"), {"n1", "n2"}, True),
+        (A, m.Change(m.REMOVE, "n2"), {"n1", "n2"}, False),
+        # 5 members, 2 down: adding makes 6 that need 4 (3 up): refused; removing a dead
+        # one makes 4 that need 3 (3 up): fine; removing a live one: refused.
+        (FIVE, m.Change(m.ADD, "n6", N4), {"n1", "n2", "n3"}, False),
+        (FIVE, m.Change(m.REMOVE, "n5"), {"n1", "n2", "n3"}, True),
+        (FIVE, m.Change(m.REMOVE, "n3"), {"n1", "n2", "n3"}, False),
+        # 1 -> 2 (growing a single node): allowed, as etcd does.
+        ({"n1": A["n1"]}, m.Change(m.ADD, "n2", N4), {"n1"}, True),
+        # Nodes the leader hears from that are not members do not count.
+        (A, m.Change(m.ADD, "n4", N4), {"n1", "n2", "n9"}, False),
+    ],
+)
+def test_strict_reconfiguration_check(
+    config: dict[str, m.NodeAddress], change: m.Change, active: set[str], ok: bool
+) -> None:
+    why = m.check_quorum_after(config, change, active)
+    assert (why is None) == ok, why
+    if not ok:
+        assert why is not None and "must be up to commit anything" in why
+        for nid in sorted(set(config) - active):
+            assert nid in why  # names the members that are down
+
+
 def test_json_round_trip() -> None:
     assert m.from_json(m.to_json(A)) == A
     with pytest.raises(ValueError):
