@@ -112,16 +112,13 @@ async def state_hash(node: NodeContext, check_id: str) -> maintenance_pb2.NodeSt
 
 
 async def check_consistency(
-    node: NodeContext, context: ServicerContext | None, timeout_s: float
+    node: NodeContext, timeout_s: float
 ) -> maintenance_pb2.CheckConsistencyResponse:
     """Commit a check point, then gather every member's hash of its state there (see
     the module docstring). A member that gives no hash is reported with its error."""
     check_id = uuid.uuid4().hex
     cmd = raft_pb2.Command(digest=raft_pb2.Digest(id=check_id), term=node.raft.view.term)
-    if context is None:
-        result = await node.write_within(cmd, timeout_s)
-    else:
-        result = await node.write(cmd, context)
+    result = await node.write_within(cmd, timeout_s)
     me = node.cfg.node_id
     members = sorted(node.raft.members().items())
 
@@ -150,7 +147,6 @@ async def check_consistency(
         if count * 2 > len(answers):
             majority = top
     for a in answers:
-        a.node_id = a.node_id or me
         a.matches = bool(majority) and a.hash == majority
     return maintenance_pb2.CheckConsistencyResponse(
         header=node.header(revision=result.revision),
@@ -175,8 +171,8 @@ class ConsistencyChecker:
         self.on_result = on_result
         self._task: asyncio.Task[None] | None = None
 
-    async def check(self, context: ServicerContext | None, timeout_s: float) -> CheckResult:
-        result = await check_consistency(self.node, context, timeout_s)
+    async def check(self, timeout_s: float) -> CheckResult:
+        result = await check_consistency(self.node, timeout_s)
         for n in result.nodes:
             if n.hash and not n.matches:
                 logger.error(
@@ -210,7 +206,7 @@ class ConsistencyChecker:
             if self.node.raft.view.role != ROLE_LEADER:
                 continue
             try:
-                await self.check(None, self.node.cfg.request_timeout_s)
+                await self.check(self.node.cfg.request_timeout_s)
             except errors.CoordError as e:
                 logger.warning("consistency check skipped: %s", e.message)
 
@@ -224,7 +220,7 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
         self, request: maintenance_pb2.CheckConsistencyRequest, context: ServicerContext
     ) -> maintenance_pb2.CheckConsistencyResponse:
         try:
-            return await self.checker.check(context, self.node.timeout(context))
+            return await self.checker.check(self.node.timeout(context))
         except errors.CoordError as e:
             await abort(context, e, self.node.leader_hint())
 
