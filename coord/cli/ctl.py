@@ -175,7 +175,8 @@ def status(ctx: Ctx) -> None:
         rows,
     )
     if all("error" in d for d in data):
-        raise CLIError("no endpoint answered", 4)
+        reasons = "\n".join(f"  {d['endpoint']}: {d['error']}" for d in data)
+        raise CLIError(f"no endpoint answered:\n{reasons}", 4)
 
 
 @main.group(invoke_without_command=True)

@@ -21,7 +21,7 @@ import grpc
 
 from coord import errors
 from coord.client.credentials import Credentials
-from coord.client.errors import translate
+from coord.client.errors import hint_for, translate
 from coord.v1 import (
     availability_pb2,
     availability_pb2_grpc,
@@ -173,7 +173,7 @@ class Client:
         raise errors.Unavailable(
             f"no endpoint of {self.endpoints} answered within {self.timeout_s:.1f} s"
             + (f"; last error: {last.message}" if last else "")
-            + ": check that a majority of the cluster is up"
+            + hint_for(last)
         )
 
     def _discover(self) -> None:

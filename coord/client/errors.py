@@ -34,7 +34,7 @@ def translate(e: grpc.RpcError, endpoint: str) -> errors.CoordError:
     else:
         cls = _BY_CODE.get(code, errors.CoordError)
         if code == grpc.StatusCode.UNAVAILABLE:
-            details = f"endpoint {endpoint} is unreachable ({details})"
+            details = _unreachable(endpoint, details)
         err = cls(details)
     if isinstance(err, errors.NotLeader):
         err.leader_id = str(md.get("coord-leader-id", ""))
@@ -42,3 +42,38 @@ def translate(e: grpc.RpcError, endpoint: str) -> errors.CoordError:
     leader = md.get("coord-leader")
     err.leader_hint = str(leader) if leader else ""  # type: ignore[attr-defined]
     return err
+
+
+# What gRPC core says when a TLS handshake fails on the client's side (verification of
+# the server's certificate or name), and when the server hangs up during the handshake.
+_TLS_FAILED = (
+    "andshake failed",
+    "CERTIFICATE_VERIFY_FAILED",
+    "Hostname Verification",
+    "certificate signature failure",
+    "WRONG_VERSION_NUMBER",
+)
+TLS_HINT = (
+    "is --cacert the CA that signed the cluster's certificates, and the address (or "
+    "--server-name) a name in them?"
+)
+CLOSED_HINT = (
+    "a TLS server hangs up on plaintext clients and on client certificates it does not "
+    "accept: check --cacert, --cert and --key"
+)
+
+
+def _unreachable(endpoint: str, details: str) -> str:
+    if any(s in details for s in _TLS_FAILED):
+        return f"TLS handshake with {endpoint} failed ({details}): {TLS_HINT}"
+    if "Socket closed" in details or "Connection reset" in details:
+        return f"endpoint {endpoint} closed the connection ({details}): {CLOSED_HINT}"
+    return f"endpoint {endpoint} is unreachable ({details})"
+
+
+def hint_for(err: errors.CoordError | None) -> str:
+    """What to check when every endpoint failed, the last time with ``err`` (a TLS
+    failure's message already says)."""
+    if err is not None and (TLS_HINT in err.message or CLOSED_HINT in err.message):
+        return ""
+    return ": check that a majority of the cluster is up"

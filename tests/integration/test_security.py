@@ -30,7 +30,9 @@ import grpc
 import pytest
 import yaml
 
+from coord import errors
 from coord.cli.output import EXIT_CONFIG
+from coord.client import Client
 from coord.client.credentials import Credentials
 from coord.testing import LocalCluster, free_ports, wait_until
 from coord.v1 import (
@@ -45,7 +47,7 @@ from coord.v1 import (
     maintenance_pb2_grpc,
 )
 
-from .support import COORD, COORDCTL, ClusterFactory, describe
+from .support import COORD, COORDCTL, ClusterFactory, describe, run
 
 ONE_SLOT = groups_pb2.GroupPolicy(slots=1)
 U = grpc.StatusCode.UNAUTHENTICATED
@@ -438,6 +440,31 @@ def test_plaintext_client_against_tls_server_fails_cleanly(tls: LocalCluster, pk
     for i in range(3):
         log = tls.log(i)
         assert "Traceback" not in log, log
+        assert "Handshake failed" not in log, "gRPC core's INFO lines stay out of the log"
+
+
+def test_tls_failures_say_what_to_check(tls: LocalCluster, pki: Pki) -> None:
+    """Through the client library and coordctl: a CA that did not sign the servers'
+    certificates, a plaintext client (with no token), and a token and no CA towards a
+    server beyond loopback (refused before any connection)."""
+    eps = [tls.nodes[0].api]
+    foreign = pki.creds("admin", ca=pki.foreign / "ca.pem")
+    with Client(eps, timeout_s=2, credentials=foreign) as c, pytest.raises(errors.Unavailable) as e:
+        c.status()
+    assert f"TLS handshake with {eps[0]} failed" in e.value.message, e.value.message
+    assert "is --cacert the CA that signed the cluster's certificates" in e.value.message
+    assert "majority" not in e.value.message
+    with Client(eps, timeout_s=2) as c, pytest.raises(errors.Unavailable) as e:
+        c.status()
+    assert "closed the connection" in e.value.message, e.value.message
+    assert "hangs up on plaintext clients" in e.value.message
+    p = run(
+        [COORDCTL, "--endpoints", eps[0], "--timeout", "2",
+         "--cacert", str(pki.foreign / "ca.pem"), "status"]
+    )  # fmt: skip
+    assert p.returncode == 4, describe(p)
+    assert f"{eps[0]}: coord: TLS handshake with {eps[0]} failed" in p.stderr, describe(p)
+    assert "ssl_transport_security" not in p.stderr, "gRPC core's own log lines are off"
 
 
 def test_coordctl_with_token_and_cacert(tls: LocalCluster, pki: Pki) -> None:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from coord import errors
-from coord.client.errors import translate
+from coord.client.errors import CLOSED_HINT, TLS_HINT, hint_for, translate
 
 
 def all_error_classes() -> list[type[errors.CoordError]]:
@@ -226,6 +226,41 @@ def test_an_unreachable_endpoint_is_named() -> None:
     assert isinstance(err, errors.Unavailable)
     assert err.retryable
     assert err.message == "coord: endpoint 10.1.1.1:8001 is unreachable (connection refused)"
+
+
+# What gRPC core reported here for each TLS failure (tests/integration/test_security.py
+# meets them live).
+TLS_FAILURES = [
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:23791: Tls "
+    "handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1a000064:ECDSA "
+    "routines:OPENSSL_internal:BAD_SIGNATURE: certificate signature failure: OK",
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Ssl handshake "
+    "failed: SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
+    "CERTIFICATE_VERIFY_FAILED",
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Custom "
+    "verification check failed with error: UNAUTHENTICATED: Hostname Verification Check failed.",
+]
+
+
+@pytest.mark.parametrize("details", TLS_FAILURES)
+def test_a_failed_tls_handshake_says_what_to_check(details: str) -> None:
+    err = translate(FakeCall(grpc.StatusCode.UNAVAILABLE, details), "10.1.1.1:8001")
+    assert isinstance(err, errors.Unavailable)
+    assert err.message.startswith("coord: TLS handshake with 10.1.1.1:8001 failed (")
+    assert err.message.endswith(TLS_HINT)
+    assert hint_for(err) == ""
+
+
+def test_a_server_hanging_up_at_the_handshake_points_at_the_tls_options() -> None:
+    details = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:h:1: Socket closed"
+    err = translate(FakeCall(grpc.StatusCode.UNAVAILABLE, details), "h:1")
+    assert err.message == f"coord: endpoint h:1 closed the connection ({details}): {CLOSED_HINT}"
+    assert hint_for(err) == ""
+
+
+def test_other_failures_point_at_the_cluster() -> None:
+    err = translate(FakeCall(grpc.StatusCode.UNAVAILABLE, "connection refused"), "h:1")
+    assert hint_for(err) == hint_for(None) == ": check that a majority of the cluster is up"
 
 
 def test_unavailable_from_coord_itself_is_not_called_unreachable() -> None:
