@@ -32,6 +32,7 @@ from coord import errors
 from coord.config import NodeConfig
 from coord.raft.fsutil import write_file_durably
 from coord.raft.node import ROLE_LEADER, RaftNode
+from coord.server import tasks
 from coord.server.maintenance import diff_backup, full_backup
 from coord.state import backupfile
 
@@ -103,10 +104,7 @@ class BackupScheduler:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.cancel(self._task)
 
     async def _run(self) -> None:
         while True:

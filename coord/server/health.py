@@ -16,12 +16,12 @@ The live view (last result, latency, streak) is this node's memory, served by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
 from coord.raft.node import ROLE_LEADER, RaftNode
+from coord.server import tasks
 from coord.server.probes import GrpcChannels, ProbeResult, probe
 from coord.state.machine import StateMachine
 from coord.v1 import groups_pb2, raft_pb2
@@ -61,10 +61,7 @@ class HealthChecker:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.cancel(self._task)
         self._stop_all()
         await self._channels.close()
 

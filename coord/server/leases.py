@@ -26,12 +26,12 @@ re-read only when sessions were opened or closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import time
 
 from coord.raft.node import ROLE_LEADER, RaftNode
+from coord.server import tasks
 from coord.v1 import groups_pb2, raft_pb2
 
 logger = logging.getLogger(__name__)
@@ -69,10 +69,7 @@ class LeaseKeeper:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.cancel(self._task)
 
     @property
     def leading(self) -> bool:

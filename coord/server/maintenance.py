@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +29,7 @@ import grpc
 
 from coord import errors
 from coord.raft.node import ROLE_LEADER, RaftNode
+from coord.server import tasks
 from coord.server.context import NodeContext, ServicerContext
 from coord.server.security import peer_credentials
 from coord.server.status import abort
@@ -195,10 +195,7 @@ class ConsistencyChecker:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.cancel(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from coord.raft.node import RaftNode, View
+from coord.server import tasks
 from coord.server.http import status_snapshot
 
 logger = logging.getLogger(__name__)
@@ -133,10 +134,7 @@ class StatusHub:
         with self._lock:
             self._closed = True
         self.raft.remove_listener(self._on_view)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.cancel(self._task)
         for s in list(self._streams):
             s.ready.set()
 

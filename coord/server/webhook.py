@@ -96,6 +96,7 @@ import aiohttp
 from coord import __version__
 from coord.errors import InvalidArgument, OutOfRange
 from coord.raft.node import ROLE_LEADER, RaftNode, View
+from coord.server import tasks
 from coord.server.metrics import NodeMetrics
 from coord.state import ledger
 from coord.state.machine import StateMachine
@@ -323,11 +324,7 @@ class WebhookNotifier:
         self.raft.remove_listener(self._on_view)
         with self._lock:
             self._loop = None  # the apply listener stays registered: it now does nothing
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await tasks.cancel(*self._tasks)
         if self._session is not None:
             await self._session.close()
 
