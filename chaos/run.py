@@ -6,8 +6,9 @@ compare-and-set register history, watchers), fault/heal cycles of one nemesis, a
 final heal, then the checkers (chaos.checkers). Membership nemeses change the
 cluster under that load; a membership step that does not complete in time is a
 violation too, and after the heal the leader's configuration must be the members the
-harness made, with no change pending. Prints a table: scenario, operations,
-failovers, longest unavailability, violations.
+harness made, with no change pending; and every member's whole state must hash alike
+at one committed check point. Prints a table: scenario, operations, failovers,
+longest unavailability, violations.
 
 Usage: ``python -m chaos.run [--seed N] [--scenarios a,b] [--cycles 3] [--short] [--json]
 [--workdir DIR]``
@@ -23,6 +24,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from chaos.workload import AckWriter, Campaigner, EventWatcher, RegisterClient, 
 from coord import errors
 from coord.client import Client, create_group, masters
 from coord.testing import wait_until
-from coord.v1 import kv_pb2, kv_pb2_grpc
+from coord.v1 import kv_pb2, kv_pb2_grpc, maintenance_pb2
 
 TTL_S = 2.0
 RECOVERY_BOUND_S = 15.0  # after the final heal: one leader and every slot filled
@@ -100,6 +102,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     workers: list[Worker] = []
     failed_steps: list[str] = []
     unread: list[str] = []
+    diverged: list[str] = []
     started = False
     try:
         c.start()
@@ -125,6 +128,8 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         try:
             if started:
                 unread = _read_back(c, record)
+                with Client(c.client_endpoints, timeout_s=10) as cl:
+                    diverged = states_differ(cl.check_consistency)
         finally:
             c.close()
     record.kv_history = list(history.ops())
@@ -134,6 +139,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     violations += [f"workload: {n}" for n in notes if "did not stop" in n]
     violations += [f"membership: {e}" for e in failed_steps]
     violations += [f"acknowledged_writes_present: {u}" for u in unread]
+    violations += [f"replica_states_equal: {d}" for d in diverged]
     violations += _unfed(record, history)
     return Row(
         sc.name,
@@ -259,6 +265,40 @@ def _read_back(c: ProxiedCluster, record: RunRecord) -> list[str]:
                 continue
         record.final[node.node_id] = keys
     return unread
+
+
+def states_differ(
+    check: Callable[[], maintenance_pb2.CheckConsistencyResponse],
+    within_s: float = 20.0,
+    pause_s: float = 0.2,
+) -> list[str]:
+    """After the heal every member's whole state (keys, sessions, groups, events,
+    dedupe table, ledger) must hash alike at one committed check point (``check``:
+    ``Client.check_consistency``). A member that gives no hash is asked again until
+    ``within_s``; one whose hash differs is a violation at once (equal logs, equal
+    states: it cannot come right by waiting)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            resp = check()
+        except errors.CoordError as e:
+            if time.monotonic() > deadline:
+                return [f"no consistency check after the heal: {e.message}"]
+            time.sleep(pause_s)  # retry pacing
+            continue
+        bad = [n for n in resp.nodes if n.hash and not n.matches]
+        if bad:
+            return [
+                f"{n.node_id}'s state at revision {n.revision} hashes to {n.hash[:16]}, "
+                "not the majority's"
+                for n in bad
+            ]
+        silent = [n for n in resp.nodes if not n.hash]
+        if not silent:
+            return []
+        if time.monotonic() > deadline:
+            return [f"no state hash from {n.node_id}: {n.error}" for n in silent]
+        time.sleep(pause_s)  # retry pacing
 
 
 def _retrying(fn: Any, within_s: float = 20.0) -> Any:
