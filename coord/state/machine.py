@@ -44,7 +44,7 @@ _HEADER = struct.Struct("<8sII")  # magic, format version, crc32 of the body
 # Consistency check points kept per replica (each shares the state's immutable records).
 CHECK_POINTS_KEPT = 4
 MAX_CHECK_ID_CHARS = 64
-# Records per protobuf message when hashing a capture: the GIL is released between them.
+# Records per protobuf message when hashing a capture: other threads get the GIL between them.
 _HASH_CHUNK = 1024
 
 
