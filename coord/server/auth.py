@@ -237,17 +237,22 @@ def _identity(entry: Any, path: str, where: str, key: str) -> Identity:
 
 
 class RateLimiter:
-    """A token bucket per identity: ``rate`` requests per second, bursts of ``burst``."""
+    """A token bucket per name (an identity, a client host): ``rate`` requests per
+    second, bursts of ``burst``. Buckets that have refilled are forgotten once more than
+    ``max_buckets`` exist (a full bucket is what a new name gets anyway)."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, max_buckets: int = 10_000) -> None:
         self.rate = rate
         self.burst = burst
+        self.max_buckets = max_buckets
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, last time)
 
     def allow(self, name: str) -> bool:
         if self.rate <= 0:
             return True
         now = time.monotonic()
+        if name not in self._buckets and len(self._buckets) >= self.max_buckets:
+            self._forget_full(now)
         tokens, last = self._buckets.get(name, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens < 1.0:
@@ -255,3 +260,10 @@ class RateLimiter:
             return False
         self._buckets[name] = (tokens - 1.0, now)
         return True
+
+    def _forget_full(self, now: float) -> None:
+        self._buckets = {
+            name: (tokens, last)
+            for name, (tokens, last) in self._buckets.items()
+            if tokens + (now - last) * self.rate < self.burst
+        }

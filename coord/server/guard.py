@@ -23,6 +23,12 @@ WATCH_STREAMS = frozenset(
 )
 
 
+# Failed authentications per client host: guessing tokens is slowed to this rate (valid
+# credentials never count against it).
+AUTH_FAILURES_PER_S = 5.0
+AUTH_FAILURES_BURST = 20.0
+
+
 def caller() -> Identity:
     """The identity of the RPC being served (ANONYMOUS when auth is off)."""
     return _CALLER.get()
@@ -39,6 +45,7 @@ class Guard:
     ) -> None:
         self.auth = auth
         self.limiter = RateLimiter(rate_per_s, burst or max(1.0, 2 * rate_per_s))
+        self.failures = RateLimiter(AUTH_FAILURES_PER_S, AUTH_FAILURES_BURST)
         self.max_watch_streams = max_watch_streams
         self._streams: Counter[str] = Counter()
         self._on_reject = on_reject
@@ -58,6 +65,13 @@ class Guard:
             who = self.auth.identify(context.invocation_metadata(), auth_context)
             self.auth.authorize(method, who, request)
         except errors.Unauthenticated:
+            host = _host(context)
+            if not self.failures.allow(host):
+                self._reject("auth_failures")
+                raise errors.ResourceExhausted(
+                    f"too many failed authentications from {host}: wait a few seconds, then "
+                    "retry with valid credentials"
+                ) from None
             self._reject("unauthenticated")
             raise
         except errors.PermissionDenied:
@@ -96,3 +110,13 @@ class Guard:
 
 def _nothing() -> None:
     pass
+
+
+def _host(context: Any) -> str:
+    """The client's address without its port ("ipv4:10.0.0.5:41234" -> "ipv4:10.0.0.5")."""
+    try:
+        peer = str(context.peer())
+    except Exception:  # a test double without one
+        return "unknown"
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer

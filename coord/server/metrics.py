@@ -85,7 +85,8 @@ class NodeMetrics:
         self.rejected = Counter(
             "coord_requests_rejected",
             "Requests refused for who sent them or how much, by reason (unauthenticated, "
-            "permission_denied, rate, watch_streams, sessions).",
+            "permission_denied, rate, watch_streams, sessions, auth_failures: too many "
+            "failed authentications from one host).",
             ["reason"],
             registry=r,
         )

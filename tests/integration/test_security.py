@@ -657,6 +657,37 @@ def test_metrics_count_refusals_by_reason(mtls: LocalCluster, pki: Pki) -> None:
     wait_until(counted, 5, "coord_requests_rejected_total to count the refusals")
 
 
+def test_failed_authentications_are_slowed_down_per_host(mtls: LocalCluster, pki: Pki) -> None:
+    """Guessing tokens: after a burst of failures from one host, RESOURCE_EXHAUSTED with
+    a clear message (counted as auth_failures); valid credentials from that host pass."""
+    before = rejected(mtls).get("auth_failures", 0)
+    with channel(mtls, pki.creds("guess-1", cert="nobody")) as ch:
+        stub = cluster_pb2_grpc.ClusterStub(ch)
+        calls = [stub.Status.future(cluster_pb2.StatusRequest(), timeout=30) for _ in range(60)]
+        got = set()
+        for f in calls:
+            with pytest.raises(grpc.RpcError) as e:
+                f.result()
+            got.add(code_and_details(e.value)[0])
+        refusal = code_and_details(refused(lambda: status(ch)))
+    assert got == {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}, got
+    assert refusal[0] == grpc.StatusCode.RESOURCE_EXHAUSTED, refusal
+    assert re.fullmatch(
+        r"too many failed authentications from ipv[46]:\S+: wait a few seconds, then retry "
+        r"with valid credentials",
+        refusal[1],
+    ), refusal
+    with channel(mtls, pki.creds("reader", cert="nobody")) as ok:
+        assert status(ok).node_id == "n1"
+    assert rejected(mtls).get("auth_failures", 0) >= before + 1
+
+    def refilled() -> bool:
+        with channel(mtls, pki.creds("guess-2", cert="nobody")) as ch:
+            return code_and_details(refused(lambda: status(ch)))[0] == U
+
+    wait_until(refilled, 10, "the failure bucket to refill", interval=0.5)
+
+
 # -- `coord serve` refuses an open API ------------------------------------------------
 
 

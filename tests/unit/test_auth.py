@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import coord.v1
 from coord import errors
-from coord.server import auth
+from coord.server import auth, guard
 from coord.server.auth import (
     ADMIN,
     ANONYMOUS,
@@ -430,6 +430,19 @@ def test_rate_limiter_never_exceeds_rate_times_time_plus_burst(gaps: list[float]
         assert allowed <= 3 + 4 * sum(gaps) + 1e-6
 
 
+def test_rate_limiter_forgets_refilled_buckets_beyond_its_bound(clock: FakeClock) -> None:
+    r = RateLimiter(rate=1, burst=2, max_buckets=3)
+    for name in ("a", "b", "c"):
+        assert r.allow(name)
+    clock.now += 0.5  # a, b, c: 1.5 tokens, not yet full
+    assert r.allow("d") and r.allow("d")
+    assert len(r._buckets) == 4  # nothing had refilled: nothing forgotten
+    clock.now += 1.0  # a, b, c full again; d (emptied at +0.5) is not
+    assert r.allow("e")
+    assert set(r._buckets) == {"d", "e"}
+    assert [r.allow("a") for _ in range(3)] == [True, True, False], "a new bucket is full"
+
+
 # -- the guard --------------------------------------------------------------------------
 
 
@@ -459,6 +472,25 @@ def test_guard_counts_refusals_by_reason_and_sets_the_caller() -> None:
     with pytest.raises(errors.ResourceExhausted, match="'agent' is over its rate limit"):
         g.check("/coord.v1.KV/Put", None, Context(bearer("Bearer agent-token")))
     assert seen == ["unauthenticated", "permission_denied", "rate"]
+
+
+def test_guard_slows_down_failed_authentications_per_host() -> None:
+    seen: list[str] = []
+    g = Guard(authenticator(), on_reject=seen.append)
+    wrong = bearer("Bearer not-a-token")
+    for _ in range(int(guard.AUTH_FAILURES_BURST)):
+        with pytest.raises(errors.Unauthenticated):
+            g.check("/coord.v1.KV/Put", None, Context(wrong, peer="ipv4:10.0.0.5:41234"))
+    says = re.escape("too many failed authentications from ipv4:10.0.0.5: wait a few seconds")
+    with pytest.raises(errors.ResourceExhausted, match=says):
+        g.check("/coord.v1.KV/Put", None, Context(wrong, peer="ipv4:10.0.0.5:50000"))
+    # Another host is not slowed down; valid credentials from the same host pass.
+    with pytest.raises(errors.Unauthenticated):
+        g.check("/coord.v1.KV/Put", None, Context(wrong, peer="ipv6:[::1]:41234"))
+    ok = Context(bearer("Bearer agent-token"), peer="ipv4:10.0.0.5:41234")
+    assert g.check("/coord.v1.KV/Put", None, ok) is AGENT
+    assert seen.count("unauthenticated") == guard.AUTH_FAILURES_BURST + 1
+    assert seen.count("auth_failures") == 1
 
 
 def test_guard_limits_watch_streams_per_connection() -> None:

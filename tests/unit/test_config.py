@@ -687,3 +687,29 @@ def test_anonymous_access_defaults(tmp_path: Path) -> None:
 def test_bad_security_settings_say_what_to_fix(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
         node(**kw).validate()
+
+
+def _readme_reference_keys() -> set[str]:
+    """The keys in the README's configuration reference table (``a`` / ``b`` rows give two;
+    ``x_min_s`` / ``_max_s`` abbreviates ``x_max_s``)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    keys: set[str] = set()
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        prev = ""
+        for name in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            if name.startswith("_") and prev:
+                name = "_".join(prev.split("_")[: -name.count("_")]) + name
+            keys.add(name)
+            prev = name
+    return keys
+
+
+def test_the_readme_documents_every_configuration_key() -> None:
+    fields = {f.name for f in dataclasses.fields(config.NodeConfig) if f.name != "timings"}
+    fields |= {f.name for f in dataclasses.fields(config.RaftTimings)}
+    documented = _readme_reference_keys()
+    assert fields - documented == set(), "add them to the README's configuration reference"
+    assert documented - fields == set(), "the README documents keys coord does not have"
