@@ -699,9 +699,10 @@ def _readme_reference_keys() -> set[str]:
         if not line.startswith("| `"):
             continue
         prev = ""
-        for name in re.findall(r"`([^`]+)`", line.split("|")[1]):
-            if name.startswith("_") and prev:
-                name = "_".join(prev.split("_")[: -name.count("_")]) + name
+        for written in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            name = written
+            if written.startswith("_") and prev:
+                name = "_".join(prev.split("_")[: -written.count("_")]) + written
             keys.add(name)
             prev = name
     return keys
