@@ -50,6 +50,15 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def phase_failed(node: Any) -> bool:
+    """True when a pytest item's setup or call phase failed (an xfail is not a failure);
+    the reports are set by the ``rep_<phase>`` hook in tests/conftest.py."""
+    return any(
+        (rep := getattr(node, f"rep_{when}", None)) is not None and rep.failed
+        for when in ("setup", "call")
+    )
+
+
 def wait_until(
     pred: Callable[[], T | None], timeout: float, what: str, interval: float = 0.01
 ) -> T:

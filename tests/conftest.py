@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from coord.testing import LocalCluster
+from coord.testing import LocalCluster, phase_failed
 
 ClusterFactory = Callable[..., LocalCluster]
 
@@ -41,14 +41,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.add_marker(skip)
-
-
-def phase_failed(node: pytest.Item) -> bool:
-    """True when ``node``'s setup or call phase failed (an xfail is not a failure)."""
-    return any(
-        getattr(node, f"rep_{when}", None) is not None and getattr(node, f"rep_{when}").failed
-        for when in ("setup", "call")
-    )
 
 
 def print_logs(clusters: list[LocalCluster], why: str) -> None:

@@ -30,7 +30,7 @@ import pytest
 
 from coord import errors
 from coord.client import Client, StoppableClient, observe, watch
-from coord.testing import LocalCluster, wait_until
+from coord.testing import LocalCluster, phase_failed, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
 Line = dict[str, Any]
@@ -250,11 +250,7 @@ def members_fixture(
     try:
         yield m
     finally:
-        failed = any(
-            (rep := getattr(request.node, f"rep_{when}", None)) is not None and rep.failed
-            for when in ("setup", "call")
-        )
-        if failed:
+        if phase_failed(request.node):
             print(f"\n===== member processes ({request.node.name} failed) =====")
             print(m.describe())
         m.close()

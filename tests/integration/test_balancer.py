@@ -13,8 +13,6 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,18 +21,11 @@ from coord.client import Balancer, Client, Leadership, Member, Session, create_g
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
-from .members import Members, Watcher, get_group, groups_stub, members_fixture
+from .members import Members, Watcher, get_group, groups_stub
 from .support import TcpListener
 
 TTL_S = 2.0
 KILL_TTL_S = 1.0  # the killed member process's session TTL: the balancer drops it after it
-
-
-@pytest.fixture
-def members(
-    request: pytest.FixtureRequest, cluster: LocalCluster, tmp_path: Path
-) -> Iterator[Members]:
-    yield from members_fixture(request, cluster, str(tmp_path))
 
 
 def ids(ms: list[groups_pb2.Member]) -> list[str]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -31,19 +29,11 @@ from .members import (
     groups_stub,
     holders,
     list_sessions,
-    members_fixture,
 )
 from .support import coordctl, describe, expect_never
 
 TTL_S = 2.0
 MASTER_EVENTS = ("master_elected", "master_lost")
-
-
-@pytest.fixture
-def members(
-    request: pytest.FixtureRequest, cluster: LocalCluster, tmp_path: Path
-) -> Iterator[Members]:
-    yield from members_fixture(request, cluster, str(tmp_path))
 
 
 def new_group(cluster: LocalCluster, name: str, **policy: object) -> groups_pb2.Group:

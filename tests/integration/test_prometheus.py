@@ -42,9 +42,9 @@ import pytest
 import yaml
 
 from coord.client import create_group
-from coord.testing import LocalCluster, free_ports, wait_until
+from coord.testing import LocalCluster, free_ports, phase_failed, wait_until
 
-from .members import Members, Watcher, get_group, members_fixture
+from .members import Members, Watcher, get_group
 from .support import ClusterFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,13 +156,6 @@ def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
 
 
 @pytest.fixture
-def members(
-    request: pytest.FixtureRequest, cluster: LocalCluster, tmp_path: Path
-) -> Iterator[Members]:
-    yield from members_fixture(request, cluster, str(tmp_path / "members"))
-
-
-@pytest.fixture
 def prometheus(
     request: pytest.FixtureRequest, cluster: LocalCluster, tmp_path: Path
 ) -> Iterator[Prometheus]:
@@ -171,10 +164,7 @@ def prometheus(
         yield prom
     finally:
         prom.close()
-        if any(
-            (rep := getattr(request.node, f"rep_{when}", None)) is not None and rep.failed
-            for when in ("setup", "call")
-        ):
+        if phase_failed(request.node):
             print(f"\n===== prometheus log ({prom.log_path}) =====\n{prom.log()}")
 
 

@@ -38,13 +38,6 @@ TTL_S = 2.0
 
 
 @pytest.fixture
-def members(
-    request: pytest.FixtureRequest, cluster: LocalCluster, tmp_path: Path
-) -> Iterator[Members]:
-    yield from members_fixture(request, cluster, str(tmp_path / "members"))
-
-
-@pytest.fixture
 def own_cluster(cluster_factory: ClusterFactory) -> LocalCluster:
     """A cluster of this test only (the test breaks it)."""
     c = cluster_factory(3)

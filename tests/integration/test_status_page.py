@@ -26,7 +26,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from coord.client import create_group
 from coord.testing import LocalCluster, wait_until
 
-from .members import Members, Watcher, get_group, members_fixture
+from .members import Members, Watcher, get_group
 from .support import ClusterFactory
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,13 +45,6 @@ def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
     for node in c.nodes:  # HTTP starts just after the gRPC API: wait for it too
         wait_until(lambda n=node: _get(n.http, "/healthz"), 15, f"{node.node_id}'s HTTP port")
     return c
-
-
-@pytest.fixture
-def members(
-    request: pytest.FixtureRequest, cluster: LocalCluster, tmp_path: Path
-) -> Iterator[Members]:
-    yield from members_fixture(request, cluster, str(tmp_path / "members"))
 
 
 @pytest.fixture

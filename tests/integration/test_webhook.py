@@ -37,7 +37,7 @@ from coord.server.webhook import check_url, wanted
 from coord.testing import LocalCluster, free_ports, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
-from .members import Members, Watcher, groups_stub, members_fixture
+from .members import Members, Watcher, groups_stub
 from .support import COORD, ClusterFactory, describe, run
 
 QUEUE_MAX = 5
@@ -140,13 +140,6 @@ def cluster(module_cluster_factory: ClusterFactory, receiver: Receiver) -> Local
     )
     c.wait_for_leader()
     return c
-
-
-@pytest.fixture
-def members(
-    request: pytest.FixtureRequest, cluster: LocalCluster, tmp_path: Path
-) -> Iterator[Members]:
-    yield from members_fixture(request, cluster, str(tmp_path / "members"))
 
 
 class Pair:
