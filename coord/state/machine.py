@@ -380,7 +380,15 @@ class StateCapture:
 
         Hashes what ``encode()`` holds, a chunk of records at a time (so a large state
         does not hold the GIL for one long serialization): run it in a worker thread.
+        Computed once per capture (a reader asking again for the same check point costs
+        nothing).
         """
+        memo = self.__dict__.get("_digest")  # not a field: a frozen instance's memo
+        if memo is None:
+            memo = self.__dict__["_digest"] = self._digest()
+        return str(memo)
+
+    def _digest(self) -> str:
         h = hashlib.sha256()
         head = raft_pb2.StateSnapshot(
             cluster_id=self.cluster_id,
