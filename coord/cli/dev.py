@@ -210,6 +210,14 @@ def run_demo(
             f"demo: {cluster.nodes[leader].node_id} restarted from its data dir and caught up: "
             f"{got.count}/51 keys present -> {'OK' if ok else 'MISSING KEYS'}"
         )
+        check = c.check_consistency()  # what `coordctl consistency` runs
+        hashes = sorted({n.hash[:12] for n in check.nodes if n.hash})
+        say(
+            f"demo: consistency check: {len(check.nodes)} members hash their whole state at "
+            f"revision {check.revision} to {', '.join(hashes) or 'nothing'} -> "
+            f"{'OK' if check.consistent else 'DIVERGED OR INCOMPLETE'}"
+        )
+        ok = ok and check.consistent
     if group is not None:
         ok = run_group_demo(group, say) and ok
     return ok
@@ -279,15 +287,15 @@ def run_dev(
         console.group.start()
         if demo:
             ok = run_demo(cluster, console.note if console.tty else click.echo, console.group)
-            if exit_after_demo or not sys.stdin.isatty():
-                return
-        viewer = threading.Thread(target=console.watch, daemon=True)
-        viewer.start()
-        for line in sys.stdin:
-            if not console.handle(line):
-                break
-        else:
-            console.stop.wait()  # stdin closed: run until Ctrl-C
+        if not (demo and (exit_after_demo or not sys.stdin.isatty())):
+            # The live view (after the demo: exits with the demo's verdict below).
+            viewer = threading.Thread(target=console.watch, daemon=True)
+            viewer.start()
+            for line in sys.stdin:
+                if not console.handle(line):
+                    break
+            else:
+                console.stop.wait()  # stdin closed: run until Ctrl-C
     except KeyboardInterrupt:
         pass
     finally:
@@ -297,4 +305,5 @@ def run_dev(
         for node in cluster.nodes:
             cluster.stop(node.index)
     if not ok:
+        click.echo("coord dev: the demo failed (see the lines above)", err=True)
         raise SystemExit(1)
