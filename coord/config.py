@@ -212,6 +212,20 @@ class NodeConfig:
                 f"bearer tokens would cross the network in clear ({self.bind_api} is beyond "
                 "loopback): set --tls-cert and --tls-key"
             )
+        if self.listen_http and not is_loopback(self.listen_http):
+            if self.anonymous_allowed:
+                raise InvalidArgument(
+                    f"the HTTP port listens on {self.listen_http}, beyond loopback, and this "
+                    "node takes calls without credentials: its metrics and status page would "
+                    "be open to anyone; set --auth-tokens-file (its tokens then guard the HTTP "
+                    "port too), or listen on loopback"
+                )
+            if self.auth_tokens_file and not self.tls_cert:
+                raise InvalidArgument(
+                    f"bearer tokens would cross the network in clear ({self.listen_http} is "
+                    "beyond loopback): set --tls-cert and --tls-key (the HTTP port serves "
+                    "HTTPS with them)"
+                )
         if self.tls_cert and not self.tls_ca:
             raise InvalidArgument(
                 "--tls-cert needs --tls-ca too: nodes verify each other's API certificates "

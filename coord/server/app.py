@@ -40,7 +40,12 @@ from coord.server.maintenance import ConsistencyChecker, MaintenanceService
 from coord.server.metrics import NodeMetrics
 from coord.server.notify import StateNotifier
 from coord.server.removal import watch_for_removal
-from coord.server.security import build_guard, peer_credentials, server_credentials
+from coord.server.security import (
+    build_guard,
+    http_ssl_context,
+    peer_credentials,
+    server_credentials,
+)
 from coord.server.statuspage import add_routes as add_status_page
 from coord.server.webhook import WebhookNotifier
 from coord.v1 import (
@@ -215,6 +220,8 @@ class NodeServer:
                 self.metrics,
                 self.cfg.listen_http,
                 extra_routes=lambda app: add_status_page(app, self.raft),
+                guard=self.guard,
+                ssl_context=http_ssl_context(self.cfg),
             )
             try:
                 await self.http.start()

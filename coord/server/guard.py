@@ -50,7 +50,8 @@ class Guard:
         self._streams: Counter[str] = Counter()
         self._on_reject = on_reject
 
-    def _reject(self, kind: str) -> None:
+    def reject(self, kind: str) -> None:
+        """Count a refusal (coord_requests_rejected_total{reason=kind})."""
         if self._on_reject is not None:
             self._on_reject(kind)
 
@@ -65,26 +66,42 @@ class Guard:
             who = self.auth.identify(context.invocation_metadata(), auth_context)
             self.auth.authorize(method, who, request)
         except errors.Unauthenticated:
-            host = _host(context)
-            if not self.failures.allow(host):
-                self._reject("auth_failures")
-                raise errors.ResourceExhausted(
-                    f"too many failed authentications from {host}: wait a few seconds, then "
-                    "retry with valid credentials"
-                ) from None
-            self._reject("unauthenticated")
+            self._failed(_host(context))
             raise
         except errors.PermissionDenied:
-            self._reject("permission_denied")
+            self.reject("permission_denied")
             raise
         if not self.limiter.allow(who.name):
-            self._reject("rate")
+            self.reject("rate")
             raise errors.ResourceExhausted(
                 f"{who.name!r} is over its rate limit ({self.limiter.rate:g} requests/s): "
                 "slow down and retry"
             )
         _CALLER.set(who)
         return who
+
+    def identify_http(self, authorization: str, cert_cn: str, host: str) -> Identity:
+        """The HTTP port's check (/metrics, the status page's data): a bearer token or a
+        client certificate of any role (or anonymous where the API allows it). Raises
+        Unauthenticated, or ResourceExhausted after too many failures from ``host``."""
+        metadata = [("authorization", authorization)] if authorization else []
+        cert = {"x509_common_name": [cert_cn.encode()]} if cert_cn else None
+        try:
+            return self.auth.identify(metadata, cert)
+        except errors.Unauthenticated:
+            self._failed(host)
+            raise
+
+    def _failed(self, host: str) -> None:
+        """A failed authentication from ``host``: counted; past the host's allowance,
+        ResourceExhausted instead of the Unauthenticated the caller re-raises."""
+        if not self.failures.allow(host):
+            self.reject("auth_failures")
+            raise errors.ResourceExhausted(
+                f"too many failed authentications from {host}: wait a few seconds, then "
+                "retry with valid credentials"
+            ) from None
+        self.reject("unauthenticated")
 
     def open_stream(self, method: str, context: Any) -> Callable[[], None]:
         """Count a watch-like stream against its connection's limit (ResourceExhausted
@@ -93,7 +110,7 @@ class Guard:
             return _nothing
         peer = str(context.peer())
         if self._streams[peer] >= self.max_watch_streams:
-            self._reject("watch_streams")
+            self.reject("watch_streams")
             raise errors.ResourceExhausted(
                 f"this connection already has {self.max_watch_streams} watch streams open: "
                 "close some, or multiplex filters over fewer streams"

@@ -8,21 +8,30 @@
 - ``/api/status``: JSON for the status page (nodes, leader, groups, members,
   recent events, availability per group).
 
+Who may read it: like the API. Where the API requires credentials, everything but
+``/healthz``, ``/readyz`` and the status page's static files (no data in them) requires
+``Authorization: Bearer <token>`` or, with ``--tls-client-auth require``, a client
+certificate mapped in the tokens file (any role); failed attempts are slowed per client
+host as on the API. With a TLS certificate (``--tls-cert``) the port serves HTTPS with it.
+
 Runs on the node's asyncio loop (aiohttp), beside the gRPC server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from coord import errors
 from coord.raft.node import ROLE_LEADER, RaftNode
+from coord.server.guard import Guard
 from coord.server.metrics import WINDOWS, NodeMetrics
 from coord.state import ledger
 
@@ -31,6 +40,8 @@ READY_MAX_LAG = 1000
 # A Raft thread silent for this long is not healthy.
 TICK_STALL_S = 5.0
 RECENT_EVENTS = 50
+# Paths anyone may GET: probes, and the status page's files (its data needs a token).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/status.js", "/status.css"})
 
 
 class HttpServer:
@@ -40,11 +51,15 @@ class HttpServer:
         metrics: NodeMetrics,
         address: str,
         extra_routes: Callable[[web.Application], None] | None = None,
+        guard: Guard | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.raft = raft
         self.metrics = metrics
         self.address = address
-        self.app = web.Application()
+        self.guard = guard
+        self.ssl_context = ssl_context
+        self.app = web.Application(middlewares=[self._authenticate] if guard else [])
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
@@ -57,7 +72,13 @@ class HttpServer:
         host, _, port = self.address.rpartition(":")
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            host.strip("[]"),
+            int(port),
+            reuse_address=True,
+            ssl_context=self.ssl_context,
+        )
         await site.start()
 
     async def stop(self) -> None:
@@ -65,6 +86,26 @@ class HttpServer:
             await self._runner.cleanup()
 
     # -- handlers ----------------------------------------------------------------
+
+    @web.middleware
+    async def _authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path in OPEN_PATHS or self.guard is None:
+            return await handler(request)
+        try:
+            self.guard.identify_http(
+                request.headers.get("Authorization", ""), _cert_cn(request), _host(request)
+            )
+        except errors.ResourceExhausted as e:
+            return web.json_response({"error": e.message}, status=429)
+        except errors.Unauthenticated as e:
+            return web.json_response(
+                {"error": f"{e.message} (HTTP: the header 'Authorization: Bearer <token>')"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="coord"'},
+            )
+        return await handler(request)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.metrics.flush_leaderless()
@@ -92,6 +133,21 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         body = await loop.run_in_executor(None, status_snapshot, self.raft)
         return web.json_response(body)
+
+
+def _host(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _cert_cn(request: web.Request) -> str:
+    """The common name of the client's verified certificate ("" without one)."""
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
 
 
 def not_ready_reason(raft: RaftNode) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ssl
 
 import grpc
 
@@ -79,3 +80,22 @@ def server_credentials(cfg: NodeConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca if require else None, require_client_auth=require
     )
+
+
+def http_ssl_context(cfg: NodeConfig) -> ssl.SSLContext | None:
+    """HTTPS for the HTTP port with the API's certificate, whenever the API has one (a
+    bearer token sent to /metrics or the status page must not cross in clear either)."""
+    if not cfg.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        if cfg.tls_client_auth == "require":
+            # Optional at the handshake (probes carry no certificate); a certificate
+            # identity then stands for a token, as on the API.
+            ctx.load_verify_locations(cfg.tls_ca)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as e:
+        raise errors.InvalidArgument(f"cannot load the TLS files for HTTP: {e}") from e
+    return ctx

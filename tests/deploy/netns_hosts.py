@@ -28,6 +28,7 @@ import re
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -254,8 +255,10 @@ class HostCluster:
 
     def ready(self, i: int) -> bool:
         """/readyz answers 200 (from the root namespace, over the bridge)."""
+        ctx = ssl.create_default_context(cafile=self.ca)  # HTTPS: the nodes have TLS
         try:
-            with urllib.request.urlopen(f"http://{self.http[i]}/readyz", timeout=1.0) as r:
+            url = f"https://{self.http[i]}/readyz"
+            with urllib.request.urlopen(url, timeout=1.0, context=ctx) as r:
                 return bool(r.status == 200)
         except (OSError, urllib.error.URLError):
             return False

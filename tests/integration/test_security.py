@@ -19,7 +19,9 @@ import contextlib
 import os
 import re
 import socket
+import ssl
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -418,12 +420,12 @@ def test_a_session_belongs_to_the_identity_that_opened_it(tls: LocalCluster, pki
         "register with it": lambda ch: register(ch, "db", session),
     }
     lead = tls.wait_for_leader()
-    before = rejected(tls, lead).get("permission_denied", 0)
+    before = rejected(tls, pki, lead).get("permission_denied", 0)
     with unchanged(tls), channel(tls, pki.creds("member2"), i=lead) as ch:
         for what, call in calls.items():
             got = code_and_details(refused(lambda call=call: call(ch)))  # type: ignore[misc]
             assert got == (P, theirs), f"{what}: {got}"
-    assert rejected(tls, lead).get("permission_denied", 0) == before + len(calls)
+    assert rejected(tls, pki, lead).get("permission_denied", 0) == before + len(calls)
     with admin_channel(tls) as ch:  # an operator may
         sessions(ch).Close(election_pb2.CloseSessionRequest(session_id=session), timeout=10)
 
@@ -540,10 +542,27 @@ def test_certificate_identity_has_its_role_and_groups(mtls: LocalCluster, pki: P
 # -- limits ------------------------------------------------------------------------
 
 
-def rejected(c: LocalCluster, i: int = 0) -> dict[str, float]:
+def https_get(
+    c: LocalCluster, pki: Pki, path: str, i: int = 0, token: str = "reader", cert: str = ""
+) -> tuple[int, str, dict[str, str]]:
+    """GET ``path`` on node i's HTTP port (HTTPS with the nodes' certificate: the API has
+    one) with a token of ``pki.tokens`` and/or a client certificate: status, body, headers."""
+    ctx = ssl.create_default_context(cafile=str(pki.ours / "ca.pem"))
+    if cert:
+        ctx.load_cert_chain(f"{pki.ours / cert}.pem", f"{pki.ours / cert}-key.pem")
+    headers = {"Authorization": f"Bearer {pki.tokens.get(token, token)}"} if token else {}
+    req = urllib.request.Request(f"https://{c.nodes[i].http}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+            return r.status, r.read().decode(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), dict(e.headers)
+
+
+def rejected(c: LocalCluster, pki: Pki, i: int = 0) -> dict[str, float]:
     """coord_requests_rejected_total by reason, from node i's /metrics."""
-    with urllib.request.urlopen(f"http://{c.nodes[i].http}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    code, text, _ = https_get(c, pki, "/metrics", i)
+    assert code == 200, text
     out: dict[str, float] = {}
     for m in re.finditer(r'^coord_requests_rejected_total\{reason="(\w+)"\} (\S+)$', text, re.M):
         out[m.group(1)] = float(m.group(2))
@@ -551,7 +570,7 @@ def rejected(c: LocalCluster, i: int = 0) -> dict[str, float]:
 
 
 def test_rate_limit_per_identity(mtls: LocalCluster, pki: Pki) -> None:
-    before = rejected(mtls)
+    before = rejected(mtls, pki)
     with channel(mtls, pki.creds("hasty", cert="nobody")) as ch:
         stub = cluster_pb2_grpc.ClusterStub(ch)
         # 20/s with bursts of 40: 100 calls at once cannot all pass, however slow the host.
@@ -571,11 +590,11 @@ def test_rate_limit_per_identity(mtls: LocalCluster, pki: Pki) -> None:
         with channel(mtls, pki.creds("reader", cert="nobody")) as other:
             assert status(other).node_id == "n1", "another identity is not slowed down"
         wait_until(lambda: status(ch), 10, "the bucket to refill for 'hasty'", interval=0.1)
-    assert rejected(mtls).get("rate", 0) >= before.get("rate", 0) + 1
+    assert rejected(mtls, pki).get("rate", 0) >= before.get("rate", 0) + 1
 
 
 def test_watch_streams_per_connection(mtls: LocalCluster, pki: Pki) -> None:
-    before = rejected(mtls)
+    before = rejected(mtls, pki)
     creds = pki.creds("reader", cert="alice")
     with channel(mtls, creds) as ch, channel(mtls, creds) as other:
         cluster = cluster_pb2_grpc.ClusterStub(ch)
@@ -612,11 +631,11 @@ def test_watch_streams_per_connection(mtls: LocalCluster, pki: Pki) -> None:
         wait_until(reopened, 10, "the cancelled stream's place to be free", interval=0.1)
         third.cancel()
         streams[1].cancel()
-    assert rejected(mtls).get("watch_streams", 0) >= before.get("watch_streams", 0) + 1
+    assert rejected(mtls, pki).get("watch_streams", 0) >= before.get("watch_streams", 0) + 1
 
 
 def test_open_sessions_per_identity(mtls: LocalCluster, pki: Pki) -> None:
-    before = rejected(mtls).get("sessions", 0)
+    before = rejected(mtls, pki).get("sessions", 0)
     sessions = election_pb2_grpc.SessionsStub
     with channel(mtls, pki.creds("member", cert="alice")) as ch:
         mine = [open_session(ch) for _ in range(3)]
@@ -635,11 +654,11 @@ def test_open_sessions_per_identity(mtls: LocalCluster, pki: Pki) -> None:
         mine.append(open_session(ch))
         for s in mine:
             sessions(ch).Close(election_pb2.CloseSessionRequest(session_id=s), timeout=10)
-    assert rejected(mtls).get("sessions", 0) == before + 1
+    assert rejected(mtls, pki).get("sessions", 0) == before + 1
 
 
 def test_metrics_count_refusals_by_reason(mtls: LocalCluster, pki: Pki) -> None:
-    before = rejected(mtls)
+    before = rejected(mtls, pki)
     with channel(mtls, pki.creds(cert="nobody")) as ch:
         refused(lambda: put(ch))
         refused(lambda: put(ch))
@@ -647,7 +666,7 @@ def test_metrics_count_refusals_by_reason(mtls: LocalCluster, pki: Pki) -> None:
         refused(lambda: put(ch))
 
     def counted() -> dict[str, float] | None:
-        after = rejected(mtls)
+        after = rejected(mtls, pki)
         ok = (
             after.get("unauthenticated", 0) >= before.get("unauthenticated", 0) + 2
             and after.get("permission_denied", 0) >= before.get("permission_denied", 0) + 1
@@ -660,7 +679,7 @@ def test_metrics_count_refusals_by_reason(mtls: LocalCluster, pki: Pki) -> None:
 def test_failed_authentications_are_slowed_down_per_host(mtls: LocalCluster, pki: Pki) -> None:
     """Guessing tokens: after a burst of failures from one host, RESOURCE_EXHAUSTED with
     a clear message (counted as auth_failures); valid credentials from that host pass."""
-    before = rejected(mtls).get("auth_failures", 0)
+    before = rejected(mtls, pki).get("auth_failures", 0)
     with channel(mtls, pki.creds("guess-1", cert="nobody")) as ch:
         stub = cluster_pb2_grpc.ClusterStub(ch)
         calls = [stub.Status.future(cluster_pb2.StatusRequest(), timeout=30) for _ in range(60)]
@@ -679,13 +698,44 @@ def test_failed_authentications_are_slowed_down_per_host(mtls: LocalCluster, pki
     ), refusal
     with channel(mtls, pki.creds("reader", cert="nobody")) as ok:
         assert status(ok).node_id == "n1"
-    assert rejected(mtls).get("auth_failures", 0) >= before + 1
+    assert rejected(mtls, pki).get("auth_failures", 0) >= before + 1
 
     def refilled() -> bool:
         with channel(mtls, pki.creds("guess-2", cert="nobody")) as ch:
             return code_and_details(refused(lambda: status(ch)))[0] == U
 
     wait_until(refilled, 10, "the failure bucket to refill", interval=0.5)
+
+
+# -- the HTTP port: as guarded as the API ---------------------------------------------
+
+
+def test_http_port_serves_https_and_wants_credentials_for_data(tls: LocalCluster, pki: Pki) -> None:
+    for path in ("/metrics", "/api/status", "/api/stream"):
+        code, body, headers = https_get(tls, pki, path, token="")
+        assert code == 401, (path, code, body)
+        assert headers.get("WWW-Authenticate") == 'Bearer realm="coord"'
+        assert "no credentials" in body and "Authorization: Bearer <token>" in body, body
+        code, body, _ = https_get(tls, pki, path, token="not-a-token")
+        assert code == 401 and "unknown token" in body, (path, body)
+    code, body, _ = https_get(tls, pki, "/metrics", token="reader")
+    assert code == 200 and "coord_raft_term" in body
+    code, body, _ = https_get(tls, pki, "/api/status", token="member")
+    assert code == 200 and '"nodes"' in body
+    # Probes and the page's own files carry no data: open.
+    for path in ("/healthz", "/readyz", "/", "/status.js"):
+        code, body, _ = https_get(tls, pki, path, token="")
+        assert code == 200, (path, code, body)
+    # Plain HTTP to the HTTPS port gets nothing.
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"http://{tls.nodes[0].http}/metrics", timeout=5).read()
+
+
+def test_http_port_takes_a_mapped_client_certificate(mtls: LocalCluster, pki: Pki) -> None:
+    code, body, _ = https_get(mtls, pki, "/metrics", token="", cert="alice")
+    assert code == 200 and "coord_raft_term" in body
+    code, body, _ = https_get(mtls, pki, "/metrics", token="", cert="nobody")
+    assert code == 401 and "not mapped to a role" in body, body
 
 
 # -- `coord serve` refuses an open API ------------------------------------------------

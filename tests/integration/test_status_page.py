@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import urllib.request
@@ -24,10 +25,11 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from coord.client import create_group
+from coord.client.credentials import Credentials
 from coord.testing import LocalCluster, wait_until
 
 from .members import Members, Watcher, get_group
-from .support import ClusterFactory
+from .support import COORDCTL, ClusterFactory, describe, run
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -86,6 +88,7 @@ return {
   leader: q('#leader') ? q('#leader').textContent : null,
   leaderRow: [...document.querySelectorAll('#nodes tr.leader')].map((r) => r.dataset.node),
   mode: q('#conn').dataset.mode || null,
+  conn: q('#conn').textContent,
   revision: Number(document.body.dataset.revision || 0),
   renderedAt: Number(document.body.dataset.renderedAt || 0),
   title: document.title,
@@ -270,3 +273,48 @@ def test_page_polls_while_the_stream_is_blocked_and_returns_to_it(
         browser, lambda p: [rev, "kv_put"] in p["events"], 5, f"the put at revision {rev}"
     )
     assert page["mode"] == "live"
+
+
+def test_a_node_that_wants_credentials_shows_its_page_only_with_a_token(
+    cluster_factory: ClusterFactory, browser: WebDriver, tmp_path: Path
+) -> None:
+    """Tokens configured: the page's data needs one. Without it the page says how to give
+    it; opened as .../#token=T it goes live over the stream (read with fetch, which can
+    send the header) and takes the token out of the address bar."""
+    tokens = tmp_path / "tokens.yaml"
+    p = run([COORDCTL, "auth", "new-token", "viewer", "--role", "read", "--append", str(tokens)])
+    found = re.search(r"^token: (\S+)$", p.stdout, re.M)
+    assert p.returncode == 0 and found, describe(p)
+    token = found.group(1)
+    c = cluster_factory(
+        3, fsync=False, start=False, http=True, extra_args=["--auth-tokens-file", str(tokens)]
+    )
+    c.credentials = Credentials(token=token)  # loopback: a token may go in plaintext
+    c.start()
+    lead = c.wait_for_leader()
+    http = c.nodes[(lead + 1) % 3].http
+    for path in ("/healthz", "/"):
+        assert _get(http, path)  # probes and the page itself are open
+
+    browser.get(f"http://{http}/")
+
+    def asks(page: dict[str, Any]) -> bool:
+        return page["mode"] == "offline" and "wants a token" in page["conn"]
+
+    page = wait_page(browser, asks, 10, "the page to ask for a token")
+    assert not page["leaderRow"], "no data without a token"
+
+    browser.get("about:blank")  # a new document: the fragment is read at load
+    browser.get(f"http://{http}/#token={token}")
+    want = c.nodes[lead].node_id
+    page = wait_page(
+        browser, lambda p: p["mode"] == "live" and p["leaderRow"] == [want], 15, "live, with data"
+    )
+    assert "token" not in browser.current_url
+    c.kill(lead)
+    wait_page(
+        browser,
+        lambda p: p["mode"] == "live" and p["leaderRow"] not in ([], [want]),
+        15,
+        "the new leader, live over the token-authenticated stream",
+    )

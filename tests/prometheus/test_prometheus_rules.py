@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,20 @@ def test_promtool_check_rules() -> None:
 
 
 def test_promtool_check_config() -> None:
-    p = promtool("check", "config", CONFIG)
-    assert p.returncode == 0, output(p)
+    # The scrape config reads the nodes' CA and a token from files next to it.
+    tmp = Path(tempfile.mkdtemp(prefix="coord-promcheck-"))
+    try:
+        for f in (CONFIG, RULES):
+            shutil.copy(f, tmp / f.name)
+        (tmp / "coord-token").write_text("a-read-token\n")
+        (tmp / "coord-ca.pem").write_text("the nodes' CA\n")
+        p = promtool("check", "config", tmp / CONFIG.name)
+        assert p.returncode == 0, output(p)
+        (tmp / "coord-token").unlink()
+        p = promtool("check", "config", tmp / CONFIG.name)
+        assert p.returncode != 0 and "coord-token" in output(p), "the token file is used"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_promtool_unit_tests_pass() -> None:

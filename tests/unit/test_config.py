@@ -662,6 +662,18 @@ def test_an_api_beyond_loopback_needs_authentication(tmp_path: Path) -> None:
              tls_cert=cert, tls_key=key, tls_ca=ca).validate()  # fmt: skip
 
 
+def test_an_http_port_beyond_loopback_is_as_guarded_as_the_api(tmp_path: Path) -> None:
+    cert, key, ca, tokens = _files(tmp_path, "c.pem", "k.pem", "ca.pem", "tokens.yaml")
+    public = {"listen_http": "0.0.0.0:9479"}
+    with pytest.raises(InvalidArgument, match="open to anyone; set --auth-tokens-file"):
+        node(**public).validate()  # the API on loopback takes calls without credentials
+    with pytest.raises(InvalidArgument, match=r"in clear \(0.0.0.0:9479 is beyond loopback"):
+        node(**public, auth_tokens_file=tokens).validate()
+    node(**public, auth_tokens_file=tokens, tls_cert=cert, tls_key=key, tls_ca=ca).validate()
+    node(**public, tls_client_auth="require", tls_cert=cert, tls_key=key, tls_ca=ca).validate()
+    node(listen_http="127.0.0.1:9479").validate()  # loopback: development, as the API
+
+
 def test_anonymous_access_defaults(tmp_path: Path) -> None:
     (tokens,) = _files(tmp_path, "tokens.yaml")
     assert node().anonymous_allowed  # loopback, nothing configured: development

@@ -1,6 +1,11 @@
 // coord status page: renders /api/status, kept live by /api/stream (Server-Sent Events),
 // polling /api/status while the stream is down.
 //
+// Where the node requires credentials, its data needs a bearer token: open the page as
+// .../#token=<token> (any role). The token is kept in this tab's sessionStorage, taken
+// out of the address bar, and sent as an Authorization header (so the stream is read
+// with fetch: EventSource cannot send headers).
+//
 // Everything shown comes from the cluster, and member ids, addresses, health details and
 // group names come from its clients: it goes into the DOM only as text nodes and
 // attribute values (never innerHTML), so no value can become markup or script.
@@ -12,6 +17,14 @@
   const WINDOW_30D_S = 30 * 24 * 3600;
   const FAILOVER_EVENTS = new Set(["master_elected", "master_lost", "master_revoked",
     "stepdown_requested"]);
+
+  const TOKEN_KEY = "coord-token";
+  if (location.hash.startsWith("#token=")) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(location.hash.slice("#token=".length)));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  const token = sessionStorage.getItem(TOKEN_KEY) || "";
+  const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
 
   let stream = null;
   let pollTimer = null;
@@ -257,7 +270,13 @@
 
   async function poll() {
     try {
-      const r = await fetch("api/status", { cache: "no-store" });
+      const r = await fetch("api/status", { cache: "no-store", headers: authHeaders });
+      if (r.status === 401) {
+        setConn("offline", token
+          ? "this node refused the token: open the page as …/#token=<a valid token>"
+          : "this node wants a token: open the page as …/#token=<token>");
+        return;
+      }
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
       show(await r.json(), "poll");
     } catch (err) {
@@ -279,25 +298,67 @@
     }
   }
 
+  function streamDown() {
+    // Poll until the stream is back: a browser's own reconnect can take long, and a
+    // proxy may have cut the stream while plain requests still work.
+    if (stream !== null) stream.close();
+    stream = null;
+    startPolling();
+    if (retryTimer === null) retryTimer = setTimeout(startStream, STREAM_RETRY_MS);
+  }
+
+  function onStatus(data) {
+    stopPolling();
+    show(JSON.parse(data), "stream");
+  }
+
+  // The stream read with fetch, for the Authorization header: "event: status" blocks.
+  async function fetchStream() {
+    const abort = new AbortController();
+    const mine = { close: () => abort.abort() };
+    stream = mine;
+    try {
+      const r = await fetch("api/stream", { cache: "no-store", headers: authHeaders,
+        signal: abort.signal });
+      if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}`);
+      const reader = r.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error("the stream ended");
+        buf += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          let kind = "message";
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) kind = line.slice(6).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          }
+          if (kind === "status" && data.length) onStatus(data.join("\n"));
+        }
+      }
+    } catch (err) {
+      if (stream === mine) streamDown();
+    }
+  }
+
   function startStream() {
     retryTimer = null;
+    if (token) {
+      fetchStream();
+      return;
+    }
     if (!window.EventSource) {
       startPolling();
       return;
     }
     stream = new EventSource("api/stream");
-    stream.addEventListener("status", (ev) => {
-      stopPolling();
-      show(JSON.parse(ev.data), "stream");
-    });
-    stream.onerror = () => {
-      // Poll until the stream is back: a browser's own reconnect can take long, and a
-      // proxy may have cut the stream while plain requests still work.
-      stream.close();
-      stream = null;
-      startPolling();
-      if (retryTimer === null) retryTimer = setTimeout(startStream, STREAM_RETRY_MS);
-    };
+    stream.addEventListener("status", (ev) => onStatus(ev.data));
+    stream.onerror = streamDown;
   }
 
   poll();
