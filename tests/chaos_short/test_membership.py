@@ -107,6 +107,20 @@ def test_transfer_takes_one_election_in_a_quiet_5_node_cluster(
     try:
         c.start()
         first = c.agreed_leader()
+        # Every member must hold the first leader's log before it dies: a blank member
+        # of a new cluster votes only for blank candidates until then (it cannot tell a
+        # new cluster from a wiped node), so with two members that never heard from it
+        # (slow links on a loaded machine) no one could be elected. (CI, two CPU hogs.)
+        boot = c.status(c.index(first))
+        assert boot is not None
+
+        def all_follow_first() -> bool:
+            return all(
+                s is not None and s.leader_id == first and s.applied_index >= boot.commit_index
+                for s in c.statuses()
+            )
+
+        wait_until(all_follow_first, 20, f"every member to hold {first}'s log")
         # A leader elected by a normal election, not the bootstrap one (this is about
         # the idle links, not the first leader's voting gate: see the test above).
         c.kill(c.index(first))
