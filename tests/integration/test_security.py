@@ -237,8 +237,11 @@ def state(c: LocalCluster) -> State:
             sorted(s.id for s in sessions.sessions),
         )
 
-    # The mTLS node rate-limits the admin too: a refused read is retried, not a failure.
-    return wait_until(read, 10, "the state, read as admin")
+    # The mTLS node rate-limits the admin too (20/s): a refused read is retried, not a
+    # failure, paced so that the bucket refills for all three calls in between (retried
+    # every 10 ms, each attempt's first calls took the tokens as they came and the third
+    # never found one: 10 s of refusals, seen in CI).
+    return wait_until(read, 10, "the state, read as admin", interval=0.25)
 
 
 @contextlib.contextmanager
