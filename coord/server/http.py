@@ -40,8 +40,8 @@ READY_MAX_LAG = 1000
 # A Raft thread silent for this long is not healthy.
 TICK_STALL_S = 5.0
 RECENT_EVENTS = 50
-# Paths anyone may GET: probes, and the status page's files (its data needs a token).
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/status.js", "/status.css"})
+# Paths anyone may GET: the probes (and what ``extra_routes`` declares open).
+PROBES = frozenset({"/healthz", "/readyz"})
 
 
 class HttpServer:
@@ -50,7 +50,7 @@ class HttpServer:
         raft: RaftNode,
         metrics: NodeMetrics,
         address: str,
-        extra_routes: Callable[[web.Application], None] | None = None,
+        extra_routes: Callable[[web.Application], frozenset[str]] | None = None,
         guard: Guard | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -64,8 +64,9 @@ class HttpServer:
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/api/status", self._status)
+        self.open_paths = PROBES
         if extra_routes is not None:
-            extra_routes(self.app)
+            self.open_paths |= extra_routes(self.app)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -91,7 +92,7 @@ class HttpServer:
     async def _authenticate(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or self.guard is None:
+        if request.path in self.open_paths or self.guard is None:
             return await handler(request)
         try:
             self.guard.identify_http(

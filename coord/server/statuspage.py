@@ -69,8 +69,9 @@ _HEADERS = {
 HUB: web.AppKey[StatusHub] = web.AppKey("coord_status_hub")
 
 
-def add_routes(app: web.Application, raft: RaftNode) -> None:
-    """Serve the status page and its event stream on ``app`` (before it starts)."""
+def add_routes(app: web.Application, raft: RaftNode) -> frozenset[str]:
+    """Serve the status page and its event stream on ``app`` (before it starts); returns
+    the paths anyone may read (the page's own files: no data in them)."""
     hub = StatusHub(raft)
     app[HUB] = hub
     files = resources.files("coord.server.static")
@@ -80,6 +81,7 @@ def add_routes(app: web.Application, raft: RaftNode) -> None:
     app.router.add_get("/api/stream", hub.stream)
     app.on_startup.append(hub.on_startup)
     app.on_shutdown.append(hub.on_shutdown)
+    return frozenset(_STATIC)
 
 
 def _static(body: bytes, ctype: str) -> Any:
