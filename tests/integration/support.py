@@ -7,8 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from coord.client import Client
 from coord.testing import LocalCluster, wait_until
@@ -168,3 +171,28 @@ class TcpListener:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+# -- /metrics ----------------------------------------------------------------------------
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text -> {(sample name, sorted labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def scrape(cluster: LocalCluster, i: int) -> Samples:
+    """Node i's /metrics (plain HTTP: a node without TLS or credentials)."""
+    with urllib.request.urlopen(f"http://{cluster.nodes[i].http}/metrics", timeout=5) as r:
+        return parse_metrics(r.read().decode())
+
+
+def sample(m: Samples, name: str, default: float = 0.0, **labels: str) -> float:
+    """One sample of ``m`` (``default`` when the series is absent)."""
+    return m.get((name, tuple(sorted(labels.items()))), default)

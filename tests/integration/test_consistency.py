@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.request
 
 from coord.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE
 from coord.client import Client
@@ -19,16 +18,17 @@ from coord.client.election import create_group
 from coord.raft.node import DUMP_FILE
 from coord.raft.snapshotfile import read_dump, write_dump
 from coord.state.machine import decode_snapshot, encode_snapshot
-from coord.testing import LocalCluster, wait_until
+from coord.testing import wait_until
 
-from .support import ClusterFactory, coordctl, describe, status_of, wait_all_caught_up
-
-
-def metric(c: LocalCluster, i: int, name: str, labels: str) -> float | None:
-    with urllib.request.urlopen(f"http://{c.nodes[i].http}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    m = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else None
+from .support import (
+    ClusterFactory,
+    coordctl,
+    describe,
+    sample,
+    scrape,
+    status_of,
+    wait_all_caught_up,
+)
 
 
 def test_replicas_agree_after_a_mixed_workload_and_a_restart(
@@ -57,7 +57,7 @@ def test_replicas_agree_after_a_mixed_workload_and_a_restart(
     doc = json.loads(p.stdout)
     assert doc["consistent"] is True and len(doc["nodes"]) == 3
     answered_by = c.wait_for_leader()  # the client asks the leader
-    assert metric(c, answered_by, "coord_consistency_checks_total", 'result="consistent"')
+    assert sample(scrape(c, answered_by), "coord_consistency_checks_total", result="consistent")
 
 
 def test_a_diverged_replica_is_named_by_the_check_and_the_leader_s_periodic_check(
@@ -110,11 +110,12 @@ def test_a_diverged_replica_is_named_by_the_check_and_the_leader_s_periodic_chec
     lead = c.wait_for_leader()
 
     def flagged() -> bool:
-        return metric(c, lead, "coord_state_diverged", f'node="{bad_id}"') == 1.0
+        return sample(scrape(c, lead), "coord_state_diverged", -1, node=bad_id) == 1.0
 
     wait_until(flagged, 30, f"the leader's periodic check to flag {bad_id}")
-    assert metric(c, lead, "coord_state_diverged", f'node="{c.nodes[lead].node_id}"') == 0.0
-    assert (metric(c, lead, "coord_consistency_checks_total", 'result="diverged"') or 0) >= 1
+    m = scrape(c, lead)
+    assert sample(m, "coord_state_diverged", -1, node=c.nodes[lead].node_id) == 0.0
+    assert sample(m, "coord_consistency_checks_total", result="diverged") >= 1
     assert f"node {bad_id}'s state at revision" in c.log(lead)
     assert "it diverged; replace it" in c.log(lead)
 

@@ -49,7 +49,7 @@ from coord.v1 import (
     maintenance_pb2_grpc,
 )
 
-from .support import COORD, COORDCTL, ClusterFactory, describe, run
+from .support import COORD, COORDCTL, ClusterFactory, describe, parse_metrics, run
 
 ONE_SLOT = groups_pb2.GroupPolicy(slots=1)
 U = grpc.StatusCode.UNAUTHENTICATED
@@ -566,10 +566,11 @@ def rejected(c: LocalCluster, pki: Pki, i: int = 0) -> dict[str, float]:
     """coord_requests_rejected_total by reason, from node i's /metrics."""
     code, text, _ = https_get(c, pki, "/metrics", i)
     assert code == 200, text
-    out: dict[str, float] = {}
-    for m in re.finditer(r'^coord_requests_rejected_total\{reason="(\w+)"\} (\S+)$', text, re.M):
-        out[m.group(1)] = float(m.group(2))
-    return out
+    return {
+        dict(labels)["reason"]: value
+        for (name, labels), value in parse_metrics(text).items()
+        if name == "coord_requests_rejected_total"
+    }
 
 
 def test_rate_limit_per_identity(mtls: LocalCluster, pki: Pki) -> None:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from coord.cli.output import EXIT_CONFIG
 from coord.client import Member, Session, create_group
@@ -38,7 +37,7 @@ from coord.testing import LocalCluster, free_ports, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
 from .members import Members, Watcher, groups_stub
-from .support import COORD, ClusterFactory, describe, run
+from .support import COORD, ClusterFactory, describe, run, sample, scrape
 
 QUEUE_MAX = 5
 TTL_S = 2.0
@@ -202,23 +201,6 @@ def leader_of(cluster: LocalCluster) -> tuple[int, str]:
     return i, cluster.nodes[i].node_id
 
 
-def metrics(cluster: LocalCluster, i: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://{cluster.nodes[i].http}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name.startswith("coord_webhook"):
-            for s in fam.samples:
-                out[s.name, tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
-def metric(
-    m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    return m.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
 def test_a_failover_and_a_switchover_are_posted_in_order(
     cluster: LocalCluster, receiver: Receiver, members: Members
 ) -> None:
@@ -325,7 +307,7 @@ def test_a_receiver_answering_500_still_gets_every_event(
 ) -> None:
     g = "wh-retry"
     i, _ = leader_of(cluster)
-    before = metrics(cluster, i)
+    before = scrape(cluster, i)
     watcher = Watcher(cluster.endpoints, groups=[g])
     try:
         with pair(cluster, g) as p:
@@ -345,14 +327,14 @@ def test_a_receiver_answering_500_still_gets_every_event(
     assert [t[1:] for t in tries[4:]] == [("1", 200)] * 3
     ids = {p.headers["Idempotency-Key"] for p in seen if p.body["revision"] == first}
     assert len(ids) == 1, "a retry carries the same id"
-    after = metrics(cluster, i)
+    after = scrape(cluster, i)
     assert (
-        metric(after, "coord_webhook_failed_total", reason="http_500")
-        - metric(before, "coord_webhook_failed_total", reason="http_500")
+        sample(after, "coord_webhook_failed_total", reason="http_500")
+        - sample(before, "coord_webhook_failed_total", reason="http_500")
         == 3
     )
     assert (
-        metric(after, "coord_webhook_posted_total") - metric(before, "coord_webhook_posted_total")
+        sample(after, "coord_webhook_posted_total") - sample(before, "coord_webhook_posted_total")
         >= 4
     )
 
@@ -363,7 +345,7 @@ def test_a_receiver_that_is_down_leaves_a_bounded_queue_then_gets_the_newest(
     g = "wh-down"
     i, _ = leader_of(cluster)
     flips = 6  # 12 events into a queue of QUEUE_MAX
-    before = metrics(cluster, i)
+    before = scrape(cluster, i)
     watcher = Watcher(cluster.endpoints, groups=[g])
     try:
         with pair(cluster, g) as p:
@@ -377,21 +359,21 @@ def test_a_receiver_that_is_down_leaves_a_bounded_queue_then_gets_the_newest(
                 events = watched(watcher, g)
 
                 def full() -> dict[Any, float] | None:
-                    m = metrics(cluster, i)
-                    dropped = metric(m, "coord_webhook_dropped_total", reason="queue_full")
-                    drops = dropped - metric(
+                    m = scrape(cluster, i)
+                    dropped = sample(m, "coord_webhook_dropped_total", reason="queue_full")
+                    drops = dropped - sample(
                         before, "coord_webhook_dropped_total", reason="queue_full"
                     )
                     return m if drops >= len(events) - QUEUE_MAX else None
 
                 m = wait_until(full, 10, "the queue to overflow")
-                assert metric(m, "coord_webhook_queue_length") == QUEUE_MAX
+                assert sample(m, "coord_webhook_queue_length") == QUEUE_MAX
                 assert (
-                    metric(m, "coord_webhook_dropped_total", reason="queue_full")
-                    - metric(before, "coord_webhook_dropped_total", reason="queue_full")
+                    sample(m, "coord_webhook_dropped_total", reason="queue_full")
+                    - sample(before, "coord_webhook_dropped_total", reason="queue_full")
                     == len(events) - QUEUE_MAX
                 )
-                assert metric(m, "coord_webhook_failed_total", reason="connection") > metric(
+                assert sample(m, "coord_webhook_failed_total", reason="connection") > sample(
                     before, "coord_webhook_failed_total", reason="connection"
                 )
                 assert receiver.of(g) == []
@@ -406,7 +388,7 @@ def test_a_receiver_that_is_down_leaves_a_bounded_queue_then_gets_the_newest(
         watcher.stop()
     assert [b["type"] for b in posts[QUEUE_MAX:]] == ["master_lost", "master_elected"]
     wait_until(
-        lambda: metric(metrics(cluster, i), "coord_webhook_queue_length") == 0, 5, "an empty queue"
+        lambda: sample(scrape(cluster, i), "coord_webhook_queue_length") == 0, 5, "an empty queue"
     )
 
 
