@@ -14,7 +14,7 @@ from google.protobuf.json_format import MessageToDict
 from coord import errors
 from coord.cli.ctl import Ctx, handles_errors, main, pass_ctx
 from coord.cli.output import EXIT_ERROR, CLIError, emit
-from coord.client import Member, Session, create_group, watch
+from coord.client import Member, Session, create_group, new_request_id, watch
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
 FAILBACK = {"off": groups_pb2.FAILBACK_OFF, "auto": groups_pb2.FAILBACK_AUTO}
@@ -26,6 +26,8 @@ def _dict(msg: Any) -> dict[str, Any]:
 
 
 def _call_groups(ctx: Ctx, method: str, request: Any) -> Any:
+    if "request_id" in request.DESCRIPTOR.fields_by_name and not request.request_id:
+        request.request_id = new_request_id()  # a write: one id, reused by every retry
     return ctx.client.call(
         lambda ch, t: getattr(election_pb2_grpc.GroupsStub(ch), method)(request, timeout=t)
     )
@@ -181,11 +183,19 @@ def group_get(ctx: Ctx, name: str) -> None:
 
 @group.command("rm")
 @click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete at once, without waiting out its masters: an old master may still act "
+    "while the name is created and granted again.",
+)
 @pass_ctx
 @handles_errors
-def group_rm(ctx: Ctx, name: str) -> None:
-    """Delete group NAME (its masters are released)."""
-    _call_groups(ctx, "Delete", election_pb2.DeleteGroupRequest(name=name))
+def group_rm(ctx: Ctx, name: str, force: bool) -> None:
+    """Delete group NAME. Its masters are revoked first and the group is deleted once
+    each has been waited out (its session TTL): until then it shows as deleting and
+    nothing is granted in it."""
+    _call_groups(ctx, "Delete", election_pb2.DeleteGroupRequest(name=name, force=force))
     emit(ctx.output, {"deleted": name}, ["DELETED"], [[name]])
 
 

@@ -10,8 +10,8 @@ Runs on every node's asyncio loop and acts only while the node leads:
   session may outlive its TTL across leader changes, never the reverse.
 - A session past its deadline is expired by proposing ``ExpireSession`` with
   the epoch the deadline was computed for.
-- When the state's earliest group timer (revocation wait-out, handover
-  deadline, failback hold) is due, the leader proposes ``Advance``.
+- The group waits (revocation wait-out, handover timeout, failback hold) are
+  timed by :class:`GroupWaits` on the same clock, restarted with the deadlines.
 
 Keepalive acknowledgements are the servicer's job (election_service.py): it
 records the arrival here, waits for a commit proposed after it (``ack_barrier``:
@@ -32,6 +32,7 @@ import time
 
 from coord.raft.node import ROLE_LEADER, RaftNode
 from coord.server import tasks
+from coord.server.group_waits import GroupWaits
 from coord.v1 import groups_pb2, raft_pb2
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class LeaseKeeper:
         self._ack_last = 0.0  # when the last keepalive barrier was started (monotonic)
         self._loads: dict[str, float] = {}  # reported loads not yet replicated
         self._loads_sent = 0.0
+        self.waits = GroupWaits(raft)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -73,8 +75,13 @@ class LeaseKeeper:
 
     @property
     def leading(self) -> bool:
+        return self.leading_term is not None
+
+    @property
+    def leading_term(self) -> int | None:
+        """The term this node leads in, once its duties there started; else None."""
         view = self.raft.view
-        return view.role == ROLE_LEADER and view.term == self._term
+        return view.term if view.role == ROLE_LEADER and view.term == self._term else None
 
     def touch(self, session_id: str, arrival: float, load: float | None = None) -> bool:
         """A keepalive arrived: deadline = arrival + TTL. False if the session is gone.
@@ -161,16 +168,18 @@ class LeaseKeeper:
             self._proposed.clear()
             self._loads.clear()
             self._sessions_seen = None
+            self.waits.restart()
             return
         if self._term != view.term or stalled:
             if stalled and self._term == view.term:
                 logger.warning("lease duties stalled: restarting every session deadline")
             self._term = view.term
             self._rearm(now, everything=True)
+            self.waits.restart()
             return
         self._rearm(now, everything=False)
         self._expire_due(now)
-        self._advance_if_due(now)
+        self.waits.tick(now)
         self._replicate_loads(now)
 
     def _replicate_loads(self, now: float) -> None:
@@ -233,12 +242,3 @@ class LeaseKeeper:
                     expire_session=groups_pb2.ExpireSession(session_id=sid, epoch=epoch),
                 )
             )
-
-    def _advance_if_due(self, now: float) -> None:
-        due = self.raft.read(lambda s: s.groups.due_ms())
-        if due is None or time.time() * 1000 < due:
-            return
-        if now - self._proposed.get("\0advance", -RETRY_S) < RETRY_S:
-            return
-        self._proposed["\0advance"] = now
-        self.raft.propose(raft_pb2.Command(term=self.raft.view.term, advance=groups_pb2.Advance()))

@@ -42,7 +42,7 @@ from coord.errors import (
     NotFound,
     ResourceExhausted,
 )
-from coord.state import healthspec, limits
+from coord.state import healthspec, limits, waits
 from coord.v1 import groups_pb2
 
 
@@ -57,7 +57,6 @@ class Emitter(Protocol):
         """Append the event of a reserved revision."""
 
 
-_NEVER = 2**63 - 1
 _GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 _MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 
@@ -71,13 +70,17 @@ class GroupState:
     holdings: dict[int, groups_pb2.Holding] = field(default_factory=dict)
     handovers: dict[int, groups_pb2.Handover] = field(default_factory=dict)
     vacated_cause: dict[int, str] = field(default_factory=dict)
+    deleting: bool = False  # see Group.deleting
 
     def holder_slot(self, member_id: str) -> int | None:
         return next((s for s, h in self.holdings.items() if h.member_id == member_id), None)
 
     def to_proto(self) -> groups_pb2.Group:
         g = groups_pb2.Group(
-            name=self.name, policy=self.policy, created_revision=self.created_revision
+            name=self.name,
+            policy=self.policy,
+            created_revision=self.created_revision,
+            deleting=self.deleting,
         )
         g.members.extend(self.members.values())
         g.holdings.extend(self.holdings[s] for s in sorted(self.holdings))
@@ -93,9 +96,10 @@ class GroupState:
             policy=g.policy,
             created_revision=g.created_revision,
             members={m.id: m for m in g.members},
-            holdings={h.slot: _revoked_flag(h) for h in g.holdings},
-            handovers={h.slot: h for h in g.handovers},
+            holdings={h.slot: _upgraded_holding(h) for h in g.holdings},
+            handovers={h.slot: _upgraded_handover(h, g.policy) for h in g.handovers},
             vacated_cause=dict(g.vacated_cause),
+            deleting=g.deleting,
         )
 
 
@@ -106,9 +110,13 @@ class Groups:
         self.emit = emit
         self.sessions: dict[str, groups_pb2.Session] = {}
         self.groups: dict[str, GroupState] = {}
-        # Earliest time a timer may be due (None: recompute). Derived from the state
-        # above, never persisted.
-        self._due_ms: int | None = None
+        # A new object whenever a group command ran: lets the leader's wait timer skip
+        # re-reading unchanged waits. Never persisted.
+        self.waits_version = object()
+        # Closing sessions and deleting groups that lost a holding in this command:
+        # settle() finishes them once nothing is held. Empty between commands.
+        self._settle_sessions: set[str] = set()
+        self._settle_groups: set[str] = set()
         # A new object whenever a session is opened or closed: lets the leader's
         # deadline table skip re-reading an unchanged session table. Never persisted.
         self.sessions_version = object()
@@ -132,13 +140,50 @@ class Groups:
         self.emit.record(rev, "session_opened", session_id=session.id, session=session)
         return session
 
-    def close_session(self, session_id: str, cause: str, now: int) -> None:
-        self._session(session_id)
+    def close_session(self, session_id: str, cause: str, now: int, wait_out: bool = False) -> None:
+        """Close a session, releasing what its members hold. With ``wait_out`` (an
+        operator's close: the holders may not have heard) every slot they hold is
+        revoked instead, and the session closes once each has been released after its
+        holder's TTL; meanwhile its members are never granted a slot."""
+        session = self._session(session_id)
+        if wait_out and self._holds_any(session_id):
+            self._close_after_wait_out(session, now)
+            return
         self._drop_session_members(session_id, cause, now)
         del self.sessions[session_id]
         self.sessions_version = object()
         kind = "session_expired" if cause == "session_expired" else "session_closed"
         self.emit(kind, session_id=session_id, cause=cause)
+
+    def _holds_any(self, session_id: str) -> bool:
+        return any(
+            g.members[h.member_id].session_id == session_id
+            for g in self.groups.values()
+            for h in g.holdings.values()
+        )
+
+    def _close_after_wait_out(self, session: groups_pb2.Session, now: int) -> None:
+        if session.closing:
+            return
+        session.closing = True
+        self.emit("session_closing", session_id=session.id, session=session)
+        for g in list(self.groups.values()):
+            for slot, h in sorted(g.holdings.items()):
+                if not h.revoked and g.members[h.member_id].session_id == session.id:
+                    self.revoke(g.name, slot, "session_closed", now)
+
+    def settle(self, now: int) -> None:
+        """After a command: close each closing session and delete each deleting group
+        that no longer holds anything (their last revoked holding was released)."""
+        sessions, self._settle_sessions = self._settle_sessions, set()
+        groups, self._settle_groups = self._settle_groups, set()
+        for sid in sorted(sessions):
+            if sid in self.sessions and not self._holds_any(sid):
+                self.close_session(sid, "session_closed", now)
+        for name in sorted(groups):
+            g = self.groups.get(name)
+            if g is not None and g.deleting and not g.holdings:
+                self.delete_group(name, now)
 
     def expire_session(self, req: groups_pb2.ExpireSession, now: int) -> bool:
         """Expire if the epoch matches (else the expiry is stale). Returns True if expired."""
@@ -172,7 +217,13 @@ class Groups:
                 f"group name {req.name!r} is invalid: 1-128 of letters, digits, '.', '_', '/', "
                 "'-', starting with a letter or digit"
             )
-        if req.name in self.groups:
+        old = self.groups.get(req.name)
+        if old is not None and old.deleting:
+            raise AlreadyExists(
+                f"group {req.name!r} is being deleted: its masters are revoked and waited out "
+                "(their session TTL) first; create it again once it is gone"
+            )
+        if old is not None:
             raise AlreadyExists(f"group {req.name!r} exists: delete it first, or pick a new name")
         policy = _checked_policy(req.policy)
         rev = self.emit("group_created", group=req.name, policy=policy)
@@ -180,8 +231,20 @@ class Groups:
         self.groups[req.name] = g
         return g
 
-    def delete_group(self, name: str, now: int) -> None:
+    def delete_group(self, name: str, now: int, wait_out: bool = False) -> None:
+        """Delete a group and its members. With ``wait_out`` (the default for an
+        operator) a group with masters first revokes them and grants nothing; it is
+        deleted once each slot has been released after its holder's TTL, so the name
+        cannot be created and granted again while an old master may still act."""
         g = self.group(name)
+        if wait_out and g.holdings:
+            if not g.deleting:
+                g.deleting = True
+                self.emit("group_deleting", group=name)
+                for slot, h in sorted(g.holdings.items()):
+                    if not h.revoked:
+                        self.revoke(name, slot, "group_deleted", now)
+            return
         for member_id in list(g.members):
             self._remove_member(g, member_id, "group_deleted", now)
         del self.groups[name]
@@ -195,16 +258,35 @@ class Groups:
             )
         return g
 
+    def _live_group(self, name: str) -> GroupState:
+        """The group, refusing one that is being deleted (nothing new may start there)."""
+        g = self.group(name)
+        if g.deleting:
+            raise FailedPrecondition(
+                f"group {name!r} is being deleted (its masters are waited out first): "
+                "nothing new can start in it"
+            )
+        return g
+
+    def _live_session(self, session_id: str) -> groups_pb2.Session:
+        session = self._session(session_id)
+        if session.closing:
+            raise FailedPrecondition(
+                f"session {session_id!r} is closing (an operator closed it; its slots are "
+                "waited out first): open a new session"
+            )
+        return session
+
     # -- members ---------------------------------------------------------------
 
     def register(self, req: groups_pb2.Member, now: int) -> groups_pb2.Member:
-        g = self.group(req.group)
+        g = self._live_group(req.group)
         if not _MEMBER_ID.fullmatch(req.id):
             raise InvalidArgument(
                 f"member id {req.id!r} is invalid: 1-128 of letters, digits, '.', '_', ':', '@', "
                 "'/', '-', starting with a letter or digit"
             )
-        self._session(req.session_id)
+        self._live_session(req.session_id)
         _check_member_fields(req)
         old = g.members.get(req.id)
         if old is None and len(g.members) >= limits.MAX_MEMBERS_PER_GROUP:
@@ -228,11 +310,13 @@ class Groups:
             member.check.CopyFrom(healthspec.checked(req.check, req.address))
         member.leaving = old is not None and old.leaving  # on its way out: no campaign
         member.candidate = member.candidate and not member.leaving
-        member.eligible_since_ms = (
-            now if old is None or not old.candidate else old.eligible_since_ms
-        )
         kind = "member_updated" if old is not None else "member_joined"
         rev = self.emit.reserve()
+        if old is None or not old.candidate:
+            member.eligible_since_ms, member.eligible_since_revision = now, rev
+        else:
+            member.eligible_since_ms = old.eligible_since_ms
+            member.eligible_since_revision = old.eligible_since_revision
         member.registered_revision = old.registered_revision if old is not None else rev
         g.members[req.id] = member
         self.emit.record(
@@ -290,10 +374,13 @@ class Groups:
         m.healthy = req.healthy
         m.health_detail = req.detail[: limits.MAX_TAG_CHARS]
         m.health_changed_ms = now
-        if m.healthy:
-            m.eligible_since_ms = now  # a failback hold counts from here
+        rev = self.emit.reserve()
+        if m.healthy:  # a failback hold counts from here
+            m.eligible_since_ms, m.eligible_since_revision = now, rev
         kind = "member_healthy" if m.healthy else "member_unhealthy"
-        self.emit(kind, group=g.name, member=m.id, cause=m.health_detail, member_record=m)
+        self.emit.record(
+            rev, kind, group=g.name, member=m.id, cause=m.health_detail, member_record=m
+        )
         slot = g.holder_slot(m.id)
         if (
             not m.healthy
@@ -333,8 +420,9 @@ class Groups:
         self._fill(g, now)
 
     def campaign(self, group: str, member_id: str, now: int) -> groups_pb2.Member:
-        g = self.group(group)
+        g = self._live_group(group)
         m = self._member(g, member_id)
+        self._live_session(m.session_id)
         if m.leaving:
             raise FailedPrecondition(
                 f"member {member_id!r} was unregistered and leaves once its slot is released: "
@@ -347,8 +435,9 @@ class Groups:
             )
         if not m.candidate:
             m.candidate = True
-            m.eligible_since_ms = now
-            self.emit("member_updated", group=group, member=member_id, member_record=m)
+            rev = self.emit.reserve()
+            m.eligible_since_ms, m.eligible_since_revision = now, rev
+            self.emit.record(rev, "member_updated", group=group, member=member_id, member_record=m)
         self._fill(g, now)
         return m
 
@@ -406,11 +495,14 @@ class Groups:
     # -- holdings --------------------------------------------------------------
 
     def _eligible(self, g: GroupState, m: groups_pb2.Member) -> bool:
+        session = self.sessions.get(m.session_id)
         return (
             m.candidate
             and m.healthy
             and not m.nofailover
-            and m.session_id in self.sessions
+            and session is not None
+            and not session.closing
+            and not g.deleting
             and g.holder_slot(m.id) is None
         )
 
@@ -425,7 +517,9 @@ class Groups:
 
     def _fill(self, g: GroupState, now: int) -> None:
         """Grant every empty slot to the best eligible candidate (slot order), then keep
-        every pending handover's promise valid."""
+        every pending handover's promise valid. A deleting group grants nothing."""
+        if g.deleting:
+            return
         for slot in range(g.policy.slots):
             if slot in g.holdings:
                 continue
@@ -489,6 +583,12 @@ class Groups:
         someone else while it held the slot leaves now."""
         h = g.holdings.pop(slot)  # a pending handover stays: the fill honours its target
         g.vacated_cause[slot] = cause
+        if g.deleting:
+            self._settle_groups.add(g.name)
+        holder = g.members.get(h.member_id)
+        session = self.sessions.get(holder.session_id) if holder is not None else None
+        if session is not None and session.closing:
+            self._settle_sessions.add(session.id)
         self.emit(
             "master_lost", group=g.name, member=h.member_id, slot=slot, token=h.token, cause=cause
         )
@@ -501,7 +601,7 @@ class Groups:
     def switchover(self, req: groups_pb2.Switchover, now: int) -> groups_pb2.Handover:
         """Ask a master to step down for ``to_member`` (or the best candidate, chosen now:
         every pending handover names its successor, so none promises one member twice)."""
-        g = self.group(req.group)
+        g = self._live_group(req.group)
         held = sorted(s for s, h in g.holdings.items() if not h.revoked)
         if not held:
             raise FailedPrecondition(f"group {g.name!r} has no master to switch over from")
@@ -544,20 +644,23 @@ class Groups:
         self, g: GroupState, slot: int, to_member: str, cause: str, named: bool, now: int
     ) -> groups_pb2.Handover:
         h = g.holdings[slot]
+        rev = self.emit.reserve()
+        timeout = g.policy.switchover_timeout_ms
         handover = groups_pb2.Handover(
             slot=slot, from_member=h.member_id, to_member=to_member, cause=cause,
-            deadline_ms=now + g.policy.switchover_timeout_ms, named=named,
+            deadline_ms=now + timeout, named=named, requested_revision=rev, timeout_ms=timeout,
         )  # fmt: skip
         g.handovers[slot] = handover
-        self.emit(
-            "stepdown_requested", group=g.name, member=h.member_id, slot=slot, token=h.token,
-            cause=cause, handover=handover,
+        self.emit.record(
+            rev, "stepdown_requested", group=g.name, member=h.member_id, slot=slot,
+            token=h.token, cause=cause, handover=handover,
         )  # fmt: skip
         return handover
 
     def revoke(self, group: str, slot: int, cause: str, now: int) -> None:
         """Take a slot from a holder that may still believe it holds it: the slot is granted
-        again only once the holder's session TTL has passed."""
+        again only once the leader has waited out the holder's session TTL (a RELEASE
+        wait, timed on its monotonic clock)."""
         g = self.group(group)
         h = g.holdings.get(slot)
         if h is None:
@@ -569,7 +672,8 @@ class Groups:
         ttl = session.ttl_ms if session is not None else 0
         h.revoked = True
         h.revoked_time_ms = now
-        h.release_after_ms = now + ttl
+        h.release_wait_ms = ttl
+        h.release_after_ms = now + ttl  # an estimate, for display
         member.candidate = False
         handover = g.handovers.get(slot)
         g.vacated_cause[slot] = handover.cause if handover is not None else cause
@@ -578,50 +682,64 @@ class Groups:
             cause=cause, holding=h,
         )  # fmt: skip
 
-    # -- time ------------------------------------------------------------------
-
-    def run_due_timers(self, now: int) -> None:
-        """Called on every apply: cheap unless a timer may be due (or groups changed)."""
-        if self._due_ms is not None and now < self._due_ms:
-            return
-        self.advance(now)
-        self._due_ms = self.next_timer_ms()
-        if self._due_ms is None:
-            self._due_ms = _NEVER
-
-    def due_ms(self) -> int | None:
-        """next_timer_ms(), cached until the groups change (the leader asks often)."""
-        if self._due_ms is None:
-            due = self.next_timer_ms()
-            self._due_ms = _NEVER if due is None else due
-        return None if self._due_ms == _NEVER else self._due_ms
+    # -- waits (timed by the leader: coord.state.waits) ------------------------
 
     def changed(self) -> None:
-        """A group command ran: the next timer must be recomputed."""
-        self._due_ms = None
+        """A group command ran: the pending waits may have changed."""
+        self.waits_version = object()
 
-    def advance(self, now: int) -> None:
-        """Run every timer due at ``now`` (in group-name order)."""
+    def pending_waits(self) -> list[waits.Wait]:
+        """Every wait the leader must time now (group-name order): revoked holdings
+        (their holder's TTL), handovers of held slots (their timeout), and candidates
+        that outrank a holder of a failback group (the failback hold)."""
+        out: list[waits.Wait] = []
         for name in sorted(self.groups):
             g = self.groups[name]
             for slot, h in sorted(g.holdings.items()):
-                if h.revoked and h.release_after_ms <= now and g.holdings.get(slot) is h:
-                    cause = g.vacated_cause.get(slot, "admin_revoke")
-                    self._release(g, slot, cause, now)
-                    self._fill(g, now)
+                if h.revoked:
+                    out.append(
+                        waits.Wait((waits.RELEASE, name, slot, "", h.token), h.release_wait_ms)
+                    )
             for slot, ho in sorted(g.handovers.items()):
-                h2 = g.holdings.get(slot)
-                if (
-                    g.handovers.get(slot) is ho
-                    and h2 is not None
-                    and not h2.revoked
-                    and ho.deadline_ms <= now
-                ):
-                    self.revoke(name, slot, ho.cause, now)
-            self._maybe_failback(g, now)
+                held = g.holdings.get(slot)
+                if held is not None and not held.revoked:
+                    key = (waits.HANDOVER, name, slot, "", ho.requested_revision)
+                    out.append(waits.Wait(key, ho.timeout_ms))
+            for _, candidate in self._failback_plan(g):
+                since = g.members[candidate].eligible_since_revision
+                key = (waits.FAILBACK, name, 0, candidate, since)
+                out.append(waits.Wait(key, g.policy.failback_hold_ms))
+        return out
 
-    def _failback_plan(self, g: GroupState) -> list[tuple[int, str, int]]:
-        """(slot, candidate, due time) for each failback this group may need.
+    def end_waits(self, keys: list[waits.Key], now: int) -> None:
+        """The leader timed these waits out: act on each that is still pending as named
+        (a wait that ended another way meanwhile is ignored). Group by group, releases
+        first, then handover timeouts, then failbacks: a release's refill may re-target
+        a handover that ends in the same Advance."""
+        for kind, name, slot, member, since in sorted(keys, key=waits.order):
+            g = self.groups.get(name)
+            if g is None:
+                continue
+            if kind == waits.RELEASE:
+                h = g.holdings.get(slot)
+                if h is not None and h.revoked and h.token == since:
+                    self._release(g, slot, g.vacated_cause.get(slot, "admin_revoke"), now)
+                    self._fill(g, now)
+            elif kind == waits.HANDOVER:
+                ho, h = g.handovers.get(slot), g.holdings.get(slot)
+                if ho is not None and ho.requested_revision == since and h and not h.revoked:
+                    self.revoke(name, slot, ho.cause, now)
+            elif kind == waits.FAILBACK:
+                m = g.members.get(member)
+                if m is None or m.eligible_since_revision != since:
+                    continue
+                for s, candidate in self._failback_plan(g):
+                    if candidate == member:
+                        self._request_stepdown(g, s, member, "failback", False, now)
+                        break
+
+    def _failback_plan(self, g: GroupState) -> list[tuple[int, str]]:
+        """(slot, candidate) for each failback this group may need.
 
         The lowest-priority holders are paired with the best candidates, each
         candidate at most once (a multi-master group must not ask two holders to
@@ -644,30 +762,8 @@ class Groups:
         for (priority, slot, _), c in zip(holders, candidates, strict=False):
             if c.priority <= priority:
                 break
-            plan.append((slot, c.id, c.eligible_since_ms + g.policy.failback_hold_ms))
+            plan.append((slot, c.id))
         return plan
-
-    def _maybe_failback(self, g: GroupState, now: int) -> None:
-        for slot, candidate, due in self._failback_plan(g):
-            if due <= now:
-                self._request_stepdown(g, slot, candidate, "failback", False, now)
-
-    def next_timer_ms(self) -> int | None:
-        """When the leader should propose Advance next (None: no timer pending).
-
-        A lower bound on the time of any timer action (advance() before it is a
-        no-op), and exact: an Advance at this time acts.
-        """
-        due: list[int] = []
-        for g in self.groups.values():
-            due += [h.release_after_ms for h in g.holdings.values() if h.revoked]
-            due += [
-                ho.deadline_ms
-                for slot, ho in g.handovers.items()
-                if slot in g.holdings and not g.holdings[slot].revoked
-            ]
-            due += [t for _, _, t in self._failback_plan(g)]
-        return min(due) if due else None
 
 
 def _checked_policy(p: groups_pb2.GroupPolicy) -> groups_pb2.GroupPolicy:
@@ -706,8 +802,20 @@ def _check_member_fields(m: groups_pb2.Member) -> None:
                 )
 
 
-def _revoked_flag(h: groups_pb2.Holding) -> groups_pb2.Holding:
-    """Snapshots written before ``revoked`` existed mark a revoke by its time alone."""
+def _upgraded_holding(h: groups_pb2.Holding) -> groups_pb2.Holding:
+    """Snapshots written before ``revoked`` existed mark a revoke by its time alone;
+    before ``release_wait_ms``, the wait is the span of its wall-clock estimate."""
     if h.revoked_time_ms and not h.revoked:
         h.revoked = True
+    if h.revoked and not h.release_wait_ms:
+        h.release_wait_ms = max(0, h.release_after_ms - h.revoked_time_ms)
     return h
+
+
+def _upgraded_handover(
+    ho: groups_pb2.Handover, policy: groups_pb2.GroupPolicy
+) -> groups_pb2.Handover:
+    """Snapshots written before ``timeout_ms`` existed: the group's timeout."""
+    if not ho.timeout_ms:
+        ho.timeout_ms = policy.switchover_timeout_ms
+    return ho

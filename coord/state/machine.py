@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coord.errors import CoordError, Internal, InvalidArgument
-from coord.state import limits
+from coord.state import limits, waits
 from coord.state.events import EventLog
 from coord.state.groups import Groups, GroupState
 from coord.state.kv import KVStore, validate_key, validate_value
 from coord.state.ledger import Ledger
+from coord.state.request_ids import check_request_id
 from coord.v1 import availability_pb2, groups_pb2, kv_pb2, raft_pb2
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,12 @@ class StateMachine:
             result = _error(InvalidArgument("undecodable command"))
             result.revision = self.revision
             return result
+        try:
+            check_request_id(cmd.request_id)  # too long to remember: a retry would reapply
+        except CoordError as e:
+            result = _error(e)
+            result.revision = self.revision
+            return result
         fingerprint = _fingerprint(cmd) if cmd.request_id else b""
         if cmd.request_id:
             seen = self._dedupe.get(cmd.request_id)
@@ -103,11 +110,10 @@ class StateMachine:
                     result.revision = self.revision
                     return result
                 return _copy(seen[0])
+        # Wall time, for events, display and the ledger only: no wait depends on it.
         self.last_time_ms = max(self.last_time_ms, cmd.time_ms)
         self.last_term = max(self.last_term, cmd.term)
         try:
-            if self.groups.groups:
-                self.groups.run_due_timers(self.last_time_ms)  # due by this command's time
             result = self._dispatch(cmd)
         except CoordError as e:
             result = _error(e)
@@ -127,7 +133,7 @@ class StateMachine:
             return self._delete(cmd.delete)
         if op == "bootstrap":
             return self._bootstrap(cmd.bootstrap)
-        if op in {"noop", "advance"}:
+        if op == "noop":
             return raft_pb2.CommandResult()
         if op == "digest":
             return self._check_point(cmd.digest.id)
@@ -140,9 +146,11 @@ class StateMachine:
                     max(0, self.last_time_ms - session.ttl_ms) if session is not None else 0
                 )
             try:
-                return handler(self.groups, getattr(cmd, op), self.last_time_ms)
+                result = handler(self.groups, getattr(cmd, op), self.last_time_ms)
             finally:
                 self._expiring_since_ms = 0
+            self.groups.settle(self.last_time_ms)
+            return result
         raise InvalidArgument(f"unknown command {op!r}: is this node running an older version?")
 
     def _check_point(self, check_id: str) -> raft_pb2.CommandResult:
@@ -461,6 +469,7 @@ def _attach_group_state(event: groups_pb2.Event, g: GroupState) -> None:
     slots.handovers.extend(g.handovers[s] for s in sorted(g.handovers) if s in g.holdings)
     for slot in sorted(g.vacated_cause):
         slots.vacated_cause[slot] = g.vacated_cause[slot]
+    slots.deleting = g.deleting
     member = g.members.get(event.member) if event.member else None
     if member is not None and not event.HasField("member_record"):
         event.member_record.CopyFrom(member)
@@ -522,7 +531,7 @@ def _open_session(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
 
 
 def _close_session(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
-    g.close_session(req.session_id, "session_closed", now)
+    g.close_session(req.session_id, "session_closed", now, wait_out=req.wait_out)
     return raft_pb2.CommandResult()
 
 
@@ -536,7 +545,7 @@ def _create_group(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
 
 
 def _delete_group(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
-    g.delete_group(req.name, now)
+    g.delete_group(req.name, now, wait_out=req.wait_out)
     return raft_pb2.CommandResult()
 
 
@@ -568,6 +577,11 @@ def _revoke(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
     return raft_pb2.CommandResult()
 
 
+def _advance(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.end_waits([waits.from_proto(k) for k in req.over], now)
+    return raft_pb2.CommandResult()
+
+
 def _update_member(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
     return raft_pb2.CommandResult(member=g.update_member(req, now))
 
@@ -595,6 +609,7 @@ _GROUP_COMMANDS: dict[str, Callable[[Groups, Any, int], raft_pb2.CommandResult]]
     "resign": _resign,
     "switchover": _switchover,
     "revoke_holding": _revoke,
+    "advance": _advance,
     "update_member": _update_member,
     "set_health": _set_health,
     "set_loads": _set_loads,

@@ -134,7 +134,7 @@ def apply_diff(
     sm.merge_dedupe(list(diff.dedupe))
     sm.last_time_ms = max(sm.last_time_ms, diff.last_time_ms)
     sm.last_term = max(sm.last_term, diff.last_term)
-    sm.groups.changed()  # the timer cache is derived from the tables replaced above
+    sm.groups.changed()  # the pending waits are derived from the tables replaced above
     sm.groups.sessions_version = object()
 
 
@@ -211,6 +211,7 @@ def _group_event(sm: StateMachine, e: groups_pb2.Event) -> None:
     g.holdings = {h.slot: _copy(h) for h in slots.holdings}
     g.handovers = {ho.slot: _copy(ho) for ho in slots.handovers}
     g.vacated_cause = dict(sorted(slots.vacated_cause.items()))
+    g.deleting = slots.deleting
 
 
 def _bootstrapped(sm: StateMachine, e: groups_pb2.Event) -> None:
@@ -224,6 +225,7 @@ _HANDLERS: dict[str, Callable[[StateMachine, groups_pb2.Event], None]] = {
     "kv_put": _kv_put,
     "kv_delete": _kv_delete,
     "session_opened": _session_opened,
+    "session_closing": _session_opened,  # the record, now closing
     "session_closed": _session_ended,
     "session_expired": _session_ended,
     "loads_reported": _loads_reported,

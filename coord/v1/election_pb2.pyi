@@ -212,17 +212,31 @@ class CloseSessionRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OWN_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     request_id: _builtins.str
+    own: _builtins.bool
+    """Sent by the session's own client, which has stopped acting on it: slots its
+    members hold are released at once. Otherwise (an operator) each such slot is
+    revoked and released after its holder's TTL, then the session closes.
+    """
+    force: _builtins.bool
+    """Close at once even though its members hold slots whose holders may still
+    believe they are masters (they learn at their next keepalive, or when their
+    validity ends): two masters may overlap until then.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        own: _builtins.bool = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "own", b"own", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -345,17 +359,24 @@ class DeleteGroupRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     request_id: _builtins.str
+    force: _builtins.bool
+    """Delete at once even though it has masters that may still believe they are
+    (the default revokes them, waits out their TTL, then deletes): the name can
+    be created again and granted while an old master still acts.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,7 @@ class Session(_message.Message):
     CREATED_TIME_MS_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    CLOSING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     ttl_ms: _builtins.int
     epoch: _builtins.int
@@ -77,6 +78,10 @@ class Session(_message.Message):
     """The identity that opened it (coord.server.auth): only it (or an admin) may
     keep it alive, close it, or register members with it.
     """
+    closing: _builtins.bool
+    """Closed by an operator while its members held slots: those slots are revoked,
+    and the session closes once each has been released after its holder's TTL.
+    """
     def __init__(
         self,
         *,
@@ -88,10 +93,11 @@ class Session(_message.Message):
         created_time_ms: _builtins.int = ...,
         load: _builtins.float = ...,
         owner: _builtins.str = ...,
+        closing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "created_time_ms", b"created_time_ms", "epoch", b"epoch", "id", b"id", "load", b"load", "name", b"name", "owner", b"owner", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closing", b"closing", "created_revision", b"created_revision", "created_time_ms", b"created_time_ms", "epoch", b"epoch", "id", b"id", "load", b"load", "name", b"name", "owner", b"owner", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,6 +205,7 @@ class Member(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
     HEALTH_CHANGED_MS_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_SINCE_REVISION_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     id: _builtins.str
     session_id: _builtins.str
@@ -221,6 +228,10 @@ class Member(_message.Message):
     health_detail: _builtins.str
     """Why `healthy` last changed: the check's result then, and when (ms)."""
     health_changed_ms: _builtins.int
+    eligible_since_revision: _builtins.int
+    """The revision at which it last became a healthy candidate: names that stretch
+    of eligibility (a failback hold is timed per stretch, by the leader).
+    """
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -249,10 +260,11 @@ class Member(_message.Message):
         check: Global___HealthCheck | None = ...,
         health_detail: _builtins.str = ...,
         health_changed_ms: _builtins.int = ...,
+        eligible_since_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "candidate", b"candidate", "check", b"check", "eligible_since_ms", b"eligible_since_ms", "group", b"group", "health_changed_ms", b"health_changed_ms", "health_detail", b"health_detail", "healthy", b"healthy", "id", b"id", "leaving", b"leaving", "metadata", b"metadata", "nofailover", b"nofailover", "priority", b"priority", "registered_revision", b"registered_revision", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "candidate", b"candidate", "check", b"check", "eligible_since_ms", b"eligible_since_ms", "eligible_since_revision", b"eligible_since_revision", "group", b"group", "health_changed_ms", b"health_changed_ms", "health_detail", b"health_detail", "healthy", b"healthy", "id", b"id", "leaving", b"leaving", "metadata", b"metadata", "nofailover", b"nofailover", "priority", b"priority", "registered_revision", b"registered_revision", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,16 +421,25 @@ class Holding(_message.Message):
     REVOKED_TIME_MS_FIELD_NUMBER: _builtins.int
     RELEASE_AFTER_MS_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
+    RELEASE_WAIT_MS_FIELD_NUMBER: _builtins.int
     slot: _builtins.int
     member_id: _builtins.str
     token: _builtins.int
     granted_time_ms: _builtins.int
     cause: _builtins.str
     revoked_time_ms: _builtins.int
-    """Set when revoked: the slot is granted again at release_after_ms."""
+    """Set when revoked, wall clock, for display: the slot is granted again once the
+    leader has waited out release_wait_ms on its own monotonic clock, so
+    release_after_ms (revoked_time_ms + the wait) is an estimate, never a deadline.
+    """
     release_after_ms: _builtins.int
     revoked: _builtins.bool
     """Set by a revoke (revoked_time_ms may be 0 at time 0)."""
+    release_wait_ms: _builtins.int
+    """How long the leader waits out a revoked holder (its session TTL) before the
+    slot is released: timed from when the leader applied the revoke, or from its
+    own takeover.
+    """
     def __init__(
         self,
         *,
@@ -430,10 +451,11 @@ class Holding(_message.Message):
         revoked_time_ms: _builtins.int = ...,
         release_after_ms: _builtins.int = ...,
         revoked: _builtins.bool = ...,
+        release_wait_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "granted_time_ms", b"granted_time_ms", "member_id", b"member_id", "release_after_ms", b"release_after_ms", "revoked", b"revoked", "revoked_time_ms", b"revoked_time_ms", "slot", b"slot", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "granted_time_ms", b"granted_time_ms", "member_id", b"member_id", "release_after_ms", b"release_after_ms", "release_wait_ms", b"release_wait_ms", "revoked", b"revoked", "revoked_time_ms", b"revoked_time_ms", "slot", b"slot", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -451,16 +473,25 @@ class Handover(_message.Message):
     CAUSE_FIELD_NUMBER: _builtins.int
     DEADLINE_MS_FIELD_NUMBER: _builtins.int
     NAMED_FIELD_NUMBER: _builtins.int
+    REQUESTED_REVISION_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     slot: _builtins.int
     from_member: _builtins.str
     to_member: _builtins.str
     """Empty: the best eligible candidate."""
     cause: _builtins.str
     deadline_ms: _builtins.int
+    """Wall clock, for display: the holder is revoked once the leader has timed
+    timeout_ms on its own monotonic clock (from when it applied the request, or
+    from its own takeover).
+    """
     named: _builtins.bool
     """The operator named to_member: if it stops being eligible the handover is
     cancelled, not given to the next best candidate.
     """
+    requested_revision: _builtins.int
+    """The revision that requested it: names this handover (a re-target keeps it)."""
+    timeout_ms: _builtins.int
     def __init__(
         self,
         *,
@@ -470,10 +501,12 @@ class Handover(_message.Message):
         cause: _builtins.str = ...,
         deadline_ms: _builtins.int = ...,
         named: _builtins.bool = ...,
+        requested_revision: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deadline_ms", b"deadline_ms", "from_member", b"from_member", "named", b"named", "slot", b"slot", "to_member", b"to_member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deadline_ms", b"deadline_ms", "from_member", b"from_member", "named", b"named", "requested_revision", b"requested_revision", "slot", b"slot", "timeout_ms", b"timeout_ms", "to_member", b"to_member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -510,8 +543,13 @@ class Group(_message.Message):
     HOLDINGS_FIELD_NUMBER: _builtins.int
     HANDOVERS_FIELD_NUMBER: _builtins.int
     VACATED_CAUSE_FIELD_NUMBER: _builtins.int
+    DELETING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     created_revision: _builtins.int
+    deleting: _builtins.bool
+    """Deleted by an operator while it had masters: they are revoked, nothing is
+    granted, and the group is deleted once every slot has been released.
+    """
     @_builtins.property
     def policy(self) -> Global___GroupPolicy: ...
     @_builtins.property
@@ -534,10 +572,11 @@ class Group(_message.Message):
         holdings: _abc.Iterable[Global___Holding] | None = ...,
         handovers: _abc.Iterable[Global___Handover] | None = ...,
         vacated_cause: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
+        deleting: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "handovers", b"handovers", "holdings", b"holdings", "members", b"members", "name", b"name", "policy", b"policy", "vacated_cause", b"vacated_cause"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "members", b"members", "name", b"name", "policy", b"policy", "vacated_cause", b"vacated_cause"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,6 +724,8 @@ class GroupSlots(_message.Message):
     HOLDINGS_FIELD_NUMBER: _builtins.int
     HANDOVERS_FIELD_NUMBER: _builtins.int
     VACATED_CAUSE_FIELD_NUMBER: _builtins.int
+    DELETING_FIELD_NUMBER: _builtins.int
+    deleting: _builtins.bool
     @_builtins.property
     def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Holding]: ...
     @_builtins.property
@@ -697,10 +738,11 @@ class GroupSlots(_message.Message):
         holdings: _abc.Iterable[Global___Holding] | None = ...,
         handovers: _abc.Iterable[Global___Handover] | None = ...,
         vacated_cause: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
+        deleting: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handovers", b"handovers", "holdings", b"holdings", "vacated_cause", b"vacated_cause"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "vacated_cause", b"vacated_cause"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -761,15 +803,22 @@ class CloseSession(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    WAIT_OUT_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    wait_out: _builtins.bool
+    """Revoke the slots its members hold and close once each is released after its
+    holder's TTL (an operator's close). Unset: close at once (the session's own
+    client, which has stopped acting on it; or --force).
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        wait_out: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "wait_out", b"wait_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -825,15 +874,21 @@ class DeleteGroup(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    WAIT_OUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    wait_out: _builtins.bool
+    """Revoke its masters and delete once each is released after its TTL. Unset:
+    delete at once (--force).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        wait_out: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "wait_out", b"wait_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -982,20 +1037,65 @@ Global___RevokeHolding: _TypeAlias = RevokeHolding  # noqa: Y015
 
 @_typing.final
 class Advance(_message.Message):
-    """Proposed by the leader when a timer in the state is due; carries only time."""
+    """Proposed by the leader: the waits (coord.state.waits) it has timed out on its
+    own monotonic clock. Each takes effect only if it is still pending as named;
+    an Advance without any (older journals) does nothing.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    OVER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def over(self) -> _containers.RepeatedCompositeFieldContainer[Global___WaitKey]: ...
     def __init__(
         self,
+        *,
+        over: _abc.Iterable[Global___WaitKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["over", b"over"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Advance: _TypeAlias = Advance  # noqa: Y015
+
+@_typing.final
+class WaitKey(_message.Message):
+    """Names one pending wait of the state: a revoked holding's wait-out ("release":
+    group, slot, since = the holding's token), a handover's timeout ("handover":
+    group, slot, since = its requested_revision), a failback hold ("failback":
+    group, member = the candidate, since = its eligible_since_revision).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    group: _builtins.str
+    slot: _builtins.int
+    member: _builtins.str
+    since: _builtins.int
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        group: _builtins.str = ...,
+        slot: _builtins.int = ...,
+        member: _builtins.str = ...,
+        since: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "kind", b"kind", "member", b"member", "since", b"since", "slot", b"slot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitKey: _TypeAlias = WaitKey  # noqa: Y015
 
 @_typing.final
 class SetHealth(_message.Message):

@@ -3,8 +3,10 @@
 Every test drives ``StateMachine.apply`` with the serialized ``raft_pb2.Command``
 a Raft log would hold, stamped with an increasing ``time_ms`` (wall-clock-like,
 so that no stamp is 0) and a term, and reads the state the machine exposes.
-Timers (handover deadlines, revoked holdings, failback holds) fire on the next
-apply at or after their due time, here usually an ``Advance``.
+The driver plays the leader too: it times the state's pending waits (handover
+timeouts, revoked holdings, failback holds) with a ``WaitTimer`` on its own clock
+(``now``, as if monotonic), observing them after every command as the leader's
+duty does, and ``advance`` proposes the ``Advance`` that ends those that are over.
 
 Tests marked ``xfail(strict=True, reason="BUG: ...")`` pin bugs of
 ``coord/state/groups.py``; each reason says what goes wrong.
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 
 from coord.errors import OutOfRange
-from coord.state import limits
+from coord.state import limits, waits
 from coord.state.machine import StateMachine
 from coord.v1 import groups_pb2 as gp
 from coord.v1 import kv_pb2, raft_pb2
@@ -35,13 +37,24 @@ class Driver:
         self.now = T0
         self.term = 1
         self.s: dict[str, gp.Session] = {}  # sessions by the name of their member
+        self.timer = waits.WaitTimer()  # the leader's timing of the state's waits
 
     def apply(self, dt: int = 1, *, at: int | None = None, **op: Any) -> raft_pb2.CommandResult:
         self.now = at if at is not None else self.now + dt
         cmd = raft_pb2.Command(time_ms=self.now, term=self.term, **op)
         out = raft_pb2.CommandResult()
         out.CopyFrom(self.sm.apply(cmd.SerializeToString()))
+        self.timer.observe(self.sm.groups.pending_waits(), self._clock_s())
         return out
+
+    def _clock_s(self) -> float:
+        """The leader's monotonic clock: ``now``, in seconds from T0 (small floats)."""
+        return (self.now - T0) / 1000
+
+    def next_timer_ms(self) -> int | None:
+        """When the earliest pending wait is over, on the driver's clock."""
+        due = self.timer.next_due_s()
+        return None if due is None else T0 + round(due * 1000)
 
     def ok(self, dt: int = 1, *, at: int | None = None, **op: Any) -> raft_pb2.CommandResult:
         res = self.apply(dt, at=at, **op)
@@ -101,9 +114,13 @@ class Driver:
         return self.apply(dt, switchover=gp.Switchover(group=group, to_member=to))
 
     def advance(self, dt: int = 0, *, at: int | None = None) -> list[tuple[str, str, int, str]]:
-        """Apply an Advance; return the events it produced."""
+        """Move the clock; as the leader would, propose an Advance ending the waits that
+        are over by then (if any). Returns the events it produced."""
         mark = self.sm.revision
-        self.ok(dt, at=at, advance=gp.Advance())
+        self.now = at if at is not None else self.now + dt
+        over = self.timer.due(self._clock_s())
+        if over:
+            self.ok(0, advance=gp.Advance(over=[waits.to_proto(k) for k in over]))
         return self.since(mark)
 
     def holders(self, group: str = "g") -> dict[int, str]:
@@ -277,7 +294,7 @@ def test_switchover_to_a_named_member() -> None:
         ("master_elected", "b", 0, "switchover"),
     ]
     assert d.sm.groups.groups["g"].handovers == {}
-    assert d.sm.groups.next_timer_ms() is None
+    assert d.next_timer_ms() is None
 
 
 def test_switchover_to_the_best_candidate() -> None:
@@ -342,7 +359,7 @@ def test_switchover_timeout_revokes_then_waits_out_the_holders_ttl() -> None:
     token = d.holding().token
     assert not d.switchover("b").error_reason
     t = d.now
-    assert d.sm.groups.next_timer_ms() == t + 200
+    assert d.next_timer_ms() == t + 200
     assert d.advance(at=t + 199) == []
     assert d.advance(at=t + 200) == [("master_revoked", "a", 0, "switchover")]
     h = d.holding()
@@ -359,7 +376,7 @@ def test_switchover_timeout_revokes_then_waits_out_the_holders_ttl() -> None:
         ("master_elected", "b", 0, "switchover"),
     ]
     assert d.holding().token > token
-    assert d.sm.groups.next_timer_ms() is None
+    assert d.next_timer_ms() is None
 
 
 @pytest.mark.parametrize(
@@ -368,18 +385,26 @@ def test_switchover_timeout_revokes_then_waits_out_the_holders_ttl() -> None:
         {"open_session": gp.OpenSession(ttl_ms=1000)},
         {"put": kv_pb2.PutRequest(key=b"k", value=b"v")},
         {"noop": raft_pb2.Noop()},
+        {"advance": gp.Advance()},
     ],
 )
-def test_a_timer_fires_on_any_command_not_only_advance(op: dict[str, Any]) -> None:
+def test_no_command_time_ends_a_wait_however_far_ahead_its_clock(op: dict[str, Any]) -> None:
+    """A command stamped by a node whose wall clock is ahead (or a leader whose clock
+    stepped) once revoked at the handover's deadline and released a revoked slot at
+    revoke time + TTL in that clock, while the old master could still believe it held
+    the slot. Only the leader's Advance, naming a wait it timed out, ends one."""
     d = master_standby(timeout=200)
     d.switchover()
-    d.ok(**op)  # not due yet: nothing but the command itself
-    assert d.holding().revoked_time_ms == 0
+    far = raft_pb2.Command(time_ms=d.now + 10**9, term=d.term, **op).SerializeToString()
     mark = d.sm.revision
-    d.ok(5000, **op)
-    kinds = [e[0] for e in d.since(mark)]
-    assert kinds[0] == "master_revoked"  # before the command's own event, if any
-    assert len(kinds) == (1 if "noop" in op else 2)
+    d.sm.apply(far)
+    assert "master_revoked" not in [e[0] for e in d.since(mark)]
+    assert not d.holding().revoked
+    d.ok(revoke_holding=gp.RevokeHolding(group="g", slot=0))
+    mark = d.sm.revision
+    d.sm.apply(far)
+    assert [e[0] for e in d.since(mark)] in ([], ["session_opened"], ["kv_put"])
+    assert d.holding().revoked and d.holders() == {0: "a"}  # still waited out
 
 
 def test_next_timer_after_a_switchover_revocation_is_the_release_time() -> None:
@@ -387,7 +412,7 @@ def test_next_timer_after_a_switchover_revocation_is_the_release_time() -> None:
     d.switchover("b")
     d.advance(200)
     assert d.holding().revoked_time_ms
-    assert d.sm.groups.next_timer_ms() == d.holding().release_after_ms  # not the deadline
+    assert d.next_timer_ms() == d.holding().release_after_ms  # not the deadline
 
 
 def test_admin_revoke_waits_out_the_ttl_then_grants() -> None:
@@ -436,7 +461,7 @@ def test_failback_after_the_hold_and_not_before() -> None:
     d.join("high", high, priority=5, dt=10)
     t = d.now
     assert d.holders() == {0: "low"}  # failback waits for the hold
-    assert d.sm.groups.next_timer_ms() == t + 1000
+    assert d.next_timer_ms() == t + 1000
     assert d.advance(at=t + 999) == []
     assert d.advance(at=t + 1000) == [("stepdown_requested", "low", 0, "failback")]
     ho = d.sm.groups.groups["g"].handovers[0]
@@ -468,7 +493,7 @@ def test_failback_off_never_asks_the_holder_to_step_down() -> None:
     d.group(failback=OFF, hold=0)
     d.join("low", d.session(), priority=1)
     d.join("high", d.session(), priority=5)
-    assert d.sm.groups.next_timer_ms() is None
+    assert d.next_timer_ms() is None
     assert d.advance(100_000) == []
     assert d.holders() == {0: "low"}
 
@@ -495,7 +520,7 @@ def test_next_timer_during_a_failback_handover_is_its_deadline() -> None:
     d.join("high", d.session(), priority=5)
     d.advance(1000)
     ho = d.sm.groups.groups["g"].handovers[0]
-    assert d.sm.groups.next_timer_ms() == ho.deadline_ms  # not the (past) hold expiry
+    assert d.next_timer_ms() == ho.deadline_ms  # not the (past) hold expiry
 
 
 def test_next_timer_for_failback_is_a_time_at_which_advance_acts() -> None:
@@ -504,7 +529,7 @@ def test_next_timer_for_failback_is_a_time_at_which_advance_acts() -> None:
     d.join("low", d.session(), priority=1)
     d.join("mid", d.session(), priority=5)
     d.join("top", d.session(), priority=9, dt=500)
-    due = d.sm.groups.next_timer_ms()
+    due = d.next_timer_ms()
     assert due is not None
     assert d.advance(at=due) != []  # failback targets top: its hold, not mid's
 
@@ -712,7 +737,7 @@ def test_delete_group_releases_everything() -> None:
     ]
     assert "g" not in d.sm.groups.groups
     assert {sa.id, sb.id} <= set(d.sm.groups.sessions)  # sessions outlive the group
-    assert d.sm.groups.next_timer_ms() is None
+    assert d.next_timer_ms() is None
     assert d.advance(100_000) == []
     # The same name again is a new group: nothing carried over, tokens keep growing.
     d.group(slots=2)
@@ -879,8 +904,9 @@ def test_snapshot_restore_keeps_holdings_handovers_and_timers() -> None:
     other = StateMachine()
     other.restore(d.sm.snapshot())
     assert other.snapshot() == d.sm.snapshot()
-    assert other.groups.next_timer_ms() == d.sm.groups.next_timer_ms()
-    cmd = raft_pb2.Command(time_ms=d.now + 5000, term=1, advance=gp.Advance())
+    assert other.groups.pending_waits() == d.sm.groups.pending_waits()
+    over = [waits.to_proto(w.key) for w in d.sm.groups.pending_waits()]
+    cmd = raft_pb2.Command(time_ms=d.now + 5000, term=1, advance=gp.Advance(over=over))
     assert other.apply(cmd.SerializeToString()) == d.sm.apply(cmd.SerializeToString())
     assert other.snapshot() == d.sm.snapshot()
     assert other.groups.groups["g"].holdings[0].member_id == "b"

@@ -83,7 +83,7 @@ def test_a_recovered_member_waits_out_the_failback_hold_from_its_recovery() -> N
     d.ok(campaign=gp.Campaign(group="g", member_id="a"))  # its library campaigns again
     health(d, "a", True, group="g")
     recovered = d.now
-    assert d.sm.groups.next_timer_ms() == recovered + 5000  # the hold-down
+    assert d.next_timer_ms() == recovered + 5000  # the hold-down
     assert d.advance(at=recovered + 2000) == []
     health(d, "a", False)  # flaps within the hold
     health(d, "a", True)

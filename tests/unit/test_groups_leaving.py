@@ -79,6 +79,7 @@ def test_named_switchover_of_a_leaving_master_goes_to_the_next_candidate() -> No
     want = gp.Handover(
         slot=0, from_member="a", to_member="c", cause="member_left",
         deadline_ms=before.deadline_ms, named=False,
+        requested_revision=before.requested_revision, timeout_ms=before.timeout_ms,
     )  # fmt: skip
     assert handover(d) == want
     assert d.events(mark)[-1].handover == want
@@ -111,9 +112,10 @@ def test_a_leaving_master_with_nobody_left_to_follow_is_released_after_timeout_a
     want = gp.Handover(
         slot=0, from_member="a", to_member="", cause="member_left",
         deadline_ms=ho.deadline_ms, named=False,
+        requested_revision=ho.requested_revision, timeout_ms=ho.timeout_ms,
     )  # fmt: skip
     assert handover(d) == want
-    assert d.sm.groups.next_timer_ms() == ho.deadline_ms
+    assert d.next_timer_ms() == ho.deadline_ms
     assert d.advance(at=ho.deadline_ms - 1) == []
     assert d.advance(at=ho.deadline_ms) == [("master_revoked", "a", 0, "member_left")]
     t = ho.deadline_ms + 1000  # a's TTL
@@ -125,7 +127,7 @@ def test_a_leaving_master_with_nobody_left_to_follow_is_released_after_timeout_a
     assert d.holders() == {}
     assert "a" not in d.sm.groups.groups["g"].members
     assert d.sm.groups.groups["g"].handovers == {}
-    assert d.sm.groups.next_timer_ms() is None
+    assert d.next_timer_ms() is None
     mark = d.sm.revision
     d.ok(campaign=gp.Campaign(group="g", member_id="b"))  # the vacancy's cause carries over
     assert d.since(mark)[-1] == ("master_elected", "b", 0, "member_left")
@@ -153,6 +155,7 @@ def test_a_leaving_masters_successor_taking_another_slot_hands_over_to_the_next(
     assert handover(d) == gp.Handover(
         slot=0, from_member="a", to_member="d", cause="member_left",
         deadline_ms=before.deadline_ms, named=False,
+        requested_revision=before.requested_revision, timeout_ms=before.timeout_ms,
     )  # fmt: skip
     d.advance(at=before.deadline_ms)  # revoked at the deadline
     d.advance(at=before.deadline_ms + 1000)  # released after a's TTL
@@ -206,6 +209,7 @@ def test_a_made_over_request_already_past_its_deadline_is_revoked_in_the_same_ad
     assert handover(d, 1) == gp.Handover(
         slot=1, from_member="a", to_member="e", cause="member_left",
         deadline_ms=before.deadline_ms, named=False,
+        requested_revision=before.requested_revision, timeout_ms=before.timeout_ms,
     )  # fmt: skip
     assert d.advance(at=released + 1000) == [
         ("master_lost", "a", 1, "member_left"),
