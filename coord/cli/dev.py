@@ -26,7 +26,7 @@ import click
 from coord import errors
 from coord.cli.dev_group import GROUP, MEMBERS, TTL_S, DemoGroup
 from coord.cli.output import table
-from coord.client import Client
+from coord.client import Client, new_request_id
 from coord.testing import LocalCluster
 from coord.v1 import cluster_pb2, election_pb2, election_pb2_grpc
 
@@ -144,10 +144,12 @@ class DevConsole:
                     self.group.start_member(args[0])
                 self.note(f"{cmd} member {args[0]}" + (" (kill -9)" if cmd == "kill" else ""))
             elif cmd == "switchover" and len(args) <= 1:
+                switchover = election_pb2.SwitchoverRequest(
+                    group=GROUP, to_member=args[0] if args else "", request_id=new_request_id()
+                )
                 with Client(self.cluster.endpoints, timeout_s=5) as c:
                     c.call(lambda ch, t: election_pb2_grpc.GroupsStub(ch).Switchover(
-                        election_pb2.SwitchoverRequest(group=GROUP, to_member=args[0] if args
-                                                       else ""), timeout=t))  # fmt: skip
+                        switchover, timeout=t))  # fmt: skip
                 self.note(f"switchover of {GROUP} requested")
             elif cmd in ("kill", "stop", "start", "restart", "pause", "resume") and len(args) == 1:
                 self._node_command(cmd, args[0])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coord.client.balancer import Balancer
-from coord.client.client import Client, StoppableClient, parse_endpoints
+from coord.client.client import Client, StoppableClient, new_request_id, parse_endpoints
 from coord.client.election import (
     FencedResource,
     Leadership,
@@ -31,6 +31,7 @@ __all__ = [
     "grpc_check",
     "http_check",
     "masters",
+    "new_request_id",
     "observe",
     "parse_endpoints",
     "tcp_check",

@@ -302,7 +302,7 @@ class Client:
     ) -> kv_pb2.PutResponse:
         """Put ``key``; with ``expected_mod_revision``, only if it matches (0: absent)."""
         req = kv_pb2.PutRequest(
-            key=_b(key), value=_b(value), prev_kv=prev_kv, request_id=request_id or _rid()
+            key=_b(key), value=_b(value), prev_kv=prev_kv, request_id=request_id or new_request_id()
         )
         if expected_mod_revision is not None:
             req.expected_mod_revision = expected_mod_revision
@@ -335,7 +335,7 @@ class Client:
         request_id: str | None = None,
     ) -> kv_pb2.DeleteResponse:
         req = kv_pb2.DeleteRequest(
-            key=_b(key), prefix=prefix, prev_kv=prev_kv, request_id=request_id or _rid()
+            key=_b(key), prefix=prefix, prev_kv=prev_kv, request_id=request_id or new_request_id()
         )
         if expected_mod_revision is not None:
             req.expected_mod_revision = expected_mod_revision
@@ -433,7 +433,9 @@ class _RetryableRpc(grpc.RpcError):
         self.err = err
 
 
-def _rid() -> str:
+def new_request_id() -> str:
+    """A fresh request id for one logical write: send the same one on every retry of
+    that write (the cluster applies it once and answers the first result)."""
     return uuid.uuid4().hex
 
 

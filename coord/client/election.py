@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import grpc
 
 from coord import errors
-from coord.client.client import Client
+from coord.client import clock
+from coord.client.client import Client, new_request_id
 from coord.client.errors import translate
 from coord.client.session import Session
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
@@ -40,8 +41,9 @@ def _groups(ch: grpc.Channel) -> election_pb2_grpc.GroupsStub:
 def create_group(client: Client, name: str, slots: int = 1, **policy: Any) -> groups_pb2.Group:
     """Create a group; ``policy`` takes GroupPolicy fields (failback, failback_hold_ms, ...)."""
     req = election_pb2.CreateGroupRequest(
-        name=name, policy=groups_pb2.GroupPolicy(slots=slots, **policy)
-    )
+        name=name, policy=groups_pb2.GroupPolicy(slots=slots, **policy),
+        request_id=new_request_id(),
+    )  # fmt: skip
     resp: election_pb2.GroupResponse = client.call(lambda ch, t: _groups(ch).Create(req, timeout=t))
     return resp.group
 
@@ -74,20 +76,19 @@ class Member:
             priority=priority, weight=weight, tags=tags or {}, metadata=metadata or {},
             nofailover=nofailover, check=check,
         )  # fmt: skip
-        client.call(
-            lambda ch, t: _groups(ch).Register(
-                election_pb2.RegisterRequest(member=record), timeout=t
-            )
-        )
+        req = election_pb2.RegisterRequest(member=record, request_id=new_request_id())
+        client.call(lambda ch, t: _groups(ch).Register(req, timeout=t))
 
     def campaign(self, timeout_s: float | None = None) -> Leadership:
         """Block until this member holds a slot; returns the holding (a context manager).
 
-        Survives node failures: the campaign is re-sent (it is idempotent) to
+        Survives node failures: the campaign is re-sent (with the same request id) to
         whichever node answers, until elected or ``timeout_s`` passes.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        req = election_pb2.CampaignRequest(group=self.group, member_id=self.id)
+        req = election_pb2.CampaignRequest(
+            group=self.group, member_id=self.id, request_id=new_request_id()
+        )
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -131,7 +132,7 @@ class Member:
             update.weight = weight
         if address is not None:
             update.address = address
-        req = election_pb2.UpdateMemberRequest(update=update)
+        req = election_pb2.UpdateMemberRequest(update=update, request_id=new_request_id())
         resp: election_pb2.MemberResponse = self.client.call(
             lambda ch, t: _groups(ch).UpdateMember(req, timeout=t)
         )
@@ -140,15 +141,17 @@ class Member:
     def leave(self) -> None:
         """Unregister at once (as the member's own session), giving up any slot."""
         req = election_pb2.UnregisterRequest(
-            group=self.group, member_id=self.id, session_id=self.session.id
-        )
+            group=self.group, member_id=self.id, session_id=self.session.id,
+            request_id=new_request_id(),
+        )  # fmt: skip
         self.client.call(lambda ch, t: _groups(ch).Unregister(req, timeout=t))
 
     def resign(self) -> None:
         """Give up the slot at once (as the holder's own session)."""
         req = election_pb2.ResignRequest(
-            group=self.group, member_id=self.id, session_id=self.session.id
-        )
+            group=self.group, member_id=self.id, session_id=self.session.id,
+            request_id=new_request_id(),
+        )  # fmt: skip
         self.client.call(lambda ch, t: _groups(ch).Resign(req, timeout=t))
 
 
@@ -159,12 +162,13 @@ class Leadership:
         self.member = member
         self.slot = holding.slot
         self.token = holding.token
-        self.granted_at = time.monotonic()
+        self.granted_at = clock.now()  # the session's validity clock
         self._resigned = threading.Event()
 
     def is_master(self) -> bool:
         """True while the session is valid here, the slot was not given up, and no
-        keepalive acknowledgement since the grant says the slot is gone or revoked."""
+        keepalive acknowledgement shows it revoked, re-granted or gone (whether it
+        arrived before or after this object was built: see ``Session.holds``)."""
         session = self.member.session
         return (
             not self._resigned.is_set()

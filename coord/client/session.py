@@ -2,9 +2,10 @@
 
 DESIGN.md's safety argument, client side: a session is valid until
 ``send_time + TTL x (1 - drift)`` of the newest acknowledged keepalive, on this
-process's monotonic clock. The leader acknowledges only after a commit made
-after the keepalive arrived, so when validity ends here, the cluster may have
-expired the session and granted its slots to others: stop acting as master.
+process's validity clock (``coord.client.clock``: monotonic, counting suspend).
+The leader acknowledges only after a commit made after the keepalive arrived, so
+when validity ends here, the cluster may have expired the session and granted its
+slots to others: stop acting as master.
 
 States (callbacks always fire, once per transition, in order, on one thread)::
 
@@ -23,13 +24,13 @@ import enum
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import grpc
 
 from coord import errors
-from coord.client.client import Client
+from coord.client import clock
+from coord.client.client import Client, new_request_id
 from coord.client.errors import translate
 from coord.v1 import cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc
 
@@ -69,18 +70,21 @@ class Session:
         self._on_stepdown = on_stepdown
         self._lock = threading.Lock()
         self._events: queue.Queue[SessionState | None] = queue.Queue()
-        sent = time.monotonic()
-        resp = client.call(
-            lambda ch, t: election_pb2_grpc.SessionsStub(ch).Open(
-                election_pb2.OpenSessionRequest(ttl_ms=int(ttl_s * 1000), name=name), timeout=t
-            )
+        # One request id for every attempt: a retry after a lost answer gets the
+        # session the first attempt opened, not a second one.
+        req = election_pb2.OpenSessionRequest(
+            ttl_ms=int(ttl_s * 1000), name=name, request_id=new_request_id()
         )
+        sent = clock.now()
+        resp = client.call(lambda ch, t: election_pb2_grpc.SessionsStub(ch).Open(req, timeout=t))
         self.id: str = resp.session.id
         self.ttl_s = resp.session.ttl_ms / 1000
         self._valid_until = sent + self.ttl_s * (1 - drift)
         self._last_ack = sent
-        # What the cluster said this session holds, as of the send time of the ack.
+        # What the cluster said this session holds: (group, slot) -> (token, revoked),
+        # read at revision _held_revision, in answer to a keepalive sent at _held_as_of.
         self._held: dict[tuple[str, int], tuple[int, bool]] = {}
+        self._held_revision = 0
         self._held_as_of = 0.0
         self._call: grpc.Call | None = None  # the live keepalive stream
         self._load = 0.0
@@ -115,20 +119,28 @@ class Session:
         """True while this process may act on the session (it has not expired here)."""
         with self._lock:
             live = self._state in (SessionState.CONNECTED, SessionState.SUSPENDED)
-            return live and time.monotonic() < self._valid_until
+            return live and clock.now() < self._valid_until
 
     def valid_for_s(self) -> float:
         with self._lock:
-            return max(0.0, self._valid_until - time.monotonic())
+            return max(0.0, self._valid_until - clock.now())
 
     def holds(self, group: str, slot: int, token: int, granted_at: float) -> bool:
-        """False once an acknowledgement sent after ``granted_at`` shows the slot gone,
-        revoked, or held under another token (an operator resigned it, say)."""
+        """False once the cluster's newest word shows the slot granted at ``token``
+        (seen here at ``granted_at``) revoked, held under a higher token, or gone.
+
+        A view showing this token revoked or a higher one ends mastership whenever it
+        arrived. A view without the slot does if it is as new as the grant: read at a
+        revision >= ``token`` (the grant's revision), or sent after ``granted_at``.
+        """
         with self._lock:
-            if self._held_as_of <= granted_at:
-                return True  # no newer word from the cluster yet
             held = self._held.get((group, slot))
-        return held is not None and held == (token, False)
+            revision, as_of = self._held_revision, self._held_as_of
+        if held == (token, False):
+            return True
+        if held is not None and (held[0] > token or held == (token, True)):
+            return False
+        return revision < token and as_of <= granted_at  # an older view: no word yet
 
     def add_callback(self, fn: StateCallback) -> None:
         self._callbacks.append(fn)
@@ -141,18 +153,19 @@ class Session:
         with self._lock:
             first_close = not self._close_sent
             self._close_sent = True
-            ended = time.monotonic() >= self._valid_until
+            ended = clock.now() >= self._valid_until
         if ended:
             self._lost("its validity ended before it was closed")
         self._set_state(SessionState.CLOSED)
         self._stop.set()
         self._wake.set()
         if first_close:
+            close = election_pb2.CloseSessionRequest(
+                session_id=self.id, own=True, request_id=new_request_id()
+            )
             with contextlib.suppress(errors.NotFound, errors.Unavailable):  # gone already
                 self.client.call(
-                    lambda ch, t: election_pb2_grpc.SessionsStub(ch).Close(
-                        election_pb2.CloseSessionRequest(session_id=self.id), timeout=t
-                    )
+                    lambda ch, t: election_pb2_grpc.SessionsStub(ch).Close(close, timeout=t)
                 )
         self._events.put(None)
 
@@ -191,9 +204,11 @@ class Session:
         with self._lock:
             self._valid_until = max(self._valid_until, sent + self.ttl_s * (1 - self.drift))
             self._last_ack = max(self._last_ack, sent)
-            if sent >= self._held_as_of:
+            # The view read at the highest revision wins (a slow answer from before a
+            # revoke must not make the slot look held again).
+            if (resp.header.revision, sent) >= (self._held_revision, self._held_as_of):
                 self._held = {(h.group, h.slot): (h.token, h.revoked) for h in resp.held}
-                self._held_as_of = sent
+                self._held_revision, self._held_as_of = resp.header.revision, sent
         self._set_state(SessionState.CONNECTED)
 
     def _lost(self, why: str) -> None:
@@ -207,7 +222,7 @@ class Session:
     def _watch_validity(self) -> None:
         step = max(0.005, self.ttl_s / 50)
         while not self._stop.wait(step):
-            now = time.monotonic()
+            now = clock.now()
             with self._lock:
                 valid_until, last_ack = self._valid_until, self._last_ack
             if now >= valid_until:
@@ -262,7 +277,7 @@ class Session:
             seq = 0
             while not self._stop.is_set():
                 seq += 1
-                sent_at[seq] = time.monotonic()
+                sent_at[seq] = clock.now()
                 yield election_pb2.KeepAliveRequest(session_id=self.id, seq=seq, load=self._load)
                 # A new load report goes out early, at most every LOAD_REPORT_GAP_S.
                 self._stop.wait(min(interval, LOAD_REPORT_GAP_S))

@@ -12,6 +12,7 @@ from coord import errors
 from coord.config import NodeConfig
 from coord.raft.node import RaftNode
 from coord.server.bridge import LoopBridge
+from coord.state.request_ids import check_request_id
 from coord.v1 import common_pb2, raft_pb2
 
 # Servicers take any request/response types.
@@ -59,7 +60,11 @@ class NodeContext:
     async def write(
         self, cmd: raft_pb2.Command, context: ServicerContext
     ) -> raft_pb2.CommandResult:
-        """Propose ``cmd`` and wait for its result; raise its error if it carries one."""
+        """Propose ``cmd`` and wait for its result; raise its error if it carries one.
+
+        Every write RPC comes through here: its request id is checked once, before
+        anything reaches the log (the state machine refuses the same ids)."""
+        check_request_id(cmd.request_id)
         return await self.write_within(cmd, self.timeout(context))
 
     async def write_within(self, cmd: raft_pb2.Command, timeout_s: float) -> raft_pb2.CommandResult:

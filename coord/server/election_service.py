@@ -116,26 +116,50 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
         async for req in requests:
             arrival = time.monotonic()
             try:
-                if not self.keeper.leading:
-                    leader, address = self.ctx.leader_hint()
-                    raise errors.NotLeader(
-                        f"keepalives go to the leader ({leader or 'none yet'}): reconnect there",
-                        leader, address,
-                    )  # fmt: skip
+                term = self._leading_term()
                 if not 0 <= req.load < float("inf"):
                     raise errors.InvalidArgument(
                         f"load must be a finite number >= 0, got {req.load}"
                     )
                 self._own_session(req.session_id)
-                alive = self.keeper.touch(req.session_id, arrival, req.load)
-                if alive:
-                    # Acknowledge only after a commit proposed after the arrival: a
-                    # deposed leader cannot commit, so it cannot acknowledge.
-                    await self._ack_barrier(context)
-                    alive = self.keeper.leading and self.keeper.exists(req.session_id)
+                known = self.keeper.touch(req.session_id, arrival, req.load)
+                # Acknowledge only after a commit proposed after the arrival: a deposed
+                # leader cannot commit, so it cannot acknowledge. The same barrier, of
+                # this term, applies here everything committed before the term: only
+                # then does a session missing from the state mean it expired or closed.
+                await self._ack_barrier(context)
+                self._check_still_leading(term)
+                alive = self.keeper.exists(req.session_id)
+                if alive and not known:  # opened by an entry this node had not applied
+                    self.keeper.touch(req.session_id, arrival, req.load)
+                answer = self._keepalive_answer(req, alive)
+                self._check_still_leading(term)  # the answer speaks for this term's leader
             except errors.CoordError as e:
                 await abort(context, e, self.ctx.leader_hint())
-            yield self._keepalive_answer(req, alive)
+            yield answer
+
+    def _leading_term(self) -> int:
+        """The term this node leads in; NotLeader (with a hint) if it does not lead."""
+        term = self.keeper.leading_term
+        if term is None:
+            leader, address = self.ctx.leader_hint()
+            raise errors.NotLeader(
+                f"keepalives go to the leader ({leader or 'none yet'}): reconnect there",
+                leader, address,
+            )  # fmt: skip
+        return term
+
+    def _check_still_leading(self, term: int) -> None:
+        """NotLeader unless this node still leads in ``term``: a node that stopped
+        leading (a transfer while the barrier was pending) must not answer for the
+        cluster, least of all that a session expired."""
+        if self.keeper.leading_term != term:
+            leader, address = self.ctx.leader_hint()
+            raise errors.NotLeader(
+                f"leadership changed while acknowledging the keepalive (leader now: "
+                f"{leader or 'none yet'}): reconnect there",
+                leader, address,
+            )  # fmt: skip
 
     async def _ack_barrier(self, context: ServicerContext) -> None:
         try:
@@ -148,16 +172,17 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
     def _keepalive_answer(
         self, req: election_pb2.KeepAliveRequest, alive: bool
     ) -> election_pb2.KeepAliveResponse:
-        def read(state: StateMachine) -> tuple[int, _SessionView]:
+        def read(state: StateMachine) -> tuple[int, int, _SessionView]:
             session = state.groups.sessions.get(req.session_id)
-            return (session.ttl_ms if session is not None else 0), self._views(state).get(
-                req.session_id, _NO_VIEW
-            )
+            ttl_ms = session.ttl_ms if session is not None else 0
+            return state.revision, ttl_ms, self._views(state).get(req.session_id, _NO_VIEW)
 
-        ttl_ms, (steps, held) = self.ctx.raft.read(read)
+        # The header's revision is the one the holdings were read at: a client tells
+        # from it whether this view is older or newer than a grant (its token).
+        revision, ttl_ms, (steps, held) = self.ctx.raft.read(read)
         return election_pb2.KeepAliveResponse(
-            header=self.ctx.header(), session_id=req.session_id, seq=req.seq, ttl_ms=ttl_ms,
-            expired=not alive, stepdown=steps, held=held,
+            header=self.ctx.header(revision=revision), session_id=req.session_id, seq=req.seq,
+            ttl_ms=ttl_ms, expired=not alive, stepdown=steps, held=held,
         )  # fmt: skip
 
     def _views(self, state: StateMachine) -> dict[str, _SessionView]:
@@ -192,7 +217,9 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
             self._own_session(request.session_id)
             result = await self._write(
                 context, request.request_id,
-                close_session=groups_pb2.CloseSession(session_id=request.session_id),
+                close_session=groups_pb2.CloseSession(
+                    session_id=request.session_id, wait_out=not (request.own or request.force)
+                ),
             )  # fmt: skip
         except errors.CoordError as e:
             await abort(context, e, self.ctx.leader_hint())
@@ -303,7 +330,7 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
         try:
             result = await self._write(
                 context, request.request_id,
-                delete_group=groups_pb2.DeleteGroup(name=request.name),
+                delete_group=groups_pb2.DeleteGroup(name=request.name, wait_out=not request.force),
             )  # fmt: skip
         except errors.CoordError as e:
             await abort(context, e, self.ctx.leader_hint())

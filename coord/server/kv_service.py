@@ -1,4 +1,7 @@
-"""KV servicer: validates input, proposes writes, serves reads after a barrier."""
+"""KV servicer: validates input, proposes writes, serves reads after a barrier.
+
+Request ids are checked where every write goes through (``NodeContext.write``).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,8 @@ from coord import errors
 from coord.server.context import NodeContext, ServicerContext
 from coord.server.status import abort
 from coord.state.kv import validate_key, validate_value
-from coord.state.limits import MAX_REQUEST_ID_CHARS
 from coord.state.machine import StateMachine
 from coord.v1 import kv_pb2, kv_pb2_grpc, raft_pb2
-
-
-def _check_request_id(rid: str) -> None:
-    if len(rid) > MAX_REQUEST_ID_CHARS:
-        raise errors.InvalidArgument(
-            f"request_id is {len(rid)} characters, the limit is {MAX_REQUEST_ID_CHARS}"
-        )
 
 
 class KVService(kv_pb2_grpc.KVServicer):
@@ -26,7 +21,6 @@ class KVService(kv_pb2_grpc.KVServicer):
         try:
             validate_key(request.key)
             validate_value(request.value)
-            _check_request_id(request.request_id)
             result = await self.node.write(
                 raft_pb2.Command(request_id=request.request_id, put=request), context
             )
@@ -41,7 +35,6 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> kv_pb2.DeleteResponse:
         try:
             validate_key(request.key, allow_empty=request.prefix)
-            _check_request_id(request.request_id)
             if request.prefix and request.HasField("expected_mod_revision"):
                 raise errors.InvalidArgument(
                     "expected_mod_revision needs a single key: drop prefix, or the condition"

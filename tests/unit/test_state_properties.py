@@ -323,14 +323,14 @@ def test_dedupe_window_order_survives_a_snapshot(monkeypatch: pytest.MonkeyPatch
     assert a.snapshot() == b.snapshot()
 
 
-def test_request_ids_longer_than_the_limit_are_not_remembered() -> None:
-    """Documents current behaviour: the server rejects such ids before they reach the log
-    (``kv_service._check_request_id``); the machine applies them but does not dedupe them."""
+def test_request_ids_longer_than_the_limit_are_refused() -> None:
+    """The server refuses such ids before they reach the log (``NodeContext.write``); the
+    machine refuses them too (applied but not remembered, every retry would reapply)."""
     rid = "x" * (limits.MAX_REQUEST_ID_CHARS + 1)
     sm = StateMachine()
-    sm.apply(put(b"k", rid=rid))
-    sm.apply(put(b"k", rid=rid))
-    assert sm.revision == 2
+    for _ in range(2):
+        assert sm.apply(put(b"k", rid=rid)).error_reason == "invalid_argument"
+    assert sm.revision == 0
     assert list(decode_snapshot(sm.snapshot()).dedupe) == []
 
 
