@@ -559,6 +559,8 @@ def _fmt(v: float | None) -> str:
         return "-"
     if v == 0:
         return "0"
+    if float(v).is_integer() and abs(v) < 1e15:  # counts: "3", not "3.00"
+        return f"{int(v):,}"
     if abs(v) >= 100:
         return f"{v:,.0f}"
     if abs(v) >= 1:
@@ -622,6 +624,12 @@ def report(
         print(rows_to_json(rows, {"title": title, **(meta or {})}))
     else:
         print(render_table(rows, title))
+
+
+def loadavg() -> tuple[float, float, float]:
+    """``os.getloadavg()`` rounded to 2 decimals (1, 5, 15 minutes), for reports."""
+    a, b, c = os.getloadavg()
+    return round(a, 2), round(b, 2), round(c, 2)
 
 
 def log(msg: str) -> None:

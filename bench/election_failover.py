@@ -41,7 +41,8 @@ class Proc:
             cwd=BENCH, env={**os.environ, "PYTHONPATH": str(BENCH.parent)},
         )  # fmt: skip
         self.lines: list[dict[str, object]] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.p.stdout is not None
@@ -61,6 +62,11 @@ class Proc:
         if self.p.poll() is None:
             self.p.kill()
         self.p.wait(timeout=10)
+
+    def drain(self, timeout: float = 10.0) -> list[dict[str, object]]:
+        """After the process ended: every line it printed (the reader reached EOF)."""
+        self._reader.join(timeout)
+        return list(self.lines)
 
 
 def rounds(

@@ -1,7 +1,7 @@
 """Minimal etcd v3 gRPC client (sync and asyncio) for the benchmarks.
 
-Only what the benchmarks need: put/get, member status, leases and the
-v3election API. Endpoints are ``host:port`` strings (plaintext gRPC).
+Only what the benchmarks need: put/get, member status and leader moves, leases
+and the v3election API. Endpoints are ``host:port`` strings (plaintext gRPC).
 
 * :class:`EtcdClient`       - blocking client bound to one endpoint.
 * :class:`AsyncEtcdClient`  - the same over ``grpc.aio``.
@@ -126,6 +126,13 @@ class EtcdClient:
         """Maintenance.Status of this member."""
         return self._s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=self._t(timeout))
 
+    def move_leader(self, target_id: int, timeout: float | None = None) -> None:
+        """Maintenance.MoveLeader: ask this member (the leader) to hand leadership to
+        member ``target_id`` (a ``header.member_id``); returns once it has moved."""
+        self._s.maintenance.MoveLeader(
+            rpc_pb2.MoveLeaderRequest(targetID=target_id), timeout=self._t(timeout)
+        )
+
     def status_future(self, timeout: float) -> grpc.Future[rpc_pb2.StatusResponse]:
         """Non-blocking Maintenance.Status (to query several members at once)."""
         return self._s.maintenance.Status.future(rpc_pb2.StatusRequest(), timeout=timeout)
@@ -206,6 +213,10 @@ class AsyncEtcdClient:
     async def close(self) -> None:
         """Close the channel (cancels in-flight calls)."""
         await self._channel.close()
+
+    def lease_stub(self) -> rpc_pb2_grpc.LeaseStub:
+        """The Lease service stub on this client's channel (for custom keepalive loops)."""
+        return self._s.lease
 
     def _t(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout

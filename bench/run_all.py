@@ -8,10 +8,16 @@
    (under load), and over ``--idle-minutes`` of idleness (0 skips it).
 4. Watch latency: put sent to the leader -> event received by a watcher on a
    follower, p50/p99, ``--watch-count`` sequential puts (``watch_latency.py``).
+5. Master failover against the dead holder's own validity end: standby elected -
+   the killed holder's client-computed validity end, ``--rounds`` rounds, TTL 2 s
+   (``failover_validity.py``).
+6. ``--transfer-sessions`` sessions (TTL 5 s) through ``--transfers`` graceful leader
+   transfers: sessions lost, longest keepalive gap (``transfer_sessions.py``).
 
 Usage: ``python bench/run_all.py [--rounds 10] [--clients 1,16,64] [--seconds 5]
-[--idle-minutes 0] [--watch-count 500] [--json]``. Quote medians of several runs:
-this machine is noisy.
+[--idle-minutes 0] [--watch-count 500] [--transfers 10] [--transfer-sessions 200]
+[--json]``. Quote medians of several runs: this machine is noisy. The load average
+(``loadavg()``) at the start and the end is in the output.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import argparse
 import time
 from typing import Any
 
-from _harness import Comparison, add_json_flag, log, report, summarize
+import failover_validity
+import transfer_sessions
+from _harness import Comparison, add_json_flag, loadavg, log, report, summarize
 from coord_adapter import CoordBenchCluster
 from etcd_cluster import DEFAULT, TUNED, EtcdCluster
 from measure import leader_first, measure_leader_kill_to_write, measure_put_throughput
@@ -115,6 +123,21 @@ def watch(args: argparse.Namespace, raw: dict[str, Any]) -> list[Comparison]:
     return rows
 
 
+def validity(args: argparse.Namespace, raw: dict[str, Any]) -> list[Comparison]:
+    rows, raw["failover_validity"], notes = failover_validity.compare(args.rounds, 2.0)
+    for note in notes:
+        log(note)
+    raw["failover_validity_notes"] = notes
+    return rows
+
+
+def transfers(args: argparse.Namespace, raw: dict[str, Any]) -> list[Comparison]:
+    rows, raw["transfer_sessions"] = transfer_sessions.compare(
+        args.transfer_sessions, args.transfers
+    )
+    return rows
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -130,6 +153,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--watch-count", type=int, default=500)
     p.add_argument("--skip-watch", action="store_true")
+    p.add_argument("--skip-validity", action="store_true")
+    p.add_argument("--transfers", type=int, default=10)
+    p.add_argument("--transfer-sessions", type=int, default=200)
+    p.add_argument("--skip-transfers", action="store_true")
     add_json_flag(p)
     return p.parse_args()
 
@@ -139,14 +166,32 @@ def main() -> None:
     raw: dict[str, Any] = {}
     rows: list[Comparison] = []
     started = time.monotonic()
+    load_start = loadavg()
+    log(f"load average at start: {load_start}")
     if not args.skip_failover:
         rows += failover(args, raw)
     if not args.skip_throughput:
         rows += throughput(args, raw)
     if not args.skip_watch:
         rows += watch(args, raw)
-    meta = {"nodes": args.nodes, "elapsed_s": round(time.monotonic() - started, 1), "raw": raw}
+    if not args.skip_validity:
+        rows += validity(args, raw)
+    if not args.skip_transfers:
+        rows += transfers(args, raw)
+    load_end = loadavg()
+    log(f"load average at end: {load_end}")
+    meta = {
+        "nodes": args.nodes,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
+        "raw": raw,
+    }
     report(rows, args.json, title=f"coord vs etcd 3.4 ({args.nodes} nodes, fsync on)", meta=meta)
+    if not args.json:
+        print(f"load average: start {load_start}, end {load_end}")
+        for note in raw.get("failover_validity_notes", []):
+            print(note)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ when it loses mastership. Every change is one JSON line on stdout::
     {"t": 15.001, "event": "stepped_down", "cause": "switchover"}
     {"t": 19.870, "event": "session", "state": "lost"}
 
+With ``--report-validity``, also one line each time the session's validity is
+extended (``valid_until``: the newest acknowledged keepalive's send time
+``sent`` + TTL x (1 - drift), on the same clock; bench/failover_validity.py)::
+
+    {"t": 13.012, "event": "validity", "valid_until": 14.968, "sent": 13.008}
+
 ``t`` is this process's monotonic clock. ``coord dev`` runs three of these for
 its demo group, and the integration tests use them as real member processes.
 """
@@ -60,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 threading.Thread(target=s.close, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
+    _report_validity(args.report_validity, stop, current)
 
     def on_state(_: Session, state: SessionState) -> None:
         say("session", state=state.value)
@@ -105,6 +112,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_validity(enabled: bool, stop: threading.Event, current: list[Session]) -> None:
+    """With ``--report-validity``: a thread prints a ``validity`` line whenever the live
+    session's validity end moves (polled every millisecond: a kill -9 lands between an
+    ack and its line at most that often)."""
+
+    def poll() -> None:
+        last: tuple[str, float] | None = None
+        while not stop.wait(0.001):
+            for s in list(current):
+                seen = (s.id, s._valid_until)  # the Session's own figure (is_valid() uses it)
+                if seen != last:
+                    last = seen
+                    sent = seen[1] - s.ttl_s * (1 - s.drift)
+                    say("validity", id=s.id, valid_until=round(seen[1], 6), sent=round(sent, 6))
+
+    if enabled:
+        threading.Thread(target=poll, daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--endpoints", required=True)
@@ -114,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default="")
     p.add_argument("--ttl-s", type=float, default=2.0)
     p.add_argument("--nofailover", action="store_true")
+    p.add_argument(
+        "--report-validity",
+        action="store_true",
+        help="print a 'validity' line each time the session's validity is extended",
+    )
     # A secured cluster: TLS files, and the bearer token in COORD_MEMBER_TOKEN (not a
     # flag: flags show in `ps`).
     p.add_argument("--cacert", default="")

@@ -341,6 +341,11 @@ class MaintenanceStub:
                 request_serializer=rpc__pb2.StatusRequest.SerializeToString,
                 response_deserializer=rpc__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.MoveLeader = channel.unary_unary(
+                '/etcdserverpb.Maintenance/MoveLeader',
+                request_serializer=rpc__pb2.MoveLeaderRequest.SerializeToString,
+                response_deserializer=rpc__pb2.MoveLeaderResponse.FromString,
+                _registered_method=True)
 
 
 class MaintenanceServicer:
@@ -352,6 +357,13 @@ class MaintenanceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveLeader(self, request, context):
+        """MoveLeader asks the current leader to transfer its leadership to targetID.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -359,6 +371,11 @@ def add_MaintenanceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=rpc__pb2.StatusRequest.FromString,
                     response_serializer=rpc__pb2.StatusResponse.SerializeToString,
+            ),
+            'MoveLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveLeader,
+                    request_deserializer=rpc__pb2.MoveLeaderRequest.FromString,
+                    response_serializer=rpc__pb2.MoveLeaderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +405,33 @@ class Maintenance:
             '/etcdserverpb.Maintenance/Status',
             rpc__pb2.StatusRequest.SerializeToString,
             rpc__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etcdserverpb.Maintenance/MoveLeader',
+            rpc__pb2.MoveLeaderRequest.SerializeToString,
+            rpc__pb2.MoveLeaderResponse.FromString,
             options,
             channel_credentials,
             insecure,
