@@ -21,6 +21,11 @@ from coord.raft.fsutil import write_file_durably
 
 IDENTITY_FILE = "coord.id"
 IDENTITY_FORMAT = 1
+# The rules by which this data dir's log was applied. A log replays to the same state
+# only under the rules it was written with: 2 moved group waits (a revoked holder's
+# wait-out, handover timeouts, failback holds) from wall-clock stamps to the leader's
+# monotonic clock (docs/timing.md). Absent from identities written before: 1.
+REPLICATION_RULES = 2
 _IGNORED = {"lost+found"}
 
 
@@ -48,6 +53,7 @@ def prepare(cfg: NodeConfig) -> bool:
             "format": IDENTITY_FORMAT,
             "cluster_id": cfg.cluster_id,
             "node_id": cfg.node_id,
+            "replication_rules": REPLICATION_RULES,
             "created_unix": int(time.time()),
             "created_by": f"coord {__version__}",
         }
@@ -69,7 +75,29 @@ def prepare(cfg: NodeConfig) -> bool:
             f"{ident.get('cluster_id')} if members changed since, or use an empty data dir "
             "for a new cluster"
         )
-    return not _has_history(path)
+    blank = not _has_history(path)
+    _check_rules(path, ident, blank, cfg.fsync)
+    return blank
+
+
+def _check_rules(path: str, ident: dict[str, object], blank: bool, fsync: bool) -> None:
+    """A log written under older replication rules would replay to another state than
+    the one its nodes built (and than a node restored from a newer snapshot): refuse
+    it, saying how to move the data. A blank data dir is simply stamped."""
+    rules = ident.get("replication_rules", 1)
+    if rules == REPLICATION_RULES:
+        return
+    if not blank or not isinstance(rules, int) or rules > REPLICATION_RULES:
+        raise DataDirError(
+            f"data dir {path} holds a log applied under replication rules {rules}; this "
+            f"coord applies rules {REPLICATION_RULES} (group waits on the leader's clock), "
+            "and the log would replay differently: with the coord that wrote it, take a "
+            "snapshot (coordctl snapshot save F), then build new data dirs from it with this "
+            "one (coord restore F) and start the cluster on them"
+        )
+    ident_path = os.path.join(path, IDENTITY_FILE)
+    data = json.dumps({**ident, "replication_rules": REPLICATION_RULES}, indent=1).encode()
+    write_file_durably(ident_path + ".tmp", data, ident_path, fsync=fsync)
 
 
 def read_identity(path: str) -> dict[str, object]:

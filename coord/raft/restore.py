@@ -41,7 +41,7 @@ from coord import __version__
 from coord.config import NodeConfig
 from coord.errors import FailedPrecondition
 from coord.raft import membership
-from coord.raft.datadir import IDENTITY_FILE, IDENTITY_FORMAT, DataDirError
+from coord.raft.datadir import IDENTITY_FILE, IDENTITY_FORMAT, REPLICATION_RULES, DataDirError
 from coord.raft.fsutil import fsync_dir, write_file_durably
 from coord.raft.membership import NodeAddress
 from coord.raft.node import DUMP_FILE
@@ -143,6 +143,7 @@ def _write_identity(cfg: NodeConfig, restored_from: str) -> None:
         "format": IDENTITY_FORMAT,
         "cluster_id": cfg.cluster_id,
         "node_id": cfg.node_id,
+        "replication_rules": REPLICATION_RULES,
         "created_unix": int(time.time()),
         "created_by": f"coord {__version__} restore",
         "restored_from_cluster": restored_from,

@@ -3,6 +3,7 @@ not its own (another node's, another cluster's, not a coord data dir)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -317,3 +318,24 @@ def test_refuses_a_data_dir_that_is_a_file(
     refused_start(
         cluster, lambda i: with_flag(cluster.command(i), "--data-dir", path), "cannot use data dir"
     )
+
+
+def test_refuses_a_log_applied_under_older_replication_rules(
+    cluster: LocalCluster, tmp_path: os.PathLike[str]
+) -> None:
+    """A log written when group waits ran on wall-clock stamps would replay to another
+    state: the node refuses it, says how to move the data, and changes nothing."""
+    copy = os.path.join(tmp_path, "older")
+
+    def older_copy(i: int) -> list[str]:
+        shutil.copytree(cluster.nodes[i].data_dir, copy)
+        ident_path = os.path.join(copy, "coord.id")
+        with open(ident_path, encoding="utf-8") as f:
+            ident = json.load(f)
+        del ident["replication_rules"]  # as written before the rules were recorded
+        with open(ident_path, "w", encoding="utf-8") as f:
+            json.dump(ident, f)
+        return with_flag(cluster.command(i), "--data-dir", copy)
+
+    out = refused_start(cluster, older_copy, "replication rules 1")
+    assert "coord restore" in out and "snapshot save" in out
