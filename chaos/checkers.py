@@ -30,6 +30,12 @@ Rules (where the record alone leaves a choice):
   as usual. Any other error is a violation.
 - Linearizability: a history the checker could not decide (``unknown``) is reported
   as a violation too: the run is not vouched for.
+- Graceful runs (``record.graceful``: leadership transfers, a rolling restart): no
+  session the workload kept may be reported LOST by its library, and no slot may change
+  master: one token per (group, slot) among the tenures that began before the workload
+  was told to stop (``record.stopping``; with no stop recorded, all of them), and no
+  master's belief may end before that. A graceful handover must not cost a failover.
+- Writes applied once: chaos.applied_once.
 """
 
 from __future__ import annotations
@@ -333,12 +339,56 @@ def linearizable(record: RunRecord, timeout_s: float = 30.0) -> list[Violation]:
     return []
 
 
+# -- 7. graceful operations cost no session and no master ----------------------------------
+
+
+def graceful_no_failover(record: RunRecord) -> list[Violation]:
+    name = "graceful_no_failover"
+    if not record.graceful:
+        return []
+    stop = record.stopping if record.stopping is not None else math.inf
+    out: list[Violation] = []
+    lost = sorted((x for x in record.session_losses if x.at < stop), key=lambda x: x.at)
+    if lost:
+        listed = [f"{x.session} at {_rel(record, x.at)} ({x.why})" for x in lost]
+        kept = f" of {record.sessions_kept} kept" if record.sessions_kept else ""
+        out.append(Violation(name, f"{len(lost)} sessions{kept} lost: {_sample(listed)}"))
+    by_slot: dict[tuple[str, int], list[Tenure]] = defaultdict(list)
+    for t in record.tenures:
+        if t.start < stop:  # a grant after the stop: a stopping master's slot moved on
+            by_slot[(t.group, t.slot)].append(t)
+    for group, slot in sorted(by_slot):
+        tenures = sorted(by_slot[(group, slot)], key=lambda t: (t.start, t.process))
+        changes = len({t.token for t in tenures}) - 1
+        if changes:
+            listed = [_describe(record, t) for t in tenures]
+            out.append(
+                Violation(
+                    name,
+                    f"group {group} slot {slot} changed master {changes} times: "
+                    f"{_sample(listed, '; ')}",
+                )
+            )
+        for t in tenures:
+            if t.end is not None and t.end < stop:
+                out.append(
+                    Violation(
+                        name,
+                        f"group {group}: {_describe(record, t)} stopped believing before "
+                        "the run ended",
+                    )
+                )
+    return out
+
+
 # -- all ---------------------------------------------------------------------------------
 
 
 def check_all(
     record: RunRecord, recovery_bound_s: float, linearizability_timeout_s: float = 30.0
 ) -> list[Violation]:
+    from chaos.applied_once import applied_once  # it builds on this module's Violation
+
     return [
         *overlapping_masters(record),
         *tokens_increase(record),
@@ -346,4 +396,6 @@ def check_all(
         *watch_gap_free(record),
         *recovered(record, recovery_bound_s),
         *linearizable(record, linearizability_timeout_s),
+        *graceful_no_failover(record),
+        *applied_once(record),
     ]

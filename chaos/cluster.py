@@ -36,6 +36,10 @@ Membership changes (chaos.membership drives them):
 - Restarts use the flags each node was first started with: bootstrap members their
   bootstrap ``--peer`` list (the data dir knows the changes since), added nodes the
   members ``node add`` returned.
+
+Clocks (``clocks=True``): every node, added ones too, runs under the wall-clock shim
+with its own offset file (chaos.clocks); :meth:`ProxiedCluster.wall_clock` moves one
+node's wall clock while it runs. Monotonic clocks are never moved.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import itertools
 import os
 from collections.abc import Iterable, Sequence
 
+from chaos.clocks import WallClock
 from chaos.toxiproxy import Toxiproxy
 from coord.client import Client
 from coord.testing import LocalCluster, NodeProc, free_ports, wait_until
@@ -56,9 +61,19 @@ NOWHERE = "127.0.0.1:1"
 
 
 class ProxiedCluster(LocalCluster):
-    def __init__(self, toxi: Toxiproxy, n: int = 3, spares: int = 0, **kwargs: object) -> None:
+    def __init__(
+        self,
+        toxi: Toxiproxy,
+        n: int = 3,
+        spares: int = 0,
+        clocks: bool = False,
+        **kwargs: object,
+    ) -> None:
         super().__init__(n, **kwargs)  # type: ignore[arg-type]
         self.toxi = toxi
+        self.clocks: dict[str, WallClock] | None = {} if clocks else None
+        for node in self.nodes:
+            self._give_clock(node)
         self.advertised: dict[str, str] = {}  # node id -> proxied API address
         self._prefix = f"c{next(_CLUSTERS)}"
         self._proxies: list[str] = []
@@ -88,6 +103,24 @@ class ProxiedCluster(LocalCluster):
         super().close()
         for name in self._proxies:
             self.toxi.destroy(name)
+        for clock in (self.clocks or {}).values():
+            clock.close()
+
+    # -- clocks ------------------------------------------------------------------
+
+    def _give_clock(self, node: NodeProc) -> None:
+        """A wall clock of its own (an offset file; the shim preloaded), if clocks are on."""
+        if self.clocks is None:
+            return
+        clock = WallClock(os.path.join(self.base_dir, f"{node.node_id}.clock"))
+        self.clocks[node.node_id] = clock
+        node.env.update(clock.env(self.env))
+
+    def wall_clock(self, node_id: str) -> WallClock:
+        """Node ``node_id``'s wall clock (the cluster must have been made with clocks)."""
+        if self.clocks is None:
+            raise RuntimeError("this cluster runs on real clocks: make it with clocks=True")
+        return self.clocks[node_id]
 
     # -- names -----------------------------------------------------------------
 
@@ -125,6 +158,23 @@ class ProxiedCluster(LocalCluster):
                 undo.append((name, self.toxi.add_toxic(name, "timeout", s, {"timeout": 0},
                                                        tag="cut")))  # fmt: skip
         return undo
+
+    def drop_answers_to(self, client: str) -> list[tuple[str, str]]:
+        """One client's answers lost (its own proxies' downstream, from every member),
+        its requests still delivered: its keepalives arrive and are acted on, their
+        acknowledgements never reach it."""
+        return [
+            (name, self.toxi.add_toxic(name, "timeout", "downstream", {"timeout": 0}, tag="cut"))
+            for name in (self.client_proxy(client, n.node_id) for n in self.members)
+        ]
+
+    def drop_answers(self) -> list[tuple[str, str]]:
+        """Every answer on the shared API proxies lost (requests still delivered, and
+        applied): the clients retry writes whose outcome they never heard."""
+        return [
+            (name, self.toxi.add_toxic(name, "timeout", "downstream", {"timeout": 0}, tag="cut"))
+            for name in (self.api_proxy(n.node_id) for n in self.members)
+        ]
 
     @property
     def client_endpoints(self) -> list[str]:
@@ -197,6 +247,7 @@ class ProxiedCluster(LocalCluster):
         )
         if os.path.exists(node.data_dir):
             raise RuntimeError(f"the data dir of the new node {nid} already exists")
+        self._give_clock(node)
         self.nodes.append(node)
         node.extra_args += ["--listen-api", node.api]
         name = self.api_proxy(nid)

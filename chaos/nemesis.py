@@ -2,21 +2,30 @@
 returns the callable that ends it. The runner alternates fault and heal periods.
 
 Network faults go through Toxiproxy (chaos.cluster); process faults use signals;
-membership changes use the cluster API as an operator would (chaos.membership).
+membership changes use the cluster API as an operator would (chaos.membership); clock
+faults move a node's wall clock through the clock shim (chaos.clocks; the scenario's
+cluster runs with clocks); a forced handover is chaos.handover; lost answers are
+chaos.lost_answers.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 
-from chaos import membership
+from chaos import handover, membership
 from chaos.cluster import ProxiedCluster
+from chaos.lost_answers import AnswerDropper
 from coord.client import Client, masters
 from coord.testing import wait_until
 
 Heal = Callable[[], None]
 Nemesis = Callable[[ProxiedCluster, random.Random, float], Heal]
+
+# How far past a session TTL a clock fault moves a wall clock: any wait measured on the
+# moved clock (a TTL wait-out, a switchover timeout) is over at once, or lasts seconds.
+CLOCK_FAULT_S = 5.0
 
 
 def _ids(c: ProxiedCluster) -> list[str]:
@@ -137,12 +146,72 @@ def pause_leader(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
 
 
 def rolling_restart(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
-    """SIGTERM and restart every node in turn, each once a leader is back."""
-    for i in [c.index(nid) for nid in _ids(c)]:
-        c.stop(i)
-        c.start(i)
-        leader_id(c)
+    """SIGTERM (a leader hands leadership on first) and restart every node in turn,
+    the next one only once the restarted node has rejoined: it follows the leader a
+    majority agrees on and has applied what that leader had."""
+    for node in list(c.members):
+        c.stop(node.index)
+        c.start(node.index)
+        membership.caught_up(c, node, time.monotonic() + membership.STEP_S)
+        membership.say(f"{node.node_id} restarted (SIGTERM) and rejoined")
     return lambda: None
+
+
+# -- clocks (the scenario's cluster runs with clocks) ---------------------------------
+
+
+def clock_skew(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """The wall clock of the leader (or, drawn half the time, of a random member)
+    skewed by +-(TTL + 5 s) for the fault period, then set right (a step back)."""
+    target = leader_id(c) if rng.random() < 0.5 else rng.choice(_ids(c))
+    offset = rng.choice((-1.0, 1.0)) * (ttl_s + CLOCK_FAULT_S)
+    clock = c.wall_clock(target)
+    clock.set(offset)
+    membership.say(f"{target}'s wall clock {offset:+.1f} s")
+    return lambda: clock.set(0.0)
+
+
+def clock_step_leader_during_revoke(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """A forced handover of the 1-slot group's master (chaos.handover: it hears nothing,
+    so it is revoked and its TTL waited out), and during that wait-out the leader's wall
+    clock steps forward by TTL + 5 s. A wait timed on the wall clock ends at once and
+    the slot is granted while the old master still believes (two masters); on the
+    leader's monotonic clock the step changes nothing.
+
+    Heal: the old master's answers flow again, and every other member's wall clock steps
+    forward to the leader's (all agree again, ahead of real time). Not back: the
+    cluster's time never goes backwards (each command's stamp is at least the last), so
+    after a step back every stamp would stay at the high-water mark for TTL + 5 s, and
+    the next cycle's switchover would not time out for that long."""
+    forced = handover.force(c, ttl_s)
+    lid = leader_id(c)
+    ahead = max(c.wall_clock(n).offset_s for n in _ids(c)) + ttl_s + CLOCK_FAULT_S
+    c.wall_clock(lid).set(ahead)
+    membership.say(f"the leader {lid}'s wall clock stepped to {ahead:+.1f} s")
+
+    def heal() -> None:
+        forced.heal()
+        for nid in _ids(c):
+            c.wall_clock(nid).set(ahead)
+
+    return heal
+
+
+# -- answers lost --------------------------------------------------------------------
+
+
+def forced_handover(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """One-way loss of the 1-slot group's master client during a forced handover: its
+    answers dropped (its keepalives still arrive), then a switchover it never hears of;
+    it must stop believing before the successor is granted."""
+    return handover.force(c, ttl_s).heal
+
+
+def lost_answers(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """Bursts of lost answers on every API proxy (chaos.lost_answers) for the fault
+    period: writes applied whose answers never came back, retried by the library."""
+    dropper = AnswerDropper(c, rng)
+    return dropper.stop
 
 
 # -- membership changes under load ------------------------------------------------
@@ -269,6 +338,10 @@ NEMESES: dict[str, Nemesis] = {
     "kill-random": kill_random,
     "pause-leader": pause_leader,
     "rolling-restart": rolling_restart,
+    "clock-skew": clock_skew,
+    "clock-step-leader-during-revoke": clock_step_leader_during_revoke,
+    "forced-handover": forced_handover,
+    "lost-answers": lost_answers,
     "member-replace": member_replace,
     "leader-transfer": leader_transfer,
     "grow-shrink": grow_shrink,

@@ -38,6 +38,46 @@ class WatchLog:
 
 
 @dataclass
+class SessionLoss:
+    """A session the workload kept alive whose library reported it LOST."""
+
+    session: str  # its name
+    at: float
+    why: str  # "the cluster said expired", or "no keepalive acknowledged within its TTL"
+
+
+@dataclass(frozen=True)
+class EventNote:
+    """What the write checker needs of one event of the cluster's event log."""
+
+    revision: int
+    type: str
+    group: str = ""
+    member: str = ""
+    cause: str = ""
+    session_id: str = ""
+    session_name: str = ""  # session_opened only
+    keys: tuple[str, ...] = ()  # kv_put / kv_delete
+    # member_joined / member_updated: what a client sets on a member, to tell an
+    # update that changed something from a registration applied again.
+    member_fields: tuple[object, ...] = ()
+
+
+@dataclass
+class LoggedWrite:
+    """One logical write of the every-kind writer (one library call, however many
+    attempts the library made): what it was about, and how it ended."""
+
+    kind: str  # create_group, open_session, register, campaign, update, switchover, ...
+    subject: str  # the group, session name, "group/member" or key it is about
+    start: float
+    end: float = 0.0
+    # "ok"; "unknown" (timed out / unavailable: it may or may not have applied); or the
+    # error class name of a definite refusal (AlreadyExists, FailedPrecondition, ...).
+    outcome: str = "unknown"
+
+
+@dataclass
 class Outage:
     """A span without a usable leader or master, seen by the workload (for the table)."""
 
@@ -66,3 +106,13 @@ class RunRecord:
     failovers: int = 0
     operations: int = 0
     notes: list[str] = field(default_factory=list)
+    # When the runner told the workload to stop (tenures ending after it are not losses).
+    stopping: float | None = None
+    # A graceful scenario (leadership transfers, rolling restart): no session may be
+    # lost and no slot may change master during the whole run.
+    graceful: bool = False
+    sessions_kept: int = 0  # sessions the session load kept alive
+    session_losses: list[SessionLoss] = field(default_factory=list)
+    # The every-kind writer's logical writes, and the events of the whole run.
+    writes: list[LoggedWrite] = field(default_factory=list)
+    events: list[EventNote] = field(default_factory=list)

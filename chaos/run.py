@@ -10,6 +10,12 @@ harness made, with no change pending; and every member's whole state must hash a
 at one committed check point. Prints a table: scenario, operations, failovers,
 longest unavailability, violations.
 
+Some scenarios add to that workload: clock faults run every node under the wall-clock
+shim (chaos.clocks); graceful ones (leadership transfers, a rolling restart) keep 200+
+sessions alive and must lose none of them and change no master; lost answers run the
+every-kind writer (chaos.every_write), whose writes must each be applied once
+(chaos.applied_once).
+
 Usage: ``python -m chaos.run [--seed N] [--scenarios a,b] [--cycles 3] [--short] [--json]
 [--workdir DIR]``
 """
@@ -29,21 +35,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos import checkers
+from chaos import checkers, handover
+from chaos.applied_once import EFFECTS
 from chaos.cluster import ProxiedCluster
+from chaos.every_write import EveryWriter
 from chaos.linearizability import History
 from chaos.membership import MembershipError, leader_view
 from chaos.nemesis import NEMESES, leader_id
 from chaos.records import RunRecord
 from chaos.toxiproxy import Toxiproxy
-from chaos.workload import AckWriter, Campaigner, EventWatcher, RegisterClient, Worker
+from chaos.workload import (
+    AckWriter,
+    Campaigner,
+    EventWatcher,
+    RegisterClient,
+    SessionLoad,
+    Worker,
+)
 from coord import errors
 from coord.client import Client, create_group, masters
 from coord.testing import wait_until
 from coord.v1 import kv_pb2, kv_pb2_grpc, maintenance_pb2
 
 TTL_S = 2.0
+GRACEFUL_TTL_S = 10.0  # the session TTL of graceful scenarios (see Scenario.session_ttl_s)
 RECOVERY_BOUND_S = 15.0  # after the final heal: one leader and every slot filled
+READY_S = 60.0  # the workload's load in place (200 sessions open on a busy machine)
+SESSION_LOAD_WORKERS = 3  # processes (chaos.session_load) sharing the session load
+EVERY_WRITERS = 3
 
 
 @dataclass
@@ -56,6 +75,16 @@ class Scenario:
     # Nodes a membership nemesis adds per cycle: the clients are given their (proxied)
     # addresses up front (ProxiedCluster spares).
     adds_per_cycle: int = 0
+    clocks: bool = False  # every node under the wall-clock shim (clock nemeses)
+    sessions: int = 0  # extra sessions kept alive by the library (SessionLoad)
+    # Leadership moves only gracefully: no session lost, no master changed.
+    graceful: bool = False
+    every_write: bool = False  # the every-kind writer and the applied-once checker
+    # The workload's session TTL (campaigners, session load). Graceful scenarios use a
+    # longer one: 200+ sessions reconnecting at once on a busy 2-core machine (a node
+    # restarting beside them) must not miss their keepalives for want of CPU; a session
+    # the cluster *says* expired is lost whatever its TTL.
+    session_ttl_s: float = TTL_S
 
 
 SCENARIOS = [
@@ -73,13 +102,45 @@ SCENARIOS = [
     Scenario("kill-random-5", "kill-random", nodes=5),
     Scenario("pause-leader-beyond-ttl", "pause-leader", fault_s=TTL_S * 1.5 + 0.5),
     Scenario("rolling-restart", "rolling-restart", fault_s=0.5),
+    Scenario("clock-skew", "clock-skew", clocks=True),
+    Scenario(
+        "clock-step-leader-during-revoke",
+        "clock-step-leader-during-revoke",
+        clocks=True,
+        fault_s=TTL_S + 1.0,  # the wait-out and the slot's grant happen in the fault
+    ),
+    Scenario("forced-handover", "forced-handover", fault_s=TTL_S + 1.0),
+    Scenario("lost-answers", "lost-answers", every_write=True, fault_s=6.0),
+    Scenario(
+        "transfers-under-sessions",
+        "leader-transfer",
+        sessions=210,
+        graceful=True,
+        session_ttl_s=GRACEFUL_TTL_S,
+    ),
+    Scenario(
+        "rolling-restart-under-sessions",
+        "rolling-restart",
+        fault_s=0.5,
+        sessions=210,
+        graceful=True,
+        session_ttl_s=GRACEFUL_TTL_S,
+    ),
     Scenario("member-replace", "member-replace", adds_per_cycle=1),
     Scenario("leader-transfer", "leader-transfer"),
     Scenario("grow-shrink-3-5-3", "grow-shrink", adds_per_cycle=2),
     Scenario("member-change-kill-minority", "change-with-kill", adds_per_cycle=1),
     Scenario("member-change-partition-5", "change-with-partition", nodes=5, adds_per_cycle=1),
 ]
-SHORT = ["isolate-leader", "isolate-master-client", "pause-leader-beyond-ttl", "member-replace"]
+SHORT = [
+    "isolate-leader",
+    "isolate-master-client",
+    "pause-leader-beyond-ttl",
+    "member-replace",
+    "clock-skew",
+    "clock-step-leader-during-revoke",
+    "transfers-under-sessions",
+]
 
 
 @dataclass
@@ -94,10 +155,14 @@ class Row:
 
 def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir: str) -> Row:
     rng = random.Random(f"{seed}/{sc.name}")
-    record = RunRecord(sc.name, seed, time.monotonic())
+    record = RunRecord(sc.name, seed, time.monotonic(), graceful=sc.graceful)
     history = History()
     c = ProxiedCluster(
-        toxi, sc.nodes, spares=sc.adds_per_cycle * cycles, base_dir=f"{workdir}/{sc.name}"
+        toxi,
+        sc.nodes,
+        spares=sc.adds_per_cycle * cycles,
+        clocks=sc.clocks,
+        base_dir=f"{workdir}/{sc.name}",
     )
     workers: list[Worker] = []
     failed_steps: list[str] = []
@@ -108,12 +173,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         c.start()
         started = True
         leader_id(c)
-        eps = c.client_endpoints
-        with Client(eps, timeout_s=10) as admin:
-            create_group(admin, "g1", slots=1)
-            create_group(admin, "g3", slots=3)
-            start_rev = admin.status().revision + 1
-        workers += _workload(c, record, history, rng, start_rev)
+        _start_workload(c, sc, record, history, rng, workers)
         time.sleep(1.0)  # the workload settles before the first fault (a pacing delay)
         failed_steps += _faults(c, sc, rng, cycles)
         healed = time.monotonic()
@@ -122,8 +182,8 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
             failed_steps += _members_differ(c)
         time.sleep(1.0)  # the workload runs on a healed cluster for a moment
     finally:
-        for w in workers:
-            w.join()
+        record.stopping = time.monotonic()
+        unwatched = _stop_workload(c, workers)
         record.end = time.monotonic()
         try:
             if started:
@@ -137,10 +197,14 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     notes = [e for w in workers for e in w.errors]
     violations = [f"{v.checker}: {v.detail}" for v in checkers.check_all(record, RECOVERY_BOUND_S)]
     violations += [f"workload: {n}" for n in notes if "did not stop" in n]
+    violations += [
+        f"workload: {e}" for w in workers if isinstance(w, SessionLoad) for e in w.errors
+    ]
+    violations += [f"applied_once: {u}" for u in unwatched]
     violations += [f"membership: {e}" for e in failed_steps]
     violations += [f"acknowledged_writes_present: {u}" for u in unread]
     violations += [f"replica_states_equal: {d}" for d in diverged]
-    violations += _unfed(record, history)
+    violations += _unfed(record, history, sc)
     return Row(
         sc.name,
         record.operations,
@@ -186,32 +250,92 @@ def _members_differ(c: ProxiedCluster) -> list[str]:
     return []
 
 
+def _start_workload(
+    c: ProxiedCluster,
+    sc: Scenario,
+    record: RunRecord,
+    history: History,
+    rng: random.Random,
+    workers: list[Worker],
+) -> None:
+    """Groups g1 (its switchover timeout short: chaos.handover) and g3, then the
+    workload, started (into ``workers``, so that the caller stops whatever started)
+    and in place (the session load open)."""
+    with Client(c.client_endpoints, timeout_s=10) as admin:
+        switchover_ms = int(handover.SWITCHOVER_TIMEOUT_S * 1000)
+        create_group(admin, "g1", slots=1, switchover_timeout_ms=switchover_ms)
+        create_group(admin, "g3", slots=3)
+        start_rev = admin.status().revision + 1
+    workers += _workload(c, sc, record, history, rng, start_rev)
+    wait_until(lambda: all(w.settled() for w in workers), READY_S, "the workload in place")
+    record.sessions_kept = sum(w.opened for w in workers if isinstance(w, SessionLoad))
+
+
 def _workload(
     c: ProxiedCluster,
+    sc: Scenario,
     record: RunRecord,
     history: History,
     rng: random.Random,
     start_rev: int,
 ) -> list[Worker]:
     """Campaigners in a 1-slot and a 3-slot group, two writers of acknowledged keys,
-    three register clients on four keys, one unfiltered watcher; all started."""
+    three register clients on four keys, one unfiltered watcher (noting every event
+    for the applied-once checker when the every-kind writers run); the scenario's
+    session load and every-kind writers; all started."""
     eps = c.client_endpoints
     workers: list[Worker] = []
+    ttl = sc.session_ttl_s
     workers += [
-        Campaigner(record, eps, "g1", f"m{i}", 10 - i, TTL_S, c.own_links(f"g1-m{i}"))
+        Campaigner(record, eps, "g1", f"m{i}", 10 - i, ttl, c.own_links(f"g1-m{i}"))
         for i in range(3)
     ]
-    workers += [Campaigner(record, eps, "g3", f"m{i}", 10 - i, TTL_S) for i in range(5)]
+    workers += [Campaigner(record, eps, "g3", f"m{i}", 10 - i, ttl) for i in range(5)]
     workers += [AckWriter(record, eps, f"w{i}") for i in range(2)]
     keys = [f"reg/{k}" for k in range(4)]
     workers += [RegisterClient(history, eps, p, keys, rng.randrange(2**32)) for p in range(3)]
-    workers += [EventWatcher(record, eps, "watch-all", start_rev)]
+    workers += [EventWatcher(record, eps, "watch-all", start_rev, notes=sc.every_write)]
+    shares = [sc.sessions // SESSION_LOAD_WORKERS] * SESSION_LOAD_WORKERS if sc.sessions else []
+    for i in range(sc.sessions % SESSION_LOAD_WORKERS):
+        shares[i] += 1
+    workers += [SessionLoad(record, eps, f"load{i}", n, ttl) for i, n in enumerate(shares)]
+    if sc.every_write:
+        workers += [EveryWriter(record, eps, f"every{i}", TTL_S) for i in range(EVERY_WRITERS)]
     for w in workers:
         w.start()
     return workers
 
 
-def _unfed(record: RunRecord, history: History) -> list[str]:
+def _stop_workload(c: ProxiedCluster, workers: list[Worker]) -> list[str]:
+    """Stop every worker; watchers that note events last, once they have seen every
+    revision up to the one the leader had when the rest stopped (so that the
+    applied-once checker sees the effects of the last writes). Returns what went wrong
+    with that wait."""
+    watchers = [w for w in workers if isinstance(w, EventWatcher) and w.notes is not None]
+    for w in workers:  # told all at once: none acts on another's stopping (a slot freed)
+        if w not in watchers:
+            w.stop.set()
+    for w in workers:
+        if w not in watchers:
+            w.join()
+    problems = []
+    if watchers:
+        try:
+            with Client(c.client_endpoints, timeout_s=10) as cl:
+                final = _retrying(lambda: cl.range("chaos/end").header.revision)
+            wait_until(
+                lambda: all(w.log.revisions and w.log.revisions[-1] >= final for w in watchers),
+                20,
+                f"the watcher to reach revision {final}",
+            )
+        except (errors.CoordError, TimeoutError) as e:
+            problems.append(f"the event log was not read to its end: {e}")
+    for w in watchers:
+        w.join()
+    return problems
+
+
+def _unfed(record: RunRecord, history: History, sc: Scenario) -> list[str]:
     """A checker over an empty record proves nothing: the workload must have fed each."""
     fed = {
         "tenures": len(record.tenures),
@@ -219,6 +343,12 @@ def _unfed(record: RunRecord, history: History) -> list[str]:
         "register operations": sum(1 for op in history.ops() if op.status == "ok"),
         "watched events": sum(len(w.revisions) for w in record.watches),
     }
+    if sc.sessions:
+        fed[f"sessions kept (of {sc.sessions})"] = int(record.sessions_kept >= sc.sessions)
+    if sc.every_write:
+        fed["acknowledged writes of every kind"] = int(
+            all(any(w.kind == k and w.outcome == "ok" for w in record.writes) for k in EFFECTS)
+        )
     return [f"workload: no {what} recorded" for what, n in fed.items() if n == 0]
 
 

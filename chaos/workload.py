@@ -8,7 +8,9 @@
   a history for the linearizability checker (values are unique, so a CAS on the
   mod revision read is a CAS on the value read).
 - :class:`EventWatcher`: an unfiltered watch with the library's automatic resume;
-  records every revision received.
+  records every revision received (and, if asked, a note of every event).
+- :class:`SessionLoad`: many sessions (the library's Session, one per lease) kept alive
+  in a process of their own (chaos.session_load), recording any reported LOST.
 
 Every client talks to the proxied endpoints (chaos.cluster), with short timeouts:
 an operation that times out is recorded as "info" (outcome unknown).
@@ -17,30 +19,48 @@ an operation that times out is recorded as "info" (outcome unknown).
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
 
 from chaos.linearizability import History
-from chaos.records import RunRecord, Tenure, WatchLog
+from chaos.records import EventNote, RunRecord, SessionLoss, Tenure, WatchLog
+from chaos.session_load import why_lost
 from coord import errors
-from coord.client import Client, Member, Session, StoppableClient, watch
+from coord.client import Client, Member, Session, SessionState, StoppableClient, watch
+from coord.v1 import groups_pb2
 
 POLL_S = 0.002  # how often a master asks its library whether it still is
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Worker:
+    # A worker whose load takes a while to put in place sets ``ready`` itself.
+    announces_ready = False
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.stop = threading.Event()
         self.errors: list[str] = []
         self.ops = 0
+        # Set once the worker's load is in place (the runner starts faults after it).
+        self.ready = threading.Event()
         self._thread = threading.Thread(target=self._guarded, daemon=True, name=name)
 
     def start(self) -> None:
         self._thread.start()
+        if not self.announces_ready:
+            self.ready.set()
+
+    def settled(self) -> bool:
+        """Ready, or gone (a worker that failed to start is reported, not waited for)."""
+        return self.ready.is_set() or not self._thread.is_alive()
 
     def join(self, timeout: float = 30.0) -> None:
         self.stop.set()
@@ -56,6 +76,18 @@ class Worker:
 
     def run(self) -> None:
         raise NotImplementedError
+
+
+def loss_recorder(record: RunRecord, name: str) -> Callable[[Session, SessionState], None]:
+    """A Session state callback that records the session's loss (LOST) in ``record``:
+    the cluster said it expired (its validity here had not ended), or no keepalive was
+    acknowledged within its TTL."""
+
+    def on_state(session: Session, state: SessionState) -> None:
+        if state is SessionState.LOST:
+            record.session_losses.append(SessionLoss(name, time.monotonic(), why_lost(session)))
+
+    return on_state
 
 
 class Campaigner(Worker):
@@ -90,7 +122,9 @@ class Campaigner(Worker):
             client.close()
 
     def _one_session(self, client: Client) -> None:
-        session = Session(client, ttl_s=self.ttl_s, name=self.name)
+        session = Session(
+            client, ttl_s=self.ttl_s, name=self.name, on_state=loss_recorder(self.record, self.name)
+        )
         try:
             member = Member(client, session, self.group, self.member_id, priority=self.priority)
             while not self.stop.is_set() and session.is_valid():
@@ -212,12 +246,21 @@ class RegisterClient(Worker):
 
 
 class EventWatcher(Worker):
+    """``notes``: also keep a note of every event in ``record.events`` (for checkers
+    that count what was applied)."""
+
     def __init__(
-        self, record: RunRecord, endpoints: Sequence[str], name: str, from_revision: int
+        self,
+        record: RunRecord,
+        endpoints: Sequence[str],
+        name: str,
+        from_revision: int,
+        notes: bool = False,
     ) -> None:
         super().__init__(name)
         self.log = WatchLog(name, from_revision)
         record.watches.append(self.log)
+        self.notes = record.events if notes else None
         self.endpoints = list(endpoints)
         self.client = StoppableClient(self.endpoints, timeout_s=5.0, attempt_timeout_s=1.0)
 
@@ -225,6 +268,8 @@ class EventWatcher(Worker):
         try:
             for e in watch(self.client, self.log.from_revision):
                 self.log.revisions.append(e.revision)
+                if self.notes is not None:
+                    self.notes.append(note_of(e))
                 self.ops += 1
         except errors.OutOfRange as e:
             self.log.error = f"compacted: {e.message}"
@@ -236,6 +281,79 @@ class EventWatcher(Worker):
         self.client.stopped = True
         self.client.close()
         super().join(timeout)
+
+
+def note_of(e: groups_pb2.Event) -> EventNote:
+    m = e.member_record
+    fields: tuple[object, ...] = ()
+    if e.type in ("member_joined", "member_updated") and e.HasField("member_record"):
+        fields = (
+            m.session_id, m.address, m.priority, m.weight, sorted(m.tags.items()),
+            sorted(m.metadata.items()), m.nofailover, m.candidate, m.leaving,
+        )  # fmt: skip
+    keys = [kv.key for kv in e.kvs] + list(e.deleted_keys)
+    return EventNote(
+        revision=e.revision, type=e.type, group=e.group, member=e.member, cause=e.cause,
+        session_id=e.session_id or e.session.id, session_name=e.session.name,
+        keys=tuple(k.decode(errors="replace") for k in keys), member_fields=fields,
+    )  # fmt: skip
+
+
+class SessionLoad(Worker):
+    """``count`` sessions kept alive by the library in a process of their own
+    (chaos.session_load), opened before the faults start (``ready``), closed at the end.
+    A session the library reports LOST is recorded (and not replaced). The process
+    ending early, or not closing its sessions, is an error."""
+
+    announces_ready = True
+
+    def __init__(
+        self, record: RunRecord, endpoints: Sequence[str], name: str, count: int, ttl_s: float
+    ) -> None:
+        super().__init__(name)
+        self.record, self.endpoints = record, list(endpoints)
+        self.count, self.ttl_s = count, ttl_s
+        self.opened = 0
+
+    def run(self) -> None:
+        cmd = [sys.executable, "-m", "chaos.session_load", "--name", self.name,
+               "--count", str(self.count), "--ttl", str(self.ttl_s), *self.endpoints]  # fmt: skip
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": path},
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin = proc.stdin
+        threading.Thread(target=self._close_when_stopped, args=(stdin,), daemon=True).start()
+        closed = False
+        try:
+            for line in proc.stdout:
+                self._line(line.strip())
+                closed = closed or line.strip() == "closed"
+        finally:
+            self.stop.set()
+            try:
+                rc = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait(10)
+            proc.stdout.close()
+        if rc != 0 or not closed:
+            self.errors.append(f"{self.name}: its session process ended early (rc={rc})")
+
+    def _close_when_stopped(self, stdin: IO[str]) -> None:
+        """Closing the process's stdin tells it to close its sessions and exit."""
+        self.stop.wait()
+        stdin.close()
+
+    def _line(self, line: str) -> None:
+        if line == "ready":
+            self.opened = self.ops = self.count
+            self.ready.set()
+        elif line.startswith("lost "):
+            _, session, at, why = line.split(" ", 3)
+            self.record.session_losses.append(SessionLoss(session, float(at), why))
 
 
 class LinkedClient(Client):

@@ -97,6 +97,8 @@ class NodeProc:
     # The HTTP (metrics, status page) address, when the cluster serves HTTP.
     http: str = ""
     join_peers: list[str] = field(default_factory=list)
+    # Environment for this node only, over the cluster's (e.g. a clock shim per node).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -198,7 +200,7 @@ class LocalCluster:
                 self.command(node.index, state),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **node.env},
                 start_new_session=True,
             )
             log.close()

@@ -14,6 +14,7 @@ from chaos.checkers import (
     Violation,
     acknowledged_writes_present,
     check_all,
+    graceful_no_failover,
     linearizable,
     overlapping_masters,
     recovered,
@@ -21,7 +22,7 @@ from chaos.checkers import (
     watch_gap_free,
     watch_notes,
 )
-from chaos.records import RunRecord, Tenure, WatchLog
+from chaos.records import LoggedWrite, RunRecord, SessionLoss, Tenure, WatchLog
 
 T0 = 1000.0  # record.start: messages show times relative to it
 
@@ -390,6 +391,9 @@ def test_check_all_collects_every_checker(fake_lin: types.SimpleNamespace) -> No
     r.watches.append(WatchLog("w2", 1, [1, 1]))
     r.final["n2"] = set()
     r.recovered_after_s = 9.0
+    r.graceful = True
+    r.session_losses.append(SessionLoss("s1", T0 + 3, "the cluster said expired"))
+    r.writes.append(LoggedWrite("create_group", "g9", T0 + 1, T0 + 2, "ok"))  # never applied
     names = [v.checker for v in check_all(r, recovery_bound_s=5.0)]
     assert names == [
         "overlapping_masters",
@@ -398,6 +402,8 @@ def test_check_all_collects_every_checker(fake_lin: types.SimpleNamespace) -> No
         "watch_gap_free",
         "recovered",
         "linearizable",
+        *["graceful_no_failover"] * 4,  # the loss, a master change, two ended tenures
+        "applied_once",
     ]
 
 
@@ -413,3 +419,69 @@ def test_empty_record(fake_lin: types.SimpleNamespace) -> None:
 
 def test_violation_str() -> None:
     assert str(checkers.Violation("x", "y")) == "[x] y"
+
+
+# -- graceful_no_failover ----------------------------------------------------------------
+
+
+def graceful(**kwargs: Any) -> RunRecord:
+    kwargs.setdefault("stopping", T0 + 90.0)
+    return rec(graceful=True, sessions_kept=200, **kwargs)
+
+
+def test_graceful_run_that_kept_every_session_and_master_passes() -> None:
+    r = graceful(
+        tenures=[
+            ten("p1", 0, 90.5, 5),  # ended when the workload was stopped
+            ten("p2", 0, None, 7, slot=1),
+            ten("p3", 91, 91.2, 12),  # granted after the stop (p1's slot moved on): ignored
+        ],
+        session_losses=[SessionLoss("load-1", T0 + 95, "no keepalive acknowledged")],
+    )
+    assert graceful_no_failover(r) == []
+
+
+def test_a_run_that_is_not_graceful_is_not_judged() -> None:
+    r = rec(
+        tenures=[ten("p1", 0, 10, 5), ten("p2", 12, None, 9)],
+        session_losses=[SessionLoss("s", T0 + 5, "the cluster said expired")],
+    )
+    assert graceful_no_failover(r) == []
+
+
+def test_a_lost_session_is_caught_with_its_name_time_and_cause() -> None:
+    r = graceful(
+        session_losses=[
+            SessionLoss("load-7", T0 + 12.5, "the cluster said expired"),
+            SessionLoss("load-3", T0 + 12.25, "no keepalive acknowledged within its TTL"),
+        ]
+    )
+    [v] = graceful_no_failover(r)
+    assert v.checker == "graceful_no_failover"
+    assert "2 sessions of 200 kept lost" in v.detail
+    assert "load-3 at +12.250s (no keepalive acknowledged within its TTL)" in v.detail
+    assert "load-7 at +12.500s (the cluster said expired)" in v.detail
+    assert v.detail.index("load-3") < v.detail.index("load-7")  # in time order
+
+
+def test_a_master_change_is_caught_even_without_overlap() -> None:
+    r = graceful(tenures=[ten("p1", 0, 30, 5), ten("p2", 31, None, 9)])
+    out = graceful_no_failover(r)
+    assert [v.checker for v in out] == ["graceful_no_failover"] * 2
+    assert "group g slot 0 changed master 1 times" in out[0].detail
+    assert "token 5" in out[0].detail and "token 9" in out[0].detail
+    assert "p1 (slot 0, token 5, +0.000s..+30.000s) stopped believing" in out[1].detail
+
+
+def test_a_master_that_stopped_believing_and_won_again_is_caught() -> None:
+    # Same process, new grant: still a failover (its session was lost and replaced).
+    r = graceful(tenures=[ten("p1", 0, 30, 5), ten("p1", 32, None, 11)])
+    details = [v.detail for v in graceful_no_failover(r)]
+    assert any("changed master 1 times" in d for d in details)
+    assert any("stopped believing before the run ended" in d for d in details)
+
+
+def test_without_a_recorded_stop_every_end_counts() -> None:
+    r = rec(graceful=True, tenures=[ten("p1", 0, 95, 5)])
+    [v] = graceful_no_failover(r)
+    assert "stopped believing" in v.detail
