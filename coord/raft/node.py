@@ -38,7 +38,7 @@ from coord.raft import membership
 from coord.raft.gate import VOTER, VotingGate
 from coord.raft.journal import DurableJournal
 from coord.raft.membership import Change, NodeAddress
-from coord.raft.prevote import PreVote
+from coord.raft.prevote import NEVER, PreVote
 from coord.raft.snapshotfile import read_dump, write_dump
 from coord.raft.transport import CoordTransport, RoutedNode
 from coord.state.machine import StateMachine
@@ -119,14 +119,14 @@ class _SyncObj(SyncObj):
         apply: Callable[[bytes], Any],
         check_change: Callable[[Any], bool],
         sync_config: Callable[[], None],
-        may_campaign: Callable[[], bool],
+        timer_restarted: Callable[[], None],
         hold: Callable[[], bool],
         *args: Any,
         **kwargs: Any,
     ) -> None:
         self._coord_apply = apply
         self._coord_hold = hold
-        self._coord_may_campaign = may_campaign
+        self._coord_timer_restarted = timer_restarted
         self._coord_check_change = check_change
         self._coord_sync_config = sync_config
         self._coord_woken = False
@@ -138,14 +138,13 @@ class _SyncObj(SyncObj):
     def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool:
         return False if reverse else self._coord_check_change(request)
 
-    # A node that may not campaign (catching up, or not in the configuration) gets no
-    # election timer at all: pysyncobj re-arms it whenever a leader's message arrives,
-    # and a slow snapshot load in that tick would then let it campaign (a term bump
-    # that makes it ignore the leader for good) before the node pushes it back.
+    # pysyncobj asks for an election timeout whenever it restarts its election timer
+    # (a leader heard, a vote granted, a campaign): PreVote keeps the timer instead,
+    # and pysyncobj's own never expires (coord.raft.prevote). It campaigns only when
+    # PreVote, or a leadership transfer, sets its deadline to zero.
     def _SyncObj__generateRaftTimeout(self) -> float:
-        if not self._coord_may_campaign():
-            return 3600.0
-        return float(SyncObj._SyncObj__generateRaftTimeout(self))  # type: ignore[attr-defined]
+        self._coord_timer_restarted()
+        return NEVER
 
     def _SyncObj__updateClusterConfiguration(self, newNodes: Any) -> None:
         self._coord_sync_config()  # a dump was loaded: its configuration is the base
@@ -290,7 +289,7 @@ class RaftNode:
             self._apply,
             self._check_change_request,
             self._sync_config,
-            self._may_campaign,
+            self._election_timer_restarted,
             self._holding_for_transfer,
             me,
             others,
@@ -311,8 +310,8 @@ class RaftNode:
             self._so,
             self._transport.send_now,
             (t.election_timeout_min_s, t.election_timeout_max_s),
-            margin_s=3 * t.tick_s,
             gate=self.gate,
+            may_campaign=self._may_campaign,
         )
         self._transport.prevote = self._prevote
         self._transport.gate = self.gate
@@ -478,10 +477,9 @@ class RaftNode:
             self._transport.send_now(node, {"type": "coord_ping"})
 
     def _update_catch_up(self) -> None:
+        # (Not campaigning while catching up, or when not a member, is PreVote's part:
+        # it asks _may_campaign.)
         if self.cfg.node_id not in self._config:
-            # Not a member of the latest configuration (removed, or not yet added):
-            # campaigning would only disturb the members.
-            self._so._SyncObj__raftElectionDeadline = raft_clock() + 3600
             return
         if self.gate.is_voter or self.gate.update(self.journal[-1][1]):
             return
@@ -489,11 +487,6 @@ class RaftNode:
             # A blank node elected (bootstrap): the majority that voted vouches for its
             # log. No leader will ever send it a commit index: it would never vote.
             self.gate.leader_commit(self.journal[-1][1])
-            return
-        if not self.gate.may_campaign():
-            # A catching-up node must not campaign: its term would rise past the
-            # leader's and it would then ignore the very entries it needs.
-            self._so._SyncObj__raftElectionDeadline = raft_clock() + 3600
 
     def _update_view(self) -> None:
         so = self._so
@@ -561,8 +554,8 @@ class RaftNode:
         they rarely split the vote.
         """
         # Runs on the tick thread, inside pysyncobj's message handling: read its
-        # live state (the View is a tick old) and move the deadline right away,
-        # so that a vote granted later in this poll resets it as usual.
+        # live state (the View is a tick old) and move PreVote's deadline right
+        # away, so that a vote granted later in this poll resets it as usual.
         so = self._so
         leader = so._getLeader()
         if not self.gate.may_campaign() or so._isLeader() or leader is None or node.id != leader.id:
@@ -576,9 +569,7 @@ class RaftNode:
         delay = rank * self.cfg.timings.fast_election_s
         delay += random.uniform(0, self.cfg.timings.tick_s)
         # pysyncobj's deadlines use CLOCK_MONOTONIC_RAW, not time.monotonic().
-        deadline = raft_clock() + delay
-        if deadline < so._SyncObj__raftElectionDeadline:
-            so._SyncObj__raftElectionDeadline = deadline
+        if self._prevote.hurry(raft_clock() + delay):
             logger.info("lost the link to leader %s: campaigning in %.0f ms", node.id, 1000 * delay)
 
     # -- membership ------------------------------------------------------------
@@ -616,8 +607,10 @@ class RaftNode:
         me = self.cfg.node_id
         others: set[Any] = so._SyncObj__otherNodes
         current = {n.id: n for n in others}
+        progress = so._SyncObj__transport.progress
         for nid in current.keys() - config.keys():
             node = current[nid]
+            progress.forget(node)
             others.discard(node)
             so._SyncObj__raftNextIndex.pop(node, None)
             so._SyncObj__raftMatchIndex.pop(node, None)
@@ -645,6 +638,13 @@ class RaftNode:
 
     def _may_campaign(self) -> bool:
         return self.gate.may_campaign() and self.cfg.node_id in self._config
+
+    def _election_timer_restarted(self) -> None:
+        # pysyncobj arms its timer in its constructor, before PreVote exists (PreVote
+        # starts with a fresh timer of its own).
+        prevote: PreVote | None = getattr(self, "_prevote", None)
+        if prevote is not None:
+            prevote.restart_timer()
 
     def _pending_change(self) -> int | None:
         """The index of a configuration entry not committed yet, if any."""

@@ -7,15 +7,22 @@ node first asks "would you vote for me?" without touching any term; only when a
 majority says yes does it let pysyncobj campaign.
 
 How it is wired, all on the tick thread:
-- :meth:`PreVote.on_tick` runs once per tick (after pysyncobj's election check).
-  When the election deadline is less than ``margin_s`` away and no majority has
-  granted yet, it moves the deadline a full election timeout out and sends
-  ``pre_vote`` requests. When a majority grants, it sets the deadline to zero:
-  pysyncobj campaigns on the next tick.
+- PreVote owns the election timer. pysyncobj restarts its own timer (a leader's
+  append-entries, a vote granted, a campaign) by asking for a timeout: coord's
+  ``_SyncObj`` answers :data:`NEVER` and calls :meth:`PreVote.restart_timer`,
+  which starts PreVote's timer on pysyncobj's monotonic clock. pysyncobj checks
+  its own deadline first thing in every tick, before any of coord's code runs:
+  were it finite, a stall of the tick thread past it (a slow snapshot load, a
+  paused process) would let pysyncobj campaign without asking.
+- :meth:`PreVote.on_tick` runs once per tick. Once PreVote's deadline has passed
+  (by however much) and no majority has granted yet, it moves it a full election
+  timeout out and sends ``pre_vote`` requests. When a majority grants, it sets
+  pysyncobj's deadline to zero: pysyncobj campaigns on its next tick.
 - :meth:`PreVote.answer` grants when this node has no live leader (no link to
   a leader heard from within the minimum election timeout) and the candidate's
   log is at least as up to date as its own. Nothing else changes.
-- Elections a leader asks for (leadership transfer) skip PreVote.
+- Elections a leader asks for (leadership transfer: pysyncobj zeroes its own
+  deadline on ``timeout_now``) skip PreVote.
 
 Dropping or losing these messages only delays an election; safety is Raft's.
 """
@@ -23,6 +30,7 @@ Dropping or losing these messages only delays an election; safety is Raft's.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 Send = Callable[[Any, dict[str, Any]], object]
 
+# pysyncobj's election timeout, whenever it asks for one: its own deadline never passes.
+NEVER = math.inf
+
 
 class PreVote:
     def __init__(
@@ -42,19 +53,41 @@ class PreVote:
         so: Any,
         send: Send,
         election_timeout: tuple[float, float],
-        margin_s: float,
         gate: VotingGate,
+        may_campaign: Callable[[], bool] | None = None,
     ) -> None:
+        """``may_campaign``: whether this node may stand at all (default: the gate's
+        answer); a node that may not never starts a round."""
         self._so = so
         self._send = send
         self._timeout = election_timeout
-        self._margin = margin_s
         self._gate = gate
+        self._may_campaign = may_campaign or gate.may_campaign
+        self._deadline = raft_clock() + random.uniform(*election_timeout)
         self._last_contact: dict[str, float] = {}  # peer id -> raft_clock() of last AE/ack
         self._round = 0
         self._round_term: int | None = None  # our term when the current round started
         self._grants: set[str] = set()
         self._granted_term: int | None = None  # term at which a majority granted
+
+    # -- the election timer ----------------------------------------------------
+
+    @property
+    def deadline(self) -> float:
+        """When this node next asks for pre-votes (pysyncobj's clock)."""
+        return self._deadline
+
+    def restart_timer(self) -> None:
+        """pysyncobj restarted its election timer: a leader was heard, a vote
+        granted, or a campaign started."""
+        self._deadline = raft_clock() + random.uniform(*self._timeout)
+
+    def hurry(self, deadline: float) -> bool:
+        """Ask for pre-votes by ``deadline`` at the latest; True if that is sooner."""
+        if deadline >= self._deadline:
+            return False
+        self._deadline = deadline
+        return True
 
     # -- bookkeeping -----------------------------------------------------------
 
@@ -80,7 +113,7 @@ class PreVote:
 
     def on_tick(self) -> None:
         so = self._so
-        if so._isLeader() or not self._gate.may_campaign() or so._SyncObj__transferInProgress:
+        if so._isLeader() or not self._may_campaign() or so._SyncObj__transferInProgress:
             return
         term = so.raftCurrentTerm
         if self._granted_term is not None:
@@ -90,9 +123,9 @@ class PreVote:
             # deadline): the grant is spent. The next campaign asks again.
             self._granted_term = None
         now = raft_clock()
-        if so._SyncObj__raftElectionDeadline - now > self._margin:
+        if now < self._deadline:
             return
-        so._SyncObj__raftElectionDeadline = now + random.uniform(*self._timeout)
+        self._deadline = now + random.uniform(*self._timeout)
         self._round += 1
         self._round_term = term
         self._grants = {so.selfNode.id}

@@ -7,8 +7,11 @@
   (a, b) with a > b is the one ``a`` opens towards ``b``'s route.
 - The handshake carries ``cluster_id/node_id``: a node of another cluster (a
   foreign data dir) is disconnected and logged, never joined.
-- Acknowledgements (``next_node_idx``) are held back until the journal is
+- Acknowledgements (``next_node_idx``) carry the follower's term (and, for a
+  conflict, how far back it goes) and are held back until the journal is
   synced; the node flushes them once per tick after one fsync (group commit).
+  The leader moves its nextIndex/matchIndex with them as ``coord.raft.progress``
+  says, not as pysyncobj would.
 - A blank node votes and campaigns only as ``coord.raft.gate`` allows.
 - PreVote messages (``coord.raft.prevote``) are handled here, beside
   pysyncobj's own.
@@ -34,6 +37,7 @@ from pysyncobj.transport import TCPTransport
 from coord.raft import appendfix
 from coord.raft.gate import VotingGate
 from coord.raft.prevote import PreVote
+from coord.raft.progress import LeaderProgress, conflict_of
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +113,7 @@ class CoordTransport(TCPTransport):
         self._handshaking: set[Any] = set()  # outgoing, encrypted, no answer yet
         self._warned: dict[str, float] = {}
         super().__init__(*args, **kwargs)
+        self.progress = LeaderProgress(self._syncObj)
 
     # -- cluster secret: say why a peer is refused -------------------------------
 
@@ -227,9 +232,17 @@ class CoordTransport(TCPTransport):
 
     def send(self, node: Any, message: Any) -> bool:
         kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "next_node_idx" and (self._held or not self.is_durable()):
-            self._held.append((node, message))
-            return True
+        if kind == "next_node_idx":
+            # pysyncobj sends these only while handling a leader's append-entries,
+            # after taking its term: the leader drops replies of other terms. A
+            # conflict also says how far back it goes (coord.raft.progress).
+            so = self._syncObj
+            message = {**message, "term": so.raftCurrentTerm}
+            if message.get("reset"):
+                message.update(conflict_of(so._SyncObj__raftLog, message["next_node_idx"]))
+            if self._held or not self.is_durable():
+                self._held.append((node, message))
+                return True
         if kind == "request_vote" and not self.gate.may_campaign():
             return False
         return bool(super().send(node, message))
@@ -249,7 +262,12 @@ class CoordTransport(TCPTransport):
     def _onMessageReceived(self, node: Any, message: Any) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
         prevote = self.prevote
-        if kind in ("append_entries", "next_node_idx"):
+        if kind == "next_node_idx":
+            # pysyncobj's handler only moves a leader's indexes: coord's replaces it.
+            if self.progress.on_reply(node, message) and prevote is not None:
+                prevote.heard_from(node.id)
+            return
+        if kind == "append_entries":
             if prevote is not None:
                 prevote.heard_from(node.id)
         elif kind == "pre_vote":

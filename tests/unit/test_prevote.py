@@ -3,8 +3,10 @@
 The fake exposes exactly what PreVote reads from pysyncobj's ``SyncObj``: the
 current term, peers, the leader, links, the (name-mangled) transfer flag,
 election deadline and last log index/term. Every test drives PreVote by hand:
-:meth:`Harness.tick` stands for the tick thread's ``on_tick`` call, and
-:meth:`Harness.grant` / :meth:`Harness.deny` for ``pre_vote_resp`` messages.
+:meth:`Harness.tick` stands for the tick thread's ``on_tick`` call,
+:meth:`Harness.grant` / :meth:`Harness.deny` for ``pre_vote_resp`` messages, and
+:meth:`Harness.timer_restarted` for pysyncobj restarting its election timer (with
+coord's ``_SyncObj``, which asks PreVote and gets :data:`NEVER`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import pytest
 
 from coord.raft import prevote as prevote_mod
 from coord.raft.gate import CATCH_UP, NEW_BLANK, VOTER, VotingGate
-from coord.raft.prevote import PreVote
+from coord.raft.prevote import NEVER, PreVote
 
 TIMEOUT = (1.0, 2.0)  # election timeout (min, max), seconds
-MARGIN = 0.3
 NOW = 1000.0
 
 
@@ -47,7 +48,7 @@ class FakeSyncObj:
         self.log_index = log_index
         self.log_term = log_term
         self._SyncObj__transferInProgress = False
-        self._SyncObj__raftElectionDeadline = NOW + 1.5
+        self._SyncObj__raftElectionDeadline = NEVER  # as coord's _SyncObj sets it
 
     def _isLeader(self) -> bool:
         return self.is_leader
@@ -99,9 +100,19 @@ class Harness:
         msg = {"type": "pre_vote_resp", "round": self.last_round(), "granted": False}
         self.pv.on_response(self.so.otherNodes[peer - 1], msg)
 
-    def near(self, by: float = 0.1) -> None:
-        """Bring the election deadline within the margin."""
-        self.so.deadline = self.clock.t + by
+    def due(self, late: float = 0.0) -> None:
+        """Make PreVote's election deadline ``late`` seconds past."""
+        assert self.pv.hurry(self.clock.t - late)
+
+    def timer_restarted(self) -> None:
+        """pysyncobj restarts its election timer (a leader heard, a vote granted, a
+        campaign): ``deadline = now + timeout``, the timeout from coord's override."""
+        self.pv.restart_timer()
+        self.so.deadline = self.clock.t + NEVER
+
+    def pysyncobj_campaigns(self) -> bool:
+        """pysyncobj's own election check, first thing in its tick."""
+        return self.so.deadline < self.clock.t
 
     def ask(self, last_log_term: int, last_log_index: int, round_: int = 7) -> bool:
         """Deliver a pre_vote from p1; return the grant PreVote sent back to it."""
@@ -132,13 +143,20 @@ def make(monkeypatch: pytest.MonkeyPatch):
         log_index: int = 10,
         log_term: int = 5,
         mode: str = VOTER,
+        member: bool = True,
     ) -> Harness:
         clock = FakeClock()
         monkeypatch.setattr(prevote_mod, "raft_clock", clock)
         so = FakeSyncObj(peers, term, log_index, log_term)
         gate = VotingGate(mode)
         sent: list[tuple[Node, dict[str, Any]]] = []
-        pv = PreVote(so, lambda node, msg: sent.append((node, dict(msg))), TIMEOUT, MARGIN, gate)
+        pv = PreVote(
+            so,
+            lambda node, msg: sent.append((node, dict(msg))),
+            TIMEOUT,
+            gate,
+            may_campaign=lambda: gate.may_campaign() and member,
+        )
         return Harness(so, clock, pv, gate, sent)
 
     return factory
@@ -147,21 +165,24 @@ def make(monkeypatch: pytest.MonkeyPatch):
 # -- candidate side: when to ask -------------------------------------------------------------
 
 
-def test_no_pre_vote_while_the_deadline_is_far(make) -> None:
+def test_no_pre_vote_before_the_deadline(make) -> None:
     h = make()
-    for deadline in (NOW + 1.5, NOW + MARGIN + 0.01):
-        h.so.deadline = deadline
+    h.timer_restarted()
+    deadline = h.pv.deadline
+    assert NOW + TIMEOUT[0] <= deadline <= NOW + TIMEOUT[1]
+    for t in (NOW, deadline - 0.001):
+        h.clock.t = t
         h.tick()
         assert h.sent == []
-        assert h.so.deadline == deadline
+        assert h.pv.deadline == deadline
 
 
-@pytest.mark.parametrize("by", [MARGIN, 0.1, 0.0, -5.0])
-def test_near_the_deadline_it_pushes_it_out_and_asks_every_peer(make, by: float) -> None:
+@pytest.mark.parametrize("late", [0.0, 0.01, 5.0])
+def test_past_the_deadline_it_pushes_it_out_and_asks_every_peer(make, late: float) -> None:
     h = make(peers=4, term=5, log_index=10, log_term=4)
-    h.near(by)
+    h.due(late)
     h.tick()
-    assert NOW + TIMEOUT[0] <= h.so.deadline <= NOW + TIMEOUT[1]
+    assert NOW + TIMEOUT[0] <= h.pv.deadline <= NOW + TIMEOUT[1]
     assert [n.id for n, _ in h.sent] == ["p1", "p2", "p3", "p4"]
     round_ = h.sent[0][1]["round"]
     for _, m in h.sent:
@@ -173,20 +194,49 @@ def test_near_the_deadline_it_pushes_it_out_and_asks_every_peer(make, by: float)
             "last_log_term": 4,
         }
     assert h.so.raftCurrentTerm == 5
+    assert h.so.deadline == NEVER
 
 
-def test_pushed_deadline_means_no_second_round_until_it_nears_again(make) -> None:
+def test_pushed_deadline_means_no_second_round_until_it_passes_again(make) -> None:
     h = make()
-    h.near()
+    h.due()
     h.tick()
     first_round = h.last_round()
     h.clock.t += 0.5
     h.tick()
     assert len(h.requests()) == 4
-    h.clock.t = h.so.deadline - 0.1
+    h.clock.t = h.pv.deadline
     h.tick()
     assert len(h.requests()) == 8
     assert h.last_round() > first_round
+
+
+@pytest.mark.parametrize("stall", [0.05, 1.0, 3600.0])
+def test_however_long_the_tick_thread_stalls_pysyncobj_never_campaigns_unasked(
+    make, stall: float
+) -> None:
+    """pysyncobj checks its deadline before anything else in a tick: after a stall
+    past the election timeout it would campaign before PreVote could ask."""
+    h = make(peers=2)
+    h.timer_restarted()  # the leader's last append-entries before the stall
+    h.clock.t = h.pv.deadline - 0.01
+    h.tick()
+    assert h.sent == []
+    h.clock.t += stall
+    assert not h.pysyncobj_campaigns()
+    h.tick()
+    assert len(h.requests()) == 2  # it asks first
+    assert not h.pysyncobj_campaigns()
+
+
+def test_hurry_only_brings_the_deadline_forward(make) -> None:
+    h = make()
+    h.timer_restarted()
+    deadline = h.pv.deadline
+    assert not h.pv.hurry(deadline + 1.0)
+    assert h.pv.deadline == deadline
+    assert h.pv.hurry(NOW + 0.06)
+    assert h.pv.deadline == NOW + 0.06
 
 
 # -- candidate side: counting grants ---------------------------------------------------------
@@ -194,7 +244,7 @@ def test_pushed_deadline_means_no_second_round_until_it_nears_again(make) -> Non
 
 def test_majority_of_grants_zeroes_the_deadline(make) -> None:
     h = make(peers=4)  # 5 nodes: self + 2 grants
-    h.near()
+    h.due()
     h.tick()
     pushed = h.so.deadline
     h.grant(1)
@@ -208,7 +258,7 @@ def test_majority_of_grants_zeroes_the_deadline(make) -> None:
 
 def test_three_nodes_need_one_grant(make) -> None:
     h = make(peers=2)
-    h.near()
+    h.due()
     h.tick()
     assert h.so.deadline > 0
     h.grant(2)
@@ -217,7 +267,7 @@ def test_three_nodes_need_one_grant(make) -> None:
 
 def test_four_nodes_need_two_grants(make) -> None:
     h = make(peers=3)
-    h.near()
+    h.due()
     h.tick()
     pushed = h.so.deadline
     h.grant(1)  # half is not a majority
@@ -228,7 +278,7 @@ def test_four_nodes_need_two_grants(make) -> None:
 
 def test_single_node_wins_at_once(make) -> None:
     h = make(peers=0)
-    h.near()
+    h.due()
     h.tick()
     assert h.sent == []
     assert h.so.deadline == 0.0
@@ -236,7 +286,7 @@ def test_single_node_wins_at_once(make) -> None:
 
 def test_denials_never_win(make) -> None:
     h = make(peers=2)
-    h.near()
+    h.due()
     h.tick()
     pushed = h.so.deadline
     h.deny(1)
@@ -246,20 +296,20 @@ def test_denials_never_win(make) -> None:
 
 def test_a_win_zeroes_the_deadline_once(make) -> None:
     h = make(peers=4)
-    h.near()
+    h.due()
     h.tick()
     h.grant(1)
     h.grant(2)
     assert h.so.deadline == 0.0
-    h.so.deadline = NOW + 1.7  # whatever pysyncobj does next
+    h.timer_restarted()  # whatever pysyncobj does next
     h.grant(3)
     h.grant(4)
-    assert h.so.deadline == NOW + 1.7
+    assert h.so.deadline == NEVER
 
 
 def test_granted_waits_for_pysyncobj_to_campaign(make) -> None:
     h = make(peers=2)
-    h.near()
+    h.due()
     h.tick()
     h.grant(1)
     assert h.so.deadline == 0.0
@@ -273,24 +323,24 @@ def test_granted_waits_for_pysyncobj_to_campaign(make) -> None:
 def test_late_grants_after_the_campaign_do_not_start_another(make) -> None:
     """The 5-node double election fixed by "raft: PreVote instead of vote stickiness"."""
     h = make(peers=4, term=5)
-    h.near()
+    h.due()
     h.tick()
     won = h.last_round()
     h.grant(1)
     h.grant(2)
     assert h.so.deadline == 0.0
-    # pysyncobj campaigns: term 6, a fresh election deadline
+    # pysyncobj campaigns: term 6, a fresh election timer
     h.so.raftCurrentTerm = 6
-    h.so.deadline = NOW + 1.2
+    h.timer_restarted()
     h.tick()
     h.grant(3, won)
     h.grant(4, won)
-    assert h.so.deadline == NOW + 1.2
+    assert h.so.deadline == NEVER
     h.tick()
-    assert h.so.deadline == NOW + 1.2
+    assert h.so.deadline == NEVER
     assert len(h.requests()) == 4
     # the next election asks again, for term 7, and the old round still does not count
-    h.clock.t = NOW + 1.1
+    h.clock.t = h.pv.deadline
     h.tick()
     assert len(h.requests()) == 8
     assert h.requests()[-1][1]["term"] == 7
@@ -306,11 +356,11 @@ def test_late_grants_after_the_campaign_do_not_start_another(make) -> None:
 
 def test_stale_rounds_are_ignored(make) -> None:
     h = make(peers=4)
-    h.near()
+    h.due()
     h.tick()
     old = h.last_round()
     h.grant(1)  # one grant of the first round
-    h.clock.t = h.so.deadline - 0.1  # no majority: a new round
+    h.clock.t = h.pv.deadline  # no majority: a new round
     h.tick()
     new = h.last_round()
     assert new != old
@@ -334,7 +384,7 @@ def test_stale_rounds_are_ignored(make) -> None:
 )
 def test_malformed_responses_are_ignored(make, message: dict[str, Any]) -> None:
     h = make(peers=2)
-    h.near()
+    h.due()
     h.tick()
     pushed = h.so.deadline
     for node in h.so.otherNodes:
@@ -356,23 +406,31 @@ def test_responses_to_a_round_never_sent_are_ignored(make) -> None:
 def test_leaders_never_pre_vote(make) -> None:
     h = make()
     h.so.is_leader = True
-    h.near()
+    h.due(1.0)
     h.tick()
     assert h.sent == []
-    assert h.so.deadline == NOW + 0.1
+    assert h.pv.deadline == NOW - 1.0
 
 
 def test_catch_up_nodes_never_pre_vote(make) -> None:
     h = make(mode=CATCH_UP)
-    h.near(-1.0)
+    h.due(1.0)
     h.tick()
     assert h.sent == []
-    assert h.so.deadline == NOW - 1.0
+    assert h.pv.deadline == NOW - 1.0
+
+
+def test_non_members_never_pre_vote(make) -> None:
+    h = make(member=False)
+    h.due(1.0)
+    h.tick()
+    assert h.sent == []
+    assert not h.pysyncobj_campaigns()
 
 
 def test_new_blank_nodes_pre_vote(make) -> None:
     h = make(mode=NEW_BLANK, log_index=1, log_term=0)
-    h.near()
+    h.due()
     h.tick()
     assert len(h.requests()) == 4
     assert h.requests()[0][1]["last_log_term"] == 0
@@ -382,6 +440,7 @@ def test_transfer_in_progress_skips_pre_vote(make) -> None:
     h = make()
     h.so._SyncObj__transferInProgress = True
     h.so.deadline = 0.0  # the leader asked for an election: pysyncobj campaigns directly
+    h.due()
     h.tick()
     assert h.sent == []
     assert h.so.deadline == 0.0
@@ -414,9 +473,10 @@ def test_answer_without_log_fields_is_denied(make) -> None:
 
 def test_answer_changes_nothing_else(make) -> None:
     h = make()
-    h.so.deadline = NOW + 0.05
+    h.due()
     h.ask(9, 99)
-    assert h.so.deadline == NOW + 0.05
+    assert h.pv.deadline == NOW
+    assert h.so.deadline == NEVER
     assert h.so.raftCurrentTerm == 5
     h.tick()  # and it does not disturb this node's own rounds
     assert len(h.requests()) == 4
@@ -519,37 +579,36 @@ def test_a_leaders_contacts_expire(make) -> None:
 
 def test_grants_of_a_round_from_an_older_term_do_not_start_an_election(make) -> None:
     h = make(peers=4, term=5)
-    h.near()
+    h.due()
     h.tick()  # round for term 6
     # p3 wins the election of term 6 first; its append-entries reach us
     leader = h.so.otherNodes[2]
     h.so.raftCurrentTerm = 6
     h.so.leader = leader
     h.pv.heard_from(leader.id)
-    h.so.deadline = h.clock.t + 1.5
+    h.timer_restarted()
     # grants p1 and p2 sent before they voted for p3 arrive now
     h.grant(1)
     h.grant(2)
-    assert h.so.deadline == h.clock.t + 1.5
+    assert h.so.deadline == NEVER
 
 
 def test_an_unused_grant_does_not_let_a_later_election_skip_pre_vote(make) -> None:
     h = make(peers=2, term=5)
-    h.near()
+    h.due()
     h.tick()
     h.grant(1)
     assert h.so.deadline == 0.0
     # before pysyncobj's next election check, the term-5 leader's append-entries
-    # arrives: pysyncobj pushes the deadline out and stays a follower at term 5
+    # arrives: pysyncobj restarts its timer and stays a follower at term 5
     leader = h.so.otherNodes[1]
     h.so.leader = leader
     h.pv.heard_from(leader.id)
-    h.so.deadline = h.clock.t + 1.5
+    h.timer_restarted()
     h.tick()
-    # much later the leader goes silent and the deadline nears again
+    # much later the leader goes silent: the deadline has passed
     h.clock.t += 60.0
-    h.so.deadline = h.clock.t + 0.1
     n = len(h.requests())
     h.tick()
     assert len(h.requests()) == n + 2  # it asks again
-    assert h.so.deadline > h.clock.t + MARGIN  # rather than let pysyncobj campaign unasked
+    assert not h.pysyncobj_campaigns()  # rather than let pysyncobj campaign unasked
