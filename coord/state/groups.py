@@ -171,6 +171,7 @@ class Groups:
             for slot, h in sorted(g.holdings.items()):
                 if not h.revoked and g.members[h.member_id].session_id == session.id:
                     self.revoke(g.name, slot, "session_closed", now)
+            self._retarget(g, now)  # its members no longer succeed anyone
 
     def settle(self, now: int) -> None:
         """After a command: close each closing session and delete each deleting group
@@ -441,7 +442,9 @@ class Groups:
         self._fill(g, now)
         return m
 
-    def resign(self, group: str, member_id: str, session_id: str, now: int) -> None:
+    def resign(
+        self, group: str, member_id: str, session_id: str, now: int, token: int = 0
+    ) -> None:
         """The holder's own session resigns at once. Anyone else (an operator) only asks
         it to step down: it may still believe it is master until it hears, so the slot
         moves when it resigns, or after the switchover timeout plus its TTL."""
@@ -452,6 +455,11 @@ class Groups:
             raise FailedPrecondition(
                 f"member {member_id!r} does not hold a slot in group {group!r}: only the master "
                 "can resign"
+            )
+        if token and g.holdings[slot].token != token:
+            raise FailedPrecondition(
+                f"member {member_id!r} of group {group!r} holds slot {slot} under token "
+                f"{g.holdings[slot].token}, not {token}: that grant was given up already"
             )
         handover = g.handovers.get(slot)
         if session_id != m.session_id:
@@ -484,6 +492,9 @@ class Groups:
         """Remove a member, releasing its slot; the caller runs _fill next (which also
         re-targets a pending handover that promised this member a slot)."""
         slot = g.holder_slot(member_id)
+        session = self.sessions.get(g.members[member_id].session_id)
+        if session is not None and session.closing:
+            self._settle_sessions.add(session.id)  # this may have been its last holding
         del g.members[member_id]
         if slot is not None:
             self._release(g, slot, cause, now)
@@ -519,6 +530,8 @@ class Groups:
         """Grant every empty slot to the best eligible candidate (slot order), then keep
         every pending handover's promise valid. A deleting group grants nothing."""
         if g.deleting:
+            for slot in [s for s in g.handovers if s not in g.holdings]:
+                del g.handovers[slot]  # nothing will be granted there
             return
         for slot in range(g.policy.slots):
             if slot in g.holdings:
@@ -675,8 +688,9 @@ class Groups:
         h.release_wait_ms = ttl
         h.release_after_ms = now + ttl  # an estimate, for display
         member.candidate = False
-        handover = g.handovers.get(slot)
-        g.vacated_cause[slot] = handover.cause if handover is not None else cause
+        # The revoke's own cause (a handover's timeout passes the handover's): a group
+        # deleted while a switchover was pending lost its master to the delete.
+        g.vacated_cause[slot] = cause
         self.emit(
             "master_revoked", group=group, member=h.member_id, slot=slot, token=h.token,
             cause=cause, holding=h,

@@ -563,7 +563,7 @@ def _campaign(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
 
 
 def _resign(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
-    g.resign(req.group, req.member_id, req.session_id, now)
+    g.resign(req.group, req.member_id, req.session_id, now, token=req.token)
     return raft_pb2.CommandResult()
 
 

@@ -132,3 +132,26 @@ def test_a_deleting_groups_state_survives_snapshot_and_replay_of_its_events() ->
     other.restore(d.sm.snapshot())
     assert other.groups.groups["g"].deleting
     assert other.groups.pending_waits() == d.sm.groups.pending_waits()
+
+
+def test_a_resign_naming_an_older_token_gives_up_nothing() -> None:
+    """A process's stale Leadership (an earlier grant) must not give up the member's
+    newer grant, which the same process may act on."""
+    d = master_standby()
+    token = d.holding().token
+    m = d.sm.groups.groups["g"].members["a"]
+    stale = gp.Resign(group="g", member_id="a", session_id=m.session_id, token=token - 1)
+    res = d.apply(resign=stale)
+    assert res.error_reason == "failed_precondition" and "given up already" in res.error_message
+    assert d.holders() == {0: "a"}
+    d.ok(resign=gp.Resign(group="g", member_id="a", session_id=m.session_id, token=token))
+    assert d.holders() == {0: "b"}
+
+
+def test_a_delete_during_a_switchover_records_its_own_cause() -> None:
+    d = master_standby(timeout=5000)
+    d.switchover("b")
+    d.ok(delete_group=gp.DeleteGroup(name="g", wait_out=True))
+    mark = d.sm.revision
+    d.advance(1000)  # a's TTL
+    assert ("master_lost", "a", 0, "group_deleted") in d.since(mark)
