@@ -17,6 +17,8 @@ rejects a deposed master that wakes up late.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,19 +35,80 @@ from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 
 def _groups(ch: grpc.Channel) -> election_pb2_grpc.GroupsStub:
     return election_pb2_grpc.GroupsStub(ch)
 
 
-def create_group(client: Client, name: str, slots: int = 1, **policy: Any) -> groups_pb2.Group:
-    """Create a group; ``policy`` takes GroupPolicy fields (failback, failback_hold_ms, ...)."""
-    req = election_pb2.CreateGroupRequest(
-        name=name, policy=groups_pb2.GroupPolicy(slots=slots, **policy),
-        request_id=new_request_id(),
-    )  # fmt: skip
-    resp: election_pb2.GroupResponse = client.call(lambda ch, t: _groups(ch).Create(req, timeout=t))
-    return resp.group
+# The cluster's default switchover timeout (coord/state/limits.py), for comparing
+# policies: a policy that leaves it 0 gets this one.
+DEFAULT_SWITCHOVER_TIMEOUT_MS = 10_000
+
+
+def create_group(
+    client: Client, name: str, slots: int = 1, exist_ok: bool = False, **policy: Any
+) -> groups_pb2.Group:
+    """Create a group; ``policy`` takes GroupPolicy fields (failback, failback_hold_ms, ...).
+
+    With ``exist_ok``, a group of that name that already has this policy is returned
+    as it is (a program may create its group every time it starts); one with another
+    policy raises AlreadyExists naming the differences (a policy is never changed).
+    """
+    wanted = groups_pb2.GroupPolicy(slots=slots, **policy)
+    req = election_pb2.CreateGroupRequest(name=name, policy=wanted, request_id=new_request_id())
+    for _ in range(3):  # a group deleted between our create and our read: create again
+        try:
+            resp: election_pb2.GroupResponse = client.call(
+                lambda ch, t: _groups(ch).Create(req, timeout=t)
+            )
+            return resp.group
+        except errors.AlreadyExists:
+            if not exist_ok:
+                raise
+            try:
+                got: election_pb2.GroupResponse = client.call(
+                    lambda ch, t: _groups(ch).Get(
+                        election_pb2.GetGroupRequest(name=name), timeout=t
+                    )
+                )
+            except errors.NotFound:
+                req.request_id = new_request_id()  # a new write, not a retry of the first
+                continue
+            if got.group.deleting:
+                raise
+            differences = policy_differences(wanted, got.group.policy)
+            if differences:
+                raise errors.AlreadyExists(
+                    f"group {name!r} exists with another policy ({'; '.join(differences)}): "
+                    "create it with the policy it has, delete it first (coordctl group rm), "
+                    "or pick another name"
+                ) from None
+            return got.group
+    raise errors.Unavailable(f"group {name!r} kept being deleted while it was created: retry")
+
+
+def policy_differences(wanted: groups_pb2.GroupPolicy, has: groups_pb2.GroupPolicy) -> list[str]:
+    """How ``has`` (a group's policy) differs from ``wanted`` (a create request's), with the
+    cluster's defaults for the fields a request may leave unset; [] when they agree."""
+    want = groups_pb2.GroupPolicy()
+    want.CopyFrom(wanted)
+    if want.failback == groups_pb2.FAILBACK_UNSPECIFIED:
+        want.failback = groups_pb2.FAILBACK_OFF
+    if want.switchover_timeout_ms == 0:
+        want.switchover_timeout_ms = DEFAULT_SWITCHOVER_TIMEOUT_MS
+    out = []
+    for field in groups_pb2.GroupPolicy.DESCRIPTOR.fields:
+        a, b = getattr(want, field.name), getattr(has, field.name)
+        if a != b:
+            if field.enum_type is not None:
+                a, b = (
+                    field.enum_type.values_by_number[a].name,
+                    field.enum_type.values_by_number[b].name,
+                )
+            out.append(f"{field.name}: asked {a}, it has {b}")
+    return out
 
 
 class Member:
@@ -78,18 +141,22 @@ class Member:
         )  # fmt: skip
         req = election_pb2.RegisterRequest(member=record, request_id=new_request_id())
         client.call(lambda ch, t: _groups(ch).Register(req, timeout=t))
+        self._stepped_down = False  # the library resigned a holding on a step-down request
+        self._leaderships: list[Leadership] = []  # grants this process may act on
 
     def campaign(self, timeout_s: float | None = None) -> Leadership:
         """Block until this member holds a slot; returns the holding (a context manager).
 
-        Survives node failures: the campaign is re-sent (with the same request id) to
-        whichever node answers, until elected or ``timeout_s`` passes.
+        Survives node failures: the campaign is re-sent to whichever node answers, until
+        elected or ``timeout_s`` passes. Campaigning is idempotent, so each send has its
+        own request id: a re-send must campaign again even if the member was elected
+        and revoked meanwhile (a re-used id would be answered from the dedupe table).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        req = election_pb2.CampaignRequest(
-            group=self.group, member_id=self.id, request_id=new_request_id()
-        )
         while True:
+            req = election_pb2.CampaignRequest(
+                group=self.group, member_id=self.id, request_id=new_request_id()
+            )
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise errors.DeadlineExceeded(
@@ -101,6 +168,7 @@ class Member:
                 stream = _groups(self.client.channel(endpoint)).Campaign(req, timeout=left)
                 for resp in _guarded(stream):
                     if resp.elected:
+                        self._stepped_down = False
                         return Leadership(self, resp.holding)
             except grpc.RpcError as e:
                 err = translate(e, endpoint)
@@ -138,36 +206,64 @@ class Member:
         )
         return resp.member
 
+    def _stop_acting(self, token: int = 0) -> None:
+        """End mastership here (every grant, or the one under ``token``) before asking
+        the cluster to release it: the successor may be granted in the same apply."""
+        for leadership in list(self._leaderships):
+            if not token or leadership.token == token:
+                leadership._resigned.set()
+                leadership._forget()  # (also drops it from this list)
+
     def leave(self) -> None:
         """Unregister at once (as the member's own session), giving up any slot."""
+        self._stop_acting()
         req = election_pb2.UnregisterRequest(
             group=self.group, member_id=self.id, session_id=self.session.id,
             request_id=new_request_id(),
         )  # fmt: skip
         self.client.call(lambda ch, t: _groups(ch).Unregister(req, timeout=t))
 
-    def resign(self) -> None:
-        """Give up the slot at once (as the holder's own session)."""
+    def resign(self, token: int = 0) -> None:
+        """Give up the slot at once (as the holder's own session): every Leadership of
+        this member stops acting first. With ``token``, only the grant under it (a stale
+        resign must not give up a newer grant). Once the library has resigned it on a
+        step-down request, there is nothing to give up: a no-op."""
+        self._stop_acting(token)
         req = election_pb2.ResignRequest(
             group=self.group, member_id=self.id, session_id=self.session.id,
-            request_id=new_request_id(),
+            request_id=new_request_id(), token=token,
         )  # fmt: skip
-        self.client.call(lambda ch, t: _groups(ch).Resign(req, timeout=t))
+        try:
+            self.client.call(lambda ch, t: _groups(ch).Resign(req, timeout=t))
+        except errors.FailedPrecondition as e:  # "does not hold a slot"
+            if not self._stepped_down or e.retryable:
+                raise
 
 
 class Leadership:
-    """A slot this process holds: its fencing token, and whether it may still act."""
+    """A slot this process holds: its fencing token, and whether it may still act.
+
+    Asked to step down (a switchover, an operator's resign, failback), it ends
+    mastership and resigns at once, or after the session's ``on_stepdown`` handler
+    returned (at most ``stepdown_grace_s``): see coord.client.session.
+    """
 
     def __init__(self, member: Member, holding: groups_pb2.Holding) -> None:
         self.member = member
         self.slot = holding.slot
         self.token = holding.token
         self.granted_at = clock.now()  # the session's validity clock
+        self.stepdown: election_pb2.StepDown | None = None  # the request, once asked
         self._resigned = threading.Event()
+        self._resign_lock = threading.Lock()
+        self._asked = threading.Lock()  # held from the first step-down request on
+        member.session._stepdown_hooks.append(self._on_stepdown)
+        member._leaderships.append(self)
 
     def is_master(self) -> bool:
-        """True while the session is valid here, the slot was not given up, and no
-        keepalive acknowledgement shows it revoked, re-granted or gone (whether it
+        """True while the session is valid here, the slot was not given up (the library
+        gives it up when asked to step down: at once, or once ``on_stepdown`` returned),
+        and no keepalive acknowledgement shows it revoked, re-granted or gone (whether it
         arrived before or after this object was built: see ``Session.holds``)."""
         session = self.member.session
         return (
@@ -177,10 +273,63 @@ class Leadership:
         )
 
     def resign(self) -> None:
-        if not self._resigned.is_set():
-            self._resigned.set()
+        """Give up the slot (once; a concurrent call returns when it is given up)."""
+        with self._resign_lock:
+            if self._resigned.is_set():
+                return
+            self._resigned.set()  # stop acting first
+            self._forget()
             if self.member.session.is_valid():
-                self.member.resign()
+                self.member.resign(self.token)
+
+    def _forget(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.member.session._stepdown_hooks.remove(self._on_stepdown)
+        with contextlib.suppress(ValueError):
+            self.member._leaderships.remove(self)
+
+    def _on_stepdown(self, step: election_pb2.StepDown, revision: int) -> None:
+        """A step-down request on a keepalive response (on the keepalive thread): ours if
+        it names this slot, was read after our grant and we still hold the slot. Handled
+        once, on a thread of its own."""
+        if step.group != self.member.group or step.slot != self.slot or revision < self.token:
+            return
+        if self.is_master() and self._asked.acquire(blocking=False):
+            self.stepdown = step
+            threading.Thread(
+                target=self._step_down, args=(step,), daemon=True, name="coord-stepdown"
+            ).start()
+
+    def _step_down(self, step: election_pb2.StepDown) -> None:
+        session = self.member.session
+        handler = session._on_stepdown
+        if handler is not None:
+            done = threading.Event()
+
+            def hand_over() -> None:
+                try:
+                    handler(session, step)
+                except Exception:
+                    logger.exception("on_stepdown handler failed")
+                finally:
+                    done.set()
+
+            threading.Thread(target=hand_over, daemon=True, name="coord-handover").start()
+            if not done.wait(session.stepdown_grace_s):
+                logger.warning(
+                    "on_stepdown did not return within %.1f s: resigning %s/%d anyway",
+                    session.stepdown_grace_s, self.member.group, self.slot,
+                )  # fmt: skip
+        self.member._stepped_down = True
+        try:
+            self.resign()
+        except errors.CoordError as e:
+            # The slot is not ours any more (revoked, released), or the cluster is away:
+            # it revokes the slot after the switchover timeout; we stopped acting already.
+            logger.warning(
+                "resigning %s/%d after a step-down request failed: %s",
+                self.member.group, self.slot, e.message,
+            )  # fmt: skip
 
     def __enter__(self) -> Leadership:
         return self

@@ -129,10 +129,9 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
                 # then does a session missing from the state mean it expired or closed.
                 await self._ack_barrier(context)
                 self._check_still_leading(term)
-                alive = self.keeper.exists(req.session_id)
-                if alive and not known:  # opened by an entry this node had not applied
+                answer = self._keepalive_answer(req)
+                if not answer.expired and not known:  # opened by an entry not applied then
                     self.keeper.touch(req.session_id, arrival, req.load)
-                answer = self._keepalive_answer(req, alive)
                 self._check_still_leading(term)  # the answer speaks for this term's leader
             except errors.CoordError as e:
                 await abort(context, e, self.ctx.leader_hint())
@@ -170,19 +169,19 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
             ) from None
 
     def _keepalive_answer(
-        self, req: election_pb2.KeepAliveRequest, alive: bool
+        self, req: election_pb2.KeepAliveRequest
     ) -> election_pb2.KeepAliveResponse:
-        def read(state: StateMachine) -> tuple[int, int, _SessionView]:
+        def read(state: StateMachine) -> tuple[int, int | None, _SessionView]:
             session = state.groups.sessions.get(req.session_id)
-            ttl_ms = session.ttl_ms if session is not None else 0
+            ttl_ms = session.ttl_ms if session is not None else None
             return state.revision, ttl_ms, self._views(state).get(req.session_id, _NO_VIEW)
 
-        # The header's revision is the one the holdings were read at: a client tells
-        # from it whether this view is older or newer than a grant (its token).
+        # One read: whether the session lives, its holdings and the revision they were
+        # read at (a client tells from it whether this view is older than a grant).
         revision, ttl_ms, (steps, held) = self.ctx.raft.read(read)
         return election_pb2.KeepAliveResponse(
             header=self.ctx.header(revision=revision), session_id=req.session_id, seq=req.seq,
-            ttl_ms=ttl_ms, expired=not alive, stepdown=steps, held=held,
+            ttl_ms=ttl_ms or 0, expired=ttl_ms is None, stepdown=steps, held=held,
         )  # fmt: skip
 
     def _views(self, state: StateMachine) -> dict[str, _SessionView]:
@@ -215,10 +214,14 @@ class SessionsService(_Base, election_pb2_grpc.SessionsServicer):
     ) -> election_pb2.CloseSessionResponse:
         try:
             self._own_session(request.session_id)
+            # "own" (its slots move at once) only from the identity that opened it: an
+            # admin closing another's session waits its holders out unless it forces.
+            session = self.ctx.raft.read(lambda s: s.groups.sessions.get(request.session_id))
+            own = request.own and (session is None or session.owner == caller().name)
             result = await self._write(
                 context, request.request_id,
                 close_session=groups_pb2.CloseSession(
-                    session_id=request.session_id, wait_out=not (request.own or request.force)
+                    session_id=request.session_id, wait_out=not (own or request.force)
                 ),
             )  # fmt: skip
         except errors.CoordError as e:
@@ -441,7 +444,7 @@ class GroupsService(_Base, election_pb2_grpc.GroupsServicer):
                 context, request.request_id,
                 resign=groups_pb2.Resign(
                     group=request.group, member_id=request.member_id,
-                    session_id=request.session_id,
+                    session_id=request.session_id, token=request.token,
                 ),
             )  # fmt: skip
         except errors.CoordError as e:

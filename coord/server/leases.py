@@ -98,6 +98,9 @@ class LeaseKeeper:
         elif load is not None:
             self._loads.pop(session_id, None)
         deadline = arrival + session.ttl_ms / 1000
+        known = self.deadlines.get(session_id)
+        if known is not None and known[1] == session.epoch and known[0] > deadline:
+            return True  # a later keepalive already set a later deadline: never lower it
         self.deadlines[session_id] = (deadline, session.epoch)
         heapq.heappush(self._heap, (deadline, session_id))
         return True
@@ -123,9 +126,6 @@ class LeaseKeeper:
         else:
             batch = self._ack_next
         await asyncio.shield(batch)  # a cancelled stream must not cancel the batch
-
-    def exists(self, session_id: str) -> bool:
-        return bool(self.raft.read(lambda s: session_id in s.groups.sessions))
 
     def _start_ack(self, batch: asyncio.Future[None]) -> None:
         if self._ack_next is batch:

@@ -810,12 +810,17 @@ class ResignRequest(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     member_id: _builtins.str
     request_id: _builtins.str
     session_id: _builtins.str
     """The member's own session: resign at once. Empty or another session (an
     operator): the member is asked to step down (switchover timeout, then its TTL).
+    """
+    token: _builtins.int
+    """Resign only the holding granted under this fencing token (0: whatever the member
+    holds): a stale resign must not give up a newer grant its process acts on.
     """
     def __init__(
         self,
@@ -824,10 +829,11 @@ class ResignRequest(_message.Message):
         member_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
+        token: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id", "request_id", b"request_id", "session_id", b"session_id", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

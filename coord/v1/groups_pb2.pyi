@@ -971,20 +971,24 @@ class Resign(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     member_id: _builtins.str
     session_id: _builtins.str
     """The holder's own session resigns at once; anyone else asks it to step down."""
+    token: _builtins.int
+    """Non-zero: only the holding granted under this token (else FAILED_PRECONDITION)."""
     def __init__(
         self,
         *,
         group: _builtins.str = ...,
         member_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
+        token: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member_id", b"member_id", "session_id", b"session_id", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from coord.client import Session, SessionState, clock
-from coord.v1 import common_pb2, election_pb2
+from coord.client.election import Leadership, Member
+from coord.v1 import common_pb2, election_pb2, groups_pb2
 
 GROUP = "db"
 TOKEN = 90  # the revision at which the slot was granted
@@ -114,3 +115,45 @@ def test_validity_runs_on_a_clock_that_counts_suspended_time(
     s._valid_until = 0.0  # no acknowledgement yet
     s._acked(990.0, ack(TOKEN))  # sent, then 10 s suspended before the ack was read
     assert s.valid_for_s() == 0.0 and not s.is_valid()
+
+
+class _Answering:
+    """A client whose every call succeeds (the cluster released the slot)."""
+
+    def __init__(self) -> None:
+        self.requests: list[object] = []
+
+    def call(self, fn: object, *args: object, **kwargs: object) -> None:
+        self.requests.append(fn)
+
+
+def _leadership_of_a_member() -> tuple[Member, Leadership]:
+    s = offline_session()
+    s._stepdown_hooks, s._on_stepdown, s.stepdown_grace_s = [], None, 0.0
+    s._acked(clock.now(), ack(TOKEN, (0, TOKEN, False)))  # the slot is ours
+    m = Member.__new__(Member)
+    m.client, m.session, m.group, m.id = _Answering(), s, GROUP, "db-1"  # type: ignore[assignment]
+    m._stepped_down, m._leaderships = False, []
+    lead = Leadership(m, groups_pb2.Holding(slot=0, token=TOKEN, member_id="db-1"))
+    assert lead.is_master()
+    return m, lead
+
+
+def test_a_members_resign_ends_its_leadership_before_the_slot_moves() -> None:
+    """The holder's own resign releases the slot and grants the successor in the same
+    apply: the process must have stopped acting on the grant before it asks."""
+    m, lead = _leadership_of_a_member()
+    m.resign()
+    assert not lead.is_master()
+
+
+def test_a_members_leave_ends_its_leadership_before_the_slot_moves() -> None:
+    m, lead = _leadership_of_a_member()
+    m.leave()
+    assert not lead.is_master()
+
+
+def test_a_resign_for_an_older_token_leaves_a_newer_grant_acting() -> None:
+    m, lead = _leadership_of_a_member()
+    m.resign(token=TOKEN - 10)
+    assert lead.is_master()
