@@ -1,15 +1,31 @@
-"""coordctl: operate a coord cluster (status, leader, nodes, kv)."""
+"""coordctl: operate a coord cluster (status, leader, nodes, kv).
+
+The global options (``--endpoints``, ``-o/--output``, ``--timeout`` and the
+credentials) are the root's, with defaults and ``COORDCTL_*`` variables; every
+command below it takes them after its name too (as etcdctl and kubectl do), and
+there they win. Under ``-o json`` errors print as one JSON object (coord.cli.output).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
 from coord import errors
-from coord.cli.output import CLIError, emit, from_coord_error, text
+from coord.cli.output import (
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    CLIError,
+    emit,
+    from_coord_error,
+    show_error,
+    text,
+)
 from coord.client import Client
 from coord.client.credentials import Credentials
 from coord.v1 import cluster_pb2, common_pb2, kv_pb2
@@ -20,6 +36,14 @@ ROLE_NAMES = {
     cluster_pb2.ROLE_LEADER: "leader",
     cluster_pb2.ROLE_CANDIDATE: "candidate",
     cluster_pb2.ROLE_FOLLOWER: "follower",
+}
+
+_CREDENTIAL_FIELDS = {
+    "token": "token",
+    "cacert": "ca_file",
+    "cert": "cert_file",
+    "key": "key_file",
+    "server_name": "server_name",
 }
 
 
@@ -37,13 +61,37 @@ class Ctx:
         self._timeout = timeout
         self._client: Client | None = None
 
+    def override(self, name: str, value: Any) -> None:
+        """A global option given after the command: it wins over the one before it.
+        (Options are parsed before any command runs: no client exists yet.)"""
+        if name == "output":
+            self.output = value
+        elif name == "endpoints":
+            self.endpoints = value
+        elif name == "timeout":
+            self._timeout = value
+        else:
+            field = _CREDENTIAL_FIELDS[name]
+            self.credentials = dataclasses.replace(self.credentials, **{field: value})
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     @property
     def client(self) -> Client:
-        """Built on first use (commands such as ``certs init`` need no cluster)."""
+        """Built on first use (commands such as ``certs init`` need no cluster).
+
+        Connection refused by every endpoint fails at once (nothing listens there:
+        waiting out --timeout would not help)."""
         if self._client is None:
             try:
                 self._client = Client(
-                    self.endpoints, timeout_s=self._timeout, credentials=self.credentials
+                    self.endpoints,
+                    timeout_s=self._timeout,
+                    credentials=self.credentials,
+                    fail_fast_refused=True,
                 )
             except errors.CoordError as e:
                 raise from_coord_error(e) from None
@@ -63,38 +111,206 @@ def handles_errors(fn: F) -> F:
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
+# -- global options ----------------------------------------------------------------------
 
-@click.group()
-@click.option(
-    "--endpoints",
-    envvar="COORDCTL_ENDPOINTS",
-    default="127.0.0.1:2379",
-    show_default=True,
-    help="Comma-separated client API addresses of the cluster's nodes.",
+OUTPUT_HELP = (
+    "Output format: table, or json (integers, int64 ones too, as JSON numbers; an "
+    "error as one JSON object on stderr: reason, message, exit_code)."
 )
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
-@click.option(
-    "--timeout",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="Seconds for a whole command, retries included.",
-)
-@click.option(
-    "--token",
-    envvar="COORDCTL_TOKEN",
-    default="",
-    help="Bearer token (or COORDCTL_TOKEN); prefer the variable: flags show in `ps`.",
-)
-@click.option("--cacert", envvar="COORDCTL_CACERT", default="", help="CA to verify the servers.")
-@click.option("--cert", envvar="COORDCTL_CERT", default="", help="Client certificate (mTLS).")
-@click.option("--key", envvar="COORDCTL_KEY", default="", help="Client certificate's key.")
-@click.option(
-    "--server-name",
-    envvar="COORDCTL_SERVER_NAME",
-    default="",
-    help="Name to check in the servers' certificates (when dialling by IP).",
-)
+
+# (flags, setting, type, help). The root has them with defaults and variables
+# (_ROOT_DEFAULTS); every command below it has an override of the same flags.
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], str, Any, str]] = [
+    (("--endpoints",), "endpoints", str,
+     "Comma-separated client API addresses (HOST:PORT) of the cluster's nodes."),
+    (("--output", "-o"), "output", click.Choice(["table", "json"]), OUTPUT_HELP),
+    (("--timeout",), "timeout", float, "Seconds for a whole command, retries included."),
+    (("--token",), "token", str,
+     "Bearer token (or COORDCTL_TOKEN); prefer the variable: flags show in `ps`."),
+    (("--cacert",), "cacert", str, "CA to verify the servers."),
+    (("--cert",), "cert", str, "Client certificate (mTLS)."),
+    (("--key",), "key", str, "Client certificate's key."),
+    (("--server-name",), "server_name", str,
+     "Name to check in the servers' certificates (when dialling by IP)."),
+]  # fmt: skip
+
+_ROOT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "endpoints": {
+        "envvar": "COORDCTL_ENDPOINTS",
+        "default": "127.0.0.1:2379",
+        "show_default": True,
+    },
+    "output": {"default": "table", "show_default": True},
+    "timeout": {"default": 10.0, "show_default": True},
+    "token": {"envvar": "COORDCTL_TOKEN", "default": ""},
+    "cacert": {"envvar": "COORDCTL_CACERT", "default": ""},
+    "cert": {"envvar": "COORDCTL_CERT", "default": ""},
+    "key": {"envvar": "COORDCTL_KEY", "default": ""},
+    "server_name": {"envvar": "COORDCTL_SERVER_NAME", "default": ""},
+}
+
+
+def _root_options(fn: F) -> F:
+    for flags, name, typ, help_text in reversed(GLOBAL_OPTIONS):
+        fn = click.option(*flags, name, type=typ, help=help_text, **_ROOT_DEFAULTS[name])(fn)
+    return fn
+
+
+def _check_timeout(value: float) -> float:
+    if value <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--timeout")
+    return value
+
+
+def _override(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(cctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None or cctx.resilient_parsing:
+            return
+        if name == "timeout":
+            _check_timeout(value)
+        obj = cctx.find_object(Ctx)
+        if obj is not None:
+            obj.override(name, value)
+
+    return callback
+
+
+def _global_copies() -> list[click.Parameter]:
+    """The global options as a command below the root takes them: no defaults and no
+    variables (the root's apply), so only what is given overrides."""
+    return [
+        click.Option(
+            [*flags, f"global_{name}"],
+            type=typ,
+            default=None,
+            help=help_text,
+            expose_value=False,
+            callback=_override(name),
+        )
+        for flags, name, typ, help_text in GLOBAL_OPTIONS
+    ]
+
+
+def _format_options(
+    cmd: click.Command,
+    globals_: list[click.Parameter],
+    ctx: click.Context,
+    formatter: click.HelpFormatter,
+) -> None:
+    rows: list[tuple[str, str]] = []
+    global_rows: list[tuple[str, str]] = []
+    for param in cmd.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is None or isinstance(param, click.Argument):
+            continue
+        (global_rows if param in globals_ else rows).append(record)
+    if rows:
+        with formatter.section("Options"):
+            formatter.write_dl(rows)
+    if global_rows:
+        with formatter.section("Global options (before or after the command)"):
+            formatter.write_dl(global_rows)
+
+
+class CtlCommand(click.Command):
+    """A coordctl command: takes the global options after its name too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.global_params = _global_copies()
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return [*super().get_params(ctx), *self.global_params]
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _format_options(self, self.global_params, ctx, formatter)
+
+
+class CtlGroup(click.Group):
+    """A coordctl command group below the root: takes the global options too."""
+
+    command_class = CtlCommand
+    group_class = type
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.global_params = _global_copies()
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return [*super().get_params(ctx), *self.global_params]
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _format_options(self, self.global_params, ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+
+def wants_json(args: Sequence[str]) -> bool:
+    """Does this command line ask for ``-o json`` (anywhere before ``--``)? Read from
+    the arguments themselves, so that an error in parsing them is JSON too."""
+    output = "table"
+    it = iter(args)
+    for a in it:
+        if a == "--":
+            break
+        if a in ("-o", "--output"):
+            output = next(it, output)
+        elif a.startswith("--output="):
+            output = a.removeprefix("--output=")
+        elif a.startswith("-o"):
+            output = a[2:].removeprefix("=")
+    return output == "json"
+
+
+class _JsonError(click.ClickException):
+    """An error shown as one JSON object (under ``-o json``)."""
+
+    def __init__(self, inner: click.ClickException) -> None:
+        super().__init__(inner.format_message())
+        self.exit_code = inner.exit_code  # type: ignore[misc]  # click declares it on the class
+        self.inner = inner
+
+    def show(self, file: Any = None) -> None:
+        show_error(self.inner, as_json=True)
+
+
+_JSON_ERRORS = "coordctl.json_errors"
+
+
+class CtlRoot(click.Group):
+    """coordctl itself: commands below take the global options too; under ``-o json``
+    every error (usage errors included) prints as JSON."""
+
+    command_class = CtlCommand
+    group_class = CtlGroup
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        as_json = wants_json(args)
+        try:
+            ctx = super().make_context(info_name, list(args), parent, **extra)
+        except click.ClickException as e:
+            raise (_JsonError(e) if as_json else e) from None
+        ctx.meta[_JSON_ERRORS] = as_json
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _JsonError:
+            raise
+        except click.ClickException as e:
+            if ctx.meta.get(_JSON_ERRORS):
+                raise _JsonError(e) from None
+            raise
+
+
+@click.group(cls=CtlRoot)
+@_root_options
 @click.version_option(package_name="coord")
 @click.pass_context
 def main(
@@ -108,13 +324,18 @@ def main(
     key: str,
     server_name: str,
 ) -> None:
-    """Operate a coord cluster."""
-    if timeout <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--timeout")
+    """Operate a coord cluster.
+
+    The options below may also follow the command (`coordctl kv get config/ --prefix
+    -o json`), and win there. Exit codes: 0 ok, 1 error, 2 usage, 3 invalid argument
+    or configuration, 4 cluster unavailable, 5 not found, 6 refused by the cluster's
+    state (README: "Exit codes").
+    """
     creds = Credentials(
         token=token, ca_file=cacert, cert_file=cert, key_file=key, server_name=server_name
     )
-    ctx.obj = Ctx(endpoints, output, timeout, creds)
+    ctx.obj = Ctx(endpoints, output, _check_timeout(timeout), creds)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _header(h: common_pb2.ResponseHeader) -> dict[str, Any]:
@@ -176,7 +397,7 @@ def status(ctx: Ctx) -> None:
     )
     if all("error" in d for d in data):
         reasons = "\n".join(f"  {d['endpoint']}: {d['error']}" for d in data)
-        raise CLIError(f"no endpoint answered:\n{reasons}", 4)
+        raise CLIError(f"no endpoint answered:\n{reasons}", EXIT_UNAVAILABLE)
 
 
 @main.group(invoke_without_command=True)
@@ -224,7 +445,7 @@ def _kv_dict(k: kv_pb2.KeyValue) -> dict[str, Any]:
 @click.argument("value")
 @click.option(
     "--expect-rev",
-    type=int,
+    type=click.IntRange(min=0),
     default=None,
     help="Compare-and-set: write only if the key's mod revision is this (0: absent).",
 )
@@ -242,7 +463,9 @@ def kv_put(ctx: Ctx, key: str, value: str, expect_rev: int | None) -> None:
     )
     if not resp.succeeded:
         raise CLIError(
-            f"compare-and-set failed: {key!r} is at mod revision {resp.kv.mod_revision}", 6
+            f"compare-and-set failed: {key!r} is at mod revision {resp.kv.mod_revision}",
+            EXIT_REFUSED,
+            "compare_failed",
         )
 
 
@@ -256,7 +479,7 @@ def kv_get(ctx: Ctx, key: str, prefix: bool, serializable: bool) -> None:
     """Read KEY (or a prefix)."""
     resp = ctx.client.range(key, prefix=prefix, serializable=serializable)
     if not resp.kvs and not prefix:
-        raise CLIError(f"key {key!r} not found", 5)
+        raise CLIError(f"key {key!r} not found", EXIT_NOT_FOUND)
     _print_kvs(ctx, resp)
 
 
@@ -288,7 +511,12 @@ def _print_kvs(ctx: Ctx, resp: kv_pb2.RangeResponse) -> None:
 @kv.command("del")
 @click.argument("key")
 @click.option("--prefix", is_flag=True, help="Delete every key starting with KEY.")
-@click.option("--expect-rev", type=int, default=None, help="Only if at this mod revision.")
+@click.option(
+    "--expect-rev",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Compare-and-delete: only if the key's mod revision is this.",
+)
 @pass_ctx
 @handles_errors
 def kv_del(ctx: Ctx, key: str, prefix: bool, expect_rev: int | None) -> None:
@@ -301,4 +529,4 @@ def kv_del(ctx: Ctx, key: str, prefix: bool, expect_rev: int | None) -> None:
         [[resp.deleted]],
     )
     if not resp.succeeded:
-        raise CLIError(f"compare-and-delete failed for {key!r}", 6)
+        raise CLIError(f"compare-and-delete failed for {key!r}", EXIT_REFUSED, "compare_failed")

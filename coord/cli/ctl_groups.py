@@ -3,34 +3,63 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import signal
 import threading
 import time
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
 
 from coord import errors
 from coord.cli.ctl import Ctx, handles_errors, main, pass_ctx
-from coord.cli.output import EXIT_ERROR, CLIError, emit
+from coord.cli.output import (
+    EXIT_CONFIG,
+    EXIT_ERROR,
+    EXIT_NOT_FOUND,
+    CLIError,
+    emit,
+    proto_dict,
+    table,
+)
 from coord.client import Member, Session, create_group, new_request_id, watch
+from coord.state import limits
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
 FAILBACK = {"off": groups_pb2.FAILBACK_OFF, "auto": groups_pb2.FAILBACK_AUTO}
 
+# The server's advice for a group that does not exist, apt only when a command would
+# create something in it (campaign); elsewhere the CLI drops it.
+_CREATE_ADVICE = re.compile(r": create it first( \(coordctl group create\))?")
+_GROUP_LS_HINT = " (`coordctl group ls` lists the groups)"
+
 
 def _dict(msg: Any) -> dict[str, Any]:
-    out: dict[str, Any] = MessageToDict(msg, preserving_proto_field_name=True)
-    return out
+    return proto_dict(msg)
 
 
 def _call_groups(ctx: Ctx, method: str, request: Any) -> Any:
+    """A Groups call (none of them creates a group: a missing group's error loses the
+    server's "create it first")."""
     if "request_id" in request.DESCRIPTOR.fields_by_name and not request.request_id:
         request.request_id = new_request_id()  # a write: one id, reused by every retry
-    return ctx.client.call(
-        lambda ch, t: getattr(election_pb2_grpc.GroupsStub(ch), method)(request, timeout=t)
-    )
+    try:
+        return ctx.client.call(
+            lambda ch, t: getattr(election_pb2_grpc.GroupsStub(ch), method)(request, timeout=t)
+        )
+    except errors.NotFound as e:
+        if _CREATE_ADVICE.search(e.message):
+            raise errors.NotFound(_CREATE_ADVICE.sub("", e.message) + _GROUP_LS_HINT) from None
+        raise
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:g}s"
+
+
+def _state(g: groups_pb2.Group) -> str:
+    return "deleting" if g.deleting else "active"
 
 
 # -- sessions ------------------------------------------------------------------
@@ -155,7 +184,8 @@ _GROUP_HEADERS = [
 @pass_ctx
 @handles_errors
 def group_ls(ctx: Ctx) -> None:
-    """Every group with its masters."""
+    """Every group with its masters and its state (active, or deleting: its masters
+    are being waited out before it is deleted)."""
     resp = _call_groups(ctx, "List", election_pb2.ListGroupsRequest())
     rows = [
         [
@@ -163,11 +193,15 @@ def group_ls(ctx: Ctx) -> None:
             g.policy.slots,
             len(g.members),
             ",".join(f"{h.slot}:{h.member_id}" for h in g.holdings) or "-",
+            _state(g),
         ]
         for g in resp.groups
     ]
     emit(
-        ctx.output, [_dict(g) for g in resp.groups], ["GROUP", "SLOTS", "MEMBERS", "MASTERS"], rows
+        ctx.output,
+        [{**_dict(g), "state": _state(g)} for g in resp.groups],
+        ["GROUP", "SLOTS", "MEMBERS", "MASTERS", "STATE"],
+        rows,
     )
 
 
@@ -176,9 +210,56 @@ def group_ls(ctx: Ctx) -> None:
 @pass_ctx
 @handles_errors
 def group_get(ctx: Ctx, name: str) -> None:
-    """Group NAME: policy, members, masters and tokens."""
+    """Group NAME: state, policy, slots (master, token), then its members."""
     g = _call_groups(ctx, "Get", election_pb2.GetGroupRequest(name=name)).group
-    emit(ctx.output, _dict(g), _GROUP_HEADERS, _group_rows(g))
+    if ctx.output == "json":
+        emit(ctx.output, {**_dict(g), "state": _state(g)}, [], [])
+        return
+    click.echo(table(["FIELD", "VALUE"], _policy_rows(g)))
+    click.echo()
+    click.echo(table(["SLOT", "MASTER", "TOKEN", "STATE"], _slot_rows(g)))
+    click.echo()
+    click.echo(table(_GROUP_HEADERS, _group_rows(g)))
+
+
+def _policy_rows(g: groups_pb2.Group) -> list[list[Any]]:
+    p = g.policy
+    state = "deleting (its masters are waited out, then it is deleted)" if g.deleting else "active"
+    failback = "off"
+    if p.failback == groups_pb2.FAILBACK_AUTO:
+        failback = f"auto (hold {_seconds(p.failback_hold_ms)})"
+    return [
+        ["GROUP", g.name],
+        ["STATE", state],
+        ["SLOTS", p.slots],
+        ["FAILBACK", failback],
+        ["SWITCHOVER TIMEOUT", _seconds(p.switchover_timeout_ms)],
+        ["DOWNTIME BUDGET", f"{_seconds(p.downtime_budget_ms)} per 30 days"
+         if p.downtime_budget_ms else "-"],
+        ["FAILOVER ON UNHEALTHY", "yes" if p.failover_on_unhealthy else "no"],
+        ["MEMBERS", len(g.members)],
+        ["CREATED REVISION", g.created_revision],
+    ]  # fmt: skip
+
+
+def _slot_rows(g: groups_pb2.Group) -> list[list[Any]]:
+    holdings = {h.slot: h for h in g.holdings}
+    handovers = {h.slot: h for h in g.handovers}
+    rows: list[list[Any]] = []
+    for slot in range(max([g.policy.slots - 1, *holdings]) + 1):
+        h = holdings.get(slot)
+        if h is None:
+            cause = g.vacated_cause.get(slot, "")
+            rows.append([slot, "-", "-", f"vacant ({cause})" if cause else "vacant"])
+            continue
+        state = "revoked (waited out before it moves)" if h.revoked else "held"
+        ho = handovers.get(slot)
+        if ho is not None and not h.revoked:
+            state = f"stepping down ({ho.cause}" + (
+                f", to {ho.to_member})" if ho.to_member else ")"
+            )
+        rows.append([slot, h.member_id, h.token, state])
+    return rows
 
 
 @group.command("rm")
@@ -195,8 +276,32 @@ def group_rm(ctx: Ctx, name: str, force: bool) -> None:
     """Delete group NAME. Its masters are revoked first and the group is deleted once
     each has been waited out (its session TTL): until then it shows as deleting and
     nothing is granted in it."""
-    _call_groups(ctx, "Delete", election_pb2.DeleteGroupRequest(name=name, force=force))
+    try:
+        _call_groups(ctx, "Delete", election_pb2.DeleteGroupRequest(name=name, force=force))
+    except errors.NotFound:
+        raise CLIError(
+            f"coord: group {name!r} does not exist: nothing to delete{_GROUP_LS_HINT}",
+            EXIT_NOT_FOUND,
+        ) from None
+    if _deleting(ctx, name):
+        emit(ctx.output, {"deleting": name}, ["DELETING"], [[name]])
+        click.echo(
+            f"{name}: its masters are revoked; the group is deleted once each has been "
+            "waited out (its session TTL). Until then `coordctl group get` shows it as "
+            "deleting (--force deletes at once).",
+            err=True,
+        )
+        return
     emit(ctx.output, {"deleted": name}, ["DELETED"], [[name]])
+
+
+def _deleting(ctx: Ctx, name: str) -> bool:
+    """Is the group still there, being deleted (after a delete that waits out masters)?"""
+    try:
+        g = _call_groups(ctx, "Get", election_pb2.GetGroupRequest(name=name)).group
+    except errors.NotFound:
+        return False
+    return bool(g.deleting)
 
 
 @main.group()
@@ -213,7 +318,7 @@ def member_ls(ctx: Ctx, group_name: str | None) -> None:
     resp = _call_groups(ctx, "List", election_pb2.ListGroupsRequest())
     groups = [g for g in resp.groups if group_name in (None, g.name)]
     if group_name and not groups:
-        raise errors.NotFound(f"group {group_name!r} does not exist")
+        raise errors.NotFound(f"group {group_name!r} does not exist{_GROUP_LS_HINT}")
     live = _health_status(ctx, group_name or "")
     rows, data = [], []
     for g in groups:
@@ -286,7 +391,14 @@ def member_rm(ctx: Ctx, group_name: str, member_id: str) -> None:
 @main.command()
 @click.argument("group_name", metavar="GROUP")
 @click.argument("member_id", metavar="MEMBER")
-@click.option("--ttl-s", type=click.FloatRange(0.5, 3600), default=5.0, show_default=True)
+@click.option(
+    "--ttl-s",
+    type=click.FloatRange(limits.MIN_SESSION_TTL_MS / 1000, limits.MAX_SESSION_TTL_MS / 1000),
+    default=5.0,
+    show_default=True,
+    callback=lambda _c, _p, v: _finite(v, "--ttl-s"),
+    help="The session's TTL, in seconds.",
+)
 @click.option("--priority", type=int, default=0, show_default=True)
 @click.option("--address", default="", help="Where clients reach this member.")
 @click.option(
@@ -303,7 +415,11 @@ def campaign(
     """Open a session, register MEMBER in GROUP and wait until it is elected."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with Session(ctx.client, ttl_s=ttl_s, name=f"coordctl campaign {member_id}") as s:
+    try:
+        session = Session(ctx.client, ttl_s=ttl_s, name=f"coordctl campaign {member_id}")
+    except errors.InvalidArgument as e:
+        raise _ttl_in_seconds(e, ttl_s) from None
+    with session as s:
         m = Member(ctx.client, s, group_name, member_id, address=address, priority=priority)
         click.echo(f"campaigning for {group_name} as {member_id} (session {s.id})", err=True)
         lead = m.campaign()
@@ -321,6 +437,29 @@ def campaign(
         if hold and not lead.is_master():
             click.echo("no longer master (session lost or resigned)", err=True)
         lead.resign()
+
+
+def _finite(value: float, flag: str) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds", param_hint=flag)
+    return value
+
+
+_TTL_MS = re.compile(r"session TTL \d+ ms is out of bounds: use (\d+)\.\.(\d+) ms")
+
+
+def _ttl_in_seconds(e: errors.InvalidArgument, ttl_s: float) -> Exception:
+    """The server's TTL bounds error (coord/state/groups.py, in ms) in the unit of
+    --ttl-s: seconds. Other errors pass unchanged."""
+    m = _TTL_MS.search(e.message)
+    if m is None:
+        return e
+    low, high = (int(x) / 1000 for x in m.groups())
+    return CLIError(
+        f"coord: --ttl-s {ttl_s:g} is out of bounds: use {low:g}..{high:g} s",
+        EXIT_CONFIG,
+        e.reason,
+    )
 
 
 @main.command()
@@ -364,15 +503,41 @@ def switchover(ctx: Ctx, group_name: str, to_member: str) -> None:
     default=0,
     help="Replay from this revision first (0: only new events).",
 )
-@click.option("--group", "groups", multiple=True, help="Only these groups.")
+@click.option("--group", "groups", multiple=True, help="Only these groups (they must exist).")
 @click.option("--type", "types", multiple=True, help="Only these event types.")
 @click.option("--count", type=click.IntRange(min=0), default=0, help="Stop after N events.")
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Watch --group names that do not exist (yet, or any more) instead of failing.",
+)
 @pass_ctx
 @handles_errors
 def watch_cmd(
-    ctx: Ctx, from_revision: int, groups: tuple[str, ...], types: tuple[str, ...], count: int
+    ctx: Ctx,
+    from_revision: int,
+    groups: tuple[str, ...],
+    types: tuple[str, ...],
+    count: int,
+    allow_missing: bool,
 ) -> None:
-    """Stream events (resumes after node failures); Ctrl-C to stop."""
+    """Stream events (resumes after node failures); Ctrl-C to stop.
+
+    A --group that does not exist is an error (exit 5), unless --allow-missing asks
+    to wait for its events."""
+    if groups:
+        known = {g.name for g in _call_groups(ctx, "List", election_pb2.ListGroupsRequest()).groups}
+        missing = ", ".join(repr(g) for g in groups if g not in known)
+        if missing and not allow_missing:
+            raise CLIError(
+                f"coord: no group {missing}: nothing to watch{_GROUP_LS_HINT}; --allow-missing "
+                "watches for its events anyway",
+                EXIT_NOT_FOUND,
+            )
+        if missing:
+            # Pinned before saying so: every event after the note is watched.
+            from_revision = from_revision or ctx.client.status().revision + 1
+            click.echo(f"no group {missing} (yet): watching for its events", err=True)
     seen = 0
     try:
         for ev in watch(ctx.client, from_revision, groups, types):

@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 
-from coord import errors
 from coord.cli.ctl import Ctx, handles_errors, leader, main, pass_ctx
 from coord.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, CLIError, emit
 from coord.v1 import cluster_pb2
@@ -137,7 +136,7 @@ def _wait_leader_is_not(ctx: Ctx, node_id: str) -> None:
         if ctx.client.leader().leader_id not in ("", node_id):
             return
         time.sleep(0.05)
-    raise CLIError(f"{node_id} still leads after the transfer: retry", 4)
+    raise CLIError(f"{node_id} still leads after the transfer: retry", EXIT_UNAVAILABLE)
 
 
 @leader.command("transfer")
@@ -147,10 +146,7 @@ def _wait_leader_is_not(ctx: Ctx, node_id: str) -> None:
 def leader_transfer(ctx: Ctx, to: str) -> None:
     """Move leadership to another member (graceful: no election timeout)."""
     before = ctx.client.leader().leader_id
-    try:
-        resp = ctx.client.transfer_leader(to)
-    except errors.NotFound as e:
-        raise CLIError(e.message, 4) from None
+    resp = ctx.client.transfer_leader(to)  # --to a non-member: NOT_FOUND (5), as node remove
     emit(
         ctx.output,
         {"from": before, "leader_id": resp.leader_id, "api_address": resp.leader_api_address},

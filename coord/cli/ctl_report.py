@@ -7,10 +7,9 @@ import time
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
 
 from coord.cli.ctl import Ctx, handles_errors, main, pass_ctx
-from coord.cli.output import CLIError, emit, table
+from coord.cli.output import EXIT_USAGE, CLIError, emit, proto_dict, table
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -19,13 +18,17 @@ def parse_window(spec: str) -> int:
     """``90s``, ``15m``, ``1h``, ``24h``, ``30d``, ``2w`` -> seconds."""
     m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", spec)
     if not m or int(m.group(1)) <= 0:
-        raise CLIError(f"window {spec!r} is not a duration like 15m, 1h, 24h or 30d", 2)
+        raise CLIError(
+            f"window {spec!r} is not a duration like 15m, 1h, 24h or 30d", EXIT_USAGE, "usage"
+        )
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 def human_window(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0 and seconds >= size:
+    """A window's label: ``1h``, ``24h`` (not ``1d``: a day's window is named in hours,
+    as the default windows 1h, 24h, 30d are), ``7d``, ``15m``, ``90s``."""
+    for unit, size, least in (("d", 86400, 2 * 86400), ("h", 3600, 3600), ("m", 60, 60)):
+        if seconds % size == 0 and seconds >= least:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 
@@ -66,9 +69,14 @@ def report(ctx: Ctx, group: str, windows: tuple[str, ...], serializable: bool) -
     """Availability per group: downtime, FTSD, outages, MTTR, MTBF and the downtime budget
     (MAD) with what remains of it, then each group's outage timeline."""
     seconds = [parse_window(w) for w in windows]
+    # A window is labelled as it was asked for (-w 1d: 1d), else by human_window.
+    labels = {s: w.strip() for s, w in zip(seconds, windows, strict=True)}
     resp = ctx.client.availability(group, seconds, serializable=serializable)
     if ctx.output == "json":
-        data: dict[str, Any] = MessageToDict(resp, preserving_proto_field_name=True)
+        data: dict[str, Any] = proto_dict(resp)
+        for g in data.get("groups", []):
+            for w in g.get("windows", []):
+                w["window"] = labels.get(w.get("window_s", 0)) or human_window(w.get("window_s", 0))
         emit(ctx.output, data, [], [])
         return
     rows = []
@@ -78,7 +86,7 @@ def report(ctx: Ctx, group: str, windows: tuple[str, ...], serializable: bool) -
             rows.append(
                 [
                     g.group,
-                    human_window(w.window_s),
+                    labels.get(w.window_s) or human_window(w.window_s),
                     human_ms(w.observed_ms),
                     human_ms(w.downtime_ms),
                     f"{w.ftsd:.6f}",

@@ -55,13 +55,37 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+# gRPC target schemes an endpoint may name explicitly (then taken as it is).
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+
+
 def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
-    """``"a:1,b:2"`` or a list -> ``["a:1", "b:2"]``; rejects an empty list."""
+    """``"a:1,b:2"`` or a list -> ``["a:1", "b:2"]``; rejects an empty list, and an
+    endpoint without a port (gRPC would dial port 443 there: never coord's)."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     out = [e.strip().removeprefix("http://") for e in items if e.strip()]
     if not out:
         raise errors.InvalidArgument("no endpoints: give at least one host:port")
+    for ep in out:
+        _check_port(ep)
     return out
+
+
+def _check_port(ep: str) -> None:
+    if ep.startswith(_SCHEMES):
+        return
+    host, sep, port = ep.rpartition(":")
+    if ep.startswith("[") and not host.endswith("]"):  # "[::1]": a bracketed IPv6 address
+        host, sep, port = ep, "", ""
+    if not sep or not host:
+        raise errors.InvalidArgument(
+            f"endpoint {ep!r} has no port: give HOST:PORT, a node's client API address "
+            f"(e.g. {ep}:2379); it is refused rather than dialled on a default port"
+        )
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise errors.InvalidArgument(
+            f"endpoint {ep!r}: port {port!r} is not a number in 1..65535: give HOST:PORT"
+        )
 
 
 class Client:
@@ -77,8 +101,15 @@ class Client:
         timeout_s: float = 10.0,
         attempt_timeout_s: float = 2.0,
         credentials: Credentials | None = None,
+        fail_fast_refused: bool = False,
     ) -> None:
-        """``credentials``: TLS and a bearer token (coord.client.credentials)."""
+        """``credentials``: TLS and a bearer token (coord.client.credentials).
+
+        ``fail_fast_refused``: raise Unavailable as soon as every endpoint has refused
+        the connection (nothing listens there), instead of retrying until
+        ``timeout_s``: for interactive tools (coordctl). A program that should ride
+        out a restart of the whole cluster keeps the default."""
+        self.fail_fast_refused = fail_fast_refused
         self.endpoints = parse_endpoints(endpoints)
         self.credentials = credentials or Credentials()
         for ep in self.endpoints:  # fail at once, not as "no endpoint answered"
@@ -151,6 +182,7 @@ class Client:
             self._discover()
         delay = 0.01
         last: errors.CoordError | None = None
+        refused: set[str] = set()  # endpoints whose last answer was a refused connection
         candidates = iter([endpoint]) if endpoint else self._candidates(prefer_leader)
         for ep in candidates:
             remaining = deadline - time.monotonic()
@@ -163,6 +195,8 @@ class Client:
                 if not err.retryable or endpoint:
                     raise err from None
                 last = err
+                if self.fail_fast_refused:
+                    self._note_refusal(refused, ep, rpc_err, err)
                 self._learn_leader(err, ep)
                 if not isinstance(rpc_err, _RetryableRpc):
                     self._suspect_endpoint(ep)
@@ -174,6 +208,22 @@ class Client:
             f"no endpoint of {self.endpoints} answered within {self.timeout_s:.1f} s"
             + (f"; last error: {last.message}" if last else "")
             + hint_for(last)
+        )
+
+    def _note_refusal(
+        self, refused: set[str], ep: str, rpc_err: grpc.RpcError, err: errors.CoordError
+    ) -> None:
+        """Track refused connections; raise once every endpoint refused (fail_fast_refused)."""
+        if isinstance(rpc_err, _RetryableRpc) or not _is_refusal(err):
+            refused.discard(ep)
+            return
+        refused.add(ep)
+        if not set(self.endpoints) <= refused:
+            return
+        raise errors.Unavailable(
+            f"connection refused by every endpoint ({', '.join(self.endpoints)}): nothing "
+            "listens there; check that coord runs on those hosts and that these are its "
+            "client API addresses (HOST:PORT)"
         )
 
     def _discover(self) -> None:
@@ -431,6 +481,11 @@ class _RetryableRpc(grpc.RpcError):
 
     def __init__(self, err: errors.CoordError) -> None:
         self.err = err
+
+
+def _is_refusal(err: errors.CoordError) -> bool:
+    """A connection the endpoint's host refused (no coord behind it), as gRPC reports it."""
+    return isinstance(err, errors.Unavailable) and "connection refused" in err.message.lower()
 
 
 def new_request_id() -> str:

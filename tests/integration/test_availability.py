@@ -142,7 +142,7 @@ def test_coordctl_report_table_and_json(cluster_factory: ClusterFactory) -> None
     assert out.returncode == 0, describe(out)
     data = json.loads(out.stdout)
     (web,) = [g for g in data["groups"] if g["group"] == "web"]
-    assert [w["window_s"] for w in web["windows"]] == ["86400", "2592000"]
+    assert [w["window_s"] for w in web["windows"]] == [86400, 2592000]
     assert web["outage_open"] is True
 
     bad = coordctl(cluster.endpoints, "report", "--window", "soon")

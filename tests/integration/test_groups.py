@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from coord.cli.output import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_REFUSED
+from coord.cli.output import EXIT_NOT_FOUND, EXIT_REFUSED
 from coord.client import Member, Session, create_group
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
@@ -476,14 +476,17 @@ def check_group_views(
 ) -> None:
     """group ls / get and member ls, in table and JSON, for group ``g``: m1 (slot 0,
     address 10.0.0.1:5432), m2 (slot 1) and m3 (nofailover)."""
-    rows = table_rows(ctl_ok(eps, "group", "ls"), ["GROUP", "SLOTS", "MEMBERS", "MASTERS"])
-    assert [r for r in rows if r[0] == g] == [[g, "2", "3", "0:m1,1:m2"]]
+    ls_headers = ["GROUP", "SLOTS", "MEMBERS", "MASTERS", "STATE"]
+    rows = table_rows(ctl_ok(eps, "group", "ls"), ls_headers)
+    assert [r for r in rows if r[0] == g] == [[g, "2", "3", "0:m1,1:m2", "active"]]
     (grp,) = [x for x in json.loads(ctl_ok(eps, "-o", "json", "group", "ls")) if x["name"] == g]
     assert [(h.get("slot", 0), h["member_id"]) for h in grp["holdings"]] == [(0, "m1"), (1, "m2")]
 
     headers = ["GROUP", "MEMBER", "ROLE", "SLOT", "TOKEN", "PRIORITY", "HEALTHY", "ADDRESS",
                "SESSION"]  # fmt: skip
-    table = {r[1]: r for r in table_rows(ctl_ok(eps, "group", "get", g), headers)}
+    # group get: its policy, its slots, then its members (the last block).
+    members_block = ctl_ok(eps, "group", "get", g).split("\n\n")[-1]
+    table = {r[1]: r for r in table_rows(members_block, headers)}
     assert table["m1"][2:] == ["MASTER", "0", str(e1["token"]), "10", "yes", "10.0.0.1:5432",
                                session]  # fmt: skip
     assert table["m2"][2:5] == ["MASTER", "1", str(e2["token"])]
@@ -510,8 +513,8 @@ def test_coordctl_group_lifecycle_table_and_json(cluster: LocalCluster, members:
                                 "--failback", "auto", "--failback-hold-s", "3"))  # fmt: skip
     assert (created["name"], created["policy"]["slots"]) == (g, 2)
     assert created["policy"]["failback"] == "FAILBACK_AUTO"
-    assert created["policy"]["failback_hold_ms"] == "3000"
-    assert "exists" in ctl_fails(eps, EXIT_ERROR, "group", "create", g)
+    assert created["policy"]["failback_hold_ms"] == 3000  # int64: a JSON number
+    assert "exists" in ctl_fails(eps, EXIT_REFUSED, "group", "create", g)
     assert coordctl(eps, "group", "create", "bad-slots", "--slots", "0").returncode == 2
     assert table_rows(ctl_ok(eps, "group", "create", "ctl-table"),
                       ["GROUP", "SLOTS", "FAILBACK"]) == [["ctl-table", "1", "off"]]  # fmt: skip
