@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import threading
+import time
 from typing import Any
 
 import click
@@ -154,6 +158,7 @@ def serve(
     )
     from coord.server.app import serve as run  # heavy imports only when serving
 
+    _exit_with_parent(os.environ.get("COORD_EXIT_WITH_PARENT", ""))
     try:
         run(cfg)
     except errors.InvalidArgument as e:
@@ -168,15 +173,18 @@ def serve(
 @click.option("--nodes", "n", type=click.Choice(["3", "5"]), default="3", show_default=True)
 @click.option(
     "--base-port",
-    type=click.IntRange(1024, 65000),
+    type=click.IntRange(0, 65000),
     default=None,
-    help="First port; node i uses base+2i (API) and base+2i+1 (Raft). Default: free ports.",
+    help="First port: n1 serves its API on BASE and Raft on BASE+1, n2 on BASE+2 and "
+    "BASE+3, ...; status pages from BASE+2N. Default 2379, the README's ports (APIs "
+    "127.0.0.1:2379, :2381, :2383), or free ports when those are taken; 0: free ports.",
 )
 @click.option(
     "--data-dir",
     default=".coord-dev",
     show_default=True,
-    help="Parent directory of the nodes' data dirs (kept across runs).",
+    help="Parent directory of the nodes' data dirs (kept across runs); its file `env` "
+    "sets COORDCTL_ENDPOINTS for coordctl: `source .coord-dev/env`.",
 )
 @click.option(
     "--demo",
@@ -188,10 +196,33 @@ def serve(
 def dev(
     n: str, base_port: int | None, data_dir: str, demo: bool, exit_after_demo: bool, fresh: bool
 ) -> None:
-    """A local cluster of separate processes with a live view of leader and nodes."""
+    """A local cluster of separate processes with a live view of leader and nodes.
+
+    SIGINT (Ctrl-C), SIGTERM or SIGHUP stops every node and member process it started;
+    they also stop by themselves when it dies (even by kill -9).
+    """
     from coord.cli.dev import run_dev
 
     run_dev(int(n), base_port, data_dir, demo, exit_after_demo, fresh)
+
+
+def _exit_with_parent(pid: str) -> None:
+    """``COORD_EXIT_WITH_PARENT=PID`` (set by ``coord dev``): stop as on SIGTERM once
+    process PID is no longer our parent — it died, even by kill -9, and we were handed
+    to init or a subreaper — so a dev cluster never outlives ``coord dev``."""
+    if not pid.isdigit():
+        return
+    parent = int(pid)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        logging.getLogger("coord").warning("parent process %d exited: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(15)  # a clean stop takes a few seconds; one that hangs must not leak
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 main.add_command(restore_command(serve))

@@ -6,8 +6,17 @@ competing for one master slot, with failback to the preferred one.
 Commands typed while it runs (one per line): ``kill N`` (kill -9 node N, or
 ``kill leader``), ``stop N``, ``start N``, ``restart N``, ``pause N`` /
 ``resume N`` (SIGSTOP/SIGCONT), ``kill db-1`` / ``start db-1`` (member
-processes), ``switchover [db-2]``, ``put KEY VALUE``, ``demo``, ``quit``.
-Ctrl-C stops every process and exits.
+processes), ``switchover [db-2]``, ``put KEY VALUE``, ``demo``, ``quit``. A node
+is named by its id (``n2``) or its number (``2``).
+
+The nodes listen on the README's ports (API 127.0.0.1:2379, :2381, :2383) unless
+those are taken or ``--base-port`` says otherwise; ``DATA_DIR/env`` sets
+COORDCTL_ENDPOINTS to the cluster's endpoints either way (``source .coord-dev/env``).
+
+Ctrl-C, SIGTERM or SIGHUP (even when started in the background with SIGINT
+ignored) stops every member process and node and exits. Every child also gets
+``COORD_EXIT_WITH_PARENT``/``--exit-with-parent``: it stops by itself when this
+process dies, even by kill -9, so no cluster outlives ``coord dev``.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import socket
 import sys
 import threading
 import time
@@ -25,12 +36,21 @@ import click
 
 from coord import errors
 from coord.cli.dev_group import GROUP, MEMBERS, TTL_S, DemoGroup
-from coord.cli.output import table
+from coord.cli.output import EXIT_CONFIG, CLIError, table
 from coord.client import Client, new_request_id
 from coord.testing import LocalCluster
 from coord.v1 import cluster_pb2, election_pb2, election_pb2_grpc
 
 ROLE = {cluster_pb2.ROLE_LEADER: "LEADER", cluster_pb2.ROLE_CANDIDATE: "candidate"}
+
+# The README's ports: n1, n2, n3 serve their APIs on 127.0.0.1:2379, 2381, 2383.
+DEFAULT_BASE_PORT = 2379
+# Every command of the live view (shown under it, and after an unknown command).
+COMMANDS = (
+    "kill N|leader|db-1, start N|db-1, stop N, restart N, pause N, resume N, "
+    "switchover [db-2], put K V, demo, quit  (N: a node id n1.. or its number)"
+)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class DevConsole:
@@ -85,11 +105,10 @@ class DevConsole:
             pid = node.proc.pid if node.proc else "-"
             if st is None:
                 state = "paused" if node.paused else "DOWN"
-                rows.append([node.index, node.node_id, node.api, pid, state, "-", "-", "-", "-"])
+                rows.append([node.node_id, node.api, pid, state, "-", "-", "-", "-"])
             else:
                 rows.append(
                     [
-                        node.index,
                         node.node_id,
                         node.api,
                         pid,
@@ -104,17 +123,14 @@ class DevConsole:
             "\x1b[H\x1b[2J",
             f"coord dev: {len(self.cluster.nodes)} nodes in "
             f"{self.cluster.base_dir}   (Ctrl-C to stop)\n",
-            table(["#", "ID", "API", "PID", "ROLE", "TERM", "LEADER", "APPLIED", "REV"], rows),
+            table(["ID", "API", "PID", "ROLE", "TERM", "LEADER", "APPLIED", "REV"], rows),
             f"\ngroup {GROUP} (session TTL {TTL_S:g} s, failback after 5 s):",
             table(["MEMBER", "PID", "PRIORITY", "ROLE", "TOKEN", "SESSION"], self.group.rows()),
             "\nevents:",
         ]
         with self._lock:
             out += ["  " + e for e in self.events]
-        out.append(
-            "\ncommands: kill N|leader|db-1, start N|db-1, stop N, restart N, pause N, "
-            "resume N, switchover [db-2], put K V, demo, quit"
-        )
+        out.append(f"\ncommands: {COMMANDS}")
         out.append(f"coordctl --endpoints {','.join(self.cluster.endpoints)} status\n> ")
         sys.stdout.write("\n".join(out))
         sys.stdout.flush()
@@ -122,6 +138,7 @@ class DevConsole:
     # -- commands --------------------------------------------------------------
 
     def handle(self, line: str) -> bool:
+        line = line.strip()
         parts = line.split()
         if not parts:
             return True
@@ -154,20 +171,13 @@ class DevConsole:
             elif cmd in ("kill", "stop", "start", "restart", "pause", "resume") and len(args) == 1:
                 self._node_command(cmd, args[0])
             else:
-                self.note(f"unknown command {line!r}; try: kill N|leader, start N, put K V, quit")
+                self.note(f"unknown command {line!r}; commands: {COMMANDS}")
         except (errors.CoordError, ValueError, IndexError) as e:
             self.note(f"{cmd} failed: {e}")
         return True
 
     def _node_command(self, cmd: str, which: str) -> None:
-        if which == "leader":
-            i = self.cluster.leader_index()
-            if i is None:
-                raise ValueError("no leader right now")
-        else:
-            i = int(which.removeprefix("n")) - 1 if which.startswith("n") else int(which)
-            if not 0 <= i < len(self.cluster.nodes):
-                raise IndexError(f"no node {which}")
+        i = self.node_index(which)
         node_id = self.cluster.nodes[i].node_id
         action = {
             "kill": self.cluster.kill,
@@ -179,6 +189,21 @@ class DevConsole:
         }[cmd]
         action(i)
         self.note(f"{cmd} {node_id}" + (" (kill -9)" if cmd == "kill" else ""))
+
+    def node_index(self, which: str) -> int:
+        """The node named ``which``: ``leader``, an id (``n2``) or a number (``2``, for n2)."""
+        if which == "leader":
+            i = self.cluster.leader_index()
+            if i is None:
+                raise ValueError("no leader right now")
+            return i
+        ids = {node.node_id: node.index for node in self.cluster.nodes}
+        i = ids.get(which.lower(), ids.get(f"n{which}"))
+        if i is None:
+            raise ValueError(
+                f"no node {which!r}: the nodes are {', '.join(ids)} (or 1..{len(ids)})"
+            )
+        return i
 
 
 def run_demo(
@@ -257,30 +282,113 @@ def _token(data_dir: str) -> str:
     return token
 
 
+class Stopped(BaseException):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived: like KeyboardInterrupt, it ends
+    whatever the main thread was doing and runs the clean-up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP raise Stopped in the main thread, the first one only:
+    a second (timeout(1) signals us and then our whole process group) must not cut the
+    clean-up short; kill -9 is what ends it early (and the children follow). Installed
+    whatever they were: a background job of a script starts with SIGINT ignored."""
+    first: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not first:
+            first.append(signum)
+            raise Stopped(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+
+
+def _ports_free(ports: list[int]) -> bool:
+    """No listener holds any of ``ports`` on 127.0.0.1 (as the nodes bind: SO_REUSEADDR)."""
+    for port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def _base_port(n: int, base_port: int | None) -> int | None:
+    """The first port to use, or None for free ports (what LocalCluster takes)."""
+    if base_port == 0:
+        return None
+    base = DEFAULT_BASE_PORT if base_port is None else base_port
+    if base < 1024:
+        raise CLIError(f"--base-port {base}: use 1024 or above (or 0 for free ports)", EXIT_CONFIG)
+    ports = list(range(base, base + 3 * n))  # API and Raft per node, then status pages
+    if _ports_free(ports):
+        return base
+    if base_port is not None:
+        raise CLIError(
+            f"ports {ports[0]}-{ports[-1]} on 127.0.0.1 are not all free: pick another "
+            "--base-port, or 0 for free ports",
+            EXIT_CONFIG,
+        )
+    click.echo(
+        f"coord dev: ports {ports[0]}-{ports[-1]} are taken (another coord dev? etcd?): "
+        "using free ports instead"
+    )
+    return None
+
+
+def _write_env(data_dir: str, endpoints: list[str]) -> str:
+    """``DATA_DIR/env``: sourced, it points coordctl (and the README's ``$E``) here."""
+    path = os.path.join(data_dir, "env")
+    eps = ",".join(endpoints)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(
+            f"# coord dev (pid {os.getpid()}): `source {path}` points coordctl at it.\n"
+            f"export COORDCTL_ENDPOINTS={eps}\nE={eps}\n"
+        )
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def run_dev(
     n: int, base_port: int | None, data_dir: str, demo: bool, exit_after_demo: bool, fresh: bool
 ) -> None:
-    if fresh:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    os.makedirs(data_dir, exist_ok=True)
-    cluster = LocalCluster(
-        n,
-        base_dir=os.path.abspath(data_dir),
-        base_port=base_port,
-        token=_token(data_dir),
-        http=True,
-    )
-    console = DevConsole(cluster)
-    cluster.start()
-    click.echo(f"coord dev: {n} nodes, data in {cluster.base_dir}")
-    for node in cluster.nodes:
-        click.echo(
-            f"  {node.node_id}: api {node.api}  raft {node.raft}  "
-            f"status page and /metrics http://{node.http}/  log {node.log_path}"
+    _stop_on_signals()
+    try:
+        base = _base_port(n, base_port)
+        if fresh:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        os.makedirs(data_dir, exist_ok=True)
+        cluster = LocalCluster(
+            n,
+            base_dir=os.path.abspath(data_dir),
+            base_port=base,
+            token=_token(data_dir),
+            http=True,
+            env={"COORD_EXIT_WITH_PARENT": str(os.getpid())},  # children stop when we die
         )
-    click.echo(f"try: coordctl --endpoints {','.join(cluster.endpoints)} status")
+        console = DevConsole(cluster)
+    except Stopped as e:  # nothing started yet
+        raise SystemExit(128 + e.signum) from None
+    stopped: Stopped | None = None
+    demo_done = not demo
     ok = True
     try:
+        cluster.start()
+        env_file = _write_env(cluster.base_dir, cluster.endpoints)
+        click.echo(f"coord dev: {n} nodes, data in {cluster.base_dir}")
+        for node in cluster.nodes:
+            click.echo(
+                f"  {node.node_id}: api {node.api}  raft {node.raft}  "
+                f"status page and /metrics http://{node.http}/  log {node.log_path}"
+            )
+        click.echo(f"try: coordctl --endpoints {','.join(cluster.endpoints)} status")
+        click.echo(f" or: source {env_file}; coordctl status   (sets COORDCTL_ENDPOINTS and E)")
         try:
             cluster.wait_for_leader(timeout=30)
         except TimeoutError as e:
@@ -289,6 +397,7 @@ def run_dev(
         console.group.start()
         if demo:
             ok = run_demo(cluster, console.note if console.tty else click.echo, console.group)
+            demo_done = True
         if not (demo and (exit_after_demo or not sys.stdin.isatty())):
             # The live view (after the demo: exits with the demo's verdict below).
             viewer = threading.Thread(target=console.watch, daemon=True)
@@ -297,15 +406,28 @@ def run_dev(
                 if not console.handle(line):
                     break
             else:
-                console.stop.wait()  # stdin closed: run until Ctrl-C
-    except KeyboardInterrupt:
-        pass
+                console.stop.wait()  # stdin closed: run until a stop signal
+    except Stopped as e:
+        stopped = e
     finally:
-        console.stop.set()
-        click.echo("\ncoord dev: stopping the member processes and the nodes")
-        console.group.stop()
-        for node in cluster.nodes:
-            cluster.stop(node.index)
+        _stop_everything(cluster, console, stopped)
+    if stopped is not None and not demo_done:
+        raise SystemExit(128 + stopped.signum)  # interrupted: the demo has no verdict
     if not ok:
         click.echo("coord dev: the demo failed (see the lines above)", err=True)
         raise SystemExit(1)
+
+
+def _stop_everything(cluster: LocalCluster, console: DevConsole, why: Stopped | None) -> None:
+    console.stop.set()
+    by = f" ({why})" if why is not None else ""
+    click.echo(f"\ncoord dev: stopping the member processes and the nodes{by}")
+    console.group.stop()
+    for node in cluster.nodes:
+        cluster.stop(node.index)
+    # A command thread (``demo``) may have started one again meanwhile.
+    console.group.stop()
+    for node in cluster.nodes:
+        if node.running:
+            cluster.kill(node.index)
+    click.echo("coord dev: stopped")

@@ -7,7 +7,6 @@ fencing token and the events with their causes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -36,12 +35,12 @@ class DemoGroup:
     # -- processes -------------------------------------------------------------
 
     def start(self) -> None:
-        with (
-            Client(self.cluster.endpoints, timeout_s=15) as c,
-            contextlib.suppress(errors.AlreadyExists),
-        ):
-            create_group(c, GROUP, slots=1, failback=groups_pb2.FAILBACK_AUTO,
+        with Client(self.cluster.endpoints, timeout_s=15) as c:
+            try:
+                create_group(c, GROUP, slots=1, exist_ok=True, failback=groups_pb2.FAILBACK_AUTO,
                              failback_hold_ms=5000, switchover_timeout_ms=5000)  # fmt: skip
+            except errors.AlreadyExists as e:  # another policy (an older data dir): keep it
+                self.note(f"{e.message}; the demo uses it as it is")
         threading.Thread(target=self._watch, daemon=True).start()
         for member_id, _ in MEMBERS:
             self.start_member(member_id)
@@ -54,7 +53,8 @@ class DemoGroup:
         self.procs[member_id] = subprocess.Popen(
             [sys.executable, "-m", "coord.member_process", "--endpoints",
              ",".join(self.cluster.endpoints), "--group", GROUP, "--id", member_id,
-             "--priority", str(priority), "--ttl-s", str(TTL_S)],
+             "--priority", str(priority), "--ttl-s", str(TTL_S),
+             "--exit-with-parent", str(os.getpid())],  # it stops when coord dev dies
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()
@@ -73,9 +73,10 @@ class DemoGroup:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs.values():
             try:
-                proc.wait(timeout=5)
+                proc.wait(timeout=5)  # it exits within its --stop-timeout-s (3 s)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(timeout=5)
 
     # -- view ------------------------------------------------------------------
 

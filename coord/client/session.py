@@ -15,6 +15,15 @@ States (callbacks always fire, once per transition, in order, on one thread)::
     any --(close())--> CLOSED
 
 LOST and CLOSED are final: open a new Session.
+
+Step-down requests (switchover, an operator's resign, failback, member rm) arrive on
+keepalive responses. For a holding taken with ``Member.campaign()`` the library ends
+mastership (``Leadership.is_master()`` turns False) and resigns the slot at once, so
+the successor is elected at once. An application that needs time to hand over passes
+``on_stepdown``: it runs once per request on a thread of its own while the holding
+stays master, for at most ``stepdown_grace_s``; the library resigns when it returns
+or when the grace ends, whichever comes first (coord.client.election). A request
+the cluster repeats (on every keepalive until it is answered) is handled once.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ class SessionState(enum.Enum):
 
 StateCallback = Callable[["Session", SessionState], None]
 StepDownCallback = Callable[["Session", election_pb2.StepDown], None]
+# A holding's own handler (Leadership): (request, revision it was read at).
+StepDownHook = Callable[[election_pb2.StepDown, int], None]
 
 
 class Session:
@@ -61,9 +72,17 @@ class Session:
         drift: float = 0.02,
         on_state: StateCallback | None = None,
         on_stepdown: StepDownCallback | None = None,
+        stepdown_grace_s: float = 5.0,
     ) -> None:
+        """``on_stepdown``: how this application hands over when asked to step down (see
+        the module docstring); it may take up to ``stepdown_grace_s``, after which the
+        library resigns anyway. Without it, a step-down request resigns at once."""
         if not 0 <= drift < 0.5:
             raise errors.InvalidArgument("drift must be in [0, 0.5)")
+        if not 0 <= stepdown_grace_s < float("inf"):
+            raise errors.InvalidArgument("stepdown_grace_s must be a finite number >= 0")
+        self.stepdown_grace_s = stepdown_grace_s
+        self._stepdown_hooks: list[StepDownHook] = []
         self.client = client
         self.drift = drift
         self._callbacks: list[StateCallback] = [on_state] if on_state else []
@@ -297,8 +316,10 @@ class Session:
                 if sent is not None:
                     self._acked(sent, resp)
                 for step in resp.stepdown:
-                    if self._on_stepdown is not None:
-                        self._on_stepdown(self, step)
+                    # Each holding (Leadership) handles its own request, once, on a thread
+                    # (the request repeats on every keepalive until it is answered).
+                    for hook in list(self._stepdown_hooks):
+                        hook(step, resp.header.revision)
         except grpc.RpcError as e:
             if self._stop.is_set():
                 return
