@@ -442,9 +442,7 @@ class Groups:
         self._fill(g, now)
         return m
 
-    def resign(
-        self, group: str, member_id: str, session_id: str, now: int, token: int = 0
-    ) -> None:
+    def resign(self, group: str, member_id: str, session_id: str, now: int, token: int = 0) -> None:
         """The holder's own session resigns at once. Anyone else (an operator) only asks
         it to step down: it may still believe it is master until it hears, so the slot
         moves when it resigns, or after the switchover timeout plus its TTL."""
