@@ -212,8 +212,8 @@ def _format_options(
             formatter.write_dl(global_rows)
 
 
-class CtlCommand(click.Command):
-    """A coordctl command: takes the global options after its name too."""
+class _TakesGlobalOptions(click.Command):
+    """Adds a copy of the global options to the command's own (after its name)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -221,23 +221,20 @@ class CtlCommand(click.Command):
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         return [*super().get_params(ctx), *self.global_params]
+
+
+class CtlCommand(_TakesGlobalOptions):
+    """A coordctl command: takes the global options after its name too."""
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _format_options(self, self.global_params, ctx, formatter)
 
 
-class CtlGroup(click.Group):
+class CtlGroup(_TakesGlobalOptions, click.Group):
     """A coordctl command group below the root: takes the global options too."""
 
     command_class = CtlCommand
     group_class = type
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.global_params = _global_copies()
-
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        return [*super().get_params(ctx), *self.global_params]
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _format_options(self, self.global_params, ctx, formatter)

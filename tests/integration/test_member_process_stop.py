@@ -10,37 +10,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from coord.client import create_group
 from coord.testing import LocalCluster, wait_until
 
-from .members import Members, holders, members_fixture
-from .support import ClusterFactory, describe, kill_all_at_once
+from .members import Members, holders
+from .support import describe, kill_all_at_once
 
 TTL_S = 2.0
 STOP_TIMEOUT_S = 3.0  # member_process's --stop-timeout-s default
 # SIGTERM to exit: the stop timeout, and room for a loaded machine to get there.
 EXIT_WITHIN_S = STOP_TIMEOUT_S + 3.0
 MEMBER = [sys.executable, "-m", "coord.member_process"]
-
-
-@pytest.fixture
-def own_cluster(cluster_factory: ClusterFactory) -> LocalCluster:
-    """A cluster of this test only (the test kills it)."""
-    c = cluster_factory(3)
-    c.wait_for_leader()
-    return c
-
-
-@pytest.fixture
-def own_members(
-    request: pytest.FixtureRequest, own_cluster: LocalCluster, tmp_path: Path
-) -> Iterator[Members]:
-    yield from members_fixture(request, own_cluster, str(tmp_path / "own-members"))
 
 
 def run_member(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,26 +29,10 @@ from .members import (
     holders,
     list_sessions,
     marker_revision,
-    members_fixture,
 )
-from .support import ClusterFactory, coordctl, describe, expect_never
+from .support import coordctl, describe, expect_never
 
 TTL_S = 2.0
-
-
-@pytest.fixture
-def own_cluster(cluster_factory: ClusterFactory) -> LocalCluster:
-    """A cluster of this test only (the test breaks it)."""
-    c = cluster_factory(3)
-    c.wait_for_leader()
-    return c
-
-
-@pytest.fixture
-def own_members(
-    request: pytest.FixtureRequest, own_cluster: LocalCluster, tmp_path: Path
-) -> Iterator[Members]:
-    yield from members_fixture(request, own_cluster, str(tmp_path / "own-members"))
 
 
 def wait_candidates(cluster: LocalCluster, group: str, ids: set[str]) -> None:
