@@ -36,6 +36,12 @@ Rules (where the record alone leaves a choice):
   was told to stop (``record.stopping``; with no stop recorded, all of them), and no
   master's belief may end before that. A graceful handover must not cost a failover.
 - Writes applied once: chaos.applied_once.
+- Convergence (``record.heals``, sampled by chaos.convergence): after every heal, every
+  member's commit index must reach the leader's heal-time commit index within the
+  bound (2 s) of the member's window start (the heal, or its first answer after the
+  heal if it was not answering then: a restarted process). A member that never
+  answered, or never reached it while sampled, is a violation; so is a heal after
+  which no member answered at all.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chaos.records import RunRecord, Tenure, WatchLog
+from chaos.records import HealSample, RunRecord, Tenure, WatchLog
 
 # How many items (keys, anomalies) a message lists before "... and N more".
 _SAMPLE = 10
@@ -381,11 +387,54 @@ def graceful_no_failover(record: RunRecord) -> list[Violation]:
     return out
 
 
+# -- 8. every member catches up after a heal -----------------------------------------------
+
+CONVERGE_S = 2.0
+
+
+def converged(record: RunRecord, bound_s: float = CONVERGE_S) -> list[Violation]:
+    name = "converged"
+    out: list[Violation] = []
+    for k, h in enumerate(record.heals, 1):
+        where = f"heal #{k} at {_rel(record, h.at)}"
+        if not h.leader:
+            out.append(Violation(name, f"{where}: no member answered (members {h.members})"))
+            continue
+        late = [_late(record, h, m, bound_s) for m in h.members]
+        out += [Violation(name, f"{where}: {why}") for why in late if why]
+    return out
+
+
+def _late(record: RunRecord, h: HealSample, member: str, bound_s: float) -> str | None:
+    """Why ``member`` did not converge after heal ``h`` in time (None if it did)."""
+    target = f"the leader {h.leader}'s heal-time commit index {h.target}"
+    start = h.answered.get(member)
+    if start is None:
+        return (
+            f"{member} did not answer (sampled until {_rel(record, h.sampled_until)}), "
+            f"so never shown past {target}"
+        )
+    since = "the heal" if start == h.at else f"it first answered at {_rel(record, start)}"
+    passed = h.passed.get(member)
+    if passed is not None and passed - start <= bound_s:
+        return None
+    last = h.last_commit.get(member)
+    took = (
+        f"passed it {passed - start:.3f} s after {since}"
+        if passed is not None
+        else f"was still at commit {last} when last sampled, at {_rel(record, h.sampled_until)}"
+    )
+    return f"{member} behind {target} for more than {bound_s:g} s after {since}: {took}"
+
+
 # -- all ---------------------------------------------------------------------------------
 
 
 def check_all(
-    record: RunRecord, recovery_bound_s: float, linearizability_timeout_s: float = 30.0
+    record: RunRecord,
+    recovery_bound_s: float,
+    linearizability_timeout_s: float = 30.0,
+    convergence_bound_s: float = CONVERGE_S,
 ) -> list[Violation]:
     from chaos.applied_once import applied_once  # it builds on this module's Violation
 
@@ -398,4 +447,5 @@ def check_all(
         *linearizable(record, linearizability_timeout_s),
         *graceful_no_failover(record),
         *applied_once(record),
+        *converged(record, convergence_bound_s),
     ]

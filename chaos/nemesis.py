@@ -11,6 +11,7 @@ chaos.lost_answers.
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from collections.abc import Callable
 
@@ -136,6 +137,54 @@ def kill_random(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     i = c.index(rng.choice(_ids(c)))
     c.kill(i)
     return lambda: c.start(i)
+
+
+# The wipe-with-stale-leader scenario's timings: a leader cut off from every other
+# member keeps leading for 30 s (it steps down once it heard from no majority for the
+# fallback timeout, which may not exceed the connection timeout), longer than the
+# nemesis needs to wipe and restart a follower beside it.
+STALE_LEADER_ARGS = ("--connection-timeout-s", "30", "--leader-fallback-timeout-s", "30")
+STALE_SETUP_S = 20.0  # the majority electing, the wiped follower up beside the stale leader
+
+
+def wipe_with_stale_leader(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """The leader L1 is cut off from every other member; once they elect L2, a follower
+    W other than L2 is killed -9, its data dir wiped, and restarted where only L1
+    reaches it (W cut from everyone else). L1 still leads its older term (the scenario
+    runs with STALE_LEADER_ARGS) with entries it could not commit at indexes L2 has
+    committed: had the blank W acknowledged them, L1 and W would be a majority of three
+    for a second history (coord.raft.gate). Heal: every link back."""
+    old = leader_id(c)
+    others = [n for n in _ids(c) if n != old]
+    cuts = {n: c.cut(old, n) for n in others}
+
+    def new_leader() -> str | None:
+        leaders = [st.leader_id if (st := c.status(c.index(n))) else "" for n in others]
+        return leaders[0] if leaders[0] in others and len(set(leaders)) == 1 else None
+
+    new: str = wait_until(new_leader, STALE_SETUP_S, f"a leader among {others}")
+    wiped = rng.choice([n for n in others if n != new])
+    node = c.node(wiped)
+    assert node is not None
+    c.kill(node.index)
+    shutil.rmtree(node.data_dir)
+    undo = [t for n, u in cuts.items() if n != wiped for t in u]
+    for n in others:
+        if n != wiped:
+            undo += c.cut(wiped, n)
+    c.undo(cuts[wiped])
+    c.start(node.index)
+
+    def beside_the_stale_leader() -> bool:
+        st = c.status(node.index)
+        return st is not None and st.leader_id == old
+
+    try:
+        wait_until(beside_the_stale_leader, STALE_SETUP_S, f"the wiped {wiped} hearing {old}")
+        membership.say(f"{wiped} wiped and restarted beside the stale leader {old} (new: {new})")
+    except TimeoutError:
+        membership.say(f"{wiped} wiped and restarted, but does not hear {old} (new: {new})")
+    return lambda: c.undo(undo)
 
 
 def pause_leader(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
@@ -336,6 +385,7 @@ NEMESES: dict[str, Nemesis] = {
     "isolate-master-client": isolate_master_client,
     "kill-leader": kill_leader,
     "kill-random": kill_random,
+    "wipe-with-stale-leader": wipe_with_stale_leader,
     "pause-leader": pause_leader,
     "rolling-restart": rolling_restart,
     "clock-skew": clock_skew,

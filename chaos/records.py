@@ -87,6 +87,27 @@ class Outage:
 
 
 @dataclass
+class HealSample:
+    """What every member's commit index did after one heal (chaos.convergence samples
+    it; the ``converged`` checker judges it).
+
+    ``target`` is the leader's commit index at the heal (the highest any member had:
+    a stale leader's is never higher), read at ``at`` or, if no member answered then,
+    at the first answer. A member's window starts at the heal, or, for one not
+    answering then (a restarted process still starting), when it first answered.
+    """
+
+    at: float  # time.monotonic() of the heal
+    members: list[str]
+    target: int = 0
+    leader: str = ""  # who had the target ("" if nobody answered)
+    answered: dict[str, float] = field(default_factory=dict)  # member -> first answer
+    passed: dict[str, float] = field(default_factory=dict)  # member -> commit >= target
+    last_commit: dict[str, int] = field(default_factory=dict)  # member -> last seen
+    sampled_until: float = 0.0  # the last sample
+
+
+@dataclass
 class RunRecord:
     scenario: str
     seed: int
@@ -116,3 +137,5 @@ class RunRecord:
     # The every-kind writer's logical writes, and the events of the whole run.
     writes: list[LoggedWrite] = field(default_factory=list)
     events: list[EventNote] = field(default_factory=list)
+    # Each heal's commit indexes (the ``converged`` checker).
+    heals: list[HealSample] = field(default_factory=list)

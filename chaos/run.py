@@ -38,10 +38,11 @@ from typing import Any
 from chaos import checkers, handover
 from chaos.applied_once import EFFECTS
 from chaos.cluster import ProxiedCluster
+from chaos.convergence import ConvergenceProbe
 from chaos.every_write import EveryWriter
 from chaos.linearizability import History
 from chaos.membership import MembershipError, leader_view
-from chaos.nemesis import NEMESES, leader_id
+from chaos.nemesis import NEMESES, STALE_LEADER_ARGS, leader_id
 from chaos.records import RunRecord
 from chaos.toxiproxy import Toxiproxy
 from chaos.workload import (
@@ -85,6 +86,7 @@ class Scenario:
     # restarting beside them) must not miss their keepalives for want of CPU; a session
     # the cluster *says* expired is lost whatever its TTL.
     session_ttl_s: float = TTL_S
+    extra_args: tuple[str, ...] = ()  # every node's (timings the nemesis needs)
 
 
 SCENARIOS = [
@@ -100,6 +102,7 @@ SCENARIOS = [
     Scenario("isolate-master-client", "isolate-master-client", fault_s=TTL_S * 1.5 + 0.5),
     Scenario("kill-leader", "kill-leader"),
     Scenario("kill-random-5", "kill-random", nodes=5),
+    Scenario("wipe-with-stale-leader", "wipe-with-stale-leader", extra_args=STALE_LEADER_ARGS),
     Scenario("pause-leader-beyond-ttl", "pause-leader", fault_s=TTL_S * 1.5 + 0.5),
     Scenario("rolling-restart", "rolling-restart", fault_s=0.5),
     Scenario("clock-skew", "clock-skew", clocks=True),
@@ -151,6 +154,10 @@ class Row:
     longest_unavailable_s: float
     recovered_after_s: float | None
     violations: list[str] = field(default_factory=list)
+    # Over every heal: the longest a member took to pass the leader's heal-time commit
+    # index (chaos.convergence; None if one never did), and how many heals were sampled.
+    slowest_catch_up_s: float | None = None
+    heals: int = 0
 
 
 def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir: str) -> Row:
@@ -163,6 +170,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         spares=sc.adds_per_cycle * cycles,
         clocks=sc.clocks,
         base_dir=f"{workdir}/{sc.name}",
+        extra_args=list(sc.extra_args),
     )
     workers: list[Worker] = []
     failed_steps: list[str] = []
@@ -175,9 +183,10 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         leader_id(c)
         _start_workload(c, sc, record, history, rng, workers)
         time.sleep(1.0)  # the workload settles before the first fault (a pacing delay)
-        failed_steps += _faults(c, sc, rng, cycles)
-        healed = time.monotonic()
-        record.recovered_after_s = _recovery(c, healed)
+        failed_steps += _faults(c, sc, rng, cycles, record)
+        final = ConvergenceProbe(c, record)
+        record.recovered_after_s = _recovery(c, final.sample.at)
+        final.join()
         if record.recovered_after_s is None:
             failed_steps += _members_differ(c)
         time.sleep(1.0)  # the workload runs on a healed cluster for a moment
@@ -212,23 +221,42 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         _longest_unavailable(history, record),
         record.recovered_after_s,
         violations,
+        _slowest_catch_up(record),
+        len(record.heals),
     )
 
 
-def _faults(c: ProxiedCluster, sc: Scenario, rng: random.Random, cycles: int) -> list[str]:
+def _slowest_catch_up(record: RunRecord) -> float | None:
+    """The longest any member took, after any heal, to pass the heal-time commit index
+    (from the start of its window: chaos.convergence); None if one never did."""
+    took = [
+        h.passed[m] - h.answered[m] if m in h.passed and m in h.answered else None
+        for h in record.heals
+        for m in h.members
+    ]
+    return None if None in took else max((t for t in took if t is not None), default=0.0)
+
+
+def _faults(
+    c: ProxiedCluster, sc: Scenario, rng: random.Random, cycles: int, record: RunRecord
+) -> list[str]:
     """The nemesis's fault/heal cycles, then the final heal (every toxic gone, every
-    member running). Returns the membership steps that failed (the rest is skipped)."""
-    nemesis = NEMESES[sc.nemesis]
+    member running). After each cycle's heal, every member's commit index is sampled
+    (chaos.convergence) until each is judged: the heal period lasts at least that long.
+    Returns the membership steps that failed (the rest is skipped)."""
+    fault = NEMESES[sc.nemesis]
     failed: list[str] = []
     for _ in range(cycles):
         try:
-            heal = nemesis(c, rng, TTL_S)
+            heal = fault(c, rng, TTL_S)
             time.sleep(sc.fault_s * rng.uniform(0.7, 1.3))  # the fault lasts this long
             heal()
         except MembershipError as e:
             failed.append(str(e))
             break
+        probe = ConvergenceProbe(c, record)
         time.sleep(sc.heal_s * rng.uniform(0.7, 1.3))
+        probe.join()
     c.toxi.heal()
     for node in c.members:
         if not node.running:
@@ -461,10 +489,13 @@ def _longest_unavailable(history: History, record: RunRecord) -> float:
 
 
 def print_table(rows: list[Row], seed: int) -> None:
-    head = ["scenario", "ops", "failovers", "longest unavail. s", "recovered s", "violations"]
+    head = ["scenario", "ops", "failovers", "longest unavail. s", "recovered s",
+            "slowest catch-up s (heals)", "violations"]  # fmt: skip
     body = [
         [r.scenario, str(r.operations), str(r.failovers), f"{r.longest_unavailable_s:.2f}",
          "-" if r.recovered_after_s is None else f"{r.recovered_after_s:.2f}",
+         ("-" if r.slowest_catch_up_s is None else f"{r.slowest_catch_up_s:.2f}")
+         + f" ({r.heals})",
          str(len(r.violations))]
         for r in rows
     ]  # fmt: skip

@@ -238,6 +238,7 @@ class RaftNode:
         self._transfer: _Transfer | None = None
         self._removed_by_peer = False
         self._next_ping = 0.0
+        self._next_term_probe = 0.0
 
         # One route table for every node object: id -> dial address.
         self._routes: dict[str, str] = {}
@@ -452,6 +453,7 @@ class RaftNode:
         self.last_tick = time.monotonic()
         self.journal.sync()
         self._transport.flush_held()
+        self._learn_term()
         self._update_catch_up()
         self._prevote.on_tick()
         self._update_view()
@@ -475,6 +477,38 @@ class RaftNode:
             return  # its appends and their acks keep its links alive
         for node in list(self._so._SyncObj__otherNodes):
             self._transport.send_now(node, {"type": "coord_ping"})
+
+    def _learn_term(self) -> None:
+        """A blank node asks its peers for their terms until it may take one
+        (coord.raft.gate); it acknowledges, votes and campaigns only then."""
+        gate, so = self.gate, self._so
+        if so._isLeader():
+            gate.counted()  # its own log counts towards its commits
+        if gate.term_known:
+            return
+        me = self.cfg.node_id
+        term = gate.learn([self._initial.keys(), self._config.keys()], me)
+        if term is None:
+            now = time.monotonic()
+            if not self._next_term_probe:
+                logger.info(
+                    "blank data dir: acknowledging no append, voting for no one, until the "
+                    "current term is known from enough of %s",
+                    sorted(set(self._initial) | set(self._config)),
+                )
+            if now >= self._next_term_probe:
+                self._next_term_probe = now + self.cfg.timings.reconnect_s
+                for node in list(so._SyncObj__otherNodes):
+                    if node.id not in gate.answers:
+                        self._transport.send_now(node, {"type": "coord_term_probe"})
+            return
+        current = so.raftCurrentTerm
+        # Taken as already voted in: before the wipe this node may have voted in it.
+        if term > current:
+            so._SyncObj__setCurrentTerm(term, me)
+            so._SyncObj__raftLeader = None  # whoever it followed leads an older term
+        elif term == current and so._SyncObj__votedForNodeId is None:
+            so._SyncObj__setCurrentTerm(term, me)
 
     def _update_catch_up(self) -> None:
         # (Not campaigning while catching up, or when not a member, is PreVote's part:

@@ -12,7 +12,10 @@
   synced; the node flushes them once per tick after one fsync (group commit).
   The leader moves its nextIndex/matchIndex with them as ``coord.raft.progress``
   says, not as pysyncobj would.
-- A blank node votes and campaigns only as ``coord.raft.gate`` allows.
+- A blank node votes, campaigns and acknowledges only as ``coord.raft.gate``
+  allows: until it has learned the current term it sends no successful
+  ``next_node_idx`` (a "reset", which only moves a leader's nextIndex down, still
+  goes). Every node answers ``coord_term_probe`` with its term (``coord_term``).
 - PreVote messages (``coord.raft.prevote``) are handled here, beside
   pysyncobj's own.
 - With a cluster secret, pysyncobj drops a connection whose messages do not
@@ -237,6 +240,11 @@ class CoordTransport(TCPTransport):
             # after taking its term: the leader drops replies of other terms. A
             # conflict also says how far back it goes (coord.raft.progress).
             so = self._syncObj
+            if not message.get("reset"):
+                if not self.gate.may_acknowledge():
+                    return True  # a blank node acknowledges nothing yet (coord.raft.gate)
+                if message.get("success"):
+                    self.gate.counted()
             message = {**message, "term": so.raftCurrentTerm}
             if message.get("reset"):
                 message.update(conflict_of(so._SyncObj__raftLog, message["next_node_idx"]))
@@ -280,10 +288,23 @@ class CoordTransport(TCPTransport):
             return
         elif kind == "coord_ping":
             return  # read: that keeps the link open (coord.raft.node._ping_peers)
+        elif kind == "coord_term_probe":
+            so = self._syncObj
+            self.send_now(
+                node, {"type": "coord_term", "term": so.raftCurrentTerm, "fresh": self.gate.fresh}
+            )
+            return
+        elif kind == "coord_term":
+            term = message.get("term")
+            if isinstance(term, int) and not isinstance(term, bool) and term >= 0:
+                self.gate.answer(node.id, term, message.get("fresh") is True)
+            return
         elif kind == "request_vote" and not self.gate.may_vote_for(message.get("last_log_term", 1)):
             return  # a blank node must not help a non-blank candidate (coord.raft.gate)
         if kind == "append_entries":
-            self.gate.leader_commit(int(message.get("commit_index") or 0))
+            if int(message.get("term") or 0) >= self._syncObj.raftCurrentTerm:
+                # Only a leader pysyncobj follows counts (a stale one's word does not).
+                self.gate.leader_commit(int(message.get("commit_index") or 0))
             message, self.truncate_from = appendfix.rewrite(
                 self._syncObj._SyncObj__raftLog, message
             )

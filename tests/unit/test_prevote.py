@@ -144,11 +144,14 @@ def make(monkeypatch: pytest.MonkeyPatch):
         log_term: int = 5,
         mode: str = VOTER,
         member: bool = True,
+        term_known: bool = True,
     ) -> Harness:
         clock = FakeClock()
         monkeypatch.setattr(prevote_mod, "raft_clock", clock)
         so = FakeSyncObj(peers, term, log_index, log_term)
         gate = VotingGate(mode)
+        # A blank node first learns the current term (coord.raft.gate, test_gate.py).
+        gate.term_known = term_known
         sent: list[tuple[Node, dict[str, Any]]] = []
         pv = PreVote(
             so,
@@ -522,6 +525,19 @@ def test_new_blank_grants_only_blank_candidates(make) -> None:
     assert h.ask(0, 3)
     assert not h.ask(1, 1)
     assert not h.ask(7, 50)
+
+
+@pytest.mark.parametrize("mode", [CATCH_UP, NEW_BLANK])
+def test_a_blank_node_that_has_not_learned_the_term_neither_asks_nor_grants(
+    make, mode: str
+) -> None:
+    h = make(mode=mode, log_index=1, log_term=0, term_known=False)
+    h.due(1.0)
+    h.tick()
+    assert h.requests() == []
+    assert not h.pysyncobj_campaigns()
+    for term, index in ((0, 1), (0, 3), (1, 1), (7, 50)):
+        assert not h.ask(term, index)
 
 
 def test_catch_up_never_grants(make) -> None:
