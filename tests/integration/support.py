@@ -81,7 +81,15 @@ def leader_commit_index(cluster: LocalCluster) -> int:
 
 
 def wait_all_caught_up(cluster: LocalCluster, timeout: float = 30.0) -> int:
-    """Wait until every running node applied the leader's commit index; return that index."""
+    """Wait until every running node applied the leader's commit index; return that index.
+
+    A linearizable read first: the leader's Status commit index is its view at the end
+    of its last tick, which can name the entry before a write it already acknowledged;
+    the read's barrier commits in a later tick, so the index read after it covers every
+    write acknowledged before this call.
+    """
+    with cluster.client(timeout_s=timeout) as c:
+        c.range("", prefix=True, keys_only=True, limit=1)
     index = leader_commit_index(cluster)
     cluster.wait_applied(index, timeout=timeout)
     return index
