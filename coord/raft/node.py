@@ -101,6 +101,8 @@ class View:
     connected: frozenset[str] = frozenset()
     has_quorum: bool = False
     log_entries: int = 0
+    # Not acknowledging or voting yet: a blank data dir that has not learned the current
+    # term from enough members, or not caught up with a leader's log (coord.raft.gate).
     catching_up: bool = False
     # The ids in the latest configuration (coord.raft.membership), and whether this
     # node's own removal from it has committed.
@@ -210,7 +212,7 @@ class RaftNode:
         self.started = time.monotonic()
         self.last_tick = self.started  # the tick thread's last pass (healthz)
         self.gate = VotingGate(voting)
-        self._view = View(catching_up=not self.gate.is_voter)
+        self._view = View(catching_up=True)
         self._listeners: list[Callable[[View], None]] = []
         self._apply_listeners: list[Callable[[], None]] = []
         self._barrier_lock = threading.Lock()
@@ -537,7 +539,7 @@ class RaftNode:
             connected=connected,
             has_quorum=(len(connected & peers) + 1) * 2 > len(peers) + 1,
             log_entries=len(self.journal),
-            catching_up=not self.gate.is_voter,
+            catching_up=not (self.gate.is_voter and self.gate.term_known),
             members=frozenset(config),
             removed=self._removal_committed(so.raftCommitIndex),
             leader_alive=self._prevote.leader_is_alive(),

@@ -41,6 +41,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             has_quorum=view.has_quorum,
             raft_log_entries=view.log_entries,
             uptime_s=time.monotonic() - self.node.raft.started,
+            catching_up=view.catching_up,
         )
 
     async def GetLeader(

@@ -112,6 +112,7 @@ class StatusResponse(_message.Message):
     HAS_QUORUM_FIELD_NUMBER: _builtins.int
     RAFT_LOG_ENTRIES_FIELD_NUMBER: _builtins.int
     UPTIME_S_FIELD_NUMBER: _builtins.int
+    CATCHING_UP_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     role: Global___Role.ValueType
     term: _builtins.int
@@ -124,6 +125,10 @@ class StatusResponse(_message.Message):
     has_quorum: _builtins.bool
     raft_log_entries: _builtins.int
     uptime_s: _builtins.float
+    catching_up: _builtins.bool
+    """This node does not acknowledge or vote yet: its data dir was blank and it has not
+    learned the current term from enough members, or not caught up with a leader's log.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
     def __init__(
@@ -141,10 +146,11 @@ class StatusResponse(_message.Message):
         has_quorum: _builtins.bool = ...,
         raft_log_entries: _builtins.int = ...,
         uptime_s: _builtins.float = ...,
+        catching_up: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "commit_index", b"commit_index", "has_quorum", b"has_quorum", "header", b"header", "leader_id", b"leader_id", "node_id", b"node_id", "raft_log_entries", b"raft_log_entries", "revision", b"revision", "role", b"role", "term", b"term", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "catching_up", b"catching_up", "commit_index", b"commit_index", "has_quorum", b"has_quorum", "header", b"header", "leader_id", b"leader_id", "node_id", b"node_id", "raft_log_entries", b"raft_log_entries", "revision", b"revision", "role", b"role", "term", b"term", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

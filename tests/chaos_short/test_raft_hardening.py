@@ -73,14 +73,18 @@ def _status(c: ProxiedCluster, node_id: str) -> cluster_pb2.StatusResponse:
 
 
 def _settled(c: ProxiedCluster) -> str:
-    """Wait until every member follows one leader and holds its log (a member that
-    started late votes only once it does: coord.raft.gate); return the leader's id."""
+    """Wait until every member follows one leader, holds its log and acknowledges (a
+    member that started late acknowledges and votes only once it has learned the term
+    from every other member of three and caught up: coord.raft.gate); return the
+    leader's id."""
 
     def settled() -> str | None:
         views = [_status(c, n) for n in c.member_ids]
         leaders = {v.leader_id for v in views}
         commit = max(v.commit_index for v in views)
         if len(leaders) != 1 or "" in leaders or any(v.applied_index < commit for v in views):
+            return None
+        if any(v.catching_up for v in views):
             return None
         return leaders.pop()
 

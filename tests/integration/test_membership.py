@@ -209,6 +209,13 @@ def test_one_change_at_a_time(cluster_factory: ClusterFactory) -> None:
     slow = ["--connection-timeout-s", "10", "--leader-fallback-timeout-s", "10"]
     cluster = cluster_factory(3, extra_args=slow)
     leader = cluster.wait_for_leader()
+    # Every member acknowledges before one hangs: a member that started late learns the
+    # term only once it has heard from both others (coord.raft.gate).
+    wait_until(
+        lambda: all(not cluster.status(i).catching_up for i in range(3)),  # type: ignore[union-attr]
+        20,
+        "every member to acknowledge",
+    )
     down = (leader + 1) % 3
     # Hung, not dead: its link stays up, so the leader's strict check (which refuses a
     # change with a member it knows is down) lets the addition through.
