@@ -128,7 +128,7 @@ class NodeConfig:
     listen_http: str = ""
     # POST failover and budget events here as JSON ("": none).
     notify_webhook: str = ""
-    # -- security (coord.server.auth) --
+    # -- security (coord.server.security.auth) --
     # TLS on the client API: this node's certificate and key (PEM).
     tls_cert: str = ""
     tls_key: str = ""
@@ -149,7 +149,7 @@ class NodeConfig:
     # Compact the Raft log after this many entries.
     log_compaction_entries: int = 5000
     log_level: str = "INFO"
-    # Scheduled backups, written by the leader (coord.server.backups): into this
+    # Scheduled backups, written by the leader (coord.server.duties.backups): into this
     # directory, every backup_every_s seconds (0: none), a full snapshot every
     # backup_full_every-th time and diffs in between, keeping the last backup_keep
     # full snapshots and the diffs after them.
@@ -158,7 +158,7 @@ class NodeConfig:
     backup_keep: int = 3
     backup_full_every: int = 4
     # The leader compares every member's hash of its state this often (0: never);
-    # see coord.server.maintenance.
+    # see coord.server.api.maintenance.
     consistency_check_every_s: float = 300.0
 
     @property

@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coord.cli.ctl import main
 from coord.cli.output import CLIError
-from coord.server.auth import RANK, hash_token
+from coord.server.security.auth import RANK, hash_token
 
 
 @main.group()

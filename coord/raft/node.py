@@ -219,7 +219,7 @@ class RaftNode:
         self._barrier_inflight: tuple[Future[None], float] | None = None
         self._barrier_next: Future[None] | None = None
         self._bootstrap_term = -1
-        # Metrics hooks (coord.server.metrics), called on the tick thread.
+        # Metrics hooks (coord.server.http.metrics), called on the tick thread.
         self.on_apply_latency: Callable[[float], None] | None = None
         self.on_proposal_failed: Callable[[str], None] | None = None
 

@@ -19,7 +19,7 @@ the snapshot (``coord.state.replay``), and writes into an empty data dir:
 The state keeps its revision, key-value records, sessions, groups, event log
 and dedupe table; its ``last_term`` restarts at 0 with the new cluster's terms.
 Sessions need nothing here: a new leader restarts every session's deadline at
-``now + TTL`` (``coord.server.leases``), so a restored session is never treated
+``now + TTL`` (``coord.server.duties.leases``), so a restored session is never treated
 as already expired, and expires one TTL after that if nobody keeps it alive.
 
 Refused, before anything is written: a data dir that is not empty, and a new

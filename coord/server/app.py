@@ -26,28 +26,32 @@ from coord.errors import Unavailable
 from coord.raft import datadir
 from coord.raft.gate import CATCH_UP, NEW_BLANK, VOTER
 from coord.raft.node import ROLE_LEADER, RaftNode, View
-from coord.server.availability_service import AvailabilityService
-from coord.server.backups import BackupScheduler
-from coord.server.cluster_service import ClusterService
-from coord.server.context import NodeContext
-from coord.server.election_service import GroupsService, SessionsService, WatchService
-from coord.server.handlers import add_service
-from coord.server.health import HealthChecker
-from coord.server.http import HttpServer
-from coord.server.kv_service import KVService
-from coord.server.leases import LeaseKeeper
-from coord.server.maintenance import ConsistencyChecker, MaintenanceService
-from coord.server.metrics import NodeMetrics
-from coord.server.notify import StateNotifier
-from coord.server.removal import watch_for_removal
-from coord.server.security import (
+from coord.server.api.availability import AvailabilityService
+from coord.server.api.cluster import ClusterService
+from coord.server.api.context import NodeContext
+from coord.server.api.groups import GroupsService
+from coord.server.api.handlers import add_service
+from coord.server.api.kv import KVService
+from coord.server.api.maintenance import MaintenanceService
+from coord.server.api.sessions import SessionsService
+from coord.server.api.watch import WatchService
+from coord.server.duties.backups import BackupScheduler
+from coord.server.duties.consistency import ConsistencyChecker
+from coord.server.duties.leases import LeaseKeeper
+from coord.server.duties.member_checks import MemberChecker
+from coord.server.duties.probes import probe
+from coord.server.duties.removal import watch_for_removal
+from coord.server.duties.webhook import WebhookNotifier
+from coord.server.http.metrics import NodeMetrics
+from coord.server.http.server import HttpServer
+from coord.server.http.status_page import add_routes as add_status_page
+from coord.server.runtime.notify import StateNotifier
+from coord.server.security.wiring import (
     build_guard,
     http_ssl_context,
     peer_credentials,
     server_credentials,
 )
-from coord.server.statuspage import add_routes as add_status_page
-from coord.server.webhook import WebhookNotifier
 from coord.v1 import (
     availability_pb2,
     cluster_pb2,
@@ -133,7 +137,7 @@ class NodeServer:
         self.server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self.keeper: LeaseKeeper | None = None
-        self.checker: HealthChecker | None = None
+        self.checker: MemberChecker | None = None
         self.consistency: ConsistencyChecker | None = None
         self.backups: BackupScheduler | None = None
         self.metrics = NodeMetrics(self.raft)
@@ -163,21 +167,23 @@ class NodeServer:
         self.raft.add_apply_listener(self.notifier.applied)
         self.keeper = LeaseKeeper(self.raft)
         self.keeper.start()
-        self.checker = HealthChecker(self.raft, self.cfg.health_check_concurrency)
+        self.checker = MemberChecker(self.raft, self.cfg.health_check_concurrency)
         self.checker.start()
         self.consistency = ConsistencyChecker(self.ctx, self.metrics.record_consistency)
         self.consistency.start()
-        parts = (self.ctx, self.notifier, self.keeper)
         services = election_pb2.DESCRIPTOR.services_by_name
         observe = self.metrics.observe_rpc
         for servicer, descriptor in (
-            (SessionsService(*parts), services["Sessions"]),
-            (GroupsService(*parts, checker=self.checker), services["Groups"]),
-            (WatchService(*parts), services["Watch"]),
+            (SessionsService(self.ctx, self.notifier, self.keeper), services["Sessions"]),
+            (
+                GroupsService(self.ctx, self.notifier, self.keeper, self.checker, probe),
+                services["Groups"],
+            ),
+            (WatchService(self.ctx, self.notifier), services["Watch"]),
             (KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"]),
             (ClusterService(self.ctx), cluster_pb2.DESCRIPTOR.services_by_name["Cluster"]),
             (
-                MaintenanceService(self.ctx, self.consistency),
+                MaintenanceService(self.ctx, self.consistency.check),
                 maintenance_pb2.DESCRIPTOR.services_by_name["Maintenance"],
             ),
             (
@@ -185,7 +191,7 @@ class NodeServer:
                 availability_pb2.DESCRIPTOR.services_by_name["Availability"],
             ),
         ):
-            add_service(server, servicer, descriptor, observe, self.guard)
+            add_service(server, servicer, descriptor, self.ctx.leader_hint, observe, self.guard)
         if self.cfg.backup_dir:
             self.backups = BackupScheduler(self.raft, self.cfg)
             self.backups.start()

@@ -11,7 +11,7 @@ wait (DESIGN.md, the safety argument, point 7), and a new leader restarts every
 wait from its takeover.
 
 :class:`WaitTimer` is that timing, pure: it is given the time. The server's duty
-(``coord.server.group_waits``) feeds it ``time.monotonic()``; unit tests feed it a
+(``coord.server.duties.group_waits``) feeds it ``time.monotonic()``; unit tests feed it a
 fake clock.
 """
 

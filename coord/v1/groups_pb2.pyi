@@ -75,7 +75,7 @@ class Session(_message.Message):
     leader's last SetLoads.
     """
     owner: _builtins.str
-    """The identity that opened it (coord.server.auth): only it (or an admin) may
+    """The identity that opened it (coord.server.security.auth): only it (or an admin) may
     keep it alive, close it, or register members with it.
     """
     closing: _builtins.bool

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from coord.client import Client
-from coord.server.backups import chain, parse_name
+from coord.server.duties.backups import chain, parse_name
 from coord.state import backupfile, replay
 from coord.state.machine import decode_snapshot
 from coord.testing import LocalCluster, wait_until

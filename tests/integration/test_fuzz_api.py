@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from coord.server.auth import RULES
+from coord.server.security.auth import RULES
 from coord.state import limits
 from coord.testing import LocalCluster
 from coord.v1 import (

@@ -32,7 +32,7 @@ import pytest
 from coord.cli.output import EXIT_CONFIG
 from coord.client import Member, Session, create_group
 from coord.errors import InvalidArgument
-from coord.server.webhook import check_url, wanted
+from coord.server.duties.webhook import check_url, wanted
 from coord.testing import LocalCluster, free_ports, wait_until
 from coord.v1 import election_pb2, groups_pb2
 

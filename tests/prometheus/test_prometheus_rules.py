@@ -5,7 +5,7 @@
   alert rule at least one case where it fires and one where it stays silent;
 - every alert has a severity label and summary/description annotations;
 - every metric the rules and the dashboard query is one that coord exports (names read
-  from coord/server/*.py), every recording rule the dashboard uses exists, and every
+  from coord/server/**/*.py), every recording rule the dashboard uses exists, and every
   dashboard expression parses (promtool, as the expression of a recording rule: promtool
   2.42 has no stand-alone PromQL parser).
 
@@ -99,11 +99,11 @@ def substitute(expr: str) -> str:
 
 
 def exported_metrics() -> set[str]:
-    """Series names coord exports, from the metric definitions in coord/server/*.py."""
+    """Series names coord exports, from the metric definitions in coord/server/**/*.py."""
     kinds = "Counter|Gauge|Histogram|_gauge|GaugeMetricFamily|CounterMetricFamily"
     pattern = re.compile(rf'\b({kinds})\(\s*"(coord_\w+)"')
     names = set()
-    for path in sorted((ROOT / "coord" / "server").glob("*.py")):
+    for path in sorted((ROOT / "coord" / "server").rglob("*.py")):
         for kind, name in pattern.findall(path.read_text()):
             if kind in ("Counter", "CounterMetricFamily"):
                 names.add(name.removesuffix("_total") + "_total")

@@ -1,6 +1,6 @@
-"""coord.server.auth: the tokens file, identify (token, certificate, anonymous), authorize
+"""coord.server.security.auth: the tokens file, identify (token, certificate, anonymous), authorize
 (roles and group patterns), RULES covering every RPC, and the rate limiter; plus the
-guard that puts them in front of every call (coord.server.guard)."""
+guard that puts them in front of every call (coord.server.security.guard)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 import coord.v1
 from coord import errors
-from coord.server import auth, guard
-from coord.server.auth import (
+from coord.server.security import auth, guard
+from coord.server.security.auth import (
     ADMIN,
     ANONYMOUS,
     MEMBER,
@@ -36,7 +36,7 @@ from coord.server.auth import (
     hash_token,
     load_tokens_file,
 )
-from coord.server.guard import WATCH_STREAMS, Guard, caller
+from coord.server.security.guard import WATCH_STREAMS, Guard, caller
 
 PROTO_DIR = Path(__file__).resolve().parents[2] / "proto" / "coord" / "v1"
 
@@ -61,7 +61,7 @@ def test_every_rpc_has_a_rule_and_every_rule_an_rpc() -> None:
     served = {full_name(m) for m in served_methods()}
     assert len(served) >= 30, "the coord.v1 services were not found"
     missing = sorted(served - set(RULES))
-    assert not missing, f"RPCs without an authorization rule in coord.server.auth.RULES: {missing}"
+    assert not missing, f"RPCs without an authorization rule in auth.RULES: {missing}"
     stale = sorted(set(RULES) - served)
     assert not stale, f"rules for RPCs that do not exist: {stale}"
 

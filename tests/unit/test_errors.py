@@ -153,7 +153,7 @@ class FakeCall(grpc.RpcError, grpc.Call):
 
 
 def aborted(err: errors.CoordError, leader: tuple[str, str] = ("", "")) -> FakeCall:
-    """What coord.server.status.abort produces for ``err``."""
+    """What coord.server.runtime.grpc_errors.abort produces for ``err``."""
     md = [("coord-error", err.reason)]
     if leader[0]:
         md.append(("coord-leader-id", leader[0]))

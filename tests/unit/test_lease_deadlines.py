@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from coord.raft.node import ROLE_LEADER, View
-from coord.server.leases import LeaseKeeper
+from coord.server.duties.leases import LeaseKeeper
 from coord.v1 import groups_pb2
 
 TTL_S = 5.0

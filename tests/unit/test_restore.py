@@ -17,7 +17,7 @@ from coord.raft import datadir
 from coord.raft.node import DUMP_FILE
 from coord.raft.restore import LAST_ENTRY, PREV_ENTRY, restore
 from coord.raft.snapshotfile import read_dump
-from coord.server.backups import chain, file_name, parse_name
+from coord.server.duties.backups import chain, file_name, parse_name
 from coord.state import backupfile, replay
 from coord.state.backupfile import BackupError
 from coord.state.machine import StateMachine

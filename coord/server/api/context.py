@@ -11,7 +11,7 @@ import grpc
 from coord import errors
 from coord.config import NodeConfig
 from coord.raft.node import RaftNode
-from coord.server.bridge import LoopBridge
+from coord.server.runtime.bridge import LoopBridge
 from coord.state.request_ids import check_request_id
 from coord.v1 import common_pb2, raft_pb2
 

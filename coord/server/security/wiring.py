@@ -17,8 +17,8 @@ import grpc
 from coord import errors
 from coord.client.credentials import Credentials
 from coord.config import NodeConfig
-from coord.server.auth import ANONYMOUS, READ, Authenticator, Identity, hash_token
-from coord.server.guard import Guard
+from coord.server.security.auth import ANONYMOUS, READ, Authenticator, Identity, hash_token
+from coord.server.security.guard import Guard
 
 
 def internal_token(cfg: NodeConfig) -> str:

@@ -1,4 +1,8 @@
-"""Register servicers with request decoding that fails as INVALID_ARGUMENT.
+"""Register servicers behind one wrapper: decoding, the guard, error mapping, metrics.
+
+Servicers raise :class:`coord.errors.CoordError` and never touch gRPC statuses:
+the wrapper answers it with the error's status, its reason and the leader hint
+(coord.server.runtime.grpc_errors), for unary calls and streams alike.
 
 The generated ``add_*Servicer_to_server`` decode requests with ``FromString``;
 a malformed body then raises inside gRPC, which answers UNKNOWN and logs a
@@ -19,8 +23,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from coord import errors
-from coord.server.guard import Guard
-from coord.server.status import abort
+from coord.server.runtime.grpc_errors import abort
+from coord.server.security.guard import Guard
 
 
 class Malformed:
@@ -48,6 +52,29 @@ def _refusal(method: MethodDescriptor, bad: Malformed) -> errors.InvalidArgument
 
 
 Observe = Callable[[str, str, float], None]  # (method, status code, seconds)
+LeaderHint = Callable[[], tuple[str, str]]  # (leader id, leader address), "" when unknown
+
+
+def _mapped(method: MethodDescriptor, impl: Any, leader_hint: LeaderHint) -> Any:
+    """``impl`` with a raised CoordError answered as its gRPC status (and the leader hint)."""
+    if method.server_streaming:
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in impl(request, context):
+                    yield item
+            except errors.CoordError as e:
+                await abort(context, e, leader_hint())
+
+        return stream
+
+    async def unary(request: Any, context: Any) -> Any:
+        try:
+            return await impl(request, context)
+        except errors.CoordError as e:
+            await abort(context, e, leader_hint())
+
+    return unary
 
 
 def _code(context: Any, exc: BaseException | None) -> str:
@@ -102,10 +129,7 @@ def _guarded(method: MethodDescriptor, impl: Any, guard: Guard | None) -> Any:
     if method.client_streaming:
 
         async def bidi(requests: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                guard.check(name, None, context)
-            except errors.CoordError as e:
-                await abort(context, e)
+            guard.check(name, None, context)
             async for item in impl(requests, context):
                 yield item
 
@@ -113,11 +137,8 @@ def _guarded(method: MethodDescriptor, impl: Any, guard: Guard | None) -> Any:
     if method.server_streaming:
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                guard.check(name, None if isinstance(request, Malformed) else request, context)
-                close = guard.open_stream(name, context)
-            except errors.CoordError as e:
-                await abort(context, e)
+            guard.check(name, None if isinstance(request, Malformed) else request, context)
+            close = guard.open_stream(name, context)
             try:
                 async for item in impl(request, context):
                     yield item
@@ -127,10 +148,7 @@ def _guarded(method: MethodDescriptor, impl: Any, guard: Guard | None) -> Any:
         return stream
 
     async def unary(request: Any, context: Any) -> Any:
-        try:
-            guard.check(name, None if isinstance(request, Malformed) else request, context)
-        except errors.CoordError as e:
-            await abort(context, e)
+        guard.check(name, None if isinstance(request, Malformed) else request, context)
         return await impl(request, context)
 
     return unary
@@ -139,10 +157,11 @@ def _guarded(method: MethodDescriptor, impl: Any, guard: Guard | None) -> Any:
 def _handler(
     method: MethodDescriptor,
     impl: Any,
+    leader_hint: LeaderHint,
     observe: Observe | None = None,
     guard: Guard | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    impl = _observed(method, _guarded(method, impl, guard), observe)
+    impl = _observed(method, _mapped(method, _guarded(method, impl, guard), leader_hint), observe)
     decode = _decoder(message_factory.GetMessageClass(method.input_type))
     encode = message_factory.GetMessageClass(method.output_type).SerializeToString
     if method.client_streaming and method.server_streaming:
@@ -186,14 +205,17 @@ def add_service(
     server: grpc.aio.Server,
     servicer: object,
     service: ServiceDescriptor,
+    leader_hint: LeaderHint,
     observe: Observe | None = None,
     guard: Guard | None = None,
 ) -> None:
     """Register every method of ``service`` (unary, server-streaming, bidi) on ``servicer``;
-    ``guard`` checks each call first (coord.server.guard); ``observe(method, code,
-    seconds)`` is told how each call ended."""
+    ``guard`` checks each call first (coord.server.security.guard); a CoordError the
+    servicer raises is answered with ``leader_hint()``; ``observe(method, code, seconds)``
+    is told how each call ended."""
     handlers = {
-        m.name: _handler(m, getattr(servicer, m.name), observe, guard) for m in service.methods
+        m.name: _handler(m, getattr(servicer, m.name), leader_hint, observe, guard)
+        for m in service.methods
     }
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)

@@ -31,8 +31,8 @@ import logging
 import time
 
 from coord.raft.node import ROLE_LEADER, RaftNode
-from coord.server import tasks
-from coord.server.group_waits import GroupWaits
+from coord.server.duties.group_waits import GroupWaits
+from coord.server.runtime import tasks
 from coord.v1 import groups_pb2, raft_pb2
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,7 @@ from concurrent.futures import Future
 from coord import __version__, config, errors
 from coord.raft.membership import ADD, REMOVE, Change, NodeAddress, check_quorum_after
 from coord.raft.node import ROLE_CANDIDATE, ROLE_LEADER, View
-from coord.server.context import NodeContext, ServicerContext
-from coord.server.status import abort
+from coord.server.api.context import NodeContext, ServicerContext
 from coord.v1 import cluster_pb2, cluster_pb2_grpc
 
 _ROLES = {
@@ -21,50 +20,50 @@ _ROLES = {
 
 
 class ClusterService(cluster_pb2_grpc.ClusterServicer):
-    def __init__(self, node: NodeContext) -> None:
-        self.node = node
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
 
     async def Status(
         self, request: cluster_pb2.StatusRequest, context: ServicerContext
     ) -> cluster_pb2.StatusResponse:
-        view = self.node.raft.view
+        view = self.ctx.raft.view
         return cluster_pb2.StatusResponse(
-            header=self.node.header(),
-            node_id=self.node.cfg.node_id,
+            header=self.ctx.header(),
+            node_id=self.ctx.cfg.node_id,
             role=_ROLES.get(view.role, cluster_pb2.ROLE_FOLLOWER),
             term=view.term,
             leader_id=view.leader_id,
             commit_index=view.commit_index,
             applied_index=view.applied_index,
-            revision=self.node.raft.state.revision,
+            revision=self.ctx.raft.read(lambda s: s.revision),
             version=__version__,
             has_quorum=view.has_quorum,
             raft_log_entries=view.log_entries,
-            uptime_s=time.monotonic() - self.node.raft.started,
+            uptime_s=time.monotonic() - self.ctx.raft.started,
             catching_up=view.catching_up,
         )
 
     async def GetLeader(
         self, request: cluster_pb2.GetLeaderRequest, context: ServicerContext
     ) -> cluster_pb2.GetLeaderResponse:
-        leader, address = self.node.leader_hint()
+        leader, address = self.ctx.leader_hint()
         return cluster_pb2.GetLeaderResponse(
-            header=self.node.header(), leader_id=leader, leader_api_address=address
+            header=self.ctx.header(), leader_id=leader, leader_api_address=address
         )
 
     async def ListNodes(
         self, request: cluster_pb2.ListNodesRequest, context: ServicerContext
     ) -> cluster_pb2.ListNodesResponse:
         return cluster_pb2.ListNodesResponse(
-            header=self.node.header(),
+            header=self.ctx.header(),
             nodes=self._nodes(),
-            change_pending=self.node.raft.change_pending(),
+            change_pending=self.ctx.raft.change_pending(),
         )
 
     def _nodes(self) -> list[cluster_pb2.Node]:
-        raft = self.node.raft
+        raft = self.ctx.raft
         view = raft.view
-        me = self.node.cfg.node_id
+        me = self.ctx.cfg.node_id
         return [
             cluster_pb2.Node(
                 id=nid,
@@ -78,8 +77,8 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         ]
 
     def _need_leader(self, what: str) -> None:
-        if self.node.raft.view.role != ROLE_LEADER:
-            leader, address = self.node.leader_hint()
+        if self.ctx.raft.view.role != ROLE_LEADER:
+            leader, address = self.ctx.leader_hint()
             raise errors.NotLeader(
                 f"{what} runs on the leader ({leader or 'none elected yet'})",
                 leader_id=leader,
@@ -89,26 +88,17 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     async def AddNode(
         self, request: cluster_pb2.AddNodeRequest, context: ServicerContext
     ) -> cluster_pb2.AddNodeResponse:
-        try:
-            return await self._add_node(request, context)
-        except errors.CoordError as e:
-            await abort(context, e, self.node.leader_hint())
+        return await self._add_node(request, context)
 
     async def RemoveNode(
         self, request: cluster_pb2.RemoveNodeRequest, context: ServicerContext
     ) -> cluster_pb2.RemoveNodeResponse:
-        try:
-            return await self._remove_node(request, context)
-        except errors.CoordError as e:
-            await abort(context, e, self.node.leader_hint())
+        return await self._remove_node(request, context)
 
     async def TransferLeader(
         self, request: cluster_pb2.TransferLeaderRequest, context: ServicerContext
     ) -> cluster_pb2.TransferLeaderResponse:
-        try:
-            return await self._transfer(request, context)
-        except errors.CoordError as e:
-            await abort(context, e, self.node.leader_hint())
+        return await self._transfer(request, context)
 
     async def _add_node(
         self, request: cluster_pb2.AddNodeRequest, context: ServicerContext
@@ -118,12 +108,12 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         config.check_address(request.api_address, "api address")
         self._need_leader("adding a node")
         address = NodeAddress(request.raft_address, request.api_address)
-        if self.node.raft.members().get(request.id) == address:
-            await self.node.linearize(context)  # a retry: answer once it committed
+        if self.ctx.raft.members().get(request.id) == address:
+            await self.ctx.linearize(context)  # a retry: answer once it committed
         else:
             await self._change(Change(ADD, request.id, address), context)
         return cluster_pb2.AddNodeResponse(
-            header=self.node.header(), nodes=self._nodes(), cluster_id=self.node.cfg.cluster_id
+            header=self.ctx.header(), nodes=self._nodes(), cluster_id=self.ctx.cfg.cluster_id
         )
 
     async def _remove_node(
@@ -131,12 +121,12 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     ) -> cluster_pb2.RemoveNodeResponse:
         config.check_node_id(request.id)
         self._need_leader("removing a node")
-        if request.id not in self.node.raft.members():
+        if request.id not in self.ctx.raft.members():
             raise errors.NotFound(
-                f"node {request.id!r} is not a member (members: {sorted(self.node.raft.members())})"
+                f"node {request.id!r} is not a member (members: {sorted(self.ctx.raft.members())})"
             )
         await self._change(Change(REMOVE, request.id), context)
-        return cluster_pb2.RemoveNodeResponse(header=self.node.header(), nodes=self._nodes())
+        return cluster_pb2.RemoveNodeResponse(header=self.ctx.header(), nodes=self._nodes())
 
     async def _transfer(
         self, request: cluster_pb2.TransferLeaderRequest, context: ServicerContext
@@ -144,23 +134,23 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         if request.to:
             config.check_node_id(request.to)
         self._need_leader("a leadership transfer")
-        timeout = self.node.timeout(context)
-        fut = self.node.raft.transfer_leadership(request.to or None, timeout)
+        timeout = self.ctx.timeout(context)
+        fut = self.ctx.raft.transfer_leadership(request.to or None, timeout)
         leader = await asyncio.wrap_future(fut)
         return cluster_pb2.TransferLeaderResponse(
-            header=self.node.header(),
+            header=self.ctx.header(),
             leader_id=leader,
-            leader_api_address=self.node.api_address(leader),
+            leader_api_address=self.ctx.api_address(leader),
         )
 
     async def _change(self, change: Change, context: ServicerContext) -> None:
         # pysyncobj refuses a change until the leader committed an entry of its term
         # (Raft's fix for single-server changes across leader changes): commit one.
-        self.node.raft.check_no_pending_change()  # before the barrier, which would wait
-        await self.node.linearize(context)
+        self.ctx.raft.check_no_pending_change()  # before the barrier, which would wait
+        await self.ctx.linearize(context)
         self._need_leader("a membership change")
-        raft = self.node.raft
-        active = {self.node.cfg.node_id} | set(raft.view.connected)
+        raft = self.ctx.raft
+        active = {self.ctx.cfg.node_id} | set(raft.view.connected)
         why = check_quorum_after(raft.members(), change, active)
         if why:
             raise errors.FailedPrecondition(why)
@@ -168,7 +158,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
 
     async def _commit(self, fut: Future[None], context: ServicerContext) -> None:
         try:
-            await asyncio.wait_for(asyncio.wrap_future(fut), self.node.timeout(context))
+            await asyncio.wait_for(asyncio.wrap_future(fut), self.ctx.timeout(context))
         except TimeoutError:
             raise errors.OutcomeUnknown(
                 "the membership change did not commit in time (is a majority of the new "
@@ -184,15 +174,15 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         def on_change(view: View) -> None:  # tick thread
             loop.call_soon_threadsafe(_offer, queue, view)
 
-        raft = self.node.raft
+        raft = self.ctx.raft
         raft.add_listener(on_change)
         try:
             view = raft.view
             while True:
                 yield cluster_pb2.LeaderEvent(
-                    header=self.node.header(),
+                    header=self.ctx.header(),
                     leader_id=view.leader_id,
-                    leader_api_address=self.node.api_address(view.leader_id),
+                    leader_api_address=self.ctx.api_address(view.leader_id),
                     term=view.term,
                 )
                 view = await queue.get()

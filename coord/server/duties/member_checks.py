@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 
 from coord.raft.node import ROLE_LEADER, RaftNode
-from coord.server import tasks
-from coord.server.probes import GrpcChannels, ProbeResult, probe
+from coord.server.duties.probes import GrpcChannels, ProbeResult, probe
+from coord.server.runtime import tasks
 from coord.state.machine import StateMachine
 from coord.v1 import groups_pb2, raft_pb2
 
@@ -47,7 +47,7 @@ class Target:
     proposed: tuple[bool, float] | None = None  # (healthy, when) last proposed
 
 
-class HealthChecker:
+class MemberChecker:
     def __init__(self, raft: RaftNode, concurrency: int = 64) -> None:
         self.raft = raft
         self.targets: dict[Key, Target] = {}

@@ -47,7 +47,7 @@ environment overrides it): when full the oldest is dropped, and counted, so a
 receiver that is down costs bounded memory. Each post carries an
 ``Idempotency-Key`` header equal to ``id``; ``X-Coord-Attempt`` counts tries.
 
-Metrics (coord.server.metrics, on the leader): ``coord_webhook_posted_total``;
+Metrics (coord.server.http.metrics, on the leader): ``coord_webhook_posted_total``;
 ``coord_webhook_failed_total{reason}`` per failed try (``connection``,
 ``timeout``, ``http_<status>``, ``rejected_<status>``);
 ``coord_webhook_dropped_total{reason}``: ``queue_full``, ``rejected``,
@@ -96,8 +96,8 @@ import aiohttp
 from coord import __version__
 from coord.errors import InvalidArgument, OutOfRange
 from coord.raft.node import ROLE_LEADER, RaftNode, View
-from coord.server import tasks
-from coord.server.metrics import NodeMetrics
+from coord.server.http.metrics import NodeMetrics
+from coord.server.runtime import tasks
 from coord.state import ledger
 from coord.state.machine import StateMachine
 from coord.v1 import availability_pb2, groups_pb2

@@ -1,6 +1,6 @@
 """The node's HTTP port: /metrics, /healthz, /readyz, and the status page's data.
 
-- ``/metrics``: Prometheus text format (coord.server.metrics).
+- ``/metrics``: Prometheus text format (coord.server.http.metrics).
 - ``/healthz``: 200 while the process serves and its Raft thread ticks.
 - ``/readyz``: 200 when the node can serve linearizable requests soon: it knows
   a leader it can reach (or is it), it is not catching up, it has applied what
@@ -31,8 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coord import errors
 from coord.raft.node import ROLE_LEADER, RaftNode
-from coord.server.guard import Guard
-from coord.server.metrics import WINDOWS, NodeMetrics
+from coord.server.http.metrics import WINDOWS, NodeMetrics
+from coord.server.security.guard import Guard
 from coord.state import ledger
 
 # A node this far behind what it knows to be committed is not ready.

@@ -100,7 +100,7 @@ class NodeMetrics:
             "Time this node spent without a leader it could reach.",
             registry=r,
         )
-        # Webhook notifications (coord.server.webhook; the leader posts).
+        # Webhook notifications (coord.server.duties.webhook; the leader posts).
         self.webhook_posted = Counter(
             "coord_webhook_posted", "Webhook notifications delivered (2xx).", registry=r
         )
@@ -119,7 +119,7 @@ class NodeMetrics:
         self.webhook_queue = Gauge(
             "coord_webhook_queue_length", "Webhook notifications waiting.", registry=r
         )
-        # Consistency checks (coord.server.maintenance): every member's state hash at a
+        # Consistency checks (coord.server.api.maintenance): every member's state hash at a
         # check point, compared.
         self.consistency_checks = Counter(
             "coord_consistency_checks",

@@ -1,6 +1,6 @@
 """The gate every RPC passes before its servicer: identity, role, rate, stream count.
 
-Runs on the asyncio loop, in the handler wrappers of :mod:`coord.server.handlers`.
+Runs on the asyncio loop, in the handler wrappers of :mod:`coord.server.api.handlers`.
 The caller's identity is put in a context variable for the servicers that need it
 (session ownership).
 """
@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from coord import errors
-from coord.server.auth import ANONYMOUS, Authenticator, Identity, RateLimiter
+from coord.server.security.auth import ANONYMOUS, Authenticator, Identity, RateLimiter
 
 _CALLER: ContextVar[Identity] = ContextVar("coord_caller", default=ANONYMOUS)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 from coord import errors
-from coord.server.context import NodeContext, ServicerContext
-from coord.server.status import abort
+from coord.server.api.context import NodeContext, ServicerContext
 from coord.state import ledger
 from coord.state.machine import StateMachine
 from coord.v1 import availability_pb2, availability_pb2_grpc
@@ -15,16 +14,13 @@ MAX_WINDOW_S = 366 * 24 * 3600
 
 
 class AvailabilityService(availability_pb2_grpc.AvailabilityServicer):
-    def __init__(self, node: NodeContext) -> None:
-        self.node = node
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
 
     async def Report(
         self, request: availability_pb2.AvailabilityRequest, context: ServicerContext
     ) -> availability_pb2.AvailabilityResponse:
-        try:
-            return await self._report(request, context)
-        except errors.CoordError as e:
-            await abort(context, e, self.node.leader_hint())
+        return await self._report(request, context)
 
     async def _report(
         self, request: availability_pb2.AvailabilityRequest, context: ServicerContext
@@ -34,7 +30,7 @@ class AvailabilityService(availability_pb2_grpc.AvailabilityServicer):
         if bad:
             raise errors.InvalidArgument(f"window {bad[0]} s is out of range: give 1 s .. 366 days")
         if not request.serializable:
-            await self.node.linearize(context)
+            await self.ctx.linearize(context)
         now_ms = int(time.time() * 1000)
 
         def read(state: StateMachine) -> availability_pb2.AvailabilityResponse:
@@ -43,10 +39,10 @@ class AvailabilityService(availability_pb2_grpc.AvailabilityServicer):
                 raise errors.NotFound(f"group {request.group!r} does not exist")
             names = [request.group] if request.group else sorted(book)
             resp = availability_pb2.AvailabilityResponse(
-                header=self.node.header(revision=state.revision, serializable=request.serializable)
+                header=self.ctx.header(revision=state.revision, serializable=request.serializable)
             )
             resp.groups.extend(ledger.report(book[n], now_ms, windows) for n in names)
             return resp
 
-        result: availability_pb2.AvailabilityResponse = self.node.raft.read(read)
+        result: availability_pb2.AvailabilityResponse = self.ctx.raft.read(read)
         return result

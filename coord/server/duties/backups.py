@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 from coord import errors
 from coord.config import NodeConfig
+from coord.raft.backup_capture import diff_backup, full_backup
 from coord.raft.fsutil import write_file_durably
 from coord.raft.node import ROLE_LEADER, RaftNode
-from coord.server import tasks
-from coord.server.maintenance import diff_backup, full_backup
+from coord.server.runtime import tasks
 from coord.state import backupfile
 
 logger = logging.getLogger(__name__)

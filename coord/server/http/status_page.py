@@ -1,8 +1,8 @@
 """The status page: ``/`` (static HTML, CSS and JS) and ``/api/stream`` (Server-Sent Events).
 
-The page is plain HTML with no build step (``coord/server/static``). It loads
+The page is plain HTML with no build step (``coord/server/http/static``). It loads
 ``/api/status`` once, then listens on ``/api/stream``, which sends a fresh
-status (the same JSON, see ``coord.server.http.status_snapshot``) whenever the
+status (the same JSON, see ``coord.server.http.server.status_snapshot``) whenever the
 replicated state or the Raft leader/term/role changes, and every
 ``REFRESH_S`` anyway (open outages grow and links change with time alone). If
 the stream drops, the page polls ``/api/status`` until the stream is back.
@@ -36,8 +36,8 @@ from typing import Any
 from aiohttp import web
 
 from coord.raft.node import RaftNode, View
-from coord.server import tasks
-from coord.server.http import status_snapshot
+from coord.server.http.server import status_snapshot
+from coord.server.runtime import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def add_routes(app: web.Application, raft: RaftNode) -> frozenset[str]:
     the paths anyone may read (the page's own files: no data in them)."""
     hub = StatusHub(raft)
     app[HUB] = hub
-    files = resources.files("coord.server.static")
+    files = resources.files("coord.server.http.static")
     for path, (name, ctype) in _STATIC.items():
         body = files.joinpath(name).read_bytes()
         app.router.add_get(path, _static(body, ctype))

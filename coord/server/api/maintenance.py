@@ -1,0 +1,106 @@
+"""Maintenance servicer: hot backups (full snapshots and diffs) streamed in chunks, and
+consistency checks.
+
+A backup is taken at a linearizable point unless ``serializable``: a read barrier first
+(every write acknowledged before the call is then applied here), then the state is
+captured (coord.raft.backup_capture). Consistency checks are run by the leader's checker
+(coord.server.duties.consistency), which this servicer reaches through the
+:data:`RunCheck` port; ``StateHash`` is each replica's part of a check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from coord import errors
+from coord.raft.backup_capture import diff_backup, full_backup
+from coord.server.api.context import NodeContext, ServicerContext
+from coord.v1 import maintenance_pb2, maintenance_pb2_grpc
+
+# Each message stays well under the 4 MiB gRPC limit.
+CHUNK_BYTES = 1024 * 1024
+
+# Runs a consistency check within a timeout (s): ConsistencyChecker.check.
+RunCheck = Callable[[float], Awaitable[maintenance_pb2.CheckConsistencyResponse]]
+
+
+async def state_hash(ctx: NodeContext, check_id: str) -> maintenance_pb2.NodeStateHash:
+    """This node's hash of its state at check point ``check_id``, which it has applied.
+    NotFound if it holds no capture there (it restarted, or skipped the check point
+    by installing a later snapshot)."""
+    cap = ctx.raft.read(lambda s: s.check_points.get(check_id))
+    if cap is None:
+        raise errors.NotFound(
+            f"no check point {check_id!r} on this node (restarted, or it caught up by "
+            "snapshot past it): run the check again"
+        )
+    digest = await asyncio.get_running_loop().run_in_executor(None, cap.digest)
+    return maintenance_pb2.NodeStateHash(
+        node_id=ctx.cfg.node_id, revision=cap.revision, hash=digest
+    )
+
+
+class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
+    def __init__(self, ctx: NodeContext, run_check: RunCheck) -> None:
+        self.ctx = ctx
+        self.run_check = run_check
+
+    async def CheckConsistency(
+        self, request: maintenance_pb2.CheckConsistencyRequest, context: ServicerContext
+    ) -> maintenance_pb2.CheckConsistencyResponse:
+        return await self.run_check(self.ctx.timeout(context))
+
+    async def StateHash(
+        self, request: maintenance_pb2.StateHashRequest, context: ServicerContext
+    ) -> maintenance_pb2.StateHashResponse:
+
+        if not request.id:
+            raise errors.InvalidArgument("give the check point's id")
+        # A barrier committed after the check point: once it resolves, this node
+        # has applied the check point (unless it skipped it by snapshot).
+        await self.ctx.linearize(context)
+        state = await state_hash(self.ctx, request.id)
+        return maintenance_pb2.StateHashResponse(header=self.ctx.header(), state=state)
+
+    async def Snapshot(
+        self, request: maintenance_pb2.SnapshotRequest, context: ServicerContext
+    ) -> AsyncIterator[maintenance_pb2.BackupChunk]:
+
+        if not request.serializable:
+            await self.ctx.linearize(context)
+        data, revision = await asyncio.get_running_loop().run_in_executor(
+            None, full_backup, self.ctx.raft, self.ctx.cfg.node_id
+        )
+        for chunk in self._chunks(data, revision, request.serializable):
+            yield chunk
+
+    async def Diff(
+        self, request: maintenance_pb2.DiffRequest, context: ServicerContext
+    ) -> AsyncIterator[maintenance_pb2.BackupChunk]:
+
+        if request.since_revision < 0:
+            raise errors.InvalidArgument("since_revision must be >= 0")
+        if not request.serializable:
+            await self.ctx.linearize(context)
+        data, revision = await asyncio.get_running_loop().run_in_executor(
+            None,
+            diff_backup,
+            self.ctx.raft,
+            self.ctx.cfg.node_id,
+            request.since_revision,
+            request.cluster_id,
+        )
+        for chunk in self._chunks(data, revision, request.serializable):
+            yield chunk
+
+    def _chunks(
+        self, data: bytes, revision: int, serializable: bool
+    ) -> list[maintenance_pb2.BackupChunk]:
+        header = self.ctx.header(revision=revision, serializable=serializable)
+        return [
+            maintenance_pb2.BackupChunk(
+                header=header, data=data[i : i + CHUNK_BYTES], total_bytes=len(data)
+            )
+            for i in range(0, max(len(data), 1), CHUNK_BYTES)
+        ]

@@ -1,0 +1,1 @@
+"""The status page's static files (HTML, CSS, JS), served by coord.server.http.status_page."""

@@ -1,1 +1,0 @@
-"""The status page's static files (HTML, CSS, JS), served by coord.server.statuspage."""
