@@ -29,7 +29,8 @@ from typing import Any
 from coord.errors import CoordError, Internal, InvalidArgument
 from coord.state import limits, waits
 from coord.state.events import EventLog
-from coord.state.groups import Groups, GroupState
+from coord.state.group_table import GroupState
+from coord.state.groups import Groups
 from coord.state.kv import KVStore, validate_key, validate_value
 from coord.state.ledger import Ledger
 from coord.state.request_ids import check_request_id

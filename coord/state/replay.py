@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from coord.errors import FailedPrecondition, OutOfRange
 from coord.state import backupfile
 from coord.state.backupfile import Backup, BackupError
-from coord.state.groups import GroupState
+from coord.state.group_table import GroupState
 from coord.state.machine import StateMachine
 from coord.v1 import groups_pb2, maintenance_pb2, raft_pb2
 

@@ -79,7 +79,8 @@ from hypothesis.stateful import (
 
 from coord.errors import OutOfRange
 from coord.state import limits, waits
-from coord.state.groups import Groups, GroupState
+from coord.state.group_table import GroupState
+from coord.state.groups import Groups
 from coord.state.machine import StateMachine, decode_snapshot
 from coord.state.waits import FAILBACK, HANDOVER, RELEASE, Key
 from coord.v1 import groups_pb2 as gp

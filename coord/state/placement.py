@@ -1,0 +1,301 @@
+"""Who holds which slot: grants, releases, revocations, handovers, failback, and the
+waits that gate a grant (coord.state.waits). The rules are in coord.state.groups'
+docstring; the leader times the waits on its monotonic clock and ends them with
+``end_waits`` (coord.server.duties.group_waits).
+"""
+
+from __future__ import annotations
+
+from coord.errors import FailedPrecondition
+from coord.state import waits
+from coord.state.group_table import GroupState, GroupTables
+from coord.v1 import groups_pb2
+
+
+class Placement(GroupTables):
+    """Slot assignment over the tables; :class:`coord.state.groups.Groups` adds the commands."""
+
+    def _remove_member(self, g: GroupState, member_id: str, cause: str, now: int) -> None:
+        """Remove a member, releasing its slot; the caller runs _fill next (which also
+        re-targets a pending handover that promised this member a slot)."""
+        slot = g.holder_slot(member_id)
+        session = self.sessions.get(g.members[member_id].session_id)
+        if session is not None and session.closing:
+            self._settle_sessions.add(session.id)  # this may have been its last holding
+        del g.members[member_id]
+        if slot is not None:
+            self._release(g, slot, cause, now)
+        for s, ho in list(g.handovers.items()):
+            if ho.to_member == member_id and (s not in g.holdings or g.holdings[s].revoked):
+                ho.to_member = ""  # a revoked slot goes to the best candidate at release
+        self.emit("member_left", group=g.name, member=member_id, cause=cause)
+
+    def _eligible(self, g: GroupState, m: groups_pb2.Member) -> bool:
+        session = self.sessions.get(m.session_id)
+        return (
+            m.candidate
+            and m.healthy
+            and not m.nofailover
+            and session is not None
+            and not session.closing
+            and not g.deleting
+            and g.holder_slot(m.id) is None
+        )
+
+    def _best(self, g: GroupState, prefer: str = "") -> groups_pb2.Member | None:
+        if prefer and prefer in g.members and self._eligible(g, g.members[prefer]):
+            return g.members[prefer]
+        ranked = sorted(
+            (m for m in g.members.values() if self._eligible(g, m)),
+            key=lambda m: (-m.priority, m.registered_revision),
+        )
+        return ranked[0] if ranked else None
+
+    def _fill(self, g: GroupState, now: int) -> None:
+        """Grant every empty slot to the best eligible candidate (slot order), then keep
+        every pending handover's promise valid. A deleting group grants nothing."""
+        if g.deleting:
+            for slot in [s for s in g.handovers if s not in g.holdings]:
+                del g.handovers[slot]  # nothing will be granted there
+            return
+        for slot in range(g.policy.slots):
+            if slot in g.holdings:
+                continue
+            handover = g.handovers.pop(slot, None)  # consumed: granted now or moot
+            m = self._best(g, handover.to_member if handover else "")
+            if m is None:
+                continue
+            cause = g.vacated_cause.pop(slot, "initial")
+            rev = self.emit.reserve()
+            g.holdings[slot] = groups_pb2.Holding(
+                slot=slot, member_id=m.id, token=rev, granted_time_ms=now, cause=cause
+            )
+            self.emit.record(
+                rev, "master_elected", group=g.name, member=m.id, slot=slot, token=rev,
+                cause=cause, session_id=m.session_id,
+            )  # fmt: skip
+        self._retarget(g, now)
+
+    def _retarget(self, g: GroupState, now: int) -> None:
+        """A handover whose successor is no longer eligible (it left, withdrew, or took
+        another slot) goes to the next free candidate, or is cancelled: the master stays.
+        A named successor (switchover to X) and a failback are never re-targeted (a
+        failback is planned again by advance()). An operator's resign or unregister
+        keeps asking the holder to step down, for the best candidate or for nobody.
+
+        A handover that would be cancelled while its holder is ``leaving`` (unregistered
+        by someone else while this handover was pending) becomes the holder's own
+        member_left request instead (not named, same deadline, for the best free
+        candidate or for nobody): cancelling it would leave the holder in a slot it is
+        leaving. A stepdown_cancelled event carries the handover as it was (its target).
+        """
+        for slot, ho in sorted(g.handovers.items()):
+            h = g.holdings.get(slot)
+            if h is None or h.revoked or not ho.to_member:
+                continue
+            m = g.members.get(ho.to_member)
+            if m is not None and self._eligible(g, m):
+                continue
+            was = groups_pb2.Handover()
+            was.CopyFrom(ho)
+            ho.to_member = ""  # not promised while we look for another
+            successor = "" if ho.named or ho.cause == "failback" else self._successor(g)
+            if not successor and ho.cause not in ("resign", "member_left"):
+                if not g.members[h.member_id].leaving:
+                    del g.handovers[slot]
+                    self.emit(
+                        "stepdown_cancelled", group=g.name, member=h.member_id, slot=slot,
+                        token=h.token, cause=was.cause, handover=was,
+                    )  # fmt: skip
+                    continue
+                ho.cause, ho.named = "member_left", False
+                successor = self._successor(g)
+            ho.to_member = successor
+            self.emit(
+                "stepdown_requested", group=g.name, member=h.member_id, slot=slot,
+                token=h.token, cause=ho.cause, handover=ho,
+            )  # fmt: skip
+
+    def _release(self, g: GroupState, slot: int, cause: str, now: int) -> None:
+        """Free a slot (the caller runs _fill next). A member that was unregistered by
+        someone else while it held the slot leaves now."""
+        h = g.holdings.pop(slot)  # a pending handover stays: the fill honours its target
+        g.vacated_cause[slot] = cause
+        if g.deleting:
+            self._settle_groups.add(g.name)
+        holder = g.members.get(h.member_id)
+        session = self.sessions.get(holder.session_id) if holder is not None else None
+        if session is not None and session.closing:
+            self._settle_sessions.add(session.id)
+        self.emit(
+            "master_lost", group=g.name, member=h.member_id, slot=slot, token=h.token, cause=cause
+        )
+        m = g.members.get(h.member_id)
+        if m is not None and m.leaving:
+            self._remove_member(g, m.id, "member_left", now)
+
+    def switchover(self, req: groups_pb2.Switchover, now: int) -> groups_pb2.Handover:
+        """Ask a master to step down for ``to_member`` (or the best candidate, chosen now:
+        every pending handover names its successor, so none promises one member twice)."""
+        g = self._live_group(req.group)
+        held = sorted(s for s, h in g.holdings.items() if not h.revoked)
+        if not held:
+            raise FailedPrecondition(f"group {g.name!r} has no master to switch over from")
+        promised = {ho.to_member for ho in g.handovers.values()}
+        to_member = req.to_member
+        if to_member:
+            target = self._member(g, to_member)
+            if not self._eligible(g, target):
+                raise FailedPrecondition(
+                    f"member {to_member!r} cannot take over: it must be a healthy "
+                    "candidate, not nofailover, with a live session and no slot"
+                )
+            if to_member in promised:
+                raise FailedPrecondition(
+                    f"member {to_member!r} is already the successor of a pending handover in "
+                    f"group {g.name!r}: wait for it to finish"
+                )
+        else:
+            to_member = self._successor(g)
+            if not to_member:
+                raise FailedPrecondition(f"group {g.name!r} has no eligible candidate to take over")
+        free = [s for s in held if s not in g.handovers]
+        if not free:
+            slot = held[0]
+            raise FailedPrecondition(
+                f"a {g.handovers[slot].cause} of group {g.name!r} is already in progress"
+            )
+        return self._request_stepdown(g, free[0], to_member, "switchover", bool(req.to_member), now)
+
+    def _successor(self, g: GroupState) -> str:
+        """The best eligible candidate that no pending handover has promised a slot to."""
+        promised = {ho.to_member for ho in g.handovers.values()}
+        ranked = sorted(
+            (m for m in g.members.values() if self._eligible(g, m) and m.id not in promised),
+            key=lambda m: (-m.priority, m.registered_revision),
+        )
+        return ranked[0].id if ranked else ""
+
+    def _request_stepdown(
+        self, g: GroupState, slot: int, to_member: str, cause: str, named: bool, now: int
+    ) -> groups_pb2.Handover:
+        h = g.holdings[slot]
+        rev = self.emit.reserve()
+        timeout = g.policy.switchover_timeout_ms
+        handover = groups_pb2.Handover(
+            slot=slot, from_member=h.member_id, to_member=to_member, cause=cause,
+            deadline_ms=now + timeout, named=named, requested_revision=rev, timeout_ms=timeout,
+        )  # fmt: skip
+        g.handovers[slot] = handover
+        self.emit.record(
+            rev, "stepdown_requested", group=g.name, member=h.member_id, slot=slot,
+            token=h.token, cause=cause, handover=handover,
+        )  # fmt: skip
+        return handover
+
+    def revoke(self, group: str, slot: int, cause: str, now: int) -> None:
+        """Take a slot from a holder that may still believe it holds it: the slot is granted
+        again only once the leader has waited out the holder's session TTL (a RELEASE
+        wait, timed on its monotonic clock)."""
+        g = self.group(group)
+        h = g.holdings.get(slot)
+        if h is None:
+            raise FailedPrecondition(f"slot {slot} of group {group!r} has no holder to revoke")
+        if h.revoked:
+            return
+        member = g.members[h.member_id]
+        session = self.sessions.get(member.session_id)
+        ttl = session.ttl_ms if session is not None else 0
+        h.revoked = True
+        h.revoked_time_ms = now
+        h.release_wait_ms = ttl
+        h.release_after_ms = now + ttl  # an estimate, for display
+        member.candidate = False
+        # The revoke's own cause (a handover's timeout passes the handover's): a group
+        # deleted while a switchover was pending lost its master to the delete.
+        g.vacated_cause[slot] = cause
+        self.emit(
+            "master_revoked", group=group, member=h.member_id, slot=slot, token=h.token,
+            cause=cause, holding=h,
+        )  # fmt: skip
+
+    def changed(self) -> None:
+        """A group command ran: the pending waits may have changed."""
+        self.waits_version = object()
+
+    def pending_waits(self) -> list[waits.Wait]:
+        """Every wait the leader must time now (group-name order): revoked holdings
+        (their holder's TTL), handovers of held slots (their timeout), and candidates
+        that outrank a holder of a failback group (the failback hold)."""
+        out: list[waits.Wait] = []
+        for name in sorted(self.groups):
+            g = self.groups[name]
+            for slot, h in sorted(g.holdings.items()):
+                if h.revoked:
+                    out.append(
+                        waits.Wait((waits.RELEASE, name, slot, "", h.token), h.release_wait_ms)
+                    )
+            for slot, ho in sorted(g.handovers.items()):
+                held = g.holdings.get(slot)
+                if held is not None and not held.revoked:
+                    key = (waits.HANDOVER, name, slot, "", ho.requested_revision)
+                    out.append(waits.Wait(key, ho.timeout_ms))
+            for _, candidate in self._failback_plan(g):
+                since = g.members[candidate].eligible_since_revision
+                key = (waits.FAILBACK, name, 0, candidate, since)
+                out.append(waits.Wait(key, g.policy.failback_hold_ms))
+        return out
+
+    def end_waits(self, keys: list[waits.Key], now: int) -> None:
+        """The leader timed these waits out: act on each that is still pending as named
+        (a wait that ended another way meanwhile is ignored). Group by group, releases
+        first, then handover timeouts, then failbacks: a release's refill may re-target
+        a handover that ends in the same Advance."""
+        for kind, name, slot, member, since in sorted(keys, key=waits.order):
+            g = self.groups.get(name)
+            if g is None:
+                continue
+            if kind == waits.RELEASE:
+                h = g.holdings.get(slot)
+                if h is not None and h.revoked and h.token == since:
+                    self._release(g, slot, g.vacated_cause.get(slot, "admin_revoke"), now)
+                    self._fill(g, now)
+            elif kind == waits.HANDOVER:
+                ho, h = g.handovers.get(slot), g.holdings.get(slot)
+                if ho is not None and ho.requested_revision == since and h and not h.revoked:
+                    self.revoke(name, slot, ho.cause, now)
+            elif kind == waits.FAILBACK:
+                m = g.members.get(member)
+                if m is None or m.eligible_since_revision != since:
+                    continue
+                for s, candidate in self._failback_plan(g):
+                    if candidate == member:
+                        self._request_stepdown(g, s, member, "failback", False, now)
+                        break
+
+    def _failback_plan(self, g: GroupState) -> list[tuple[int, str]]:
+        """(slot, candidate) for each failback this group may need.
+
+        The lowest-priority holders are paired with the best candidates, each
+        candidate at most once (a multi-master group must not ask two holders to
+        make way for one member); a pair counts only if the candidate outranks the
+        holder. Slots with a pending handover or revocation are left alone.
+        """
+        if g.policy.failback != groups_pb2.FAILBACK_AUTO:
+            return []
+        holders = sorted(
+            (g.members[h.member_id].priority, slot, h.member_id)
+            for slot, h in g.holdings.items()
+            if not h.revoked and slot not in g.handovers
+        )
+        targeted = {ho.to_member for ho in g.handovers.values()}
+        candidates = sorted(
+            (m for m in g.members.values() if self._eligible(g, m) and m.id not in targeted),
+            key=lambda m: (-m.priority, m.registered_revision),
+        )
+        plan = []
+        for (priority, slot, _), c in zip(holders, candidates, strict=False):
+            if c.priority <= priority:
+                break
+            plan.append((slot, c.id))
+        return plan
