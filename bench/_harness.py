@@ -19,7 +19,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from typing import (
     TypeVar,
     runtime_checkable,
 )
+
+from coord import testing
 
 T = TypeVar("T")
 
@@ -107,32 +108,14 @@ _handed_out_ports: set[int] = set()
 
 
 def free_ports(n: int) -> list[int]:
-    """Return ``n`` distinct currently-free TCP ports on 127.0.0.1.
-
-    All sockets are held open together so the kernel cannot hand the same
-    port out twice, and ports already returned by this process are skipped.
-    (There is an inherent race with other processes between closing and the
-    server binding; in practice ephemeral ports are not reused that fast.)
-    """
-    socks: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        for _ in range(n * 4 + 16):  # bounded: skip previously handed-out ports
-            if len(ports) == n:
-                break
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOCALHOST, 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            if port not in _handed_out_ports:
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    if len(ports) != n:
-        raise RuntimeError(f"could not find {n} free ports")
-    _handed_out_ports.update(ports)
-    return ports
+    """``n`` distinct free ports on 127.0.0.1 (coord.testing.free_ports: outside the
+    ephemeral range), never one this process handed out before."""
+    for _ in range(16):
+        ports = [p for p in testing.free_ports(n) if p not in _handed_out_ports]
+        if len(ports) == n:
+            _handed_out_ports.update(ports)
+            return ports
+    raise RuntimeError(f"could not find {n} free ports")
 
 
 # --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,18 +36,36 @@ from coord.v1 import cluster_pb2
 T = TypeVar("T")
 
 
+# Test clusters listen on ports below the kernel's ephemeral range (32768-60999 by
+# default): a port from that range, free when picked, can be taken by any process's
+# outgoing connection before the node binds it (a chaos run lost a node that way).
+TEST_PORTS = range(20000, 32768)
+
+
 def free_ports(n: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (bound once, then released)."""
-    socks, ports = [], []
+    """Distinct TCP ports on 127.0.0.1, outside the ephemeral range, free when picked
+    (each is bound once, all at the same time, then released)."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    rng = random.Random()
     try:
-        for _ in range(n):
+        for _ in range(64 * n):  # bounded: a taken port is skipped
+            if len(ports) == n:
+                break
+            port = rng.choice(TEST_PORTS)
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
-            ports.append(s.getsockname()[1])
+            ports.append(port)
     finally:
         for s in socks:
             s.close()
+    if len(ports) < n:
+        raise RuntimeError(f"found only {len(ports)} of {n} free ports in {TEST_PORTS}")
     return ports
 
 
