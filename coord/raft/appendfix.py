@@ -3,9 +3,9 @@
 pysyncobj 0.3.17's follower deletes every entry after ``prevLogIdx`` whenever
 it holds more, conflict or not, and then sets its commit index to
 ``min(leaderCommit, its own last index)``. The leader resends in-flight entries
-(it moves nextIndex back to each lagging acknowledgement), so a follower
-routinely cut entries it had already acknowledged - entries the leader may have
-counted towards a commit (measured: 8-13 times per 8,000 concurrent puts). That
+(it moves nextIndex back to each lagging acknowledgement), so under load a
+follower routinely cuts entries it has already acknowledged - entries the leader
+may have counted towards a commit (docs/raft-hardening.md has the figures). That
 breaks the majority intersection Raft's safety rests on.
 
 Raft (Figure 2, AppendEntries 3-5) says: skip entries already present with the
@@ -16,7 +16,8 @@ into one for which pysyncobj's code does exactly that:
 - the matching prefix of ``entries`` is dropped and ``prevLogIdx`` advanced
   over it (pysyncobj then acknowledges up to the verified index, no further);
 - truncation is allowed only from the first conflicting index; anything else
-  pysyncobj would delete is vetoed (see ``_SyncObj._SyncObj__deleteEntriesFrom``);
+  pysyncobj would delete is vetoed (the ``__deleteEntriesFrom`` override in
+  ``coord.raft.syncobj_adapter``);
 - ``commit_index`` is clamped to the last verified index, so entries of ours
   that the leader has not vouched for are never applied.
 

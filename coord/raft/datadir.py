@@ -21,10 +21,11 @@ from coord.raft.fsutil import write_file_durably
 
 IDENTITY_FILE = "coord.id"
 IDENTITY_FORMAT = 1
-# The rules by which this data dir's log was applied. A log replays to the same state
-# only under the rules it was written with: 2 moved group waits (a revoked holder's
-# wait-out, handover timeouts, failback holds) from wall-clock stamps to the leader's
-# monotonic clock (docs/timing.md). Absent from identities written before: 1.
+# The rules by which this data dir's log is applied. A log replays to the same state
+# only under the rules it was written with. 1: group waits (a revoked holder's wait-out,
+# handover timeouts, failback holds) end at wall-clock stamps in the commands; 2: the
+# leader times them on its monotonic clock and proposes Advance (docs/timing.md). An
+# identity without the field means 1.
 REPLICATION_RULES = 2
 _IGNORED = {"lost+found"}
 

@@ -4,9 +4,9 @@ leader, or from helping one commit.
 Raft's safety needs every node that acknowledged an entry to keep it, and to keep
 the highest term it has seen. A node whose data dir was wiped has forgotten both.
 
-**Voting.** If it votes, a candidate missing committed entries can win (the
-integration tests show a wiped node electing a stale one, and acknowledged writes
-vanishing). Modes:
+**Voting.** If it votes, a candidate missing committed entries can win: a wiped
+node can elect a stale one, and acknowledged writes vanish
+(``tests/integration/test_datadir.py``). Modes:
 
 - ``voter``: a node with its Raft history: votes and campaigns normally.
 - ``catch_up``: blank, and the cluster is known to have history

@@ -4,7 +4,7 @@ Fed by the group events as the state machine appends them, with the leader's
 timestamps (``Event.time_ms``), so every replica keeps the same ledger, and it
 is part of the snapshot. No clock here: reports take ``now_ms`` from the caller.
 
-Definitions (DESIGN.md, "Monitoring and availability accounting"):
+Definitions (docs/design.md, "Monitoring and availability accounting"):
 
 - A slot is *up* from ``master_elected`` until ``master_lost`` or
   ``master_revoked`` (a revoked master was told to stop: nobody serves while

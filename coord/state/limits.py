@@ -21,7 +21,8 @@ MAX_RANGE_BYTES = 3 * 1024 * 1024
 # Events kept for watch resume and differential backups (same on every replica).
 EVENT_LOG_ENTRIES = 10_000
 EVENT_LOG_BYTES = 64 * 1024 * 1024
-# Session TTL bounds (the server also requires TTL > its election timeout).
+# Session TTL bounds. Nothing checks a TTL against the election timeout: a client keeps
+# its session through a leader change only if its TTL covers the election (docs/design.md).
 MIN_SESSION_TTL_MS = 500
 MAX_SESSION_TTL_MS = 3_600_000
 MAX_SLOTS = 64

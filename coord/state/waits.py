@@ -7,7 +7,7 @@ monotonic clock, from when it first saw the wait (it applied the command that
 started it, or it took over), and proposes ``Advance`` naming the waits that are
 over; the state machine then acts on each one still pending as named
 (``Groups.end_waits``). So no wall clock, and no step of any clock, can shorten a
-wait (DESIGN.md, the safety argument, point 7), and a new leader restarts every
+wait (docs/design.md, the safety argument, point 7), and a new leader restarts every
 wait from its takeover.
 
 :class:`WaitTimer` is that timing, pure: it is given the time. The server's duty

@@ -45,7 +45,7 @@ Global___FailbackMode: _TypeAlias = FailbackMode  # noqa: Y015
 
 @_typing.final
 class Session(_message.Message):
-    """A client's liveness unit. Keepalives stay off the log (DESIGN.md); the log
+    """A client's liveness unit. Keepalives stay off the log (docs/design.md); the log
     only records opening, closing and expiry.
     """
 

@@ -33,7 +33,7 @@ class _BackupKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BackupKind
     BACKUP_KIND_DIFF: _BackupKind.ValueType  # 2
 
 class BackupKind(_BackupKind, metaclass=_BackupKindEnumTypeWrapper):
-    """Backups (DESIGN.md, "Backup and recovery"). A backup file is
+    """Backups (docs/design.md, "Backup and recovery"). A backup file is
 
       magic "COORDBAK" | u32 format version | u32 header length | BackupHeader
       | u64 body length | body | sha256 of everything before it

@@ -3,8 +3,8 @@
 Keepalives go to the leader, whose duties (coord.server.duties.leases) time every
 session on its monotonic clock; this servicer reaches them only through the
 :class:`SessionDeadlines` port, and answers "expired" only as a leader that still
-leads in the term it read the state in (DESIGN: only a leader that applied an
-outcome may state it).
+leads in the term it read the state in (docs/design.md, the safety argument, point 8:
+only a leader that applied an outcome may state it).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from coord.server.runtime.notify import StateNotifier
 from coord.server.security.guard import caller
 from coord.state.machine import StateMachine
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
+
 
 def _count_owned(state: StateMachine, owner: str) -> int:
     return sum(1 for x in state.groups.sessions.values() if x.owner == owner)

@@ -1,4 +1,4 @@
-"""Leader duties for sessions and group timers (DESIGN.md, the safety argument).
+"""Leader duties for sessions and group timers (docs/design.md, the safety argument).
 
 Runs on every node's asyncio loop and acts only while the node leads:
 
@@ -13,7 +13,7 @@ Runs on every node's asyncio loop and acts only while the node leads:
 - The group waits (revocation wait-out, handover timeout, failback hold) are
   timed by :class:`GroupWaits` on the same clock, restarted with the deadlines.
 
-Keepalive acknowledgements are the servicer's job (election_service.py): it
+Keepalive acknowledgements are the servicer's job (coord.server.api.sessions): it
 records the arrival here, waits for a commit proposed after it (``ack_barrier``:
 one shared no-op per ``ACK_WINDOW_S`` at most, so the Raft cost of keepalives does
 not grow with their number), and answers.
