@@ -195,6 +195,11 @@ class NodeConfig:
             )
         if self.allow_unauthenticated not in ("auto", "true", "false"):
             raise InvalidArgument("allow unauthenticated must be auto, true or false")
+        self._validate_exposure()
+        self._validate_files_and_limits()
+
+    def _validate_exposure(self) -> None:
+        """Nothing beyond loopback without credentials, and no token in clear."""
         loopback = is_loopback(self.bind_api)
         if self.allow_unauthenticated == "true" and not loopback:
             raise InvalidArgument(
@@ -226,6 +231,8 @@ class NodeConfig:
                     "beyond loopback): set --tls-cert and --tls-key (the HTTP port serves "
                     "HTTPS with them)"
                 )
+
+    def _validate_files_and_limits(self) -> None:
         if self.tls_cert and not self.tls_ca:
             raise InvalidArgument(
                 "--tls-cert needs --tls-ca too: nodes verify each other's API certificates "
@@ -266,6 +273,32 @@ class NodeConfig:
             raise InvalidArgument("node id is empty: set --node-id")
         if not self.data_dir:
             raise InvalidArgument("data dir is empty: set --data-dir")
+        self._validate_peers()
+        self._validate_addresses()
+        self._validate_security()
+        if self.initial_cluster_state not in ("new", "existing"):
+            raise InvalidArgument("initial cluster state must be 'new' or 'existing'")
+        if not self.cluster_secret and not is_loopback(self.bind_raft):
+            raise InvalidArgument(
+                f"raft binds to {self.bind_raft}, beyond loopback, without a cluster secret: "
+                "set --cluster-secret (or COORD_CLUSTER_SECRET); unauthenticated Raft traffic "
+                "lets anyone who reaches the port run code"
+            )
+        if not 0 < self.request_timeout_s < 3600:
+            raise InvalidArgument("request timeout must be > 0 and < 3600 s")
+        if not 1 <= self.health_check_concurrency <= 10_000:
+            raise InvalidArgument("health check concurrency must be 1..10000")
+        if self.log_compaction_entries < 100:
+            raise InvalidArgument("log compaction entries must be >= 100")
+        self._validate_backups()
+        if self.consistency_check_every_s and not (
+            1.0 <= self.consistency_check_every_s <= 366 * 86400
+        ):
+            raise InvalidArgument("consistency check period must be 0 (never) or 1 s to a year")
+        self.timings.validate()
+
+    def _validate_peers(self) -> None:
+        """Ids, distinct addresses, this node among them, a sensible member count."""
         ids = [p.id for p in self.peers]
         for pid in ids:
             if not _NODE_ID.fullmatch(pid):
@@ -297,6 +330,9 @@ class NodeConfig:
                 f"cluster id {self.explicit_cluster_id!r} is not 16 hex digits: copy it from "
                 "`coordctl status` or the output of `coordctl node add`"
             )
+
+    def _validate_addresses(self) -> None:
+        ids = [p.id for p in self.peers]
         for p in self.peers:
             _check_address(p.raft_address, f"raft address of {p.id}")
             _check_address(p.api_address, f"api address of {p.id}")
@@ -310,27 +346,6 @@ class NodeConfig:
             _check_address(self.listen_http, "listen http address")
         if self.notify_webhook:
             _check_url(self.notify_webhook)
-        self._validate_security()
-        if self.initial_cluster_state not in ("new", "existing"):
-            raise InvalidArgument("initial cluster state must be 'new' or 'existing'")
-        if not self.cluster_secret and not is_loopback(self.bind_raft):
-            raise InvalidArgument(
-                f"raft binds to {self.bind_raft}, beyond loopback, without a cluster secret: "
-                "set --cluster-secret (or COORD_CLUSTER_SECRET); unauthenticated Raft traffic "
-                "lets anyone who reaches the port run code"
-            )
-        if not 0 < self.request_timeout_s < 3600:
-            raise InvalidArgument("request timeout must be > 0 and < 3600 s")
-        if not 1 <= self.health_check_concurrency <= 10_000:
-            raise InvalidArgument("health check concurrency must be 1..10000")
-        if self.log_compaction_entries < 100:
-            raise InvalidArgument("log compaction entries must be >= 100")
-        self._validate_backups()
-        if self.consistency_check_every_s and not (
-            1.0 <= self.consistency_check_every_s <= 366 * 86400
-        ):
-            raise InvalidArgument("consistency check period must be 0 (never) or 1 s to a year")
-        self.timings.validate()
 
     def _validate_backups(self) -> None:
         if bool(self.backup_dir) != (self.backup_every_s != 0):
