@@ -43,24 +43,13 @@ def prepare(cfg: NodeConfig) -> bool:
         entries = set(os.listdir(path)) - _IGNORED
     except OSError as e:
         raise DataDirError(f"cannot use data dir {path}: {e.strerror}") from e
-    ident_path = os.path.join(path, IDENTITY_FILE)
     if IDENTITY_FILE not in entries:
         if entries:
             raise DataDirError(
                 f"data dir {path} holds {sorted(entries)[:5]} but no {IDENTITY_FILE}: it is not "
                 "a coord data dir; point --data-dir at an empty or coord-owned directory"
             )
-        ident = {
-            "format": IDENTITY_FORMAT,
-            "cluster_id": cfg.cluster_id,
-            "node_id": cfg.node_id,
-            "replication_rules": REPLICATION_RULES,
-            "created_unix": int(time.time()),
-            "created_by": f"coord {__version__}",
-        }
-        write_file_durably(
-            ident_path + ".tmp", json.dumps(ident, indent=1).encode(), ident_path, fsync=cfg.fsync
-        )
+        write_identity(cfg, created_by=f"coord {__version__}")
         return True
     ident = read_identity(path)
     if ident.get("node_id") != cfg.node_id:
@@ -128,3 +117,20 @@ def _has_history(path: str) -> bool:
         return any(term > 0 for _, _, term in j[:])
     finally:
         j.close()
+
+
+def write_identity(cfg: NodeConfig, created_by: str, **extra: str) -> dict[str, object]:
+    """Write ``cfg.data_dir``'s identity file (durably) and return what it holds: the
+    format, cluster and node ids, the replication rules, when and by what it was made."""
+    ident: dict[str, object] = {
+        "format": IDENTITY_FORMAT,
+        "cluster_id": cfg.cluster_id,
+        "node_id": cfg.node_id,
+        "replication_rules": REPLICATION_RULES,
+        "created_unix": int(time.time()),
+        "created_by": created_by,
+        **extra,
+    }
+    path = os.path.join(cfg.data_dir, IDENTITY_FILE)
+    write_file_durably(path + ".tmp", json.dumps(ident, indent=1).encode(), path, fsync=cfg.fsync)
+    return ident

@@ -29,9 +29,7 @@ cluster's nodes: choose a new ``--cluster-token``).
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,9 +38,9 @@ from pysyncobj.syncobj import _COMMAND_TYPE
 from coord import __version__
 from coord.config import NodeConfig
 from coord.errors import FailedPrecondition
-from coord.raft import membership
-from coord.raft.datadir import IDENTITY_FILE, IDENTITY_FORMAT, REPLICATION_RULES, DataDirError
-from coord.raft.fsutil import fsync_dir, write_file_durably
+from coord.raft import datadir, membership
+from coord.raft.datadir import DataDirError
+from coord.raft.fsutil import fsync_dir
 from coord.raft.membership import NodeAddress
 from coord.raft.node import DUMP_FILE
 from coord.raft.snapshotfile import write_dump
@@ -137,16 +135,7 @@ def _check_empty(path: str) -> None:
 
 
 def _write_identity(cfg: NodeConfig, restored_from: str) -> None:
-    """The identity ``coord.raft.datadir.prepare`` checks (its format), plus where the
-    data came from."""
-    ident = {
-        "format": IDENTITY_FORMAT,
-        "cluster_id": cfg.cluster_id,
-        "node_id": cfg.node_id,
-        "replication_rules": REPLICATION_RULES,
-        "created_unix": int(time.time()),
-        "created_by": f"coord {__version__} restore",
-        "restored_from_cluster": restored_from,
-    }
-    path = os.path.join(cfg.data_dir, IDENTITY_FILE)
-    write_file_durably(path + ".tmp", json.dumps(ident, indent=1).encode(), path, cfg.fsync)
+    """The identity ``coord.raft.datadir.prepare`` checks, plus where the data came from."""
+    datadir.write_identity(
+        cfg, created_by=f"coord {__version__} restore", restored_from_cluster=restored_from
+    )
