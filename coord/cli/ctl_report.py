@@ -79,47 +79,51 @@ def report(ctx: Ctx, group: str, windows: tuple[str, ...], serializable: bool) -
                 w["window"] = labels.get(w.get("window_s", 0)) or human_window(w.get("window_s", 0))
         emit(ctx.output, data, [], [])
         return
-    rows = []
+    click.echo(table(_HEADERS, [_row(g.group, w, labels) for g in resp.groups for w in g.windows]))
     for g in resp.groups:
-        for w in g.windows:
-            causes = ",".join(f"{c}={n}" for c, n in sorted(w.failovers_by_cause.items()))
-            rows.append(
-                [
-                    g.group,
-                    labels.get(w.window_s) or human_window(w.window_s),
-                    human_ms(w.observed_ms),
-                    human_ms(w.downtime_ms),
-                    f"{w.ftsd:.6f}",
-                    f"{100 * (1 - w.ftsd):.4f}%" if w.observed_ms else "-",
-                    w.outages,
-                    human_ms(w.mttr_ms) if w.mttr_ms else "-",
-                    human_ms(w.mtbf_ms) if w.mtbf_ms else "-",
-                    human_ms(w.budget_ms) if w.budget_ms else "-",
-                    _remaining(w.budget_ms, w.budget_remaining_ms),
-                    causes or "-",
-                ]
-            )
-    headers = [
-        "GROUP", "WINDOW", "OBSERVED", "DOWNTIME", "FTSD", "AVAILABILITY", "OUTAGES",
-        "MTTR", "MTBF", "BUDGET", "REMAINING", "FAILOVERS",
-    ]  # fmt: skip
-    click.echo(table(headers, rows))
-    for g in resp.groups:
-        if not g.timeline:
-            continue
-        click.echo(f"\n{g.group}: outages, oldest first" + (" (one open)" if g.outage_open else ""))
-        lines = [
-            [
-                _when(o.start_ms),
-                _when(o.end_ms) if o.end_ms else "open",
-                human_ms((o.end_ms or g.now_ms) - o.start_ms),
-                o.slot,
-                o.cause,
-                o.member,
-            ]
-            for o in g.timeline
+        if g.timeline:
+            _print_timeline(g)
+
+
+_HEADERS = [
+    "GROUP", "WINDOW", "OBSERVED", "DOWNTIME", "FTSD", "AVAILABILITY", "OUTAGES",
+    "MTTR", "MTBF", "BUDGET", "REMAINING", "FAILOVERS",
+]  # fmt: skip
+
+
+def _row(group: str, w: Any, labels: dict[int, str]) -> list[Any]:
+    """One window of one group, as the table shows it."""
+    causes = ",".join(f"{c}={n}" for c, n in sorted(w.failovers_by_cause.items()))
+    return [
+        group,
+        labels.get(w.window_s) or human_window(w.window_s),
+        human_ms(w.observed_ms),
+        human_ms(w.downtime_ms),
+        f"{w.ftsd:.6f}",
+        f"{100 * (1 - w.ftsd):.4f}%" if w.observed_ms else "-",
+        w.outages,
+        human_ms(w.mttr_ms) if w.mttr_ms else "-",
+        human_ms(w.mtbf_ms) if w.mtbf_ms else "-",
+        human_ms(w.budget_ms) if w.budget_ms else "-",
+        _remaining(w.budget_ms, w.budget_remaining_ms),
+        causes or "-",
+    ]
+
+
+def _print_timeline(g: Any) -> None:
+    click.echo(f"\n{g.group}: outages, oldest first" + (" (one open)" if g.outage_open else ""))
+    lines = [
+        [
+            _when(o.start_ms),
+            _when(o.end_ms) if o.end_ms else "open",
+            human_ms((o.end_ms or g.now_ms) - o.start_ms),
+            o.slot,
+            o.cause,
+            o.member,
         ]
-        click.echo(table(["START", "END", "DURATION", "SLOT", "CAUSE", "MEMBER"], lines))
+        for o in g.timeline
+    ]
+    click.echo(table(["START", "END", "DURATION", "SLOT", "CAUSE", "MEMBER"], lines))
 
 
 def _remaining(budget_ms: int, remaining_ms: int) -> str:

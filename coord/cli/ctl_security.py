@@ -108,34 +108,8 @@ def certs_init(out_dir: str, nodes: tuple[str, ...], clients: tuple[str, ...], d
     ca_path = os.path.join(out_dir, "ca.pem")
     if os.path.exists(ca_path):
         raise CLIError(f"{ca_path} exists: use an empty directory (never overwrite a CA)", 2)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("coord development CA")
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key, ca = _new_ca(ca_name, days)
     _write(ca_path, ca.public_bytes(serialization.Encoding.PEM))
     _write(os.path.join(out_dir, "ca-key.pem"), _key_pem(ca_key), private=True)
     written = ["ca.pem"]
@@ -194,3 +168,35 @@ def new_token(name: str, role: str, groups: str, append_to: str) -> None:
     click.echo(f"token: {token}")
     if not append_to:
         click.echo("tokens file entry:\n" + yaml.safe_dump({"tokens": [entry]}, sort_keys=False))
+
+
+def _new_ca(ca_name: x509.Name, days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA key and certificate (may sign certificates, nothing else)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return ca_key, ca

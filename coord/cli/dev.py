@@ -379,34 +379,13 @@ def run_dev(
     demo_done = not demo
     ok = True
     try:
-        cluster.start()
-        env_file = _write_env(cluster.base_dir, cluster.endpoints)
-        click.echo(f"coord dev: {n} nodes, data in {cluster.base_dir}")
-        for node in cluster.nodes:
-            click.echo(
-                f"  {node.node_id}: api {node.api}  raft {node.raft}  "
-                f"status page and /metrics http://{node.http}/  log {node.log_path}"
-            )
-        click.echo(f"try: coordctl --endpoints {','.join(cluster.endpoints)} status")
-        click.echo(f" or: source {env_file}; coordctl status   (sets COORDCTL_ENDPOINTS and E)")
-        try:
-            cluster.wait_for_leader(timeout=30)
-        except TimeoutError as e:
-            click.echo(f"coord dev: {e}\n{cluster.logs()}", err=True)
-            raise SystemExit(1) from None
+        _start_and_announce(cluster)
         console.group.start()
         if demo:
             ok = run_demo(cluster, console.note if console.tty else click.echo, console.group)
             demo_done = True
         if not (demo and (exit_after_demo or not sys.stdin.isatty())):
-            # The live view (after the demo: exits with the demo's verdict below).
-            viewer = threading.Thread(target=console.watch, daemon=True)
-            viewer.start()
-            for line in sys.stdin:
-                if not console.handle(line):
-                    break
-            else:
-                console.stop.wait()  # stdin closed: run until a stop signal
+            _live_view(console)  # after the demo: exits with the demo's verdict below
     except Stopped as e:
         stopped = e
     finally:
@@ -416,6 +395,36 @@ def run_dev(
     if not ok:
         click.echo("coord dev: the demo failed (see the lines above)", err=True)
         raise SystemExit(1)
+
+
+def _start_and_announce(cluster: LocalCluster) -> None:
+    """Start the nodes, say where everything is, and wait for a leader (exit 1 if none)."""
+    cluster.start()
+    env_file = _write_env(cluster.base_dir, cluster.endpoints)
+    click.echo(f"coord dev: {len(cluster.nodes)} nodes, data in {cluster.base_dir}")
+    for node in cluster.nodes:
+        click.echo(
+            f"  {node.node_id}: api {node.api}  raft {node.raft}  "
+            f"status page and /metrics http://{node.http}/  log {node.log_path}"
+        )
+    click.echo(f"try: coordctl --endpoints {','.join(cluster.endpoints)} status")
+    click.echo(f" or: source {env_file}; coordctl status   (sets COORDCTL_ENDPOINTS and E)")
+    try:
+        cluster.wait_for_leader(timeout=30)
+    except TimeoutError as e:
+        click.echo(f"coord dev: {e}\n{cluster.logs()}", err=True)
+        raise SystemExit(1) from None
+
+
+def _live_view(console: DevConsole) -> None:
+    """Commands from stdin until one stops the view; with stdin closed, run until a
+    stop signal."""
+    viewer = threading.Thread(target=console.watch, daemon=True)
+    viewer.start()
+    for line in sys.stdin:
+        if not console.handle(line):
+            return
+    console.stop.wait()
 
 
 def _stop_everything(cluster: LocalCluster, console: DevConsole, why: Stopped | None) -> None:

@@ -87,51 +87,41 @@ def node_config(
     return config.load(config_file, layer)
 
 
+def _restore(
+    snapshot: str,
+    diffs: tuple[str, ...],
+    config_file: str | None,
+    peers: tuple[str, ...],
+    routes: tuple[str, ...],
+    **flags: Any,
+) -> None:
+    try:
+        cfg = node_config(config_file, peers, routes, flags)
+    except errors.CoordError as e:
+        raise CLIError(e.message, EXIT_CONFIG) from None
+    from coord.raft.restore import restore  # pysyncobj: only when restoring
+    from coord.state.backupfile import BackupError
+
+    try:
+        done = restore(cfg, snapshot, diffs)
+    except errors.CoordError as e:
+        raise from_coord_error(e) from None
+    except BackupError as e:
+        raise CLIError(e.message, EXIT_CONFIG) from None
+    header = ["NODE", "CLUSTER", "FROM CLUSTER", "REVISION", "KEYS", "SESSIONS", "GROUPS"]
+    row = [
+        cfg.node_id, done.cluster_id, done.backup_cluster_id, done.revision, done.keys,
+        done.sessions, done.groups,
+    ]  # fmt: skip
+    emit("table", None, header, [row])
+    click.echo(
+        f"restored into {done.data_dir}: start it with `coord serve` and the same flags, "
+        "and every other member restored from the same files"
+    )
+
+
 def restore_command(serve: click.Command) -> click.Command:
     """``coord restore``: ``serve``'s flags (its backup schedule aside) and the files."""
-
-    def run(
-        snapshot: str,
-        diffs: tuple[str, ...],
-        config_file: str | None,
-        peers: tuple[str, ...],
-        routes: tuple[str, ...],
-        **flags: Any,
-    ) -> None:
-        try:
-            cfg = node_config(config_file, peers, routes, flags)
-        except errors.CoordError as e:
-            raise CLIError(e.message, EXIT_CONFIG) from None
-        from coord.raft.restore import restore  # pysyncobj: only when restoring
-        from coord.state.backupfile import BackupError
-
-        try:
-            done = restore(cfg, snapshot, diffs)
-        except errors.CoordError as e:
-            raise from_coord_error(e) from None
-        except BackupError as e:
-            raise CLIError(e.message, EXIT_CONFIG) from None
-        emit(
-            "table",
-            None,
-            ["NODE", "CLUSTER", "FROM CLUSTER", "REVISION", "KEYS", "SESSIONS", "GROUPS"],
-            [
-                [
-                    cfg.node_id,
-                    done.cluster_id,
-                    done.backup_cluster_id,
-                    done.revision,
-                    done.keys,
-                    done.sessions,
-                    done.groups,
-                ]
-            ],
-        )
-        click.echo(
-            f"restored into {done.data_dir}: start it with `coord serve` and the same flags, "
-            "and every other member restored from the same files"
-        )
-
     params: list[click.Parameter] = [
         click.Option(
             ["--snapshot"],
@@ -149,7 +139,7 @@ def restore_command(serve: click.Command) -> click.Command:
     ]
     return click.Command(
         "restore",
-        callback=run,
+        callback=_restore,
         params=params,
         help="Build this node's data dir for a NEW cluster from backup files (cold restore). "
         "Give the flags `coord serve` will get, with a new --cluster-token; restore every "
