@@ -23,14 +23,25 @@ the log, committed or not (Raft thesis 4.1).
 Entries keep pysyncobj's shape (type byte 2, then a pickled list) so that its
 leader-side checks still recognise them; the third element is JSON text with
 the node's Raft and API addresses.
+
+:class:`Membership` holds the configuration in use; the pure functions above it
+decode entries and check changes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
+
+from coord import errors
+from coord.raft.syncobj_adapter import REQUEST_DENIED, SUCCESS, SyncObjAdapter, error_for
+
+logger = logging.getLogger(__name__)
 
 MEMBERSHIP_TYPE = 2  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP
 _TAG = bytes([MEMBERSHIP_TYPE])
@@ -168,3 +179,169 @@ def from_json(raw: object) -> dict[str, NodeAddress]:
     if not isinstance(raw, dict):
         raise ValueError(f"members must be an object, got {type(raw).__name__}")
     return {str(k): NodeAddress(raft=str(v["raft"]), api=str(v["api"])) for k, v in raw.items()}
+
+
+# -- the configuration in use ---------------------------------------------------------
+
+
+class ConfigLog(Protocol):
+    """What :class:`Membership` reads of the journal (coord.raft.journal.DurableJournal)."""
+
+    def config_entries(self) -> list[tuple[int, bytes]]: ...
+
+
+class Membership:
+    """The configuration in use: the base plus the journal's configuration entries
+    after it (see the module's docstring), and the dial route of every member.
+
+    Threads: the tick thread changes it; any thread may read :meth:`members` and
+    :meth:`api_address` (the configuration is replaced, never changed in place).
+    """
+
+    def __init__(
+        self,
+        me: str,
+        initial: Mapping[str, NodeAddress],
+        journal: ConfigLog,
+        bind_raft: str,
+        route_overrides: Mapping[str, str],
+    ) -> None:
+        """``initial``: the bootstrap peers; ``route_overrides``: node id -> address to
+        dial instead of the member's own (chaos proxies)."""
+        self.me = me
+        self.initial: dict[str, NodeAddress] = dict(initial)
+        self.base: dict[str, NodeAddress] = dict(initial)
+        self.base_idx = 0
+        self._journal = journal
+        self._bind_raft = bind_raft
+        self._overrides = route_overrides
+        self.config: dict[str, NodeAddress] = dict(self.initial)
+        # One route table for every node object (coord.raft.transport.RoutedNode):
+        # id -> dial address. Updated in place: node objects hold it.
+        self.routes: dict[str, str] = {}
+        self._removed_by_peer = False
+
+    def set_base(
+        self, members: dict[str, dict[str, str]] | None, node_ids: tuple[str, ...], idx: int
+    ) -> None:
+        """A dump at ``idx`` was loaded: its configuration is the base."""
+        if members is not None:
+            base = from_json(members)
+        else:  # a dump from before membership changes: the bootstrap members
+            base = {nid: self.initial[nid] for nid in node_ids if nid in self.initial}
+        if base:
+            self.base, self.base_idx = base, idx
+
+    def at(self, idx: int) -> Config:
+        """The configuration at log index ``idx`` (``idx`` at or after the base)."""
+        entries = [e for e in self._journal.config_entries() if e[0] <= idx]
+        return apply_changes(self.base, entries, self.base_idx)
+
+    def fold(self, at: Config, idx: int) -> None:
+        """A snapshot at ``idx`` with configuration ``at`` was written: entries up to
+        ``idx`` may now be compacted away, so the base moves there."""
+        if idx >= self.base_idx:
+            self.base, self.base_idx = dict(at), idx
+
+    def recompute(self, log_change: bool = True) -> dict[str, NodeAddress]:
+        """Recompute the configuration from the log (and the routes); returns it."""
+        config = dict(apply_changes(self.base, self._journal.config_entries(), self.base_idx))
+        if log_change and config != self.config:
+            logger.info(
+                "cluster configuration: %s", ", ".join(f"{k}={v.raft}" for k, v in config.items())
+            )
+        self.config = config
+        for nid, addr in config.items():
+            self.routes[nid] = self._overrides.get(nid, addr.raft)
+        self.routes[self.me] = self._bind_raft
+        return config
+
+    def members(self) -> dict[str, NodeAddress]:
+        """The latest configuration: node id -> addresses."""
+        return dict(self.config)
+
+    def api_address(self, node_id: str) -> str:
+        addr = self.config.get(node_id) or self.initial.get(node_id)
+        return addr.api if addr is not None else ""
+
+    # -- one change at a time ---------------------------------------------------------
+
+    def pending_change(self, commit_index: int) -> int | None:
+        """The index of a configuration entry not committed yet, if any."""
+        entries = self._journal.config_entries()
+        return entries[-1][0] if entries and entries[-1][0] > commit_index else None
+
+    def check_no_pending_change(self, commit_index: int) -> None:
+        pending = self.pending_change(commit_index)
+        if pending is not None:
+            raise errors.FailedPrecondition(
+                f"another membership change (log index {pending}) has not committed yet: "
+                "one change at a time; wait for it (is a majority of the new configuration "
+                "up?) and retry"
+            )
+
+    def allows(self, request: object, commit_index: int) -> bool:
+        """pysyncobj's leader asks before appending a configuration entry (tick thread)."""
+        try:
+            change = change_from_request(request)
+        except (ValueError, KeyError, TypeError):
+            return False
+        if change is None or self.pending_change(commit_index) is not None:
+            return False
+        return check_change(self.config, change, self.me) is None
+
+    def propose(self, change: Change, raft: SyncObjAdapter) -> Future[None]:
+        """Append ``change`` through pysyncobj (on the leader); resolves once it
+        committed. One change at a time: refused while another is uncommitted."""
+        fut: Future[None] = Future()
+        try:
+            self.check_no_pending_change(raft.commit_index)
+        except errors.FailedPrecondition as e:
+            fut.set_exception(e)
+            return fut
+        reason = check_change(self.config, change, self.me)
+        if reason is not None:
+            fut.set_exception(errors.FailedPrecondition(reason))
+            return fut
+
+        def done(result: object, err: int) -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            if err == SUCCESS:
+                fut.set_result(None)
+            elif err == REQUEST_DENIED:
+                why = check_change(self.config, change, self.me)
+                fut.set_exception(
+                    errors.FailedPrecondition(
+                        why
+                        or "refused: another membership change is in progress, or the "
+                        "leader has not committed an entry of its term yet; retry"
+                    )
+                )
+            else:
+                fut.set_exception(error_for(err))
+
+        raft.append_config_entry(encode_change(change), done)
+        return fut
+
+    # -- this node's removal -----------------------------------------------------------
+
+    def mark_removed(self, why: str) -> None:
+        """A leader's committed configuration no longer has this node (the leader stops
+        replicating to a removed node at once, so it may never see its own removal)."""
+        if not self._removed_by_peer:
+            logger.warning("removed from the cluster: %s", why)
+        self._removed_by_peer = True
+
+    def removal_committed(self, commit_index: int) -> bool:
+        if self._removed_by_peer:
+            return True
+        # Only an explicit, committed removal counts: a node that joins gets a leader's
+        # snapshot from before its addition first, and is not in that configuration.
+        if self.me in self.config:
+            return False
+        for idx, command in self._journal.config_entries():
+            change = decode_change(command)
+            if change is not None and change.op == REMOVE and change.node_id == self.me:
+                return idx <= commit_index
+        return False

@@ -9,7 +9,8 @@ majority says yes does it let pysyncobj campaign.
 How it is wired, all on the tick thread:
 - PreVote owns the election timer. pysyncobj restarts its own timer (a leader's
   append-entries, a vote granted, a campaign) by asking for a timeout: coord's
-  ``_SyncObj`` answers :data:`NEVER` and calls :meth:`PreVote.restart_timer`,
+  ``_SyncObj`` (coord.raft.syncobj_adapter) answers :data:`NEVER` and calls
+  :meth:`PreVote.restart_timer`,
   which starts PreVote's timer on pysyncobj's monotonic clock. pysyncobj checks
   its own deadline first thing in every tick, before any of coord's code runs:
   were it finite, a stall of the tick thread past it (a slow snapshot load, a
@@ -30,27 +31,24 @@ Dropping or losing these messages only delays an election; safety is Raft's.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Callable
 from typing import Any
 
-from pysyncobj.monotonic import monotonic as raft_clock
-
 from coord.raft.gate import VotingGate
+from coord.raft.syncobj_adapter import NEVER, SyncObjAdapter, raft_clock
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[Any, dict[str, Any]], object]
+__all__ = ["NEVER", "PreVote"]
 
-# pysyncobj's election timeout, whenever it asks for one: its own deadline never passes.
-NEVER = math.inf
+Send = Callable[[Any, dict[str, Any]], object]
 
 
 class PreVote:
     def __init__(
         self,
-        so: Any,
+        raft: SyncObjAdapter,
         send: Send,
         election_timeout: tuple[float, float],
         gate: VotingGate,
@@ -58,7 +56,7 @@ class PreVote:
     ) -> None:
         """``may_campaign``: whether this node may stand at all (default: the gate's
         answer); a node that may not never starts a round."""
-        self._so = so
+        self._raft = raft
         self._send = send
         self._timeout = election_timeout
         self._gate = gate
@@ -96,28 +94,28 @@ class PreVote:
 
     def leader_is_alive(self) -> bool:
         """A live link to a leader heard from recently (a leader: from a majority)."""
-        so = self._so
+        raft = self._raft
         fresh = raft_clock() - self._timeout[0]
-        if so._isLeader():
-            peers = so.otherNodes
+        if raft.is_leader:
+            peers = raft.other_nodes
             heard = sum(1 for n in peers if self._last_contact.get(n.id, 0.0) > fresh)
             return (heard + 1) * 2 > len(peers) + 1
-        leader = so._getLeader()
+        leader = raft.leader
         return (
             leader is not None
-            and so.isNodeConnected(leader)
+            and raft.is_connected(leader)
             and self._last_contact.get(leader.id, 0.0) > fresh
         )
 
     # -- candidate side --------------------------------------------------------
 
     def on_tick(self) -> None:
-        so = self._so
-        if so._isLeader() or not self._may_campaign() or so._SyncObj__transferInProgress:
+        raft = self._raft
+        if raft.is_leader or not self._may_campaign() or raft.transfer_in_progress:
             return
-        term = so.raftCurrentTerm
+        term = raft.current_term
         if self._granted_term is not None:
-            if term == self._granted_term and so._SyncObj__raftElectionDeadline == 0.0:
+            if term == self._granted_term and raft.election_deadline == 0.0:
                 return  # granted: pysyncobj campaigns at its next election check
             # It campaigned, learned a new term, or heard a leader (which moved the
             # deadline): the grant is spent. The next campaign asks again.
@@ -128,40 +126,40 @@ class PreVote:
         self._deadline = now + random.uniform(*self._timeout)
         self._round += 1
         self._round_term = term
-        self._grants = {so.selfNode.id}
+        self._grants = {raft.self_node.id}
         request = {
             "type": "pre_vote",
             "round": self._round,
             "term": term + 1,
-            "last_log_index": so._SyncObj__getCurrentLogIndex(),
-            "last_log_term": so._SyncObj__getCurrentLogTerm(),
+            "last_log_index": raft.last_log_index,
+            "last_log_term": raft.last_log_term,
         }
-        for node in so.otherNodes:
+        for node in raft.other_nodes:
             self._send(node, request)
         self._maybe_won()
 
     def on_response(self, node: Any, message: dict[str, Any]) -> None:
         if message.get("round") != self._round or not message.get("granted"):
             return
-        if self._round_term is None or self._so.raftCurrentTerm != self._round_term:
+        if self._round_term is None or self._raft.current_term != self._round_term:
             return  # the round belongs to an older term: a leader appeared meanwhile
         self._grants.add(node.id)
         self._maybe_won()
 
     def _maybe_won(self) -> None:
-        so = self._so
-        if self._granted_term is None and len(self._grants) * 2 > len(so.otherNodes) + 1:
-            self._granted_term = so.raftCurrentTerm
+        raft = self._raft
+        if self._granted_term is None and len(self._grants) * 2 > len(raft.other_nodes) + 1:
+            self._granted_term = raft.current_term
             self._round += 1  # late grants of this round must not start a second election
-            so._SyncObj__raftElectionDeadline = 0.0
+            raft.set_election_deadline(0.0)
             logger.debug("pre-vote granted by %s: campaigning", sorted(self._grants))
 
     # -- voter side ------------------------------------------------------------
 
     def answer(self, node: Any, message: dict[str, Any]) -> None:
-        so = self._so
-        my_term = so._SyncObj__getCurrentLogTerm()
-        my_index = so._SyncObj__getCurrentLogIndex()
+        raft = self._raft
+        my_term = raft.last_log_term
+        my_index = raft.last_log_index
         their = (message.get("last_log_term", -1), message.get("last_log_index", -1))
         granted = (
             self._gate.may_vote_for(their[0])

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pysyncobj.monotonic import monotonic as raft_clock
+from coord.raft.syncobj_adapter import SyncObjAdapter
 
 
 @dataclass(frozen=True)
@@ -138,36 +138,34 @@ def after_reply(progress: Progress, reply: Reply, term: int) -> Progress | None:
 class LeaderProgress:
     """Applies :func:`after_reply` to pysyncobj's nextIndex/matchIndex of a leader."""
 
-    def __init__(self, so: Any) -> None:
-        self._so = so
+    def __init__(self, raft: SyncObjAdapter) -> None:
+        self._raft = raft
         self._term = -1
         self._lowest: dict[Any, int] = {}  # node -> Progress.lowest_reset, this term
 
     def on_reply(self, node: Any, message: dict[str, Any]) -> bool:
         """Handle a ``next_node_idx`` from ``node``; False if it was ignored."""
-        so = self._so
-        next_index: dict[Any, int] = so._SyncObj__raftNextIndex
-        match_index: dict[Any, int] = so._SyncObj__raftMatchIndex
-        if not so._isLeader() or node not in next_index:
+        raft = self._raft
+        indexes = raft.replication(node) if raft.is_leader else None
+        if indexes is None:
             return False
-        term = so.raftCurrentTerm
+        term = raft.current_term
         if term != self._term:  # a new leadership: pysyncobj reset both indexes too
             self._term = term
             self._lowest.clear()
         reply = Reply.from_message(message)
         if reply.reset and reply.conflict_term is not None:
-            last = last_index_of_term(so._SyncObj__raftLog, reply.conflict_term)
+            last = last_index_of_term(raft.log, reply.conflict_term)
             reply = replace(reply, next_index=hint_of(reply, last))
-        before = Progress(next_index[node], match_index[node], self._lowest.get(node))
+        before = Progress(indexes[0], indexes[1], self._lowest.get(node))
         after = after_reply(before, reply, term)
         if after is None:
             return False
-        next_index[node], match_index[node] = after.next_index, after.match_index
+        raft.set_replication(node, after.next_index, after.match_index)
         if after.lowest_reset is None:
             self._lowest.pop(node, None)
         else:
             self._lowest[node] = after.lowest_reset
-        so._SyncObj__lastResponseTime[node] = raft_clock()
         return True
 
     def forget(self, node: Any) -> None:

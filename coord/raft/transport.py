@@ -27,7 +27,6 @@ Thread: everything runs on the Raft tick thread.
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -41,15 +40,15 @@ from coord.raft import appendfix
 from coord.raft.gate import VotingGate
 from coord.raft.prevote import PreVote
 from coord.raft.progress import LeaderProgress, conflict_of
+from coord.raft.syncobj_adapter import SyncObjAdapter, guard_frames, peer_host
 
 logger = logging.getLogger(__name__)
 
 # Frame size limits: before a peer identified itself (handshake messages are tens of
 # bytes, an encrypted key exchange a few hundred), and afterwards (append-entries
-# batches are at most 8 MiB of entries, see coord.raft.node).
+# batches are at most 8 MiB of entries, see coord.raft.syncobj_adapter.build_conf).
 UNIDENTIFIED_FRAME_MAX = 64 * 1024
 FRAME_MAX = 256 * 1024 * 1024
-_FRAME_LEN = struct.Struct("i")
 
 # A refused secret is logged at most this often per peer (nodes redial every 0.1 s).
 SECRET_WARN_EVERY_S = 10.0
@@ -99,15 +98,24 @@ class RoutedNode(TCPNode):
 class CoordTransport(TCPTransport):
     """TCPTransport + cluster-id handshake, ack gating and catch-up vote filtering.
 
-    pysyncobj constructs the transport itself, so its settings are class
-    attributes: the node binds them in a subclass made for it.
+    pysyncobj constructs the transport itself, as ``transportClass(syncObj,
+    selfNode, otherNodes)``: the node passes a ``functools.partial`` binding the
+    keyword-only settings.
     """
 
-    cluster_id: str = ""
-    is_durable: Callable[[], bool] = staticmethod(lambda: True)
-    on_peer_disconnected: Callable[[Any], None] | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        syncObj: Any,
+        selfNode: Any,
+        otherNodes: Any,
+        *,
+        cluster_id: str,
+        is_durable: Callable[[], bool],
+        on_peer_disconnected: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.is_durable = is_durable
+        self.on_peer_disconnected = on_peer_disconnected
         self._held: list[tuple[Any, Any]] = []
         self.prevote: PreVote | None = None  # set by the node once built
         self.gate = VotingGate()  # replaced by the node's own
@@ -115,8 +123,9 @@ class CoordTransport(TCPTransport):
         self.truncate_from: int | None = None
         self._handshaking: set[Any] = set()  # outgoing, encrypted, no answer yet
         self._warned: dict[str, float] = {}
-        super().__init__(*args, **kwargs)
-        self.progress = LeaderProgress(self._syncObj)
+        super().__init__(syncObj, selfNode, otherNodes)
+        self.raft = SyncObjAdapter(self._syncObj)
+        self.progress = LeaderProgress(self.raft)
 
     # -- cluster secret: say why a peer is refused -------------------------------
 
@@ -130,10 +139,7 @@ class CoordTransport(TCPTransport):
         cast(Any, super())._onNewIncomingConnection(conn)  # not in typings/pysyncobj
         self._limit_frames(conn)
         if conn.encryptor is not None:
-            try:
-                host = str(conn._TcpConnection__socket.getpeername()[0])
-            except (AttributeError, OSError):
-                host = "?"
+            host = peer_host(conn)
             conn.encryptor = _SecretCheck(conn.encryptor, lambda: self._warn(
                 host,
                 "refused a raft connection from %s: its messages do not authenticate with "
@@ -171,30 +177,26 @@ class CoordTransport(TCPTransport):
         port deposed a leader. Refuse a frame larger than a handshake while the peer is
         unidentified, and larger than any real message afterwards."""
         conn._coord_accepted = time.monotonic()
-        parse = conn._TcpConnection__processParseMessage
 
-        def limited() -> Any:
-            buf = conn._TcpConnection__readBuffer
-            if len(buf) >= 4:
-                (size,) = _FRAME_LEN.unpack_from(buf)
-                limit = UNIDENTIFIED_FRAME_MAX if conn in self._unknownConnections else FRAME_MAX
-                if not 0 <= size <= limit:
-                    self._warn(
-                        "frames",
-                        "refused a raft connection that announced a %d-byte frame (limit %d)",
-                        size,
-                        limit,
-                    )
-                    conn.disconnect()
-                    return None
-            return parse()
+        def allowed(size: int) -> bool:
+            limit = UNIDENTIFIED_FRAME_MAX if conn in self._unknownConnections else FRAME_MAX
+            if 0 <= size <= limit:
+                return True
+            self._warn(
+                "frames",
+                "refused a raft connection that announced a %d-byte frame (limit %d)",
+                size,
+                limit,
+            )
+            conn.disconnect()
+            return False
 
-        conn._TcpConnection__processParseMessage = limited  # the instance attribute wins
+        guard_frames(conn, allowed)
 
     def close_idle_unidentified(self, timeout_s: float) -> None:
         """Close incoming connections that have not identified themselves within
         ``timeout_s`` (pysyncobj checks a connection's timeout only when it has an
-        event: an idle one was kept forever). Tick thread."""
+        event, so it would keep an idle one forever). Tick thread."""
         now = time.monotonic()
         for conn in list(self._unknownConnections):
             if now - getattr(conn, "_coord_accepted", now) > timeout_s:
@@ -239,15 +241,15 @@ class CoordTransport(TCPTransport):
             # pysyncobj sends these only while handling a leader's append-entries,
             # after taking its term: the leader drops replies of other terms. A
             # conflict also says how far back it goes (coord.raft.progress).
-            so = self._syncObj
+            raft = self.raft
             if not message.get("reset"):
                 if not self.gate.may_acknowledge():
                     return True  # a blank node acknowledges nothing yet (coord.raft.gate)
                 if message.get("success"):
                     self.gate.counted()
-            message = {**message, "term": so.raftCurrentTerm}
+            message = {**message, "term": raft.current_term}
             if message.get("reset"):
-                message.update(conflict_of(so._SyncObj__raftLog, message["next_node_idx"]))
+                message.update(conflict_of(raft.log, message["next_node_idx"]))
             if self._held or not self.is_durable():
                 self._held.append((node, message))
                 return True
@@ -289,9 +291,9 @@ class CoordTransport(TCPTransport):
         elif kind == "coord_ping":
             return  # read: that keeps the link open (coord.raft.node._ping_peers)
         elif kind == "coord_term_probe":
-            so = self._syncObj
             self.send_now(
-                node, {"type": "coord_term", "term": so.raftCurrentTerm, "fresh": self.gate.fresh}
+                node,
+                {"type": "coord_term", "term": self.raft.current_term, "fresh": self.gate.fresh},
             )
             return
         elif kind == "coord_term":
@@ -302,12 +304,10 @@ class CoordTransport(TCPTransport):
         elif kind == "request_vote" and not self.gate.may_vote_for(message.get("last_log_term", 1)):
             return  # a blank node must not help a non-blank candidate (coord.raft.gate)
         if kind == "append_entries":
-            if int(message.get("term") or 0) >= self._syncObj.raftCurrentTerm:
+            if int(message.get("term") or 0) >= self.raft.current_term:
                 # Only a leader pysyncobj follows counts (a stale one's word does not).
                 self.gate.leader_commit(int(message.get("commit_index") or 0))
-            message, self.truncate_from = appendfix.rewrite(
-                self._syncObj._SyncObj__raftLog, message
-            )
+            message, self.truncate_from = appendfix.rewrite(self.raft.log, message)
             try:
                 super()._onMessageReceived(node, message)
             finally:

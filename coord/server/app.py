@@ -1,10 +1,10 @@
 """Wiring for one node: data dir checks, Raft, the gRPC server, health, shutdown.
 
-Start-up decides whether this node may vote (DESIGN.md: never a blank node that
-votes): a node with Raft history votes; a blank node joins as a catching-up node
-when told ``existing``, or when told ``new`` but a peer already reports a
-cluster with history (a wiped node restarted with its bootstrap flags, or a
-node that was simply late to the bootstrap).
+Start-up decides whether this node may vote (docs/design.md, "Membership and wiped
+nodes": never a blank node that votes): a node with Raft history votes; a blank node
+joins as a catching-up node when told ``existing``, or when told ``new`` but a peer
+already reports a cluster with history (a wiped node restarted with its bootstrap
+flags, or a node that was simply late to the bootstrap).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from coord.server.security.wiring import (
     peer_credentials,
     server_credentials,
 )
+from coord.state.machine import StateMachine
 from coord.v1 import (
     availability_pb2,
     cluster_pb2,
@@ -62,6 +63,21 @@ from coord.v1 import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _grpc_server() -> grpc.aio.Server:
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+            # Clients ping every second to notice a hung node: allow it.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 500),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+    )
+
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVICES = (
@@ -131,7 +147,7 @@ class NodeServer:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         blank = datadir.prepare(cfg)
-        self.raft = RaftNode(cfg, voting=decide_voting(cfg, blank))
+        self.raft = RaftNode(cfg, StateMachine(), voting=decide_voting(cfg, blank))
         self.ctx = NodeContext(cfg, self.raft, on_reject=self._count_rejected)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -151,91 +167,21 @@ class NodeServer:
         self.metrics.rejected.labels(why).inc()
 
     async def start(self) -> None:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-                # Clients ping every second to notice a hung node: allow it.
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 500),
-                ("grpc.http2.max_ping_strikes", 0),
-            ]
-        )
+        """Start the leader's duties, the gRPC API, the HTTP port, and the watches on
+        this node's own role and membership."""
         loop = asyncio.get_running_loop()
-        self.notifier = StateNotifier(loop)
-        self.raft.add_apply_listener(self.notifier.applied)
-        self.keeper = LeaseKeeper(self.raft)
-        self.keeper.start()
-        self.checker = MemberChecker(self.raft, self.cfg.health_check_concurrency)
-        self.checker.start()
-        self.consistency = ConsistencyChecker(self.ctx, self.metrics.record_consistency)
-        self.consistency.start()
-        services = election_pb2.DESCRIPTOR.services_by_name
-        observe = self.metrics.observe_rpc
-        for servicer, descriptor in (
-            (SessionsService(self.ctx, self.notifier, self.keeper), services["Sessions"]),
-            (
-                GroupsService(self.ctx, self.notifier, self.keeper, self.checker, probe),
-                services["Groups"],
-            ),
-            (WatchService(self.ctx, self.notifier), services["Watch"]),
-            (KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"]),
-            (ClusterService(self.ctx), cluster_pb2.DESCRIPTOR.services_by_name["Cluster"]),
-            (
-                MaintenanceService(self.ctx, self.consistency.check),
-                maintenance_pb2.DESCRIPTOR.services_by_name["Maintenance"],
-            ),
-            (
-                AvailabilityService(self.ctx),
-                availability_pb2.DESCRIPTOR.services_by_name["Availability"],
-            ),
-        ):
-            add_service(server, servicer, descriptor, self.ctx.leader_hint, observe, self.guard)
+        self._start_duties(loop)
+        server = _grpc_server()
+        self._add_services(server)
+        await self._serve_api(server)
         if self.cfg.backup_dir:
             self.backups = BackupScheduler(self.raft, self.cfg)
             self.backups.start()
         if self.cfg.notify_webhook:
             self.webhook = WebhookNotifier(self.raft, self.cfg.notify_webhook, self.metrics)
             await self.webhook.start()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        try:
-            creds = server_credentials(self.cfg)
-            if creds is None:
-                server.add_insecure_port(self.cfg.bind_api)
-            else:
-                server.add_secure_port(self.cfg.bind_api, creds)
-        except RuntimeError as e:
-            raise Unavailable(
-                f"cannot listen on {self.cfg.bind_api} for the client API ({e}): is another "
-                "process using the port?"
-            ) from e
-        await server.start()
-        self.server = server
         if self.cfg.listen_http:
-            self.http = HttpServer(
-                self.raft,
-                self.metrics,
-                self.cfg.listen_http,
-                extra_routes=lambda app: add_status_page(app, self.raft),
-                guard=self.guard,
-                ssl_context=http_ssl_context(self.cfg),
-            )
-            try:
-                await self.http.start()
-            except OSError as e:
-                raise Unavailable(
-                    f"cannot listen on {self.cfg.listen_http} for HTTP ({e.strerror}): is "
-                    "another process using the port?"
-                ) from e
+            await self._serve_http()
 
         def on_change(view: View) -> None:  # tick thread
             loop.call_soon_threadsafe(self._set_health, view)
@@ -254,6 +200,86 @@ class NodeServer:
             self.cfg.bind_raft,
             self.cfg.cluster_id,
         )
+
+    def _start_duties(self, loop: asyncio.AbstractEventLoop) -> None:
+        """What the leader runs on its clock (each acts only while this node leads)."""
+        self.notifier = StateNotifier(loop)
+        self.raft.add_apply_listener(self.notifier.applied)
+        self.keeper = LeaseKeeper(self.raft)
+        self.keeper.start()
+        self.checker = MemberChecker(self.raft, self.cfg.health_check_concurrency)
+        self.checker.start()
+        self.consistency = ConsistencyChecker(self.ctx, self.metrics.record_consistency)
+        self.consistency.start()
+
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        """Every coord service behind the handler wrapper, plus gRPC health and reflection.
+        Servicers get the duties as ports (coord.server.api.leader_ports)."""
+        assert self.notifier and self.keeper and self.checker and self.consistency
+        services = election_pb2.DESCRIPTOR.services_by_name
+        for servicer, descriptor in (
+            (SessionsService(self.ctx, self.notifier, self.keeper), services["Sessions"]),
+            (
+                GroupsService(self.ctx, self.notifier, self.keeper, self.checker, probe),
+                services["Groups"],
+            ),
+            (WatchService(self.ctx, self.notifier), services["Watch"]),
+            (KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"]),
+            (ClusterService(self.ctx), cluster_pb2.DESCRIPTOR.services_by_name["Cluster"]),
+            (
+                MaintenanceService(self.ctx, self.consistency.check),
+                maintenance_pb2.DESCRIPTOR.services_by_name["Maintenance"],
+            ),
+            (
+                AvailabilityService(self.ctx),
+                availability_pb2.DESCRIPTOR.services_by_name["Availability"],
+            ),
+        ):
+            add_service(
+                server, servicer, descriptor, self.ctx.leader_hint, self.metrics.observe_rpc,
+                self.guard,
+            )  # fmt: skip
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+
+    async def _serve_api(self, server: grpc.aio.Server) -> None:
+        try:
+            creds = server_credentials(self.cfg)
+            if creds is None:
+                server.add_insecure_port(self.cfg.bind_api)
+            else:
+                server.add_secure_port(self.cfg.bind_api, creds)
+        except RuntimeError as e:
+            raise Unavailable(
+                f"cannot listen on {self.cfg.bind_api} for the client API ({e}): is another "
+                "process using the port?"
+            ) from e
+        await server.start()
+        self.server = server
+
+    async def _serve_http(self) -> None:
+        self.http = HttpServer(
+            self.raft,
+            self.metrics,
+            self.cfg.listen_http,
+            extra_routes=lambda app: add_status_page(app, self.raft),
+            guard=self.guard,
+            ssl_context=http_ssl_context(self.cfg),
+        )
+        try:
+            await self.http.start()
+        except OSError as e:
+            raise Unavailable(
+                f"cannot listen on {self.cfg.listen_http} for HTTP ({e.strerror}): is "
+                "another process using the port?"
+            ) from e
 
     async def _hand_over_leadership(self, timeout_s: float = 2.0) -> None:
         """A leader that stops hands leadership to the most caught-up member first, so

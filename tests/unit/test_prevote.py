@@ -1,12 +1,12 @@
 """coord.raft.prevote.PreVote against a fake SyncObj, a fake clock and a recording send.
 
-The fake exposes exactly what PreVote reads from pysyncobj's ``SyncObj``: the
-current term, peers, the leader, links, the (name-mangled) transfer flag,
-election deadline and last log index/term. Every test drives PreVote by hand:
+The fake exposes exactly what PreVote reads from the node's ``SyncObjAdapter``:
+the current term, peers, the leader, links, the transfer flag, the election
+deadline and the last log index/term. Every test drives PreVote by hand:
 :meth:`Harness.tick` stands for the tick thread's ``on_tick`` call,
 :meth:`Harness.grant` / :meth:`Harness.deny` for ``pre_vote_resp`` messages, and
 :meth:`Harness.timer_restarted` for pysyncobj restarting its election timer (with
-coord's ``_SyncObj``, which asks PreVote and gets :data:`NEVER`).
+coord's ``_SyncObj`` in coord.raft.syncobj_adapter, which asks PreVote and gets :data:`NEVER`).
 """
 
 from __future__ import annotations
@@ -38,40 +38,37 @@ class FakeClock:
 
 
 class FakeSyncObj:
+    """Stands for the node's SyncObjAdapter (coord.raft.syncobj_adapter)."""
+
     def __init__(self, peers: int, term: int, log_index: int, log_term: int) -> None:
-        self.selfNode = Node("self")
+        self.self_node = Node("self")
         self.otherNodes = [Node(f"p{i}") for i in range(1, peers + 1)]
         self.raftCurrentTerm = term
         self.is_leader = False
         self.leader: Node | None = None
         self.connected: set[str] = {n.id for n in self.otherNodes}
-        self.log_index = log_index
-        self.log_term = log_term
-        self._SyncObj__transferInProgress = False
-        self._SyncObj__raftElectionDeadline = NEVER  # as coord's _SyncObj sets it
-
-    def _isLeader(self) -> bool:
-        return self.is_leader
-
-    def _getLeader(self) -> Node | None:
-        return self.leader
-
-    def isNodeConnected(self, node: Node) -> bool:
-        return node.id in self.connected
-
-    def _SyncObj__getCurrentLogIndex(self) -> int:
-        return self.log_index
-
-    def _SyncObj__getCurrentLogTerm(self) -> int:
-        return self.log_term
+        self.last_log_index = log_index
+        self.last_log_term = log_term
+        self.transfer_in_progress = False
+        self.deadline = NEVER  # as coord's _SyncObj sets it
 
     @property
-    def deadline(self) -> float:
-        return self._SyncObj__raftElectionDeadline
+    def other_nodes(self) -> list[Node]:
+        return self.otherNodes
 
-    @deadline.setter
-    def deadline(self, value: float) -> None:
-        self._SyncObj__raftElectionDeadline = value
+    @property
+    def current_term(self) -> int:
+        return self.raftCurrentTerm
+
+    def is_connected(self, node: Node) -> bool:
+        return node.id in self.connected
+
+    @property
+    def election_deadline(self) -> float:
+        return self.deadline
+
+    def set_election_deadline(self, value: float) -> None:
+        self.deadline = value
 
 
 @dataclass
@@ -441,7 +438,7 @@ def test_new_blank_nodes_pre_vote(make) -> None:
 
 def test_transfer_in_progress_skips_pre_vote(make) -> None:
     h = make()
-    h.so._SyncObj__transferInProgress = True
+    h.so.transfer_in_progress = True
     h.so.deadline = 0.0  # the leader asked for an election: pysyncobj campaigns directly
     h.due()
     h.tick()

@@ -1,0 +1,121 @@
+"""coord.raft.syncobj_adapter: the names it reaches into exist in pysyncobj, and its
+typed surface reads and moves the state they hold (no sockets, no threads: the
+SyncObj is never constructed, its private attributes are set by hand)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pysyncobj.syncobj as pso
+import pytest
+from pysyncobj import FAIL_REASON, SyncObj
+from pysyncobj.journal import MemoryJournal
+
+from coord import errors
+from coord.raft import syncobj_adapter
+from coord.raft.syncobj_adapter import NEVER, ROLE_LEADER, SyncObjAdapter
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+
+
+@dataclass
+class FakeTransport:
+    added: list[Node] = field(default_factory=list)
+    dropped: list[Node] = field(default_factory=list)
+    forgotten: list[Node] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.progress = self  # LeaderProgress.forget
+
+    def forget(self, node: Node) -> None:
+        self.forgotten.append(node)
+
+    def addNode(self, node: Node) -> None:
+        self.added.append(node)
+
+    def dropNode(self, node: Node) -> None:
+        self.dropped.append(node)
+
+
+def bare_syncobj(peers: list[Node]) -> Any:
+    so: Any = object.__new__(SyncObj)
+    so._SyncObj__otherNodes = set(peers)
+    so._SyncObj__raftNextIndex = {n: 5 for n in peers}
+    so._SyncObj__raftMatchIndex = {n: 4 for n in peers}
+    so._SyncObj__lastResponseTime = {n: 0.0 for n in peers}
+    so._SyncObj__transport = FakeTransport()
+    so._SyncObj__raftElectionDeadline = NEVER
+    so._SyncObj__raftState = ROLE_LEADER
+    so._SyncObj__raftCurrentTerm = 3
+    return so
+
+
+def test_every_private_name_it_uses_exists_in_pysyncobj() -> None:
+    ours = set(re.findall(r"_SyncObj__(\w+)", inspect.getsource(syncobj_adapter)))
+    theirs = inspect.getsource(pso.SyncObj)
+    missing = sorted(n for n in ours if f"self.__{n}" not in theirs and f"def __{n}(" not in theirs)
+    assert missing == [], f"pysyncobj no longer has {missing}: re-check the adapter"
+
+
+def test_the_journal_hook_is_explicit_idempotent_and_falls_back() -> None:
+    syncobj_adapter.install_journal_hook()
+    hook = pso.createJournal
+    syncobj_adapter.install_journal_hook()
+    assert pso.createJournal is hook
+    assert isinstance(pso.createJournal(None), MemoryJournal)  # no journal handed over
+
+
+def test_every_failure_reason_maps_to_a_coord_error() -> None:
+    for name, value in vars(FAIL_REASON).items():
+        if name.isupper() and value != FAIL_REASON.SUCCESS:
+            assert isinstance(syncobj_adapter.error_for(value), errors.CoordError)
+    assert isinstance(syncobj_adapter.error_for(999), errors.OutcomeUnknown)
+
+
+def test_it_reads_role_term_and_match_indexes() -> None:
+    a, b = Node("a"), Node("b")
+    raft = SyncObjAdapter(bare_syncobj([a, b]))
+    assert raft.raft_state == ROLE_LEADER
+    assert raft.current_term == 3
+    assert raft.match_index("a") == 4
+    assert raft.match_index("zz") is None
+    assert sorted((n.id, i) for n, i in raft.match_indexes()) == [("a", 4), ("b", 4)]
+
+
+def test_replication_moves_next_and_match_and_notes_the_answer() -> None:
+    a = Node("a")
+    so = bare_syncobj([a])
+    raft = SyncObjAdapter(so)
+    assert raft.replication(a) == (5, 4)
+    assert raft.replication(Node("x")) is None
+    raft.set_replication(a, 9, 8)
+    assert raft.replication(a) == (9, 8)
+    assert so._SyncObj__lastResponseTime[a] > 0.0
+
+
+def test_peers_join_and_leave_every_table() -> None:
+    a, c = Node("a"), Node("c")
+    so = bare_syncobj([a])
+    raft = SyncObjAdapter(so)
+    raft.add_peer(c, 11)
+    assert raft.replication(c) == (11, 0)
+    assert c in raft.other_nodes and so._SyncObj__transport.added == [c]
+    raft.remove_peer(a)
+    assert raft.replication(a) is None and a not in raft.other_nodes
+    assert a not in so._SyncObj__lastResponseTime
+    assert so._SyncObj__transport.dropped == [a] == so._SyncObj__transport.forgotten
+
+
+@pytest.mark.parametrize("deadline", [0.0, 12.5])
+def test_the_election_deadline_is_pysyncobjs_own(deadline: float) -> None:
+    so = bare_syncobj([])
+    raft = SyncObjAdapter(so)
+    assert raft.election_deadline == NEVER
+    raft.set_election_deadline(deadline)
+    assert so._SyncObj__raftElectionDeadline == deadline == raft.election_deadline
