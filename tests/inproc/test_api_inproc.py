@@ -22,7 +22,9 @@ from coord.server.api.kv import KVService
 from coord.server.api.sessions import SessionsService
 from coord.server.api.watch import WatchService
 from coord.server.runtime.notify import StateNotifier
-from coord.v1 import election_pb2, groups_pb2, kv_pb2
+from coord.server.security import guard
+from coord.server.security.auth import ANONYMOUS
+from coord.v1 import election_pb2, groups_pb2, kv_pb2, raft_pb2
 from tests.inproc.fakes import (
     CLUSTER_ID,
     Aborted,
@@ -39,7 +41,14 @@ WATCH = election_pb2.DESCRIPTOR.services_by_name["Watch"]
 
 
 def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 5))  # type: ignore[arg-type]
+    """Run a test body on a fresh loop, as the anonymous caller (the guard, absent here,
+    sets the caller per call; another test may have left one set in this thread)."""
+
+    async def anonymous() -> Any:
+        guard._CALLER.set(ANONYMOUS)
+        return await asyncio.wait_for(coro, 5)
+
+    return asyncio.run(anonymous())
 
 
 async def aborted(call: Awaitable[Any]) -> Aborted:
@@ -293,9 +302,7 @@ def test_run_check_probes_through_the_port_with_the_members_check() -> None:
 
         groups = _groups(ctx, raft, probe)
         sess = raft.propose(
-            __import__("coord.v1.raft_pb2", fromlist=["x"]).Command(
-                open_session=groups_pb2.OpenSession(ttl_ms=5000)
-            )
+            raft_pb2.Command(open_session=groups_pb2.OpenSession(ttl_ms=5000))
         ).result()
         create = handler(groups, GROUPS, "Create", ctx)
         await create(

@@ -51,6 +51,25 @@ class NodeMetrics:
         self.raft = raft
         self.registry = CollectorRegistry()
         r = self.registry
+        self._define_rpc_and_raft_metrics(r)
+        self._define_webhook_metrics(r)
+        self._define_consistency_metrics(r)
+        # The last check's verdicts, exported while this node leads (coord_state_diverged).
+        self.last_check: maintenance_pb2.CheckConsistencyResponse | None = None
+        Gauge("coord_build_info", "coord version.", ["version"], registry=r).labels(
+            __version__
+        ).set(1)
+        r.register(_StateCollector(raft))
+        r.register(_DivergenceCollector(self, raft))
+        self._lock = threading.Lock()
+        self._leader = raft.view.leader_id
+        self._leaderless_since: float | None = None if self._leader else time.monotonic()
+        raft.add_listener(self._on_view)
+        raft.on_apply_latency = self.apply_latency.observe
+        raft.journal.on_sync_latency = self.fsync_latency.observe
+        raft.on_proposal_failed = lambda reason: self.failed_proposals.labels(reason).inc()
+
+    def _define_rpc_and_raft_metrics(self, r: CollectorRegistry) -> None:
         self.grpc_requests = Counter(
             "coord_grpc_requests",
             "gRPC requests handled, by method and status code.",
@@ -100,6 +119,8 @@ class NodeMetrics:
             "Time this node spent without a leader it could reach.",
             registry=r,
         )
+
+    def _define_webhook_metrics(self, r: CollectorRegistry) -> None:
         # Webhook notifications (coord.server.duties.webhook; the leader posts).
         self.webhook_posted = Counter(
             "coord_webhook_posted", "Webhook notifications delivered (2xx).", registry=r
@@ -119,7 +140,9 @@ class NodeMetrics:
         self.webhook_queue = Gauge(
             "coord_webhook_queue_length", "Webhook notifications waiting.", registry=r
         )
-        # Consistency checks (coord.server.api.maintenance): every member's state hash at a
+
+    def _define_consistency_metrics(self, r: CollectorRegistry) -> None:
+        # Consistency checks (coord.server.duties.consistency): every member's state hash at a
         # check point, compared.
         self.consistency_checks = Counter(
             "coord_consistency_checks",
@@ -128,20 +151,6 @@ class NodeMetrics:
             ["result"],
             registry=r,
         )
-        # The last check's verdicts, exported while this node leads (coord_state_diverged).
-        self.last_check: maintenance_pb2.CheckConsistencyResponse | None = None
-        Gauge("coord_build_info", "coord version.", ["version"], registry=r).labels(
-            __version__
-        ).set(1)
-        r.register(_StateCollector(raft))
-        r.register(_DivergenceCollector(self, raft))
-        self._lock = threading.Lock()
-        self._leader = raft.view.leader_id
-        self._leaderless_since: float | None = None if self._leader else time.monotonic()
-        raft.add_listener(self._on_view)
-        raft.on_apply_latency = self.apply_latency.observe
-        raft.journal.on_sync_latency = self.fsync_latency.observe
-        raft.on_proposal_failed = lambda reason: self.failed_proposals.labels(reason).inc()
 
     def _on_view(self, view: View) -> None:  # tick thread
         with self._lock:

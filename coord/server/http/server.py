@@ -176,7 +176,6 @@ def status_snapshot(raft: RaftNode) -> dict[str, Any]:
     """Everything the status page shows, as JSON-able data (any thread)."""
     view = raft.view
     now_ms = int(time.time() * 1000)
-    members = raft.members()
     nodes = [
         {
             "id": nid,
@@ -186,43 +185,9 @@ def status_snapshot(raft: RaftNode) -> dict[str, Any]:
             "connected": nid == raft.cfg.node_id or nid in view.connected,
             "self": nid == raft.cfg.node_id,
         }
-        for nid, addr in sorted(members.items())
+        for nid, addr in sorted(raft.members().items())
     ]
-
-    def read(state: Any) -> dict[str, Any]:
-        groups = []
-        for name, g in sorted(state.groups.groups.items()):
-            masters = {
-                h.member_id: {"slot": s, "token": h.token, "revoked": h.revoked}
-                for s, h in sorted(g.holdings.items())
-            }
-            ms = []
-            for m in sorted(g.members.values(), key=lambda m: (-m.priority, m.id)):
-                ms.append(
-                    {
-                        "id": m.id,
-                        "address": m.address,
-                        "priority": m.priority,
-                        "healthy": m.healthy,
-                        "health_detail": m.health_detail,
-                        "role": "master" if m.id in masters else "standby",
-                        **({"master": masters[m.id]} if m.id in masters else {}),
-                    }
-                )
-            book = state.ledger.groups.get(name)
-            avail = _dict(ledger.report(book, now_ms, WINDOWS.values())) if book is not None else {}
-            groups.append(
-                {
-                    "name": name,
-                    "slots": g.policy.slots,
-                    "members": ms,
-                    "availability": avail,
-                }
-            )
-        events = [_dict(e) for e in state.events.last(RECENT_EVENTS)]
-        return {"revision": state.revision, "groups": groups, "events": events}
-
-    body: dict[str, Any] = raft.read(read)
+    body: dict[str, Any] = raft.read(lambda state: _state_snapshot(state, now_ms))
     body.update(
         node=raft.cfg.node_id,
         leader=view.leader_id,
@@ -232,3 +197,36 @@ def status_snapshot(raft: RaftNode) -> dict[str, Any]:
         now_ms=now_ms,
     )
     return body
+
+
+def _state_snapshot(state: Any, now_ms: int) -> dict[str, Any]:
+    """The replicated part (under the node's lock): groups, members, recent events."""
+    groups = []
+    for name, g in sorted(state.groups.groups.items()):
+        book = state.ledger.groups.get(name)
+        avail = _dict(ledger.report(book, now_ms, WINDOWS.values())) if book is not None else {}
+        groups.append(
+            {"name": name, "slots": g.policy.slots, "members": _members(g), "availability": avail}
+        )
+    events = [_dict(e) for e in state.events.last(RECENT_EVENTS)]
+    return {"revision": state.revision, "groups": groups, "events": events}
+
+
+def _members(g: Any) -> list[dict[str, Any]]:
+    """A group's members, best first (priority, then id), with their holding if any."""
+    masters = {
+        h.member_id: {"slot": s, "token": h.token, "revoked": h.revoked}
+        for s, h in sorted(g.holdings.items())
+    }
+    return [
+        {
+            "id": m.id,
+            "address": m.address,
+            "priority": m.priority,
+            "healthy": m.healthy,
+            "health_detail": m.health_detail,
+            "role": "master" if m.id in masters else "standby",
+            **({"master": masters[m.id]} if m.id in masters else {}),
+        }
+        for m in sorted(g.members.values(), key=lambda m: (-m.priority, m.id))
+    ]
