@@ -50,7 +50,7 @@ from _harness import (
     report,
     wait_until,
 )
-from coord.client import Client, create_group
+from coord.client import Client
 from coord.testing import LocalCluster
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 from coord_adapter import CoordKV
@@ -119,7 +119,7 @@ def load_coord(endpoints: list[str], keys: int) -> None:
     retries), then the keys (64 at a time, retried on another node after a failure)."""
     with Client(endpoints, timeout_s=60.0) as c:
         for g in range(GROUPS):
-            create_group(c, f"g{g}", slots=1)
+            c.group(f"g{g}").create(slots=1)
         for i in range(SESSIONS):
             s = c.call(lambda ch, t: election_pb2_grpc.SessionsStub(ch).Open(
                 election_pb2.OpenSessionRequest(ttl_ms=3_600_000), timeout=t))  # fmt: skip

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from _harness import Comparison, add_json_flag, log, pct, report, summarize, wait_until
-from coord.client import Client, create_group
+from coord.client import Client
 from coord_adapter import CoordBenchCluster
 from etcd_cluster import DEFAULT, EtcdCluster
 
@@ -106,7 +106,7 @@ def main() -> None:
     with CoordBenchCluster(3) as c:
         eps = ",".join(c.endpoints())
         with Client(c.endpoints()) as cl:
-            create_group(cl, "bench", slots=1)
+            cl.group("bench").create(slots=1)
 
         def coord_member(mid: str) -> Proc:
             prio = "10" if mid.startswith("h") else "1"

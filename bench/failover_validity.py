@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import Comparison, add_json_flag, loadavg, log, median, report
-from coord.client import Client, create_group
+from coord.client import Client
 from coord_adapter import CoordBenchCluster
 from election_failover import Proc
 from etcd_cluster import DEFAULT, EtcdCluster
@@ -123,7 +123,7 @@ def coord_rounds(n: int, ttl: float) -> list[Round]:
     with CoordBenchCluster(3) as c:
         eps = ",".join(c.endpoints())
         with Client(c.endpoints()) as cl:
-            create_group(cl, "validity", slots=1)
+            cl.group("validity").create(slots=1)
 
         def member(mid: str, report_validity: bool) -> Proc:
             argv = [sys.executable, "-m", "coord.member_process", "--endpoints", eps,

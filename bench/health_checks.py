@@ -27,7 +27,7 @@ import threading
 import time
 
 from _harness import Comparison, add_json_flag, log, median, pct, report
-from coord.client import Balancer, Client, Member, Session, create_group, tcp_check, watch
+from coord.client import Balancer, Client, tcp_check
 from coord_adapter import CoordBenchCluster
 
 TTL_S = 10.0
@@ -77,14 +77,15 @@ def detection(
     client = Client(c.endpoints())
     watcher_client = Client([c.endpoints()[follower]])
     to_event, to_drop = [], []
-    with Session(client, ttl_s=TTL_S) as s:
+    with client.session(ttl_s=TTL_S) as s:
         for r in range(rounds):
             group = f"detect{r}"
-            create_group(client, group)
+            client.group(group).create()
             acceptor = Acceptor()
-            Member(client, s, group, "m", address=acceptor.address,
-                   check=tcp_check(interval_s=interval_s, fall=fall, rise=1))  # fmt: skip
-            Member(client, s, group, "other", address=acceptor.address)
+            client.group(group).member("m", s, address=acceptor.address,
+                                       check=tcp_check(interval_s=interval_s, fall=fall,
+                                                       rise=1)).start()  # fmt: skip
+            client.group(group).member("other", s, address=acceptor.address).start()
             lb = Balancer(client, group)
             lb.wait_ready()
             seen: dict[str, float] = {}
@@ -93,7 +94,7 @@ def detection(
             def follow(
                 group: str = group, start_rev: int = start_rev, seen: dict[str, float] = seen
             ) -> None:
-                for e in watch(watcher_client, start_rev, groups=[group]):
+                for e in watcher_client.watch(start_rev, groups=[group]):
                     if e.type == "member_unhealthy":
                         seen["event"] = time.monotonic()
                         return
@@ -122,13 +123,14 @@ def checker_cpu(c: CoordBenchCluster, members: int, seconds: float) -> tuple[flo
     pid = c.cluster.nodes[leader].proc.pid  # type: ignore[union-attr]
     client = Client(c.endpoints())
     acceptor = Acceptor()
-    with Session(client, ttl_s=TTL_S) as s:
-        create_group(client, "cpu")
+    with client.session(ttl_s=TTL_S) as s:
+        client.group("cpu").create()
 
         def register(with_check: bool) -> None:
             check = tcp_check(interval_s=1.0) if with_check else None
             for i in range(members):
-                Member(client, s, "cpu", f"m{i}", address=acceptor.address, check=check)
+                cpu = client.group("cpu")
+                cpu.member(f"m{i}", s, address=acceptor.address, check=check).start()
 
         def share() -> float:
             c0, t0 = cpu_s(pid), time.monotonic()

@@ -14,7 +14,7 @@ import argparse
 from concurrent.futures import ThreadPoolExecutor
 
 from _harness import Comparison, add_json_flag, log, report
-from coord.client import Client, create_group
+from coord.client import Client
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 from coord_adapter import CoordBenchCluster
 from etcd_client import EtcdClient, rpc_pb2
@@ -36,7 +36,7 @@ def coord_side(n: int) -> float:
         pid = c.cluster.nodes[leader].proc.pid  # type: ignore[union-attr]
         with Client(c.endpoints()) as cl:
             for g in range(max(1, n // 100)):
-                create_group(cl, f"g{g}", slots=1)
+                cl.group(f"g{g}").create(slots=1)
             before = rss_kib(pid)
 
             def one(i: int) -> None:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from _harness import Comparison, add_json_flag, log, median, pct, report
-from coord.client import Client, create_group
+from coord.client import Client
 from coord.testing import LocalCluster
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 from etcd_cluster import DEFAULT, EtcdCluster
@@ -199,7 +199,7 @@ class CoordState:
     def grow(self, groups: int, members: int) -> None:
         cl = self.client
         for g in range(self.groups, groups):
-            create_group(cl, f"g{g}", slots=1)
+            cl.group(f"g{g}").create(slots=1)
         self.groups = max(self.groups, groups)
 
         def one(i: int) -> None:

@@ -143,7 +143,11 @@ def keeper_coord(endpoints: str, n: int, ttl: float) -> None:
         def __init__(self, *a: Any, **k: Any) -> None:
             self.rec = Record("")
             super().__init__(*a, **k)
+
+        def start(self) -> Session:
+            super().start()
             self.rec.id = self.id
+            return self
 
         def _acked(self, *a: Any, **k: Any) -> None:
             now = time.monotonic()
@@ -160,7 +164,9 @@ def keeper_coord(endpoints: str, n: int, ttl: float) -> None:
             rec.breaks += 1
 
     client = Client(endpoints, timeout_s=30)
-    sessions = [TimedSession(client, ttl_s=ttl, name=f"t{i}", on_state=on_state) for i in range(n)]
+    sessions = [
+        TimedSession(client, ttl_s=ttl, name=f"t{i}", on_state=on_state).start() for i in range(n)
+    ]
     wait_until(lambda: all(s.rec.acks for s in sessions), 60, "a keepalive ack for every session")
     t0 = time.monotonic()
     print(json.dumps({"event": "ready", "t": t0}), flush=True)

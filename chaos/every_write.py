@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from chaos.records import LoggedWrite, RunRecord
 from chaos.workload import Worker
 from coord import errors
-from coord.client import Client, Member, Session, create_group
+from coord.client import Client, Session
 from coord.v1 import election_pb2, election_pb2_grpc
 
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class EveryWriter(Worker):
         return result
 
     def _open(self, client: Client, name: str) -> Session:
-        return self._log("open_session", name, lambda: Session(client, self.ttl_s, name))
+        return self._log("open_session", name, lambda: client.session(self.ttl_s, name).start())
 
     def _iteration(self, client: Client, tag: str) -> None:
         sessions: list[Session] = []
@@ -82,18 +82,22 @@ class EveryWriter(Worker):
         try:
             self._log(
                 "create_group", tag,
-                lambda: create_group(client, tag, slots=1,
-                                     switchover_timeout_ms=SWITCHOVER_TIMEOUT_MS),
+                lambda: client.group(tag).create(slots=1,
+                                                 switchover_timeout_ms=SWITCHOVER_TIMEOUT_MS),
             )  # fmt: skip
             created = True
             for side in ("a", "b"):
                 name = f"{tag}-{side}"
                 sessions.append(self._open(client, name))
             a = self._log(
-                "register", f"{tag}/a", lambda: Member(client, sessions[0], tag, "a", priority=2)
+                "register",
+                f"{tag}/a",
+                lambda: client.group(tag).member("a", sessions[0], priority=2).start(),
             )
             b = self._log(
-                "register", f"{tag}/b", lambda: Member(client, sessions[1], tag, "b", priority=1)
+                "register",
+                f"{tag}/b",
+                lambda: client.group(tag).member("b", sessions[1], priority=1).start(),
             )
             self._log("campaign", f"{tag}/a", lambda: a.campaign(timeout_s=10.0))
             with contextlib.suppress(errors.DeadlineExceeded):  # b stays standby

@@ -17,7 +17,7 @@ from typing import Any
 from chaos import membership
 from chaos.cluster import ProxiedCluster
 from coord import errors
-from coord.client import Client, masters
+from coord.client import Client
 from coord.testing import wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -41,7 +41,7 @@ def force(c: ProxiedCluster, ttl_s: float) -> ForcedHandover:
     """Drop the answers to the master of :data:`GROUP`, ask for a switchover, and return
     once the leader has revoked it (the wait-out of its TTL has begun)."""
     with Client(c.client_endpoints, timeout_s=10, attempt_timeout_s=2.0) as cl:
-        held = wait_until(lambda: masters(cl, GROUP), 20, f"a master of {GROUP}")[0]
+        held = wait_until(lambda: cl.group(GROUP).masters(), 20, f"a master of {GROUP}")[0]
         undo = c.drop_answers_to(f"{GROUP}-{held.member_id}")
         switchover(cl, GROUP)
         wait_until(
@@ -73,7 +73,7 @@ def switchover(cl: Client, group: str) -> None:
 
 
 def _revoked(cl: Client, held: groups_pb2.Holding) -> bool:
-    now = masters(cl, GROUP)
+    now = cl.group(GROUP).masters()
     if not any(h.token == held.token for h in now):
         # Released already (a fast wait-out, or it resigned after all): too late to act
         # during the wait-out; the nemesis goes on, the checkers judge what happened.

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from chaos import handover, membership
 from chaos.cluster import ProxiedCluster
 from chaos.lost_answers import AnswerDropper
-from coord.client import Client, masters
+from coord.client import Client
 from coord.testing import wait_until
 
 Heal = Callable[[], None]
@@ -121,7 +121,7 @@ def isolate_master_client(c: ProxiedCluster, rng: random.Random, ttl_s: float) -
     """Cut the 1-slot group's master (the client) from every node: its library must
     stop believing before the cluster grants the slot to another (DESIGN.md)."""
     with Client(c.client_endpoints, timeout_s=10) as cl:
-        held = wait_until(lambda: masters(cl, "g1"), 20, "a master of g1")
+        held = wait_until(lambda: cl.group("g1").masters(), 20, "a master of g1")
     undo = c.cut_client(f"g1-{held[0].member_id}")
     return lambda: c.undo(undo)
 

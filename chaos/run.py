@@ -54,7 +54,7 @@ from chaos.workload import (
     Worker,
 )
 from coord import errors
-from coord.client import Client, create_group, masters
+from coord.client import Client
 from coord.testing import wait_until
 from coord.v1 import kv_pb2, kv_pb2_grpc, maintenance_pb2
 
@@ -291,8 +291,8 @@ def _start_workload(
     and in place (the session load open)."""
     with Client(c.client_endpoints, timeout_s=10) as admin:
         switchover_ms = int(handover.SWITCHOVER_TIMEOUT_S * 1000)
-        create_group(admin, "g1", slots=1, switchover_timeout_ms=switchover_ms)
-        create_group(admin, "g3", slots=3)
+        admin.group("g1").create(slots=1, switchover_timeout_ms=switchover_ms)
+        admin.group("g3").create(slots=3)
         start_rev = admin.status().revision + 1
     workers += _workload(c, sc, record, history, rng, start_rev)
     wait_until(lambda: all(w.settled() for w in workers), READY_S, "the workload in place")
@@ -388,7 +388,7 @@ def _recovery(c: ProxiedCluster, since: float) -> float | None:
         if not views[0].leader_id or _members_differ(c):
             return False
         with Client(c.client_endpoints, timeout_s=2) as cl:
-            return len(masters(cl, "g1")) == 1 and len(masters(cl, "g3")) == 3
+            return len(cl.group("g1").masters()) == 1 and len(cl.group("g3").masters()) == 3
 
     try:
         wait_until(whole, RECOVERY_BOUND_S, "one leader and every slot filled")

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.count):
             name = f"{args.name}-{i:03d}"
-            sessions.append(Session(client, args.ttl, name=name, on_state=on_state(name)))
+            sessions.append(client.session(args.ttl, name=name, on_state=on_state(name)).start())
         say("ready")
         sys.stdin.read()  # until the parent closes it
     finally:

@@ -33,7 +33,7 @@ from chaos.linearizability import History
 from chaos.records import EventNote, RunRecord, SessionLoss, Tenure, WatchLog
 from chaos.session_load import why_lost
 from coord import errors
-from coord.client import Client, Member, Session, SessionState, StoppableClient, watch
+from coord.client import Client, Session, SessionState, StoppableClient
 from coord.v1 import groups_pb2
 
 POLL_S = 0.002  # how often a master asks its library whether it still is
@@ -122,11 +122,15 @@ class Campaigner(Worker):
             client.close()
 
     def _one_session(self, client: Client) -> None:
-        session = Session(
-            client, ttl_s=self.ttl_s, name=self.name, on_state=loss_recorder(self.record, self.name)
-        )
+        session = client.session(
+            ttl_s=self.ttl_s, name=self.name, on_state=loss_recorder(self.record, self.name)
+        ).start()
         try:
-            member = Member(client, session, self.group, self.member_id, priority=self.priority)
+            member = (
+                client.group(self.group)
+                .member(self.member_id, session, priority=self.priority)
+                .start()
+            )
             while not self.stop.is_set() and session.is_valid():
                 try:
                     lead = member.campaign(timeout_s=1.0)
@@ -266,7 +270,7 @@ class EventWatcher(Worker):
 
     def run(self) -> None:
         try:
-            for e in watch(self.client, self.log.from_revision):
+            for e in self.client.watch(self.log.from_revision):
                 self.log.revisions.append(e.revision)
                 if self.notes is not None:
                     self.notes.append(note_of(e))

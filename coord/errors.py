@@ -31,21 +31,39 @@ Messages start with ``coord: `` and say what to do.
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 
 class CoordError(Exception):
-    """Root of every coord error."""
+    """Root of every coord error.
+
+    ``leader_address``: the client API address of the cluster's leader as the answering
+    node knew it (the ``coord-leader`` trailing metadata; the client sets it on every
+    error it translates), or "" when unknown. A client retries there.
+    """
 
     code: ClassVar[str] = "UNKNOWN"
     reason: ClassVar[str] = "unknown"
     retryable: ClassVar[bool] = False
+    leader_address: str = ""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, leader_address: str = "") -> None:
         if not message.startswith("coord: "):
             message = "coord: " + message
         super().__init__(message)
         self.message = message
+        self.leader_address = leader_address
+
+    @property
+    def leader_hint(self) -> str:
+        """Deprecated alias of :attr:`leader_address` (removed in the next release)."""
+        warnings.warn(
+            "CoordError.leader_hint is deprecated: use leader_address",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.leader_address
 
 
 class InvalidArgument(CoordError):
@@ -75,9 +93,8 @@ class NotLeader(FailedPrecondition):
     retryable = True
 
     def __init__(self, message: str, leader_id: str = "", leader_address: str = "") -> None:
-        super().__init__(message)
+        super().__init__(message, leader_address=leader_address)
         self.leader_id = leader_id
-        self.leader_address = leader_address
 
 
 class StaleToken(FailedPrecondition):

@@ -118,14 +118,16 @@ class MemberProcess:
 
     def _session(self) -> None:
         args = self.args
-        session = Session(self.client, ttl_s=args.ttl_s, name=args.id, on_state=self.on_state,
-                          on_stepdown=self.on_stepdown,
-                          stepdown_grace_s=args.stepdown_grace_s)  # fmt: skip
+        session = self.client.session(ttl_s=args.ttl_s, name=args.id, on_state=self.on_state,
+                                      on_stepdown=self.on_stepdown,
+                                      stepdown_grace_s=args.stepdown_grace_s).start()  # fmt: skip
         self.current[:] = [session]
         say("session", state="connected", id=session.id)
         try:
-            member = Member(self.client, session, args.group, args.id, address=args.address,
-                            priority=args.priority, nofailover=args.nofailover)  # fmt: skip
+            member = self.client.group(args.group).member(
+                args.id, session, address=args.address, priority=args.priority,
+                nofailover=args.nofailover,
+            ).start()  # fmt: skip
             if args.nofailover:
                 self.stop.wait()
             while session.is_valid() and not self.stop.is_set():

@@ -23,7 +23,7 @@ from coord.cli.output import (
     proto_dict,
     table,
 )
-from coord.client import Member, Session, create_group, new_request_id, watch
+from coord.client import new_request_id
 from coord.state import limits
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -130,8 +130,8 @@ def group_create(
     failover_on_unhealthy: bool,
 ) -> None:
     """Create group NAME."""
-    g = create_group(
-        ctx.client, name, slots=slots, failback=FAILBACK[failback],
+    g = ctx.client.group(name).create(
+        slots=slots, failback=FAILBACK[failback],
         failback_hold_ms=int(failback_hold_s * 1000),
         switchover_timeout_ms=int(switchover_timeout_s * 1000),
         downtime_budget_ms=int(downtime_budget_s * 1000),
@@ -415,12 +415,14 @@ def campaign(
     """Open a session, register MEMBER in GROUP and wait until it is elected."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    session = ctx.client.session(ttl_s=ttl_s, name=f"coordctl campaign {member_id}")
     try:
-        session = Session(ctx.client, ttl_s=ttl_s, name=f"coordctl campaign {member_id}")
+        session.start()
     except errors.InvalidArgument as e:
         raise _ttl_in_seconds(e, ttl_s) from None
     with session as s:
-        m = Member(ctx.client, s, group_name, member_id, address=address, priority=priority)
+        group = ctx.client.group(group_name)
+        m = group.member(member_id, s, address=address, priority=priority).start()
         click.echo(f"campaigning for {group_name} as {member_id} (session {s.id})", err=True)
         lead = m.campaign()
         emit(
@@ -540,7 +542,7 @@ def watch_cmd(
             click.echo(f"no group {missing} (yet): watching for its events", err=True)
     seen = 0
     try:
-        for ev in watch(ctx.client, from_revision, groups, types):
+        for ev in ctx.client.watch(from_revision, groups, types):
             if ctx.output == "json":
                 click.echo(json.dumps(_dict(ev), sort_keys=True))
             else:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from coord import errors
-from coord.client import Client, create_group, watch
+from coord.client import Client
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -37,8 +37,10 @@ class DemoGroup:
     def start(self) -> None:
         with Client(self.cluster.endpoints, timeout_s=15) as c:
             try:
-                create_group(c, GROUP, slots=1, exist_ok=True, failback=groups_pb2.FAILBACK_AUTO,
-                             failback_hold_ms=5000, switchover_timeout_ms=5000)  # fmt: skip
+                c.group(GROUP).create(
+                    slots=1, exist_ok=True, failback=groups_pb2.FAILBACK_AUTO,
+                    failback_hold_ms=5000, switchover_timeout_ms=5000,
+                )  # fmt: skip
             except errors.AlreadyExists as e:  # another policy (an older data dir): keep it
                 self.note(f"{e.message}; the demo uses it as it is")
         threading.Thread(target=self._watch, daemon=True).start()
@@ -127,7 +129,7 @@ class DemoGroup:
         with Client(self.cluster.endpoints, timeout_s=30) as c:
             while not self._stop.is_set():
                 try:
-                    for ev in watch(c, 0, groups=[GROUP]):
+                    for ev in c.group(GROUP).watch():
                         if ev.type in (
                             "master_elected",
                             "master_lost",

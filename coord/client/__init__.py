@@ -1,4 +1,11 @@
-"""coord's client library. Imports coord.v1 and coord.errors only, never server code."""
+"""coord's client library. Imports coord.v1 and coord.errors only, never server code.
+
+The way in is the :class:`Client`: ``client.session(ttl_s)``, ``client.group(name)``
+(create, get, masters, observe, watch, member, campaign, balancer) and
+``client.watch(...)``. Sessions and members do no I/O when constructed: ``start()``
+them or use them as context managers. ``create_group``, ``masters``, ``observe`` and
+``watch`` (functions taking the client) are deprecated and warn.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +23,14 @@ from coord.client.election import (
     tcp_check,
     watch,
 )
+from coord.client.group import Group
 from coord.client.session import Session, SessionState
 
 __all__ = [
     "Balancer",
     "Client",
     "FencedResource",
+    "Group",
     "Leadership",
     "Member",
     "Session",

@@ -2,7 +2,7 @@
 
 ::
 
-    lb = Balancer(client, "api", policy="weighted", role="any")
+    lb = client.group("api").balancer(policy="weighted", role="any")
     with lb.request() as member:      # counts as in flight until the block ends
         call(member.address)
 

@@ -1,5 +1,10 @@
 """The public client: endpoint list, leader discovery, retries with jitter, typed errors.
 
+The way into the library: ``client.session(ttl_s)`` (a Session, opened by ``start()`` or
+``with``), ``client.group(name)`` (a Group: create, get, masters, observe, watch, member,
+campaign, balancer) and ``client.watch(...)``. Leader discovery is one helper,
+:meth:`Client.find_leader`, used by calls, session keepalives, campaigns and streams.
+
 Every write carries a request id, so a retry after an ambiguous failure (the
 leader died mid-write, a timeout) applies at most once and returns the first
 result. Writes and linearizable reads go to the leader when it is known (no
@@ -14,8 +19,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -28,16 +33,23 @@ from coord.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
     common_pb2,
+    groups_pb2,
     kv_pb2,
     kv_pb2_grpc,
     maintenance_pb2,
     maintenance_pb2_grpc,
 )
 
+if TYPE_CHECKING:  # the modules below import this one
+    from coord.client.group import Group
+    from coord.client.session import Session, StateCallback, StepDownCallback
+
 T = TypeVar("T")
 
 # After an endpoint fails, other endpoints are preferred for this long.
 SUSPECT_S = 2.0
+# How long find_leader() waits for one node's answer (a hung node must not stall it).
+LEADER_ASK_S = 0.3
 
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
@@ -179,7 +191,7 @@ class Client:
         """
         deadline = time.monotonic() + self.timeout_s
         if prefer_leader and not endpoint and self._preferred is None:
-            self._discover()
+            self.find_leader()  # best effort: otherwise any node forwards
         delay = 0.01
         last: errors.CoordError | None = None
         refused: set[str] = set()  # endpoints whose last answer was a refused connection
@@ -226,21 +238,33 @@ class Client:
             "client API addresses (HOST:PORT)"
         )
 
-    def _discover(self) -> None:
-        """Ask nodes, briefly, who leads; remember the answer (best effort)."""
+    def find_leader(
+        self, skip: str | None = None, wait: bool = False, ask_timeout_s: float = LEADER_ASK_S
+    ) -> str | None:
+        """The leader's client API address, remembered for later calls: the one place
+        the client, a session's keepalive loop and the group recipes look for the leader.
+
+        Without ``wait``: one quick pass asking each endpoint in turn (``ask_timeout_s``
+        each, so a hung node costs little), ignoring ``skip`` (a leader that just stalled)
+        as endpoint and as answer; None when no node named a leader. With ``wait``: as
+        :meth:`leader`, retrying until a node knows one (within ``timeout_s``)."""
+        if wait:
+            return self.leader().leader_api_address or None
         for ep in self.endpoints:
+            if ep == skip:
+                continue
             try:
-                resp = cluster_pb2_grpc.ClusterStub(self.channel(ep)).GetLeader(
-                    cluster_pb2.GetLeaderRequest(), timeout=0.3
-                )
+                resp = _ask_leader(self.channel(ep), ask_timeout_s)
             except grpc.RpcError:
                 continue
-            if resp.leader_api_address:
-                self._preferred = resp.leader_api_address
-                return
+            address = str(resp.leader_api_address)
+            if address and address != skip:
+                self._preferred = address
+                return address
+        return None
 
     def _learn_leader(self, err: errors.CoordError, ep: str) -> None:
-        hint = getattr(err, "leader_hint", "")
+        hint = err.leader_address
         if hint and hint != ep and self._suspect.get(hint, 0.0) <= time.monotonic():
             self._preferred = hint
         elif ep == self._preferred:
@@ -249,6 +273,42 @@ class Client:
     def _note_leader(self, address: str) -> None:
         if address:
             self._preferred = address
+
+    # -- sessions, groups, events ----------------------------------------------
+
+    def session(
+        self,
+        ttl_s: float = 5.0,
+        name: str = "",
+        drift: float = 0.02,
+        on_state: StateCallback | None = None,
+        on_stepdown: StepDownCallback | None = None,
+        stepdown_grace_s: float = 5.0,
+    ) -> Session:
+        """A session with this TTL, not opened yet: ``start()`` it, or use it as a
+        context manager (``with client.session(5) as s:``), which also closes it.
+        The arguments are :class:`coord.client.session.Session`'s."""
+        from coord.client.session import Session
+
+        return Session(self, ttl_s, name, drift, on_state, on_stepdown, stepdown_grace_s)
+
+    def group(self, name: str) -> Group:
+        """A handle on the group ``name`` (no I/O): create, read, observe, watch it, and
+        register members and campaign in it (:class:`coord.client.group.Group`)."""
+        from coord.client.group import Group
+
+        return Group(self, name)
+
+    def watch(
+        self, from_revision: int = 0, groups: Iterable[str] = (), types: Iterable[str] = ()
+    ) -> Iterator[groups_pb2.Event]:
+        """Events of every group (or of ``groups``), of every type (or of ``types``),
+        from ``from_revision`` (0: from now), resuming after failures without gaps.
+        Raises OutOfRange when the events needed were compacted: re-read the state and
+        watch from its revision + 1. For one group: ``client.group(name).watch()``."""
+        from coord.client.election import watch_events
+
+        return watch_events(self, from_revision, groups, types)
 
     # -- cluster ---------------------------------------------------------------
 
@@ -266,9 +326,7 @@ class Client:
         """The current leader, as seen by a node that knows one (retries while electing)."""
 
         def ask(ch: grpc.Channel, t: float) -> cluster_pb2.GetLeaderResponse:
-            resp: cluster_pb2.GetLeaderResponse = cluster_pb2_grpc.ClusterStub(ch).GetLeader(
-                cluster_pb2.GetLeaderRequest(), timeout=t
-            )
+            resp = _ask_leader(ch, t)
             if not resp.leader_id:
                 raise _RetryableRpc(errors.NoLeader("no leader elected yet"))
             return resp
@@ -481,6 +539,14 @@ class _RetryableRpc(grpc.RpcError):
 
     def __init__(self, err: errors.CoordError) -> None:
         self.err = err
+
+
+def _ask_leader(ch: grpc.Channel, timeout_s: float) -> cluster_pb2.GetLeaderResponse:
+    """One node's answer to "who leads?" (GetLeader)."""
+    resp: cluster_pb2.GetLeaderResponse = cluster_pb2_grpc.ClusterStub(ch).GetLeader(
+        cluster_pb2.GetLeaderRequest(), timeout=timeout_s
+    )
+    return resp
 
 
 def _is_refusal(err: errors.CoordError) -> bool:

@@ -2,12 +2,16 @@
 
 ::
 
-    with Session(client, ttl_s=5) as session:
-        member = Member(client, session, "db", "db-1", address="10.0.0.1:5432", priority=10)
-        with member.campaign() as lead:           # blocks until elected
-            resource.write(data, token=lead.token)  # the resource checks the token
-            while lead.is_master():
-                ...
+    db = client.group("db")
+    with client.session(ttl_s=5) as session:
+        with db.member("db-1", session, address="10.0.0.1:5432", priority=10) as member:
+            with member.campaign() as lead:              # blocks until elected
+                resource.write(data, token=lead.token)   # the resource checks the token
+                while lead.is_master():
+                    ...
+
+Neither a Session nor a Member does I/O when constructed: ``start()`` (or ``with``)
+opens the session, and registers the member (leaving the block unregisters it).
 
 ``Leadership.is_master()`` turns False the moment the session's local validity
 ends (DESIGN.md): stop writing then. Tokens strictly increase per slot; a
@@ -21,6 +25,7 @@ import contextlib
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -30,7 +35,7 @@ from coord import errors
 from coord.client import clock
 from coord.client.client import Client, new_request_id
 from coord.client.errors import translate
-from coord.client.session import Session
+from coord.client.session import Session, SessionState
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
 T = TypeVar("T")
@@ -50,43 +55,17 @@ DEFAULT_SWITCHOVER_TIMEOUT_MS = 10_000
 def create_group(
     client: Client, name: str, slots: int = 1, exist_ok: bool = False, **policy: Any
 ) -> groups_pb2.Group:
-    """Create a group; ``policy`` takes GroupPolicy fields (failback, failback_hold_ms, ...).
+    """Deprecated: ``client.group(name).create(slots, exist_ok, **policy)``."""
+    _deprecated("create_group(client, name, ...)", "client.group(name).create(...)")
+    return client.group(name).create(slots, exist_ok, **policy)
 
-    With ``exist_ok``, a group of that name that already has this policy is returned
-    as it is (a program may create its group every time it starts); one with another
-    policy raises AlreadyExists naming the differences (a policy is never changed).
-    """
-    wanted = groups_pb2.GroupPolicy(slots=slots, **policy)
-    req = election_pb2.CreateGroupRequest(name=name, policy=wanted, request_id=new_request_id())
-    for _ in range(3):  # a group deleted between our create and our read: create again
-        try:
-            resp: election_pb2.GroupResponse = client.call(
-                lambda ch, t: _groups(ch).Create(req, timeout=t)
-            )
-            return resp.group
-        except errors.AlreadyExists:
-            if not exist_ok:
-                raise
-            try:
-                got: election_pb2.GroupResponse = client.call(
-                    lambda ch, t: _groups(ch).Get(
-                        election_pb2.GetGroupRequest(name=name), timeout=t
-                    )
-                )
-            except errors.NotFound:
-                req.request_id = new_request_id()  # a new write, not a retry of the first
-                continue
-            if got.group.deleting:
-                raise
-            differences = policy_differences(wanted, got.group.policy)
-            if differences:
-                raise errors.AlreadyExists(
-                    f"group {name!r} exists with another policy ({'; '.join(differences)}): "
-                    "create it with the policy it has, delete it first (coordctl group rm), "
-                    "or pick another name"
-                ) from None
-            return got.group
-    raise errors.Unavailable(f"group {name!r} kept being deleted while it was created: retry")
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"coord.client.{old} is deprecated (removed in the next release): use {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def policy_differences(wanted: groups_pb2.GroupPolicy, has: groups_pb2.GroupPolicy) -> list[str]:
@@ -112,7 +91,11 @@ def policy_differences(wanted: groups_pb2.GroupPolicy, has: groups_pb2.GroupPoli
 
 
 class Member:
-    """A member of a group, bound to a session (registered on construction)."""
+    """A member of a group, bound to a session: ``client.group(name).member(...)``.
+
+    Constructing it does no I/O: ``start()`` registers it (the session must be open),
+    as does entering it as a context manager; leaving the block unregisters it
+    (:meth:`close`)."""
 
     def __init__(
         self,
@@ -134,15 +117,53 @@ class Member:
         self.session = session
         self.group = group
         self.id = member_id
-        record = groups_pb2.Member(
-            group=group, id=member_id, session_id=session.id, address=address,
-            priority=priority, weight=weight, tags=tags or {}, metadata=metadata or {},
-            nofailover=nofailover, check=check,
+        self._record = groups_pb2.Member(
+            group=group, id=member_id, address=address, priority=priority, weight=weight,
+            tags=tags or {}, metadata=metadata or {}, nofailover=nofailover, check=check,
         )  # fmt: skip
-        req = election_pb2.RegisterRequest(member=record, request_id=new_request_id())
-        client.call(lambda ch, t: _groups(ch).Register(req, timeout=t))
+        self.registered = False
         self._stepped_down = False  # the library resigned a holding on a step-down request
         self._leaderships: list[Leadership] = []  # grants this process may act on
+
+    def start(self) -> Member:
+        """Register in the group (as the session's member); returns this member. Once
+        registered, does nothing (after :meth:`leave`, registers again)."""
+        if self.registered:
+            return self
+        record = groups_pb2.Member()
+        record.CopyFrom(self._record)
+        record.session_id = self.session.id
+        req = election_pb2.RegisterRequest(member=record, request_id=new_request_id())
+        self.client.call(lambda ch, t: _groups(ch).Register(req, timeout=t))
+        self.registered = True
+        return self
+
+    def close(self) -> None:
+        """Unregister (giving up any slot), unless the session ended: then the cluster
+        drops the member with it. A member already gone is fine."""
+        opened = self.session.state is not SessionState.NEW
+        if self.registered and opened and self.session.is_valid():
+            with contextlib.suppress(errors.NotFound):
+                self.leave()
+        self.registered = False
+
+    def __enter__(self) -> Member:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _registered(self) -> None:
+        """Members used to register in their constructor: one used before ``start()``
+        still registers, with a DeprecationWarning, for one release."""
+        if not self.registered:
+            warnings.warn(
+                "a Member no longer registers in its constructor: call start() or use it "
+                "as a context manager (it is registered now, implicitly)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            self.start()
 
     def campaign(self, timeout_s: float | None = None) -> Leadership:
         """Block until this member holds a slot; returns the holding (a context manager).
@@ -152,6 +173,7 @@ class Member:
         own request id: a re-send must campaign again even if the member was elected
         and revoked meanwhile (a re-used id would be answered from the dedupe table).
         """
+        self._registered()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             req = election_pb2.CampaignRequest(
@@ -164,7 +186,7 @@ class Member:
                 )
             endpoint = self.client.endpoints[0]
             try:
-                endpoint = self.client.leader().leader_api_address or endpoint
+                endpoint = self.client.find_leader(wait=True) or endpoint
                 stream = _groups(self.client.channel(endpoint)).Campaign(req, timeout=left)
                 for resp in _guarded(stream):
                     if resp.elected:
@@ -190,6 +212,7 @@ class Member:
         """Change how this member is balanced, without re-registering. ``tags`` and
         ``metadata`` are merged (an empty value deletes a key), or with ``replace``
         replace the old ones."""
+        self._registered()
         update = groups_pb2.UpdateMember(
             group=self.group, member_id=self.id, session_id=self.session.id,
             tags=tags or {}, metadata=metadata or {},
@@ -217,6 +240,7 @@ class Member:
     def leave(self) -> None:
         """Unregister at once (as the member's own session), giving up any slot."""
         self._stop_acting()
+        self.registered = False
         req = election_pb2.UnregisterRequest(
             group=self.group, member_id=self.id, session_id=self.session.id,
             request_id=new_request_id(),
@@ -412,10 +436,9 @@ def _check(
 
 
 def masters(client: Client, group: str) -> list[groups_pb2.Holding]:
-    resp: election_pb2.MastersResponse = client.call(
-        lambda ch, t: _groups(ch).Masters(election_pb2.MastersRequest(group=group), timeout=t)
-    )
-    return list(resp.masters)
+    """Deprecated: ``client.group(group).masters()``."""
+    _deprecated("masters(client, group)", "client.group(group).masters()")
+    return client.group(group).masters()
 
 
 def _resuming(client: Client, stream: Callable[[grpc.Channel], Iterator[T]]) -> Iterator[T]:
@@ -423,7 +446,7 @@ def _resuming(client: Client, stream: Callable[[grpc.Channel], Iterator[T]]) -> 
     while True:
         endpoint = client.endpoints[0]
         try:
-            endpoint = client.leader().leader_api_address or endpoint
+            endpoint = client.find_leader(wait=True) or endpoint
             yield from stream(client.channel(endpoint))
         except grpc.RpcError as e:
             err = translate(e, endpoint)
@@ -435,6 +458,12 @@ def _resuming(client: Client, stream: Callable[[grpc.Channel], Iterator[T]]) -> 
 
 
 def observe(client: Client, group: str) -> Iterator[list[groups_pb2.Holding]]:
+    """Deprecated: ``client.group(group).observe()``."""
+    _deprecated("observe(client, group)", "client.group(group).observe()")
+    return client.group(group).observe()
+
+
+def observe_masters(client: Client, group: str) -> Iterator[list[groups_pb2.Holding]]:
     """The group's masters now, then after every change (reconnects on node failure)."""
     seen: list[groups_pb2.Holding] | None = None
 
@@ -454,7 +483,20 @@ def watch(
     groups: Iterable[str] = (),
     types: Iterable[str] = (),
 ) -> Iterator[groups_pb2.Event]:
-    """Events from ``from_revision`` (0: from now) with automatic resume after failures.
+    """Deprecated: ``client.watch(from_revision, groups, types)``, or for one group
+    ``client.group(name).watch(from_revision, types)``."""
+    _deprecated("watch(client, ...)", "client.watch(...) or client.group(name).watch(...)")
+    return client.watch(from_revision, groups, types)
+
+
+def watch_events(
+    client: Client,
+    from_revision: int = 0,
+    groups: Iterable[str] = (),
+    types: Iterable[str] = (),
+) -> Iterator[groups_pb2.Event]:
+    """Events from ``from_revision`` (0: from now) with automatic resume after failures
+    (``Client.watch``).
 
     Gap-free across reconnects (each resume asks for the revision after the last
     one seen). Raises OutOfRange when the events needed were compacted: re-read
@@ -470,7 +512,7 @@ def watch_batches(
     groups: Iterable[str] = (),
     types: Iterable[str] = (),
 ) -> Iterator[tuple[list[groups_pb2.Event], int]]:
-    """Like :func:`watch`, in batches with the revision every event up to which has
+    """Like :func:`watch_events`, in batches with the revision every event up to which has
     been seen and filtered (progress messages yield an empty batch): a consumer knows
     how far it is caught up even when no event matched."""
     # "From now" is pinned to a revision at once, so that a reconnect resumes

@@ -38,9 +38,8 @@ def translate(e: grpc.RpcError, endpoint: str) -> errors.CoordError:
         err = cls(details)
     if isinstance(err, errors.NotLeader):
         err.leader_id = str(md.get("coord-leader-id", ""))
-        err.leader_address = str(md.get("coord-leader", ""))
     leader = md.get("coord-leader")
-    err.leader_hint = str(leader) if leader else ""  # type: ignore[attr-defined]
+    err.leader_address = str(leader) if leader else ""
     return err
 
 

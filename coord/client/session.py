@@ -7,8 +7,14 @@ The leader acknowledges only after a commit made after the keepalive arrived, so
 when validity ends here, the cluster may have expired the session and granted its
 slots to others: stop acting as master.
 
+Constructing a Session does no I/O: ``start()`` (or ``with``) opens it on the cluster
+and starts three daemon threads: keepalives (``_keep_alive``: finds the leader with
+``Client.find_leader`` and streams to it), the validity watchdog (``_watch_validity``)
+and the callbacks' thread (``_run_callbacks``).
+
 States (callbacks always fire, once per transition, in order, on one thread)::
 
+    NEW --(start(): the cluster opened it)--> CONNECTED   (no callback)
     CONNECTED --(no ack for TTL/2, or the stream broke)--> SUSPENDED
     SUSPENDED --(an ack)--> CONNECTED
     CONNECTED/SUSPENDED --(validity ended, or the cluster said expired)--> LOST
@@ -33,6 +39,7 @@ import enum
 import logging
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -41,7 +48,7 @@ from coord import errors
 from coord.client import clock
 from coord.client.client import Client, new_request_id
 from coord.client.errors import translate
-from coord.v1 import cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc
+from coord.v1 import election_pb2, election_pb2_grpc
 
 LOAD_REPORT_GAP_S = 0.1  # a changed load is sent early, but at most this often
 
@@ -49,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 
 class SessionState(enum.Enum):
+    NEW = "new"  # not started yet: no callback ever reports it
     CONNECTED = "connected"
     SUSPENDED = "suspended"
     LOST = "lost"
@@ -62,7 +70,10 @@ StepDownHook = Callable[[election_pb2.StepDown, int], None]
 
 
 class Session:
-    """Open with ``Session(client, ttl_s)``; use as a context manager to close it."""
+    """A session: ``client.session(ttl_s)`` (or ``Session(client, ttl_s)``) only stores
+    its configuration; ``start()``, or entering it as a context manager, opens it on the
+    cluster and starts its threads (keepalives, the validity watchdog, callbacks);
+    ``close()``, or leaving the ``with`` block, closes it."""
 
     def __init__(
         self,
@@ -76,7 +87,8 @@ class Session:
     ) -> None:
         """``on_stepdown``: how this application hands over when asked to step down (see
         the module docstring); it may take up to ``stepdown_grace_s``, after which the
-        library resigns anyway. Without it, a step-down request resigns at once."""
+        library resigns anyway. Without it, a step-down request resigns at once.
+        No I/O: see :meth:`start`."""
         if not 0 <= drift < 0.5:
             raise errors.InvalidArgument("drift must be in [0, 0.5)")
         if not 0 <= stepdown_grace_s < float("inf"):
@@ -84,22 +96,17 @@ class Session:
         self.stepdown_grace_s = stepdown_grace_s
         self._stepdown_hooks: list[StepDownHook] = []
         self.client = client
+        self.name = name
         self.drift = drift
+        self.ttl_s = ttl_s  # as asked; once open, as the cluster granted it
         self._callbacks: list[StateCallback] = [on_state] if on_state else []
         self._on_stepdown = on_stepdown
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._events: queue.Queue[SessionState | None] = queue.Queue()
-        # One request id for every attempt: a retry after a lost answer gets the
-        # session the first attempt opened, not a second one.
-        req = election_pb2.OpenSessionRequest(
-            ttl_ms=int(ttl_s * 1000), name=name, request_id=new_request_id()
-        )
-        sent = clock.now()
-        resp = client.call(lambda ch, t: election_pb2_grpc.SessionsStub(ch).Open(req, timeout=t))
-        self.id: str = resp.session.id
-        self.ttl_s = resp.session.ttl_ms / 1000
-        self._valid_until = sent + self.ttl_s * (1 - drift)
-        self._last_ack = sent
+        self._id = ""
+        self._valid_until = 0.0
+        self._last_ack = 0.0
         # What the cluster said this session holds: (group, slot) -> (token, revoked),
         # read at revision _held_revision, in answer to a keepalive sent at _held_as_of.
         self._held: dict[tuple[str, int], tuple[int, bool]] = {}
@@ -110,14 +117,63 @@ class Session:
         self._wake = threading.Event()  # set by report_load() and close()
         self._close_sent = False
         self._stalled_endpoint: str | None = None
-        self._state = SessionState.CONNECTED
+        self._state = SessionState.NEW
         self._stop = threading.Event()
-        self._notifier = threading.Thread(target=self._run_callbacks, daemon=True)
-        self._notifier.start()
-        self._keeper = threading.Thread(target=self._keep_alive, daemon=True)
-        self._keeper.start()
-        self._watchdog = threading.Thread(target=self._watch_validity, daemon=True)
-        self._watchdog.start()
+
+    def start(self) -> Session:
+        """Open the session on the cluster and start keeping it alive; returns it.
+
+        Raises what the cluster answered (Unavailable when no node could be reached
+        within the client's ``timeout_s``); the session stays unopened and ``start()``
+        may be called again. Once open, a second call does nothing; a closed or lost
+        session cannot be started again (open a new one)."""
+        with self._start_lock:
+            if self._state is not SessionState.NEW:
+                if self._state in (SessionState.LOST, SessionState.CLOSED):
+                    raise errors.FailedPrecondition(
+                        f"session {self._id or self.name!r} is {self._state.value}: "
+                        "open a new session"
+                    )
+                return self
+            self._open()
+            for target in (self._run_callbacks, self._keep_alive, self._watch_validity):
+                threading.Thread(target=target, daemon=True).start()
+        return self
+
+    def _open(self) -> None:
+        # One request id for every attempt: a retry after a lost answer gets the
+        # session the first attempt opened, not a second one.
+        req = election_pb2.OpenSessionRequest(
+            ttl_ms=int(self.ttl_s * 1000), name=self.name, request_id=new_request_id()
+        )
+        sent = clock.now()
+        resp = self.client.call(
+            lambda ch, t: election_pb2_grpc.SessionsStub(ch).Open(req, timeout=t)
+        )
+        with self._lock:
+            self._id = resp.session.id
+            self.ttl_s = resp.session.ttl_ms / 1000
+            self._valid_until = sent + self.ttl_s * (1 - self.drift)
+            self._last_ack = sent
+            self._state = SessionState.CONNECTED  # the first state: no callback
+
+    @property
+    def id(self) -> str:
+        """The session's id, given by the cluster when it was opened."""
+        self._started()
+        return self._id
+
+    def _started(self) -> None:
+        """Sessions used to open in their constructor: a session used before ``start()``
+        still opens, with a DeprecationWarning, for one release."""
+        if self._state is SessionState.NEW:
+            warnings.warn(
+                "a Session no longer opens in its constructor: call start() or use it as "
+                "a context manager (it is opened now, implicitly)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            self.start()
 
     # -- public ----------------------------------------------------------------
 
@@ -130,17 +186,20 @@ class Session:
         keepalive, which goes out early (at most every 0.1 s) when the load changed."""
         if not 0 <= load < float("inf"):
             raise errors.InvalidArgument(f"load must be a finite number >= 0, got {load}")
+        self._started()
         if load != self._load:
             self._load = load
             self._wake.set()
 
     def is_valid(self) -> bool:
         """True while this process may act on the session (it has not expired here)."""
+        self._started()
         with self._lock:
             live = self._state in (SessionState.CONNECTED, SessionState.SUSPENDED)
             return live and clock.now() < self._valid_until
 
     def valid_for_s(self) -> float:
+        self._started()
         with self._lock:
             return max(0.0, self._valid_until - clock.now())
 
@@ -168,11 +227,13 @@ class Session:
         """Close the session on the cluster (releasing what it holds) and stop.
 
         If its validity already ended here, LOST is reported first (callbacks learn
-        that it was lost, not merely closed); the cluster is told either way."""
-        with self._lock:
-            first_close = not self._close_sent
+        that it was lost, not merely closed); the cluster is told either way. A session
+        never started just ends (CLOSED)."""
+        with self._start_lock, self._lock:  # not while start() opens it
+            opened = self._state is not SessionState.NEW
+            first_close = opened and not self._close_sent
             self._close_sent = True
-            ended = clock.now() >= self._valid_until
+            ended = opened and clock.now() >= self._valid_until
         if ended:
             self._lost("its validity ended before it was closed")
         self._set_state(SessionState.CLOSED)
@@ -180,7 +241,7 @@ class Session:
         self._wake.set()
         if first_close:
             close = election_pb2.CloseSessionRequest(
-                session_id=self.id, own=True, request_id=new_request_id()
+                session_id=self._id, own=True, request_id=new_request_id()
             )
             with contextlib.suppress(errors.NotFound, errors.Unavailable):  # gone already
                 self.client.call(
@@ -189,7 +250,7 @@ class Session:
         self._events.put(None)
 
     def __enter__(self) -> Session:
-        return self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -232,7 +293,7 @@ class Session:
 
     def _lost(self, why: str) -> None:
         if self._set_state(SessionState.LOST):
-            logger.warning("session %s lost: %s", self.id, why)
+            logger.warning("session %s lost: %s", self._id, why)
         self._stop.set()
         self._wake.set()
 
@@ -268,26 +329,19 @@ class Session:
                 self._stream(endpoint, interval)
                 endpoint = None  # the stream ended or was given up: find the leader again
             except errors.CoordError as e:
-                hint = getattr(e, "leader_hint", "") or getattr(e, "leader_address", "")
+                hint = e.leader_address
                 endpoint = hint if hint and hint != self._stalled_endpoint else None
                 if not self._stop.is_set():
                     self._set_state(SessionState.SUSPENDED)
                     self._stop.wait(0.02)
 
     def _leader_endpoint(self) -> str | None:
-        """Ask every endpoint briefly who leads; skip a leader that just stalled on us."""
-        for ep in self.client.endpoints:
-            if ep == self._stalled_endpoint:
-                continue
-            try:
-                resp = _get_leader(self.client, ep)
-            except grpc.RpcError:
-                continue
-            address = resp.leader_api_address
-            if address and address != self._stalled_endpoint:
-                return str(address)
-        self._stalled_endpoint = None  # nobody else knows better: try it again
-        return None
+        """The leader, asked briefly of every endpoint; skip a leader that just stalled
+        on us (nobody else knows better: try it again next time)."""
+        address = self.client.find_leader(skip=self._stalled_endpoint, ask_timeout_s=0.2)
+        if address is None:
+            self._stalled_endpoint = None
+        return address
 
     def _stream(self, endpoint: str, interval: float) -> None:
         sent_at: dict[int, float] = {}
@@ -297,7 +351,7 @@ class Session:
             while not self._stop.is_set():
                 seq += 1
                 sent_at[seq] = clock.now()
-                yield election_pb2.KeepAliveRequest(session_id=self.id, seq=seq, load=self._load)
+                yield election_pb2.KeepAliveRequest(session_id=self._id, seq=seq, load=self._load)
                 # A new load report goes out early, at most every LOAD_REPORT_GAP_S.
                 self._stop.wait(min(interval, LOAD_REPORT_GAP_S))
                 if self._wake.wait(max(0.0, interval - LOAD_REPORT_GAP_S)):
@@ -330,11 +384,3 @@ class Session:
         finally:
             self._call = None
             call.cancel()
-
-
-def _get_leader(client: Client, endpoint: str) -> cluster_pb2.GetLeaderResponse:
-    """GetLeader from one endpoint with a short deadline (a hung node must not stall us)."""
-    resp: cluster_pb2.GetLeaderResponse = cluster_pb2_grpc.ClusterStub(
-        client.channel(endpoint)
-    ).GetLeader(cluster_pb2.GetLeaderRequest(), timeout=0.2)
-    return resp

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from chaos.cluster import ProxiedCluster
 from chaos.toxiproxy import Toxiproxy
-from coord.client import Client, watch
+from coord.client import Client
 from coord.testing import wait_until
 
 HOUR_S = 3600.0
@@ -21,7 +21,7 @@ def stamped_offset_s(cl: Client, key: str) -> float:
     before = time.time()
     rev = cl.put(key, b"x").header.revision
     after = time.time()
-    event = next(e for e in watch(cl, rev) if e.revision == rev)
+    event = next(e for e in cl.watch(rev) if e.revision == rev)
     stamp = event.time_ms / 1000
     if before - 1 <= stamp <= after + 1:
         return 0.0

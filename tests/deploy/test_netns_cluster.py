@@ -27,7 +27,6 @@ import pytest
 from netns_hosts import DEPLOY, REPO, HostCluster, NetnsLab, SecureMember, netns_unavailable, run
 
 from coord import errors
-from coord.client import create_group, masters
 from coord.testing import wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -114,7 +113,7 @@ def test_failover_across_namespaces(hosts: HostCluster) -> None:
         assert hc.returncode == 0 and "SERVING" in hc.stdout, hc.stdout + hc.stderr
 
     with hosts.client(timeout_s=15.0) as admin:
-        create_group(admin, "db", slots=1)
+        admin.group("db").create(slots=1)
     writer = Writer(hosts)
     members: list[SecureMember] = []
     try:
@@ -167,7 +166,7 @@ def kill_the_leader_node(hosts: HostCluster, db2: SecureMember, token: int, writ
     hosts.wait_ready([i for i in range(hosts.n) if i != old], timeout=15)
     writer.wait_acks(50)
     with hosts.client(timeout_s=15.0) as admin:
-        held = [(h.member_id, h.token) for h in masters(admin, "db")]
+        held = [(h.member_id, h.token) for h in admin.group("db").masters()]
     assert held == [("db-2", token)], f"the master changed with the leader: {held}"
     assert len(db2.events("elected")) == 1 and not db2.events("not_master"), db2.describe()
 

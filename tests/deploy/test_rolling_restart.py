@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from coord import errors
-from coord.client import Client, StoppableClient, create_group, masters, watch
+from coord.client import Client, StoppableClient
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -96,7 +96,7 @@ class GroupWatcher:
 
     def _run(self) -> None:
         try:
-            for event in watch(self.client, self.from_revision, groups=["db"]):
+            for event in self.client.watch(self.from_revision, groups=["db"]):
                 self.events.append(event)
         except BaseException as e:  # checked by finish()
             self.error = e
@@ -198,13 +198,13 @@ def test_rolling_restart_keeps_writes_and_the_master(
     cluster: LocalCluster, members: list[MemberProc], tmp_path: Path
 ) -> None:
     with cluster.client(timeout_s=20.0) as c:
-        create_group(c, "db", slots=1)
+        c.group("db").create(slots=1)
     members.append(MemberProc(cluster, "db-1", 10, tmp_path / "db-1.stderr"))
     wait_until(lambda: members[0].events("elected"), 30, "db-1 elected")
     members.append(MemberProc(cluster, "db-2", 5, tmp_path / "db-2.stderr"))
     with cluster.client(timeout_s=20.0) as c:
         wait_until(lambda: _registered(c) == 2, 30, "db-2 registered as a standby")
-        held = [(h.member_id, h.token) for h in masters(c, "db")]
+        held = [(h.member_id, h.token) for h in c.group("db").masters()]
         revision = c.status().revision
     assert len(held) == 1 and held[0][0] == "db-1", held
     watcher = GroupWatcher(cluster.endpoints, revision + 1)
@@ -215,7 +215,7 @@ def test_rolling_restart_keeps_writes_and_the_master(
         for i in reversed(range(3)):  # a StatefulSet's order: highest ordinal first
             transfers += restart_one(cluster, i, writer)
             with cluster.client(timeout_s=20.0) as c:
-                now = [(h.member_id, h.token) for h in masters(c, "db")]
+                now = [(h.member_id, h.token) for h in c.group("db").masters()]
             assert now == held, f"the master changed when {cluster.nodes[i].node_id} restarted"
         writer.wait_acks(20)
     finally:

@@ -29,7 +29,7 @@ import grpc
 import pytest
 
 from coord import errors
-from coord.client import Client, StoppableClient, observe, watch
+from coord.client import Client, StoppableClient
 from coord.testing import LocalCluster, phase_failed, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -382,7 +382,7 @@ class Watcher(_Stream):
         self._thread.start()
 
     def _produce(self) -> Iterable[groups_pb2.Event]:
-        return watch(self.client, self.from_revision, self.groups, self.types)
+        return self.client.watch(self.from_revision, self.groups, self.types)
 
     def events(self) -> list[groups_pb2.Event]:
         return self.snapshot()
@@ -401,7 +401,7 @@ class Observer(_Stream):
         self._thread.start()
 
     def _produce(self) -> Iterable[list[groups_pb2.Holding]]:
-        return observe(self.client, self.group)
+        return self.client.group(self.group).observe()
 
     def views(self) -> list[list[groups_pb2.Holding]]:
         return self.snapshot()

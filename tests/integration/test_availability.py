@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from coord import errors
-from coord.client import Client, Member, Session, create_group, masters
+from coord.client import Client, Member, Session
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import availability_pb2
 
@@ -62,9 +62,9 @@ def hand_over(c: Client, standby: str, rounds: int) -> None:
     sessions: dict[str, Session] = {}
 
     def join(mid: str, prio: int) -> None:
-        s = Session(c, ttl_s=TTL_S, name=mid)
+        s = c.session(ttl_s=TTL_S, name=mid).start()
         sessions[mid] = s
-        campaign_in_background(Member(c, s, "db", mid, priority=prio))
+        campaign_in_background(c.group("db").member(mid, s, priority=prio).start())
         wait_until(
             lambda: any(m.id == mid and m.candidate for m in get_group(c, "db").members),
             10,
@@ -72,13 +72,13 @@ def hand_over(c: Client, standby: str, rounds: int) -> None:
         )
 
     join("m0", 10)
-    wait_until(lambda: [h.member_id for h in masters(c, "db")] == ["m0"], 10, "m0 master")
+    wait_until(lambda: [h.member_id for h in c.group("db").masters()] == ["m0"], 10, "m0 master")
     join(standby, 5)
     current = "m0"
     for r in range(rounds):
         sessions.pop(current).close()  # master_lost (session_closed), standby elected
         nxt = standby if r % 2 == 0 else "m0"
-        wait_until(lambda n=nxt: [h.member_id for h in masters(c, "db")] == [n], 10, nxt)
+        wait_until(lambda n=nxt: [h.member_id for h in c.group("db").masters()] == [n], 10, nxt)
         join(current, 5)
         current = nxt
     for mid in sorted(sessions, key=lambda m: m == current):  # the standby first
@@ -92,7 +92,7 @@ def test_ledger_is_identical_on_every_node_and_survives_restarts(
     cluster = cluster_factory(3, extra_args=["--log-compaction-entries", "100"])
     cluster.wait_for_leader()
     with cluster.client(timeout_s=15.0) as c:
-        create_group(c, "db", downtime_budget_ms=60_000)
+        c.group("db").create(downtime_budget_ms=60_000)
         hand_over(c, "m1", rounds=3)
         for i in range(120):  # past the compaction threshold
             c.put(f"fill/{i}", b"x")
@@ -124,10 +124,10 @@ def test_coordctl_report_table_and_json(cluster_factory: ClusterFactory) -> None
     cluster = cluster_factory(3)
     cluster.wait_for_leader()
     with cluster.client(timeout_s=15.0) as c:
-        create_group(c, "web", downtime_budget_ms=30 * 60_000)
-        with Session(c, ttl_s=TTL_S, name="a") as s:
-            campaign_in_background(Member(c, s, "web", "a", priority=1))
-            wait_until(lambda: bool(masters(c, "web")), 10, "a master")
+        c.group("web").create(downtime_budget_ms=30 * 60_000)
+        with c.session(ttl_s=TTL_S, name="a") as s:
+            campaign_in_background(c.group("web").member("a", s, priority=1).start())
+            wait_until(lambda: bool(c.group("web").masters()), 10, "a master")
         # The session closed: the slot has no master, an outage is open.
         wait_until(lambda: c.availability("web").groups[0].outage_open, 10, "an open outage")
     out = coordctl(cluster.endpoints, "report", "--group", "web", "--window", "1h")
@@ -159,7 +159,7 @@ def test_a_killed_master_is_down_for_about_its_ttl(
     cluster = cluster_factory(3)
     cluster.wait_for_leader()
     with cluster.client(timeout_s=15.0) as c:
-        create_group(c, "kv")
+        c.group("kv").create()
     procs = Members(cluster, str(tmp_path))
     try:
         m1 = procs.start("kv", "m1", priority=10, ttl_s=TTL_S)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from coord import errors
-from coord.client import Client, create_group, masters
+from coord.client import Client
 from coord.state import backupfile, replay
 from coord.state.machine import decode_snapshot
 from coord.testing import LocalCluster, wait_until
@@ -175,9 +175,9 @@ class Source:
 
 def populate(c: Client) -> tuple[str, str]:
     """Groups with masters and standbys, two long sessions, a few keys."""
-    create_group(c, "db", slots=1)
-    create_group(c, "web", slots=2, failover_on_unhealthy=True)
-    create_group(c, "short", slots=1)
+    c.group("db").create(slots=1)
+    c.group("web").create(slots=2, failover_on_unhealthy=True)
+    c.group("short").create(slots=1)
     s1, s2 = open_session(c, LONG_TTL_MS, "host-1"), open_session(c, LONG_TTL_MS, "host-2")
     register(c, "db", "m1", s1, priority=2, address="10.0.0.1:5432", tags={"zone": "a"},
              metadata={"role": "primary"})  # fmt: skip
@@ -299,8 +299,8 @@ def test_restore_into_a_new_cluster_gives_the_state_at_r(
                 assert (kvs[a.key].value, kvs[a.key].mod_revision) == (a.value, a.mod_revision)
     with cluster.client() as c:
         assert c.status().header.cluster_id == got.cluster_id
-        assert [h.member_id for h in masters(c, "db")] == ["m1"]
-        assert [h.member_id for h in masters(c, "web")] == ["w0", "w1"]
+        assert [h.member_id for h in c.group("db").masters()] == ["m1"]
+        assert [h.member_id for h in c.group("web").masters()] == ["w0", "w1"]
         # The new cluster serves, with revisions after the restored ones.
         assert c.put("after-restore", "1").kv.mod_revision > source.revision
 

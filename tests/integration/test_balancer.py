@@ -17,7 +17,7 @@ import time
 import pytest
 
 from coord import errors
-from coord.client import Balancer, Client, Leadership, Member, Session, create_group, tcp_check
+from coord.client import Balancer, Client, Leadership, Member, tcp_check
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
@@ -53,9 +53,12 @@ def test_weighted_shares_follow_the_registered_weights_and_their_updates(
     cluster: LocalCluster,
 ) -> None:
     g = "lb-weighted"
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
-        create_group(c, g)
-        ms = {mid: Member(c, s, g, mid, weight=w) for mid, w in (("a", 1), ("b", 2), ("c", 3))}
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s:
+        c.group(g).create()
+        ms = {
+            mid: c.group(g).member(mid, s, weight=w).start()
+            for mid, w in (("a", 1), ("b", 2), ("c", 3))
+        }
         with Balancer(c, g, policy="weighted") as lb:
             lb.wait_ready()
             lb.wait_revision(joined_revision(c, g))
@@ -97,13 +100,13 @@ def test_least_load_follows_reported_loads_and_requests_in_flight(cluster: Local
     g = "lb-least-load"
     with (
         cluster.client() as c,
-        Session(c, ttl_s=TTL_S) as sa,
-        Session(c, ttl_s=TTL_S) as sb,
-        Session(c, ttl_s=TTL_S) as sc,
+        c.session(ttl_s=TTL_S) as sa,
+        c.session(ttl_s=TTL_S) as sb,
+        c.session(ttl_s=TTL_S) as sc,
     ):
-        create_group(c, g)
+        c.group(g).create()
         for mid, s in (("a", sa), ("b", sb), ("c", sc)):
-            Member(c, s, g, mid)
+            c.group(g).member(mid, s).start()
         with Balancer(c, g, policy="least_load") as lb:
             lb.wait_ready()
             lb.wait_revision(joined_revision(c, g))
@@ -165,7 +168,7 @@ def test_a_killed_member_is_never_picked_once_its_member_left_arrived(
 ) -> None:
     g = "lb-kill9"
     with cluster.client() as c:
-        create_group(c, g)
+        c.group(g).create()
     p1 = members.start(g, "p1", ttl_s=KILL_TTL_S)
     p1.elected()  # the master is the one killed
     for mid in ("p2", "p3"):
@@ -228,11 +231,11 @@ def test_an_unhealthy_member_is_not_picked_until_healthy_again(cluster: LocalClu
     g = "lb-health"
     listener = TcpListener()
     try:
-        with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
-            create_group(c, g)
+        with cluster.client() as c, c.session(ttl_s=TTL_S) as s:
+            c.group(g).create()
             check = tcp_check(interval_s=0.2, fall=2, rise=2)
-            Member(c, s, g, "svc", address=listener.address, check=check)
-            Member(c, s, g, "other")
+            c.group(g).member("svc", s, address=listener.address, check=check).start()
+            c.group(g).member("other", s).start()
             with Balancer(c, g) as lb:
                 lb.wait_ready()
                 lb.wait_revision(joined_revision(c, g))
@@ -284,12 +287,12 @@ def wait_candidate(c: Client, g: str, mid: str) -> None:
 
 def test_role_master_follows_resign_and_failover(cluster: LocalCluster) -> None:
     g = "lb-role"
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s1:
-        s2 = Session(c, ttl_s=TTL_S)
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s1:
+        s2 = c.session(ttl_s=TTL_S).start()
         try:
-            create_group(c, g)
-            m1 = Member(c, s1, g, "m1", priority=10)
-            m2 = Member(c, s2, g, "m2", priority=5)
+            c.group(g).create()
+            m1 = c.group(g).member("m1", s1, priority=10).start()
+            m2 = c.group(g).member("m2", s2, priority=5).start()
             lead1 = m1.campaign(timeout_s=10)
             with (
                 Balancer(c, g, role="master") as master,
@@ -352,10 +355,10 @@ def test_wait_revision_returns_for_an_event_of_the_group_the_balancer_does_not_f
     cluster: LocalCluster,
 ) -> None:
     g = "lb-wait-revision"
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s1, Session(c, ttl_s=TTL_S) as s2:
-        create_group(c, g, switchover_timeout_ms=60_000)  # no revoke during the test
-        lead = Member(c, s1, g, "m1", priority=10).campaign(timeout_s=10)
-        t, won = campaign_in_thread(Member(c, s2, g, "m2", priority=5))
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s1, c.session(ttl_s=TTL_S) as s2:
+        c.group(g).create(switchover_timeout_ms=60_000)  # no revoke during the test
+        lead = c.group(g).member("m1", s1, priority=10).start().campaign(timeout_s=10)
+        t, won = campaign_in_thread(c.group(g).member("m2", s2, priority=5).start())
         try:
             wait_candidate(c, g, "m2")
             with Balancer(c, g) as lb:

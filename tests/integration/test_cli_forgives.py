@@ -33,7 +33,7 @@ from coord.cli.output import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from coord.client import Member, Session, create_group
+from coord.client import Member
 from coord.testing import LocalCluster, free_ports, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -116,8 +116,8 @@ def refused_endpoints(n: int = 3) -> list[str]:
 @contextlib.contextmanager
 def master(cluster: LocalCluster, group: str, member_id: str, ttl_s: float) -> Iterator[Member]:
     """A member of ``group`` elected through the library, its session kept alive."""
-    with cluster.client() as c, Session(c, ttl_s=ttl_s, name=f"ctl-test {member_id}") as s:
-        m = Member(c, s, group, member_id, priority=10)
+    with cluster.client() as c, c.session(ttl_s=ttl_s, name=f"ctl-test {member_id}") as s:
+        m = c.group(group).member(member_id, s, priority=10).start()
         m.campaign(timeout_s=20)
         yield m
 
@@ -336,7 +336,7 @@ def test_watch_of_a_missing_group_says_so_unless_asked_to_wait(cluster: LocalClu
         note = proc.stderr.readline()  # printed once it checked: then it watches
         assert f"no group '{g}' (yet): watching" in note, note
         with cluster.client() as c:
-            create_group(c, g)
+            c.group(g).create()
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

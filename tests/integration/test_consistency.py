@@ -14,7 +14,6 @@ import re
 
 from coord.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE
 from coord.client import Client
-from coord.client.election import create_group
 from coord.raft.node import DUMP_FILE
 from coord.raft.snapshotfile import read_dump, write_dump
 from coord.state.machine import decode_snapshot, encode_snapshot
@@ -38,7 +37,7 @@ def test_replicas_agree_after_a_mixed_workload_and_a_restart(
     lead = c.wait_for_leader()
     follower = (lead + 1) % 3
     with c.client() as cl:
-        create_group(cl, "db", slots=1)
+        cl.group("db").create(slots=1)
         for i in range(40):
             cl.put(f"k/{i}", b"v%d" % i)
         cl.delete("k/1")

@@ -15,7 +15,6 @@ import time
 import pytest
 
 from coord.cli.output import EXIT_NOT_FOUND, EXIT_REFUSED
-from coord.client import Member, Session, create_group
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -38,7 +37,7 @@ MASTER_EVENTS = ("master_elected", "master_lost")
 
 def new_group(cluster: LocalCluster, name: str, **policy: object) -> groups_pb2.Group:
     with cluster.client() as c:
-        return create_group(c, name, **policy)  # type: ignore[arg-type]
+        return c.group(name).create(**policy)  # type: ignore[arg-type]
 
 
 def wait_candidates(cluster: LocalCluster, group: str, ids: set[str]) -> groups_pb2.Group:
@@ -149,8 +148,8 @@ def test_a_gracefully_stopped_master_resigns_and_the_standby_takes_over_at_once(
 def test_library_resign_hands_over_at_once(cluster: LocalCluster, members: Members) -> None:
     g = "libresign"
     new_group(cluster, g)
-    with cluster.client() as c, Session(c, ttl_s=TTL_S, name="lib") as s:
-        me = Member(c, s, g, "lib", priority=50)
+    with cluster.client() as c, c.session(ttl_s=TTL_S, name="lib") as s:
+        me = c.group(g).member("lib", s, priority=50).start()
         lead = me.campaign(timeout_s=10)
         assert lead.is_master() and lead.slot == 0
         m2 = members.start(g, "m2", priority=5, ttl_s=TTL_S)
@@ -417,8 +416,8 @@ def test_coordctl_member_rm_of_a_standby_and_of_an_unknown_member(
     new_group(cluster, g)
     m1 = members.start(g, "m1", priority=10, ttl_s=TTL_S)
     m1.elected()
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
-        Member(c, s, g, "standby", priority=1)
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s:
+        c.group(g).member("standby", s, priority=1).start()
         p = coordctl(cluster.endpoints, "--output", "json", "member", "rm", g, "standby")
         assert p.returncode == 0, describe(p)
         assert json.loads(p.stdout) == {"unregistered": "standby"}
@@ -608,8 +607,8 @@ def test_campaign_stream_reports_masters_while_waiting(
     new_group(cluster, g)
     m1 = members.start(g, "m1", priority=10, ttl_s=TTL_S)
     first = m1.elected()
-    with cluster.client() as c, Session(c, ttl_s=TTL_S, name="raw") as s:
-        Member(c, s, g, "raw", priority=1)
+    with cluster.client() as c, c.session(ttl_s=TTL_S, name="raw") as s:
+        c.group(g).member("raw", s, priority=1).start()
         leader = c.leader().leader_api_address
         stub = election_pb2_grpc.GroupsStub(c.channel(leader))
         stream = stub.Campaign(election_pb2.CampaignRequest(group=g, member_id="raw"), timeout=20)

@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coord import errors
-from coord.client import Member, Session, create_group, grpc_check, http_check, tcp_check
+from coord.client import grpc_check, http_check, tcp_check
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
@@ -94,9 +94,9 @@ def test_http_member_unhealthy_after_fall_failures_and_healthy_after_rise(
     check = http_check(
         http_member.url, body_contains="ready", interval_s=INTERVAL_S, rise=2, fall=3
     )
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
-        create_group(c, g)
-        Member(c, s, g, "web-1", check=check)
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s:
+        c.group(g).create()
+        c.group(g).member("web-1", s, check=check).start()
         w = Watcher(cluster.endpoints, groups=[g], types=["member_healthy", "member_unhealthy"])
         try:
             # Healthy to start with: let a few checks pass, then break it.
@@ -127,13 +127,13 @@ def test_an_unhealthy_master_fails_over_after_its_ttl(
 ) -> None:
     g = "tcp-failover"
     a, b = tcp_members
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s1, Session(c, ttl_s=TTL_S) as s2:
-        create_group(c, g, failover_on_unhealthy=True)
-        m1 = Member(c, s1, g, "m1", address=a.address, priority=10,
-                    check=tcp_check(interval_s=INTERVAL_S, fall=2))  # fmt: skip
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s1, c.session(ttl_s=TTL_S) as s2:
+        c.group(g).create(failover_on_unhealthy=True)
+        m1 = c.group(g).member("m1", s1, address=a.address, priority=10,
+                               check=tcp_check(interval_s=INTERVAL_S, fall=2)).start()  # fmt: skip
         lead = m1.campaign(timeout_s=10)
-        m2 = Member(c, s2, g, "m2", address=b.address, priority=5,
-                    check=tcp_check(interval_s=INTERVAL_S, fall=2))  # fmt: skip
+        m2 = c.group(g).member("m2", s2, address=b.address, priority=5,
+                               check=tcp_check(interval_s=INTERVAL_S, fall=2)).start()  # fmt: skip
         w = Watcher(cluster.endpoints, groups=[g])
         try:
             a.close()  # m1's service dies; its session stays alive
@@ -160,11 +160,11 @@ def test_a_flapping_member_causes_no_failover(
     g = "flapping"
     http_member.alternate = True  # ok, fail, ok, fail...: never 2 failures in a row
     check = http_check(http_member.url, interval_s=0.1, rise=2, fall=2)
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s1, Session(c, ttl_s=TTL_S) as s2:
-        create_group(c, g, failover_on_unhealthy=True)
-        m1 = Member(c, s1, g, "m1", priority=10, check=check)
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s1, c.session(ttl_s=TTL_S) as s2:
+        c.group(g).create(failover_on_unhealthy=True)
+        m1 = c.group(g).member("m1", s1, priority=10, check=check).start()
         m1.campaign(timeout_s=10)
-        Member(c, s2, g, "m2", priority=5)
+        c.group(g).member("m2", s2, priority=5).start()
         w = Watcher(cluster.endpoints, groups=[g])
         try:
             wait_until(lambda: http_member.requests >= 30, 15, "30 flapping checks")
@@ -184,10 +184,10 @@ def test_grpc_health_protocol_check(cluster: LocalCluster) -> None:
     servicer.set("app", health_pb2.HealthCheckResponse.SERVING)
     g = "grpc-health"
     try:
-        with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
-            create_group(c, g)
+        with cluster.client() as c, c.session(ttl_s=TTL_S) as s:
+            c.group(g).create()
             check = grpc_check(service="app", interval_s=INTERVAL_S, fall=2, rise=1)
-            Member(c, s, g, "svc", address=f"127.0.0.1:{port}", check=check)
+            c.group(g).member("svc", s, address=f"127.0.0.1:{port}", check=check).start()
             w = Watcher(cluster.endpoints, groups=[g])
             try:
                 servicer.set("app", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -219,12 +219,12 @@ def test_a_bad_check_spec_is_refused_at_registration(
     cluster: LocalCluster, check: groups_pb2.HealthCheck, says: str
 ) -> None:
     g = "badchecks"
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s:
         with contextlib.suppress(errors.AlreadyExists):
-            create_group(c, g)
+            c.group(g).create()
         before = get_group(c, g)
         with pytest.raises(errors.InvalidArgument) as info:
-            Member(c, s, g, "m", check=check)
+            c.group(g).member("m", s, check=check).start()
         assert says in info.value.message
         assert get_group(c, g) == before  # nothing stored
 
@@ -233,9 +233,11 @@ def test_coordctl_member_ls_shows_health_and_check_runs_once(
     cluster: LocalCluster, http_member: HttpMember
 ) -> None:
     g = "ctl-health"
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
-        create_group(c, g)
-        Member(c, s, g, "web", check=http_check(http_member.url, interval_s=INTERVAL_S))
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s:
+        c.group(g).create()
+        c.group(g).member(
+            "web", s, check=http_check(http_member.url, interval_s=INTERVAL_S)
+        ).start()
         wait_until(lambda: http_member.requests >= 2, 10, "checks to run")
         p = coordctl(cluster.endpoints, "member", "ls", g)
         assert p.returncode == 0, describe(p)
@@ -253,9 +255,11 @@ def test_health_status_is_served_by_the_leader(
     cluster: LocalCluster, http_member: HttpMember
 ) -> None:
     g = "status-health"
-    with cluster.client() as c, Session(c, ttl_s=TTL_S) as s:
-        create_group(c, g)
-        Member(c, s, g, "web", check=http_check(http_member.url, interval_s=INTERVAL_S))
+    with cluster.client() as c, c.session(ttl_s=TTL_S) as s:
+        c.group(g).create()
+        c.group(g).member(
+            "web", s, check=http_check(http_member.url, interval_s=INTERVAL_S)
+        ).start()
         wait_until(lambda: http_member.requests >= 1, 10, "a check")
 
         def status() -> election_pb2.MemberHealth | None:
@@ -276,10 +280,10 @@ def test_a_new_leader_resumes_from_the_replicated_health(
     c3.wait_for_leader()
     g = "resume"
     down = tcp_members[0]
-    with c3.client() as c, Session(c, ttl_s=10) as s:
-        create_group(c, g)
-        Member(c, s, g, "m", address=down.address,
-               check=tcp_check(interval_s=INTERVAL_S, fall=2, rise=3))  # fmt: skip
+    with c3.client() as c, c.session(ttl_s=10) as s:
+        c.group(g).create()
+        check = tcp_check(interval_s=INTERVAL_S, fall=2, rise=3)
+        c.group(g).member("m", s, address=down.address, check=check).start()
         w = Watcher(c3.endpoints, groups=[g], types=["member_healthy", "member_unhealthy"])
         try:
             down.close()

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from coord.client import create_group
 from coord.testing import LocalCluster, wait_until
 
 from .members import Members, holders
@@ -34,7 +33,7 @@ def test_sigterm_exits_within_seconds_once_the_cluster_is_gone(
     own_cluster: LocalCluster, own_members: Members
 ) -> None:
     with own_cluster.client() as c:
-        create_group(c, "gone")
+        c.group("gone").create()
     m1 = own_members.start("gone", "m1", priority=10, ttl_s=TTL_S)
     m1.elected()
     m2 = own_members.start("gone", "m2", priority=5, ttl_s=TTL_S)
@@ -58,7 +57,7 @@ def test_sigterm_of_a_master_resigns_when_the_cluster_answers(
     own_cluster: LocalCluster, own_members: Members
 ) -> None:
     with own_cluster.client() as c:
-        create_group(c, "up")
+        c.group("up").create()
         m1 = own_members.start("up", "m1", priority=10, ttl_s=TTL_S)
         token = m1.elected()["token"]
         sent = m1.terminate()
@@ -88,7 +87,7 @@ def test_member_process_reads_coordctl_endpoints_and_documents_its_options(
     assert missing.returncode == 2 and "--endpoints" in missing.stderr, describe(missing)
 
     with cluster.client() as c:
-        create_group(c, "from-env")
+        c.group("from-env").create()
     env["COORDCTL_ENDPOINTS"] = ",".join(cluster.endpoints)
     out = tmp_path / "member.out"
     with open(out, "wb") as f:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import grpc
 
-from coord.client import create_group
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -76,7 +75,7 @@ def _deaf_master_and_standby(
     cluster: LocalCluster, members: Members, g: str, ttl_s: float, **policy: int
 ) -> tuple[DeafHolder, MemberProc]:
     with cluster.client() as c:
-        create_group(c, g, **policy)
+        c.group(g).create(**policy)
     deaf = DeafHolder(cluster, g, "m1", ttl_s)
     with cluster.client() as c:
         wait_until(lambda: get_group(c, g).holdings, 20, "m1 to be granted the slot")

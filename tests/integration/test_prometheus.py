@@ -41,7 +41,6 @@ from typing import Any
 import pytest
 import yaml
 
-from coord.client import create_group
 from coord.testing import LocalCluster, free_ports, phase_failed, wait_until
 
 from .members import Members, Watcher, get_group
@@ -262,7 +261,7 @@ def test_prometheus_figures_match_three_caused_outages(
     prom = prometheus
     sel = f'group="{GROUP}"'
     with cluster.client() as c:
-        create_group(c, GROUP, downtime_budget_ms=BUDGET_MS)  # slots 1, default policy
+        c.group(GROUP).create(downtime_budget_ms=BUDGET_MS)  # slots 1, default policy
     gaps = kill_the_master_three_times(cluster, members)
 
     # The final figures, scraped from every node after the third outage ended.

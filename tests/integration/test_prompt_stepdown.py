@@ -2,7 +2,7 @@
 the library and with ``coordctl campaign``: the next master is elected within a keepalive
 interval or so, not after the group's switchover timeout (10 s). An application that
 registers ``on_stepdown`` stays master while its handler runs, for at most its grace.
-``create_group(..., exist_ok=True)`` makes the README's Masters example re-runnable; the
+``group.create(..., exist_ok=True)`` makes the README's Masters example re-runnable; the
 example itself (extracted from README.md) is run twice against a real cluster.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from coord import errors
-from coord.client import Member, Session, create_group
+from coord.client import Session
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
@@ -131,7 +131,7 @@ def test_readme_masters_example_reruns_and_resigns_at_once(
     cluster: LocalCluster, watcher: Watcher, tmp_path: Path
 ) -> None:
     example = readme_masters_example()
-    assert 'create_group(c, "orders", slots=1, exist_ok=True)' in example, example
+    assert ".create(slots=1, exist_ok=True)" in example, example
     assert README_ENDPOINTS in example, example
     code = PRELUDE + example.replace(README_ENDPOINTS, repr(",".join(cluster.endpoints))) + POSTLUDE
     for attempt in (1, 2):  # the second run finds the group it created: fine
@@ -151,9 +151,9 @@ def test_a_library_master_without_a_handler_resigns_at_once_on_switchover(
 ) -> None:
     g = "lib-switch"
     with cluster.client() as c:
-        create_group(c, g)
-        with Session(c, ttl_s=TTL_S, name="lib") as s:
-            me = Member(c, s, g, "lib", priority=50)
+        c.group(g).create()
+        with c.session(ttl_s=TTL_S, name="lib") as s:
+            me = c.group(g).member("lib", s, priority=50).start()
             lead = me.campaign(timeout_s=10)
             assert lead.is_master() and lead.stepdown is None
             m2 = members.start(g, "m2", priority=5, ttl_s=TTL_S)
@@ -185,7 +185,7 @@ def test_coordctl_campaign_is_switched_over_at_once(
 ) -> None:
     g = "ctl-switch"
     with cluster.client() as c:
-        create_group(c, g)
+        c.group(g).create()
     out, err = tmp_path / "campaign.out", tmp_path / "campaign.err"
     with open(out, "wb") as o, open(err, "wb") as e:
         p = subprocess.Popen(
@@ -230,9 +230,9 @@ def test_on_stepdown_keeps_mastership_until_the_handler_returns(
         release.wait(30)
 
     with cluster.client() as c:
-        create_group(c, g)
-        with Session(c, ttl_s=TTL_S, on_stepdown=hand_over, stepdown_grace_s=30) as s:
-            lead = Member(c, s, g, "lib", priority=50).campaign(timeout_s=10)
+        c.group(g).create()
+        with c.session(ttl_s=TTL_S, on_stepdown=hand_over, stepdown_grace_s=30) as s:
+            lead = c.group(g).member("lib", s, priority=50).start().campaign(timeout_s=10)
             m2 = members.start(g, "m2", priority=5, ttl_s=TTL_S)
             wait_candidates(cluster, g, {"m2"})
             r = coordctl(cluster.endpoints, "resign", g, "lib")
@@ -270,9 +270,9 @@ def test_a_handler_that_overruns_its_grace_is_resigned_for(
 
     try:
         with cluster.client() as c:
-            create_group(c, g)
-            with Session(c, ttl_s=TTL_S, on_stepdown=hand_over, stepdown_grace_s=grace_s) as s:
-                lead = Member(c, s, g, "lib", priority=50).campaign(timeout_s=10)
+            c.group(g).create()
+            with c.session(ttl_s=TTL_S, on_stepdown=hand_over, stepdown_grace_s=grace_s) as s:
+                lead = c.group(g).member("lib", s, priority=50).start().campaign(timeout_s=10)
                 m2 = members.start(g, "m2", priority=5, ttl_s=TTL_S)
                 wait_candidates(cluster, g, {"m2"})
                 r = coordctl(cluster.endpoints, "switchover", g)
@@ -288,28 +288,28 @@ def test_a_handler_that_overruns_its_grace_is_resigned_for(
         forever.set()
 
 
-# -- create_group(exist_ok) ------------------------------------------------------------------
+# -- Group.create(exist_ok) --------------------------------------------------------------------
 
 
 def test_create_group_exist_ok(cluster: LocalCluster) -> None:
     with cluster.client() as c:
         policy: dict[str, Any] = {"failback": groups_pb2.FAILBACK_AUTO, "failback_hold_ms": 5000}
-        first = create_group(c, "idem", slots=1, **policy)
+        first = c.group("idem").create(slots=1, **policy)
         with pytest.raises(errors.AlreadyExists):
-            create_group(c, "idem", slots=1, **policy)  # the plain form still refuses
-        again = create_group(c, "idem", slots=1, exist_ok=True, **policy)
+            c.group("idem").create(slots=1, **policy)  # the plain form still refuses
+        again = c.group("idem").create(slots=1, exist_ok=True, **policy)
         assert again.created_revision == first.created_revision
         assert again.policy == first.policy
         # Left unset, the switchover timeout is the cluster's default, as when created.
-        same = create_group(c, "idem", exist_ok=True, switchover_timeout_ms=10_000, **policy)
+        same = c.group("idem").create(exist_ok=True, switchover_timeout_ms=10_000, **policy)
         assert same.created_revision == first.created_revision
         with pytest.raises(errors.AlreadyExists) as info:
-            create_group(c, "idem", slots=2, exist_ok=True, failback=groups_pb2.FAILBACK_OFF)
+            c.group("idem").create(slots=2, exist_ok=True, failback=groups_pb2.FAILBACK_OFF)
         msg = info.value.message
         assert "exists with another policy" in msg, msg
         assert "slots: asked 2, it has 1" in msg and "failback: asked FAILBACK_OFF" in msg, msg
         assert "failback_hold_ms: asked 0, it has 5000" in msg, msg
         assert get_group(c, "idem").policy == first.policy  # unchanged
         # A new name is simply created.
-        fresh = create_group(c, "idem-2", exist_ok=True)
+        fresh = c.group("idem-2").create(exist_ok=True)
         assert fresh.name == "idem-2" and fresh.created_revision > first.created_revision

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from coord.client import Client, Member, Session, create_group
+from coord.client import Client
 from coord.state import limits
 from coord.testing import LocalCluster
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
@@ -144,7 +144,7 @@ def test_a_session_opened_and_closed_through_lost_answers_is_opened_once(
 ) -> None:
     name = unique("lossy")
     with LossyClient(cluster.endpoints) as lossy, cluster.client() as c:
-        session = Session(lossy, ttl_s=5, name=name)
+        session = lossy.session(ttl_s=5, name=name).start()
         try:
             named = [s.id for s in list_sessions(c) if s.name == name]
             assert named == [session.id], f"one Open opened {named}"
@@ -157,7 +157,7 @@ def test_a_session_opened_and_closed_through_lost_answers_is_opened_once(
 def test_a_group_created_through_a_lost_answer_is_created_once(cluster: LocalCluster) -> None:
     name = unique("lossy")
     with LossyClient(cluster.endpoints) as lossy, cluster.client() as c:
-        group = create_group(lossy, name, slots=2)  # the retry must not be ALREADY_EXISTS
+        group = lossy.group(name).create(slots=2)  # the retry must not be ALREADY_EXISTS
         assert (group.name, group.policy.slots) == (name, 2)
         assert get_group(c, name).created_revision == group.created_revision
         assert_retried_with_one_id(lossy, "/coord.v1.Groups/Create")
@@ -166,9 +166,9 @@ def test_a_group_created_through_a_lost_answer_is_created_once(cluster: LocalClu
 def test_member_writes_through_lost_answers_each_apply_once(cluster: LocalCluster) -> None:
     g = unique("lossy")
     with cluster.client() as c:
-        create_group(c, g)
-        with LossyClient(cluster.endpoints) as lossy, Session(c, ttl_s=5) as session:
-            member = Member(lossy, session, g, "m1", priority=3)
+        c.group(g).create()
+        with LossyClient(cluster.endpoints) as lossy, c.session(ttl_s=5) as session:
+            member = lossy.group(g).member("m1", session, priority=3).start()
             assert member.update(weight=7).weight == 7
             lead = member.campaign(timeout_s=10)
             assert holders(c, g) == {0: ("m1", lead.token)}
@@ -314,9 +314,9 @@ def overlong_target(cluster: LocalCluster) -> Iterator[tuple[str, str]]:
     """A group whose member m1 is master, with its session: what the writes aim at."""
     g = unique("overlong")
     with cluster.client() as c:
-        create_group(c, g)
-        with Session(c, ttl_s=5) as session:
-            Member(c, session, g, "m1").campaign(timeout_s=10)
+        c.group(g).create()
+        with c.session(ttl_s=5) as session:
+            c.group(g).member("m1", session).start().campaign(timeout_s=10)
             yield g, session.id
 
 

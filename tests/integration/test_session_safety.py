@@ -55,7 +55,7 @@ class Fleet:
         self.lost: list[str] = []
         self._lock = threading.Lock()
         self.sessions = [
-            Session(client, ttl_s=ttl_s, name=f"fleet-{i}", on_state=self._on_state)
+            client.session(ttl_s=ttl_s, name=f"fleet-{i}", on_state=self._on_state).start()
             for i in range(n)
         ]
         self.ids = {s.id for s in self.sessions}

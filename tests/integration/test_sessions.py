@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from coord import errors
-from coord.client import Client, Member, Session, create_group, watch
+from coord.client import Client
 from coord.state import limits
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
@@ -54,7 +54,7 @@ def check_leader_loss_changes_nothing(
     event that releases anything, and no member that noticed anything worse than a pause."""
     g = "survivor"
     with cluster.client() as c:
-        create_group(c, g)
+        c.group(g).create()
     m1 = members.start(g, "m1", priority=10, ttl_s=TTL_S)
     first = m1.elected()
     m2 = members.start(g, "m2", priority=5, ttl_s=TTL_S)
@@ -128,7 +128,7 @@ def test_a_master_paused_past_its_ttl_learns_it_lost_and_never_claims_late(
 ) -> None:
     g = "paused"
     with cluster.client() as c:
-        create_group(c, g)
+        c.group(g).create()
     m1 = members.start(g, "m1", priority=10, ttl_s=TTL_S)
     old = m1.elected()
     old_session = m1.wait_for("session", 1, state="connected")["id"]
@@ -174,9 +174,9 @@ def make_changes(cluster: LocalCluster, group: str, tag: str) -> None:
     """A few changes of every kind: KV, sessions, members, masters."""
     with cluster.client() as c:
         c.put(f"{group}/{tag}", tag)
-        with Session(c, ttl_s=5, name=f"{group}-{tag}") as s:
-            a = Member(c, s, group, f"{tag}-a", priority=2)
-            b = Member(c, s, group, f"{tag}-b", priority=1)
+        with c.session(ttl_s=5, name=f"{group}-{tag}") as s:
+            a = c.group(group).member(f"{tag}-a", s, priority=2).start()
+            b = c.group(group).member(f"{tag}-b", s, priority=1).start()
             b.campaign(timeout_s=5).resign()  # elected, then lost (resign)
             a.campaign(timeout_s=5)  # elected, then lost when the session closes
         c.delete(f"{group}/{tag}")
@@ -195,7 +195,7 @@ def test_watch_from_an_old_revision_replays_exactly_what_was_missed(
     full: Watcher | None = None
     try:
         with cluster.client() as c:
-            create_group(c, g)
+            c.group(g).create()
         make_changes(cluster, g, "one")
         early.wait_revision(marker_revision(cluster, f"{g}/mark1"))
         early.stop()
@@ -273,7 +273,7 @@ def test_watch_from_a_compacted_revision_is_out_of_range(own_cluster: LocalClust
         # The library raises OutOfRange (not retried); the message names the current
         # revision so that the caller can re-list and watch from there.
         with pytest.raises(errors.OutOfRange) as info:
-            next(watch(c, from_revision=1))
+            next(c.watch(from_revision=1))
         assert info.value.message.startswith("coord: ")
         assert str(current) in info.value.message, info.value.message
 
@@ -304,7 +304,7 @@ def test_watch_replays_events_larger_than_one_message(own_cluster: LocalCluster)
     with own_cluster.client(timeout_s=30.0) as c:
         revs = [int(c.put(f"big/{i}", value).kv.mod_revision) for i in range(5)]
         got: list[groups_pb2.Event] = []
-        for e in watch(c, revs[0]):
+        for e in c.watch(revs[0]):
             got.append(e)
             if e.revision >= revs[-1]:
                 break
@@ -407,11 +407,11 @@ def test_bad_input_gets_the_right_status_and_changes_nothing(cluster: LocalClust
     g = "bad"
     with contextlib.ExitStack() as stack:
         c = stack.enter_context(cluster.client())
-        create_group(c, g)
-        s1 = stack.enter_context(Session(c, ttl_s=30, name="bad-1"))
-        s2 = stack.enter_context(Session(c, ttl_s=30, name="bad-2"))
-        Member(c, s1, g, "a", priority=5).campaign(timeout_s=10)
-        Member(c, s2, g, "nf", nofailover=True)
+        c.group(g).create()
+        s1 = stack.enter_context(c.session(ttl_s=30, name="bad-1"))
+        s2 = stack.enter_context(c.session(ttl_s=30, name="bad-2"))
+        c.group(g).member("a", s1, priority=5).start().campaign(timeout_s=10)
+        c.group(g).member("nf", s2, nofailover=True).start()
         before = state_of(c)
         masters = holders(c, g)
         assert [m for m, _ in masters.values()] == ["a"]
@@ -440,7 +440,7 @@ def test_bad_input_gets_the_right_status_and_changes_nothing(cluster: LocalClust
 
 
 def test_coordctl_session_ls(cluster: LocalCluster) -> None:
-    with cluster.client() as c, Session(c, ttl_s=7, name="ctl-session") as s:
+    with cluster.client() as c, c.session(ttl_s=7, name="ctl-session") as s:
         p = coordctl(cluster.endpoints, "session", "ls")
         assert p.returncode == 0, describe(p)
         header, *rows = p.stdout.strip().splitlines()
@@ -463,11 +463,11 @@ def test_coordctl_watch_count(cluster: LocalCluster) -> None:
     g = "ctl-watch"
     start = marker_revision(cluster, f"{g}/start") + 1
     with cluster.client() as c:
-        create_group(c, g)
+        c.group(g).create()
     make_changes(cluster, g, "w")
     end = marker_revision(cluster, f"{g}/end")
     with cluster.client() as c:
-        history = list(_take(watch(c, start), end - start + 1))
+        history = list(_take(c.watch(start), end - start + 1))
 
     p = coordctl(cluster.endpoints, "-o", "json", "watch", "--from-revision", str(start),
                  "--count", "4")  # fmt: skip

@@ -24,7 +24,6 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from coord.client import create_group
 from coord.client.credentials import Credentials
 from coord.testing import LocalCluster, wait_until
 
@@ -155,7 +154,7 @@ def test_page_shows_leader_masters_standbys_and_a_failover_within_a_second(
     cluster: LocalCluster, members: Members, browser: WebDriver, tmp_path: Path
 ) -> None:
     with cluster.client() as c:
-        create_group(c, GROUP, downtime_budget_ms=60_000)
+        c.group(GROUP).create(downtime_budget_ms=60_000)
     m1 = members.start(GROUP, "db-1", priority=30, ttl_s=TTL_S, address=HOSTILE)
     first = m1.elected()
     m2 = members.start(GROUP, "db-2", priority=20, ttl_s=TTL_S, address="10.0.0.2:5432")

@@ -30,7 +30,6 @@ from typing import Any
 import pytest
 
 from coord.cli.output import EXIT_CONFIG
-from coord.client import Member, Session, create_group
 from coord.errors import InvalidArgument
 from coord.server.duties.webhook import check_url, wanted
 from coord.testing import LocalCluster, free_ports, wait_until
@@ -147,10 +146,10 @@ class Pair:
 
     def __init__(self, cluster: LocalCluster, group: str, **policy: Any) -> None:
         self.client = cluster.client(timeout_s=20.0)
-        create_group(self.client, group, **policy)
-        self.sessions = [Session(self.client, ttl_s=5.0, name=f"{group}-{x}") for x in "ab"]
+        self.client.group(group).create(**policy)
+        self.sessions = [self.client.session(ttl_s=5.0, name=f"{group}-{x}").start() for x in "ab"]
         self.members = [
-            Member(self.client, s, group, f"{group}-{x}")
+            self.client.group(group).member(f"{group}-{x}", s).start()
             for s, x in zip(self.sessions, "ab", strict=True)
         ]
         self.members[0].campaign(timeout_s=10)
@@ -208,7 +207,7 @@ def test_a_failover_and_a_switchover_are_posted_in_order(
     watcher = Watcher(cluster.endpoints, groups=[g])
     try:
         with cluster.client() as c:
-            create_group(c, g)
+            c.group(g).create()
         m1 = members.start(g, "m1", priority=30, ttl_s=TTL_S)
         m1.elected()
         m2 = members.start(g, "m2", priority=20, ttl_s=TTL_S)

@@ -8,8 +8,6 @@ after it arrived: a deposed master went on acting until the next keepalive.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 
 import pytest
@@ -23,17 +21,13 @@ TOKEN = 90  # the revision at which the slot was granted
 
 
 def offline_session(ttl_s: float = 5.0) -> Session:
-    """A Session as its constructor leaves it once Open answered, without the RPC or
-    the background threads: the tests drive its acknowledgement handling directly."""
-    s = Session.__new__(Session)
-    s.id, s.ttl_s, s.drift = "s1", ttl_s, 0.02
-    s._lock = threading.Lock()
-    s._events = queue.Queue()
-    s._callbacks = []
-    s._state = SessionState.CONNECTED
+    """A Session as ``start()`` leaves it once Open answered, without the RPC or the
+    background threads (its constructor does no I/O): the tests drive its
+    acknowledgement handling directly."""
+    s = Session(_Answering(), ttl_s=ttl_s)  # type: ignore[arg-type]
+    s._id, s._state = "s1", SessionState.CONNECTED
     now = clock.now()
     s._valid_until, s._last_ack = now + ttl_s, now
-    s._held, s._held_as_of, s._held_revision = {}, 0.0, 0
     return s
 
 
@@ -131,9 +125,8 @@ def _leadership_of_a_member() -> tuple[Member, Leadership]:
     s = offline_session()
     s._stepdown_hooks, s._on_stepdown, s.stepdown_grace_s = [], None, 0.0
     s._acked(clock.now(), ack(TOKEN, (0, TOKEN, False)))  # the slot is ours
-    m = Member.__new__(Member)
-    m.client, m.session, m.group, m.id = _Answering(), s, GROUP, "db-1"  # type: ignore[assignment]
-    m._stepped_down, m._leaderships = False, []
+    m = Member(_Answering(), s, GROUP, "db-1")  # type: ignore[arg-type]
+    m.registered = True
     lead = Leadership(m, groups_pb2.Holding(slot=0, token=TOKEN, member_id="db-1"))
     assert lead.is_master()
     return m, lead

@@ -175,7 +175,6 @@ def test_translate_carries_the_leader_hint() -> None:
     err = translate(call, "127.0.0.1:8001")
     assert isinstance(err, errors.NotLeader)
     assert (err.leader_id, err.leader_address) == ("n2", "127.0.0.1:8002")
-    assert err.leader_hint == "127.0.0.1:8002"  # type: ignore[attr-defined]
     assert err.retryable
 
 
@@ -183,13 +182,24 @@ def test_translate_not_leader_without_a_known_leader() -> None:
     err = translate(aborted(errors.NotLeader("not the leader")), "e")
     assert isinstance(err, errors.NotLeader)
     assert (err.leader_id, err.leader_address) == ("", "")
-    assert err.leader_hint == ""  # type: ignore[attr-defined]
 
 
-def test_translate_gives_every_error_a_leader_hint() -> None:
+def test_translate_gives_every_error_the_leader_address() -> None:
     err = translate(aborted(errors.NoLeader("election"), leader=("", "127.0.0.1:8003")), "e")
     assert isinstance(err, errors.NoLeader)
-    assert err.leader_hint == "127.0.0.1:8003"  # type: ignore[attr-defined]
+    assert err.leader_address == "127.0.0.1:8003"
+
+
+def test_every_error_declares_a_leader_address() -> None:
+    assert errors.CoordError("x").leader_address == ""
+    assert errors.Unavailable("x", leader_address="a:1").leader_address == "a:1"
+    assert errors.NotLeader("x", "n2", "b:2").leader_address == "b:2"
+
+
+def test_leader_hint_still_reads_the_leader_address_and_warns() -> None:
+    err = errors.NoLeader("election", leader_address="127.0.0.1:8003")
+    with pytest.warns(DeprecationWarning, match="leader_address"):
+        assert err.leader_hint == "127.0.0.1:8003"
 
 
 FALLBACK = [
@@ -278,7 +288,7 @@ def test_missing_details_and_metadata() -> None:
     err = translate(FakeCall(grpc.StatusCode.INTERNAL, None, None), "e")
     assert type(err) is errors.Internal
     assert err.message.startswith("coord: ")
-    assert err.leader_hint == ""  # type: ignore[attr-defined]
+    assert err.leader_address == ""
 
 
 def test_a_bare_rpc_error_is_a_coord_error() -> None:

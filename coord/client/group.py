@@ -1,0 +1,167 @@
+"""A handle on one group: ``client.group(name)``, the way into groups, members,
+campaigns, masters and the group's events.
+
+::
+
+    orders = client.group("orders")
+    orders.create(slots=1, exist_ok=True)
+    with client.session(ttl_s=5) as session:
+        with orders.campaign("orders-1", session, priority=10) as lead:  # registers, waits
+            ...
+    orders.masters()                     # the holdings now
+    for view in orders.observe(): ...    # the masters after every change
+    for event in orders.watch(): ...     # the group's events, gap-free
+
+A Group holds no state and does no I/O when made: every method is one request (or
+one resuming stream) through the client, retried as the client retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from coord import errors
+from coord.client.balancer import Balancer, Policy, Role
+from coord.client.client import Client, new_request_id
+from coord.client.election import (
+    Leadership,
+    Member,
+    _groups,
+    observe_masters,
+    policy_differences,
+)
+from coord.client.session import Session
+from coord.v1 import election_pb2, groups_pb2
+
+
+class Group:
+    """The group ``name`` of ``client``'s cluster (it need not exist yet)."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Group({self.name!r})"
+
+    def create(self, slots: int = 1, exist_ok: bool = False, **policy: Any) -> groups_pb2.Group:
+        """Create the group; ``policy`` takes GroupPolicy fields (failback,
+        failback_hold_ms, switchover_timeout_ms, failover_on_unhealthy, ...).
+
+        With ``exist_ok``, a group of that name that already has this policy is returned
+        as it is (a program may create its group every time it starts); one with another
+        policy raises AlreadyExists naming the differences (a policy is never changed).
+        """
+        wanted = groups_pb2.GroupPolicy(slots=slots, **policy)
+        req = election_pb2.CreateGroupRequest(
+            name=self.name, policy=wanted, request_id=new_request_id()
+        )
+        for _ in range(3):  # a group deleted between our create and our read: create again
+            try:
+                resp: election_pb2.GroupResponse = self.client.call(
+                    lambda ch, t: _groups(ch).Create(req, timeout=t)
+                )
+                return resp.group
+            except errors.AlreadyExists:
+                if not exist_ok:
+                    raise
+                try:
+                    got = self.get()
+                except errors.NotFound:
+                    req.request_id = new_request_id()  # a new write, not a retry of the first
+                    continue
+                if got.deleting:
+                    raise
+                self._same_policy(wanted, got.policy)
+                return got
+        raise errors.Unavailable(
+            f"group {self.name!r} kept being deleted while it was created: retry"
+        )
+
+    def _same_policy(self, wanted: groups_pb2.GroupPolicy, has: groups_pb2.GroupPolicy) -> None:
+        differences = policy_differences(wanted, has)
+        if differences:
+            raise errors.AlreadyExists(
+                f"group {self.name!r} exists with another policy ({'; '.join(differences)}): "
+                "create it with the policy it has, delete it first (coordctl group rm), "
+                "or pick another name"
+            ) from None
+
+    def get(self) -> groups_pb2.Group:
+        """The group as the leader has it: policy, members, holdings (NotFound if none)."""
+        req = election_pb2.GetGroupRequest(name=self.name)
+        resp: election_pb2.GroupResponse = self.client.call(
+            lambda ch, t: _groups(ch).Get(req, timeout=t)
+        )
+        return resp.group
+
+    def masters(self) -> list[groups_pb2.Holding]:
+        """The group's holdings (slot, member, token) now."""
+        req = election_pb2.MastersRequest(group=self.name)
+        resp: election_pb2.MastersResponse = self.client.call(
+            lambda ch, t: _groups(ch).Masters(req, timeout=t)
+        )
+        return list(resp.masters)
+
+    def observe(self) -> Iterator[list[groups_pb2.Holding]]:
+        """The group's masters now, then after every change (reconnects on node failure)."""
+        return observe_masters(self.client, self.name)
+
+    def watch(
+        self, from_revision: int = 0, types: Iterable[str] = ()
+    ) -> Iterator[groups_pb2.Event]:
+        """The group's events (of ``types``, or all) from ``from_revision`` (0: from now),
+        gap-free across reconnects: see :meth:`coord.client.Client.watch`."""
+        return self.client.watch(from_revision, groups=[self.name], types=types)
+
+    def member(
+        self,
+        member_id: str,
+        session: Session,
+        address: str = "",
+        priority: int = 0,
+        weight: int = 1,
+        tags: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        nofailover: bool = False,
+        check: groups_pb2.HealthCheck | None = None,
+    ) -> Member:
+        """A member of this group bound to ``session``, not registered yet: ``start()`` it
+        or use it as a context manager. The arguments are :class:`Member`'s."""
+        return Member(
+            self.client, session, self.name, member_id, address=address, priority=priority,
+            weight=weight, tags=tags, metadata=metadata, nofailover=nofailover, check=check,
+        )  # fmt: skip
+
+    def campaign(
+        self,
+        member_id: str,
+        session: Session,
+        timeout_s: float | None = None,
+        address: str = "",
+        priority: int = 0,
+        weight: int = 1,
+        tags: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        check: groups_pb2.HealthCheck | None = None,
+    ) -> Leadership:
+        """Register ``member_id`` (on ``session``, which must be started) and block until
+        it holds a slot, or ``timeout_s`` passes (:meth:`Member.campaign`). The holding
+        is a context manager that resigns; ``lead.member`` is the member."""
+        member = self.member(
+            member_id, session, address=address, priority=priority, weight=weight,
+            tags=tags, metadata=metadata, check=check,
+        )  # fmt: skip
+        return member.start().campaign(timeout_s)
+
+    def balancer(
+        self,
+        policy: Policy = "round_robin",
+        role: Role = "any",
+        tags: dict[str, str] | None = None,
+        seed: int | None = None,
+    ) -> Balancer:
+        """A client-side load balancer over this group's members (it follows the group
+        on a thread of its own from now on: close it, or use it as a context manager)."""
+        return Balancer(self.client, self.name, policy=policy, role=role, tags=tags, seed=seed)
