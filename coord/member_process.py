@@ -226,6 +226,15 @@ def _report_validity(enabled: bool, stop: threading.Event, current: list[Session
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except errors.InvalidArgument as e:  # e.g. a TTL out of bounds: say so, no traceback
+        print(f"member_process: {e.message}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m coord.member_process",
         description=__doc__.split("\n\n")[0],
@@ -290,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--server-name", default="", help="the name to verify in the nodes' certificates"
     )
-    return run(p.parse_args(argv))
+    return p
 
 
 if __name__ == "__main__":

@@ -447,7 +447,7 @@ def _finite(value: float, flag: str) -> float:
     return value
 
 
-_TTL_MS = re.compile(r"session TTL \d+ ms is out of bounds: use (\d+)\.\.(\d+) ms")
+_TTL_MS = re.compile(r"session TTL \d+ ms .*is out of bounds: use (\d+)\.\.(\d+) ms")
 
 
 def _ttl_in_seconds(e: errors.InvalidArgument, ttl_s: float) -> Exception:

@@ -58,8 +58,9 @@ class Groups(Placement):
     def open_session(self, req: groups_pb2.OpenSession, now: int) -> groups_pb2.Session:
         if not limits.MIN_SESSION_TTL_MS <= req.ttl_ms <= limits.MAX_SESSION_TTL_MS:
             raise InvalidArgument(
-                f"session TTL {req.ttl_ms} ms is out of bounds: use "
-                f"{limits.MIN_SESSION_TTL_MS}..{limits.MAX_SESSION_TTL_MS} ms"
+                f"session TTL {limits.ms_and_s(req.ttl_ms)} is out of bounds: use "
+                f"{limits.MIN_SESSION_TTL_MS}..{limits.MAX_SESSION_TTL_MS} ms "
+                f"({limits.MIN_SESSION_TTL_MS / 1000:g}..{limits.MAX_SESSION_TTL_MS / 1000:g} s)"
             )
         check_label(req.name, "session name")
         rev = self.emit.reserve()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.parse
 
 from coord.errors import InvalidArgument
+from coord.state import limits
 from coord.v1 import groups_pb2
 
 DEFAULT_INTERVAL_MS = 1000
@@ -31,15 +32,17 @@ def checked(check: groups_pb2.HealthCheck, member_address: str) -> groups_pb2.He
         out.interval_ms = DEFAULT_INTERVAL_MS
     if not MIN_INTERVAL_MS <= out.interval_ms <= MAX_INTERVAL_MS:
         raise InvalidArgument(
-            f"health check interval {out.interval_ms} ms is out of bounds: use "
-            f"{MIN_INTERVAL_MS}..{MAX_INTERVAL_MS} ms"
+            f"health check interval {limits.ms_and_s(out.interval_ms)} is out of bounds: use "
+            f"{MIN_INTERVAL_MS}..{MAX_INTERVAL_MS} ms "
+            f"({MIN_INTERVAL_MS / 1000:g}..{MAX_INTERVAL_MS / 1000:g} s)"
         )
     if out.timeout_ms == 0:
         out.timeout_ms = min(out.interval_ms, DEFAULT_TIMEOUT_MS)
     if not MIN_TIMEOUT_MS <= out.timeout_ms <= out.interval_ms:
         raise InvalidArgument(
-            f"health check timeout {out.timeout_ms} ms must be {MIN_TIMEOUT_MS} ms..the "
-            f"interval ({out.interval_ms} ms)"
+            f"health check timeout {limits.ms_and_s(out.timeout_ms)} must be "
+            f"{limits.ms_and_s(MIN_TIMEOUT_MS)}..the interval "
+            f"({limits.ms_and_s(out.interval_ms)})"
         )
     out.rise = out.rise or DEFAULT_RISE
     out.fall = out.fall or DEFAULT_FALL

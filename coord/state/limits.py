@@ -31,3 +31,9 @@ MAX_NAME_CHARS = 128
 MAX_TAGS = 32
 MAX_TAG_CHARS = 256
 DEFAULT_SWITCHOVER_TIMEOUT_MS = 10_000
+
+
+def ms_and_s(ms: int) -> str:
+    """A duration as the API field has it and as the libraries and CLI take it:
+    ``1500 ms (1.5 s)``. Errors say both, so a caller who gave seconds reads seconds."""
+    return f"{ms} ms ({ms / 1000:g} s)"

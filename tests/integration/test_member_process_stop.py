@@ -104,3 +104,15 @@ def test_member_process_reads_coordctl_endpoints_and_documents_its_options(
         p.wait(timeout=30)
     assert p.returncode == 0, out.read_text()
     assert '"cause": "stop"' in out.read_text()
+
+
+def test_a_ttl_out_of_bounds_is_refused_in_seconds_without_a_traceback(
+    cluster: LocalCluster,
+) -> None:
+    with cluster.client() as c:
+        c.group("short-ttl").create(exist_ok=True)
+    env = {**os.environ, "COORDCTL_ENDPOINTS": ",".join(cluster.endpoints)}
+    bad = run_member(["--group", "short-ttl", "--id", "t1", "--ttl-s", "0.1"], env)
+    assert bad.returncode == 2, describe(bad)
+    assert "Traceback" not in bad.stderr, describe(bad)
+    assert "(0.1 s)" in bad.stderr and "0.5..3600 s" in bad.stderr, describe(bad)

@@ -149,7 +149,9 @@ def test_campaign_ttl_is_checked_in_seconds() -> None:
         assert "--ttl-s" in r.stderr and " ms" not in r.stderr, r.stderr
     assert "0.5<=x<=3600" in ctl("campaign", "g", "m1", "--ttl-s", "0.2").stderr
     # The state machine's own bounds message (in ms) is said in seconds when it comes.
-    server = errors.InvalidArgument("session TTL 200 ms is out of bounds: use 500..3600000 ms")
+    server = errors.InvalidArgument(
+        "session TTL 200 ms (0.2 s) is out of bounds: use 500..3600000 ms (0.5..3600 s)"
+    )
     said = ctl_groups._ttl_in_seconds(server, 0.2)
     assert isinstance(said, click.ClickException)
     assert said.format_message() == "coord: --ttl-s 0.2 is out of bounds: use 0.5..3600 s"

@@ -910,3 +910,14 @@ def test_snapshot_restore_keeps_holdings_handovers_and_timers() -> None:
     assert other.apply(cmd.SerializeToString()) == d.sm.apply(cmd.SerializeToString())
     assert other.snapshot() == d.sm.snapshot()
     assert other.groups.groups["g"].holdings[0].member_id == "b"
+
+
+def test_a_session_ttl_out_of_bounds_is_refused_in_milliseconds_and_seconds() -> None:
+    """The API field is in ms; the libraries and the CLI take seconds: the error says both."""
+    d = Driver()
+    res = d.apply(open_session=gp.OpenSession(ttl_ms=100))
+    assert res.error_reason == "invalid_argument"
+    assert "100 ms (0.1 s) is out of bounds: use 500..3600000 ms (0.5..3600 s)" in (
+        res.error_message
+    )
+    assert not d.sm.groups.sessions

@@ -151,8 +151,11 @@ CHECKS = {
     "no type": (gp.HealthCheck(interval_ms=1000), "", "no type"),
     "negative interval": (gp.HealthCheck(tcp=gp.TcpCheck(address="h:1"), interval_ms=-5), "",
                           "out of bounds"),
+    # Libraries and the CLI take seconds: errors say seconds too.
+    "interval in seconds too": (gp.HealthCheck(tcp=gp.TcpCheck(address="h:1"), interval_ms=50),
+                                "", "50 ms (0.05 s) is out of bounds: use 100..3600000 ms (0.1..3600 s)"),  # noqa: E501
     "timeout over interval": (gp.HealthCheck(tcp=gp.TcpCheck(address="h:1"), interval_ms=200,
-                                             timeout_ms=300), "", "must be"),
+                                             timeout_ms=300), "", "300 ms (0.3 s) must be"),
     "fall 0 is the default, 101 is not": (gp.HealthCheck(tcp=gp.TcpCheck(address="h:1"),
                                                          fall=101), "", "fall must be"),
     "tcp without any address": (gp.HealthCheck(tcp=gp.TcpCheck()), "", "host:port"),
