@@ -1,5 +1,6 @@
 """Checker: each logical write was applied once, however often the library retried it
-(DESIGN.md, 9: every write carries a request id; a retry returns the first result).
+(docs/design.md, the safety argument, point 9: every write carries a request id; a retry
+returns the first result).
 
 Input: the every-kind writer's logged writes (``record.writes``, chaos.every_write) and a
 note of every event of the run (``record.events``, from an unfiltered watcher). Each

@@ -3,7 +3,7 @@
 session alive), an operator asks for a switchover, the master never resigns (it never
 heard), so the leader revokes it after the group's switchover timeout and must wait out
 its session TTL before granting the slot: the old master stops believing when its
-validity ends, which the wait-out must cover (DESIGN.md, 7).
+validity ends, which the wait-out must cover (docs/design.md, the safety argument, point 7).
 
 The nemeses (chaos.nemesis) start one with :func:`force`, optionally move a clock during
 the wait-out, and heal it with :meth:`ForcedHandover.heal`.

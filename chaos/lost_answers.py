@@ -1,7 +1,7 @@
 """Lost answers: bursts in which every answer on the shared API proxies is dropped while
 requests still reach the nodes, which apply them. A client whose answer was lost sees a
 timeout (or the reset that ends the burst) and retries: a write must then be applied
-once, and its retry must return the first result (DESIGN.md, 9).
+once, and its retry must return the first result (docs/design.md, the safety argument, point 9).
 
 A burst is a ``timeout`` toxic (timeout 0: held, never delivered) on the downstream of
 every API proxy; its end removes the toxics and resets the proxies (what they held is

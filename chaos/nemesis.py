@@ -119,7 +119,7 @@ def reset_peer(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
 
 def isolate_master_client(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     """Cut the 1-slot group's master (the client) from every node: its library must
-    stop believing before the cluster grants the slot to another (DESIGN.md)."""
+    stop believing before the cluster grants the slot to another (docs/design.md)."""
     with Client(c.client_endpoints, timeout_s=10) as cl:
         held = wait_until(lambda: cl.group("g1").masters(), 20, "a master of g1")
     undo = c.cut_client(f"g1-{held[0].member_id}")

@@ -1,7 +1,7 @@
 """coord: a Raft-based high-availability coordinator.
 
 Nodes form a Raft group (pysyncobj) replicating a small deterministic state
-machine; a gRPC API exposes it. See README.md and DESIGN.md.
+machine; a gRPC API exposes it. See README.md and docs/design.md.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Neither a Session nor a Member does I/O when constructed: ``start()`` (or ``with
 opens the session, and registers the member (leaving the block unregisters it).
 
 ``Leadership.is_master()`` turns False the moment the session's local validity
-ends (DESIGN.md): stop writing then. Tokens strictly increase per slot; a
+ends (docs/design.md, the safety argument): stop writing then. Tokens strictly increase per slot; a
 resource that remembers the highest token it accepted (:class:`FencedResource`)
 rejects a deposed master that wakes up late.
 """

@@ -1,6 +1,6 @@
 """Session: a TTL lease kept alive in the background, with a local validity clock.
 
-DESIGN.md's safety argument, client side: a session is valid until
+docs/design.md's safety argument, client side: a session is valid until
 ``send_time + TTL x (1 - drift)`` of the newest acknowledged keepalive, on this
 process's validity clock (``coord.client.clock``: monotonic, counting suspend).
 The leader acknowledges only after a commit made after the keepalive arrived, so

@@ -1,4 +1,4 @@
-"""RaftNode: pysyncobj hardened as DESIGN.md says, around the pure StateMachine.
+"""RaftNode: pysyncobj hardened as docs/design.md says, around the pure StateMachine.
 
 The node wires the parts together; each lives in a module of its own:
 pysyncobj itself behind ``coord.raft.syncobj_adapter``, the fsync journal

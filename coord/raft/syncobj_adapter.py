@@ -1,10 +1,10 @@
 """pysyncobj behind one door: the only module that touches its private members.
 
-coord runs pysyncobj 0.3.17 hardened (DESIGN.md). The hardening needs pysyncobj's
-internals: its name-mangled ``SyncObj.__*`` state (nextIndex/matchIndex, the
-election deadline, the log), a few private methods it overrides, the journal
-factory it builds its log with, and ``TcpConnection`` internals. All of that is
-here, behind a typed surface; the rest of ``coord.raft`` talks to
+coord runs pysyncobj 0.3.17 hardened (docs/design.md, docs/raft-hardening.md). The
+hardening needs pysyncobj's internals: its name-mangled ``SyncObj.__*`` state
+(nextIndex/matchIndex, the election deadline, the log), a few private methods it
+overrides, the journal factory it builds its log with, and ``TcpConnection``
+internals. All of that is here, behind a typed surface; the rest of ``coord.raft`` talks to
 :class:`SyncObjAdapter` and never spells a mangled name (patroni keeps pysyncobj
 inside ``patroni/dcs/raft.py`` the same way).
 

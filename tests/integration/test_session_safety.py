@@ -1,4 +1,4 @@
-"""Sessions are never declared expired while alive (DESIGN.md, safety argument 8).
+"""Sessions are never declared expired while alive (docs/design.md, the safety argument, point 8).
 
 Regression (issue 13, hole 4): a keepalive answered by a node that had stopped leading
 while the keepalive waited on its acknowledgement barrier (a leadership transfer), or

@@ -10,8 +10,8 @@ gone), unregistered (by their own session, another one or none), campaigning,
 resigning, switched over, revoked, found unhealthy and healthy again, and
 Advances, and a term that grows.
 
-It also plays the leader, which alone decides when a wait is over (DESIGN rule:
-every wait that gates a grant runs on the leader's monotonic clock): a
+It also plays the leader, which alone decides when a wait is over (docs/design.md, the
+safety argument: every wait that gates a grant runs on the leader's monotonic clock): a
 ``WaitTimer`` on the leader's clock (``mono``) observes ``pending_waits()`` after
 every command, and the leader proposes an ``Advance`` naming the waits that are
 over: at once after each command (a prompt leader) or only when a rule says so
