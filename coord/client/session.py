@@ -105,6 +105,7 @@ class Session:
         self._start_lock = threading.Lock()
         self._events: queue.Queue[SessionState | None] = queue.Queue()
         self._id = ""
+        self._open_request_id = new_request_id()
         self._valid_until = 0.0
         self._last_ack = 0.0
         # What the cluster said this session holds: (group, slot) -> (token, revoked),
@@ -141,10 +142,11 @@ class Session:
         return self
 
     def _open(self) -> None:
-        # One request id for every attempt: a retry after a lost answer gets the
-        # session the first attempt opened, not a second one.
+        # One request id for every attempt, across start() calls too: a start() after
+        # one whose answer was lost (applied, then the leader died) gets the session
+        # the first attempt opened, not a second one that nobody would ever close.
         req = election_pb2.OpenSessionRequest(
-            ttl_ms=int(self.ttl_s * 1000), name=self.name, request_id=new_request_id()
+            ttl_ms=int(self.ttl_s * 1000), name=self.name, request_id=self._open_request_id
         )
         sent = clock.now()
         resp = self.client.call(
@@ -186,20 +188,18 @@ class Session:
         keepalive, which goes out early (at most every 0.1 s) when the load changed."""
         if not 0 <= load < float("inf"):
             raise errors.InvalidArgument(f"load must be a finite number >= 0, got {load}")
-        self._started()
         if load != self._load:
             self._load = load
             self._wake.set()
 
     def is_valid(self) -> bool:
-        """True while this process may act on the session (it has not expired here)."""
-        self._started()
+        """True while this process may act on the session (it has not expired here).
+        A session not started yet is not valid (and this never opens it)."""
         with self._lock:
             live = self._state in (SessionState.CONNECTED, SessionState.SUSPENDED)
             return live and clock.now() < self._valid_until
 
     def valid_for_s(self) -> float:
-        self._started()
         with self._lock:
             return max(0.0, self._valid_until - clock.now())
 

@@ -423,7 +423,10 @@ class StateCapture:
         for i in range(0, len(self.dedupe), _HASH_CHUNK):
             part = raft_pb2.StateSnapshot()
             for rid, res, fp in self.dedupe[i : i + _HASH_CHUNK]:
-                part.dedupe.add(request_id=rid, result=res, fingerprint=fp)
+                entry = part.dedupe.add(request_id=rid, result=res, fingerprint=fp)
+                # A refusal's wording may differ between coord versions (a rolling
+                # upgrade applies the same log on both): its reason is the outcome.
+                entry.result.error_message = ""
             h.update(b"dedupe")
             h.update(part.SerializeToString(deterministic=True))
         return h.hexdigest()

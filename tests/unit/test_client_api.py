@@ -161,3 +161,61 @@ def test_errors_carry_a_declared_leader_address() -> None:
     err: errors.CoordError = errors.Unavailable("x", leader_address="127.0.0.1:2")
     assert err.leader_address == "127.0.0.1:2"
     assert errors.from_reason("no_leader", "y").leader_address == ""
+
+
+class _FakeStub:
+    """Captures the OpenSessionRequest a Session sends."""
+
+    def __init__(self, sent: list[election_pb2.OpenSessionRequest]) -> None:
+        self.sent = sent
+
+    def Open(self, req: election_pb2.OpenSessionRequest, timeout: float) -> Any:
+        self.sent.append(req)
+        return election_pb2.OpenSessionResponse(
+            session=groups_pb2.Session(id="s1", ttl_ms=req.ttl_ms)
+        )
+
+
+def test_a_start_after_a_lost_answer_reuses_the_first_request_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first Open was applied but its answer lost (the leader died): the app calls
+    start() again, which must carry the same request id, so the cluster answers with the
+    session it opened instead of opening a second one that nobody would close."""
+    sent: list[election_pb2.OpenSessionRequest] = []
+    monkeypatch.setattr(
+        "coord.client.session.election_pb2_grpc.SessionsStub", lambda ch: _FakeStub(sent)
+    )
+
+    class LosesFirstAnswer(Client):
+        def __init__(self) -> None:
+            super().__init__("127.0.0.1:1")
+            self.attempts = 0
+
+        def call(self, fn: Any, prefer_leader: bool = True, endpoint: str | None = None) -> Any:
+            self.attempts += 1
+            answer = fn(None, 1.0)
+            if self.attempts == 1:
+                raise errors.Unavailable("outcome unknown: the leader went away")
+            return answer
+
+    c = LosesFirstAnswer()
+    s = c.session(5)
+    monkeypatch.setattr(s, "_keep_alive", lambda: None)  # no threads that talk
+    monkeypatch.setattr(s, "_watch_validity", lambda: None)
+    with pytest.raises(errors.Unavailable):
+        s.start()
+    assert s.state is SessionState.NEW
+    s.start()
+    assert len(sent) == 2 and sent[0].request_id == sent[1].request_id != ""
+    assert s.id == "s1"
+    s._stop.set()
+    s._events.put(None)
+
+
+def test_an_unstarted_session_is_not_valid_and_asking_does_no_io() -> None:
+    c = RecordingClient()
+    s = c.session(5)
+    assert not s.is_valid() and s.valid_for_s() == 0.0
+    s.report_load(3.0)
+    assert c.calls == [] and s.state is SessionState.NEW

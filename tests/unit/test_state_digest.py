@@ -126,3 +126,26 @@ def test_every_part_of_the_state_is_hashed() -> None:
     }
     assert base not in variants.values(), [k for k, v in variants.items() if v == base]
     assert len(set(variants.values())) == len(variants)
+
+
+def test_a_refusals_wording_does_not_count_but_its_reason_does() -> None:
+    """A rolling upgrade applies the same log under two coord versions: a refusal kept
+    for retries (the dedupe table) may be worded differently on each, and replicas must
+    still hash equal. Its reason (the outcome) still counts."""
+    bad_open = raft_pb2.Command(
+        request_id="r1", open_session=groups_pb2.OpenSession(ttl_ms=1), time_ms=T0
+    )
+    old, new = StateMachine(), StateMachine()
+    for sm in (old, new):
+        assert sm.apply(bad_open.SerializeToString()).error_reason == "invalid_argument"
+    result, fingerprint = old._dedupe["r1"]
+    reworded = raft_pb2.CommandResult()
+    reworded.CopyFrom(result)
+    reworded.error_message = "coord: worded by another version"
+    old._dedupe["r1"] = (reworded, fingerprint)
+    assert old.capture().digest() == new.capture().digest()
+    other_outcome = raft_pb2.CommandResult()
+    other_outcome.CopyFrom(reworded)
+    other_outcome.error_reason = "out_of_range"
+    old._dedupe["r1"] = (other_outcome, fingerprint)
+    assert old.capture().digest() != new.capture().digest()
