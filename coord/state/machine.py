@@ -296,6 +296,11 @@ class StateMachine:
             ledgers=[_copied_ledger(g) for g in self.ledger.to_proto()],
         )
 
+    def remembers(self, request_id: str) -> bool:
+        """Whether a command with this request id was applied (and a retry of it would
+        get its first result back)."""
+        return bool(request_id) and request_id in self._dedupe
+
     # -- dedupe table, for differential backups (caller holds the apply lock) ---
 
     def dedupe_since(self, revision: int) -> list[raft_pb2.DedupeEntry]:

@@ -10,6 +10,7 @@ and the leader's session clock (a stand-in satisfying the SessionDeadlines port)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -258,6 +259,35 @@ def test_a_keepalive_with_a_load_that_is_not_a_finite_number_is_refused() -> Non
         req = election_pb2.KeepAliveRequest(session_id="s", seq=1, load=float("nan"))
         bad = await aborted(_collect(keepalive(_requests(req), FakeServicerContext())))
         assert bad.code == grpc.StatusCode.INVALID_ARGUMENT and "load" in bad.details
+
+    run(main())
+
+
+def test_at_the_session_limit_a_retried_open_still_gets_its_first_answer() -> None:
+    """The first Open applied but its answer was lost; meanwhile the caller reached its
+    session limit. The retry (same request id) must get the session it opened, not
+    RESOURCE_EXHAUSTED (which would orphan that session)."""
+
+    async def main() -> None:
+        raft, ctx = node_context()
+        ctx.cfg = dataclasses.replace(ctx.cfg, max_sessions_per_identity=1)
+        _, _, _, svc = _sessions(raft)
+        svc.ctx = ctx
+        open_ = handler(svc, SESSIONS, "Open", ctx)
+        first = await open_(
+            election_pb2.OpenSessionRequest(ttl_ms=5000, request_id="o1"), FakeServicerContext()
+        )
+        over = await aborted(
+            open_(
+                election_pb2.OpenSessionRequest(ttl_ms=5000, request_id="o2"), FakeServicerContext()
+            )
+        )
+        assert over.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        retry = await open_(
+            election_pb2.OpenSessionRequest(ttl_ms=5000, request_id="o1"), FakeServicerContext()
+        )
+        assert retry.session.id == first.session.id
+        assert raft.read(lambda s: len(s.groups.sessions)) == 1
 
     run(main())
 

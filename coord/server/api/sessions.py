@@ -22,8 +22,14 @@ from coord.state.machine import StateMachine
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
 
-def _count_owned(state: StateMachine, owner: str) -> int:
-    return sum(1 for x in state.groups.sessions.values() if x.owner == owner)
+def _over_limit(
+    state: StateMachine, request: election_pb2.OpenSessionRequest, owner: str, limit: int
+) -> bool:
+    """``owner`` has ``limit`` sessions open, and this is not the retry of an Open that
+    was applied (a retry gets its first answer, whatever the count is now)."""
+    if state.remembers(request.request_id):
+        return False
+    return sum(1 for x in state.groups.sessions.values() if x.owner == owner) >= limit
 
 
 _SessionView = tuple[list[election_pb2.StepDown], list[election_pb2.Held]]
@@ -43,7 +49,7 @@ class SessionsService(StateServicer, election_pb2_grpc.SessionsServicer):
     ) -> election_pb2.OpenSessionResponse:
         who = caller()
         limit = self.ctx.cfg.max_sessions_per_identity
-        if limit and self.ctx.raft.read(lambda s: _count_owned(s, who.name)) >= limit:
+        if limit and self.ctx.raft.read(lambda s: _over_limit(s, request, who.name, limit)):
             self.ctx.rejected("sessions")
             raise errors.ResourceExhausted(
                 f"{who.name!r} already has {limit} open sessions, the most allowed: close "
