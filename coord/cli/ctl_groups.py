@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from coord import errors
+from coord.cli import ctl_group_admin
 from coord.cli.ctl import Ctx, handles_errors, main, pass_ctx
 from coord.cli.output import (
     EXIT_CONFIG,
@@ -59,7 +60,7 @@ def _seconds(ms: int) -> str:
 
 
 def _state(g: groups_pb2.Group) -> str:
-    return "deleting" if g.deleting else "active"
+    return "deleting" if g.deleting else "paused" if g.HasField("pause") else "active"
 
 
 # -- sessions ------------------------------------------------------------------
@@ -225,6 +226,8 @@ def group_get(ctx: Ctx, name: str) -> None:
 def _policy_rows(g: groups_pb2.Group) -> list[list[Any]]:
     p = g.policy
     state = "deleting (its masters are waited out, then it is deleted)" if g.deleting else "active"
+    if g.HasField("pause") and not g.deleting:
+        state = ctl_group_admin.pause_text(g.pause)
     failback = "off"
     if p.failback == groups_pb2.FAILBACK_AUTO:
         failback = f"auto (hold {_seconds(p.failback_hold_ms)})"
@@ -250,7 +253,10 @@ def _slot_rows(g: groups_pb2.Group) -> list[list[Any]]:
         h = holdings.get(slot)
         if h is None:
             cause = g.vacated_cause.get(slot, "")
-            rows.append([slot, "-", "-", f"vacant ({cause})" if cause else "vacant"])
+            state = f"vacant ({cause})" if cause else "vacant"
+            if g.HasField("pause") and slot < g.policy.slots:
+                state += ": stays empty while paused"
+            rows.append([slot, "-", "-", state])
             continue
         state = "revoked (waited out before it moves)" if h.revoked else "held"
         ho = handovers.get(slot)
@@ -557,3 +563,13 @@ def watch_cmd(
                 return
     except KeyboardInterrupt:
         pass
+
+
+for _command in (
+    ctl_group_admin.group_pause,
+    ctl_group_admin.group_resume,
+    ctl_group_admin.group_edit,
+    ctl_group_admin.group_explain,
+):
+    group.add_command(_command)
+member.add_command(ctl_group_admin.member_edit)

@@ -23,7 +23,7 @@ from coord.client.election import (
     tcp_check,
     watch,
 )
-from coord.client.group import Group
+from coord.client.group import Group, pause_all, resume_all
 from coord.client.session import Session, SessionState
 
 __all__ = [
@@ -43,6 +43,8 @@ __all__ = [
     "new_request_id",
     "observe",
     "parse_endpoints",
+    "pause_all",
+    "resume_all",
     "tcp_check",
     "watch",
 ]

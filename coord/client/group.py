@@ -8,6 +8,9 @@ campaigns, masters and the group's events.
     with client.session(ttl_s=5) as session:
         with orders.campaign("orders-1", session, priority=10) as lead:  # registers, waits
             ...
+    orders.pause(for_s=600, reason="upgrade")  # maintenance mode; orders.resume()
+    orders.edit(failback_hold_ms=30_000)  # a live policy edit
+    print(orders.explain())              # who would be chosen now, and why not the others
     orders.masters()                     # the holdings now
     for view in orders.observe(): ...    # the masters after every change
     for event in orders.watch(): ...     # the group's events, gap-free
@@ -96,6 +99,59 @@ class Group:
         )
         return resp.group
 
+    def pause(
+        self, until_s: float | None = None, for_s: float | None = None, reason: str = ""
+    ) -> groups_pb2.Group:
+        """Pause the group (maintenance mode): nothing is failed over, failed back or
+        revoked automatically until :meth:`resume`, or until ``until_s`` (wall clock,
+        seconds since the epoch: the leader turns it into a wait on its own monotonic
+        clock) or for ``for_s`` seconds. A switchover by hand still completes."""
+        resp = _pause(self.client, [self.name], False, until_s, for_s, reason)
+        return resp.groups[0]
+
+    def resume(self) -> groups_pb2.Group:
+        """End a pause: empty slots are filled at once (a group not paused: unchanged)."""
+        req = election_pb2.ResumeGroupsRequest(groups=[self.name], request_id=new_request_id())
+        self.client.call(lambda ch, t: _groups(ch).Resume(req, timeout=t))
+        return self.get()
+
+    def edit(self, **policy: Any) -> groups_pb2.Group:
+        """Change policy fields at runtime (GroupPolicy names: ``slots``, ``failback``,
+        ``failback_hold_ms``, ``switchover_timeout_ms``, ``downtime_budget_ms``,
+        ``failover_on_unhealthy``), checked like create's. Fewer slots ask the surplus
+        masters to step down (the normal handover); more slots are filled at once."""
+        req = election_pb2.EditGroupRequest(
+            name=self.name, policy=groups_pb2.GroupPolicy(**policy), fields=sorted(policy),
+            request_id=new_request_id(),
+        )  # fmt: skip
+        resp: election_pb2.GroupResponse = self.client.call(
+            lambda ch, t: _groups(ch).Edit(req, timeout=t)
+        )
+        return resp.group
+
+    def edit_member(
+        self, member_id: str, priority: int | None = None, nofailover: bool | None = None
+    ) -> groups_pb2.Member:
+        """An operator changes a member's priority or nofailover; placement uses them at
+        once (a failback may follow, after the hold)."""
+        req = election_pb2.EditMemberRequest(
+            group=self.name, member_id=member_id, priority=priority, nofailover=nofailover,
+            request_id=new_request_id(),
+        )  # fmt: skip
+        resp: election_pb2.MemberResponse = self.client.call(
+            lambda ch, t: _groups(ch).EditMember(req, timeout=t)
+        )
+        return resp.member
+
+    def explain(self) -> groups_pb2.GroupExplanation:
+        """For every slot who would be chosen now and why; for every member why it is
+        or is not eligible (the state machine's own rule)."""
+        req = election_pb2.ExplainRequest(group=self.name)
+        resp: election_pb2.ExplainResponse = self.client.call(
+            lambda ch, t: _groups(ch).Explain(req, timeout=t)
+        )
+        return resp.explanation
+
     def masters(self) -> list[groups_pb2.Holding]:
         """The group's holdings (slot, member, token) now."""
         req = election_pb2.MastersRequest(group=self.name)
@@ -165,3 +221,38 @@ class Group:
         """A client-side load balancer over this group's members (it follows the group
         on a thread of its own from now on: close it, or use it as a context manager)."""
         return Balancer(self.client, self.name, policy=policy, role=role, tags=tags, seed=seed)
+
+
+def pause_all(
+    client: Client, until_s: float | None = None, for_s: float | None = None, reason: str = ""
+) -> list[groups_pb2.Group]:
+    """Pause every group of the cluster (:meth:`Group.pause`); returns them paused."""
+    return list(_pause(client, [], True, until_s, for_s, reason).groups)
+
+
+def resume_all(client: Client) -> list[str]:
+    """Resume every paused group; returns the names of those resumed."""
+    req = election_pb2.ResumeGroupsRequest(all=True, request_id=new_request_id())
+    resp: election_pb2.PauseGroupsResponse = client.call(
+        lambda ch, t: _groups(ch).Resume(req, timeout=t)
+    )
+    return [g.name for g in resp.groups]
+
+
+def _pause(
+    client: Client,
+    names: list[str],
+    all_groups: bool,
+    until_s: float | None,
+    for_s: float | None,
+    reason: str,
+) -> election_pb2.PauseGroupsResponse:
+    req = election_pb2.PauseGroupsRequest(
+        groups=names, all=all_groups, reason=reason, request_id=new_request_id(),
+        until_ms=round(until_s * 1000) if until_s is not None else 0,
+        for_ms=round(for_s * 1000) if for_s is not None else 0,
+    )  # fmt: skip
+    resp: election_pb2.PauseGroupsResponse = client.call(
+        lambda ch, t: _groups(ch).Pause(req, timeout=t)
+    )
+    return resp

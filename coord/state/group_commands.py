@@ -76,6 +76,18 @@ def _set_health(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
     return raft_pb2.CommandResult()
 
 
+def _pause(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(group_names=raft_pb2.GroupNames(names=g.pause(req, now)))
+
+
+def _resume(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(group_names=raft_pb2.GroupNames(names=g.resume(req, now)))
+
+
+def _edit_group(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(group=g.edit_group(req, now).to_proto())
+
+
 def _set_loads(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
     g.set_loads(req, now)
     return raft_pb2.CommandResult()
@@ -98,4 +110,7 @@ GROUP_COMMANDS: dict[str, Callable[[Groups, Any, int], raft_pb2.CommandResult]] 
     "update_member": _update_member,
     "set_health": _set_health,
     "set_loads": _set_loads,
+    "pause_groups": _pause,
+    "resume_groups": _resume,
+    "edit_group": _edit_group,
 }

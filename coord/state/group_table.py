@@ -42,6 +42,7 @@ class GroupState:
     handovers: dict[int, groups_pb2.Handover] = field(default_factory=dict)
     vacated_cause: dict[int, str] = field(default_factory=dict)
     deleting: bool = False  # see Group.deleting
+    pause: groups_pb2.GroupPause | None = None  # see Group.pause; None: not paused
 
     def holder_slot(self, member_id: str) -> int | None:
         return next((s for s, h in self.holdings.items() if h.member_id == member_id), None)
@@ -58,6 +59,8 @@ class GroupState:
         g.handovers.extend(self.handovers[s] for s in sorted(self.handovers))
         for slot in sorted(self.vacated_cause):
             g.vacated_cause[slot] = self.vacated_cause[slot]
+        if self.pause is not None:
+            g.pause.CopyFrom(self.pause)
         return g
 
     @classmethod
@@ -71,6 +74,7 @@ class GroupState:
             handovers={h.slot: _upgraded_handover(h, g.policy) for h in g.handovers},
             vacated_cause=dict(g.vacated_cause),
             deleting=g.deleting,
+            pause=g.pause if g.HasField("pause") else None,
         )
 
 

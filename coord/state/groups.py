@@ -40,6 +40,7 @@ from coord.errors import (
     ResourceExhausted,
 )
 from coord.state import healthspec, limits
+from coord.state.group_admin import GroupAdmin
 from coord.state.group_table import (
     GROUP_NAME,
     MEMBER_ID,
@@ -48,11 +49,12 @@ from coord.state.group_table import (
     check_member_fields,
     checked_policy,
 )
-from coord.state.placement import Placement
 from coord.v1 import groups_pb2
 
+_OPERATOR_FIELDS = frozenset({"group", "member_id", "session_id", "priority", "nofailover"})
 
-class Groups(Placement):
+
+class Groups(GroupAdmin):
     """Sessions and groups, changed only through the methods below (each validates first)."""
 
     def open_session(self, req: groups_pb2.OpenSession, now: int) -> groups_pb2.Session:
@@ -222,10 +224,22 @@ class Groups(Placement):
         return member
 
     def update_member(self, req: groups_pb2.UpdateMember, now: int) -> groups_pb2.Member:
-        """Weight, address, tags, metadata: by the member's own session only."""
+        """Weight, address, tags, metadata, priority, nofailover: by the member's own
+        session; priority and nofailover also by an operator (no session). Priority
+        and nofailover take effect in placement at once: a cleared nofailover counts
+        as newly eligible (a failback hold starts), a member made nofailover is no
+        longer anyone's successor (it keeps a slot it holds), and empty slots are
+        filled (unless paused)."""
         g = self.group(req.group)
         m = self._member(g, req.member_id)
-        if req.session_id != m.session_id:
+        if not req.session_id:
+            other = [f.name for f, _ in req.ListFields() if f.name not in _OPERATOR_FIELDS]
+            if other:
+                raise InvalidArgument(
+                    f"an operator changes only priority and nofailover, not {other[0]}: "
+                    "the member's own session changes the rest"
+                )
+        elif req.session_id != m.session_id:
             raise FailedPrecondition(
                 f"member {req.member_id!r} of group {req.group!r} belongs to another session: "
                 "only its own session updates it"
@@ -236,6 +250,10 @@ class Groups(Placement):
             new.weight = req.weight
         if req.HasField("address"):
             new.address = req.address
+        if req.HasField("priority"):
+            new.priority = req.priority
+        if req.HasField("nofailover"):
+            new.nofailover = req.nofailover
         for table, update, replace in (
             (new.tags, req.tags, req.replace_tags),
             (new.metadata, req.metadata, req.replace_metadata),
@@ -252,8 +270,14 @@ class Groups(Placement):
             healthspec.checked(new.check, new.address)  # a new address must still do
         if new == m:
             return m
+        placement = new.priority != m.priority or new.nofailover != m.nofailover
+        rev = self.emit.reserve()
+        if m.nofailover and not new.nofailover:  # a failback hold counts from here
+            new.eligible_since_ms, new.eligible_since_revision = now, rev
         m.CopyFrom(new)
-        self.emit("member_updated", group=g.name, member=m.id, member_record=m)
+        self.emit.record(rev, "member_updated", group=g.name, member=m.id, member_record=m)
+        if placement:
+            self._fill(g, now)
         return m
 
     def set_health(self, req: groups_pb2.SetHealth, now: int) -> None:
@@ -282,6 +306,7 @@ class Groups(Placement):
             and slot is not None
             and g.policy.failover_on_unhealthy
             and not g.holdings[slot].revoked
+            and g.pause is None  # paused: nothing is revoked automatically
         ):
             self.revoke(g.name, slot, "unhealthy", now)
         self._fill(g, now)

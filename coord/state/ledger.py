@@ -66,6 +66,8 @@ class Ledger:
             _slot_up(g, e)
         elif kind in _DOWN:
             _slot_down(g, e)
+        elif kind == "group_edited":
+            _policy_edited(g, e)
 
     # -- snapshots ---------------------------------------------------------------
 
@@ -100,8 +102,13 @@ def _slot_up(g: availability_pb2.GroupLedger, e: groups_pb2.Event) -> None:
         g.up_slots.sort()
     if e.slot in g.down_slots:
         g.down_slots.remove(e.slot)
+    _end_outage(g, e.time_ms)
+
+
+def _end_outage(g: availability_pb2.GroupLedger, time_ms: int) -> None:
+    """Close the open outage if no slot is down any more."""
     if g.open_outage.start_ms and not g.down_slots:
-        end = max(e.time_ms, g.open_outage.start_ms)
+        end = max(time_ms, g.open_outage.start_ms)
         if end == g.open_outage.start_ms:
             # Released and granted in one command (a resign, a switchover): there was
             # no instant without a master. A failover, not an outage.
@@ -112,13 +119,32 @@ def _slot_up(g: availability_pb2.GroupLedger, e: groups_pb2.Event) -> None:
             o.end_ms = end
             g.downtime_ms += o.end_ms - o.start_ms
         g.ClearField("open_outage")
-        _prune(g.outages, lambda o: o.end_ms, MAX_OUTAGES, e.time_ms)
+        _prune(g.outages, lambda o: o.end_ms, MAX_OUTAGES, time_ms)
+
+
+def _policy_edited(g: availability_pb2.GroupLedger, e: groups_pb2.Event) -> None:
+    """A live policy edit: the new budget, and slots beyond a lowered count no longer
+    count as down."""
+    g.budget_ms = e.policy.downtime_budget_ms
+    surplus = [s for s in g.down_slots if s >= e.policy.slots]
+    for s in surplus:
+        g.down_slots.remove(s)
+    if surplus:
+        _end_outage(g, e.time_ms)
+
+
+def _surplus(e: groups_pb2.Event) -> bool:
+    """A slot beyond the group's policy (slots lowered): its master leaving is no outage."""
+    return e.group_slots.HasField("policy") and e.slot >= e.group_slots.policy.slots
 
 
 def _slot_down(g: availability_pb2.GroupLedger, e: groups_pb2.Event) -> None:
     if e.slot not in g.up_slots:
         return  # already down (a revoked master whose slot is now released)
     g.up_slots.remove(e.slot)
+    if _surplus(e):
+        g.up_since_ms.pop(e.slot, 0)
+        return
     g.down_slots.append(e.slot)
     g.down_slots.sort()
     up_since = g.up_since_ms.pop(e.slot, 0)

@@ -479,6 +479,9 @@ def _attach_group_state(event: groups_pb2.Event, g: GroupState) -> None:
     for slot in sorted(g.vacated_cause):
         slots.vacated_cause[slot] = g.vacated_cause[slot]
     slots.deleting = g.deleting
+    slots.policy.CopyFrom(g.policy)
+    if g.pause is not None:
+        slots.pause.CopyFrom(g.pause)
     member = g.members.get(event.member) if event.member else None
     if member is not None and not event.HasField("member_record"):
         event.member_record.CopyFrom(member)
@@ -501,9 +504,16 @@ def _matches(prev: kv_pb2.KeyValue | None, expected: int) -> bool:
 
 
 def _fingerprint(cmd: raft_pb2.Command) -> bytes:
-    """Digest of what the command does (not when it was proposed)."""
+    """Digest of what the command does (not when it was proposed). A pause's wait is
+    left out: the proposer converts the operator's time to it, so a retry proposed
+    later differs there and is still the same request."""
     op = cmd.WhichOneof("op") or ""
-    body = getattr(cmd, op).SerializeToString(deterministic=True) if op else b""
+    msg = getattr(cmd, op) if op else None
+    if op == "pause_groups":
+        msg = groups_pb2.PauseGroups()
+        msg.CopyFrom(cmd.pause_groups)
+        msg.wait_ms = 0
+    body = msg.SerializeToString(deterministic=True) if msg is not None else b""
     return hashlib.blake2b(op.encode() + b"\0" + body, digest_size=16).digest()
 
 

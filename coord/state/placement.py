@@ -30,30 +30,76 @@ class Placement(GroupTables):
                 ho.to_member = ""  # a revoked slot goes to the best candidate at release
         self.emit("member_left", group=g.name, member=member_id, cause=cause)
 
-    def _eligible(self, g: GroupState, m: groups_pb2.Member) -> bool:
+    def ineligible(self, g: GroupState, m: groups_pb2.Member) -> str:
+        """Why ``m`` cannot take a free slot of ``g`` now (a reason code of
+        :data:`REASONS`), or "" if it can. The one rule of eligibility: placement and
+        explain (coord.state.explain) both ask here."""
         session = self.sessions.get(m.session_id)
-        return (
-            m.candidate
-            and m.healthy
-            and not m.nofailover
-            and session is not None
-            and not session.closing
-            and not g.deleting
-            and g.holder_slot(m.id) is None
+        if g.deleting:
+            return "group_deleting"
+        if session is None:
+            return "no_session"
+        if session.closing:
+            return "session_closing"
+        if m.nofailover:
+            return "nofailover"
+        if not m.candidate:
+            return "not_candidate"
+        if not m.healthy:
+            return "unhealthy"
+        if g.holder_slot(m.id) is not None:
+            return "holding"
+        return ""
+
+    def _eligible(self, g: GroupState, m: groups_pb2.Member) -> bool:
+        return not self.ineligible(g, m)
+
+    def ranked(self, g: GroupState) -> list[groups_pb2.Member]:
+        """The eligible members, best first: priority (higher first), then registration."""
+        return sorted(
+            (m for m in g.members.values() if self._eligible(g, m)),
+            key=lambda m: (-m.priority, m.registered_revision),
         )
 
     def _best(self, g: GroupState, prefer: str = "") -> groups_pb2.Member | None:
         if prefer and prefer in g.members and self._eligible(g, g.members[prefer]):
             return g.members[prefer]
-        ranked = sorted(
-            (m for m in g.members.values() if self._eligible(g, m)),
-            key=lambda m: (-m.priority, m.registered_revision),
-        )
+        ranked = self.ranked(g)
         return ranked[0] if ranked else None
 
+    def choose(self, g: GroupState, slot: int) -> tuple[groups_pb2.Member | None, str]:
+        """Who gets ``slot`` if it is vacant now, and why (a sentence): the pending
+        handover's successor if it is eligible, else the best eligible member. A
+        paused group grants only a hand switchover's successor; a deleting group and
+        a slot beyond the policy's grant nothing. Pure: _fill and explain use it."""
+        if g.deleting:
+            return None, "the group is being deleted: nothing is granted"
+        if slot >= g.policy.slots:
+            return None, f"slot {slot} is beyond the policy's {g.policy.slots} slots: never granted"
+        ho = g.handovers.get(slot)
+        if g.pause is not None:
+            target = g.members.get(ho.to_member) if ho and ho.cause == "switchover" else None
+            if ho is not None and target is not None and self._eligible(g, target):
+                return target, f"the switchover asked by hand names {target.id}"
+            return None, "the group is paused: nothing is granted until it is resumed"
+        if ho is not None and ho.to_member:
+            m = g.members.get(ho.to_member)
+            if m is not None and self._eligible(g, m):
+                return m, f"the pending {ho.cause} names {m.id}"
+        ranked = self.ranked(g)
+        if not ranked:
+            return None, "no member is eligible"
+        m = ranked[0]
+        return m, f"{m.id} is the best eligible member (priority {m.priority})"
+
     def _fill(self, g: GroupState, now: int) -> None:
-        """Grant every empty slot to the best eligible candidate (slot order), then keep
-        every pending handover's promise valid. A deleting group grants nothing."""
+        """Grant every empty slot to :meth:`choose`'s member (slot order), then keep
+        every pending handover's promise valid. A deleting group grants nothing; a
+        paused one only a hand switchover's successor."""
+        for slot in [s for s in g.handovers if s not in g.holdings and s >= g.policy.slots]:
+            del g.handovers[slot]  # a surplus slot: never granted again
+        for slot in [s for s in g.vacated_cause if s >= g.policy.slots]:
+            del g.vacated_cause[slot]
         if g.deleting:
             for slot in [s for s in g.handovers if s not in g.holdings]:
                 del g.handovers[slot]  # nothing will be granted there
@@ -61,8 +107,8 @@ class Placement(GroupTables):
         for slot in range(g.policy.slots):
             if slot in g.holdings:
                 continue
-            handover = g.handovers.pop(slot, None)  # consumed: granted now or moot
-            m = self._best(g, handover.to_member if handover else "")
+            m, _ = self.choose(g, slot)
+            g.handovers.pop(slot, None)  # consumed: granted now or moot
             if m is None:
                 continue
             cause = g.vacated_cause.pop(slot, "initial")
@@ -120,7 +166,10 @@ class Placement(GroupTables):
         """Free a slot (the caller runs _fill next). A member that was unregistered by
         someone else while it held the slot leaves now."""
         h = g.holdings.pop(slot)  # a pending handover stays: the fill honours its target
-        g.vacated_cause[slot] = cause
+        if slot < g.policy.slots:
+            g.vacated_cause[slot] = cause
+        else:
+            g.vacated_cause.pop(slot, None)  # a surplus slot (slots lowered): never granted
         if g.deleting:
             self._settle_groups.add(g.name)
         holder = g.members.get(h.member_id)
@@ -130,6 +179,8 @@ class Placement(GroupTables):
         self.emit(
             "master_lost", group=g.name, member=h.member_id, slot=slot, token=h.token, cause=cause
         )
+        if g.pause is not None and slot < g.policy.slots and self.choose(g, slot)[0] is None:
+            self.emit("failover_paused", group=g.name, member=h.member_id, slot=slot, cause=cause)
         m = g.members.get(h.member_id)
         if m is not None and m.leaving:
             self._remove_member(g, m.id, "member_left", now)
@@ -219,14 +270,21 @@ class Placement(GroupTables):
             cause=cause, holding=h,
         )  # fmt: skip
 
+    def _resume(self, g: GroupState, cause: str, now: int) -> None:
+        """End a pause: empty slots are filled at once; failback holds count from now."""
+        g.pause = None
+        self.emit("group_resumed", group=g.name, cause=cause)
+        self._fill(g, now)
+
     def changed(self) -> None:
         """A group command ran: the pending waits may have changed."""
         self.waits_version = object()
 
     def pending_waits(self) -> list[waits.Wait]:
         """Every wait the leader must time now (group-name order): revoked holdings
-        (their holder's TTL), handovers of held slots (their timeout), and candidates
-        that outrank a holder of a failback group (the failback hold)."""
+        (their holder's TTL), handovers of held slots (their timeout), candidates
+        that outrank a holder of a failback group (the failback hold), and pauses
+        with a time limit (their wait)."""
         out: list[waits.Wait] = []
         for name in sorted(self.groups):
             g = self.groups[name]
@@ -244,6 +302,9 @@ class Placement(GroupTables):
                 since = g.members[candidate].eligible_since_revision
                 key = (waits.FAILBACK, name, 0, candidate, since)
                 out.append(waits.Wait(key, g.policy.failback_hold_ms))
+            if g.pause is not None and g.pause.wait_ms > 0:
+                key = (waits.PAUSE, name, 0, "", g.pause.revision)
+                out.append(waits.Wait(key, g.pause.wait_ms))
         return out
 
     def end_waits(self, keys: list[waits.Key], now: int) -> None:
@@ -272,6 +333,8 @@ class Placement(GroupTables):
                     if candidate == member:
                         self._request_stepdown(g, s, member, "failback", False, now)
                         break
+            elif kind == waits.PAUSE and g.pause is not None and g.pause.revision == since:
+                self._resume(g, "pause_expired", now)
 
     def _failback_plan(self, g: GroupState) -> list[tuple[int, str]]:
         """(slot, candidate) for each failback this group may need.
@@ -281,7 +344,7 @@ class Placement(GroupTables):
         make way for one member); a pair counts only if the candidate outranks the
         holder. Slots with a pending handover or revocation are left alone.
         """
-        if g.policy.failback != groups_pb2.FAILBACK_AUTO:
+        if g.policy.failback != groups_pb2.FAILBACK_AUTO or g.pause is not None:
             return []
         holders = sorted(
             (g.members[h.member_id].priority, slot, h.member_id)

@@ -212,6 +212,9 @@ def _group_event(sm: StateMachine, e: groups_pb2.Event) -> None:
     g.handovers = {ho.slot: _copy(ho) for ho in slots.handovers}
     g.vacated_cause = dict(sorted(slots.vacated_cause.items()))
     g.deleting = slots.deleting
+    if slots.HasField("policy"):  # older events: the policy did not change
+        g.policy = _copy(slots.policy)
+    g.pause = _copy(slots.pause) if slots.HasField("pause") else None
 
 
 def _bootstrapped(sm: StateMachine, e: groups_pb2.Event) -> None:

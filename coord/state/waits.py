@@ -1,11 +1,11 @@
 """Waits that gate a grant, and how the leader times them.
 
 The state holds what is pending (a revoked holder's wait-out, a handover's
-timeout, a failback hold) but never decides *when* it is over: that needs a clock,
-and the state machine has none. The leader times each pending wait on its own
-monotonic clock, from when it first saw the wait (it applied the command that
-started it, or it took over), and proposes ``Advance`` naming the waits that are
-over; the state machine then acts on each one still pending as named
+timeout, a failback hold, a pause's time limit) but never decides *when* it is
+over: that needs a clock, and the state machine has none. The leader times each
+pending wait on its own monotonic clock, from when it first saw the wait (it
+applied the command that started it, or it took over), and proposes ``Advance``
+naming the waits that are over; the state machine then acts on each one still pending as named
 (``Groups.end_waits``). So no wall clock, and no step of any clock, can shorten a
 wait (docs/design.md, the safety argument, point 7), and a new leader restarts every
 wait from its takeover.
@@ -25,6 +25,7 @@ from coord.v1 import groups_pb2
 RELEASE = "release"  # a revoked holding: released once its holder's TTL has passed
 HANDOVER = "handover"  # a step-down request: the holder is revoked at its timeout
 FAILBACK = "failback"  # a candidate that outranks a holder: failback after the hold
+PAUSE = "pause"  # a paused group (pause --until): resumed after the wait
 
 # Float seconds carry rounding errors far below this (1 ns): a wait is never over early
 # by more.
@@ -40,7 +41,7 @@ class Wait:
     duration_ms: int
 
 
-_KIND_ORDER = {RELEASE: 0, HANDOVER: 1, FAILBACK: 2}
+_KIND_ORDER = {RELEASE: 0, HANDOVER: 1, FAILBACK: 2, PAUSE: 3}
 
 
 def order(key: Key) -> tuple[str, int, int, str, int]:

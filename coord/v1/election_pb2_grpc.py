@@ -305,6 +305,31 @@ class GroupsStub:
                 request_serializer=coord_dot_v1_dot_election__pb2.RunCheckRequest.SerializeToString,
                 response_deserializer=coord_dot_v1_dot_election__pb2.RunCheckResponse.FromString,
                 _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/coord.v1.Groups/Pause',
+                request_serializer=coord_dot_v1_dot_election__pb2.PauseGroupsRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_election__pb2.PauseGroupsResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/coord.v1.Groups/Resume',
+                request_serializer=coord_dot_v1_dot_election__pb2.ResumeGroupsRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_election__pb2.PauseGroupsResponse.FromString,
+                _registered_method=True)
+        self.Edit = channel.unary_unary(
+                '/coord.v1.Groups/Edit',
+                request_serializer=coord_dot_v1_dot_election__pb2.EditGroupRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_election__pb2.GroupResponse.FromString,
+                _registered_method=True)
+        self.EditMember = channel.unary_unary(
+                '/coord.v1.Groups/EditMember',
+                request_serializer=coord_dot_v1_dot_election__pb2.EditMemberRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_election__pb2.MemberResponse.FromString,
+                _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/coord.v1.Groups/Explain',
+                request_serializer=coord_dot_v1_dot_election__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_election__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class GroupsServicer:
@@ -398,6 +423,40 @@ class GroupsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pause(self, request, context):
+        """Maintenance mode, per group or for every group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Edit(self, request, context):
+        """Change a group's policy at runtime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditMember(self, request, context):
+        """An operator changes a member's priority or nofailover.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Explain(self, request, context):
+        """Who would be chosen for each slot now, and why each other member would not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GroupsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -470,6 +529,31 @@ def add_GroupsServicer_to_server(servicer, server):
                     servicer.RunCheck,
                     request_deserializer=coord_dot_v1_dot_election__pb2.RunCheckRequest.FromString,
                     response_serializer=coord_dot_v1_dot_election__pb2.RunCheckResponse.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=coord_dot_v1_dot_election__pb2.PauseGroupsRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_election__pb2.PauseGroupsResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=coord_dot_v1_dot_election__pb2.ResumeGroupsRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_election__pb2.PauseGroupsResponse.SerializeToString,
+            ),
+            'Edit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Edit,
+                    request_deserializer=coord_dot_v1_dot_election__pb2.EditGroupRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_election__pb2.GroupResponse.SerializeToString,
+            ),
+            'EditMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditMember,
+                    request_deserializer=coord_dot_v1_dot_election__pb2.EditMemberRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_election__pb2.MemberResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=coord_dot_v1_dot_election__pb2.ExplainRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_election__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -850,6 +934,141 @@ class Groups:
             '/coord.v1.Groups/RunCheck',
             coord_dot_v1_dot_election__pb2.RunCheckRequest.SerializeToString,
             coord_dot_v1_dot_election__pb2.RunCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Groups/Pause',
+            coord_dot_v1_dot_election__pb2.PauseGroupsRequest.SerializeToString,
+            coord_dot_v1_dot_election__pb2.PauseGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Groups/Resume',
+            coord_dot_v1_dot_election__pb2.ResumeGroupsRequest.SerializeToString,
+            coord_dot_v1_dot_election__pb2.PauseGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Edit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Groups/Edit',
+            coord_dot_v1_dot_election__pb2.EditGroupRequest.SerializeToString,
+            coord_dot_v1_dot_election__pb2.GroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Groups/EditMember',
+            coord_dot_v1_dot_election__pb2.EditMemberRequest.SerializeToString,
+            coord_dot_v1_dot_election__pb2.MemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Groups/Explain',
+            coord_dot_v1_dot_election__pb2.ExplainRequest.SerializeToString,
+            coord_dot_v1_dot_election__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,6 +98,15 @@ class GroupsStub:
     HealthStatus: _grpc.UnaryUnaryMultiCallable[_election_pb2.HealthStatusRequest, _election_pb2.HealthStatusResponse]
     """Served by the leader (it runs the checks)."""
     RunCheck: _grpc.UnaryUnaryMultiCallable[_election_pb2.RunCheckRequest, _election_pb2.RunCheckResponse]
+    Pause: _grpc.UnaryUnaryMultiCallable[_election_pb2.PauseGroupsRequest, _election_pb2.PauseGroupsResponse]
+    """Maintenance mode, per group or for every group."""
+    Resume: _grpc.UnaryUnaryMultiCallable[_election_pb2.ResumeGroupsRequest, _election_pb2.PauseGroupsResponse]
+    Edit: _grpc.UnaryUnaryMultiCallable[_election_pb2.EditGroupRequest, _election_pb2.GroupResponse]
+    """Change a group's policy at runtime."""
+    EditMember: _grpc.UnaryUnaryMultiCallable[_election_pb2.EditMemberRequest, _election_pb2.MemberResponse]
+    """An operator changes a member's priority or nofailover."""
+    Explain: _grpc.UnaryUnaryMultiCallable[_election_pb2.ExplainRequest, _election_pb2.ExplainResponse]
+    """Who would be chosen for each slot now, and why each other member would not."""
 
 @_typing.type_check_only
 class GroupsAsyncStub(GroupsStub):
@@ -120,6 +129,15 @@ class GroupsAsyncStub(GroupsStub):
     HealthStatus: _aio.UnaryUnaryMultiCallable[_election_pb2.HealthStatusRequest, _election_pb2.HealthStatusResponse]  # type: ignore[assignment]
     """Served by the leader (it runs the checks)."""
     RunCheck: _aio.UnaryUnaryMultiCallable[_election_pb2.RunCheckRequest, _election_pb2.RunCheckResponse]  # type: ignore[assignment]
+    Pause: _aio.UnaryUnaryMultiCallable[_election_pb2.PauseGroupsRequest, _election_pb2.PauseGroupsResponse]  # type: ignore[assignment]
+    """Maintenance mode, per group or for every group."""
+    Resume: _aio.UnaryUnaryMultiCallable[_election_pb2.ResumeGroupsRequest, _election_pb2.PauseGroupsResponse]  # type: ignore[assignment]
+    Edit: _aio.UnaryUnaryMultiCallable[_election_pb2.EditGroupRequest, _election_pb2.GroupResponse]  # type: ignore[assignment]
+    """Change a group's policy at runtime."""
+    EditMember: _aio.UnaryUnaryMultiCallable[_election_pb2.EditMemberRequest, _election_pb2.MemberResponse]  # type: ignore[assignment]
+    """An operator changes a member's priority or nofailover."""
+    Explain: _aio.UnaryUnaryMultiCallable[_election_pb2.ExplainRequest, _election_pb2.ExplainResponse]  # type: ignore[assignment]
+    """Who would be chosen for each slot now, and why each other member would not."""
 
 class GroupsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -223,6 +241,45 @@ class GroupsServicer(metaclass=_abc_1.ABCMeta):
         request: _election_pb2.RunCheckRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_election_pb2.RunCheckResponse, _abc.Awaitable[_election_pb2.RunCheckResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Pause(
+        self,
+        request: _election_pb2.PauseGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_election_pb2.PauseGroupsResponse, _abc.Awaitable[_election_pb2.PauseGroupsResponse]]:
+        """Maintenance mode, per group or for every group."""
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _election_pb2.ResumeGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_election_pb2.PauseGroupsResponse, _abc.Awaitable[_election_pb2.PauseGroupsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Edit(
+        self,
+        request: _election_pb2.EditGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_election_pb2.GroupResponse, _abc.Awaitable[_election_pb2.GroupResponse]]:
+        """Change a group's policy at runtime."""
+
+    @_abc_1.abstractmethod
+    def EditMember(
+        self,
+        request: _election_pb2.EditMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_election_pb2.MemberResponse, _abc.Awaitable[_election_pb2.MemberResponse]]:
+        """An operator changes a member's priority or nofailover."""
+
+    @_abc_1.abstractmethod
+    def Explain(
+        self,
+        request: _election_pb2.ExplainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_election_pb2.ExplainResponse, _abc.Awaitable[_election_pb2.ExplainResponse]]:
+        """Who would be chosen for each slot now, and why each other member would not."""
 
 def add_GroupsServicer_to_server(servicer: GroupsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -544,6 +544,7 @@ class Group(_message.Message):
     HANDOVERS_FIELD_NUMBER: _builtins.int
     VACATED_CAUSE_FIELD_NUMBER: _builtins.int
     DELETING_FIELD_NUMBER: _builtins.int
+    PAUSE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     created_revision: _builtins.int
     deleting: _builtins.bool
@@ -562,6 +563,12 @@ class Group(_message.Message):
     def vacated_cause(self) -> _containers.ScalarMap[_builtins.int, _builtins.str]:
         """Why each currently empty slot became empty (the next grant's cause)."""
 
+    @_builtins.property
+    def pause(self) -> Global___GroupPause:
+        """Set while the group is paused (maintenance mode): nothing is failed over, failed
+        back or revoked automatically.
+        """
+
     def __init__(
         self,
         *,
@@ -573,14 +580,177 @@ class Group(_message.Message):
         handovers: _abc.Iterable[Global___Handover] | None = ...,
         vacated_cause: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
         deleting: _builtins.bool = ...,
+        pause: Global___GroupPause | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pause", b"pause", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "members", b"members", "name", b"name", "policy", b"policy", "vacated_cause", b"vacated_cause"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "members", b"members", "name", b"name", "pause", b"pause", "policy", b"policy", "vacated_cause", b"vacated_cause"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Group: _TypeAlias = Group  # noqa: Y015
+
+@_typing.final
+class GroupPause(_message.Message):
+    """A pause (maintenance mode) of a group: no automatic grant, failback or revoke; a
+    switchover by hand still completes. Sessions still expire and their slots are
+    released (and stay empty until the group is resumed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    PAUSED_TIME_MS_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_ESTIMATE_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The revision of the pause: names it (and its wait, when it has one)."""
+    paused_time_ms: _builtins.int
+    """Proposer's wall clock when paused: display (how long it has been paused)."""
+    wait_ms: _builtins.int
+    """0: until resumed by hand. Else the leader resumes the group once it has timed
+    wait_ms on its own monotonic clock (from when it applied the pause, or from its
+    own takeover): a pending wait, like a failback hold.
+    """
+    until_estimate_ms: _builtins.int
+    """paused_time_ms + wait_ms: an estimate for display, never a deadline."""
+    reason: _builtins.str
+    """The operator's note."""
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        paused_time_ms: _builtins.int = ...,
+        wait_ms: _builtins.int = ...,
+        until_estimate_ms: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paused_time_ms", b"paused_time_ms", "reason", b"reason", "revision", b"revision", "until_estimate_ms", b"until_estimate_ms", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupPause: _TypeAlias = GroupPause  # noqa: Y015
+
+@_typing.final
+class GroupExplanation(_message.Message):
+    """Why each member can or cannot take a slot now, and who would be chosen (Explain).
+    Computed by the same function that grants slots (coord.state.placement).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    paused: _builtins.bool
+    @_builtins.property
+    def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotExplanation]: ...
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberVerdict]: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Pending actions and the failback plan, one sentence each."""
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        slots: _abc.Iterable[Global___SlotExplanation] | None = ...,
+        members: _abc.Iterable[Global___MemberVerdict] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "members", b"members", "notes", b"notes", "paused", b"paused", "slots", b"slots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupExplanation: _TypeAlias = GroupExplanation  # noqa: Y015
+
+@_typing.final
+class SlotExplanation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLOT_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
+    WHY_FIELD_NUMBER: _builtins.int
+    slot: _builtins.int
+    holder: _builtins.str
+    """Empty: vacant."""
+    token: _builtins.int
+    state: _builtins.str
+    """held, revoked, stepping_down, vacant, surplus (beyond the policy's slots)."""
+    next: _builtins.str
+    """Who gets the slot if it is (or were) vacant now; empty: nobody."""
+    why: _builtins.str
+    """One sentence: why `next` (or why nobody)."""
+    def __init__(
+        self,
+        *,
+        slot: _builtins.int = ...,
+        holder: _builtins.str = ...,
+        token: _builtins.int = ...,
+        state: _builtins.str = ...,
+        next: _builtins.str = ...,
+        why: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "next", b"next", "slot", b"slot", "state", b"state", "token", b"token", "why", b"why"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlotExplanation: _TypeAlias = SlotExplanation  # noqa: Y015
+
+@_typing.final
+class MemberVerdict(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    eligible: _builtins.bool
+    """Could take a free slot now."""
+    reason: _builtins.str
+    """Why not (empty when eligible): no_session, session_closing, not_candidate,
+    unhealthy, nofailover, holding, group_deleting.
+    """
+    detail: _builtins.str
+    """The sentence for humans."""
+    priority: _builtins.int
+    rank: _builtins.int
+    """1-based rank among the eligible (priority, then registration); 0: not eligible."""
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        eligible: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        rank: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "eligible", b"eligible", "member_id", b"member_id", "priority", b"priority", "rank", b"rank", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberVerdict: _TypeAlias = MemberVerdict  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
@@ -615,7 +785,7 @@ class Event(_message.Message):
     """kv_put, kv_delete, session_opened, session_closed, session_expired,
     group_created, group_deleted, member_joined, member_left, member_updated,
     master_elected, master_lost, stepdown_requested, master_revoked,
-    cluster_bootstrapped
+    cluster_bootstrapped, group_paused, group_resumed, group_edited, failover_paused
     """
     group: _builtins.str
     member: _builtins.str
@@ -725,6 +895,8 @@ class GroupSlots(_message.Message):
     HANDOVERS_FIELD_NUMBER: _builtins.int
     VACATED_CAUSE_FIELD_NUMBER: _builtins.int
     DELETING_FIELD_NUMBER: _builtins.int
+    PAUSE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     deleting: _builtins.bool
     @_builtins.property
     def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Holding]: ...
@@ -732,6 +904,12 @@ class GroupSlots(_message.Message):
     def handovers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Handover]: ...
     @_builtins.property
     def vacated_cause(self) -> _containers.ScalarMap[_builtins.int, _builtins.str]: ...
+    @_builtins.property
+    def pause(self) -> Global___GroupPause:
+        """The group's pause and policy after the change (both may change at runtime)."""
+
+    @_builtins.property
+    def policy(self) -> Global___GroupPolicy: ...
     def __init__(
         self,
         *,
@@ -739,10 +917,12 @@ class GroupSlots(_message.Message):
         handovers: _abc.Iterable[Global___Handover] | None = ...,
         vacated_cause: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
         deleting: _builtins.bool = ...,
+        pause: Global___GroupPause | None = ...,
+        policy: Global___GroupPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pause", b"pause", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "vacated_cause", b"vacated_cause"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "pause", b"pause", "policy", b"policy", "vacated_cause", b"vacated_cause"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1194,6 +1374,8 @@ class UpdateMember(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     REPLACE_METADATA_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    NOFAILOVER_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     member_id: _builtins.str
     session_id: _builtins.str
@@ -1201,6 +1383,11 @@ class UpdateMember(_message.Message):
     replace_tags: _builtins.bool
     replace_metadata: _builtins.bool
     address: _builtins.str
+    priority: _builtins.int
+    """Placement fields: by the member's own session, or an operator (session_id
+    empty: only these two). They take effect in placement at once.
+    """
+    nofailover: _builtins.bool
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """With replace_tags, `tags` replaces them all; else its entries are merged
@@ -1221,21 +1408,130 @@ class UpdateMember(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         replace_metadata: _builtins.bool = ...,
         address: _builtins.str | None = ...,
+        priority: _builtins.int | None = ...,
+        nofailover: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_weight", b"_weight", "address", b"address", "weight", b"weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_nofailover", b"_nofailover", "_priority", b"_priority", "_weight", b"_weight", "address", b"address", "nofailover", b"nofailover", "priority", b"priority", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_weight", b"_weight", "address", b"address", "group", b"group", "member_id", b"member_id", "metadata", b"metadata", "replace_metadata", b"replace_metadata", "replace_tags", b"replace_tags", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_nofailover", b"_nofailover", "_priority", b"_priority", "_weight", b"_weight", "address", b"address", "group", b"group", "member_id", b"member_id", "metadata", b"metadata", "nofailover", b"nofailover", "priority", b"priority", "replace_metadata", b"replace_metadata", "replace_tags", b"replace_tags", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__address: _TypeAlias = _typing.Literal["address"]  # noqa: Y015
     _WhichOneofArgType__address: _TypeAlias = _typing.Literal["_address", b"_address"]  # noqa: Y015
+    _WhichOneofReturnType__nofailover: _TypeAlias = _typing.Literal["nofailover"]  # noqa: Y015
+    _WhichOneofArgType__nofailover: _TypeAlias = _typing.Literal["_nofailover", b"_nofailover"]  # noqa: Y015
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
     _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
     _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__address) -> _WhichOneofReturnType__address | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nofailover) -> _WhichOneofReturnType__nofailover | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
 
 Global___UpdateMember: _TypeAlias = UpdateMember  # noqa: Y015
+
+@_typing.final
+class PauseGroups(_message.Message):
+    """Pause groups (maintenance mode). wait_ms is set by the leader that proposes it,
+    from the operator's wall-clock time or duration (until_ms / for_ms): the state
+    machine never reads a clock.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UNTIL_MS_FIELD_NUMBER: _builtins.int
+    FOR_MS_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """Every group that exists when it applies."""
+    wait_ms: _builtins.int
+    """0: until resumed. Else resumed after this long on the leader's monotonic clock."""
+    reason: _builtins.str
+    until_ms: _builtins.int
+    """What the operator asked (one of them): the dedupe fingerprint covers these,
+    not wait_ms (a retry converted later must still be the same request).
+    """
+    for_ms: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+        wait_ms: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        until_ms: _builtins.int = ...,
+        for_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "for_ms", b"for_ms", "groups", b"groups", "reason", b"reason", "until_ms", b"until_ms", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseGroups: _TypeAlias = PauseGroups  # noqa: Y015
+
+@_typing.final
+class ResumeGroups(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeGroups: _TypeAlias = ResumeGroups  # noqa: Y015
+
+@_typing.final
+class EditGroup(_message.Message):
+    """Change a group's policy: the fields named in `fields` take their value from
+    `policy`; the result is checked like a new group's policy.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    @_builtins.property
+    def policy(self) -> Global___GroupPolicy: ...
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        policy: Global___GroupPolicy | None = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "group", b"group", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditGroup: _TypeAlias = EditGroup  # noqa: Y015
 
 @_typing.final
 class SetLoads(_message.Message):

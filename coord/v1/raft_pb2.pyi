@@ -52,6 +52,9 @@ class Command(_message.Message):
     UPDATE_MEMBER_FIELD_NUMBER: _builtins.int
     SET_LOADS_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    PAUSE_GROUPS_FIELD_NUMBER: _builtins.int
+    RESUME_GROUPS_FIELD_NUMBER: _builtins.int
+    EDIT_GROUP_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client idempotency key; empty for commands that need no dedupe."""
     time_ms: _builtins.int
@@ -100,6 +103,12 @@ class Command(_message.Message):
     def set_loads(self) -> _groups_pb2.SetLoads: ...
     @_builtins.property
     def digest(self) -> Global___Digest: ...
+    @_builtins.property
+    def pause_groups(self) -> _groups_pb2.PauseGroups: ...
+    @_builtins.property
+    def resume_groups(self) -> _groups_pb2.ResumeGroups: ...
+    @_builtins.property
+    def edit_group(self) -> _groups_pb2.EditGroup: ...
     def __init__(
         self,
         *,
@@ -126,12 +135,15 @@ class Command(_message.Message):
         update_member: _groups_pb2.UpdateMember | None = ...,
         set_loads: _groups_pb2.SetLoads | None = ...,
         digest: Global___Digest | None = ...,
+        pause_groups: _groups_pb2.PauseGroups | None = ...,
+        resume_groups: _groups_pb2.ResumeGroups | None = ...,
+        edit_group: _groups_pb2.EditGroup | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "resign", b"resign", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "edit_group", b"edit_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "pause_groups", b"pause_groups", "put", b"put", "register", b"register", "resign", b"resign", "resume_groups", b"resume_groups", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "put", b"put", "register", b"register", "request_id", b"request_id", "resign", b"resign", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "term", b"term", "time_ms", b"time_ms", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "edit_group", b"edit_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "pause_groups", b"pause_groups", "put", b"put", "register", b"register", "request_id", b"request_id", "resign", b"resign", "resume_groups", b"resume_groups", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "term", b"term", "time_ms", b"time_ms", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap", "open_session", "close_session", "expire_session", "create_group", "delete_group", "register", "unregister", "campaign", "resign", "switchover", "revoke_holding", "advance", "set_health", "update_member", "set_loads", "digest"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap", "open_session", "close_session", "expire_session", "create_group", "delete_group", "register", "unregister", "campaign", "resign", "switchover", "revoke_holding", "advance", "set_health", "update_member", "set_loads", "digest", "pause_groups", "resume_groups", "edit_group"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
@@ -216,6 +228,7 @@ class CommandResult(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
     MEMBER_FIELD_NUMBER: _builtins.int
+    GROUP_NAMES_FIELD_NUMBER: _builtins.int
     error_reason: _builtins.str
     """Empty on success; else a reason from coord.errors (e.g. "invalid_argument")."""
     error_message: _builtins.str
@@ -230,6 +243,8 @@ class CommandResult(_message.Message):
     def group(self) -> _groups_pb2.Group: ...
     @_builtins.property
     def member(self) -> _groups_pb2.Member: ...
+    @_builtins.property
+    def group_names(self) -> Global___GroupNames: ...
     def __init__(
         self,
         *,
@@ -241,12 +256,13 @@ class CommandResult(_message.Message):
         session: _groups_pb2.Session | None = ...,
         group: _groups_pb2.Group | None = ...,
         member: _groups_pb2.Member | None = ...,
+        group_names: Global___GroupNames | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "group", b"group", "member", b"member", "put", b"put", "result", b"result", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "group", b"group", "group_names", b"group_names", "member", b"member", "put", b"put", "result", b"result", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "error_message", b"error_message", "error_reason", b"error_reason", "group", b"group", "member", b"member", "put", b"put", "result", b"result", "revision", b"revision", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "error_message", b"error_message", "error_reason", b"error_reason", "group", b"group", "group_names", b"group_names", "member", b"member", "put", b"put", "result", b"result", "revision", b"revision", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "delete", "session", "group", "member"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "delete", "session", "group", "member", "group_names"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -340,3 +356,25 @@ class DedupeEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DedupeEntry: _TypeAlias = DedupeEntry  # noqa: Y015
+
+@_typing.final
+class GroupNames(_message.Message):
+    """The groups a command acted on (pause, resume)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupNames: _TypeAlias = GroupNames  # noqa: Y015

@@ -16,8 +16,9 @@ from coord.server.api.leader_ports import MemberCheckResults, RunProbe, SessionD
 from coord.server.api.state_servicer import IDLE_WAKE_S, StateServicer, holdings
 from coord.server.runtime.notify import StateNotifier
 from coord.state import healthspec
+from coord.state.explain import explain
 from coord.state.machine import StateMachine
-from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
+from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2, raft_pb2
 
 
 class GroupsService(StateServicer, election_pb2_grpc.GroupsServicer):
@@ -37,6 +38,11 @@ class GroupsService(StateServicer, election_pb2_grpc.GroupsServicer):
     async def UpdateMember(
         self, request: election_pb2.UpdateMemberRequest, context: ServicerContext
     ) -> election_pb2.MemberResponse:
+        if not request.update.session_id:
+            raise errors.InvalidArgument(
+                "coord: UpdateMember needs the member's own session_id; an operator changes "
+                "priority and nofailover with EditMember (coordctl member edit)"
+            )
         result = await self._write(context, request.request_id, update_member=request.update)
         return election_pb2.MemberResponse(
             header=self.ctx.header(revision=result.revision), member=result.member
@@ -235,6 +241,87 @@ class GroupsService(StateServicer, election_pb2_grpc.GroupsServicer):
             switchover=groups_pb2.Switchover(group=request.group, to_member=request.to_member),
         )  # fmt: skip
         return election_pb2.SwitchoverResponse(header=self.ctx.header(revision=result.revision))
+
+    async def Pause(
+        self, request: election_pb2.PauseGroupsRequest, context: ServicerContext
+    ) -> election_pb2.PauseGroupsResponse:
+        wait_ms = pause_wait_ms(request.until_ms, request.for_ms, int(time.time() * 1000))
+        cmd = groups_pb2.PauseGroups(
+            groups=request.groups, all=request.all, wait_ms=wait_ms, reason=request.reason,
+            until_ms=request.until_ms, for_ms=request.for_ms,
+        )  # fmt: skip
+        result = await self._write(context, request.request_id, pause_groups=cmd)
+        return self._named_groups(result)
+
+    async def Resume(
+        self, request: election_pb2.ResumeGroupsRequest, context: ServicerContext
+    ) -> election_pb2.PauseGroupsResponse:
+        cmd = groups_pb2.ResumeGroups(groups=request.groups, all=request.all)
+        result = await self._write(context, request.request_id, resume_groups=cmd)
+        return self._named_groups(result)
+
+    def _named_groups(self, result: raft_pb2.CommandResult) -> election_pb2.PauseGroupsResponse:
+        names = list(result.group_names.names)
+        groups = self.ctx.raft.read(
+            lambda s: [s.groups.groups[n].to_proto() for n in names if n in s.groups.groups]
+        )
+        return election_pb2.PauseGroupsResponse(
+            header=self.ctx.header(revision=result.revision), groups=groups
+        )
+
+    async def Edit(
+        self, request: election_pb2.EditGroupRequest, context: ServicerContext
+    ) -> election_pb2.GroupResponse:
+        result = await self._write(
+            context, request.request_id,
+            edit_group=groups_pb2.EditGroup(
+                group=request.name, policy=request.policy, fields=request.fields
+            ),
+        )  # fmt: skip
+        return election_pb2.GroupResponse(
+            header=self.ctx.header(revision=result.revision), group=result.group
+        )
+
+    async def EditMember(
+        self, request: election_pb2.EditMemberRequest, context: ServicerContext
+    ) -> election_pb2.MemberResponse:
+        if not request.HasField("priority") and not request.HasField("nofailover"):
+            raise errors.InvalidArgument("coord: give a priority or nofailover to change")
+        update = groups_pb2.UpdateMember(group=request.group, member_id=request.member_id)
+        if request.HasField("priority"):
+            update.priority = request.priority
+        if request.HasField("nofailover"):
+            update.nofailover = request.nofailover
+        result = await self._write(context, request.request_id, update_member=update)
+        return election_pb2.MemberResponse(
+            header=self.ctx.header(revision=result.revision), member=result.member
+        )
+
+    async def Explain(
+        self, request: election_pb2.ExplainRequest, context: ServicerContext
+    ) -> election_pb2.ExplainResponse:
+        explanation = await self._read(
+            context, request.serializable, lambda s: explain(s.groups, request.group)
+        )
+        return election_pb2.ExplainResponse(
+            header=self.ctx.header(serializable=request.serializable), explanation=explanation
+        )
+
+
+def pause_wait_ms(until_ms: int, for_ms: int, now_ms: int) -> int:
+    """The pause's wait on the leader's monotonic clock (0: until resumed), from what
+    the operator asked: a wall-clock time (converted here, on the proposing leader,
+    against its wall clock) or a duration."""
+    if until_ms and for_ms:
+        raise errors.InvalidArgument("coord: give a pause either an end time or a duration")
+    if for_ms < 0:
+        raise errors.InvalidArgument(f"coord: a pause of {for_ms} ms: give a positive duration")
+    if until_ms and until_ms <= now_ms:
+        raise errors.InvalidArgument(
+            f"coord: pause until {until_ms} ms since the epoch is in the past (the leader's "
+            f"clock reads {now_ms}): give a later time, or a duration (--for)"
+        )
+    return until_ms - now_ms if until_ms else for_ms
 
 
 def _health_rows(s: StateMachine, group: str) -> list[tuple[str, str, int, bool]]:

@@ -260,6 +260,12 @@ class _StateFigures:
                     int(g.policy.slots),
                 )
             )
+        # name -> when paused (wall clock, ms), for the paused groups
+        self.paused = {
+            name: int(g.pause.paused_time_ms)
+            for name, g in sorted(state.groups.groups.items())
+            if g.pause is not None
+        }
         self.ledger = ledger.Ledger()
         self.ledger.load(state.ledger.to_proto())  # copies
 
@@ -284,7 +290,19 @@ def _state_metrics(fig: _StateFigures) -> list[Metric]:
         members.add_metric([name, "unhealthy"], unhealthy)
         masters.add_metric([name], serving)
         slots.add_metric([name], n_slots)
-    out += [members, masters, slots]
+    paused = GaugeMetricFamily(
+        "coord_group_paused", "1 while the group is paused (maintenance mode).", labels=["group"]
+    )
+    paused_for = GaugeMetricFamily(
+        "coord_group_paused_seconds",
+        "How long the group has been paused (wall clock; 0: not paused).",
+        labels=["group"],
+    )
+    for name, *_ in fig.groups:
+        since = fig.paused.get(name)
+        paused.add_metric([name], 0.0 if since is None else 1.0)
+        paused_for.add_metric([name], 0.0 if since is None else max(0, now_ms - since) / 1000)
+    out += [members, masters, slots, paused, paused_for]
     out += _ledger_metrics(fig.ledger, now_ms)
     return out
 

@@ -205,9 +205,11 @@ def _state_snapshot(state: Any, now_ms: int) -> dict[str, Any]:
     for name, g in sorted(state.groups.groups.items()):
         book = state.ledger.groups.get(name)
         avail = _dict(ledger.report(book, now_ms, WINDOWS.values())) if book is not None else {}
+        pause = _dict(g.pause) if g.pause is not None else None
         groups.append(
-            {"name": name, "slots": g.policy.slots, "members": _members(g), "availability": avail}
-        )
+            {"name": name, "slots": g.policy.slots, "members": _members(g), "availability": avail,
+             "paused": pause}
+        )  # fmt: skip
     events = [_dict(e) for e in state.events.last(RECENT_EVENTS)]
     return {"revision": state.revision, "groups": groups, "events": events}
 

@@ -188,6 +188,15 @@
       el("tbody", {}, ...rows));
   }
 
+  // A paused group (maintenance mode): since when, until when (an estimate), why.
+  function pausedTitle(p) {
+    const since = new Date(Number(p.paused_time_ms || 0)).toLocaleString();
+    const until = Number(p.wait_ms || 0)
+      ? `until about ${new Date(Number(p.until_estimate_ms)).toLocaleString()}`
+      : "until resumed";
+    return `paused since ${since}, ${until}` + (p.reason ? ` (${p.reason})` : "");
+  }
+
   function renderGroup(g, nowMs) {
     const members = g.members || [];
     const masters = members.filter((m) => m.master).sort((a, b) => a.master.slot - b.master.slot);
@@ -199,7 +208,9 @@
       : el("span", { class: "badge bad-badge" }, `${serving}/${g.slots} masters`);
     return el("section", { class: "group", "data-group": g.name },
       el("h3", {}, g.name, " ", state,
-        av.outage_open ? el("span", { class: "badge bad-badge" }, "outage") : null),
+        av.outage_open ? el("span", { class: "badge bad-badge" }, "outage") : null,
+        g.paused ? el("span", { class: "badge bad-badge paused", title: pausedTitle(g.paused) },
+          "paused") : null),
       el("div", { class: "cols" },
         el("div", { class: "col" },
           el("table", { class: "grid members" },

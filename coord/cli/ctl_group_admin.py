@@ -1,0 +1,228 @@
+"""coordctl commands that change how a group is run: pause/resume (maintenance mode),
+live policy edits, member edits, and explain. Registered under ``group`` and
+``member`` by coord.cli.ctl_groups."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import click
+
+from coord.cli.ctl import CtlCommand, Ctx, handles_errors, pass_ctx
+from coord.cli.output import EXIT_USAGE, CLIError, emit, proto_dict, table
+from coord.cli.restore import Duration
+from coord.client import pause_all, resume_all
+from coord.v1 import groups_pb2
+
+FAILBACK = {"off": groups_pb2.FAILBACK_OFF, "auto": groups_pb2.FAILBACK_AUTO}
+DURATION = Duration()
+
+
+def _until_s(value: str) -> float:
+    """--until: an ISO 8601 time (local time unless it names a zone), or seconds since
+    the epoch. Refused if it is not in the future."""
+    try:
+        t = float(value)
+    except ValueError:
+        try:
+            t = datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is not a time: use ISO 8601 (2030-01-01T12:00, 12:00 is not enough: "
+                "give the date) or seconds since the epoch; --for takes a duration",
+                param_hint="--until",
+            ) from None
+    if t <= time.time():
+        raise click.BadParameter(
+            f"{value} is in the past: give a later time, or a duration with --for",
+            param_hint="--until",
+        )
+    return t
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _stamp(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def pause_text(p: groups_pb2.GroupPause) -> str:
+    """How `group get` and `group ls` show a pause."""
+    text = f"paused since {_stamp(p.paused_time_ms)}"
+    if p.wait_ms:
+        text += f", until about {_stamp(p.until_estimate_ms)} (an estimate: the leader times it)"
+    else:
+        text += ", until resumed"
+    return text + (f" — {p.reason}" if p.reason else "")
+
+
+def _names(names: tuple[str, ...], all_groups: bool, verb: str) -> None:
+    if all_groups == bool(names):
+        raise CLIError(
+            f"coord: {verb} names groups, or takes --all (not both, not neither)", EXIT_USAGE
+        )
+
+
+@click.command("pause", cls=CtlCommand)
+@click.argument("names", metavar="[GROUP]...", nargs=-1)
+@click.option("--all", "all_groups", is_flag=True, help="Every group of the cluster.")
+@click.option("--until", "until", default=None, help="Resume then (ISO 8601, or epoch seconds).")
+@click.option("--for", "for_s", type=DURATION, default=None, help="Resume after this long.")
+@click.option("--reason", default="", help="A note shown with the pause.")
+@pass_ctx
+@handles_errors
+def group_pause(
+    ctx: Ctx,
+    names: tuple[str, ...],
+    all_groups: bool,
+    until: str | None,
+    for_s: float | None,
+    reason: str,
+) -> None:
+    """Pause GROUPs (maintenance mode): nothing is failed over, failed back or revoked
+    automatically until resumed. Sessions still expire; a lost master's slot stays
+    empty (a failover_paused event says so). A switchover by hand still completes.
+
+    --until/--for resume by themselves: the leader times the wait on its own clock
+    (the time shown is an estimate)."""
+    _names(names, all_groups, "pause")
+    if until is not None and for_s is not None:
+        raise CLIError("coord: give --until or --for, not both", EXIT_USAGE)
+    if for_s is not None and for_s <= 0:
+        raise click.BadParameter("give a positive duration", param_hint="--for")
+    until_s = _until_s(until) if until is not None else None
+    if all_groups:
+        groups = pause_all(ctx.client, until_s=until_s, for_s=for_s, reason=reason)
+    else:
+        groups = [
+            ctx.client.group(n).pause(until_s=until_s, for_s=for_s, reason=reason) for n in names
+        ]
+    emit(
+        ctx.output,
+        [{"group": g.name, "pause": proto_dict(g.pause)} for g in groups],
+        ["GROUP", "PAUSED"],
+        [[g.name, pause_text(g.pause)] for g in groups],
+    )
+
+
+@click.command("resume", cls=CtlCommand)
+@click.argument("names", metavar="[GROUP]...", nargs=-1)
+@click.option("--all", "all_groups", is_flag=True, help="Every paused group.")
+@pass_ctx
+@handles_errors
+def group_resume(ctx: Ctx, names: tuple[str, ...], all_groups: bool) -> None:
+    """Resume paused GROUPs: empty slots are filled at once; a failback hold counts
+    from now. A group that is not paused is left as it is."""
+    _names(names, all_groups, "resume")
+    if all_groups:
+        resumed = resume_all(ctx.client)
+    else:
+        for n in names:
+            ctx.client.group(n).resume()
+        resumed = list(names)
+    emit(ctx.output, [{"resumed": n} for n in resumed], ["RESUMED"], [[n] for n in resumed])
+
+
+@click.command("edit", cls=CtlCommand)
+@click.argument("name")
+@click.option("--slots", type=click.IntRange(1, 64), default=None, help="1..64.")
+@click.option("--failback", type=click.Choice(["off", "auto"]), default=None)
+@click.option("--failback-hold", type=DURATION, default=None, help="e.g. 30s.")
+@click.option("--switchover-timeout", type=DURATION, default=None, help="e.g. 10s (>= 100ms).")
+@click.option("--downtime-budget", type=DURATION, default=None, help="Per 30 days; 0: none.")
+@click.option("--failover-on-unhealthy/--no-failover-on-unhealthy", default=None)
+@pass_ctx
+@handles_errors
+def group_edit(
+    ctx: Ctx,
+    name: str,
+    slots: int | None,
+    failback: str | None,
+    failback_hold: float | None,
+    switchover_timeout: float | None,
+    downtime_budget: float | None,
+    failover_on_unhealthy: bool | None,
+) -> None:
+    """Change NAME's policy now (the options given; the rest stays). Fewer slots ask
+    the masters of the highest slots to step down (the normal handover: switchover
+    timeout, then revoke and TTL wait-out); more slots are filled at once."""
+    if switchover_timeout is not None and switchover_timeout < 0.1:
+        raise click.BadParameter("use at least 100ms", param_hint="--switchover-timeout")
+    policy: dict[str, Any] = {
+        "slots": slots,
+        "failback": FAILBACK[failback] if failback else None,
+        "failback_hold_ms": _ms(failback_hold) if failback_hold is not None else None,
+        "switchover_timeout_ms": _ms(switchover_timeout) if switchover_timeout else None,
+        "downtime_budget_ms": _ms(downtime_budget) if downtime_budget is not None else None,
+        "failover_on_unhealthy": failover_on_unhealthy,
+    }
+    policy = {k: v for k, v in policy.items() if v is not None}
+    if not policy:
+        raise CLIError("coord: nothing to change: give at least one option (--help)", EXIT_USAGE)
+    g = ctx.client.group(name).edit(**policy)
+    p = g.policy
+    emit(
+        ctx.output,
+        proto_dict(g),
+        ["GROUP", "SLOTS", "FAILBACK", "HOLD", "SWITCHOVER TIMEOUT", "FAILOVER ON UNHEALTHY"],
+        [[g.name, p.slots, "auto" if p.failback == groups_pb2.FAILBACK_AUTO else "off",
+          f"{p.failback_hold_ms / 1000:g}s", f"{p.switchover_timeout_ms / 1000:g}s",
+          "yes" if p.failover_on_unhealthy else "no"]],
+    )  # fmt: skip
+
+
+@click.command("explain", cls=CtlCommand)
+@click.argument("name")
+@pass_ctx
+@handles_errors
+def group_explain(ctx: Ctx, name: str) -> None:
+    """For every slot of NAME, who would be chosen now and why; for every member, why
+    it is or is not eligible. The state machine's own rule, read now."""
+    x = ctx.client.group(name).explain()
+    if ctx.output == "json":
+        emit(ctx.output, proto_dict(x), [], [])
+        return
+    click.echo(table(["SLOT", "HOLDER", "STATE", "NEXT", "WHY"], [
+        [s.slot, s.holder or "-", s.state, s.next or "-", s.why] for s in x.slots
+    ]))  # fmt: skip
+    click.echo()
+    click.echo(table(["MEMBER", "PRIORITY", "ELIGIBLE", "RANK", "WHY"], [
+        [m.member_id, m.priority, "yes" if m.eligible else "no", m.rank or "-", m.detail]
+        for m in x.members
+    ]))  # fmt: skip
+    for note in x.notes:
+        click.echo(f"\n{note}", nl=False)
+    if x.notes:
+        click.echo()
+
+
+@click.command("edit", cls=CtlCommand)
+@click.argument("group_name", metavar="GROUP")
+@click.argument("member_id", metavar="MEMBER")
+@click.option("--priority", type=int, default=None, help="Higher is preferred for mastership.")
+@click.option(
+    "--nofailover/--failover",
+    default=None,
+    help="Never make it master (it keeps a slot it holds) / make it eligible again.",
+)
+@pass_ctx
+@handles_errors
+def member_edit(
+    ctx: Ctx, group_name: str, member_id: str, priority: int | None, nofailover: bool | None
+) -> None:
+    """Change MEMBER's priority or nofailover now: placement uses them at once (a
+    failback, if the group has it, follows after its hold)."""
+    if priority is None and nofailover is None:
+        raise CLIError("coord: nothing to change: give --priority or --nofailover/--failover",
+                       EXIT_USAGE)  # fmt: skip
+    m = ctx.client.group(group_name).edit_member(member_id, priority, nofailover)
+    emit(
+        ctx.output,
+        proto_dict(m),
+        ["GROUP", "MEMBER", "PRIORITY", "NOFAILOVER"],
+        [[group_name, m.id, m.priority, "yes" if m.nofailover else "no"]],
+    )

@@ -1,0 +1,113 @@
+"""Explain a group's placement: for every slot who would be chosen now (or if it were
+vacated now) and why, and for every member why it is or is not eligible.
+
+Read-only, and built from the functions the state machine grants with
+(``Placement.choose``, ``ineligible``, ``ranked``, ``_failback_plan``): an explanation
+is what the state machine does next, never a second opinion
+(tests/unit/test_explain_properties.py checks it). Sentences read like patroni's
+``run_cycle``: an operator reads them as they are.
+"""
+
+from __future__ import annotations
+
+from coord.state.group_table import GroupState
+from coord.state.placement import Placement
+from coord.v1 import groups_pb2
+
+REASONS = {
+    "group_deleting": "the group is being deleted: nothing is granted",
+    "no_session": "its session is gone (expired or closed)",
+    "session_closing": "its session is closing (an operator closed it): never granted again",
+    "nofailover": "it is nofailover: never made master",
+    "not_candidate": "it is not campaigning (never did, resigned, or is leaving)",
+    "unhealthy": "its health check fails",
+    "holding": "it already holds slot {slot}",
+}
+
+
+def explain(p: Placement, name: str) -> groups_pb2.GroupExplanation:
+    """The explanation of group ``name`` (NotFound if it does not exist)."""
+    g = p.group(name)
+    out = groups_pb2.GroupExplanation(group=name, paused=g.pause is not None)
+    for slot in range(max([g.policy.slots - 1, *g.holdings]) + 1):
+        out.slots.append(_slot(p, g, slot))
+    rank = {m.id: i + 1 for i, m in enumerate(p.ranked(g))}
+    for m in g.members.values():
+        out.members.append(_verdict(p, g, m, rank.get(m.id, 0)))
+    out.notes.extend(_notes(p, g))
+    return out
+
+
+def _slot(p: Placement, g: GroupState, slot: int) -> groups_pb2.SlotExplanation:
+    h = g.holdings.get(slot)
+    ho = g.handovers.get(slot)
+    m, why = p.choose(g, slot)
+    row = groups_pb2.SlotExplanation(slot=slot, next=m.id if m is not None else "")
+    if h is None:
+        row.state = "vacant" if slot < g.policy.slots else "surplus"
+        cause = g.vacated_cause.get(slot, "")
+        lead = f"vacant ({cause})" if cause else "vacant"
+        row.why = f"{lead}: " + (f"{m.id} is granted now: {why}" if m else f"stays empty: {why}")
+        return row
+    row.holder, row.token = h.member_id, h.token
+    if h.revoked:
+        row.state = "revoked"
+        cause = g.vacated_cause.get(slot, "")
+        lead = f"{h.member_id} was revoked ({cause}); once its TTL is waited out"
+    elif slot >= g.policy.slots:
+        row.state = "surplus"
+        lead = f"held by {h.member_id}, beyond the policy's {g.policy.slots} slots; "
+        lead += "once it steps down"
+    elif ho is not None:
+        row.state = "stepping_down"
+        lead = f"held by {h.member_id}, asked to step down ({ho.cause}); once it does"
+    else:
+        row.state = "held"
+        lead = f"held by {h.member_id} (token {h.token}); if it were vacated now"
+    row.why = f"{lead}: " + (f"{m.id} would be chosen: {why}" if m else f"nobody: {why}")
+    return row
+
+
+def _verdict(
+    p: Placement, g: GroupState, m: groups_pb2.Member, rank: int
+) -> groups_pb2.MemberVerdict:
+    reason = p.ineligible(g, m)
+    out = groups_pb2.MemberVerdict(
+        member_id=m.id, eligible=not reason, reason=reason, priority=m.priority, rank=rank
+    )
+    if reason:
+        out.detail = REASONS.get(reason, reason).format(slot=g.holder_slot(m.id))
+    elif g.pause is not None:
+        out.detail = f"eligible (rank {rank}), but the group is paused: granted once resumed"
+    else:
+        out.detail = f"eligible (rank {rank} by priority, then registration)"
+    return out
+
+
+def _notes(p: Placement, g: GroupState) -> list[str]:
+    notes = []
+    if g.pause is not None:
+        until = " until resumed"
+        if g.pause.wait_ms:
+            until = f" for {g.pause.wait_ms / 1000:g}s from the pause (leader's clock)"
+        notes.append(
+            f"paused{until}: nothing is failed over, failed back or revoked automatically; "
+            "a switchover by hand still completes"
+        )
+    for slot, ho in sorted(g.handovers.items()):
+        if slot in g.holdings and not g.holdings[slot].revoked:
+            to = f" for {ho.to_member}" if ho.to_member else ""
+            notes.append(
+                f"slot {slot}: {ho.from_member} is asked to step down ({ho.cause}){to}; revoked "
+                f"after {ho.timeout_ms / 1000:g}s if it does not"
+            )
+    for slot, candidate in p._failback_plan(g):
+        c = g.members[candidate]
+        notes.append(
+            f"failback: {candidate} (priority {c.priority}) outranks the master of slot "
+            f"{slot}; once it has been eligible for {g.policy.failback_hold_ms / 1000:g}s "
+            "(the leader times the hold) the master is asked to step down for it"
+        )
+    if g.policy.failback == groups_pb2.FAILBACK_AUTO and g.pause is not None:
+        notes.append("failback: not planned while paused")
+    return notes

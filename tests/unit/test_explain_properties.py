@@ -1,0 +1,162 @@
+"""Explain says what the state machine then does (coord/state/explain.py).
+
+Random group states (members with random priorities, nofailover, candidacy and
+health, sessions expired, closed by an operator, pauses, switchovers, failback
+holds, policy and member edits), then:
+
+- after every command no vacant slot of the group has a ``next``: the fill already
+  granted everything explain would grant (a paused group: nothing);
+- a held slot's ``next`` is the member the state machine grants it when its holder
+  resigns now (own session), and nobody when it says nobody;
+- every member explain calls eligible is one placement would grant, with the rank
+  it gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coord.state.explain import explain
+from coord.state.machine import StateMachine
+from coord.v1 import groups_pb2 as gp
+from coord.v1 import raft_pb2
+
+T0 = 1_700_000_000_000
+MEMBERS = ["m0", "m1", "m2", "m3", "m4"]
+
+ACTION = st.one_of(
+    st.tuples(
+        st.just("join"), st.sampled_from(MEMBERS), st.integers(0, 3), st.booleans(), st.booleans()
+    ),
+    st.tuples(st.just("expire"), st.sampled_from(MEMBERS)),
+    st.tuples(st.just("close_wait_out"), st.sampled_from(MEMBERS)),
+    st.tuples(st.just("health"), st.sampled_from(MEMBERS), st.booleans()),
+    st.tuples(st.just("resign"), st.sampled_from(MEMBERS)),
+    st.tuples(st.just("campaign"), st.sampled_from(MEMBERS)),
+    st.tuples(st.just("priority"), st.sampled_from(MEMBERS), st.integers(0, 5)),
+    st.tuples(st.just("nofailover"), st.sampled_from(MEMBERS), st.booleans()),
+    st.tuples(st.just("switchover"), st.sampled_from(["", *MEMBERS])),
+    st.tuples(st.just("pause"), st.booleans()),
+    st.tuples(st.just("slots"), st.integers(1, 3)),
+    st.tuples(
+        st.just("advance"),
+    ),
+)
+
+
+class World:
+    def __init__(self, slots: int, failback: bool) -> None:
+        self.sm = StateMachine()
+        self.now = T0
+        self.sessions: dict[str, gp.Session] = {}
+        policy = gp.GroupPolicy(
+            slots=slots, failback=gp.FAILBACK_AUTO if failback else gp.FAILBACK_OFF,
+            switchover_timeout_ms=100,
+        )  # fmt: skip
+        self.apply(create_group=gp.CreateGroup(name="g", policy=policy))
+
+    def apply(self, **op: Any) -> raft_pb2.CommandResult:
+        self.now += 10
+        cmd = raft_pb2.Command(time_ms=self.now, term=1, **op)
+        return self.sm.apply(cmd.SerializeToString())
+
+    @property
+    def g(self) -> Any:
+        return self.sm.groups.groups["g"]
+
+    def member(self, mid: str) -> gp.Member | None:
+        m: gp.Member | None = self.g.members.get(mid)
+        return m
+
+    def act(self, action: tuple[Any, ...]) -> None:
+        kind, *args = action
+        m = self.member(args[0]) if args and args[0] in MEMBERS else None
+        if kind == "join":
+            mid, prio, nofailover, candidate = args
+            s = self.apply(open_session=gp.OpenSession(ttl_ms=1000)).session
+            if m is not None:
+                self.apply(
+                    unregister=gp.Unregister(group="g", member_id=mid, session_id=m.session_id)
+                )
+            member = gp.Member(group="g", id=mid, session_id=s.id, priority=prio,
+                               nofailover=nofailover, candidate=candidate)  # fmt: skip
+            self.apply(register=gp.Register(member=member))
+        elif m is None:
+            if kind == "switchover":
+                self.apply(switchover=gp.Switchover(group="g", to_member=args[0]))
+            elif kind == "pause":
+                op = "pause_groups" if args[0] else "resume_groups"
+                msg = gp.PauseGroups(groups=["g"]) if args[0] else gp.ResumeGroups(groups=["g"])
+                self.apply(**{op: msg})
+            elif kind == "slots":
+                self.apply(edit_group=gp.EditGroup(
+                    group="g", policy=gp.GroupPolicy(slots=args[0]), fields=["slots"]))  # fmt: skip
+            elif kind == "advance":
+                self.advance_all()
+        elif kind == "expire":
+            s = self.sm.groups.sessions[m.session_id]
+            self.apply(expire_session=gp.ExpireSession(session_id=s.id, epoch=s.epoch))
+        elif kind == "close_wait_out":
+            self.apply(close_session=gp.CloseSession(session_id=m.session_id, wait_out=True))
+        elif kind == "health":
+            health = gp.SetHealth(group="g", member_id=m.id, healthy=args[1])
+            health.registered_revision = m.registered_revision
+            self.apply(set_health=health)
+        elif kind == "resign":
+            self.apply(resign=gp.Resign(group="g", member_id=m.id, session_id=m.session_id))
+        elif kind == "campaign":
+            self.apply(campaign=gp.Campaign(group="g", member_id=m.id))
+        elif kind == "priority":
+            self.apply(update_member=gp.UpdateMember(group="g", member_id=m.id, priority=args[1]))
+        elif kind == "nofailover":
+            self.apply(update_member=gp.UpdateMember(group="g", member_id=m.id, nofailover=args[1]))
+
+    def advance_all(self) -> None:
+        """End every pending wait at once (the leader after a long while)."""
+        from coord.state import waits
+
+        keys = [w.key for w in self.sm.groups.pending_waits()]
+        if keys:
+            self.apply(advance=gp.Advance(over=[waits.to_proto(k) for k in keys]))
+
+
+def check_now(w: World) -> None:
+    x = explain(w.sm.groups, "g")
+    for s in x.slots:
+        if not s.holder:
+            assert s.next == "", s.why  # the fill granted all it could
+    ranked = [m.id for m in w.sm.groups.ranked(w.g)]
+    eligible = sorted((v.rank, v.member_id) for v in x.members if v.eligible)
+    assert [mid for _, mid in eligible] == ranked
+    for v in x.members:
+        assert v.eligible == (not v.reason) and bool(v.detail)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    slots=st.integers(1, 3),
+    failback=st.booleans(),
+    actions=st.lists(ACTION, max_size=25),
+    pick=st.integers(0, 2),
+)
+def test_explain_predicts_what_the_state_machine_grants(
+    slots: int, failback: bool, actions: list[tuple[Any, ...]], pick: int
+) -> None:
+    w = World(slots, failback)
+    for action in actions:
+        w.act(action)
+        check_now(w)
+    held = sorted(s for s, h in w.g.holdings.items() if not h.revoked)
+    if not held:
+        return
+    slot = held[pick % len(held)]
+    predicted = next(s for s in explain(w.sm.groups, "g").slots if s.slot == slot)
+    holder = w.g.members[w.g.holdings[slot].member_id]
+    res = w.apply(resign=gp.Resign(group="g", member_id=holder.id, session_id=holder.session_id))
+    assert not res.error_reason, res.error_message
+    after = w.g.holdings.get(slot)
+    assert (after.member_id if after is not None else "") == predicted.next, predicted.why
+    check_now(w)
