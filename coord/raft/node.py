@@ -73,9 +73,18 @@ ProposeCallback = Callable[[raft_pb2.CommandResult | None, errors.CoordError | N
 class RaftNode:
     """One Raft member: proposes commands, applies them to ``state``, reports its view."""
 
-    def __init__(self, cfg: NodeConfig, state: StateMachine, voting: str = VOTER) -> None:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        state: StateMachine,
+        voting: str = VOTER,
+        transport_factory: Callable[..., CoordTransport] | None = None,
+    ) -> None:
         """Open the log in ``cfg.data_dir`` and start replicating ``state`` (a fresh
-        StateMachine: a snapshot or the log fills it). ``voting``: the gate's mode."""
+        StateMachine: a snapshot or the log fills it). ``voting``: the gate's mode.
+        ``transport_factory``: builds the peer transport, called as :class:`CoordTransport`
+        is (default: it, over TCP); tests pass an in-memory one (tests/inproc/memory_raft.py)."""
+        self._transport_factory = transport_factory or CoordTransport
         self.cfg = cfg
         self.state = state
         self.lock = threading.RLock()
@@ -137,7 +146,7 @@ class RaftNode:
             hold=self._holding_for_transfer,
         )
         transport = functools.partial(
-            CoordTransport,
+            self._transport_factory,
             cluster_id=cfg.cluster_id,
             is_durable=lambda: not self.journal.dirty,
             on_peer_disconnected=self._on_peer_disconnected,

@@ -11,7 +11,8 @@ runs the real decoding, error mapping and metrics wrappers. Everything runs on t
 event loop: deterministic, milliseconds per test.
 
 The model is hashicorp/raft's in-memory transport and etcd's server tests over a fake
-``raftNode``; a RaftNode over an in-memory transport is the next layer (not here yet).
+``raftNode``. The next layer down is tests/inproc/memory_raft.py: real RaftNodes in one
+process over an in-memory network (tests/inproc/test_raft_inproc.py).
 """
 
 from __future__ import annotations
