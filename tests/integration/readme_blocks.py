@@ -86,7 +86,9 @@ def blocks(text: str | None = None) -> list[Block]:
 @dataclass(frozen=True)
 class Plan:
     """``run``: ``dev`` (against the module's ``coord dev`` cluster), ``own-cluster`` (a
-    throwaway cluster of its own), ``python``, ``yaml``, or ``excluded`` (``why`` says why)."""
+    throwaway cluster of its own), ``python``, ``go`` (a program, run against the dev
+    cluster with the Go client of clients/go), ``yaml``, or ``excluded`` (``why`` says
+    why)."""
 
     run: str
     why: str = ""
@@ -137,6 +139,8 @@ def plans(found: list[Block]) -> list[tuple[Block, Plan]]:
             out.append((b, Plan("python")))
         elif b.lang == "yaml":
             out.append((b, Plan("yaml")))
+        elif b.lang == "go":  # a whole program: test_readme_examples.run_go
+            out.append((b, Plan("go")))
         elif b.lang == "sh":
             rules = [r for r in SH_RULES if b.section.startswith(r.section) and r.anchor in b.text]
             if len(rules) != 1:

@@ -1,0 +1,205 @@
+"""The Go client (clients/go) against real clusters (issue 19).
+
+``go test ./...`` runs with COORD_ENDPOINTS set to this module's cluster (its tests that
+need a cluster skip without it), and a conformance scenario puts a Python campaigner and
+a Go campaigner in one group: the master's process is stopped (SIGSTOP) beyond its TTL,
+then the Raft leadership is handed over gracefully. Each campaigner prints every moment
+it found itself master (read before its is_master()/IsMaster() check, on CLOCK_MONOTONIC,
+which all processes of the machine share); the records of different tokens must never
+overlap, and tokens must increase with time (docs/protocol.md, section 5).
+
+Skipped when Go is not installed. The Go build cache makes reruns fast; the first build
+on a clean machine takes tens of seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coord.testing import LocalCluster, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+GO_DIR = REPO / "clients" / "go"
+GO = shutil.which("go")
+TTL_S = 2.0
+
+pytestmark = pytest.mark.skipif(GO is None, reason="Go is not installed")
+
+PY_CAMPAIGNER = r"""
+import sys, time
+from coord.client import Client
+
+endpoints, group, member = sys.argv[1:4]
+with Client(endpoints) as c:
+    while True:
+        try:
+            with c.session(ttl_s=float(sys.argv[4])) as s:
+                with c.group(group).member(member, s) as m:
+                    while s.is_valid():
+                        with m.campaign() as lead:
+                            while True:
+                                t = time.monotonic_ns()  # before the check
+                                if not lead.is_master():
+                                    break
+                                print("master", lead.token, t, flush=True)
+                                time.sleep(0.01)
+                            print("ended", lead.token, time.monotonic_ns(), flush=True)
+        except Exception as e:  # a lost session: campaign again in a new one
+            print("campaigner:", e, file=sys.stderr, flush=True)
+            time.sleep(0.1)
+"""
+
+
+def go_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GOFLAGS", "-mod=mod")
+    env.update(extra)
+    return env
+
+
+def test_go_test_against_the_cluster(cluster: LocalCluster) -> None:
+    """The Go client's own tests, those that need a cluster included."""
+    r = subprocess.run(
+        [str(GO), "test", "-count=1", "./..."],
+        cwd=GO_DIR, env=go_env(COORD_ENDPOINTS=",".join(cluster.endpoints)),
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    assert "SKIP" not in r.stdout, r.stdout
+
+
+class Campaigner:
+    def __init__(self, name: str, cmd: list[str], out: Path) -> None:
+        self.name, self.out = name, out
+        with out.open("w") as f:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+
+    def records(self) -> list[tuple[str, int, int]]:
+        """(kind, token, ns) lines printed so far."""
+        out = []
+        for line in self.out.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] in ("master", "ended"):
+                out.append((parts[0], int(parts[1]), int(parts[2])))
+        return out
+
+    def last_token(self) -> int:
+        masters = [tok for kind, tok, _ in self.records() if kind == "master"]
+        return masters[-1] if masters else 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def campaigners(
+    own_cluster: LocalCluster, tmp_path: Path
+) -> Iterator[tuple[LocalCluster, dict[str, Campaigner]]]:
+    binary = tmp_path / "campaigner"
+    build = subprocess.run(
+        [str(GO), "build", "-o", str(binary), "./internal/campaigner"],
+        cwd=GO_DIR, env=go_env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    eps = ",".join(own_cluster.endpoints)
+    with own_cluster.client() as c:
+        c.group("conf").create(slots=1, exist_ok=True)
+    script = tmp_path / "py_campaigner.py"
+    script.write_text(PY_CAMPAIGNER)
+    procs = {
+        "go": Campaigner("go", [str(binary), "-endpoints", eps, "-group", "conf", "-id", "go-1",
+                                "-ttl", f"{TTL_S}s"], tmp_path / "go.out"),
+        "py": Campaigner("py", [sys.executable, str(script), eps, "conf", "py-1", str(TTL_S)],
+                         tmp_path / "py.out"),
+    }  # fmt: skip
+    try:
+        yield own_cluster, procs
+    finally:
+        for p in procs.values():
+            p.stop()
+        for p in procs.values():
+            print(f"--- {p.name} campaigner ---\n{p.out.read_text()[-3000:]}")
+
+
+def current_master(procs: dict[str, Campaigner], after_token: int = 0) -> Campaigner | None:
+    """The campaigner whose newest record is a master record above ``after_token``."""
+    best = None
+    for p in procs.values():
+        recs = p.records()
+        newest = recs[-1] if recs else None
+        if newest and newest[0] == "master" and newest[1] > after_token:
+            best = p if best is None or newest[1] > best.last_token() else best
+    return best
+
+
+def check_no_overlap(procs: dict[str, Campaigner]) -> list[int]:
+    """Per token the interval of its master records; no two overlap, tokens increase
+    with time. Returns the tokens in order."""
+    spans: dict[int, list[int]] = {}
+    owner: dict[int, str] = {}
+    for p in procs.values():
+        for kind, tok, ns in p.records():
+            if kind != "master":
+                continue
+            assert owner.setdefault(tok, p.name) == p.name, f"token {tok} held by two processes"
+            lo_hi = spans.setdefault(tok, [ns, ns])
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], ns), max(lo_hi[1], ns)
+    tokens = sorted(spans)
+    for a, b in itertools.pairwise(tokens):
+        assert spans[a][1] < spans[b][0], (
+            f"mastership overlap: token {a} ({owner[a]}) until {spans[a][1]}, "
+            f"token {b} ({owner[b]}) from {spans[b][0]}"
+        )
+    return tokens
+
+
+def test_python_and_go_campaigners_never_overlap(
+    campaigners: tuple[LocalCluster, dict[str, Campaigner]],
+) -> None:
+    cluster, procs = campaigners
+    first = wait_until(lambda: current_master(procs), 60, "a first master")
+    token = first.last_token()
+
+    # 1. Stop the master's process beyond its TTL: the other one takes over, with a
+    # higher token, and the stopped one finds itself no longer master when it wakes.
+    first.proc.send_signal(signal.SIGSTOP)
+    try:
+        other = wait_until(
+            lambda: current_master(procs, token), 30, "a new master while the old one is stopped"
+        )
+        assert other is not first
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: first.records()[-1][0] == "ended", 30, "the woken master to step down")
+    token = other.last_token()
+
+    # 2. A graceful Raft leader transfer: mastership stays where it is (sessions outlive
+    # a leader change), and nobody else becomes master meanwhile.
+    with cluster.client() as c:
+        old = c.leader().leader_id
+        new = c.transfer_leader().leader_id
+        assert new != old
+    seen = len(other.records())
+    wait_until(lambda: len(other.records()) > seen + 20, 30, "the master to keep acting")
+
+    tokens = check_no_overlap(procs)
+    assert len(tokens) >= 2 and tokens[-1] >= token, tokens
+    assert {procs["go"].last_token() > 0, procs["py"].last_token() > 0} == {True}, (
+        "both the Go and the Python campaigner were master at some point"
+    )
