@@ -232,39 +232,8 @@ class Groups(GroupAdmin):
         filled (unless paused)."""
         g = self.group(req.group)
         m = self._member(g, req.member_id)
-        if not req.session_id:
-            other = [f.name for f, _ in req.ListFields() if f.name not in _OPERATOR_FIELDS]
-            if other:
-                raise InvalidArgument(
-                    f"an operator changes only priority and nofailover, not {other[0]}: "
-                    "the member's own session changes the rest"
-                )
-        elif req.session_id != m.session_id:
-            raise FailedPrecondition(
-                f"member {req.member_id!r} of group {req.group!r} belongs to another session: "
-                "only its own session updates it"
-            )
-        new = groups_pb2.Member()
-        new.CopyFrom(m)
-        if req.HasField("weight"):
-            new.weight = req.weight
-        if req.HasField("address"):
-            new.address = req.address
-        if req.HasField("priority"):
-            new.priority = req.priority
-        if req.HasField("nofailover"):
-            new.nofailover = req.nofailover
-        for table, update, replace in (
-            (new.tags, req.tags, req.replace_tags),
-            (new.metadata, req.metadata, req.replace_metadata),
-        ):
-            if replace:
-                table.clear()
-            for k, v in update.items():
-                if v or replace:
-                    table[k] = v
-                else:
-                    table.pop(k, None)
+        _check_updater(req, m)
+        new = _updated(m, req)
         check_member_fields(new)
         if new.HasField("check"):
             healthspec.checked(new.check, new.address)  # a new address must still do
@@ -398,3 +367,47 @@ class Groups(GroupAdmin):
         m.candidate = False
         self._release(g, slot, handover.cause if handover else "resign", now)
         self._fill(g, now)
+
+
+def _check_updater(req: groups_pb2.UpdateMember, m: groups_pb2.Member) -> None:
+    """The member's own session may change any field; an operator (no session) only
+    priority and nofailover."""
+    if not req.session_id:
+        other = [f.name for f, _ in req.ListFields() if f.name not in _OPERATOR_FIELDS]
+        if other:
+            raise InvalidArgument(
+                f"an operator changes only priority and nofailover, not {other[0]}: "
+                "the member's own session changes the rest"
+            )
+    elif req.session_id != m.session_id:
+        raise FailedPrecondition(
+            f"member {req.member_id!r} of group {req.group!r} belongs to another session: "
+            "only its own session updates it"
+        )
+
+
+def _updated(m: groups_pb2.Member, req: groups_pb2.UpdateMember) -> groups_pb2.Member:
+    """A copy of ``m`` with the update applied (a tag or metadata entry with an empty
+    value is removed, unless the table is replaced)."""
+    new = groups_pb2.Member()
+    new.CopyFrom(m)
+    if req.HasField("weight"):
+        new.weight = req.weight
+    if req.HasField("address"):
+        new.address = req.address
+    if req.HasField("priority"):
+        new.priority = req.priority
+    if req.HasField("nofailover"):
+        new.nofailover = req.nofailover
+    for table, update, replace in (
+        (new.tags, req.tags, req.replace_tags),
+        (new.metadata, req.metadata, req.replace_metadata),
+    ):
+        if replace:
+            table.clear()
+        for k, v in update.items():
+            if v or replace:
+                table[k] = v
+            else:
+                table.pop(k, None)
+    return new
