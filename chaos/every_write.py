@@ -74,7 +74,9 @@ class EveryWriter(Worker):
         return result
 
     def _open(self, client: Client, name: str) -> Session:
-        return self._log("open_session", name, lambda: client.session(self.ttl_s, name).start())
+        return self._log(
+            "open_session", name, lambda: client.session(self.ttl_s, name=name).start()
+        )
 
     def _iteration(self, client: Client, tag: str) -> None:
         sessions: list[Session] = []

@@ -28,7 +28,7 @@ import contextlib
 import random as _random
 import threading
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 from coord import errors
 from coord.client.client import Client, StoppableClient
@@ -158,16 +158,10 @@ class Picker:
 class Balancer:
     """A :class:`Picker` kept current by a watch stream on its own thread."""
 
-    def __init__(
-        self,
-        client: Client,
-        group: str,
-        policy: Policy = "round_robin",
-        role: Role = "any",
-        tags: dict[str, str] | None = None,
-        seed: int | None = None,
-    ) -> None:
-        self.picker = Picker(group, policy, role, tags, seed)
+    def __init__(self, client: Client, group: str, **options: Any) -> None:
+        """``options`` are :class:`Picker`'s keywords: ``policy``, ``role``, ``tags``,
+        ``seed``."""
+        self.picker = Picker(group, **options)
         self.group = group
         self._lock = threading.Condition()
         self.revision = 0  # the last event applied

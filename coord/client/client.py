@@ -42,7 +42,7 @@ from coord.v1 import (
 
 if TYPE_CHECKING:  # the modules below import this one
     from coord.client.group import Group
-    from coord.client.session import Session, StateCallback, StepDownCallback
+    from coord.client.session import Session
 
 T = TypeVar("T")
 
@@ -276,21 +276,14 @@ class Client:
 
     # -- sessions, groups, events ----------------------------------------------
 
-    def session(
-        self,
-        ttl_s: float = 5.0,
-        name: str = "",
-        drift: float = 0.02,
-        on_state: StateCallback | None = None,
-        on_stepdown: StepDownCallback | None = None,
-        stepdown_grace_s: float = 5.0,
-    ) -> Session:
+    def session(self, ttl_s: float = 5.0, **options: Any) -> Session:
         """A session with this TTL, not opened yet: ``start()`` it, or use it as a
         context manager (``with client.session(5) as s:``), which also closes it.
-        The arguments are :class:`coord.client.session.Session`'s."""
+        ``options`` are :class:`coord.client.session.Session`'s keywords: ``name``,
+        ``drift``, ``on_state``, ``on_stepdown``, ``stepdown_grace_s``."""
         from coord.client.session import Session
 
-        return Session(self, ttl_s, name, drift, on_state, on_stepdown, stepdown_grace_s)
+        return Session(self, ttl_s, **options)
 
     def group(self, name: str) -> Group:
         """A handle on the group ``name`` (no I/O): create, read, observe, watch it, and

@@ -171,45 +171,21 @@ class Group:
         gap-free across reconnects: see :meth:`coord.client.Client.watch`."""
         return self.client.watch(from_revision, groups=[self.name], types=types)
 
-    def member(
-        self,
-        member_id: str,
-        session: Session,
-        address: str = "",
-        priority: int = 0,
-        weight: int = 1,
-        tags: dict[str, str] | None = None,
-        metadata: dict[str, str] | None = None,
-        nofailover: bool = False,
-        check: groups_pb2.HealthCheck | None = None,
-    ) -> Member:
+    def member(self, member_id: str, session: Session, **options: Any) -> Member:
         """A member of this group bound to ``session``, not registered yet: ``start()`` it
-        or use it as a context manager. The arguments are :class:`Member`'s."""
-        return Member(
-            self.client, session, self.name, member_id, address=address, priority=priority,
-            weight=weight, tags=tags, metadata=metadata, nofailover=nofailover, check=check,
-        )  # fmt: skip
+        or use it as a context manager. ``options`` are :class:`Member`'s keywords:
+        ``address``, ``priority``, ``weight``, ``tags``, ``metadata``, ``nofailover``,
+        ``check``."""
+        return Member(self.client, session, self.name, member_id, **options)
 
     def campaign(
-        self,
-        member_id: str,
-        session: Session,
-        timeout_s: float | None = None,
-        address: str = "",
-        priority: int = 0,
-        weight: int = 1,
-        tags: dict[str, str] | None = None,
-        metadata: dict[str, str] | None = None,
-        check: groups_pb2.HealthCheck | None = None,
+        self, member_id: str, session: Session, timeout_s: float | None = None, **options: Any
     ) -> Leadership:
         """Register ``member_id`` (on ``session``, which must be started) and block until
-        it holds a slot, or ``timeout_s`` passes (:meth:`Member.campaign`). The holding
-        is a context manager that resigns; ``lead.member`` is the member."""
-        member = self.member(
-            member_id, session, address=address, priority=priority, weight=weight,
-            tags=tags, metadata=metadata, check=check,
-        )  # fmt: skip
-        return member.start().campaign(timeout_s)
+        it holds a slot, or ``timeout_s`` passes (:meth:`Member.campaign`). ``options``
+        are :meth:`member`'s. The holding is a context manager that resigns;
+        ``lead.member`` is the member."""
+        return self.member(member_id, session, **options).start().campaign(timeout_s)
 
     def balancer(
         self,
