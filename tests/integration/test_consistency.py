@@ -26,6 +26,7 @@ from .support import (
     sample,
     scrape,
     status_of,
+    wait_all_acknowledging,
     wait_all_caught_up,
 )
 
@@ -124,6 +125,7 @@ def test_a_member_that_is_down_makes_the_check_incomplete(
 ) -> None:
     c = cluster_factory(3, fsync=False)
     lead = c.wait_for_leader()
+    wait_all_acknowledging(c)  # else the two left may not make a majority yet
     down = (lead + 2) % 3
     c.kill(down)
     with c.client() as cl:

@@ -22,6 +22,7 @@ from .support import (
     describe,
     local_kvs,
     status_of,
+    wait_all_acknowledging,
     wait_all_caught_up,
     wait_no_leader_for,
     write_keys,
@@ -94,6 +95,7 @@ def _wipe_scenario(
     """
     cluster = cluster_factory(3)
     lead = cluster.wait_for_leader()
+    wait_all_acknowledging(cluster)  # else the two left may not make a majority yet
     x, y = [i for i in range(3) if i != lead]
     base = write_keys(cluster, "base")
     cluster.kill(x)

@@ -13,7 +13,14 @@ from coord import errors
 from coord.client import Client
 from coord.testing import LocalCluster, wait_until
 
-from .support import Ack, ClusterFactory, kill_all_at_once, local_kvs, wait_all_caught_up
+from .support import (
+    Ack,
+    ClusterFactory,
+    kill_all_at_once,
+    local_kvs,
+    wait_all_acknowledging,
+    wait_all_caught_up,
+)
 
 N_PUTS = 200
 OVERWRITTEN = 5  # keys written many times each, interleaved with single-write keys
@@ -78,6 +85,7 @@ def test_kill9_minority_and_restart(cluster: LocalCluster, victim: str) -> None:
     with cluster.client() as c:
         acks = sequential_puts(c)
     leader = cluster.wait_for_leader()
+    wait_all_acknowledging(cluster)  # else the two left may not make a majority yet
     i = leader if victim == "leader" else (leader + 1) % 3
     cluster.kill(i)
     cluster.start(i)

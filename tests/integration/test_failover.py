@@ -13,6 +13,7 @@ from .support import (
     local_kvs,
     node_client,
     status_of,
+    wait_all_acknowledging,
     wait_all_caught_up,
     write_keys,
 )
@@ -80,6 +81,7 @@ def test_kill9_leader_new_leader_and_cached_client_writes(cluster: LocalCluster)
 
 def test_kill9_of_a_follower_keeps_the_leader(cluster: LocalCluster) -> None:
     leader = cluster.wait_for_leader()
+    wait_all_acknowledging(cluster)  # else the two left may not make a majority yet
     term = status_of(cluster, leader).term
     follower = (leader + 1) % 3
     cluster.kill(follower)

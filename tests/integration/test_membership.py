@@ -26,6 +26,7 @@ from .support import (
     kill_all_at_once,
     local_kvs,
     status_of,
+    wait_all_acknowledging,
     wait_all_caught_up,
 )
 
@@ -176,6 +177,7 @@ def test_replace_a_dead_node_new_one_catches_up_by_snapshot(
 ) -> None:
     cluster = cluster_factory(3, extra_args=["--log-compaction-entries", "200"])
     leader = cluster.wait_for_leader()
+    wait_all_acknowledging(cluster)  # else the two left may not make a majority yet
     dead = (leader + 1) % 3
     cluster.kill(dead)
     with cluster.client(timeout_s=20.0) as c, Writers(cluster.endpoints) as load:
@@ -246,6 +248,7 @@ def test_a_change_that_would_leave_no_quorum_is_refused(cluster_factory: Cluster
     and the way out — removing the dead member — is allowed."""
     cluster = cluster_factory(3, fsync=False)
     leader = cluster.wait_for_leader()
+    wait_all_acknowledging(cluster)  # else the two left may not make a majority yet
     dead, live = (leader + 1) % 3, (leader + 2) % 3
     dead_id, live_id = cluster.nodes[dead].node_id, cluster.nodes[live].node_id
     cluster.kill(dead)
