@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from coord.testing import LocalCluster, phase_failed
+from coord.testing import LocalCluster, phase_failed, wait_until
 
 ClusterFactory = Callable[..., LocalCluster]
 
@@ -109,6 +109,16 @@ def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
     define its own ``cluster`` instead)."""
     c = module_cluster_factory(3)
     c.wait_for_leader()
+    # Every member acknowledges before a test may kill or hang one: a blank node learns
+    # the term from enough peers first (coord.raft.gate), and until then the two left
+    # after a fault may not make a majority.
+    wait_until(
+        lambda: all(
+            (s := c.status(i, timeout=2.0)) is not None and not s.catching_up for i in range(3)
+        ),
+        30,
+        "every member to acknowledge appends",
+    )
     return c
 
 

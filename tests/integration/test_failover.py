@@ -35,6 +35,7 @@ def check_has(cluster: LocalCluster, i: int, expected: dict[bytes, bytes]) -> No
 def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
     c = cluster_factory(3)
     c.wait_for_leader()
+    wait_all_acknowledging(c)  # every test here kills or hangs a member
     return c
 
 
@@ -98,6 +99,7 @@ def test_kill9_of_a_follower_keeps_the_leader(cluster: LocalCluster) -> None:
 
 def test_sigstop_leader_then_sigcont(cluster: LocalCluster) -> None:
     old = cluster.wait_for_leader()
+    wait_all_acknowledging(cluster)  # the two left must be able to elect one of them
     term_before = status_of(cluster, old).term
     client = cluster.client(timeout_s=20.0)
     try:
