@@ -361,6 +361,29 @@ class LocalCluster:
 
         return wait_until(agreed, timeout, "one leader that every live node agrees on") - 1
 
+    def wait_ready(self, timeout: float = 30.0) -> int:
+        """Wait for one agreed leader and until every running node acknowledges appends
+        (Status.catching_up false); return the leader's index.
+
+        A node that started blank acknowledges nothing until it has learned the term from
+        enough peers (coord.raft.gate). A test that kills or hangs a member right after
+        the cluster started must wait for this first, or the members left may not make a
+        majority that acknowledges (nor, in a cluster of three, elect anyone)."""
+        deadline = time.monotonic() + timeout
+        leader = self.wait_for_leader(timeout=timeout)
+        running = [n.index for n in self.nodes if n.running and not n.paused]
+
+        def all_acknowledge() -> bool:
+            views = [self.status(i, timeout=2.0) for i in running]
+            return all(v is not None and not v.catching_up for v in views)
+
+        wait_until(
+            all_acknowledge,
+            max(0.0, deadline - time.monotonic()),
+            "every member to acknowledge appends",
+        )
+        return leader
+
     def wait_applied(
         self, index: int, timeout: float = 20.0, nodes: Sequence[int] | None = None
     ) -> None:

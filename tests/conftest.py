@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from coord.testing import LocalCluster, phase_failed, wait_until
+from coord.testing import LocalCluster, phase_failed
 
 ClusterFactory = Callable[..., LocalCluster]
 
@@ -58,15 +58,21 @@ def _new_cluster(base: Path, n: int, fsync: bool, **kwargs: Any) -> LocalCluster
 def cluster_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClusterFactory]:
     """Build and start LocalClusters for one test; logs printed on failure; always closed.
 
-    ``cluster_factory(n=3, fsync=True, start=True, **LocalCluster kwargs)``.
+    ``cluster_factory(n=3, fsync=True, start=True, ready=True, **LocalCluster kwargs)``:
+    with ``start``, the cluster is handed over ``ready`` (LocalCluster.wait_ready: a leader,
+    and every member acknowledging), so a test may kill any one member at once.
     """
     made: list[LocalCluster] = []
 
-    def make(n: int = 3, fsync: bool = True, start: bool = True, **kwargs: Any) -> LocalCluster:
+    def make(
+        n: int = 3, fsync: bool = True, start: bool = True, ready: bool = True, **kwargs: Any
+    ) -> LocalCluster:
         c = _new_cluster(tmp_path / f"cluster{len(made)}", n, fsync, **kwargs)
         made.append(c)
         if start:
             c.start()
+            if ready:
+                c.wait_ready()
         return c
 
     try:
@@ -87,12 +93,16 @@ def module_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """
     made: list[LocalCluster] = []
 
-    def make(n: int = 3, fsync: bool = True, start: bool = True, **kwargs: Any) -> LocalCluster:
+    def make(
+        n: int = 3, fsync: bool = True, start: bool = True, ready: bool = True, **kwargs: Any
+    ) -> LocalCluster:
         c = _new_cluster(tmp_path_factory.mktemp("shared") / "cluster", n, fsync, **kwargs)
         made.append(c)
         _SHARED.append(c)
         if start:
             c.start()
+            if ready:
+                c.wait_ready()
         return c
 
     try:
@@ -108,17 +118,7 @@ def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
     """A 3-node cluster with a leader, shared by one module's tests (a module may
     define its own ``cluster`` instead)."""
     c = module_cluster_factory(3)
-    c.wait_for_leader()
-    # Every member acknowledges before a test may kill or hang one: a blank node learns
-    # the term from enough peers first (coord.raft.gate), and until then the two left
-    # after a fault may not make a majority.
-    wait_until(
-        lambda: all(
-            (s := c.status(i, timeout=2.0)) is not None and not s.catching_up for i in range(3)
-        ),
-        30,
-        "every member to acknowledge appends",
-    )
+    c.wait_ready()
     return c
 
 

@@ -81,19 +81,8 @@ def leader_commit_index(cluster: LocalCluster) -> int:
 
 
 def wait_all_acknowledging(cluster: LocalCluster, timeout: float = 30.0) -> None:
-    """Wait until every running node acknowledges appends (Status.catching_up false).
-
-    A node that started blank acknowledges nothing until it has learned the term from
-    enough peers (coord.raft.gate): a test that kills or hangs one member right after
-    the cluster started must wait for this first, or the two left may not make a
-    majority that acknowledges."""
-    running = [i for i, n in enumerate(cluster.nodes) if n.running]
-
-    def all_acknowledge() -> bool:
-        views = [cluster.status(i, timeout=2.0) for i in running]
-        return all(v is not None and not v.catching_up for v in views)
-
-    wait_until(all_acknowledge, timeout, "every member to acknowledge appends")
+    """Wait until every running node acknowledges appends (see LocalCluster.wait_ready)."""
+    cluster.wait_ready(timeout)
 
 
 def wait_all_caught_up(cluster: LocalCluster, timeout: float = 30.0) -> int:
