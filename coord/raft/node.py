@@ -293,8 +293,15 @@ class RaftNode:
         if raft is None:
             return  # a dump loaded while pysyncobj was being built: it starts with these peers
         current = {n.id: n for n in raft.other_nodes}
-        for nid in current.keys() - config.keys():
-            raft.remove_peer(current[nid])
+        if self.cfg.node_id in config:
+            for nid in current.keys() - config.keys():
+                raft.remove_peer(current[nid])
+        # Else keep every peer: a configuration without this node is a snapshot older
+        # than its joining (the leader's newest snapshot may even predate the leader's
+        # own joining), and the log after it brings the newer configuration, from a
+        # leader this node must keep hearing; or this node was removed, and a removed
+        # node neither campaigns nor counts (it leaves once it sees the removal
+        # committed).
         for nid in sorted(config.keys() - current.keys() - {self.cfg.node_id}):
             # (The journal is empty while a snapshot from the leader is being installed.)
             last = self.journal[-1][1] if len(self.journal) else self.membership.base_idx

@@ -330,3 +330,33 @@ def _live_ids(cluster: LocalCluster) -> set[str]:
     leader = cluster.wait_for_leader()
     with Client([cluster.nodes[leader].api], timeout_s=5.0) as c:
         return {n.id for n in c.nodes().nodes}
+
+
+def test_a_node_joining_from_a_snapshot_older_than_its_leader_follows_that_leader(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """A leader's newest snapshot may predate the leader's own membership: it joined from
+    that snapshot and has not compacted since. A node that then joins gets that snapshot,
+    whose configuration names neither the leader nor the joiner: it must keep its link to
+    the leader until the log after the snapshot brings the newer configuration (chaos
+    grow-shrink-3-5-3, seed 11: the joiner dropped the leader as a peer and stayed at the
+    snapshot's index for good)."""
+    cluster = cluster_factory(3, fsync=False, extra_args=["--log-compaction-entries", "100"])
+    first = cluster.wait_for_leader()
+    with cluster.client(timeout_s=20.0) as c:
+        for i in range(160):  # past the first compaction (above 100 entries)
+            c.put(f"pre/{i:03d}", b"x")
+        wait_until(
+            lambda: _first_journal_index(cluster, first) > 1, 30, "the leader to compact its log"
+        )
+        n4 = cluster.add_node(c)
+        wait_caught_up(cluster, n4.index)
+        assert _first_journal_index(cluster, n4.index) > 1, "n4 should have joined by snapshot"
+        assert c.transfer_leader(n4.node_id).leader_id == n4.node_id
+        # n4's only snapshot is the one it joined from, taken before it was a member.
+        n5 = cluster.add_node(c)
+        wait_caught_up(cluster, n5.index)
+        c.put("after/n5", b"y")
+        assert members(c) == ["n1", "n2", "n3", "n4", "n5"]
+    wait_all_caught_up(cluster)
+    assert local_kvs(cluster, n5.index, b"after/")[b"after/n5"].value == b"y"
