@@ -123,30 +123,56 @@ _AGAIN = (errors.Unavailable, errors.DeadlineExceeded, errors.FailedPrecondition
 
 
 def add(c: ProxiedCluster, within_s: float = STEP_S) -> NodeProc:
-    """A fresh node (new id, empty data dir) joins: ``node add``, started with the flags
-    it printed, caught up. Returns it."""
+    """A fresh node (new id, empty data dir) joins: ``node add`` (a learner, the
+    default), started with the flags it printed, caught up, then ``node promote``.
+    Returns it."""
     node = c.new_node()
     join(c, node, within_s)
     return node
 
 
 def join(c: ProxiedCluster, node: NodeProc, within_s: float = STEP_S) -> None:
-    """``node add`` for an allocated node until it answers (the add is idempotent: a
-    retry after a hidden commit answers once committed), then start it and wait until
-    it follows the leader and applied what the leader had applied."""
+    """``node add`` (as a learner) for an allocated node until it answers (the add is
+    idempotent: a retry after a hidden commit answers once committed), then start it,
+    wait until it follows the leader and applied what the leader had applied, and
+    promote it to a voter."""
     deadline = time.monotonic() + within_s
     last: Exception | None = None
     with admin(c) as cl:
         while True:
             try:
-                resp = cl.add_node(node.node_id, node.raft, c.advertised[node.node_id])
+                resp = cl.add_node(
+                    node.node_id, node.raft, c.advertised[node.node_id], learner=True
+                )
                 break
             except _AGAIN as e:
                 last = e
             _pace(deadline, f"adding {node.node_id}", last)
     c.start_joined(node, resp)
     caught_up(c, node, deadline)
-    say(f"{node.node_id} joined ({len(resp.nodes)} members) and caught up")
+    say(f"{node.node_id} joined as a learner ({len(resp.nodes)} members) and caught up")
+    promote(c, node.node_id, time.monotonic() + within_s)
+
+
+def promote(c: ProxiedCluster, nid: str, deadline: float) -> None:
+    """``node promote`` until the leader's committed configuration has ``nid`` as a
+    voter (refusals while it is behind, or while a change is pending, are retried)."""
+    last: Exception | None = None
+    with admin(c) as cl:
+        while True:
+            view = settled(c, deadline)
+            member = next((n for n in view.nodes if n.id == nid), None)
+            if member is None:
+                raise MembershipError(f"{nid} is no member to promote: {sorted(ids(view))}")
+            if not member.learner:
+                break
+            try:
+                cl.promote_node(nid)
+                continue  # read the outcome back
+            except _AGAIN as e:
+                last = e
+            _pace(deadline, f"promoting {nid}", last)
+    say(f"{nid} promoted to a voter")
 
 
 def caught_up(c: ProxiedCluster, node: NodeProc, deadline: float) -> None:
@@ -245,7 +271,7 @@ class Background:
 def propose_add(c: ProxiedCluster, node: NodeProc) -> Background:
     def go() -> None:
         with admin(c, timeout_s=3.0) as cl:
-            cl.add_node(node.node_id, node.raft, c.advertised[node.node_id])
+            cl.add_node(node.node_id, node.raft, c.advertised[node.node_id], learner=True)
 
     return Background(go)
 

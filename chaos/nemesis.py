@@ -319,11 +319,12 @@ def grow_shrink(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
 def change_with_kill(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     """kill -9 of a minority during a change: a fresh node's addition is proposed, and
     the leader (or a random follower) is killed -9 the moment the leader's log holds the
-    new configuration, before, at or just after its commit. Of 3 nodes, a 4-member
-    configuration with one member dead and one not started can neither commit nor elect:
-    unavailable until the heal restarts the killed node; then the addition completes
-    (or is proposed again if it died with the leader), the new node starts and catches
-    up, and a random other member is removed (back to 3)."""
+    new configuration, before, at or just after its commit. The node is added as a
+    learner, so the quorum stays 2 of 3 voters: the two live voters keep committing
+    (and elect a new leader if the leader died). The heal restarts the killed node; then
+    the addition completes (or is proposed again if it died with the leader), the new
+    node starts, catches up and is promoted, and a random other member is removed
+    (back to 3)."""
     lid = leader_id(c)
     victim = lid if rng.random() < 0.5 else rng.choice([n for n in _ids(c) if n != lid])
     node = c.new_node()

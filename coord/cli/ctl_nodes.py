@@ -1,9 +1,10 @@
-"""coordctl commands on the cluster itself: node add/remove/ls, leader transfer, and the
-consistency check.
+"""coordctl commands on the cluster itself: node add/promote/remove/ls, leader transfer,
+and the consistency check.
 
 Membership changes are one at a time (the server refuses a change while the
-previous one has not committed), like ``etcdctl member``. ``node add`` prints
-the flags the new node must be started with.
+previous one has not committed), like ``etcdctl member``. ``node add`` adds a
+learner unless told ``--voter``, and prints the flags the new node must be
+started with; ``node promote`` makes a caught-up learner a voter.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def _node_rows(nodes: Any) -> tuple[list[dict[str, Any]], list[list[Any]]]:
             "raft_address": n.raft_address,
             "connected": n.connected,
             "leader": n.is_leader,
+            "role": _role(n),
             "match_index": n.match_index,
+            "lag": n.lag,
+            "promote_when_caught_up": n.promote_when_caught_up,
         }
         for n in nodes
     ]
@@ -38,14 +42,20 @@ def _node_rows(nodes: Any) -> tuple[list[dict[str, Any]], list[list[Any]]]:
             n.raft_address,
             "yes" if n.connected else "no",
             "*" if n.is_leader else "",
+            _role(n) + (" (auto)" if n.promote_when_caught_up else ""),
             n.match_index or "",
+            n.lag if n.match_index else "",
         ]
         for n in nodes
     ]
     return data, rows
 
 
-_HEADERS = ["ID", "API", "RAFT", "CONNECTED", "LEADER", "MATCH"]
+def _role(n: cluster_pb2.Node) -> str:
+    return "learner" if n.learner else "voter"
+
+
+_HEADERS = ["ID", "API", "RAFT", "CONNECTED", "LEADER", "ROLE", "MATCH", "LAG"]
 
 
 @main.group()
@@ -57,7 +67,8 @@ def node() -> None:
 @pass_ctx
 @handles_errors
 def node_ls(ctx: Ctx) -> None:
-    """The members; MATCH (from the leader) shows how far each one's log has caught up."""
+    """The members; MATCH and LAG (from the leader) show how far each one's log has
+    caught up: LAG is how many entries it is behind the leader's."""
     data, rows = _node_rows(ctx.client.nodes().nodes)
     emit(ctx.output, data, _HEADERS, rows)
 
@@ -89,23 +100,78 @@ def start_command(resp: cluster_pb2.AddNodeResponse, node_id: str) -> str:
 @click.argument("node_id")
 @click.option("--raft", "raft_address", required=True, help="The new node's Raft HOST:PORT.")
 @click.option("--api", "api_address", required=True, help="The new node's API HOST:PORT.")
+@click.option(
+    "--learner/--voter",
+    default=True,
+    show_default=True,
+    help="A learner receives the log but does not vote or count in the quorum until "
+    "promoted; a voter raises the quorum at once.",
+)
+@click.option(
+    "--promote-when-caught-up",
+    is_flag=True,
+    help="The leader promotes the learner by itself once its log is caught up.",
+)
 @pass_ctx
 @handles_errors
-def node_add(ctx: Ctx, node_id: str, raft_address: str, api_address: str) -> None:
+def node_add(
+    ctx: Ctx,
+    node_id: str,
+    raft_address: str,
+    api_address: str,
+    learner: bool,
+    promote_when_caught_up: bool,
+) -> None:
     """Add NODE_ID to the cluster, then print how to start it.
 
-    The cluster counts the new node in its quorum at once: start it promptly (it
-    catches up from the leader, by snapshot if needed, before it votes). Refused while
-    members are down if the larger configuration could not commit without them
-    (remove dead members first).
+    By default the node joins as a learner: it catches up from the leader (by
+    snapshot if needed) without counting in the quorum, so writes never wait for it;
+    `coordctl node promote NODE_ID` makes it a voter once it is close to the leader
+    (or add it with --promote-when-caught-up). With --voter the cluster counts it in
+    its quorum at once: start it promptly. A voter is refused while members are down
+    if the larger configuration could not commit without them (remove dead members
+    first).
     """
-    resp = ctx.client.add_node(node_id, raft_address, api_address)
+    if promote_when_caught_up and not learner:
+        raise click.UsageError("--promote-when-caught-up is for a learner (not with --voter)")
+    resp = ctx.client.add_node(
+        node_id,
+        raft_address,
+        api_address,
+        learner=learner,
+        promote_when_caught_up=promote_when_caught_up,
+    )
     command = start_command(resp, node_id)
     if ctx.output == "json":
         data, _ = _node_rows(resp.nodes)
         emit(ctx.output, {"cluster_id": resp.cluster_id, "nodes": data, "start": command}, [], [])
         return
-    click.echo(f"added {node_id}; start it with an empty data dir:\n  {command}")
+    role = "a learner" if learner else "a voter"
+    click.echo(f"added {node_id} as {role}; start it with an empty data dir:\n  {command}")
+    if learner and promote_when_caught_up:
+        click.echo(f"the leader promotes {node_id} once it has caught up (`coordctl node ls`)")
+    elif learner:
+        click.echo(
+            f"once it has caught up (LAG in `coordctl node ls`): coordctl node promote {node_id}"
+        )
+
+
+@node.command("promote")
+@click.argument("node_id")
+@pass_ctx
+@handles_errors
+def node_promote(ctx: Ctx, node_id: str) -> None:
+    """Make learner NODE_ID a voter (a membership change, one at a time).
+
+    Refused (exit 6) while its log is further behind the leader's than the cluster's
+    bound; the message says how far behind it is."""
+    resp = ctx.client.promote_node(node_id)
+    data, rows = _node_rows(resp.nodes)
+    if ctx.output == "json":
+        emit(ctx.output, {"promoted": node_id, "nodes": data}, [], [])
+        return
+    click.echo(f"promoted {node_id}; members now:")
+    emit(ctx.output, data, _HEADERS, rows)
 
 
 @node.command("remove")

@@ -349,14 +349,39 @@ class Client:
         )
 
     def add_node(
-        self, node_id: str, raft_address: str, api_address: str
+        self,
+        node_id: str,
+        raft_address: str,
+        api_address: str,
+        *,
+        learner: bool = False,
+        promote_when_caught_up: bool = False,
     ) -> cluster_pb2.AddNodeResponse:
         """Add a member (run on the leader; idempotent for the same addresses). Start the
         new node afterwards with ``--initial-cluster-state existing`` and the cluster id
-        and members this returns."""
+        and members this returns.
+
+        ``learner``: it receives the log but neither votes nor counts towards commits
+        (the quorum stays as it is) until :meth:`promote_node`, or, with
+        ``promote_when_caught_up``, until the leader sees it caught up. Without it, as
+        etcd's ``MemberAdd``, the node is a voter at once and raises the quorum."""
         req = cluster_pb2.AddNodeRequest(
-            id=node_id, raft_address=raft_address, api_address=api_address
+            id=node_id,
+            raft_address=raft_address,
+            api_address=api_address,
+            learner=learner,
+            promote_when_caught_up=promote_when_caught_up,
         )
+        return self.call(
+            lambda ch, t: cluster_pb2_grpc.ClusterStub(ch).AddNode(req, timeout=t),
+            prefer_leader=True,
+        )
+
+    def promote_node(self, node_id: str) -> cluster_pb2.AddNodeResponse:
+        """Make learner ``node_id`` a voter (idempotent). Refused
+        (:class:`coord.errors.FailedPrecondition`, saying how far behind it is) while
+        its log is further behind the leader's than the cluster's bound."""
+        req = cluster_pb2.AddNodeRequest(id=node_id, promote=True)
         return self.call(
             lambda ch, t: cluster_pb2_grpc.ClusterStub(ch).AddNode(req, timeout=t),
             prefer_leader=True,

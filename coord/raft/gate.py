@@ -34,6 +34,15 @@ it has learned the current term from the configuration (:func:`learned_term`), t
 takes that term, durably, as already voted in (it may have voted in it before it
 was wiped), and from then on refuses older leaders as Raft does.
 
+**Learners.** A member the configuration names a learner (``coord.raft.membership``)
+never votes, pre-votes or campaigns, whatever its mode: the node sets
+:attr:`VotingGate.learner` from the configuration in its log, so the role follows the
+log (a promotion, or its entry truncated) at once. A learner still learns the term
+and acknowledges appends as any member does: the leader does not count its
+acknowledgements, but they show how far it has caught up, and it is promoted only
+once its log is close to the leader's. A blank node's catch-up is the implicit,
+local form of the same stage.
+
 Cost: in a cluster bootstrapped moments ago, if the first leader dies before
 another node received anything, a ``new_blank`` node refuses to elect the one
 that did, until the first leader returns. A wiped node needs more of its peers up
@@ -107,6 +116,8 @@ class VotingGate:
         self.term_known = mode == VOTER
         self._fresh = mode != VOTER
         self.answers: dict[str, TermAnswer] = {}
+        # The configuration in this node's log names it a learner (set by the node).
+        self.learner = False
 
     @property
     def is_voter(self) -> bool:
@@ -126,10 +137,10 @@ class VotingGate:
         return self.term_known
 
     def may_campaign(self) -> bool:
-        return self.term_known and self.mode != CATCH_UP
+        return self.term_known and self.mode != CATCH_UP and not self.learner
 
     def may_vote_for(self, candidate_last_log_term: int) -> bool:
-        if not self.term_known:
+        if not self.term_known or self.learner:
             return False
         if self.mode == VOTER:
             return True

@@ -22,7 +22,16 @@ the log, committed or not (Raft thesis 4.1).
 
 Entries keep pysyncobj's shape (type byte 2, then a pickled list) so that its
 leader-side checks still recognise them; the third element is JSON text with
-the node's Raft and API addresses.
+the node's Raft and API addresses, and its role.
+
+**Learners** (etcd 3.4's): a member added as a learner is in the configuration
+(so its role survives leader changes, restarts and snapshots like any member)
+but is not a voter: it never votes or campaigns (``coord.raft.gate``), and the
+leader replicates to it without counting it towards commits, elections or its
+own lease (``coord.raft.node._sync_config`` keeps it out of pysyncobj's voter
+set, in its read-only set). Only a ``promote`` entry, a configuration change
+like add and remove (one at a time), makes it a voter, and the leader refuses
+that until the learner's log is within :data:`PROMOTE_MAX_LAG` entries of its own.
 
 :class:`Membership` holds the configuration in use; the pure functions above it
 decode entries and check changes.
@@ -35,7 +44,7 @@ import logging
 import pickle
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from coord import errors
@@ -45,13 +54,26 @@ logger = logging.getLogger(__name__)
 
 MEMBERSHIP_TYPE = 2  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP
 _TAG = bytes([MEMBERSHIP_TYPE])
-ADD, REMOVE = "add", "rem"
+ADD, REMOVE, PROMOTE = "add", "rem", "pro"
+
+# A learner is promoted only when its log is at most this many entries behind the
+# leader's: its first votes and acknowledgements then come within a few batches, so
+# the quorum it joins does not wait on its catch-up (etcd: 90% of the leader's log).
+PROMOTE_MAX_LAG = 1000
+MAX_VOTERS = 7  # the most voters coord supports
+MAX_MEMBERS = 9  # voters and learners
 
 
 @dataclass(frozen=True)
 class NodeAddress:
+    """A member of the configuration: its addresses and its role."""
+
     raft: str
     api: str
+    # A learner receives the log but never votes or counts towards a commit.
+    learner: bool = False
+    # The leader promotes this learner by itself once it is caught up.
+    auto_promote: bool = False
 
 
 Config = Mapping[str, NodeAddress]
@@ -70,12 +92,26 @@ def is_change(command: bytes) -> bool:
 
 def encode_change(change: Change) -> bytes:
     """The journal entry for ``change`` (pysyncobj's framing, coord's payload)."""
-    payload = (
-        json.dumps({"raft": change.address.raft, "api": change.address.api})
-        if change.address is not None
-        else ""
-    )
+    payload = json.dumps(_address_json(change.address)) if change.address is not None else ""
     return _TAG + pickle.dumps([change.op, change.node_id, payload], protocol=4)
+
+
+def _address_json(a: NodeAddress) -> dict[str, object]:
+    out: dict[str, object] = {"raft": a.raft, "api": a.api}
+    if a.learner:  # a voter's entry stays as it was before learners existed
+        out["learner"] = True
+    if a.auto_promote:
+        out["auto_promote"] = True
+    return out
+
+
+def _address_from_json(raw: Mapping[str, object]) -> NodeAddress:
+    return NodeAddress(
+        raft=str(raw["raft"]),
+        api=str(raw["api"]),
+        learner=raw.get("learner") is True,
+        auto_promote=raw.get("auto_promote") is True,
+    )
 
 
 def decode_change(command: bytes) -> Change | None:
@@ -93,8 +129,7 @@ def change_from_request(req: object) -> Change | None:
     op, node_id = str(req[0]), str(req[1])
     address = None
     if len(req) >= 3 and isinstance(req[2], str) and req[2]:
-        raw = json.loads(req[2])
-        address = NodeAddress(raft=str(raw["raft"]), api=str(raw["api"]))
+        address = _address_from_json(json.loads(req[2]))
     return Change(op, node_id, address)
 
 
@@ -112,7 +147,18 @@ def apply_changes(base: Config, entries: Iterable[tuple[int, bytes]], after: int
             out[change.node_id] = change.address
         elif change.op == REMOVE:
             out.pop(change.node_id, None)
+        elif change.op == PROMOTE and change.node_id in out:
+            out[change.node_id] = replace(out[change.node_id], learner=False, auto_promote=False)
     return out
+
+
+def voters(config: Config) -> set[str]:
+    """The members that vote and count towards commits."""
+    return {nid for nid, a in config.items() if not a.learner}
+
+
+def learners(config: Config) -> set[str]:
+    return {nid for nid, a in config.items() if a.learner}
 
 
 def check_change(config: Config, change: Change, self_id: str) -> str | None:
@@ -121,13 +167,22 @@ def check_change(config: Config, change: Change, self_id: str) -> str | None:
         if change.address is None:
             return "a node to add needs its raft and api addresses"
         if change.node_id in config:
+            if config[change.node_id].learner and not change.address.learner:
+                return (
+                    f"node {change.node_id!r} is already a member, a learner: promote it "
+                    f"(coordctl node promote {change.node_id})"
+                )
             return f"node {change.node_id!r} is already a member"
         used = {a for n in config.values() for a in (n.raft, n.api)}
         clash = sorted({change.address.raft, change.address.api} & used)
         if clash:
             return f"address {clash[0]} is already used by a member"
-        if len(config) >= 7:
-            return "the cluster already has 7 members, the most coord supports"
+        if len(config) >= MAX_MEMBERS:
+            return f"the cluster already has {MAX_MEMBERS} members, the most coord supports"
+        if not change.address.learner and len(voters(config)) >= MAX_VOTERS:
+            return (
+                f"the cluster already has {MAX_VOTERS} members that vote, the most coord supports"
+            )
         return None
     if change.op == REMOVE:
         if change.node_id not in config:
@@ -137,32 +192,71 @@ def check_change(config: Config, change: Change, self_id: str) -> str | None:
                 f"node {change.node_id!r} is the leader: transfer leadership first "
                 "(coordctl leader transfer), then remove it"
             )
-        if len(config) <= 1:
-            return "cannot remove the last member"
+        if change.node_id in voters(config) and len(voters(config)) <= 1:
+            return "cannot remove the last voting member"
+        return None
+    if change.op == PROMOTE:
+        if change.node_id not in config:
+            return f"node {change.node_id!r} is not a member (members: {sorted(config)})"
+        if not config[change.node_id].learner:
+            return f"node {change.node_id!r} is already a voting member"
+        if len(voters(config)) >= MAX_VOTERS:
+            return (
+                f"the cluster already has {MAX_VOTERS} members that vote, the most coord supports"
+            )
         return None
     return f"unknown membership change {change.op!r}"
+
+
+def check_promotion(node_id: str, lag: int | None, connected: bool, bound: int) -> str | None:
+    """Why learner ``node_id`` may not be promoted yet (None if it may): it must be
+    connected to the leader, its log at most ``bound`` entries behind the leader's
+    (``lag``: the leader's last index minus the learner's match index)."""
+    if not connected or lag is None:
+        return (
+            f"{node_id} is not connected to the leader: start it (or check its links), "
+            "or watch `coordctl node ls`"
+        )
+    if lag > bound:
+        return (
+            f"{node_id} is {lag:,} entries behind the leader (bound: {bound:,}): wait, "
+            "or watch `coordctl node ls`"
+        )
+    return None
 
 
 def check_quorum_after(config: Config, change: Change, active: set[str]) -> str | None:
     """Why ``change`` would leave the cluster unable to commit (None if it would not):
     etcd's strict reconfiguration check. ``active`` holds the members the leader hears
     from (itself included). A configuration commits with a majority of its members; an
-    added node counts as not up yet (it has to start and catch up first)."""
-    up = active & set(config)
+    added node counts as not up yet (it has to start and catch up first). Learners are
+    no part of any quorum: adding or removing one changes none; promoting one counts
+    it as up when the leader hears it (it must be caught up to be promoted)."""
+    voting = voters(config)
+    up = active & voting
     if change.op == ADD:
-        if len(config) == 1 and up:
+        if change.address is not None and change.address.learner:
+            return None
+        if len(voting) == 1 and up:
             return None  # 1 -> 2, the way to grow a single node (restored from backup, say)
-        size = len(config) + 1
+        size = len(voting) + 1
     elif change.op == REMOVE:
-        size = len(config) - 1
+        if change.node_id not in voting:
+            return None
+        size = len(voting) - 1
         up.discard(change.node_id)
+    elif change.op == PROMOTE:
+        size = len(voting) + 1
+        if change.node_id in active:
+            up.add(change.node_id)
     else:
         return None
     need = size // 2 + 1
     if len(up) >= need:
         return None
-    down = sorted(set(config) - active)
-    what = f"adding {change.node_id!r}" if change.op == ADD else f"removing {change.node_id!r}"
+    down = sorted(voting - active)
+    what = {ADD: "adding", REMOVE: "removing", PROMOTE: "promoting"}[change.op]
+    what = f"{what} {change.node_id!r}"
     return (
         f"{what} would leave {size} members of which {need} must be up to commit anything, "
         f"and only {len(up)} would be ({', '.join(down)} not connected): bring "
@@ -171,14 +265,21 @@ def check_quorum_after(config: Config, change: Change, active: set[str]) -> str 
     )
 
 
+def dump_voters(config: Config) -> list[str]:
+    """What a dump records as its node ids: the voters. The dump's members keep
+    addresses only, so a learner's role survives compaction as its absence here."""
+    return sorted(voters(config))
+
+
 def to_json(config: Config) -> dict[str, dict[str, str]]:
+    """A dump's members: addresses only (its voters are :func:`dump_voters`)."""
     return {nid: {"raft": a.raft, "api": a.api} for nid, a in sorted(config.items())}
 
 
 def from_json(raw: object) -> dict[str, NodeAddress]:
     if not isinstance(raw, dict):
         raise ValueError(f"members must be an object, got {type(raw).__name__}")
-    return {str(k): NodeAddress(raft=str(v["raft"]), api=str(v["api"])) for k, v in raw.items()}
+    return {str(k): _address_from_json(v) for k, v in raw.items()}
 
 
 # -- the configuration in use ---------------------------------------------------------
@@ -224,9 +325,18 @@ class Membership:
     def set_base(
         self, members: dict[str, dict[str, str]] | None, node_ids: tuple[str, ...], idx: int
     ) -> None:
-        """A dump at ``idx`` was loaded: its configuration is the base."""
+        """A dump at ``idx`` was loaded: its configuration is the base.
+
+        The dump's ``node_ids`` are its voters (:func:`dump_voters`): a member not
+        among them is a learner. (A dump from before learners lists every member.)"""
         if members is not None:
             base = from_json(members)
+            listed = set(node_ids)
+            if listed:
+                base = {
+                    nid: a if a.learner or nid in listed else replace(a, learner=True)
+                    for nid, a in base.items()
+                }
         else:  # a dump from before membership changes: the bootstrap members
             base = {nid: self.initial[nid] for nid in node_ids if nid in self.initial}
         if base:
@@ -259,6 +369,14 @@ class Membership:
     def members(self) -> dict[str, NodeAddress]:
         """The latest configuration: node id -> addresses."""
         return dict(self.config)
+
+    def voters(self) -> set[str]:
+        """The voting members of the latest configuration."""
+        return voters(self.config)
+
+    def is_voter(self, node_id: str) -> bool:
+        addr = self.config.get(node_id)
+        return addr is not None and not addr.learner
 
     def api_address(self, node_id: str) -> str:
         addr = self.config.get(node_id) or self.initial.get(node_id)

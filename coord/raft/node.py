@@ -40,7 +40,17 @@ from coord.config import NodeConfig
 from coord.raft import syncobj_adapter
 from coord.raft.gate import VOTER, VotingGate
 from coord.raft.journal import DurableJournal
-from coord.raft.membership import Change, Membership, NodeAddress, to_json
+from coord.raft.membership import (
+    PROMOTE,
+    PROMOTE_MAX_LAG,
+    Change,
+    Membership,
+    NodeAddress,
+    check_promotion,
+    check_quorum_after,
+    dump_voters,
+    to_json,
+)
 from coord.raft.prevote import PreVote
 from coord.raft.read_barrier import ReadBarrier
 from coord.raft.snapshotfile import read_dump, write_dump
@@ -97,6 +107,7 @@ class RaftNode:
         self._bootstrap_term = -1
         self._next_ping = 0.0
         self._next_term_probe = 0.0
+        self._next_auto_promote = 0.0
         # Metrics hooks (coord.server.http.metrics), called on the tick thread.
         self.on_apply_latency: Callable[[float], None] | None = None
         self.on_proposal_failed: Callable[[str], None] | None = None
@@ -135,6 +146,9 @@ class RaftNode:
         if dump is not None:
             self.membership.set_base(dump.members, dump.node_ids, dump.last[1])
         self.membership.recompute(log_change=False)
+        self.gate.learner = self.cfg.node_id in self.membership.config and not (
+            self.membership.is_voter(self.cfg.node_id)
+        )
 
     def _start_raft(self) -> SyncObjAdapter:
         cfg, routes = self.cfg, self.membership.routes
@@ -154,11 +168,12 @@ class RaftNode:
         conf = syncobj_adapter.build_conf(
             cfg, self._journal_path, self._dump_path, self._serialize, self._deserialize
         )
-        others = [RoutedNode(n, routes) for n in self.membership.config if n != cfg.node_id]
+        others = [RoutedNode(n, routes) for n in self.membership.voters() if n != cfg.node_id]
         me = RoutedNode(cfg.node_id, routes)
         raft = syncobj_adapter.start(
             hooks, self._journal_path, self.journal, me, others, conf, transport
         )
+        self._sync_learners(raft)
         self.journal.on_config_change = self._sync_config
         try:
             raft.wait_bound()  # retries every 0.1 s, 30 times (a port in TIME_WAIT, say)
@@ -278,22 +293,69 @@ class RaftNode:
     def change_membership(self, change: Change) -> Future[None]:
         """Append a configuration change (on the leader); resolves once it committed.
 
-        One change at a time: a change while another is uncommitted is refused.
+        One change at a time: a change while another is uncommitted is refused. A
+        promotion is refused until the learner is caught up (:meth:`promotion_refused`).
         """
+        fut: Future[None] = Future()
         if self._view.role != ROLE_LEADER:
-            fut: Future[None] = Future()
             fut.set_exception(errors.NotLeader("membership changes run on the leader"))
             return fut
+        if change.op == PROMOTE:
+            why = self.promotion_refused(change.node_id)
+            if why is not None:
+                fut.set_exception(errors.FailedPrecondition(why))
+                return fut
         return self.membership.propose(change, self._raft)
 
+    def lag(self, node_id: str) -> int | None:
+        """How many entries ``node_id``'s log is behind the leader's (the leader's last
+        index minus its match index); None off the leader, or for a non-member."""
+        match = self.match_index(node_id)
+        if match is None:
+            return None
+        return max(0, int(self._raft.last_log_index) - match)
+
+    def promotion_refused(self, node_id: str) -> str | None:
+        """Why learner ``node_id`` may not be promoted now (None if it may); on the
+        leader. Any thread: the links are the view's (a tick old), matchIndex only
+        grows within a term."""
+        addr = self.membership.config.get(node_id)
+        if addr is None or not addr.learner:
+            return None  # membership.check_change says why
+        connected = node_id in self._view.connected
+        return check_promotion(node_id, self.lag(node_id), connected, PROMOTE_MAX_LAG)
+
+    def _maybe_auto_promote(self) -> None:
+        """On the leader: promote a learner added with ``auto_promote`` once it is
+        caught up (one change at a time; tried every half second)."""
+        now = time.monotonic()
+        if self._view.role != ROLE_LEADER or now < self._next_auto_promote:
+            return
+        self._next_auto_promote = now + 0.5
+        config = self.membership.config
+        waiting = sorted(n for n, a in config.items() if a.learner and a.auto_promote)
+        if not waiting or self.change_pending():
+            return
+        active = {self.cfg.node_id} | set(self._view.connected)
+        for nid in waiting:
+            change = Change(PROMOTE, nid)
+            if self.promotion_refused(nid) or check_quorum_after(config, change, active):
+                continue
+            logger.info("learner %s caught up (%d behind): promoting it", nid, self.lag(nid))
+            self.membership.propose(change, self._raft)
+            return
+
     def _sync_config(self) -> None:
-        """Make pysyncobj's peer set the latest configuration in the log (tick thread)."""
+        """Make pysyncobj's peer sets the latest configuration in the log (tick thread):
+        voters in its voter set, learners in its read-only set (coord.raft.membership)."""
         config = self.membership.recompute()
+        me = self.cfg.node_id
+        self.gate.learner = me in config and config[me].learner
         raft: SyncObjAdapter | None = getattr(self, "_raft", None)
         if raft is None:
             return  # a dump loaded while pysyncobj was being built: it starts with these peers
-        current = {n.id: n for n in raft.other_nodes}
-        if self.cfg.node_id in config:
+        current = {n.id: n for n in raft.other_nodes | raft.learner_nodes}
+        if me in config:
             for nid in current.keys() - config.keys():
                 raft.remove_peer(current[nid])
         # Else keep every peer: a configuration without this node is a snapshot older
@@ -302,10 +364,30 @@ class RaftNode:
         # leader this node must keep hearing; or this node was removed, and a removed
         # node neither campaigns nor counts (it leaves once it sees the removal
         # committed).
-        for nid in sorted(config.keys() - current.keys() - {self.cfg.node_id}):
+        for nid in sorted(config.keys() - current.keys() - {me}):
             # (The journal is empty while a snapshot from the leader is being installed.)
             last = self.journal[-1][1] if len(self.journal) else self.membership.base_idx
-            raft.add_peer(RoutedNode(nid, self.membership.routes), last + 1)
+            node = RoutedNode(nid, self.membership.routes)
+            raft.add_peer(node, last + 1, learner=config[nid].learner)
+        self._sync_learners(raft)
+
+    def _sync_learners(self, raft: SyncObjAdapter) -> None:
+        """Move peers between pysyncobj's voters and learners as the configuration says
+        (a promotion; or a promotion's entry truncated). pysyncobj starts with voters
+        only: learners are added here."""
+        config = self.membership.config
+        learners = {n.id for n in raft.learner_nodes}
+        voters = {n.id for n in raft.other_nodes}
+        for nid, addr in sorted(config.items()):
+            if nid == self.cfg.node_id:
+                continue
+            if addr.learner and nid in voters:
+                raft.set_learner(RoutedNode(nid, self.membership.routes), True)
+            elif not addr.learner and nid in learners:
+                raft.set_learner(RoutedNode(nid, self.membership.routes), False)
+            elif addr.learner and nid not in learners:
+                last = self.journal[-1][1] if len(self.journal) else self.membership.base_idx
+                raft.add_peer(RoutedNode(nid, self.membership.routes), last + 1, learner=True)
 
     def _check_change_request(self, request: Any) -> bool:
         return self.membership.allows(request, self._raft.commit_index)
@@ -313,9 +395,19 @@ class RaftNode:
     # -- leadership transfer ---------------------------------------------------
 
     def transfer_leadership(self, target: str | None, timeout_s: float) -> Future[str]:
-        """Hand leadership to ``target`` (or the most caught-up member); resolves with
+        """Hand leadership to ``target`` (or the most caught-up voter); resolves with
         the new leader's id once this node sees it lead (coord.raft.transfer)."""
-        members = frozenset(self.membership.config)
+        config = self.membership.config
+        if target is not None and target in config and config[target].learner:
+            fut: Future[str] = Future()
+            fut.set_exception(
+                errors.FailedPrecondition(
+                    f"{target} is a learner: it cannot lead; promote it first "
+                    f"(coordctl node promote {target})"
+                )
+            )
+            return fut
+        members = frozenset(self.membership.voters())
         return self._transfer.start(target, timeout_s, self._view, members)
 
     def _holding_for_transfer(self) -> bool:
@@ -324,7 +416,7 @@ class RaftNode:
     # -- elections -------------------------------------------------------------
 
     def _may_campaign(self) -> bool:
-        return self.gate.may_campaign() and self.cfg.node_id in self.membership.config
+        return self.gate.may_campaign() and self.membership.is_voter(self.cfg.node_id)
 
     def _election_timer_restarted(self) -> None:
         # pysyncobj arms its timer in its constructor, before PreVote exists (PreVote
@@ -348,7 +440,7 @@ class RaftNode:
             return
         if node.id not in self._view.connected:
             return  # a failed redial, not a link that dropped
-        survivors = sorted(nid for nid in self.membership.config if nid != node.id)
+        survivors = sorted(nid for nid in self.membership.voters() if nid != node.id)
         if self.cfg.node_id not in survivors:
             return
         rank = survivors.index(self.cfg.node_id)
@@ -374,6 +466,7 @@ class RaftNode:
         self._maybe_bootstrap()
         self._barrier.check_timeout()
         self._transfer.drive(self._view, self._raft)
+        self._maybe_auto_promote()
         self._ping_peers()
         self._transport.close_idle_unidentified(self.cfg.timings.connection_timeout_s)
 
@@ -389,7 +482,8 @@ class RaftNode:
         self._next_ping = now + self.cfg.timings.connection_timeout_s / 3
         if self._view.role == ROLE_LEADER:
             return  # its appends and their acks keep its links alive
-        for node in self._raft.other_nodes:
+        # Learners too: a promoted learner's first vote requests must not be dropped.
+        for node in self._raft.other_nodes | self._raft.learner_nodes:
             self._transport.send_now(node, {"type": "coord_ping"})
 
     def _learn_term(self) -> None:
@@ -400,8 +494,9 @@ class RaftNode:
             gate.counted()  # its own log counts towards its commits
         if gate.term_known:
             return
-        me, initial, config = self.cfg.node_id, self.membership.initial, self.membership.config
-        term = gate.learn([initial.keys(), config.keys()], me)
+        # Only voters' majorities commit: they are the configurations to learn from.
+        me, initial, config = self.cfg.node_id, self.membership.initial, self.membership.voters()
+        term = gate.learn([initial.keys(), config], me)
         if term is None:
             self._probe_terms(sorted(set(initial) | set(config)))
             return
@@ -445,7 +540,7 @@ class RaftNode:
         leader = raft.leader
         connected = frozenset(n.id for n in raft.connected_nodes)
         config = self.membership.config
-        peers = {nid for nid in config if nid != self.cfg.node_id}
+        peers = {nid for nid in self.membership.voters() if nid != self.cfg.node_id}
         view = View(
             role=raft.raft_state,
             term=raft.current_term,
@@ -512,7 +607,7 @@ class RaftNode:
             state,
             tuple(last),
             tuple(prev),
-            sorted(at),
+            dump_voters(at),
             fsync=self.cfg.fsync,
             members=to_json(at),
         )

@@ -314,8 +314,17 @@ class SyncObjAdapter:
 
     @property
     def other_nodes(self) -> set[Any]:
-        """A copy of the peer set pysyncobj replicates to and counts votes of."""
+        """A copy of the voting peer set: pysyncobj replicates to it and counts its
+        votes, acknowledgements (commits) and responses (its leader's lease)."""
         return self._so.otherNodes
+
+    @property
+    def learner_nodes(self) -> set[Any]:
+        """A copy of the learners: pysyncobj's read-only set (``__readonlyNodes``),
+        which its leader replicates to (``__sendAppendEntries``, ``__onBecomeLeader``)
+        and never counts in a commit index, an election or its lease."""
+        nodes: set[Any] = set(self._so._SyncObj__readonlyNodes)
+        return nodes
 
     @property
     def connected_nodes(self) -> frozenset[Any]:
@@ -334,8 +343,12 @@ class SyncObjAdapter:
         return None
 
     def match_indexes(self) -> list[tuple[Any, int]]:
-        """Every peer's matchIndex, ``(node, index)`` (a leader's view)."""
-        return [(n, int(i)) for n, i in list(self._so._SyncObj__raftMatchIndex.items())]
+        """Every voting peer's matchIndex, ``(node, index)`` (a leader's view; learners
+        are no leadership candidates)."""
+        voters = self._so._SyncObj__otherNodes
+        return [
+            (n, int(i)) for n, i in list(self._so._SyncObj__raftMatchIndex.items()) if n in voters
+        ]
 
     def replication(self, node: Any) -> tuple[int, int] | None:
         """A leader's ``(nextIndex, matchIndex)`` of ``node``; None for a non-peer."""
@@ -351,10 +364,12 @@ class SyncObjAdapter:
         self._so._SyncObj__raftMatchIndex[node] = match_index
         self._so._SyncObj__lastResponseTime[node] = raft_clock()
 
-    def add_peer(self, node: Any, next_index: int) -> None:
-        """Replicate to, count votes of and dial ``node`` (it joined the configuration)."""
+    def add_peer(self, node: Any, next_index: int, learner: bool = False) -> None:
+        """Replicate to and dial ``node`` (it joined the configuration); count its votes
+        and acknowledgements unless it is a ``learner``. A learner is in the transport's
+        node set like any member: it connects with its own identity."""
         so = self._so
-        so._SyncObj__otherNodes.add(node)
+        (so._SyncObj__readonlyNodes if learner else so._SyncObj__otherNodes).add(node)
         so._SyncObj__raftNextIndex[node] = next_index
         so._SyncObj__raftMatchIndex[node] = 0
         so._SyncObj__lastResponseTime[node] = raft_clock()
@@ -364,11 +379,23 @@ class SyncObjAdapter:
         """Stop replicating to, counting and dialling ``node`` (it left the configuration)."""
         so = self._so
         so._SyncObj__transport.progress.forget(node)
-        so._SyncObj__otherNodes.discard(node)
+        if node in so._SyncObj__otherNodes:
+            so._SyncObj__otherNodes.discard(node)
+        else:  # a learner
+            so._SyncObj__readonlyNodes.discard(node)
         so._SyncObj__raftNextIndex.pop(node, None)
         so._SyncObj__raftMatchIndex.pop(node, None)
         so._SyncObj__lastResponseTime.pop(node, None)
         so._SyncObj__transport.dropNode(node)
+
+    def set_learner(self, node: Any, learner: bool) -> None:
+        """Move peer ``node`` between the voters and the learners (a promotion, or its
+        entry truncated), keeping its link and its replication progress."""
+        so = self._so
+        voters, readonly = so._SyncObj__otherNodes, so._SyncObj__readonlyNodes
+        (voters.discard if learner else readonly.discard)(node)
+        (readonly.add if learner else voters.add)(node)
+        so._SyncObj__lastResponseTime.setdefault(node, raft_clock())
 
     # -- elections ---------------------------------------------------------------
 

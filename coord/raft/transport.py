@@ -18,6 +18,11 @@
   goes). Every node answers ``coord_term_probe`` with its term (``coord_term``).
 - PreVote messages (``coord.raft.prevote``) are handled here, beside
   pysyncobj's own.
+- Learners (``coord.raft.membership``) are in the transport's node set like any
+  member: they dial and are dialled under their own ids. A learner answers no vote
+  or pre-vote and ignores ``timeout_now`` (the gate); a candidate counts vote and
+  pre-vote grants only from the voters of its configuration (pysyncobj counts any
+  ``response_vote`` of its term).
 - With a cluster secret, pysyncobj drops a connection whose messages do not
   authenticate without a word; here both ends say so in the log (rate limited).
 
@@ -285,7 +290,7 @@ class CoordTransport(TCPTransport):
                 prevote.answer(node, message)
             return
         elif kind == "pre_vote_resp":
-            if prevote is not None:
+            if prevote is not None and node in self.raft.other_nodes:  # voters' grants only
                 prevote.on_response(node, message)
             return
         elif kind == "coord_ping":
@@ -293,16 +298,27 @@ class CoordTransport(TCPTransport):
         elif kind == "coord_term_probe":
             self.send_now(
                 node,
-                {"type": "coord_term", "term": self.raft.current_term, "fresh": self.gate.fresh},
+                {
+                    "type": "coord_term",
+                    "term": self.raft.current_term,
+                    "fresh": self.gate.fresh,
+                    "learner": self.gate.learner,
+                },
             )
             return
         elif kind == "coord_term":
             term = message.get("term")
+            if message.get("learner") is True:
+                return  # no majority that commits holds a learner: its term proves nothing
             if isinstance(term, int) and not isinstance(term, bool) and term >= 0:
                 self.gate.answer(node.id, term, message.get("fresh") is True)
             return
         elif kind == "request_vote" and not self.gate.may_vote_for(message.get("last_log_term", 1)):
-            return  # a blank node must not help a non-blank candidate (coord.raft.gate)
+            return  # a blank node or a learner must not vote (coord.raft.gate)
+        elif kind == "response_vote" and node not in self.raft.other_nodes:
+            return  # a learner's (or a stranger's) grant counts for nothing
+        elif kind == "timeout_now" and self.gate.learner:
+            return  # a learner never campaigns, even when a leader asks
         if kind == "append_entries":
             if int(message.get("term") or 0) >= self.raft.current_term:
                 # Only a leader pysyncobj follows counts (a stale one's word does not).

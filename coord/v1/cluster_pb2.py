@@ -25,45 +25,45 @@ _sym_db = _symbol_database.Default()
 from coord.v1 import common_pb2 as coord_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63oord/v1/cluster.proto\x12\x08\x63oord.v1\x1a\x15\x63oord/v1/common.proto\"x\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_address\x18\x02 \x01(\t\x12\x14\n\x0craft_address\x18\x03 \x01(\t\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x11\n\tis_leader\x18\x05 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x06 \x01(\x04\"\x0f\n\rStatusRequest\"\xaf\x02\n\x0eStatusResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.coord.v1.Role\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x0f\n\x07version\x18\t \x01(\t\x12\x12\n\nhas_quorum\x18\n \x01(\x08\x12\x18\n\x10raft_log_entries\x18\x0b \x01(\x04\x12\x10\n\x08uptime_s\x18\x0c \x01(\x01\x12\x13\n\x0b\x63\x61tching_up\x18\r \x01(\x08\"\x12\n\x10GetLeaderRequest\"l\n\x11GetLeaderResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x1a\n\x12leader_api_address\x18\x03 \x01(\t\"\x14\n\x12WatchLeaderRequest\"t\n\x0bLeaderEvent\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x1a\n\x12leader_api_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\"\x12\n\x10ListNodesRequest\"t\n\x11ListNodesResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x1d\n\x05nodes\x18\x02 \x03(\x0b\x32\x0e.coord.v1.Node\x12\x16\n\x0e\x63hange_pending\x18\x03 \x01(\x08\"G\n\x0e\x41\x64\x64NodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_address\x18\x03 \x01(\t\"n\n\x0f\x41\x64\x64NodeResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x1d\n\x05nodes\x18\x02 \x03(\x0b\x32\x0e.coord.v1.Node\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"\x1f\n\x11RemoveNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"]\n\x12RemoveNodeResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x1d\n\x05nodes\x18\x02 \x03(\x0b\x32\x0e.coord.v1.Node\"#\n\x15TransferLeaderRequest\x12\n\n\x02to\x18\x01 \x01(\t\"q\n\x16TransferLeaderResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x1a\n\x12leader_api_address\x18\x03 \x01(\t*T\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_FOLLOWER\x10\x01\x12\x12\n\x0eROLE_CANDIDATE\x10\x02\x12\x0f\n\x0bROLE_LEADER\x10\x03\x32\xf6\x03\n\x07\x43luster\x12;\n\x06Status\x12\x17.coord.v1.StatusRequest\x1a\x18.coord.v1.StatusResponse\x12\x44\n\tGetLeader\x12\x1a.coord.v1.GetLeaderRequest\x1a\x1b.coord.v1.GetLeaderResponse\x12\x44\n\x0bWatchLeader\x12\x1c.coord.v1.WatchLeaderRequest\x1a\x15.coord.v1.LeaderEvent0\x01\x12\x44\n\tListNodes\x12\x1a.coord.v1.ListNodesRequest\x1a\x1b.coord.v1.ListNodesResponse\x12>\n\x07\x41\x64\x64Node\x12\x18.coord.v1.AddNodeRequest\x1a\x19.coord.v1.AddNodeResponse\x12G\n\nRemoveNode\x12\x1b.coord.v1.RemoveNodeRequest\x1a\x1c.coord.v1.RemoveNodeResponse\x12S\n\x0eTransferLeader\x12\x1f.coord.v1.TransferLeaderRequest\x1a .coord.v1.TransferLeaderResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63oord/v1/cluster.proto\x12\x08\x63oord.v1\x1a\x15\x63oord/v1/common.proto\"\xb6\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_address\x18\x02 \x01(\t\x12\x14\n\x0craft_address\x18\x03 \x01(\t\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x11\n\tis_leader\x18\x05 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x06 \x01(\x04\x12\x0f\n\x07learner\x18\x07 \x01(\x08\x12\x0b\n\x03lag\x18\x08 \x01(\x04\x12\x1e\n\x16promote_when_caught_up\x18\t \x01(\x08\"\x0f\n\rStatusRequest\"\xaf\x02\n\x0eStatusResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x1c\n\x04role\x18\x03 \x01(\x0e\x32\x0e.coord.v1.Role\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x0f\n\x07version\x18\t \x01(\t\x12\x12\n\nhas_quorum\x18\n \x01(\x08\x12\x18\n\x10raft_log_entries\x18\x0b \x01(\x04\x12\x10\n\x08uptime_s\x18\x0c \x01(\x01\x12\x13\n\x0b\x63\x61tching_up\x18\r \x01(\x08\"\x12\n\x10GetLeaderRequest\"l\n\x11GetLeaderResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x1a\n\x12leader_api_address\x18\x03 \x01(\t\"\x14\n\x12WatchLeaderRequest\"t\n\x0bLeaderEvent\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x1a\n\x12leader_api_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\"\x12\n\x10ListNodesRequest\"t\n\x11ListNodesResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x1d\n\x05nodes\x18\x02 \x03(\x0b\x32\x0e.coord.v1.Node\x12\x16\n\x0e\x63hange_pending\x18\x03 \x01(\x08\"\x89\x01\n\x0e\x41\x64\x64NodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_address\x18\x03 \x01(\t\x12\x0f\n\x07learner\x18\x04 \x01(\x08\x12\x1e\n\x16promote_when_caught_up\x18\x05 \x01(\x08\x12\x0f\n\x07promote\x18\x06 \x01(\x08\"n\n\x0f\x41\x64\x64NodeResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x1d\n\x05nodes\x18\x02 \x03(\x0b\x32\x0e.coord.v1.Node\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"\x1f\n\x11RemoveNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"]\n\x12RemoveNodeResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x1d\n\x05nodes\x18\x02 \x03(\x0b\x32\x0e.coord.v1.Node\"#\n\x15TransferLeaderRequest\x12\n\n\x02to\x18\x01 \x01(\t\"q\n\x16TransferLeaderResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x1a\n\x12leader_api_address\x18\x03 \x01(\t*T\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_FOLLOWER\x10\x01\x12\x12\n\x0eROLE_CANDIDATE\x10\x02\x12\x0f\n\x0bROLE_LEADER\x10\x03\x32\xf6\x03\n\x07\x43luster\x12;\n\x06Status\x12\x17.coord.v1.StatusRequest\x1a\x18.coord.v1.StatusResponse\x12\x44\n\tGetLeader\x12\x1a.coord.v1.GetLeaderRequest\x1a\x1b.coord.v1.GetLeaderResponse\x12\x44\n\x0bWatchLeader\x12\x1c.coord.v1.WatchLeaderRequest\x1a\x15.coord.v1.LeaderEvent0\x01\x12\x44\n\tListNodes\x12\x1a.coord.v1.ListNodesRequest\x1a\x1b.coord.v1.ListNodesResponse\x12>\n\x07\x41\x64\x64Node\x12\x18.coord.v1.AddNodeRequest\x1a\x19.coord.v1.AddNodeResponse\x12G\n\nRemoveNode\x12\x1b.coord.v1.RemoveNodeRequest\x1a\x1c.coord.v1.RemoveNodeResponse\x12S\n\x0eTransferLeader\x12\x1f.coord.v1.TransferLeaderRequest\x1a .coord.v1.TransferLeaderResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coord.v1.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1377
-  _globals['_ROLE']._serialized_end=1461
-  _globals['_NODE']._serialized_start=59
-  _globals['_NODE']._serialized_end=179
-  _globals['_STATUSREQUEST']._serialized_start=181
-  _globals['_STATUSREQUEST']._serialized_end=196
-  _globals['_STATUSRESPONSE']._serialized_start=199
-  _globals['_STATUSRESPONSE']._serialized_end=502
-  _globals['_GETLEADERREQUEST']._serialized_start=504
-  _globals['_GETLEADERREQUEST']._serialized_end=522
-  _globals['_GETLEADERRESPONSE']._serialized_start=524
-  _globals['_GETLEADERRESPONSE']._serialized_end=632
-  _globals['_WATCHLEADERREQUEST']._serialized_start=634
-  _globals['_WATCHLEADERREQUEST']._serialized_end=654
-  _globals['_LEADEREVENT']._serialized_start=656
-  _globals['_LEADEREVENT']._serialized_end=772
-  _globals['_LISTNODESREQUEST']._serialized_start=774
-  _globals['_LISTNODESREQUEST']._serialized_end=792
-  _globals['_LISTNODESRESPONSE']._serialized_start=794
-  _globals['_LISTNODESRESPONSE']._serialized_end=910
-  _globals['_ADDNODEREQUEST']._serialized_start=912
-  _globals['_ADDNODEREQUEST']._serialized_end=983
-  _globals['_ADDNODERESPONSE']._serialized_start=985
-  _globals['_ADDNODERESPONSE']._serialized_end=1095
-  _globals['_REMOVENODEREQUEST']._serialized_start=1097
-  _globals['_REMOVENODEREQUEST']._serialized_end=1128
-  _globals['_REMOVENODERESPONSE']._serialized_start=1130
-  _globals['_REMOVENODERESPONSE']._serialized_end=1223
-  _globals['_TRANSFERLEADERREQUEST']._serialized_start=1225
-  _globals['_TRANSFERLEADERREQUEST']._serialized_end=1260
-  _globals['_TRANSFERLEADERRESPONSE']._serialized_start=1262
-  _globals['_TRANSFERLEADERRESPONSE']._serialized_end=1375
-  _globals['_CLUSTER']._serialized_start=1464
-  _globals['_CLUSTER']._serialized_end=1966
+  _globals['_ROLE']._serialized_start=1507
+  _globals['_ROLE']._serialized_end=1591
+  _globals['_NODE']._serialized_start=60
+  _globals['_NODE']._serialized_end=242
+  _globals['_STATUSREQUEST']._serialized_start=244
+  _globals['_STATUSREQUEST']._serialized_end=259
+  _globals['_STATUSRESPONSE']._serialized_start=262
+  _globals['_STATUSRESPONSE']._serialized_end=565
+  _globals['_GETLEADERREQUEST']._serialized_start=567
+  _globals['_GETLEADERREQUEST']._serialized_end=585
+  _globals['_GETLEADERRESPONSE']._serialized_start=587
+  _globals['_GETLEADERRESPONSE']._serialized_end=695
+  _globals['_WATCHLEADERREQUEST']._serialized_start=697
+  _globals['_WATCHLEADERREQUEST']._serialized_end=717
+  _globals['_LEADEREVENT']._serialized_start=719
+  _globals['_LEADEREVENT']._serialized_end=835
+  _globals['_LISTNODESREQUEST']._serialized_start=837
+  _globals['_LISTNODESREQUEST']._serialized_end=855
+  _globals['_LISTNODESRESPONSE']._serialized_start=857
+  _globals['_LISTNODESRESPONSE']._serialized_end=973
+  _globals['_ADDNODEREQUEST']._serialized_start=976
+  _globals['_ADDNODEREQUEST']._serialized_end=1113
+  _globals['_ADDNODERESPONSE']._serialized_start=1115
+  _globals['_ADDNODERESPONSE']._serialized_end=1225
+  _globals['_REMOVENODEREQUEST']._serialized_start=1227
+  _globals['_REMOVENODEREQUEST']._serialized_end=1258
+  _globals['_REMOVENODERESPONSE']._serialized_start=1260
+  _globals['_REMOVENODERESPONSE']._serialized_end=1353
+  _globals['_TRANSFERLEADERREQUEST']._serialized_start=1355
+  _globals['_TRANSFERLEADERREQUEST']._serialized_end=1390
+  _globals['_TRANSFERLEADERRESPONSE']._serialized_start=1392
+  _globals['_TRANSFERLEADERRESPONSE']._serialized_end=1505
+  _globals['_CLUSTER']._serialized_start=1594
+  _globals['_CLUSTER']._serialized_end=2096
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,9 @@ class Node(_message.Message):
     CONNECTED_FIELD_NUMBER: _builtins.int
     IS_LEADER_FIELD_NUMBER: _builtins.int
     MATCH_INDEX_FIELD_NUMBER: _builtins.int
+    LEARNER_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    PROMOTE_WHEN_CAUGHT_UP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     api_address: _builtins.str
     """Client API (gRPC) address, host:port."""
@@ -63,6 +66,16 @@ class Node(_message.Message):
     """Answered by the leader: the last log index known to match the leader's
     (how far a new node has caught up); 0 elsewhere.
     """
+    learner: _builtins.bool
+    """A learner receives the log but never votes or counts towards a commit
+    (AddNodeRequest.learner); promoted with AddNodeRequest.promote.
+    """
+    lag: _builtins.int
+    """Answered by the leader: how many entries this node's log is behind the
+    leader's (the leader's last index minus match_index); 0 elsewhere.
+    """
+    promote_when_caught_up: _builtins.bool
+    """A learner the leader promotes by itself once it is caught up."""
     def __init__(
         self,
         *,
@@ -72,10 +85,13 @@ class Node(_message.Message):
         connected: _builtins.bool = ...,
         is_leader: _builtins.bool = ...,
         match_index: _builtins.int = ...,
+        learner: _builtins.bool = ...,
+        lag: _builtins.int = ...,
+        promote_when_caught_up: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_address", b"api_address", "connected", b"connected", "id", b"id", "is_leader", b"is_leader", "match_index", b"match_index", "raft_address", b"raft_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_address", b"api_address", "connected", b"connected", "id", b"id", "is_leader", b"is_leader", "lag", b"lag", "learner", b"learner", "match_index", b"match_index", "promote_when_caught_up", b"promote_when_caught_up", "raft_address", b"raft_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +310,11 @@ Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015
 class AddNodeRequest(_message.Message):
     """Membership changes run on the leader (any node answers NOT_LEADER with a hint),
     one at a time: a change is refused while the previous one has not committed.
+
+    A learner (learner = true; etcd 3.4's) is in the configuration but does not
+    vote or count towards commits, so adding one does not raise the quorum; it is
+    promoted to a voter, a change of its own, once its log is close to the
+    leader's (promote = true, or promote_when_caught_up at the add).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -301,19 +322,34 @@ class AddNodeRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     RAFT_ADDRESS_FIELD_NUMBER: _builtins.int
     API_ADDRESS_FIELD_NUMBER: _builtins.int
+    LEARNER_FIELD_NUMBER: _builtins.int
+    PROMOTE_WHEN_CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    PROMOTE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     raft_address: _builtins.str
     api_address: _builtins.str
+    learner: _builtins.bool
+    """Add the node as a learner (false: as a voter at once)."""
+    promote_when_caught_up: _builtins.bool
+    """With learner: the leader promotes it by itself once it is caught up."""
+    promote: _builtins.bool
+    """Promote the learner `id` to a voter (etcd's MemberPromote; the addresses are
+    not needed). Refused (FAILED_PRECONDITION) while its log is further behind
+    the leader's than the bound, with how far behind it is.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         raft_address: _builtins.str = ...,
         api_address: _builtins.str = ...,
+        learner: _builtins.bool = ...,
+        promote_when_caught_up: _builtins.bool = ...,
+        promote: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_address", b"api_address", "id", b"id", "raft_address", b"raft_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_address", b"api_address", "id", b"id", "learner", b"learner", "promote", b"promote", "promote_when_caught_up", b"promote_when_caught_up", "raft_address", b"raft_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 
 from coord import __version__, config, errors
-from coord.raft.membership import ADD, REMOVE, Change, NodeAddress, check_quorum_after
+from coord.raft.membership import ADD, PROMOTE, REMOVE, Change, NodeAddress, check_quorum_after
 from coord.raft.node import ROLE_CANDIDATE, ROLE_LEADER, View
 from coord.server.api.context import NodeContext, ServicerContext
 from coord.v1 import cluster_pb2, cluster_pb2_grpc
@@ -72,6 +72,9 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
                 connected=nid == me or nid in view.connected,
                 is_leader=nid == view.leader_id,
                 match_index=raft.match_index(nid) or 0,
+                learner=addr.learner,
+                lag=raft.lag(nid) or 0,
+                promote_when_caught_up=addr.auto_promote,
             )
             for nid, addr in sorted(raft.members().items())
         ]
@@ -104,17 +107,43 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         self, request: cluster_pb2.AddNodeRequest, context: ServicerContext
     ) -> cluster_pb2.AddNodeResponse:
         config.check_node_id(request.id)
-        config.check_address(request.raft_address, "raft address")
-        config.check_address(request.api_address, "api address")
-        self._need_leader("adding a node")
-        address = NodeAddress(request.raft_address, request.api_address)
-        if self.ctx.raft.members().get(request.id) == address:
-            await self.ctx.linearize(context)  # a retry: answer once it committed
+        if request.promote:
+            await self._promote(request.id, context)
         else:
-            await self._change(Change(ADD, request.id, address), context)
+            await self._add(request, context)
         return cluster_pb2.AddNodeResponse(
             header=self.ctx.header(), nodes=self._nodes(), cluster_id=self.ctx.cfg.cluster_id
         )
+
+    async def _add(self, request: cluster_pb2.AddNodeRequest, context: ServicerContext) -> None:
+        config.check_address(request.raft_address, "raft address")
+        config.check_address(request.api_address, "api address")
+        self._need_leader("adding a node")
+        address = NodeAddress(
+            request.raft_address,
+            request.api_address,
+            learner=request.learner,
+            auto_promote=request.learner and request.promote_when_caught_up,
+        )
+        current = self.ctx.raft.members().get(request.id)
+        same = current is not None and (current.raft, current.api) == (address.raft, address.api)
+        # A retry: answer once it committed (a learner since promoted answers too).
+        if same and current is not None and (current.learner == address.learner or address.learner):
+            await self.ctx.linearize(context)
+        else:
+            await self._change(Change(ADD, request.id, address), context)
+
+    async def _promote(self, node_id: str, context: ServicerContext) -> None:
+        self._need_leader("promoting a learner")
+        current = self.ctx.raft.members().get(node_id)
+        if current is None:
+            raise errors.NotFound(
+                f"node {node_id!r} is not a member (members: {sorted(self.ctx.raft.members())})"
+            )
+        if not current.learner:
+            await self.ctx.linearize(context)  # a voter already (a retry, or promoted)
+            return
+        await self._change(Change(PROMOTE, node_id), context)
 
     async def _remove_node(
         self, request: cluster_pb2.RemoveNodeRequest, context: ServicerContext
