@@ -86,9 +86,17 @@ type Node struct {
 	IsLeader  bool `protobuf:"varint,5,opt,name=is_leader,json=isLeader,proto3" json:"is_leader,omitempty"`
 	// Answered by the leader: the last log index known to match the leader's
 	// (how far a new node has caught up); 0 elsewhere.
-	MatchIndex    uint64 `protobuf:"varint,6,opt,name=match_index,json=matchIndex,proto3" json:"match_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MatchIndex uint64 `protobuf:"varint,6,opt,name=match_index,json=matchIndex,proto3" json:"match_index,omitempty"`
+	// A learner receives the log but never votes or counts towards a commit
+	// (AddNodeRequest.learner); promoted with AddNodeRequest.promote.
+	Learner bool `protobuf:"varint,7,opt,name=learner,proto3" json:"learner,omitempty"`
+	// Answered by the leader: how many entries this node's log is behind the
+	// leader's (the leader's last index minus match_index); 0 elsewhere.
+	Lag uint64 `protobuf:"varint,8,opt,name=lag,proto3" json:"lag,omitempty"`
+	// A learner the leader promotes by itself once it is caught up.
+	PromoteWhenCaughtUp bool `protobuf:"varint,9,opt,name=promote_when_caught_up,json=promoteWhenCaughtUp,proto3" json:"promote_when_caught_up,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -161,6 +169,27 @@ func (x *Node) GetMatchIndex() uint64 {
 		return x.MatchIndex
 	}
 	return 0
+}
+
+func (x *Node) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+func (x *Node) GetLag() uint64 {
+	if x != nil {
+		return x.Lag
+	}
+	return 0
+}
+
+func (x *Node) GetPromoteWhenCaughtUp() bool {
+	if x != nil {
+		return x.PromoteWhenCaughtUp
+	}
+	return false
 }
 
 type StatusRequest struct {
@@ -644,11 +673,24 @@ func (x *ListNodesResponse) GetChangePending() bool {
 
 // Membership changes run on the leader (any node answers NOT_LEADER with a hint),
 // one at a time: a change is refused while the previous one has not committed.
+//
+// A learner (learner = true; etcd 3.4's) is in the configuration but does not
+// vote or count towards commits, so adding one does not raise the quorum; it is
+// promoted to a voter, a change of its own, once its log is close to the
+// leader's (promote = true, or promote_when_caught_up at the add).
 type AddNodeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	RaftAddress   string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
-	ApiAddress    string                 `protobuf:"bytes,3,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	RaftAddress string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	ApiAddress  string                 `protobuf:"bytes,3,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	// Add the node as a learner (false: as a voter at once).
+	Learner bool `protobuf:"varint,4,opt,name=learner,proto3" json:"learner,omitempty"`
+	// With learner: the leader promotes it by itself once it is caught up.
+	PromoteWhenCaughtUp bool `protobuf:"varint,5,opt,name=promote_when_caught_up,json=promoteWhenCaughtUp,proto3" json:"promote_when_caught_up,omitempty"`
+	// Promote the learner `id` to a voter (etcd's MemberPromote; the addresses are
+	// not needed). Refused (FAILED_PRECONDITION) while its log is further behind
+	// the leader's than the bound, with how far behind it is.
+	Promote       bool `protobuf:"varint,6,opt,name=promote,proto3" json:"promote,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -702,6 +744,27 @@ func (x *AddNodeRequest) GetApiAddress() string {
 		return x.ApiAddress
 	}
 	return ""
+}
+
+func (x *AddNodeRequest) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+func (x *AddNodeRequest) GetPromoteWhenCaughtUp() bool {
+	if x != nil {
+		return x.PromoteWhenCaughtUp
+	}
+	return false
+}
+
+func (x *AddNodeRequest) GetPromote() bool {
+	if x != nil {
+		return x.Promote
+	}
+	return false
 }
 
 type AddNodeResponse struct {
@@ -970,7 +1033,7 @@ var File_coord_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_coord_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16coord/v1/cluster.proto\x12\bcoord.v1\x1a\x15coord/v1/common.proto\"\xb6\x01\n" +
+	"\x16coord/v1/cluster.proto\x12\bcoord.v1\x1a\x15coord/v1/common.proto\"\x97\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vapi_address\x18\x02 \x01(\tR\n" +
@@ -979,7 +1042,10 @@ const file_coord_v1_cluster_proto_rawDesc = "" +
 	"\tconnected\x18\x04 \x01(\bR\tconnected\x12\x1b\n" +
 	"\tis_leader\x18\x05 \x01(\bR\bisLeader\x12\x1f\n" +
 	"\vmatch_index\x18\x06 \x01(\x04R\n" +
-	"matchIndex\"\x0f\n" +
+	"matchIndex\x12\x18\n" +
+	"\alearner\x18\a \x01(\bR\alearner\x12\x10\n" +
+	"\x03lag\x18\b \x01(\x04R\x03lag\x123\n" +
+	"\x16promote_when_caught_up\x18\t \x01(\bR\x13promoteWhenCaughtUp\"\x0f\n" +
 	"\rStatusRequest\"\xb3\x03\n" +
 	"\x0eStatusResponse\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12\x17\n" +
@@ -1013,12 +1079,15 @@ const file_coord_v1_cluster_proto_rawDesc = "" +
 	"\x11ListNodesResponse\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12$\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x0e.coord.v1.NodeR\x05nodes\x12%\n" +
-	"\x0echange_pending\x18\x03 \x01(\bR\rchangePending\"d\n" +
+	"\x0echange_pending\x18\x03 \x01(\bR\rchangePending\"\xcd\x01\n" +
 	"\x0eAddNodeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
-	"apiAddress\"\x88\x01\n" +
+	"apiAddress\x12\x18\n" +
+	"\alearner\x18\x04 \x01(\bR\alearner\x123\n" +
+	"\x16promote_when_caught_up\x18\x05 \x01(\bR\x13promoteWhenCaughtUp\x12\x18\n" +
+	"\apromote\x18\x06 \x01(\bR\apromote\"\x88\x01\n" +
 	"\x0fAddNodeResponse\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12$\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x0e.coord.v1.NodeR\x05nodes\x12\x1d\n" +
