@@ -20,7 +20,9 @@ extended (``valid_until``: the newest acknowledged keepalive's send time
     {"t": 13.012, "event": "validity", "valid_until": 14.968, "sent": 13.008}
 
 ``t`` is this process's monotonic clock. ``coord dev`` runs three of these for
-its demo group, and the integration tests use them as real member processes.
+its demo group, and the integration tests use them as real member processes. What a
+host deploys is ``coord agent`` (coord.agent): the same loop with a config file, role
+endpoints for load balancers, hooks and a command run only while master.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coord import errors
+from coord.agent.signals import on_signals as _on_signals
 from coord.client import Client, Member, Session, SessionState
 from coord.client.credentials import Credentials
 from coord.v1 import election_pb2
@@ -172,25 +174,6 @@ def run(args: argparse.Namespace) -> int:
         _watch_parent(args.exit_with_parent, member.stop, member.on_stop)
     _report_validity(args.report_validity, member.stop, member.current)
     return member.run()
-
-
-def _on_signals(on_stop: Callable[[str], None]) -> None:
-    """SIGTERM, SIGINT and SIGHUP stop the member. The signal is noted through a wakeup
-    fd (written by the C-level handler at once, whatever the main thread is blocked in)
-    and handled on a thread: a handler that took a lock could deadlock the main thread."""
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    signal.set_wakeup_fd(w)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: None)
-
-    def wait() -> None:
-        while True:
-            data = os.read(r, 1)
-            if data:
-                on_stop(signal.Signals(data[0]).name)
-
-    threading.Thread(target=wait, daemon=True, name="signals").start()
 
 
 def _watch_parent(pid: int, stop: threading.Event, on_stop: Callable[[str], None]) -> None:

@@ -1,4 +1,5 @@
-"""``coord``: run a node (``serve``) or a local development cluster (``dev``)."""
+"""``coord``: run a node (``serve``), a local development cluster (``dev``) or a member
+agent (``agent``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from coord import config, errors
+from coord.cli.agent import agent_command
 from coord.cli.output import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, CLIError
 from coord.cli.restore import Duration, backup_options, restore_command
 
@@ -226,6 +228,7 @@ def _exit_with_parent(pid: str) -> None:
 
 
 main.add_command(restore_command(serve))
+main.add_command(agent_command)
 
 if __name__ == "__main__":
     main()

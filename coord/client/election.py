@@ -16,7 +16,8 @@ opens the session, and registers the member (leaving the block unregisters it).
 ``Leadership.is_master()`` turns False the moment the session's local validity
 ends (docs/design.md, the safety argument): stop writing then. Tokens strictly increase per slot; a
 resource that remembers the highest token it accepted (:class:`FencedResource`)
-rejects a deposed master that wakes up late.
+rejects a deposed master that wakes up late; coord.client.fencing stamps the token on
+every outgoing gRPC call and HTTP request, and refuses to send once ``is_master()`` is False.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from coord import errors
 from coord.client import clock
 from coord.client.client import Client, new_request_id
 from coord.client.errors import translate
+from coord.client.fencing import FencedResource  # noqa: F401  (its home before)
 from coord.client.session import Session, SessionState
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
@@ -284,6 +286,11 @@ class Leadership:
         member.session._stepdown_hooks.append(self._on_stepdown)
         member._leaderships.append(self)
 
+    @property
+    def group(self) -> str:
+        """The group this slot belongs to."""
+        return self.member.group
+
     def is_master(self) -> bool:
         """True while the session is valid here, the slot was not given up (the library
         gives it up when asked to step down: at once, or once ``on_stepdown`` returned),
@@ -532,23 +539,3 @@ def watch_batches(
             yield events, following - 1
 
     return _resuming(client, stream)
-
-
-class FencedResource:
-    """How a resource protects itself from deposed masters: accept a token only if it
-    is at least the highest seen for that (group, slot). Thread-safe."""
-
-    def __init__(self) -> None:
-        self._highest: dict[tuple[str, int], int] = {}
-        self._lock = threading.Lock()
-
-    def check(self, group: str, slot: int, token: int) -> None:
-        """Raise StaleToken if ``token`` is older than one already accepted, else record it."""
-        with self._lock:
-            highest = self._highest.get((group, slot), 0)
-            if token < highest:
-                raise errors.StaleToken(
-                    f"fencing token {token} for {group}/{slot} is older than {highest}: a newer "
-                    "master exists; this one must stop"
-                )
-            self._highest[(group, slot)] = token

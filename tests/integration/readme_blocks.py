@@ -11,7 +11,8 @@ nothing runs, and a rule cannot outlive its block.
 - ``python`` blocks are all run, whatever they contain (the client API and these
   blocks change together): see :func:`python_script` for the context a fragment gets.
 - ``yaml`` blocks are configuration: they must parse, and a ``coord serve`` config must
-  load with coord's own loader (``coord serve --config``'s code path).
+  load with coord's own loader (``coord serve --config``'s code path), a ``coord agent``
+  config (one with ``group`` and ``member``) with the agent's (coord.agent.config).
 - A block under a ``<!-- readme-cluster: NAME -->`` marker is run by
   tests/deploy/test_readme_cluster.py, in network namespaces with the README's addresses.
 """
@@ -36,6 +37,9 @@ README_ENDPOINTS = "127.0.0.1:2379,127.0.0.1:2381,127.0.0.1:2383"
 # The README's example hosts (10.0.0.1-5): never dialled from here. A block that names
 # one is run with each HOST:PORT replaced by a loopback address the test chose.
 EXAMPLE_HOST = re.compile(r"\b10\.0\.0\.\d{1,3}:\d+\b")
+# Where the README's `coord agent` example serves its role endpoints: the tests move it to
+# a free port.
+AGENT_LISTEN = "127.0.0.1:8009"
 
 
 @dataclass(frozen=True)
