@@ -9,7 +9,7 @@ help:
 	@echo "make test       checks + unit + integration tests (what CI runs)"
 	@echo "make check      ruff, mypy --strict, import contracts, proto freshness"
 	@echo "make proto      regenerate coord/v1 and clients/go/coordpb from proto/"
-	@echo "make go-test    go vet + the Go client's unit tests (clients/go, offline)"
+	@echo "make go-test    go vet, staticcheck, the Go client's unit tests (clients/go, offline)"
 	@echo "make bench      side-by-side benchmarks with etcd (see bench/README.md)"
 	@echo "make chaos      every chaos scenario through Toxiproxy (SEED=n to repeat a run)"
 
@@ -52,9 +52,11 @@ proto-check:
 	clients/go/gen.sh $$tmp/go && diff -r $$tmp/go/coordpb clients/go/coordpb && \
 	rm -rf $$tmp && echo "proto: generated code is fresh (Python and Go)"
 
-# The Go client's vet and unit tests (offline once scripts/bootstrap fetched the modules).
+# The Go client's vet, staticcheck (pinned, built by scripts/bootstrap) and unit tests,
+# goroutine leaks failing them (goleak); offline once scripts/bootstrap fetched the modules.
 go-test:
-	cd clients/go && go vet ./... && go test ./...
+	@test -x .venv/go-bin/staticcheck || { echo "go-test: .venv/go-bin/staticcheck is missing: run scripts/bootstrap" >&2; exit 1; }
+	cd clients/go && go vet ./... && ../../.venv/go-bin/staticcheck ./... && go test ./...
 
 bench: bootstrap
 	$(PY) bench/run_all.py

@@ -92,10 +92,12 @@ class Plan:
     """``run``: ``dev`` (against the module's ``coord dev`` cluster), ``own-cluster`` (a
     throwaway cluster of its own), ``python``, ``go`` (a program, run against the dev
     cluster with the Go client of clients/go), ``yaml``, or ``excluded`` (``why`` says
-    why)."""
+    why). ``expect``: a regular expression (``re.S``) the block's stdout must match, for
+    a block whose exit status alone would not show that it did what it says."""
 
     run: str
     why: str = ""
+    expect: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,16 @@ SH_RULES = (
         "scripts/demo is `coord dev --nodes 3 --demo` (tests/integration/test_demo.py runs "
         "it); scripts/test runs every test, this one included")),
     ShRule("Using it", "kv put config/db-primary", DEV),
+    # grpcurl (scripts/bootstrap links it into .venv/bin): discovery found the leader, and
+    # the leader-change stream showed the old leader, then a new one.
+    ShRule("Masters", "coord.v1.Cluster/GetLeader",
+           Plan("dev", expect=r'"leader_api_address": "127\.0\.0\.1:\d+"')),
+    ShRule("Masters", "coord.v1.Cluster/WatchLeader",
+           Plan("dev", expect=r'"leader_id": "(\w+)",.*"leader_id": "(?!\1")\w+"')),
+    ShRule("Keys: bound to a session", "coordctl kv txn", DEV),
+    ShRule("Maintenance", "--breaker-failovers", DEV),
+    ShRule("Maintenance", "schedule cancel", DEV),
+    ShRule("The member agent", "coord agent --endpoints", DEV),
     ShRule("Changing the cluster online", "coordctl node add", Plan("own-cluster",
         "it adds a node that never starts and removes n2: run on a throwaway cluster, "
         "with the new node's address on loopback")),

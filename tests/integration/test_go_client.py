@@ -3,10 +3,13 @@
 ``go test ./...`` runs with COORD_ENDPOINTS set to this module's cluster (its tests that
 need a cluster skip without it), and a conformance scenario puts a Python campaigner and
 a Go campaigner in one group: the master's process is stopped (SIGSTOP) beyond its TTL,
-then the Raft leadership is handed over gracefully. Each campaigner prints every moment
-it found itself master (read before its is_master()/IsMaster() check, on CLOCK_MONOTONIC,
-which all processes of the machine share); the records of different tokens must never
-overlap, and tokens must increase with time (docs/protocol.md, section 5).
+the Raft leader is killed (-9), then the Raft leadership is handed over gracefully. Each
+campaigner prints every moment it found itself master (read before its
+is_master()/IsMaster() check, on CLOCK_MONOTONIC, which all processes of the machine
+share). The records are judged by the chaos suite's own checkers (chaos/checkers.py:
+``overlapping_masters``, ``tokens_increase``), each token's records making one tenure from
+its first to its last: no two processes master of the slot at one instant, and tokens
+increasing with time, never shared (docs/protocol.md, section 5).
 
 Skipped when Go is not installed. The Go build cache makes reruns fast; the first build
 on a clean machine takes tens of seconds.
@@ -14,17 +17,19 @@ on a clean machine takes tens of seconds.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from chaos.checkers import overlapping_masters, tokens_increase
+from chaos.records import RunRecord, Tenure
 from coord.testing import LocalCluster, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,25 +153,34 @@ def current_master(procs: dict[str, Campaigner], after_token: int = 0) -> Campai
     return best
 
 
-def check_no_overlap(procs: dict[str, Campaigner]) -> list[int]:
-    """Per token the interval of its master records; no two overlap, tokens increase
-    with time. Returns the tokens in order."""
-    spans: dict[int, list[int]] = {}
-    owner: dict[int, str] = {}
+def run_record(procs: dict[str, Campaigner]) -> RunRecord:
+    """The campaigners' master records as the chaos suite's record of a run: per process
+    and token one tenure of the group's one slot, from its first record to just after its
+    last (tenures are half-open). A record is an instant the process was about to act as
+    master (its check that followed said so); between two records of a process it acted
+    on no other belief, and a stopped process does not act at all."""
+    spans: dict[tuple[str, int], list[int]] = {}
     for p in procs.values():
         for kind, tok, ns in p.records():
-            if kind != "master":
-                continue
-            assert owner.setdefault(tok, p.name) == p.name, f"token {tok} held by two processes"
-            lo_hi = spans.setdefault(tok, [ns, ns])
-            lo_hi[0], lo_hi[1] = min(lo_hi[0], ns), max(lo_hi[1], ns)
-    tokens = sorted(spans)
-    for a, b in itertools.pairwise(tokens):
-        assert spans[a][1] < spans[b][0], (
-            f"mastership overlap: token {a} ({owner[a]}) until {spans[a][1]}, "
-            f"token {b} ({owner[b]}) from {spans[b][0]}"
-        )
-    return tokens
+            if kind == "master":
+                lo_hi = spans.setdefault((p.name, tok), [ns, ns])
+                lo_hi[0], lo_hi[1] = min(lo_hi[0], ns), max(lo_hi[1], ns)
+    tenures = [
+        Tenure(process=name, group="conf", slot=0, token=tok, start=lo / 1e9, end=(hi + 1) / 1e9)
+        for (name, tok), (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1][0])
+    ]
+    start = min((t.start for t in tenures), default=0.0)
+    end = max((t.end or t.start for t in tenures), default=0.0)
+    return RunRecord(scenario="go-client", seed=0, start=start, end=end, tenures=tenures)
+
+
+def check_no_overlap(procs: dict[str, Campaigner]) -> list[int]:
+    """The chaos checkers over the records (see the module's docstring); the tokens in
+    the order they were granted."""
+    record = run_record(procs)
+    violations = overlapping_masters(record) + tokens_increase(record)
+    assert not violations, "\n".join(str(v) for v in violations)
+    return [t.token for t in sorted(record.tenures, key=lambda t: t.start)]
 
 
 def test_python_and_go_campaigners_never_overlap(
@@ -189,7 +203,24 @@ def test_python_and_go_campaigners_never_overlap(
     wait_until(lambda: first.records()[-1][0] == "ended", 30, "the woken master to step down")
     token = other.last_token()
 
-    # 2. A graceful Raft leader transfer: mastership stays where it is (sessions outlive
+    # 2. kill -9 of the Raft leader: a new one is elected, and a master acts under it
+    # (the same one, as sessions outlive a leader change, unless the election outlasted
+    # its validity: then a successor with a higher token, which the checkers judge).
+    dead = cluster.wait_ready()
+    cluster.kill(dead)
+    cluster.wait_for_leader(exclude=dead)
+    killed_at = time.monotonic_ns()
+    wait_until(
+        lambda: sum(ns > killed_at for p in procs.values() for k, _, ns in p.records()
+                    if k == "master") > 20,
+        30, "a master to act under the new Raft leader",
+    )  # fmt: skip
+    cluster.start(dead)
+    cluster.wait_ready()
+    other = wait_until(lambda: current_master(procs), 30, "the current master")
+    token = other.last_token()
+
+    # 3. A graceful Raft leader transfer: mastership stays where it is (sessions outlive
     # a leader change), and nobody else becomes master meanwhile.
     with cluster.client() as c:
         old = c.leader().leader_id

@@ -13,7 +13,11 @@ and the README's endpoints are replaced by its real ones). Shell blocks run with
 coord dev says (COORDCTL_ENDPOINTS and ``$E``), in a working directory of their own.
 Python blocks run with the venv's python, each as its own process with a deadline; a
 fragment gets the names the README leaves to the reader's program (``c``, ``session``,
-``storage``...: see readme_blocks.READER_NAMES). Every block runs twice on the same
+``storage``...: see readme_blocks.READER_NAMES). The ``go`` block (the Go quick start) is
+built as a program of its own against clients/go and run; the grpcurl blocks use the
+grpcurl scripts/bootstrap builds (linked into the venv's bin), and a rule's ``expect``
+checks what they print (the leader found; the old leader, then a new one, on the
+leader-change stream). Every block runs twice on the same
 cluster: examples must be re-runnable (issue 20: the masters example once collided with
 the demo's group ``db``). The last test stops coord dev as the README says (Ctrl-C) and
 checks that no process and no port of it is left.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +46,7 @@ import pytest
 import yaml
 
 from coord import config
+from coord.agent import config as agent_config
 from coord.testing import LocalCluster, wait_until
 
 from . import readme_blocks as rb
@@ -106,13 +112,16 @@ class Dev:
     endpoints: str
     health: HealthServer
     base: Path
+    agent_listen: str = ""
 
     def env_file(self) -> Path:
         return self.run.data / "env"
 
     def on_this_cluster(self, text: str) -> str:
-        """``text`` aimed at this cluster and at loopback only."""
+        """``text`` aimed at this cluster and at loopback only (the agent example's role
+        endpoints on a free port)."""
         text = text.replace(rb.README_ENDPOINTS, self.endpoints)
+        text = text.replace(rb.AGENT_LISTEN, self.agent_listen)
         return rb.EXAMPLE_HOST.sub(self.health.address, text)
 
 
@@ -127,7 +136,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         apis = run.apis()
         if "are taken" not in run.text():
             assert ",".join(apis) == rb.README_ENDPOINTS, run.logs()
-        yield Dev(run, proc, run.ports(), ",".join(apis), health, base)
+        agent_listen = f"127.0.0.1:{free_port()}"
+        yield Dev(run, proc, run.ports(), ",".join(apis), health, base, agent_listen)
     finally:
         health.close()
         kill_run(run, proc)  # after a failure: whatever is still running
@@ -141,7 +151,7 @@ def test_every_block_is_run_or_excluded() -> None:
     planned = rb.plans(found)  # fails on a block no rule claims
     rb.cluster_markers_are_the_deploy_tests(found)
     runs = {p.run for _, p in planned}
-    assert {"dev", "python", "own-cluster", "excluded", "yaml"} <= runs, planned
+    assert {"dev", "python", "go", "own-cluster", "excluded", "yaml"} <= runs, planned
     for block, plan in planned:
         assert plan.run != "excluded" or plan.why, f"{block.where}: excluded without a reason"
 
@@ -149,12 +159,17 @@ def test_every_block_is_run_or_excluded() -> None:
 def test_yaml_blocks_are_configurations_coord_serve_loads(tmp_path: Path) -> None:
     """A YAML block parses; one with ``node_id`` is a ``coord serve --config`` file and
     loads with coord's own loader (``coord serve``'s code path up to starting the node),
-    with the cluster secret from the environment as the README says."""
+    with the cluster secret from the environment as the README says; one with ``group``
+    and ``member`` is a ``coord agent --config`` file and loads with the agent's."""
     yamls = [b for b, p in rb.plans(rb.blocks()) if p.run == "yaml"]
     assert yamls
     for block in yamls:
         data = yaml.safe_load(block.text)
         assert isinstance(data, dict), block.where
+        if {"group", "member"} <= data.keys():  # a `coord agent --config` file
+            agent = agent_config.build(data, block.where)
+            assert (agent.group, agent.member) == (data["group"], data["member"]), block.where
+            continue
         if "node_id" not in data:
             continue
         # The files it names exist on the README's hosts (the deploy test makes them):
@@ -255,10 +270,17 @@ def run_go(block: rb.Block, dev: Dev, work: Path) -> str | None:
     return None
 
 
-def run_dev_sh(block: rb.Block, dev: Dev, work: Path) -> str | None:
+def run_dev_sh(block: rb.Block, dev: Dev, work: Path, expect: str = "") -> str | None:
+    """Run one shell block; it must exit 0 and, with ``expect``, print what matches it."""
+    if "grpcurl" in block.text and shutil.which("grpcurl", path=base_env()["PATH"]) is None:
+        return "grpcurl is not on the venv's PATH: run scripts/bootstrap (it builds it)"
     script = f"source {dev.env_file()}\n{dev.on_this_cluster(block.text)}"
     r = run_sh(script, work, base_env())
-    return None if r.returncode == 0 else describe(r)
+    if r.returncode != 0:
+        return describe(r)
+    if expect and re.search(expect, r.stdout, re.S) is None:
+        return f"its output does not match {expect!r}\n{describe(r)}"
+    return None
 
 
 @pytest.mark.parametrize("round_", [1, 2], ids=["first-run", "re-run"])
@@ -275,7 +297,7 @@ def test_examples_run_on_the_dev_cluster(round_: int, dev: Dev) -> None:
             if plan.run == "python":
                 why = run_python(block, dev, work)
             elif plan.run == "dev":
-                why = run_dev_sh(block, dev, work)
+                why = run_dev_sh(block, dev, work, plan.expect)
             elif plan.run == "go":
                 why = run_go(block, dev, work)
             else:
