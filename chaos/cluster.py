@@ -51,6 +51,7 @@ from collections.abc import Iterable, Sequence
 from chaos.clocks import WallClock
 from chaos.toxiproxy import Toxiproxy
 from coord.client import Client
+from coord.config import format_peer
 from coord.testing import LocalCluster, NodeProc, free_ports, wait_until
 from coord.v1 import cluster_pb2
 
@@ -286,7 +287,9 @@ class ProxiedCluster(LocalCluster):
                 self.toxi.create(name, upstream=peer.raft_address)
                 self._proxies.append(name)
                 node.extra_args += ["--raft-route", f"{peer.id}={self.toxi.listen(name)}"]
-            node.join_peers = [f"{n.id}={n.raft_address},{n.api_address}" for n in resp.nodes]
+            node.join_peers = [
+                format_peer(n.id, n.raft_address, n.api_address, n.learner) for n in resp.nodes
+            ]
             node.joined_cluster_id = resp.cluster_id
         self.start(node.index)
 

@@ -34,6 +34,11 @@ import yaml
 
 from coord.errors import InvalidArgument
 
+# The most voting members, and members with learners, a cluster has (the same bounds
+# coord.raft.membership enforces on membership changes).
+MAX_VOTERS = 7
+MAX_MEMBERS = 9
+
 
 @dataclass(frozen=True)
 class RaftTimings:
@@ -88,11 +93,14 @@ class RaftTimings:
 
 @dataclass(frozen=True)
 class Peer:
-    """One cluster member: its stable id, Raft address and client API address."""
+    """One cluster member: its stable id, Raft address and client API address, and
+    whether it is a learner (``coordctl node add`` prints it: a blank joiner must know
+    which members vote, coord.raft.gate)."""
 
     id: str
     raft_address: str
     api_address: str
+    learner: bool = False
 
 
 @dataclass(frozen=True)
@@ -323,8 +331,17 @@ class NodeConfig:
                 f"{len(ids)} peers: a cluster has 1, 3, 5 or 7 members (an even count adds no "
                 "fault tolerance)"
             )
-        if len(ids) > 7:
-            raise InvalidArgument(f"{len(ids)} peers: a cluster has at most 7 members")
+        voting = [p.id for p in self.peers if not p.learner]
+        if len(voting) > MAX_VOTERS or len(ids) > MAX_MEMBERS:
+            raise InvalidArgument(
+                f"{len(ids)} peers, {len(voting)} of them voting: a cluster has at most "
+                f"{MAX_VOTERS} voting members and {MAX_MEMBERS} members with its learners"
+            )
+        if self.initial_cluster_state == "new" and len(voting) != len(ids):
+            raise InvalidArgument(
+                "a new cluster's members all vote: drop ',learner' from --peer (add "
+                "learners later with `coordctl node add`)"
+            )
         if self.explicit_cluster_id and not _CLUSTER_ID.fullmatch(self.explicit_cluster_id):
             raise InvalidArgument(
                 f"cluster id {self.explicit_cluster_id!r} is not 16 hex digits: copy it from "
@@ -445,13 +462,22 @@ _SCALARS: dict[str, type] = {
 
 
 def parse_peer(spec: str) -> Peer:
-    """Parse ``ID=RAFT_HOST:PORT,API_HOST:PORT``."""
+    """Parse ``ID=RAFT_HOST:PORT,API_HOST:PORT[,learner]``."""
     pid, sep, rest = spec.partition("=")
     raft, sep2, api = rest.partition(",")
-    pid, raft, api = pid.strip(), raft.strip(), api.strip()
-    if not sep or not sep2 or not pid or not raft or not api:
-        raise InvalidArgument(f"peer {spec!r} is not ID=RAFT_HOST:PORT,API_HOST:PORT")
-    return Peer(pid, raft, api)
+    api, _, role = api.partition(",")
+    pid, raft, api, role = pid.strip(), raft.strip(), api.strip(), role.strip()
+    if not sep or not sep2 or not pid or not raft or not api or role not in ("", "learner"):
+        raise InvalidArgument(
+            f"peer {spec!r} is not ID=RAFT_HOST:PORT,API_HOST:PORT (or ...,learner for a "
+            "learner, as `coordctl node add` prints it)"
+        )
+    return Peer(pid, raft, api, learner=role == "learner")
+
+
+def format_peer(pid: str, raft: str, api: str, learner: bool = False) -> str:
+    """The ``--peer`` value :func:`parse_peer` reads back."""
+    return f"{pid}={raft},{api}" + (",learner" if learner else "")
 
 
 def parse_route(spec: str) -> tuple[str, str]:
@@ -526,9 +552,12 @@ def load_yaml(path: str) -> dict[str, Any]:
 def _peer_from_yaml(p: Any, path: str) -> Peer:
     if isinstance(p, str):
         return parse_peer(p)
-    if isinstance(p, dict) and {"id", "raft", "api"} <= set(p):
-        return Peer(str(p["id"]), str(p["raft"]), str(p["api"]))
-    raise InvalidArgument(f"{path}: a peer is {{id, raft, api}} or 'ID=RAFT,API', got {p!r}")
+    if isinstance(p, dict) and {"id", "raft", "api"} <= set(p) <= {"id", "raft", "api", "learner"}:
+        return Peer(str(p["id"]), str(p["raft"]), str(p["api"]), learner=p.get("learner") is True)
+    raise InvalidArgument(
+        f"{path}: a peer is {{id, raft, api}} (learner: true for a learner) or 'ID=RAFT,API', "
+        f"got {p!r}"
+    )
 
 
 def from_env(env: Mapping[str, str]) -> dict[str, Any]:

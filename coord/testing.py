@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from coord import errors
 from coord.client import Client
 from coord.client.credentials import Credentials
+from coord.config import format_peer
 from coord.v1 import cluster_pb2
 
 T = TypeVar("T")
@@ -248,7 +249,9 @@ class LocalCluster:
         node = self.new_node()
         resp = client.add_node(node.node_id, node.raft, node.api)
         node.joined_cluster_id = resp.cluster_id
-        node.join_peers = [f"{n.id}={n.raft_address},{n.api_address}" for n in resp.nodes]
+        node.join_peers = [
+            format_peer(n.id, n.raft_address, n.api_address, n.learner) for n in resp.nodes
+        ]
         self.start(node.index)
         return node
 

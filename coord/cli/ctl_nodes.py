@@ -17,6 +17,7 @@ import click
 
 from coord.cli.ctl import Ctx, handles_errors, leader, main, pass_ctx
 from coord.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, CLIError, emit
+from coord.config import format_peer
 from coord.v1 import cluster_pb2
 
 
@@ -92,7 +93,7 @@ def start_command(resp: cluster_pb2.AddNodeResponse, node_id: str) -> str:
         resp.cluster_id,
     ]
     for n in resp.nodes:
-        args += ["--peer", f"{n.id}={n.raft_address},{n.api_address}"]
+        args += ["--peer", format_peer(n.id, n.raft_address, n.api_address, n.learner)]
     return shlex.join(args)
 
 

@@ -35,9 +35,10 @@ takes that term, durably, as already voted in (it may have voted in it before it
 was wiped), and from then on refuses older leaders as Raft does.
 
 **Learners.** A member the configuration names a learner (``coord.raft.membership``)
-never votes, pre-votes or campaigns, whatever its mode: the node sets
-:attr:`VotingGate.learner` from the configuration in its log, so the role follows the
-log (a promotion, or its entry truncated) at once. A learner still learns the term
+never campaigns, whatever its mode: the node sets :attr:`VotingGate.learner` from the
+configuration in its log, so the role follows the log (a promotion, or its entry
+truncated) at once. Once caught up it answers votes and pre-votes like a voter: only
+a candidate whose configuration names it a voter counts the grant. A learner still learns the term
 and acknowledges appends as any member does: the leader does not count its
 acknowledgements, but they show how far it has caught up, and it is promoted only
 once its log is close to the leader's. A blank node's catch-up is the implicit,
@@ -140,7 +141,12 @@ class VotingGate:
         return self.term_known and self.mode != CATCH_UP and not self.learner
 
     def may_vote_for(self, candidate_last_log_term: int) -> bool:
-        if not self.term_known or self.learner:
+        # A learner votes when asked, as etcd's do (etcd-io/etcd#10998): a candidate
+        # whose log holds the learner's promotion counts it, and the learner may not
+        # have that entry yet (its link dropped): refusing would leave that candidate
+        # short of a majority for good. Candidates count grants from their own voters
+        # only (coord.raft.transport), so a learner's vote counts nowhere else.
+        if not self.term_known:
             return False
         if self.mode == VOTER:
             return True

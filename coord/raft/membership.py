@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from coord import errors
+from coord.config import MAX_MEMBERS, MAX_VOTERS
 from coord.raft.syncobj_adapter import REQUEST_DENIED, SUCCESS, SyncObjAdapter, error_for
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ ADD, REMOVE, PROMOTE = "add", "rem", "pro"
 # leader's: its first votes and acknowledgements then come within a few batches, so
 # the quorum it joins does not wait on its catch-up (etcd: 90% of the leader's log).
 PROMOTE_MAX_LAG = 1000
-MAX_VOTERS = 7  # the most voters coord supports
-MAX_MEMBERS = 9  # voters and learners
 
 
 @dataclass(frozen=True)
@@ -271,9 +270,10 @@ def dump_voters(config: Config) -> list[str]:
     return sorted(voters(config))
 
 
-def to_json(config: Config) -> dict[str, dict[str, str]]:
-    """A dump's members: addresses only (its voters are :func:`dump_voters`)."""
-    return {nid: {"raft": a.raft, "api": a.api} for nid, a in sorted(config.items())}
+def to_json(config: Config) -> dict[str, dict[str, object]]:
+    """A dump's members: addresses, and a learner's role flags (its voters are also
+    :func:`dump_voters`, which is what a dump from before auto_promote relies on)."""
+    return {nid: _address_json(a) for nid, a in sorted(config.items())}
 
 
 def from_json(raw: object) -> dict[str, NodeAddress]:
@@ -323,7 +323,7 @@ class Membership:
         self._removed_by_peer = False
 
     def set_base(
-        self, members: dict[str, dict[str, str]] | None, node_ids: tuple[str, ...], idx: int
+        self, members: dict[str, dict[str, object]] | None, node_ids: tuple[str, ...], idx: int
     ) -> None:
         """A dump at ``idx`` was loaded: its configuration is the base.
 

@@ -50,6 +50,7 @@ from coord.raft.membership import (
     check_quorum_after,
     dump_voters,
     to_json,
+    voters,
 )
 from coord.raft.prevote import PreVote
 from coord.raft.read_barrier import ReadBarrier
@@ -138,7 +139,10 @@ class RaftNode:
         self.journal = DurableJournal(self._journal_path, fsync=cfg.fsync)
         self.membership = Membership(
             cfg.node_id,
-            {p.id: NodeAddress(p.raft_address, p.api_address) for p in cfg.peers},
+            {
+                p.id: NodeAddress(p.raft_address, p.api_address, learner=p.learner)
+                for p in cfg.peers
+            },
             self.journal,
             cfg.bind_raft,
             cfg.raft_routes,
@@ -494,9 +498,10 @@ class RaftNode:
             gate.counted()  # its own log counts towards its commits
         if gate.term_known:
             return
-        # Only voters' majorities commit: they are the configurations to learn from.
+        # Only voters' majorities commit: they are the configurations to learn from (the
+        # --peer flags `node add` printed mark the learners).
         me, initial, config = self.cfg.node_id, self.membership.initial, self.membership.voters()
-        term = gate.learn([initial.keys(), config], me)
+        term = gate.learn([voters(initial), config], me)
         if term is None:
             self._probe_terms(sorted(set(initial) | set(config)))
             return

@@ -148,6 +148,8 @@ class PreVote:
 
     def _maybe_won(self) -> None:
         raft = self._raft
+        if not self._may_campaign():
+            return  # it may have stopped being a voter since the round began (truncated)
         if self._granted_term is None and len(self._grants) * 2 > len(raft.other_nodes) + 1:
             self._granted_term = raft.current_term
             self._round += 1  # late grants of this round must not start a second election

@@ -40,7 +40,7 @@ class Dump:
     prev: Entry
     node_ids: tuple[str, ...]
     # id -> {"raft": host:port, "api": host:port}; None in dumps that predate it.
-    members: dict[str, dict[str, str]] | None = None
+    members: dict[str, dict[str, object]] | None = None
 
 
 def _entry_json(e: Entry) -> list[object]:
@@ -60,7 +60,7 @@ def write_dump(
     prev: Entry,
     node_ids: list[str],
     fsync: bool = True,
-    members: dict[str, dict[str, str]] | None = None,
+    members: dict[str, dict[str, object]] | None = None,
 ) -> None:
     """Write the dump to ``path`` (pysyncobj renames it into place afterwards)."""
     fields: dict[str, object] = {
@@ -117,14 +117,18 @@ def read_dump(path: str, fsync: bool = False) -> Dump:
         raise DumpError(f"{path}: the dump header is malformed ({e!r})") from e
 
 
-def _members(raw: object) -> dict[str, dict[str, str]] | None:
+def _members(raw: object) -> dict[str, dict[str, object]] | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise ValueError("members is not an object")
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, object]] = {}
     for nid, addr in raw.items():
         if not isinstance(addr, dict):
             raise ValueError(f"member {nid!r} is not an object")
-        out[str(nid)] = {"raft": str(addr["raft"]), "api": str(addr["api"])}
+        member: dict[str, object] = {"raft": str(addr["raft"]), "api": str(addr["api"])}
+        for flag in ("learner", "auto_promote"):  # a learner's role (coord.raft.membership)
+            if addr.get(flag) is True:
+                member[flag] = True
+        out[str(nid)] = member
     return out

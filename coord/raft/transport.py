@@ -19,10 +19,10 @@
 - PreVote messages (``coord.raft.prevote``) are handled here, beside
   pysyncobj's own.
 - Learners (``coord.raft.membership``) are in the transport's node set like any
-  member: they dial and are dialled under their own ids. A learner answers no vote
-  or pre-vote and ignores ``timeout_now`` (the gate); a candidate counts vote and
-  pre-vote grants only from the voters of its configuration (pysyncobj counts any
-  ``response_vote`` of its term).
+  member: they dial and are dialled under their own ids. A learner never campaigns
+  and ignores ``timeout_now`` (the gate), but answers votes and pre-votes once caught
+  up; a candidate counts vote and pre-vote grants only from the voters of its
+  configuration (pysyncobj counts any ``response_vote`` of its term).
 - With a cluster secret, pysyncobj drops a connection whose messages do not
   authenticate without a word; here both ends say so in the log (rate limited).
 
@@ -314,7 +314,7 @@ class CoordTransport(TCPTransport):
                 self.gate.answer(node.id, term, message.get("fresh") is True)
             return
         elif kind == "request_vote" and not self.gate.may_vote_for(message.get("last_log_term", 1)):
-            return  # a blank node or a learner must not vote (coord.raft.gate)
+            return  # a blank node must not help a non-blank candidate (coord.raft.gate)
         elif kind == "response_vote" and node not in self.raft.other_nodes:
             return  # a learner's (or a stranger's) grant counts for nothing
         elif kind == "timeout_now" and self.gate.learner:

@@ -60,7 +60,8 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
 
 from coord.config import NodeConfig, Peer
-from coord.raft.gate import NEW_BLANK
+from coord.raft.gate import CATCH_UP, NEW_BLANK
+from coord.raft.membership import ADD, Change, NodeAddress
 from coord.raft.node import ROLE_LEADER, RaftNode
 from coord.raft.transport import CoordTransport
 from coord.state.machine import StateMachine
@@ -464,14 +465,18 @@ class MemoryCluster:
             for i, n in enumerate(self.ids)
         )
         self.nodes: dict[str, RaftNode] = {}
+        # A joiner's --peer flags (what `coordctl node add` printed for it).
+        self.flags: dict[str, tuple[Peer, ...]] = {}
 
     def config(self, node_id: str) -> NodeConfig:
         data_dir = self.base_dir / node_id
         data_dir.mkdir(parents=True, exist_ok=True)
+        joiner = node_id in self.flags
         return NodeConfig(
             node_id=node_id,
             data_dir=str(data_dir),
-            peers=self.peers,
+            peers=self.flags.get(node_id, self.peers),
+            initial_cluster_state="existing" if joiner else "new",
             explicit_cluster_id=CLUSTER_ID,
             fsync=False,
         )
@@ -485,6 +490,21 @@ class MemoryCluster:
         )
         self.nodes[node_id] = node
         return node
+
+    def add_learner(self, leader: str) -> str:
+        """``node add`` of the next id as a learner on ``leader``, then start it with the
+        flags `node add` prints (every member, learners marked); returns its id."""
+        i = len(self.ids)
+        me = Peer(f"n{i + 1}", f"127.0.0.1:{20000 + 2 * i}", f"127.0.0.1:{20001 + 2 * i}")
+        address = NodeAddress(me.raft_address, me.api_address, learner=True)
+        self.nodes[leader].change_membership(Change(ADD, me.id, address)).result(10)
+        members = self.nodes[leader].membership.members()
+        self.flags[me.id] = tuple(
+            Peer(n, a.raft, a.api, learner=a.learner) for n, a in sorted(members.items())
+        )
+        self.ids.append(me.id)
+        self.start(me.id, voting=CATCH_UP)
+        return me.id
 
     def start_all(self) -> None:
         for node_id in self.ids:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from coord import config
-from coord.config import NodeConfig, Peer, RaftTimings, parse_peer, parse_route
+from coord.config import NodeConfig, Peer, RaftTimings, format_peer, parse_peer, parse_route
 from coord.errors import InvalidArgument
 
 LOOP3 = (
@@ -214,6 +214,41 @@ def test_routes_default_to_peer_addresses_and_can_be_overridden() -> None:
 def test_parse_peer() -> None:
     assert parse_peer("n1=127.0.0.1:7001,127.0.0.1:8001") == LOOP3[0]
     assert parse_peer(" n1 = 127.0.0.1:7001 , 127.0.0.1:8001 ") == LOOP3[0]
+
+
+def test_a_peer_flag_marks_a_learner_and_reads_back() -> None:
+    learner = parse_peer("n4=127.0.0.1:7004,127.0.0.1:8004,learner")
+    assert learner == Peer("n4", "127.0.0.1:7004", "127.0.0.1:8004", learner=True)
+    for p in (*LOOP3, learner):
+        assert parse_peer(format_peer(p.id, p.raft_address, p.api_address, p.learner)) == p
+    with pytest.raises(InvalidArgument, match="as `coordctl node add` prints it"):
+        parse_peer("n4=127.0.0.1:7004,127.0.0.1:8004,observer")
+
+
+def test_learners_beyond_seven_members_may_join_and_never_bootstrap() -> None:
+    voters = [Peer(f"n{i}", f"127.0.0.1:{7000 + i}", f"127.0.0.1:{8000 + i}") for i in range(7)]
+    learners = [
+        Peer(f"l{i}", f"127.0.0.1:{7100 + i}", f"127.0.0.1:{8100 + i}", learner=True)
+        for i in range(2)
+    ]
+    nine = NodeConfig(
+        node_id="l1",
+        data_dir="/tmp/x",
+        peers=(*voters, *learners),
+        initial_cluster_state="existing",
+        explicit_cluster_id="0123456789abcdef",
+    )
+    nine.validate()
+    with pytest.raises(InvalidArgument, match="at most 7 voting members and 9 members"):
+        NodeConfig(
+            node_id="n0",
+            data_dir="/tmp/x",
+            peers=(*voters, Peer("n8", "127.0.0.1:7099", "127.0.0.1:8099")),
+            initial_cluster_state="existing",
+            explicit_cluster_id="0123456789abcdef",
+        ).validate()
+    with pytest.raises(InvalidArgument, match="a new cluster's members all vote"):
+        NodeConfig(node_id="n1", data_dir="/tmp/x", peers=(*LOOP3[:2], learners[0])).validate()
 
 
 @pytest.mark.parametrize(

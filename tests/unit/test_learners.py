@@ -81,18 +81,29 @@ def test_a_dump_keeps_the_role_as_its_voter_list() -> None:
     assert not ms.is_voter("n4") and ms.is_voter("n2")
     # A dump from before learners lists every member: all voters.
     old = m.Membership("n1", A, _Journal([]), "h:1", {})
-    old.set_base(m.to_json(config), ("n1", "n2", "n3", "n4"), 50)
+    before = {nid: {"raft": a.raft, "api": a.api} for nid, a in config.items()}
+    old.set_base(dict(before), ("n1", "n2", "n3", "n4"), 50)
     assert old.recompute()["n4"] == m.NodeAddress("h:4", "h:104")
 
 
-def test_a_learner_never_votes_or_campaigns() -> None:
+def test_a_learner_never_campaigns_but_votes_when_asked() -> None:
+    """As etcd's (etcd-io/etcd#10998): a candidate whose log holds the learner's
+    promotion counts its vote, and the learner may not hold that entry yet."""
     gate = VotingGate(VOTER)
     assert gate.may_campaign() and gate.may_vote_for(3)
     gate.learner = True
-    assert not gate.may_campaign() and not gate.may_vote_for(3) and not gate.may_vote_for(0)
+    assert not gate.may_campaign() and gate.may_vote_for(3)
     assert gate.may_acknowledge()  # it still acknowledges: its lag is measured
     gate.learner = False  # promoted
     assert gate.may_campaign() and gate.may_vote_for(3)
+
+
+def test_a_dump_keeps_a_learners_auto_promotion() -> None:
+    n5 = m.NodeAddress("h:5", "h:105", learner=True, auto_promote=True)
+    config = {**A, "n4": N4, "n5": n5}
+    ms = m.Membership("n1", A, _Journal([]), "h:1", {})
+    ms.set_base(m.to_json(config), tuple(m.dump_voters(config)), 50)
+    assert ms.recompute()["n5"] == n5 and ms.recompute()["n4"] == N4
 
 
 class _Transport:

@@ -625,3 +625,16 @@ def test_an_unused_grant_does_not_let_a_later_election_skip_pre_vote(make) -> No
     h.tick()
     assert len(h.requests()) == n + 2  # it asks again
     assert not h.pysyncobj_campaigns()  # rather than let pysyncobj campaign unasked
+
+
+def test_a_node_that_stopped_being_a_voter_mid_round_does_not_campaign(make) -> None:
+    """Its promotion's entry was truncated while its pre-vote round was out: the grants
+    that arrive after must not start an election it may not stand in (a learner again)."""
+    h = make(peers=2)
+    h.due()
+    h.tick()
+    pushed = h.so.deadline
+    h.gate.learner = True
+    h.grant(1)
+    assert h.so.deadline == pushed
+    assert not h.pysyncobj_campaigns()
