@@ -85,7 +85,7 @@ def test_grow_3_to_5_with_learners_under_load_without_an_election(
     assert_all_present(cluster, load.acked, list(range(5)))
 
 
-def test_learners_are_never_a_quorum_and_never_vote(cluster_factory: ClusterFactory) -> None:
+def test_learners_are_never_a_quorum_and_never_campaign(cluster_factory: ClusterFactory) -> None:
     """3 voters + 2 learners: with two voters dead, the leader and both learners are 3
     of 5 members, but 1 of 3 voters: nothing commits, and no learner campaigns."""
     cluster = cluster_factory(3, fsync=False)
