@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from coord import errors
+from coord.client import txn as txn_builders
 from coord.client.credentials import Credentials
 from coord.client.errors import hint_for, translate
 from coord.v1 import (
@@ -293,15 +294,21 @@ class Client:
         return Group(self, name)
 
     def watch(
-        self, from_revision: int = 0, groups: Iterable[str] = (), types: Iterable[str] = ()
+        self,
+        from_revision: int = 0,
+        groups: Iterable[str] = (),
+        types: Iterable[str] = (),
+        prefix: bytes | str = b"",
     ) -> Iterator[groups_pb2.Event]:
         """Events of every group (or of ``groups``), of every type (or of ``types``),
         from ``from_revision`` (0: from now), resuming after failures without gaps.
+        With ``prefix``: only key-value events (kv_put, kv_delete, kv_txn) touching keys
+        that start with it, each trimmed to those keys.
         Raises OutOfRange when the events needed were compacted: re-read the state and
         watch from its revision + 1. For one group: ``client.group(name).watch()``."""
         from coord.client.election import watch_events
 
-        return watch_events(self, from_revision, groups, types)
+        return watch_events(self, from_revision, groups, types, _b(prefix))
 
     # -- cluster ---------------------------------------------------------------
 
@@ -425,10 +432,20 @@ class Client:
         expected_mod_revision: int | None = None,
         prev_kv: bool = False,
         request_id: str | None = None,
+        session: Session | str | None = None,
     ) -> kv_pb2.PutResponse:
-        """Put ``key``; with ``expected_mod_revision``, only if it matches (0: absent)."""
+        """Put ``key``; with ``expected_mod_revision``, only if it matches (0: absent).
+
+        With ``session`` (a started Session, or its id) the key is bound to it: deleted
+        in the same apply that ends the session (expiry or close), like an etcd lease
+        key or a ZooKeeper ephemeral. The latest put decides: a put without a session
+        unbinds the key. A session that has ended is refused (NotFound)."""
         req = kv_pb2.PutRequest(
-            key=_b(key), value=_b(value), prev_kv=prev_kv, request_id=request_id or new_request_id()
+            key=_b(key),
+            value=_b(value),
+            prev_kv=prev_kv,
+            request_id=request_id or new_request_id(),
+            session_id=txn_builders.session_id(session),
         )
         if expected_mod_revision is not None:
             req.expected_mod_revision = expected_mod_revision
@@ -466,6 +483,31 @@ class Client:
         if expected_mod_revision is not None:
             req.expected_mod_revision = expected_mod_revision
         return self._kv(lambda s, t: s.Delete(req, timeout=t))
+
+    def txn(
+        self,
+        compares: Iterable[kv_pb2.Compare] = (),
+        success: Iterable[kv_pb2.TxnOp | kv_pb2.PutRequest | kv_pb2.DeleteRequest] = (),
+        failure: Iterable[kv_pb2.TxnOp | kv_pb2.PutRequest | kv_pb2.DeleteRequest] = (),
+        request_id: str | None = None,
+    ) -> kv_pb2.TxnResponse:
+        """If every compare holds apply ``success``, else ``failure``: atomically, in one
+        revision, applied once however often it is retried. Build the parts with
+        :mod:`coord.client.txn`::
+
+            from coord.client import txn as t
+            c.txn(compares=[t.mod_revision("k") == rev], success=[t.put("k", "v")])
+
+        ``succeeded`` says which branch ran; ``responses`` has one answer per operation
+        of that branch. InvalidArgument (nothing applied) for a malformed or oversized
+        transaction (``coord.state.limits``: MAX_TXN_OPS, MAX_TXN_BYTES)."""
+        req = kv_pb2.TxnRequest(
+            compares=[txn_builders.as_compare(c) for c in compares],
+            success=[txn_builders.as_op(op) for op in success],
+            failure=[txn_builders.as_op(op) for op in failure],
+            request_id=request_id or new_request_id(),
+        )
+        return self._kv(lambda s, t: s.Txn(req, timeout=t))
 
     def _kv(self, fn: Callable[[kv_pb2_grpc.KVStub, float], T], prefer_leader: bool = True) -> T:
         return self.call(lambda ch, t: fn(kv_pb2_grpc.KVStub(ch), t), prefer_leader=prefer_leader)

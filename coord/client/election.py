@@ -501,6 +501,7 @@ def watch_events(
     from_revision: int = 0,
     groups: Iterable[str] = (),
     types: Iterable[str] = (),
+    key_prefix: bytes = b"",
 ) -> Iterator[groups_pb2.Event]:
     """Events from ``from_revision`` (0: from now) with automatic resume after failures
     (``Client.watch``).
@@ -509,7 +510,7 @@ def watch_events(
     one seen). Raises OutOfRange when the events needed were compacted: re-read
     the state and watch from its revision + 1.
     """
-    for events, _ in watch_batches(client, from_revision, groups, types):
+    for events, _ in watch_batches(client, from_revision, groups, types, key_prefix):
         yield from events
 
 
@@ -518,6 +519,7 @@ def watch_batches(
     from_revision: int = 0,
     groups: Iterable[str] = (),
     types: Iterable[str] = (),
+    key_prefix: bytes = b"",
 ) -> Iterator[tuple[list[groups_pb2.Event], int]]:
     """Like :func:`watch_events`, in batches with the revision every event up to which has
     been seen and filtered (progress messages yield an empty batch): a consumer knows
@@ -529,7 +531,9 @@ def watch_batches(
 
     def stream(ch: grpc.Channel) -> Iterator[tuple[list[groups_pb2.Event], int]]:
         nonlocal following
-        req = election_pb2.WatchRequest(from_revision=following, groups=req_groups, types=req_types)
+        req = election_pb2.WatchRequest(
+            from_revision=following, groups=req_groups, types=req_types, key_prefix=key_prefix
+        )
         for resp in _guarded(election_pb2_grpc.WatchStub(ch).Watch(req)):
             events = list(resp.events)
             if events:

@@ -11,7 +11,8 @@ clamped time. The rules (docs/design.md, "Groups, failover, failback"):
   registration revision. The same rule fills every slot of a multi-master group.
 - Releasing a holding and granting the next one happen in the same apply.
 - A session that expires or closes releases its members' holdings (its TTL has
-  passed: the holder's client library already stopped claiming) and removes them.
+  passed: the holder's client library already stopped claiming) and removes them;
+  the keys bound to it are deleted in the same apply (``session_ending``).
 - Switchover and failback ask the holder to step down (a handover with a
   deadline). It resigns, or at the deadline it is revoked, and its slot is
   granted only once the holder's session TTL has also passed (it may not have
@@ -85,6 +86,7 @@ class Groups(GroupAdmin):
             self._close_after_wait_out(session, now)
             return
         self._drop_session_members(session_id, cause, now)
+        self.session_ending(session_id, cause)  # its keys go in this apply
         del self.sessions[session_id]
         self.sessions_version = object()
         kind = "session_expired" if cause == "session_expired" else "session_closed"

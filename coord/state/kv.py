@@ -3,6 +3,10 @@
 Keys are kept sorted (``SortedDict``) so a prefix range is a slice, not a scan.
 Values are stored as immutable ``KeyValue`` protobufs that are never mutated
 after insertion, so a reader holding one sees a consistent record.
+
+A key bound to a session carries it in its record (``KeyValue.session_id``, as etcd's
+``lease``): the record is the one source of truth (in snapshots, events and replay),
+and the session -> keys index here is derived from the records, kept by every change.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class KVStore:
 
     def __init__(self) -> None:
         self._data: SortedDict = SortedDict()
+        self._by_session: dict[str, set[bytes]] = {}  # derived from the records
 
     def __len__(self) -> int:
         return len(self._data)
@@ -59,7 +64,9 @@ class KVStore:
         kv: kv_pb2.KeyValue | None = self._data.get(key)
         return kv
 
-    def put(self, key: bytes, value: bytes, revision: int) -> kv_pb2.KeyValue:
+    def put(self, key: bytes, value: bytes, revision: int, session_id: str = "") -> kv_pb2.KeyValue:
+        """Store a new record of ``key`` (bound to ``session_id``, or to none: the latest
+        put decides)."""
         prev = self.get(key)
         kv = kv_pb2.KeyValue(
             key=key,
@@ -67,18 +74,37 @@ class KVStore:
             create_revision=prev.create_revision if prev else revision,
             mod_revision=revision,
             version=(prev.version + 1) if prev else 1,
+            session_id=session_id,
         )
-        self._data[key] = kv
+        self.store(kv)
         return kv
 
     def store(self, kv: kv_pb2.KeyValue) -> None:
-        """Keep ``kv`` as it is (its revisions and version included): replaying a
-        recorded put. The record must not be changed afterwards."""
+        """Keep ``kv`` as it is (its revisions, version and session included): replaying
+        a recorded put. The record must not be changed afterwards."""
+        prev = self.get(kv.key)
+        if prev is not None:
+            self._unbind(prev)
         self._data[kv.key] = kv
+        if kv.session_id:
+            self._by_session.setdefault(kv.session_id, set()).add(kv.key)
 
     def delete(self, key: bytes) -> kv_pb2.KeyValue | None:
         kv: kv_pb2.KeyValue | None = self._data.pop(key, None)
+        if kv is not None:
+            self._unbind(kv)
         return kv
+
+    def session_keys(self, session_id: str) -> list[bytes]:
+        """The keys bound to ``session_id``, sorted."""
+        return sorted(self._by_session.get(session_id, ()))
+
+    def _unbind(self, kv: kv_pb2.KeyValue) -> None:
+        keys = self._by_session.get(kv.session_id)
+        if keys is not None:
+            keys.discard(kv.key)
+            if not keys:
+                del self._by_session[kv.session_id]
 
     def keys_with_prefix(self, prefix: bytes) -> Iterator[bytes]:
         end = prefix_end(prefix)
@@ -92,3 +118,7 @@ class KVStore:
 
     def load(self, kvs: list[kv_pb2.KeyValue]) -> None:
         self._data = SortedDict((kv.key, kv) for kv in kvs)
+        self._by_session = {}
+        for kv in kvs:
+            if kv.session_id:
+                self._by_session.setdefault(kv.session_id, set()).add(kv.key)

@@ -18,6 +18,11 @@ MAX_RANGE_KEYS = 10_000
 # ... and at most this many bytes of keys and values (a response must fit the
 # 4 MiB gRPC message limit); ``more`` says there is more to read.
 MAX_RANGE_BYTES = 3 * 1024 * 1024
+# A transaction (KV.Txn): compares and operations of both branches together, and the
+# bytes of every key and value it names (a Raft entry and its answer stay well under
+# the 4 MiB message limit; etcd's defaults: 128 operations, 1.5 MiB requests).
+MAX_TXN_OPS = 256
+MAX_TXN_BYTES = 1536 * 1024
 # Events kept for watch resume and differential backups (same on every replica).
 EVENT_LOG_ENTRIES = 10_000
 EVENT_LOG_BYTES = 64 * 1024 * 1024

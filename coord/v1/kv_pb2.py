@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from coord.v1 import common_pb2 as coord_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63oord/v1/kv.proto\x12\x08\x63oord.v1\x1a\x15\x63oord/v1/common.proto\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\"\x8b\x01\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\"\n\x15\x65xpected_mod_revision\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x18\n\x16_expected_mod_revision\"\x8f\x01\n\x0bPutResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12#\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x12.coord.v1.KeyValue\x12\x1e\n\x02kv\x18\x04 \x01(\x0b\x32\x12.coord.v1.KeyValue\"c\n\x0cRangeRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x14\n\x0cserializable\x18\x04 \x01(\x08\x12\x11\n\tkeys_only\x18\x05 \x01(\x08\"w\n\rRangeResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x1f\n\x03kvs\x18\x02 \x03(\x0b\x32\x12.coord.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"\x8f\x01\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\"\n\x15\x65xpected_mod_revision\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x18\n\x16_expected_mod_revision\"\x84\x01\n\x0e\x44\x65leteResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x03\x12$\n\x08prev_kvs\x18\x04 \x03(\x0b\x32\x12.coord.v1.KeyValue2\xaf\x01\n\x02KV\x12\x32\n\x03Put\x12\x14.coord.v1.PutRequest\x1a\x15.coord.v1.PutResponse\x12\x38\n\x05Range\x12\x16.coord.v1.RangeRequest\x1a\x17.coord.v1.RangeResponse\x12;\n\x06\x44\x65lete\x12\x17.coord.v1.DeleteRequest\x1a\x18.coord.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63oord/v1/kv.proto\x12\x08\x63oord.v1\x1a\x15\x63oord/v1/common.proto\"z\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\x9f\x01\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\"\n\x15\x65xpected_mod_revision\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\tB\x18\n\x16_expected_mod_revision\"\x8f\x01\n\x0bPutResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12#\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x12.coord.v1.KeyValue\x12\x1e\n\x02kv\x18\x04 \x01(\x0b\x32\x12.coord.v1.KeyValue\"c\n\x0cRangeRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x14\n\x0cserializable\x18\x04 \x01(\x08\x12\x11\n\tkeys_only\x18\x05 \x01(\x08\"w\n\rRangeResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x1f\n\x03kvs\x18\x02 \x03(\x0b\x32\x12.coord.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"\x8f\x01\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\x12\"\n\x15\x65xpected_mod_revision\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x18\n\x16_expected_mod_revision\"\x84\x01\n\x0e\x44\x65leteResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x03\x12$\n\x08prev_kvs\x18\x04 \x03(\x0b\x32\x12.coord.v1.KeyValue\"\xd3\x01\n\x07\x43ompare\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12(\n\x06result\x18\x02 \x01(\x0e\x32\x18.coord.v1.Compare.Result\x12\x0f\n\x05value\x18\x03 \x01(\x0cH\x00\x12\x16\n\x0cmod_revision\x18\x04 \x01(\x03H\x00\x12\x11\n\x07version\x18\x05 \x01(\x03H\x00\x12\x10\n\x06\x65xists\x18\x06 \x01(\x08H\x00\"9\n\x06Result\x12\t\n\x05\x45QUAL\x10\x00\x12\r\n\tNOT_EQUAL\x10\x01\x12\x08\n\x04LESS\x10\x02\x12\x0b\n\x07GREATER\x10\x03\x42\x08\n\x06target\"]\n\x05TxnOp\x12#\n\x03put\x18\x01 \x01(\x0b\x32\x14.coord.v1.PutRequestH\x00\x12)\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x17.coord.v1.DeleteRequestH\x00\x42\x04\n\x02op\"\x89\x01\n\nTxnRequest\x12#\n\x08\x63ompares\x18\x01 \x03(\x0b\x32\x11.coord.v1.Compare\x12 \n\x07success\x18\x02 \x03(\x0b\x32\x0f.coord.v1.TxnOp\x12 \n\x07\x66\x61ilure\x18\x03 \x03(\x0b\x32\x0f.coord.v1.TxnOp\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"m\n\rTxnOpResponse\x12$\n\x03put\x18\x01 \x01(\x0b\x32\x15.coord.v1.PutResponseH\x00\x12*\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x18.coord.v1.DeleteResponseH\x00\x42\n\n\x08response\"v\n\x0bTxnResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.coord.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12*\n\tresponses\x18\x03 \x03(\x0b\x32\x17.coord.v1.TxnOpResponse2\xe3\x01\n\x02KV\x12\x32\n\x03Put\x12\x14.coord.v1.PutRequest\x1a\x15.coord.v1.PutResponse\x12\x38\n\x05Range\x12\x16.coord.v1.RangeRequest\x1a\x17.coord.v1.RangeResponse\x12;\n\x06\x44\x65lete\x12\x17.coord.v1.DeleteRequest\x1a\x18.coord.v1.DeleteResponse\x12\x32\n\x03Txn\x12\x14.coord.v1.TxnRequest\x1a\x15.coord.v1.TxnResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coord.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_KEYVALUE']._serialized_start=54
-  _globals['_KEYVALUE']._serialized_end=156
-  _globals['_PUTREQUEST']._serialized_start=159
-  _globals['_PUTREQUEST']._serialized_end=298
-  _globals['_PUTRESPONSE']._serialized_start=301
-  _globals['_PUTRESPONSE']._serialized_end=444
-  _globals['_RANGEREQUEST']._serialized_start=446
-  _globals['_RANGEREQUEST']._serialized_end=545
-  _globals['_RANGERESPONSE']._serialized_start=547
-  _globals['_RANGERESPONSE']._serialized_end=666
-  _globals['_DELETEREQUEST']._serialized_start=669
-  _globals['_DELETEREQUEST']._serialized_end=812
-  _globals['_DELETERESPONSE']._serialized_start=815
-  _globals['_DELETERESPONSE']._serialized_end=947
-  _globals['_KV']._serialized_start=950
-  _globals['_KV']._serialized_end=1125
+  _globals['_KEYVALUE']._serialized_end=176
+  _globals['_PUTREQUEST']._serialized_start=179
+  _globals['_PUTREQUEST']._serialized_end=338
+  _globals['_PUTRESPONSE']._serialized_start=341
+  _globals['_PUTRESPONSE']._serialized_end=484
+  _globals['_RANGEREQUEST']._serialized_start=486
+  _globals['_RANGEREQUEST']._serialized_end=585
+  _globals['_RANGERESPONSE']._serialized_start=587
+  _globals['_RANGERESPONSE']._serialized_end=706
+  _globals['_DELETEREQUEST']._serialized_start=709
+  _globals['_DELETEREQUEST']._serialized_end=852
+  _globals['_DELETERESPONSE']._serialized_start=855
+  _globals['_DELETERESPONSE']._serialized_end=987
+  _globals['_COMPARE']._serialized_start=990
+  _globals['_COMPARE']._serialized_end=1201
+  _globals['_COMPARE_RESULT']._serialized_start=1134
+  _globals['_COMPARE_RESULT']._serialized_end=1191
+  _globals['_TXNOP']._serialized_start=1203
+  _globals['_TXNOP']._serialized_end=1296
+  _globals['_TXNREQUEST']._serialized_start=1299
+  _globals['_TXNREQUEST']._serialized_end=1436
+  _globals['_TXNOPRESPONSE']._serialized_start=1438
+  _globals['_TXNOPRESPONSE']._serialized_end=1547
+  _globals['_TXNRESPONSE']._serialized_start=1549
+  _globals['_TXNRESPONSE']._serialized_end=1667
+  _globals['_KV']._serialized_start=1670
+  _globals['_KV']._serialized_end=1897
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from coord.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -28,6 +29,7 @@ class KeyValue(_message.Message):
     CREATE_REVISION_FIELD_NUMBER: _builtins.int
     MOD_REVISION_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     value: _builtins.bytes
     create_revision: _builtins.int
@@ -36,6 +38,11 @@ class KeyValue(_message.Message):
     """Revision of the last change to the key."""
     version: _builtins.int
     """Number of puts since the key was created."""
+    session_id: _builtins.str
+    """The session the key is bound to ("": none). The key is deleted in the same
+    apply that ends the session (expiry, close); the latest put decides (a put
+    without a session unbinds it).
+    """
     def __init__(
         self,
         *,
@@ -44,10 +51,11 @@ class KeyValue(_message.Message):
         create_revision: _builtins.int = ...,
         mod_revision: _builtins.int = ...,
         version: _builtins.int = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "key", b"key", "mod_revision", b"mod_revision", "value", b"value", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "key", b"key", "mod_revision", b"mod_revision", "session_id", b"session_id", "value", b"value", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -62,6 +70,7 @@ class PutRequest(_message.Message):
     EXPECTED_MOD_REVISION_FIELD_NUMBER: _builtins.int
     PREV_KV_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.bytes
     value: _builtins.bytes
     expected_mod_revision: _builtins.int
@@ -74,6 +83,11 @@ class PutRequest(_message.Message):
     """Idempotency key: a retried request with the same id applies once and
     returns the first result. The client library sets it for you.
     """
+    session_id: _builtins.str
+    """Bind the key to this live session: it is deleted when the session ends.
+    "": not bound (a put without a session unbinds a bound key). A session that
+    does not exist (expired, closed) is NOT_FOUND, one closing FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -82,10 +96,11 @@ class PutRequest(_message.Message):
         expected_mod_revision: _builtins.int | None = ...,
         prev_kv: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_mod_revision", b"_expected_mod_revision", "expected_mod_revision", b"expected_mod_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_mod_revision", b"_expected_mod_revision", "expected_mod_revision", b"expected_mod_revision", "key", b"key", "prev_kv", b"prev_kv", "request_id", b"request_id", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_mod_revision", b"_expected_mod_revision", "expected_mod_revision", b"expected_mod_revision", "key", b"key", "prev_kv", b"prev_kv", "request_id", b"request_id", "session_id", b"session_id", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_mod_revision: _TypeAlias = _typing.Literal["expected_mod_revision"]  # noqa: Y015
     _WhichOneofArgType__expected_mod_revision: _TypeAlias = _typing.Literal["_expected_mod_revision", b"_expected_mod_revision"]  # noqa: Y015
@@ -255,3 +270,188 @@ class DeleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteResponse: _TypeAlias = DeleteResponse  # noqa: Y015
+
+@_typing.final
+class Compare(_message.Message):
+    """One condition of a transaction, on one key. On a missing key: exists is false,
+    mod_revision and version are 0, and every value compare is false (whatever the
+    result asked: EQUAL and NOT_EQUAL alike); compare existence for absence.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Result:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Compare._Result.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        EQUAL: Compare._Result.ValueType  # 0
+        NOT_EQUAL: Compare._Result.ValueType  # 1
+        LESS: Compare._Result.ValueType  # 2
+        GREATER: Compare._Result.ValueType  # 3
+
+    class Result(_Result, metaclass=_ResultEnumTypeWrapper): ...
+    EQUAL: Compare.Result.ValueType  # 0
+    NOT_EQUAL: Compare.Result.ValueType  # 1
+    LESS: Compare.Result.ValueType  # 2
+    GREATER: Compare.Result.ValueType  # 3
+
+    KEY_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MOD_REVISION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EXISTS_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    result: Global___Compare.Result.ValueType
+    """The compare holds when `key's target <result> the given target`: e.g.
+    mod_revision LESS 7 holds for a key last changed before revision 7. exists
+    takes EQUAL and NOT_EQUAL only; values compare as bytes (lexicographically).
+    """
+    value: _builtins.bytes
+    mod_revision: _builtins.int
+    version: _builtins.int
+    exists: _builtins.bool
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        result: Global___Compare.Result.ValueType = ...,
+        value: _builtins.bytes = ...,
+        mod_revision: _builtins.int = ...,
+        version: _builtins.int = ...,
+        exists: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exists", b"exists", "mod_revision", b"mod_revision", "target", b"target", "value", b"value", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exists", b"exists", "key", b"key", "mod_revision", b"mod_revision", "result", b"result", "target", b"target", "value", b"value", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["value", "mod_revision", "version", "exists"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___Compare: _TypeAlias = Compare  # noqa: Y015
+
+@_typing.final
+class TxnOp(_message.Message):
+    """One operation of a transaction's branch: a put or a delete, without request_id,
+    expected_mod_revision or prev_kv (the transaction's compares are its conditions).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUT_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def put(self) -> Global___PutRequest: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteRequest: ...
+    def __init__(
+        self,
+        *,
+        put: Global___PutRequest | None = ...,
+        delete: Global___DeleteRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "op", b"op", "put", b"put"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "op", b"op", "put", b"put"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["put", "delete"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___TxnOp: _TypeAlias = TxnOp  # noqa: Y015
+
+@_typing.final
+class TxnRequest(_message.Message):
+    """If every compare holds, apply `success`, else `failure`: atomically, in one
+    revision, recorded as one kv_txn event (no event when nothing changed). A key is
+    written at most once per branch. Limits: compares and operations together at
+    most 256, keys and values together at most 1.5 MiB.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARES_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def compares(self) -> _containers.RepeatedCompositeFieldContainer[Global___Compare]: ...
+    @_builtins.property
+    def success(self) -> _containers.RepeatedCompositeFieldContainer[Global___TxnOp]: ...
+    @_builtins.property
+    def failure(self) -> _containers.RepeatedCompositeFieldContainer[Global___TxnOp]: ...
+    def __init__(
+        self,
+        *,
+        compares: _abc.Iterable[Global___Compare] | None = ...,
+        success: _abc.Iterable[Global___TxnOp] | None = ...,
+        failure: _abc.Iterable[Global___TxnOp] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compares", b"compares", "failure", b"failure", "request_id", b"request_id", "success", b"success"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TxnRequest: _TypeAlias = TxnRequest  # noqa: Y015
+
+@_typing.final
+class TxnOpResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUT_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def put(self) -> Global___PutResponse: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteResponse: ...
+    def __init__(
+        self,
+        *,
+        put: Global___PutResponse | None = ...,
+        delete: Global___DeleteResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "put", b"put", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "put", b"put", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["put", "delete"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___TxnOpResponse: _TypeAlias = TxnOpResponse  # noqa: Y015
+
+@_typing.final
+class TxnResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    succeeded: _builtins.bool
+    """Whether every compare held (then `success` was applied, else `failure`)."""
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader: ...
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___TxnOpResponse]:
+        """One per operation of the branch applied, in order."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        succeeded: _builtins.bool = ...,
+        responses: _abc.Iterable[Global___TxnOpResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "responses", b"responses", "succeeded", b"succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TxnResponse: _TypeAlias = TxnResponse  # noqa: Y015

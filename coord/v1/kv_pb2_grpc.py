@@ -49,6 +49,11 @@ class KVStub:
                 request_serializer=coord_dot_v1_dot_kv__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=coord_dot_v1_dot_kv__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Txn = channel.unary_unary(
+                '/coord.v1.KV/Txn',
+                request_serializer=coord_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_kv__pb2.TxnResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -72,6 +77,13 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Txn(self, request, context):
+        """Compare keys, then put and delete several keys, atomically.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +101,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=coord_dot_v1_dot_kv__pb2.DeleteRequest.FromString,
                     response_serializer=coord_dot_v1_dot_kv__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=coord_dot_v1_dot_kv__pb2.TxnRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_kv__pb2.TxnResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +189,33 @@ class KV:
             '/coord.v1.KV/Delete',
             coord_dot_v1_dot_kv__pb2.DeleteRequest.SerializeToString,
             coord_dot_v1_dot_kv__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.KV/Txn',
+            coord_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+            coord_dot_v1_dot_kv__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,8 @@ class KVStub:
     Put: _grpc.UnaryUnaryMultiCallable[_kv_pb2.PutRequest, _kv_pb2.PutResponse]
     Range: _grpc.UnaryUnaryMultiCallable[_kv_pb2.RangeRequest, _kv_pb2.RangeResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_kv_pb2.DeleteRequest, _kv_pb2.DeleteResponse]
+    Txn: _grpc.UnaryUnaryMultiCallable[_kv_pb2.TxnRequest, _kv_pb2.TxnResponse]
+    """Compare keys, then put and delete several keys, atomically."""
 
 @_typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -41,6 +43,8 @@ class KVAsyncStub(KVStub):
     Put: _aio.UnaryUnaryMultiCallable[_kv_pb2.PutRequest, _kv_pb2.PutResponse]  # type: ignore[assignment]
     Range: _aio.UnaryUnaryMultiCallable[_kv_pb2.RangeRequest, _kv_pb2.RangeResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_kv_pb2.DeleteRequest, _kv_pb2.DeleteResponse]  # type: ignore[assignment]
+    Txn: _aio.UnaryUnaryMultiCallable[_kv_pb2.TxnRequest, _kv_pb2.TxnResponse]  # type: ignore[assignment]
+    """Compare keys, then put and delete several keys, atomically."""
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -63,5 +67,13 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         request: _kv_pb2.DeleteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.DeleteResponse, _abc.Awaitable[_kv_pb2.DeleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Txn(
+        self,
+        request: _kv_pb2.TxnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.TxnResponse, _abc.Awaitable[_kv_pb2.TxnResponse]]:
+        """Compare keys, then put and delete several keys, atomically."""
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

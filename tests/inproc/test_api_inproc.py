@@ -24,7 +24,7 @@ from coord.server.api.sessions import SessionsService
 from coord.server.api.watch import WatchService
 from coord.server.runtime.notify import StateNotifier
 from coord.server.security import guard
-from coord.server.security.auth import ANONYMOUS
+from coord.server.security.auth import ANONYMOUS, MEMBER, Identity
 from coord.v1 import election_pb2, groups_pb2, kv_pb2, raft_pb2
 from tests.inproc.fakes import (
     CLUSTER_ID,
@@ -382,5 +382,115 @@ def test_watch_replays_history_from_a_revision_and_refuses_a_negative_one() -> N
             _collect(watch(election_pb2.WatchRequest(from_revision=-1), FakeServicerContext()))
         )
         assert bad.code == grpc.StatusCode.INVALID_ARGUMENT
+
+    run(main())
+
+
+# -- KV.Txn, session-bound puts, watch by key prefix --------------------------------------
+
+
+def _put_op(key: bytes, value: bytes = b"v", session: str = "") -> kv_pb2.TxnOp:
+    return kv_pb2.TxnOp(put=kv_pb2.PutRequest(key=key, value=value, session_id=session))
+
+
+def test_a_bad_txn_is_refused_before_it_reaches_the_log() -> None:
+    """Oversized and malformed transactions: INVALID_ARGUMENT saying the limit or the
+    part, nothing proposed; a valid one retried with its request id applies once."""
+
+    async def main() -> None:
+        raft, ctx = node_context()
+        txn = handler(KVService(ctx), KV, "Txn", ctx)
+        big = kv_pb2.TxnRequest(success=[_put_op(b"k%d" % i) for i in range(300)])
+        huge = kv_pb2.TxnRequest(success=[_put_op(b"a", b"x" * 1_000_000),
+                                          _put_op(b"b", b"x" * 1_000_000)])  # fmt: skip
+        malformed = kv_pb2.TxnRequest(compares=[kv_pb2.Compare(key=b"a")])
+        neither = kv_pb2.TxnRequest(success=[kv_pb2.TxnOp()])
+        before = len(raft.proposed)
+        for req, says in ((big, "the limit is 256"), (huge, "the limit is 1572864"),
+                          (malformed, "compares[0]: a compare needs a target"),
+                          (neither, "success[0]: an operation is a put or a delete")):  # fmt: skip
+            bad = await aborted(txn(req, FakeServicerContext()))
+            assert bad.code == grpc.StatusCode.INVALID_ARGUMENT, bad
+            assert says in bad.details and bad.trailing["coord-error"] == "invalid_argument"
+        assert len(raft.proposed) == before
+        ok = kv_pb2.TxnRequest(
+            compares=[kv_pb2.Compare(key=b"a", exists=False)],
+            success=[_put_op(b"a", b"1")], request_id="t1",
+        )  # fmt: skip
+        first = await txn(ok, FakeServicerContext())
+        again = await txn(ok, FakeServicerContext())
+        assert first.succeeded and again.succeeded
+        assert first.header.revision == again.header.revision == raft.state.revision
+
+    run(main())
+
+
+def test_a_put_bound_to_a_session_that_ended_is_not_found() -> None:
+    async def main() -> None:
+        raft, ctx = node_context()
+        kv = KVService(ctx)
+        put = handler(kv, KV, "Put", ctx)
+        bad = await aborted(
+            put(kv_pb2.PutRequest(key=b"k", session_id="s999"), FakeServicerContext())
+        )
+        assert bad.code == grpc.StatusCode.NOT_FOUND and "open a new session" in bad.details
+        txn = handler(kv, KV, "Txn", ctx)
+        req = kv_pb2.TxnRequest(success=[_put_op(b"k", session="s999")])
+        bad = await aborted(txn(req, FakeServicerContext()))
+        assert bad.code == grpc.StatusCode.NOT_FOUND and "success[0]: session" in bad.details
+        assert raft.read(lambda s: s.kv.get(b"k")) is None
+
+    run(main())
+
+
+def test_watch_by_key_prefix_sends_only_kv_events_trimmed_to_the_prefix() -> None:
+    async def main() -> None:
+        raft, ctx = node_context()
+        start = raft.state.revision + 1
+        kv = KVService(ctx)
+        await handler(kv, KV, "Put", ctx)(
+            kv_pb2.PutRequest(key=b"other/x", value=b"1"), FakeServicerContext()
+        )
+        await handler(kv, KV, "Txn", ctx)(
+            kv_pb2.TxnRequest(success=[_put_op(b"shard/map"), _put_op(b"other/y")]),
+            FakeServicerContext(),
+        )
+        await handler(kv, KV, "Delete", ctx)(
+            kv_pb2.DeleteRequest(key=b"shard/", prefix=True), FakeServicerContext()
+        )
+        watch_svc = WatchService(ctx, StateNotifier(asyncio.get_running_loop()))
+        watch = handler(watch_svc, WATCH, "Watch", ctx)
+        req = election_pb2.WatchRequest(from_revision=start, key_prefix=b"shard/")
+        stream = watch(req, FakeServicerContext())
+        first = await stream.__anext__()
+        await stream.aclose()
+        got = [(e.type, [k.key for k in e.kvs], list(e.deleted_keys)) for e in first.events]
+        assert got == [("kv_txn", [b"shard/map"], []), ("kv_delete", [], [b"shard/map"])]
+        assert first.header.revision == raft.state.revision
+        long = election_pb2.WatchRequest(key_prefix=b"k" * 5000)
+        bad = await aborted(_collect(watch(long, FakeServicerContext())))
+        assert bad.code == grpc.StatusCode.INVALID_ARGUMENT
+
+    run(main())
+
+
+def test_a_put_bound_to_another_identitys_session_is_permission_denied() -> None:
+    async def main() -> None:
+        _, ctx, _, sessions = _sessions()
+        guard._CALLER.set(Identity("alice", MEMBER))
+        opened = await handler(sessions, SESSIONS, "Open", ctx)(
+            election_pb2.OpenSessionRequest(ttl_ms=5000), FakeServicerContext()
+        )
+        guard._CALLER.set(Identity("bob", MEMBER))
+        kv = KVService(ctx)
+        put = kv_pb2.PutRequest(key=b"k", value=b"v", session_id=opened.session.id)
+        bad = await aborted(handler(kv, KV, "Put", ctx)(put, FakeServicerContext()))
+        assert bad.code == grpc.StatusCode.PERMISSION_DENIED and "alice" in bad.details
+        txn = kv_pb2.TxnRequest(success=[kv_pb2.TxnOp(put=put)])
+        bad = await aborted(handler(kv, KV, "Txn", ctx)(txn, FakeServicerContext()))
+        assert bad.code == grpc.StatusCode.PERMISSION_DENIED
+        guard._CALLER.set(Identity("alice", MEMBER))
+        ok = await handler(kv, KV, "Put", ctx)(put, FakeServicerContext())
+        assert ok.kv.session_id == opened.session.id
 
     run(main())

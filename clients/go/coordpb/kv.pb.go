@@ -21,6 +21,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Compare_Result int32
+
+const (
+	Compare_EQUAL     Compare_Result = 0
+	Compare_NOT_EQUAL Compare_Result = 1
+	Compare_LESS      Compare_Result = 2
+	Compare_GREATER   Compare_Result = 3
+)
+
+// Enum value maps for Compare_Result.
+var (
+	Compare_Result_name = map[int32]string{
+		0: "EQUAL",
+		1: "NOT_EQUAL",
+		2: "LESS",
+		3: "GREATER",
+	}
+	Compare_Result_value = map[string]int32{
+		"EQUAL":     0,
+		"NOT_EQUAL": 1,
+		"LESS":      2,
+		"GREATER":   3,
+	}
+)
+
+func (x Compare_Result) Enum() *Compare_Result {
+	p := new(Compare_Result)
+	*p = x
+	return p
+}
+
+func (x Compare_Result) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Compare_Result) Descriptor() protoreflect.EnumDescriptor {
+	return file_coord_v1_kv_proto_enumTypes[0].Descriptor()
+}
+
+func (Compare_Result) Type() protoreflect.EnumType {
+	return &file_coord_v1_kv_proto_enumTypes[0]
+}
+
+func (x Compare_Result) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Compare_Result.Descriptor instead.
+func (Compare_Result) EnumDescriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{7, 0}
+}
+
 type KeyValue struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -30,7 +82,11 @@ type KeyValue struct {
 	// Revision of the last change to the key.
 	ModRevision int64 `protobuf:"varint,4,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
 	// Number of puts since the key was created.
-	Version       int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	Version int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	// The session the key is bound to ("": none). The key is deleted in the same
+	// apply that ends the session (expiry, close); the latest put decides (a put
+	// without a session unbinds it).
+	SessionId     string `protobuf:"bytes,6,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -100,6 +156,13 @@ func (x *KeyValue) GetVersion() int64 {
 	return 0
 }
 
+func (x *KeyValue) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
 type PutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -111,7 +174,11 @@ type PutRequest struct {
 	PrevKv bool `protobuf:"varint,4,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
 	// Idempotency key: a retried request with the same id applies once and
 	// returns the first result. The client library sets it for you.
-	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Bind the key to this live session: it is deleted when the session ends.
+	// "": not bound (a put without a session unbinds a bound key). A session that
+	// does not exist (expired, closed) is NOT_FOUND, one closing FAILED_PRECONDITION.
+	SessionId     string `protobuf:"bytes,6,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -177,6 +244,13 @@ func (x *PutRequest) GetPrevKv() bool {
 func (x *PutRequest) GetRequestId() string {
 	if x != nil {
 		return x.RequestId
+	}
+	return ""
+}
+
+func (x *PutRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
 	}
 	return ""
 }
@@ -544,17 +618,455 @@ func (x *DeleteResponse) GetPrevKvs() []*KeyValue {
 	return nil
 }
 
+// One condition of a transaction, on one key. On a missing key: exists is false,
+// mod_revision and version are 0, and every value compare is false (whatever the
+// result asked: EQUAL and NOT_EQUAL alike); compare existence for absence.
+type Compare struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The compare holds when `key's target <result> the given target`: e.g.
+	// mod_revision LESS 7 holds for a key last changed before revision 7. exists
+	// takes EQUAL and NOT_EQUAL only; values compare as bytes (lexicographically).
+	Result Compare_Result `protobuf:"varint,2,opt,name=result,proto3,enum=coord.v1.Compare_Result" json:"result,omitempty"`
+	// Types that are valid to be assigned to Target:
+	//
+	//	*Compare_Value
+	//	*Compare_ModRevision
+	//	*Compare_Version
+	//	*Compare_Exists
+	Target        isCompare_Target `protobuf_oneof:"target"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Compare) Reset() {
+	*x = Compare{}
+	mi := &file_coord_v1_kv_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Compare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Compare) ProtoMessage() {}
+
+func (x *Compare) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Compare.ProtoReflect.Descriptor instead.
+func (*Compare) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Compare) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *Compare) GetResult() Compare_Result {
+	if x != nil {
+		return x.Result
+	}
+	return Compare_EQUAL
+}
+
+func (x *Compare) GetTarget() isCompare_Target {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *Compare) GetValue() []byte {
+	if x != nil {
+		if x, ok := x.Target.(*Compare_Value); ok {
+			return x.Value
+		}
+	}
+	return nil
+}
+
+func (x *Compare) GetModRevision() int64 {
+	if x != nil {
+		if x, ok := x.Target.(*Compare_ModRevision); ok {
+			return x.ModRevision
+		}
+	}
+	return 0
+}
+
+func (x *Compare) GetVersion() int64 {
+	if x != nil {
+		if x, ok := x.Target.(*Compare_Version); ok {
+			return x.Version
+		}
+	}
+	return 0
+}
+
+func (x *Compare) GetExists() bool {
+	if x != nil {
+		if x, ok := x.Target.(*Compare_Exists); ok {
+			return x.Exists
+		}
+	}
+	return false
+}
+
+type isCompare_Target interface {
+	isCompare_Target()
+}
+
+type Compare_Value struct {
+	Value []byte `protobuf:"bytes,3,opt,name=value,proto3,oneof"`
+}
+
+type Compare_ModRevision struct {
+	ModRevision int64 `protobuf:"varint,4,opt,name=mod_revision,json=modRevision,proto3,oneof"`
+}
+
+type Compare_Version struct {
+	Version int64 `protobuf:"varint,5,opt,name=version,proto3,oneof"`
+}
+
+type Compare_Exists struct {
+	Exists bool `protobuf:"varint,6,opt,name=exists,proto3,oneof"`
+}
+
+func (*Compare_Value) isCompare_Target() {}
+
+func (*Compare_ModRevision) isCompare_Target() {}
+
+func (*Compare_Version) isCompare_Target() {}
+
+func (*Compare_Exists) isCompare_Target() {}
+
+// One operation of a transaction's branch: a put or a delete, without request_id,
+// expected_mod_revision or prev_kv (the transaction's compares are its conditions).
+type TxnOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*TxnOp_Put
+	//	*TxnOp_Delete
+	Op            isTxnOp_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnOp) Reset() {
+	*x = TxnOp{}
+	mi := &file_coord_v1_kv_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnOp) ProtoMessage() {}
+
+func (x *TxnOp) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
+func (*TxnOp) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *TxnOp) GetOp() isTxnOp_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *TxnOp) GetPut() *PutRequest {
+	if x != nil {
+		if x, ok := x.Op.(*TxnOp_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *TxnOp) GetDelete() *DeleteRequest {
+	if x != nil {
+		if x, ok := x.Op.(*TxnOp_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+type isTxnOp_Op interface {
+	isTxnOp_Op()
+}
+
+type TxnOp_Put struct {
+	Put *PutRequest `protobuf:"bytes,1,opt,name=put,proto3,oneof"`
+}
+
+type TxnOp_Delete struct {
+	Delete *DeleteRequest `protobuf:"bytes,2,opt,name=delete,proto3,oneof"`
+}
+
+func (*TxnOp_Put) isTxnOp_Op() {}
+
+func (*TxnOp_Delete) isTxnOp_Op() {}
+
+// If every compare holds, apply `success`, else `failure`: atomically, in one
+// revision, recorded as one kv_txn event (no event when nothing changed). A key is
+// written at most once per branch. Limits: compares and operations together at
+// most 256, keys and values together at most 1.5 MiB.
+type TxnRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Compares      []*Compare             `protobuf:"bytes,1,rep,name=compares,proto3" json:"compares,omitempty"`
+	Success       []*TxnOp               `protobuf:"bytes,2,rep,name=success,proto3" json:"success,omitempty"`
+	Failure       []*TxnOp               `protobuf:"bytes,3,rep,name=failure,proto3" json:"failure,omitempty"`
+	RequestId     string                 `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRequest) Reset() {
+	*x = TxnRequest{}
+	mi := &file_coord_v1_kv_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRequest) ProtoMessage() {}
+
+func (x *TxnRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
+func (*TxnRequest) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TxnRequest) GetCompares() []*Compare {
+	if x != nil {
+		return x.Compares
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetSuccess() []*TxnOp {
+	if x != nil {
+		return x.Success
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetFailure() []*TxnOp {
+	if x != nil {
+		return x.Failure
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type TxnOpResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Response:
+	//
+	//	*TxnOpResponse_Put
+	//	*TxnOpResponse_Delete
+	Response      isTxnOpResponse_Response `protobuf_oneof:"response"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnOpResponse) Reset() {
+	*x = TxnOpResponse{}
+	mi := &file_coord_v1_kv_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnOpResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnOpResponse) ProtoMessage() {}
+
+func (x *TxnOpResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnOpResponse.ProtoReflect.Descriptor instead.
+func (*TxnOpResponse) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TxnOpResponse) GetResponse() isTxnOpResponse_Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *TxnOpResponse) GetPut() *PutResponse {
+	if x != nil {
+		if x, ok := x.Response.(*TxnOpResponse_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *TxnOpResponse) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Response.(*TxnOpResponse_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+type isTxnOpResponse_Response interface {
+	isTxnOpResponse_Response()
+}
+
+type TxnOpResponse_Put struct {
+	Put *PutResponse `protobuf:"bytes,1,opt,name=put,proto3,oneof"`
+}
+
+type TxnOpResponse_Delete struct {
+	Delete *DeleteResponse `protobuf:"bytes,2,opt,name=delete,proto3,oneof"`
+}
+
+func (*TxnOpResponse_Put) isTxnOpResponse_Response() {}
+
+func (*TxnOpResponse_Delete) isTxnOpResponse_Response() {}
+
+type TxnResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// Whether every compare held (then `success` was applied, else `failure`).
+	Succeeded bool `protobuf:"varint,2,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	// One per operation of the branch applied, in order.
+	Responses     []*TxnOpResponse `protobuf:"bytes,3,rep,name=responses,proto3" json:"responses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnResponse) Reset() {
+	*x = TxnResponse{}
+	mi := &file_coord_v1_kv_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnResponse) ProtoMessage() {}
+
+func (x *TxnResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
+func (*TxnResponse) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TxnResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *TxnResponse) GetSucceeded() bool {
+	if x != nil {
+		return x.Succeeded
+	}
+	return false
+}
+
+func (x *TxnResponse) GetResponses() []*TxnOpResponse {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
 var File_coord_v1_kv_proto protoreflect.FileDescriptor
 
 const file_coord_v1_kv_proto_rawDesc = "" +
 	"\n" +
-	"\x11coord/v1/kv.proto\x12\bcoord.v1\x1a\x15coord/v1/common.proto\"\x98\x01\n" +
+	"\x11coord/v1/kv.proto\x12\bcoord.v1\x1a\x15coord/v1/common.proto\"\xb7\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12'\n" +
 	"\x0fcreate_revision\x18\x03 \x01(\x03R\x0ecreateRevision\x12!\n" +
 	"\fmod_revision\x18\x04 \x01(\x03R\vmodRevision\x12\x18\n" +
-	"\aversion\x18\x05 \x01(\x03R\aversion\"\xbf\x01\n" +
+	"\aversion\x18\x05 \x01(\x03R\aversion\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x06 \x01(\tR\tsessionId\"\xde\x01\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
@@ -562,7 +1074,9 @@ const file_coord_v1_kv_proto_rawDesc = "" +
 	"\x15expected_mod_revision\x18\x03 \x01(\x03H\x00R\x13expectedModRevision\x88\x01\x01\x12\x17\n" +
 	"\aprev_kv\x18\x04 \x01(\bR\x06prevKv\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x05 \x01(\tR\trequestIdB\x18\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x06 \x01(\tR\tsessionIdB\x18\n" +
 	"\x16_expected_mod_revision\"\xae\x01\n" +
 	"\vPutResponse\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12\x1c\n" +
@@ -592,11 +1106,45 @@ const file_coord_v1_kv_proto_rawDesc = "" +
 	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12\x1c\n" +
 	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x12\x18\n" +
 	"\adeleted\x18\x03 \x01(\x03R\adeleted\x12-\n" +
-	"\bprev_kvs\x18\x04 \x03(\v2\x12.coord.v1.KeyValueR\aprevKvs2\xaf\x01\n" +
+	"\bprev_kvs\x18\x04 \x03(\v2\x12.coord.v1.KeyValueR\aprevKvs\"\x85\x02\n" +
+	"\aCompare\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x120\n" +
+	"\x06result\x18\x02 \x01(\x0e2\x18.coord.v1.Compare.ResultR\x06result\x12\x16\n" +
+	"\x05value\x18\x03 \x01(\fH\x00R\x05value\x12#\n" +
+	"\fmod_revision\x18\x04 \x01(\x03H\x00R\vmodRevision\x12\x1a\n" +
+	"\aversion\x18\x05 \x01(\x03H\x00R\aversion\x12\x18\n" +
+	"\x06exists\x18\x06 \x01(\bH\x00R\x06exists\"9\n" +
+	"\x06Result\x12\t\n" +
+	"\x05EQUAL\x10\x00\x12\r\n" +
+	"\tNOT_EQUAL\x10\x01\x12\b\n" +
+	"\x04LESS\x10\x02\x12\v\n" +
+	"\aGREATER\x10\x03B\b\n" +
+	"\x06target\"j\n" +
+	"\x05TxnOp\x12(\n" +
+	"\x03put\x18\x01 \x01(\v2\x14.coord.v1.PutRequestH\x00R\x03put\x121\n" +
+	"\x06delete\x18\x02 \x01(\v2\x17.coord.v1.DeleteRequestH\x00R\x06deleteB\x04\n" +
+	"\x02op\"\xb0\x01\n" +
+	"\n" +
+	"TxnRequest\x12-\n" +
+	"\bcompares\x18\x01 \x03(\v2\x11.coord.v1.CompareR\bcompares\x12)\n" +
+	"\asuccess\x18\x02 \x03(\v2\x0f.coord.v1.TxnOpR\asuccess\x12)\n" +
+	"\afailure\x18\x03 \x03(\v2\x0f.coord.v1.TxnOpR\afailure\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"z\n" +
+	"\rTxnOpResponse\x12)\n" +
+	"\x03put\x18\x01 \x01(\v2\x15.coord.v1.PutResponseH\x00R\x03put\x122\n" +
+	"\x06delete\x18\x02 \x01(\v2\x18.coord.v1.DeleteResponseH\x00R\x06deleteB\n" +
+	"\n" +
+	"\bresponse\"\x94\x01\n" +
+	"\vTxnResponse\x120\n" +
+	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12\x1c\n" +
+	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x125\n" +
+	"\tresponses\x18\x03 \x03(\v2\x17.coord.v1.TxnOpResponseR\tresponses2\xe3\x01\n" +
 	"\x02KV\x122\n" +
 	"\x03Put\x12\x14.coord.v1.PutRequest\x1a\x15.coord.v1.PutResponse\x128\n" +
 	"\x05Range\x12\x16.coord.v1.RangeRequest\x1a\x17.coord.v1.RangeResponse\x12;\n" +
-	"\x06Delete\x12\x17.coord.v1.DeleteRequest\x1a\x18.coord.v1.DeleteResponseb\x06proto3"
+	"\x06Delete\x12\x17.coord.v1.DeleteRequest\x1a\x18.coord.v1.DeleteResponse\x122\n" +
+	"\x03Txn\x12\x14.coord.v1.TxnRequest\x1a\x15.coord.v1.TxnResponseb\x06proto3"
 
 var (
 	file_coord_v1_kv_proto_rawDescOnce sync.Once
@@ -610,36 +1158,55 @@ func file_coord_v1_kv_proto_rawDescGZIP() []byte {
 	return file_coord_v1_kv_proto_rawDescData
 }
 
-var file_coord_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_coord_v1_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_coord_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_coord_v1_kv_proto_goTypes = []any{
-	(*KeyValue)(nil),       // 0: coord.v1.KeyValue
-	(*PutRequest)(nil),     // 1: coord.v1.PutRequest
-	(*PutResponse)(nil),    // 2: coord.v1.PutResponse
-	(*RangeRequest)(nil),   // 3: coord.v1.RangeRequest
-	(*RangeResponse)(nil),  // 4: coord.v1.RangeResponse
-	(*DeleteRequest)(nil),  // 5: coord.v1.DeleteRequest
-	(*DeleteResponse)(nil), // 6: coord.v1.DeleteResponse
-	(*ResponseHeader)(nil), // 7: coord.v1.ResponseHeader
+	(Compare_Result)(0),    // 0: coord.v1.Compare.Result
+	(*KeyValue)(nil),       // 1: coord.v1.KeyValue
+	(*PutRequest)(nil),     // 2: coord.v1.PutRequest
+	(*PutResponse)(nil),    // 3: coord.v1.PutResponse
+	(*RangeRequest)(nil),   // 4: coord.v1.RangeRequest
+	(*RangeResponse)(nil),  // 5: coord.v1.RangeResponse
+	(*DeleteRequest)(nil),  // 6: coord.v1.DeleteRequest
+	(*DeleteResponse)(nil), // 7: coord.v1.DeleteResponse
+	(*Compare)(nil),        // 8: coord.v1.Compare
+	(*TxnOp)(nil),          // 9: coord.v1.TxnOp
+	(*TxnRequest)(nil),     // 10: coord.v1.TxnRequest
+	(*TxnOpResponse)(nil),  // 11: coord.v1.TxnOpResponse
+	(*TxnResponse)(nil),    // 12: coord.v1.TxnResponse
+	(*ResponseHeader)(nil), // 13: coord.v1.ResponseHeader
 }
 var file_coord_v1_kv_proto_depIdxs = []int32{
-	7,  // 0: coord.v1.PutResponse.header:type_name -> coord.v1.ResponseHeader
-	0,  // 1: coord.v1.PutResponse.prev_kv:type_name -> coord.v1.KeyValue
-	0,  // 2: coord.v1.PutResponse.kv:type_name -> coord.v1.KeyValue
-	7,  // 3: coord.v1.RangeResponse.header:type_name -> coord.v1.ResponseHeader
-	0,  // 4: coord.v1.RangeResponse.kvs:type_name -> coord.v1.KeyValue
-	7,  // 5: coord.v1.DeleteResponse.header:type_name -> coord.v1.ResponseHeader
-	0,  // 6: coord.v1.DeleteResponse.prev_kvs:type_name -> coord.v1.KeyValue
-	1,  // 7: coord.v1.KV.Put:input_type -> coord.v1.PutRequest
-	3,  // 8: coord.v1.KV.Range:input_type -> coord.v1.RangeRequest
-	5,  // 9: coord.v1.KV.Delete:input_type -> coord.v1.DeleteRequest
-	2,  // 10: coord.v1.KV.Put:output_type -> coord.v1.PutResponse
-	4,  // 11: coord.v1.KV.Range:output_type -> coord.v1.RangeResponse
-	6,  // 12: coord.v1.KV.Delete:output_type -> coord.v1.DeleteResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	13, // 0: coord.v1.PutResponse.header:type_name -> coord.v1.ResponseHeader
+	1,  // 1: coord.v1.PutResponse.prev_kv:type_name -> coord.v1.KeyValue
+	1,  // 2: coord.v1.PutResponse.kv:type_name -> coord.v1.KeyValue
+	13, // 3: coord.v1.RangeResponse.header:type_name -> coord.v1.ResponseHeader
+	1,  // 4: coord.v1.RangeResponse.kvs:type_name -> coord.v1.KeyValue
+	13, // 5: coord.v1.DeleteResponse.header:type_name -> coord.v1.ResponseHeader
+	1,  // 6: coord.v1.DeleteResponse.prev_kvs:type_name -> coord.v1.KeyValue
+	0,  // 7: coord.v1.Compare.result:type_name -> coord.v1.Compare.Result
+	2,  // 8: coord.v1.TxnOp.put:type_name -> coord.v1.PutRequest
+	6,  // 9: coord.v1.TxnOp.delete:type_name -> coord.v1.DeleteRequest
+	8,  // 10: coord.v1.TxnRequest.compares:type_name -> coord.v1.Compare
+	9,  // 11: coord.v1.TxnRequest.success:type_name -> coord.v1.TxnOp
+	9,  // 12: coord.v1.TxnRequest.failure:type_name -> coord.v1.TxnOp
+	3,  // 13: coord.v1.TxnOpResponse.put:type_name -> coord.v1.PutResponse
+	7,  // 14: coord.v1.TxnOpResponse.delete:type_name -> coord.v1.DeleteResponse
+	13, // 15: coord.v1.TxnResponse.header:type_name -> coord.v1.ResponseHeader
+	11, // 16: coord.v1.TxnResponse.responses:type_name -> coord.v1.TxnOpResponse
+	2,  // 17: coord.v1.KV.Put:input_type -> coord.v1.PutRequest
+	4,  // 18: coord.v1.KV.Range:input_type -> coord.v1.RangeRequest
+	6,  // 19: coord.v1.KV.Delete:input_type -> coord.v1.DeleteRequest
+	10, // 20: coord.v1.KV.Txn:input_type -> coord.v1.TxnRequest
+	3,  // 21: coord.v1.KV.Put:output_type -> coord.v1.PutResponse
+	5,  // 22: coord.v1.KV.Range:output_type -> coord.v1.RangeResponse
+	7,  // 23: coord.v1.KV.Delete:output_type -> coord.v1.DeleteResponse
+	12, // 24: coord.v1.KV.Txn:output_type -> coord.v1.TxnResponse
+	21, // [21:25] is the sub-list for method output_type
+	17, // [17:21] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_coord_v1_kv_proto_init() }
@@ -650,18 +1217,33 @@ func file_coord_v1_kv_proto_init() {
 	file_coord_v1_common_proto_init()
 	file_coord_v1_kv_proto_msgTypes[1].OneofWrappers = []any{}
 	file_coord_v1_kv_proto_msgTypes[5].OneofWrappers = []any{}
+	file_coord_v1_kv_proto_msgTypes[7].OneofWrappers = []any{
+		(*Compare_Value)(nil),
+		(*Compare_ModRevision)(nil),
+		(*Compare_Version)(nil),
+		(*Compare_Exists)(nil),
+	}
+	file_coord_v1_kv_proto_msgTypes[8].OneofWrappers = []any{
+		(*TxnOp_Put)(nil),
+		(*TxnOp_Delete)(nil),
+	}
+	file_coord_v1_kv_proto_msgTypes[10].OneofWrappers = []any{
+		(*TxnOpResponse_Put)(nil),
+		(*TxnOpResponse_Delete)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coord_v1_kv_proto_rawDesc), len(file_coord_v1_kv_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   7,
+			NumEnums:      1,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_coord_v1_kv_proto_goTypes,
 		DependencyIndexes: file_coord_v1_kv_proto_depIdxs,
+		EnumInfos:         file_coord_v1_kv_proto_enumTypes,
 		MessageInfos:      file_coord_v1_kv_proto_msgTypes,
 	}.Build()
 	File_coord_v1_kv_proto = out.File

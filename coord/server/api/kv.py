@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from coord import errors
 from coord.server.api.context import NodeContext, ServicerContext
+from coord.server.api.state_servicer import check_own_session
+from coord.state import txn
 from coord.state.kv import validate_key, validate_value
 from coord.state.machine import StateMachine
 from coord.v1 import kv_pb2, kv_pb2_grpc, raft_pb2
@@ -19,10 +21,23 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Put(self, request: kv_pb2.PutRequest, context: ServicerContext) -> kv_pb2.PutResponse:
         validate_key(request.key)
         validate_value(request.value)
+        check_own_session(self.ctx, request.session_id)
         result = await self.ctx.write(
             raft_pb2.Command(request_id=request.request_id, put=request), context
         )
         resp = result.put
+        resp.header.CopyFrom(self.ctx.header(revision=result.revision))
+        return resp
+
+    async def Txn(self, request: kv_pb2.TxnRequest, context: ServicerContext) -> kv_pb2.TxnResponse:
+        txn.check(request)  # before the log: the state machine checks the same again
+        for op in (*request.success, *request.failure):
+            if op.HasField("put"):
+                check_own_session(self.ctx, op.put.session_id)
+        result = await self.ctx.write(
+            raft_pb2.Command(request_id=request.request_id, txn=request), context
+        )
+        resp = result.txn
         resp.header.CopyFrom(self.ctx.header(revision=result.revision))
         return resp
 

@@ -42,6 +42,21 @@ def _owner(state: StateMachine, session_id: str) -> str | None:
     return None if session is None else session.owner
 
 
+def check_own_session(ctx: NodeContext, session_id: str) -> None:
+    """The caller may use this session: it opened it, or it is an admin. (An unknown
+    session passes: the state machine answers NOT_FOUND.)"""
+    who = caller()
+    if not session_id or who.role == ADMIN:
+        return
+    owner = ctx.raft.read(lambda s: _owner(s, session_id))
+    if owner is not None and owner != who.name:
+        ctx.rejected("permission_denied")
+        raise errors.PermissionDenied(
+            f"session {session_id} belongs to {owner or 'another identity'!r}, not "
+            f"{who.name!r}: use a session of your own"
+        )
+
+
 class StateServicer:
     """What the Sessions, Groups and Watch servicers share: proposing a write, reading
     the replicated state (under the node's lock), and checking who owns a session."""
@@ -57,18 +72,8 @@ class StateServicer:
         return await self.ctx.write(cmd, context)
 
     def _own_session(self, session_id: str) -> None:
-        """The caller may use this session: it opened it, or it is an admin. (An unknown
-        session passes: the state machine answers NOT_FOUND.)"""
-        who = caller()
-        if not session_id or who.role == ADMIN:
-            return
-        owner = self.ctx.raft.read(lambda s: _owner(s, session_id))
-        if owner is not None and owner != who.name:
-            self.ctx.rejected("permission_denied")
-            raise errors.PermissionDenied(
-                f"session {session_id} belongs to {owner or 'another identity'!r}, not "
-                f"{who.name!r}: use a session of your own"
-            )
+        """The caller may use this session (:func:`check_own_session`)."""
+        check_own_session(self.ctx, session_id)
 
     async def _read(
         self, context: ServicerContext, serializable: bool, fn: Callable[[StateMachine], Any]
