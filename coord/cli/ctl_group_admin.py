@@ -10,19 +10,20 @@ from typing import Any
 
 import click
 
-from coord.cli.ctl import CtlCommand, Ctx, handles_errors, pass_ctx
+from coord.cli.ctl import CtlCommand, CtlGroup, Ctx, handles_errors, pass_ctx
 from coord.cli.output import EXIT_USAGE, CLIError, emit, proto_dict, table
 from coord.cli.restore import Duration
-from coord.client import pause_all, resume_all
+from coord.client import pause_all, resume_all, scheduled_switchovers
 from coord.v1 import groups_pb2
 
 FAILBACK = {"off": groups_pb2.FAILBACK_OFF, "auto": groups_pb2.FAILBACK_AUTO}
 DURATION = Duration()
 
 
-def _until_s(value: str) -> float:
-    """--until: an ISO 8601 time (local time unless it names a zone), or seconds since
-    the epoch. Refused if it is not in the future."""
+def future_s(value: str, hint: str = "--until", otherwise: str = "a duration with --for") -> float:
+    """--until (or ``hint``): an ISO 8601 time (local time unless it names a zone, as
+    in 2026-12-24T03:00Z), or seconds since the epoch. Refused if it is not in the
+    future (``otherwise`` says what to give instead)."""
     try:
         t = float(value)
     except ValueError:
@@ -31,13 +32,12 @@ def _until_s(value: str) -> float:
         except ValueError:
             raise click.BadParameter(
                 f"{value!r} is not a time: use ISO 8601 (2030-01-01T12:00, 12:00 is not enough: "
-                "give the date) or seconds since the epoch; --for takes a duration",
-                param_hint="--until",
+                f"give the date) or seconds since the epoch; or give {otherwise}",
+                param_hint=hint,
             ) from None
     if t <= time.time():
         raise click.BadParameter(
-            f"{value} is in the past: give a later time, or a duration with --for",
-            param_hint="--until",
+            f"{value} is in the past: give a later time, or {otherwise}", param_hint=hint
         )
     return t
 
@@ -53,11 +53,36 @@ def _stamp(ms: int) -> str:
 def pause_text(p: groups_pb2.GroupPause) -> str:
     """How `group get` and `group ls` show a pause."""
     text = f"paused since {_stamp(p.paused_time_ms)}"
+    if p.breaker:
+        text = f"breaker open since {_stamp(p.paused_time_ms)} ({p.breaker}): paused"
     if p.wait_ms:
         text += f", until about {_stamp(p.until_estimate_ms)} (an estimate: the leader times it)"
     else:
         text += ", until resumed"
     return text + (f" — {p.reason}" if p.reason else "")
+
+
+def breaker_text(g: groups_pb2.Group) -> str:
+    """The failover breaker as `group get` shows it."""
+    p = g.policy
+    if not p.breaker_failovers:
+        return "off"
+    rule = f"pause after {p.breaker_failovers} automatic failovers within "
+    rule += f"{p.breaker_window_ms / 1000:g}s"
+    if g.HasField("pause") and g.pause.breaker:
+        return f"{rule}: OPEN (resume the group to close it)"
+    n = len(g.breaker_failover_ms)
+    return f"{rule}: closed ({n} counted)" if n else f"{rule}: closed"
+
+
+def breaker_failovers(value: int | None, off: str) -> int | None:
+    """--breaker-failovers: 1..100 (0 is refused: ``off`` says how to have no breaker)."""
+    if value is not None and not 1 <= value <= 100:
+        raise click.BadParameter(
+            f"{value} is not 1..100: give how many automatic failovers open the breaker ({off})",
+            param_hint="--breaker-failovers",
+        )
+    return value
 
 
 def _names(names: tuple[str, ...], all_groups: bool, verb: str) -> None:
@@ -94,7 +119,7 @@ def group_pause(
         raise CLIError("coord: give --until or --for, not both", EXIT_USAGE)
     if for_s is not None and for_s <= 0:
         raise click.BadParameter("give a positive duration", param_hint="--for")
-    until_s = _until_s(until) if until is not None else None
+    until_s = future_s(until) if until is not None else None
     if all_groups:
         groups = pause_all(ctx.client, until_s=until_s, for_s=for_s, reason=reason)
     else:
@@ -135,6 +160,16 @@ def group_resume(ctx: Ctx, names: tuple[str, ...], all_groups: bool) -> None:
 @click.option("--switchover-timeout", type=DURATION, default=None, help="e.g. 10s (>= 100ms).")
 @click.option("--downtime-budget", type=DURATION, default=None, help="Per 30 days; 0: none.")
 @click.option("--failover-on-unhealthy/--no-failover-on-unhealthy", default=None)
+@click.option(
+    "--breaker-failovers",
+    type=int,
+    default=None,
+    callback=lambda _c, _p, v: breaker_failovers(v, "--no-breaker turns the breaker off"),
+    help="Failover breaker: pause after this many automatic failovers (1..100) within "
+    "--breaker-window (--no-breaker turns it off).",
+)
+@click.option("--breaker-window", type=DURATION, default=None, help="e.g. 10m.")
+@click.option("--no-breaker", is_flag=True, help="Turn the failover breaker off.")
 @pass_ctx
 @handles_errors
 def group_edit(
@@ -146,12 +181,27 @@ def group_edit(
     switchover_timeout: float | None,
     downtime_budget: float | None,
     failover_on_unhealthy: bool | None,
+    breaker_failovers: int | None,
+    breaker_window: float | None,
+    no_breaker: bool,
 ) -> None:
     """Change NAME's policy now (the options given; the rest stays). Fewer slots ask
     the masters of the highest slots to step down (the normal handover: switchover
-    timeout, then revoke and TTL wait-out); more slots are filled at once."""
+    timeout, then revoke and TTL wait-out); more slots are filled at once.
+
+    The failover breaker pauses the group after --breaker-failovers automatic
+    failovers (a master's session expired or its health check failed) within
+    --breaker-window; `group resume` closes it."""
     if switchover_timeout is not None and switchover_timeout < 0.1:
         raise click.BadParameter("use at least 100ms", param_hint="--switchover-timeout")
+    if no_breaker and (breaker_failovers is not None or breaker_window is not None):
+        raise CLIError("coord: --no-breaker turns the breaker off: give no other --breaker-*",
+                       EXIT_USAGE)  # fmt: skip
+    if breaker_window is not None and breaker_window <= 0:
+        raise click.BadParameter(
+            "give a positive window (--no-breaker turns the breaker off)",
+            param_hint="--breaker-window",
+        )
     policy: dict[str, Any] = {
         "slots": slots,
         "failback": FAILBACK[failback] if failback else None,
@@ -159,7 +209,11 @@ def group_edit(
         "switchover_timeout_ms": _ms(switchover_timeout) if switchover_timeout else None,
         "downtime_budget_ms": _ms(downtime_budget) if downtime_budget is not None else None,
         "failover_on_unhealthy": failover_on_unhealthy,
+        "breaker_failovers": breaker_failovers,
+        "breaker_window_ms": _ms(breaker_window) if breaker_window is not None else None,
     }
+    if no_breaker:
+        policy["breaker_failovers"] = policy["breaker_window_ms"] = 0
     policy = {k: v for k, v in policy.items() if v is not None}
     if not policy:
         raise CLIError("coord: nothing to change: give at least one option (--help)", EXIT_USAGE)
@@ -168,10 +222,13 @@ def group_edit(
     emit(
         ctx.output,
         proto_dict(g),
-        ["GROUP", "SLOTS", "FAILBACK", "HOLD", "SWITCHOVER TIMEOUT", "FAILOVER ON UNHEALTHY"],
+        ["GROUP", "SLOTS", "FAILBACK", "HOLD", "SWITCHOVER TIMEOUT", "FAILOVER ON UNHEALTHY",
+         "BREAKER"],
         [[g.name, p.slots, "auto" if p.failback == groups_pb2.FAILBACK_AUTO else "off",
           f"{p.failback_hold_ms / 1000:g}s", f"{p.switchover_timeout_ms / 1000:g}s",
-          "yes" if p.failover_on_unhealthy else "no"]],
+          "yes" if p.failover_on_unhealthy else "no",
+          f"{p.breaker_failovers}/{p.breaker_window_ms / 1000:g}s"
+          if p.breaker_failovers else "off"]],
     )  # fmt: skip
 
 
@@ -226,3 +283,50 @@ def member_edit(
         ["GROUP", "MEMBER", "PRIORITY", "NOFAILOVER"],
         [[group_name, m.id, m.priority, "yes" if m.nofailover else "no"]],
     )
+
+
+# -- scheduled switchovers -----------------------------------------------------------------
+
+
+def at_text(ms: int) -> str:
+    """A scheduled time as coordctl shows it: UTC, ISO 8601 (what --at takes)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def schedule_rows(entries: list[groups_pb2.ScheduledSwitchover]) -> list[list[Any]]:
+    return [[s.id, s.group, s.to_member or "(best)", at_text(s.at_ms)] for s in entries]
+
+
+SCHEDULE_HEADERS = ["ID", "GROUP", "TO", "AT (UTC)"]
+
+
+@click.group("schedule", cls=CtlGroup)
+def schedule() -> None:
+    """Scheduled switchovers (`coordctl switchover GROUP --to M --at TIME` makes them)."""
+
+
+@schedule.command("ls", cls=CtlCommand)
+@click.argument("group_name", metavar="[GROUP]", required=False)
+@pass_ctx
+@handles_errors
+def schedule_ls(ctx: Ctx, group_name: str | None) -> None:
+    """The scheduled switchovers (of GROUP, or of every group), soonest first. The
+    leader starts each when its wall clock reaches the time."""
+    if group_name:
+        entries = sorted(
+            ctx.client.group(group_name).scheduled_switchovers(), key=lambda s: (s.at_ms, s.id)
+        )
+    else:
+        entries = scheduled_switchovers(ctx.client)
+    emit(ctx.output, [proto_dict(s) for s in entries], SCHEDULE_HEADERS, schedule_rows(entries))
+
+
+@schedule.command("cancel", cls=CtlCommand)
+@click.argument("group_name", metavar="GROUP")
+@click.argument("switchover_id", metavar="ID", type=click.IntRange(min=1))
+@pass_ctx
+@handles_errors
+def schedule_cancel(ctx: Ctx, group_name: str, switchover_id: int) -> None:
+    """Cancel the scheduled switchover ID of GROUP (`schedule ls` lists them)."""
+    s = ctx.client.group(group_name).cancel_switchover(switchover_id)
+    emit(ctx.output, proto_dict(s), SCHEDULE_HEADERS, schedule_rows([s]))

@@ -60,7 +60,11 @@ def _seconds(ms: int) -> str:
 
 
 def _state(g: groups_pb2.Group) -> str:
-    return "deleting" if g.deleting else "paused" if g.HasField("pause") else "active"
+    if g.deleting:
+        return "deleting"
+    if g.HasField("pause"):
+        return "breaker open" if g.pause.breaker else "paused"
+    return "active"
 
 
 # -- sessions ------------------------------------------------------------------
@@ -118,6 +122,15 @@ def group() -> None:
     help="Maximum allowed downtime per 30 days (0: none set).",
 )
 @click.option("--failover-on-unhealthy", is_flag=True)
+@click.option(
+    "--breaker-failovers",
+    type=int,
+    default=None,
+    callback=lambda _c, _p, v: ctl_group_admin.breaker_failovers(v, "leave it out: no breaker"),
+    help="Failover breaker: pause the group after this many automatic failovers (1..100) "
+    "within --breaker-window-s (default: no breaker).",
+)
+@click.option("--breaker-window-s", type=click.FloatRange(min=0.001), default=None)
 @pass_ctx
 @handles_errors
 def group_create(
@@ -129,14 +142,22 @@ def group_create(
     switchover_timeout_s: float,
     downtime_budget_s: float,
     failover_on_unhealthy: bool,
+    breaker_failovers: int | None,
+    breaker_window_s: float | None,
 ) -> None:
     """Create group NAME."""
+    if (breaker_failovers is None) != (breaker_window_s is None):
+        raise click.UsageError(
+            "the failover breaker needs both --breaker-failovers and --breaker-window-s"
+        )
     g = ctx.client.group(name).create(
         slots=slots, failback=FAILBACK[failback],
         failback_hold_ms=int(failback_hold_s * 1000),
         switchover_timeout_ms=int(switchover_timeout_s * 1000),
         downtime_budget_ms=int(downtime_budget_s * 1000),
         failover_on_unhealthy=failover_on_unhealthy,
+        breaker_failovers=breaker_failovers or 0,
+        breaker_window_ms=round((breaker_window_s or 0) * 1000),
     )  # fmt: skip
     emit(
         ctx.output,
@@ -240,6 +261,10 @@ def _policy_rows(g: groups_pb2.Group) -> list[list[Any]]:
         ["DOWNTIME BUDGET", f"{_seconds(p.downtime_budget_ms)} per 30 days"
          if p.downtime_budget_ms else "-"],
         ["FAILOVER ON UNHEALTHY", "yes" if p.failover_on_unhealthy else "no"],
+        ["FAILOVER BREAKER", ctl_group_admin.breaker_text(g)],
+        ["SCHEDULED SWITCHOVERS", "; ".join(
+            f"{s.id}: to {s.to_member or '(best)'} at {ctl_group_admin.at_text(s.at_ms)}"
+            for s in g.scheduled) or "-"],
         ["MEMBERS", len(g.members)],
         ["CREATED REVISION", g.created_revision],
     ]  # fmt: skip
@@ -489,13 +514,31 @@ def resign(ctx: Ctx, group_name: str, member_id: str) -> None:
 @main.command()
 @click.argument("group_name", metavar="GROUP")
 @click.option("--to", "to_member", default="", help="The member to hand over to (default: best).")
+@click.option(
+    "--at",
+    default=None,
+    help="Schedule it for then (ISO 8601, e.g. 2026-12-24T03:00Z; local time without a "
+    "zone; or epoch seconds).",
+)
 @pass_ctx
 @handles_errors
-def switchover(ctx: Ctx, group_name: str, to_member: str) -> None:
-    """Ask GROUP's master to step down in favour of --to (or the best candidate)."""
-    _call_groups(
-        ctx, "Switchover", election_pb2.SwitchoverRequest(group=group_name, to_member=to_member)
+def switchover(ctx: Ctx, group_name: str, to_member: str, at: str | None) -> None:
+    """Ask GROUP's master to step down in favour of --to (or the best candidate).
+
+    With --at, schedule it: the cluster keeps it (across leader changes and restarts)
+    and its leader starts it when its wall clock reaches that time, or records why it
+    cannot then (a scheduled_switchover_refused event: the target is not eligible, ...).
+    `coordctl schedule ls` lists them, `coordctl schedule cancel GROUP ID` cancels one."""
+    at_s = ctl_group_admin.future_s(at, "--at", "no --at to switch over now") if at else None
+    req = election_pb2.SwitchoverRequest(
+        group=group_name, to_member=to_member, at_ms=round(at_s * 1000) if at_s else 0
     )
+    resp = _call_groups(ctx, "Switchover", req)
+    if at_s is not None:
+        s = resp.scheduled
+        emit(ctx.output, _dict(s), ctl_group_admin.SCHEDULE_HEADERS,
+             ctl_group_admin.schedule_rows([s]))  # fmt: skip
+        return
     emit(
         ctx.output,
         {"switchover": group_name, "to": to_member},
@@ -573,3 +616,4 @@ for _command in (
 ):
     group.add_command(_command)
 member.add_command(ctl_group_admin.member_edit)
+main.add_command(ctl_group_admin.schedule)

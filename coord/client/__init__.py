@@ -4,7 +4,9 @@ The way in is the :class:`Client`: ``client.session(ttl_s)``, ``client.group(nam
 (create, get, masters, observe, watch, member, campaign, balancer) and
 ``client.watch(...)``. Sessions and members do no I/O when constructed: ``start()``
 them or use them as context managers. ``create_group``, ``masters``, ``observe`` and
-``watch`` (functions taking the client) are deprecated and warn.
+``watch`` (functions taking the client) are deprecated and warn. Fenced calls
+(``fenced_channel``, ``FencedHTTP``, ``FencedAuth``; ``FencedResource`` on the
+resource's side) are in :mod:`coord.client.fencing`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 from coord.client.balancer import Balancer
 from coord.client.client import Client, StoppableClient, new_request_id, parse_endpoints
 from coord.client.election import (
-    FencedResource,
     Leadership,
     Member,
     create_group,
@@ -23,20 +24,31 @@ from coord.client.election import (
     tcp_check,
     watch,
 )
-from coord.client.group import Group, pause_all, resume_all
+from coord.client.fencing import (
+    FencedAuth,
+    FencedHTTP,
+    FencedResource,
+    StaticFence,
+    fenced_channel,
+)
+from coord.client.group import Group, pause_all, resume_all, scheduled_switchovers
 from coord.client.session import Session, SessionState
 
 __all__ = [
     "Balancer",
     "Client",
+    "FencedAuth",
+    "FencedHTTP",
     "FencedResource",
     "Group",
     "Leadership",
     "Member",
     "Session",
     "SessionState",
+    "StaticFence",
     "StoppableClient",
     "create_group",
+    "fenced_channel",
     "grpc_check",
     "http_check",
     "masters",
@@ -45,6 +57,7 @@ __all__ = [
     "parse_endpoints",
     "pause_all",
     "resume_all",
+    "scheduled_switchovers",
     "tcp_check",
     "watch",
 ]

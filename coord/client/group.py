@@ -11,6 +11,7 @@ campaigns, masters and the group's events.
     orders.pause(for_s=600, reason="upgrade")  # maintenance mode; orders.resume()
     orders.edit(failback_hold_ms=30_000)  # a live policy edit
     print(orders.explain())              # who would be chosen now, and why not the others
+    orders.switchover("orders-2", at_s=time.time() + 3600)  # scheduled; .cancel_switchover(id)
     orders.masters()                     # the holdings now
     for view in orders.observe(): ...    # the masters after every change
     for event in orders.watch(): ...     # the group's events, gap-free
@@ -118,8 +119,11 @@ class Group:
     def edit(self, **policy: Any) -> groups_pb2.Group:
         """Change policy fields at runtime (GroupPolicy names: ``slots``, ``failback``,
         ``failback_hold_ms``, ``switchover_timeout_ms``, ``downtime_budget_ms``,
-        ``failover_on_unhealthy``), checked like create's. Fewer slots ask the surplus
-        masters to step down (the normal handover); more slots are filled at once."""
+        ``failover_on_unhealthy``, ``breaker_failovers`` with ``breaker_window_ms``),
+        checked like create's. Fewer slots ask the surplus masters to step down (the
+        normal handover); more slots are filled at once. The failover breaker pauses the
+        group after ``breaker_failovers`` automatic failovers within ``breaker_window_ms``
+        (both 0: off); :meth:`resume` closes it."""
         req = election_pb2.EditGroupRequest(
             name=self.name, policy=groups_pb2.GroupPolicy(**policy), fields=sorted(policy),
             request_id=new_request_id(),
@@ -142,6 +146,40 @@ class Group:
             lambda ch, t: _groups(ch).EditMember(req, timeout=t)
         )
         return resp.member
+
+    def switchover(
+        self, to_member: str = "", at_s: float | None = None
+    ) -> groups_pb2.ScheduledSwitchover | None:
+        """Ask the master to step down for ``to_member`` (or the best candidate) now, or
+        at ``at_s`` (wall clock, seconds since the epoch; in the future, and ``to_member``
+        registered): then the leader starts it when its wall clock gets there, or records
+        why it cannot (a ``scheduled_switchover_refused`` event), and the scheduled
+        switchover is returned (its ``id`` cancels it). Either way it is an ordinary
+        switchover: the master resigns, or is revoked after the switchover timeout and
+        waited out for its TTL."""
+        req = election_pb2.SwitchoverRequest(
+            group=self.name, to_member=to_member, request_id=new_request_id(),
+            at_ms=round(at_s * 1000) if at_s is not None else 0,
+        )  # fmt: skip
+        resp: election_pb2.SwitchoverResponse = self.client.call(
+            lambda ch, t: _groups(ch).Switchover(req, timeout=t)
+        )
+        return resp.scheduled if at_s is not None else None
+
+    def scheduled_switchovers(self) -> list[groups_pb2.ScheduledSwitchover]:
+        """The switchovers scheduled in this group, by id (oldest first)."""
+        return list(self.get().scheduled)
+
+    def cancel_switchover(self, switchover_id: int) -> groups_pb2.ScheduledSwitchover:
+        """Cancel a scheduled switchover (NotFound if it is not pending: fired, cancelled
+        or unknown); returns it."""
+        req = election_pb2.CancelSwitchoverRequest(
+            group=self.name, id=switchover_id, request_id=new_request_id()
+        )
+        resp: election_pb2.CancelSwitchoverResponse = self.client.call(
+            lambda ch, t: _groups(ch).CancelSwitchover(req, timeout=t)
+        )
+        return resp.cancelled
 
     def explain(self) -> groups_pb2.GroupExplanation:
         """For every slot who would be chosen now and why; for every member why it is
@@ -204,6 +242,15 @@ def pause_all(
 ) -> list[groups_pb2.Group]:
     """Pause every group of the cluster (:meth:`Group.pause`); returns them paused."""
     return list(_pause(client, [], True, until_s, for_s, reason).groups)
+
+
+def scheduled_switchovers(client: Client) -> list[groups_pb2.ScheduledSwitchover]:
+    """Every scheduled switchover of the cluster, soonest first."""
+    req = election_pb2.ListGroupsRequest()
+    resp: election_pb2.ListGroupsResponse = client.call(
+        lambda ch, t: _groups(ch).List(req, timeout=t)
+    )
+    return sorted((s for g in resp.groups for s in g.scheduled), key=lambda s: (s.at_ms, s.id))
 
 
 def resume_all(client: Client) -> list[str]:

@@ -10,25 +10,19 @@ is what the state machine does next, never a second opinion
 
 from __future__ import annotations
 
+from coord.state import breaker
 from coord.state.group_table import GroupState
-from coord.state.placement import Placement
+from coord.state.placement import REASONS, Placement
+from coord.state.scheduled import iso
 from coord.v1 import groups_pb2
-
-REASONS = {
-    "group_deleting": "the group is being deleted: nothing is granted",
-    "no_session": "its session is gone (expired or closed)",
-    "session_closing": "its session is closing (an operator closed it): never granted again",
-    "nofailover": "it is nofailover: never made master",
-    "not_candidate": "it is not campaigning (never did, resigned, or is leaving)",
-    "unhealthy": "its health check fails",
-    "holding": "it already holds slot {slot}",
-}
 
 
 def explain(p: Placement, name: str) -> groups_pb2.GroupExplanation:
     """The explanation of group ``name`` (NotFound if it does not exist)."""
     g = p.group(name)
-    out = groups_pb2.GroupExplanation(group=name, paused=g.pause is not None)
+    out = groups_pb2.GroupExplanation(
+        group=name, paused=g.pause is not None, breaker_open=breaker.is_open(g)
+    )
     for slot in range(max([g.policy.slots - 1, *g.holdings]) + 1):
         out.slots.append(_slot(p, g, slot))
     rank = {m.id: i + 1 for i, m in enumerate(p.ranked(g))}
@@ -77,6 +71,11 @@ def _verdict(
     )
     if reason:
         out.detail = REASONS.get(reason, reason).format(slot=g.holder_slot(m.id))
+    elif breaker.is_open(g):
+        out.detail = (
+            f"eligible (rank {rank}), but the breaker is open: granted once an operator "
+            "resumes the group"
+        )
     elif g.pause is not None:
         out.detail = f"eligible (rank {rank}), but the group is paused: granted once resumed"
     else:
@@ -86,6 +85,18 @@ def _verdict(
 
 def _notes(p: Placement, g: GroupState) -> list[str]:
     notes = []
+    if breaker.is_open(g):
+        assert g.pause is not None
+        notes.append(
+            f"breaker open: {g.pause.breaker} (the failover breaker paused the group); "
+            f"resume it (coordctl group resume {g.name}) once the cause is fixed"
+        )
+    elif breaker.enabled(g.policy):
+        n = len(g.breaker_failovers)
+        notes.append(
+            f"failover breaker: closed; the group pauses itself at {breaker.describe(g.policy)}"
+            f" ({n} counted so far, each for {g.policy.breaker_window_ms / 1000:g}s)"
+        )
     if g.pause is not None:
         until = " until resumed"
         if g.pause.wait_ms:
@@ -110,4 +121,15 @@ def _notes(p: Placement, g: GroupState) -> list[str]:
         )
     if g.policy.failback == groups_pb2.FAILBACK_AUTO and g.pause is not None:
         notes.append("failback: not planned while paused")
+    for i in sorted(g.scheduled):
+        s = g.scheduled[i]
+        to = s.to_member or "the best eligible candidate then"
+        target = g.members.get(s.to_member)
+        now = ""
+        if target is not None and p.ineligible(g, target):
+            why = REASONS.get(p.ineligible(g, target), "").format(slot=g.holder_slot(target.id))
+            now = f"; if it were due now it would be refused: {why}"
+        notes.append(
+            f"scheduled switchover {s.id}: to {to} at {iso(s.at_ms)} (the leader's wall clock){now}"
+        )
     return notes

@@ -21,22 +21,25 @@ policy edits", states the rules:
   new failback hold applies to holds in progress (from when each began); a new
   switchover timeout applies to later requests; failover_on_unhealthy on revokes a
   master that is unhealthy now (unless paused); a new downtime budget applies to
-  the availability report at once.
+  the availability report at once. The failover breaker's fields (coord.state.breaker)
+  apply from the next automatic failover; turning it off forgets the failovers it
+  counted (an open breaker stays open: resume the group).
 """
 
 from __future__ import annotations
 
 from coord.errors import InvalidArgument
+from coord.state import breaker
 from coord.state.group_table import GroupState, checked_policy
-from coord.state.placement import Placement
+from coord.state.scheduled import ScheduledSwitchovers
 from coord.v1 import groups_pb2
 
 POLICY_FIELDS = tuple(f.name for f in groups_pb2.GroupPolicy.DESCRIPTOR.fields)
 
 
-class GroupAdmin(Placement):
+class GroupAdmin(ScheduledSwitchovers):
     """Pause, resume and policy edits (each validates everything before it changes
-    anything)."""
+    anything); scheduled switchovers come from coord.state.scheduled."""
 
     def _named_groups(self, names: list[str], all_groups: bool, verb: str) -> list[GroupState]:
         if all_groups and names:
@@ -61,6 +64,7 @@ class GroupAdmin(Placement):
                 revision=rev, paused_time_ms=now, wait_ms=req.wait_ms,
                 until_estimate_ms=now + req.wait_ms if req.wait_ms else 0,
                 reason=req.reason[:256],
+                breaker=g.pause.breaker if g.pause is not None else "",  # stays open
             )  # fmt: skip
             self.emit.record(rev, "group_paused", group=g.name, cause=req.reason[:256])
             self._cancel_failbacks(g)
@@ -73,18 +77,6 @@ class GroupAdmin(Placement):
         for g in resumed:
             self._resume(g, "resumed", now)
         return [g.name for g in resumed]
-
-    def _cancel_failbacks(self, g: GroupState) -> None:
-        """Cancel every pending failback of a held slot (the master stays)."""
-        for slot, ho in sorted(g.handovers.items()):
-            h = g.holdings.get(slot)
-            if ho.cause != "failback" or h is None or h.revoked:
-                continue
-            del g.handovers[slot]
-            self.emit(
-                "stepdown_cancelled", group=g.name, member=h.member_id, slot=slot,
-                token=h.token, cause=ho.cause, handover=ho,
-            )  # fmt: skip
 
     def edit_group(self, req: groups_pb2.EditGroup, now: int) -> GroupState:
         """Change the fields of the policy named in ``req.fields`` (module docstring)."""
@@ -104,6 +96,8 @@ class GroupAdmin(Placement):
         if new == g.policy:
             return g
         old, g.policy = g.policy, new
+        if not breaker.enabled(new):
+            g.breaker_failovers = []  # an open breaker stays open: resume the group
         for slot in [s for s in g.vacated_cause if s >= new.slots and s not in g.holdings]:
             del g.vacated_cause[slot]  # before the event: it carries the slot tables
         changed = ",".join(f for f in POLICY_FIELDS if getattr(old, f) != getattr(new, f))

@@ -88,6 +88,19 @@ def _edit_group(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
     return raft_pb2.CommandResult(group=g.edit_group(req, now).to_proto())
 
 
+def _schedule_switchover(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(scheduled=g.schedule_switchover(req, now))
+
+
+def _cancel_switchover(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    return raft_pb2.CommandResult(scheduled=g.cancel_switchover(req, now))
+
+
+def _fire_switchover(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
+    g.fire_switchover(req, now)
+    return raft_pb2.CommandResult()
+
+
 def _set_loads(g: Groups, req: Any, now: int) -> raft_pb2.CommandResult:
     g.set_loads(req, now)
     return raft_pb2.CommandResult()
@@ -113,4 +126,7 @@ GROUP_COMMANDS: dict[str, Callable[[Groups, Any, int], raft_pb2.CommandResult]] 
     "pause_groups": _pause,
     "resume_groups": _resume,
     "edit_group": _edit_group,
+    "schedule_switchover": _schedule_switchover,
+    "cancel_switchover": _cancel_switchover,
+    "fire_switchover": _fire_switchover,
 }

@@ -9,11 +9,12 @@ decides who holds which slot (grants, releases, handovers, the waits that gate t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coord.errors import FailedPrecondition, InvalidArgument, NotFound
-from coord.state import limits
+from coord.state import breaker, limits
 from coord.v1 import groups_pb2
 
 
@@ -43,6 +44,10 @@ class GroupState:
     vacated_cause: dict[int, str] = field(default_factory=dict)
     deleting: bool = False  # see Group.deleting
     pause: groups_pb2.GroupPause | None = None  # see Group.pause; None: not paused
+    # Command times of the automatic failovers the breaker counts (coord.state.breaker).
+    breaker_failovers: list[int] = field(default_factory=list)
+    # Switchovers scheduled for later, by id (coord.state.scheduled); ids increase.
+    scheduled: dict[int, groups_pb2.ScheduledSwitchover] = field(default_factory=dict)
 
     def holder_slot(self, member_id: str) -> int | None:
         return next((s for s, h in self.holdings.items() if h.member_id == member_id), None)
@@ -61,6 +66,8 @@ class GroupState:
             g.vacated_cause[slot] = self.vacated_cause[slot]
         if self.pause is not None:
             g.pause.CopyFrom(self.pause)
+        g.breaker_failover_ms.extend(self.breaker_failovers)
+        g.scheduled.extend(self.scheduled[i] for i in sorted(self.scheduled))
         return g
 
     @classmethod
@@ -75,14 +82,21 @@ class GroupState:
             vacated_cause=dict(g.vacated_cause),
             deleting=g.deleting,
             pause=g.pause if g.HasField("pause") else None,
+            breaker_failovers=list(g.breaker_failover_ms),
+            scheduled={s.id: s for s in sorted(g.scheduled, key=lambda s: s.id)},
         )
 
 
 class GroupTables:
     """Sessions and groups by id/name, and the lookups every command starts with."""
 
-    def __init__(self, emit: Emitter) -> None:
+    def __init__(
+        self, emit: Emitter, session_ending: Callable[[str, str], None] | None = None
+    ) -> None:
         self.emit = emit
+        # Called with (session id, cause) in the apply that ends a session, right before
+        # its own event: the state machine deletes the keys bound to it there.
+        self.session_ending: Callable[[str, str], None] = session_ending or _nothing
         self.sessions: dict[str, groups_pb2.Session] = {}
         self.groups: dict[str, GroupState] = {}
         # A new object whenever a group command ran: lets the leader's wait timer skip
@@ -138,11 +152,16 @@ class GroupTables:
         return m
 
 
+def _nothing(session_id: str, cause: str) -> None:
+    return None
+
+
 def checked_policy(p: groups_pb2.GroupPolicy) -> groups_pb2.GroupPolicy:
     if not 1 <= p.slots <= limits.MAX_SLOTS:
         raise InvalidArgument(f"slots must be 1..{limits.MAX_SLOTS}, got {p.slots}")
     if p.failback_hold_ms < 0 or p.switchover_timeout_ms < 0 or p.downtime_budget_ms < 0:
         raise InvalidArgument("failback_hold_ms, switchover_timeout_ms and budgets must be >= 0")
+    breaker.check(p)
     out = groups_pb2.GroupPolicy()
     out.CopyFrom(p)
     if out.failback == groups_pb2.FAILBACK_UNSPECIFIED:

@@ -25,8 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from coord.errors import CoordError, Internal, InvalidArgument
-from coord.state import limits
+from coord.errors import CoordError, FailedPrecondition, Internal, InvalidArgument, NotFound
+from coord.state import limits, txn
 from coord.state.events import EventLog
 from coord.state.group_commands import GROUP_COMMANDS
 from coord.state.group_table import GroupState
@@ -68,7 +68,7 @@ class StateMachine:
         self.ledger = Ledger()  # availability, fed by the events
         # While a session expires: the expiry time minus its TTL (Event.lost_since_ms).
         self._expiring_since_ms = 0
-        self.groups = Groups(_Emitter(self))
+        self.groups = Groups(_Emitter(self), self._drop_session_keys)
         # request id -> (first result, fingerprint of the operation)
         self._dedupe: OrderedDict[str, tuple[raft_pb2.CommandResult, bytes]] = OrderedDict()
         # Consistency check points (Digest commands): id -> this replica's state there,
@@ -132,6 +132,8 @@ class StateMachine:
             return self._put(cmd.put)
         if op == "delete":
             return self._delete(cmd.delete)
+        if op == "txn":
+            return self._txn(cmd.txn)
         if op == "bootstrap":
             return self._bootstrap(cmd.bootstrap)
         if op == "noop":
@@ -208,6 +210,8 @@ class StateMachine:
     def _put(self, req: kv_pb2.PutRequest) -> raft_pb2.CommandResult:
         validate_key(req.key)
         validate_value(req.value)
+        if req.session_id:
+            self._bindable(req.session_id, req.key)
         prev = self.kv.get(req.key)
         resp = kv_pb2.PutResponse(succeeded=True)
         if req.HasField("expected_mod_revision") and not _matches(prev, req.expected_mod_revision):
@@ -216,7 +220,7 @@ class StateMachine:
                 resp.kv.CopyFrom(prev)
             return raft_pb2.CommandResult(put=resp)
         rev = self._bump()
-        kv = self.kv.put(req.key, req.value, rev)
+        kv = self.kv.put(req.key, req.value, rev, req.session_id)
         self._record(rev, "kv_put", kvs=[kv])
         resp.kv.CopyFrom(kv)
         if req.prev_kv and prev is not None:
@@ -241,6 +245,70 @@ class StateMachine:
         if req.prev_kv:
             resp.prev_kvs.extend(removed)
         return raft_pb2.CommandResult(delete=resp)
+
+    def _txn(self, req: kv_pb2.TxnRequest) -> raft_pb2.CommandResult:
+        """Compare, then apply one branch in one revision (coord.state.txn). Everything
+        is checked before the first change: a refusal changes nothing."""
+        txn.check(req)
+        ok = all(txn.holds(c, self.kv.get(c.key)) for c in req.compares)
+        ops = req.success if ok else req.failure
+        for i, op in enumerate(ops):
+            if op.HasField("put") and op.put.session_id:
+                branch = "success" if ok else "failure"
+                self._bindable(op.put.session_id, op.put.key, f"{branch}[{i}]: ")
+        resp = kv_pb2.TxnResponse(succeeded=ok)
+        rev = self.revision + 1  # taken below only if the branch changes something
+        put: list[kv_pb2.KeyValue] = []
+        deleted: list[bytes] = []
+        for op in ops:
+            if op.HasField("put"):
+                kv = self.kv.put(op.put.key, op.put.value, rev, op.put.session_id)
+                put.append(kv)
+                resp.responses.add().put.CopyFrom(kv_pb2.PutResponse(succeeded=True, kv=kv))
+                continue
+            d = op.delete
+            keys = list(self.kv.keys_with_prefix(d.key)) if d.prefix else [d.key]
+            removed = [k for k in keys if self.kv.delete(k) is not None]
+            deleted += removed
+            resp.responses.add().delete.CopyFrom(
+                kv_pb2.DeleteResponse(succeeded=True, deleted=len(removed))
+            )
+        if put or deleted:
+            self._bump()
+            self._record(rev, "kv_txn", kvs=put, deleted_keys=deleted)
+        return raft_pb2.CommandResult(txn=resp)
+
+    def _bindable(self, session_id: str, key: bytes, where: str = "") -> None:
+        """Refuse binding ``key`` to a session that does not exist or is closing."""
+        if len(session_id) > limits.MAX_NAME_CHARS:
+            raise InvalidArgument(
+                f"{where}session_id is {len(session_id)} characters: that is no session id "
+                "(give the id Sessions.Open answered)"
+            )
+        session = self.groups.sessions.get(session_id)
+        if session is None:
+            raise NotFound(
+                f"{where}session {session_id!r} does not exist (expired or closed): open a "
+                f"new session and put {key!r} with it, or put it without a session"
+            )
+        if session.closing:
+            raise FailedPrecondition(
+                f"{where}session {session_id!r} is closing (an operator closed it): open a "
+                f"new session and put {key!r} with it"
+            )
+
+    def _drop_session_keys(self, session_id: str, cause: str) -> None:
+        """Delete the keys bound to a session that ends (called by Groups in the apply
+        that ends it, right before the session's own event): one kv_delete event, with
+        the session and the cause."""
+        keys = self.kv.session_keys(session_id)
+        if not keys:
+            return
+        for k in keys:
+            self.kv.delete(k)
+        self._record(
+            self._bump(), "kv_delete", deleted_keys=keys, session_id=session_id, cause=cause
+        )
 
     # -- reads (caller holds the apply lock) -----------------------------------
 
@@ -331,7 +399,7 @@ class StateMachine:
         self.kv.load(list(snap.kvs))
         self._dedupe = OrderedDict((d.request_id, (d.result, d.fingerprint)) for d in snap.dedupe)
         self.last_term = snap.last_term
-        self.groups = Groups(_Emitter(self))
+        self.groups = Groups(_Emitter(self), self._drop_session_keys)
         self.groups.sessions = {s.id: s for s in snap.sessions}
         self.groups.groups = {g.name: GroupState.from_proto(g) for g in snap.groups}
         self.events = EventLog()
@@ -482,6 +550,8 @@ def _attach_group_state(event: groups_pb2.Event, g: GroupState) -> None:
     slots.policy.CopyFrom(g.policy)
     if g.pause is not None:
         slots.pause.CopyFrom(g.pause)
+    slots.breaker_failover_ms.extend(g.breaker_failovers)
+    slots.scheduled.extend(g.scheduled[i] for i in sorted(g.scheduled))
     member = g.members.get(event.member) if event.member else None
     if member is not None and not event.HasField("member_record"):
         event.member_record.CopyFrom(member)

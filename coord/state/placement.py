@@ -7,9 +7,20 @@ docstring; the leader times the waits on its monotonic clock and ends them with
 from __future__ import annotations
 
 from coord.errors import FailedPrecondition
-from coord.state import waits
+from coord.state import breaker, waits
 from coord.state.group_table import GroupState, GroupTables
 from coord.v1 import groups_pb2
+
+# Why a member cannot take a free slot (the codes of Placement.ineligible), in words.
+REASONS = {
+    "group_deleting": "the group is being deleted: nothing is granted",
+    "no_session": "its session is gone (expired or closed)",
+    "session_closing": "its session is closing (an operator closed it): never granted again",
+    "nofailover": "it is nofailover: never made master",
+    "not_candidate": "it is not campaigning (never did, resigned, or is leaving)",
+    "unhealthy": "its health check fails",
+    "holding": "it already holds slot {slot}",
+}
 
 
 class Placement(GroupTables):
@@ -81,6 +92,11 @@ class Placement(GroupTables):
             target = g.members.get(ho.to_member) if ho and ho.cause == "switchover" else None
             if ho is not None and target is not None and self._eligible(g, target):
                 return target, f"the switchover asked by hand names {target.id}"
+            if g.pause.breaker:
+                return None, (
+                    f"breaker open ({g.pause.breaker}): nothing is granted until an operator "
+                    "resumes the group"
+                )
             return None, "the group is paused: nothing is granted until it is resumed"
         if ho is not None and ho.to_member:
             m = g.members.get(ho.to_member)
@@ -92,10 +108,12 @@ class Placement(GroupTables):
         m = ranked[0]
         return m, f"{m.id} is the best eligible member (priority {m.priority})"
 
-    def _fill(self, g: GroupState, now: int) -> None:
+    def _fill(self, g: GroupState, now: int, resumed: bool = False) -> None:
         """Grant every empty slot to :meth:`choose`'s member (slot order), then keep
         every pending handover's promise valid. A deleting group grants nothing; a
-        paused one only a hand switchover's successor."""
+        paused one only a hand switchover's successor. The failover breaker counts
+        the automatic failovers among the grants, unless the operator's resume made
+        them (``resumed``)."""
         for slot in [s for s in g.handovers if s not in g.holdings and s >= g.policy.slots]:
             del g.handovers[slot]  # a surplus slot: never granted again
         for slot in [s for s in g.vacated_cause if s >= g.policy.slots]:
@@ -120,7 +138,31 @@ class Placement(GroupTables):
                 rev, "master_elected", group=g.name, member=m.id, slot=slot, token=rev,
                 cause=cause, session_id=m.session_id,
             )  # fmt: skip
+            if not resumed and breaker.note_grant(g, cause, now):
+                self._open_breaker(g, m.id, slot, now)
         self._retarget(g, now)
+
+    def _open_breaker(self, g: GroupState, member_id: str, slot: int, now: int) -> None:
+        """The failover breaker trips (coord.state.breaker): the group pauses itself,
+        after the failover that tripped it (the rest of this fill grants nothing)."""
+        why = breaker.describe(g.policy)
+        rev = self.emit.reserve()
+        g.pause = groups_pb2.GroupPause(revision=rev, paused_time_ms=now, breaker=why)
+        self.emit.record(rev, "breaker_opened", group=g.name, member=member_id, slot=slot,
+                         cause=why)  # fmt: skip
+        self._cancel_failbacks(g)
+
+    def _cancel_failbacks(self, g: GroupState) -> None:
+        """Cancel every pending failback of a held slot (the master stays)."""
+        for slot, ho in sorted(g.handovers.items()):
+            h = g.holdings.get(slot)
+            if ho.cause != "failback" or h is None or h.revoked:
+                continue
+            del g.handovers[slot]
+            self.emit(
+                "stepdown_cancelled", group=g.name, member=h.member_id, slot=slot,
+                token=h.token, cause=ho.cause, handover=ho,
+            )  # fmt: skip
 
     def _retarget(self, g: GroupState, now: int) -> None:
         """A handover whose successor is no longer eligible (it left, withdrew, or took
@@ -196,9 +238,11 @@ class Placement(GroupTables):
         to_member = req.to_member
         if to_member:
             target = self._member(g, to_member)
-            if not self._eligible(g, target):
+            reason = self.ineligible(g, target)
+            if reason:
+                why = REASONS.get(reason, reason).format(slot=g.holder_slot(to_member))
                 raise FailedPrecondition(
-                    f"member {to_member!r} cannot take over: it must be a healthy "
+                    f"member {to_member!r} cannot take over ({why}): it must be a healthy "
                     "candidate, not nofailover, with a live session and no slot"
                 )
             if to_member in promised:
@@ -271,10 +315,12 @@ class Placement(GroupTables):
         )  # fmt: skip
 
     def _resume(self, g: GroupState, cause: str, now: int) -> None:
-        """End a pause: empty slots are filled at once; failback holds count from now."""
+        """End a pause: empty slots are filled at once; failback holds count from now;
+        the failover breaker (closed now, if it was open) counts again from zero."""
         g.pause = None
+        g.breaker_failovers = []
         self.emit("group_resumed", group=g.name, cause=cause)
-        self._fill(g, now)
+        self._fill(g, now, resumed=True)
 
     def changed(self) -> None:
         """A group command ran: the pending waits may have changed."""

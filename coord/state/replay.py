@@ -1,7 +1,8 @@
 """Differential backups: capture the changes after a revision, replay them on a state.
 
 The event log holds one event per revision, and each event carries what changed
-(``coord/state/events.py``): a put its record, a delete its keys, a session its
+(``coord/state/events.py``): a put its record (its session binding included), a delete
+its keys, a transaction both, a session its
 record; every event of a group carries the group's slot tables after it and the
 named member's record (or its absence), which the state machine attaches when it
 records the event. Replaying the events (R, R2] on the state at R therefore gives
@@ -175,6 +176,12 @@ def _kv_delete(sm: StateMachine, e: groups_pb2.Event) -> None:
             raise KeyError(f"key {key!r}")
 
 
+def _kv_txn(sm: StateMachine, e: groups_pb2.Event) -> None:
+    """A transaction: its deletes and its puts touch different keys (coord.state.txn)."""
+    _kv_delete(sm, e)
+    _kv_put(sm, e)
+
+
 def _session_opened(sm: StateMachine, e: groups_pb2.Event) -> None:
     sm.groups.sessions[e.session.id] = _copy(e.session)
 
@@ -215,6 +222,8 @@ def _group_event(sm: StateMachine, e: groups_pb2.Event) -> None:
     if slots.HasField("policy"):  # older events: the policy did not change
         g.policy = _copy(slots.policy)
     g.pause = _copy(slots.pause) if slots.HasField("pause") else None
+    g.breaker_failovers = list(slots.breaker_failover_ms)
+    g.scheduled = {s.id: _copy(s) for s in slots.scheduled}
 
 
 def _bootstrapped(sm: StateMachine, e: groups_pb2.Event) -> None:
@@ -227,6 +236,7 @@ def _bootstrapped(sm: StateMachine, e: groups_pb2.Event) -> None:
 _HANDLERS: dict[str, Callable[[StateMachine, groups_pb2.Event], None]] = {
     "kv_put": _kv_put,
     "kv_delete": _kv_delete,
+    "kv_txn": _kv_txn,
     "session_opened": _session_opened,
     "session_closing": _session_opened,  # the record, now closing
     "session_closed": _session_ended,

@@ -921,20 +921,27 @@ class SwitchoverRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     TO_MEMBER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     to_member: _builtins.str
     """Empty: the best eligible candidate."""
     request_id: _builtins.str
+    at_ms: _builtins.int
+    """Non-zero: schedule it for then (ms since the epoch, wall clock; it must be in the
+    future, and to_member registered): the leader starts it when its wall clock gets
+    there, or records why it cannot (scheduled_switchover_refused).
+    """
     def __init__(
         self,
         *,
         group: _builtins.str = ...,
         to_member: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "request_id", b"request_id", "to_member", b"to_member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "group", b"group", "request_id", b"request_id", "to_member", b"to_member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -945,20 +952,76 @@ class SwitchoverResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> _common_pb2.ResponseHeader: ...
+    @_builtins.property
+    def scheduled(self) -> _groups_pb2.ScheduledSwitchover:
+        """With at_ms: the scheduled switchover (its id cancels it)."""
+
     def __init__(
         self,
         *,
         header: _common_pb2.ResponseHeader | None = ...,
+        scheduled: _groups_pb2.ScheduledSwitchover | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "scheduled", b"scheduled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "scheduled", b"scheduled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SwitchoverResponse: _TypeAlias = SwitchoverResponse  # noqa: Y015
+
+@_typing.final
+class CancelSwitchoverRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    id: _builtins.int
+    """ScheduledSwitchover.id"""
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        id: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "id", b"id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSwitchoverRequest: _TypeAlias = CancelSwitchoverRequest  # noqa: Y015
+
+@_typing.final
+class CancelSwitchoverResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _common_pb2.ResponseHeader: ...
+    @_builtins.property
+    def cancelled(self) -> _groups_pb2.ScheduledSwitchover: ...
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.ResponseHeader | None = ...,
+        cancelled: _groups_pb2.ScheduledSwitchover | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSwitchoverResponse: _TypeAlias = CancelSwitchoverResponse  # noqa: Y015
 
 @_typing.final
 class PauseGroupsRequest(_message.Message):
@@ -1180,8 +1243,14 @@ class WatchRequest(_message.Message):
     FROM_REVISION_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
+    KEY_PREFIX_FIELD_NUMBER: _builtins.int
     from_revision: _builtins.int
     """Replay from this revision (>= 1), then stream live. 0: from the next change."""
+    key_prefix: _builtins.bytes
+    """Non-empty: only key-value events (kv_put, kv_delete, kv_txn) that touch a key
+    starting with this prefix, each trimmed to those keys. Combines with the
+    filters above (all must match).
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these groups / event types (empty: all)."""
@@ -1194,10 +1263,11 @@ class WatchRequest(_message.Message):
         from_revision: _builtins.int = ...,
         groups: _abc.Iterable[_builtins.str] | None = ...,
         types: _abc.Iterable[_builtins.str] | None = ...,
+        key_prefix: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_revision", b"from_revision", "groups", b"groups", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_revision", b"from_revision", "groups", b"groups", "key_prefix", b"key_prefix", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

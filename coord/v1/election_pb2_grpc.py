@@ -290,6 +290,11 @@ class GroupsStub:
                 request_serializer=coord_dot_v1_dot_election__pb2.SwitchoverRequest.SerializeToString,
                 response_deserializer=coord_dot_v1_dot_election__pb2.SwitchoverResponse.FromString,
                 _registered_method=True)
+        self.CancelSwitchover = channel.unary_unary(
+                '/coord.v1.Groups/CancelSwitchover',
+                request_serializer=coord_dot_v1_dot_election__pb2.CancelSwitchoverRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_election__pb2.CancelSwitchoverResponse.FromString,
+                _registered_method=True)
         self.UpdateMember = channel.unary_unary(
                 '/coord.v1.Groups/UpdateMember',
                 request_serializer=coord_dot_v1_dot_election__pb2.UpdateMemberRequest.SerializeToString,
@@ -398,6 +403,13 @@ class GroupsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Switchover(self, request, context):
+        """Now, or scheduled for a wall-clock time (at_ms); Group.scheduled lists those pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSwitchover(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -514,6 +526,11 @@ def add_GroupsServicer_to_server(servicer, server):
                     servicer.Switchover,
                     request_deserializer=coord_dot_v1_dot_election__pb2.SwitchoverRequest.FromString,
                     response_serializer=coord_dot_v1_dot_election__pb2.SwitchoverResponse.SerializeToString,
+            ),
+            'CancelSwitchover': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSwitchover,
+                    request_deserializer=coord_dot_v1_dot_election__pb2.CancelSwitchoverRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_election__pb2.CancelSwitchoverResponse.SerializeToString,
             ),
             'UpdateMember': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateMember,
@@ -853,6 +870,33 @@ class Groups:
             '/coord.v1.Groups/Switchover',
             coord_dot_v1_dot_election__pb2.SwitchoverRequest.SerializeToString,
             coord_dot_v1_dot_election__pb2.SwitchoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSwitchover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.Groups/CancelSwitchover',
+            coord_dot_v1_dot_election__pb2.CancelSwitchoverRequest.SerializeToString,
+            coord_dot_v1_dot_election__pb2.CancelSwitchoverResponse.FromString,
             options,
             channel_credentials,
             insecure,

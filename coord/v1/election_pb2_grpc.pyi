@@ -93,6 +93,8 @@ class GroupsStub:
     Observe: _grpc.UnaryStreamMultiCallable[_election_pb2.MastersRequest, _election_pb2.MastersResponse]
     """The masters now, then again after every change."""
     Switchover: _grpc.UnaryUnaryMultiCallable[_election_pb2.SwitchoverRequest, _election_pb2.SwitchoverResponse]
+    """Now, or scheduled for a wall-clock time (at_ms); Group.scheduled lists those pending."""
+    CancelSwitchover: _grpc.UnaryUnaryMultiCallable[_election_pb2.CancelSwitchoverRequest, _election_pb2.CancelSwitchoverResponse]
     UpdateMember: _grpc.UnaryUnaryMultiCallable[_election_pb2.UpdateMemberRequest, _election_pb2.MemberResponse]
     """Weight, address, tags and metadata of a member, by its own session."""
     HealthStatus: _grpc.UnaryUnaryMultiCallable[_election_pb2.HealthStatusRequest, _election_pb2.HealthStatusResponse]
@@ -124,6 +126,8 @@ class GroupsAsyncStub(GroupsStub):
     Observe: _aio.UnaryStreamMultiCallable[_election_pb2.MastersRequest, _election_pb2.MastersResponse]  # type: ignore[assignment]
     """The masters now, then again after every change."""
     Switchover: _aio.UnaryUnaryMultiCallable[_election_pb2.SwitchoverRequest, _election_pb2.SwitchoverResponse]  # type: ignore[assignment]
+    """Now, or scheduled for a wall-clock time (at_ms); Group.scheduled lists those pending."""
+    CancelSwitchover: _aio.UnaryUnaryMultiCallable[_election_pb2.CancelSwitchoverRequest, _election_pb2.CancelSwitchoverResponse]  # type: ignore[assignment]
     UpdateMember: _aio.UnaryUnaryMultiCallable[_election_pb2.UpdateMemberRequest, _election_pb2.MemberResponse]  # type: ignore[assignment]
     """Weight, address, tags and metadata of a member, by its own session."""
     HealthStatus: _aio.UnaryUnaryMultiCallable[_election_pb2.HealthStatusRequest, _election_pb2.HealthStatusResponse]  # type: ignore[assignment]
@@ -217,7 +221,15 @@ class GroupsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _election_pb2.SwitchoverRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_election_pb2.SwitchoverResponse, _abc.Awaitable[_election_pb2.SwitchoverResponse]]: ...
+    ) -> _typing.Union[_election_pb2.SwitchoverResponse, _abc.Awaitable[_election_pb2.SwitchoverResponse]]:
+        """Now, or scheduled for a wall-clock time (at_ms); Group.scheduled lists those pending."""
+
+    @_abc_1.abstractmethod
+    def CancelSwitchover(
+        self,
+        request: _election_pb2.CancelSwitchoverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_election_pb2.CancelSwitchoverResponse, _abc.Awaitable[_election_pb2.CancelSwitchoverResponse]]: ...
 
     @_abc_1.abstractmethod
     def UpdateMember(

@@ -113,6 +113,8 @@ class GroupPolicy(_message.Message):
     SWITCHOVER_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     DOWNTIME_BUDGET_MS_FIELD_NUMBER: _builtins.int
     FAILOVER_ON_UNHEALTHY_FIELD_NUMBER: _builtins.int
+    BREAKER_FAILOVERS_FIELD_NUMBER: _builtins.int
+    BREAKER_WINDOW_MS_FIELD_NUMBER: _builtins.int
     slots: _builtins.int
     """1 = master/standby; N = N masters ("multi-master")."""
     failback: Global___FailbackMode.ValueType
@@ -126,6 +128,14 @@ class GroupPolicy(_message.Message):
     """Maximum allowed downtime per 30 days (availability accounting)."""
     failover_on_unhealthy: _builtins.bool
     """Replace an unhealthy master (health checks)."""
+    breaker_failovers: _builtins.int
+    """The failover breaker (off when both are 0; either without the other is refused):
+    once breaker_failovers automatic failovers (a master lost to a session expiry or
+    a failed health check, and its slot granted to another member) happen within
+    breaker_window_ms, the group pauses itself (GroupPause.breaker) until an operator
+    resumes it. 1..100.
+    """
+    breaker_window_ms: _builtins.int
     def __init__(
         self,
         *,
@@ -135,10 +145,12 @@ class GroupPolicy(_message.Message):
         switchover_timeout_ms: _builtins.int = ...,
         downtime_budget_ms: _builtins.int = ...,
         failover_on_unhealthy: _builtins.bool = ...,
+        breaker_failovers: _builtins.int = ...,
+        breaker_window_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_budget_ms", b"downtime_budget_ms", "failback", b"failback", "failback_hold_ms", b"failback_hold_ms", "failover_on_unhealthy", b"failover_on_unhealthy", "slots", b"slots", "switchover_timeout_ms", b"switchover_timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_failovers", b"breaker_failovers", "breaker_window_ms", b"breaker_window_ms", "downtime_budget_ms", b"downtime_budget_ms", "failback", b"failback", "failback_hold_ms", b"failback_hold_ms", "failover_on_unhealthy", b"failover_on_unhealthy", "slots", b"slots", "switchover_timeout_ms", b"switchover_timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,6 +557,8 @@ class Group(_message.Message):
     VACATED_CAUSE_FIELD_NUMBER: _builtins.int
     DELETING_FIELD_NUMBER: _builtins.int
     PAUSE_FIELD_NUMBER: _builtins.int
+    BREAKER_FAILOVER_MS_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     created_revision: _builtins.int
     deleting: _builtins.bool
@@ -569,6 +583,16 @@ class Group(_message.Message):
         back or revoked automatically.
         """
 
+    @_builtins.property
+    def breaker_failover_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The proposers' wall-clock times (ms) of the automatic failovers the failover breaker
+        counts now (those within breaker_window_ms of the newest; forgotten on resume).
+        """
+
+    @_builtins.property
+    def scheduled(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduledSwitchover]:
+        """Switchovers scheduled for later, by id (coordctl switchover GROUP --at TIME)."""
+
     def __init__(
         self,
         *,
@@ -581,14 +605,57 @@ class Group(_message.Message):
         vacated_cause: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
         deleting: _builtins.bool = ...,
         pause: Global___GroupPause | None = ...,
+        breaker_failover_ms: _abc.Iterable[_builtins.int] | None = ...,
+        scheduled: _abc.Iterable[Global___ScheduledSwitchover] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pause", b"pause", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_revision", b"created_revision", "deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "members", b"members", "name", b"name", "pause", b"pause", "policy", b"policy", "vacated_cause", b"vacated_cause"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_failover_ms", b"breaker_failover_ms", "created_revision", b"created_revision", "deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "members", b"members", "name", b"name", "pause", b"pause", "policy", b"policy", "scheduled", b"scheduled", "vacated_cause", b"vacated_cause"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Group: _TypeAlias = Group  # noqa: Y015
+
+@_typing.final
+class ScheduledSwitchover(_message.Message):
+    """A switchover an operator scheduled for a wall-clock time. When the leader's wall clock
+    reaches at_ms it proposes FireSwitchover, which removes it and starts an ordinary
+    switchover (the old master steps down or is revoked and waited out as always), or
+    records why it is refused (the target is not eligible then).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    TO_MEMBER_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    SCHEDULED_TIME_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The revision that scheduled it: names it (unique in the cluster)."""
+    group: _builtins.str
+    to_member: _builtins.str
+    """Empty: the best eligible candidate at that time."""
+    at_ms: _builtins.int
+    """When (ms since the epoch, the leader's wall clock): a calendar time."""
+    scheduled_time_ms: _builtins.int
+    """When it was scheduled (the proposer's wall clock): display."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        group: _builtins.str = ...,
+        to_member: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+        scheduled_time_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "group", b"group", "id", b"id", "scheduled_time_ms", b"scheduled_time_ms", "to_member", b"to_member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduledSwitchover: _TypeAlias = ScheduledSwitchover  # noqa: Y015
 
 @_typing.final
 class GroupPause(_message.Message):
@@ -604,6 +671,7 @@ class GroupPause(_message.Message):
     WAIT_MS_FIELD_NUMBER: _builtins.int
     UNTIL_ESTIMATE_MS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The revision of the pause: names it (and its wait, when it has one)."""
     paused_time_ms: _builtins.int
@@ -617,6 +685,11 @@ class GroupPause(_message.Message):
     """paused_time_ms + wait_ms: an estimate for display, never a deadline."""
     reason: _builtins.str
     """The operator's note."""
+    breaker: _builtins.str
+    """Set when the failover breaker paused the group (policy breaker_failovers): why,
+    e.g. "3 automatic failovers within 600s". Kept if an operator pauses it again;
+    cleared when it is resumed.
+    """
     def __init__(
         self,
         *,
@@ -625,10 +698,11 @@ class GroupPause(_message.Message):
         wait_ms: _builtins.int = ...,
         until_estimate_ms: _builtins.int = ...,
         reason: _builtins.str = ...,
+        breaker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paused_time_ms", b"paused_time_ms", "reason", b"reason", "revision", b"revision", "until_estimate_ms", b"until_estimate_ms", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "paused_time_ms", b"paused_time_ms", "reason", b"reason", "revision", b"revision", "until_estimate_ms", b"until_estimate_ms", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -647,8 +721,11 @@ class GroupExplanation(_message.Message):
     SLOTS_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    BREAKER_OPEN_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     paused: _builtins.bool
+    breaker_open: _builtins.bool
+    """The failover breaker paused the group (see GroupPause.breaker)."""
     @_builtins.property
     def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotExplanation]: ...
     @_builtins.property
@@ -665,10 +742,11 @@ class GroupExplanation(_message.Message):
         slots: _abc.Iterable[Global___SlotExplanation] | None = ...,
         members: _abc.Iterable[Global___MemberVerdict] | None = ...,
         notes: _abc.Iterable[_builtins.str] | None = ...,
+        breaker_open: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "members", b"members", "notes", b"notes", "paused", b"paused", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_open", b"breaker_open", "group", b"group", "members", b"members", "notes", b"notes", "paused", b"paused", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -778,14 +856,17 @@ class Event(_message.Message):
     LOADS_FIELD_NUMBER: _builtins.int
     GROUP_SLOTS_FIELD_NUMBER: _builtins.int
     LOST_SINCE_MS_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     term: _builtins.int
     time_ms: _builtins.int
     type: _builtins.str
-    """kv_put, kv_delete, session_opened, session_closed, session_expired,
+    """kv_put, kv_delete, kv_txn, session_opened, session_closed, session_expired,
     group_created, group_deleted, member_joined, member_left, member_updated,
     master_elected, master_lost, stepdown_requested, master_revoked,
-    cluster_bootstrapped, group_paused, group_resumed, group_edited, failover_paused
+    cluster_bootstrapped, group_paused, group_resumed, group_edited, failover_paused,
+    breaker_opened, switchover_scheduled, scheduled_switchover_cancelled,
+    scheduled_switchover_fired, scheduled_switchover_refused (cause: why)
     """
     group: _builtins.str
     member: _builtins.str
@@ -793,7 +874,9 @@ class Event(_message.Message):
     token: _builtins.int
     cause: _builtins.str
     """initial, resign, session_expired, session_closed, unhealthy, switchover,
-    failback, admin_revoke, member_left, group_deleted
+    failback, admin_revoke, member_left, group_deleted. A kv_delete of the keys
+    bound to a session that ended: session_expired or session_closed, with
+    session_id (the session's own event follows at the next revision, same apply).
     """
     session_id: _builtins.str
     lost_since_ms: _builtins.int
@@ -833,6 +916,10 @@ class Event(_message.Message):
         revision - 1 gives the state at its revision (differential backups).
         """
 
+    @_builtins.property
+    def scheduled(self) -> Global___ScheduledSwitchover:
+        """switchover_scheduled and scheduled_switchover_*: the scheduled switchover."""
+
     def __init__(
         self,
         *,
@@ -856,10 +943,11 @@ class Event(_message.Message):
         loads: _abc.Iterable[Global___SessionLoad] | None = ...,
         group_slots: Global___GroupSlots | None = ...,
         lost_since_ms: _builtins.int = ...,
+        scheduled: Global___ScheduledSwitchover | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["group_slots", b"group_slots", "handover", b"handover", "holding", b"holding", "member_record", b"member_record", "policy", b"policy", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group_slots", b"group_slots", "handover", b"handover", "holding", b"holding", "member_record", b"member_record", "policy", b"policy", "scheduled", b"scheduled", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "group_slots", b"group_slots", "handover", b"handover", "holding", b"holding", "kvs", b"kvs", "loads", b"loads", "lost_since_ms", b"lost_since_ms", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "session", b"session", "session_id", b"session_id", "slot", b"slot", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "group_slots", b"group_slots", "handover", b"handover", "holding", b"holding", "kvs", b"kvs", "loads", b"loads", "lost_since_ms", b"lost_since_ms", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "scheduled", b"scheduled", "session", b"session", "session_id", b"session_id", "slot", b"slot", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -897,6 +985,8 @@ class GroupSlots(_message.Message):
     DELETING_FIELD_NUMBER: _builtins.int
     PAUSE_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    BREAKER_FAILOVER_MS_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FIELD_NUMBER: _builtins.int
     deleting: _builtins.bool
     @_builtins.property
     def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Holding]: ...
@@ -910,6 +1000,14 @@ class GroupSlots(_message.Message):
 
     @_builtins.property
     def policy(self) -> Global___GroupPolicy: ...
+    @_builtins.property
+    def breaker_failover_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The failovers the breaker counts after the change (Group.breaker_failover_ms)."""
+
+    @_builtins.property
+    def scheduled(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduledSwitchover]:
+        """The scheduled switchovers after the change (Group.scheduled)."""
+
     def __init__(
         self,
         *,
@@ -919,10 +1017,12 @@ class GroupSlots(_message.Message):
         deleting: _builtins.bool = ...,
         pause: Global___GroupPause | None = ...,
         policy: Global___GroupPolicy | None = ...,
+        breaker_failover_ms: _abc.Iterable[_builtins.int] | None = ...,
+        scheduled: _abc.Iterable[Global___ScheduledSwitchover] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pause", b"pause", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "pause", b"pause", "policy", b"policy", "vacated_cause", b"vacated_cause"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_failover_ms", b"breaker_failover_ms", "deleting", b"deleting", "handovers", b"handovers", "holdings", b"holdings", "pause", b"pause", "policy", b"policy", "scheduled", b"scheduled", "vacated_cause", b"vacated_cause"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1532,6 +1632,86 @@ class EditGroup(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EditGroup: _TypeAlias = EditGroup  # noqa: Y015
+
+@_typing.final
+class ScheduleSwitchover(_message.Message):
+    """Schedule a switchover (Groups.Switchover with at_ms). Refused if at_ms is not after
+    the command's time, or to_member is not registered in the group.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    TO_MEMBER_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    to_member: _builtins.str
+    at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        to_member: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "group", b"group", "to_member", b"to_member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleSwitchover: _TypeAlias = ScheduleSwitchover  # noqa: Y015
+
+@_typing.final
+class CancelSwitchover(_message.Message):
+    """Cancel a scheduled switchover (NotFound if it is not pending)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSwitchover: _TypeAlias = CancelSwitchover  # noqa: Y015
+
+@_typing.final
+class FireSwitchover(_message.Message):
+    """Proposed by the leader once its wall clock reached a scheduled switchover's at_ms
+    (request id "coord:fire-switchover:<id>"): removes it and starts the switchover, or
+    records why it is refused. Does nothing if it is no longer pending.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FireSwitchover: _TypeAlias = FireSwitchover  # noqa: Y015
 
 @_typing.final
 class SetLoads(_message.Message):

@@ -55,6 +55,10 @@ class Command(_message.Message):
     PAUSE_GROUPS_FIELD_NUMBER: _builtins.int
     RESUME_GROUPS_FIELD_NUMBER: _builtins.int
     EDIT_GROUP_FIELD_NUMBER: _builtins.int
+    TXN_FIELD_NUMBER: _builtins.int
+    SCHEDULE_SWITCHOVER_FIELD_NUMBER: _builtins.int
+    CANCEL_SWITCHOVER_FIELD_NUMBER: _builtins.int
+    FIRE_SWITCHOVER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client idempotency key; empty for commands that need no dedupe."""
     time_ms: _builtins.int
@@ -109,6 +113,14 @@ class Command(_message.Message):
     def resume_groups(self) -> _groups_pb2.ResumeGroups: ...
     @_builtins.property
     def edit_group(self) -> _groups_pb2.EditGroup: ...
+    @_builtins.property
+    def txn(self) -> _kv_pb2.TxnRequest: ...
+    @_builtins.property
+    def schedule_switchover(self) -> _groups_pb2.ScheduleSwitchover: ...
+    @_builtins.property
+    def cancel_switchover(self) -> _groups_pb2.CancelSwitchover: ...
+    @_builtins.property
+    def fire_switchover(self) -> _groups_pb2.FireSwitchover: ...
     def __init__(
         self,
         *,
@@ -138,12 +150,16 @@ class Command(_message.Message):
         pause_groups: _groups_pb2.PauseGroups | None = ...,
         resume_groups: _groups_pb2.ResumeGroups | None = ...,
         edit_group: _groups_pb2.EditGroup | None = ...,
+        txn: _kv_pb2.TxnRequest | None = ...,
+        schedule_switchover: _groups_pb2.ScheduleSwitchover | None = ...,
+        cancel_switchover: _groups_pb2.CancelSwitchover | None = ...,
+        fire_switchover: _groups_pb2.FireSwitchover | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "edit_group", b"edit_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "pause_groups", b"pause_groups", "put", b"put", "register", b"register", "resign", b"resign", "resume_groups", b"resume_groups", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "cancel_switchover", b"cancel_switchover", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "edit_group", b"edit_group", "expire_session", b"expire_session", "fire_switchover", b"fire_switchover", "noop", b"noop", "op", b"op", "open_session", b"open_session", "pause_groups", b"pause_groups", "put", b"put", "register", b"register", "resign", b"resign", "resume_groups", b"resume_groups", "revoke_holding", b"revoke_holding", "schedule_switchover", b"schedule_switchover", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "txn", b"txn", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "edit_group", b"edit_group", "expire_session", b"expire_session", "noop", b"noop", "op", b"op", "open_session", b"open_session", "pause_groups", b"pause_groups", "put", b"put", "register", b"register", "request_id", b"request_id", "resign", b"resign", "resume_groups", b"resume_groups", "revoke_holding", b"revoke_holding", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "term", b"term", "time_ms", b"time_ms", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance", b"advance", "bootstrap", b"bootstrap", "campaign", b"campaign", "cancel_switchover", b"cancel_switchover", "close_session", b"close_session", "create_group", b"create_group", "delete", b"delete", "delete_group", b"delete_group", "digest", b"digest", "edit_group", b"edit_group", "expire_session", b"expire_session", "fire_switchover", b"fire_switchover", "noop", b"noop", "op", b"op", "open_session", b"open_session", "pause_groups", b"pause_groups", "put", b"put", "register", b"register", "request_id", b"request_id", "resign", b"resign", "resume_groups", b"resume_groups", "revoke_holding", b"revoke_holding", "schedule_switchover", b"schedule_switchover", "set_health", b"set_health", "set_loads", b"set_loads", "switchover", b"switchover", "term", b"term", "time_ms", b"time_ms", "txn", b"txn", "unregister", b"unregister", "update_member", b"update_member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap", "open_session", "close_session", "expire_session", "create_group", "delete_group", "register", "unregister", "campaign", "resign", "switchover", "revoke_holding", "advance", "set_health", "update_member", "set_loads", "digest", "pause_groups", "resume_groups", "edit_group"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["noop", "put", "delete", "bootstrap", "open_session", "close_session", "expire_session", "create_group", "delete_group", "register", "unregister", "campaign", "resign", "switchover", "revoke_holding", "advance", "set_health", "update_member", "set_loads", "digest", "pause_groups", "resume_groups", "edit_group", "txn", "schedule_switchover", "cancel_switchover", "fire_switchover"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
@@ -229,6 +245,8 @@ class CommandResult(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     MEMBER_FIELD_NUMBER: _builtins.int
     GROUP_NAMES_FIELD_NUMBER: _builtins.int
+    TXN_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FIELD_NUMBER: _builtins.int
     error_reason: _builtins.str
     """Empty on success; else a reason from coord.errors (e.g. "invalid_argument")."""
     error_message: _builtins.str
@@ -245,6 +263,10 @@ class CommandResult(_message.Message):
     def member(self) -> _groups_pb2.Member: ...
     @_builtins.property
     def group_names(self) -> Global___GroupNames: ...
+    @_builtins.property
+    def txn(self) -> _kv_pb2.TxnResponse: ...
+    @_builtins.property
+    def scheduled(self) -> _groups_pb2.ScheduledSwitchover: ...
     def __init__(
         self,
         *,
@@ -257,12 +279,14 @@ class CommandResult(_message.Message):
         group: _groups_pb2.Group | None = ...,
         member: _groups_pb2.Member | None = ...,
         group_names: Global___GroupNames | None = ...,
+        txn: _kv_pb2.TxnResponse | None = ...,
+        scheduled: _groups_pb2.ScheduledSwitchover | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "group", b"group", "group_names", b"group_names", "member", b"member", "put", b"put", "result", b"result", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "group", b"group", "group_names", b"group_names", "member", b"member", "put", b"put", "result", b"result", "scheduled", b"scheduled", "session", b"session", "txn", b"txn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "error_message", b"error_message", "error_reason", b"error_reason", "group", b"group", "group_names", b"group_names", "member", b"member", "put", b"put", "result", b"result", "revision", b"revision", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "error_message", b"error_message", "error_reason", b"error_reason", "group", b"group", "group_names", b"group_names", "member", b"member", "put", b"put", "result", b"result", "revision", b"revision", "scheduled", b"scheduled", "session", b"session", "txn", b"txn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "delete", "session", "group", "member", "group_names"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "delete", "session", "group", "member", "group_names", "txn", "scheduled"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

@@ -368,7 +368,7 @@ def test_group_rm_of_a_missing_group_does_not_advise_creating_it(cluster: LocalC
 OFFLINE = {("certs", "init"), ("auth", "new-token"), ("snapshot", "status")}
 
 
-def cluster_commands(snapshot: str, out: str) -> dict[tuple[str, ...], list[str]]:
+def cluster_commands(snapshot: str, out: str, txn_spec: str) -> dict[tuple[str, ...], list[str]]:
     """Every command that talks to the cluster, with arguments that reach it."""
     return {
         ("status",): [],
@@ -378,11 +378,13 @@ def cluster_commands(snapshot: str, out: str) -> dict[tuple[str, ...], list[str]
         ("node", "ls"): [],
         ("node", "add"): ["n9", "--raft", "127.0.0.1:1", "--api", "127.0.0.1:2"],
         ("node", "remove"): ["n9"],
+        ("node", "promote"): ["n9"],
         ("consistency",): [],
         ("kv", "put"): ["k", "v"],
         ("kv", "get"): ["k"],
         ("kv", "ls"): [],
         ("kv", "del"): ["k"],
+        ("kv", "txn"): [txn_spec],
         ("snapshot", "save"): [out],
         ("backup", "diff"): ["--since", snapshot, out],
         ("session", "ls"): [],
@@ -401,6 +403,8 @@ def cluster_commands(snapshot: str, out: str) -> dict[tuple[str, ...], list[str]
         ("campaign",): ["g", "m", "--no-hold"],
         ("resign",): ["g", "m"],
         ("switchover",): ["g"],
+        ("schedule", "ls"): [],
+        ("schedule", "cancel"): ["g", "7"],
         ("watch",): [],
         ("report",): [],
     }
@@ -419,7 +423,9 @@ def leaf_commands(cmd: click.Command, path: tuple[str, ...] = ()) -> Iterator[tu
 def test_every_command_exits_4_as_json_when_nothing_listens(
     snapshot_file: str, tmp_path: Path, keep_sigterm: None
 ) -> None:
-    commands = cluster_commands(snapshot_file, str(tmp_path / "out.coordbak"))
+    spec = tmp_path / "txn.json"
+    spec.write_text('{"success": [{"put": "k", "value": "v"}]}')
+    commands = cluster_commands(snapshot_file, str(tmp_path / "out.coordbak"), str(spec))
     assert set(leaf_commands(coordctl_cli.main)) == set(commands) | OFFLINE, (
         "a new command: add it to cluster_commands (or OFFLINE)"
     )
@@ -434,10 +440,22 @@ def test_every_command_exits_4_as_json_when_nothing_listens(
     assert not (tmp_path / "out.coordbak").exists()
 
 
+def txn_spec(where: Path, key: str, expect_rev: int | None = None) -> str:
+    """A ``coordctl kv txn`` spec file: put ``key`` (an empty key: refused by the
+    cluster), compared on its mod revision ``expect_rev`` if given."""
+    spec: dict[str, Any] = {"success": [{"put": key, "value": "v"}]}
+    if expect_rev is not None:
+        spec["compares"] = [{"key": key, "mod_revision": expect_rev}]
+    path = where / f"txn-{len(list(where.glob('txn-*')))}.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
 def test_every_command_keeps_to_the_exit_code_table(
-    cluster: LocalCluster, keep_sigterm: None
+    cluster: LocalCluster, keep_sigterm: None, tmp_path: Path
 ) -> None:
     eps = cluster.endpoints
+    (tmp_path / "no-key.json").write_text('{"compares": [{"value": "x"}]}')
     g = "ctl-codes"
     assert ctl(eps, "group", "create", g).exit_code == 0
     assert ctl(eps, "kv", "put", "ctl/codes", "v").exit_code == 0
@@ -458,21 +476,31 @@ def test_every_command_keeps_to_the_exit_code_table(
         (EXIT_NOT_FOUND, "not_found", ["watch", "--group", "ctl-nosuch"]),
         (EXIT_NOT_FOUND, "not_found", ["node", "remove", "n9"]),
         (EXIT_NOT_FOUND, "not_found", ["leader", "transfer", "--to", "n9"]),
+        (EXIT_NOT_FOUND, "not_found", ["schedule", "cancel", g, "999999"]),
+        (EXIT_NOT_FOUND, "not_found", ["schedule", "ls", "ctl-nosuch"]),
+        (EXIT_NOT_FOUND, "not_found", ["switchover", g, "--to", "nobody", "--at", "2099-01-01"]),
         # 6: refused by the cluster's state.
         (EXIT_REFUSED, "compare_failed", ["kv", "put", "ctl/codes", "w", "--expect-rev",
                                           str(rev + 1000)]),
         (EXIT_REFUSED, "compare_failed", ["kv", "del", "ctl/codes", "--expect-rev",
                                           str(rev + 1000)]),
+        (EXIT_REFUSED, "compare_failed", ["kv", "txn", txn_spec(tmp_path, "ctl/codes",
+                                                                 rev + 1000)]),
         (EXIT_REFUSED, "already_exists", ["group", "create", g]),
         (EXIT_REFUSED, "failed_precondition", ["switchover", g]),
         # 3: an argument the cluster (or the CLI) finds invalid.
         (EXIT_CONFIG, "invalid_argument", ["group", "create", "bad name!"]),
         (EXIT_CONFIG, "invalid_argument", ["campaign", g, "bad id!", "--no-hold"]),
+        (EXIT_CONFIG, "invalid_argument", ["group", "edit", g, "--breaker-failovers", "3"]),
+        (EXIT_CONFIG, "invalid_argument", ["kv", "txn", txn_spec(tmp_path, "")]),
+        (EXIT_CONFIG, "invalid_argument", ["kv", "txn", str(tmp_path / "no-key.json")]),
         # 2: the command line itself.
         (EXIT_USAGE, "usage", ["kv", "put", "ctl/codes", "x", "--expect-rev", "-1"]),
         (EXIT_USAGE, "usage", ["group", "create", "ctl-x", "--slots", "0"]),
         (EXIT_USAGE, "usage", ["campaign", g, "m", "--ttl-s", "0.1"]),
         (EXIT_USAGE, "usage", ["kv", "get", "k", "--no-such-option"]),
+        (EXIT_USAGE, "usage", ["switchover", g, "--at", "2001-01-01T00:00Z"]),
+        (EXIT_USAGE, "usage", ["group", "edit", g, "--breaker-failovers", "0"]),
     ]  # fmt: skip
     for code, reason, args in cases:
         r = ctl(eps, *args, "-o", "json")

@@ -99,6 +99,8 @@ return {
   })),
   heading: (q('section.group[data-group="db"] h3') || {}).textContent,
   outages: document.querySelectorAll('section.group[data-group="db"] ul.outages li').length,
+  scheduled: [...document.querySelectorAll('section.group[data-group="db"] ul.scheduled li')].map(
+    (li) => Number(li.dataset.id)),
   events: [...document.querySelectorAll('#events tr[data-revision]')].map(
     (r) => [Number(r.dataset.revision), r.dataset.type]),
   injected: document.querySelectorAll('#groups img').length,
@@ -148,6 +150,20 @@ def screenshot(browser: WebDriver, tmp_path: Path) -> Path:
     docs.mkdir(exist_ok=True)
     shutil.copyfile(shot, docs / "status-page.png")
     return shot
+
+
+def shows_breaker_and_schedule(cluster: LocalCluster, browser: WebDriver) -> None:
+    """The failover breaker's badge and a scheduled switchover are on the page too."""
+    with cluster.client() as c:
+        c.group(GROUP).edit(breaker_failovers=3, breaker_window_ms=600_000)
+        later = c.group(GROUP).switchover(at_s=time.time() + 86_400)
+    assert later is not None
+    wait_page(
+        browser,
+        lambda p: "breaker" in p["heading"] and p["scheduled"] == [later.id],
+        5,
+        "the breaker's badge and the scheduled switchover",
+    )
 
 
 def test_page_shows_leader_masters_standbys_and_a_failover_within_a_second(
@@ -241,6 +257,7 @@ def test_page_shows_leader_masters_standbys_and_a_failover_within_a_second(
         "db-4 master, two outages on the timeline",
     )
     assert "1/1 masters" in page["heading"] and "outage" not in page["heading"]
+    shows_breaker_and_schedule(cluster, browser)
     shot = screenshot(browser, tmp_path)
     assert shot.stat().st_size > 10_000
 

@@ -9,7 +9,10 @@ holds, policy and member edits), then:
 - a held slot's ``next`` is the member the state machine grants it when its holder
   resigns now (own session), and nobody when it says nobody;
 - every member explain calls eligible is one placement would grant, with the rank
-  it gives.
+  it gives;
+- explain says "breaker open" exactly when the failover breaker paused the group, and
+  the breaker opens exactly when a model that counts the automatic failovers in the
+  event log (coord/state/breaker.py's rule, written again) says it must.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coord.state import breaker
 from coord.state.explain import explain
 from coord.state.machine import StateMachine
 from coord.v1 import groups_pb2 as gp
@@ -48,13 +52,13 @@ ACTION = st.one_of(
 
 
 class World:
-    def __init__(self, slots: int, failback: bool) -> None:
+    def __init__(self, slots: int, failback: bool, k: int = 0, w: int = 0) -> None:
         self.sm = StateMachine()
         self.now = T0
         self.sessions: dict[str, gp.Session] = {}
         policy = gp.GroupPolicy(
             slots=slots, failback=gp.FAILBACK_AUTO if failback else gp.FAILBACK_OFF,
-            switchover_timeout_ms=100,
+            switchover_timeout_ms=100, breaker_failovers=k, breaker_window_ms=w,
         )  # fmt: skip
         self.apply(create_group=gp.CreateGroup(name="g", policy=policy))
 
@@ -96,6 +100,12 @@ class World:
                     group="g", policy=gp.GroupPolicy(slots=args[0]), fields=["slots"]))  # fmt: skip
             elif kind == "advance":
                 self.advance_all()
+            elif kind == "expire_master":  # the session of a master (slot args[0] % n)
+                held = sorted(h.member_id for h in self.g.holdings.values() if not h.revoked)
+                if held:
+                    holder = self.g.members[held[args[0] % len(held)]]
+                    s = self.sm.groups.sessions[holder.session_id]
+                    self.apply(expire_session=gp.ExpireSession(session_id=s.id, epoch=s.epoch))
         elif kind == "expire":
             s = self.sm.groups.sessions[m.session_id]
             self.apply(expire_session=gp.ExpireSession(session_id=s.id, epoch=s.epoch))
@@ -133,19 +143,42 @@ def check_now(w: World) -> None:
     assert [mid for _, mid in eligible] == ranked
     for v in x.members:
         assert v.eligible == (not v.reason) and bool(v.detail)
+    g = w.g
+    assert x.breaker_open == (g.pause is not None and bool(g.pause.breaker))
+    if x.breaker_open:
+        for s in x.slots:
+            if not s.next and s.state in ("vacant", "held") and s.slot < g.policy.slots:
+                assert "breaker open" in s.why, s.why
+
+
+# Candidates joining and masters expiring, often: failovers to count.
+_JOIN = st.tuples(
+    st.just("join"), st.sampled_from(MEMBERS), st.integers(0, 3), st.just(False), st.just(True)
+)
+_EXPIRE_MASTER = st.tuples(st.just("expire_master"), st.integers(0, 2))
+_KINDS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
+    "join": _JOIN, "expire_master": _EXPIRE_MASTER, "other": ACTION
+}  # fmt: skip
+FLAPPING = st.sampled_from(["join"] * 3 + ["expire_master"] * 2 + ["other"] * 2).flatmap(
+    lambda kind: _KINDS[kind]
+)
+
+
+BREAKERS = st.sampled_from([(0, 0), (1, 10**6), (2, 60), (2, 10**6), (3, 200)])
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     slots=st.integers(1, 3),
     failback=st.booleans(),
-    actions=st.lists(ACTION, max_size=25),
+    actions=st.one_of(st.lists(ACTION, max_size=25), st.lists(FLAPPING, max_size=25)),
     pick=st.integers(0, 2),
+    kw=BREAKERS,
 )
 def test_explain_predicts_what_the_state_machine_grants(
-    slots: int, failback: bool, actions: list[tuple[Any, ...]], pick: int
+    slots: int, failback: bool, actions: list[tuple[Any, ...]], pick: int, kw: tuple[int, int]
 ) -> None:
-    w = World(slots, failback)
+    w = World(slots, failback, *kw)
     for action in actions:
         w.act(action)
         check_now(w)
@@ -160,3 +193,51 @@ def test_explain_predicts_what_the_state_machine_grants(
     after = w.g.holdings.get(slot)
     assert (after.member_id if after is not None else "") == predicted.next, predicted.why
     check_now(w)
+
+
+def expected_trips(events: list[gp.Event], k: int, window: int) -> list[int]:
+    """The revisions of the grants after which the breaker must open: the automatic
+    failovers of group g (cause session_expired or unhealthy) made while it was not
+    paused, and not by a resume, counted within ``window`` of each other, forgotten on
+    resume."""
+    paused, counted, resumed_at, trips = False, [], -1, []
+    for e in events:
+        if e.group != "g":
+            continue
+        if e.type in ("group_paused", "breaker_opened"):
+            paused = True
+        elif e.type == "group_resumed":
+            paused, counted, resumed_at = False, [], e.time_ms
+        elif (
+            e.type == "master_elected"
+            and e.cause in ("session_expired", "unhealthy")
+            and not paused
+            and e.time_ms != resumed_at  # one command, one time: granted by the resume
+        ):
+            counted = [t for t in counted if t > e.time_ms - window] + [e.time_ms]
+            if len(counted) >= k:
+                trips.append(e.revision)
+                paused = True  # what it must do next
+    return trips
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    slots=st.integers(1, 3),
+    actions=st.lists(FLAPPING, min_size=4, max_size=40),
+    kw=st.sampled_from([(1, 10**6), (2, 60), (2, 10**6), (3, 200), (3, 10**6)]),
+)
+def test_the_breaker_opens_exactly_when_k_automatic_failovers_fall_within_w(
+    slots: int, actions: list[tuple[Any, ...]], kw: tuple[int, int]
+) -> None:
+    w = World(slots, False, *kw)
+    for action in actions:
+        w.act(action)
+    events = list(w.sm.events.items())
+    trips = expected_trips(events, *kw)
+    opened = [e for e in events if e.type == "breaker_opened"]
+    by_revision = {e.revision: e for e in events}
+    assert [e.revision - 1 for e in opened] == trips  # right after the tripping grant
+    for e in opened:
+        assert by_revision[e.revision - 1].type == "master_elected"
+        assert e.cause == breaker.describe(w.g.policy)

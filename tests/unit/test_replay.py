@@ -45,8 +45,11 @@ OPS = [
     "create", "create", "delete_group", "register", "register", "register", "unregister",
     "campaign", "resign", "switchover", "revoke", "advance", "health", "loads", "update", "noop",
 ]  # fmt: skip
+# Scheduled switchovers and resumes (failover breakers): in the Hypothesis runs; the
+# seeded long runs below keep OPS (their seeds pin which events they exercise).
+STEERING_OPS = ["schedule", "unschedule", "fire", "resume"]
 DT = st.one_of(st.integers(0, 60), st.integers(0, 1600), st.sampled_from([3500, 12_000]))
-STEP = st.tuples(st.sampled_from(OPS), st.integers(0, 63), st.integers(0, 63), DT)
+STEP = st.tuples(st.sampled_from(OPS + STEERING_OPS), st.integers(0, 63), st.integers(0, 63), DT)
 
 
 def pick(items: list[Any], i: int) -> Any:
@@ -91,8 +94,12 @@ def build(sm: StateMachine, step: tuple[str, int, int, int], t: int, term: int) 
             failback_hold_ms=pick([0, 300, 2000], a),
             switchover_timeout_ms=pick([0, 200, 1500], b),
             failover_on_unhealthy=b % 3 == 0,
+            breaker_failovers=(1 + a % 2) if b % 2 == 0 else 0,  # the failover breaker
+            breaker_window_ms=5000 if b % 2 == 0 else 0,
         )
         cmd = {"create_group": gp.CreateGroup(name=pick(GROUPS, a), policy=policy)}
+    elif op in ("schedule", "unschedule", "fire", "resume"):
+        return _steering_command(sm, op, a, b, t, term)
     elif op == "delete_group":
         cmd = {"delete_group": gp.DeleteGroup(name=pick(GROUPS, a))}
     elif op == "register":
@@ -109,6 +116,31 @@ def build(sm: StateMachine, step: tuple[str, int, int, int], t: int, term: int) 
     else:
         cmd = _member_command(op, m, b, sid)
     return raft_pb2.Command(time_ms=t, term=term, **cmd).SerializeToString()
+
+
+def _steering_command(sm: StateMachine, op: str, a: int, b: int, t: int, term: int) -> bytes:
+    """Scheduled switchovers (scheduled, cancelled, fired as the leader does) and
+    resumes (the failover breaker's groups)."""
+    rid, cmd = "", {}
+    entries = sorted(
+        (e.group, e.id) for g in sm.groups.groups.values() for e in g.scheduled.values()
+    )
+    group, entry_id = pick(entries, a) or (pick(GROUPS, a), b)
+    m = pick(members(sm), a)
+    if op == "schedule" and m is not None:
+        at = t + pick([-1, 1, 500, 60_000], b)  # some in the past: refused
+        sched = gp.ScheduleSwitchover(group=m.group, to_member=m.id if b % 3 else "", at_ms=at)
+        cmd = {"schedule_switchover": sched}
+    elif op == "fire":  # as the leader proposes it
+        cmd = {"fire_switchover": gp.FireSwitchover(group=group, id=entry_id)}
+        rid = f"coord:fire-switchover:{entry_id}"
+    elif op == "unschedule":
+        cmd = {"cancel_switchover": gp.CancelSwitchover(group=group, id=entry_id)}
+    elif op == "resume":
+        cmd = {"resume_groups": gp.ResumeGroups(all=True)}
+    else:
+        cmd = {"noop": raft_pb2.Noop()}
+    return raft_pb2.Command(time_ms=t, term=term, request_id=rid, **cmd).SerializeToString()
 
 
 def _member_command(op: str, m: gp.Member, b: int, sid: str) -> dict[str, Any]:

@@ -1988,8 +1988,12 @@ type SwitchoverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	// Empty: the best eligible candidate.
-	ToMember      string `protobuf:"bytes,2,opt,name=to_member,json=toMember,proto3" json:"to_member,omitempty"`
-	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	ToMember  string `protobuf:"bytes,2,opt,name=to_member,json=toMember,proto3" json:"to_member,omitempty"`
+	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Non-zero: schedule it for then (ms since the epoch, wall clock; it must be in the
+	// future, and to_member registered): the leader starts it when its wall clock gets
+	// there, or records why it cannot (scheduled_switchover_refused).
+	AtMs          int64 `protobuf:"varint,4,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2045,9 +2049,18 @@ func (x *SwitchoverRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *SwitchoverRequest) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
 type SwitchoverResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// With at_ms: the scheduled switchover (its id cancels it).
+	Scheduled     *ScheduledSwitchover `protobuf:"bytes,2,opt,name=scheduled,proto3" json:"scheduled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2089,6 +2102,126 @@ func (x *SwitchoverResponse) GetHeader() *ResponseHeader {
 	return nil
 }
 
+func (x *SwitchoverResponse) GetScheduled() *ScheduledSwitchover {
+	if x != nil {
+		return x.Scheduled
+	}
+	return nil
+}
+
+type CancelSwitchoverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// ScheduledSwitchover.id
+	Id            int64  `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelSwitchoverRequest) Reset() {
+	*x = CancelSwitchoverRequest{}
+	mi := &file_coord_v1_election_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelSwitchoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelSwitchoverRequest) ProtoMessage() {}
+
+func (x *CancelSwitchoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_election_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelSwitchoverRequest.ProtoReflect.Descriptor instead.
+func (*CancelSwitchoverRequest) Descriptor() ([]byte, []int) {
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *CancelSwitchoverRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *CancelSwitchoverRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CancelSwitchoverRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type CancelSwitchoverResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Cancelled     *ScheduledSwitchover   `protobuf:"bytes,2,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelSwitchoverResponse) Reset() {
+	*x = CancelSwitchoverResponse{}
+	mi := &file_coord_v1_election_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelSwitchoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelSwitchoverResponse) ProtoMessage() {}
+
+func (x *CancelSwitchoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_election_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelSwitchoverResponse.ProtoReflect.Descriptor instead.
+func (*CancelSwitchoverResponse) Descriptor() ([]byte, []int) {
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *CancelSwitchoverResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *CancelSwitchoverResponse) GetCancelled() *ScheduledSwitchover {
+	if x != nil {
+		return x.Cancelled
+	}
+	return nil
+}
+
 // Pause groups (maintenance mode): nothing is failed over, failed back or revoked
 // automatically until resumed. until_ms (wall clock) is turned into a wait on the
 // leader's monotonic clock when the leader proposes it; for_ms is that wait.
@@ -2109,7 +2242,7 @@ type PauseGroupsRequest struct {
 
 func (x *PauseGroupsRequest) Reset() {
 	*x = PauseGroupsRequest{}
-	mi := &file_coord_v1_election_proto_msgTypes[35]
+	mi := &file_coord_v1_election_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2254,7 @@ func (x *PauseGroupsRequest) String() string {
 func (*PauseGroupsRequest) ProtoMessage() {}
 
 func (x *PauseGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_election_proto_msgTypes[35]
+	mi := &file_coord_v1_election_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2267,7 @@ func (x *PauseGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupsRequest.ProtoReflect.Descriptor instead.
 func (*PauseGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_coord_v1_election_proto_rawDescGZIP(), []int{35}
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PauseGroupsRequest) GetGroups() []string {
@@ -2190,7 +2323,7 @@ type ResumeGroupsRequest struct {
 
 func (x *ResumeGroupsRequest) Reset() {
 	*x = ResumeGroupsRequest{}
-	mi := &file_coord_v1_election_proto_msgTypes[36]
+	mi := &file_coord_v1_election_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2335,7 @@ func (x *ResumeGroupsRequest) String() string {
 func (*ResumeGroupsRequest) ProtoMessage() {}
 
 func (x *ResumeGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_election_proto_msgTypes[36]
+	mi := &file_coord_v1_election_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2348,7 @@ func (x *ResumeGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ResumeGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_coord_v1_election_proto_rawDescGZIP(), []int{36}
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ResumeGroupsRequest) GetGroups() []string {
@@ -2250,7 +2383,7 @@ type PauseGroupsResponse struct {
 
 func (x *PauseGroupsResponse) Reset() {
 	*x = PauseGroupsResponse{}
-	mi := &file_coord_v1_election_proto_msgTypes[37]
+	mi := &file_coord_v1_election_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2395,7 @@ func (x *PauseGroupsResponse) String() string {
 func (*PauseGroupsResponse) ProtoMessage() {}
 
 func (x *PauseGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_election_proto_msgTypes[37]
+	mi := &file_coord_v1_election_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2408,7 @@ func (x *PauseGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroupsResponse.ProtoReflect.Descriptor instead.
 func (*PauseGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_coord_v1_election_proto_rawDescGZIP(), []int{37}
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PauseGroupsResponse) GetHeader() *ResponseHeader {
@@ -2305,7 +2438,7 @@ type EditGroupRequest struct {
 
 func (x *EditGroupRequest) Reset() {
 	*x = EditGroupRequest{}
-	mi := &file_coord_v1_election_proto_msgTypes[38]
+	mi := &file_coord_v1_election_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2450,7 @@ func (x *EditGroupRequest) String() string {
 func (*EditGroupRequest) ProtoMessage() {}
 
 func (x *EditGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_election_proto_msgTypes[38]
+	mi := &file_coord_v1_election_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2463,7 @@ func (x *EditGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditGroupRequest.ProtoReflect.Descriptor instead.
 func (*EditGroupRequest) Descriptor() ([]byte, []int) {
-	return file_coord_v1_election_proto_rawDescGZIP(), []int{38}
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *EditGroupRequest) GetName() string {
@@ -2374,7 +2507,7 @@ type EditMemberRequest struct {
 
 func (x *EditMemberRequest) Reset() {
 	*x = EditMemberRequest{}
-	mi := &file_coord_v1_election_proto_msgTypes[39]
+	mi := &file_coord_v1_election_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +2519,7 @@ func (x *EditMemberRequest) String() string {
 func (*EditMemberRequest) ProtoMessage() {}
 
 func (x *EditMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_election_proto_msgTypes[39]
+	mi := &file_coord_v1_election_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +2532,7 @@ func (x *EditMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditMemberRequest.ProtoReflect.Descriptor instead.
 func (*EditMemberRequest) Descriptor() ([]byte, []int) {
-	return file_coord_v1_election_proto_rawDescGZIP(), []int{39}
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *EditMemberRequest) GetGroup() string {
@@ -2447,7 +2580,7 @@ type ExplainRequest struct {
 
 func (x *ExplainRequest) Reset() {
 	*x = ExplainRequest{}
-	mi := &file_coord_v1_election_proto_msgTypes[40]
+	mi := &file_coord_v1_election_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2592,7 @@ func (x *ExplainRequest) String() string {
 func (*ExplainRequest) ProtoMessage() {}
 
 func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_election_proto_msgTypes[40]
+	mi := &file_coord_v1_election_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2605,7 @@ func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
 func (*ExplainRequest) Descriptor() ([]byte, []int) {
-	return file_coord_v1_election_proto_rawDescGZIP(), []int{40}
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ExplainRequest) GetGroup() string {
@@ -2499,7 +2632,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_coord_v1_election_proto_msgTypes[41]
+	mi := &file_coord_v1_election_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2511,7 +2644,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_election_proto_msgTypes[41]
+	mi := &file_coord_v1_election_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2524,7 +2657,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_coord_v1_election_proto_rawDescGZIP(), []int{41}
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ExplainResponse) GetHeader() *ResponseHeader {
@@ -2546,15 +2679,19 @@ type WatchRequest struct {
 	// Replay from this revision (>= 1), then stream live. 0: from the next change.
 	FromRevision int64 `protobuf:"varint,1,opt,name=from_revision,json=fromRevision,proto3" json:"from_revision,omitempty"`
 	// Only these groups / event types (empty: all).
-	Groups        []string `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
-	Types         []string `protobuf:"bytes,3,rep,name=types,proto3" json:"types,omitempty"`
+	Groups []string `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	Types  []string `protobuf:"bytes,3,rep,name=types,proto3" json:"types,omitempty"`
+	// Non-empty: only key-value events (kv_put, kv_delete, kv_txn) that touch a key
+	// starting with this prefix, each trimmed to those keys. Combines with the
+	// filters above (all must match).
+	KeyPrefix     []byte `protobuf:"bytes,4,opt,name=key_prefix,json=keyPrefix,proto3" json:"key_prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_coord_v1_election_proto_msgTypes[42]
+	mi := &file_coord_v1_election_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2566,7 +2703,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_election_proto_msgTypes[42]
+	mi := &file_coord_v1_election_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2579,7 +2716,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_coord_v1_election_proto_rawDescGZIP(), []int{42}
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -2603,6 +2740,13 @@ func (x *WatchRequest) GetTypes() []string {
 	return nil
 }
 
+func (x *WatchRequest) GetKeyPrefix() []byte {
+	if x != nil {
+		return x.KeyPrefix
+	}
+	return nil
+}
+
 type WatchResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -2613,7 +2757,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_coord_v1_election_proto_msgTypes[43]
+	mi := &file_coord_v1_election_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2625,7 +2769,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_election_proto_msgTypes[43]
+	mi := &file_coord_v1_election_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2638,7 +2782,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_coord_v1_election_proto_rawDescGZIP(), []int{43}
+	return file_coord_v1_election_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WatchResponse) GetHeader() *ResponseHeader {
@@ -2802,14 +2946,24 @@ const file_coord_v1_election_proto_rawDesc = "" +
 	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12+\n" +
 	"\amasters\x18\x03 \x03(\v2\x11.coord.v1.HoldingR\amasters\x12%\n" +
-	"\x05cause\x18\x04 \x01(\v2\x0f.coord.v1.EventR\x05cause\"e\n" +
+	"\x05cause\x18\x04 \x01(\v2\x0f.coord.v1.EventR\x05cause\"z\n" +
 	"\x11SwitchoverRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1b\n" +
 	"\tto_member\x18\x02 \x01(\tR\btoMember\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId\"F\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\x12\x13\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\x83\x01\n" +
 	"\x12SwitchoverResponse\x120\n" +
-	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\"\xa7\x01\n" +
+	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12;\n" +
+	"\tscheduled\x18\x02 \x01(\v2\x1d.coord.v1.ScheduledSwitchoverR\tscheduled\"^\n" +
+	"\x17CancelSwitchoverRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x03R\x02id\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"\x89\x01\n" +
+	"\x18CancelSwitchoverResponse\x120\n" +
+	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12;\n" +
+	"\tcancelled\x18\x02 \x01(\v2\x1d.coord.v1.ScheduledSwitchoverR\tcancelled\"\xa7\x01\n" +
 	"\x12PauseGroupsRequest\x12\x16\n" +
 	"\x06groups\x18\x01 \x03(\tR\x06groups\x12\x10\n" +
 	"\x03all\x18\x02 \x01(\bR\x03all\x12\x19\n" +
@@ -2848,11 +3002,13 @@ const file_coord_v1_election_proto_rawDesc = "" +
 	"\fserializable\x18\x02 \x01(\bR\fserializable\"\x81\x01\n" +
 	"\x0fExplainResponse\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12<\n" +
-	"\vexplanation\x18\x02 \x01(\v2\x1a.coord.v1.GroupExplanationR\vexplanation\"a\n" +
+	"\vexplanation\x18\x02 \x01(\v2\x1a.coord.v1.GroupExplanationR\vexplanation\"\x80\x01\n" +
 	"\fWatchRequest\x12#\n" +
 	"\rfrom_revision\x18\x01 \x01(\x03R\ffromRevision\x12\x16\n" +
 	"\x06groups\x18\x02 \x03(\tR\x06groups\x12\x14\n" +
-	"\x05types\x18\x03 \x03(\tR\x05types\"j\n" +
+	"\x05types\x18\x03 \x03(\tR\x05types\x12\x1d\n" +
+	"\n" +
+	"key_prefix\x18\x04 \x01(\fR\tkeyPrefix\"j\n" +
 	"\rWatchResponse\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12'\n" +
 	"\x06events\x18\x02 \x03(\v2\x0f.coord.v1.EventR\x06events2\xa8\x02\n" +
@@ -2860,7 +3016,7 @@ const file_coord_v1_election_proto_rawDesc = "" +
 	"\x04Open\x12\x1c.coord.v1.OpenSessionRequest\x1a\x1d.coord.v1.OpenSessionResponse\x12H\n" +
 	"\tKeepAlive\x12\x1a.coord.v1.KeepAliveRequest\x1a\x1b.coord.v1.KeepAliveResponse(\x010\x01\x12F\n" +
 	"\x05Close\x12\x1d.coord.v1.CloseSessionRequest\x1a\x1e.coord.v1.CloseSessionResponse\x12E\n" +
-	"\x04List\x12\x1d.coord.v1.ListSessionsRequest\x1a\x1e.coord.v1.ListSessionsResponse2\x90\n" +
+	"\x04List\x12\x1d.coord.v1.ListSessionsRequest\x1a\x1e.coord.v1.ListSessionsResponse2\xeb\n" +
 	"\n" +
 	"\x06Groups\x12?\n" +
 	"\x06Create\x12\x1c.coord.v1.CreateGroupRequest\x1a\x17.coord.v1.GroupResponse\x12E\n" +
@@ -2875,7 +3031,8 @@ const file_coord_v1_election_proto_rawDesc = "" +
 	"\aMasters\x12\x18.coord.v1.MastersRequest\x1a\x19.coord.v1.MastersResponse\x12@\n" +
 	"\aObserve\x12\x18.coord.v1.MastersRequest\x1a\x19.coord.v1.MastersResponse0\x01\x12G\n" +
 	"\n" +
-	"Switchover\x12\x1b.coord.v1.SwitchoverRequest\x1a\x1c.coord.v1.SwitchoverResponse\x12G\n" +
+	"Switchover\x12\x1b.coord.v1.SwitchoverRequest\x1a\x1c.coord.v1.SwitchoverResponse\x12Y\n" +
+	"\x10CancelSwitchover\x12!.coord.v1.CancelSwitchoverRequest\x1a\".coord.v1.CancelSwitchoverResponse\x12G\n" +
 	"\fUpdateMember\x12\x1d.coord.v1.UpdateMemberRequest\x1a\x18.coord.v1.MemberResponse\x12M\n" +
 	"\fHealthStatus\x12\x1d.coord.v1.HealthStatusRequest\x1a\x1e.coord.v1.HealthStatusResponse\x12A\n" +
 	"\bRunCheck\x12\x19.coord.v1.RunCheckRequest\x1a\x1a.coord.v1.RunCheckResponse\x12D\n" +
@@ -2900,155 +3057,163 @@ func file_coord_v1_election_proto_rawDescGZIP() []byte {
 	return file_coord_v1_election_proto_rawDescData
 }
 
-var file_coord_v1_election_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_coord_v1_election_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_coord_v1_election_proto_goTypes = []any{
-	(*OpenSessionRequest)(nil),   // 0: coord.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),  // 1: coord.v1.OpenSessionResponse
-	(*KeepAliveRequest)(nil),     // 2: coord.v1.KeepAliveRequest
-	(*StepDown)(nil),             // 3: coord.v1.StepDown
-	(*KeepAliveResponse)(nil),    // 4: coord.v1.KeepAliveResponse
-	(*Held)(nil),                 // 5: coord.v1.Held
-	(*CloseSessionRequest)(nil),  // 6: coord.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil), // 7: coord.v1.CloseSessionResponse
-	(*ListSessionsRequest)(nil),  // 8: coord.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil), // 9: coord.v1.ListSessionsResponse
-	(*CreateGroupRequest)(nil),   // 10: coord.v1.CreateGroupRequest
-	(*GroupResponse)(nil),        // 11: coord.v1.GroupResponse
-	(*DeleteGroupRequest)(nil),   // 12: coord.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),  // 13: coord.v1.DeleteGroupResponse
-	(*GetGroupRequest)(nil),      // 14: coord.v1.GetGroupRequest
-	(*ListGroupsRequest)(nil),    // 15: coord.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),   // 16: coord.v1.ListGroupsResponse
-	(*RegisterRequest)(nil),      // 17: coord.v1.RegisterRequest
-	(*MemberResponse)(nil),       // 18: coord.v1.MemberResponse
-	(*UnregisterRequest)(nil),    // 19: coord.v1.UnregisterRequest
-	(*UnregisterResponse)(nil),   // 20: coord.v1.UnregisterResponse
-	(*UpdateMemberRequest)(nil),  // 21: coord.v1.UpdateMemberRequest
-	(*HealthStatusRequest)(nil),  // 22: coord.v1.HealthStatusRequest
-	(*MemberHealth)(nil),         // 23: coord.v1.MemberHealth
-	(*HealthStatusResponse)(nil), // 24: coord.v1.HealthStatusResponse
-	(*RunCheckRequest)(nil),      // 25: coord.v1.RunCheckRequest
-	(*RunCheckResponse)(nil),     // 26: coord.v1.RunCheckResponse
-	(*CampaignRequest)(nil),      // 27: coord.v1.CampaignRequest
-	(*CampaignResponse)(nil),     // 28: coord.v1.CampaignResponse
-	(*ResignRequest)(nil),        // 29: coord.v1.ResignRequest
-	(*ResignResponse)(nil),       // 30: coord.v1.ResignResponse
-	(*MastersRequest)(nil),       // 31: coord.v1.MastersRequest
-	(*MastersResponse)(nil),      // 32: coord.v1.MastersResponse
-	(*SwitchoverRequest)(nil),    // 33: coord.v1.SwitchoverRequest
-	(*SwitchoverResponse)(nil),   // 34: coord.v1.SwitchoverResponse
-	(*PauseGroupsRequest)(nil),   // 35: coord.v1.PauseGroupsRequest
-	(*ResumeGroupsRequest)(nil),  // 36: coord.v1.ResumeGroupsRequest
-	(*PauseGroupsResponse)(nil),  // 37: coord.v1.PauseGroupsResponse
-	(*EditGroupRequest)(nil),     // 38: coord.v1.EditGroupRequest
-	(*EditMemberRequest)(nil),    // 39: coord.v1.EditMemberRequest
-	(*ExplainRequest)(nil),       // 40: coord.v1.ExplainRequest
-	(*ExplainResponse)(nil),      // 41: coord.v1.ExplainResponse
-	(*WatchRequest)(nil),         // 42: coord.v1.WatchRequest
-	(*WatchResponse)(nil),        // 43: coord.v1.WatchResponse
-	(*ResponseHeader)(nil),       // 44: coord.v1.ResponseHeader
-	(*Session)(nil),              // 45: coord.v1.Session
-	(*GroupPolicy)(nil),          // 46: coord.v1.GroupPolicy
-	(*Group)(nil),                // 47: coord.v1.Group
-	(*Member)(nil),               // 48: coord.v1.Member
-	(*UpdateMember)(nil),         // 49: coord.v1.UpdateMember
-	(*HealthCheck)(nil),          // 50: coord.v1.HealthCheck
-	(*Holding)(nil),              // 51: coord.v1.Holding
-	(*Event)(nil),                // 52: coord.v1.Event
-	(*GroupExplanation)(nil),     // 53: coord.v1.GroupExplanation
+	(*OpenSessionRequest)(nil),       // 0: coord.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),      // 1: coord.v1.OpenSessionResponse
+	(*KeepAliveRequest)(nil),         // 2: coord.v1.KeepAliveRequest
+	(*StepDown)(nil),                 // 3: coord.v1.StepDown
+	(*KeepAliveResponse)(nil),        // 4: coord.v1.KeepAliveResponse
+	(*Held)(nil),                     // 5: coord.v1.Held
+	(*CloseSessionRequest)(nil),      // 6: coord.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),     // 7: coord.v1.CloseSessionResponse
+	(*ListSessionsRequest)(nil),      // 8: coord.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),     // 9: coord.v1.ListSessionsResponse
+	(*CreateGroupRequest)(nil),       // 10: coord.v1.CreateGroupRequest
+	(*GroupResponse)(nil),            // 11: coord.v1.GroupResponse
+	(*DeleteGroupRequest)(nil),       // 12: coord.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 13: coord.v1.DeleteGroupResponse
+	(*GetGroupRequest)(nil),          // 14: coord.v1.GetGroupRequest
+	(*ListGroupsRequest)(nil),        // 15: coord.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),       // 16: coord.v1.ListGroupsResponse
+	(*RegisterRequest)(nil),          // 17: coord.v1.RegisterRequest
+	(*MemberResponse)(nil),           // 18: coord.v1.MemberResponse
+	(*UnregisterRequest)(nil),        // 19: coord.v1.UnregisterRequest
+	(*UnregisterResponse)(nil),       // 20: coord.v1.UnregisterResponse
+	(*UpdateMemberRequest)(nil),      // 21: coord.v1.UpdateMemberRequest
+	(*HealthStatusRequest)(nil),      // 22: coord.v1.HealthStatusRequest
+	(*MemberHealth)(nil),             // 23: coord.v1.MemberHealth
+	(*HealthStatusResponse)(nil),     // 24: coord.v1.HealthStatusResponse
+	(*RunCheckRequest)(nil),          // 25: coord.v1.RunCheckRequest
+	(*RunCheckResponse)(nil),         // 26: coord.v1.RunCheckResponse
+	(*CampaignRequest)(nil),          // 27: coord.v1.CampaignRequest
+	(*CampaignResponse)(nil),         // 28: coord.v1.CampaignResponse
+	(*ResignRequest)(nil),            // 29: coord.v1.ResignRequest
+	(*ResignResponse)(nil),           // 30: coord.v1.ResignResponse
+	(*MastersRequest)(nil),           // 31: coord.v1.MastersRequest
+	(*MastersResponse)(nil),          // 32: coord.v1.MastersResponse
+	(*SwitchoverRequest)(nil),        // 33: coord.v1.SwitchoverRequest
+	(*SwitchoverResponse)(nil),       // 34: coord.v1.SwitchoverResponse
+	(*CancelSwitchoverRequest)(nil),  // 35: coord.v1.CancelSwitchoverRequest
+	(*CancelSwitchoverResponse)(nil), // 36: coord.v1.CancelSwitchoverResponse
+	(*PauseGroupsRequest)(nil),       // 37: coord.v1.PauseGroupsRequest
+	(*ResumeGroupsRequest)(nil),      // 38: coord.v1.ResumeGroupsRequest
+	(*PauseGroupsResponse)(nil),      // 39: coord.v1.PauseGroupsResponse
+	(*EditGroupRequest)(nil),         // 40: coord.v1.EditGroupRequest
+	(*EditMemberRequest)(nil),        // 41: coord.v1.EditMemberRequest
+	(*ExplainRequest)(nil),           // 42: coord.v1.ExplainRequest
+	(*ExplainResponse)(nil),          // 43: coord.v1.ExplainResponse
+	(*WatchRequest)(nil),             // 44: coord.v1.WatchRequest
+	(*WatchResponse)(nil),            // 45: coord.v1.WatchResponse
+	(*ResponseHeader)(nil),           // 46: coord.v1.ResponseHeader
+	(*Session)(nil),                  // 47: coord.v1.Session
+	(*GroupPolicy)(nil),              // 48: coord.v1.GroupPolicy
+	(*Group)(nil),                    // 49: coord.v1.Group
+	(*Member)(nil),                   // 50: coord.v1.Member
+	(*UpdateMember)(nil),             // 51: coord.v1.UpdateMember
+	(*HealthCheck)(nil),              // 52: coord.v1.HealthCheck
+	(*Holding)(nil),                  // 53: coord.v1.Holding
+	(*Event)(nil),                    // 54: coord.v1.Event
+	(*ScheduledSwitchover)(nil),      // 55: coord.v1.ScheduledSwitchover
+	(*GroupExplanation)(nil),         // 56: coord.v1.GroupExplanation
 }
 var file_coord_v1_election_proto_depIdxs = []int32{
-	44, // 0: coord.v1.OpenSessionResponse.header:type_name -> coord.v1.ResponseHeader
-	45, // 1: coord.v1.OpenSessionResponse.session:type_name -> coord.v1.Session
-	44, // 2: coord.v1.KeepAliveResponse.header:type_name -> coord.v1.ResponseHeader
+	46, // 0: coord.v1.OpenSessionResponse.header:type_name -> coord.v1.ResponseHeader
+	47, // 1: coord.v1.OpenSessionResponse.session:type_name -> coord.v1.Session
+	46, // 2: coord.v1.KeepAliveResponse.header:type_name -> coord.v1.ResponseHeader
 	3,  // 3: coord.v1.KeepAliveResponse.stepdown:type_name -> coord.v1.StepDown
 	5,  // 4: coord.v1.KeepAliveResponse.held:type_name -> coord.v1.Held
-	44, // 5: coord.v1.CloseSessionResponse.header:type_name -> coord.v1.ResponseHeader
-	44, // 6: coord.v1.ListSessionsResponse.header:type_name -> coord.v1.ResponseHeader
-	45, // 7: coord.v1.ListSessionsResponse.sessions:type_name -> coord.v1.Session
-	46, // 8: coord.v1.CreateGroupRequest.policy:type_name -> coord.v1.GroupPolicy
-	44, // 9: coord.v1.GroupResponse.header:type_name -> coord.v1.ResponseHeader
-	47, // 10: coord.v1.GroupResponse.group:type_name -> coord.v1.Group
-	44, // 11: coord.v1.DeleteGroupResponse.header:type_name -> coord.v1.ResponseHeader
-	44, // 12: coord.v1.ListGroupsResponse.header:type_name -> coord.v1.ResponseHeader
-	47, // 13: coord.v1.ListGroupsResponse.groups:type_name -> coord.v1.Group
-	48, // 14: coord.v1.RegisterRequest.member:type_name -> coord.v1.Member
-	44, // 15: coord.v1.MemberResponse.header:type_name -> coord.v1.ResponseHeader
-	48, // 16: coord.v1.MemberResponse.member:type_name -> coord.v1.Member
-	44, // 17: coord.v1.UnregisterResponse.header:type_name -> coord.v1.ResponseHeader
-	49, // 18: coord.v1.UpdateMemberRequest.update:type_name -> coord.v1.UpdateMember
-	44, // 19: coord.v1.HealthStatusResponse.header:type_name -> coord.v1.ResponseHeader
+	46, // 5: coord.v1.CloseSessionResponse.header:type_name -> coord.v1.ResponseHeader
+	46, // 6: coord.v1.ListSessionsResponse.header:type_name -> coord.v1.ResponseHeader
+	47, // 7: coord.v1.ListSessionsResponse.sessions:type_name -> coord.v1.Session
+	48, // 8: coord.v1.CreateGroupRequest.policy:type_name -> coord.v1.GroupPolicy
+	46, // 9: coord.v1.GroupResponse.header:type_name -> coord.v1.ResponseHeader
+	49, // 10: coord.v1.GroupResponse.group:type_name -> coord.v1.Group
+	46, // 11: coord.v1.DeleteGroupResponse.header:type_name -> coord.v1.ResponseHeader
+	46, // 12: coord.v1.ListGroupsResponse.header:type_name -> coord.v1.ResponseHeader
+	49, // 13: coord.v1.ListGroupsResponse.groups:type_name -> coord.v1.Group
+	50, // 14: coord.v1.RegisterRequest.member:type_name -> coord.v1.Member
+	46, // 15: coord.v1.MemberResponse.header:type_name -> coord.v1.ResponseHeader
+	50, // 16: coord.v1.MemberResponse.member:type_name -> coord.v1.Member
+	46, // 17: coord.v1.UnregisterResponse.header:type_name -> coord.v1.ResponseHeader
+	51, // 18: coord.v1.UpdateMemberRequest.update:type_name -> coord.v1.UpdateMember
+	46, // 19: coord.v1.HealthStatusResponse.header:type_name -> coord.v1.ResponseHeader
 	23, // 20: coord.v1.HealthStatusResponse.members:type_name -> coord.v1.MemberHealth
-	50, // 21: coord.v1.RunCheckRequest.check:type_name -> coord.v1.HealthCheck
-	44, // 22: coord.v1.RunCheckResponse.header:type_name -> coord.v1.ResponseHeader
-	44, // 23: coord.v1.CampaignResponse.header:type_name -> coord.v1.ResponseHeader
-	51, // 24: coord.v1.CampaignResponse.holding:type_name -> coord.v1.Holding
-	51, // 25: coord.v1.CampaignResponse.masters:type_name -> coord.v1.Holding
-	44, // 26: coord.v1.ResignResponse.header:type_name -> coord.v1.ResponseHeader
-	44, // 27: coord.v1.MastersResponse.header:type_name -> coord.v1.ResponseHeader
-	51, // 28: coord.v1.MastersResponse.masters:type_name -> coord.v1.Holding
-	52, // 29: coord.v1.MastersResponse.cause:type_name -> coord.v1.Event
-	44, // 30: coord.v1.SwitchoverResponse.header:type_name -> coord.v1.ResponseHeader
-	44, // 31: coord.v1.PauseGroupsResponse.header:type_name -> coord.v1.ResponseHeader
-	47, // 32: coord.v1.PauseGroupsResponse.groups:type_name -> coord.v1.Group
-	46, // 33: coord.v1.EditGroupRequest.policy:type_name -> coord.v1.GroupPolicy
-	44, // 34: coord.v1.ExplainResponse.header:type_name -> coord.v1.ResponseHeader
-	53, // 35: coord.v1.ExplainResponse.explanation:type_name -> coord.v1.GroupExplanation
-	44, // 36: coord.v1.WatchResponse.header:type_name -> coord.v1.ResponseHeader
-	52, // 37: coord.v1.WatchResponse.events:type_name -> coord.v1.Event
-	0,  // 38: coord.v1.Sessions.Open:input_type -> coord.v1.OpenSessionRequest
-	2,  // 39: coord.v1.Sessions.KeepAlive:input_type -> coord.v1.KeepAliveRequest
-	6,  // 40: coord.v1.Sessions.Close:input_type -> coord.v1.CloseSessionRequest
-	8,  // 41: coord.v1.Sessions.List:input_type -> coord.v1.ListSessionsRequest
-	10, // 42: coord.v1.Groups.Create:input_type -> coord.v1.CreateGroupRequest
-	12, // 43: coord.v1.Groups.Delete:input_type -> coord.v1.DeleteGroupRequest
-	14, // 44: coord.v1.Groups.Get:input_type -> coord.v1.GetGroupRequest
-	15, // 45: coord.v1.Groups.List:input_type -> coord.v1.ListGroupsRequest
-	17, // 46: coord.v1.Groups.Register:input_type -> coord.v1.RegisterRequest
-	19, // 47: coord.v1.Groups.Unregister:input_type -> coord.v1.UnregisterRequest
-	27, // 48: coord.v1.Groups.Campaign:input_type -> coord.v1.CampaignRequest
-	29, // 49: coord.v1.Groups.Resign:input_type -> coord.v1.ResignRequest
-	31, // 50: coord.v1.Groups.Masters:input_type -> coord.v1.MastersRequest
-	31, // 51: coord.v1.Groups.Observe:input_type -> coord.v1.MastersRequest
-	33, // 52: coord.v1.Groups.Switchover:input_type -> coord.v1.SwitchoverRequest
-	21, // 53: coord.v1.Groups.UpdateMember:input_type -> coord.v1.UpdateMemberRequest
-	22, // 54: coord.v1.Groups.HealthStatus:input_type -> coord.v1.HealthStatusRequest
-	25, // 55: coord.v1.Groups.RunCheck:input_type -> coord.v1.RunCheckRequest
-	35, // 56: coord.v1.Groups.Pause:input_type -> coord.v1.PauseGroupsRequest
-	36, // 57: coord.v1.Groups.Resume:input_type -> coord.v1.ResumeGroupsRequest
-	38, // 58: coord.v1.Groups.Edit:input_type -> coord.v1.EditGroupRequest
-	39, // 59: coord.v1.Groups.EditMember:input_type -> coord.v1.EditMemberRequest
-	40, // 60: coord.v1.Groups.Explain:input_type -> coord.v1.ExplainRequest
-	42, // 61: coord.v1.Watch.Watch:input_type -> coord.v1.WatchRequest
-	1,  // 62: coord.v1.Sessions.Open:output_type -> coord.v1.OpenSessionResponse
-	4,  // 63: coord.v1.Sessions.KeepAlive:output_type -> coord.v1.KeepAliveResponse
-	7,  // 64: coord.v1.Sessions.Close:output_type -> coord.v1.CloseSessionResponse
-	9,  // 65: coord.v1.Sessions.List:output_type -> coord.v1.ListSessionsResponse
-	11, // 66: coord.v1.Groups.Create:output_type -> coord.v1.GroupResponse
-	13, // 67: coord.v1.Groups.Delete:output_type -> coord.v1.DeleteGroupResponse
-	11, // 68: coord.v1.Groups.Get:output_type -> coord.v1.GroupResponse
-	16, // 69: coord.v1.Groups.List:output_type -> coord.v1.ListGroupsResponse
-	18, // 70: coord.v1.Groups.Register:output_type -> coord.v1.MemberResponse
-	20, // 71: coord.v1.Groups.Unregister:output_type -> coord.v1.UnregisterResponse
-	28, // 72: coord.v1.Groups.Campaign:output_type -> coord.v1.CampaignResponse
-	30, // 73: coord.v1.Groups.Resign:output_type -> coord.v1.ResignResponse
-	32, // 74: coord.v1.Groups.Masters:output_type -> coord.v1.MastersResponse
-	32, // 75: coord.v1.Groups.Observe:output_type -> coord.v1.MastersResponse
-	34, // 76: coord.v1.Groups.Switchover:output_type -> coord.v1.SwitchoverResponse
-	18, // 77: coord.v1.Groups.UpdateMember:output_type -> coord.v1.MemberResponse
-	24, // 78: coord.v1.Groups.HealthStatus:output_type -> coord.v1.HealthStatusResponse
-	26, // 79: coord.v1.Groups.RunCheck:output_type -> coord.v1.RunCheckResponse
-	37, // 80: coord.v1.Groups.Pause:output_type -> coord.v1.PauseGroupsResponse
-	37, // 81: coord.v1.Groups.Resume:output_type -> coord.v1.PauseGroupsResponse
-	11, // 82: coord.v1.Groups.Edit:output_type -> coord.v1.GroupResponse
-	18, // 83: coord.v1.Groups.EditMember:output_type -> coord.v1.MemberResponse
-	41, // 84: coord.v1.Groups.Explain:output_type -> coord.v1.ExplainResponse
-	43, // 85: coord.v1.Watch.Watch:output_type -> coord.v1.WatchResponse
-	62, // [62:86] is the sub-list for method output_type
-	38, // [38:62] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	52, // 21: coord.v1.RunCheckRequest.check:type_name -> coord.v1.HealthCheck
+	46, // 22: coord.v1.RunCheckResponse.header:type_name -> coord.v1.ResponseHeader
+	46, // 23: coord.v1.CampaignResponse.header:type_name -> coord.v1.ResponseHeader
+	53, // 24: coord.v1.CampaignResponse.holding:type_name -> coord.v1.Holding
+	53, // 25: coord.v1.CampaignResponse.masters:type_name -> coord.v1.Holding
+	46, // 26: coord.v1.ResignResponse.header:type_name -> coord.v1.ResponseHeader
+	46, // 27: coord.v1.MastersResponse.header:type_name -> coord.v1.ResponseHeader
+	53, // 28: coord.v1.MastersResponse.masters:type_name -> coord.v1.Holding
+	54, // 29: coord.v1.MastersResponse.cause:type_name -> coord.v1.Event
+	46, // 30: coord.v1.SwitchoverResponse.header:type_name -> coord.v1.ResponseHeader
+	55, // 31: coord.v1.SwitchoverResponse.scheduled:type_name -> coord.v1.ScheduledSwitchover
+	46, // 32: coord.v1.CancelSwitchoverResponse.header:type_name -> coord.v1.ResponseHeader
+	55, // 33: coord.v1.CancelSwitchoverResponse.cancelled:type_name -> coord.v1.ScheduledSwitchover
+	46, // 34: coord.v1.PauseGroupsResponse.header:type_name -> coord.v1.ResponseHeader
+	49, // 35: coord.v1.PauseGroupsResponse.groups:type_name -> coord.v1.Group
+	48, // 36: coord.v1.EditGroupRequest.policy:type_name -> coord.v1.GroupPolicy
+	46, // 37: coord.v1.ExplainResponse.header:type_name -> coord.v1.ResponseHeader
+	56, // 38: coord.v1.ExplainResponse.explanation:type_name -> coord.v1.GroupExplanation
+	46, // 39: coord.v1.WatchResponse.header:type_name -> coord.v1.ResponseHeader
+	54, // 40: coord.v1.WatchResponse.events:type_name -> coord.v1.Event
+	0,  // 41: coord.v1.Sessions.Open:input_type -> coord.v1.OpenSessionRequest
+	2,  // 42: coord.v1.Sessions.KeepAlive:input_type -> coord.v1.KeepAliveRequest
+	6,  // 43: coord.v1.Sessions.Close:input_type -> coord.v1.CloseSessionRequest
+	8,  // 44: coord.v1.Sessions.List:input_type -> coord.v1.ListSessionsRequest
+	10, // 45: coord.v1.Groups.Create:input_type -> coord.v1.CreateGroupRequest
+	12, // 46: coord.v1.Groups.Delete:input_type -> coord.v1.DeleteGroupRequest
+	14, // 47: coord.v1.Groups.Get:input_type -> coord.v1.GetGroupRequest
+	15, // 48: coord.v1.Groups.List:input_type -> coord.v1.ListGroupsRequest
+	17, // 49: coord.v1.Groups.Register:input_type -> coord.v1.RegisterRequest
+	19, // 50: coord.v1.Groups.Unregister:input_type -> coord.v1.UnregisterRequest
+	27, // 51: coord.v1.Groups.Campaign:input_type -> coord.v1.CampaignRequest
+	29, // 52: coord.v1.Groups.Resign:input_type -> coord.v1.ResignRequest
+	31, // 53: coord.v1.Groups.Masters:input_type -> coord.v1.MastersRequest
+	31, // 54: coord.v1.Groups.Observe:input_type -> coord.v1.MastersRequest
+	33, // 55: coord.v1.Groups.Switchover:input_type -> coord.v1.SwitchoverRequest
+	35, // 56: coord.v1.Groups.CancelSwitchover:input_type -> coord.v1.CancelSwitchoverRequest
+	21, // 57: coord.v1.Groups.UpdateMember:input_type -> coord.v1.UpdateMemberRequest
+	22, // 58: coord.v1.Groups.HealthStatus:input_type -> coord.v1.HealthStatusRequest
+	25, // 59: coord.v1.Groups.RunCheck:input_type -> coord.v1.RunCheckRequest
+	37, // 60: coord.v1.Groups.Pause:input_type -> coord.v1.PauseGroupsRequest
+	38, // 61: coord.v1.Groups.Resume:input_type -> coord.v1.ResumeGroupsRequest
+	40, // 62: coord.v1.Groups.Edit:input_type -> coord.v1.EditGroupRequest
+	41, // 63: coord.v1.Groups.EditMember:input_type -> coord.v1.EditMemberRequest
+	42, // 64: coord.v1.Groups.Explain:input_type -> coord.v1.ExplainRequest
+	44, // 65: coord.v1.Watch.Watch:input_type -> coord.v1.WatchRequest
+	1,  // 66: coord.v1.Sessions.Open:output_type -> coord.v1.OpenSessionResponse
+	4,  // 67: coord.v1.Sessions.KeepAlive:output_type -> coord.v1.KeepAliveResponse
+	7,  // 68: coord.v1.Sessions.Close:output_type -> coord.v1.CloseSessionResponse
+	9,  // 69: coord.v1.Sessions.List:output_type -> coord.v1.ListSessionsResponse
+	11, // 70: coord.v1.Groups.Create:output_type -> coord.v1.GroupResponse
+	13, // 71: coord.v1.Groups.Delete:output_type -> coord.v1.DeleteGroupResponse
+	11, // 72: coord.v1.Groups.Get:output_type -> coord.v1.GroupResponse
+	16, // 73: coord.v1.Groups.List:output_type -> coord.v1.ListGroupsResponse
+	18, // 74: coord.v1.Groups.Register:output_type -> coord.v1.MemberResponse
+	20, // 75: coord.v1.Groups.Unregister:output_type -> coord.v1.UnregisterResponse
+	28, // 76: coord.v1.Groups.Campaign:output_type -> coord.v1.CampaignResponse
+	30, // 77: coord.v1.Groups.Resign:output_type -> coord.v1.ResignResponse
+	32, // 78: coord.v1.Groups.Masters:output_type -> coord.v1.MastersResponse
+	32, // 79: coord.v1.Groups.Observe:output_type -> coord.v1.MastersResponse
+	34, // 80: coord.v1.Groups.Switchover:output_type -> coord.v1.SwitchoverResponse
+	36, // 81: coord.v1.Groups.CancelSwitchover:output_type -> coord.v1.CancelSwitchoverResponse
+	18, // 82: coord.v1.Groups.UpdateMember:output_type -> coord.v1.MemberResponse
+	24, // 83: coord.v1.Groups.HealthStatus:output_type -> coord.v1.HealthStatusResponse
+	26, // 84: coord.v1.Groups.RunCheck:output_type -> coord.v1.RunCheckResponse
+	39, // 85: coord.v1.Groups.Pause:output_type -> coord.v1.PauseGroupsResponse
+	39, // 86: coord.v1.Groups.Resume:output_type -> coord.v1.PauseGroupsResponse
+	11, // 87: coord.v1.Groups.Edit:output_type -> coord.v1.GroupResponse
+	18, // 88: coord.v1.Groups.EditMember:output_type -> coord.v1.MemberResponse
+	43, // 89: coord.v1.Groups.Explain:output_type -> coord.v1.ExplainResponse
+	45, // 90: coord.v1.Watch.Watch:output_type -> coord.v1.WatchResponse
+	66, // [66:91] is the sub-list for method output_type
+	41, // [41:66] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_coord_v1_election_proto_init() }
@@ -3058,14 +3223,14 @@ func file_coord_v1_election_proto_init() {
 	}
 	file_coord_v1_common_proto_init()
 	file_coord_v1_groups_proto_init()
-	file_coord_v1_election_proto_msgTypes[39].OneofWrappers = []any{}
+	file_coord_v1_election_proto_msgTypes[41].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coord_v1_election_proto_rawDesc), len(file_coord_v1_election_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   44,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

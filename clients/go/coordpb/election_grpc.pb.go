@@ -230,25 +230,26 @@ var Sessions_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Groups_Create_FullMethodName       = "/coord.v1.Groups/Create"
-	Groups_Delete_FullMethodName       = "/coord.v1.Groups/Delete"
-	Groups_Get_FullMethodName          = "/coord.v1.Groups/Get"
-	Groups_List_FullMethodName         = "/coord.v1.Groups/List"
-	Groups_Register_FullMethodName     = "/coord.v1.Groups/Register"
-	Groups_Unregister_FullMethodName   = "/coord.v1.Groups/Unregister"
-	Groups_Campaign_FullMethodName     = "/coord.v1.Groups/Campaign"
-	Groups_Resign_FullMethodName       = "/coord.v1.Groups/Resign"
-	Groups_Masters_FullMethodName      = "/coord.v1.Groups/Masters"
-	Groups_Observe_FullMethodName      = "/coord.v1.Groups/Observe"
-	Groups_Switchover_FullMethodName   = "/coord.v1.Groups/Switchover"
-	Groups_UpdateMember_FullMethodName = "/coord.v1.Groups/UpdateMember"
-	Groups_HealthStatus_FullMethodName = "/coord.v1.Groups/HealthStatus"
-	Groups_RunCheck_FullMethodName     = "/coord.v1.Groups/RunCheck"
-	Groups_Pause_FullMethodName        = "/coord.v1.Groups/Pause"
-	Groups_Resume_FullMethodName       = "/coord.v1.Groups/Resume"
-	Groups_Edit_FullMethodName         = "/coord.v1.Groups/Edit"
-	Groups_EditMember_FullMethodName   = "/coord.v1.Groups/EditMember"
-	Groups_Explain_FullMethodName      = "/coord.v1.Groups/Explain"
+	Groups_Create_FullMethodName           = "/coord.v1.Groups/Create"
+	Groups_Delete_FullMethodName           = "/coord.v1.Groups/Delete"
+	Groups_Get_FullMethodName              = "/coord.v1.Groups/Get"
+	Groups_List_FullMethodName             = "/coord.v1.Groups/List"
+	Groups_Register_FullMethodName         = "/coord.v1.Groups/Register"
+	Groups_Unregister_FullMethodName       = "/coord.v1.Groups/Unregister"
+	Groups_Campaign_FullMethodName         = "/coord.v1.Groups/Campaign"
+	Groups_Resign_FullMethodName           = "/coord.v1.Groups/Resign"
+	Groups_Masters_FullMethodName          = "/coord.v1.Groups/Masters"
+	Groups_Observe_FullMethodName          = "/coord.v1.Groups/Observe"
+	Groups_Switchover_FullMethodName       = "/coord.v1.Groups/Switchover"
+	Groups_CancelSwitchover_FullMethodName = "/coord.v1.Groups/CancelSwitchover"
+	Groups_UpdateMember_FullMethodName     = "/coord.v1.Groups/UpdateMember"
+	Groups_HealthStatus_FullMethodName     = "/coord.v1.Groups/HealthStatus"
+	Groups_RunCheck_FullMethodName         = "/coord.v1.Groups/RunCheck"
+	Groups_Pause_FullMethodName            = "/coord.v1.Groups/Pause"
+	Groups_Resume_FullMethodName           = "/coord.v1.Groups/Resume"
+	Groups_Edit_FullMethodName             = "/coord.v1.Groups/Edit"
+	Groups_EditMember_FullMethodName       = "/coord.v1.Groups/EditMember"
+	Groups_Explain_FullMethodName          = "/coord.v1.Groups/Explain"
 )
 
 // GroupsClient is the client API for Groups service.
@@ -267,7 +268,9 @@ type GroupsClient interface {
 	Masters(ctx context.Context, in *MastersRequest, opts ...grpc.CallOption) (*MastersResponse, error)
 	// The masters now, then again after every change.
 	Observe(ctx context.Context, in *MastersRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MastersResponse], error)
+	// Now, or scheduled for a wall-clock time (at_ms); Group.scheduled lists those pending.
 	Switchover(ctx context.Context, in *SwitchoverRequest, opts ...grpc.CallOption) (*SwitchoverResponse, error)
+	CancelSwitchover(ctx context.Context, in *CancelSwitchoverRequest, opts ...grpc.CallOption) (*CancelSwitchoverResponse, error)
 	// Weight, address, tags and metadata of a member, by its own session.
 	UpdateMember(ctx context.Context, in *UpdateMemberRequest, opts ...grpc.CallOption) (*MemberResponse, error)
 	// Served by the leader (it runs the checks).
@@ -420,6 +423,16 @@ func (c *groupsClient) Switchover(ctx context.Context, in *SwitchoverRequest, op
 	return out, nil
 }
 
+func (c *groupsClient) CancelSwitchover(ctx context.Context, in *CancelSwitchoverRequest, opts ...grpc.CallOption) (*CancelSwitchoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelSwitchoverResponse)
+	err := c.cc.Invoke(ctx, Groups_CancelSwitchover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *groupsClient) UpdateMember(ctx context.Context, in *UpdateMemberRequest, opts ...grpc.CallOption) (*MemberResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(MemberResponse)
@@ -516,7 +529,9 @@ type GroupsServer interface {
 	Masters(context.Context, *MastersRequest) (*MastersResponse, error)
 	// The masters now, then again after every change.
 	Observe(*MastersRequest, grpc.ServerStreamingServer[MastersResponse]) error
+	// Now, or scheduled for a wall-clock time (at_ms); Group.scheduled lists those pending.
 	Switchover(context.Context, *SwitchoverRequest) (*SwitchoverResponse, error)
+	CancelSwitchover(context.Context, *CancelSwitchoverRequest) (*CancelSwitchoverResponse, error)
 	// Weight, address, tags and metadata of a member, by its own session.
 	UpdateMember(context.Context, *UpdateMemberRequest) (*MemberResponse, error)
 	// Served by the leader (it runs the checks).
@@ -573,6 +588,9 @@ func (UnimplementedGroupsServer) Observe(*MastersRequest, grpc.ServerStreamingSe
 }
 func (UnimplementedGroupsServer) Switchover(context.Context, *SwitchoverRequest) (*SwitchoverResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Switchover not implemented")
+}
+func (UnimplementedGroupsServer) CancelSwitchover(context.Context, *CancelSwitchoverRequest) (*CancelSwitchoverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelSwitchover not implemented")
 }
 func (UnimplementedGroupsServer) UpdateMember(context.Context, *UpdateMemberRequest) (*MemberResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateMember not implemented")
@@ -803,6 +821,24 @@ func _Groups_Switchover_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Groups_CancelSwitchover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelSwitchoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GroupsServer).CancelSwitchover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Groups_CancelSwitchover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GroupsServer).CancelSwitchover(ctx, req.(*CancelSwitchoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Groups_UpdateMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UpdateMemberRequest)
 	if err := dec(in); err != nil {
@@ -989,6 +1025,10 @@ var Groups_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Switchover",
 			Handler:    _Groups_Switchover_Handler,
+		},
+		{
+			MethodName: "CancelSwitchover",
+			Handler:    _Groups_CancelSwitchover_Handler,
 		},
 		{
 			MethodName: "UpdateMember",

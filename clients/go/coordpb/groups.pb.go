@@ -205,8 +205,15 @@ type GroupPolicy struct {
 	DowntimeBudgetMs int64 `protobuf:"varint,5,opt,name=downtime_budget_ms,json=downtimeBudgetMs,proto3" json:"downtime_budget_ms,omitempty"`
 	// Replace an unhealthy master (health checks).
 	FailoverOnUnhealthy bool `protobuf:"varint,6,opt,name=failover_on_unhealthy,json=failoverOnUnhealthy,proto3" json:"failover_on_unhealthy,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The failover breaker (off when both are 0; either without the other is refused):
+	// once breaker_failovers automatic failovers (a master lost to a session expiry or
+	// a failed health check, and its slot granted to another member) happen within
+	// breaker_window_ms, the group pauses itself (GroupPause.breaker) until an operator
+	// resumes it. 1..100.
+	BreakerFailovers int32 `protobuf:"varint,7,opt,name=breaker_failovers,json=breakerFailovers,proto3" json:"breaker_failovers,omitempty"`
+	BreakerWindowMs  int64 `protobuf:"varint,8,opt,name=breaker_window_ms,json=breakerWindowMs,proto3" json:"breaker_window_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GroupPolicy) Reset() {
@@ -279,6 +286,20 @@ func (x *GroupPolicy) GetFailoverOnUnhealthy() bool {
 		return x.FailoverOnUnhealthy
 	}
 	return false
+}
+
+func (x *GroupPolicy) GetBreakerFailovers() int32 {
+	if x != nil {
+		return x.BreakerFailovers
+	}
+	return 0
+}
+
+func (x *GroupPolicy) GetBreakerWindowMs() int64 {
+	if x != nil {
+		return x.BreakerWindowMs
+	}
+	return 0
 }
 
 type Member struct {
@@ -1019,7 +1040,12 @@ type Group struct {
 	Deleting bool `protobuf:"varint,8,opt,name=deleting,proto3" json:"deleting,omitempty"`
 	// Set while the group is paused (maintenance mode): nothing is failed over, failed
 	// back or revoked automatically.
-	Pause         *GroupPause `protobuf:"bytes,9,opt,name=pause,proto3" json:"pause,omitempty"`
+	Pause *GroupPause `protobuf:"bytes,9,opt,name=pause,proto3" json:"pause,omitempty"`
+	// The proposers' wall-clock times (ms) of the automatic failovers the failover breaker
+	// counts now (those within breaker_window_ms of the newest; forgotten on resume).
+	BreakerFailoverMs []int64 `protobuf:"varint,10,rep,packed,name=breaker_failover_ms,json=breakerFailoverMs,proto3" json:"breaker_failover_ms,omitempty"`
+	// Switchovers scheduled for later, by id (coordctl switchover GROUP --at TIME).
+	Scheduled     []*ScheduledSwitchover `protobuf:"bytes,11,rep,name=scheduled,proto3" json:"scheduled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1117,6 +1143,104 @@ func (x *Group) GetPause() *GroupPause {
 	return nil
 }
 
+func (x *Group) GetBreakerFailoverMs() []int64 {
+	if x != nil {
+		return x.BreakerFailoverMs
+	}
+	return nil
+}
+
+func (x *Group) GetScheduled() []*ScheduledSwitchover {
+	if x != nil {
+		return x.Scheduled
+	}
+	return nil
+}
+
+// A switchover an operator scheduled for a wall-clock time. When the leader's wall clock
+// reaches at_ms it proposes FireSwitchover, which removes it and starts an ordinary
+// switchover (the old master steps down or is revoked and waited out as always), or
+// records why it is refused (the target is not eligible then).
+type ScheduledSwitchover struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision that scheduled it: names it (unique in the cluster).
+	Id    int64  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	// Empty: the best eligible candidate at that time.
+	ToMember string `protobuf:"bytes,3,opt,name=to_member,json=toMember,proto3" json:"to_member,omitempty"`
+	// When (ms since the epoch, the leader's wall clock): a calendar time.
+	AtMs int64 `protobuf:"varint,4,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	// When it was scheduled (the proposer's wall clock): display.
+	ScheduledTimeMs int64 `protobuf:"varint,5,opt,name=scheduled_time_ms,json=scheduledTimeMs,proto3" json:"scheduled_time_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ScheduledSwitchover) Reset() {
+	*x = ScheduledSwitchover{}
+	mi := &file_coord_v1_groups_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduledSwitchover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduledSwitchover) ProtoMessage() {}
+
+func (x *ScheduledSwitchover) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_groups_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduledSwitchover.ProtoReflect.Descriptor instead.
+func (*ScheduledSwitchover) Descriptor() ([]byte, []int) {
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ScheduledSwitchover) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ScheduledSwitchover) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ScheduledSwitchover) GetToMember() string {
+	if x != nil {
+		return x.ToMember
+	}
+	return ""
+}
+
+func (x *ScheduledSwitchover) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+func (x *ScheduledSwitchover) GetScheduledTimeMs() int64 {
+	if x != nil {
+		return x.ScheduledTimeMs
+	}
+	return 0
+}
+
 // A pause (maintenance mode) of a group: no automatic grant, failback or revoke; a
 // switchover by hand still completes. Sessions still expire and their slots are
 // released (and stay empty until the group is resumed).
@@ -1133,14 +1257,18 @@ type GroupPause struct {
 	// paused_time_ms + wait_ms: an estimate for display, never a deadline.
 	UntilEstimateMs int64 `protobuf:"varint,4,opt,name=until_estimate_ms,json=untilEstimateMs,proto3" json:"until_estimate_ms,omitempty"`
 	// The operator's note.
-	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Set when the failover breaker paused the group (policy breaker_failovers): why,
+	// e.g. "3 automatic failovers within 600s". Kept if an operator pauses it again;
+	// cleared when it is resumed.
+	Breaker       string `protobuf:"bytes,6,opt,name=breaker,proto3" json:"breaker,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GroupPause) Reset() {
 	*x = GroupPause{}
-	mi := &file_coord_v1_groups_proto_msgTypes[10]
+	mi := &file_coord_v1_groups_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1280,7 @@ func (x *GroupPause) String() string {
 func (*GroupPause) ProtoMessage() {}
 
 func (x *GroupPause) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[10]
+	mi := &file_coord_v1_groups_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1293,7 @@ func (x *GroupPause) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupPause.ProtoReflect.Descriptor instead.
 func (*GroupPause) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{10}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GroupPause) GetRevision() int64 {
@@ -1203,6 +1331,13 @@ func (x *GroupPause) GetReason() string {
 	return ""
 }
 
+func (x *GroupPause) GetBreaker() string {
+	if x != nil {
+		return x.Breaker
+	}
+	return ""
+}
+
 // Why each member can or cannot take a slot now, and who would be chosen (Explain).
 // Computed by the same function that grants slots (coord.state.placement).
 type GroupExplanation struct {
@@ -1212,14 +1347,16 @@ type GroupExplanation struct {
 	Slots   []*SlotExplanation     `protobuf:"bytes,3,rep,name=slots,proto3" json:"slots,omitempty"`
 	Members []*MemberVerdict       `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
 	// Pending actions and the failback plan, one sentence each.
-	Notes         []string `protobuf:"bytes,5,rep,name=notes,proto3" json:"notes,omitempty"`
+	Notes []string `protobuf:"bytes,5,rep,name=notes,proto3" json:"notes,omitempty"`
+	// The failover breaker paused the group (see GroupPause.breaker).
+	BreakerOpen   bool `protobuf:"varint,6,opt,name=breaker_open,json=breakerOpen,proto3" json:"breaker_open,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GroupExplanation) Reset() {
 	*x = GroupExplanation{}
-	mi := &file_coord_v1_groups_proto_msgTypes[11]
+	mi := &file_coord_v1_groups_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1368,7 @@ func (x *GroupExplanation) String() string {
 func (*GroupExplanation) ProtoMessage() {}
 
 func (x *GroupExplanation) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[11]
+	mi := &file_coord_v1_groups_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1381,7 @@ func (x *GroupExplanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupExplanation.ProtoReflect.Descriptor instead.
 func (*GroupExplanation) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{11}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GroupExplanation) GetGroup() string {
@@ -1282,6 +1419,13 @@ func (x *GroupExplanation) GetNotes() []string {
 	return nil
 }
 
+func (x *GroupExplanation) GetBreakerOpen() bool {
+	if x != nil {
+		return x.BreakerOpen
+	}
+	return false
+}
+
 type SlotExplanation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Slot  int32                  `protobuf:"varint,1,opt,name=slot,proto3" json:"slot,omitempty"`
@@ -1300,7 +1444,7 @@ type SlotExplanation struct {
 
 func (x *SlotExplanation) Reset() {
 	*x = SlotExplanation{}
-	mi := &file_coord_v1_groups_proto_msgTypes[12]
+	mi := &file_coord_v1_groups_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1456,7 @@ func (x *SlotExplanation) String() string {
 func (*SlotExplanation) ProtoMessage() {}
 
 func (x *SlotExplanation) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[12]
+	mi := &file_coord_v1_groups_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1469,7 @@ func (x *SlotExplanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SlotExplanation.ProtoReflect.Descriptor instead.
 func (*SlotExplanation) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{12}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SlotExplanation) GetSlot() int32 {
@@ -1389,7 +1533,7 @@ type MemberVerdict struct {
 
 func (x *MemberVerdict) Reset() {
 	*x = MemberVerdict{}
-	mi := &file_coord_v1_groups_proto_msgTypes[13]
+	mi := &file_coord_v1_groups_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1545,7 @@ func (x *MemberVerdict) String() string {
 func (*MemberVerdict) ProtoMessage() {}
 
 func (x *MemberVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[13]
+	mi := &file_coord_v1_groups_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1558,7 @@ func (x *MemberVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberVerdict.ProtoReflect.Descriptor instead.
 func (*MemberVerdict) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{13}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MemberVerdict) GetMemberId() string {
@@ -1465,17 +1609,21 @@ type Event struct {
 	Revision int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
 	Term     uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
 	TimeMs   int64                  `protobuf:"varint,3,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
-	// kv_put, kv_delete, session_opened, session_closed, session_expired,
+	// kv_put, kv_delete, kv_txn, session_opened, session_closed, session_expired,
 	// group_created, group_deleted, member_joined, member_left, member_updated,
 	// master_elected, master_lost, stepdown_requested, master_revoked,
-	// cluster_bootstrapped, group_paused, group_resumed, group_edited, failover_paused
+	// cluster_bootstrapped, group_paused, group_resumed, group_edited, failover_paused,
+	// breaker_opened, switchover_scheduled, scheduled_switchover_cancelled,
+	// scheduled_switchover_fired, scheduled_switchover_refused (cause: why)
 	Type   string `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
 	Group  string `protobuf:"bytes,5,opt,name=group,proto3" json:"group,omitempty"`
 	Member string `protobuf:"bytes,6,opt,name=member,proto3" json:"member,omitempty"`
 	Slot   int32  `protobuf:"varint,7,opt,name=slot,proto3" json:"slot,omitempty"`
 	Token  int64  `protobuf:"varint,8,opt,name=token,proto3" json:"token,omitempty"`
 	// initial, resign, session_expired, session_closed, unhealthy, switchover,
-	// failback, admin_revoke, member_left, group_deleted
+	// failback, admin_revoke, member_left, group_deleted. A kv_delete of the keys
+	// bound to a session that ended: session_expired or session_closed, with
+	// session_id (the session's own event follows at the next revision, same apply).
 	Cause        string       `protobuf:"bytes,9,opt,name=cause,proto3" json:"cause,omitempty"`
 	SessionId    string       `protobuf:"bytes,10,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	Kvs          []*KeyValue  `protobuf:"bytes,11,rep,name=kvs,proto3" json:"kvs,omitempty"`
@@ -1499,14 +1647,16 @@ type Event struct {
 	// master_lost with cause session_expired: when the holder was last known to
 	// serve (the expiry time minus its session's TTL: its last renewal, or the
 	// current leader's takeover). The availability ledger dates the outage from it.
-	LostSinceMs   int64 `protobuf:"varint,20,opt,name=lost_since_ms,json=lostSinceMs,proto3" json:"lost_since_ms,omitempty"`
+	LostSinceMs int64 `protobuf:"varint,20,opt,name=lost_since_ms,json=lostSinceMs,proto3" json:"lost_since_ms,omitempty"`
+	// switchover_scheduled and scheduled_switchover_*: the scheduled switchover.
+	Scheduled     *ScheduledSwitchover `protobuf:"bytes,21,opt,name=scheduled,proto3" json:"scheduled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_coord_v1_groups_proto_msgTypes[14]
+	mi := &file_coord_v1_groups_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1668,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[14]
+	mi := &file_coord_v1_groups_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1681,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{14}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Event) GetRevision() int64 {
@@ -1674,6 +1824,13 @@ func (x *Event) GetLostSinceMs() int64 {
 	return 0
 }
 
+func (x *Event) GetScheduled() *ScheduledSwitchover {
+	if x != nil {
+		return x.Scheduled
+	}
+	return nil
+}
+
 // A group's slot tables (see Event.group_slots).
 type GroupSlots struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -1682,15 +1839,19 @@ type GroupSlots struct {
 	VacatedCause map[int32]string       `protobuf:"bytes,3,rep,name=vacated_cause,json=vacatedCause,proto3" json:"vacated_cause,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Deleting     bool                   `protobuf:"varint,4,opt,name=deleting,proto3" json:"deleting,omitempty"`
 	// The group's pause and policy after the change (both may change at runtime).
-	Pause         *GroupPause  `protobuf:"bytes,5,opt,name=pause,proto3" json:"pause,omitempty"`
-	Policy        *GroupPolicy `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`
+	Pause  *GroupPause  `protobuf:"bytes,5,opt,name=pause,proto3" json:"pause,omitempty"`
+	Policy *GroupPolicy `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`
+	// The failovers the breaker counts after the change (Group.breaker_failover_ms).
+	BreakerFailoverMs []int64 `protobuf:"varint,7,rep,packed,name=breaker_failover_ms,json=breakerFailoverMs,proto3" json:"breaker_failover_ms,omitempty"`
+	// The scheduled switchovers after the change (Group.scheduled).
+	Scheduled     []*ScheduledSwitchover `protobuf:"bytes,8,rep,name=scheduled,proto3" json:"scheduled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GroupSlots) Reset() {
 	*x = GroupSlots{}
-	mi := &file_coord_v1_groups_proto_msgTypes[15]
+	mi := &file_coord_v1_groups_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1863,7 @@ func (x *GroupSlots) String() string {
 func (*GroupSlots) ProtoMessage() {}
 
 func (x *GroupSlots) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[15]
+	mi := &file_coord_v1_groups_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1876,7 @@ func (x *GroupSlots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupSlots.ProtoReflect.Descriptor instead.
 func (*GroupSlots) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{15}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GroupSlots) GetHoldings() []*Holding {
@@ -1760,6 +1921,20 @@ func (x *GroupSlots) GetPolicy() *GroupPolicy {
 	return nil
 }
 
+func (x *GroupSlots) GetBreakerFailoverMs() []int64 {
+	if x != nil {
+		return x.BreakerFailoverMs
+	}
+	return nil
+}
+
+func (x *GroupSlots) GetScheduled() []*ScheduledSwitchover {
+	if x != nil {
+		return x.Scheduled
+	}
+	return nil
+}
+
 type SessionLoad struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -1770,7 +1945,7 @@ type SessionLoad struct {
 
 func (x *SessionLoad) Reset() {
 	*x = SessionLoad{}
-	mi := &file_coord_v1_groups_proto_msgTypes[16]
+	mi := &file_coord_v1_groups_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1957,7 @@ func (x *SessionLoad) String() string {
 func (*SessionLoad) ProtoMessage() {}
 
 func (x *SessionLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[16]
+	mi := &file_coord_v1_groups_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1970,7 @@ func (x *SessionLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionLoad.ProtoReflect.Descriptor instead.
 func (*SessionLoad) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{16}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SessionLoad) GetSessionId() string {
@@ -1824,7 +1999,7 @@ type OpenSession struct {
 
 func (x *OpenSession) Reset() {
 	*x = OpenSession{}
-	mi := &file_coord_v1_groups_proto_msgTypes[17]
+	mi := &file_coord_v1_groups_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2011,7 @@ func (x *OpenSession) String() string {
 func (*OpenSession) ProtoMessage() {}
 
 func (x *OpenSession) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[17]
+	mi := &file_coord_v1_groups_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2024,7 @@ func (x *OpenSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSession.ProtoReflect.Descriptor instead.
 func (*OpenSession) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{17}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *OpenSession) GetTtlMs() int64 {
@@ -1886,7 +2061,7 @@ type CloseSession struct {
 
 func (x *CloseSession) Reset() {
 	*x = CloseSession{}
-	mi := &file_coord_v1_groups_proto_msgTypes[18]
+	mi := &file_coord_v1_groups_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1898,7 +2073,7 @@ func (x *CloseSession) String() string {
 func (*CloseSession) ProtoMessage() {}
 
 func (x *CloseSession) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[18]
+	mi := &file_coord_v1_groups_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1911,7 +2086,7 @@ func (x *CloseSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSession.ProtoReflect.Descriptor instead.
 func (*CloseSession) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{18}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CloseSession) GetSessionId() string {
@@ -1938,7 +2113,7 @@ type ExpireSession struct {
 
 func (x *ExpireSession) Reset() {
 	*x = ExpireSession{}
-	mi := &file_coord_v1_groups_proto_msgTypes[19]
+	mi := &file_coord_v1_groups_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2125,7 @@ func (x *ExpireSession) String() string {
 func (*ExpireSession) ProtoMessage() {}
 
 func (x *ExpireSession) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[19]
+	mi := &file_coord_v1_groups_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2138,7 @@ func (x *ExpireSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireSession.ProtoReflect.Descriptor instead.
 func (*ExpireSession) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{19}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExpireSession) GetSessionId() string {
@@ -1990,7 +2165,7 @@ type CreateGroup struct {
 
 func (x *CreateGroup) Reset() {
 	*x = CreateGroup{}
-	mi := &file_coord_v1_groups_proto_msgTypes[20]
+	mi := &file_coord_v1_groups_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2002,7 +2177,7 @@ func (x *CreateGroup) String() string {
 func (*CreateGroup) ProtoMessage() {}
 
 func (x *CreateGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[20]
+	mi := &file_coord_v1_groups_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2015,7 +2190,7 @@ func (x *CreateGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroup.ProtoReflect.Descriptor instead.
 func (*CreateGroup) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{20}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateGroup) GetName() string {
@@ -2044,7 +2219,7 @@ type DeleteGroup struct {
 
 func (x *DeleteGroup) Reset() {
 	*x = DeleteGroup{}
-	mi := &file_coord_v1_groups_proto_msgTypes[21]
+	mi := &file_coord_v1_groups_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2231,7 @@ func (x *DeleteGroup) String() string {
 func (*DeleteGroup) ProtoMessage() {}
 
 func (x *DeleteGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[21]
+	mi := &file_coord_v1_groups_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2244,7 @@ func (x *DeleteGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroup.ProtoReflect.Descriptor instead.
 func (*DeleteGroup) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{21}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteGroup) GetName() string {
@@ -2095,7 +2270,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_coord_v1_groups_proto_msgTypes[22]
+	mi := &file_coord_v1_groups_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2282,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[22]
+	mi := &file_coord_v1_groups_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2295,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{22}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Register) GetMember() *Member {
@@ -2143,7 +2318,7 @@ type Unregister struct {
 
 func (x *Unregister) Reset() {
 	*x = Unregister{}
-	mi := &file_coord_v1_groups_proto_msgTypes[23]
+	mi := &file_coord_v1_groups_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2330,7 @@ func (x *Unregister) String() string {
 func (*Unregister) ProtoMessage() {}
 
 func (x *Unregister) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[23]
+	mi := &file_coord_v1_groups_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2343,7 @@ func (x *Unregister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unregister.ProtoReflect.Descriptor instead.
 func (*Unregister) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{23}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Unregister) GetGroup() string {
@@ -2202,7 +2377,7 @@ type Campaign struct {
 
 func (x *Campaign) Reset() {
 	*x = Campaign{}
-	mi := &file_coord_v1_groups_proto_msgTypes[24]
+	mi := &file_coord_v1_groups_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2214,7 +2389,7 @@ func (x *Campaign) String() string {
 func (*Campaign) ProtoMessage() {}
 
 func (x *Campaign) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[24]
+	mi := &file_coord_v1_groups_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2227,7 +2402,7 @@ func (x *Campaign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Campaign.ProtoReflect.Descriptor instead.
 func (*Campaign) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{24}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Campaign) GetGroup() string {
@@ -2258,7 +2433,7 @@ type Resign struct {
 
 func (x *Resign) Reset() {
 	*x = Resign{}
-	mi := &file_coord_v1_groups_proto_msgTypes[25]
+	mi := &file_coord_v1_groups_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2270,7 +2445,7 @@ func (x *Resign) String() string {
 func (*Resign) ProtoMessage() {}
 
 func (x *Resign) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[25]
+	mi := &file_coord_v1_groups_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2283,7 +2458,7 @@ func (x *Resign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resign.ProtoReflect.Descriptor instead.
 func (*Resign) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{25}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Resign) GetGroup() string {
@@ -2325,7 +2500,7 @@ type Switchover struct {
 
 func (x *Switchover) Reset() {
 	*x = Switchover{}
-	mi := &file_coord_v1_groups_proto_msgTypes[26]
+	mi := &file_coord_v1_groups_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2337,7 +2512,7 @@ func (x *Switchover) String() string {
 func (*Switchover) ProtoMessage() {}
 
 func (x *Switchover) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[26]
+	mi := &file_coord_v1_groups_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2350,7 +2525,7 @@ func (x *Switchover) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Switchover.ProtoReflect.Descriptor instead.
 func (*Switchover) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{26}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Switchover) GetGroup() string {
@@ -2377,7 +2552,7 @@ type RevokeHolding struct {
 
 func (x *RevokeHolding) Reset() {
 	*x = RevokeHolding{}
-	mi := &file_coord_v1_groups_proto_msgTypes[27]
+	mi := &file_coord_v1_groups_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2389,7 +2564,7 @@ func (x *RevokeHolding) String() string {
 func (*RevokeHolding) ProtoMessage() {}
 
 func (x *RevokeHolding) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[27]
+	mi := &file_coord_v1_groups_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2402,7 +2577,7 @@ func (x *RevokeHolding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeHolding.ProtoReflect.Descriptor instead.
 func (*RevokeHolding) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{27}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RevokeHolding) GetGroup() string {
@@ -2431,7 +2606,7 @@ type Advance struct {
 
 func (x *Advance) Reset() {
 	*x = Advance{}
-	mi := &file_coord_v1_groups_proto_msgTypes[28]
+	mi := &file_coord_v1_groups_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2443,7 +2618,7 @@ func (x *Advance) String() string {
 func (*Advance) ProtoMessage() {}
 
 func (x *Advance) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[28]
+	mi := &file_coord_v1_groups_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2456,7 +2631,7 @@ func (x *Advance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Advance.ProtoReflect.Descriptor instead.
 func (*Advance) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{28}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Advance) GetOver() []*WaitKey {
@@ -2483,7 +2658,7 @@ type WaitKey struct {
 
 func (x *WaitKey) Reset() {
 	*x = WaitKey{}
-	mi := &file_coord_v1_groups_proto_msgTypes[29]
+	mi := &file_coord_v1_groups_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2670,7 @@ func (x *WaitKey) String() string {
 func (*WaitKey) ProtoMessage() {}
 
 func (x *WaitKey) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[29]
+	mi := &file_coord_v1_groups_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2683,7 @@ func (x *WaitKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitKey.ProtoReflect.Descriptor instead.
 func (*WaitKey) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{29}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WaitKey) GetKind() string {
@@ -2562,7 +2737,7 @@ type SetHealth struct {
 
 func (x *SetHealth) Reset() {
 	*x = SetHealth{}
-	mi := &file_coord_v1_groups_proto_msgTypes[30]
+	mi := &file_coord_v1_groups_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2574,7 +2749,7 @@ func (x *SetHealth) String() string {
 func (*SetHealth) ProtoMessage() {}
 
 func (x *SetHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[30]
+	mi := &file_coord_v1_groups_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2587,7 +2762,7 @@ func (x *SetHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHealth.ProtoReflect.Descriptor instead.
 func (*SetHealth) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{30}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetHealth) GetGroup() string {
@@ -2650,7 +2825,7 @@ type UpdateMember struct {
 
 func (x *UpdateMember) Reset() {
 	*x = UpdateMember{}
-	mi := &file_coord_v1_groups_proto_msgTypes[31]
+	mi := &file_coord_v1_groups_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2662,7 +2837,7 @@ func (x *UpdateMember) String() string {
 func (*UpdateMember) ProtoMessage() {}
 
 func (x *UpdateMember) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[31]
+	mi := &file_coord_v1_groups_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2675,7 +2850,7 @@ func (x *UpdateMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMember.ProtoReflect.Descriptor instead.
 func (*UpdateMember) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{31}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpdateMember) GetGroup() string {
@@ -2776,7 +2951,7 @@ type PauseGroups struct {
 
 func (x *PauseGroups) Reset() {
 	*x = PauseGroups{}
-	mi := &file_coord_v1_groups_proto_msgTypes[32]
+	mi := &file_coord_v1_groups_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2788,7 +2963,7 @@ func (x *PauseGroups) String() string {
 func (*PauseGroups) ProtoMessage() {}
 
 func (x *PauseGroups) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[32]
+	mi := &file_coord_v1_groups_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2801,7 +2976,7 @@ func (x *PauseGroups) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroups.ProtoReflect.Descriptor instead.
 func (*PauseGroups) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{32}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PauseGroups) GetGroups() []string {
@@ -2856,7 +3031,7 @@ type ResumeGroups struct {
 
 func (x *ResumeGroups) Reset() {
 	*x = ResumeGroups{}
-	mi := &file_coord_v1_groups_proto_msgTypes[33]
+	mi := &file_coord_v1_groups_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2868,7 +3043,7 @@ func (x *ResumeGroups) String() string {
 func (*ResumeGroups) ProtoMessage() {}
 
 func (x *ResumeGroups) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[33]
+	mi := &file_coord_v1_groups_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2881,7 +3056,7 @@ func (x *ResumeGroups) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroups.ProtoReflect.Descriptor instead.
 func (*ResumeGroups) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{33}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ResumeGroups) GetGroups() []string {
@@ -2911,7 +3086,7 @@ type EditGroup struct {
 
 func (x *EditGroup) Reset() {
 	*x = EditGroup{}
-	mi := &file_coord_v1_groups_proto_msgTypes[34]
+	mi := &file_coord_v1_groups_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2923,7 +3098,7 @@ func (x *EditGroup) String() string {
 func (*EditGroup) ProtoMessage() {}
 
 func (x *EditGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[34]
+	mi := &file_coord_v1_groups_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2936,7 +3111,7 @@ func (x *EditGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditGroup.ProtoReflect.Descriptor instead.
 func (*EditGroup) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{34}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *EditGroup) GetGroup() string {
@@ -2960,6 +3135,176 @@ func (x *EditGroup) GetFields() []string {
 	return nil
 }
 
+// Schedule a switchover (Groups.Switchover with at_ms). Refused if at_ms is not after
+// the command's time, or to_member is not registered in the group.
+type ScheduleSwitchover struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	ToMember      string                 `protobuf:"bytes,2,opt,name=to_member,json=toMember,proto3" json:"to_member,omitempty"`
+	AtMs          int64                  `protobuf:"varint,3,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduleSwitchover) Reset() {
+	*x = ScheduleSwitchover{}
+	mi := &file_coord_v1_groups_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleSwitchover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleSwitchover) ProtoMessage() {}
+
+func (x *ScheduleSwitchover) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_groups_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleSwitchover.ProtoReflect.Descriptor instead.
+func (*ScheduleSwitchover) Descriptor() ([]byte, []int) {
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ScheduleSwitchover) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ScheduleSwitchover) GetToMember() string {
+	if x != nil {
+		return x.ToMember
+	}
+	return ""
+}
+
+func (x *ScheduleSwitchover) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+// Cancel a scheduled switchover (NotFound if it is not pending).
+type CancelSwitchover struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Id            int64                  `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelSwitchover) Reset() {
+	*x = CancelSwitchover{}
+	mi := &file_coord_v1_groups_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelSwitchover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelSwitchover) ProtoMessage() {}
+
+func (x *CancelSwitchover) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_groups_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelSwitchover.ProtoReflect.Descriptor instead.
+func (*CancelSwitchover) Descriptor() ([]byte, []int) {
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *CancelSwitchover) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *CancelSwitchover) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// Proposed by the leader once its wall clock reached a scheduled switchover's at_ms
+// (request id "coord:fire-switchover:<id>"): removes it and starts the switchover, or
+// records why it is refused. Does nothing if it is no longer pending.
+type FireSwitchover struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Id            int64                  `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FireSwitchover) Reset() {
+	*x = FireSwitchover{}
+	mi := &file_coord_v1_groups_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FireSwitchover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FireSwitchover) ProtoMessage() {}
+
+func (x *FireSwitchover) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_groups_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FireSwitchover.ProtoReflect.Descriptor instead.
+func (*FireSwitchover) Descriptor() ([]byte, []int) {
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *FireSwitchover) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *FireSwitchover) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
 // Loads reported by keepalives since the last SetLoads (the leader batches them).
 type SetLoads struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2970,7 +3315,7 @@ type SetLoads struct {
 
 func (x *SetLoads) Reset() {
 	*x = SetLoads{}
-	mi := &file_coord_v1_groups_proto_msgTypes[35]
+	mi := &file_coord_v1_groups_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3327,7 @@ func (x *SetLoads) String() string {
 func (*SetLoads) ProtoMessage() {}
 
 func (x *SetLoads) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[35]
+	mi := &file_coord_v1_groups_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3340,7 @@ func (x *SetLoads) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLoads.ProtoReflect.Descriptor instead.
 func (*SetLoads) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{35}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SetLoads) GetLoads() []*SessionLoad {
@@ -3019,14 +3364,16 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\x0fcreated_time_ms\x18\x06 \x01(\x03R\rcreatedTimeMs\x12\x12\n" +
 	"\x04load\x18\a \x01(\x01R\x04load\x12\x14\n" +
 	"\x05owner\x18\b \x01(\tR\x05owner\x12\x18\n" +
-	"\aclosing\x18\t \x01(\bR\aclosing\"\x97\x02\n" +
+	"\aclosing\x18\t \x01(\bR\aclosing\"\xf0\x02\n" +
 	"\vGroupPolicy\x12\x14\n" +
 	"\x05slots\x18\x01 \x01(\x05R\x05slots\x122\n" +
 	"\bfailback\x18\x02 \x01(\x0e2\x16.coord.v1.FailbackModeR\bfailback\x12(\n" +
 	"\x10failback_hold_ms\x18\x03 \x01(\x03R\x0efailbackHoldMs\x122\n" +
 	"\x15switchover_timeout_ms\x18\x04 \x01(\x03R\x13switchoverTimeoutMs\x12,\n" +
 	"\x12downtime_budget_ms\x18\x05 \x01(\x03R\x10downtimeBudgetMs\x122\n" +
-	"\x15failover_on_unhealthy\x18\x06 \x01(\bR\x13failoverOnUnhealthy\"\x82\x06\n" +
+	"\x15failover_on_unhealthy\x18\x06 \x01(\bR\x13failoverOnUnhealthy\x12+\n" +
+	"\x11breaker_failovers\x18\a \x01(\x05R\x10breakerFailovers\x12*\n" +
+	"\x11breaker_window_ms\x18\b \x01(\x03R\x0fbreakerWindowMs\"\x82\x06\n" +
 	"\x06Member\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
@@ -3099,7 +3446,7 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\x05named\x18\x06 \x01(\bR\x05named\x12-\n" +
 	"\x12requested_revision\x18\a \x01(\x03R\x11requestedRevision\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\b \x01(\x03R\ttimeoutMs\"\xd3\x03\n" +
+	"timeout_ms\x18\b \x01(\x03R\ttimeoutMs\"\xc0\x04\n" +
 	"\x05Group\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x06policy\x18\x02 \x01(\v2\x15.coord.v1.GroupPolicyR\x06policy\x12)\n" +
@@ -3109,23 +3456,34 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\thandovers\x18\x06 \x03(\v2\x12.coord.v1.HandoverR\thandovers\x12F\n" +
 	"\rvacated_cause\x18\a \x03(\v2!.coord.v1.Group.VacatedCauseEntryR\fvacatedCause\x12\x1a\n" +
 	"\bdeleting\x18\b \x01(\bR\bdeleting\x12*\n" +
-	"\x05pause\x18\t \x01(\v2\x14.coord.v1.GroupPauseR\x05pause\x1a?\n" +
+	"\x05pause\x18\t \x01(\v2\x14.coord.v1.GroupPauseR\x05pause\x12.\n" +
+	"\x13breaker_failover_ms\x18\n" +
+	" \x03(\x03R\x11breakerFailoverMs\x12;\n" +
+	"\tscheduled\x18\v \x03(\v2\x1d.coord.v1.ScheduledSwitchoverR\tscheduled\x1a?\n" +
 	"\x11VacatedCauseEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x99\x01\n" +
+	"\x13ScheduledSwitchover\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1b\n" +
+	"\tto_member\x18\x03 \x01(\tR\btoMember\x12\x13\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\x12*\n" +
+	"\x11scheduled_time_ms\x18\x05 \x01(\x03R\x0fscheduledTimeMs\"\xc5\x01\n" +
 	"\n" +
 	"GroupPause\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12$\n" +
 	"\x0epaused_time_ms\x18\x02 \x01(\x03R\fpausedTimeMs\x12\x17\n" +
 	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12*\n" +
 	"\x11until_estimate_ms\x18\x04 \x01(\x03R\x0funtilEstimateMs\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xba\x01\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x18\n" +
+	"\abreaker\x18\x06 \x01(\tR\abreaker\"\xdd\x01\n" +
 	"\x10GroupExplanation\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06paused\x18\x02 \x01(\bR\x06paused\x12/\n" +
 	"\x05slots\x18\x03 \x03(\v2\x19.coord.v1.SlotExplanationR\x05slots\x121\n" +
 	"\amembers\x18\x04 \x03(\v2\x17.coord.v1.MemberVerdictR\amembers\x12\x14\n" +
-	"\x05notes\x18\x05 \x03(\tR\x05notes\"\x8f\x01\n" +
+	"\x05notes\x18\x05 \x03(\tR\x05notes\x12!\n" +
+	"\fbreaker_open\x18\x06 \x01(\bR\vbreakerOpen\"\x8f\x01\n" +
 	"\x0fSlotExplanation\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\x05R\x04slot\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
@@ -3139,7 +3497,7 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x1a\n" +
 	"\bpriority\x18\x05 \x01(\x05R\bpriority\x12\x12\n" +
-	"\x04rank\x18\x06 \x01(\x05R\x04rank\"\xb2\x05\n" +
+	"\x04rank\x18\x06 \x01(\x05R\x04rank\"\xef\x05\n" +
 	"\x05Event\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x17\n" +
@@ -3163,7 +3521,8 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\x05loads\x18\x12 \x03(\v2\x15.coord.v1.SessionLoadR\x05loads\x125\n" +
 	"\vgroup_slots\x18\x13 \x01(\v2\x14.coord.v1.GroupSlotsR\n" +
 	"groupSlots\x12\"\n" +
-	"\rlost_since_ms\x18\x14 \x01(\x03R\vlostSinceMs\"\xf2\x02\n" +
+	"\rlost_since_ms\x18\x14 \x01(\x03R\vlostSinceMs\x12;\n" +
+	"\tscheduled\x18\x15 \x01(\v2\x1d.coord.v1.ScheduledSwitchoverR\tscheduled\"\xdf\x03\n" +
 	"\n" +
 	"GroupSlots\x12-\n" +
 	"\bholdings\x18\x01 \x03(\v2\x11.coord.v1.HoldingR\bholdings\x120\n" +
@@ -3171,7 +3530,9 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\rvacated_cause\x18\x03 \x03(\v2&.coord.v1.GroupSlots.VacatedCauseEntryR\fvacatedCause\x12\x1a\n" +
 	"\bdeleting\x18\x04 \x01(\bR\bdeleting\x12*\n" +
 	"\x05pause\x18\x05 \x01(\v2\x14.coord.v1.GroupPauseR\x05pause\x12-\n" +
-	"\x06policy\x18\x06 \x01(\v2\x15.coord.v1.GroupPolicyR\x06policy\x1a?\n" +
+	"\x06policy\x18\x06 \x01(\v2\x15.coord.v1.GroupPolicyR\x06policy\x12.\n" +
+	"\x13breaker_failover_ms\x18\a \x03(\x03R\x11breakerFailoverMs\x12;\n" +
+	"\tscheduled\x18\b \x03(\v2\x1d.coord.v1.ScheduledSwitchoverR\tscheduled\x1a?\n" +
 	"\x11VacatedCauseEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"@\n" +
@@ -3275,7 +3636,17 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\tEditGroup\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12-\n" +
 	"\x06policy\x18\x02 \x01(\v2\x15.coord.v1.GroupPolicyR\x06policy\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"7\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\\\n" +
+	"\x12ScheduleSwitchover\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1b\n" +
+	"\tto_member\x18\x02 \x01(\tR\btoMember\x12\x13\n" +
+	"\x05at_ms\x18\x03 \x01(\x03R\x04atMs\"8\n" +
+	"\x10CancelSwitchover\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x03R\x02id\"6\n" +
+	"\x0eFireSwitchover\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x03R\x02id\"7\n" +
 	"\bSetLoads\x12+\n" +
 	"\x05loads\x18\x01 \x03(\v2\x15.coord.v1.SessionLoadR\x05loads*M\n" +
 	"\fFailbackMode\x12\x18\n" +
@@ -3296,57 +3667,61 @@ func file_coord_v1_groups_proto_rawDescGZIP() []byte {
 }
 
 var file_coord_v1_groups_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coord_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_coord_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_coord_v1_groups_proto_goTypes = []any{
-	(FailbackMode)(0),        // 0: coord.v1.FailbackMode
-	(*Session)(nil),          // 1: coord.v1.Session
-	(*GroupPolicy)(nil),      // 2: coord.v1.GroupPolicy
-	(*Member)(nil),           // 3: coord.v1.Member
-	(*HealthCheck)(nil),      // 4: coord.v1.HealthCheck
-	(*TcpCheck)(nil),         // 5: coord.v1.TcpCheck
-	(*HttpCheck)(nil),        // 6: coord.v1.HttpCheck
-	(*GrpcCheck)(nil),        // 7: coord.v1.GrpcCheck
-	(*Holding)(nil),          // 8: coord.v1.Holding
-	(*Handover)(nil),         // 9: coord.v1.Handover
-	(*Group)(nil),            // 10: coord.v1.Group
-	(*GroupPause)(nil),       // 11: coord.v1.GroupPause
-	(*GroupExplanation)(nil), // 12: coord.v1.GroupExplanation
-	(*SlotExplanation)(nil),  // 13: coord.v1.SlotExplanation
-	(*MemberVerdict)(nil),    // 14: coord.v1.MemberVerdict
-	(*Event)(nil),            // 15: coord.v1.Event
-	(*GroupSlots)(nil),       // 16: coord.v1.GroupSlots
-	(*SessionLoad)(nil),      // 17: coord.v1.SessionLoad
-	(*OpenSession)(nil),      // 18: coord.v1.OpenSession
-	(*CloseSession)(nil),     // 19: coord.v1.CloseSession
-	(*ExpireSession)(nil),    // 20: coord.v1.ExpireSession
-	(*CreateGroup)(nil),      // 21: coord.v1.CreateGroup
-	(*DeleteGroup)(nil),      // 22: coord.v1.DeleteGroup
-	(*Register)(nil),         // 23: coord.v1.Register
-	(*Unregister)(nil),       // 24: coord.v1.Unregister
-	(*Campaign)(nil),         // 25: coord.v1.Campaign
-	(*Resign)(nil),           // 26: coord.v1.Resign
-	(*Switchover)(nil),       // 27: coord.v1.Switchover
-	(*RevokeHolding)(nil),    // 28: coord.v1.RevokeHolding
-	(*Advance)(nil),          // 29: coord.v1.Advance
-	(*WaitKey)(nil),          // 30: coord.v1.WaitKey
-	(*SetHealth)(nil),        // 31: coord.v1.SetHealth
-	(*UpdateMember)(nil),     // 32: coord.v1.UpdateMember
-	(*PauseGroups)(nil),      // 33: coord.v1.PauseGroups
-	(*ResumeGroups)(nil),     // 34: coord.v1.ResumeGroups
-	(*EditGroup)(nil),        // 35: coord.v1.EditGroup
-	(*SetLoads)(nil),         // 36: coord.v1.SetLoads
-	nil,                      // 37: coord.v1.Member.TagsEntry
-	nil,                      // 38: coord.v1.Member.MetadataEntry
-	nil,                      // 39: coord.v1.Group.VacatedCauseEntry
-	nil,                      // 40: coord.v1.GroupSlots.VacatedCauseEntry
-	nil,                      // 41: coord.v1.UpdateMember.TagsEntry
-	nil,                      // 42: coord.v1.UpdateMember.MetadataEntry
-	(*KeyValue)(nil),         // 43: coord.v1.KeyValue
+	(FailbackMode)(0),           // 0: coord.v1.FailbackMode
+	(*Session)(nil),             // 1: coord.v1.Session
+	(*GroupPolicy)(nil),         // 2: coord.v1.GroupPolicy
+	(*Member)(nil),              // 3: coord.v1.Member
+	(*HealthCheck)(nil),         // 4: coord.v1.HealthCheck
+	(*TcpCheck)(nil),            // 5: coord.v1.TcpCheck
+	(*HttpCheck)(nil),           // 6: coord.v1.HttpCheck
+	(*GrpcCheck)(nil),           // 7: coord.v1.GrpcCheck
+	(*Holding)(nil),             // 8: coord.v1.Holding
+	(*Handover)(nil),            // 9: coord.v1.Handover
+	(*Group)(nil),               // 10: coord.v1.Group
+	(*ScheduledSwitchover)(nil), // 11: coord.v1.ScheduledSwitchover
+	(*GroupPause)(nil),          // 12: coord.v1.GroupPause
+	(*GroupExplanation)(nil),    // 13: coord.v1.GroupExplanation
+	(*SlotExplanation)(nil),     // 14: coord.v1.SlotExplanation
+	(*MemberVerdict)(nil),       // 15: coord.v1.MemberVerdict
+	(*Event)(nil),               // 16: coord.v1.Event
+	(*GroupSlots)(nil),          // 17: coord.v1.GroupSlots
+	(*SessionLoad)(nil),         // 18: coord.v1.SessionLoad
+	(*OpenSession)(nil),         // 19: coord.v1.OpenSession
+	(*CloseSession)(nil),        // 20: coord.v1.CloseSession
+	(*ExpireSession)(nil),       // 21: coord.v1.ExpireSession
+	(*CreateGroup)(nil),         // 22: coord.v1.CreateGroup
+	(*DeleteGroup)(nil),         // 23: coord.v1.DeleteGroup
+	(*Register)(nil),            // 24: coord.v1.Register
+	(*Unregister)(nil),          // 25: coord.v1.Unregister
+	(*Campaign)(nil),            // 26: coord.v1.Campaign
+	(*Resign)(nil),              // 27: coord.v1.Resign
+	(*Switchover)(nil),          // 28: coord.v1.Switchover
+	(*RevokeHolding)(nil),       // 29: coord.v1.RevokeHolding
+	(*Advance)(nil),             // 30: coord.v1.Advance
+	(*WaitKey)(nil),             // 31: coord.v1.WaitKey
+	(*SetHealth)(nil),           // 32: coord.v1.SetHealth
+	(*UpdateMember)(nil),        // 33: coord.v1.UpdateMember
+	(*PauseGroups)(nil),         // 34: coord.v1.PauseGroups
+	(*ResumeGroups)(nil),        // 35: coord.v1.ResumeGroups
+	(*EditGroup)(nil),           // 36: coord.v1.EditGroup
+	(*ScheduleSwitchover)(nil),  // 37: coord.v1.ScheduleSwitchover
+	(*CancelSwitchover)(nil),    // 38: coord.v1.CancelSwitchover
+	(*FireSwitchover)(nil),      // 39: coord.v1.FireSwitchover
+	(*SetLoads)(nil),            // 40: coord.v1.SetLoads
+	nil,                         // 41: coord.v1.Member.TagsEntry
+	nil,                         // 42: coord.v1.Member.MetadataEntry
+	nil,                         // 43: coord.v1.Group.VacatedCauseEntry
+	nil,                         // 44: coord.v1.GroupSlots.VacatedCauseEntry
+	nil,                         // 45: coord.v1.UpdateMember.TagsEntry
+	nil,                         // 46: coord.v1.UpdateMember.MetadataEntry
+	(*KeyValue)(nil),            // 47: coord.v1.KeyValue
 }
 var file_coord_v1_groups_proto_depIdxs = []int32{
 	0,  // 0: coord.v1.GroupPolicy.failback:type_name -> coord.v1.FailbackMode
-	37, // 1: coord.v1.Member.tags:type_name -> coord.v1.Member.TagsEntry
-	38, // 2: coord.v1.Member.metadata:type_name -> coord.v1.Member.MetadataEntry
+	41, // 1: coord.v1.Member.tags:type_name -> coord.v1.Member.TagsEntry
+	42, // 2: coord.v1.Member.metadata:type_name -> coord.v1.Member.MetadataEntry
 	4,  // 3: coord.v1.Member.check:type_name -> coord.v1.HealthCheck
 	5,  // 4: coord.v1.HealthCheck.tcp:type_name -> coord.v1.TcpCheck
 	6,  // 5: coord.v1.HealthCheck.http:type_name -> coord.v1.HttpCheck
@@ -3355,35 +3730,38 @@ var file_coord_v1_groups_proto_depIdxs = []int32{
 	3,  // 8: coord.v1.Group.members:type_name -> coord.v1.Member
 	8,  // 9: coord.v1.Group.holdings:type_name -> coord.v1.Holding
 	9,  // 10: coord.v1.Group.handovers:type_name -> coord.v1.Handover
-	39, // 11: coord.v1.Group.vacated_cause:type_name -> coord.v1.Group.VacatedCauseEntry
-	11, // 12: coord.v1.Group.pause:type_name -> coord.v1.GroupPause
-	13, // 13: coord.v1.GroupExplanation.slots:type_name -> coord.v1.SlotExplanation
-	14, // 14: coord.v1.GroupExplanation.members:type_name -> coord.v1.MemberVerdict
-	43, // 15: coord.v1.Event.kvs:type_name -> coord.v1.KeyValue
-	1,  // 16: coord.v1.Event.session:type_name -> coord.v1.Session
-	3,  // 17: coord.v1.Event.member_record:type_name -> coord.v1.Member
-	2,  // 18: coord.v1.Event.policy:type_name -> coord.v1.GroupPolicy
-	8,  // 19: coord.v1.Event.holding:type_name -> coord.v1.Holding
-	9,  // 20: coord.v1.Event.handover:type_name -> coord.v1.Handover
-	17, // 21: coord.v1.Event.loads:type_name -> coord.v1.SessionLoad
-	16, // 22: coord.v1.Event.group_slots:type_name -> coord.v1.GroupSlots
-	8,  // 23: coord.v1.GroupSlots.holdings:type_name -> coord.v1.Holding
-	9,  // 24: coord.v1.GroupSlots.handovers:type_name -> coord.v1.Handover
-	40, // 25: coord.v1.GroupSlots.vacated_cause:type_name -> coord.v1.GroupSlots.VacatedCauseEntry
-	11, // 26: coord.v1.GroupSlots.pause:type_name -> coord.v1.GroupPause
-	2,  // 27: coord.v1.GroupSlots.policy:type_name -> coord.v1.GroupPolicy
-	2,  // 28: coord.v1.CreateGroup.policy:type_name -> coord.v1.GroupPolicy
-	3,  // 29: coord.v1.Register.member:type_name -> coord.v1.Member
-	30, // 30: coord.v1.Advance.over:type_name -> coord.v1.WaitKey
-	41, // 31: coord.v1.UpdateMember.tags:type_name -> coord.v1.UpdateMember.TagsEntry
-	42, // 32: coord.v1.UpdateMember.metadata:type_name -> coord.v1.UpdateMember.MetadataEntry
-	2,  // 33: coord.v1.EditGroup.policy:type_name -> coord.v1.GroupPolicy
-	17, // 34: coord.v1.SetLoads.loads:type_name -> coord.v1.SessionLoad
-	35, // [35:35] is the sub-list for method output_type
-	35, // [35:35] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	43, // 11: coord.v1.Group.vacated_cause:type_name -> coord.v1.Group.VacatedCauseEntry
+	12, // 12: coord.v1.Group.pause:type_name -> coord.v1.GroupPause
+	11, // 13: coord.v1.Group.scheduled:type_name -> coord.v1.ScheduledSwitchover
+	14, // 14: coord.v1.GroupExplanation.slots:type_name -> coord.v1.SlotExplanation
+	15, // 15: coord.v1.GroupExplanation.members:type_name -> coord.v1.MemberVerdict
+	47, // 16: coord.v1.Event.kvs:type_name -> coord.v1.KeyValue
+	1,  // 17: coord.v1.Event.session:type_name -> coord.v1.Session
+	3,  // 18: coord.v1.Event.member_record:type_name -> coord.v1.Member
+	2,  // 19: coord.v1.Event.policy:type_name -> coord.v1.GroupPolicy
+	8,  // 20: coord.v1.Event.holding:type_name -> coord.v1.Holding
+	9,  // 21: coord.v1.Event.handover:type_name -> coord.v1.Handover
+	18, // 22: coord.v1.Event.loads:type_name -> coord.v1.SessionLoad
+	17, // 23: coord.v1.Event.group_slots:type_name -> coord.v1.GroupSlots
+	11, // 24: coord.v1.Event.scheduled:type_name -> coord.v1.ScheduledSwitchover
+	8,  // 25: coord.v1.GroupSlots.holdings:type_name -> coord.v1.Holding
+	9,  // 26: coord.v1.GroupSlots.handovers:type_name -> coord.v1.Handover
+	44, // 27: coord.v1.GroupSlots.vacated_cause:type_name -> coord.v1.GroupSlots.VacatedCauseEntry
+	12, // 28: coord.v1.GroupSlots.pause:type_name -> coord.v1.GroupPause
+	2,  // 29: coord.v1.GroupSlots.policy:type_name -> coord.v1.GroupPolicy
+	11, // 30: coord.v1.GroupSlots.scheduled:type_name -> coord.v1.ScheduledSwitchover
+	2,  // 31: coord.v1.CreateGroup.policy:type_name -> coord.v1.GroupPolicy
+	3,  // 32: coord.v1.Register.member:type_name -> coord.v1.Member
+	31, // 33: coord.v1.Advance.over:type_name -> coord.v1.WaitKey
+	45, // 34: coord.v1.UpdateMember.tags:type_name -> coord.v1.UpdateMember.TagsEntry
+	46, // 35: coord.v1.UpdateMember.metadata:type_name -> coord.v1.UpdateMember.MetadataEntry
+	2,  // 36: coord.v1.EditGroup.policy:type_name -> coord.v1.GroupPolicy
+	18, // 37: coord.v1.SetLoads.loads:type_name -> coord.v1.SessionLoad
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_coord_v1_groups_proto_init() }
@@ -3397,14 +3775,14 @@ func file_coord_v1_groups_proto_init() {
 		(*HealthCheck_Http)(nil),
 		(*HealthCheck_Grpc)(nil),
 	}
-	file_coord_v1_groups_proto_msgTypes[31].OneofWrappers = []any{}
+	file_coord_v1_groups_proto_msgTypes[32].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coord_v1_groups_proto_rawDesc), len(file_coord_v1_groups_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   42,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

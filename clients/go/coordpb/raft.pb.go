@@ -57,6 +57,10 @@ type Command struct {
 	//	*Command_PauseGroups
 	//	*Command_ResumeGroups
 	//	*Command_EditGroup
+	//	*Command_Txn
+	//	*Command_ScheduleSwitchover
+	//	*Command_CancelSwitchover
+	//	*Command_FireSwitchover
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -327,6 +331,42 @@ func (x *Command) GetEditGroup() *EditGroup {
 	return nil
 }
 
+func (x *Command) GetTxn() *TxnRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetScheduleSwitchover() *ScheduleSwitchover {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ScheduleSwitchover); ok {
+			return x.ScheduleSwitchover
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCancelSwitchover() *CancelSwitchover {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CancelSwitchover); ok {
+			return x.CancelSwitchover
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetFireSwitchover() *FireSwitchover {
+	if x != nil {
+		if x, ok := x.Op.(*Command_FireSwitchover); ok {
+			return x.FireSwitchover
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -423,6 +463,22 @@ type Command_EditGroup struct {
 	EditGroup *EditGroup `protobuf:"bytes,32,opt,name=edit_group,json=editGroup,proto3,oneof"`
 }
 
+type Command_Txn struct {
+	Txn *TxnRequest `protobuf:"bytes,33,opt,name=txn,proto3,oneof"`
+}
+
+type Command_ScheduleSwitchover struct {
+	ScheduleSwitchover *ScheduleSwitchover `protobuf:"bytes,34,opt,name=schedule_switchover,json=scheduleSwitchover,proto3,oneof"`
+}
+
+type Command_CancelSwitchover struct {
+	CancelSwitchover *CancelSwitchover `protobuf:"bytes,35,opt,name=cancel_switchover,json=cancelSwitchover,proto3,oneof"`
+}
+
+type Command_FireSwitchover struct {
+	FireSwitchover *FireSwitchover `protobuf:"bytes,36,opt,name=fire_switchover,json=fireSwitchover,proto3,oneof"`
+}
+
 func (*Command_Noop) isCommand_Op() {}
 
 func (*Command_Put) isCommand_Op() {}
@@ -468,6 +524,14 @@ func (*Command_PauseGroups) isCommand_Op() {}
 func (*Command_ResumeGroups) isCommand_Op() {}
 
 func (*Command_EditGroup) isCommand_Op() {}
+
+func (*Command_Txn) isCommand_Op() {}
+
+func (*Command_ScheduleSwitchover) isCommand_Op() {}
+
+func (*Command_CancelSwitchover) isCommand_Op() {}
+
+func (*Command_FireSwitchover) isCommand_Op() {}
 
 // A consistency check point: every replica that applies it captures its state there,
 // to be hashed and compared (Maintenance.CheckConsistency). Changes no state.
@@ -620,6 +684,8 @@ type CommandResult struct {
 	//	*CommandResult_Group
 	//	*CommandResult_Member
 	//	*CommandResult_GroupNames
+	//	*CommandResult_Txn
+	//	*CommandResult_Scheduled
 	Result        isCommandResult_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -737,6 +803,24 @@ func (x *CommandResult) GetGroupNames() *GroupNames {
 	return nil
 }
 
+func (x *CommandResult) GetTxn() *TxnResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetScheduled() *ScheduledSwitchover {
+	if x != nil {
+		if x, ok := x.Result.(*CommandResult_Scheduled); ok {
+			return x.Scheduled
+		}
+	}
+	return nil
+}
+
 type isCommandResult_Result interface {
 	isCommandResult_Result()
 }
@@ -765,6 +849,14 @@ type CommandResult_GroupNames struct {
 	GroupNames *GroupNames `protobuf:"bytes,15,opt,name=group_names,json=groupNames,proto3,oneof"`
 }
 
+type CommandResult_Txn struct {
+	Txn *TxnResponse `protobuf:"bytes,16,opt,name=txn,proto3,oneof"`
+}
+
+type CommandResult_Scheduled struct {
+	Scheduled *ScheduledSwitchover `protobuf:"bytes,17,opt,name=scheduled,proto3,oneof"`
+}
+
 func (*CommandResult_Put) isCommandResult_Result() {}
 
 func (*CommandResult_Delete) isCommandResult_Result() {}
@@ -776,6 +868,10 @@ func (*CommandResult_Group) isCommandResult_Result() {}
 func (*CommandResult_Member) isCommandResult_Result() {}
 
 func (*CommandResult_GroupNames) isCommandResult_Result() {}
+
+func (*CommandResult_Txn) isCommandResult_Result() {}
+
+func (*CommandResult_Scheduled) isCommandResult_Result() {}
 
 // Persisted snapshot of the whole state machine (format version in the
 // snapshot file header).
@@ -1014,8 +1110,7 @@ var File_coord_v1_raft_proto protoreflect.FileDescriptor
 
 const file_coord_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x13coord/v1/raft.proto\x12\bcoord.v1\x1a\x1bcoord/v1/availability.proto\x1a\x15coord/v1/groups.proto\x1a\x11coord/v1/kv.proto\"\xbe\n" +
-	"\n" +
+	"\x13coord/v1/raft.proto\x12\bcoord.v1\x1a\x1bcoord/v1/availability.proto\x1a\x15coord/v1/groups.proto\x1a\x11coord/v1/kv.proto\"\xc9\f\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x17\n" +
@@ -1050,7 +1145,11 @@ const file_coord_v1_raft_proto_rawDesc = "" +
 	"\fpause_groups\x18\x1e \x01(\v2\x15.coord.v1.PauseGroupsH\x00R\vpauseGroups\x12=\n" +
 	"\rresume_groups\x18\x1f \x01(\v2\x16.coord.v1.ResumeGroupsH\x00R\fresumeGroups\x124\n" +
 	"\n" +
-	"edit_group\x18  \x01(\v2\x13.coord.v1.EditGroupH\x00R\teditGroupB\x04\n" +
+	"edit_group\x18  \x01(\v2\x13.coord.v1.EditGroupH\x00R\teditGroup\x12(\n" +
+	"\x03txn\x18! \x01(\v2\x14.coord.v1.TxnRequestH\x00R\x03txn\x12O\n" +
+	"\x13schedule_switchover\x18\" \x01(\v2\x1c.coord.v1.ScheduleSwitchoverH\x00R\x12scheduleSwitchover\x12I\n" +
+	"\x11cancel_switchover\x18# \x01(\v2\x1a.coord.v1.CancelSwitchoverH\x00R\x10cancelSwitchover\x12C\n" +
+	"\x0ffire_switchover\x18$ \x01(\v2\x18.coord.v1.FireSwitchoverH\x00R\x0efireSwitchoverB\x04\n" +
 	"\x02op\"\x18\n" +
 	"\x06Digest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x06\n" +
@@ -1058,7 +1157,7 @@ const file_coord_v1_raft_proto_rawDesc = "" +
 	"\tBootstrap\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x19\n" +
-	"\bnode_ids\x18\x02 \x03(\tR\anodeIds\"\x99\x03\n" +
+	"\bnode_ids\x18\x02 \x03(\tR\anodeIds\"\x83\x04\n" +
 	"\rCommandResult\x12!\n" +
 	"\ferror_reason\x18\x01 \x01(\tR\verrorReason\x12#\n" +
 	"\rerror_message\x18\x02 \x01(\tR\ferrorMessage\x12\x1a\n" +
@@ -1070,7 +1169,9 @@ const file_coord_v1_raft_proto_rawDesc = "" +
 	"\x05group\x18\r \x01(\v2\x0f.coord.v1.GroupH\x00R\x05group\x12*\n" +
 	"\x06member\x18\x0e \x01(\v2\x10.coord.v1.MemberH\x00R\x06member\x127\n" +
 	"\vgroup_names\x18\x0f \x01(\v2\x14.coord.v1.GroupNamesH\x00R\n" +
-	"groupNamesB\b\n" +
+	"groupNames\x12)\n" +
+	"\x03txn\x18\x10 \x01(\v2\x15.coord.v1.TxnResponseH\x00R\x03txn\x12=\n" +
+	"\tscheduled\x18\x11 \x01(\v2\x1d.coord.v1.ScheduledSwitchoverH\x00R\tscheduledB\b\n" +
 	"\x06result\"\xab\x03\n" +
 	"\rStateSnapshot\x12\x1d\n" +
 	"\n" +
@@ -1110,42 +1211,48 @@ func file_coord_v1_raft_proto_rawDescGZIP() []byte {
 
 var file_coord_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_coord_v1_raft_proto_goTypes = []any{
-	(*Command)(nil),        // 0: coord.v1.Command
-	(*Digest)(nil),         // 1: coord.v1.Digest
-	(*Noop)(nil),           // 2: coord.v1.Noop
-	(*Bootstrap)(nil),      // 3: coord.v1.Bootstrap
-	(*CommandResult)(nil),  // 4: coord.v1.CommandResult
-	(*StateSnapshot)(nil),  // 5: coord.v1.StateSnapshot
-	(*DedupeEntry)(nil),    // 6: coord.v1.DedupeEntry
-	(*GroupNames)(nil),     // 7: coord.v1.GroupNames
-	(*PutRequest)(nil),     // 8: coord.v1.PutRequest
-	(*DeleteRequest)(nil),  // 9: coord.v1.DeleteRequest
-	(*OpenSession)(nil),    // 10: coord.v1.OpenSession
-	(*CloseSession)(nil),   // 11: coord.v1.CloseSession
-	(*ExpireSession)(nil),  // 12: coord.v1.ExpireSession
-	(*CreateGroup)(nil),    // 13: coord.v1.CreateGroup
-	(*DeleteGroup)(nil),    // 14: coord.v1.DeleteGroup
-	(*Register)(nil),       // 15: coord.v1.Register
-	(*Unregister)(nil),     // 16: coord.v1.Unregister
-	(*Campaign)(nil),       // 17: coord.v1.Campaign
-	(*Resign)(nil),         // 18: coord.v1.Resign
-	(*Switchover)(nil),     // 19: coord.v1.Switchover
-	(*RevokeHolding)(nil),  // 20: coord.v1.RevokeHolding
-	(*Advance)(nil),        // 21: coord.v1.Advance
-	(*SetHealth)(nil),      // 22: coord.v1.SetHealth
-	(*UpdateMember)(nil),   // 23: coord.v1.UpdateMember
-	(*SetLoads)(nil),       // 24: coord.v1.SetLoads
-	(*PauseGroups)(nil),    // 25: coord.v1.PauseGroups
-	(*ResumeGroups)(nil),   // 26: coord.v1.ResumeGroups
-	(*EditGroup)(nil),      // 27: coord.v1.EditGroup
-	(*PutResponse)(nil),    // 28: coord.v1.PutResponse
-	(*DeleteResponse)(nil), // 29: coord.v1.DeleteResponse
-	(*Session)(nil),        // 30: coord.v1.Session
-	(*Group)(nil),          // 31: coord.v1.Group
-	(*Member)(nil),         // 32: coord.v1.Member
-	(*KeyValue)(nil),       // 33: coord.v1.KeyValue
-	(*Event)(nil),          // 34: coord.v1.Event
-	(*GroupLedger)(nil),    // 35: coord.v1.GroupLedger
+	(*Command)(nil),             // 0: coord.v1.Command
+	(*Digest)(nil),              // 1: coord.v1.Digest
+	(*Noop)(nil),                // 2: coord.v1.Noop
+	(*Bootstrap)(nil),           // 3: coord.v1.Bootstrap
+	(*CommandResult)(nil),       // 4: coord.v1.CommandResult
+	(*StateSnapshot)(nil),       // 5: coord.v1.StateSnapshot
+	(*DedupeEntry)(nil),         // 6: coord.v1.DedupeEntry
+	(*GroupNames)(nil),          // 7: coord.v1.GroupNames
+	(*PutRequest)(nil),          // 8: coord.v1.PutRequest
+	(*DeleteRequest)(nil),       // 9: coord.v1.DeleteRequest
+	(*OpenSession)(nil),         // 10: coord.v1.OpenSession
+	(*CloseSession)(nil),        // 11: coord.v1.CloseSession
+	(*ExpireSession)(nil),       // 12: coord.v1.ExpireSession
+	(*CreateGroup)(nil),         // 13: coord.v1.CreateGroup
+	(*DeleteGroup)(nil),         // 14: coord.v1.DeleteGroup
+	(*Register)(nil),            // 15: coord.v1.Register
+	(*Unregister)(nil),          // 16: coord.v1.Unregister
+	(*Campaign)(nil),            // 17: coord.v1.Campaign
+	(*Resign)(nil),              // 18: coord.v1.Resign
+	(*Switchover)(nil),          // 19: coord.v1.Switchover
+	(*RevokeHolding)(nil),       // 20: coord.v1.RevokeHolding
+	(*Advance)(nil),             // 21: coord.v1.Advance
+	(*SetHealth)(nil),           // 22: coord.v1.SetHealth
+	(*UpdateMember)(nil),        // 23: coord.v1.UpdateMember
+	(*SetLoads)(nil),            // 24: coord.v1.SetLoads
+	(*PauseGroups)(nil),         // 25: coord.v1.PauseGroups
+	(*ResumeGroups)(nil),        // 26: coord.v1.ResumeGroups
+	(*EditGroup)(nil),           // 27: coord.v1.EditGroup
+	(*TxnRequest)(nil),          // 28: coord.v1.TxnRequest
+	(*ScheduleSwitchover)(nil),  // 29: coord.v1.ScheduleSwitchover
+	(*CancelSwitchover)(nil),    // 30: coord.v1.CancelSwitchover
+	(*FireSwitchover)(nil),      // 31: coord.v1.FireSwitchover
+	(*PutResponse)(nil),         // 32: coord.v1.PutResponse
+	(*DeleteResponse)(nil),      // 33: coord.v1.DeleteResponse
+	(*Session)(nil),             // 34: coord.v1.Session
+	(*Group)(nil),               // 35: coord.v1.Group
+	(*Member)(nil),              // 36: coord.v1.Member
+	(*TxnResponse)(nil),         // 37: coord.v1.TxnResponse
+	(*ScheduledSwitchover)(nil), // 38: coord.v1.ScheduledSwitchover
+	(*KeyValue)(nil),            // 39: coord.v1.KeyValue
+	(*Event)(nil),               // 40: coord.v1.Event
+	(*GroupLedger)(nil),         // 41: coord.v1.GroupLedger
 }
 var file_coord_v1_raft_proto_depIdxs = []int32{
 	2,  // 0: coord.v1.Command.noop:type_name -> coord.v1.Noop
@@ -1171,24 +1278,30 @@ var file_coord_v1_raft_proto_depIdxs = []int32{
 	25, // 20: coord.v1.Command.pause_groups:type_name -> coord.v1.PauseGroups
 	26, // 21: coord.v1.Command.resume_groups:type_name -> coord.v1.ResumeGroups
 	27, // 22: coord.v1.Command.edit_group:type_name -> coord.v1.EditGroup
-	28, // 23: coord.v1.CommandResult.put:type_name -> coord.v1.PutResponse
-	29, // 24: coord.v1.CommandResult.delete:type_name -> coord.v1.DeleteResponse
-	30, // 25: coord.v1.CommandResult.session:type_name -> coord.v1.Session
-	31, // 26: coord.v1.CommandResult.group:type_name -> coord.v1.Group
-	32, // 27: coord.v1.CommandResult.member:type_name -> coord.v1.Member
-	7,  // 28: coord.v1.CommandResult.group_names:type_name -> coord.v1.GroupNames
-	33, // 29: coord.v1.StateSnapshot.kvs:type_name -> coord.v1.KeyValue
-	6,  // 30: coord.v1.StateSnapshot.dedupe:type_name -> coord.v1.DedupeEntry
-	30, // 31: coord.v1.StateSnapshot.sessions:type_name -> coord.v1.Session
-	31, // 32: coord.v1.StateSnapshot.groups:type_name -> coord.v1.Group
-	34, // 33: coord.v1.StateSnapshot.events:type_name -> coord.v1.Event
-	35, // 34: coord.v1.StateSnapshot.ledgers:type_name -> coord.v1.GroupLedger
-	4,  // 35: coord.v1.DedupeEntry.result:type_name -> coord.v1.CommandResult
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	28, // 23: coord.v1.Command.txn:type_name -> coord.v1.TxnRequest
+	29, // 24: coord.v1.Command.schedule_switchover:type_name -> coord.v1.ScheduleSwitchover
+	30, // 25: coord.v1.Command.cancel_switchover:type_name -> coord.v1.CancelSwitchover
+	31, // 26: coord.v1.Command.fire_switchover:type_name -> coord.v1.FireSwitchover
+	32, // 27: coord.v1.CommandResult.put:type_name -> coord.v1.PutResponse
+	33, // 28: coord.v1.CommandResult.delete:type_name -> coord.v1.DeleteResponse
+	34, // 29: coord.v1.CommandResult.session:type_name -> coord.v1.Session
+	35, // 30: coord.v1.CommandResult.group:type_name -> coord.v1.Group
+	36, // 31: coord.v1.CommandResult.member:type_name -> coord.v1.Member
+	7,  // 32: coord.v1.CommandResult.group_names:type_name -> coord.v1.GroupNames
+	37, // 33: coord.v1.CommandResult.txn:type_name -> coord.v1.TxnResponse
+	38, // 34: coord.v1.CommandResult.scheduled:type_name -> coord.v1.ScheduledSwitchover
+	39, // 35: coord.v1.StateSnapshot.kvs:type_name -> coord.v1.KeyValue
+	6,  // 36: coord.v1.StateSnapshot.dedupe:type_name -> coord.v1.DedupeEntry
+	34, // 37: coord.v1.StateSnapshot.sessions:type_name -> coord.v1.Session
+	35, // 38: coord.v1.StateSnapshot.groups:type_name -> coord.v1.Group
+	40, // 39: coord.v1.StateSnapshot.events:type_name -> coord.v1.Event
+	41, // 40: coord.v1.StateSnapshot.ledgers:type_name -> coord.v1.GroupLedger
+	4,  // 41: coord.v1.DedupeEntry.result:type_name -> coord.v1.CommandResult
+	42, // [42:42] is the sub-list for method output_type
+	42, // [42:42] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_coord_v1_raft_proto_init() }
@@ -1223,6 +1336,10 @@ func file_coord_v1_raft_proto_init() {
 		(*Command_PauseGroups)(nil),
 		(*Command_ResumeGroups)(nil),
 		(*Command_EditGroup)(nil),
+		(*Command_Txn)(nil),
+		(*Command_ScheduleSwitchover)(nil),
+		(*Command_CancelSwitchover)(nil),
+		(*Command_FireSwitchover)(nil),
 	}
 	file_coord_v1_raft_proto_msgTypes[4].OneofWrappers = []any{
 		(*CommandResult_Put)(nil),
@@ -1231,6 +1348,8 @@ func file_coord_v1_raft_proto_init() {
 		(*CommandResult_Group)(nil),
 		(*CommandResult_Member)(nil),
 		(*CommandResult_GroupNames)(nil),
+		(*CommandResult_Txn)(nil),
+		(*CommandResult_Scheduled)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

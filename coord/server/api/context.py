@@ -17,6 +17,8 @@ from coord.v1 import common_pb2, raft_pb2
 
 # Servicers take any request/response types.
 ServicerContext = grpc.aio.ServicerContext[Any, Any]
+# Request ids the cluster's leader gives its own commands (coord.state.scheduled).
+RESERVED_REQUEST_ID_PREFIX = "coord:"
 
 
 class NodeContext:
@@ -65,6 +67,12 @@ class NodeContext:
         Every write RPC comes through here: its request id is checked once, before
         anything reaches the log (the state machine refuses the same ids)."""
         check_request_id(cmd.request_id)
+        if cmd.request_id.startswith(RESERVED_REQUEST_ID_PREFIX):
+            raise errors.InvalidArgument(
+                f"request id {cmd.request_id!r}: ids starting with "
+                f"{RESERVED_REQUEST_ID_PREFIX!r} are the cluster's own (a leader's firing of "
+                "a scheduled switchover): use another id (a uuid4 hex)"
+            )
         return await self.write_within(cmd, self.timeout(context))
 
     async def write_within(self, cmd: raft_pb2.Command, timeout_s: float) -> raft_pb2.CommandResult:

@@ -236,11 +236,36 @@ class GroupsService(StateServicer, election_pb2_grpc.GroupsServicer):
     async def Switchover(
         self, request: election_pb2.SwitchoverRequest, context: ServicerContext
     ) -> election_pb2.SwitchoverResponse:
+        if request.at_ms:  # scheduled: the leader fires it then (coord.state.scheduled)
+            if request.at_ms < 0:
+                raise errors.InvalidArgument(
+                    f"coord: at_ms {request.at_ms} is not a time: give ms since the epoch"
+                )
+            result = await self._write(
+                context, request.request_id,
+                schedule_switchover=groups_pb2.ScheduleSwitchover(
+                    group=request.group, to_member=request.to_member, at_ms=request.at_ms
+                ),
+            )  # fmt: skip
+            return election_pb2.SwitchoverResponse(
+                header=self.ctx.header(revision=result.revision), scheduled=result.scheduled
+            )
         result = await self._write(
             context, request.request_id,
             switchover=groups_pb2.Switchover(group=request.group, to_member=request.to_member),
         )  # fmt: skip
         return election_pb2.SwitchoverResponse(header=self.ctx.header(revision=result.revision))
+
+    async def CancelSwitchover(
+        self, request: election_pb2.CancelSwitchoverRequest, context: ServicerContext
+    ) -> election_pb2.CancelSwitchoverResponse:
+        result = await self._write(
+            context, request.request_id,
+            cancel_switchover=groups_pb2.CancelSwitchover(group=request.group, id=request.id),
+        )  # fmt: skip
+        return election_pb2.CancelSwitchoverResponse(
+            header=self.ctx.header(revision=result.revision), cancelled=result.scheduled
+        )
 
     async def Pause(
         self, request: election_pb2.PauseGroupsRequest, context: ServicerContext

@@ -12,6 +12,8 @@ Runs on every node's asyncio loop and acts only while the node leads:
   the epoch the deadline was computed for.
 - The group waits (revocation wait-out, handover timeout, failback hold) are
   timed by :class:`GroupWaits` on the same clock, restarted with the deadlines.
+- Scheduled switchovers are fired by :class:`ScheduledSwitchoverDuty` when the wall
+  clock reaches their (calendar) time.
 
 Keepalive acknowledgements are the servicer's job (coord.server.api.sessions): it
 records the arrival here, waits for a commit proposed after it (``ack_barrier``:
@@ -32,6 +34,7 @@ import time
 
 from coord.raft.node import ROLE_LEADER, RaftNode
 from coord.server.duties.group_waits import GroupWaits
+from coord.server.duties.schedules import ScheduledSwitchoverDuty
 from coord.server.runtime import tasks
 from coord.v1 import groups_pb2, raft_pb2
 
@@ -66,6 +69,7 @@ class LeaseKeeper:
         self._loads: dict[str, float] = {}  # reported loads not yet replicated
         self._loads_sent = 0.0
         self.waits = GroupWaits(raft)
+        self.schedules = ScheduledSwitchoverDuty(raft)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -169,6 +173,7 @@ class LeaseKeeper:
             self._loads.clear()
             self._sessions_seen = None
             self.waits.restart()
+            self.schedules.restart()
             return
         if self._term != view.term or stalled:
             if stalled and self._term == view.term:
@@ -176,10 +181,12 @@ class LeaseKeeper:
             self._term = view.term
             self._rearm(now, everything=True)
             self.waits.restart()
+            self.schedules.restart()
             return
         self._rearm(now, everything=False)
         self._expire_due(now)
         self.waits.tick(now)
+        self.schedules.tick(int(time.time() * 1000), now)  # calendar times: the wall clock
         self._replicate_loads(now)
 
     def _replicate_loads(self, now: float) -> None:

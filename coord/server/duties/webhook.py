@@ -4,7 +4,11 @@ When ``notify_webhook`` is set (``--notify-webhook URL``), the Raft leader posts
 
 - failover events, as the state machine recorded them: ``master_elected`` (not
   the first election of a slot, cause ``initial``), ``master_lost``,
-  ``master_revoked``, ``stepdown_requested``;
+  ``master_revoked``, ``stepdown_requested``, and ``breaker_opened`` (the group's
+  failover breaker paused it: ``cause`` says why, e.g. "3 automatic failovers within
+  600s"; an operator resumes it), ``scheduled_switchover_fired`` (a switchover
+  scheduled for now started; ``member`` its target, empty: the best candidate) and
+  ``scheduled_switchover_refused`` (it could not start: ``cause`` says why);
 - budget events, from the availability ledger (coord.state.ledger):
   ``budget_spent`` when a group's 30-day downtime budget (MAD) runs out (what
   remains crosses below zero), and ``budget_burning_fast`` when more than 10 %
@@ -115,9 +119,10 @@ BUDGET_CHECK_S = 5.0
 MIN_SCAN_INTERVAL_S = 0.05
 BURN_WINDOW_S = 3600
 BURN_FRACTION = 0.10  # of the 30-day budget spent within BURN_WINDOW_S: burning fast
-FAILOVER_TYPES = frozenset(
-    {"master_elected", "master_lost", "master_revoked", "stepdown_requested"}
-)
+FAILOVER_TYPES = frozenset({
+    "master_elected", "master_lost", "master_revoked", "stepdown_requested",
+    "breaker_opened", "scheduled_switchover_fired", "scheduled_switchover_refused",
+})  # fmt: skip
 _RETRY_STATUS = frozenset({408, 425, 429})
 _PERIOD_S = ledger.BUDGET_PERIOD_MS // 1000
 

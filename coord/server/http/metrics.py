@@ -266,6 +266,12 @@ class _StateFigures:
             for name, g in sorted(state.groups.groups.items())
             if g.pause is not None
         }
+        # the groups whose failover breaker is open (coord.state.breaker)
+        self.breaker_open = {
+            name for name, g in state.groups.groups.items() if g.pause and g.pause.breaker
+        }
+        # name -> scheduled switchovers pending (coord.state.scheduled)
+        self.scheduled = {name: len(g.scheduled) for name, g in state.groups.groups.items()}
         self.ledger = ledger.Ledger()
         self.ledger.load(state.ledger.to_proto())  # copies
 
@@ -298,11 +304,24 @@ def _state_metrics(fig: _StateFigures) -> list[Metric]:
         "How long the group has been paused (wall clock; 0: not paused).",
         labels=["group"],
     )
+    breaker_open = GaugeMetricFamily(
+        "coord_group_breaker_open",
+        "1 while the group's failover breaker is open (it paused the group after too many "
+        "automatic failovers; an operator resumes it).",
+        labels=["group"],
+    )
+    scheduled = GaugeMetricFamily(
+        "coord_group_scheduled_switchovers",
+        "Switchovers scheduled for later and not yet due (coordctl schedule ls).",
+        labels=["group"],
+    )
     for name, *_ in fig.groups:
         since = fig.paused.get(name)
         paused.add_metric([name], 0.0 if since is None else 1.0)
         paused_for.add_metric([name], 0.0 if since is None else max(0, now_ms - since) / 1000)
-    out += [members, masters, slots, paused, paused_for]
+        breaker_open.add_metric([name], 1.0 if name in fig.breaker_open else 0.0)
+        scheduled.add_metric([name], fig.scheduled.get(name, 0))
+    out += [members, masters, slots, paused, paused_for, breaker_open, scheduled]
     out += _ledger_metrics(fig.ledger, now_ms)
     return out
 

@@ -208,10 +208,25 @@ def _state_snapshot(state: Any, now_ms: int) -> dict[str, Any]:
         pause = _dict(g.pause) if g.pause is not None else None
         groups.append(
             {"name": name, "slots": g.policy.slots, "members": _members(g), "availability": avail,
-             "paused": pause}
+             "paused": pause, "breaker": _breaker(g),
+             "scheduled": [_dict(g.scheduled[i]) for i in sorted(g.scheduled)]}
         )  # fmt: skip
     events = [_dict(e) for e in state.events.last(RECENT_EVENTS)]
     return {"revision": state.revision, "groups": groups, "events": events}
+
+
+def _breaker(g: Any) -> dict[str, Any] | None:
+    """The failover breaker of a group (None: off): its rule, whether it is open, and
+    the failovers it counts."""
+    p = g.policy
+    if not p.breaker_failovers:
+        return None
+    return {
+        "failovers": p.breaker_failovers,
+        "window_ms": p.breaker_window_ms,
+        "open": bool(g.pause is not None and g.pause.breaker),
+        "counted": len(g.breaker_failovers),
+    }
 
 
 def _members(g: Any) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@
   const STREAM_RETRY_MS = 3000; // try the stream again this long after it dropped
   const WINDOW_30D_S = 30 * 24 * 3600;
   const FAILOVER_EVENTS = new Set(["master_elected", "master_lost", "master_revoked",
-    "stepdown_requested"]);
+    "stepdown_requested", "breaker_opened"]);
 
   const TOKEN_KEY = "coord-token";
   if (location.hash.startsWith("#token=")) {
@@ -197,6 +197,30 @@
     return `paused since ${since}, ${until}` + (p.reason ? ` (${p.reason})` : "");
   }
 
+  // Switchovers scheduled for later (coordctl switchover GROUP --at TIME).
+  function scheduledList(g) {
+    const items = g.scheduled || [];
+    if (!items.length) return null;
+    return el("ul", { class: "scheduled" }, ...items.map((s) => {
+      const to = s.to_member || "the best candidate";
+      const at = new Date(num(s.at_ms)).toLocaleString();
+      return el("li", { "data-id": num(s.id) }, `scheduled switchover ${num(s.id)} to ${to} at ${at}`);
+    }));
+  }
+
+  // The failover breaker: open (it paused the group) or closed, and its rule.
+  function breakerBadge(g) {
+    const b = g.breaker;
+    if (!b) return null;
+    const rule = `${num(b.failovers)} automatic failovers within ${num(b.window_ms) / 1000}s`;
+    return b.open
+      ? el("span", { class: "badge bad-badge breaker-open",
+        title: `breaker open (${rule}): automatic failover is paused until an operator ` +
+          "resumes the group" }, "breaker open")
+      : el("span", { class: "badge ok-badge breaker", title: `failover breaker: pauses the ` +
+        `group after ${rule}; ${num(b.counted)} counted` }, "breaker");
+  }
+
   function renderGroup(g, nowMs) {
     const members = g.members || [];
     const masters = members.filter((m) => m.master).sort((a, b) => a.master.slot - b.master.slot);
@@ -209,8 +233,10 @@
     return el("section", { class: "group", "data-group": g.name },
       el("h3", {}, g.name, " ", state,
         av.outage_open ? el("span", { class: "badge bad-badge" }, "outage") : null,
-        g.paused ? el("span", { class: "badge bad-badge paused", title: pausedTitle(g.paused) },
-          "paused") : null),
+        g.paused && !(g.breaker && g.breaker.open)
+          ? el("span", { class: "badge bad-badge paused", title: pausedTitle(g.paused) },
+            "paused") : null,
+        breakerBadge(g)),
       el("div", { class: "cols" },
         el("div", { class: "col" },
           el("table", { class: "grid members" },
@@ -219,6 +245,7 @@
             el("tbody", {}, ...[...masters, ...standbys].map(memberRow),
               members.length ? null : el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no members"))))),
         el("div", { class: "col" },
+          scheduledList(g),
           budget(av),
           timeline(av, nowMs),
           figures(av))));
