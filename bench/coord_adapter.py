@@ -5,19 +5,92 @@
 * :class:`CoordKV` - ``_harness.KVClient``: grpc.aio, the same rotate-on-failure
   strategy as ``EtcdKV`` (``EndpointRotator``), and one request id per logical
   put so a retry after an ambiguous failure applies once.
+* :class:`LibraryKV` - ``_harness.KVClient`` over coord's own client library
+  (``coord.client.Client``: leader first, a failed endpoint suspected for 2 s,
+  ``attempt_timeout_s`` per try), to compare its retry path with the rotator's.
+* :class:`RaftTimingChoice` / :func:`parse_raft_timings` - candidate Raft timings
+  passed to ``coord serve`` as flags (``--heartbeat-s`` ...), for ``--raft-timings``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from grpc import aio
 
 from _harness import EndpointRotator, wait_until
+from coord.client import Client
+from coord.config import RaftTimings
 from coord.testing import LocalCluster
 from coord.v1 import kv_pb2, kv_pb2_grpc
+
+_TIMING_FIELDS = {f.name for f in dataclasses.fields(RaftTimings)}
+
+
+@dataclass(frozen=True)
+class RaftTimingChoice:
+    """Raft timings for ``coord serve``: ``flags`` overrides ``RaftTimings``' defaults
+    (field name -> seconds); empty = coord's defaults."""
+
+    label: str = "default"
+    flags: dict[str, float] = field(default_factory=dict)
+
+    def timings(self) -> RaftTimings:
+        """The resulting ``RaftTimings`` (validated as ``coord serve`` would)."""
+        t = dataclasses.replace(RaftTimings(), **self.flags)
+        t.validate()
+        return t
+
+    def args(self) -> list[str]:
+        """``coord serve`` flags, e.g. ``["--heartbeat-s", "0.03", ...]``."""
+        out: list[str] = []
+        for name, value in self.flags.items():
+            out += ["--" + name.replace("_", "-"), repr(value)]
+        return out
+
+    def describe(self) -> str:
+        """``heartbeat 50 ms, election 300-600 ms`` (whatever the flags say)."""
+        t = self.timings()
+        return (
+            f"heartbeat {t.heartbeat_s * 1e3:g} ms, election "
+            f"{t.election_timeout_min_s * 1e3:g}-{t.election_timeout_max_s * 1e3:g} ms"
+        )
+
+
+def parse_raft_timings(spec: str) -> RaftTimingChoice:
+    """``default``, or ``HB:MIN-MAX`` in milliseconds (heartbeat, election timeout range),
+    e.g. ``30:150-300``, optionally followed by ``+field=seconds`` for any other
+    ``coord.config.RaftTimings`` field (``30:150-300+leader_fallback_timeout_s=0.5``)."""
+    spec = spec.strip()
+    if spec in ("", "default"):
+        return RaftTimingChoice()
+    head, *extra = spec.split("+")
+    flags: dict[str, float] = {}
+    if head:
+        hb, _, rng = head.partition(":")
+        lo, _, hi = rng.partition("-")
+        if not (hb and lo and hi):
+            raise ValueError(f"raft timings {spec!r}: want HB:MIN-MAX in ms, e.g. 30:150-300")
+        flags["heartbeat_s"] = float(hb) / 1e3
+        flags["election_timeout_min_s"] = float(lo) / 1e3
+        flags["election_timeout_max_s"] = float(hi) / 1e3
+    for item in extra:
+        name, _, value = item.partition("=")
+        if name not in _TIMING_FIELDS or not value:
+            raise ValueError(f"raft timings {spec!r}: {item!r} is not FIELD=SECONDS")
+        flags[name] = float(value)
+    choice = RaftTimingChoice(spec, flags)
+    choice.timings()  # raises InvalidArgument when coord serve would refuse them
+    return choice
+
+
+def parse_raft_timings_list(specs: str) -> list[RaftTimingChoice]:
+    """Comma-separated :func:`parse_raft_timings` specs."""
+    return [parse_raft_timings(s) for s in specs.split(",") if s.strip()]
 
 
 class CoordKV:
@@ -47,6 +120,25 @@ class CoordKV:
         await asyncio.gather(*(ch.close() for ch in self._channels), return_exceptions=True)
 
 
+class LibraryKV:
+    """coord's client library as a ``KVClient`` (blocking calls run in a thread).
+
+    Its own failover path: writes go to the leader it knows (found with
+    ``find_leader`` on the first call), each attempt bounded by ``attempt_timeout_s``
+    (the library's default: 2 s); an endpoint that failed is skipped for
+    ``coord.client.client.SUSPECT_S`` (2 s) unless every endpoint did."""
+
+    def __init__(self, endpoints: Sequence[str], attempt_timeout_s: float | None = None) -> None:
+        kw = {} if attempt_timeout_s is None else {"attempt_timeout_s": attempt_timeout_s}
+        self.client = Client(list(endpoints), timeout_s=30.0, **kw)
+
+    async def put(self, key: str, value: bytes) -> None:
+        await asyncio.to_thread(self.client.put, key, value)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.client.close)
+
+
 def make_coord_kv(endpoints: Sequence[str], call_timeout: float = 0.1) -> CoordKV:
     """Factory for ``_loadgen.py --factory coord_adapter:make_coord_kv``."""
     return CoordKV(endpoints, call_timeout=call_timeout)
@@ -55,9 +147,22 @@ def make_coord_kv(endpoints: Sequence[str], call_timeout: float = 0.1) -> CoordK
 class CoordBenchCluster:
     """A local coord cluster as a ``ClusterUnderTest``."""
 
-    def __init__(self, n: int = 3, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        n: int = 3,
+        extra_args: Sequence[str] = (),
+        timings: RaftTimingChoice | None = None,
+    ) -> None:
         self.name = f"coord-{n}"
-        self.cluster = LocalCluster(n, extra_args=list(extra_args))
+        args = list(extra_args)
+        if timings is not None and timings.flags:
+            self.name += f"[{timings.label}]"
+            args += timings.args()
+        self.timing = timings or RaftTimingChoice()
+        # Set to use coord's client library in make_client (0: its default attempt
+        # timeout); None: CoordKV with the rotator, as the etcd side.
+        self.library_attempt_s: float | None = None
+        self.cluster = LocalCluster(n, extra_args=args)
 
     def __enter__(self) -> CoordBenchCluster:
         self.cluster.start()
@@ -79,6 +184,14 @@ class CoordBenchCluster:
     def restart(self, i: int) -> None:
         self.cluster.start(i)
 
+    def pause(self, i: int) -> None:
+        """SIGSTOP member ``i`` (a hung process: its sockets stay open)."""
+        self.cluster.pause(i)
+
+    def resume(self, i: int) -> None:
+        """SIGCONT member ``i``."""
+        self.cluster.resume(i)
+
     def term(self) -> int:
         """The highest Raft term any live node reports (leader changes bump it)."""
         return max((s.term for s in self.cluster.statuses() if s is not None), default=0)
@@ -88,5 +201,7 @@ class CoordBenchCluster:
         st = wait_until(lambda: self.cluster.status(leader), timeout, "leader status")
         self.cluster.wait_applied(st.applied_index, timeout=timeout)
 
-    def make_client(self, first: int = 0, call_timeout: float = 0.1) -> CoordKV:
+    def make_client(self, first: int = 0, call_timeout: float = 0.1) -> CoordKV | LibraryKV:
+        if self.library_attempt_s is not None:  # coord's client library instead
+            return LibraryKV(self.endpoints(), self.library_attempt_s or None)
         return CoordKV(self.endpoints(), call_timeout=call_timeout, first=first)
