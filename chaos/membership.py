@@ -176,14 +176,18 @@ def promote(c: ProxiedCluster, nid: str, deadline: float) -> None:
 
 
 def caught_up(c: ProxiedCluster, node: NodeProc, deadline: float) -> None:
+    """``node`` applied what the leader had applied, and follows the leader a majority
+    agrees on *now* (an election meanwhile, under load, moves the leader: the node must
+    follow the new one, not the one there was when the wait began)."""
     target = settled(c, deadline).header.applied_index
-    leader = _by(deadline, lambda: c.agreed_leader(1.0), "an agreed leader")
 
     def done() -> bool:
         st = c.status(node.index)
-        return st is not None and st.leader_id == leader and st.applied_index >= target
+        return (
+            st is not None and st.applied_index >= target and st.leader_id == c.agreed_leader(1.0)
+        )
 
-    _by(deadline, done, f"{node.node_id} to follow {leader} and apply index {target}")
+    _by(deadline, done, f"{node.node_id} to follow the agreed leader and apply index {target}")
 
 
 def remove(c: ProxiedCluster, nid: str, within_s: float = STEP_S) -> None:
