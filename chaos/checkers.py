@@ -437,6 +437,7 @@ def check_all(
     convergence_bound_s: float = CONVERGE_S,
 ) -> list[Violation]:
     from chaos.applied_once import applied_once  # it builds on this module's Violation
+    from chaos.bank import bank_conserved  # likewise
 
     return [
         *overlapping_masters(record),
@@ -448,4 +449,5 @@ def check_all(
         *graceful_no_failover(record),
         *applied_once(record),
         *converged(record, convergence_bound_s),
+        *bank_conserved(record),
     ]

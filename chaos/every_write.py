@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from chaos.records import LoggedWrite, RunRecord
-from chaos.workload import Worker
+from chaos.worker import Worker
 from coord import errors
 from coord.client import Client, Session
 from coord.v1 import election_pb2, election_pb2_grpc

@@ -139,3 +139,7 @@ class RunRecord:
     events: list[EventNote] = field(default_factory=list)
     # Each heal's commit indexes (the ``converged`` checker).
     heals: list[HealSample] = field(default_factory=list)
+    # The bank workload (chaos.bank): audits (time, accounts seen, their total, revision)
+    # and how many transfers were acknowledged.
+    bank_audits: list[tuple[float, int, int, int]] = field(default_factory=list)
+    bank_transfers: int = 0

@@ -37,6 +37,7 @@ from typing import Any
 
 from chaos import checkers, handover
 from chaos.applied_once import EFFECTS
+from chaos.bank import Auditor, Teller
 from chaos.cluster import ProxiedCluster
 from chaos.convergence import ConvergenceProbe
 from chaos.every_write import EveryWriter
@@ -45,13 +46,13 @@ from chaos.membership import MembershipError, leader_view
 from chaos.nemesis import NEMESES, STALE_LEADER_ARGS, leader_id
 from chaos.records import RunRecord
 from chaos.toxiproxy import Toxiproxy
+from chaos.worker import Worker
 from chaos.workload import (
     AckWriter,
     Campaigner,
     EventWatcher,
     RegisterClient,
     SessionLoad,
-    Worker,
 )
 from coord import errors
 from coord.client import Client
@@ -308,7 +309,8 @@ def _workload(
     start_rev: int,
 ) -> list[Worker]:
     """Campaigners in a 1-slot and a 3-slot group, two writers of acknowledged keys,
-    three register clients on four keys, one unfiltered watcher (noting every event
+    three register clients on four keys, two bank tellers and an auditor (chaos.bank:
+    multi-key transactions), one unfiltered watcher (noting every event
     for the applied-once checker when the every-kind writers run); the scenario's
     session load and every-kind writers; all started."""
     eps = c.client_endpoints
@@ -323,6 +325,8 @@ def _workload(
     keys = [f"reg/{k}" for k in range(4)]
     workers += [RegisterClient(history, eps, p, keys, rng.randrange(2**32)) for p in range(3)]
     workers += [EventWatcher(record, eps, "watch-all", start_rev, notes=sc.every_write)]
+    workers += [Teller(record, eps, f"teller{i}", rng.randrange(2**32)) for i in range(2)]
+    workers += [Auditor(record, eps, "auditor")]
     shares = [sc.sessions // SESSION_LOAD_WORKERS] * SESSION_LOAD_WORKERS if sc.sessions else []
     for i in range(sc.sessions % SESSION_LOAD_WORKERS):
         shares[i] += 1

@@ -485,3 +485,22 @@ def test_without_a_recorded_stop_every_end_counts() -> None:
     r = rec(graceful=True, tenures=[ten("p1", 0, 95, 5)])
     [v] = graceful_no_failover(r)
     assert "stopped believing" in v.detail
+
+
+# -- the bank workload (chaos.bank) ------------------------------------------------------------
+
+
+def test_bank_audits_that_sum_to_the_total_pass_and_empty_ones_are_before_opening() -> None:
+    from chaos.bank import TOTAL, bank_conserved
+
+    r = rec(bank_audits=[(T0, 0, 0, 3), (T0 + 1, 5, TOTAL, 9), (T0 + 2, 5, TOTAL, 12)])
+    assert bank_conserved(r) == []
+
+
+@pytest.mark.parametrize(("accounts", "total"), [(5, 491), (4, 400), (5, 509)])
+def test_a_torn_lost_or_doubled_transfer_is_caught(accounts: int, total: int) -> None:
+    from chaos.bank import TOTAL, bank_conserved
+
+    r = rec(bank_audits=[(T0, 5, TOTAL, 9), (T0 + 1, accounts, total, 14)])
+    (v,) = bank_conserved(r)
+    assert v.checker == "bank_conserved" and "first at revision 14" in v.detail
