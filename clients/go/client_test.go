@@ -19,17 +19,21 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fakeNode is one node of a fake cluster: a KV and Cluster service on 127.0.0.1.
+// fakeNode is one node of a fake cluster: a KV, Cluster and Watch service on 127.0.0.1.
 type fakeNode struct {
 	pb.UnimplementedKVServer
 	pb.UnimplementedClusterServer
+	pb.UnimplementedWatchServer
 	addr   string
 	srv    *grpc.Server
 	mu     sync.Mutex
 	ids    []string
 	leader string           // GetLeader's answer
-	fail   []*status.Status // the next Puts fail with these
+	fail   []*status.Status // the next writes (Put, Txn) fail with these
 	trail  []metadata.MD
+	puts   []*pb.PutRequest
+	txns   []*pb.TxnRequest
+	watch  func(*pb.WatchRequest, grpc.ServerStreamingServer[pb.WatchResponse]) error
 }
 
 func startNode(t *testing.T) *fakeNode {
@@ -41,21 +45,31 @@ func startNode(t *testing.T) *fakeNode {
 	n := &fakeNode{addr: lis.Addr().String(), srv: grpc.NewServer()}
 	pb.RegisterKVServer(n.srv, n)
 	pb.RegisterClusterServer(n.srv, n)
+	pb.RegisterWatchServer(n.srv, n)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = n.srv.Serve(lis) }()
 	t.Cleanup(func() { n.srv.Stop(); <-done })
 	return n
 }
 
-func (n *fakeNode) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.ids = append(n.ids, req.GetRequestId())
+// write records a write's request id and fails it if a failure is queued; n.mu held.
+func (n *fakeNode) write(ctx context.Context, id string) error {
+	n.ids = append(n.ids, id)
 	if len(n.fail) > 0 {
 		st, md := n.fail[0], n.trail[0]
 		n.fail, n.trail = n.fail[1:], n.trail[1:]
 		_ = grpc.SetTrailer(ctx, md)
-		return nil, st.Err()
+		return st.Err()
+	}
+	return nil
+}
+
+func (n *fakeNode) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.puts = append(n.puts, req)
+	if err := n.write(ctx, req.GetRequestId()); err != nil {
+		return nil, err
 	}
 	return &pb.PutResponse{Succeeded: true, Kv: &pb.KeyValue{Key: req.GetKey(), Value: req.GetValue(), ModRevision: 7}}, nil
 }

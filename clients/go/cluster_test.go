@@ -177,3 +177,34 @@ func TestClusterOutOfRangeAndObserve(t *testing.T) {
 		break // the first view: nobody holds it
 	}
 }
+
+func TestClusterTxnRetryAnswersTheFirstResult(t *testing.T) {
+	c := clusterClient(t)
+	ctx := longCtx(t)
+	key := "go-txn/" + NewRequestID()
+	id := NewRequestID()
+	txn := func() *Txn {
+		return c.Txn(ctx, WithRequestID(id)).If(Absent(key)).Then(OpPut(key, "1")).Else(OpPut(key, "2"))
+	}
+	first, err := txn().Commit()
+	if err != nil || !first.GetSucceeded() {
+		t.Fatalf("txn: %v %v", first, err)
+	}
+	// The key exists now, but a retry under the same id is answered with the first result.
+	again, err := txn().Commit()
+	if err != nil || !again.GetSucceeded() ||
+		again.GetResponses()[0].GetPut().GetKv().GetModRevision() != first.GetResponses()[0].GetPut().GetKv().GetModRevision() {
+		t.Fatalf("retry: %v %v (first %v)", again, err, first)
+	}
+	// On a missing key every value compare is false, NOT_EQUAL too.
+	resp, err := c.Txn(ctx).If(Value(key + "/missing").Ne("x")).Then(OpPut(key, "ne")).Commit()
+	if err != nil || resp.GetSucceeded() {
+		t.Fatalf("value compare on a missing key: %v %v", resp, err)
+	}
+	if kv, err := c.Get(ctx, key); err != nil || string(kv.GetValue()) != "1" {
+		t.Fatalf("get: %v %v", kv, err)
+	}
+	if _, err := c.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -24,7 +24,12 @@
 //   - Leadership.IsMaster: false once the session's validity ends, the holding was
 //     resigned (the client resigns at once when asked to step down), or a keepalive shows
 //     it revoked, re-granted or gone.
-//   - Watch and Observe resume after failures without gaps (iterators: range over them).
+//   - Watch and Observe resume after failures without gaps (iterators: range over them);
+//     WatchOptions.KeyPrefix keeps the key-value events of keys under a prefix.
+//   - Transactions, etcd clientv3 style, under one request id however often retried:
+//     c.Txn(ctx).If(coord.ModRevision(k).Eq(rev)).Then(coord.OpPut(k, v)).Else(...).Commit().
+//   - Keys bound to a session (Put or OpPut with WithSession(s)): the cluster deletes
+//     them in the same apply that ends the session (docs/protocol.md, section 8).
 //
 // Every call takes a context.Context: its deadline bounds the whole call, retries
 // included; Config.AttemptTimeout bounds one attempt on one endpoint. Background work

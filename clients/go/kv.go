@@ -8,7 +8,7 @@ import (
 	pb "github.com/coord/coord/clients/go/coordpb"
 )
 
-// WriteOption changes a Put or Delete.
+// WriteOption changes a Put or Delete (or a transaction's OpPut and OpDelete).
 type WriteOption func(*writeOpts)
 
 type writeOpts struct {
@@ -16,6 +16,7 @@ type writeOpts struct {
 	prevKV    bool
 	prefix    bool
 	requestID string
+	sessionID string
 }
 
 // WithExpectedModRevision makes the write a compare-and-set: it applies only if the key's
@@ -31,9 +32,25 @@ func WithPrevKV() WriteOption { return func(o *writeOpts) { o.prevKV = true } }
 // WithPrefix makes Delete delete every key starting with the key.
 func WithPrefix() WriteOption { return func(o *writeOpts) { o.prefix = true } }
 
+// WithSession binds the key of a Put (or OpPut) to s, a session this client keeps alive:
+// the cluster deletes the key in the same apply that ends the session (its expiry or
+// close). The latest put decides: a put without WithSession unbinds the key. A session
+// that has ended is refused (ErrNotFound), nothing written. Do not rely on the key
+// outliving s's validity (docs/protocol.md, section 8). A nil s binds nothing.
+func WithSession(s *Session) WriteOption {
+	return func(o *writeOpts) {
+		if s != nil {
+			o.sessionID = s.ID()
+		}
+	}
+}
+
 // WithRequestID sets the write's request id (default: a fresh NewRequestID). Retries
 // inside one call always reuse it; pass your own to retry a write across calls.
 func WithRequestID(id string) WriteOption { return func(o *writeOpts) { o.requestID = id } }
+
+var errDeleteSession = &Error{Reason: ReasonInvalidArgument,
+	Message: "a delete takes no session: WithSession binds the key of a put"}
 
 func writeOptions(opts []WriteOption) writeOpts {
 	var o writeOpts
@@ -46,11 +63,12 @@ func writeOptions(opts []WriteOption) writeOpts {
 	return o
 }
 
-// Put sets key to value on the leader, retried safely under one request id.
+// Put sets key to value on the leader, retried safely under one request id. WithSession
+// binds the key to a session.
 func (c *Client) Put(ctx context.Context, key, value string, opts ...WriteOption) (*pb.PutResponse, error) {
 	o := writeOptions(opts)
 	req := &pb.PutRequest{Key: []byte(key), Value: []byte(value), PrevKv: o.prevKV,
-		ExpectedModRevision: o.expected, RequestId: o.requestID}
+		ExpectedModRevision: o.expected, RequestId: o.requestID, SessionId: o.sessionID}
 	var resp *pb.PutResponse
 	err := c.call(ctx, true, func(ctx context.Context, cc *grpc.ClientConn, co ...grpc.CallOption) (err error) {
 		resp, err = pb.NewKVClient(cc).Put(ctx, req, co...)
@@ -62,6 +80,9 @@ func (c *Client) Put(ctx context.Context, key, value string, opts ...WriteOption
 // Delete deletes key (or, WithPrefix, every key under it).
 func (c *Client) Delete(ctx context.Context, key string, opts ...WriteOption) (*pb.DeleteResponse, error) {
 	o := writeOptions(opts)
+	if o.sessionID != "" {
+		return nil, errDeleteSession
+	}
 	req := &pb.DeleteRequest{Key: []byte(key), Prefix: o.prefix, PrevKv: o.prevKV,
 		ExpectedModRevision: o.expected, RequestId: o.requestID}
 	var resp *pb.DeleteResponse

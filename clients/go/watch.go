@@ -49,6 +49,9 @@ func (c *Client) resume(ctx context.Context, run func(ctx context.Context, cc *g
 type WatchOptions struct {
 	Groups []string // only these groups (empty: all)
 	Types  []string // only these event types (empty: all)
+	// KeyPrefix, when set: only key-value events (kv_put, kv_delete, kv_txn) touching a
+	// key that starts with it, each trimmed to those keys. All filters must match.
+	KeyPrefix string
 }
 
 // Watch yields events from revision from (0: from the next change), gap-free and in
@@ -66,7 +69,7 @@ func (c *Client) Watch(ctx context.Context, from int64, opts WatchOptions) iter.
 			from = st.GetRevision() + 1
 		}
 		err := c.resume(ctx, func(ctx context.Context, cc *grpc.ClientConn, ep string, alive func()) error {
-			req := &pb.WatchRequest{FromRevision: from, Groups: opts.Groups, Types: opts.Types}
+			req := watchRequest(from, opts)
 			stream, err := pb.NewWatchClient(cc).Watch(ctx, req)
 			if err != nil {
 				return translate(err, nil, ep)
@@ -91,6 +94,14 @@ func (c *Client) Watch(ctx context.Context, from int64, opts WatchOptions) iter.
 			yield(nil, err)
 		}
 	}
+}
+
+func watchRequest(from int64, opts WatchOptions) *pb.WatchRequest {
+	req := &pb.WatchRequest{FromRevision: from, Groups: opts.Groups, Types: opts.Types}
+	if opts.KeyPrefix != "" {
+		req.KeyPrefix = []byte(opts.KeyPrefix)
+	}
+	return req
 }
 
 // Observe yields a group's masters now, then after every change (repeated views, the

@@ -82,6 +82,54 @@ def test_go_test_against_the_cluster(cluster: LocalCluster) -> None:
     assert "SKIP" not in r.stdout, r.stdout
 
 
+def test_go_txn_and_session_bound_keys(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A Go process (clients/go/internal/kvprobe) does a compare-and-swap Txn (binding one
+    key to its session in the same branch), a stale one, and a session-bound Put; the
+    Python client sees each result, and sees the bound keys vanish when the Go process
+    closes its session, which the Go side's key-prefix watch reports as one kv_delete."""
+    binary = tmp_path / "kvprobe"
+    build = subprocess.run(
+        [str(GO), "build", "-o", str(binary), "./internal/kvprobe"],
+        cwd=GO_DIR, env=go_env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    p = f"go-kv/{os.getpid()}-{time.monotonic_ns()}/"
+    with cluster.client() as c:
+        rev = c.put(p + "cas", "py").kv.mod_revision
+        proc = subprocess.Popen(
+            [str(binary), "-endpoints", ",".join(cluster.endpoints), "-prefix", p,
+             "-rev", str(rev)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            lines = [proc.stdout.readline().split() for _ in range(3)]  # it exits within 30 s
+            assert lines[:2] == [["cas", "true", "2"], ["stale", "false"]], lines
+            assert lines[2][0] == "bound", lines
+            session_id = lines[2][1]
+            cas, bound, txn_bound = (c.get(p + k) for k in ("cas", "bound", "txn-bound"))
+            assert cas is not None and cas.value == b"go" and cas.mod_revision > rev
+            assert c.get(p + "lost") is None, "the first Txn's failure branch ran"
+            assert getattr(c.get(p + "else"), "value", None) == b"ran", "no failure branch"
+            assert bound is not None and bound.session_id == session_id
+            assert txn_bound is not None and txn_bound.session_id == session_id
+            assert bound.mod_revision == int(lines[2][2])
+            out, err = proc.communicate("close\n", timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        assert proc.returncode == 0, err
+        rest = [line.split() for line in out.splitlines()]
+        assert rest[0] == ["closed"], rest
+        # Closed means committed: the keys are gone at once, the unbound one stays.
+        assert c.get(p + "bound") is None and c.get(p + "txn-bound") is None
+        assert c.get(p + "cas") is not None
+        kind, cause, keys = rest[1][1:]
+        assert (kind, cause) == ("kv_delete", "session_closed"), rest
+        assert sorted(keys.split(",")) == [p + "bound", p + "txn-bound"], rest
+
+
 class Campaigner:
     def __init__(self, name: str, cmd: list[str], out: Path) -> None:
         self.name, self.out = name, out
