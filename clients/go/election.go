@@ -131,6 +131,25 @@ func (m *Member) Resign(ctx context.Context, token int64) error {
 	})
 }
 
+// ReportPosition reports the member's position (a WAL LSN, a log offset: a number >= 0
+// that only increases) as its own session. A group whose policy sets max_lag_on_failover
+// grants a slot only to members within that much of the best position reported; with
+// prefer_most_advanced the most advanced wins before priority. A lower position than the
+// last is FailedPrecondition.
+func (m *Member) ReportPosition(ctx context.Context, position int64) (*pb.Member, error) {
+	req := &pb.UpdateMemberRequest{Update: &pb.UpdateMember{Group: m.Group, MemberId: m.ID,
+		SessionId: m.s.id, Position: &position}, RequestId: NewRequestID()}
+	var out *pb.Member
+	err := m.s.c.call(ctx, true, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		resp, err := pb.NewGroupsClient(cc).UpdateMember(ctx, req, o...)
+		if err == nil {
+			out = resp.GetMember()
+		}
+		return err
+	})
+	return out, err
+}
+
 // Leave unregisters the member at once (as its own session), giving up any slot.
 func (m *Member) Leave(ctx context.Context) error {
 	m.s.mu.Lock()

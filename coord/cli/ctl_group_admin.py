@@ -170,6 +170,22 @@ def group_resume(ctx: Ctx, names: tuple[str, ...], all_groups: bool) -> None:
 )
 @click.option("--breaker-window", type=DURATION, default=None, help="e.g. 10m.")
 @click.option("--no-breaker", is_flag=True, help="Turn the failover breaker off.")
+@click.option(
+    "--max-lag-on-failover",
+    type=int,
+    default=None,
+    help="A member further than this behind the best reported position (or with none) is "
+    "never granted a slot; 0 turns it off.",
+)
+@click.option("--prefer-most-advanced/--no-prefer-most-advanced", default=None)
+@click.option(
+    "--synchronous",
+    default=None,
+    metavar="IDS",
+    help="Comma-separated member ids: only they may be granted a slot (--no-synchronous: "
+    "any member).",
+)
+@click.option("--no-synchronous", is_flag=True, help="Let any member be granted a slot.")
 @pass_ctx
 @handles_errors
 def group_edit(
@@ -184,6 +200,10 @@ def group_edit(
     breaker_failovers: int | None,
     breaker_window: float | None,
     no_breaker: bool,
+    max_lag_on_failover: int | None,
+    prefer_most_advanced: bool | None,
+    synchronous: str | None,
+    no_synchronous: bool,
 ) -> None:
     """Change NAME's policy now (the options given; the rest stays). Fewer slots ask
     the masters of the highest slots to step down (the normal handover: switchover
@@ -197,6 +217,8 @@ def group_edit(
     if no_breaker and (breaker_failovers is not None or breaker_window is not None):
         raise CLIError("coord: --no-breaker turns the breaker off: give no other --breaker-*",
                        EXIT_USAGE)  # fmt: skip
+    if no_synchronous and synchronous is not None:
+        raise CLIError("coord: give --synchronous or --no-synchronous, not both", EXIT_USAGE)
     if breaker_window is not None and breaker_window <= 0:
         raise click.BadParameter(
             "give a positive window (--no-breaker turns the breaker off)",
@@ -211,6 +233,9 @@ def group_edit(
         "failover_on_unhealthy": failover_on_unhealthy,
         "breaker_failovers": breaker_failovers,
         "breaker_window_ms": _ms(breaker_window) if breaker_window is not None else None,
+        "max_lag_on_failover": max_lag_on_failover,
+        "prefer_most_advanced": prefer_most_advanced,
+        "synchronous": [] if no_synchronous else member_ids(synchronous) or None,
     }
     if no_breaker:
         policy["breaker_failovers"] = policy["breaker_window_ms"] = 0
@@ -223,13 +248,22 @@ def group_edit(
         ctx.output,
         proto_dict(g),
         ["GROUP", "SLOTS", "FAILBACK", "HOLD", "SWITCHOVER TIMEOUT", "FAILOVER ON UNHEALTHY",
-         "BREAKER"],
+         "BREAKER", "MAX LAG", "SYNCHRONOUS"],
         [[g.name, p.slots, "auto" if p.failback == groups_pb2.FAILBACK_AUTO else "off",
           f"{p.failback_hold_ms / 1000:g}s", f"{p.switchover_timeout_ms / 1000:g}s",
           "yes" if p.failover_on_unhealthy else "no",
           f"{p.breaker_failovers}/{p.breaker_window_ms / 1000:g}s"
-          if p.breaker_failovers else "off"]],
+          if p.breaker_failovers else "off",
+          p.max_lag_on_failover or "off", ",".join(p.synchronous) or "-"]],
     )  # fmt: skip
+
+
+def member_ids(text: str | None) -> list[str]:
+    """--synchronous's comma-separated member ids (an empty item is kept: the server
+    refuses it with what to do)."""
+    if text is None:
+        return []
+    return [part.strip() for part in text.split(",")]
 
 
 @click.command("explain", cls=CtlCommand)
@@ -247,8 +281,9 @@ def group_explain(ctx: Ctx, name: str) -> None:
         [s.slot, s.holder or "-", s.state, s.next or "-", s.why] for s in x.slots
     ]))  # fmt: skip
     click.echo()
-    click.echo(table(["MEMBER", "PRIORITY", "ELIGIBLE", "RANK", "WHY"], [
-        [m.member_id, m.priority, "yes" if m.eligible else "no", m.rank or "-", m.detail]
+    click.echo(table(["MEMBER", "PRIORITY", "POSITION", "ELIGIBLE", "RANK", "WHY"], [
+        [m.member_id, m.priority, m.position if m.HasField("position") else "-",
+         "yes" if m.eligible else "no", m.rank or "-", m.detail]
         for m in x.members
     ]))  # fmt: skip
     for note in x.notes:

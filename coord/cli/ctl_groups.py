@@ -131,6 +131,25 @@ def group() -> None:
     "within --breaker-window-s (default: no breaker).",
 )
 @click.option("--breaker-window-s", type=click.FloatRange(min=0.001), default=None)
+@click.option(
+    "--max-lag-on-failover",
+    type=int,
+    default=0,
+    help="Freshness: a member further than this behind the best reported position (or "
+    "with none) is never granted a slot (default 0: off).",
+)
+@click.option(
+    "--prefer-most-advanced",
+    is_flag=True,
+    help="Among the eligible, the most advanced reported position wins before priority.",
+)
+@click.option(
+    "--synchronous",
+    default=None,
+    metavar="IDS",
+    help="Comma-separated member ids: only they may be granted a slot (members that "
+    "register later may be named).",
+)
 @pass_ctx
 @handles_errors
 def group_create(
@@ -144,6 +163,9 @@ def group_create(
     failover_on_unhealthy: bool,
     breaker_failovers: int | None,
     breaker_window_s: float | None,
+    max_lag_on_failover: int,
+    prefer_most_advanced: bool,
+    synchronous: str | None,
 ) -> None:
     """Create group NAME."""
     if (breaker_failovers is None) != (breaker_window_s is None):
@@ -158,6 +180,8 @@ def group_create(
         failover_on_unhealthy=failover_on_unhealthy,
         breaker_failovers=breaker_failovers or 0,
         breaker_window_ms=round((breaker_window_s or 0) * 1000),
+        max_lag_on_failover=max_lag_on_failover, prefer_most_advanced=prefer_most_advanced,
+        synchronous=ctl_group_admin.member_ids(synchronous),
     )  # fmt: skip
     emit(
         ctx.output,
@@ -262,6 +286,9 @@ def _policy_rows(g: groups_pb2.Group) -> list[list[Any]]:
          if p.downtime_budget_ms else "-"],
         ["FAILOVER ON UNHEALTHY", "yes" if p.failover_on_unhealthy else "no"],
         ["FAILOVER BREAKER", ctl_group_admin.breaker_text(g)],
+        ["MAX LAG ON FAILOVER", p.max_lag_on_failover or "off"],
+        ["PREFER MOST ADVANCED", "yes" if p.prefer_most_advanced else "no"],
+        ["SYNCHRONOUS", ",".join(p.synchronous) or "- (any member)"],
         ["SCHEDULED SWITCHOVERS", "; ".join(
             f"{s.id}: to {s.to_member or '(best)'} at {ctl_group_admin.at_text(s.at_ms)}"
             for s in g.scheduled) or "-"],
@@ -353,6 +380,8 @@ def member_ls(ctx: Ctx, group_name: str | None) -> None:
     live = _health_status(ctx, group_name or "")
     rows, data = [], []
     for g in groups:
+        reported = [m.position for m in g.members if m.HasField("position")]
+        best = max(reported) if reported else None
         for m, row in zip(g.members, _group_rows(g), strict=True):
             h = live.get((g.name, m.id))
             kind = m.check.WhichOneof("kind") if m.HasField("check") else None
@@ -360,12 +389,17 @@ def member_ls(ctx: Ctx, group_name: str | None) -> None:
             if h is not None and h.checked:
                 last = f"{'ok' if h.last_ok else 'FAIL'} {h.last_detail} x{h.streak}"
             latency = f"{h.last_latency_ms:.1f}ms" if h is not None and h.checked else "-"
-            rows.append([*row, kind or "-", last, latency])
+            lag = best - m.position if best is not None and m.HasField("position") else None
+            position = m.position if m.HasField("position") else "-"
+            rows.append([*row, kind or "-", last, latency, position, "-" if lag is None else lag])
             record = _dict(m)
+            if lag is not None:
+                record["lag"] = lag  # behind the group's best reported position
             if h is not None:
                 record["last_check"] = _dict(h)
             data.append(record)
-    emit(ctx.output, data, [*_GROUP_HEADERS, "CHECK", "LAST-CHECK", "LATENCY"], rows)
+    emit(ctx.output, data,
+         [*_GROUP_HEADERS, "CHECK", "LAST-CHECK", "LATENCY", "POSITION", "LAG"], rows)  # fmt: skip
 
 
 def _health_status(ctx: Ctx, group: str) -> dict[tuple[str, str], election_pb2.MemberHealth]:

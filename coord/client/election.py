@@ -210,10 +210,12 @@ class Member:
         tags: dict[str, str] | None = None,
         metadata: dict[str, str] | None = None,
         replace: bool = False,
+        position: int | None = None,
     ) -> groups_pb2.Member:
         """Change how this member is balanced, without re-registering. ``tags`` and
         ``metadata`` are merged (an empty value deletes a key), or with ``replace``
-        replace the old ones."""
+        replace the old ones. ``position`` reports how far its data has come
+        (:meth:`report_position`)."""
         self._registered()
         update = groups_pb2.UpdateMember(
             group=self.group, member_id=self.id, session_id=self.session.id,
@@ -225,11 +227,22 @@ class Member:
             update.weight = weight
         if address is not None:
             update.address = address
+        if position is not None:
+            update.position = position
         req = election_pb2.UpdateMemberRequest(update=update, request_id=new_request_id())
         resp: election_pb2.MemberResponse = self.client.call(
             lambda ch, t: _groups(ch).UpdateMember(req, timeout=t)
         )
         return resp.member
+
+    def report_position(self, position: int) -> groups_pb2.Member:
+        """Report this member's position: an opaque number that only increases (a WAL
+        LSN, a log offset). A group whose policy sets ``max_lag_on_failover`` grants a
+        slot only to members within that much of the best position reported, and with
+        ``prefer_most_advanced`` the most advanced wins before priority. One replicated
+        write per call (report when it moved, e.g. once a second). A lower position than
+        the last raises FailedPrecondition; a negative one InvalidArgument."""
+        return self.update(position=position)
 
     def _stop_acting(self, token: int = 0) -> None:
         """End mastership here (every grant, or the one under ``token``) before asking

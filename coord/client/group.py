@@ -119,11 +119,13 @@ class Group:
     def edit(self, **policy: Any) -> groups_pb2.Group:
         """Change policy fields at runtime (GroupPolicy names: ``slots``, ``failback``,
         ``failback_hold_ms``, ``switchover_timeout_ms``, ``downtime_budget_ms``,
-        ``failover_on_unhealthy``, ``breaker_failovers`` with ``breaker_window_ms``),
-        checked like create's. Fewer slots ask the surplus masters to step down (the
-        normal handover); more slots are filled at once. The failover breaker pauses the
-        group after ``breaker_failovers`` automatic failovers within ``breaker_window_ms``
-        (both 0: off); :meth:`resume` closes it."""
+        ``failover_on_unhealthy``, ``breaker_failovers`` with ``breaker_window_ms``,
+        ``max_lag_on_failover``, ``prefer_most_advanced``, ``synchronous`` (a list of
+        member ids; ``[]`` clears it)), checked like create's. Fewer slots ask the
+        surplus masters to step down (the normal handover); more slots are filled at
+        once. The failover breaker pauses the group after ``breaker_failovers``
+        automatic failovers within ``breaker_window_ms`` (both 0: off); :meth:`resume`
+        closes it."""
         req = election_pb2.EditGroupRequest(
             name=self.name, policy=groups_pb2.GroupPolicy(**policy), fields=sorted(policy),
             request_id=new_request_id(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from coord.state import breaker
 from coord.state.group_table import GroupState
-from coord.state.placement import REASONS, Placement
+from coord.state.placement import Placement, best_position, lag, reason_text
 from coord.state.scheduled import iso
 from coord.v1 import groups_pb2
 
@@ -23,11 +23,14 @@ def explain(p: Placement, name: str) -> groups_pb2.GroupExplanation:
     out = groups_pb2.GroupExplanation(
         group=name, paused=g.pause is not None, breaker_open=breaker.is_open(g)
     )
+    best = best_position(g)
+    if best is not None:
+        out.best_position = best
     for slot in range(max([g.policy.slots - 1, *g.holdings]) + 1):
         out.slots.append(_slot(p, g, slot))
     rank = {m.id: i + 1 for i, m in enumerate(p.ranked(g))}
     for m in g.members.values():
-        out.members.append(_verdict(p, g, m, rank.get(m.id, 0)))
+        out.members.append(_verdict(p, g, m, rank.get(m.id, 0), best))
     out.notes.extend(_notes(p, g))
     return out
 
@@ -63,14 +66,19 @@ def _slot(p: Placement, g: GroupState, slot: int) -> groups_pb2.SlotExplanation:
 
 
 def _verdict(
-    p: Placement, g: GroupState, m: groups_pb2.Member, rank: int
+    p: Placement, g: GroupState, m: groups_pb2.Member, rank: int, best: int | None
 ) -> groups_pb2.MemberVerdict:
-    reason = p.ineligible(g, m)
+    reason = p.ineligible(g, m, best)
     out = groups_pb2.MemberVerdict(
         member_id=m.id, eligible=not reason, reason=reason, priority=m.priority, rank=rank
     )
+    behind = lag(g, m, best)
+    if m.HasField("position"):
+        out.position = m.position
+        out.lag = behind or 0
+    order = "position, then priority" if g.policy.prefer_most_advanced else "priority"
     if reason:
-        out.detail = REASONS.get(reason, reason).format(slot=g.holder_slot(m.id))
+        out.detail = reason_text(g, m, reason, best)
     elif breaker.is_open(g):
         out.detail = (
             f"eligible (rank {rank}), but the breaker is open: granted once an operator "
@@ -79,7 +87,9 @@ def _verdict(
     elif g.pause is not None:
         out.detail = f"eligible (rank {rank}), but the group is paused: granted once resumed"
     else:
-        out.detail = f"eligible (rank {rank} by priority, then registration)"
+        out.detail = f"eligible (rank {rank} by {order}, then registration)"
+    if not reason and behind is not None and g.policy.max_lag_on_failover > 0:
+        out.detail += f"; behind by {behind} (max_lag_on_failover {g.policy.max_lag_on_failover})"
     return out
 
 
@@ -97,6 +107,7 @@ def _notes(p: Placement, g: GroupState) -> list[str]:
             f"failover breaker: closed; the group pauses itself at {breaker.describe(g.policy)}"
             f" ({n} counted so far, each for {g.policy.breaker_window_ms / 1000:g}s)"
         )
+    notes.extend(_freshness_notes(g))
     if g.pause is not None:
         until = " until resumed"
         if g.pause.wait_ms:
@@ -127,9 +138,42 @@ def _notes(p: Placement, g: GroupState) -> list[str]:
         target = g.members.get(s.to_member)
         now = ""
         if target is not None and p.ineligible(g, target):
-            why = REASONS.get(p.ineligible(g, target), "").format(slot=g.holder_slot(target.id))
+            why = reason_text(g, target, p.ineligible(g, target))
             now = f"; if it were due now it would be refused: {why}"
         notes.append(
             f"scheduled switchover {s.id}: to {to} at {iso(s.at_ms)} (the leader's wall clock){now}"
         )
+    return notes
+
+
+def _freshness_notes(g: GroupState) -> list[str]:
+    """The policy's synchronous set and max_lag_on_failover, as they stand now."""
+    notes = []
+    policy = g.policy
+    if policy.synchronous:
+        names = ", ".join(policy.synchronous)
+        missing = [n for n in policy.synchronous if n not in g.members]
+        note = f"synchronous set: {names}: only they may be granted a slot"
+        if len(missing) == len(policy.synchronous):
+            note += "; none of them is registered: nothing is granted until one is"
+        elif missing:
+            note += f"; not registered: {', '.join(missing)}"
+        notes.append(note)
+    if policy.max_lag_on_failover > 0 or policy.prefer_most_advanced:
+        best = best_position(g)
+        leaders = [m.id for m in g.members.values() if m.HasField("position")
+                   and m.position == best]  # fmt: skip
+        where = (
+            f"the best reported position is {best} ({', '.join(leaders)})"
+            if best is not None else "no member has reported a position"
+        )  # fmt: skip
+        rules = []
+        if policy.max_lag_on_failover > 0:
+            rules.append(
+                f"a member more than {policy.max_lag_on_failover} behind it, or with no "
+                "position, is not granted"
+            )
+        if policy.prefer_most_advanced:
+            rules.append("the most advanced eligible member wins before priority")
+        notes.append(f"{where}: {'; '.join(rules)}")
     return notes

@@ -23,7 +23,10 @@ policy edits", states the rules:
   master that is unhealthy now (unless paused); a new downtime budget applies to
   the availability report at once. The failover breaker's fields (coord.state.breaker)
   apply from the next automatic failover; turning it off forgets the failovers it
-  counted (an open breaker stays open: resume the group).
+  counted (an open breaker stays open: resume the group). max_lag_on_failover,
+  prefer_most_advanced and the synchronous set apply to placement at once (an empty
+  slot is filled if someone qualifies, a pending handover whose successor no longer
+  does is re-targeted or cancelled); a master they exclude keeps its slot.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from coord.state.scheduled import ScheduledSwitchovers
 from coord.v1 import groups_pb2
 
 POLICY_FIELDS = tuple(f.name for f in groups_pb2.GroupPolicy.DESCRIPTOR.fields)
+REPEATED_POLICY_FIELDS = frozenset(
+    f.name for f in groups_pb2.GroupPolicy.DESCRIPTOR.fields if f.is_repeated
+)
 
 
 class GroupAdmin(ScheduledSwitchovers):
@@ -91,7 +97,11 @@ class GroupAdmin(ScheduledSwitchovers):
         new = groups_pb2.GroupPolicy()
         new.CopyFrom(g.policy)
         for name in req.fields:
-            setattr(new, name, getattr(req.policy, name))
+            if name in REPEATED_POLICY_FIELDS:
+                del getattr(new, name)[:]
+                getattr(new, name).extend(getattr(req.policy, name))
+            else:
+                setattr(new, name, getattr(req.policy, name))
         new = checked_policy(new)
         if new == g.policy:
             return g

@@ -162,6 +162,7 @@ def checked_policy(p: groups_pb2.GroupPolicy) -> groups_pb2.GroupPolicy:
     if p.failback_hold_ms < 0 or p.switchover_timeout_ms < 0 or p.downtime_budget_ms < 0:
         raise InvalidArgument("failback_hold_ms, switchover_timeout_ms and budgets must be >= 0")
     breaker.check(p)
+    _check_freshness(p)
     out = groups_pb2.GroupPolicy()
     out.CopyFrom(p)
     if out.failback == groups_pb2.FAILBACK_UNSPECIFIED:
@@ -169,6 +170,47 @@ def checked_policy(p: groups_pb2.GroupPolicy) -> groups_pb2.GroupPolicy:
     if out.switchover_timeout_ms == 0:
         out.switchover_timeout_ms = limits.DEFAULT_SWITCHOVER_TIMEOUT_MS
     return out
+
+
+def _check_freshness(p: groups_pb2.GroupPolicy) -> None:
+    """max_lag_on_failover and the synchronous set (docs/design.md, "Freshness-aware
+    succession"). Names of members not registered yet are allowed: a group is usually
+    created before its members register."""
+    if p.max_lag_on_failover < 0:
+        raise InvalidArgument(
+            f"max_lag_on_failover must be >= 0 (0: off), got {p.max_lag_on_failover}: give "
+            "how far behind the best reported position a member may be and still be granted"
+        )
+    if len(p.synchronous) > limits.MAX_MEMBERS_PER_GROUP:
+        raise InvalidArgument(
+            f"the synchronous set names {len(p.synchronous)} members, a group has at most "
+            f"{limits.MAX_MEMBERS_PER_GROUP}"
+        )
+    for name in p.synchronous:
+        if not MEMBER_ID.fullmatch(name):
+            raise InvalidArgument(
+                f"the synchronous set names {name!r}, which is not a member id: give member "
+                "ids (1-128 of letters, digits, '.', '_', ':', '@', '/', '-'), or an empty "
+                "set to let any member succeed"
+            )
+    if len(set(p.synchronous)) != len(p.synchronous):
+        twice = next(n for n in p.synchronous if list(p.synchronous).count(n) > 1)
+        raise InvalidArgument(f"the synchronous set names {twice!r} twice: name each member once")
+
+
+def check_position(m: groups_pb2.Member, position: int) -> None:
+    """A reported position: >= 0 and never below the member's last one."""
+    if position < 0:
+        raise InvalidArgument(
+            f"position must be >= 0, got {position}: report the member's WAL position (or "
+            "any number that only increases)"
+        )
+    if m.HasField("position") and position < m.position:
+        raise FailedPrecondition(
+            f"member {m.id!r} reported position {m.position} already, {position} is lower: "
+            "positions only increase; a member whose data went back registers again from "
+            "a new session"
+        )
 
 
 def check_label(text: str, what: str) -> None:

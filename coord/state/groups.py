@@ -7,8 +7,10 @@ clamped time. The rules (docs/design.md, "Groups, failover, failback"):
   group. Every grant gets a fencing token: the revision of the grant, so
   tokens strictly increase per slot (and cluster-wide).
 - Successor choice: eligible = candidate, healthy, not ``nofailover``, not
-  holding a slot, session alive; order = priority (higher first), then
-  registration revision. The same rule fills every slot of a multi-master group.
+  holding a slot, session alive (and, when the policy says so, in the synchronous
+  set and within max_lag_on_failover of the best reported position); order =
+  priority (higher first), then registration revision (with prefer_most_advanced,
+  the position first). The same rule fills every slot of a multi-master group.
 - Releasing a holding and granting the next one happen in the same apply.
 - A session that expires or closes releases its members' holdings (its TTL has
   passed: the holder's client library already stopped claiming) and removes them;
@@ -48,6 +50,7 @@ from coord.state.group_table import (
     GroupState,
     check_label,
     check_member_fields,
+    check_position,
     checked_policy,
 )
 from coord.v1 import groups_pb2
@@ -198,6 +201,8 @@ class Groups(GroupAdmin):
                 f"member {req.id!r} of group {req.group!r} is registered by another session: "
                 "use another member id, or wait for that session to end"
             )
+        if req.HasField("position"):
+            check_position(old if old is not None else groups_pb2.Member(id=req.id), req.position)
         member = groups_pb2.Member()
         member.CopyFrom(req)
         member.healthy = True if old is None else old.healthy
@@ -207,6 +212,8 @@ class Groups(GroupAdmin):
             )  # fmt: skip
         if req.HasField("check"):
             member.check.CopyFrom(healthspec.checked(req.check, req.address))
+        if old is not None and old.HasField("position") and not req.HasField("position"):
+            member.position = old.position  # the same process registering again
         member.leaving = old is not None and old.leaving  # on its way out: no campaign
         member.candidate = member.candidate and not member.leaving
         kind = "member_updated" if old is not None else "member_joined"
@@ -226,15 +233,19 @@ class Groups(GroupAdmin):
         return member
 
     def update_member(self, req: groups_pb2.UpdateMember, now: int) -> groups_pb2.Member:
-        """Weight, address, tags, metadata, priority, nofailover: by the member's own
-        session; priority and nofailover also by an operator (no session). Priority
-        and nofailover take effect in placement at once: a cleared nofailover counts
-        as newly eligible (a failback hold starts), a member made nofailover is no
+        """Weight, address, tags, metadata, priority, nofailover, position: by the
+        member's own session; priority and nofailover also by an operator (no session).
+        Priority and nofailover take effect in placement at once: a cleared nofailover
+        counts as newly eligible (a failback hold starts), a member made nofailover is no
         longer anyone's successor (it keeps a slot it holds), and empty slots are
-        filled (unless paused)."""
+        filled (unless paused). A position (only ever higher) takes effect in placement
+        at once when the policy uses positions; a report that changes nothing else is a
+        ``position_reported`` event."""
         g = self.group(req.group)
         m = self._member(g, req.member_id)
         _check_updater(req, m)
+        if req.HasField("position"):
+            check_position(m, req.position)
         new = _updated(m, req)
         check_member_fields(new)
         if new.HasField("check"):
@@ -242,11 +253,18 @@ class Groups(GroupAdmin):
         if new == m:
             return m
         placement = new.priority != m.priority or new.nofailover != m.nofailover
+        moved = new.position != m.position or new.HasField("position") != m.HasField("position")
+        only_position = moved and _without_position(new) == _without_position(m)
+        policy = g.policy
+        placement = placement or (
+            moved and (policy.max_lag_on_failover > 0 or policy.prefer_most_advanced)
+        )
         rev = self.emit.reserve()
         if m.nofailover and not new.nofailover:  # a failback hold counts from here
             new.eligible_since_ms, new.eligible_since_revision = now, rev
         m.CopyFrom(new)
-        self.emit.record(rev, "member_updated", group=g.name, member=m.id, member_record=m)
+        kind = "position_reported" if only_position else "member_updated"
+        self.emit.record(rev, kind, group=g.name, member=m.id, member_record=m)
         if placement:
             self._fill(g, now)
         return m
@@ -388,6 +406,13 @@ def _check_updater(req: groups_pb2.UpdateMember, m: groups_pb2.Member) -> None:
         )
 
 
+def _without_position(m: groups_pb2.Member) -> groups_pb2.Member:
+    out = groups_pb2.Member()
+    out.CopyFrom(m)
+    out.ClearField("position")
+    return out
+
+
 def _updated(m: groups_pb2.Member, req: groups_pb2.UpdateMember) -> groups_pb2.Member:
     """A copy of ``m`` with the update applied (a tag or metadata entry with an empty
     value is removed, unless the table is replaced)."""
@@ -401,6 +426,8 @@ def _updated(m: groups_pb2.Member, req: groups_pb2.UpdateMember) -> groups_pb2.M
         new.priority = req.priority
     if req.HasField("nofailover"):
         new.nofailover = req.nofailover
+    if req.HasField("position"):
+        new.position = req.position
     for table, update, replace in (
         (new.tags, req.tags, req.replace_tags),
         (new.metadata, req.metadata, req.replace_metadata),

@@ -20,7 +20,58 @@ REASONS = {
     "not_candidate": "it is not campaigning (never did, resigned, or is leaving)",
     "unhealthy": "its health check fails",
     "holding": "it already holds slot {slot}",
+    "not_synchronous": "it is not in the synchronous set ({synchronous}): never made master",
+    "no_position": (
+        "it has reported no position, and the policy's max_lag_on_failover ({max_lag}) needs one"
+    ),
+    "lagging": (
+        "it is behind by {lag} (position {position}, the best reported is {best}; "
+        "max_lag_on_failover is {max_lag})"
+    ),
 }
+
+
+def best_position(g: GroupState) -> int | None:
+    """The highest position reported by a member of ``g`` (every member in the table
+    has a live session: one whose session ended has left), or None."""
+    reported = [m.position for m in g.members.values() if m.HasField("position")]
+    return max(reported) if reported else None
+
+
+# "Not computed yet" for a best position (positions are >= 0): the callers that ask about
+# every member compute it once (a group may have 10,000 members).
+UNKNOWN = -1
+
+
+def lag(g: GroupState, m: groups_pb2.Member, best: int | None = UNKNOWN) -> int | None:
+    """How far ``m`` is behind the best position of ``g`` (None: it reported none)."""
+    if best == UNKNOWN:
+        best = best_position(g)
+    return best - m.position if best is not None and m.HasField("position") else None
+
+
+def reason_text(
+    g: GroupState, m: groups_pb2.Member, reason: str, best: int | None = UNKNOWN
+) -> str:
+    """The sentence of a reason code of :meth:`Placement.ineligible` for ``m``."""
+    if best == UNKNOWN:
+        best = best_position(g)
+    return REASONS.get(reason, reason).format(
+        slot=g.holder_slot(m.id), lag=lag(g, m, best), position=m.position,
+        best=best, max_lag=g.policy.max_lag_on_failover,
+        synchronous=", ".join(g.policy.synchronous),
+    )  # fmt: skip
+
+
+def rank_key(g: GroupState, m: groups_pb2.Member) -> tuple[int, int, int, int]:
+    """The order of the eligible, best first: priority (higher first), then
+    registration; with the policy's prefer_most_advanced the position (higher first;
+    never reported: after every reported one) comes before priority."""
+    if g.policy.prefer_most_advanced:
+        reported = m.HasField("position")
+        return (0 if reported else 1, -m.position if reported else 0, -m.priority,
+                m.registered_revision)  # fmt: skip
+    return (0, 0, -m.priority, m.registered_revision)
 
 
 class Placement(GroupTables):
@@ -41,10 +92,11 @@ class Placement(GroupTables):
                 ho.to_member = ""  # a revoked slot goes to the best candidate at release
         self.emit("member_left", group=g.name, member=member_id, cause=cause)
 
-    def ineligible(self, g: GroupState, m: groups_pb2.Member) -> str:
+    def ineligible(self, g: GroupState, m: groups_pb2.Member, best: int | None = UNKNOWN) -> str:
         """Why ``m`` cannot take a free slot of ``g`` now (a reason code of
         :data:`REASONS`), or "" if it can. The one rule of eligibility: placement and
-        explain (coord.state.explain) both ask here."""
+        explain (coord.state.explain) both ask here. ``best``: the group's
+        :func:`best_position`, when the caller computed it already."""
         session = self.sessions.get(m.session_id)
         if g.deleting:
             return "group_deleting"
@@ -60,16 +112,25 @@ class Placement(GroupTables):
             return "unhealthy"
         if g.holder_slot(m.id) is not None:
             return "holding"
+        if g.policy.synchronous and m.id not in g.policy.synchronous:
+            return "not_synchronous"
+        if g.policy.max_lag_on_failover > 0:
+            behind = lag(g, m, best)
+            if behind is None:
+                return "no_position"
+            if behind > g.policy.max_lag_on_failover:
+                return "lagging"
         return ""
 
-    def _eligible(self, g: GroupState, m: groups_pb2.Member) -> bool:
-        return not self.ineligible(g, m)
+    def _eligible(self, g: GroupState, m: groups_pb2.Member, best: int | None = UNKNOWN) -> bool:
+        return not self.ineligible(g, m, best)
 
     def ranked(self, g: GroupState) -> list[groups_pb2.Member]:
-        """The eligible members, best first: priority (higher first), then registration."""
+        """The eligible members, best first (:func:`rank_key`)."""
+        best = best_position(g)
         return sorted(
-            (m for m in g.members.values() if self._eligible(g, m)),
-            key=lambda m: (-m.priority, m.registered_revision),
+            (m for m in g.members.values() if self._eligible(g, m, best)),
+            key=lambda m: rank_key(g, m),
         )
 
     def _best(self, g: GroupState, prefer: str = "") -> groups_pb2.Member | None:
@@ -106,6 +167,9 @@ class Placement(GroupTables):
         if not ranked:
             return None, "no member is eligible"
         m = ranked[0]
+        if g.policy.prefer_most_advanced:
+            at = f"position {m.position}" if m.HasField("position") else "no position"
+            return m, f"{m.id} is the best eligible member ({at}, priority {m.priority})"
         return m, f"{m.id} is the best eligible member (priority {m.priority})"
 
     def _fill(self, g: GroupState, now: int, resumed: bool = False) -> None:
@@ -240,10 +304,11 @@ class Placement(GroupTables):
             target = self._member(g, to_member)
             reason = self.ineligible(g, target)
             if reason:
-                why = REASONS.get(reason, reason).format(slot=g.holder_slot(to_member))
+                why = reason_text(g, target, reason)
                 raise FailedPrecondition(
                     f"member {to_member!r} cannot take over ({why}): it must be a healthy "
-                    "candidate, not nofailover, with a live session and no slot"
+                    "candidate, not nofailover, with a live session and no slot (and in the "
+                    "synchronous set, not lagging, when the policy says so)"
                 )
             if to_member in promised:
                 raise FailedPrecondition(
@@ -265,9 +330,10 @@ class Placement(GroupTables):
     def _successor(self, g: GroupState) -> str:
         """The best eligible candidate that no pending handover has promised a slot to."""
         promised = {ho.to_member for ho in g.handovers.values()}
+        best = best_position(g)
         ranked = sorted(
-            (m for m in g.members.values() if self._eligible(g, m) and m.id not in promised),
-            key=lambda m: (-m.priority, m.registered_revision),
+            (m for m in g.members.values() if self._eligible(g, m, best) and m.id not in promised),
+            key=lambda m: rank_key(g, m),
         )
         return ranked[0].id if ranked else ""
 
@@ -398,8 +464,9 @@ class Placement(GroupTables):
             if not h.revoked and slot not in g.handovers
         )
         targeted = {ho.to_member for ho in g.handovers.values()}
+        best = best_position(g)
         candidates = sorted(
-            (m for m in g.members.values() if self._eligible(g, m) and m.id not in targeted),
+            (m for m in g.members.values() if self._eligible(g, m, best) and m.id not in targeted),
             key=lambda m: (-m.priority, m.registered_revision),
         )
         plan = []

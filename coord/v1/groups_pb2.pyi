@@ -115,6 +115,9 @@ class GroupPolicy(_message.Message):
     FAILOVER_ON_UNHEALTHY_FIELD_NUMBER: _builtins.int
     BREAKER_FAILOVERS_FIELD_NUMBER: _builtins.int
     BREAKER_WINDOW_MS_FIELD_NUMBER: _builtins.int
+    MAX_LAG_ON_FAILOVER_FIELD_NUMBER: _builtins.int
+    PREFER_MOST_ADVANCED_FIELD_NUMBER: _builtins.int
+    SYNCHRONOUS_FIELD_NUMBER: _builtins.int
     slots: _builtins.int
     """1 = master/standby; N = N masters ("multi-master")."""
     failback: Global___FailbackMode.ValueType
@@ -136,6 +139,23 @@ class GroupPolicy(_message.Message):
     resumes it. 1..100.
     """
     breaker_window_ms: _builtins.int
+    max_lag_on_failover: _builtins.int
+    """Freshness-aware succession (docs/design.md, "Freshness-aware succession"). Members
+    report a position (Member.position: a WAL LSN, an offset; higher is more advanced);
+    the best position is the highest any member of the group reported. > 0: a member
+    further behind the best than this, or that never reported a position, is not
+    granted a slot. 0: off. Never negative.
+    """
+    prefer_most_advanced: _builtins.bool
+    """Among the eligible, the most advanced position wins before priority (members that
+    never reported one rank after those that did).
+    """
+    @_builtins.property
+    def synchronous(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Non-empty: only these members (ids) may be granted a slot (Patroni's synchronous
+        standbys); names of members not registered yet are allowed.
+        """
+
     def __init__(
         self,
         *,
@@ -147,10 +167,13 @@ class GroupPolicy(_message.Message):
         failover_on_unhealthy: _builtins.bool = ...,
         breaker_failovers: _builtins.int = ...,
         breaker_window_ms: _builtins.int = ...,
+        max_lag_on_failover: _builtins.int = ...,
+        prefer_most_advanced: _builtins.bool = ...,
+        synchronous: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_failovers", b"breaker_failovers", "breaker_window_ms", b"breaker_window_ms", "downtime_budget_ms", b"downtime_budget_ms", "failback", b"failback", "failback_hold_ms", b"failback_hold_ms", "failover_on_unhealthy", b"failover_on_unhealthy", "slots", b"slots", "switchover_timeout_ms", b"switchover_timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_failovers", b"breaker_failovers", "breaker_window_ms", b"breaker_window_ms", "downtime_budget_ms", b"downtime_budget_ms", "failback", b"failback", "failback_hold_ms", b"failback_hold_ms", "failover_on_unhealthy", b"failover_on_unhealthy", "max_lag_on_failover", b"max_lag_on_failover", "prefer_most_advanced", b"prefer_most_advanced", "slots", b"slots", "switchover_timeout_ms", b"switchover_timeout_ms", "synchronous", b"synchronous"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -218,6 +241,7 @@ class Member(_message.Message):
     HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
     HEALTH_CHANGED_MS_FIELD_NUMBER: _builtins.int
     ELIGIBLE_SINCE_REVISION_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     id: _builtins.str
     session_id: _builtins.str
@@ -243,6 +267,10 @@ class Member(_message.Message):
     eligible_since_revision: _builtins.int
     """The revision at which it last became a healthy candidate: names that stretch
     of eligibility (a failback hold is timed per stretch, by the leader).
+    """
+    position: _builtins.int
+    """The last position the member's own client reported (UpdateMember.position): an
+    opaque number that only increases (a WAL LSN). Unset: never reported.
     """
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -273,12 +301,15 @@ class Member(_message.Message):
         health_detail: _builtins.str = ...,
         health_changed_ms: _builtins.int = ...,
         eligible_since_revision: _builtins.int = ...,
+        position: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "check", b"check", "position", b"position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "candidate", b"candidate", "check", b"check", "eligible_since_ms", b"eligible_since_ms", "eligible_since_revision", b"eligible_since_revision", "group", b"group", "health_changed_ms", b"health_changed_ms", "health_detail", b"health_detail", "healthy", b"healthy", "id", b"id", "leaving", b"leaving", "metadata", b"metadata", "nofailover", b"nofailover", "priority", b"priority", "registered_revision", b"registered_revision", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "address", b"address", "candidate", b"candidate", "check", b"check", "eligible_since_ms", b"eligible_since_ms", "eligible_since_revision", b"eligible_since_revision", "group", b"group", "health_changed_ms", b"health_changed_ms", "health_detail", b"health_detail", "healthy", b"healthy", "id", b"id", "leaving", b"leaving", "metadata", b"metadata", "nofailover", b"nofailover", "position", b"position", "priority", b"priority", "registered_revision", b"registered_revision", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__position: _TypeAlias = _typing.Literal["position"]  # noqa: Y015
+    _WhichOneofArgType__position: _TypeAlias = _typing.Literal["_position", b"_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__position) -> _WhichOneofReturnType__position | None: ...
 
 Global___Member: _TypeAlias = Member  # noqa: Y015
 
@@ -722,10 +753,13 @@ class GroupExplanation(_message.Message):
     MEMBERS_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
     BREAKER_OPEN_FIELD_NUMBER: _builtins.int
+    BEST_POSITION_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     paused: _builtins.bool
     breaker_open: _builtins.bool
     """The failover breaker paused the group (see GroupPause.breaker)."""
+    best_position: _builtins.int
+    """The highest position reported by a member of the group (unset: none reported)."""
     @_builtins.property
     def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotExplanation]: ...
     @_builtins.property
@@ -743,12 +777,15 @@ class GroupExplanation(_message.Message):
         members: _abc.Iterable[Global___MemberVerdict] | None = ...,
         notes: _abc.Iterable[_builtins.str] | None = ...,
         breaker_open: _builtins.bool = ...,
+        best_position: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_best_position", b"_best_position", "best_position", b"best_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_open", b"breaker_open", "group", b"group", "members", b"members", "notes", b"notes", "paused", b"paused", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_position", b"_best_position", "best_position", b"best_position", "breaker_open", b"breaker_open", "group", b"group", "members", b"members", "notes", b"notes", "paused", b"paused", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__best_position: _TypeAlias = _typing.Literal["best_position"]  # noqa: Y015
+    _WhichOneofArgType__best_position: _TypeAlias = _typing.Literal["_best_position", b"_best_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__best_position) -> _WhichOneofReturnType__best_position | None: ...
 
 Global___GroupExplanation: _TypeAlias = GroupExplanation  # noqa: Y015
 
@@ -800,18 +837,28 @@ class MemberVerdict(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     eligible: _builtins.bool
     """Could take a free slot now."""
     reason: _builtins.str
     """Why not (empty when eligible): no_session, session_closing, not_candidate,
-    unhealthy, nofailover, holding, group_deleting.
+    unhealthy, nofailover, holding, group_deleting, not_synchronous, no_position,
+    lagging.
     """
     detail: _builtins.str
     """The sentence for humans."""
     priority: _builtins.int
     rank: _builtins.int
-    """1-based rank among the eligible (priority, then registration); 0: not eligible."""
+    """1-based rank among the eligible (priority, then registration; with the policy's
+    prefer_most_advanced, position first); 0: not eligible.
+    """
+    position: _builtins.int
+    """The member's reported position (unset: never reported), and how far behind the
+    group's best position it is (best - position; 0 without a position).
+    """
+    lag: _builtins.int
     def __init__(
         self,
         *,
@@ -821,12 +868,16 @@ class MemberVerdict(_message.Message):
         detail: _builtins.str = ...,
         priority: _builtins.int = ...,
         rank: _builtins.int = ...,
+        position: _builtins.int | None = ...,
+        lag: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "position", b"position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "eligible", b"eligible", "member_id", b"member_id", "priority", b"priority", "rank", b"rank", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "detail", b"detail", "eligible", b"eligible", "lag", b"lag", "member_id", b"member_id", "position", b"position", "priority", b"priority", "rank", b"rank", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__position: _TypeAlias = _typing.Literal["position"]  # noqa: Y015
+    _WhichOneofArgType__position: _TypeAlias = _typing.Literal["_position", b"_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__position) -> _WhichOneofReturnType__position | None: ...
 
 Global___MemberVerdict: _TypeAlias = MemberVerdict  # noqa: Y015
 
@@ -866,7 +917,8 @@ class Event(_message.Message):
     master_elected, master_lost, stepdown_requested, master_revoked,
     cluster_bootstrapped, group_paused, group_resumed, group_edited, failover_paused,
     breaker_opened, switchover_scheduled, scheduled_switchover_cancelled,
-    scheduled_switchover_fired, scheduled_switchover_refused (cause: why)
+    scheduled_switchover_fired, scheduled_switchover_refused (cause: why),
+    position_reported (member_record: the member with its new position)
     """
     group: _builtins.str
     member: _builtins.str
@@ -1476,6 +1528,7 @@ class UpdateMember(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     NOFAILOVER_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     member_id: _builtins.str
     session_id: _builtins.str
@@ -1488,6 +1541,10 @@ class UpdateMember(_message.Message):
     empty: only these two). They take effect in placement at once.
     """
     nofailover: _builtins.bool
+    position: _builtins.int
+    """The member's position (GroupPolicy.max_lag_on_failover): by its own session only,
+    >= 0, never below the last one reported (FAILED_PRECONDITION; equal: no change).
+    """
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """With replace_tags, `tags` replaces them all; else its entries are merged
@@ -1510,15 +1567,18 @@ class UpdateMember(_message.Message):
         address: _builtins.str | None = ...,
         priority: _builtins.int | None = ...,
         nofailover: _builtins.bool | None = ...,
+        position: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_nofailover", b"_nofailover", "_priority", b"_priority", "_weight", b"_weight", "address", b"address", "nofailover", b"nofailover", "priority", b"priority", "weight", b"weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_nofailover", b"_nofailover", "_position", b"_position", "_priority", b"_priority", "_weight", b"_weight", "address", b"address", "nofailover", b"nofailover", "position", b"position", "priority", b"priority", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_nofailover", b"_nofailover", "_priority", b"_priority", "_weight", b"_weight", "address", b"address", "group", b"group", "member_id", b"member_id", "metadata", b"metadata", "nofailover", b"nofailover", "priority", b"priority", "replace_metadata", b"replace_metadata", "replace_tags", b"replace_tags", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_nofailover", b"_nofailover", "_position", b"_position", "_priority", b"_priority", "_weight", b"_weight", "address", b"address", "group", b"group", "member_id", b"member_id", "metadata", b"metadata", "nofailover", b"nofailover", "position", b"position", "priority", b"priority", "replace_metadata", b"replace_metadata", "replace_tags", b"replace_tags", "session_id", b"session_id", "tags", b"tags", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__address: _TypeAlias = _typing.Literal["address"]  # noqa: Y015
     _WhichOneofArgType__address: _TypeAlias = _typing.Literal["_address", b"_address"]  # noqa: Y015
     _WhichOneofReturnType__nofailover: _TypeAlias = _typing.Literal["nofailover"]  # noqa: Y015
     _WhichOneofArgType__nofailover: _TypeAlias = _typing.Literal["_nofailover", b"_nofailover"]  # noqa: Y015
+    _WhichOneofReturnType__position: _TypeAlias = _typing.Literal["position"]  # noqa: Y015
+    _WhichOneofArgType__position: _TypeAlias = _typing.Literal["_position", b"_position"]  # noqa: Y015
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
     _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
@@ -1527,6 +1587,8 @@ class UpdateMember(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__address) -> _WhichOneofReturnType__address | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__nofailover) -> _WhichOneofReturnType__nofailover | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__position) -> _WhichOneofReturnType__position | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
     @_typing.overload

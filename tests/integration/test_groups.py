@@ -498,7 +498,8 @@ def check_group_views(
         "m1": e1["token"], "m2": e2["token"],
     }  # fmt: skip
 
-    rows = table_rows(ctl_ok(eps, "member", "ls", g), [*headers, "CHECK", "LAST-CHECK", "LATENCY"])
+    rows = table_rows(ctl_ok(eps, "member", "ls", g),
+                      [*headers, "CHECK", "LAST-CHECK", "LATENCY", "POSITION", "LAG"])  # fmt: skip
     assert sorted((r[1], r[2]) for r in rows) == [("m1", "MASTER"), ("m2", "MASTER"),
                                                   ("m3", "standby")]  # fmt: skip
     listed = json.loads(ctl_ok(eps, "-o", "json", "member", "ls", g))

@@ -10,6 +10,11 @@ holds, policy and member edits), then:
   resigns now (own session), and nobody when it says nobody;
 - every member explain calls eligible is one placement would grant, with the rank
   it gives;
+- freshness (reported positions, max_lag_on_failover, prefer_most_advanced, the
+  synchronous set, edited at random): a member explain calls eligible is in the
+  synchronous set and within the lag of the best position (computed here again),
+  one outside it or behind is not, with the reason and "behind by N"; with
+  prefer_most_advanced the ranks go by position first;
 - explain says "breaker open" exactly when the failover breaker paused the group, and
   the breaker opens exactly when a model that counts the automatic failovers in the
   event log (coord/state/breaker.py's rule, written again) says it must.
@@ -48,17 +53,24 @@ ACTION = st.one_of(
     st.tuples(
         st.just("advance"),
     ),
+    st.tuples(st.just("report"), st.sampled_from(MEMBERS), st.integers(0, 40)),
+    st.tuples(
+        st.just("freshness"),
+        st.sampled_from([0, 10, 30]),
+        st.booleans(),
+        st.lists(st.sampled_from(MEMBERS), unique=True, max_size=3),
+    ),
 )
 
 
 class World:
-    def __init__(self, slots: int, failback: bool, k: int = 0, w: int = 0) -> None:
+    def __init__(self, slots: int, failback: bool, k: int = 0, w: int = 0, **fresh: Any) -> None:
         self.sm = StateMachine()
         self.now = T0
         self.sessions: dict[str, gp.Session] = {}
         policy = gp.GroupPolicy(
             slots=slots, failback=gp.FAILBACK_AUTO if failback else gp.FAILBACK_OFF,
-            switchover_timeout_ms=100, breaker_failovers=k, breaker_window_ms=w,
+            switchover_timeout_ms=100, breaker_failovers=k, breaker_window_ms=w, **fresh,
         )  # fmt: skip
         self.apply(create_group=gp.CreateGroup(name="g", policy=policy))
 
@@ -100,6 +112,8 @@ class World:
                     group="g", policy=gp.GroupPolicy(slots=args[0]), fields=["slots"]))  # fmt: skip
             elif kind == "advance":
                 self.advance_all()
+            elif kind == "freshness":
+                self.freshness(*args)
             elif kind == "expire_master":  # the session of a master (slot args[0] % n)
                 held = sorted(h.member_id for h in self.g.holdings.values() if not h.revoked)
                 if held:
@@ -123,6 +137,18 @@ class World:
             self.apply(update_member=gp.UpdateMember(group="g", member_id=m.id, priority=args[1]))
         elif kind == "nofailover":
             self.apply(update_member=gp.UpdateMember(group="g", member_id=m.id, nofailover=args[1]))
+        elif kind == "report":  # a step forward from its last position (0: the same)
+            update = gp.UpdateMember(group="g", member_id=m.id, session_id=m.session_id)
+            update.position = m.position + args[1]
+            res = self.apply(update_member=update)
+            assert not res.error_reason, res.error_message
+
+    def freshness(self, max_lag: int, prefer: bool, sync: list[str]) -> None:
+        policy = gp.GroupPolicy(
+            max_lag_on_failover=max_lag, prefer_most_advanced=prefer, synchronous=sync
+        )
+        fields = ["max_lag_on_failover", "prefer_most_advanced", "synchronous"]
+        self.apply(edit_group=gp.EditGroup(group="g", policy=policy, fields=fields))
 
     def advance_all(self) -> None:
         """End every pending wait at once (the leader after a long while)."""
@@ -144,11 +170,46 @@ def check_now(w: World) -> None:
     for v in x.members:
         assert v.eligible == (not v.reason) and bool(v.detail)
     g = w.g
+    check_freshness(x, g)
     assert x.breaker_open == (g.pause is not None and bool(g.pause.breaker))
     if x.breaker_open:
         for s in x.slots:
             if not s.next and s.state in ("vacant", "held") and s.slot < g.policy.slots:
                 assert "breaker open" in s.why, s.why
+
+
+def check_freshness(x: gp.GroupExplanation, g: Any) -> None:
+    """The freshness rules, written again: eligibility and rank against them."""
+    policy = g.policy
+    reported = [m.position for m in g.members.values() if m.HasField("position")]
+    best = max(reported) if reported else None
+    assert x.HasField("best_position") == (best is not None)
+    for v in x.members:
+        m = g.members[v.member_id]
+        outside = bool(policy.synchronous) and m.id not in policy.synchronous
+        behind = best - m.position if m.HasField("position") and best is not None else None
+        stale = policy.max_lag_on_failover > 0 and (
+            behind is None or behind > policy.max_lag_on_failover
+        )
+        if v.eligible:
+            assert not outside and not stale, v.detail
+        elif v.reason in ("not_synchronous", "no_position", "lagging"):
+            assert outside or stale, v.detail
+        if v.reason == "not_synchronous":
+            assert outside and "not in the synchronous set" in v.detail
+        if v.reason == "lagging":
+            assert not outside and f"behind by {behind}" in v.detail
+        if v.reason == "no_position":
+            assert not outside and behind is None
+        if behind is not None:
+            assert v.lag == behind
+    if policy.prefer_most_advanced:
+        ranked = sorted((v.rank, v.member_id) for v in x.members if v.eligible)
+        order = [
+            g.members[mid].position if g.members[mid].HasField("position") else -1
+            for _, mid in ranked
+        ]
+        assert order == sorted(order, reverse=True), ranked
 
 
 # Candidates joining and masters expiring, often: failovers to count.
@@ -241,3 +302,48 @@ def test_the_breaker_opens_exactly_when_k_automatic_failovers_fall_within_w(
     for e in opened:
         assert by_revision[e.revision - 1].type == "master_elected"
         assert e.cause == breaker.describe(w.g.policy)
+
+
+# Members reporting positions around the lag limits, policies edited, masters lost.
+_STEPS = st.sampled_from([0, 1, 5, 9, 10, 11, 29, 30, 31])
+_FRESH_KINDS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
+    "join": _JOIN,
+    "expire_master": _EXPIRE_MASTER,
+    "report": st.tuples(st.just("report"), st.sampled_from(MEMBERS), _STEPS),
+    "other": ACTION,
+}
+FRESH = st.sampled_from(["join"] * 2 + ["expire_master", "other"] + ["report"] * 4).flatmap(
+    lambda kind: _FRESH_KINDS[kind]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    slots=st.integers(1, 2),
+    failback=st.booleans(),
+    max_lag=st.sampled_from([0, 10, 30]),
+    prefer=st.booleans(),
+    sync=st.lists(st.sampled_from(MEMBERS), unique=True, max_size=4),
+    actions=st.lists(FRESH, max_size=30),
+    pick=st.integers(0, 1),
+)
+def test_explain_predicts_grants_under_the_freshness_rules(
+    slots: int, failback: bool, max_lag: int, prefer: bool, sync: list[str],
+    actions: list[tuple[Any, ...]], pick: int,
+) -> None:  # fmt: skip
+    w = World(slots, failback, max_lag_on_failover=max_lag, prefer_most_advanced=prefer,
+              synchronous=sync)  # fmt: skip
+    for action in actions:
+        w.act(action)
+        check_now(w)
+    held = sorted(s for s, h in w.g.holdings.items() if not h.revoked)
+    if not held:
+        return
+    slot = held[pick % len(held)]
+    predicted = next(s for s in explain(w.sm.groups, "g").slots if s.slot == slot)
+    holder = w.g.members[w.g.holdings[slot].member_id]
+    res = w.apply(resign=gp.Resign(group="g", member_id=holder.id, session_id=holder.session_id))
+    assert not res.error_reason, res.error_message
+    after = w.g.holdings.get(slot)
+    assert (after.member_id if after is not None else "") == predicted.next, predicted.why
+    check_now(w)

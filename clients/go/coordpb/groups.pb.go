@@ -212,8 +212,20 @@ type GroupPolicy struct {
 	// resumes it. 1..100.
 	BreakerFailovers int32 `protobuf:"varint,7,opt,name=breaker_failovers,json=breakerFailovers,proto3" json:"breaker_failovers,omitempty"`
 	BreakerWindowMs  int64 `protobuf:"varint,8,opt,name=breaker_window_ms,json=breakerWindowMs,proto3" json:"breaker_window_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Freshness-aware succession (docs/design.md, "Freshness-aware succession"). Members
+	// report a position (Member.position: a WAL LSN, an offset; higher is more advanced);
+	// the best position is the highest any member of the group reported. > 0: a member
+	// further behind the best than this, or that never reported a position, is not
+	// granted a slot. 0: off. Never negative.
+	MaxLagOnFailover int64 `protobuf:"varint,9,opt,name=max_lag_on_failover,json=maxLagOnFailover,proto3" json:"max_lag_on_failover,omitempty"`
+	// Among the eligible, the most advanced position wins before priority (members that
+	// never reported one rank after those that did).
+	PreferMostAdvanced bool `protobuf:"varint,10,opt,name=prefer_most_advanced,json=preferMostAdvanced,proto3" json:"prefer_most_advanced,omitempty"`
+	// Non-empty: only these members (ids) may be granted a slot (Patroni's synchronous
+	// standbys); names of members not registered yet are allowed.
+	Synchronous   []string `protobuf:"bytes,11,rep,name=synchronous,proto3" json:"synchronous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GroupPolicy) Reset() {
@@ -302,6 +314,27 @@ func (x *GroupPolicy) GetBreakerWindowMs() int64 {
 	return 0
 }
 
+func (x *GroupPolicy) GetMaxLagOnFailover() int64 {
+	if x != nil {
+		return x.MaxLagOnFailover
+	}
+	return 0
+}
+
+func (x *GroupPolicy) GetPreferMostAdvanced() bool {
+	if x != nil {
+		return x.PreferMostAdvanced
+	}
+	return false
+}
+
+func (x *GroupPolicy) GetSynchronous() []string {
+	if x != nil {
+		return x.Synchronous
+	}
+	return nil
+}
+
 type Member struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Group     string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -332,8 +365,11 @@ type Member struct {
 	// The revision at which it last became a healthy candidate: names that stretch
 	// of eligibility (a failback hold is timed per stretch, by the leader).
 	EligibleSinceRevision int64 `protobuf:"varint,18,opt,name=eligible_since_revision,json=eligibleSinceRevision,proto3" json:"eligible_since_revision,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The last position the member's own client reported (UpdateMember.position): an
+	// opaque number that only increases (a WAL LSN). Unset: never reported.
+	Position      *int64 `protobuf:"varint,19,opt,name=position,proto3,oneof" json:"position,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
@@ -488,6 +524,13 @@ func (x *Member) GetHealthChangedMs() int64 {
 func (x *Member) GetEligibleSinceRevision() int64 {
 	if x != nil {
 		return x.EligibleSinceRevision
+	}
+	return 0
+}
+
+func (x *Member) GetPosition() int64 {
+	if x != nil && x.Position != nil {
+		return *x.Position
 	}
 	return 0
 }
@@ -1349,7 +1392,9 @@ type GroupExplanation struct {
 	// Pending actions and the failback plan, one sentence each.
 	Notes []string `protobuf:"bytes,5,rep,name=notes,proto3" json:"notes,omitempty"`
 	// The failover breaker paused the group (see GroupPause.breaker).
-	BreakerOpen   bool `protobuf:"varint,6,opt,name=breaker_open,json=breakerOpen,proto3" json:"breaker_open,omitempty"`
+	BreakerOpen bool `protobuf:"varint,6,opt,name=breaker_open,json=breakerOpen,proto3" json:"breaker_open,omitempty"`
+	// The highest position reported by a member of the group (unset: none reported).
+	BestPosition  *int64 `protobuf:"varint,7,opt,name=best_position,json=bestPosition,proto3,oneof" json:"best_position,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1424,6 +1469,13 @@ func (x *GroupExplanation) GetBreakerOpen() bool {
 		return x.BreakerOpen
 	}
 	return false
+}
+
+func (x *GroupExplanation) GetBestPosition() int64 {
+	if x != nil && x.BestPosition != nil {
+		return *x.BestPosition
+	}
+	return 0
 }
 
 type SlotExplanation struct {
@@ -1520,13 +1572,19 @@ type MemberVerdict struct {
 	// Could take a free slot now.
 	Eligible bool `protobuf:"varint,2,opt,name=eligible,proto3" json:"eligible,omitempty"`
 	// Why not (empty when eligible): no_session, session_closing, not_candidate,
-	// unhealthy, nofailover, holding, group_deleting.
+	// unhealthy, nofailover, holding, group_deleting, not_synchronous, no_position,
+	// lagging.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The sentence for humans.
 	Detail   string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
 	Priority int32  `protobuf:"varint,5,opt,name=priority,proto3" json:"priority,omitempty"`
-	// 1-based rank among the eligible (priority, then registration); 0: not eligible.
-	Rank          int32 `protobuf:"varint,6,opt,name=rank,proto3" json:"rank,omitempty"`
+	// 1-based rank among the eligible (priority, then registration; with the policy's
+	// prefer_most_advanced, position first); 0: not eligible.
+	Rank int32 `protobuf:"varint,6,opt,name=rank,proto3" json:"rank,omitempty"`
+	// The member's reported position (unset: never reported), and how far behind the
+	// group's best position it is (best - position; 0 without a position).
+	Position      *int64 `protobuf:"varint,7,opt,name=position,proto3,oneof" json:"position,omitempty"`
+	Lag           int64  `protobuf:"varint,8,opt,name=lag,proto3" json:"lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1603,6 +1661,20 @@ func (x *MemberVerdict) GetRank() int32 {
 	return 0
 }
 
+func (x *MemberVerdict) GetPosition() int64 {
+	if x != nil && x.Position != nil {
+		return *x.Position
+	}
+	return 0
+}
+
+func (x *MemberVerdict) GetLag() int64 {
+	if x != nil {
+		return x.Lag
+	}
+	return 0
+}
+
 // One per revision: replaying events (R, R2] on the state at R gives the state at R2.
 type Event struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -1614,7 +1686,8 @@ type Event struct {
 	// master_elected, master_lost, stepdown_requested, master_revoked,
 	// cluster_bootstrapped, group_paused, group_resumed, group_edited, failover_paused,
 	// breaker_opened, switchover_scheduled, scheduled_switchover_cancelled,
-	// scheduled_switchover_fired, scheduled_switchover_refused (cause: why)
+	// scheduled_switchover_fired, scheduled_switchover_refused (cause: why),
+	// position_reported (member_record: the member with its new position)
 	Type   string `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
 	Group  string `protobuf:"bytes,5,opt,name=group,proto3" json:"group,omitempty"`
 	Member string `protobuf:"bytes,6,opt,name=member,proto3" json:"member,omitempty"`
@@ -2817,8 +2890,11 @@ type UpdateMember struct {
 	Address         *string           `protobuf:"bytes,9,opt,name=address,proto3,oneof" json:"address,omitempty"`
 	// Placement fields: by the member's own session, or an operator (session_id
 	// empty: only these two). They take effect in placement at once.
-	Priority      *int32 `protobuf:"varint,10,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
-	Nofailover    *bool  `protobuf:"varint,11,opt,name=nofailover,proto3,oneof" json:"nofailover,omitempty"`
+	Priority   *int32 `protobuf:"varint,10,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
+	Nofailover *bool  `protobuf:"varint,11,opt,name=nofailover,proto3,oneof" json:"nofailover,omitempty"`
+	// The member's position (GroupPolicy.max_lag_on_failover): by its own session only,
+	// >= 0, never below the last one reported (FAILED_PRECONDITION; equal: no change).
+	Position      *int64 `protobuf:"varint,12,opt,name=position,proto3,oneof" json:"position,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2928,6 +3004,13 @@ func (x *UpdateMember) GetNofailover() bool {
 		return *x.Nofailover
 	}
 	return false
+}
+
+func (x *UpdateMember) GetPosition() int64 {
+	if x != nil && x.Position != nil {
+		return *x.Position
+	}
+	return 0
 }
 
 // Pause groups (maintenance mode). wait_ms is set by the leader that proposes it,
@@ -3364,7 +3447,7 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\x0fcreated_time_ms\x18\x06 \x01(\x03R\rcreatedTimeMs\x12\x12\n" +
 	"\x04load\x18\a \x01(\x01R\x04load\x12\x14\n" +
 	"\x05owner\x18\b \x01(\tR\x05owner\x12\x18\n" +
-	"\aclosing\x18\t \x01(\bR\aclosing\"\xf0\x02\n" +
+	"\aclosing\x18\t \x01(\bR\aclosing\"\xf3\x03\n" +
 	"\vGroupPolicy\x12\x14\n" +
 	"\x05slots\x18\x01 \x01(\x05R\x05slots\x122\n" +
 	"\bfailback\x18\x02 \x01(\x0e2\x16.coord.v1.FailbackModeR\bfailback\x12(\n" +
@@ -3373,7 +3456,11 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\x12downtime_budget_ms\x18\x05 \x01(\x03R\x10downtimeBudgetMs\x122\n" +
 	"\x15failover_on_unhealthy\x18\x06 \x01(\bR\x13failoverOnUnhealthy\x12+\n" +
 	"\x11breaker_failovers\x18\a \x01(\x05R\x10breakerFailovers\x12*\n" +
-	"\x11breaker_window_ms\x18\b \x01(\x03R\x0fbreakerWindowMs\"\x82\x06\n" +
+	"\x11breaker_window_ms\x18\b \x01(\x03R\x0fbreakerWindowMs\x12-\n" +
+	"\x13max_lag_on_failover\x18\t \x01(\x03R\x10maxLagOnFailover\x120\n" +
+	"\x14prefer_most_advanced\x18\n" +
+	" \x01(\bR\x12preferMostAdvanced\x12 \n" +
+	"\vsynchronous\x18\v \x03(\tR\vsynchronous\"\xb0\x06\n" +
 	"\x06Member\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
@@ -3396,13 +3483,15 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\x05check\x18\x0f \x01(\v2\x15.coord.v1.HealthCheckR\x05check\x12#\n" +
 	"\rhealth_detail\x18\x10 \x01(\tR\fhealthDetail\x12*\n" +
 	"\x11health_changed_ms\x18\x11 \x01(\x03R\x0fhealthChangedMs\x126\n" +
-	"\x17eligible_since_revision\x18\x12 \x01(\x03R\x15eligibleSinceRevision\x1a7\n" +
+	"\x17eligible_since_revision\x18\x12 \x01(\x03R\x15eligibleSinceRevision\x12\x1f\n" +
+	"\bposition\x18\x13 \x01(\x03H\x00R\bposition\x88\x01\x01\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
+	"\t_position\"\xfb\x01\n" +
 	"\vHealthCheck\x12&\n" +
 	"\x03tcp\x18\x01 \x01(\v2\x12.coord.v1.TcpCheckH\x00R\x03tcp\x12)\n" +
 	"\x04http\x18\x02 \x01(\v2\x13.coord.v1.HttpCheckH\x00R\x04http\x12)\n" +
@@ -3476,28 +3565,33 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12*\n" +
 	"\x11until_estimate_ms\x18\x04 \x01(\x03R\x0funtilEstimateMs\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x18\n" +
-	"\abreaker\x18\x06 \x01(\tR\abreaker\"\xdd\x01\n" +
+	"\abreaker\x18\x06 \x01(\tR\abreaker\"\x99\x02\n" +
 	"\x10GroupExplanation\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06paused\x18\x02 \x01(\bR\x06paused\x12/\n" +
 	"\x05slots\x18\x03 \x03(\v2\x19.coord.v1.SlotExplanationR\x05slots\x121\n" +
 	"\amembers\x18\x04 \x03(\v2\x17.coord.v1.MemberVerdictR\amembers\x12\x14\n" +
 	"\x05notes\x18\x05 \x03(\tR\x05notes\x12!\n" +
-	"\fbreaker_open\x18\x06 \x01(\bR\vbreakerOpen\"\x8f\x01\n" +
+	"\fbreaker_open\x18\x06 \x01(\bR\vbreakerOpen\x12(\n" +
+	"\rbest_position\x18\a \x01(\x03H\x00R\fbestPosition\x88\x01\x01B\x10\n" +
+	"\x0e_best_position\"\x8f\x01\n" +
 	"\x0fSlotExplanation\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\x05R\x04slot\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x03R\x05token\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x12\n" +
 	"\x04next\x18\x05 \x01(\tR\x04next\x12\x10\n" +
-	"\x03why\x18\x06 \x01(\tR\x03why\"\xa8\x01\n" +
+	"\x03why\x18\x06 \x01(\tR\x03why\"\xe8\x01\n" +
 	"\rMemberVerdict\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x1a\n" +
 	"\beligible\x18\x02 \x01(\bR\beligible\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x1a\n" +
 	"\bpriority\x18\x05 \x01(\x05R\bpriority\x12\x12\n" +
-	"\x04rank\x18\x06 \x01(\x05R\x04rank\"\xef\x05\n" +
+	"\x04rank\x18\x06 \x01(\x05R\x04rank\x12\x1f\n" +
+	"\bposition\x18\a \x01(\x03H\x00R\bposition\x88\x01\x01\x12\x10\n" +
+	"\x03lag\x18\b \x01(\x03R\x03lagB\v\n" +
+	"\t_position\"\xef\x05\n" +
 	"\x05Event\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x17\n" +
@@ -3595,7 +3689,7 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12/\n" +
 	"\x13registered_revision\x18\x03 \x01(\x03R\x12registeredRevision\x12\x18\n" +
 	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12\x16\n" +
-	"\x06detail\x18\x05 \x01(\tR\x06detail\"\xd1\x04\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\"\xff\x04\n" +
 	"\fUpdateMember\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x1d\n" +
@@ -3611,7 +3705,8 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	" \x01(\x05H\x02R\bpriority\x88\x01\x01\x12#\n" +
 	"\n" +
 	"nofailover\x18\v \x01(\bH\x03R\n" +
-	"nofailover\x88\x01\x01\x1a7\n" +
+	"nofailover\x88\x01\x01\x12\x1f\n" +
+	"\bposition\x18\f \x01(\x03H\x04R\bposition\x88\x01\x01\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
@@ -3622,7 +3717,8 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\n" +
 	"\b_addressB\v\n" +
 	"\t_priorityB\r\n" +
-	"\v_nofailover\"\x9a\x01\n" +
+	"\v_nofailoverB\v\n" +
+	"\t_position\"\x9a\x01\n" +
 	"\vPauseGroups\x12\x16\n" +
 	"\x06groups\x18\x01 \x03(\tR\x06groups\x12\x10\n" +
 	"\x03all\x18\x02 \x01(\bR\x03all\x12\x17\n" +
@@ -3770,11 +3866,14 @@ func file_coord_v1_groups_proto_init() {
 		return
 	}
 	file_coord_v1_kv_proto_init()
+	file_coord_v1_groups_proto_msgTypes[2].OneofWrappers = []any{}
 	file_coord_v1_groups_proto_msgTypes[3].OneofWrappers = []any{
 		(*HealthCheck_Tcp)(nil),
 		(*HealthCheck_Http)(nil),
 		(*HealthCheck_Grpc)(nil),
 	}
+	file_coord_v1_groups_proto_msgTypes[12].OneofWrappers = []any{}
+	file_coord_v1_groups_proto_msgTypes[14].OneofWrappers = []any{}
 	file_coord_v1_groups_proto_msgTypes[32].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -272,6 +272,13 @@ class _StateFigures:
         }
         # name -> scheduled switchovers pending (coord.state.scheduled)
         self.scheduled = {name: len(g.scheduled) for name, g in state.groups.groups.items()}
+        # (group, member, lag behind the group's best reported position): the members
+        # that reported a position (freshness-aware succession)
+        self.position_lags: list[tuple[str, str, int]] = []
+        for name, g in sorted(state.groups.groups.items()):
+            reported = [m for m in g.members.values() if m.HasField("position")]
+            best = max((m.position for m in reported), default=0)
+            self.position_lags += [(name, m.id, best - m.position) for m in reported]
         self.ledger = ledger.Ledger()
         self.ledger.load(state.ledger.to_proto())  # copies
 
@@ -321,7 +328,15 @@ def _state_metrics(fig: _StateFigures) -> list[Metric]:
         paused_for.add_metric([name], 0.0 if since is None else max(0, now_ms - since) / 1000)
         breaker_open.add_metric([name], 1.0 if name in fig.breaker_open else 0.0)
         scheduled.add_metric([name], fig.scheduled.get(name, 0))
-    out += [members, masters, slots, paused, paused_for, breaker_open, scheduled]
+    lag = GaugeMetricFamily(
+        "coord_member_position_lag",
+        "How far the member's reported position is behind the best one reported in its "
+        "group (members that reported one; max_lag_on_failover compares with it).",
+        labels=["group", "member"],
+    )
+    for group_name, member_id, behind in fig.position_lags:
+        lag.add_metric([group_name, member_id], behind)
+    out += [members, masters, slots, paused, paused_for, breaker_open, scheduled, lag]
     out += _ledger_metrics(fig.ledger, now_ms)
     return out
 

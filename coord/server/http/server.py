@@ -235,6 +235,7 @@ def _members(g: Any) -> list[dict[str, Any]]:
         h.member_id: {"slot": s, "token": h.token, "revoked": h.revoked}
         for s, h in sorted(g.holdings.items())
     }
+    best = max((m.position for m in g.members.values() if m.HasField("position")), default=0)
     return [
         {
             "id": m.id,
@@ -242,6 +243,9 @@ def _members(g: Any) -> list[dict[str, Any]]:
             "priority": m.priority,
             "healthy": m.healthy,
             "health_detail": m.health_detail,
+            # The reported position and how far behind the group's best (None: none).
+            "position": m.position if m.HasField("position") else None,
+            "lag": best - m.position if m.HasField("position") else None,
             "role": "master" if m.id in masters else "standby",
             **({"master": masters[m.id]} if m.id in masters else {}),
         }

@@ -122,6 +122,8 @@
       el("td", { class: "health" }, health,
         m.health_detail ? el("span", { class: "muted detail" }, ` ${m.health_detail}`) : null),
       el("td", { class: "num" }, m.priority),
+      el("td", { class: "position num mono" }, m.position == null ? ""
+        : `${m.position}` + (m.lag ? ` (behind by ${m.lag})` : "")),
       el("td", { class: "mono" }, m.address || ""));
   }
 
@@ -241,9 +243,9 @@
         el("div", { class: "col" },
           el("table", { class: "grid members" },
             el("thead", {}, el("tr", {}, ...["member", "role", "slot", "fencing token", "health",
-              "priority", "address"].map((h) => el("th", {}, h)))),
+              "priority", "position", "address"].map((h) => el("th", {}, h)))),
             el("tbody", {}, ...[...masters, ...standbys].map(memberRow),
-              members.length ? null : el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no members"))))),
+              members.length ? null : el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no members"))))),
         el("div", { class: "col" },
           scheduledList(g),
           budget(av),
