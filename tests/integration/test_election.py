@@ -134,7 +134,7 @@ def test_coordctl_nodes_lists_members(cluster3: LocalCluster) -> None:
     p = coordctl(cluster3.endpoints, "nodes")
     assert p.returncode == 0, describe(p)
     header, *body = p.stdout.strip().splitlines()
-    assert header.split() == ["ID", "API", "RAFT", "CONNECTED", "LEADER", "MATCH"]
+    assert header.split() == ["ID", "API", "RAFT", "CONNECTED", "LEADER", "ROLE", "MATCH", "LAG"]
     assert [line.split()[0] for line in body] == [n.node_id for n in cluster3.nodes]
     starred = [line.split()[0] for line in body if "*" in line.split()]
     assert starred == [leader.node_id]

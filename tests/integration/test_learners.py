@@ -169,7 +169,7 @@ def test_a_lagging_learner_is_refused_promotion_with_how_far_behind(
         )
         assert roles(c)["n4"] == "learner"
         cluster.resume(n4.index)
-        wait_until(lambda: (lag(c, "n4") or 10**9) < 1000, 30, "n4 to catch up")
+        wait_until(lambda: (lag(c, "n4") or 10**9) < 1000, 90, "n4 to catch up")
         p = coordctl(cluster.endpoints[:3], "node", "promote", "n4")
         assert p.returncode == 0, describe(p)
         assert roles(c)["n4"] == "voter"
