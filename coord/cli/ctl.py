@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -26,17 +27,30 @@ from coord.cli.output import (
     show_error,
     text,
 )
-from coord.client import Client
-from coord.client.credentials import Credentials
-from coord.v1 import cluster_pb2, common_pb2, kv_pb2
+
+# Start-up time (issue 18): importing this module, `--help` and `--version` import no
+# grpc and no generated code; the client library is imported by the first command that
+# dials (Ctx.client), and commands defined in the other ctl_* modules are imported when
+# used (LazyCommands; coordctl.py lists them). tests/unit/test_cli_lazy.py guards it.
+if TYPE_CHECKING:
+    from coord.client import Client
+    from coord.client.credentials import Credentials
+    from coord.v1 import cluster_pb2, common_pb2, kv_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ROLE_NAMES = {
-    cluster_pb2.ROLE_LEADER: "leader",
-    cluster_pb2.ROLE_CANDIDATE: "candidate",
-    cluster_pb2.ROLE_FOLLOWER: "follower",
-}
+
+def role_name(role: cluster_pb2.Role.ValueType) -> str:
+    """A node's Raft role (cluster_pb2.Role) as coordctl prints it."""
+    from coord.v1 import cluster_pb2
+
+    names = {
+        cluster_pb2.ROLE_LEADER: "leader",
+        cluster_pb2.ROLE_CANDIDATE: "candidate",
+        cluster_pb2.ROLE_FOLLOWER: "follower",
+    }
+    return names.get(role, "follower")
+
 
 _CREDENTIAL_FIELDS = {
     "token": "token",
@@ -54,12 +68,23 @@ class Ctx:
         output: str,
         timeout: float,
         credentials: Credentials | None = None,
+        **credential_fields: str,
     ) -> None:
         self.output = output
         self.endpoints = endpoints
-        self.credentials = credentials or Credentials()
+        # Credentials, or its fields (built on first use: grpc is imported with it).
+        self._credentials = credentials
+        self._credential_fields = credential_fields
         self._timeout = timeout
         self._client: Client | None = None
+
+    @property
+    def credentials(self) -> Credentials:
+        if self._credentials is None:
+            from coord.client.credentials import Credentials
+
+            self._credentials = Credentials(**self._credential_fields)
+        return self._credentials
 
     def override(self, name: str, value: Any) -> None:
         """A global option given after the command: it wins over the one before it.
@@ -72,7 +97,10 @@ class Ctx:
             self._timeout = value
         else:
             field = _CREDENTIAL_FIELDS[name]
-            self.credentials = dataclasses.replace(self.credentials, **{field: value})
+            if self._credentials is None:
+                self._credential_fields[field] = value
+            else:
+                self._credentials = dataclasses.replace(self._credentials, **{field: value})
 
     def close(self) -> None:
         if self._client is not None:
@@ -86,6 +114,8 @@ class Ctx:
         Connection refused by every endpoint fails at once (nothing listens there:
         waiting out --timeout would not help)."""
         if self._client is None:
+            from coord.client import Client
+
             try:
                 self._client = Client(
                     self.endpoints,
@@ -230,7 +260,97 @@ class CtlCommand(_TakesGlobalOptions):
         _format_options(self, self.global_params, ctx, formatter)
 
 
-class CtlGroup(_TakesGlobalOptions, click.Group):
+class LazyCommands(dict[str, click.Command]):
+    """A group's commands, some defined in modules not imported yet.
+
+    ``lazy`` maps such a command's name to its module and its one-line help. Looking
+    a command up (``get``, ``[]``, ``items()``, ``values()``) imports its module, which
+    registers its commands on the group as before (``@main.group()``...); the names
+    alone (iterating, ``in``, ``len``) import nothing, and neither does ``--help``
+    (LazyGroup.format_commands shows the help kept here)."""
+
+    def __init__(self, commands: dict[str, click.Command]) -> None:
+        super().__init__(commands)
+        self.lazy: dict[str, tuple[str, str]] = {}
+
+    def _load(self, name: str) -> None:
+        entry = self.lazy.get(name)
+        if entry is None or dict.__contains__(self, name):
+            return
+        importlib.import_module(entry[0])
+        for n in [n for n, (module, _) in self.lazy.items() if module == entry[0]]:
+            del self.lazy[n]
+
+    def load_all(self) -> None:
+        for name in list(self.lazy):
+            self._load(name)
+
+    def unloaded(self, name: str) -> str | None:
+        """The help kept for ``name`` if its module is not imported yet, else None."""
+        entry = self.lazy.get(name)
+        return None if entry is None or dict.__contains__(self, name) else entry[1]
+
+    def __getitem__(self, name: str) -> click.Command:
+        self._load(name)
+        return super().__getitem__(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self._load(name)
+        return super().get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or name in self.lazy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def _names(self) -> list[str]:
+        return [*dict.keys(self), *(n for n in self.lazy if not dict.__contains__(self, n))]
+
+    def keys(self) -> Any:
+        return self._names()
+
+    def items(self) -> Any:
+        self.load_all()
+        return super().items()
+
+    def values(self) -> Any:
+        self.load_all()
+        return super().values()
+
+
+class LazyGroup(click.Group):
+    """A group whose commands may come from modules imported on first use
+    (``add_lazy``); see LazyCommands."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: LazyCommands = LazyCommands(self.commands)
+
+    def add_lazy(self, name: str, module: str, short_help: str) -> None:
+        """``name`` is registered on this group by importing ``module``; ``short_help``
+        is its help's first sentence, for ``--help`` (checked by the unit tests)."""
+        self.commands.lazy[name] = (module, short_help)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's, except that a command not imported yet shows its kept help."""
+        commands: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            kept = self.commands.unloaded(name)
+            cmd = self.get_command(ctx, name) if kept is None else click.Command(name, help=kept)
+            if cmd is not None and not cmd.hidden:
+                commands.append((name, cmd))
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            rows = [(name, cmd.get_short_help_str(limit)) for name, cmd in commands]
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class CtlGroup(_TakesGlobalOptions, LazyGroup):
     """A coordctl command group below the root: takes the global options too."""
 
     command_class = CtlCommand
@@ -273,7 +393,7 @@ class _JsonError(click.ClickException):
 _JSON_ERRORS = "coordctl.json_errors"
 
 
-class CtlRoot(click.Group):
+class CtlRoot(LazyGroup):
     """coordctl itself: commands below take the global options too; under ``-o json``
     every error (usage errors included) prints as JSON."""
 
@@ -328,10 +448,10 @@ def main(
     or configuration, 4 cluster unavailable, 5 not found, 6 refused by the cluster's
     state (README: "Exit codes").
     """
-    creds = Credentials(
-        token=token, ca_file=cacert, cert_file=cert, key_file=key, server_name=server_name
-    )
-    ctx.obj = Ctx(endpoints, output, _check_timeout(timeout), creds)
+    ctx.obj = Ctx(
+        endpoints, output, _check_timeout(timeout),
+        token=token, ca_file=cacert, cert_file=cert, key_file=key, server_name=server_name,
+    )  # fmt: skip
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -358,7 +478,7 @@ def status(ctx: Ctx) -> None:
             rows.append([ep, "-", "unreachable", "-", "-", "-", "-", "-"])
             data.append({"endpoint": ep, "error": e.message})
             continue
-        role = ROLE_NAMES.get(st.role, "follower")
+        role = role_name(st.role)
         rows.append(
             [
                 ep,

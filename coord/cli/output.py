@@ -12,16 +12,17 @@ object on stderr: ``{"error": {"reason": ..., "message": ..., "exit_code": ...}}
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 
 from coord import errors
+
+if TYPE_CHECKING:  # protobuf is imported by proto_dict (coordctl's start-up time)
+    from google.protobuf.message import Message
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -91,17 +92,24 @@ def show_error(e: click.ClickException, as_json: bool) -> None:
         e.show()
 
 
-_INT64 = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SFIXED64,
-}
+@functools.cache
+def _int64_types() -> frozenset[int]:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    return frozenset(
+        {
+            FieldDescriptor.TYPE_INT64,
+            FieldDescriptor.TYPE_UINT64,
+            FieldDescriptor.TYPE_SINT64,
+            FieldDescriptor.TYPE_FIXED64,
+            FieldDescriptor.TYPE_SFIXED64,
+        }
+    )
 
 
 def _numbers(desc: Any, d: dict[str, Any]) -> dict[str, Any]:
     """Turn the int64 fields MessageToDict printed as strings back into numbers."""
+    int64 = _int64_types()
     for f in desc.fields:
         if f.name not in d:
             continue
@@ -111,19 +119,21 @@ def _numbers(desc: Any, d: dict[str, Any]) -> dict[str, Any]:
             vf = sub.fields_by_name["value"]
             if vf.message_type is not None:
                 d[f.name] = {k: _numbers(vf.message_type, x) for k, x in v.items()}
-            elif vf.type in _INT64:
+            elif vf.type in int64:
                 d[f.name] = {k: int(x) for k, x in v.items()}
         elif sub is not None and sub.full_name.startswith("google.protobuf."):
             continue  # well-known types have their own JSON forms
         elif sub is not None:
             d[f.name] = [_numbers(sub, x) for x in v] if isinstance(v, list) else _numbers(sub, v)
-        elif f.type in _INT64:
+        elif f.type in int64:
             d[f.name] = [int(x) for x in v] if isinstance(v, list) else int(v)
     return d
 
 
 def proto_dict(msg: Message) -> dict[str, Any]:
     """A wire message as JSON-ready data: proto field names, int64 as numbers."""
+    from google.protobuf.json_format import MessageToDict
+
     out: dict[str, Any] = MessageToDict(msg, preserving_proto_field_name=True)
     return _numbers(msg.DESCRIPTOR, out)
 

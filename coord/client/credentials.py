@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 
 from coord import errors
-from coord.config import is_loopback
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,11 @@ class Credentials:
 
     def check_endpoint(self, endpoint: str) -> None:
         """Raise InvalidArgument if a call to ``endpoint`` would expose the token."""
-        if self.token and not self.tls and not is_loopback(endpoint):
+        if not self.token or self.tls:
+            return
+        from coord.config import is_loopback  # not at the top: it imports yaml (start-up time)
+
+        if not is_loopback(endpoint):
             raise errors.InvalidArgument(
                 f"refusing to send a bearer token in plaintext to {endpoint}: give the "
                 "cluster's CA (coordctl --cacert, Credentials(ca_file=...)) so the token "
