@@ -276,8 +276,17 @@ def test_python_and_go_campaigners_never_overlap(
         assert new != old
     seen = len(other.records())
     wait_until(lambda: len(other.records()) > seen + 20, 30, "the master to keep acting")
+    after = other.records()[seen:]
+    assert all(k == "master" and tok == token for k, tok, _ in after), (
+        f"the transfer cost {other.name} its mastership (no session may be lost): {after[:3]}"
+    )
 
     tokens = check_no_overlap(procs)
+    held = [(t.process, t.token) for t in sorted(run_record(procs).tenures, key=lambda t: t.start)]
+    print(
+        f"conformance: tenures (process, token) {held}, 0 overlaps, tokens increasing, "
+        f"the master through the transfer kept token {token}"
+    )
     assert len(tokens) >= 2 and tokens[-1] >= token, tokens
     assert {procs["go"].last_token() > 0, procs["py"].last_token() > 0} == {True}, (
         "both the Go and the Python campaigner were master at some point"
