@@ -15,7 +15,6 @@ CLOCK_MONOTONIC as this process's ``time.monotonic()``, so the two compare direc
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -33,10 +32,10 @@ from coord.client import Client, StoppableClient
 from coord.testing import LocalCluster, phase_failed, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
 
-Line = dict[str, Any]
+from .jsonlines import JsonLinesProcess, Line
 
 
-class MemberProc:
+class MemberProc(JsonLinesProcess):
     """One ``coord.member_process`` subprocess and the JSON lines it printed so far."""
 
     def __init__(
@@ -64,99 +63,21 @@ class MemberProc:
             cmd += ["--address", address]
         n = sum(1 for f in os.listdir(log_dir) if f.startswith(f"{group}.{member_id}."))
         self.stderr_path = os.path.join(log_dir, f"{group}.{member_id}.{n}.stderr")
-        with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                bufsize=1, start_new_session=True,
-            )  # fmt: skip
+        super().__init__(f"member {group}/{member_id}", cmd, self.stderr_path)
         self.started = time.monotonic()
         self.paused = False
-        self.lines: list[Line] = []
-        self._eof = False
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True, name=f"member-{member_id}")
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                line: Line = json.loads(raw)
-            except ValueError:
-                line = {"event": "unparsed", "raw": raw.rstrip("\n")}
-            line["seen"] = time.monotonic()
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
 
     # -- what it printed -----------------------------------------------------------
-
-    def mark(self) -> int:
-        """The number of lines so far: pass it as ``since`` to look only at later ones."""
-        with self._cond:
-            return len(self.lines)
-
-    def since(self, index: int = 0) -> list[Line]:
-        with self._cond:
-            return list(self.lines[index:])
-
-    def wait_for(self, event: str, timeout: float, since: int = 0, **fields: Any) -> Line:
-        """The first line from index ``since`` on with this ``event`` and ``fields``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines[since:]:
-                    if line.get("event") == event and all(
-                        line.get(k) == v for k, v in fields.items()
-                    ):
-                        return line
-                if self._eof:
-                    raise AssertionError(
-                        f"{self.id} exited (rc={self.proc.poll()}) without printing {event} "
-                        f"{fields}:\n{self.describe()}"
-                    )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(
-                        f"{self.id} did not print {event} {fields} within {timeout:.1f} s:\n"
-                        f"{self.describe()}"
-                    )
-                self._cond.wait(left)
 
     def elected(self, timeout: float = 15.0, since: int = 0) -> Line:
         return self.wait_for("elected", timeout, since=since)
 
-    def describe(self) -> str:
-        with self._cond:
-            lines = [json.dumps(x, sort_keys=True) for x in self.lines]
-        try:
-            with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
-                err = f.read()[-4000:]
-        except OSError:
-            err = ""
-        return (
-            f"--- member {self.group}/{self.id} (pid {self.proc.pid}, rc {self.proc.poll()}) ---\n"
-            + "\n".join(lines)
-            + (f"\n--- stderr ---\n{err}" if err.strip() else "")
-        )
-
     # -- signals -------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
 
     def kill(self) -> float:
         """kill -9; returns the monotonic time of the signal."""
-        t = time.monotonic()
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
         self.paused = False
-        return t
+        return super().kill()
 
     def terminate(self, timeout: float = 10.0) -> float:
         """SIGTERM (the member resigns and closes its session); returns the signal's time."""
@@ -189,9 +110,7 @@ class MemberProc:
         """Kill it if it still runs (call ``terminate`` first for a graceful stop)."""
         if self.running:
             self.kill()
-        self._reader.join(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self.close_streams()
 
 
 class Members:
