@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from _harness import Comparison, add_json_flag, log, pct, report, summarize, wait_until
 from coord.client import Client
@@ -35,12 +36,14 @@ BENCH = Path(__file__).resolve().parent
 class Proc:
     """A member process whose JSON lines are collected as they come."""
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    def __init__(self, argv: Sequence[str], stdin: bool = False) -> None:
+        """``stdin``: a pipe to send the process lines (else none)."""
         self.p = subprocess.Popen(
-            list(argv), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            list(argv), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             cwd=BENCH, env={**os.environ, "PYTHONPATH": str(BENCH.parent)},
         )  # fmt: skip
-        self.lines: list[dict[str, object]] = []
+        self.lines: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -52,7 +55,7 @@ class Proc:
             except ValueError:
                 continue
 
-    def first(self, event: str, timeout: float) -> dict[str, object]:
+    def first(self, event: str, timeout: float) -> dict[str, Any]:
         return wait_until(
             lambda: next((x for x in self.lines if x.get("event") == event), None),
             timeout, f"member event {event!r}",

@@ -33,7 +33,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,33 +41,19 @@ from typing import Any
 from _harness import loadavg, log, summarize, wait_for, wait_until
 from coord.client import Client
 from coord_adapter import CoordBenchCluster
+from election_failover import Proc
 
 BENCH = Path(__file__).resolve().parent
 GO_DIR = BENCH.parent / "clients" / "go"
 LANGS = ("go", "python")
 
 
-class Probe:
+class Probe(Proc):
     """A client process whose JSON lines are collected as they come; stdin is a pipe."""
 
     def __init__(self, name: str, argv: Sequence[str]) -> None:
+        super().__init__(argv, stdin=True)
         self.name = name
-        self.p = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, cwd=BENCH,
-            env={**os.environ, "PYTHONPATH": str(BENCH.parent)},
-        )  # fmt: skip
-        self.lines: list[dict[str, Any]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            try:
-                self.lines.append(json.loads(line))
-            except ValueError:
-                continue
 
     def send(self, line: str) -> None:
         assert self.p.stdin is not None
