@@ -9,9 +9,6 @@ counted them as voters, never learned the term.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from coord.raft.membership import PROMOTE, Change
@@ -21,16 +18,6 @@ from tests.inproc.memory_raft import MemoryCluster
 pytestmark = pytest.mark.timeout(90)
 
 DEADLINE_S = 15.0
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[MemoryCluster]:
-    c = MemoryCluster(tmp_path)
-    c.start_all()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_a_learner_that_missed_its_promotion_still_votes(cluster: MemoryCluster) -> None:

@@ -9,9 +9,6 @@ about a second or two.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from coord import errors
@@ -24,16 +21,6 @@ pytestmark = pytest.mark.timeout(60)
 
 # Deadlines, not expectations: elections take well under a second here.
 DEADLINE_S = 10.0
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[MemoryCluster]:
-    c = MemoryCluster(tmp_path)
-    c.start_all()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_three_nodes_elect_one_leader(cluster: MemoryCluster) -> None:
