@@ -225,7 +225,10 @@ def payload(rng: random.Random) -> tuple[str, list[bytes]]:
 
 def send(address: str, pieces: list[bytes], hold: list[socket.socket], slow: bool) -> None:
     host, port = address.rsplit(":", 1)
-    s = socket.create_connection((host, int(port)), timeout=2)
+    # pysyncobj listens with a backlog of 5 and accepts on its tick thread: under a CPU hog,
+    # 8 concurrent connects overflow it and the kernel retries the SYN after 1 s, then 3 s.
+    # A connect that takes that long is the harness waiting, not the node failing.
+    s = socket.create_connection((host, int(port)), timeout=15)
     try:
         for i, piece in enumerate(pieces):
             if i:
