@@ -18,6 +18,7 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coord.raft.fsutil import fsync_dir
@@ -55,14 +56,17 @@ def _entry_from_json(v: list[object]) -> Entry:
 
 def write_dump(
     path: str,
-    state: bytes,
+    state: bytes | Sequence[bytes],
     last: Entry,
     prev: Entry,
     node_ids: list[str],
     fsync: bool = True,
     members: dict[str, dict[str, object]] | None = None,
 ) -> None:
-    """Write the dump to ``path`` (pysyncobj renames it into place afterwards)."""
+    """Write the dump to ``path`` (the caller renames it into place). ``state`` may come
+    in pieces (``StateCapture.encode_parts``): they are written one after another, so a
+    large state is never copied into one buffer again."""
+    parts = [state] if isinstance(state, bytes) else list(state)
     fields: dict[str, object] = {
         "format": FORMAT_VERSION,
         "last": _entry_json(last),
@@ -73,8 +77,12 @@ def write_dump(
         fields["members"] = members
     header = json.dumps(fields).encode()
     with open(path, "wb") as f:
-        crc = zlib.crc32(state, zlib.crc32(header))
-        f.write(MAGIC + _U32.pack(len(header)) + header + _U32.pack(crc) + state)
+        crc = zlib.crc32(header)
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        f.write(MAGIC + _U32.pack(len(header)) + header + _U32.pack(crc))
+        for part in parts:
+            f.write(part)
         f.flush()
         if fsync:
             os.fsync(f.fileno())

@@ -22,6 +22,7 @@ import logging
 import struct
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,8 @@ _HEADER = struct.Struct("<8sII")  # magic, format version, crc32 of the body
 # Consistency check points kept per replica (each shares the state's immutable records).
 CHECK_POINTS_KEPT = 4
 MAX_CHECK_ID_CHARS = 64
-# Records per protobuf message when hashing a capture: other threads get the GIL between them.
+# Records per protobuf message when encoding or hashing a capture: other threads get
+# the GIL between them.
 _HASH_CHUNK = 1024
 
 
@@ -441,21 +443,51 @@ class StateCapture:
 
     def encode(self) -> bytes:
         """The snapshot bytes (what ``StateMachine.snapshot()`` returns)."""
-        snap = raft_pb2.StateSnapshot(
-            cluster_id=self.cluster_id,
-            revision=self.revision,
-            last_time_ms=self.last_time_ms,
-            node_ids=self.node_ids,
+        return b"".join(self.encode_parts())
+
+    def encode_parts(self) -> list[bytes]:
+        """``encode()`` as a list of pieces whose concatenation it is: the header, then
+        the body a chunk of records at a time. A protobuf message is the concatenation
+        of its fields, a repeated field the concatenation of its elements, so chunks
+        emitted in field-number order give the same bytes as one serialization. Unlike
+        that one long call, other threads (the Raft tick) get the GIL between chunks:
+        run it in a worker thread."""
+        body = list(self._body_parts())
+        crc = 0
+        for part in body:
+            crc = zlib.crc32(part, crc)
+        return [_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, crc), *body]
+
+    def _body_parts(self) -> Iterator[bytes]:
+        def serialized(part: raft_pb2.StateSnapshot) -> bytes:
+            return part.SerializeToString(deterministic=True)
+
+        def chunks(name: str, records: list[Any]) -> Iterator[bytes]:
+            for i in range(0, len(records), _HASH_CHUNK):
+                part = raft_pb2.StateSnapshot()
+                getattr(part, name).extend(records[i : i + _HASH_CHUNK])
+                yield serialized(part)
+
+        # Fields 1-3, then 4 (kvs), 5 (dedupe), 6 (node_ids), 7-9, 10 (last_term), 11.
+        yield serialized(
+            raft_pb2.StateSnapshot(
+                cluster_id=self.cluster_id,
+                revision=self.revision,
+                last_time_ms=self.last_time_ms,
+            )
         )
-        snap.kvs.extend(self.kvs)
-        for rid, res, fp in self.dedupe:
-            snap.dedupe.add(request_id=rid, result=res, fingerprint=fp)
-        snap.last_term = self.last_term
-        snap.sessions.extend(self.sessions)
-        snap.groups.extend(self.groups)
-        snap.events.extend(self.events)
-        snap.ledgers.extend(self.ledgers)
-        return encode_snapshot(snap)
+        yield from chunks("kvs", self.kvs)
+        for i in range(0, len(self.dedupe), _HASH_CHUNK):
+            part = raft_pb2.StateSnapshot()
+            for rid, res, fp in self.dedupe[i : i + _HASH_CHUNK]:
+                part.dedupe.add(request_id=rid, result=res, fingerprint=fp)
+            yield serialized(part)
+        yield serialized(raft_pb2.StateSnapshot(node_ids=self.node_ids))
+        yield from chunks("sessions", self.sessions)
+        yield from chunks("groups", self.groups)
+        yield from chunks("events", self.events)
+        yield serialized(raft_pb2.StateSnapshot(last_term=self.last_term))
+        yield from chunks("ledgers", self.ledgers)
 
     def digest(self) -> str:
         """A sha256 (hex) of this state, equal on replicas with equal states.
