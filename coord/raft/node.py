@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from coord import errors
@@ -54,12 +55,12 @@ from coord.raft.membership import (
 )
 from coord.raft.prevote import PreVote
 from coord.raft.read_barrier import ReadBarrier
-from coord.raft.snapshotfile import read_dump, write_dump
+from coord.raft.snapshotfile import Dump, Entry, read_dump, write_dump
 from coord.raft.syncobj_adapter import SUCCESS, Hooks, SyncObjAdapter, raft_clock
 from coord.raft.transfer import LeadershipTransfer
 from coord.raft.transport import CoordTransport, RoutedNode
 from coord.raft.view import ROLE_CANDIDATE, ROLE_FOLLOWER, ROLE_LEADER, View
-from coord.state.machine import StateMachine
+from coord.state.machine import StateCapture, StateMachine
 from coord.v1 import raft_pb2
 
 __all__ = [
@@ -148,11 +149,26 @@ class RaftNode:
             cfg.raft_routes,
         )
         if dump is not None:
+            self._drop_entries_the_dump_covers(dump)
             self.membership.set_base(dump.members, dump.node_ids, dump.last[1])
         self.membership.recompute(log_change=False)
         self.gate.learner = self.cfg.node_id in self.membership.config and not (
             self.membership.is_voter(self.cfg.node_id)
         )
+
+    def _drop_entries_the_dump_covers(self, dump: Dump) -> None:
+        """A node stopped between writing a dump and deleting the entries it covers (the
+        worker renames, the next tick deletes) has a journal that begins before the
+        dump. pysyncobj, loading the dump, keeps the journal only if it begins exactly
+        with the dump's last two entries, and otherwise clears it: the entries after
+        the dump too, acknowledged ones among them. Delete the covered prefix here, so
+        that it begins there."""
+        log = self.journal
+        for pos in range(len(log) - 1):
+            if log[pos][1] == dump.prev[1]:
+                if pos > 0 and tuple(log[pos]) == dump.prev and tuple(log[pos + 1]) == dump.last:
+                    log.deleteEntriesTo(pos)
+                return
 
     def _start_raft(self) -> SyncObjAdapter:
         cfg, routes = self.cfg, self.membership.routes
@@ -170,7 +186,7 @@ class RaftNode:
             on_peer_disconnected=self._on_peer_disconnected,
         )
         conf = syncobj_adapter.build_conf(
-            cfg, self._journal_path, self._dump_path, self._serialize, self._deserialize
+            cfg, self._journal_path, self._dump_path, self._capture_dump, self._deserialize
         )
         others = [RoutedNode(n, routes) for n in self.membership.voters() if n != cfg.node_id]
         me = RoutedNode(cfg.node_id, routes)
@@ -265,6 +281,10 @@ class RaftNode:
 
     def close(self) -> None:
         self._raft.destroy_synchronous()
+        # A dump still being written would be renamed into the data dir later, under
+        # whatever runs there next (a restart in this process): let it finish.
+        if not self._raft.wait_dump_written(30.0):
+            logger.warning("a Raft snapshot is still being written after 30 s")
 
     # -- membership ------------------------------------------------------------
 
@@ -599,25 +619,27 @@ class RaftNode:
 
     # -- snapshots (tick thread) -----------------------------------------------
 
-    def _serialize(self, filename: str, raft_data: Any) -> None:
+    def _capture_dump(self, raft_data: Any) -> _StateDump:
+        """pysyncobj compacts: copy the state now (under the apply lock, milliseconds);
+        a worker thread writes it (coord.raft.background_dump)."""
         last, prev, _cluster = raft_data
         with self.lock:
-            state = self.state.snapshot()
+            capture = self.state.capture()
         # The configuration at the snapshot's index (pysyncobj's ``_cluster`` is the
         # latest one, later uncommitted changes included).
         idx = int(last[1])
         at = self.membership.at(idx)
-        write_dump(
-            filename,
-            state,
-            tuple(last),
-            tuple(prev),
-            dump_voters(at),
-            fsync=self.cfg.fsync,
+        return _StateDump(
+            capture=capture,
+            last=tuple(last),
+            prev=tuple(prev),
+            voters=dump_voters(at),
             members=to_json(at),
+            fsync=self.cfg.fsync,
+            # Entries up to idx are compacted away once the dump is on disk: fold them
+            # into the configuration's base.
+            installed=functools.partial(self.membership.fold, at, idx),
         )
-        # Entries up to idx may now be compacted away: fold them into the base.
-        self.membership.fold(at, idx)
 
     def _deserialize(self, filename: str) -> Any:
         try:
@@ -631,3 +653,28 @@ class RaftNode:
             logger.critical("cannot load the Raft snapshot %s: exiting", filename, exc_info=True)
             os._exit(70)
         return dump.last, dump.prev, set(dump.node_ids)
+
+
+@dataclass(frozen=True)
+class _StateDump:
+    """One snapshot for coord.raft.background_dump: taken on the tick thread, written
+    by a worker."""
+
+    capture: StateCapture
+    last: Entry
+    prev: Entry
+    voters: list[str]
+    members: dict[str, dict[str, object]]
+    fsync: bool
+    installed: Callable[[], None]
+
+    def write(self, path: str) -> None:
+        write_dump(
+            path,
+            self.capture.encode_parts(),
+            self.last,
+            self.prev,
+            self.voters,
+            fsync=self.fsync,
+            members=self.members,
+        )

@@ -40,6 +40,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 
 from coord import errors
+from coord.raft.background_dump import BackgroundSerializer, DumpJob
 
 if TYPE_CHECKING:
     from coord.config import NodeConfig
@@ -157,6 +158,20 @@ class _SyncObj(SyncObj):
         self._coord = hooks
         self._coord_woken = False
         super().__init__(*args, **kwargs)
+
+    # pysyncobj builds its file serializer as ``self.__serializer = Serializer(...)``:
+    # this data descriptor (it wins over the instance attribute) puts the one that
+    # writes the dump in a worker thread (coord.raft.background_dump) in its place.
+    @property
+    def _SyncObj__serializer(self) -> BackgroundSerializer:
+        return self._coord_serializer
+
+    @_SyncObj__serializer.setter
+    def _SyncObj__serializer(self, _pysyncobjs: Any) -> None:
+        conf = self._SyncObj__conf
+        self._coord_serializer = BackgroundSerializer(
+            conf.fullDumpFile, conf.logCompactionBatchSize, conf.serializer, conf.deserializer
+        )
 
     # Membership (coord.raft.membership): the configuration follows the log, kept by
     # the node. pysyncobj's own change/rollback/re-apply calls only ask whether a
@@ -448,6 +463,10 @@ class SyncObjAdapter:
         """Stop the tick thread (asynchronously)."""
         self._so.destroy()
 
+    def wait_dump_written(self, timeout: float) -> bool:
+        """Wait for a snapshot being written in the background; whether none is now."""
+        return self._so._SyncObj__serializer.wait(timeout)  # type: ignore[no-any-return]
+
     def destroy_synchronous(self) -> None:
         """Stop the tick thread and wait for it; the journal is closed."""
         self._so.destroy_synchronous()
@@ -480,7 +499,7 @@ def build_conf(
     cfg: NodeConfig,
     journal_path: str,
     dump_path: str,
-    serialize: Callable[[str, Any], None],
+    capture_dump: Callable[[Any], DumpJob],
     deserialize: Callable[[str], Any],
 ) -> SyncObjConf:
     """pysyncobj's settings for node ``cfg``."""
@@ -504,7 +523,8 @@ def build_conf(
         fullDumpFile=dump_path,
         dynamicMembershipChange=True,
         bindAddress=cfg.bind_raft,
-        serializer=serialize,
+        # pysyncobj's serializer: coord.raft.background_dump's, which calls this.
+        serializer=capture_dump,
         deserializer=deserialize,
         logCompactionMinEntries=cfg.log_compaction_entries,
         commandsWaitLeader=True,

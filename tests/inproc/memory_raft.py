@@ -17,9 +17,9 @@ and term-probe traffic. Not covered: the cluster secret (encryption; refused her
 frame-size guard (no frames), and the kernel (socket buffers, keepalives). One process
 also differs from one node per process in two known ways: every node adds its
 ``_VetoedTruncationFilter`` (coord.raft.syncobj_adapter) to the one shared pysyncobj
-logger, so a node's filter also judges the others' records (logging only). Log
-compaction and snapshot installs are not exercised yet: the tests stay far below
-``log_compaction_entries``.
+logger, so a node's filter also judges the others' records (logging only). Most tests
+stay far below ``log_compaction_entries``; :attr:`MemoryCluster.compaction_entries`
+lowers it for the ones about compaction.
 
 Threads: each node's transport is only touched on that node's tick thread. A message
 is pickled on the sender's tick thread, queued in the receiver's inbox, and unpickled
@@ -467,6 +467,9 @@ class MemoryCluster:
         self.nodes: dict[str, RaftNode] = {}
         # A joiner's --peer flags (what `coordctl node add` printed for it).
         self.flags: dict[str, tuple[Peer, ...]] = {}
+        # Entries before a node compacts its log (None: NodeConfig's default, never
+        # reached by most tests).
+        self.compaction_entries: int | None = None
 
     def config(self, node_id: str) -> NodeConfig:
         data_dir = self.base_dir / node_id
@@ -479,6 +482,11 @@ class MemoryCluster:
             initial_cluster_state="existing" if joiner else "new",
             explicit_cluster_id=CLUSTER_ID,
             fsync=False,
+            **(
+                {}
+                if self.compaction_entries is None
+                else {"log_compaction_entries": self.compaction_entries}
+            ),
         )
 
     def start(self, node_id: str, voting: str = NEW_BLANK) -> RaftNode:

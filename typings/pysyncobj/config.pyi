@@ -13,3 +13,9 @@ class FAIL_REASON:
 class SyncObjConf:
     def __init__(self, **kwargs: Any) -> None: ...
     def validate(self) -> None: ...
+
+class SERIALIZER_STATE:
+    NOT_SERIALIZING: int
+    SERIALIZING: int
+    SUCCESS: int
+    FAILED: int

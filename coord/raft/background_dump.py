@@ -1,0 +1,149 @@
+"""The Raft snapshot (pysyncobj's "full dump") written by a worker thread.
+
+pysyncobj compacts its log by serializing the whole state on its tick thread: at 20,000
+keys that is ~0.1 s, at 100,000 ~0.4 s, during which a leader sends no heartbeat and
+answers no follower — long enough for an election with short timeouts
+(bench/hung_leader.py), and a stall in every client's write meanwhile. Here compaction
+takes two steps:
+
+1. on the tick thread, ``capture(raft_data)`` (coord.raft.node) copies the state under
+   the apply lock — milliseconds: the records are immutable and shared — and returns a
+   :class:`DumpJob`;
+2. a worker thread runs ``job.write(tmp)``, which encodes the copy a chunk at a time
+   (the tick thread gets the GIL between chunks) and writes and fsyncs the file; the
+   worker then renames it over the dump and fsyncs the directory.
+
+pysyncobj polls :meth:`BackgroundSerializer.checkSerializing` every tick; when the new
+dump is durable it deletes the log entries the dump covers, and ``job.installed()`` runs
+on the tick thread.
+
+Safety:
+
+- Log entries are deleted only once the dump holding them is on disk (file and directory
+  fsynced): a crash at any point leaves the old dump and the whole log.
+- While a job runs no snapshot is sent to followers (pysyncobj sends none while its
+  serializer's ``__pid`` is not zero).
+- A snapshot received from the leader supersedes a running job: the follower has
+  replaced its dump with the received one and cleared its log to that index, so an older
+  dump renamed over it would leave a gap between dump and log at the next start. The
+  superseded flag and the rename are under one lock; a superseded job ends FAILED and
+  nothing is deleted or folded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pysyncobj.serializer import SERIALIZER_STATE, Serializer
+
+from coord.raft.fsutil import fsync_dir
+
+logger = logging.getLogger(__name__)
+
+# pysyncobj's serializer sends no snapshot while its private ``__pid`` is not zero; this
+# is our "a worker thread is writing" value (pysyncobj's own are a child pid, -1 and -2).
+_WRITING = -3
+
+
+class DumpJob(Protocol):
+    """One snapshot: a copy of the state taken on the tick thread."""
+
+    @property
+    def fsync(self) -> bool:
+        """Whether to fsync (the node's setting): the directory after the rename too."""
+
+    def write(self, path: str) -> None:
+        """Worker thread: write the whole dump to ``path`` (and fsync it)."""
+
+    def installed(self) -> None:
+        """Tick thread: the dump replaced the previous one; its entries are deleted."""
+
+
+class _Run:
+    def __init__(self, job: DumpJob, entry_id: int) -> None:
+        self.job = job
+        self.entry_id = entry_id
+        self.outcome: int | None = None  # SERIALIZER_STATE.SUCCESS / FAILED when done
+        self.superseded = False
+        self.done = threading.Event()
+
+
+class BackgroundSerializer(Serializer):
+    """pysyncobj's file serializer with the dump written by a worker thread.
+
+    ``capture(raft_data)`` gets pysyncobj's ``(last, prev, cluster)`` on the tick thread
+    and returns the :class:`DumpJob`; ``deserializer(path)`` loads a dump (unchanged)."""
+
+    def __init__(
+        self,
+        path: str,
+        transmission_batch: int,
+        capture: Callable[[Any], DumpJob],
+        deserializer: Callable[[str], Any],
+    ) -> None:
+        super().__init__(path, transmission_batch, False, capture, deserializer, None)
+        self._path = path
+        self._capture = capture
+        self._rename_lock = threading.Lock()
+        self._running: _Run | None = None
+
+    # -- called by pysyncobj on the tick thread -------------------------------------
+
+    def serialize(self, data: Any, id: int) -> None:
+        if self._running is not None:
+            return
+        run = _Run(self._capture(data[1:]), id)
+        self._running = run
+        self._Serializer__pid = _WRITING
+        threading.Thread(target=self._write, args=(run,), name="coord-dump", daemon=True).start()
+
+    def checkSerializing(self) -> tuple[int, int | None]:
+        run = self._running
+        if run is None:
+            return SERIALIZER_STATE.NOT_SERIALIZING, None
+        if not run.done.is_set():
+            return SERIALIZER_STATE.SERIALIZING, run.entry_id
+        self._running = None
+        self._Serializer__pid = 0
+        if run.outcome == SERIALIZER_STATE.SUCCESS and not run.superseded:
+            # A transmission under way sent the old dump: start it again with this one.
+            self._Serializer__transmissions = {}
+            run.job.installed()
+            return SERIALIZER_STATE.SUCCESS, run.entry_id
+        return SERIALIZER_STATE.FAILED, run.entry_id
+
+    def setTransmissionData(self, data: Any) -> bool:
+        with self._rename_lock:
+            if self._running is not None:
+                self._running.superseded = True
+        return bool(super().setTransmissionData(data))
+
+    # -- the worker --------------------------------------------------------------
+
+    def _write(self, run: _Run) -> None:
+        tmp = self._path + ".tmp"
+        try:
+            run.job.write(tmp)
+            with self._rename_lock:
+                if run.superseded:
+                    os.unlink(tmp)
+                    run.outcome = SERIALIZER_STATE.FAILED
+                    return
+                os.replace(tmp, self._path)
+                if run.job.fsync:
+                    fsync_dir(os.path.dirname(self._path) or ".")
+            run.outcome = SERIALIZER_STATE.SUCCESS
+        except Exception:
+            logger.exception("cannot write the Raft snapshot %s", self._path)
+            run.outcome = SERIALIZER_STATE.FAILED
+        finally:
+            run.done.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for a running write to end (a node stopping); whether none runs now."""
+        run = self._running
+        return run is None or run.done.wait(timeout)

@@ -1,0 +1,181 @@
+"""Log compaction with the dump written by a worker thread (coord.raft.background_dump).
+
+Real RaftNodes over the in-memory network with a low compaction threshold, and the
+serializer itself driven by hand where the order of events must be exact: a crash
+between the dump's rename and the deletion of the entries it covers loses nothing; a
+snapshot received from the leader wins over a dump still being written; no snapshot is
+sent from a file being replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from pysyncobj.serializer import SERIALIZER_STATE
+
+from coord.raft.background_dump import BackgroundSerializer
+from coord.raft.gate import VOTER
+from coord.raft.node import DUMP_FILE
+from coord.raft.snapshotfile import read_dump
+from coord.testing import wait_until
+from tests.inproc.memory_raft import MemoryCluster
+
+KEYS = 260  # more than two compactions at 100 entries
+
+
+def _serializer(cluster: MemoryCluster, node_id: str) -> BackgroundSerializer:
+    s = cluster.nodes[node_id]._raft._so._SyncObj__serializer
+    assert isinstance(s, BackgroundSerializer)
+    return s
+
+
+def _dump_index(data_dir: Path) -> int:
+    path = data_dir / DUMP_FILE
+    return read_dump(str(path)).last[1] if path.exists() else 0
+
+
+def test_the_cluster_compacts_in_the_background_and_a_restart_loads_it(tmp_path: Path) -> None:
+    cluster = MemoryCluster(tmp_path)
+    cluster.compaction_entries = 100
+    cluster.start_all()
+    try:
+        leader = cluster.wait_leader()
+        for i in range(KEYS):
+            cluster.put(leader, b"k%03d" % i, b"v%d" % i).result(10)
+        state = cluster.wait_converged()
+        for n in cluster.ids:
+            wait_until(
+                lambda n=n: len(cluster.nodes[n].journal) < KEYS / 2, 10, f"{n} compacted"
+            )
+            assert _dump_index(tmp_path / n) > 100
+    finally:
+        cluster.close()
+    # Every node restarts from its dump plus the rest of its journal.
+    for n in cluster.ids:
+        cluster.start(n, voting=VOTER)
+    try:
+        for n in cluster.ids:
+            wait_until(lambda n=n: cluster.snapshot(n) == state, 10, f"{n} to load its state")
+        assert cluster.get(cluster.wait_leader(), b"k%03d" % (KEYS - 1)) == b"v%d" % (KEYS - 1)
+    finally:
+        cluster.close()
+
+
+def test_a_stop_between_the_dumps_rename_and_the_log_deletion_loses_no_entry(
+    tmp_path: Path,
+) -> None:
+    # n3's dumps are written and renamed into place, but it never gets to delete the
+    # entries they cover (as when it stops right after the rename). Restarted alone, it
+    # must still hold every entry it had: pysyncobj would clear a journal that does not
+    # begin at the dump, the entries after the dump with it.
+    cluster = MemoryCluster(tmp_path)
+    cluster.compaction_entries = 100
+    cluster.start_all()
+    try:
+        leader = cluster.wait_leader()
+        n3 = _serializer(cluster, "n3")
+        n3.checkSerializing = lambda: (  # type: ignore[method-assign]
+            (SERIALIZER_STATE.SERIALIZING, 0)
+            if n3._running is not None
+            else (SERIALIZER_STATE.NOT_SERIALIZING, None)
+        )
+        for i in range(KEYS):
+            cluster.put(leader, b"k%03d" % i, b"v%d" % i).result(10)
+        cluster.wait_converged()
+        applied = cluster.nodes["n3"].view.applied_index
+        wait_until(lambda: _dump_index(tmp_path / "n3") > 0, 10, "n3's dump on disk")
+        assert len(cluster.nodes["n3"].journal) > KEYS  # nothing deleted
+    finally:
+        cluster.close()
+    assert _dump_index(tmp_path / "n3") < applied
+    node = cluster.start("n3", voting=VOTER)
+    try:
+        wait_until(lambda: node.view.applied_index >= applied, 10, "n3 to apply its own log")
+        assert cluster.get("n3", b"k%03d" % (KEYS - 1)) == b"v%d" % (KEYS - 1)
+    finally:
+        node.close()
+
+
+class _Job:
+    """A DumpJob whose write waits until released."""
+
+    fsync = False
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.release = threading.Event()
+        self.installed_calls = 0
+
+    def write(self, path: str) -> None:
+        assert self.release.wait(10)
+        with open(path, "wb") as f:
+            f.write(self.body)
+
+    def installed(self) -> None:
+        self.installed_calls += 1
+
+
+def _background(tmp_path: Path, job: _Job) -> tuple[BackgroundSerializer, str]:
+    path = str(tmp_path / "dump.bin")
+    with open(path, "wb") as f:
+        f.write(b"old dump")
+
+    def capture(raft_data: Any) -> _Job:
+        assert raft_data == ("last", "prev", "cluster")  # pysyncobj's tuple, minus data
+        return job
+
+    return BackgroundSerializer(path, 1 << 16, capture, lambda p: None), path
+
+
+def _finish(s: BackgroundSerializer) -> tuple[int, int | None]:
+    return wait_until(
+        lambda: (r := s.checkSerializing())[0] != SERIALIZER_STATE.SERIALIZING and r,
+        10,
+        "the dump to be written",
+    )
+
+
+def test_a_dump_replaces_the_old_one_only_when_written_and_no_snapshot_is_sent_meanwhile(
+    tmp_path: Path,
+) -> None:
+    job = _Job(b"new dump")
+    s, path = _background(tmp_path, job)
+    s.serialize((None, "last", "prev", "cluster"), 41)
+    assert s.checkSerializing() == (SERIALIZER_STATE.SERIALIZING, 41)
+    assert s.getTransmissionData("follower") is None  # not from a file being replaced
+    assert Path(path).read_bytes() == b"old dump"
+    job.release.set()
+    assert _finish(s) == (SERIALIZER_STATE.SUCCESS, 41)
+    assert Path(path).read_bytes() == b"new dump"
+    assert job.installed_calls == 1
+    assert not os.path.exists(path + ".tmp")
+    assert s.getTransmissionData("follower") == (b"new dump", True, False)
+    s._Serializer__transmissions.pop("follower")["file"].close()
+    assert s.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
+
+
+def test_a_snapshot_received_while_a_dump_is_written_wins(tmp_path: Path) -> None:
+    job = _Job(b"older dump of our own")
+    s, path = _background(tmp_path, job)
+    s.serialize((None, "last", "prev", "cluster"), 41)
+    # The leader's snapshot arrives whole and is installed while the worker writes.
+    assert s.setTransmissionData((b"the leader's snapshot", True, True))
+    job.release.set()
+    assert _finish(s) == (SERIALIZER_STATE.FAILED, 41)  # pysyncobj deletes nothing
+    assert Path(path).read_bytes() == b"the leader's snapshot"
+    assert job.installed_calls == 0
+    assert not os.path.exists(path + ".tmp")
+
+
+def test_a_failed_write_keeps_the_old_dump_and_says_failed(tmp_path: Path) -> None:
+    job = _Job(b"")
+    job.release.set()
+    job.write = lambda path: (_ for _ in ()).throw(OSError("disk full"))  # type: ignore[method-assign]
+    s, path = _background(tmp_path, job)
+    s.serialize((None, "last", "prev", "cluster"), 7)
+    assert _finish(s) == (SERIALIZER_STATE.FAILED, 7)
+    assert Path(path).read_bytes() == b"old dump"
+    assert job.installed_calls == 0
