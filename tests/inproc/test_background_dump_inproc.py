@@ -47,9 +47,7 @@ def test_the_cluster_compacts_in_the_background_and_a_restart_loads_it(tmp_path:
             cluster.put(leader, b"k%03d" % i, b"v%d" % i).result(10)
         state = cluster.wait_converged()
         for n in cluster.ids:
-            wait_until(
-                lambda n=n: len(cluster.nodes[n].journal) < KEYS / 2, 10, f"{n} compacted"
-            )
+            wait_until(lambda n=n: len(cluster.nodes[n].journal) < KEYS / 2, 10, f"{n} compacted")
             assert _dump_index(tmp_path / n) > 100
     finally:
         cluster.close()
