@@ -19,6 +19,12 @@ for clock drift; asked on every role request and every 10 ms here), and it stops
 command by the time the session's validity ends (``Session.valid_for_s()``, read from the
 library, timed on ``time.monotonic()``). The loop runs on the main thread: the command's
 launcher is tied to it (coord.agent.child).
+
+Positions (``position:``, ``position_file:``; coord.agent.position): reported once right
+after registering, before the first campaign, then on a thread of their own. A position
+that went back ends the registration: the loop closes the session and registers from a
+new one (a member elected meanwhile resigns before it acts; a master first finishes its
+term).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from coord import errors
 from coord.agent.child import Child
 from coord.agent.config import AgentConfig
 from coord.agent.hooks import Hooks
+from coord.agent.position import Reporter, reader
 from coord.agent.report import say
 from coord.agent.roles import RoleServer, RoleView
 from coord.agent.signals import on_signals
@@ -59,6 +66,9 @@ class Agent:
                              credentials=creds)  # fmt: skip
         self.hooks = Hooks(cfg.hooks, cfg.hook_timeout_s)
         self.child = Child(cfg.run) if cfg.run else None
+        self.position = (
+            Reporter(reader(cfg), cfg.position_interval_s) if cfg.reports_position else None
+        )
         host, port = cfg.listen_address()
         self.roles = RoleServer(host, port, self.view)  # binds now: OSError if taken
         self.stop = threading.Event()  # SIGTERM/SIGINT/SIGHUP
@@ -96,6 +106,7 @@ class Agent:
             slot=lead.slot if lead is not None else None,
             validity_ms=round(session.valid_for_s() * 1000) if valid and session else 0,
             session=session.state.value if session is not None else "",
+            position=self.position.position if self.position is not None else None,
         )  # fmt: skip
 
     # -- callbacks (on threads of their own) -----------------------------------------
@@ -138,12 +149,16 @@ class Agent:
         self.roles.start()
         say("listening", address=self.roles.address, group=self.cfg.group,
             member=self.cfg.member)  # fmt: skip
+        if self.position is not None:
+            self.position.start()
         try:
             while not self.stop.is_set():
                 self._session_term()
         finally:
             with self._lock:
                 self._phase = "stopped"
+            if self.position is not None:
+                self.position.close()
             self.hooks.drain(DRAIN_S)
             self.roles.close()
             self.finished.set()
@@ -179,16 +194,22 @@ class Agent:
                 self._registered = True
                 self._phase = "standby"
             say("registered", group=cfg.group, member=cfg.member)
-            while session.is_valid() and not self.stop.is_set():
+            if self.position is not None:
+                self.position.attach(member)  # the first report, before the campaign
+            while session.is_valid() and not self.stop.is_set() and not self._went_back():
                 if cfg.nofailover:
                     self.stop.wait(0.05)
                 else:
                     self._term(member, session)
+            if self._went_back() and not self.stop.is_set():
+                say("registering_again", cause="position_went_back", id=session.id)
         except errors.CoordError as e:
             if not self.stop.is_set():
                 say("error", doing="registering or campaigning", message=e.message)
                 self.stop.wait(min(1.0, cfg.retry_delay_s) if e.retryable else cfg.retry_delay_s)
         finally:
+            if self.position is not None:
+                self.position.detach()
             lost = session.state is SessionState.LOST or (
                 session.state is not SessionState.CLOSED and not session.is_valid()
             )
@@ -232,10 +253,17 @@ class Agent:
         elected (False)."""
 
         def still() -> bool:
-            return lead.is_master() and not self.stop.is_set() and not self._stepdown.is_set()
+            return (
+                lead.is_master() and not self.stop.is_set() and not self._stepdown.is_set()
+                and not self._went_back()
+            )  # fmt: skip
 
         if self.stop.is_set():
             self._release(lead, session, "stop")
+            return False
+        if self._went_back():  # elected on a position higher than its data's: not master
+            say("not_master", cause="position_went_back", token=lead.token)
+            self._release(lead, session, "position_went_back")
             return False
         self.hooks.drain(self.cfg.hook_timeout_s)  # an on_demoted still running goes first
         if not self.hooks.run("pre_promote", env, still):
@@ -274,6 +302,10 @@ class Agent:
             self.hooks.notify("on_demoted", {**env, "COORD_CAUSE": cause})
         if cause == "child_exited":
             self.stop.wait(self.cfg.retry_delay_s)
+
+    def _went_back(self) -> bool:
+        """The position went back: this registration must end (coord.agent.position)."""
+        return self.position is not None and self.position.went_back.is_set()
 
     def _fence_s(self) -> float:
         """With a command to stop, mastership ends while the validity left still covers

@@ -18,14 +18,19 @@ Keys (YAML, every one optional but ``endpoints``, ``group`` and ``member``)::
     stop_grace: 2s               # SIGTERM, then SIGKILL this long after (default and
                                  # at most ttl/4; 10s at most by default)
     retry_delay: 2s              # after a failed pre_promote or an exited command
+    position: CMD                # prints this member's position (a WAL LSN, an offset):
+                                 # one integer >= 0 on stdout (coord.agent.position)
+    position_file: FILE          # ... or a file holding it (one of the two at most)
+    position_interval: 1s        # read and report it this often (when it moved)
+    position_timeout: 5s         # a position command still running then is killed
     tls: {cacert: FILE, cert: FILE, key: FILE, server_name: NAME}
 
-A command (a hook, ``run``) is a string split as a shell would split words (no shell
-runs it: write ``sh -c '...'`` for pipes or redirection) or a list of words. Durations are
-``500ms``, ``10s``, ``2m``, ``1h`` or a number of seconds. Anything else — an unknown key,
-a TTL out of bounds, a command that cannot be split — is an InvalidArgument naming the
-key (``coord agent`` exits 2). The bearer token of a secured cluster comes from the
-environment (``COORD_MEMBER_TOKEN``), never from this file.
+A command (a hook, ``run``, ``position``) is a string split as a shell would split words
+(no shell runs it: write ``sh -c '...'`` for pipes or redirection) or a list of words.
+Durations are ``500ms``, ``10s``, ``2m``, ``1h`` or a number of seconds. Anything else —
+an unknown key, a TTL out of bounds, a command that cannot be split — is an
+InvalidArgument naming the key (``coord agent`` exits 2). The bearer token of a secured
+cluster comes from the environment (``COORD_MEMBER_TOKEN``), never from this file.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ DEFAULT_LISTEN = "127.0.0.1:8008"
 _KEYS = (
     "endpoints", "group", "member", "address", "priority", "weight", "nofailover", "ttl",
     "listen", "check", "hooks", "hook_timeout", "run", "stop_grace", "retry_delay", "tls",
+    "position", "position_file", "position_interval", "position_timeout",
 )  # fmt: skip
 _CHECK_KINDS = ("tcp", "http", "grpc")
 _CHECK_KEYS = (*_CHECK_KINDS, "interval", "timeout", "rise", "fall", "expect_status",
@@ -82,6 +88,10 @@ class AgentConfig:
     stop_grace_s: float = 2.5
     retry_delay_s: float = 2.0
     tls: dict[str, str] = field(default_factory=dict)
+    position: Command = ()
+    position_file: str = ""
+    position_interval_s: float = 1.0
+    position_timeout_s: float = 5.0
 
     @property
     def stepdown_grace_s(self) -> float:
@@ -98,7 +108,13 @@ class AgentConfig:
         out = {f"hooks.{name}": argv for name, argv in self.hooks.items()}
         if self.run:
             out["run"] = self.run
+        if self.position:
+            out["position"] = self.position
         return out
+
+    @property
+    def reports_position(self) -> bool:
+        return bool(self.position or self.position_file)
 
 
 def load(
@@ -168,6 +184,7 @@ def build(raw: Mapping[str, Any], where: str = "config") -> AgentConfig:
     hook_timeout = duration(raw.get("hook_timeout", 30.0), "hook_timeout", where)
     if hook_timeout <= 0:
         raise errors.InvalidArgument(f"{where}: hook_timeout must be more than 0")
+    position, position_file, position_interval, position_timeout = _position(raw, where)
     return AgentConfig(
         endpoints=eps,
         group=_text(raw["group"], "group", where),
@@ -185,6 +202,10 @@ def build(raw: Mapping[str, Any], where: str = "config") -> AgentConfig:
         stop_grace_s=stop_grace,
         retry_delay_s=duration(raw.get("retry_delay", 2.0), "retry_delay", where),
         tls=_tls(raw.get("tls"), where),
+        position=position,
+        position_file=position_file,
+        position_interval_s=position_interval,
+        position_timeout_s=position_timeout,
     )
 
 
@@ -264,6 +285,30 @@ def _hooks(value: Any, where: str) -> dict[str, Command]:
         if cmd not in (None, "", []):
             out[name] = command(cmd, f"hooks.{name}", where)
     return out
+
+
+def _position(raw: Mapping[str, Any], where: str) -> tuple[Command, str, float, float]:
+    """``position`` (a command) or ``position_file``, and how often and how long."""
+    unset: tuple[Any, ...] = (None, "", [])
+    cmd = command(raw["position"], "position", where) if raw.get("position") not in unset else ()
+    path = raw.get("position_file")
+    path = _text(path, "position_file", where).strip() if path not in unset else ""
+    if cmd and path:
+        raise errors.InvalidArgument(
+            f"{where}: position and position_file are both set: give one (a command that "
+            "prints the position, or a file that holds it)"
+        )
+    interval = duration(raw.get("position_interval", 1.0), "position_interval", where)
+    timeout = duration(raw.get("position_timeout", 5.0), "position_timeout", where)
+    for key, value in (("position_interval", interval), ("position_timeout", timeout)):
+        if value <= 0:
+            raise errors.InvalidArgument(f"{where}: {key} must be more than 0")
+        if key in raw and raw[key] not in unset and not (cmd or path):
+            raise errors.InvalidArgument(
+                f"{where}: {key} is set, but neither position nor position_file is: "
+                "nothing would be reported"
+            )
+    return cmd, path, interval, timeout
 
 
 def _check(value: Any, where: str) -> groups_pb2.HealthCheck | None:

@@ -8,7 +8,8 @@
 ``/standby``            200 while this member is registered, its session valid, and it
 (``/replica``)          holds no slot (it is campaigning, or ``nofailover``); 503 otherwise
 ``/health``             200 while the session is valid; 503 otherwise
-``/role``               200, JSON: role, group, member, token, slot, validity left (ms)
+``/role``               200, JSON: role, group, member, token, slot, validity left (ms),
+                        the position reported (null: none, or no ``position:``)
 ======================  ==============================================================
 
 GET, HEAD and OPTIONS are answered alike (HAProxy's ``option httpchk`` sends OPTIONS
@@ -42,6 +43,7 @@ class RoleView:
     slot: int | None = None
     validity_ms: int = 0
     session: str = ""  # the session's state: connected, suspended, lost, ...
+    position: int | None = None  # the position the cluster holds (position:, position_file:)
 
 
 _ROUTES: dict[str, Callable[[RoleView], bool]] = {

@@ -13,7 +13,8 @@ from coord.cli.output import EXIT_ERROR, EXIT_USAGE, CLIError, from_coord_error
 
 HELP = """Hold a member's place in a group on this host: keep a session, campaign, serve
 role endpoints for load balancers (/master, /standby, /health, /role), run hooks on role
-changes and, optionally, a command only while master.
+changes and, optionally, a command only while master; report this member's position
+(--position, --position-file) for freshness-aware succession.
 
 Settings come from --config (YAML; README "The member agent") with the flags over them.
 A bad setting (an unknown key, a TTL out of bounds, a command that cannot be split, a
@@ -53,6 +54,15 @@ SIGTERM, SIGINT or SIGHUP: a master stops its command, resigns and closes its se
               help="SIGTERM to SIGKILL for the command (default and at most TTL/4).")  # fmt: skip
 @click.option("--retry-delay", default=None,
               help="Pause before campaigning again after a failed pre_promote (2s).")  # fmt: skip
+@click.option(
+    "--position", "position", default=None, metavar="CMD",
+    help="A command that prints this member's position (one integer >= 0, such as a WAL "
+    "LSN), reported when it moves up.",
+)  # fmt: skip
+@click.option("--position-file", default=None, metavar="FILE",
+              help="A file holding this member's position (instead of --position).")  # fmt: skip
+@click.option("--position-interval", default=None,
+              help="Read and report the position this often (default 1s).")  # fmt: skip
 @click.option("--check-config", is_flag=True,
               help="Check the settings, print them as JSON and exit.")  # fmt: skip
 def agent_command(
@@ -66,6 +76,12 @@ def agent_command(
     from coord.agent import config as agent_config
 
     layer: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if "position" in layer and "position_file" in layer:
+        raise CLIError("--position and --position-file: give one", EXIT_USAGE)
+    if "position" in layer:  # a flag replaces the file's way of reading it
+        layer["position_file"] = None
+    elif "position_file" in layer:
+        layer["position"] = None
     if check_tcp or check_http:
         layer["check"] = {"tcp": check_tcp} if check_tcp else {"http": check_http}
     if hooks:

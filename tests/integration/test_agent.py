@@ -30,6 +30,7 @@ import requests
 
 from coord import errors
 from coord.client import (
+    Client,
     FencedAuth,
     FencedHTTP,
     FencedResource,
@@ -39,11 +40,11 @@ from coord.client import (
 )
 from coord.client.errors import translate
 from coord.testing import LocalCluster, free_ports, wait_until
-from coord.v1 import election_pb2
+from coord.v1 import election_pb2, groups_pb2
 
 from . import readme_blocks as rb
 from .agents import AgentProc, Agents, agents_fixture
-from .members import close_session, groups_stub, list_sessions
+from .members import close_session, groups_stub, holders, list_sessions
 from .support import COORD, ClusterFactory, describe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -454,6 +455,73 @@ def test_a_master_cut_off_from_the_cluster_stops_its_command_before_validity_end
     cluster.wait_for_leader()
 
 
+# -- positions (freshness-aware succession) ---------------------------------------------
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """As the position's writer should: a reader never sees it half written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_agents_report_positions_and_the_lagging_one_is_skipped_at_failover(
+    cluster: LocalCluster, agents: Agents, tmp_path: Path
+) -> None:
+    """Two agents read their positions every 0.2 s, p2 through a command that cats a file,
+    p3 from the file itself; the group sets max_lag_on_failover 100. A garbage position is
+    logged and the last good one stands. The master (p1, a library member at 1000) goes
+    away: p2, preferred by priority but 900 behind, is skipped and p3 (990) is elected.
+    p2's position then goes back: it registers again from a new session, reporting it."""
+    g = "positions"
+    files = {m: tmp_path / f"{m}.position" for m in ("p2", "p3")}
+    write_atomically(files["p2"], "100\n")
+    write_atomically(files["p3"], "990\n")
+
+    def verdict(c: Client, member: str) -> groups_pb2.MemberVerdict:
+        return next(v for v in c.group(g).explain().members if v.member_id == member)
+
+    with cluster.client() as c:
+        c.group(g).create(max_lag_on_failover=100, prefer_most_advanced=True)
+        s1 = c.session(ttl_s=10, name="p1").start()
+        try:
+            m1 = c.group(g).member("p1", s1, priority=1).start()
+            m1.report_position(1000)
+            m1.campaign(timeout_s=10)
+            p2 = agents.start(g, "p2", priority=30, position=["cat", str(files["p2"])],
+                              position_interval="0.2s")  # fmt: skip
+            p3 = agents.start(g, "p3", priority=10, position_file=str(files["p3"]),
+                              position_interval="0.2s")  # fmt: skip
+            for a, position in ((p2, 100), (p3, 990)):
+                assert a.wait_for("position", 20, state="reported")["position"] == position
+                a.wait_status("/standby", 200)
+            wait_until(lambda: verdict(c, "p3").eligible and verdict(c, "p2").reason == "lagging",
+                       10, "p3 eligible, p2 lagging")  # fmt: skip
+
+            write_atomically(files["p2"], "not a number\n")  # logged; 100 stands
+            failed = p2.wait_for("position", 5, state="failed")
+            assert failed["kind"] == "not_a_position" and failed["output"] == "not a number"
+            assert p2.status("/role")[1]["position"] == 100
+            s1.close()  # the master goes away
+        finally:
+            with contextlib.suppress(errors.CoordError):
+                s1.close()
+        p3_master = p3.wait_status("/master", 200)
+        assert holders(c, g) == {0: ("p3", p3_master["token"])}
+        assert p2.status("/standby")[0] == 200 and not p2.events("elected"), p2.describe()
+        assert "behind by 890" in verdict(c, "p2").detail
+
+        mark = p2.mark()
+        write_atomically(files["p2"], "50\n")  # lower than reported: p2 starts over
+        went = p2.wait_for("position", 5, since=mark, state="went_back")
+        assert (went["position"], went["reported"]) == (50, 100), went
+        p2.wait_for("registering_again", 5, since=mark)
+        assert p2.wait_for("position", 10, since=mark, state="reported")["position"] == 50
+        members = {m.id: m for m in c.group(g).get().members}
+        assert members["p2"].position == 50 and members["p3"].position == 990
+        assert holders(c, g) == {0: ("p3", p3_master["token"])}
+
+
 # -- bad settings -----------------------------------------------------------------------
 
 BAD = {
@@ -461,6 +529,8 @@ BAD = {
     "ttl-out-of-bounds": ("ttl: 100ms\n", "ttl '100ms' is out of bounds"),
     "hook-unsplittable": ("hooks:\n  on_elected: echo 'unclosed\n",
                           "hooks.on_elected: cannot split the command"),
+    "position-twice": ("position: cat f\nposition_file: /f\n",
+                       "position and position_file are both set"),
 }  # fmt: skip
 
 
