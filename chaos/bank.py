@@ -9,11 +9,20 @@ over. A transaction applies all of its branch or nothing, whatever the faults: s
 every audit that sees the accounts sees them sum to 500 — a torn transfer (one put
 applied without the other), a transfer applied twice (a retried request id applied
 again) or a lost one all change the total. The ``bank_conserved`` checker judges the
-audits; per-key linearizability of single-key operations is the register workload's.
+audits.
+
+Every operation is also recorded in ``record.bank_history``
+(chaos.txn_linearizability.TxnOp: the tellers' reads, the transactions with their
+compares, puts, outcome — ok, compare failed or unknown — and revision, the audits'
+values and revision, with call and return times), and ``bank_linearizable``
+(chaos.checkers) checks that history for linearizability as a whole: a stale audit, a
+txn applied in part, a lost acknowledged one or two succeeding on one compare are
+caught even when every sum is right.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -21,6 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from chaos.records import RunRecord
+from chaos.txn_linearizability import TxnHistory, TxnOp
 from chaos.worker import Worker
 from coord import errors
 from coord.client import Client
@@ -33,10 +43,75 @@ ACCOUNTS = [f"bank/a{i}" for i in range(5)]
 OPENING = 100
 TOTAL = OPENING * len(ACCOUNTS)
 
+# Each worker's history process ids: a block of its own (a new id after every unknown
+# outcome: the old request may still be in flight, as if from another process).
+_PROCESS_BLOCKS = itertools.count(1)
 
-def open_accounts(client: Client) -> None:
+
+def _new_pid() -> int:
+    return next(_PROCESS_BLOCKS) * 1_000_000
+
+
+class _Recorder:
+    """One worker's bank operations, recorded in ``record.bank_history`` around the
+    client's calls (chaos.txn_linearizability.TxnHistory)."""
+
+    def __init__(self, record: RunRecord) -> None:
+        self.history = TxnHistory(record.bank_history)
+        self.pid = _new_pid()
+
+    def read(
+        self, client: Client, key: str, prefix: bool = False
+    ) -> tuple[dict[str, tuple[str, int]], int]:
+        """A linearizable range (one key, or a prefix: the accounts), recorded: key ->
+        (value, mod revision) of the keys present, and the revision it was read at."""
+        handle = self.history.invoke(TxnOp.read(self.pid, [key], [], 0.0, None))
+        try:
+            resp = client.range(key, prefix=prefix)
+        except errors.CoordError:
+            self.history.complete(handle, "unknown")  # a read that failed: no constraint
+            raise
+        got = {kv.key.decode(): (kv.value.decode(), kv.mod_revision) for kv in resp.kvs}
+        self.history.complete(
+            handle,
+            "ok",
+            resp.header.revision,
+            [(k, v, m) for k, (v, m) in got.items()],
+            # A prefix covers every account (absent unless seen), and whatever else it saw.
+            keys=sorted({*ACCOUNTS, *got}) if prefix else [key],
+        )
+        return got, resp.header.revision
+
+    def txn(
+        self, client: Client, compares: list[tuple[str, int]], puts: list[tuple[str, str]]
+    ) -> bool:
+        """One Txn: every compare a mod revision (0: the key is absent), the success
+        branch ``puts``. Returns whether it succeeded; raises CoordError (recorded as an
+        unknown outcome) if its outcome is unknown."""
+        handle = self.history.invoke(TxnOp.txn(self.pid, compares, puts, 0.0, None))
+        try:
+            resp = client.txn(
+                compares=[t.absent(k) if m == 0 else t.mod_revision(k) == m for k, m in compares],
+                success=[t.put(k, v) for k, v in puts],
+            )
+        except errors.CoordError:
+            self.history.complete(handle, "unknown")  # may or may not have applied
+            self.pid += 1
+            raise
+        self.history.complete(
+            handle, "ok" if resp.succeeded else "compare_failed", resp.header.revision
+        )
+        return bool(resp.succeeded)
+
+
+def open_accounts(client: Client, recorder: _Recorder | None = None) -> None:
     """Put every account at its opening balance, once: the Txn does nothing if any
     account exists (a retry after an unknown outcome, or another opener)."""
+    compares = [(k, 0) for k in ACCOUNTS]
+    puts = [(k, str(OPENING)) for k in ACCOUNTS]
+    if recorder is not None:
+        recorder.txn(client, compares, puts)
+        return
     client.txn(
         compares=[t.absent(k) for k in ACCOUNTS],
         success=[t.put(k, str(OPENING)) for k in ACCOUNTS],
@@ -51,6 +126,7 @@ class Teller(Worker):
         super().__init__(name)
         self.record, self.endpoints = record, list(endpoints)
         self.rng = random.Random(seed)
+        self.recorder = _Recorder(record)
 
     def run(self) -> None:
         client = Client(self.endpoints, timeout_s=1.5, attempt_timeout_s=0.5)
@@ -66,19 +142,20 @@ class Teller(Worker):
 
     def _transfer(self, client: Client) -> None:
         a, b = self.rng.sample(ACCOUNTS, 2)
-        ra, rb = client.get(a), client.get(b)
+        ra, rb = self.recorder.read(client, a)[0].get(a), self.recorder.read(client, b)[0].get(b)
         if ra is None or rb is None:
-            open_accounts(client)
+            open_accounts(client, self.recorder)
             return
         amount = self.rng.randint(1, 20)
-        have = int(ra.value)
+        have = int(ra[0])
         if have < amount:
             return
-        resp = client.txn(
-            compares=[t.mod_revision(a) == ra.mod_revision, t.mod_revision(b) == rb.mod_revision],
-            success=[t.put(a, str(have - amount)), t.put(b, str(int(rb.value) + amount))],
+        succeeded = self.recorder.txn(
+            client,
+            compares=[(a, ra[1]), (b, rb[1])],
+            puts=[(a, str(have - amount)), (b, str(int(rb[0]) + amount))],
         )
-        if resp.succeeded:
+        if succeeded:
             with _LOCK:
                 self.record.bank_transfers += 1
 
@@ -90,6 +167,7 @@ class Auditor(Worker):
     def __init__(self, record: RunRecord, endpoints: Sequence[str], name: str) -> None:
         super().__init__(name)
         self.record, self.endpoints = record, list(endpoints)
+        self.recorder = _Recorder(record)
 
     def run(self) -> None:
         client = Client(self.endpoints, timeout_s=1.5, attempt_timeout_s=0.5)
@@ -104,13 +182,10 @@ class Auditor(Worker):
             client.close()
 
     def audit(self, client: Client) -> None:
-        resp = client.range("bank/", prefix=True)
-        seen = {kv.key.decode(): kv.value for kv in resp.kvs}
-        total = sum(int(v) for v in seen.values())
+        got, revision = self.recorder.read(client, "bank/", prefix=True)
+        total = sum(int(v) for v, _ in got.values())
         with _LOCK:
-            self.record.bank_audits.append(
-                (time.monotonic(), len(seen), total, resp.header.revision)
-            )
+            self.record.bank_audits.append((time.monotonic(), len(got), total, revision))
 
 
 _LOCK = threading.Lock()  # the workers append to the record from their threads

@@ -29,7 +29,8 @@ Rules (where the record alone leaves a choice):
   violation (see :func:`watch_notes`); the revisions received before it are checked
   as usual. Any other error is a violation.
 - Linearizability: a history the checker could not decide (``unknown``) is reported
-  as a violation too: the run is not vouched for.
+  as a violation too: the run is not vouched for. The same holds for the bank's
+  multi-key history (``bank_linearizable``, chaos.txn_linearizability).
 - Graceful runs (``record.graceful``: leadership transfers, a rolling restart): no
   session the workload kept may be reported LOST by its library, and no slot may change
   master: one token per (group, slot) among the tenures that began before the workload
@@ -345,6 +346,44 @@ def linearizable(record: RunRecord, timeout_s: float = 30.0) -> list[Violation]:
     return []
 
 
+# -- 6b. linearizability of the bank's multi-key transactions -----------------------------
+
+
+def bank_linearizable(record: RunRecord, timeout_s: float = 30.0) -> list[Violation]:
+    """Runs ``chaos.txn_linearizability.check`` on ``record.bank_history`` (the bank
+    workload's reads, transactions and audits), like :func:`linearizable`: an import
+    failure, an exception from the checker, an inconclusive result (the search bound ran
+    out) and a non-linearizable history are all violations. An empty history passes
+    (as for ``bank_conserved``)."""
+    name = "bank_linearizable"
+    n = len(record.bank_history)
+    try:
+        lin: Any = importlib.import_module("chaos.txn_linearizability")
+    except ImportError as e:
+        return [Violation(name, f"cannot import chaos.txn_linearizability: {e}")]
+    try:
+        res: Any = lin.check(record.bank_history, timeout_s=timeout_s)
+    except Exception as e:
+        return [Violation(name, f"the checker raised on {n} operations: {e!r}")]
+    if getattr(res, "unknown", False) is True:
+        return [
+            Violation(
+                name,
+                f"inconclusive within {timeout_s:g} s ({n} operations): "
+                f"{getattr(res, 'explanation', '')}",
+            )
+        ]
+    if not res.ok:
+        return [
+            Violation(
+                name,
+                f"the bank's history of {n} operations is not linearizable: "
+                f"{getattr(res, 'explanation', '')}",
+            )
+        ]
+    return []
+
+
 # -- 7. graceful operations cost no session and no master ----------------------------------
 
 
@@ -450,4 +489,5 @@ def check_all(
         *applied_once(record),
         *converged(record, convergence_bound_s),
         *bank_conserved(record),
+        *bank_linearizable(record, linearizability_timeout_s),
     ]

@@ -4,6 +4,10 @@ process (every recorder and the nemesis run in it, so times compare)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chaos.txn_linearizability import TxnOp
 
 
 @dataclass
@@ -143,3 +147,7 @@ class RunRecord:
     # and how many transfers were acknowledged.
     bank_audits: list[tuple[float, int, int, int]] = field(default_factory=list)
     bank_transfers: int = 0
+    # Every bank operation (chaos.txn_linearizability.TxnOp): the tellers' reads and
+    # transactions, the auditor's reads, with times, outcomes and revisions, for the
+    # multi-key linearizability checker (``bank_linearizable``).
+    bank_history: list[TxnOp] = field(default_factory=list)

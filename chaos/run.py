@@ -46,6 +46,7 @@ from chaos.membership import MembershipError, leader_view
 from chaos.nemesis import NEMESES, STALE_LEADER_ARGS, leader_id
 from chaos.records import RunRecord
 from chaos.toxiproxy import Toxiproxy
+from chaos.txn_linearizability import dump_jsonl
 from chaos.worker import Worker
 from chaos.workload import (
     AckWriter,
@@ -206,6 +207,9 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     record.operations = sum(w.ops for w in workers)
     notes = [e for w in workers for e in w.errors]
     violations = [f"{v.checker}: {v.detail}" for v in checkers.check_all(record, RECOVERY_BOUND_S)]
+    # The bank's multi-key history, for a second opinion (chaos/porcupine) or a replay.
+    Path(workdir, sc.name).mkdir(parents=True, exist_ok=True)
+    dump_jsonl(record.bank_history, Path(workdir, sc.name, "bank-history.jsonl"))
     violations += [f"workload: {n}" for n in notes if "did not stop" in n]
     violations += [
         f"workload: {e}" for w in workers if isinstance(w, SessionLoad) for e in w.errors
@@ -374,6 +378,7 @@ def _unfed(record: RunRecord, history: History, sc: Scenario) -> list[str]:
         "acknowledged writes": len(record.acked),
         "register operations": sum(1 for op in history.ops() if op.status == "ok"),
         "watched events": sum(len(w.revisions) for w in record.watches),
+        "bank operations": len(record.bank_history),
     }
     if sc.sessions:
         fed[f"sessions kept (of {sc.sessions})"] = int(record.sessions_kept >= sc.sessions)
