@@ -358,7 +358,7 @@ class StateMachine:
             revision=self.revision,
             last_time_ms=self.last_time_ms,
             last_term=self.last_term,
-            kvs=list(self.kv.items()),
+            kvs=self.kv.encoded(),
             dedupe=[(rid, res, fp) for rid, (res, fp) in self._dedupe.items()],
             sessions=[_copied(s) for s in self.groups.sessions.values()],
             groups=[g.to_proto() for g in self.groups.groups.values()],
@@ -434,7 +434,7 @@ class StateCapture:
     revision: int
     last_time_ms: int
     last_term: int
-    kvs: list[kv_pb2.KeyValue]
+    kvs: list[bytes]  # each a serialized KeyValue (coord.state.kv)
     dedupe: list[tuple[str, raft_pb2.CommandResult, bytes]]
     sessions: list[groups_pb2.Session]
     groups: list[groups_pb2.Group]
@@ -476,7 +476,7 @@ class StateCapture:
                 last_time_ms=self.last_time_ms,
             )
         )
-        yield from chunks("kvs", self.kvs)
+        yield from _encoded_chunks(_KVS_TAG, self.kvs)
         for i in range(0, len(self.dedupe), _HASH_CHUNK):
             part = raft_pb2.StateSnapshot()
             for rid, res, fp in self.dedupe[i : i + _HASH_CHUNK]:
@@ -512,8 +512,10 @@ class StateCapture:
             last_term=self.last_term,
         )
         h.update(head.SerializeToString(deterministic=True))
+        for chunk in _encoded_chunks(_KVS_TAG, self.kvs):
+            h.update(b"kvs")
+            h.update(chunk)
         parts: list[tuple[str, list[Any]]] = [
-            ("kvs", self.kvs),
             ("sessions", self.sessions),
             ("groups", self.groups),
             ("events", self.events),
@@ -535,6 +537,26 @@ class StateCapture:
             h.update(b"dedupe")
             h.update(part.SerializeToString(deterministic=True))
         return h.hexdigest()
+
+
+# StateSnapshot.kvs is field 4, length-delimited (wire type 2): (4 << 3) | 2.
+_KVS_TAG = b"\x22"
+
+
+def _encoded_chunks(tag: bytes, records: list[bytes]) -> Iterator[bytes]:
+    """A repeated message field of serialized ``records``, ``_HASH_CHUNK`` at a time:
+    the bytes ``SerializeToString`` gives for a message holding just those elements."""
+    for i in range(0, len(records), _HASH_CHUNK):
+        yield b"".join(tag + _varint(len(r)) + r for r in records[i : i + _HASH_CHUNK])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def encode_snapshot(snap: raft_pb2.StateSnapshot) -> bytes:

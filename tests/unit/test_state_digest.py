@@ -94,8 +94,7 @@ def test_every_part_of_the_state_is_hashed() -> None:
     def changed(**fields: object) -> str:
         return dataclasses.replace(cap, **fields).digest()
 
-    kv = kv_pb2.KeyValue()
-    kv.CopyFrom(cap.kvs[0])
+    kv = kv_pb2.KeyValue.FromString(cap.kvs[0])
     kv.value += b"!"
     session = groups_pb2.Session()
     session.CopyFrom(cap.sessions[0])
@@ -116,7 +115,7 @@ def test_every_part_of_the_state_is_hashed() -> None:
         "revision": changed(revision=cap.revision + 1),
         "clock": changed(last_time_ms=cap.last_time_ms + 1),
         "term": changed(last_term=cap.last_term + 1),
-        "a value": changed(kvs=[kv, *cap.kvs[1:]]),
+        "a value": changed(kvs=[kv.SerializeToString(), *cap.kvs[1:]]),
         "a key fewer": changed(kvs=cap.kvs[1:]),
         "a session": changed(sessions=[session, *cap.sessions[1:]]),
         "a group": changed(groups=[group, *cap.groups[1:]]),

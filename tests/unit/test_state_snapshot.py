@@ -208,7 +208,7 @@ def test_the_chunked_encoding_is_byte_for_byte_one_serialization() -> None:
         node_ids=cap.node_ids,
         last_term=cap.last_term,
     )
-    whole.kvs.extend(cap.kvs)
+    whole.kvs.extend(kv_pb2.KeyValue.FromString(raw) for raw in cap.kvs)
     for rid, res, fp in cap.dedupe:
         whole.dedupe.add(request_id=rid, result=res, fingerprint=fp)
     whole.sessions.extend(cap.sessions)
