@@ -32,6 +32,8 @@ LAZY: list[tuple[click.Group, str, str, str]] = [
     (main, "nodes", "coord.cli.ctl_nodes",
      "The members; MATCH and LAG (from the leader) show how far each one's log has caught "
      "up: LAG is how many entries it is behind the leader's."),
+    (main, "rebalance", "coord.cli.ctl_rebalance",
+     "Restore the spread of masters across zones or hosts, by switchovers."),
     (main, "report", "coord.cli.ctl_report",
      "Availability per group: downtime, FTSD, outages, MTTR, MTBF and the downtime budget "
      "(MAD) with what remains of it, then each group's outage timeline."),

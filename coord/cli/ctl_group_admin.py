@@ -186,6 +186,23 @@ def group_resume(ctx: Ctx, names: tuple[str, ...], all_groups: bool) -> None:
     "any member).",
 )
 @click.option("--no-synchronous", is_flag=True, help="Let any member be granted a slot.")
+@click.option(
+    "--spread-tag",
+    default=None,
+    metavar="TAG",
+    help="Spread the masters over the values of this member tag (zone, host): at most "
+    "--spread-max per value (--no-spread turns the rule off).",
+)
+@click.option("--spread-max", type=int, default=None, metavar="K", help="At most K (>= 1).")
+@click.option(
+    "--spread-family",
+    default=None,
+    metavar="NAME",
+    help="Groups with the same family count their masters together (one group per "
+    "shard); --no-spread-family: this group alone.",
+)
+@click.option("--no-spread-family", is_flag=True, help="Count this group's masters alone.")
+@click.option("--no-spread", is_flag=True, help="Turn the spread rule off.")
 @pass_ctx
 @handles_errors
 def group_edit(
@@ -204,6 +221,11 @@ def group_edit(
     prefer_most_advanced: bool | None,
     synchronous: str | None,
     no_synchronous: bool,
+    spread_tag: str | None,
+    spread_max: int | None,
+    spread_family: str | None,
+    no_spread_family: bool,
+    no_spread: bool,
 ) -> None:
     """Change NAME's policy now (the options given; the rest stays). Fewer slots ask
     the masters of the highest slots to step down (the normal handover: switchover
@@ -211,7 +233,10 @@ def group_edit(
 
     The failover breaker pauses the group after --breaker-failovers automatic
     failovers (a master's session expired or its health check failed) within
-    --breaker-window; `group resume` closes it."""
+    --breaker-window; `group resume` closes it.
+
+    The spread rule (--spread-tag, --spread-max, --spread-family) applies to the next
+    grants; no master moves by itself: `coordctl rebalance NAME` restores the spread."""
     if switchover_timeout is not None and switchover_timeout < 0.1:
         raise click.BadParameter("use at least 100ms", param_hint="--switchover-timeout")
     if no_breaker and (breaker_failovers is not None or breaker_window is not None):
@@ -219,6 +244,7 @@ def group_edit(
                        EXIT_USAGE)  # fmt: skip
     if no_synchronous and synchronous is not None:
         raise CLIError("coord: give --synchronous or --no-synchronous, not both", EXIT_USAGE)
+    spread = spread_edit(spread_tag, spread_max, spread_family, no_spread_family, no_spread)
     if breaker_window is not None and breaker_window <= 0:
         raise click.BadParameter(
             "give a positive window (--no-breaker turns the breaker off)",
@@ -236,6 +262,7 @@ def group_edit(
         "max_lag_on_failover": max_lag_on_failover,
         "prefer_most_advanced": prefer_most_advanced,
         "synchronous": [] if no_synchronous else member_ids(synchronous) or None,
+        **spread,
     }
     if no_breaker:
         policy["breaker_failovers"] = policy["breaker_window_ms"] = 0
@@ -248,14 +275,55 @@ def group_edit(
         ctx.output,
         proto_dict(g),
         ["GROUP", "SLOTS", "FAILBACK", "HOLD", "SWITCHOVER TIMEOUT", "FAILOVER ON UNHEALTHY",
-         "BREAKER", "MAX LAG", "SYNCHRONOUS"],
+         "BREAKER", "MAX LAG", "SYNCHRONOUS", "SPREAD"],
         [[g.name, p.slots, "auto" if p.failback == groups_pb2.FAILBACK_AUTO else "off",
           f"{p.failback_hold_ms / 1000:g}s", f"{p.switchover_timeout_ms / 1000:g}s",
           "yes" if p.failover_on_unhealthy else "no",
           f"{p.breaker_failovers}/{p.breaker_window_ms / 1000:g}s"
           if p.breaker_failovers else "off",
-          p.max_lag_on_failover or "off", ",".join(p.synchronous) or "-"]],
+          p.max_lag_on_failover or "off", ",".join(p.synchronous) or "-", spread_rule(p)]],
     )  # fmt: skip
+
+
+def spread_edit(
+    tag: str | None, limit: int | None, family: str | None, no_family: bool, off: bool
+) -> dict[str, Any]:
+    """The policy fields `group edit`'s spread options change (the cluster checks them)."""
+    if off and (tag is not None or limit is not None or family is not None or no_family):
+        raise CLIError("coord: --no-spread turns the rule off: give no other --spread-*",
+                       EXIT_USAGE)  # fmt: skip
+    if no_family and family is not None:
+        raise CLIError("coord: give --spread-family or --no-spread-family, not both", EXIT_USAGE)
+    if off:
+        return {"spread_tag": "", "spread_max": 0, "spread_family": ""}
+    out: dict[str, Any] = {"spread_tag": tag, "spread_max": limit, "spread_family": family}
+    if no_family:
+        out["spread_family"] = ""
+    return out
+
+
+def spread_rule(p: groups_pb2.GroupPolicy) -> str:
+    """A policy's spread rule as coordctl shows it: `at most 1 per zone (family f)`."""
+    if not p.spread_tag:
+        return "off"
+    rule = f"at most {p.spread_max} per {p.spread_tag}"
+    return rule + (f" (family {p.spread_family})" if p.spread_family else "")
+
+
+def spread_value(tag: str, value: str) -> str:
+    return f"{tag}={value}" if value else f"(no {tag})"
+
+
+def spread_lines(name: str, rule: groups_pb2.SpreadExplanation) -> list[str]:
+    """The spread rule's state as `group get` and `group explain` print it."""
+    per = ", ".join(f"{spread_value(rule.tag, v.value)}: {v.masters} ({', '.join(v.holders)})"
+                    for v in rule.values) or "no masters"  # fmt: skip
+    state = f"VIOLATED ({rule.excess} beyond the limit)" if rule.violated else "holds"
+    lines = [f"{state}; {per}"]
+    if rule.plan:
+        lines.append(f"`coordctl rebalance {name}` would run {len(rule.plan)} switchover(s)")
+    lines.extend(rule.stuck)
+    return lines
 
 
 def member_ids(text: str | None) -> list[str]:
@@ -281,11 +349,17 @@ def group_explain(ctx: Ctx, name: str) -> None:
         [s.slot, s.holder or "-", s.state, s.next or "-", s.why] for s in x.slots
     ]))  # fmt: skip
     click.echo()
-    click.echo(table(["MEMBER", "PRIORITY", "POSITION", "ELIGIBLE", "RANK", "WHY"], [
+    spread = x.HasField("spread")
+    click.echo(table(["MEMBER", "PRIORITY", "POSITION", "ELIGIBLE", "RANK",
+                      *([x.spread.tag.upper()] if spread else []), "WHY"], [
         [m.member_id, m.priority, m.position if m.HasField("position") else "-",
-         "yes" if m.eligible else "no", m.rank or "-", m.detail]
+         "yes" if m.eligible else "no", m.rank or "-",
+         *([m.spread_value or "-"] if spread else []), m.detail]
         for m in x.members
     ]))  # fmt: skip
+    if spread and x.spread.plan:
+        click.echo()
+        click.echo(rebalance_table(list(x.spread.plan), x.spread.tag, "planned"))
     for note in x.notes:
         click.echo(f"\n{note}", nl=False)
     if x.notes:
@@ -365,3 +439,31 @@ def schedule_cancel(ctx: Ctx, group_name: str, switchover_id: int) -> None:
     """Cancel the scheduled switchover ID of GROUP (`schedule ls` lists them)."""
     s = ctx.client.group(group_name).cancel_switchover(switchover_id)
     emit(ctx.output, proto_dict(s), SCHEDULE_HEADERS, schedule_rows([s]))
+
+
+def rebalance_table(moves: list[groups_pb2.RebalanceMove], tag: str, state: str) -> str:
+    """A rebalance plan (or the moves run) as a table."""
+    return table(["#", "GROUP", "SLOT", "FROM", "TO", tag.upper(), "STATE"], [
+        [i, m.group, m.slot, m.from_member, m.to_member,
+         f"{spread_value(tag, m.from_value)} -> {spread_value(tag, m.to_value)}", state]
+        for i, m in enumerate(moves, 1)
+    ])  # fmt: skip
+
+
+def move_dict(m: groups_pb2.RebalanceMove) -> dict[str, Any]:
+    """A rebalance move as JSON, every field present (slot 0 included)."""
+    return {"group": m.group, "slot": m.slot, "from_member": m.from_member,
+            "to_member": m.to_member, "from_value": m.from_value, "to_value": m.to_value,
+            "why": m.why}  # fmt: skip
+
+
+def spread_dict(rule: groups_pb2.SpreadExplanation) -> dict[str, Any]:
+    """A spread rule's state as JSON, every field present (excess 0, violated false)."""
+    return {
+        "tag": rule.tag, "max": rule.max, "family": rule.family, "groups": list(rule.groups),
+        "values": [{"value": v.value, "masters": v.masters, "holders": list(v.holders)}
+                   for v in rule.values],
+        "excess": rule.excess, "violated": rule.violated,
+        "plan": [move_dict(m) for m in rule.plan], "stuck": list(rule.stuck),
+        "notes": list(rule.notes),
+    }  # fmt: skip

@@ -150,6 +150,20 @@ def group() -> None:
     help="Comma-separated member ids: only they may be granted a slot (members that "
     "register later may be named).",
 )
+@click.option(
+    "--spread-tag",
+    default="",
+    metavar="TAG",
+    help="Spread the masters over the values of this member tag (zone, host): at most "
+    "--spread-max per value (default: no spread rule).",
+)
+@click.option("--spread-max", type=int, default=0, metavar="K", help="At most K (>= 1).")
+@click.option(
+    "--spread-family",
+    default="",
+    metavar="NAME",
+    help="Groups with the same family count their masters together (one group per shard).",
+)
 @pass_ctx
 @handles_errors
 def group_create(
@@ -166,6 +180,9 @@ def group_create(
     max_lag_on_failover: int,
     prefer_most_advanced: bool,
     synchronous: str | None,
+    spread_tag: str,
+    spread_max: int,
+    spread_family: str,
 ) -> None:
     """Create group NAME."""
     if (breaker_failovers is None) != (breaker_window_s is None):
@@ -182,6 +199,7 @@ def group_create(
         breaker_window_ms=round((breaker_window_s or 0) * 1000),
         max_lag_on_failover=max_lag_on_failover, prefer_most_advanced=prefer_most_advanced,
         synchronous=ctl_group_admin.member_ids(synchronous),
+        spread_tag=spread_tag, spread_max=spread_max, spread_family=spread_family,
     )  # fmt: skip
     emit(
         ctx.output,
@@ -258,14 +276,32 @@ def group_ls(ctx: Ctx) -> None:
 def group_get(ctx: Ctx, name: str) -> None:
     """Group NAME: state, policy, slots (master, token), then its members."""
     g = _call_groups(ctx, "Get", election_pb2.GetGroupRequest(name=name)).group
+    spread = _spread(ctx, g)
     if ctx.output == "json":
-        emit(ctx.output, {**_dict(g), "state": _state(g)}, [], [])
+        extra = {"spread": ctl_group_admin.spread_dict(spread)} if spread is not None else {}
+        emit(ctx.output, {**_dict(g), "state": _state(g), **extra}, [], [])
         return
-    click.echo(table(["FIELD", "VALUE"], _policy_rows(g)))
+    rows = _policy_rows(g)
+    if spread is not None:
+        at = next(i for i, row in enumerate(rows) if row[0] == "SCHEDULED SWITCHOVERS")
+        lines = ctl_group_admin.spread_lines(name, spread)
+        rows[at:at] = [["SPREAD", ctl_group_admin.spread_rule(g.policy)],
+                       *(["SPREAD STATE" if i == 0 else "", line]
+                         for i, line in enumerate(lines))]  # fmt: skip
+    click.echo(table(["FIELD", "VALUE"], rows))
     click.echo()
     click.echo(table(["SLOT", "MASTER", "TOKEN", "STATE"], _slot_rows(g)))
     click.echo()
     click.echo(table(_GROUP_HEADERS, _group_rows(g)))
+
+
+def _spread(ctx: Ctx, g: groups_pb2.Group) -> groups_pb2.SpreadExplanation | None:
+    """The group's spread rule now (from explain: the state machine's own count), or
+    None without a rule."""
+    if not g.policy.spread_tag:
+        return None
+    x = _call_groups(ctx, "Explain", election_pb2.ExplainRequest(group=g.name)).explanation
+    return x.spread if x.HasField("spread") else None
 
 
 def _policy_rows(g: groups_pb2.Group) -> list[list[Any]]:

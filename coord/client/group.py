@@ -12,6 +12,8 @@ campaigns, masters and the group's events.
     orders.edit(failback_hold_ms=30_000)  # a live policy edit
     print(orders.explain())              # who would be chosen now, and why not the others
     orders.switchover("orders-2", at_s=time.time() + 3600)  # scheduled; .cancel_switchover(id)
+    orders.spread()                      # the spread rule now, and the plan that restores it
+    orders.rebalance()                   # run that plan: one switchover at a time
     orders.masters()                     # the holdings now
     for view in orders.observe(): ...    # the masters after every change
     for event in orders.watch(): ...     # the group's events, gap-free
@@ -22,7 +24,9 @@ one resuming stream) through the client, retried as the client retries.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import difflib
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from coord import errors
@@ -57,6 +61,7 @@ class Group:
         as it is (a program may create its group every time it starts); one with another
         policy raises AlreadyExists naming the differences (a policy is never changed).
         """
+        _known_fields(policy)
         wanted = groups_pb2.GroupPolicy(slots=slots, **policy)
         req = election_pb2.CreateGroupRequest(
             name=self.name, policy=wanted, request_id=new_request_id()
@@ -125,9 +130,14 @@ class Group:
         surplus masters to step down (the normal handover); more slots are filled at
         once. The failover breaker pauses the group after ``breaker_failovers``
         automatic failovers within ``breaker_window_ms`` (both 0: off); :meth:`resume`
-        closes it."""
+        closes it. The spread rule: ``spread_tag`` (a member tag such as ``"zone"``),
+        ``spread_max`` (at most that many masters per value, >= 1) and ``spread_family``
+        (groups with the same family count their masters together); ``spread_tag=""``
+        (with ``spread_max=0``, ``spread_family=""``) turns it off. A name that is not a
+        policy field is refused by the cluster (InvalidArgument, nothing changes)."""
+        known = {k: v for k, v in policy.items() if k in _POLICY_FIELDS}
         req = election_pb2.EditGroupRequest(
-            name=self.name, policy=groups_pb2.GroupPolicy(**policy), fields=sorted(policy),
+            name=self.name, policy=groups_pb2.GroupPolicy(**known), fields=sorted(policy),
             request_id=new_request_id(),
         )  # fmt: skip
         resp: election_pb2.GroupResponse = self.client.call(
@@ -192,6 +202,55 @@ class Group:
         )
         return resp.explanation
 
+    def spread(self) -> groups_pb2.SpreadExplanation:
+        """The group's spread rule now (explain's ``spread``): masters per tag value over
+        its family, whether the rule is ``violated``, and the ``plan`` of switchovers that
+        would restore it (``stuck``: why the rest cannot move). FailedPrecondition if
+        the group has no spread rule."""
+        x = self.explain()
+        if not x.HasField("spread"):
+            raise errors.FailedPrecondition(
+                f"group {self.name!r} has no spread rule: give it one first (coordctl group "
+                f"edit {self.name} --spread-tag zone --spread-max 1)"
+            )
+        return x.spread
+
+    def rebalance(
+        self,
+        dry_run: bool = False,
+        timeout_s: float = 60.0,
+        progress: Callable[[groups_pb2.RebalanceMove, str], None] | None = None,
+    ) -> list[groups_pb2.RebalanceMove]:
+        """Restore the spread of this group's masters (of its whole family, when it has
+        one): run the plan of :meth:`spread`, one switchover at a time
+        (:meth:`switchover` to the planned member), each waited for (the master resigned
+        and the named member holds the slot) for at most ``timeout_s``, planning again
+        before each. Returns the moves run (with ``dry_run``: the plan, nothing run);
+        [] when the spread holds. FailedPrecondition when it is violated and nothing
+        can improve it (the message says why); ``progress(move, "running"|"done")``
+        is called around each move."""
+        rule = self.spread()
+        if not rule.violated:
+            return []
+        if not rule.plan:
+            raise errors.FailedPrecondition(spread_refusal(self.name, rule))
+        if dry_run:
+            return list(rule.plan)
+        done: list[groups_pb2.RebalanceMove] = []
+        for _ in range(len(rule.plan)):  # each move lowers the excess by one
+            plan = self.spread().plan
+            if not plan:
+                break
+            move = plan[0]
+            if progress is not None:
+                progress(move, "running")
+            Group(self.client, move.group).switchover(move.to_member)
+            _wait_moved(self.client, move, timeout_s)
+            done.append(move)
+            if progress is not None:
+                progress(move, "done")
+        return done
+
     def masters(self) -> list[groups_pb2.Holding]:
         """The group's holdings (slot, member, token) now."""
         req = election_pb2.MastersRequest(group=self.name)
@@ -237,6 +296,78 @@ class Group:
         """A client-side load balancer over this group's members (it follows the group
         on a thread of its own from now on: close it, or use it as a context manager)."""
         return Balancer(self.client, self.name, policy=policy, role=role, tags=tags, seed=seed)
+
+
+_POLICY_FIELDS = tuple(f.name for f in groups_pb2.GroupPolicy.DESCRIPTOR.fields)
+
+
+def _known_fields(policy: dict[str, Any]) -> None:
+    """Refuse a keyword that is not a GroupPolicy field, with the closest one."""
+    for name in policy:
+        if name not in _POLICY_FIELDS:
+            close = difflib.get_close_matches(name, _POLICY_FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise errors.InvalidArgument(
+                f"unknown policy field {name!r}: {hint}use {', '.join(_POLICY_FIELDS)}"
+            )
+
+
+def spread_refusal(name: str, rule: groups_pb2.SpreadExplanation) -> str:
+    """Why a rebalance of group ``name`` (with its family) cannot improve its spread."""
+    where = f"family {rule.family}" if rule.family else f"group {name}"
+    why = "; ".join(rule.stuck) or "no switchover would lower it"
+    return (
+        f"the spread of {where} is violated ({rule.excess} master(s) beyond at most "
+        f"{rule.max} per {rule.tag}) and no switchover can improve it now: {why}. Start or "
+        "tag members where there is room, then run rebalance again"
+    )
+
+
+def _wait_moved(client: Client, move: groups_pb2.RebalanceMove, timeout_s: float) -> None:
+    """Until ``move.to_member`` holds ``move.slot`` (a cancelled handover, or the time
+    running out, raises with what happened)."""
+    g = Group(client, move.group)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = g.get()
+        h = next((h for h in got.holdings if h.slot == move.slot), None)
+        if h is not None and h.member_id == move.to_member and not h.revoked:
+            return
+        pending = any(ho.slot == move.slot for ho in got.handovers)
+        if h is not None and h.member_id == move.from_member and not h.revoked and not pending:
+            raise errors.FailedPrecondition(
+                f"the switchover of group {move.group!r} from {move.from_member} to "
+                f"{move.to_member} was cancelled ({move.to_member} is no longer eligible): "
+                "nothing else was moved; run rebalance again to plan afresh"
+            )
+        if h is not None and h.member_id not in (move.from_member, move.to_member):
+            raise errors.FailedPrecondition(
+                f"slot {move.slot} of group {move.group!r} went to {h.member_id}, not "
+                f"{move.to_member} (it stopped being eligible meanwhile): nothing else was "
+                "moved; run rebalance again to plan afresh"
+            )
+        if time.monotonic() >= deadline:
+            raise errors.DeadlineExceeded(
+                f"the switchover of group {move.group!r} from {move.from_member} to "
+                f"{move.to_member} did not finish within {timeout_s:g} s (it may still: "
+                f"coordctl group get {move.group}); nothing else was moved"
+            )
+        time.sleep(0.05)
+
+
+def family_groups(client: Client, family: str) -> list[groups_pb2.Group]:
+    """The groups whose spread rule names ``family`` (name order); NotFound if none."""
+    req = election_pb2.ListGroupsRequest()
+    resp: election_pb2.ListGroupsResponse = client.call(
+        lambda ch, t: _groups(ch).List(req, timeout=t)
+    )
+    found = [g for g in resp.groups if g.policy.spread_tag and g.policy.spread_family == family]
+    if not found:
+        raise errors.NotFound(
+            f"no group has spread family {family!r}: give one with --spread-family (coordctl "
+            "group edit GROUP --spread-tag zone --spread-max 1 --spread-family NAME)"
+        )
+    return sorted(found, key=lambda g: g.name)
 
 
 def pause_all(

@@ -10,9 +10,10 @@ is what the state machine does next, never a second opinion
 
 from __future__ import annotations
 
-from coord.state import breaker
+from coord.state import breaker, spread
 from coord.state.group_table import GroupState
 from coord.state.placement import Placement, best_position, lag, reason_text
+from coord.state.rebalance import explain_spread
 from coord.state.scheduled import iso
 from coord.v1 import groups_pb2
 
@@ -29,9 +30,14 @@ def explain(p: Placement, name: str) -> groups_pb2.GroupExplanation:
     for slot in range(max([g.policy.slots - 1, *g.holdings]) + 1):
         out.slots.append(_slot(p, g, slot))
     rank = {m.id: i + 1 for i, m in enumerate(p.ranked(g))}
+    counts = spread.counts(p.groups, g) if spread.enabled(g.policy) else {}
     for m in g.members.values():
-        out.members.append(_verdict(p, g, m, rank.get(m.id, 0), best))
+        out.members.append(_verdict(p, g, m, rank.get(m.id, 0), best, counts))
     out.notes.extend(_notes(p, g))
+    rule = explain_spread(p, g)
+    if rule is not None:
+        out.spread.CopyFrom(rule)
+        out.notes.extend(_spread_notes(g, rule))
     return out
 
 
@@ -66,7 +72,12 @@ def _slot(p: Placement, g: GroupState, slot: int) -> groups_pb2.SlotExplanation:
 
 
 def _verdict(
-    p: Placement, g: GroupState, m: groups_pb2.Member, rank: int, best: int | None
+    p: Placement,
+    g: GroupState,
+    m: groups_pb2.Member,
+    rank: int,
+    best: int | None,
+    counts: dict[str, int],
 ) -> groups_pb2.MemberVerdict:
     reason = p.ineligible(g, m, best)
     out = groups_pb2.MemberVerdict(
@@ -90,6 +101,15 @@ def _verdict(
         out.detail = f"eligible (rank {rank} by {order}, then registration)"
     if not reason and behind is not None and g.policy.max_lag_on_failover > 0:
         out.detail += f"; behind by {behind} (max_lag_on_failover {g.policy.max_lag_on_failover})"
+    if spread.enabled(g.policy):
+        tag, limit = g.policy.spread_tag, g.policy.spread_max
+        out.spread_value = v = spread.value(m, tag)
+        n = counts.get(v, 0)
+        if not reason and n >= limit:
+            out.detail += (
+                f"; its {spread.shown(tag, v)} is full ({n} of at most {limit} masters): passed "
+                "over while an eligible member keeps the spread"
+            )
     return out
 
 
@@ -176,4 +196,19 @@ def _freshness_notes(g: GroupState) -> list[str]:
         if policy.prefer_most_advanced:
             rules.append("the most advanced eligible member wins before priority")
         notes.append(f"{where}: {'; '.join(rules)}")
+    return notes
+
+
+def _spread_notes(g: GroupState, rule: groups_pb2.SpreadExplanation) -> list[str]:
+    """The spread rule in the notes: whether it holds, and what rebalance would do."""
+    tag = rule.tag
+    where = ", ".join(f"{spread.shown(tag, v.value)}: {v.masters}" for v in rule.values)
+    state = f"violated ({rule.excess} beyond the limit)" if rule.violated else "holds"
+    notes = [f"spread {state}: {spread.describe(g.policy)} ({where or 'no masters'})"]
+    notes.extend(rule.notes)
+    for i, move in enumerate(rule.plan, 1):
+        notes.append(f"rebalance {i}: switchover {move.group} --to {move.to_member}: {move.why}")
+    if rule.plan:
+        notes.append(f"coordctl rebalance {g.name} runs these switchovers, one at a time")
+    notes.extend(rule.stuck)
     return notes

@@ -26,13 +26,17 @@ policy edits", states the rules:
   counted (an open breaker stays open: resume the group). max_lag_on_failover,
   prefer_most_advanced and the synchronous set apply to placement at once (an empty
   slot is filled if someone qualifies, a pending handover whose successor no longer
-  does is re-targeted or cancelled); a master they exclude keeps its slot.
+  does is re-targeted or cancelled); a master they exclude keeps its slot. The spread
+  rule (coord.state.spread) applies to the next grants: no master moves by itself (a
+  rebalance moves them); a tag that no member of a group with members has is refused.
 """
 
 from __future__ import annotations
 
-from coord.errors import InvalidArgument
-from coord.state import breaker
+import difflib
+
+from coord.errors import FailedPrecondition, InvalidArgument
+from coord.state import breaker, spread
 from coord.state.group_table import GroupState, checked_policy
 from coord.state.scheduled import ScheduledSwitchovers
 from coord.v1 import groups_pb2
@@ -91,8 +95,10 @@ class GroupAdmin(ScheduledSwitchovers):
             raise InvalidArgument(f"name the policy fields to change ({', '.join(POLICY_FIELDS)})")
         unknown = [f for f in req.fields if f not in POLICY_FIELDS]
         if unknown:
+            close = difflib.get_close_matches(unknown[0], POLICY_FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise InvalidArgument(
-                f"unknown policy field {unknown[0]!r}: use {', '.join(POLICY_FIELDS)}"
+                f"unknown policy field {unknown[0]!r}: {hint}use {', '.join(POLICY_FIELDS)}"
             )
         new = groups_pb2.GroupPolicy()
         new.CopyFrom(g.policy)
@@ -105,6 +111,8 @@ class GroupAdmin(ScheduledSwitchovers):
         new = checked_policy(new)
         if new == g.policy:
             return g
+        if new.spread_tag and new.spread_tag != g.policy.spread_tag:
+            _check_spread_tag(g, new.spread_tag)
         old, g.policy = g.policy, new
         if not breaker.enabled(new):
             g.breaker_failovers = []  # an open breaker stays open: resume the group
@@ -136,3 +144,16 @@ class GroupAdmin(ScheduledSwitchovers):
                 if not held.revoked and not g.members[held.member_id].healthy:
                     self.revoke(g.name, slot, "unhealthy", now)
         self._fill(g, now)
+
+
+def _check_spread_tag(g: GroupState, tag: str) -> None:
+    """A spread tag that no member of ``g`` has is refused while it has members (a typo
+    would otherwise put every master under the unknown value)."""
+    if not g.members or any(spread.value(m, tag) for m in g.members.values()):
+        return
+    have = sorted({k for m in g.members.values() for k in m.tags})
+    theirs = f"their tags: {', '.join(have)}" if have else "they have no tags"
+    raise FailedPrecondition(
+        f"no member of group {g.name!r} has tag {tag!r} ({theirs}): check the name, or "
+        f"register the members with it first (tags {{{tag!r}: ...}}), then set the rule"
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coord.errors import FailedPrecondition, InvalidArgument, NotFound
-from coord.state import breaker, limits
+from coord.state import breaker, limits, spread
 from coord.v1 import groups_pb2
 
 
@@ -163,6 +163,7 @@ def checked_policy(p: groups_pb2.GroupPolicy) -> groups_pb2.GroupPolicy:
         raise InvalidArgument("failback_hold_ms, switchover_timeout_ms and budgets must be >= 0")
     breaker.check(p)
     _check_freshness(p)
+    spread.check(p)
     out = groups_pb2.GroupPolicy()
     out.CopyFrom(p)
     if out.failback == groups_pb2.FAILBACK_UNSPECIFIED:

@@ -10,7 +10,9 @@ clamped time. The rules (docs/design.md, "Groups, failover, failback"):
   holding a slot, session alive (and, when the policy says so, in the synchronous
   set and within max_lag_on_failover of the best reported position); order =
   priority (higher first), then registration revision (with prefer_most_advanced,
-  the position first). The same rule fills every slot of a multi-master group.
+  the position first). The same rule fills every slot of a multi-master group. With
+  a spread rule (coord.state.spread) the best-ranked member whose tag value has room
+  wins, else the best-ranked anyway.
 - Releasing a holding and granting the next one happen in the same apply.
 - A session that expires or closes releases its members' holdings (its TTL has
   passed: the holder's client library already stopped claiming) and removes them;
@@ -323,7 +325,7 @@ class Groups(GroupAdmin):
                 m.leaving, m.candidate = True, False
                 self.emit("member_updated", group=group, member=member_id, member_record=m)
             if not g.holdings[slot].revoked and slot not in g.handovers:
-                self._request_stepdown(g, slot, self._successor(g), "member_left", False, now)
+                self._request_stepdown(g, slot, self._successor(g, slot), "member_left", False, now)
             return
         self._remove_member(g, member_id, "member_left", now)
         self._fill(g, now)
@@ -372,7 +374,7 @@ class Groups(GroupAdmin):
             if g.holdings[slot].revoked:
                 return
             if handover is None:
-                self._request_stepdown(g, slot, self._successor(g), "resign", False, now)
+                self._request_stepdown(g, slot, self._successor(g, slot), "resign", False, now)
             elif handover.cause not in ("resign", "member_left"):
                 # A pending failback or switchover may still be cancelled (its successor
                 # may go away); the operator's request may not: it becomes the resign,

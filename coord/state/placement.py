@@ -7,7 +7,7 @@ docstring; the leader times the waits on its monotonic clock and ends them with
 from __future__ import annotations
 
 from coord.errors import FailedPrecondition
-from coord.state import breaker, waits
+from coord.state import breaker, spread, waits
 from coord.state.group_table import GroupState, GroupTables
 from coord.v1 import groups_pb2
 
@@ -166,11 +166,47 @@ class Placement(GroupTables):
         ranked = self.ranked(g)
         if not ranked:
             return None, "no member is eligible"
-        m = ranked[0]
+        m, spread_note = self._spread_pick(g, slot, ranked)
+        if m is not ranked[0]:
+            return m, spread_note
         if g.policy.prefer_most_advanced:
             at = f"position {m.position}" if m.HasField("position") else "no position"
-            return m, f"{m.id} is the best eligible member ({at}, priority {m.priority})"
-        return m, f"{m.id} is the best eligible member (priority {m.priority})"
+            return m, f"{m.id} is the best eligible member ({at}, priority {m.priority})" + (
+                spread_note
+            )
+        return m, f"{m.id} is the best eligible member (priority {m.priority})" + spread_note
+
+    def _spread_pick(
+        self, g: GroupState, slot: int | None, ranked: list[groups_pb2.Member]
+    ) -> tuple[groups_pb2.Member, str]:
+        """The policy's spread rule (coord.state.spread) over ``ranked`` (not empty) for
+        ``slot`` (None: no slot is being vacated): the best member whose tag value has
+        room, else the best (the spread is then violated), and a clause that says why."""
+        if not spread.enabled(g.policy):
+            return ranked[0], ""
+        tag, limit = g.policy.spread_tag, g.policy.spread_max
+        counts = spread.counts(self.groups, g, skip_slot=slot)
+        for m in ranked:
+            v = spread.value(m, tag)
+            n = counts.get(v, 0)
+            if n >= limit:
+                continue
+            room = f"{spread.shown(tag, v)} has {n} of at most {limit} masters"
+            if m is ranked[0]:
+                return m, f"; {room}"
+            best = ranked[0]
+            full = spread.shown(tag, spread.value(best, tag))
+            return m, (
+                f"{m.id} keeps the spread ({room}): preferred to {best.id} (priority "
+                f"{best.priority}), whose {full} has {counts.get(spread.value(best, tag), 0)} "
+                f"already ({spread.describe(g.policy)})"
+            )
+        v = spread.value(ranked[0], tag)
+        return ranked[0], (
+            f"; no eligible member keeps the spread ({spread.describe(g.policy)}; its "
+            f"{spread.shown(tag, v)} has {counts.get(v, 0)}): granted anyway, the spread is "
+            "violated"
+        )
 
     def _fill(self, g: GroupState, now: int, resumed: bool = False) -> None:
         """Grant every empty slot to :meth:`choose`'s member (slot order), then keep
@@ -194,13 +230,14 @@ class Placement(GroupTables):
             if m is None:
                 continue
             cause = g.vacated_cause.pop(slot, "initial")
+            over = spread.over_after(self.groups, g, slot, m)
             rev = self.emit.reserve()
             g.holdings[slot] = groups_pb2.Holding(
                 slot=slot, member_id=m.id, token=rev, granted_time_ms=now, cause=cause
             )
             self.emit.record(
                 rev, "master_elected", group=g.name, member=m.id, slot=slot, token=rev,
-                cause=cause, session_id=m.session_id,
+                cause=cause, session_id=m.session_id, spread_violated=over,
             )  # fmt: skip
             if not resumed and breaker.note_grant(g, cause, now):
                 self._open_breaker(g, m.id, slot, now)
@@ -251,7 +288,7 @@ class Placement(GroupTables):
             was = groups_pb2.Handover()
             was.CopyFrom(ho)
             ho.to_member = ""  # not promised while we look for another
-            successor = "" if ho.named or ho.cause == "failback" else self._successor(g)
+            successor = "" if ho.named or ho.cause == "failback" else self._successor(g, slot)
             if not successor and ho.cause not in ("resign", "member_left"):
                 if not g.members[h.member_id].leaving:
                     del g.handovers[slot]
@@ -261,7 +298,7 @@ class Placement(GroupTables):
                     )  # fmt: skip
                     continue
                 ho.cause, ho.named = "member_left", False
-                successor = self._successor(g)
+                successor = self._successor(g, slot)
             ho.to_member = successor
             self.emit(
                 "stepdown_requested", group=g.name, member=h.member_id, slot=slot,
@@ -315,27 +352,51 @@ class Placement(GroupTables):
                     f"member {to_member!r} is already the successor of a pending handover in "
                     f"group {g.name!r}: wait for it to finish"
                 )
-        else:
-            to_member = self._successor(g)
+        free = [s for s in held if s not in g.handovers]
+        if not to_member:
+            to_member = self._successor(g, self.stepdown_slot(g, free, None) if free else None)
             if not to_member:
                 raise FailedPrecondition(f"group {g.name!r} has no eligible candidate to take over")
-        free = [s for s in held if s not in g.handovers]
         if not free:
             slot = held[0]
             raise FailedPrecondition(
                 f"a {g.handovers[slot].cause} of group {g.name!r} is already in progress"
             )
-        return self._request_stepdown(g, free[0], to_member, "switchover", bool(req.to_member), now)
+        slot = self.stepdown_slot(g, free, g.members[to_member])
+        return self._request_stepdown(g, slot, to_member, "switchover", bool(req.to_member), now)
 
-    def _successor(self, g: GroupState) -> str:
-        """The best eligible candidate that no pending handover has promised a slot to."""
+    def stepdown_slot(
+        self, g: GroupState, free: list[int], target: groups_pb2.Member | None
+    ) -> int:
+        """Which master of ``g`` a switchover asks to step down, among the held slots
+        ``free`` (slot order, none with a pending handover): the lowest slot; with a
+        spread rule, the newest grant (highest token) among the masters whose tag value
+        is over the limit and differs from ``target``'s, if any (coord.state.rebalance
+        plans by the same rule)."""
+        if spread.enabled(g.policy):
+            tag, limit = g.policy.spread_tag, g.policy.spread_max
+            counts = spread.counts(self.groups, g)
+            aim = spread.value(target, tag) if target is not None else None
+            over = [
+                s for s in free
+                if counts.get(v := spread.value(g.members[g.holdings[s].member_id], tag), 0)
+                > limit and v != aim
+            ]  # fmt: skip
+            if over:
+                return max(over, key=lambda s: g.holdings[s].token)
+        return free[0]
+
+    def _successor(self, g: GroupState, slot: int | None = None) -> str:
+        """The best eligible candidate that no pending handover has promised a slot to;
+        with a spread rule, for the master of ``slot`` to hand over to, the best one
+        whose tag value has room once that master is gone (coord.state.spread)."""
         promised = {ho.to_member for ho in g.handovers.values()}
         best = best_position(g)
         ranked = sorted(
             (m for m in g.members.values() if self._eligible(g, m, best) and m.id not in promised),
             key=lambda m: rank_key(g, m),
         )
-        return ranked[0].id if ranked else ""
+        return self._spread_pick(g, slot, ranked)[0].id if ranked else ""
 
     def _request_stepdown(
         self, g: GroupState, slot: int, to_member: str, cause: str, named: bool, now: int
@@ -469,9 +530,24 @@ class Placement(GroupTables):
             (m for m in g.members.values() if self._eligible(g, m, best) and m.id not in targeted),
             key=lambda m: (-m.priority, m.registered_revision),
         )
-        plan = []
-        for (priority, slot, _), c in zip(holders, candidates, strict=False):
-            if c.priority <= priority:
+        rule = spread.enabled(g.policy)
+        tag, limit = g.policy.spread_tag, g.policy.spread_max
+        counts = spread.counts(self.groups, g) if rule else {}
+        plan: list[tuple[int, str]] = []
+        used: set[str] = set()
+        for priority, slot, holder in holders:
+            for c in candidates:
+                if c.id in used:
+                    continue
+                if c.priority <= priority:
+                    break  # nobody after it outranks this holder either
+                v, w = spread.value(g.members[holder], tag), spread.value(c, tag)
+                if rule and w != v and counts.get(w, 0) + 1 > limit:
+                    continue  # never fail back onto a full value of the spread tag
+                plan.append((slot, c.id))
+                used.add(c.id)
+                if rule:
+                    counts[v] = counts.get(v, 0) - 1
+                    counts[w] = counts.get(w, 0) + 1
                 break
-            plan.append((slot, c.id))
         return plan

@@ -118,6 +118,9 @@ class GroupPolicy(_message.Message):
     MAX_LAG_ON_FAILOVER_FIELD_NUMBER: _builtins.int
     PREFER_MOST_ADVANCED_FIELD_NUMBER: _builtins.int
     SYNCHRONOUS_FIELD_NUMBER: _builtins.int
+    SPREAD_TAG_FIELD_NUMBER: _builtins.int
+    SPREAD_MAX_FIELD_NUMBER: _builtins.int
+    SPREAD_FAMILY_FIELD_NUMBER: _builtins.int
     slots: _builtins.int
     """1 = master/standby; N = N masters ("multi-master")."""
     failback: Global___FailbackMode.ValueType
@@ -150,6 +153,17 @@ class GroupPolicy(_message.Message):
     """Among the eligible, the most advanced position wins before priority (members that
     never reported one rank after those that did).
     """
+    spread_tag: _builtins.str
+    """Spreading masters across hosts or zones (docs/design.md, "Spreading masters"): at
+    most spread_max masters per value of the member tag spread_tag (a member without it,
+    or with an empty value, counts under one unknown value), counted over every group
+    with the same spread_family (empty: this group alone). A preference of the slot
+    fill: a vacant slot goes to the best eligible member whose value has room, else to
+    the best eligible member anyway (the spread is then violated: explain, metrics).
+    Empty spread_tag: off (spread_max 0 and no family). spread_max: 1..10000.
+    """
+    spread_max: _builtins.int
+    spread_family: _builtins.str
     @_builtins.property
     def synchronous(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Non-empty: only these members (ids) may be granted a slot (Patroni's synchronous
@@ -170,10 +184,13 @@ class GroupPolicy(_message.Message):
         max_lag_on_failover: _builtins.int = ...,
         prefer_most_advanced: _builtins.bool = ...,
         synchronous: _abc.Iterable[_builtins.str] | None = ...,
+        spread_tag: _builtins.str = ...,
+        spread_max: _builtins.int = ...,
+        spread_family: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_failovers", b"breaker_failovers", "breaker_window_ms", b"breaker_window_ms", "downtime_budget_ms", b"downtime_budget_ms", "failback", b"failback", "failback_hold_ms", b"failback_hold_ms", "failover_on_unhealthy", b"failover_on_unhealthy", "max_lag_on_failover", b"max_lag_on_failover", "prefer_most_advanced", b"prefer_most_advanced", "slots", b"slots", "switchover_timeout_ms", b"switchover_timeout_ms", "synchronous", b"synchronous"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_failovers", b"breaker_failovers", "breaker_window_ms", b"breaker_window_ms", "downtime_budget_ms", b"downtime_budget_ms", "failback", b"failback", "failback_hold_ms", b"failback_hold_ms", "failover_on_unhealthy", b"failover_on_unhealthy", "max_lag_on_failover", b"max_lag_on_failover", "prefer_most_advanced", b"prefer_most_advanced", "slots", b"slots", "spread_family", b"spread_family", "spread_max", b"spread_max", "spread_tag", b"spread_tag", "switchover_timeout_ms", b"switchover_timeout_ms", "synchronous", b"synchronous"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -754,6 +771,7 @@ class GroupExplanation(_message.Message):
     NOTES_FIELD_NUMBER: _builtins.int
     BREAKER_OPEN_FIELD_NUMBER: _builtins.int
     BEST_POSITION_FIELD_NUMBER: _builtins.int
+    SPREAD_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     paused: _builtins.bool
     breaker_open: _builtins.bool
@@ -768,6 +786,12 @@ class GroupExplanation(_message.Message):
     def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Pending actions and the failback plan, one sentence each."""
 
+    @_builtins.property
+    def spread(self) -> Global___SpreadExplanation:
+        """The policy's spread rule as it stands now, with the plan that would restore it
+        (unset: the group has no spread rule).
+        """
+
     def __init__(
         self,
         *,
@@ -778,16 +802,159 @@ class GroupExplanation(_message.Message):
         notes: _abc.Iterable[_builtins.str] | None = ...,
         breaker_open: _builtins.bool = ...,
         best_position: _builtins.int | None = ...,
+        spread: Global___SpreadExplanation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_best_position", b"_best_position", "best_position", b"best_position"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_best_position", b"_best_position", "best_position", b"best_position", "spread", b"spread"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_position", b"_best_position", "best_position", b"best_position", "breaker_open", b"breaker_open", "group", b"group", "members", b"members", "notes", b"notes", "paused", b"paused", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_position", b"_best_position", "best_position", b"best_position", "breaker_open", b"breaker_open", "group", b"group", "members", b"members", "notes", b"notes", "paused", b"paused", "slots", b"slots", "spread", b"spread"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__best_position: _TypeAlias = _typing.Literal["best_position"]  # noqa: Y015
     _WhichOneofArgType__best_position: _TypeAlias = _typing.Literal["_best_position", b"_best_position"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__best_position) -> _WhichOneofReturnType__best_position | None: ...
 
 Global___GroupExplanation: _TypeAlias = GroupExplanation  # noqa: Y015
+
+@_typing.final
+class SpreadExplanation(_message.Message):
+    """A group's spread rule now (GroupPolicy.spread_tag): the masters per tag value over the
+    group's family, and the switchovers that would restore the spread (coordctl rebalance).
+    Computed from the replicated state by coord.state.rebalance.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    FAMILY_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    EXCESS_FIELD_NUMBER: _builtins.int
+    VIOLATED_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    STUCK_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    max: _builtins.int
+    family: _builtins.str
+    excess: _builtins.int
+    """Masters beyond the limit, summed over the values (0: the spread holds)."""
+    violated: _builtins.bool
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The groups whose masters count together (name order): the family, or the group."""
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpreadValue]:
+        """Every value that has a master (not counting revoked ones), by value."""
+
+    @_builtins.property
+    def plan(self) -> _containers.RepeatedCompositeFieldContainer[Global___RebalanceMove]:
+        """Switchovers, in order, each run once the one before it finished, that bring the
+        masters within the limit (or as close as the members allow).
+        """
+
+    @_builtins.property
+    def stuck(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the masters still beyond the limit after the plan cannot move (one sentence
+        each); empty when the plan restores the spread.
+        """
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Notes on the rule: how it counts, groups of the family with another rule."""
+
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+        max: _builtins.int = ...,
+        family: _builtins.str = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        values: _abc.Iterable[Global___SpreadValue] | None = ...,
+        excess: _builtins.int = ...,
+        violated: _builtins.bool = ...,
+        plan: _abc.Iterable[Global___RebalanceMove] | None = ...,
+        stuck: _abc.Iterable[_builtins.str] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excess", b"excess", "family", b"family", "groups", b"groups", "max", b"max", "notes", b"notes", "plan", b"plan", "stuck", b"stuck", "tag", b"tag", "values", b"values", "violated", b"violated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpreadExplanation: _TypeAlias = SpreadExplanation  # noqa: Y015
+
+@_typing.final
+class SpreadValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    MASTERS_FIELD_NUMBER: _builtins.int
+    HOLDERS_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """Empty: the members without the tag (one unknown value)."""
+    masters: _builtins.int
+    @_builtins.property
+    def holders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"group/member" of each master with this value."""
+
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        masters: _builtins.int = ...,
+        holders: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders", "masters", b"masters", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpreadValue: _TypeAlias = SpreadValue  # noqa: Y015
+
+@_typing.final
+class RebalanceMove(_message.Message):
+    """One switchover of a rebalance plan: the master of `slot` of `group` steps down for
+    `to_member` (Groups.Switchover with to_member).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    FROM_MEMBER_FIELD_NUMBER: _builtins.int
+    TO_MEMBER_FIELD_NUMBER: _builtins.int
+    FROM_VALUE_FIELD_NUMBER: _builtins.int
+    TO_VALUE_FIELD_NUMBER: _builtins.int
+    WHY_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    slot: _builtins.int
+    from_member: _builtins.str
+    to_member: _builtins.str
+    from_value: _builtins.str
+    to_value: _builtins.str
+    why: _builtins.str
+    """One sentence, for humans."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        slot: _builtins.int = ...,
+        from_member: _builtins.str = ...,
+        to_member: _builtins.str = ...,
+        from_value: _builtins.str = ...,
+        to_value: _builtins.str = ...,
+        why: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_member", b"from_member", "from_value", b"from_value", "group", b"group", "slot", b"slot", "to_member", b"to_member", "to_value", b"to_value", "why", b"why"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebalanceMove: _TypeAlias = RebalanceMove  # noqa: Y015
 
 @_typing.final
 class SlotExplanation(_message.Message):
@@ -839,6 +1006,7 @@ class MemberVerdict(_message.Message):
     RANK_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     LAG_FIELD_NUMBER: _builtins.int
+    SPREAD_VALUE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     eligible: _builtins.bool
     """Could take a free slot now."""
@@ -859,6 +1027,8 @@ class MemberVerdict(_message.Message):
     group's best position it is (best - position; 0 without a position).
     """
     lag: _builtins.int
+    spread_value: _builtins.str
+    """The member's value of the policy's spread tag (empty: none, or no spread rule)."""
     def __init__(
         self,
         *,
@@ -870,10 +1040,11 @@ class MemberVerdict(_message.Message):
         rank: _builtins.int = ...,
         position: _builtins.int | None = ...,
         lag: _builtins.int = ...,
+        spread_value: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "position", b"position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "detail", b"detail", "eligible", b"eligible", "lag", b"lag", "member_id", b"member_id", "position", b"position", "priority", b"priority", "rank", b"rank", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "detail", b"detail", "eligible", b"eligible", "lag", b"lag", "member_id", b"member_id", "position", b"position", "priority", b"priority", "rank", b"rank", "reason", b"reason", "spread_value", b"spread_value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__position: _TypeAlias = _typing.Literal["position"]  # noqa: Y015
     _WhichOneofArgType__position: _TypeAlias = _typing.Literal["_position", b"_position"]  # noqa: Y015
@@ -908,6 +1079,7 @@ class Event(_message.Message):
     GROUP_SLOTS_FIELD_NUMBER: _builtins.int
     LOST_SINCE_MS_FIELD_NUMBER: _builtins.int
     SCHEDULED_FIELD_NUMBER: _builtins.int
+    SPREAD_VIOLATED_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     term: _builtins.int
     time_ms: _builtins.int
@@ -935,6 +1107,11 @@ class Event(_message.Message):
     """master_lost with cause session_expired: when the holder was last known to
     serve (the expiry time minus its session's TTL: its last renewal, or the
     current leader's takeover). The availability ledger dates the outage from it.
+    """
+    spread_violated: _builtins.str
+    """master_elected: set when this grant put more masters on one value of the group's
+    spread tag than spread_max allows (no eligible member kept the spread; availability
+    first), e.g. "zone=a has 2 masters, at most 1".
     """
     @_builtins.property
     def kvs(self) -> _containers.RepeatedCompositeFieldContainer[_kv_pb2.KeyValue]: ...
@@ -996,10 +1173,11 @@ class Event(_message.Message):
         group_slots: Global___GroupSlots | None = ...,
         lost_since_ms: _builtins.int = ...,
         scheduled: Global___ScheduledSwitchover | None = ...,
+        spread_violated: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["group_slots", b"group_slots", "handover", b"handover", "holding", b"holding", "member_record", b"member_record", "policy", b"policy", "scheduled", b"scheduled", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "group_slots", b"group_slots", "handover", b"handover", "holding", b"holding", "kvs", b"kvs", "loads", b"loads", "lost_since_ms", b"lost_since_ms", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "scheduled", b"scheduled", "session", b"session", "session_id", b"session_id", "slot", b"slot", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "deleted_keys", b"deleted_keys", "group", b"group", "group_slots", b"group_slots", "handover", b"handover", "holding", b"holding", "kvs", b"kvs", "loads", b"loads", "lost_since_ms", b"lost_since_ms", "member", b"member", "member_record", b"member_record", "policy", b"policy", "revision", b"revision", "scheduled", b"scheduled", "session", b"session", "session_id", b"session_id", "slot", b"slot", "spread_violated", b"spread_violated", "term", b"term", "time_ms", b"time_ms", "token", b"token", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -126,6 +126,7 @@ SH_RULES = (
     ShRule("Maintenance", "--breaker-failovers", DEV),
     ShRule("Maintenance", "schedule cancel", DEV),
     ShRule("Maintenance", "--max-lag-on-failover", DEV),
+    ShRule("Spreading masters", "coordctl rebalance", DEV),
     ShRule("The member agent", "coord agent --endpoints", DEV),
     ShRule("Changing the cluster online", "coordctl node add", Plan("own-cluster",
         "it adds a node that never starts and removes n2: run on a throwaway cluster, "

@@ -17,7 +17,15 @@ holds, policy and member edits), then:
   prefer_most_advanced the ranks go by position first;
 - explain says "breaker open" exactly when the failover breaker paused the group, and
   the breaker opens exactly when a model that counts the automatic failovers in the
-  event log (coord/state/breaker.py's rule, written again) says it must.
+  event log (coord/state/breaker.py's rule, written again) says it must;
+- the spread rule (members tagged with zones, some without; at most K masters per zone
+  over a family shared with a second group whose masters come and go; tags and the
+  rule edited at random): a held slot's ``next`` is the best-ranked member whose zone
+  has room counting the family's masters but that slot (or the best one when none
+  has), the excess explain reports is the one counted here again, and the rebalance
+  plan, run switchover by switchover with the master resigning as the library does,
+  goes exactly as planned, planning again after each move gives the rest of the plan,
+  and every move lowers the excess by one.
 """
 
 from __future__ import annotations
@@ -64,10 +72,19 @@ ACTION = st.one_of(
 
 
 class World:
-    def __init__(self, slots: int, failback: bool, k: int = 0, w: int = 0, **fresh: Any) -> None:
+    def __init__(
+        self,
+        slots: int,
+        failback: bool,
+        k: int = 0,
+        w: int = 0,
+        zones: dict[str, str] | None = None,
+        **fresh: Any,
+    ) -> None:
         self.sm = StateMachine()
         self.now = T0
         self.sessions: dict[str, gp.Session] = {}
+        self.zones = zones or {}  # member -> its zone tag ("": no tag)
         policy = gp.GroupPolicy(
             slots=slots, failback=gp.FAILBACK_AUTO if failback else gp.FAILBACK_OFF,
             switchover_timeout_ms=100, breaker_failovers=k, breaker_window_ms=w, **fresh,
@@ -89,6 +106,12 @@ class World:
 
     def act(self, action: tuple[Any, ...]) -> None:
         kind, *args = action
+        if kind in ("spread", "h_cycle", "rebalance", "retag"):
+            self.act_spread(kind, *args)
+        else:
+            self.act_group(kind, *args)
+
+    def act_group(self, kind: str, *args: Any) -> None:
         m = self.member(args[0]) if args and args[0] in MEMBERS else None
         if kind == "join":
             mid, prio, nofailover, candidate = args
@@ -97,8 +120,10 @@ class World:
                 self.apply(
                     unregister=gp.Unregister(group="g", member_id=mid, session_id=m.session_id)
                 )
+            zone = self.zones.get(mid)
             member = gp.Member(group="g", id=mid, session_id=s.id, priority=prio,
-                               nofailover=nofailover, candidate=candidate)  # fmt: skip
+                               nofailover=nofailover, candidate=candidate,
+                               tags={"zone": zone} if zone else {})  # fmt: skip
             self.apply(register=gp.Register(member=member))
         elif m is None:
             if kind == "switchover":
@@ -149,6 +174,43 @@ class World:
         )
         fields = ["max_lag_on_failover", "prefer_most_advanced", "synchronous"]
         self.apply(edit_group=gp.EditGroup(group="g", policy=policy, fields=fields))
+
+    def act_spread(self, kind: str, *args: Any) -> None:
+        if kind == "spread":  # the rule edited (K 0: off)
+            self.spread_rule(*args)
+        elif kind == "h_cycle":  # a member of the family's other group dies, returns
+            self.h_cycle(*args)
+        elif kind == "rebalance" and self.g.policy.spread_tag:
+            run_rebalance(self)
+        elif kind == "retag" and self.member(args[0]) is not None:  # to another zone
+            m = self.g.members[args[0]]
+            update = gp.UpdateMember(group="g", member_id=m.id, session_id=m.session_id)
+            update.tags["zone"] = args[1]  # "": the tag removed
+            self.apply(update_member=update)
+
+    def spread_rule(self, k: int, family: bool) -> None:
+        policy = gp.GroupPolicy(spread_tag="zone" if k else "", spread_max=k,
+                                spread_family="fam" if k and family else "")  # fmt: skip
+        fields = ["spread_tag", "spread_max", "spread_family"]
+        self.apply(edit_group=gp.EditGroup(group="g", policy=policy, fields=fields))
+
+    def h_cycle(self, i: int, zone: str) -> None:
+        """Group h (family fam, 2 slots): member h<i> loses its session (its slot goes
+        to another member of h, or stays empty) and registers again with ``zone``."""
+        h = self.sm.groups.groups.get("h")
+        if h is None:
+            policy = gp.GroupPolicy(slots=2, spread_tag="zone", spread_max=1, spread_family="fam")
+            self.apply(create_group=gp.CreateGroup(name="h", policy=policy))
+            h = self.sm.groups.groups["h"]
+        old = h.members.get(f"h{i}")
+        if old is not None:
+            s = self.sm.groups.sessions[old.session_id]
+            self.apply(expire_session=gp.ExpireSession(session_id=s.id, epoch=s.epoch))
+        s = self.apply(open_session=gp.OpenSession(ttl_ms=1000)).session
+        member = gp.Member(group="h", id=f"h{i}", session_id=s.id, candidate=True)
+        if zone:
+            member.tags["zone"] = zone
+        self.apply(register=gp.Register(member=member))
 
     def advance_all(self) -> None:
         """End every pending wait at once (the leader after a long while)."""
@@ -347,3 +409,129 @@ def test_explain_predicts_grants_under_the_freshness_rules(
     after = w.g.holdings.get(slot)
     assert (after.member_id if after is not None else "") == predicted.next, predicted.why
     check_now(w)
+
+
+# -- the spread rule ------------------------------------------------------------------
+
+ZONES = st.sampled_from(["a", "a", "a", "b", "b", "c", ""])
+_SPREAD_KINDS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
+    "join": _JOIN,
+    "expire_master": _EXPIRE_MASTER,
+    "retag": st.tuples(st.just("retag"), st.sampled_from(MEMBERS), ZONES),
+    "h_cycle": st.tuples(st.just("h_cycle"), st.integers(0, 2), ZONES),
+    "spread": st.tuples(st.just("spread"), st.sampled_from([0, 1, 1, 2]), st.booleans()),
+    "rebalance": st.tuples(st.just("rebalance")),
+    "other": ACTION,
+}
+SPREAD = st.sampled_from(
+    ["join"] * 4
+    + ["expire_master"] * 2
+    + ["retag"] * 2
+    + ["h_cycle"] * 3
+    + ["spread", "rebalance", "other"]
+).flatmap(lambda kind: _SPREAD_KINDS[kind])
+
+
+def family_masters(w: World, skip: tuple[str, int] | None = None) -> dict[str, int]:
+    """The serving masters per zone of g's family (or g alone), written again."""
+    policy = w.g.policy
+    groups = [
+        gg for gg in w.sm.groups.groups.values()
+        if gg.name == "g" or (policy.spread_family
+                              and gg.policy.spread_family == policy.spread_family)
+    ]  # fmt: skip
+    out: dict[str, int] = {}
+    for gg in groups:
+        for slot, h in gg.holdings.items():
+            if h.revoked or (gg.name, slot) == skip:
+                continue
+            v = gg.members[h.member_id].tags.get("zone", "")
+            out[v] = out.get(v, 0) + 1
+    return out
+
+
+def check_spread(w: World) -> None:
+    x = explain(w.sm.groups, "g")
+    g = w.g
+    k = g.policy.spread_max
+    assert x.HasField("spread") == bool(g.policy.spread_tag)
+    if not g.policy.spread_tag:
+        return
+    counts = family_masters(w)
+    assert x.spread.excess == sum(max(0, n - k) for n in counts.values())
+    assert {v.value: v.masters for v in x.spread.values} == counts
+    assert x.spread.violated == (x.spread.excess > 0)
+    ranked = w.sm.groups.ranked(g)
+    for s in x.slots:
+        if s.state != "held" or g.pause is not None or not ranked:
+            continue
+        room = family_masters(w, skip=("g", s.slot))
+        keep = [m for m in ranked if room.get(m.tags.get("zone", ""), 0) < k]
+        assert s.next == (keep or ranked)[0].id, s.why
+
+
+def run_rebalance(w: World) -> None:
+    """The plan, as coordctl rebalance runs it: one switchover at a time, each master
+    resigning at once (the client library does), planning again after each."""
+    first = list(explain(w.sm.groups, "g").spread.plan)
+    excess = explain(w.sm.groups, "g").spread.excess
+    for i, move in enumerate(first):
+        assert list(explain(w.sm.groups, "g").spread.plan) == first[i:]
+        res = w.apply(switchover=gp.Switchover(group=move.group, to_member=move.to_member))
+        assert not res.error_reason, res.error_message
+        gg = w.sm.groups.groups[move.group]
+        ho = gg.handovers[move.slot]
+        assert (ho.from_member, ho.to_member) == (move.from_member, move.to_member)
+        holder = gg.members[move.from_member]
+        res = w.apply(resign=gp.Resign(group=move.group, member_id=holder.id,
+                                       session_id=holder.session_id))  # fmt: skip
+        assert not res.error_reason, res.error_message
+        assert gg.holdings[move.slot].member_id == move.to_member
+        now = explain(w.sm.groups, "g").spread.excess
+        assert now == excess - 1, (now, excess)
+        excess = now
+    after = explain(w.sm.groups, "g").spread
+    assert list(after.plan) == []
+    assert bool(after.stuck) == (after.excess > 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    slots=st.integers(1, 3),
+    failback=st.booleans(),
+    k=st.sampled_from([1, 1, 2]),
+    family=st.booleans(),
+    zones=st.permutations(["a", "a", "b", "c", ""]).map(
+        lambda z: dict(zip(MEMBERS, z, strict=True))
+    ),
+    actions=st.lists(SPREAD, min_size=3, max_size=40),
+    pick=st.integers(0, 2),
+    rebalance=st.booleans(),
+)
+def test_explain_predicts_grants_under_the_spread_rule(
+    slots: int, failback: bool, k: int, family: bool, zones: dict[str, str],
+    actions: list[tuple[Any, ...]], pick: int, rebalance: bool,
+) -> None:  # fmt: skip
+    """The spread rule (module docstring); ``rebalance`` actions run the plan."""
+    w = World(slots, failback, zones=zones, spread_tag="zone", spread_max=k,
+              spread_family="fam" if family else "")  # fmt: skip
+    for action in actions:
+        w.act(action)
+        check_now(w)
+        check_spread(w)
+    if rebalance and w.g.policy.spread_tag:
+        run_rebalance(w)
+        check_now(w)
+        check_spread(w)
+    held = sorted(s for s, h in w.g.holdings.items() if not h.revoked)
+    if not held:
+        return
+    slot = held[pick % len(held)]
+    predicted = next(s for s in explain(w.sm.groups, "g").slots if s.slot == slot)
+    holder = w.g.members[w.g.holdings[slot].member_id]
+    res = w.apply(resign=gp.Resign(group="g", member_id=holder.id, session_id=holder.session_id))
+    assert not res.error_reason, res.error_message
+    after = w.g.holdings.get(slot)
+    assert (after.member_id if after is not None else "") == predicted.next, predicted.why
+    check_now(w)
+    check_spread(w)

@@ -223,7 +223,17 @@ type GroupPolicy struct {
 	PreferMostAdvanced bool `protobuf:"varint,10,opt,name=prefer_most_advanced,json=preferMostAdvanced,proto3" json:"prefer_most_advanced,omitempty"`
 	// Non-empty: only these members (ids) may be granted a slot (Patroni's synchronous
 	// standbys); names of members not registered yet are allowed.
-	Synchronous   []string `protobuf:"bytes,11,rep,name=synchronous,proto3" json:"synchronous,omitempty"`
+	Synchronous []string `protobuf:"bytes,11,rep,name=synchronous,proto3" json:"synchronous,omitempty"`
+	// Spreading masters across hosts or zones (docs/design.md, "Spreading masters"): at
+	// most spread_max masters per value of the member tag spread_tag (a member without it,
+	// or with an empty value, counts under one unknown value), counted over every group
+	// with the same spread_family (empty: this group alone). A preference of the slot
+	// fill: a vacant slot goes to the best eligible member whose value has room, else to
+	// the best eligible member anyway (the spread is then violated: explain, metrics).
+	// Empty spread_tag: off (spread_max 0 and no family). spread_max: 1..10000.
+	SpreadTag     string `protobuf:"bytes,12,opt,name=spread_tag,json=spreadTag,proto3" json:"spread_tag,omitempty"`
+	SpreadMax     int32  `protobuf:"varint,13,opt,name=spread_max,json=spreadMax,proto3" json:"spread_max,omitempty"`
+	SpreadFamily  string `protobuf:"bytes,14,opt,name=spread_family,json=spreadFamily,proto3" json:"spread_family,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -333,6 +343,27 @@ func (x *GroupPolicy) GetSynchronous() []string {
 		return x.Synchronous
 	}
 	return nil
+}
+
+func (x *GroupPolicy) GetSpreadTag() string {
+	if x != nil {
+		return x.SpreadTag
+	}
+	return ""
+}
+
+func (x *GroupPolicy) GetSpreadMax() int32 {
+	if x != nil {
+		return x.SpreadMax
+	}
+	return 0
+}
+
+func (x *GroupPolicy) GetSpreadFamily() string {
+	if x != nil {
+		return x.SpreadFamily
+	}
+	return ""
 }
 
 type Member struct {
@@ -1394,7 +1425,10 @@ type GroupExplanation struct {
 	// The failover breaker paused the group (see GroupPause.breaker).
 	BreakerOpen bool `protobuf:"varint,6,opt,name=breaker_open,json=breakerOpen,proto3" json:"breaker_open,omitempty"`
 	// The highest position reported by a member of the group (unset: none reported).
-	BestPosition  *int64 `protobuf:"varint,7,opt,name=best_position,json=bestPosition,proto3,oneof" json:"best_position,omitempty"`
+	BestPosition *int64 `protobuf:"varint,7,opt,name=best_position,json=bestPosition,proto3,oneof" json:"best_position,omitempty"`
+	// The policy's spread rule as it stands now, with the plan that would restore it
+	// (unset: the group has no spread rule).
+	Spread        *SpreadExplanation `protobuf:"bytes,8,opt,name=spread,proto3" json:"spread,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1478,6 +1512,297 @@ func (x *GroupExplanation) GetBestPosition() int64 {
 	return 0
 }
 
+func (x *GroupExplanation) GetSpread() *SpreadExplanation {
+	if x != nil {
+		return x.Spread
+	}
+	return nil
+}
+
+// A group's spread rule now (GroupPolicy.spread_tag): the masters per tag value over the
+// group's family, and the switchovers that would restore the spread (coordctl rebalance).
+// Computed from the replicated state by coord.state.rebalance.
+type SpreadExplanation struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tag    string                 `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	Max    int32                  `protobuf:"varint,2,opt,name=max,proto3" json:"max,omitempty"`
+	Family string                 `protobuf:"bytes,3,opt,name=family,proto3" json:"family,omitempty"`
+	// The groups whose masters count together (name order): the family, or the group.
+	Groups []string `protobuf:"bytes,4,rep,name=groups,proto3" json:"groups,omitempty"`
+	// Every value that has a master (not counting revoked ones), by value.
+	Values []*SpreadValue `protobuf:"bytes,5,rep,name=values,proto3" json:"values,omitempty"`
+	// Masters beyond the limit, summed over the values (0: the spread holds).
+	Excess   int32 `protobuf:"varint,6,opt,name=excess,proto3" json:"excess,omitempty"`
+	Violated bool  `protobuf:"varint,7,opt,name=violated,proto3" json:"violated,omitempty"`
+	// Switchovers, in order, each run once the one before it finished, that bring the
+	// masters within the limit (or as close as the members allow).
+	Plan []*RebalanceMove `protobuf:"bytes,8,rep,name=plan,proto3" json:"plan,omitempty"`
+	// Why the masters still beyond the limit after the plan cannot move (one sentence
+	// each); empty when the plan restores the spread.
+	Stuck []string `protobuf:"bytes,9,rep,name=stuck,proto3" json:"stuck,omitempty"`
+	// Notes on the rule: how it counts, groups of the family with another rule.
+	Notes         []string `protobuf:"bytes,10,rep,name=notes,proto3" json:"notes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpreadExplanation) Reset() {
+	*x = SpreadExplanation{}
+	mi := &file_coord_v1_groups_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpreadExplanation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpreadExplanation) ProtoMessage() {}
+
+func (x *SpreadExplanation) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_groups_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpreadExplanation.ProtoReflect.Descriptor instead.
+func (*SpreadExplanation) Descriptor() ([]byte, []int) {
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SpreadExplanation) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *SpreadExplanation) GetMax() int32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *SpreadExplanation) GetFamily() string {
+	if x != nil {
+		return x.Family
+	}
+	return ""
+}
+
+func (x *SpreadExplanation) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *SpreadExplanation) GetValues() []*SpreadValue {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *SpreadExplanation) GetExcess() int32 {
+	if x != nil {
+		return x.Excess
+	}
+	return 0
+}
+
+func (x *SpreadExplanation) GetViolated() bool {
+	if x != nil {
+		return x.Violated
+	}
+	return false
+}
+
+func (x *SpreadExplanation) GetPlan() []*RebalanceMove {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+func (x *SpreadExplanation) GetStuck() []string {
+	if x != nil {
+		return x.Stuck
+	}
+	return nil
+}
+
+func (x *SpreadExplanation) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+type SpreadValue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty: the members without the tag (one unknown value).
+	Value   string `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
+	Masters int32  `protobuf:"varint,2,opt,name=masters,proto3" json:"masters,omitempty"`
+	// "group/member" of each master with this value.
+	Holders       []string `protobuf:"bytes,3,rep,name=holders,proto3" json:"holders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpreadValue) Reset() {
+	*x = SpreadValue{}
+	mi := &file_coord_v1_groups_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpreadValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpreadValue) ProtoMessage() {}
+
+func (x *SpreadValue) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_groups_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpreadValue.ProtoReflect.Descriptor instead.
+func (*SpreadValue) Descriptor() ([]byte, []int) {
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SpreadValue) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *SpreadValue) GetMasters() int32 {
+	if x != nil {
+		return x.Masters
+	}
+	return 0
+}
+
+func (x *SpreadValue) GetHolders() []string {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+// One switchover of a rebalance plan: the master of `slot` of `group` steps down for
+// `to_member` (Groups.Switchover with to_member).
+type RebalanceMove struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Group      string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Slot       int32                  `protobuf:"varint,2,opt,name=slot,proto3" json:"slot,omitempty"`
+	FromMember string                 `protobuf:"bytes,3,opt,name=from_member,json=fromMember,proto3" json:"from_member,omitempty"`
+	ToMember   string                 `protobuf:"bytes,4,opt,name=to_member,json=toMember,proto3" json:"to_member,omitempty"`
+	FromValue  string                 `protobuf:"bytes,5,opt,name=from_value,json=fromValue,proto3" json:"from_value,omitempty"`
+	ToValue    string                 `protobuf:"bytes,6,opt,name=to_value,json=toValue,proto3" json:"to_value,omitempty"`
+	// One sentence, for humans.
+	Why           string `protobuf:"bytes,7,opt,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebalanceMove) Reset() {
+	*x = RebalanceMove{}
+	mi := &file_coord_v1_groups_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalanceMove) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalanceMove) ProtoMessage() {}
+
+func (x *RebalanceMove) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_groups_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalanceMove.ProtoReflect.Descriptor instead.
+func (*RebalanceMove) Descriptor() ([]byte, []int) {
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RebalanceMove) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *RebalanceMove) GetSlot() int32 {
+	if x != nil {
+		return x.Slot
+	}
+	return 0
+}
+
+func (x *RebalanceMove) GetFromMember() string {
+	if x != nil {
+		return x.FromMember
+	}
+	return ""
+}
+
+func (x *RebalanceMove) GetToMember() string {
+	if x != nil {
+		return x.ToMember
+	}
+	return ""
+}
+
+func (x *RebalanceMove) GetFromValue() string {
+	if x != nil {
+		return x.FromValue
+	}
+	return ""
+}
+
+func (x *RebalanceMove) GetToValue() string {
+	if x != nil {
+		return x.ToValue
+	}
+	return ""
+}
+
+func (x *RebalanceMove) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
 type SlotExplanation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Slot  int32                  `protobuf:"varint,1,opt,name=slot,proto3" json:"slot,omitempty"`
@@ -1496,7 +1821,7 @@ type SlotExplanation struct {
 
 func (x *SlotExplanation) Reset() {
 	*x = SlotExplanation{}
-	mi := &file_coord_v1_groups_proto_msgTypes[13]
+	mi := &file_coord_v1_groups_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1833,7 @@ func (x *SlotExplanation) String() string {
 func (*SlotExplanation) ProtoMessage() {}
 
 func (x *SlotExplanation) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[13]
+	mi := &file_coord_v1_groups_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1846,7 @@ func (x *SlotExplanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SlotExplanation.ProtoReflect.Descriptor instead.
 func (*SlotExplanation) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{13}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SlotExplanation) GetSlot() int32 {
@@ -1583,15 +1908,17 @@ type MemberVerdict struct {
 	Rank int32 `protobuf:"varint,6,opt,name=rank,proto3" json:"rank,omitempty"`
 	// The member's reported position (unset: never reported), and how far behind the
 	// group's best position it is (best - position; 0 without a position).
-	Position      *int64 `protobuf:"varint,7,opt,name=position,proto3,oneof" json:"position,omitempty"`
-	Lag           int64  `protobuf:"varint,8,opt,name=lag,proto3" json:"lag,omitempty"`
+	Position *int64 `protobuf:"varint,7,opt,name=position,proto3,oneof" json:"position,omitempty"`
+	Lag      int64  `protobuf:"varint,8,opt,name=lag,proto3" json:"lag,omitempty"`
+	// The member's value of the policy's spread tag (empty: none, or no spread rule).
+	SpreadValue   string `protobuf:"bytes,9,opt,name=spread_value,json=spreadValue,proto3" json:"spread_value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MemberVerdict) Reset() {
 	*x = MemberVerdict{}
-	mi := &file_coord_v1_groups_proto_msgTypes[14]
+	mi := &file_coord_v1_groups_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1930,7 @@ func (x *MemberVerdict) String() string {
 func (*MemberVerdict) ProtoMessage() {}
 
 func (x *MemberVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[14]
+	mi := &file_coord_v1_groups_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1943,7 @@ func (x *MemberVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberVerdict.ProtoReflect.Descriptor instead.
 func (*MemberVerdict) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{14}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MemberVerdict) GetMemberId() string {
@@ -1675,6 +2002,13 @@ func (x *MemberVerdict) GetLag() int64 {
 	return 0
 }
 
+func (x *MemberVerdict) GetSpreadValue() string {
+	if x != nil {
+		return x.SpreadValue
+	}
+	return ""
+}
+
 // One per revision: replaying events (R, R2] on the state at R gives the state at R2.
 type Event struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -1722,14 +2056,18 @@ type Event struct {
 	// current leader's takeover). The availability ledger dates the outage from it.
 	LostSinceMs int64 `protobuf:"varint,20,opt,name=lost_since_ms,json=lostSinceMs,proto3" json:"lost_since_ms,omitempty"`
 	// switchover_scheduled and scheduled_switchover_*: the scheduled switchover.
-	Scheduled     *ScheduledSwitchover `protobuf:"bytes,21,opt,name=scheduled,proto3" json:"scheduled,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Scheduled *ScheduledSwitchover `protobuf:"bytes,21,opt,name=scheduled,proto3" json:"scheduled,omitempty"`
+	// master_elected: set when this grant put more masters on one value of the group's
+	// spread tag than spread_max allows (no eligible member kept the spread; availability
+	// first), e.g. "zone=a has 2 masters, at most 1".
+	SpreadViolated string `protobuf:"bytes,22,opt,name=spread_violated,json=spreadViolated,proto3" json:"spread_violated,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_coord_v1_groups_proto_msgTypes[15]
+	mi := &file_coord_v1_groups_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +2079,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[15]
+	mi := &file_coord_v1_groups_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +2092,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{15}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Event) GetRevision() int64 {
@@ -1904,6 +2242,13 @@ func (x *Event) GetScheduled() *ScheduledSwitchover {
 	return nil
 }
 
+func (x *Event) GetSpreadViolated() string {
+	if x != nil {
+		return x.SpreadViolated
+	}
+	return ""
+}
+
 // A group's slot tables (see Event.group_slots).
 type GroupSlots struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -1924,7 +2269,7 @@ type GroupSlots struct {
 
 func (x *GroupSlots) Reset() {
 	*x = GroupSlots{}
-	mi := &file_coord_v1_groups_proto_msgTypes[16]
+	mi := &file_coord_v1_groups_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1936,7 +2281,7 @@ func (x *GroupSlots) String() string {
 func (*GroupSlots) ProtoMessage() {}
 
 func (x *GroupSlots) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[16]
+	mi := &file_coord_v1_groups_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1949,7 +2294,7 @@ func (x *GroupSlots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupSlots.ProtoReflect.Descriptor instead.
 func (*GroupSlots) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{16}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GroupSlots) GetHoldings() []*Holding {
@@ -2018,7 +2363,7 @@ type SessionLoad struct {
 
 func (x *SessionLoad) Reset() {
 	*x = SessionLoad{}
-	mi := &file_coord_v1_groups_proto_msgTypes[17]
+	mi := &file_coord_v1_groups_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2375,7 @@ func (x *SessionLoad) String() string {
 func (*SessionLoad) ProtoMessage() {}
 
 func (x *SessionLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[17]
+	mi := &file_coord_v1_groups_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2388,7 @@ func (x *SessionLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionLoad.ProtoReflect.Descriptor instead.
 func (*SessionLoad) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{17}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SessionLoad) GetSessionId() string {
@@ -2072,7 +2417,7 @@ type OpenSession struct {
 
 func (x *OpenSession) Reset() {
 	*x = OpenSession{}
-	mi := &file_coord_v1_groups_proto_msgTypes[18]
+	mi := &file_coord_v1_groups_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2084,7 +2429,7 @@ func (x *OpenSession) String() string {
 func (*OpenSession) ProtoMessage() {}
 
 func (x *OpenSession) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[18]
+	mi := &file_coord_v1_groups_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2097,7 +2442,7 @@ func (x *OpenSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSession.ProtoReflect.Descriptor instead.
 func (*OpenSession) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{18}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *OpenSession) GetTtlMs() int64 {
@@ -2134,7 +2479,7 @@ type CloseSession struct {
 
 func (x *CloseSession) Reset() {
 	*x = CloseSession{}
-	mi := &file_coord_v1_groups_proto_msgTypes[19]
+	mi := &file_coord_v1_groups_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2146,7 +2491,7 @@ func (x *CloseSession) String() string {
 func (*CloseSession) ProtoMessage() {}
 
 func (x *CloseSession) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[19]
+	mi := &file_coord_v1_groups_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2159,7 +2504,7 @@ func (x *CloseSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSession.ProtoReflect.Descriptor instead.
 func (*CloseSession) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{19}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CloseSession) GetSessionId() string {
@@ -2186,7 +2531,7 @@ type ExpireSession struct {
 
 func (x *ExpireSession) Reset() {
 	*x = ExpireSession{}
-	mi := &file_coord_v1_groups_proto_msgTypes[20]
+	mi := &file_coord_v1_groups_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2543,7 @@ func (x *ExpireSession) String() string {
 func (*ExpireSession) ProtoMessage() {}
 
 func (x *ExpireSession) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[20]
+	mi := &file_coord_v1_groups_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2556,7 @@ func (x *ExpireSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireSession.ProtoReflect.Descriptor instead.
 func (*ExpireSession) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{20}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExpireSession) GetSessionId() string {
@@ -2238,7 +2583,7 @@ type CreateGroup struct {
 
 func (x *CreateGroup) Reset() {
 	*x = CreateGroup{}
-	mi := &file_coord_v1_groups_proto_msgTypes[21]
+	mi := &file_coord_v1_groups_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2595,7 @@ func (x *CreateGroup) String() string {
 func (*CreateGroup) ProtoMessage() {}
 
 func (x *CreateGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[21]
+	mi := &file_coord_v1_groups_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2608,7 @@ func (x *CreateGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroup.ProtoReflect.Descriptor instead.
 func (*CreateGroup) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{21}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateGroup) GetName() string {
@@ -2292,7 +2637,7 @@ type DeleteGroup struct {
 
 func (x *DeleteGroup) Reset() {
 	*x = DeleteGroup{}
-	mi := &file_coord_v1_groups_proto_msgTypes[22]
+	mi := &file_coord_v1_groups_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2649,7 @@ func (x *DeleteGroup) String() string {
 func (*DeleteGroup) ProtoMessage() {}
 
 func (x *DeleteGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[22]
+	mi := &file_coord_v1_groups_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2662,7 @@ func (x *DeleteGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroup.ProtoReflect.Descriptor instead.
 func (*DeleteGroup) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{22}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteGroup) GetName() string {
@@ -2343,7 +2688,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_coord_v1_groups_proto_msgTypes[23]
+	mi := &file_coord_v1_groups_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2355,7 +2700,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[23]
+	mi := &file_coord_v1_groups_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2368,7 +2713,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{23}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Register) GetMember() *Member {
@@ -2391,7 +2736,7 @@ type Unregister struct {
 
 func (x *Unregister) Reset() {
 	*x = Unregister{}
-	mi := &file_coord_v1_groups_proto_msgTypes[24]
+	mi := &file_coord_v1_groups_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +2748,7 @@ func (x *Unregister) String() string {
 func (*Unregister) ProtoMessage() {}
 
 func (x *Unregister) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[24]
+	mi := &file_coord_v1_groups_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2761,7 @@ func (x *Unregister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unregister.ProtoReflect.Descriptor instead.
 func (*Unregister) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{24}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Unregister) GetGroup() string {
@@ -2450,7 +2795,7 @@ type Campaign struct {
 
 func (x *Campaign) Reset() {
 	*x = Campaign{}
-	mi := &file_coord_v1_groups_proto_msgTypes[25]
+	mi := &file_coord_v1_groups_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2462,7 +2807,7 @@ func (x *Campaign) String() string {
 func (*Campaign) ProtoMessage() {}
 
 func (x *Campaign) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[25]
+	mi := &file_coord_v1_groups_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2475,7 +2820,7 @@ func (x *Campaign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Campaign.ProtoReflect.Descriptor instead.
 func (*Campaign) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{25}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Campaign) GetGroup() string {
@@ -2506,7 +2851,7 @@ type Resign struct {
 
 func (x *Resign) Reset() {
 	*x = Resign{}
-	mi := &file_coord_v1_groups_proto_msgTypes[26]
+	mi := &file_coord_v1_groups_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2518,7 +2863,7 @@ func (x *Resign) String() string {
 func (*Resign) ProtoMessage() {}
 
 func (x *Resign) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[26]
+	mi := &file_coord_v1_groups_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2531,7 +2876,7 @@ func (x *Resign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resign.ProtoReflect.Descriptor instead.
 func (*Resign) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{26}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Resign) GetGroup() string {
@@ -2573,7 +2918,7 @@ type Switchover struct {
 
 func (x *Switchover) Reset() {
 	*x = Switchover{}
-	mi := &file_coord_v1_groups_proto_msgTypes[27]
+	mi := &file_coord_v1_groups_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2930,7 @@ func (x *Switchover) String() string {
 func (*Switchover) ProtoMessage() {}
 
 func (x *Switchover) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[27]
+	mi := &file_coord_v1_groups_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2943,7 @@ func (x *Switchover) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Switchover.ProtoReflect.Descriptor instead.
 func (*Switchover) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{27}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Switchover) GetGroup() string {
@@ -2625,7 +2970,7 @@ type RevokeHolding struct {
 
 func (x *RevokeHolding) Reset() {
 	*x = RevokeHolding{}
-	mi := &file_coord_v1_groups_proto_msgTypes[28]
+	mi := &file_coord_v1_groups_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2637,7 +2982,7 @@ func (x *RevokeHolding) String() string {
 func (*RevokeHolding) ProtoMessage() {}
 
 func (x *RevokeHolding) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[28]
+	mi := &file_coord_v1_groups_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2650,7 +2995,7 @@ func (x *RevokeHolding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeHolding.ProtoReflect.Descriptor instead.
 func (*RevokeHolding) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{28}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RevokeHolding) GetGroup() string {
@@ -2679,7 +3024,7 @@ type Advance struct {
 
 func (x *Advance) Reset() {
 	*x = Advance{}
-	mi := &file_coord_v1_groups_proto_msgTypes[29]
+	mi := &file_coord_v1_groups_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2691,7 +3036,7 @@ func (x *Advance) String() string {
 func (*Advance) ProtoMessage() {}
 
 func (x *Advance) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[29]
+	mi := &file_coord_v1_groups_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2704,7 +3049,7 @@ func (x *Advance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Advance.ProtoReflect.Descriptor instead.
 func (*Advance) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{29}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Advance) GetOver() []*WaitKey {
@@ -2731,7 +3076,7 @@ type WaitKey struct {
 
 func (x *WaitKey) Reset() {
 	*x = WaitKey{}
-	mi := &file_coord_v1_groups_proto_msgTypes[30]
+	mi := &file_coord_v1_groups_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2743,7 +3088,7 @@ func (x *WaitKey) String() string {
 func (*WaitKey) ProtoMessage() {}
 
 func (x *WaitKey) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[30]
+	mi := &file_coord_v1_groups_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2756,7 +3101,7 @@ func (x *WaitKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitKey.ProtoReflect.Descriptor instead.
 func (*WaitKey) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{30}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WaitKey) GetKind() string {
@@ -2810,7 +3155,7 @@ type SetHealth struct {
 
 func (x *SetHealth) Reset() {
 	*x = SetHealth{}
-	mi := &file_coord_v1_groups_proto_msgTypes[31]
+	mi := &file_coord_v1_groups_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2822,7 +3167,7 @@ func (x *SetHealth) String() string {
 func (*SetHealth) ProtoMessage() {}
 
 func (x *SetHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[31]
+	mi := &file_coord_v1_groups_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2835,7 +3180,7 @@ func (x *SetHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHealth.ProtoReflect.Descriptor instead.
 func (*SetHealth) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{31}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SetHealth) GetGroup() string {
@@ -2901,7 +3246,7 @@ type UpdateMember struct {
 
 func (x *UpdateMember) Reset() {
 	*x = UpdateMember{}
-	mi := &file_coord_v1_groups_proto_msgTypes[32]
+	mi := &file_coord_v1_groups_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2913,7 +3258,7 @@ func (x *UpdateMember) String() string {
 func (*UpdateMember) ProtoMessage() {}
 
 func (x *UpdateMember) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[32]
+	mi := &file_coord_v1_groups_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2926,7 +3271,7 @@ func (x *UpdateMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMember.ProtoReflect.Descriptor instead.
 func (*UpdateMember) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{32}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpdateMember) GetGroup() string {
@@ -3034,7 +3379,7 @@ type PauseGroups struct {
 
 func (x *PauseGroups) Reset() {
 	*x = PauseGroups{}
-	mi := &file_coord_v1_groups_proto_msgTypes[33]
+	mi := &file_coord_v1_groups_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3046,7 +3391,7 @@ func (x *PauseGroups) String() string {
 func (*PauseGroups) ProtoMessage() {}
 
 func (x *PauseGroups) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[33]
+	mi := &file_coord_v1_groups_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3059,7 +3404,7 @@ func (x *PauseGroups) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseGroups.ProtoReflect.Descriptor instead.
 func (*PauseGroups) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{33}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PauseGroups) GetGroups() []string {
@@ -3114,7 +3459,7 @@ type ResumeGroups struct {
 
 func (x *ResumeGroups) Reset() {
 	*x = ResumeGroups{}
-	mi := &file_coord_v1_groups_proto_msgTypes[34]
+	mi := &file_coord_v1_groups_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3126,7 +3471,7 @@ func (x *ResumeGroups) String() string {
 func (*ResumeGroups) ProtoMessage() {}
 
 func (x *ResumeGroups) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[34]
+	mi := &file_coord_v1_groups_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3139,7 +3484,7 @@ func (x *ResumeGroups) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeGroups.ProtoReflect.Descriptor instead.
 func (*ResumeGroups) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{34}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ResumeGroups) GetGroups() []string {
@@ -3169,7 +3514,7 @@ type EditGroup struct {
 
 func (x *EditGroup) Reset() {
 	*x = EditGroup{}
-	mi := &file_coord_v1_groups_proto_msgTypes[35]
+	mi := &file_coord_v1_groups_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3181,7 +3526,7 @@ func (x *EditGroup) String() string {
 func (*EditGroup) ProtoMessage() {}
 
 func (x *EditGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[35]
+	mi := &file_coord_v1_groups_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3194,7 +3539,7 @@ func (x *EditGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditGroup.ProtoReflect.Descriptor instead.
 func (*EditGroup) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{35}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *EditGroup) GetGroup() string {
@@ -3231,7 +3576,7 @@ type ScheduleSwitchover struct {
 
 func (x *ScheduleSwitchover) Reset() {
 	*x = ScheduleSwitchover{}
-	mi := &file_coord_v1_groups_proto_msgTypes[36]
+	mi := &file_coord_v1_groups_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3243,7 +3588,7 @@ func (x *ScheduleSwitchover) String() string {
 func (*ScheduleSwitchover) ProtoMessage() {}
 
 func (x *ScheduleSwitchover) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[36]
+	mi := &file_coord_v1_groups_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3256,7 +3601,7 @@ func (x *ScheduleSwitchover) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScheduleSwitchover.ProtoReflect.Descriptor instead.
 func (*ScheduleSwitchover) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{36}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ScheduleSwitchover) GetGroup() string {
@@ -3291,7 +3636,7 @@ type CancelSwitchover struct {
 
 func (x *CancelSwitchover) Reset() {
 	*x = CancelSwitchover{}
-	mi := &file_coord_v1_groups_proto_msgTypes[37]
+	mi := &file_coord_v1_groups_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3303,7 +3648,7 @@ func (x *CancelSwitchover) String() string {
 func (*CancelSwitchover) ProtoMessage() {}
 
 func (x *CancelSwitchover) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[37]
+	mi := &file_coord_v1_groups_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3316,7 +3661,7 @@ func (x *CancelSwitchover) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelSwitchover.ProtoReflect.Descriptor instead.
 func (*CancelSwitchover) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{37}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CancelSwitchover) GetGroup() string {
@@ -3346,7 +3691,7 @@ type FireSwitchover struct {
 
 func (x *FireSwitchover) Reset() {
 	*x = FireSwitchover{}
-	mi := &file_coord_v1_groups_proto_msgTypes[38]
+	mi := &file_coord_v1_groups_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3358,7 +3703,7 @@ func (x *FireSwitchover) String() string {
 func (*FireSwitchover) ProtoMessage() {}
 
 func (x *FireSwitchover) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[38]
+	mi := &file_coord_v1_groups_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3371,7 +3716,7 @@ func (x *FireSwitchover) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FireSwitchover.ProtoReflect.Descriptor instead.
 func (*FireSwitchover) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{38}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *FireSwitchover) GetGroup() string {
@@ -3398,7 +3743,7 @@ type SetLoads struct {
 
 func (x *SetLoads) Reset() {
 	*x = SetLoads{}
-	mi := &file_coord_v1_groups_proto_msgTypes[39]
+	mi := &file_coord_v1_groups_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3410,7 +3755,7 @@ func (x *SetLoads) String() string {
 func (*SetLoads) ProtoMessage() {}
 
 func (x *SetLoads) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_v1_groups_proto_msgTypes[39]
+	mi := &file_coord_v1_groups_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3423,7 +3768,7 @@ func (x *SetLoads) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLoads.ProtoReflect.Descriptor instead.
 func (*SetLoads) Descriptor() ([]byte, []int) {
-	return file_coord_v1_groups_proto_rawDescGZIP(), []int{39}
+	return file_coord_v1_groups_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SetLoads) GetLoads() []*SessionLoad {
@@ -3447,7 +3792,7 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\x0fcreated_time_ms\x18\x06 \x01(\x03R\rcreatedTimeMs\x12\x12\n" +
 	"\x04load\x18\a \x01(\x01R\x04load\x12\x14\n" +
 	"\x05owner\x18\b \x01(\tR\x05owner\x12\x18\n" +
-	"\aclosing\x18\t \x01(\bR\aclosing\"\xf3\x03\n" +
+	"\aclosing\x18\t \x01(\bR\aclosing\"\xd6\x04\n" +
 	"\vGroupPolicy\x12\x14\n" +
 	"\x05slots\x18\x01 \x01(\x05R\x05slots\x122\n" +
 	"\bfailback\x18\x02 \x01(\x0e2\x16.coord.v1.FailbackModeR\bfailback\x12(\n" +
@@ -3460,7 +3805,12 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\x13max_lag_on_failover\x18\t \x01(\x03R\x10maxLagOnFailover\x120\n" +
 	"\x14prefer_most_advanced\x18\n" +
 	" \x01(\bR\x12preferMostAdvanced\x12 \n" +
-	"\vsynchronous\x18\v \x03(\tR\vsynchronous\"\xb0\x06\n" +
+	"\vsynchronous\x18\v \x03(\tR\vsynchronous\x12\x1d\n" +
+	"\n" +
+	"spread_tag\x18\f \x01(\tR\tspreadTag\x12\x1d\n" +
+	"\n" +
+	"spread_max\x18\r \x01(\x05R\tspreadMax\x12#\n" +
+	"\rspread_family\x18\x0e \x01(\tR\fspreadFamily\"\xb0\x06\n" +
 	"\x06Member\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
@@ -3565,7 +3915,7 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12*\n" +
 	"\x11until_estimate_ms\x18\x04 \x01(\x03R\x0funtilEstimateMs\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x18\n" +
-	"\abreaker\x18\x06 \x01(\tR\abreaker\"\x99\x02\n" +
+	"\abreaker\x18\x06 \x01(\tR\abreaker\"\xce\x02\n" +
 	"\x10GroupExplanation\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06paused\x18\x02 \x01(\bR\x06paused\x12/\n" +
@@ -3573,15 +3923,42 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\amembers\x18\x04 \x03(\v2\x17.coord.v1.MemberVerdictR\amembers\x12\x14\n" +
 	"\x05notes\x18\x05 \x03(\tR\x05notes\x12!\n" +
 	"\fbreaker_open\x18\x06 \x01(\bR\vbreakerOpen\x12(\n" +
-	"\rbest_position\x18\a \x01(\x03H\x00R\fbestPosition\x88\x01\x01B\x10\n" +
-	"\x0e_best_position\"\x8f\x01\n" +
+	"\rbest_position\x18\a \x01(\x03H\x00R\fbestPosition\x88\x01\x01\x123\n" +
+	"\x06spread\x18\b \x01(\v2\x1b.coord.v1.SpreadExplanationR\x06spreadB\x10\n" +
+	"\x0e_best_position\"\xa3\x02\n" +
+	"\x11SpreadExplanation\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x10\n" +
+	"\x03max\x18\x02 \x01(\x05R\x03max\x12\x16\n" +
+	"\x06family\x18\x03 \x01(\tR\x06family\x12\x16\n" +
+	"\x06groups\x18\x04 \x03(\tR\x06groups\x12-\n" +
+	"\x06values\x18\x05 \x03(\v2\x15.coord.v1.SpreadValueR\x06values\x12\x16\n" +
+	"\x06excess\x18\x06 \x01(\x05R\x06excess\x12\x1a\n" +
+	"\bviolated\x18\a \x01(\bR\bviolated\x12+\n" +
+	"\x04plan\x18\b \x03(\v2\x17.coord.v1.RebalanceMoveR\x04plan\x12\x14\n" +
+	"\x05stuck\x18\t \x03(\tR\x05stuck\x12\x14\n" +
+	"\x05notes\x18\n" +
+	" \x03(\tR\x05notes\"W\n" +
+	"\vSpreadValue\x12\x14\n" +
+	"\x05value\x18\x01 \x01(\tR\x05value\x12\x18\n" +
+	"\amasters\x18\x02 \x01(\x05R\amasters\x12\x18\n" +
+	"\aholders\x18\x03 \x03(\tR\aholders\"\xc3\x01\n" +
+	"\rRebalanceMove\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
+	"\x04slot\x18\x02 \x01(\x05R\x04slot\x12\x1f\n" +
+	"\vfrom_member\x18\x03 \x01(\tR\n" +
+	"fromMember\x12\x1b\n" +
+	"\tto_member\x18\x04 \x01(\tR\btoMember\x12\x1d\n" +
+	"\n" +
+	"from_value\x18\x05 \x01(\tR\tfromValue\x12\x19\n" +
+	"\bto_value\x18\x06 \x01(\tR\atoValue\x12\x10\n" +
+	"\x03why\x18\a \x01(\tR\x03why\"\x8f\x01\n" +
 	"\x0fSlotExplanation\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\x05R\x04slot\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x03R\x05token\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x12\n" +
 	"\x04next\x18\x05 \x01(\tR\x04next\x12\x10\n" +
-	"\x03why\x18\x06 \x01(\tR\x03why\"\xe8\x01\n" +
+	"\x03why\x18\x06 \x01(\tR\x03why\"\x8b\x02\n" +
 	"\rMemberVerdict\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x1a\n" +
 	"\beligible\x18\x02 \x01(\bR\beligible\x12\x16\n" +
@@ -3590,8 +3967,9 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\bpriority\x18\x05 \x01(\x05R\bpriority\x12\x12\n" +
 	"\x04rank\x18\x06 \x01(\x05R\x04rank\x12\x1f\n" +
 	"\bposition\x18\a \x01(\x03H\x00R\bposition\x88\x01\x01\x12\x10\n" +
-	"\x03lag\x18\b \x01(\x03R\x03lagB\v\n" +
-	"\t_position\"\xef\x05\n" +
+	"\x03lag\x18\b \x01(\x03R\x03lag\x12!\n" +
+	"\fspread_value\x18\t \x01(\tR\vspreadValueB\v\n" +
+	"\t_position\"\x98\x06\n" +
 	"\x05Event\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x17\n" +
@@ -3616,7 +3994,8 @@ const file_coord_v1_groups_proto_rawDesc = "" +
 	"\vgroup_slots\x18\x13 \x01(\v2\x14.coord.v1.GroupSlotsR\n" +
 	"groupSlots\x12\"\n" +
 	"\rlost_since_ms\x18\x14 \x01(\x03R\vlostSinceMs\x12;\n" +
-	"\tscheduled\x18\x15 \x01(\v2\x1d.coord.v1.ScheduledSwitchoverR\tscheduled\"\xdf\x03\n" +
+	"\tscheduled\x18\x15 \x01(\v2\x1d.coord.v1.ScheduledSwitchoverR\tscheduled\x12'\n" +
+	"\x0fspread_violated\x18\x16 \x01(\tR\x0espreadViolated\"\xdf\x03\n" +
 	"\n" +
 	"GroupSlots\x12-\n" +
 	"\bholdings\x18\x01 \x03(\v2\x11.coord.v1.HoldingR\bholdings\x120\n" +
@@ -3763,7 +4142,7 @@ func file_coord_v1_groups_proto_rawDescGZIP() []byte {
 }
 
 var file_coord_v1_groups_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coord_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_coord_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_coord_v1_groups_proto_goTypes = []any{
 	(FailbackMode)(0),           // 0: coord.v1.FailbackMode
 	(*Session)(nil),             // 1: coord.v1.Session
@@ -3779,45 +4158,48 @@ var file_coord_v1_groups_proto_goTypes = []any{
 	(*ScheduledSwitchover)(nil), // 11: coord.v1.ScheduledSwitchover
 	(*GroupPause)(nil),          // 12: coord.v1.GroupPause
 	(*GroupExplanation)(nil),    // 13: coord.v1.GroupExplanation
-	(*SlotExplanation)(nil),     // 14: coord.v1.SlotExplanation
-	(*MemberVerdict)(nil),       // 15: coord.v1.MemberVerdict
-	(*Event)(nil),               // 16: coord.v1.Event
-	(*GroupSlots)(nil),          // 17: coord.v1.GroupSlots
-	(*SessionLoad)(nil),         // 18: coord.v1.SessionLoad
-	(*OpenSession)(nil),         // 19: coord.v1.OpenSession
-	(*CloseSession)(nil),        // 20: coord.v1.CloseSession
-	(*ExpireSession)(nil),       // 21: coord.v1.ExpireSession
-	(*CreateGroup)(nil),         // 22: coord.v1.CreateGroup
-	(*DeleteGroup)(nil),         // 23: coord.v1.DeleteGroup
-	(*Register)(nil),            // 24: coord.v1.Register
-	(*Unregister)(nil),          // 25: coord.v1.Unregister
-	(*Campaign)(nil),            // 26: coord.v1.Campaign
-	(*Resign)(nil),              // 27: coord.v1.Resign
-	(*Switchover)(nil),          // 28: coord.v1.Switchover
-	(*RevokeHolding)(nil),       // 29: coord.v1.RevokeHolding
-	(*Advance)(nil),             // 30: coord.v1.Advance
-	(*WaitKey)(nil),             // 31: coord.v1.WaitKey
-	(*SetHealth)(nil),           // 32: coord.v1.SetHealth
-	(*UpdateMember)(nil),        // 33: coord.v1.UpdateMember
-	(*PauseGroups)(nil),         // 34: coord.v1.PauseGroups
-	(*ResumeGroups)(nil),        // 35: coord.v1.ResumeGroups
-	(*EditGroup)(nil),           // 36: coord.v1.EditGroup
-	(*ScheduleSwitchover)(nil),  // 37: coord.v1.ScheduleSwitchover
-	(*CancelSwitchover)(nil),    // 38: coord.v1.CancelSwitchover
-	(*FireSwitchover)(nil),      // 39: coord.v1.FireSwitchover
-	(*SetLoads)(nil),            // 40: coord.v1.SetLoads
-	nil,                         // 41: coord.v1.Member.TagsEntry
-	nil,                         // 42: coord.v1.Member.MetadataEntry
-	nil,                         // 43: coord.v1.Group.VacatedCauseEntry
-	nil,                         // 44: coord.v1.GroupSlots.VacatedCauseEntry
-	nil,                         // 45: coord.v1.UpdateMember.TagsEntry
-	nil,                         // 46: coord.v1.UpdateMember.MetadataEntry
-	(*KeyValue)(nil),            // 47: coord.v1.KeyValue
+	(*SpreadExplanation)(nil),   // 14: coord.v1.SpreadExplanation
+	(*SpreadValue)(nil),         // 15: coord.v1.SpreadValue
+	(*RebalanceMove)(nil),       // 16: coord.v1.RebalanceMove
+	(*SlotExplanation)(nil),     // 17: coord.v1.SlotExplanation
+	(*MemberVerdict)(nil),       // 18: coord.v1.MemberVerdict
+	(*Event)(nil),               // 19: coord.v1.Event
+	(*GroupSlots)(nil),          // 20: coord.v1.GroupSlots
+	(*SessionLoad)(nil),         // 21: coord.v1.SessionLoad
+	(*OpenSession)(nil),         // 22: coord.v1.OpenSession
+	(*CloseSession)(nil),        // 23: coord.v1.CloseSession
+	(*ExpireSession)(nil),       // 24: coord.v1.ExpireSession
+	(*CreateGroup)(nil),         // 25: coord.v1.CreateGroup
+	(*DeleteGroup)(nil),         // 26: coord.v1.DeleteGroup
+	(*Register)(nil),            // 27: coord.v1.Register
+	(*Unregister)(nil),          // 28: coord.v1.Unregister
+	(*Campaign)(nil),            // 29: coord.v1.Campaign
+	(*Resign)(nil),              // 30: coord.v1.Resign
+	(*Switchover)(nil),          // 31: coord.v1.Switchover
+	(*RevokeHolding)(nil),       // 32: coord.v1.RevokeHolding
+	(*Advance)(nil),             // 33: coord.v1.Advance
+	(*WaitKey)(nil),             // 34: coord.v1.WaitKey
+	(*SetHealth)(nil),           // 35: coord.v1.SetHealth
+	(*UpdateMember)(nil),        // 36: coord.v1.UpdateMember
+	(*PauseGroups)(nil),         // 37: coord.v1.PauseGroups
+	(*ResumeGroups)(nil),        // 38: coord.v1.ResumeGroups
+	(*EditGroup)(nil),           // 39: coord.v1.EditGroup
+	(*ScheduleSwitchover)(nil),  // 40: coord.v1.ScheduleSwitchover
+	(*CancelSwitchover)(nil),    // 41: coord.v1.CancelSwitchover
+	(*FireSwitchover)(nil),      // 42: coord.v1.FireSwitchover
+	(*SetLoads)(nil),            // 43: coord.v1.SetLoads
+	nil,                         // 44: coord.v1.Member.TagsEntry
+	nil,                         // 45: coord.v1.Member.MetadataEntry
+	nil,                         // 46: coord.v1.Group.VacatedCauseEntry
+	nil,                         // 47: coord.v1.GroupSlots.VacatedCauseEntry
+	nil,                         // 48: coord.v1.UpdateMember.TagsEntry
+	nil,                         // 49: coord.v1.UpdateMember.MetadataEntry
+	(*KeyValue)(nil),            // 50: coord.v1.KeyValue
 }
 var file_coord_v1_groups_proto_depIdxs = []int32{
 	0,  // 0: coord.v1.GroupPolicy.failback:type_name -> coord.v1.FailbackMode
-	41, // 1: coord.v1.Member.tags:type_name -> coord.v1.Member.TagsEntry
-	42, // 2: coord.v1.Member.metadata:type_name -> coord.v1.Member.MetadataEntry
+	44, // 1: coord.v1.Member.tags:type_name -> coord.v1.Member.TagsEntry
+	45, // 2: coord.v1.Member.metadata:type_name -> coord.v1.Member.MetadataEntry
 	4,  // 3: coord.v1.Member.check:type_name -> coord.v1.HealthCheck
 	5,  // 4: coord.v1.HealthCheck.tcp:type_name -> coord.v1.TcpCheck
 	6,  // 5: coord.v1.HealthCheck.http:type_name -> coord.v1.HttpCheck
@@ -3826,38 +4208,41 @@ var file_coord_v1_groups_proto_depIdxs = []int32{
 	3,  // 8: coord.v1.Group.members:type_name -> coord.v1.Member
 	8,  // 9: coord.v1.Group.holdings:type_name -> coord.v1.Holding
 	9,  // 10: coord.v1.Group.handovers:type_name -> coord.v1.Handover
-	43, // 11: coord.v1.Group.vacated_cause:type_name -> coord.v1.Group.VacatedCauseEntry
+	46, // 11: coord.v1.Group.vacated_cause:type_name -> coord.v1.Group.VacatedCauseEntry
 	12, // 12: coord.v1.Group.pause:type_name -> coord.v1.GroupPause
 	11, // 13: coord.v1.Group.scheduled:type_name -> coord.v1.ScheduledSwitchover
-	14, // 14: coord.v1.GroupExplanation.slots:type_name -> coord.v1.SlotExplanation
-	15, // 15: coord.v1.GroupExplanation.members:type_name -> coord.v1.MemberVerdict
-	47, // 16: coord.v1.Event.kvs:type_name -> coord.v1.KeyValue
-	1,  // 17: coord.v1.Event.session:type_name -> coord.v1.Session
-	3,  // 18: coord.v1.Event.member_record:type_name -> coord.v1.Member
-	2,  // 19: coord.v1.Event.policy:type_name -> coord.v1.GroupPolicy
-	8,  // 20: coord.v1.Event.holding:type_name -> coord.v1.Holding
-	9,  // 21: coord.v1.Event.handover:type_name -> coord.v1.Handover
-	18, // 22: coord.v1.Event.loads:type_name -> coord.v1.SessionLoad
-	17, // 23: coord.v1.Event.group_slots:type_name -> coord.v1.GroupSlots
-	11, // 24: coord.v1.Event.scheduled:type_name -> coord.v1.ScheduledSwitchover
-	8,  // 25: coord.v1.GroupSlots.holdings:type_name -> coord.v1.Holding
-	9,  // 26: coord.v1.GroupSlots.handovers:type_name -> coord.v1.Handover
-	44, // 27: coord.v1.GroupSlots.vacated_cause:type_name -> coord.v1.GroupSlots.VacatedCauseEntry
-	12, // 28: coord.v1.GroupSlots.pause:type_name -> coord.v1.GroupPause
-	2,  // 29: coord.v1.GroupSlots.policy:type_name -> coord.v1.GroupPolicy
-	11, // 30: coord.v1.GroupSlots.scheduled:type_name -> coord.v1.ScheduledSwitchover
-	2,  // 31: coord.v1.CreateGroup.policy:type_name -> coord.v1.GroupPolicy
-	3,  // 32: coord.v1.Register.member:type_name -> coord.v1.Member
-	31, // 33: coord.v1.Advance.over:type_name -> coord.v1.WaitKey
-	45, // 34: coord.v1.UpdateMember.tags:type_name -> coord.v1.UpdateMember.TagsEntry
-	46, // 35: coord.v1.UpdateMember.metadata:type_name -> coord.v1.UpdateMember.MetadataEntry
-	2,  // 36: coord.v1.EditGroup.policy:type_name -> coord.v1.GroupPolicy
-	18, // 37: coord.v1.SetLoads.loads:type_name -> coord.v1.SessionLoad
-	38, // [38:38] is the sub-list for method output_type
-	38, // [38:38] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	17, // 14: coord.v1.GroupExplanation.slots:type_name -> coord.v1.SlotExplanation
+	18, // 15: coord.v1.GroupExplanation.members:type_name -> coord.v1.MemberVerdict
+	14, // 16: coord.v1.GroupExplanation.spread:type_name -> coord.v1.SpreadExplanation
+	15, // 17: coord.v1.SpreadExplanation.values:type_name -> coord.v1.SpreadValue
+	16, // 18: coord.v1.SpreadExplanation.plan:type_name -> coord.v1.RebalanceMove
+	50, // 19: coord.v1.Event.kvs:type_name -> coord.v1.KeyValue
+	1,  // 20: coord.v1.Event.session:type_name -> coord.v1.Session
+	3,  // 21: coord.v1.Event.member_record:type_name -> coord.v1.Member
+	2,  // 22: coord.v1.Event.policy:type_name -> coord.v1.GroupPolicy
+	8,  // 23: coord.v1.Event.holding:type_name -> coord.v1.Holding
+	9,  // 24: coord.v1.Event.handover:type_name -> coord.v1.Handover
+	21, // 25: coord.v1.Event.loads:type_name -> coord.v1.SessionLoad
+	20, // 26: coord.v1.Event.group_slots:type_name -> coord.v1.GroupSlots
+	11, // 27: coord.v1.Event.scheduled:type_name -> coord.v1.ScheduledSwitchover
+	8,  // 28: coord.v1.GroupSlots.holdings:type_name -> coord.v1.Holding
+	9,  // 29: coord.v1.GroupSlots.handovers:type_name -> coord.v1.Handover
+	47, // 30: coord.v1.GroupSlots.vacated_cause:type_name -> coord.v1.GroupSlots.VacatedCauseEntry
+	12, // 31: coord.v1.GroupSlots.pause:type_name -> coord.v1.GroupPause
+	2,  // 32: coord.v1.GroupSlots.policy:type_name -> coord.v1.GroupPolicy
+	11, // 33: coord.v1.GroupSlots.scheduled:type_name -> coord.v1.ScheduledSwitchover
+	2,  // 34: coord.v1.CreateGroup.policy:type_name -> coord.v1.GroupPolicy
+	3,  // 35: coord.v1.Register.member:type_name -> coord.v1.Member
+	34, // 36: coord.v1.Advance.over:type_name -> coord.v1.WaitKey
+	48, // 37: coord.v1.UpdateMember.tags:type_name -> coord.v1.UpdateMember.TagsEntry
+	49, // 38: coord.v1.UpdateMember.metadata:type_name -> coord.v1.UpdateMember.MetadataEntry
+	2,  // 39: coord.v1.EditGroup.policy:type_name -> coord.v1.GroupPolicy
+	21, // 40: coord.v1.SetLoads.loads:type_name -> coord.v1.SessionLoad
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_coord_v1_groups_proto_init() }
@@ -3873,15 +4258,15 @@ func file_coord_v1_groups_proto_init() {
 		(*HealthCheck_Grpc)(nil),
 	}
 	file_coord_v1_groups_proto_msgTypes[12].OneofWrappers = []any{}
-	file_coord_v1_groups_proto_msgTypes[14].OneofWrappers = []any{}
-	file_coord_v1_groups_proto_msgTypes[32].OneofWrappers = []any{}
+	file_coord_v1_groups_proto_msgTypes[17].OneofWrappers = []any{}
+	file_coord_v1_groups_proto_msgTypes[35].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coord_v1_groups_proto_rawDesc), len(file_coord_v1_groups_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   46,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

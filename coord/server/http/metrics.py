@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from coord import __version__
 from coord.raft.node import ROLE_LEADER, RaftNode, View
-from coord.state import ledger
+from coord.state import ledger, spread
 from coord.v1 import maintenance_pb2
 
 # ``*_created`` series double the output for no use here.
@@ -272,6 +272,13 @@ class _StateFigures:
         }
         # name -> scheduled switchovers pending (coord.state.scheduled)
         self.scheduled = {name: len(g.scheduled) for name, g in state.groups.groups.items()}
+        # name -> masters beyond the group's spread rule, over its family (coord.state.spread)
+        per_value = spread.all_counts(state.groups.groups)  # each family counted once
+        self.spread_violations = {
+            name: spread.excess(per_value[name], g.policy.spread_max)
+            for name, g in state.groups.groups.items()
+            if name in per_value
+        }
         # (group, member, lag behind the group's best reported position): the members
         # that reported a position (freshness-aware succession)
         self.position_lags: list[tuple[str, str, int]] = []
@@ -322,7 +329,15 @@ def _state_metrics(fig: _StateFigures) -> list[Metric]:
         "Switchovers scheduled for later and not yet due (coordctl schedule ls).",
         labels=["group"],
     )
+    spread_violations = GaugeMetricFamily(
+        "coord_group_spread_violations",
+        "Masters beyond the group's spread rule (at most spread_max per value of its "
+        "spread_tag), counted over its spread family: 0 while the spread holds or without "
+        "a rule; `coordctl rebalance GROUP` restores it.",
+        labels=["group"],
+    )
     for name, *_ in fig.groups:
+        spread_violations.add_metric([name], fig.spread_violations.get(name, 0))
         since = fig.paused.get(name)
         paused.add_metric([name], 0.0 if since is None else 1.0)
         paused_for.add_metric([name], 0.0 if since is None else max(0, now_ms - since) / 1000)
@@ -337,6 +352,7 @@ def _state_metrics(fig: _StateFigures) -> list[Metric]:
     for group_name, member_id, behind in fig.position_lags:
         lag.add_metric([group_name, member_id], behind)
     out += [members, masters, slots, paused, paused_for, breaker_open, scheduled, lag]
+    out.append(spread_violations)
     out += _ledger_metrics(fig.ledger, now_ms)
     return out
 

@@ -33,7 +33,7 @@ from coord import errors
 from coord.raft.node import ROLE_LEADER, RaftNode
 from coord.server.http.metrics import WINDOWS, NodeMetrics
 from coord.server.security.guard import Guard
-from coord.state import ledger
+from coord.state import ledger, spread
 
 # A node this far behind what it knows to be committed is not ready.
 READY_MAX_LAG = 1000
@@ -202,13 +202,14 @@ def status_snapshot(raft: RaftNode) -> dict[str, Any]:
 def _state_snapshot(state: Any, now_ms: int) -> dict[str, Any]:
     """The replicated part (under the node's lock): groups, members, recent events."""
     groups = []
+    per_value = spread.all_counts(state.groups.groups)  # each spread family counted once
     for name, g in sorted(state.groups.groups.items()):
         book = state.ledger.groups.get(name)
         avail = _dict(ledger.report(book, now_ms, WINDOWS.values())) if book is not None else {}
         pause = _dict(g.pause) if g.pause is not None else None
         groups.append(
             {"name": name, "slots": g.policy.slots, "members": _members(g), "availability": avail,
-             "paused": pause, "breaker": _breaker(g),
+             "paused": pause, "breaker": _breaker(g), "spread": _spread(g, per_value.get(name)),
              "scheduled": [_dict(g.scheduled[i]) for i in sorted(g.scheduled)]}
         )  # fmt: skip
     events = [_dict(e) for e in state.events.last(RECENT_EVENTS)]
@@ -226,6 +227,22 @@ def _breaker(g: Any) -> dict[str, Any] | None:
         "window_ms": p.breaker_window_ms,
         "open": bool(g.pause is not None and g.pause.breaker),
         "counted": len(g.breaker_failovers),
+    }
+
+
+def _spread(g: Any, per: dict[str, int] | None) -> dict[str, Any] | None:
+    """A group's spread rule (None: none): its masters per tag value over its family
+    (``per``: coord.state.spread's count) and how many are beyond the limit."""
+    p = g.policy
+    if per is None:
+        return None
+    return {
+        "rule": spread.describe(p),
+        "tag": p.spread_tag,
+        "max": p.spread_max,
+        "family": p.spread_family,
+        "masters": [{"value": v, "masters": per[v]} for v in sorted(per)],
+        "excess": spread.excess(per, p.spread_max),
     }
 
 

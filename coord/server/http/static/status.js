@@ -223,6 +223,21 @@
         `group after ${rule}; ${num(b.counted)} counted` }, "breaker");
   }
 
+  // The spread rule (at most K masters per value of a member tag, over a family):
+  // violated while more masters share a value than it allows.
+  function spreadBadge(g) {
+    const sp = g.spread;
+    if (!sp) return null;
+    const per = (sp.masters || []).map((v) =>
+      `${v.value ? `${sp.tag}=${v.value}` : `no ${sp.tag} tag`}: ${num(v.masters)}`).join(", ");
+    return num(sp.excess) > 0
+      ? el("span", { class: "badge bad-badge spread-violated",
+        title: `spread violated (${sp.rule}): ${per}; coordctl rebalance ${g.name} restores it` },
+        "spread violated")
+      : el("span", { class: "badge ok-badge spread", title: `spread holds (${sp.rule}): ${per || "no masters"}` },
+        "spread");
+  }
+
   function renderGroup(g, nowMs) {
     const members = g.members || [];
     const masters = members.filter((m) => m.master).sort((a, b) => a.master.slot - b.master.slot);
@@ -238,7 +253,8 @@
         g.paused && !(g.breaker && g.breaker.open)
           ? el("span", { class: "badge bad-badge paused", title: pausedTitle(g.paused) },
             "paused") : null,
-        breakerBadge(g)),
+        breakerBadge(g),
+        spreadBadge(g)),
       el("div", { class: "cols" },
         el("div", { class: "col" },
           el("table", { class: "grid members" },
