@@ -187,7 +187,7 @@ class Agent:
         try:
             member = self.client.group(cfg.group).member(
                 cfg.member, session, address=cfg.address, priority=cfg.priority,
-                weight=cfg.weight, nofailover=cfg.nofailover, check=cfg.check,
+                weight=cfg.weight, nofailover=cfg.nofailover, check=cfg.check, tags=cfg.tags,
             ).start()  # fmt: skip
             self._campaigning = False
             with self._lock:

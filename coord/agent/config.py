@@ -8,6 +8,7 @@ Keys (YAML, every one optional but ``endpoints``, ``group`` and ``member``)::
     address: 10.0.0.1:5432       # where clients reach the service
     priority: 10                 # higher is preferred for mastership
     weight: 1                    # for client-side weighted balancing
+    tags: {zone: eu-1a}          # what a group's spread rule counts masters by
     nofailover: false            # register, never campaign
     ttl: 10s                     # the session's TTL (0.5s .. 1h)
     listen: 0.0.0.0:8008         # the role endpoints (/master, /standby, /health, /role)
@@ -58,7 +59,7 @@ DEFAULT_LISTEN = "127.0.0.1:8008"
 _KEYS = (
     "endpoints", "group", "member", "address", "priority", "weight", "nofailover", "ttl",
     "listen", "check", "hooks", "hook_timeout", "run", "stop_grace", "retry_delay", "tls",
-    "position", "position_file", "position_interval", "position_timeout",
+    "position", "position_file", "position_interval", "position_timeout", "tags",
 )  # fmt: skip
 _CHECK_KINDS = ("tcp", "http", "grpc")
 _CHECK_KEYS = (*_CHECK_KINDS, "interval", "timeout", "rise", "fall", "expect_status",
@@ -92,6 +93,8 @@ class AgentConfig:
     position_file: str = ""
     position_interval_s: float = 1.0
     position_timeout_s: float = 5.0
+    # The member's tags (a zone, a host): what a group's spread rule counts by.
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def stepdown_grace_s(self) -> float:
@@ -206,6 +209,7 @@ def build(raw: Mapping[str, Any], where: str = "config") -> AgentConfig:
         position_file=position_file,
         position_interval_s=position_interval,
         position_timeout_s=position_timeout,
+        tags=_tags(raw.get("tags"), where),
     )
 
 
@@ -352,6 +356,14 @@ def _tls(value: Any, where: str) -> dict[str, str]:
     if not isinstance(value, dict) or any(k not in _TLS_KEYS for k in value):
         raise errors.InvalidArgument(f"{where}: tls takes {', '.join(_TLS_KEYS)}")
     return {k: _text(v, f"tls.{k}", where) for k, v in value.items()}
+
+
+def _tags(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise errors.InvalidArgument(f"{where}: tags is a map of names to values (zone: eu-1a)")
+    return {_text(k, "tags", where): _text(v, f"tags.{k}", where) for k, v in value.items()}
 
 
 def _listen(value: Any, where: str) -> str:

@@ -491,7 +491,7 @@ def test_agents_report_positions_and_the_lagging_one_is_skipped_at_failover(
             p2 = agents.start(g, "p2", priority=30, position=["cat", str(files["p2"])],
                               position_interval="0.2s")  # fmt: skip
             p3 = agents.start(g, "p3", priority=10, position_file=str(files["p3"]),
-                              position_interval="0.2s")  # fmt: skip
+                              position_interval="0.2s", tags={"zone": "b"})  # fmt: skip
             for a, position in ((p2, 100), (p3, 990)):
                 assert a.wait_for("position", 20, state="reported")["position"] == position
                 a.wait_status("/standby", 200)
@@ -519,6 +519,7 @@ def test_agents_report_positions_and_the_lagging_one_is_skipped_at_failover(
         assert p2.wait_for("position", 10, since=mark, state="reported")["position"] == 50
         members = {m.id: m for m in c.group(g).get().members}
         assert members["p2"].position == 50 and members["p3"].position == 990
+        assert dict(members["p3"].tags) == {"zone": "b"}  # registered with the agent's tags
         assert holders(c, g) == {0: ("p3", p3_master["token"])}
 
 

@@ -69,6 +69,8 @@ def test_durations(value: object, seconds: float) -> None:
     ({"position": "cat f", "position_interval": "often"}, "position_interval: 'often' is not"),
     ({"position_file": "/f", "position_timeout": 0}, "position_timeout must be more than 0"),
     ({"position_interval": "1s"}, "position_interval is set, but neither position nor"),
+    ({"tags": ["zone"]}, "tags is a map of names to values"),
+    ({"tags": {"zone": None}}, "tags.zone: None is not a string"),
 ])  # fmt: skip
 def test_bad_settings_name_the_key(extra: dict[str, object], said: str) -> None:
     with pytest.raises(errors.InvalidArgument, match=re.escape(said)) as e:
@@ -84,6 +86,14 @@ def test_a_missing_program_is_refused_at_start_not_at_load() -> None:
     with pytest.raises(errors.InvalidArgument, match=r"position: program '/nonexistent/lsn'"):
         config.runnable(cfg, "agent.yaml")
     config.runnable(config.build({**BASE, "run": ["sh", "-c", "true"]}))
+
+
+def test_tags_are_strings_by_name() -> None:
+    assert config.build({**BASE, "tags": {"zone": "eu-1a", "rack": 7}}).tags == {
+        "zone": "eu-1a",
+        "rack": "7",
+    }
+    assert config.build(BASE).tags == {}
 
 
 def test_position_settings_and_flags() -> None:
