@@ -19,7 +19,14 @@ into one for which pysyncobj's code does exactly that:
   pysyncobj would delete is vetoed (the ``__deleteEntriesFrom`` override in
   ``coord.raft.syncobj_adapter``);
 - ``commit_index`` is clamped to the last verified index, so entries of ours
-  that the leader has not vouched for are never applied.
+  that the leader has not vouched for are never applied;
+- a message without ``prevLogIdx`` (a snapshot chunk, or ``serialized: None``: the
+  leader has a snapshot for us but is still writing it) verifies none of our entries:
+  its ``commit_index`` is clamped to our own. pysyncobj would otherwise commit up to
+  ``min(leaderCommit, our last index)``, and a deposed leader would apply (and
+  acknowledge to its clients) the uncommitted tail the snapshot is about to replace.
+  After an install our commit index may trail the applied index until the next
+  append verifies it; a snapshot holds only committed state.
 
 Thread: the tick thread (inside pysyncobj's message handling).
 """
@@ -29,9 +36,14 @@ from __future__ import annotations
 from typing import Any
 
 
-def rewrite(log: Any, message: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """Return the message pysyncobj should see, and the index truncation may start at."""
-    if "transmission" in message or "prevLogIdx" not in message:
+def rewrite(log: Any, message: dict[str, Any], commit: int) -> tuple[dict[str, Any], int | None]:
+    """Return the message pysyncobj should see, and the index truncation may start at;
+    ``commit`` is our commit index."""
+    if "prevLogIdx" not in message:
+        if message.get("commit_index", 0) <= commit:
+            return message, None
+        return {**message, "commit_index": commit}, None
+    if "transmission" in message:
         return message, None
     prev, prev_term = message["prevLogIdx"], message["prevLogTerm"]
     first, last = log[0][1], log[-1][1]

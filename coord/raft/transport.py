@@ -323,7 +323,9 @@ class CoordTransport(TCPTransport):
             if int(message.get("term") or 0) >= self.raft.current_term:
                 # Only a leader pysyncobj follows counts (a stale one's word does not).
                 self.gate.leader_commit(int(message.get("commit_index") or 0))
-            message, self.truncate_from = appendfix.rewrite(self.raft.log, message)
+            message, self.truncate_from = appendfix.rewrite(
+                self.raft.log, message, self.raft.commit_index
+            )
             try:
                 super()._onMessageReceived(node, message)
             finally:

@@ -177,3 +177,81 @@ def test_a_failed_write_keeps_the_old_dump_and_says_failed(tmp_path: Path) -> No
     assert _finish(s) == (SERIALIZER_STATE.FAILED, 7)
     assert Path(path).read_bytes() == b"old dump"
     assert job.installed_calls == 0
+
+
+def test_a_deposed_leader_applies_nothing_while_the_new_leader_writes_its_dump(
+    tmp_path: Path,
+) -> None:
+    # The old leader, cut off, appends puts nobody else has; the new leader commits past
+    # them and compacts, so the old one can only be sent a snapshot, and while the new
+    # leader's worker writes it, each append-entries carries "serialized": None. Those
+    # verify none of the old leader's entries: it must not commit and apply its tail
+    # (and tell its clients the puts succeeded) because the leader's commit index is
+    # higher.
+    cluster = MemoryCluster(tmp_path)
+    cluster.compaction_entries = 100
+    cluster.start_all()
+    try:
+        old = cluster.wait_leader()
+        cluster.put(old, b"before", b"x").result(10)
+        cluster.wait_converged()
+        deposed = cluster.nodes[old]
+        applied_tail: list[bool] = []
+        deposed.add_apply_listener(
+            lambda: applied_tail.append(deposed.state.kv.get(b"divergent") is not None)
+        )
+        cluster.isolate(old)
+        end = deposed.view.applied_index
+        futures = [cluster.put(old, b"divergent", b"%d" % i) for i in range(3)]
+        wait_until(lambda: len(deposed.journal) and deposed.journal[-1][1] >= end + 3, 10,
+                   "the old leader to append its tail")  # fmt: skip
+        others = [n for n in cluster.ids if n != old]
+        new = cluster.wait_leader(among=others)
+        for i in range(300):
+            cluster.put(new, b"k%03d" % i, b"v").result(10)
+        wait_until(
+            lambda: cluster.nodes[new].journal[0][1] > end + 3, 10, "the new leader to compact"
+        )
+        writer = _serializer(cluster, new)
+        writer._Serializer__pid = -3  # as while its worker writes a dump
+        cluster.heal()
+        wait_until(lambda: deposed.view.leader_id == new, 10, "the old leader to follow")
+        heard = cluster.network.stats["delivered"]
+        wait_until(lambda: cluster.network.stats["delivered"] > heard + 30, 10, "heartbeats")
+        assert not any(applied_tail), "the deposed leader applied its uncommitted tail"
+        assert not any(f.done() and not f.exception() for f in futures)
+        writer._Serializer__pid = 0  # the dump is written: the snapshot goes out
+        state = cluster.wait_converged(timeout=20)
+        assert cluster.get(old, b"divergent") is None and cluster.get(new, b"divergent") is None
+        assert not any(applied_tail)
+        assert state == cluster.snapshot(new)
+    finally:
+        cluster.close()
+
+
+def test_a_capture_that_raises_is_a_failed_dump_not_a_wedged_tick(tmp_path: Path) -> None:
+    path = str(tmp_path / "dump.bin")
+
+    def capture(raft_data: Any) -> _Job:
+        raise RuntimeError("cannot copy the state")
+
+    s = BackgroundSerializer(path, 1 << 16, capture, lambda p: None)
+    s.serialize((None, "last", "prev", "cluster"), 9)  # does not raise into pysyncobj's tick
+    assert s.checkSerializing() == (SERIALIZER_STATE.FAILED, 9)
+    assert s.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
+    assert s._Serializer__pid == 0  # snapshots may be sent again
+
+
+def test_an_abandoned_write_never_replaces_the_dump(tmp_path: Path) -> None:
+    # A node stopped while its worker writes (close() gave up waiting): whatever runs in
+    # the data dir next must not see an older dump renamed over its own later.
+    job = _Job(b"dump of a stopped node")
+    s, path = _background(tmp_path, job)
+    s.serialize((None, "last", "prev", "cluster"), 41)
+    assert not s.wait(0.05)
+    s.abandon()
+    job.release.set()
+    assert s.wait(10)
+    assert Path(path).read_bytes() == b"old dump"
+    assert not os.path.exists(path + ".tmp")
+    assert job.installed_calls == 0

@@ -118,7 +118,7 @@ def raft_reference(f: Follower, message: dict[str, Any]) -> bool:
 def apply(f: Follower, message: dict[str, Any]) -> tuple[bool, int | None, int | None]:
     """Rewrite then deliver, as coord's transport does. Returns (accepted, truncation, verified)."""
     before = copy.deepcopy(message)
-    out, truncation = rewrite(f.log, message)
+    out, truncation = rewrite(f.log, message, f.commit)
     assert message == before, "rewrite must not mutate the leader's message"
     accepted = deliver(f, out, truncation)
     verified = None
@@ -145,8 +145,8 @@ FOLLOWER = make_log(1, [0, 1, 1, 2, 2])  # idx 1..5
             id="transmission",
         ),
         pytest.param(
-            {"type": "append_entries", "term": 50, "commit_index": 5, "serialized": b"snap"},
-            id="no-prevLogIdx",
+            {"type": "append_entries", "term": 50, "commit_index": 0, "serialized": b"snap"},
+            id="no-prevLogIdx-below-our-commit",
         ),
         pytest.param(ae(None, None, [], 5), id="prev-None"),
         pytest.param(ae(6, 2, [entry(7, 2)], 7), id="prev-past-end"),
@@ -157,7 +157,7 @@ FOLLOWER = make_log(1, [0, 1, 1, 2, 2])  # idx 1..5
 )
 def test_messages_it_does_not_own_come_back_unchanged(message: dict[str, Any]) -> None:
     before = copy.deepcopy(message)
-    out, truncation = rewrite(list(FOLLOWER), message)
+    out, truncation = rewrite(list(FOLLOWER), message, 0)
     assert out is message
     assert out == before
     assert truncation is None
@@ -166,7 +166,7 @@ def test_messages_it_does_not_own_come_back_unchanged(message: dict[str, Any]) -
 def test_prev_below_a_compacted_log_is_unchanged() -> None:
     log = make_log(100, [7, 7, 8])  # idx 100..102
     message = ae(99, 7, [entry(100, 7)], 100)
-    out, truncation = rewrite(log, message)
+    out, truncation = rewrite(log, message, 0)
     assert out is message
     assert truncation is None
 
@@ -184,7 +184,7 @@ def test_rejected_messages_change_nothing_in_the_follower() -> None:
 def test_matching_prefix_is_dropped_and_prev_advances() -> None:
     log = make_log(1, [0, 1, 1, 1, 1])  # idx 1..5
     leader = make_log(1, [0, 1, 1, 1, 1, 2, 2])  # idx 1..7
-    out, truncation = rewrite(log, cut(leader, 2, 5, commit=7))
+    out, truncation = rewrite(log, cut(leader, 2, 5, commit=7), 0)
     assert (out["prevLogIdx"], out["prevLogTerm"]) == (5, 1)
     assert out["entries"] == leader[5:7]
     assert out["commit_index"] == 7
@@ -199,7 +199,7 @@ def test_matching_prefix_is_dropped_and_prev_advances() -> None:
 def test_conflict_keeps_the_entries_from_the_conflict_and_allows_truncation_there() -> None:
     log = make_log(1, [0, 1, 1, 1, 1, 1])  # idx 1..6, 4..6 from a deposed leader of term 1
     leader = make_log(1, [0, 1, 1, 3, 3])  # idx 1..5
-    out, truncation = rewrite(log, cut(leader, 1, 4, commit=5))
+    out, truncation = rewrite(log, cut(leader, 1, 4, commit=5), 0)
     assert (out["prevLogIdx"], out["prevLogTerm"]) == (3, 1)
     assert out["entries"] == leader[3:5]
     assert truncation == 4
@@ -214,7 +214,7 @@ def test_conflict_keeps_the_entries_from_the_conflict_and_allows_truncation_ther
 def test_conflict_right_after_prev() -> None:
     log = make_log(1, [0, 1, 2])
     leader = make_log(1, [0, 1, 3, 3])
-    out, truncation = rewrite(log, cut(leader, 2, 2, commit=1))
+    out, truncation = rewrite(log, cut(leader, 2, 2, commit=1), 0)
     assert (out["prevLogIdx"], out["prevLogTerm"], out["entries"]) == (2, 1, leader[2:4])
     assert truncation == 3
     assert out["commit_index"] == 1
@@ -223,7 +223,7 @@ def test_conflict_right_after_prev() -> None:
 def test_stale_shorter_message_keeps_acknowledged_entries() -> None:
     """The resend that pysyncobj turned into data loss: entries 3-4 again, follower holds 1-10."""
     leader = make_log(1, [0] + [1] * 9)  # idx 1..10
-    out, truncation = rewrite(list(leader), cut(leader, 2, 2, commit=10))
+    out, truncation = rewrite(list(leader), cut(leader, 2, 2, commit=10), 0)
     assert (out["prevLogIdx"], out["prevLogTerm"], out["entries"]) == (4, 1, [])
     assert truncation is None
     assert out["commit_index"] == 4  # only what this message vouched for
@@ -247,7 +247,7 @@ def test_entries_all_beyond_the_log_are_kept() -> None:
     log = make_log(1, [0, 1, 1])
     leader = make_log(1, [0, 1, 1, 2, 2])
     message = cut(leader, 3, 2, commit=4)
-    out, truncation = rewrite(log, message)
+    out, truncation = rewrite(log, message, 0)
     assert (out["prevLogIdx"], out["prevLogTerm"], out["entries"]) == (3, 1, leader[3:5])
     assert truncation is None
     assert out["commit_index"] == 4
@@ -256,7 +256,7 @@ def test_entries_all_beyond_the_log_are_kept() -> None:
 
 def test_heartbeat_clamps_commit_to_prev() -> None:
     log = make_log(1, [0, 1, 1, 1, 1])
-    out, truncation = rewrite(log, ae(3, 1, [], 5))
+    out, truncation = rewrite(log, ae(3, 1, [], 5), 0)
     assert (out["prevLogIdx"], out["prevLogTerm"], out["entries"]) == (3, 1, [])
     assert out["commit_index"] == 3
     assert truncation is None
@@ -266,7 +266,7 @@ def test_message_without_entries_key() -> None:
     log = make_log(1, [0, 1, 1])
     message = ae(2, 1, [], 9)
     del message["entries"]
-    out, truncation = rewrite(log, message)
+    out, truncation = rewrite(log, message, 0)
     assert (out["prevLogIdx"], out["entries"], out["commit_index"]) == (2, [], 2)
     assert truncation is None
 
@@ -274,7 +274,7 @@ def test_message_without_entries_key() -> None:
 def test_lower_leader_commit_is_kept() -> None:
     log = make_log(1, [0, 1, 1])
     leader = make_log(1, [0, 1, 1, 1, 1, 1])
-    out, _ = rewrite(log, cut(leader, 1, 5, commit=2))
+    out, _ = rewrite(log, cut(leader, 1, 5, commit=2), 0)
     assert out["commit_index"] == 2
 
 
@@ -282,7 +282,7 @@ def test_compacted_log() -> None:
     log = make_log(100, [4, 4, 5, 5])  # idx 100..103
     leader = make_log(100, [4, 4, 5, 6, 6])  # idx 100..104
     message = ae(100, 4, leader[1:5], 104)
-    out, truncation = rewrite(log, message)
+    out, truncation = rewrite(log, message, 0)
     assert (out["prevLogIdx"], out["prevLogTerm"]) == (102, 5)
     assert out["entries"] == leader[3:5]
     assert truncation == 103
@@ -322,7 +322,7 @@ def test_rewrite_shape(case: tuple[Log, dict[str, Any]]) -> None:
     log, message = case
     before = copy.deepcopy(message)
     log_before = list(log)
-    out, truncation = rewrite(log, message)
+    out, truncation = rewrite(log, message, 0)
     assert message == before
     assert log == log_before
 
@@ -448,3 +448,21 @@ def test_after_a_full_message_the_follower_holds_the_leader_log(
     # entries past the leader's last index stay (uncommitted) until it overwrites them
     assert f.log[: len(leader) - first + 1] == leader[first - 1 :]
     assert f.commit == len(leader)
+
+
+def test_a_message_without_prev_log_idx_commits_none_of_our_entries() -> None:
+    # The leader has a snapshot for us and is still writing it ("serialized": None), or
+    # sends one of its chunks: nothing in it vouches for our own entries, which may be a
+    # deposed leader's uncommitted tail. Our commit index stays where it was.
+    log = make_log(1, [1, 1, 1, 1])  # indexes 1..4, ours committed up to 2
+    for message in (
+        {"type": "append_entries", "term": 2, "commit_index": 400, "serialized": None},
+        {"type": "append_entries", "term": 2, "commit_index": 400,
+         "serialized": (b"chunk", True, False)},
+    ):  # fmt: skip
+        out, truncation = rewrite(log, message, 2)
+        assert out["commit_index"] == 2 and truncation is None
+        assert out["serialized"] == message["serialized"]
+        assert message["commit_index"] == 400  # the leader's message is not mutated
+    below = {"type": "append_entries", "term": 2, "commit_index": 1, "serialized": None}
+    assert rewrite(log, below, 2)[0] is below
