@@ -136,7 +136,10 @@ class RaftNode:
         self._dump_path = os.path.join(cfg.data_dir, DUMP_FILE)
         dump = None
         if os.path.exists(self._dump_path):
-            dump = read_dump(self._dump_path)  # refuse to start on a corrupt snapshot
+            # Refuse to start on a corrupt snapshot. fsync: pysyncobj renames a snapshot
+            # received from the leader without one, and the journal prefix it covers is
+            # about to go (_drop_entries_the_dump_covers).
+            dump = read_dump(self._dump_path, fsync=cfg.fsync)
         self.journal = DurableJournal(self._journal_path, fsync=cfg.fsync)
         self.membership = Membership(
             cfg.node_id,
@@ -284,7 +287,7 @@ class RaftNode:
         # A dump still being written would be renamed into the data dir later, under
         # whatever runs there next (a restart in this process): let it finish.
         if not self._raft.wait_dump_written(30.0):
-            logger.warning("a Raft snapshot is still being written after 30 s")
+            logger.warning("a Raft snapshot still being written after 30 s is abandoned")
 
     # -- membership ------------------------------------------------------------
 

@@ -464,8 +464,13 @@ class SyncObjAdapter:
         self._so.destroy()
 
     def wait_dump_written(self, timeout: float) -> bool:
-        """Wait for a snapshot being written in the background; whether none is now."""
-        return self._so._SyncObj__serializer.wait(timeout)  # type: ignore[no-any-return]
+        """Wait for a snapshot being written in the background; whether none is now. If
+        one still is, it is abandoned (never renamed into place)."""
+        serializer = self._so._SyncObj__serializer
+        if serializer.wait(timeout):
+            return True
+        serializer.abandon()
+        return False
 
     def destroy_synchronous(self) -> None:
         """Stop the tick thread and wait for it; the journal is closed."""
