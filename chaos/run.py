@@ -94,6 +94,13 @@ class Scenario:
 SCENARIOS = [
     Scenario("isolate-leader", "isolate-leader"),
     Scenario("isolate-leader-and-clients", "isolate-leader-and-clients"),
+    # Every node compacts every 100 entries: the deposed leader, healed, is sent a
+    # snapshot, often while the new leader is still writing it (serialized: None).
+    Scenario(
+        "isolate-leader-compacting",
+        "isolate-leader-and-clients",
+        extra_args=("--log-compaction-entries", "100"),
+    ),
     Scenario("minority-partition-5", "minority-partition", nodes=5),
     Scenario("leader-in-majority", "leader-in-majority"),
     Scenario("bridge-5", "bridge", nodes=5),
