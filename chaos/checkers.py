@@ -317,33 +317,7 @@ def linearizable(record: RunRecord, timeout_s: float = 30.0) -> list[Violation]:
     """Runs ``chaos.linearizability.check`` on ``record.kv_history`` (imported here, so
     the other checkers work without it). An import failure, an exception from the
     checker, an undecided result and a non-linearizable one are all violations."""
-    name = "linearizable"
-    n = len(record.kv_history)
-    try:
-        lin: Any = importlib.import_module("chaos.linearizability")
-    except ImportError as e:
-        return [Violation(name, f"cannot import chaos.linearizability: {e}")]
-    try:
-        res: Any = lin.check(record.kv_history, timeout_s=timeout_s)
-    except Exception as e:
-        return [Violation(name, f"the checker raised on {n} operations: {e!r}")]
-    if getattr(res, "unknown", False) is True:
-        return [
-            Violation(
-                name,
-                f"undecided within {timeout_s:g} s ({n} operations, key "
-                f"{getattr(res, 'key', None)!r}): {getattr(res, 'explanation', '')}",
-            )
-        ]
-    if not res.ok:
-        return [
-            Violation(
-                name,
-                f"history of {n} operations is not linearizable (key "
-                f"{getattr(res, 'key', None)!r}): {getattr(res, 'explanation', '')}",
-            )
-        ]
-    return []
+    return _search("linearizable", "chaos.linearizability", record.kv_history, timeout_s)
 
 
 # -- 6b. linearizability of the bank's multi-key transactions -----------------------------
@@ -355,21 +329,42 @@ def bank_linearizable(record: RunRecord, timeout_s: float = 30.0) -> list[Violat
     failure, an exception from the checker, an inconclusive result (the search bound ran
     out) and a non-linearizable history are all violations. An empty history passes
     (as for ``bank_conserved``)."""
-    name = "bank_linearizable"
-    n = len(record.bank_history)
+    return _search(
+        "bank_linearizable",
+        "chaos.txn_linearizability",
+        record.bank_history,
+        timeout_s,
+        what="the bank's history",
+        undecided="inconclusive",
+    )
+
+
+def _search(
+    name: str,
+    module: str,
+    history: Any,
+    timeout_s: float,
+    what: str = "history",
+    undecided: str = "undecided",
+) -> list[Violation]:
+    """``module.check(history)`` as checker ``name``'s violations."""
+    n = len(history)
     try:
-        lin: Any = importlib.import_module("chaos.txn_linearizability")
+        lin: Any = importlib.import_module(module)
     except ImportError as e:
-        return [Violation(name, f"cannot import chaos.txn_linearizability: {e}")]
+        return [Violation(name, f"cannot import {module}: {e}")]
     try:
-        res: Any = lin.check(record.bank_history, timeout_s=timeout_s)
+        res: Any = lin.check(history, timeout_s=timeout_s)
     except Exception as e:
         return [Violation(name, f"the checker raised on {n} operations: {e!r}")]
+    key = getattr(res, "key", None)  # the per-key search says which key
+    has_key = hasattr(res, "key")
     if getattr(res, "unknown", False) is True:
         return [
             Violation(
                 name,
-                f"inconclusive within {timeout_s:g} s ({n} operations): "
+                f"{undecided} within {timeout_s:g} s ({n} operations"
+                f"{f', key {key!r}' if has_key else ''}): "
                 f"{getattr(res, 'explanation', '')}",
             )
         ]
@@ -377,7 +372,8 @@ def bank_linearizable(record: RunRecord, timeout_s: float = 30.0) -> list[Violat
         return [
             Violation(
                 name,
-                f"the bank's history of {n} operations is not linearizable: "
+                f"{what} of {n} operations is not linearizable"
+                f"{f' (key {key!r})' if has_key else ''}: "
                 f"{getattr(res, 'explanation', '')}",
             )
         ]
