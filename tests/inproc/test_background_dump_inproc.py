@@ -32,15 +32,21 @@ def _serializer(cluster: MemoryCluster, node_id: str) -> BackgroundSerializer:
     return s
 
 
+def _compacting_cluster(tmp_path: Path) -> MemoryCluster:
+    """Three nodes that compact their logs every 100 entries, started."""
+    cluster = MemoryCluster(tmp_path)
+    cluster.compaction_entries = 100
+    cluster.start_all()
+    return cluster
+
+
 def _dump_index(data_dir: Path) -> int:
     path = data_dir / DUMP_FILE
     return read_dump(str(path)).last[1] if path.exists() else 0
 
 
 def test_the_cluster_compacts_in_the_background_and_a_restart_loads_it(tmp_path: Path) -> None:
-    cluster = MemoryCluster(tmp_path)
-    cluster.compaction_entries = 100
-    cluster.start_all()
+    cluster = _compacting_cluster(tmp_path)
     try:
         leader = cluster.wait_leader()
         for i in range(KEYS):
@@ -69,9 +75,7 @@ def test_a_stop_between_the_dumps_rename_and_the_log_deletion_loses_no_entry(
     # entries they cover (as when it stops right after the rename). Restarted alone, it
     # must still hold every entry it had: pysyncobj would clear a journal that does not
     # begin at the dump, the entries after the dump with it.
-    cluster = MemoryCluster(tmp_path)
-    cluster.compaction_entries = 100
-    cluster.start_all()
+    cluster = _compacting_cluster(tmp_path)
     try:
         leader = cluster.wait_leader()
         n3 = _serializer(cluster, "n3")
@@ -188,9 +192,7 @@ def test_a_deposed_leader_applies_nothing_while_the_new_leader_writes_its_dump(
     # verify none of the old leader's entries: it must not commit and apply its tail
     # (and tell its clients the puts succeeded) because the leader's commit index is
     # higher.
-    cluster = MemoryCluster(tmp_path)
-    cluster.compaction_entries = 100
-    cluster.start_all()
+    cluster = _compacting_cluster(tmp_path)
     try:
         old = cluster.wait_leader()
         cluster.put(old, b"before", b"x").result(10)
