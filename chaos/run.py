@@ -56,7 +56,7 @@ from chaos.workload import (
     SessionLoad,
 )
 from coord import errors
-from coord.client import Client
+from coord.client import Client, txn
 from coord.testing import wait_until
 from coord.v1 import kv_pb2, kv_pb2_grpc, maintenance_pb2
 
@@ -89,6 +89,9 @@ class Scenario:
     # the cluster *says* expired is lost whatever its TTL.
     session_ttl_s: float = TTL_S
     extra_args: tuple[str, ...] = ()  # every node's (timings the nemesis needs)
+    # Keys (of 200 bytes) put before the workload starts: a state whose snapshots take
+    # long enough to write that a heal meets one being written.
+    ballast_keys: int = 0
 
 
 SCENARIOS = [
@@ -99,7 +102,8 @@ SCENARIOS = [
     Scenario(
         "isolate-leader-compacting",
         "isolate-leader-and-clients",
-        extra_args=("--log-compaction-entries", "100"),
+        extra_args=("--log-compaction-entries", "200"),
+        ballast_keys=30_000,
     ),
     Scenario("minority-partition-5", "minority-partition", nodes=5),
     Scenario("leader-in-majority", "leader-in-majority"),
@@ -190,6 +194,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         c.start()
         started = True
         leader_id(c)
+        _ballast(c, sc.ballast_keys)
         _start_workload(c, sc, record, history, rng, workers)
         time.sleep(1.0)  # the workload settles before the first fault (a pacing delay)
         failed_steps += _faults(c, sc, rng, cycles, record)
@@ -236,6 +241,15 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         _slowest_catch_up(record),
         len(record.heals),
     )
+
+
+def _ballast(c: ProxiedCluster, keys: int) -> None:
+    """Put ``keys`` keys under ``ballast/`` (200 keys per transaction)."""
+    value = b"b" * 200
+    with Client(c.client_endpoints, timeout_s=30) as cl:
+        for start in range(0, keys, 200):
+            end = min(keys, start + 200)
+            cl.txn(success=[txn.put(b"ballast/%08d" % i, value) for i in range(start, end)])
 
 
 def _slowest_catch_up(record: RunRecord) -> float | None:
