@@ -11,8 +11,10 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
+from coord.cli import coordctl as coordctl_cli
 from coord.client import Client
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import cluster_pb2, kv_pb2
@@ -209,3 +211,17 @@ def scrape(cluster: LocalCluster, i: int) -> Samples:
 def sample(m: Samples, name: str, default: float = 0.0, **labels: str) -> float:
     """One sample of ``m`` (``default`` when the series is absent)."""
     return m.get((name, tuple(sorted(labels.items()))), default)
+
+
+def ctl(cluster: LocalCluster, *args: str, stdin: str | None = None) -> Result:
+    """coordctl in-process (the console script's code, without an interpreter start),
+    against ``cluster``; ``COORDCTL_ENDPOINTS`` from the environment is ignored."""
+    return CliRunner().invoke(
+        coordctl_cli.main, ["--endpoints", ",".join(cluster.endpoints), *args], input=stdin,
+        env={"COORDCTL_ENDPOINTS": None},
+    )  # fmt: skip
+
+
+def shown(r: Result) -> str:
+    """A coordctl result for an assertion message: exit code, stdout, stderr."""
+    return f"exit {r.exit_code}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"

@@ -18,16 +18,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from coord import errors
-from coord.cli import coordctl as coordctl_cli
 from coord.client import Client, new_request_id
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
 from .members import Watcher, groups_stub, holders, sessions_stub
-from .support import ClusterFactory, sample, scrape
+from .support import ClusterFactory, ctl, sample, scrape, shown
 from .test_webhook import Receiver
 
 
@@ -90,18 +88,6 @@ def raw(cluster: LocalCluster) -> Iterator[Raw]:
             yield r
         finally:
             r.close()
-
-
-def ctl(cluster: LocalCluster, *args: str) -> Result:
-    """coordctl in-process (the console script's code, without an interpreter start)."""
-    return CliRunner().invoke(
-        coordctl_cli.main, ["--endpoints", ",".join(cluster.endpoints), *args],
-        env={"COORDCTL_ENDPOINTS": None},
-    )  # fmt: skip
-
-
-def shown(r: Result) -> str:
-    return f"exit {r.exit_code}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
 
 
 def http_json(cluster: LocalCluster, i: int, path: str) -> Any:

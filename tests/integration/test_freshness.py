@@ -16,10 +16,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
-from click.testing import CliRunner, Result
 
 from coord import errors
-from coord.cli import coordctl as coordctl_cli
 from coord.client import Client
 from coord.client.election import Leadership, Member
 from coord.client.session import Session
@@ -27,7 +25,7 @@ from coord.testing import LocalCluster, wait_until
 from coord.v1 import groups_pb2
 
 from .members import holders
-from .support import ClusterFactory, sample, scrape
+from .support import ClusterFactory, ctl, sample, scrape, shown
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +33,6 @@ def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
     c = module_cluster_factory(3, fsync=False, http=True)
     c.wait_ready()
     return c
-
-
-def ctl(cluster: LocalCluster, *args: str) -> Result:
-    """coordctl in-process (the console script's code, without an interpreter start)."""
-    return CliRunner().invoke(
-        coordctl_cli.main, ["--endpoints", ",".join(cluster.endpoints), *args],
-        env={"COORDCTL_ENDPOINTS": None},
-    )  # fmt: skip
-
-
-def shown(r: Result) -> str:
-    return f"exit {r.exit_code}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
 
 
 class Standbys:

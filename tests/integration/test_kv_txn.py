@@ -25,10 +25,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from coord import errors
-from coord.cli import coordctl as coordctl_cli
 from coord.cli.output import EXIT_CONFIG, EXIT_REFUSED
 from coord.client import Client
 from coord.client import txn as t
@@ -36,7 +34,7 @@ from coord.state import limits
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2, kv_pb2
 
-from .support import ClusterFactory
+from .support import ClusterFactory, ctl
 
 
 @pytest.fixture(scope="module")
@@ -198,13 +196,6 @@ def test_watch_by_prefix_sees_only_its_keys(cluster: LocalCluster) -> None:
         ("kv_txn", [b"wp/b"], []),
         ("kv_delete", [], [b"wp/a", b"wp/b"]),
     ]
-
-
-def ctl(cluster: LocalCluster, *args: str, stdin: str | None = None) -> Result:
-    return CliRunner().invoke(
-        coordctl_cli.main, ["--endpoints", ",".join(cluster.endpoints), *args], input=stdin,
-        env={"COORDCTL_ENDPOINTS": None},
-    )  # fmt: skip
 
 
 def test_coordctl_kv_txn_from_a_file_or_stdin(cluster: LocalCluster, tmp_path: Path) -> None:

@@ -22,14 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from coord.cli import coordctl as coordctl_cli
 from coord.client import Client
 from coord.testing import LocalCluster, wait_until
 
 from .jsonlines import JsonLinesProcess
-from .support import ClusterFactory, sample, scrape
+from .support import ClusterFactory, ctl, sample, scrape, shown
 
 SHARDS = ("s0", "s1")
 HOSTS = {"h1": 3, "h2": 2, "h3": 1}  # host -> its members' priority
@@ -42,17 +40,6 @@ def cluster(module_cluster_factory: ClusterFactory) -> LocalCluster:
     c = module_cluster_factory(3, fsync=False, http=True)
     c.wait_ready()
     return c
-
-
-def ctl(cluster: LocalCluster, *args: str) -> Result:
-    return CliRunner().invoke(
-        coordctl_cli.main, ["--endpoints", ",".join(cluster.endpoints), *args],
-        env={"COORDCTL_ENDPOINTS": None},
-    )  # fmt: skip
-
-
-def shown(r: Result) -> str:
-    return f"exit {r.exit_code}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
 
 
 class Hosts:
