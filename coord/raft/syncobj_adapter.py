@@ -569,6 +569,15 @@ def peer_host(conn: Any) -> str:
         return "?"
 
 
+def listen_backlog(server: Any, backlog: int) -> None:
+    """Listen again on a bound pysyncobj ``TcpServer``'s socket (its private
+    ``__socket``) with ``backlog`` (Linux updates a listening socket's backlog). A
+    server without one (tests' in-memory transport) is left alone."""
+    sock = getattr(server, "_TcpServer__socket", None)
+    if sock is not None:
+        sock.listen(backlog)
+
+
 def guard_frames(conn: Any, allowed: Callable[[int], bool]) -> None:
     """Before ``conn`` parses a frame, ask ``allowed(announced_size)``; a refused
     frame is not parsed (``allowed`` disconnects). pysyncobj's parser is the private

@@ -45,7 +45,7 @@ from coord.raft import appendfix
 from coord.raft.gate import VotingGate
 from coord.raft.prevote import PreVote
 from coord.raft.progress import LeaderProgress, conflict_of
-from coord.raft.syncobj_adapter import SyncObjAdapter, guard_frames, peer_host
+from coord.raft.syncobj_adapter import SyncObjAdapter, guard_frames, listen_backlog, peer_host
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,10 @@ class RoutedNode(TCPNode):
         return f"RoutedNode({self.id!r} via {self._routes.get(self.id)})"
 
 
+# Pending connections the Raft port queues before accepting (pysyncobj: 5).
+LISTEN_BACKLOG = 128
+
+
 class CoordTransport(TCPTransport):
     """TCPTransport + cluster-id handshake, ack gating and catch-up vote filtering.
 
@@ -131,6 +135,17 @@ class CoordTransport(TCPTransport):
         super().__init__(syncObj, selfNode, otherNodes)
         self.raft = SyncObjAdapter(self._syncObj)
         self.progress = LeaderProgress(self.raft)
+
+    # -- the listening socket ----------------------------------------------------
+
+    def _maybeBind(self) -> None:
+        # pysyncobj listens with a backlog of 5: a burst of connections (every peer
+        # redialling after a heal, a port scan) overflows it, and the kernel retries a
+        # dropped SYN only after 1 s, then 3 s: a peer's connect delayed by seconds.
+        was_ready = self._ready
+        super()._maybeBind()
+        if self._ready and not was_ready:
+            listen_backlog(self._server, LISTEN_BACKLOG)
 
     # -- cluster secret: say why a peer is refused -------------------------------
 

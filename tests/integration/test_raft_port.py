@@ -26,8 +26,10 @@ import os
 import pickle
 import random
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -39,7 +41,7 @@ import pytest
 
 from coord import errors
 from coord.client import Client
-from coord.raft.transport import SECRET_WARN_EVERY_S
+from coord.raft.transport import LISTEN_BACKLOG, SECRET_WARN_EVERY_S
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -398,3 +400,16 @@ def test_an_unauthenticated_stream_does_not_depose_the_leader(
                 s.sendall(chunk)
     assert c.wait_for_leader(timeout=60) == leader
     assert status_of(c, leader).term == term
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_the_raft_port_queues_a_burst_of_connections(plain: LocalCluster) -> None:
+    # pysyncobj listens with a backlog of 5: a burst of connections (peers redialling
+    # after a heal) overflowed it, and each dropped SYN waits 1 s, then 3 s, to be
+    # retried. ``ss`` shows a listening socket's backlog as its Send-Q.
+    for node in plain.nodes:
+        port = node.raft.rsplit(":", 1)[1]
+        out = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert out[:1] == ["LISTEN"] and int(out[2]) == LISTEN_BACKLOG, (node.node_id, out)
