@@ -404,7 +404,9 @@ def test_the_command_run_while_master_stops_before_the_next_masters_starts(
     r2.wait_status("/standby", 200)
     wait_until(lambda: str(first["token"]) in beats(files["r1"]), 10, "r1's command to run")
 
-    switchover(cluster, "run", "r2")
+    # /standby answers once r2 registered, a moment before it campaigns: retry until
+    # the cluster takes r2 as a candidate.
+    wait_until(lambda: _switched(cluster, "run", "r2"), 10, "a switchover to r2 accepted")
     second = r2.wait_status("/master", 200)
     t2 = str(second["token"])
     wait_until(lambda: t2 in beats(files["r2"]), 10, "r2's command to run")
@@ -658,3 +660,13 @@ def test_fenced_grpc_calls_carry_the_token_and_stop_with_mastership(
     finally:
         plain.close()
         server.stop(0)
+
+
+def _switched(cluster: LocalCluster, group: str, to: str) -> bool:
+    try:
+        switchover(cluster, group, to)
+    except errors.FailedPrecondition as e:
+        if "not campaigning" not in e.message:
+            raise
+        return False
+    return True
