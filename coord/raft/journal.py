@@ -6,9 +6,12 @@ file is renamed without fsync. This journal implements the same interface
 
 - append-only records ``len u32 | crc32 u32 | idx u64 | term u64 | command``
   (the crc covers length, idx, term and command) written with ``os.write``
-  (page cache) and made durable by :meth:`sync`, which
-  the Raft node calls once per tick before any acknowledgement leaves the node
-  (group commit);
+  (page cache) and made durable by :meth:`sync` (group commit: one fdatasync
+  covers every write before it). The node calls it on its sync thread
+  (``coord.raft.journal_sync``), not on the tick thread, and lets an
+  acknowledgement leave only once :attr:`synced_seq` covers the writes before it
+  (:attr:`written_seq`); a leader counts its own log only up to
+  :attr:`durable_index`;
 - term and vote stored synchronously with fsync of the file and its directory
   before any vote can be sent (Raft §5: they must survive a crash);
 - a damaged record is a torn tail (a crash before the tick's fsync: one or
@@ -16,7 +19,10 @@ file is renamed without fsync. This journal implements the same interface
   tail is cut off at load. If a valid record follows, the damage is in the
   middle, where acknowledged entries lived: the start is refused.
 
-Thread: every method runs on the Raft tick thread.
+Threads: the Raft tick thread calls everything; :meth:`sync` and the
+properties that say what is durable may also be called from one other thread
+(the sync thread). ``_lock`` guards the counters; ``_fd_lock`` keeps the file
+descriptor from being closed or replaced while an fdatasync runs on it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -58,15 +65,26 @@ class DurableJournal:
         self._fsync = fsync
         self._entries: list[Entry] = []
         self._offsets: list[int] = []  # file offset of each entry's record
-        self._dirty = False
+        # Durability bookkeeping. Every change to the file (an append, a cut, the
+        # magic) bumps _written; a sync that began when it was N sets _synced to N.
+        # _durable_index: the last log index that a sync covered (lowered by a cut).
+        self._lock = threading.Lock()
+        self._fd_lock = threading.Lock()
+        self._written = 0
+        self._synced = 0
+        self._cuts = 0  # cuts so far: a sync that saw fewer may not raise _durable_index
+        self._durable_index = 0
         # Membership entries (coord.raft.membership) in the log, (idx, command) in
         # order, and who to tell when that list changes.
         self._config: list[tuple[int, bytes]] = []
         self.on_config_change: Callable[[], None] | None = None
         self.on_sync_latency: Callable[[float], None] | None = None  # metrics
+        self.on_destroy: Callable[[], None] | None = None  # stops the sync thread
         self._meta: dict[str, Any] = self._load_meta()
         self._meta_dirty = False
         self._fd = self._open_and_load()
+        # What was read back is on disk already (a torn tail's cut is not yet).
+        self._durable_index = self._last_index()
 
     # -- loading ---------------------------------------------------------------
 
@@ -85,7 +103,7 @@ class DurableJournal:
         size = os.fstat(fd).st_size
         if size == 0:
             os.write(fd, MAGIC)
-            self._dirty = True
+            self._written += 1
             return fd
         data = os.pread(fd, size, 0)
         if data[: len(MAGIC)] != MAGIC:
@@ -105,7 +123,7 @@ class DurableJournal:
         if end < size:
             logger.warning("journal %s: cutting a torn tail of %d bytes", self._path, size - end)
             os.ftruncate(fd, end)
-            self._dirty = True
+            self._written += 1
         os.lseek(fd, end, os.SEEK_SET)
         return fd
 
@@ -140,7 +158,8 @@ class DurableJournal:
         os.write(self._fd, _encode(command, idx, term))
         self._entries.append((command, idx, term))
         self._offsets.append(off)
-        self._dirty = True
+        with self._lock:
+            self._written += 1
         if command[:1] == _CONFIG_TAG:
             self._config.append((idx, command))
             self._config_changed()
@@ -160,7 +179,10 @@ class DurableJournal:
         os.lseek(self._fd, off, os.SEEK_SET)
         del self._entries[pos:]
         del self._offsets[pos:]
-        self._dirty = True
+        with self._lock:
+            self._written += 1
+            self._cuts += 1
+            self._durable_index = min(self._durable_index, first_gone - 1)
         if self._config and self._config[-1][0] >= first_gone:
             self._config = [c for c in self._config if c[0] < first_gone]
             self._config_changed()
@@ -181,11 +203,14 @@ class DurableJournal:
             off += len(rec)
             chunks.append(rec)
         write_file_durably(tmp, b"".join(chunks), self._path, fsync=self._fsync)
-        os.close(self._fd)
-        self._fd = os.open(self._path, os.O_RDWR)
+        with self._fd_lock:  # not while the sync thread's fdatasync uses the old one
+            os.close(self._fd)
+            self._fd = os.open(self._path, os.O_RDWR)
         os.lseek(self._fd, off, os.SEEK_SET)
         self._entries = keep
         self._offsets = offsets
+        # The new file was synced whole: it holds every entry the log has.
+        self._mark_synced(self._written, self._last_index(), self._cuts)
         # Entries folded into the snapshot are in its configuration (the node
         # moved its base there before compacting): nothing to report.
         first = keep[0][1] if keep else None
@@ -206,12 +231,18 @@ class DurableJournal:
         return len(self._entries)
 
     def _destroy(self) -> None:
+        """pysyncobj's close, on the tick thread as it stops: stop the sync thread,
+        then sync, store the term/vote file and close."""
+        if self.on_destroy is not None:
+            self.on_destroy()
         self.sync()
         self._store_meta()
         os.close(self._fd)
 
     def close(self) -> None:
         """Close without writing anything (read-only inspection)."""
+        if self.on_destroy is not None:
+            self.on_destroy()
         os.close(self._fd)
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
@@ -242,19 +273,52 @@ class DurableJournal:
 
     @property
     def dirty(self) -> bool:
-        return self._dirty
+        """Whether some write is not yet covered by a sync."""
+        return self._synced != self._written
+
+    @property
+    def written_seq(self) -> int:
+        """A number that grows with every write to the file (append or cut)."""
+        return self._written
+
+    @property
+    def synced_seq(self) -> int:
+        """Every write up to this :attr:`written_seq` is durable."""
+        return self._synced
+
+    @property
+    def durable_index(self) -> int:
+        """Every entry of the log up to this index is durable."""
+        return self._durable_index
 
     def sync(self) -> bool:
-        """Make every appended/truncated record durable. Returns True if it synced."""
-        if not self._dirty:
-            return False
+        """Make every write so far durable (one fdatasync). Returns True if it synced.
+        Safe from the sync thread while the tick thread writes: writes made during
+        the fdatasync are left for the next call."""
+        with self._lock:
+            if self._synced == self._written:
+                return False
+            seq, index, cuts = self._written, self._last_index(), self._cuts
         if self._fsync:
             t0 = time.perf_counter()
-            os.fdatasync(self._fd)
+            with self._fd_lock:
+                os.fdatasync(self._fd)
             if self.on_sync_latency is not None:
                 self.on_sync_latency(time.perf_counter() - t0)
-        self._dirty = False
+        self._mark_synced(seq, index, cuts)
         return True
+
+    def _mark_synced(self, seq: int, index: int, cuts: int) -> None:
+        """A sync that began at ``seq`` (log ending at ``index``, ``cuts`` cuts made)
+        has finished. A cut made since then may have replaced entries up to ``index``:
+        the durable index stays as the cut left it, and the next sync raises it."""
+        with self._lock:
+            self._synced = max(self._synced, seq)
+            if cuts == self._cuts:
+                self._durable_index = max(self._durable_index, index)
+
+    def _last_index(self) -> int:
+        return self._entries[-1][1] if self._entries else 0
 
     def _store_meta(self) -> None:
         data = json.dumps(self._meta, sort_keys=True).encode()

@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 
@@ -653,3 +654,85 @@ def test_random_histories_match_a_list_model(ops: list[tuple[object, ...]]) -> N
         j = open_journal(path)
         assert contents(j) == model
         j.close()
+
+
+# -- what is durable: sequences and the durable index (the sync thread reads them) -------
+
+
+def test_writes_and_syncs_are_counted_and_the_durable_index_follows(jpath: Path) -> None:
+    j = open_journal(jpath, fsync=True)
+    j.sync()
+    assert (j.written_seq, j.synced_seq, j.durable_index) == (1, 1, 0)
+    for e in ENTRIES:
+        j.add(*e)
+    assert j.written_seq == 4 and j.synced_seq == 1 and j.durable_index == 0
+    assert j.sync() is True
+    assert j.synced_seq == 4 and j.durable_index == 3
+    j.deleteEntriesFrom(1)  # a cut lowers the durable index at once
+    assert j.durable_index == 1 and j.dirty
+    j.add(b"new", 2, 3)
+    assert j.durable_index == 1
+    j.sync()
+    assert j.durable_index == 2 and not j.dirty
+    j.add(b"more", 3, 3)
+    j.deleteEntriesTo(1)  # the prefix rewrite syncs the whole file
+    assert not j.dirty and j.durable_index == 3
+    j._destroy()
+    assert open_journal(jpath).durable_index == 3  # what was read back is on disk
+
+
+def test_a_sync_begun_before_a_cut_does_not_vouch_for_entries_written_after_it(
+    jpath: Path,
+) -> None:
+    """The sync thread captures what it covers, then waits for the file descriptor;
+    meanwhile the tick thread cuts the log and appends other entries at the same
+    indexes. The sync's end must not call those durable."""
+    j = open_journal(jpath, fsync=True)
+    for e in ENTRIES:
+        j.add(*e)
+    j.sync()
+    j.add(b"old4", 4, 2)
+    j.add(b"old5", 5, 2)
+    captured = j.written_seq
+    started = threading.Event()
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        started.set()
+        gate.wait(10)
+        real(fd)
+
+    gate = threading.Event()
+    os_fdatasync, os.fdatasync = os.fdatasync, slow_fdatasync
+    try:
+        t = threading.Thread(target=j.sync)
+        t.start()
+        assert started.wait(10)
+        j.deleteEntriesFrom(3)  # drops 4 and 5 (positions 3, 4)
+        j.add(b"new4", 4, 3)
+        j.add(b"new5", 5, 3)
+        gate.set()
+        t.join(10)
+    finally:
+        os.fdatasync = os_fdatasync
+        gate.set()
+    assert j.synced_seq == captured  # the writes before the sync began are durable
+    assert j.durable_index == 3  # but not the new 4 and 5
+    assert j.dirty
+    j.sync()
+    assert j.durable_index == 5
+    j.close()
+
+
+def test_the_file_descriptor_is_not_replaced_while_a_sync_uses_it(jpath: Path) -> None:
+    j = open_journal(jpath, fsync=True)
+    for e in ENTRIES:
+        j.add(*e)
+    with j._fd_lock:  # as the sync thread holds it during fdatasync
+        t = threading.Thread(target=j.deleteEntriesTo, args=(1,))
+        t.start()
+        t.join(0.2)
+        assert t.is_alive(), "the prefix rewrite swapped the descriptor under a sync"
+    t.join(10)
+    assert contents(j) == ENTRIES[1:]
+    j.close()
