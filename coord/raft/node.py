@@ -18,8 +18,10 @@ Threads:
   completions happen on the tick thread: keep them short.
 
 Durability: an entry is acknowledged to the leader, and counted by the leader
-itself, only after the journal holding it was fsynced (see
-``coord.raft.transport`` and the tick-ordering note in :meth:`_on_tick`).
+itself, only after the journal holding it was fsynced. The fsync runs on a
+thread of its own (``coord.raft.journal_sync``); acknowledgements wait for it
+in the transport (``coord.raft.transport``) and the leader's commit count in
+``coord.raft.syncobj_adapter.durable_commit``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from coord.config import NodeConfig
 from coord.raft import syncobj_adapter
 from coord.raft.gate import VOTER, VotingGate
 from coord.raft.journal import DurableJournal
+from coord.raft.journal_sync import JournalSyncer
 from coord.raft.membership import (
     PROMOTE,
     PROMOTE_MAX_LAG,
@@ -115,6 +118,7 @@ class RaftNode:
         self.on_proposal_failed: Callable[[str], None] | None = None
         self._barrier = ReadBarrier(self.propose, cfg.request_timeout_s)
         self._transfer = LeadershipTransfer(cfg.node_id, cfg.timings.election_timeout_max_s * 2)
+        self._syncer: JournalSyncer | None = None  # with fsync: the journal's sync thread
         self._open_log()
         self._raft = self._start_raft()
         self._transport: CoordTransport = self._raft.transport
@@ -181,11 +185,12 @@ class RaftNode:
             sync_config=self._sync_config,
             timer_restarted=self._election_timer_restarted,
             hold=self._holding_for_transfer,
+            durable_index=lambda: self.journal.durable_index,
         )
         transport = functools.partial(
             self._transport_factory,
             cluster_id=cfg.cluster_id,
-            is_durable=lambda: not self.journal.dirty,
+            journal=self.journal,
             on_peer_disconnected=self._on_peer_disconnected,
         )
         conf = syncobj_adapter.build_conf(
@@ -198,6 +203,9 @@ class RaftNode:
         )
         self._sync_learners(raft)
         self.journal.on_config_change = self._sync_config
+        if cfg.fsync:
+            self._syncer = JournalSyncer(self.journal, raft.wake)
+            self.journal.on_destroy = self._syncer.close
         try:
             raft.wait_bound()  # retries every 0.1 s, 30 times (a port in TIME_WAIT, say)
         except Exception:
@@ -480,11 +488,14 @@ class RaftNode:
     # -- tick thread -----------------------------------------------------------
 
     def _on_tick(self) -> None:
-        # Runs after this tick's elections, commits, applies and new proposals,
-        # and before the poll that receives the next acknowledgements: entries
-        # the leader appended are durable before any ack for them is counted.
+        # Runs after this tick's elections, commits, applies and new proposals: one
+        # sync covers all their writes (group commit), on the sync thread, which
+        # wakes the poll when done. Without fsync, "syncing" is immediate.
         self.last_tick = time.monotonic()
-        self.journal.sync()
+        if self._syncer is not None:
+            self._syncer.request()
+        else:
+            self.journal.sync()
         self._transport.flush_held()
         self._learn_term()
         self._update_catch_up()

@@ -148,6 +148,8 @@ class Hooks:
     timer_restarted: Callable[[], None]
     # Whether new proposals wait in the queue (a leadership transfer is finishing).
     hold: Callable[[], bool]
+    # The last index of this node's log that is durable (its journal's sync thread).
+    durable_index: Callable[[], int]
 
 
 class _SyncObj(SyncObj):
@@ -157,7 +159,37 @@ class _SyncObj(SyncObj):
     def __init__(self, hooks: Hooks, *args: Any, **kwargs: Any) -> None:
         self._coord = hooks
         self._coord_woken = False
+        self._coord_commit_before = 0
         super().__init__(*args, **kwargs)
+
+    # A leader counts its own log towards a commit only as far as it is durable: its
+    # journal is synced on another thread (coord.raft.journal_sync), so entries it
+    # appended may not be yet. pysyncobj counts the leader for every entry it has, in
+    # _onTick, and applies right after: the commit index is corrected in between.
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        self._coord_commit_before = self._SyncObj__raftCommitIndex
+        super()._onTick(timeToWait)
+
+    def _SyncObj__applyLogEntries(self) -> bool:
+        if self._isLeader() and self._SyncObj__raftCommitIndex > self._coord_commit_before:
+            self._coord_count_self_when_durable()
+        return bool(SyncObj._SyncObj__applyLogEntries(self))
+
+    def _coord_count_self_when_durable(self) -> None:
+        others = self._SyncObj__otherNodes
+        match = self._SyncObj__raftMatchIndex
+        commit = durable_commit(
+            self._SyncObj__raftCommitIndex,
+            self._coord_commit_before,
+            self._coord.durable_index(),
+            [match.get(node, 0) for node in others],
+            self._SyncObj__raftCurrentTerm,
+            lambda idx: self._SyncObj__getEntries(idx, 1),
+        )
+        if commit != self._SyncObj__raftCommitIndex:
+            self._SyncObj__raftCommitIndex = commit
+            self._SyncObj__leaderCommitIndex = commit
+            self._SyncObj__raftLog.setRaftCommitIndex(commit)
 
     # pysyncobj builds its file serializer as ``self.__serializer = Serializer(...)``:
     # this data descriptor (it wins over the instance attribute) puts the one that
@@ -459,6 +491,10 @@ class SyncObjAdapter:
     def add_tick_callback(self, callback: Callable[[], None]) -> None:
         self._so.addOnTickCallback(callback)
 
+    def wake(self) -> None:
+        """Any thread: end the tick thread's current poll (a sync finished)."""
+        self._so._SyncObj__pipeNotifier.notify()
+
     def destroy(self) -> None:
         """Stop the tick thread (asynchronously)."""
         self._so.destroy()
@@ -567,6 +603,33 @@ def peer_host(conn: Any) -> str:
         return str(conn._TcpConnection__socket.getpeername()[0])
     except (AttributeError, OSError):
         return "?"
+
+
+def durable_commit(
+    proposed: int,
+    before: int,
+    own_durable: int,
+    others_match: Sequence[int],
+    term: int,
+    entry_at: Callable[[int], Sequence[Any]],
+) -> int:
+    """The commit index a leader may take this tick.
+
+    pysyncobj ``proposed`` it counting the leader's whole log; here the leader counts
+    only up to ``own_durable`` beside its followers' ``others_match``: the highest
+    index a majority holds durably, if it is of the current ``term`` (Raft §5.4.2)
+    and beyond ``before`` (the commit index at the start of the tick), and never
+    beyond ``proposed``.
+    """
+    held = sorted([own_durable, *others_match], reverse=True)
+    quorum = len(held) // 2 + 1
+    candidate = min(held[quorum - 1], proposed)
+    if candidate <= before:
+        return before
+    entries = entry_at(candidate)
+    if not entries or entries[0][2] != term:
+        return before
+    return candidate
 
 
 def listen_backlog(server: Any, backlog: int) -> None:

@@ -8,8 +8,9 @@
 - The handshake carries ``cluster_id/node_id``: a node of another cluster (a
   foreign data dir) is disconnected and logged, never joined.
 - Acknowledgements (``next_node_idx``) carry the follower's term (and, for a
-  conflict, how far back it goes) and are held back until the journal is
-  synced; the node flushes them once per tick after one fsync (group commit).
+  conflict, how far back it goes) and are held back until the journal writes
+  made before them are synced (``coord.raft.journal_sync``): the node flushes
+  what is durable once per tick, and the sync thread wakes the tick when more is.
   The leader moves its nextIndex/matchIndex with them as ``coord.raft.progress``
   says, not as pysyncobj would.
 - A blank node votes, campaigns and acknowledges only as ``coord.raft.gate``
@@ -34,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from cryptography.fernet import InvalidToken
 from pysyncobj.dns_resolver import globalDnsResolver
@@ -57,6 +58,16 @@ FRAME_MAX = 256 * 1024 * 1024
 
 # A refused secret is logged at most this often per peer (nodes redial every 0.1 s).
 SECRET_WARN_EVERY_S = 10.0
+
+
+class WriteSequence(Protocol):
+    """What of the node's journal is durable (``coord.raft.journal.DurableJournal``)."""
+
+    @property
+    def written_seq(self) -> int: ...
+
+    @property
+    def synced_seq(self) -> int: ...
 
 
 class RoutedNode(TCPNode):
@@ -119,13 +130,15 @@ class CoordTransport(TCPTransport):
         otherNodes: Any,
         *,
         cluster_id: str,
-        is_durable: Callable[[], bool],
+        journal: WriteSequence,
         on_peer_disconnected: Callable[[Any], None] | None = None,
     ) -> None:
         self.cluster_id = cluster_id
-        self.is_durable = is_durable
+        self.journal = journal
         self.on_peer_disconnected = on_peer_disconnected
-        self._held: list[tuple[Any, Any]] = []
+        # Acknowledgements waiting for a sync: (the journal's written_seq when each was
+        # made, node, message), in the order pysyncobj sent them.
+        self._held: list[tuple[int, Any, Any]] = []
         self.prevote: PreVote | None = None  # set by the node once built
         self.gate = VotingGate()  # replaced by the node's own
         # While an append-entries is handled: the one index pysyncobj may truncate from.
@@ -270,8 +283,9 @@ class CoordTransport(TCPTransport):
             message = {**message, "term": raft.current_term}
             if message.get("reset"):
                 message.update(conflict_of(raft.log, message["next_node_idx"]))
-            if self._held or not self.is_durable():
-                self._held.append((node, message))
+            seq = self.journal.written_seq
+            if self._held or self.journal.synced_seq < seq:
+                self._held.append((seq, node, message))
                 return True
         if kind == "request_vote" and not self.gate.may_campaign():
             return False
@@ -282,9 +296,15 @@ class CoordTransport(TCPTransport):
         return bool(super().send(node, message))
 
     def flush_held(self) -> None:
-        """Send the acknowledgements held back until the journal was synced."""
-        held, self._held = self._held, []
-        for node, message in held:
+        """Send the held acknowledgements whose writes are durable now, in order."""
+        held, synced = self._held, self.journal.synced_seq
+        ready = 0
+        while ready < len(held) and held[ready][0] <= synced:
+            ready += 1
+        if not ready:
+            return
+        self._held = held[ready:]
+        for _, node, message in held[:ready]:
             super().send(node, message)
 
     # -- inbound filtering -----------------------------------------------------

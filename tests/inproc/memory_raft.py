@@ -452,7 +452,7 @@ class MemoryCluster:
     snapshots, the apply lock), so the "toy" state machine is a
     :class:`~coord.state.machine.StateMachine` driven with KV puts. Each node's
     journal and dump live in ``base_dir/<id>``; nodes start blank (``new_blank``, as
-    ``coord serve`` starts a new cluster) with fsync off.
+    ``coord serve`` starts a new cluster) with fsync off unless :attr:`fsync` is set.
     """
 
     def __init__(self, base_dir: Path, size: int = 3, seed: int = 0) -> None:
@@ -470,6 +470,8 @@ class MemoryCluster:
         # Entries before a node compacts its log (None: NodeConfig's default, never
         # reached by most tests).
         self.compaction_entries: int | None = None
+        # fsync on: each node's journal syncs on its own thread (coord.raft.journal_sync).
+        self.fsync = False
 
     def config(self, node_id: str) -> NodeConfig:
         data_dir = self.base_dir / node_id
@@ -481,7 +483,7 @@ class MemoryCluster:
             peers=self.flags.get(node_id, self.peers),
             initial_cluster_state="existing" if joiner else "new",
             explicit_cluster_id=CLUSTER_ID,
-            fsync=False,
+            fsync=self.fsync,
             **(
                 {}
                 if self.compaction_entries is None

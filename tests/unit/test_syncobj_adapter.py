@@ -119,3 +119,46 @@ def test_the_election_deadline_is_pysyncobjs_own(deadline: float) -> None:
     assert raft.election_deadline == NEVER
     raft.set_election_deadline(deadline)
     assert so._SyncObj__raftElectionDeadline == deadline == raft.election_deadline
+
+
+# -- the leader counts its own log only as far as it is durable ------------------------
+
+TERM = 3
+LOG = {i: [(b"", i, 2 if i <= 10 else TERM)] for i in range(1, 21)}  # term 2 up to 10
+
+
+@pytest.mark.parametrize(
+    ("proposed", "before", "own", "others", "expected"),
+    [
+        (15, 12, 15, [15, 0], 15),  # everything durable: pysyncobj's answer stands
+        (15, 12, 12, [15, 0], 12),  # own copy not synced, one follower: not a majority
+        (15, 12, 13, [15, 0], 13),  # own synced to 13: commit 13, not 15
+        (15, 12, 12, [15, 14], 14),  # both followers hold 14: a majority without the leader
+        (15, 12, 20, [13, 13], 13),  # never beyond what followers hold with it
+        (15, 12, 20, [20, 20], 15),  # never beyond what pysyncobj proposed
+        (15, 5, 8, [9, 9], 5),  # 9 is of an older term: it commits only with a newer one
+        (15, 12, 0, [0, 0], 12),  # never below the commit at the start of the tick
+        (15, 12, 15, [15, 15, 0, 0], 15),  # five nodes: 3 of 5
+        (15, 12, 0, [15, 15, 0, 0], 12),  # two followers only: 2 of 5
+        (15, 12, 0, [15, 15, 15, 0], 15),  # three followers: a majority of 5
+        (15, 12, 15, [15, 0, 0], 12),  # four nodes: 2 of 4 is no majority
+    ],
+)
+def test_durable_commit_counts_the_leader_only_up_to_its_durable_index(
+    proposed: int, before: int, own: int, others: list[int], expected: int
+) -> None:
+    got = syncobj_adapter.durable_commit(
+        proposed, before, own, others, TERM, lambda idx: LOG.get(idx, [])
+    )
+    assert got == expected
+
+
+def test_the_commit_is_corrected_between_pysyncobjs_count_and_the_apply() -> None:
+    """pysyncobj counts the leader for its whole log in ``_onTick`` and applies right
+    after; the adapter's ``__applyLogEntries`` corrects the commit index first."""
+    source = inspect.getsource(pso.SyncObj._onTick)
+    count = source.index("nextCommitIdx = commitIdx")
+    apply = source.index("self.__applyLogEntries()", count)
+    between = source[count:apply]
+    assert "self.__transport.send" not in between, "pysyncobj sends between count and apply"
+    assert "_SyncObj__applyLogEntries" in vars(syncobj_adapter._SyncObj)
