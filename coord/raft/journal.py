@@ -22,7 +22,7 @@ file is renamed without fsync. This journal implements the same interface
 Threads: the Raft tick thread calls everything; :meth:`sync` and the
 properties that say what is durable may also be called from one other thread
 (the sync thread). ``_lock`` guards the counters; ``_fd_lock`` keeps the file
-descriptor from being closed or replaced while an fdatasync runs on it.
+descriptor from being closed or replaced while the sync thread dups it.
 """
 
 from __future__ import annotations
@@ -83,8 +83,10 @@ class DurableJournal:
         self._meta: dict[str, Any] = self._load_meta()
         self._meta_dirty = False
         self._fd = self._open_and_load()
-        # What was read back is on disk already (a torn tail's cut is not yet).
-        self._durable_index = self._last_index()
+        # What was read back may be in the page cache only (a process killed before
+        # its sync): make it durable before anything is acknowledged from it.
+        self._written += 1
+        self.sync()
 
     # -- loading ---------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class DurableJournal:
             off += len(rec)
             chunks.append(rec)
         write_file_durably(tmp, b"".join(chunks), self._path, fsync=self._fsync)
-        with self._fd_lock:  # not while the sync thread's fdatasync uses the old one
+        with self._fd_lock:  # not while the sync thread dups the old one
             os.close(self._fd)
             self._fd = os.open(self._path, os.O_RDWR)
         os.lseek(self._fd, off, os.SEEK_SET)
@@ -301,8 +303,15 @@ class DurableJournal:
             seq, index, cuts = self._written, self._last_index(), self._cuts
         if self._fsync:
             t0 = time.perf_counter()
+            # A descriptor of its own: the tick thread may replace self._fd (a prefix
+            # rewrite) meanwhile without waiting for this fdatasync. Syncing the file
+            # it replaced is harmless: the new one was synced whole.
             with self._fd_lock:
-                os.fdatasync(self._fd)
+                fd = os.dup(self._fd)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
             if self.on_sync_latency is not None:
                 self.on_sync_latency(time.perf_counter() - t0)
         self._mark_synced(seq, index, cuts)

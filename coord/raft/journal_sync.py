@@ -1,8 +1,8 @@
-"""The journal's fsync, on a thread of its own.
+"""A leader's journal fsync, on a thread of its own.
 
 An fdatasync takes a few milliseconds on a quiet disk and hundreds on a busy one
 (246 ms seen under a benchmark's load). On the Raft tick thread that is a leader
-that sends no heartbeat meanwhile: followers start elections. Here the tick
+that sends no heartbeat meanwhile: followers start elections. Here a leader's tick
 thread only asks (:meth:`JournalSyncer.request`, once per tick: group commit)
 and goes on polling; this thread syncs whatever was written by then and wakes
 the tick thread (``on_synced``), which then releases the acknowledgements held
@@ -12,7 +12,9 @@ and no entry counted by its own leader, before its fdatasync returned: the same
 promise as a sync on the tick thread, without the stall.
 
 etcd's raft does the same (the leader appends to its own disk in parallel with
-sending to followers, Raft thesis §10.2.1).
+sending to followers, Raft thesis §10.2.1). Followers sync on their tick thread
+(coord.raft.node ``_on_tick``): their acks are on the commit path, and a hand-off
+to this thread and back costs two wake-ups there.
 """
 
 from __future__ import annotations
@@ -27,11 +29,21 @@ logger = logging.getLogger(__name__)
 
 
 class JournalSyncer:
-    """One thread that fdatasyncs ``journal`` when asked, then calls ``on_synced``."""
+    """One thread that fdatasyncs ``journal`` when asked, then calls ``on_synced``.
 
-    def __init__(self, journal: DurableJournal, on_synced: Callable[[], None]) -> None:
+    A failed fdatasync calls ``on_failed`` (the node exits) and ends the thread: after
+    an fsync error the kernel may have dropped the dirty pages and marked them clean,
+    so a retry could "succeed" over lost writes (PostgreSQL's fsyncgate)."""
+
+    def __init__(
+        self,
+        journal: DurableJournal,
+        on_synced: Callable[[], None],
+        on_failed: Callable[[OSError], None],
+    ) -> None:
         self._journal = journal
         self._on_synced = on_synced
+        self._on_failed = on_failed
         self._cond = threading.Condition()
         self._wanted = 0  # the journal's written_seq the latest request asked for
         self._stopping = False
@@ -40,11 +52,7 @@ class JournalSyncer:
         self._thread.start()
 
     def request(self) -> None:
-        """Tick thread: make every write so far durable, soon. Raises the error of a
-        failed fdatasync: the tick thread stops, as it did when it synced itself (an
-        fsync error may have dropped dirty pages: retrying could claim lost writes)."""
-        if self.failed is not None:
-            raise self.failed
+        """Tick thread: make every write so far durable, soon."""
         seq = self._journal.written_seq
         if seq <= self._journal.synced_seq:
             return
@@ -72,9 +80,8 @@ class JournalSyncer:
             try:
                 journal.sync()
             except OSError as e:
-                logger.critical("journal fdatasync failed (%s): this node stops", e)
                 self.failed = e
-                self._wake()
+                self._on_failed(e)
                 return
             self._wake()
 

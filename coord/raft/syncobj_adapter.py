@@ -171,7 +171,10 @@ class _SyncObj(SyncObj):
         super()._onTick(timeToWait)
 
     def _SyncObj__applyLogEntries(self) -> bool:
-        if self._isLeader() and self._SyncObj__raftCommitIndex > self._coord_commit_before:
+        # Not only while leading: pysyncobj's leader may step down (leader fallback)
+        # between its count and this apply. Within a tick nothing else raises the
+        # commit index (messages are handled in the poll, after the apply).
+        if self._SyncObj__raftCommitIndex > self._coord_commit_before:
             self._coord_count_self_when_durable()
         return bool(SyncObj._SyncObj__applyLogEntries(self))
 

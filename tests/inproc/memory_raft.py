@@ -59,7 +59,7 @@ from typing import Any
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
 
-from coord.config import NodeConfig, Peer
+from coord.config import NodeConfig, Peer, RaftTimings
 from coord.raft.gate import CATCH_UP, NEW_BLANK
 from coord.raft.membership import ADD, Change, NodeAddress
 from coord.raft.node import ROLE_LEADER, RaftNode
@@ -470,8 +470,10 @@ class MemoryCluster:
         # Entries before a node compacts its log (None: NodeConfig's default, never
         # reached by most tests).
         self.compaction_entries: int | None = None
-        # fsync on: each node's journal syncs on its own thread (coord.raft.journal_sync).
+        # fsync on: a leader's journal syncs on its own thread (coord.raft.journal_sync).
         self.fsync = False
+        # Raft timings (None: NodeConfig's defaults).
+        self.timings: RaftTimings | None = None
 
     def config(self, node_id: str) -> NodeConfig:
         data_dir = self.base_dir / node_id
@@ -484,6 +486,7 @@ class MemoryCluster:
             initial_cluster_state="existing" if joiner else "new",
             explicit_cluster_id=CLUSTER_ID,
             fsync=self.fsync,
+            **({} if self.timings is None else {"timings": self.timings}),
             **(
                 {}
                 if self.compaction_entries is None

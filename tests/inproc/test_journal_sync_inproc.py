@@ -1,13 +1,15 @@
-"""The journal's fsync on its own thread (coord.raft.journal_sync), on real RaftNodes.
+"""A leader's fsync on its own thread (coord.raft.journal_sync), on real RaftNodes.
 
 fsync is on; ``os.fdatasync`` is wrapped so that one node's journal syncs slowly or
 not until the test says so. What must hold: nothing is acknowledged, and no entry
-counted by its own leader, before the fdatasync covering it returned; and a slow
-fdatasync does not stop the tick thread (heartbeats, other nodes' acks).
+counted by its own leader, before the fdatasync covering it returned (also by a
+leader stepping down in the tick it counted); and a leader's slow fdatasync does not
+stop its tick thread (heartbeats, commits through its followers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from coord.config import RaftTimings
 from coord.raft.node import RaftNode
 from coord.testing import wait_until
 from tests.inproc.memory_raft import MemoryCluster
@@ -42,8 +45,11 @@ def _slow_sync_of(
     threads its syncs ran on."""
     threads: list[str] = []
 
+    journal = os.stat(node.journal._path)
+
     def fdatasync(fd: int) -> None:
-        if fd == node.journal._fd:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (journal.st_dev, journal.st_ino):  # a dup of it
             threads.append(threading.current_thread().name)
             wait()
         _real_fdatasync(fd)
@@ -106,20 +112,68 @@ def test_a_leader_counts_its_own_entry_only_once_it_is_synced(
         cluster.heal()
 
 
-def test_a_follower_acknowledges_an_entry_only_once_it_is_synced(
+def test_a_leader_stepping_down_in_the_tick_it_counted_applies_nothing_unsynced(
     synced_cluster: MemoryCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """pysyncobj counts the leader for its whole log, then may step down (it heard no
+    majority for the leader fallback timeout), then applies: the count must be
+    corrected even though the node no longer leads (found by review)."""
     cluster = synced_cluster
+    leader_id, f, g = _roles(cluster)
+    leader = cluster.nodes[leader_id]
+    cluster.network.partition(leader_id, g)
+    release = threading.Event()
+    threads = _slow_sync_of(monkeypatch, leader, lambda: release.wait(30))
+    try:
+        idx = leader.journal[-1][1] + 1
+        fut = cluster.put(leader_id, b"k", b"v")
+        wait_until(lambda: _match_index(leader, f) >= idx, 10, f"{f} acknowledged {idx}")
+        cluster.network.partition(leader_id, f)  # it hears no one: it steps down
+        # A follower syncs on its tick thread: once that thread waits in the held
+        # fdatasync, the tick in which it stepped down (count, step down, apply) is over.
+        wait_until(
+            lambda: any(t != "coord-journal-sync" for t in threads), 10, "a follower's sync"
+        )
+        assert not leader._raft.is_leader
+        assert leader.journal.durable_index < idx
+        assert leader._raft.last_applied < idx
+        assert leader.journal.getRaftCommitIndex() < idx
+        assert not fut.done() or fut.exception() is not None
+    finally:
+        release.set()
+        cluster.heal()
+
+
+def _patient_cluster(tmp_path: Path) -> MemoryCluster:
+    """fsync on, and a leader that keeps leading however long it hears no acks."""
+    c = MemoryCluster(tmp_path)
+    c.fsync = True
+    c.timings = dataclasses.replace(RaftTimings(), leader_fallback_timeout_s=60.0)
+    c.start_all()
+    return c
+
+
+def test_a_follower_acknowledges_an_entry_only_once_it_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = _patient_cluster(tmp_path)
+    try:
+        _follower_holds_its_ack(cluster, monkeypatch)
+    finally:
+        cluster.close()
+
+
+def _follower_holds_its_ack(cluster: MemoryCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     leader_id, f, g = _roles(cluster)
     leader, follower = cluster.nodes[leader_id], cluster.nodes[f]
     cluster.network.partition(leader_id, g)
     release = threading.Event()
-    _slow_sync_of(monkeypatch, follower, lambda: release.wait(20))
+    threads = _slow_sync_of(monkeypatch, follower, lambda: release.wait(20))
     try:
         idx = leader.journal[-1][1] + 1
         fut = cluster.put(leader_id, b"k", b"v")
         wait_until(lambda: follower.journal[-1][1] >= idx, 10, f"{f} appended {idx}")
-        _ticks_pass(follower, 5)
+        wait_until(lambda: threads, 10, f"{f}'s sync of {idx}")
         _ticks_pass(leader, 5)
         assert _match_index(leader, f) < idx
         assert not fut.done()
@@ -145,6 +199,6 @@ def test_a_slow_fsync_runs_beside_the_tick_thread_and_writes_commit_through_foll
         if leader.journal.durable_index < leader._raft.commit_index:
             committed_before_durable += 1
     assert threads, "the leader's journal was synced"
-    assert set(threads) == {"coord-journal-sync"}, threads
+    assert set(threads) == {"coord-journal-sync"}, threads  # never on the tick thread
     # The two followers made the entries a majority while the leader's 0.5 s sync ran.
     assert committed_before_durable > 0

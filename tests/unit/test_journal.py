@@ -236,7 +236,7 @@ def test_a_torn_tail_is_cut_at_load(jpath: Path) -> None:
         j = open_journal(jpath)
         assert contents(j) == ENTRIES[:-1], size
         assert os.path.getsize(jpath) == last, size
-        assert j.sync() is True  # the cut itself is made durable
+        assert not j.dirty  # the cut is made durable at open
         j.close()
 
 
@@ -299,7 +299,7 @@ def test_an_unsynced_garbage_tail_is_cut(jpath: Path, tail: bytes) -> None:
     j = open_journal(jpath)
     assert contents(j) == ENTRIES
     assert os.path.getsize(jpath) == size
-    assert j.sync() is True  # the cut itself is made durable
+    assert not j.dirty  # the cut is made durable at open
     j.add(b"after", 4, 2)
     j._destroy()
     j = open_journal(jpath)
@@ -572,10 +572,8 @@ def test_a_meta_file_that_does_not_decode_is_refused(jpath: Path) -> None:
 @pytest.mark.parametrize("fsync", [True, False])
 def test_sync_returns_true_only_when_dirty(jpath: Path, fsync: bool) -> None:
     j = open_journal(jpath, fsync=fsync)
-    assert j.dirty  # the magic was just written
-    assert j.sync() is True
+    assert not j.dirty  # opening syncs what it wrote (the magic) or read back
     assert j.sync() is False
-    assert not j.dirty
     j.add(b"a", 1, 1)
     j.add(b"b", 2, 1)
     assert j.dirty
@@ -661,13 +659,13 @@ def test_random_histories_match_a_list_model(ops: list[tuple[object, ...]]) -> N
 
 def test_writes_and_syncs_are_counted_and_the_durable_index_follows(jpath: Path) -> None:
     j = open_journal(jpath, fsync=True)
-    j.sync()
-    assert (j.written_seq, j.synced_seq, j.durable_index) == (1, 1, 0)
+    opened = j.written_seq
+    assert j.synced_seq == opened and j.durable_index == 0  # opening synced the magic
     for e in ENTRIES:
         j.add(*e)
-    assert j.written_seq == 4 and j.synced_seq == 1 and j.durable_index == 0
+    assert j.written_seq == opened + 3 and j.synced_seq == opened and j.durable_index == 0
     assert j.sync() is True
-    assert j.synced_seq == 4 and j.durable_index == 3
+    assert j.synced_seq == opened + 3 and j.durable_index == 3
     j.deleteEntriesFrom(1)  # a cut lowers the durable index at once
     assert j.durable_index == 1 and j.dirty
     j.add(b"new", 2, 3)
@@ -678,7 +676,9 @@ def test_writes_and_syncs_are_counted_and_the_durable_index_follows(jpath: Path)
     j.deleteEntriesTo(1)  # the prefix rewrite syncs the whole file
     assert not j.dirty and j.durable_index == 3
     j._destroy()
-    assert open_journal(jpath).durable_index == 3  # what was read back is on disk
+    j = open_journal(jpath, fsync=True)
+    assert not j.dirty and j.durable_index == 3  # what was read back was synced at open
+    j.close()
 
 
 def test_a_sync_begun_before_a_cut_does_not_vouch_for_entries_written_after_it(
