@@ -40,6 +40,10 @@ Membership changes (chaos.membership drives them):
 Clocks (``clocks=True``): every node, added ones too, runs under the wall-clock shim
 with its own offset file (chaos.clocks); :meth:`ProxiedCluster.wall_clock` moves one
 node's wall clock while it runs. Monotonic clocks are never moved.
+
+Disks (``disks=True``): every node, added ones too, runs under the disk shim with its
+own control file (chaos.disks); :meth:`ProxiedCluster.disk_delay` slows one node's
+fsync/fdatasync while it runs. Both shims can be on at once (one LD_PRELOAD list).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from chaos.clocks import WallClock
+from chaos.disks import DiskDelay
 from chaos.toxiproxy import Toxiproxy
 from coord.client import Client
 from coord.config import format_peer
@@ -68,13 +73,16 @@ class ProxiedCluster(LocalCluster):
         n: int = 3,
         spares: int = 0,
         clocks: bool = False,
+        disks: bool = False,
         **kwargs: object,
     ) -> None:
         super().__init__(n, **kwargs)  # type: ignore[arg-type]
         self.toxi = toxi
         self.clocks: dict[str, WallClock] | None = {} if clocks else None
+        self.disks: dict[str, DiskDelay] | None = {} if disks else None
         for node in self.nodes:
             self._give_clock(node)
+            self._give_disk(node)
         self.advertised: dict[str, str] = {}  # node id -> proxied API address
         self._prefix = f"c{next(_CLUSTERS)}"
         self._proxies: list[str] = []
@@ -106,6 +114,8 @@ class ProxiedCluster(LocalCluster):
             self.toxi.destroy(name)
         for clock in (self.clocks or {}).values():
             clock.close()
+        for disk in (self.disks or {}).values():
+            disk.close()
 
     # -- clocks ------------------------------------------------------------------
 
@@ -115,13 +125,30 @@ class ProxiedCluster(LocalCluster):
             return
         clock = WallClock(os.path.join(self.base_dir, f"{node.node_id}.clock"))
         self.clocks[node.node_id] = clock
-        node.env.update(clock.env(self.env))
+        node.env.update(clock.env({**self.env, **node.env}))
 
     def wall_clock(self, node_id: str) -> WallClock:
         """Node ``node_id``'s wall clock (the cluster must have been made with clocks)."""
         if self.clocks is None:
             raise RuntimeError("this cluster runs on real clocks: make it with clocks=True")
         return self.clocks[node_id]
+
+    # -- disks -------------------------------------------------------------------
+
+    def _give_disk(self, node: NodeProc) -> None:
+        """A flush delay of its own (a control file; the disk shim preloaded beside
+        whatever the node already preloads, e.g. the clock shim), if disks are on."""
+        if self.disks is None:
+            return
+        disk = DiskDelay(os.path.join(self.base_dir, f"{node.node_id}.disk"))
+        self.disks[node.node_id] = disk
+        node.env.update(disk.env({**self.env, **node.env}))
+
+    def disk_delay(self, node_id: str) -> DiskDelay:
+        """Node ``node_id``'s flush delay (the cluster must have been made with disks)."""
+        if self.disks is None:
+            raise RuntimeError("this cluster runs on real disks: make it with disks=True")
+        return self.disks[node_id]
 
     # -- names -----------------------------------------------------------------
 
@@ -249,6 +276,7 @@ class ProxiedCluster(LocalCluster):
         if os.path.exists(node.data_dir):
             raise RuntimeError(f"the data dir of the new node {nid} already exists")
         self._give_clock(node)
+        self._give_disk(node)
         self.nodes.append(node)
         node.extra_args += ["--listen-api", node.api]
         name = self.api_proxy(nid)

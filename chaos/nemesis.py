@@ -4,8 +4,9 @@ returns the callable that ends it. The runner alternates fault and heal periods.
 Network faults go through Toxiproxy (chaos.cluster); process faults use signals;
 membership changes use the cluster API as an operator would (chaos.membership); clock
 faults move a node's wall clock through the clock shim (chaos.clocks; the scenario's
-cluster runs with clocks); a forced handover is chaos.handover; lost answers are
-chaos.lost_answers.
+cluster runs with clocks); disk faults slow a node's fsync/fdatasync through the disk
+shim (chaos.disks; the scenario's cluster runs with disks); a forced handover is
+chaos.handover; lost answers are chaos.lost_answers.
 """
 
 from __future__ import annotations
@@ -246,6 +247,57 @@ def clock_step_leader_during_revoke(c: ProxiedCluster, rng: random.Random, ttl_s
     return heal
 
 
+# -- disks (the scenario's cluster runs with disks) ------------------------------------
+
+# How slow a slowed disk's flushes are (each fsync/fdatasync sleeps this long first):
+# the leader's, about what a busy disk took under a benchmark's load (246 ms seen), each
+# more than a heartbeat period and near an election timeout (0.3-0.6 s): a leader that
+# flushed on its tick thread would miss heartbeats; a follower's, longer still.
+SLOW_LEADER_DISK_S = (0.15, 0.40)
+SLOW_FOLLOWER_DISK_S = (0.30, 0.80)
+
+
+def _slow_disks(c: ProxiedCluster, delays: dict[str, float], who: str) -> Heal:
+    """Delay each node's flushes by its own delay (at once, while it runs); the heal sets
+    every delay back to 0 and says how many flushes the fault delayed."""
+    before = {nid: c.disk_delay(nid).delayed for nid in delays}
+    for nid, delay_s in delays.items():
+        c.disk_delay(nid).set(delay_s)
+    membership.say(
+        "fsync/fdatasync slowed: "
+        + ", ".join(f"{nid} ({who}) +{1000 * d:.0f} ms" for nid, d in delays.items())
+    )
+
+    def heal() -> None:
+        for nid in delays:
+            c.disk_delay(nid).set(0.0)
+        membership.say(
+            "disks healed; flushes delayed: "
+            + ", ".join(f"{nid} {c.disk_delay(nid).delayed - before[nid]}" for nid in delays)
+        )
+
+    return heal
+
+
+def slow_disk_leader(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """The leader's fsync/fdatasync each delayed by 150-400 ms (drawn per fault) for the
+    fault period, while the workload writes: its journal syncs (on their own thread)
+    must hold up neither heartbeats nor anything but the acknowledgements waiting for
+    them, and nothing may be acknowledged before its sync returned. Heal: delay 0."""
+    lid = leader_id(c)
+    return _slow_disks(c, {lid: rng.uniform(*SLOW_LEADER_DISK_S)}, "leader")
+
+
+def slow_disk_minority(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """A random minority of followers (one of 3, two of 5), each flush delayed by
+    300-800 ms (drawn per node): the leader commits with the fast majority, the slow
+    followers fall behind and must catch up after the heal (delay 0)."""
+    lid = leader_id(c)
+    followers = [n for n in _ids(c) if n != lid]
+    slow = rng.sample(followers, len(c.members) // 2)
+    return _slow_disks(c, {n: rng.uniform(*SLOW_FOLLOWER_DISK_S) for n in slow}, "follower")
+
+
 # -- answers lost --------------------------------------------------------------------
 
 
@@ -391,6 +443,8 @@ NEMESES: dict[str, Nemesis] = {
     "rolling-restart": rolling_restart,
     "clock-skew": clock_skew,
     "clock-step-leader-during-revoke": clock_step_leader_during_revoke,
+    "slow-disk-leader": slow_disk_leader,
+    "slow-disk-minority": slow_disk_minority,
     "forced-handover": forced_handover,
     "lost-answers": lost_answers,
     "member-replace": member_replace,

@@ -11,10 +11,11 @@ at one committed check point. Prints a table: scenario, operations, failovers,
 longest unavailability, violations.
 
 Some scenarios add to that workload: clock faults run every node under the wall-clock
-shim (chaos.clocks); graceful ones (leadership transfers, a rolling restart) keep 200+
-sessions alive and must lose none of them and change no master; lost answers run the
-every-kind writer (chaos.every_write), whose writes must each be applied once
-(chaos.applied_once).
+shim (chaos.clocks); disk faults run every node under the disk shim (chaos.disks:
+slowed fsync/fdatasync), and must have delayed some flushes; graceful ones (leadership
+transfers, a rolling restart) keep 200+ sessions alive and must lose none of them and
+change no master; lost answers run the every-kind writer (chaos.every_write), whose
+writes must each be applied once (chaos.applied_once).
 
 Usage: ``python -m chaos.run [--seed N] [--scenarios a,b] [--cycles 3] [--short] [--json]
 [--workdir DIR]``
@@ -79,6 +80,7 @@ class Scenario:
     # addresses up front (ProxiedCluster spares).
     adds_per_cycle: int = 0
     clocks: bool = False  # every node under the wall-clock shim (clock nemeses)
+    disks: bool = False  # every node under the disk shim: slowed flushes (disk nemeses)
     sessions: int = 0  # extra sessions kept alive by the library (SessionLoad)
     # Leadership moves only gracefully: no session lost, no master changed.
     graceful: bool = False
@@ -125,6 +127,9 @@ SCENARIOS = [
         clocks=True,
         fault_s=TTL_S + 1.0,  # the wait-out and the slot's grant happen in the fault
     ),
+    # Each fault lasts 6 s (jittered): tens of slowed journal syncs under the writes.
+    Scenario("slow-disk-leader", "slow-disk-leader", disks=True, fault_s=6.0),
+    Scenario("slow-disk-minority", "slow-disk-minority", disks=True, fault_s=6.0),
     Scenario("forced-handover", "forced-handover", fault_s=TTL_S + 1.0),
     Scenario("lost-answers", "lost-answers", every_write=True, fault_s=6.0),
     Scenario(
@@ -182,6 +187,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
         sc.nodes,
         spares=sc.adds_per_cycle * cycles,
         clocks=sc.clocks,
+        disks=sc.disks,
         base_dir=f"{workdir}/{sc.name}",
         extra_args=list(sc.extra_args),
     )
@@ -214,6 +220,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
                 with Client(c.client_endpoints, timeout_s=10) as cl:
                     diverged = states_differ(cl.check_consistency)
         finally:
+            delayed_flushes = sum(d.delayed for d in (c.disks or {}).values())
             c.close()
     record.kv_history = list(history.ops())
     record.operations = sum(w.ops for w in workers)
@@ -230,7 +237,7 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     violations += [f"membership: {e}" for e in failed_steps]
     violations += [f"acknowledged_writes_present: {u}" for u in unread]
     violations += [f"replica_states_equal: {d}" for d in diverged]
-    violations += _unfed(record, history, sc)
+    violations += _unfed(record, history, sc, delayed_flushes)
     return Row(
         sc.name,
         record.operations,
@@ -267,9 +274,10 @@ def _faults(
     c: ProxiedCluster, sc: Scenario, rng: random.Random, cycles: int, record: RunRecord
 ) -> list[str]:
     """The nemesis's fault/heal cycles, then the final heal (every toxic gone, every
-    member running). After each cycle's heal, every member's commit index is sampled
-    (chaos.convergence) until each is judged: the heal period lasts at least that long.
-    Returns the membership steps that failed (the rest is skipped)."""
+    disk at full speed, every member running). After each cycle's heal, every member's
+    commit index is sampled (chaos.convergence) until each is judged: the heal period
+    lasts at least that long. Returns the membership steps that failed (the rest is
+    skipped)."""
     fault = NEMESES[sc.nemesis]
     failed: list[str] = []
     for _ in range(cycles):
@@ -284,6 +292,8 @@ def _faults(
         time.sleep(sc.heal_s * rng.uniform(0.7, 1.3))
         probe.join()
     c.toxi.heal()
+    for disk in (c.disks or {}).values():
+        disk.set(0.0)  # every flush at full speed (each cycle's heal did it already)
     for node in c.members:
         if not node.running:
             c.start(node.index)
@@ -392,8 +402,11 @@ def _stop_workload(c: ProxiedCluster, workers: list[Worker]) -> list[str]:
     return problems
 
 
-def _unfed(record: RunRecord, history: History, sc: Scenario) -> list[str]:
-    """A checker over an empty record proves nothing: the workload must have fed each."""
+def _unfed(
+    record: RunRecord, history: History, sc: Scenario, delayed_flushes: int = 0
+) -> list[str]:
+    """A checker over an empty record proves nothing: the workload must have fed each
+    (and a disk fault that delayed no flush tested nothing)."""
     fed = {
         "tenures": len(record.tenures),
         "acknowledged writes": len(record.acked),
@@ -403,6 +416,8 @@ def _unfed(record: RunRecord, history: History, sc: Scenario) -> list[str]:
     }
     if sc.sessions:
         fed[f"sessions kept (of {sc.sessions})"] = int(record.sessions_kept >= sc.sessions)
+    if sc.disks:
+        fed["flushes delayed by the disk shim"] = delayed_flushes
     if sc.every_write:
         fed["acknowledged writes of every kind"] = int(
             all(any(w.kind == k and w.outcome == "ok" for w in record.writes) for k in EFFECTS)
