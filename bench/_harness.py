@@ -520,7 +520,11 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 @dataclass
 class Comparison:
-    """One row of the coord-vs-etcd table. ``better`` is "lower" or "higher"."""
+    """One row of the coord-vs-etcd table. ``better`` is "lower" or "higher".
+
+    ``zk`` (ZooKeeper, ``run_all.py``) adds a third column group (zk, coord/zk) to the
+    table and to the JSON when any row has it; rows without it render as before.
+    """
 
     metric: str
     unit: str
@@ -528,6 +532,7 @@ class Comparison:
     etcd: float | None = None
     better: str = "lower"
     extra: dict[str, Any] = field(default_factory=dict)
+    zk: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -535,6 +540,13 @@ class Comparison:
         if self.coord is None or self.etcd is None or self.etcd == 0:
             return None
         return self.coord / self.etcd
+
+    @property
+    def ratio_zk(self) -> float | None:
+        """coord / zk, or None when either side is missing or zk is 0."""
+        if self.coord is None or self.zk is None or self.zk == 0:
+            return None
+        return self.coord / self.zk
 
 
 def _fmt(v: float | None) -> str:
@@ -551,22 +563,24 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3g}"
 
 
+def _fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
 def render_table(rows: Sequence[Comparison], title: str = "") -> str:
-    """Render rows as an aligned text table with a coord/etcd ratio column."""
-    header = ["metric", "unit", "coord", "etcd", "coord/etcd", "better"]
-    body = [
-        [
-            r.metric,
-            r.unit,
-            _fmt(r.coord),
-            _fmt(r.etcd),
-            "-" if r.ratio is None else f"{r.ratio:.2f}x",
-            r.better,
-        ]
-        for r in rows
-    ]
+    """Render rows as an aligned text table with a coord/etcd ratio column (and zk,
+    coord/zk columns when any row has a ZooKeeper value)."""
+    with_zk = any(r.zk is not None for r in rows)
+    header = ["metric", "unit", "coord", "etcd", "coord/etcd"]
+    header += ["zk", "coord/zk", "better"] if with_zk else ["better"]
+    body = []
+    for r in rows:
+        cells = [r.metric, r.unit, _fmt(r.coord), _fmt(r.etcd), _fmt_ratio(r.ratio)]
+        if with_zk:
+            cells += [_fmt(r.zk), _fmt_ratio(r.ratio_zk)]
+        body.append([*cells, r.better])
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
-    numeric = {2, 3, 4}
+    numeric = set(range(2, len(header) - 1))
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -580,11 +594,20 @@ def render_table(rows: Sequence[Comparison], title: str = "") -> str:
     return "\n".join(out)
 
 
+def _row_json(r: Comparison) -> dict[str, Any]:
+    doc = {**asdict(r), "ratio": r.ratio}
+    if r.zk is None:  # rows without ZooKeeper stay as they were
+        del doc["zk"]
+    else:
+        doc["ratio_zk"] = r.ratio_zk
+    return doc
+
+
 def rows_to_json(rows: Sequence[Comparison], meta: dict[str, Any] | None = None) -> str:
     """JSON document with the same rows (ratio included) plus optional metadata."""
     doc = {
         "meta": meta or {},
-        "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
+        "rows": [_row_json(r) for r in rows],
     }
     return json.dumps(doc, indent=2, sort_keys=False)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -216,6 +217,7 @@ def measure_put_throughput(
         "--value-size", str(value_size),
         "--call-timeout", str(call_timeout),
     ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         cmd,
         capture_output=True,
@@ -224,9 +226,14 @@ def measure_put_throughput(
         cwd=BENCH_DIR,
         check=False,
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    # CPU of the load generator (start-up, warm-up and run): the only child reaped meanwhile.
+    doc["loadgen_cpu_s"] = round(
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3
+    )
     return Throughput(
         clients=clients,
         ops_per_s=doc["ops_per_s"],
