@@ -24,6 +24,7 @@ from _harness import loadavg, log
 from coord.client import Client
 from coord.client import txn as t
 from coord.testing import LocalCluster
+from coord_adapter import parse_raft_timings
 
 BATCH = 200
 
@@ -39,10 +40,16 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--compaction-entries", type=int, default=5000)
+    p.add_argument(
+        "--raft-timings",
+        default="default",
+        help="coord's Raft timings: default, or HB:MIN-MAX in ms (e.g. 30:120-240)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     log(f"load average at start: {loadavg()}")
-    extra = ["--log-compaction-entries", str(args.compaction_entries)]
+    timings = parse_raft_timings(args.raft_timings)
+    extra = ["--log-compaction-entries", str(args.compaction_entries), *timings.args()]
     with LocalCluster(3, extra_args=extra) as cluster:
         cluster.wait_for_leader(timeout=60)
         value = b"v" * args.value_bytes
@@ -81,6 +88,7 @@ def main() -> None:
 
     out = {
         "keys": args.keys,
+        "raft_timings": args.raft_timings,
         "puts_per_s": round(len(lat) / args.seconds),
         "p50_ms": round(q(0.5), 1),
         "p99_ms": round(q(0.99), 1),
