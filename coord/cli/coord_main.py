@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from coord import config, errors
+from coord import __version__, config, errors
 from coord.cli.agent import agent_command
 from coord.cli.output import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, CLIError
 from coord.cli.restore import Duration, backup_options, restore_command
@@ -34,7 +34,7 @@ def _timing_options(fn: Any) -> Any:
 
 
 @click.group()
-@click.version_option(package_name="coord")
+@click.version_option(version=__version__)  # coord.__version__: no metadata lookup
 def main() -> None:
     """coord: a Raft-based high-availability coordinator."""
 

@@ -13,7 +13,6 @@ object on stderr: ``{"error": {"reason": ..., "message": ..., "exit_code": ...}}
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +86,8 @@ def error_record(e: click.ClickException) -> dict[str, Any]:
 def show_error(e: click.ClickException, as_json: bool) -> None:
     """Print ``e`` on stderr: click's text, or one JSON object."""
     if as_json:
+        import json  # here, not at the top: a table needs none (coordctl's start-up time)
+
         click.echo(json.dumps(error_record(e), sort_keys=True), err=True)
     else:
         e.show()
@@ -155,6 +156,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def emit(output: str, data: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     if output == "json":
+        import json
+
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         click.echo(table(headers, rows))

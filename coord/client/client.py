@@ -28,22 +28,21 @@ from coord import errors
 from coord.client import txn as txn_builders
 from coord.client.credentials import Credentials
 from coord.client.errors import hint_for, translate
-from coord.v1 import (
-    availability_pb2,
-    availability_pb2_grpc,
-    cluster_pb2,
-    cluster_pb2_grpc,
-    common_pb2,
-    groups_pb2,
-    kv_pb2,
-    kv_pb2_grpc,
-    maintenance_pb2,
-    maintenance_pb2_grpc,
-)
+from coord.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
 
-if TYPE_CHECKING:  # the modules below import this one
+# The other generated modules are imported where they are used: `coordctl kv get` and
+# `status` call the cluster and KV services only (start-up time, issue 18; kept so by
+# tests/unit/test_cli_lazy.py). Group and Session: their modules import this one.
+if TYPE_CHECKING:
     from coord.client.group import Group
     from coord.client.session import Session
+    from coord.v1 import (
+        availability_pb2,
+        common_pb2,
+        groups_pb2,
+        maintenance_pb2,
+        maintenance_pb2_grpc,
+    )
 
 T = TypeVar("T")
 
@@ -339,6 +338,8 @@ class Client:
         self, group: str = "", windows_s: Sequence[int] = (), serializable: bool = False
     ) -> availability_pb2.AvailabilityResponse:
         """The availability ledger's figures per group (all groups when ``group`` is "")."""
+        from coord.v1 import availability_pb2, availability_pb2_grpc
+
         req = availability_pb2.AvailabilityRequest(
             group=group, windows_s=list(windows_s), serializable=serializable
         )
@@ -520,6 +521,8 @@ class Client:
         """A full backup file of the cluster's state, taken at a linearizable point (or,
         with ``serializable``, of the answering node's own state: give ``endpoint``).
         The bytes are the file as written (see ``coord.state.backupfile``)."""
+        from coord.v1 import maintenance_pb2
+
         req = maintenance_pb2.SnapshotRequest(serializable=serializable)
         return self._download(lambda stub, t: stub.Snapshot(req, timeout=t), endpoint)
 
@@ -532,6 +535,8 @@ class Client:
     ) -> tuple[common_pb2.ResponseHeader, bytes]:
         """A diff backup file: the changes after ``since_revision`` of cluster
         ``cluster_id`` (checked when given). OutOfRange when they were compacted."""
+        from coord.v1 import maintenance_pb2
+
         req = maintenance_pb2.DiffRequest(
             since_revision=since_revision, cluster_id=cluster_id, serializable=serializable
         )
@@ -540,6 +545,8 @@ class Client:
     def check_consistency(self) -> maintenance_pb2.CheckConsistencyResponse:
         """Commit a check point and compare every member's hash of its state there
         (admin). ``consistent`` is true when all answered with the majority's hash."""
+        from coord.v1 import maintenance_pb2, maintenance_pb2_grpc
+
         req = maintenance_pb2.CheckConsistencyRequest()
         deadline = time.monotonic() + self.timeout_s
         return self.call(
@@ -556,6 +563,8 @@ class Client:
     ) -> tuple[common_pb2.ResponseHeader, bytes]:
         """Stream a backup file, retrying from the start on another node if the stream
         breaks. An attempt may take the whole ``timeout_s`` (a big state streams a while)."""
+        from coord.v1 import maintenance_pb2_grpc
+
         deadline = time.monotonic() + self.timeout_s
 
         def fetch(ch: grpc.Channel, t: float) -> tuple[common_pb2.ResponseHeader, bytes]:
