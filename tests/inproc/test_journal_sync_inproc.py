@@ -9,11 +9,13 @@ stop its tick thread (heartbeats, commits through its followers).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -77,39 +79,59 @@ def _ticks_pass(node: RaftNode, count: int) -> None:
     wait_until(ticked, 10, f"{count} ticks")
 
 
-def _roles(cluster: MemoryCluster) -> tuple[str, str, str]:
-    leader = cluster.wait_leader()
-    cluster.put(leader, b"warm", b"up").result(10)
-    f, g = (n for n in cluster.ids if n != leader)
-    return leader, f, g
+@dataclasses.dataclass
+class _Scene:
+    leader: RaftNode
+    f: str  # the one follower the leader hears
+    follower: RaftNode
+    idx: int  # the index of the put in flight
+    put: Future[Any]
+    release: threading.Event  # set: the held fdatasync goes on
+    threads: list[str]  # the threads the held node's syncs ran on
+    partition: Callable[[], None]  # cut the leader from f too
+
+
+@contextlib.contextmanager
+def _put_with_a_held_sync(
+    cluster: MemoryCluster, monkeypatch: pytest.MonkeyPatch, hold: str
+) -> Iterator[_Scene]:
+    """A leader that hears one follower ``f`` (the other is cut off), ``hold``'s
+    (``"leader"`` or ``"follower"``) fdatasync waiting until ``release`` is set, and a put
+    in flight."""
+    leader_id = cluster.wait_leader()
+    cluster.put(leader_id, b"warm", b"up").result(10)
+    f, g = (n for n in cluster.ids if n != leader_id)
+    leader, follower = cluster.nodes[leader_id], cluster.nodes[f]
+    cluster.network.partition(leader_id, g)
+    release = threading.Event()
+    held = leader if hold == "leader" else follower
+    threads = _slow_sync_of(monkeypatch, held, lambda: release.wait(30))
+    try:
+        idx = leader.journal[-1][1] + 1
+        put = cluster.put(leader_id, b"k", b"v")
+        yield _Scene(
+            leader, f, follower, idx, put, release, threads,
+            lambda: cluster.network.partition(leader_id, f),
+        )  # fmt: skip
+    finally:
+        release.set()
+        cluster.heal()
 
 
 def test_a_leader_counts_its_own_entry_only_once_it_is_synced(
     synced_cluster: MemoryCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cluster = synced_cluster
-    leader_id, f, g = _roles(cluster)
-    leader = cluster.nodes[leader_id]
-    cluster.network.partition(leader_id, g)  # only f can acknowledge
-    release = threading.Event()
-    _slow_sync_of(monkeypatch, leader, lambda: release.wait(20))
-    try:
-        last = leader.journal[-1][1]
-        fut = cluster.put(leader_id, b"k", b"v")
-        idx = last + 1
+    with _put_with_a_held_sync(synced_cluster, monkeypatch, "leader") as s:
         # f holds it durably and said so: with the leader that would be a majority,
         # but the leader's own copy is not synced yet.
-        wait_until(lambda: _match_index(leader, f) >= idx, 10, f"{f} acknowledged {idx}")
-        _ticks_pass(leader, 5)
-        assert leader.journal.durable_index < idx
-        assert leader._raft.commit_index < idx
-        assert not fut.done()
-        release.set()
-        assert fut.result(10).WhichOneof("result") is not None
-        assert leader._raft.commit_index >= idx
-    finally:
-        release.set()
-        cluster.heal()
+        wait_until(lambda: _match_index(s.leader, s.f) >= s.idx, 10, f"{s.f} acknowledged")
+        _ticks_pass(s.leader, 5)
+        assert s.leader.journal.durable_index < s.idx
+        assert s.leader._raft.commit_index < s.idx
+        assert not s.put.done()
+        s.release.set()
+        assert s.put.result(10).WhichOneof("result") is not None
+        assert s.leader._raft.commit_index >= s.idx
 
 
 def test_a_leader_stepping_down_in_the_tick_it_counted_applies_nothing_unsynced(
@@ -118,69 +140,41 @@ def test_a_leader_stepping_down_in_the_tick_it_counted_applies_nothing_unsynced(
     """pysyncobj counts the leader for its whole log, then may step down (it heard no
     majority for the leader fallback timeout), then applies: the count must be
     corrected even though the node no longer leads (found by review)."""
-    cluster = synced_cluster
-    leader_id, f, g = _roles(cluster)
-    leader = cluster.nodes[leader_id]
-    cluster.network.partition(leader_id, g)
-    release = threading.Event()
-    threads = _slow_sync_of(monkeypatch, leader, lambda: release.wait(30))
-    try:
-        idx = leader.journal[-1][1] + 1
-        fut = cluster.put(leader_id, b"k", b"v")
-        wait_until(lambda: _match_index(leader, f) >= idx, 10, f"{f} acknowledged {idx}")
-        cluster.network.partition(leader_id, f)  # it hears no one: it steps down
+    with _put_with_a_held_sync(synced_cluster, monkeypatch, "leader") as s:
+        wait_until(lambda: _match_index(s.leader, s.f) >= s.idx, 10, f"{s.f} acknowledged")
+        s.partition()  # it hears no one: it steps down
         # A follower syncs on its tick thread: once that thread waits in the held
         # fdatasync, the tick in which it stepped down (count, step down, apply) is over.
-        wait_until(lambda: any(t != "coord-journal-sync" for t in threads), 10, "a follower's sync")
-        assert not leader._raft.is_leader
-        assert leader.journal.durable_index < idx
-        assert leader._raft.last_applied < idx
-        assert leader.journal.getRaftCommitIndex() < idx
-        assert not fut.done() or fut.exception() is not None
-    finally:
-        release.set()
-        cluster.heal()
-
-
-def _patient_cluster(tmp_path: Path) -> MemoryCluster:
-    """fsync on, and a leader that keeps leading however long it hears no acks."""
-    c = MemoryCluster(tmp_path)
-    c.fsync = True
-    c.timings = dataclasses.replace(RaftTimings(), leader_fallback_timeout_s=60.0)
-    c.start_all()
-    return c
+        wait_until(
+            lambda: any(t != "coord-journal-sync" for t in s.threads), 10, "a follower's sync"
+        )
+        assert not s.leader._raft.is_leader
+        assert s.leader.journal.durable_index < s.idx
+        assert s.leader._raft.last_applied < s.idx
+        assert s.leader.journal.getRaftCommitIndex() < s.idx
+        assert not s.put.done() or s.put.exception() is not None
 
 
 def test_a_follower_acknowledges_an_entry_only_once_it_is_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cluster = _patient_cluster(tmp_path)
+    # A leader that keeps leading however long it hears no acks.
+    cluster = MemoryCluster(tmp_path)
+    cluster.fsync = True
+    cluster.timings = dataclasses.replace(RaftTimings(), leader_fallback_timeout_s=60.0)
+    cluster.start_all()
     try:
-        _follower_holds_its_ack(cluster, monkeypatch)
+        with _put_with_a_held_sync(cluster, monkeypatch, "follower") as s:
+            wait_until(lambda: s.follower.journal[-1][1] >= s.idx, 10, f"{s.f} appended")
+            wait_until(lambda: s.threads, 10, f"{s.f}'s sync of {s.idx}")
+            _ticks_pass(s.leader, 5)
+            assert _match_index(s.leader, s.f) < s.idx
+            assert not s.put.done()
+            s.release.set()
+            s.put.result(10)
+            assert _match_index(s.leader, s.f) >= s.idx
     finally:
         cluster.close()
-
-
-def _follower_holds_its_ack(cluster: MemoryCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    leader_id, f, g = _roles(cluster)
-    leader, follower = cluster.nodes[leader_id], cluster.nodes[f]
-    cluster.network.partition(leader_id, g)
-    release = threading.Event()
-    threads = _slow_sync_of(monkeypatch, follower, lambda: release.wait(20))
-    try:
-        idx = leader.journal[-1][1] + 1
-        fut = cluster.put(leader_id, b"k", b"v")
-        wait_until(lambda: follower.journal[-1][1] >= idx, 10, f"{f} appended {idx}")
-        wait_until(lambda: threads, 10, f"{f}'s sync of {idx}")
-        _ticks_pass(leader, 5)
-        assert _match_index(leader, f) < idx
-        assert not fut.done()
-        release.set()
-        fut.result(10)
-        assert _match_index(leader, f) >= idx
-    finally:
-        release.set()
-        cluster.heal()
 
 
 def test_a_slow_disk_never_stalls_the_leaders_tick_thread_and_followers_commit(
@@ -191,7 +185,7 @@ def test_a_slow_disk_never_stalls_the_leaders_tick_thread_and_followers_commit(
     index with two fsyncs on the tick thread: found by the chaos nemesis
     slow-disk-leader) none of them runs on its tick thread."""
     cluster = synced_cluster
-    leader_id, _, _ = _roles(cluster)
+    leader_id = cluster.wait_leader()
     leader = cluster.nodes[leader_id]
     data_dir = os.path.realpath(leader.cfg.data_dir)
     threads: list[str] = []
