@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import (
     IO,
     Any,
+    ClassVar,
     Protocol,
     TypeVar,
     runtime_checkable,
@@ -265,6 +266,43 @@ class EndpointRotator:
             if pause > 0:
                 await asyncio.sleep(pause)
         raise TimeoutError(f"no endpoint succeeded within {self.total_timeout}s: {last_exc!r}")
+
+
+class FailoverKV:
+    """Base of the benchmark ``KVClient``s whose puts fail over through an
+    :class:`EndpointRotator` (``etcd_client.EtcdKV``, ``coord_adapter.CoordKV``,
+    ``zk_client.ZkKV``): the constructor that ``make_client(first, call_timeout)`` and
+    ``_loadgen.py --factory`` call, ``endpoints``, and ``rotator`` (whose ``failures``
+    counts failed attempts).
+
+    A subclass opens its connections in :meth:`_open`. By default it has one per endpoint
+    and the rotator picks among them, starting at ``first``. With ``one_session = True``
+    it has one session over all endpoints that fails over by itself, trying them in list
+    order: ``endpoints`` starts at ``endpoints[first]``, and the rotator (of one
+    "endpoint") only bounds and spaces the retries.
+    """
+
+    one_session: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        call_timeout: float = 0.1,
+        first: int = 0,
+        total_timeout: float = 30.0,
+    ) -> None:
+        eps = list(endpoints)
+        if self.one_session:
+            self.endpoints = eps[first:] + eps[:first]
+            self.rotator = EndpointRotator(1, 0, call_timeout, total_timeout)
+        else:
+            self.endpoints = eps
+            self.rotator = EndpointRotator(len(eps), first, call_timeout, total_timeout)
+        self._open()
+
+    def _open(self) -> None:
+        """Open the connections to ``self.endpoints`` (called by ``__init__``)."""
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 
-from _harness import EndpointRotator, wait_until
+from _harness import FailoverKV, wait_until
 from coord.client import Client
 from coord.config import RaftTimings
 from coord.testing import LocalCluster
@@ -93,20 +93,12 @@ def parse_raft_timings_list(specs: str) -> list[RaftTimingChoice]:
     return [parse_raft_timings(s) for s in specs.split(",") if s.strip()]
 
 
-class CoordKV:
+class CoordKV(FailoverKV):
     """Benchmark KV client for coord (construct inside a running event loop)."""
 
-    def __init__(
-        self,
-        endpoints: Sequence[str],
-        call_timeout: float = 0.1,
-        first: int = 0,
-        total_timeout: float = 30.0,
-    ) -> None:
-        self.endpoints = list(endpoints)
+    def _open(self) -> None:
         self._channels = [aio.insecure_channel(ep) for ep in self.endpoints]
         self._stubs = [kv_pb2_grpc.KVStub(ch) for ch in self._channels]
-        self.rotator = EndpointRotator(len(self.endpoints), first, call_timeout, total_timeout)
 
     async def put(self, key: str, value: bytes) -> None:
         req = kv_pb2.PutRequest(key=key.encode(), value=value, request_id=uuid.uuid4().hex)

@@ -12,12 +12,12 @@ and the v3election API. Endpoints are ``host:port`` strings (plaintext gRPC).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from grpc import aio
 
-from _harness import EndpointRotator
+from _harness import FailoverKV
 from etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc, v3election_pb2, v3election_pb2_grpc
 
 __all__ = [
@@ -324,7 +324,7 @@ class AsyncEtcdClient:
             call.cancel()
 
 
-class EtcdKV:
+class EtcdKV(FailoverKV):
     """Benchmark KV client over all endpoints with rotate-on-failure.
 
     Implements ``_harness.KVClient``. Each put goes to the current endpoint
@@ -333,16 +333,8 @@ class EtcdKV:
     Must be constructed inside a running event loop.
     """
 
-    def __init__(
-        self,
-        endpoints: Sequence[str],
-        call_timeout: float = 0.1,
-        first: int = 0,
-        total_timeout: float = 30.0,
-    ) -> None:
-        self.endpoints = list(endpoints)
+    def _open(self) -> None:
         self._clients = [AsyncEtcdClient(ep) for ep in self.endpoints]
-        self.rotator = EndpointRotator(len(self.endpoints), first, call_timeout, total_timeout)
 
     async def put(self, key: str, value: bytes) -> None:
         """Put with failover; returns once committed by some member's cluster."""

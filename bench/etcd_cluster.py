@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from _harness import LOCALHOST, ProcessGroup, free_ports, log, wait_for, wait_until
+from _process_cluster import ProcessCluster
 from etcd_client import EtcdClient, EtcdKV, is_self_leader, rpc_pb2
 
 __all__ = ["DEFAULT", "TUNED", "EtcdCluster", "EtcdTiming"]
@@ -45,7 +46,7 @@ def etcd_binary() -> str:
     return path
 
 
-class EtcdCluster:
+class EtcdCluster(ProcessCluster):
     """An N-member etcd cluster of local processes.
 
     Typical use::
@@ -110,52 +111,10 @@ class EtcdCluster:
 
     # ----- lifecycle -----------------------------------------------------
 
-    def __enter__(self) -> EtcdCluster:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Start all members and wait until the cluster is healthy."""
-        self.group.start_all()
-        try:
-            self.wait_healthy(self.start_timeout)
-        except TimeoutError:
-            self._dump_logs()
-            raise
-
-    def stop(self) -> None:
-        """Kill all members and delete data dirs and logs (see BENCH_KEEP_TMP)."""
-        for i in range(self.n):
-            self._drop_client(i)
-        self.group.cleanup()
-
-    def endpoints(self) -> list[str]:
-        """Client endpoints ``127.0.0.1:port``, indexed like the members."""
-        return [f"{LOCALHOST}:{p}" for p in self.client_ports]
-
-    def alive(self, i: int) -> bool:
-        """True if member ``i``'s process is running (it may be SIGSTOPped)."""
-        return self.group.alive(i)
-
-    def kill(self, i: int) -> None:
-        """SIGKILL member ``i`` (and reap it)."""
-        self.group.kill(i)
-
     def restart(self, i: int) -> None:
         """Restart member ``i`` on its existing data dir (``--initial-cluster-state existing``)."""
         self._drop_client(i)
         self.group.restart(i, self._argv(i, "existing"))
-
-    def pause(self, i: int) -> None:
-        """SIGSTOP member ``i``."""
-        self.group.pause(i)
-
-    def resume(self, i: int) -> None:
-        """SIGCONT member ``i``."""
-        self.group.resume(i)
 
     # ----- inspection ----------------------------------------------------
 
@@ -194,10 +153,6 @@ class EtcdCluster:
             if is_self_leader(st) and (best is None or st.raftTerm > best[0]):
                 best = (st.raftTerm, i)
         return None if best is None else best[1]
-
-    def wait_leader(self, timeout: float = 30.0) -> int:
-        """Block until some member is leader; returns its index."""
-        return wait_for(self.leader_index, timeout, f"{self.name} leader")
 
     def _agreed_leader(self) -> int | None:
         """Leader index if every running member answers and names the same leader."""
@@ -238,10 +193,6 @@ class EtcdCluster:
     def make_client(self, first: int = 0, call_timeout: float = 0.1) -> EtcdKV:
         """Failover KV client over all endpoints (call inside a running event loop)."""
         return EtcdKV(self.endpoints(), call_timeout=call_timeout, first=first)
-
-    def _dump_logs(self) -> None:
-        for i in range(self.n):
-            log(f"--- {self.name} member {i} log tail ---\n{self.group.tail_log(i)}")
 
 
 def _smoke(n: int, timing: EtcdTiming) -> None:

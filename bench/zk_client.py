@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from _harness import EndpointRotator
+from _harness import FailoverKV
 
 try:
     from kazoo.client import KazooClient
@@ -89,7 +89,7 @@ def new_kazoo(endpoints: Sequence[str], session_timeout: float = 10.0) -> Any:
     )
 
 
-class ZkKV:
+class ZkKV(FailoverKV):
     """Benchmark KV client over one kazoo session; implements ``_harness.KVClient``.
 
     ``put(key, value)`` is a ``setData`` of ``value`` on the znode ``/key``; the first put
@@ -102,19 +102,18 @@ class ZkKV:
     Must be constructed inside a running event loop.
     """
 
+    one_session = True  # kazoo's own failover, in list order
+
     def __init__(
-        self,
-        endpoints: Sequence[str],
-        call_timeout: float = 0.1,
-        first: int = 0,
-        total_timeout: float = 30.0,
-        session_timeout: float = 10.0,
+        self, endpoints: Sequence[str], *args: Any, session_timeout: float = 10.0, **kwargs: Any
     ) -> None:
-        eps = list(endpoints)
-        self.endpoints = eps[first:] + eps[:first]
+        """``FailoverKV``'s arguments, and the session timeout (keyword only)."""
+        self.session_timeout = session_timeout
+        super().__init__(endpoints, *args, **kwargs)
+
+    def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._zk = new_kazoo(self.endpoints, session_timeout)
-        self.rotator = EndpointRotator(1, 0, call_timeout, total_timeout)
+        self._zk = new_kazoo(self.endpoints, self.session_timeout)
         self._created: set[str] = set()
         self._start_lock = asyncio.Lock()
         self._started = False

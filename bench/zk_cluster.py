@@ -38,6 +38,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from _harness import LOCALHOST, ProcessGroup, free_ports, log, wait_for, wait_until
+from _process_cluster import ProcessCluster
 from zk_client import ZkKV, four_letter, new_kazoo, srvr
 
 __all__ = ["ZkCluster", "unavailable", "zk_classpath"]
@@ -84,7 +85,7 @@ def unavailable() -> str | None:
     return None
 
 
-class ZkCluster:
+class ZkCluster(ProcessCluster):
     """An N-member ZooKeeper ensemble of local JVMs.
 
     Typical use::
@@ -154,53 +155,15 @@ class ZkCluster:
 
     # ----- lifecycle -----------------------------------------------------
 
-    def __enter__(self) -> ZkCluster:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Start all members and wait until the ensemble is healthy."""
-        self.group.start_all()
-        try:
-            self.wait_healthy(self.start_timeout)
-        except TimeoutError:
-            self._dump_logs()
-            raise
-
-    def stop(self) -> None:
-        """Kill all members and delete data dirs and logs (see BENCH_KEEP_TMP)."""
-        for i in range(self.n):
-            self._drop_client(i)
-        self.group.cleanup()
-
-    def endpoints(self) -> list[str]:
-        """Client endpoints ``127.0.0.1:port``, indexed like the members."""
-        return [f"{LOCALHOST}:{p}" for p in self.client_ports]
-
-    def alive(self, i: int) -> bool:
-        """True if member ``i``'s process is running (it may be SIGSTOPped)."""
-        return self.group.alive(i)
-
     def kill(self, i: int) -> None:
-        """SIGKILL member ``i`` (and reap it)."""
+        """SIGKILL member ``i`` (and reap it), its inspection client closed first."""
         self._drop_client(i)
-        self.group.kill(i)
+        super().kill(i)
 
     def restart(self, i: int) -> None:
         """Restart member ``i`` on its existing data dir (same zoo.cfg and myid)."""
         self._drop_client(i)
         self.group.restart(i)
-
-    def pause(self, i: int) -> None:
-        """SIGSTOP member ``i``."""
-        self.group.pause(i)
-
-    def resume(self, i: int) -> None:
-        """SIGCONT member ``i``."""
-        self.group.resume(i)
 
     # ----- inspection ----------------------------------------------------
 
@@ -238,10 +201,6 @@ class ZkCluster:
             if info.mode in ("leader", "standalone") and (best is None or info.epoch > best[0]):
                 best = (info.epoch, i)
         return None if best is None else best[1]
-
-    def wait_leader(self, timeout: float = 30.0) -> int:
-        """Block until some member leads; returns its index."""
-        return wait_for(self.leader_index, timeout, f"{self.name} leader")
 
     def epoch(self) -> int:
         """The highest leader epoch any member reports (one more per leader elected)."""
@@ -311,10 +270,6 @@ class ZkCluster:
     def make_client(self, first: int = 0, call_timeout: float = 0.1) -> ZkKV:
         """Failover KV client over all endpoints (call inside a running event loop)."""
         return ZkKV(self.endpoints(), call_timeout=call_timeout, first=first)
-
-    def _dump_logs(self) -> None:
-        for i in range(self.n):
-            log(f"--- {self.name} member {i} log tail ---\n{self.group.tail_log(i)}")
 
 
 def _smoke(n: int) -> None:

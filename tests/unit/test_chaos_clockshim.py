@@ -8,9 +8,6 @@ parent's own (unshifted) clocks: real_before <= child's wall clock - offset <= r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from chaos.clocks import SHIM_ENV, WallClock
+from tests.unit.shim_child import ShimChild
 
 HOUR = 3600.0
 SLACK_S = 0.05  # rounding of the coarse clocks and of float seconds
@@ -57,27 +55,13 @@ STEADY = ("time.monotonic", "CLOCK_MONOTONIC_RAW", "CLOCK_MONOTONIC_COARSE", "CL
 STEADY_IDS = (time.CLOCK_MONOTONIC, 4, 6, 7)
 
 
-class Child:
+class Child(ShimChild):
     def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **env}, text=True,
-        )  # fmt: skip
+        super().__init__(CHILD, env)
 
-    def ask(self, what: str) -> list[float]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, f"the child exited (rc={self.proc.poll()})"
-        return [float(x) for x in line.split()]
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()  # the child's loop ends
-        rc = self.proc.wait(10)
-        self.proc.stdout.close()
-        assert rc == 0, f"the child failed (rc={rc})"
+    def numbers(self, what: str) -> list[float]:
+        """The answer to ``what`` as floats."""
+        return [float(x) for x in self.ask(what)]
 
 
 @pytest.fixture
@@ -98,7 +82,7 @@ def read_bracketed(child: Child) -> tuple[dict[str, float], dict[str, tuple[floa
     """The child's clocks, and the parent's real (wall, steady) before and after."""
     before_wall = time.time()
     before_steady = [time.clock_gettime(c) for c in STEADY_IDS]
-    values = child.ask("read")
+    values = child.numbers("read")
     after_steady = [time.clock_gettime(c) for c in STEADY_IDS]
     after_wall = time.time()
     names = (*WALL, *STEADY)
@@ -136,7 +120,7 @@ def test_the_wall_clock_is_shifted_and_the_monotonic_clocks_are_not(
 
 def test_sleep_works_under_the_shim(clock: WallClock, child: Child) -> None:
     clock.set(-HOUR)
-    [slept] = child.ask("sleep")
+    [slept] = child.numbers("sleep")
     assert 0.05 <= slept < 2.0, f"time.sleep(0.05) slept {slept:.3f} s"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from chaos import clocks, disks
 from chaos.clocks import WallClock
 from chaos.disks import SHIM_ENV, DiskDelay
 from coord.testing import wait_until
+from tests.unit.shim_child import ShimChild
 
 DELAY_S = 0.2
 HOUR = 3600.0
@@ -64,32 +64,14 @@ for line in sys.stdin:
 """
 
 
-class Child:
+class Child(ShimChild):
     def __init__(self, env: dict[str, str], path: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **env}, text=True,
-        )  # fmt: skip
-
-    def ask(self, what: str) -> list[str]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, f"the child exited (rc={self.proc.poll()})"
-        return line.split()
+        super().__init__(CHILD, env, str(path))
 
     def sync(self, what: str = "fdatasync") -> tuple[str, float]:
         """(outcome: "ok" or "errno=N", seconds the call took in the child)."""
         outcome, took = self.ask(what)
         return outcome, float(took)
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()  # the child's loop ends
-        rc = self.proc.wait(10)
-        self.proc.stdout.close()
-        assert rc == 0, f"the child failed (rc={rc})"
 
 
 @pytest.fixture
