@@ -27,6 +27,13 @@ into one for which pysyncobj's code does exactly that:
   acknowledge to its clients) the uncommitted tail the snapshot is about to replace.
   After an install our commit index may trail the applied index until the next
   append verifies it; a snapshot holds only committed state.
+- a snapshot whose last entry our log already holds (same index and term), or that our
+  own dump went past, is not installed (Raft §7: "if existing log entry has same index
+  and term as snapshot's last included entry, retain log entries following it").
+  pysyncobj clears the log on every install: a leader that sent a snapshot while a
+  pipelined append was catching us up past it (its nextIndex was below its log start
+  when it began) wiped entries we had acknowledged, and may have counted
+  (:func:`snapshot_is_covered`; coord.raft.background_dump refuses the file).
 
 Thread: the tick thread (inside pysyncobj's message handling).
 """
@@ -72,3 +79,18 @@ def rewrite(log: Any, message: dict[str, Any], commit: int) -> tuple[dict[str, A
         commit_index=min(message["commit_index"], verified),
     )
     return out, conflict
+
+
+def snapshot_is_covered(log: Any, last: tuple[Any, int, int]) -> bool:
+    """Whether a snapshot ending at ``last`` (command, index, term) adds nothing to ``log``
+    (pysyncobj's, ``(command, index, term)`` entries): our log holds that entry with the
+    same term (by Log Matching, everything before it too), or begins after it (our own
+    dump, of committed entries only, covers more)."""
+    if not len(log):
+        return False
+    first = int(log[0][1])
+    index, term = int(last[1]), int(last[2])
+    if index < first:
+        return True
+    pos = index - first
+    return pos < len(log) and int(log[pos][2]) == term

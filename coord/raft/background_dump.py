@@ -28,6 +28,9 @@ Safety:
   dump renamed over it would leave a gap between dump and log at the next start. The
   superseded flag and the rename are under one lock; a superseded job ends FAILED and
   nothing is deleted or folded.
+- A received snapshot that the log already covers (``refuse(path)``: coord.raft.appendfix
+  ``snapshot_is_covered``) never replaces the dump; :meth:`take_refused` tells the node
+  not to install it (pysyncobj would clear the log to its index).
 """
 
 from __future__ import annotations
@@ -97,12 +100,16 @@ class BackgroundSerializer(Serializer):
         transmission_batch: int,
         capture: Callable[[Any], DumpJob],
         deserializer: Callable[[str], Any],
+        refuse: Callable[[str], bool],
     ) -> None:
         super().__init__(path, transmission_batch, False, capture, deserializer, None)
         self._path = path
         self._capture = capture
+        self._refuse = refuse
         self._rename_lock = threading.Lock()
         self._running: _Run | None = None
+        self._incoming: Any = None  # the snapshot being received from the leader
+        self._refused = False
 
     # -- called by pysyncobj on the tick thread -------------------------------------
 
@@ -156,10 +163,43 @@ class BackgroundSerializer(Serializer):
         _close_files([self._Serializer__transmissions.pop(id, {})])
 
     def setTransmissionData(self, data: Any) -> bool:
+        """A chunk of a snapshot from the leader (``(bytes, is_first, is_last)``); True
+        once the last one arrived: pysyncobj then installs it (see :meth:`take_refused`).
+        pysyncobj's own, for a dump file, plus the refusal before the rename."""
+        if data is None:
+            return False
+        chunk, is_first, is_last = data
+        tmp = self._path + ".1.tmp"
+        try:
+            if is_first:
+                if self._incoming is not None:
+                    self._incoming.close()
+                self._incoming = open(tmp, "wb")  # noqa: SIM115 - spans several calls
+            elif self._incoming is None:
+                return False
+            self._incoming.write(chunk)
+            if not is_last:
+                return False
+            self._incoming.close()
+        except OSError:
+            logger.exception("cannot write the snapshot received from the leader")
+            self._incoming = None
+            return False
+        self._incoming = None
+        if self._refuse(tmp):
+            os.unlink(tmp)
+            self._refused = True
+            return True
         with self._rename_lock:
             if self._running is not None:
                 self._running.superseded = True
-        return bool(super().setTransmissionData(data))
+            os.replace(tmp, self._path)
+        return True
+
+    def take_refused(self) -> bool:
+        """Whether the snapshot just received was refused (once: the flag is cleared)."""
+        refused, self._refused = self._refused, False
+        return refused
 
     # -- the worker --------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from coord import errors
 from coord.config import NodeConfig
-from coord.raft import syncobj_adapter
+from coord.raft import appendfix, syncobj_adapter
 from coord.raft.gate import VOTER, VotingGate
 from coord.raft.journal import DurableJournal
 from coord.raft.journal_sync import JournalSyncer
@@ -58,7 +58,7 @@ from coord.raft.membership import (
 )
 from coord.raft.prevote import PreVote
 from coord.raft.read_barrier import ReadBarrier
-from coord.raft.snapshotfile import Dump, Entry, read_dump, write_dump
+from coord.raft.snapshotfile import Dump, DumpError, Entry, read_dump, write_dump
 from coord.raft.syncobj_adapter import SUCCESS, Hooks, SyncObjAdapter, raft_clock
 from coord.raft.transfer import LeadershipTransfer
 from coord.raft.transport import CoordTransport, RoutedNode
@@ -186,6 +186,7 @@ class RaftNode:
             timer_restarted=self._election_timer_restarted,
             hold=self._holding_for_transfer,
             durable_index=lambda: self.journal.durable_index,
+            snapshot_is_covered=self._snapshot_is_covered,
         )
         transport = functools.partial(
             self._transport_factory,
@@ -662,6 +663,23 @@ class RaftNode:
             # into the configuration's base.
             installed=functools.partial(self.membership.fold, at, idx),
         )
+
+    def _snapshot_is_covered(self, path: str) -> bool:
+        """Tick thread: a snapshot received from the leader (complete, at ``path``) whose
+        entries this node's log already holds is not installed (appendfix)."""
+        try:
+            last = read_dump(path).last
+        except (DumpError, OSError, ValueError):
+            return False  # installed as before; a bad one stops the node in _deserialize
+        if appendfix.snapshot_is_covered(self._raft.log, last):
+            logger.info(
+                "a snapshot from the leader ends at %d, which this log already holds "
+                "(it ends at %d): kept the log",
+                last[1],
+                self._raft.last_log_index,
+            )
+            return True
+        return False
 
     def _journal_sync_failed(self, error: OSError) -> None:
         # Nothing more can be acknowledged, and a retry may "succeed" over writes the

@@ -150,6 +150,9 @@ class Hooks:
     hold: Callable[[], bool]
     # The last index of this node's log that is durable (its journal's sync thread).
     durable_index: Callable[[], int]
+    # A snapshot received from the leader (the file's path) adds nothing to this node's
+    # log: it is not installed (coord.raft.appendfix.snapshot_is_covered).
+    snapshot_is_covered: Callable[[str], bool]
 
 
 class _SyncObj(SyncObj):
@@ -205,8 +208,21 @@ class _SyncObj(SyncObj):
     def _SyncObj__serializer(self, _pysyncobjs: Any) -> None:
         conf = self._SyncObj__conf
         self._coord_serializer = BackgroundSerializer(
-            conf.fullDumpFile, conf.logCompactionBatchSize, conf.serializer, conf.deserializer
+            conf.fullDumpFile,
+            conf.logCompactionBatchSize,
+            conf.serializer,
+            conf.deserializer,
+            self._coord.snapshot_is_covered,
         )
+
+    # pysyncobj installs every snapshot it receives completely: it loads the dump and
+    # clears the log to its index. One the log already covers was refused (the dump
+    # file is still ours): keep the state and the log; pysyncobj then acknowledges
+    # this node's real last index.
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
+        if clearJournal and self._coord_serializer.take_refused():
+            return
+        SyncObj._SyncObj__loadDumpFile(self, clearJournal)
 
     # Membership (coord.raft.membership): the configuration follows the log, kept by
     # the node. pysyncobj's own change/rollback/re-apply calls only ask whether a

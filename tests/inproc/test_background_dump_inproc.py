@@ -129,7 +129,7 @@ def _background(tmp_path: Path, job: _Job) -> tuple[BackgroundSerializer, str]:
         assert raft_data == ("last", "prev", "cluster")  # pysyncobj's tuple, minus data
         return job
 
-    return BackgroundSerializer(path, 1 << 16, capture, lambda p: None), path
+    return BackgroundSerializer(path, 1 << 16, capture, lambda p: None, lambda p: False), path
 
 
 def _finish(s: BackgroundSerializer) -> tuple[int, int | None]:
@@ -237,7 +237,7 @@ def test_a_capture_that_raises_is_a_failed_dump_not_a_wedged_tick(tmp_path: Path
     def capture(raft_data: Any) -> _Job:
         raise RuntimeError("cannot copy the state")
 
-    s = BackgroundSerializer(path, 1 << 16, capture, lambda p: None)
+    s = BackgroundSerializer(path, 1 << 16, capture, lambda p: None, lambda p: False)
     s.serialize((None, "last", "prev", "cluster"), 9)  # does not raise into pysyncobj's tick
     assert s.checkSerializing() == (SERIALIZER_STATE.FAILED, 9)
     assert s.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
@@ -257,3 +257,56 @@ def test_an_abandoned_write_never_replaces_the_dump(tmp_path: Path) -> None:
     assert Path(path).read_bytes() == b"old dump"
     assert not os.path.exists(path + ".tmp")
     assert job.installed_calls == 0
+
+
+def test_a_snapshot_the_follower_already_holds_does_not_wipe_its_log(tmp_path: Path) -> None:
+    """A leader begins a snapshot for a follower whose nextIndex fell below its log start,
+    while a pipelined append catches that follower up past it: the snapshot arrives at a
+    follower that holds (and acknowledged) more. pysyncobj installed it and cleared the
+    log to the snapshot's index, wiping acknowledged entries the leader had counted (seen
+    under load: commit 5046 clamped to 4995). Raft §7: keep the log; here the follower
+    is handed the leader's dump, older than its log's end."""
+    cluster = _compacting_cluster(tmp_path)
+    try:
+        leader = cluster.wait_leader()
+        for i in range(KEYS):
+            cluster.put(leader, b"k%03d" % i, b"v%d" % i).result(10)
+        cluster.wait_converged()
+        dump_path = tmp_path / leader / DUMP_FILE
+        wait_until(dump_path.exists, 10, "the leader's dump")
+        snapshot = dump_path.read_bytes()
+        snapshot_last = read_dump(str(dump_path)).last[1]
+        follower_id = next(n for n in cluster.ids if n != leader)
+        follower = cluster.nodes[follower_id]
+        last_before = follower.journal[-1][1]
+        assert snapshot_last < last_before
+        own_dump = (tmp_path / follower_id / DUMP_FILE).read_bytes()
+
+        so: Any = follower._raft._so
+        sender = next(n for n in so._SyncObj__otherNodes if n.id == leader)
+        message = {
+            "type": "append_entries",
+            "term": follower._raft.current_term,
+            "commit_index": follower._raft.commit_index,
+            "serialized": (snapshot, True, True),
+        }
+        delivered = threading.Event()
+        after: list[tuple[int, bytes]] = []
+
+        def deliver() -> None:  # on the follower's tick thread, as the leader's message
+            if not delivered.is_set():
+                follower._raft.transport._onMessageReceived(sender, message)
+                # Before any later append could refill it:
+                dump = (tmp_path / follower_id / DUMP_FILE).read_bytes()
+                after.append((follower.journal[-1][1], dump))
+                delivered.set()
+
+        follower._raft.add_tick_callback(deliver)
+        assert delivered.wait(10)
+        last_after, dump_after = after[0]
+        assert last_after == last_before, "the follower's log was cut back to the snapshot"
+        assert dump_after == own_dump
+        cluster.put(leader, b"after", b"x").result(10)
+        cluster.wait_converged()
+    finally:
+        cluster.close()

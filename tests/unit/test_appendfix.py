@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coord.raft.appendfix import rewrite
+from coord.raft.appendfix import rewrite, snapshot_is_covered
 
 Entry = tuple[bytes, int, int]
 Log = list[Entry]
@@ -466,3 +466,26 @@ def test_a_message_without_prev_log_idx_commits_none_of_our_entries() -> None:
         assert message["commit_index"] == 400  # the leader's message is not mutated
     below = {"type": "append_entries", "term": 2, "commit_index": 1, "serialized": None}
     assert rewrite(log, below, 2)[0] is below
+
+
+# -- a snapshot the log already covers is not installed (Raft §7) ----------------------
+
+SNAPSHOT_LOG = [(b"", i, 1 if i < 8 else 2) for i in range(5, 13)]  # indexes 5..12, term 2 from 8
+
+
+@pytest.mark.parametrize(
+    ("last", "covered"),
+    [
+        ((b"", 10, 2), True),  # we hold it with the same term: keep our log
+        ((b"", 12, 2), True),  # our last entry
+        ((b"", 4, 1), True),  # before our log: our own dump went past it
+        ((b"", 13, 2), False),  # beyond our log: install
+        ((b"", 10, 3), False),  # a conflict at its index: install
+        ((b"", 7, 2), False),  # we hold 7 in term 1: a conflict
+    ],
+)
+def test_a_snapshot_is_covered_only_by_the_same_entry_or_a_log_past_it(
+    last: tuple[bytes, int, int], covered: bool
+) -> None:
+    assert snapshot_is_covered(SNAPSHOT_LOG, last) is covered
+    assert snapshot_is_covered([], last) is False
