@@ -130,6 +130,17 @@ SCENARIOS = [
     # Each fault lasts 6 s (jittered): tens of slowed journal syncs under the writes.
     Scenario("slow-disk-leader", "slow-disk-leader", disks=True, fault_s=6.0),
     Scenario("slow-disk-minority", "slow-disk-minority", disks=True, fault_s=6.0),
+    # A slowed follower falls behind a leader that compacts every 200 entries: it is
+    # sent snapshots while appends catch it up (a snapshot older than its log must not
+    # be installed: the node-log check below would see the cut).
+    Scenario(
+        "slow-disk-minority-compacting",
+        "slow-disk-minority",
+        disks=True,
+        fault_s=6.0,
+        extra_args=("--log-compaction-entries", "200"),
+        ballast_keys=10_000,
+    ),
     Scenario("forced-handover", "forced-handover", fault_s=TTL_S + 1.0),
     Scenario("lost-answers", "lost-answers", every_write=True, fault_s=6.0),
     Scenario(
@@ -237,7 +248,9 @@ def run_scenario(toxi: Toxiproxy, sc: Scenario, seed: int, cycles: int, workdir:
     violations += [f"membership: {e}" for e in failed_steps]
     violations += [f"acknowledged_writes_present: {u}" for u in unread]
     violations += [f"replica_states_equal: {d}" for d in diverged]
-    violations += _unfed(record, history, sc, delayed_flushes)
+    violations += _unfed(record, history, sc, delayed_flushes) + [
+        f"node_logs: {v}" for v in node_log_violations(Path(workdir, sc.name))
+    ]
     return Row(
         sc.name,
         record.operations,
@@ -516,6 +529,25 @@ def _retrying(fn: Any, within_s: float = 20.0) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)  # retry pacing
+
+
+# Lines a node logs only when something that must not happen did (with fsync on and
+# kill -9 as the harshest fault, the page cache survives every crash of the suite).
+NODE_LOG_VIOLATIONS = {
+    "exceeds journal end": "a node's log was cut below its commit index (a snapshot install?)",
+}
+
+
+def node_log_violations(base_dir: Path) -> list[str]:
+    """What the nodes' logs under ``base_dir`` say that must not happen."""
+    found = []
+    for log in sorted(base_dir.glob("*.log")):
+        with open(log, errors="replace") as f:
+            for line in f:
+                for needle, meaning in NODE_LOG_VIOLATIONS.items():
+                    if needle in line:
+                        found.append(f"{log.stem}: {meaning}: {line.strip()[:200]}")
+    return found
 
 
 def _failovers(record: RunRecord) -> int:
