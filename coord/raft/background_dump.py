@@ -23,18 +23,21 @@ Safety:
   fsynced): a crash at any point leaves the old dump and the whole log.
 - While a job runs no snapshot is sent to followers (pysyncobj sends none while its
   serializer's ``__pid`` is not zero).
-- A snapshot received from the leader supersedes a running job: the follower has
-  replaced its dump with the received one and cleared its log to that index, so an older
-  dump renamed over it would leave a gap between dump and log at the next start. The
-  superseded flag and the rename are under one lock; a superseded job ends FAILED and
-  nothing is deleted or folded.
-- A received snapshot that the log already covers (``refuse(path)``: coord.raft.appendfix
-  ``snapshot_is_covered``) never replaces the dump; :meth:`take_refused` tells the node
-  not to install it (pysyncobj would clear the log to its index).
+- A snapshot received from the leader and installed supersedes a running job: the
+  follower has replaced its dump with the received one and cleared its log to that
+  index, so an older dump renamed over it would leave a gap between dump and log at the
+  next start. The superseded flag and the rename are under one lock; a superseded job
+  ends FAILED and nothing is deleted or folded.
+- A received snapshot is checked before it replaces the dump (``check(path)``, the
+  node's): one the log already covers (coord.raft.appendfix ``snapshot_is_covered``) is
+  dropped and :meth:`take_refused` tells the node not to install it (pysyncobj would
+  clear the log to its index); one that does not verify is dropped (the leader sends it
+  again), never renamed over a good dump.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -100,16 +103,18 @@ class BackgroundSerializer(Serializer):
         transmission_batch: int,
         capture: Callable[[Any], DumpJob],
         deserializer: Callable[[str], Any],
-        refuse: Callable[[str], bool],
+        check: Callable[[str], int | None],
     ) -> None:
         super().__init__(path, transmission_batch, False, capture, deserializer, None)
         self._path = path
         self._capture = capture
-        self._refuse = refuse
+        # A received snapshot (its path): its last index if it must not be installed
+        # (the log covers it), None to install it; raises if it does not verify.
+        self._check = check
         self._rename_lock = threading.Lock()
         self._running: _Run | None = None
         self._incoming: Any = None  # the snapshot being received from the leader
-        self._refused = False
+        self._refused: int | None = None
 
     # -- called by pysyncobj on the tick thread -------------------------------------
 
@@ -186,19 +191,31 @@ class BackgroundSerializer(Serializer):
             self._incoming = None
             return False
         self._incoming = None
-        if self._refuse(tmp):
-            os.unlink(tmp)
-            self._refused = True
-            return True
-        with self._rename_lock:
-            if self._running is not None:
-                self._running.superseded = True
-            os.replace(tmp, self._path)
+        try:
+            covered = self._check(tmp)
+        except Exception:
+            logger.exception("the snapshot received from the leader does not verify: dropped")
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False
+        try:
+            if covered is not None:
+                os.unlink(tmp)
+                self._refused = covered
+                return True
+            with self._rename_lock:
+                if self._running is not None:
+                    self._running.superseded = True
+                os.replace(tmp, self._path)
+        except OSError:
+            logger.exception("cannot keep the snapshot received from the leader")
+            return False
         return True
 
-    def take_refused(self) -> bool:
-        """Whether the snapshot just received was refused (once: the flag is cleared)."""
-        refused, self._refused = self._refused, False
+    def take_refused(self) -> int | None:
+        """The last index of the snapshot just received if it was refused, else None
+        (once: the flag is cleared)."""
+        refused, self._refused = self._refused, None
         return refused
 
     # -- the worker --------------------------------------------------------------

@@ -58,7 +58,7 @@ from coord.raft.membership import (
 )
 from coord.raft.prevote import PreVote
 from coord.raft.read_barrier import ReadBarrier
-from coord.raft.snapshotfile import Dump, DumpError, Entry, read_dump, write_dump
+from coord.raft.snapshotfile import Dump, Entry, read_dump, write_dump
 from coord.raft.syncobj_adapter import SUCCESS, Hooks, SyncObjAdapter, raft_clock
 from coord.raft.transfer import LeadershipTransfer
 from coord.raft.transport import CoordTransport, RoutedNode
@@ -186,7 +186,7 @@ class RaftNode:
             timer_restarted=self._election_timer_restarted,
             hold=self._holding_for_transfer,
             durable_index=lambda: self.journal.durable_index,
-            snapshot_is_covered=self._snapshot_is_covered,
+            check_snapshot=self._check_snapshot,
         )
         transport = functools.partial(
             self._transport_factory,
@@ -664,13 +664,11 @@ class RaftNode:
             installed=functools.partial(self.membership.fold, at, idx),
         )
 
-    def _snapshot_is_covered(self, path: str) -> bool:
-        """Tick thread: a snapshot received from the leader (complete, at ``path``) whose
-        entries this node's log already holds is not installed (appendfix)."""
-        try:
-            last = read_dump(path).last
-        except (DumpError, OSError, ValueError):
-            return False  # installed as before; a bad one stops the node in _deserialize
+    def _check_snapshot(self, path: str) -> int | None:
+        """Tick thread: a snapshot received from the leader (complete, at ``path``). Its
+        last index if this node's log already holds its entries (not installed:
+        appendfix), None to install it; DumpError if it does not verify."""
+        last = read_dump(path).last
         if appendfix.snapshot_is_covered(self._raft.log, last):
             logger.info(
                 "a snapshot from the leader ends at %d, which this log already holds "
@@ -678,8 +676,8 @@ class RaftNode:
                 last[1],
                 self._raft.last_log_index,
             )
-            return True
-        return False
+            return int(last[1])
+        return None
 
     def _journal_sync_failed(self, error: OSError) -> None:
         # Nothing more can be acknowledged, and a retry may "succeed" over writes the

@@ -150,9 +150,10 @@ class Hooks:
     hold: Callable[[], bool]
     # The last index of this node's log that is durable (its journal's sync thread).
     durable_index: Callable[[], int]
-    # A snapshot received from the leader (the file's path) adds nothing to this node's
-    # log: it is not installed (coord.raft.appendfix.snapshot_is_covered).
-    snapshot_is_covered: Callable[[str], bool]
+    # A snapshot received from the leader (the file's path): its last index if this
+    # node's log already covers it (not installed: coord.raft.appendfix), None to
+    # install it; raises if it does not verify.
+    check_snapshot: Callable[[str], int | None]
 
 
 class _SyncObj(SyncObj):
@@ -163,6 +164,7 @@ class _SyncObj(SyncObj):
         self._coord = hooks
         self._coord_woken = False
         self._coord_commit_before = 0
+        self._coord_refused_snapshot: int | None = None
         super().__init__(*args, **kwargs)
 
     # A leader counts its own log towards a commit only as far as it is durable: its
@@ -212,15 +214,18 @@ class _SyncObj(SyncObj):
             conf.logCompactionBatchSize,
             conf.serializer,
             conf.deserializer,
-            self._coord.snapshot_is_covered,
+            self._coord.check_snapshot,
         )
 
     # pysyncobj installs every snapshot it receives completely: it loads the dump and
     # clears the log to its index. One the log already covers was refused (the dump
-    # file is still ours): keep the state and the log; pysyncobj then acknowledges
-    # this node's real last index.
+    # file is still ours): keep the state and the log. pysyncobj then acknowledges at
+    # once; the transport makes that "up to the snapshot's last index", all the
+    # snapshot vouches for (take_refused_snapshot).
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
-        if clearJournal and self._coord_serializer.take_refused():
+        refused = self._coord_serializer.take_refused() if clearJournal else None
+        if refused is not None:
+            self._coord_refused_snapshot = refused
             return
         SyncObj._SyncObj__loadDumpFile(self, clearJournal)
 
@@ -509,6 +514,14 @@ class SyncObjAdapter:
 
     def add_tick_callback(self, callback: Callable[[], None]) -> None:
         self._so.addOnTickCallback(callback)
+
+    def take_refused_snapshot(self) -> int | None:
+        """The last index of a snapshot from the leader just refused (the log covers
+        it), once; the acknowledgement pysyncobj sends next says only that much."""
+        so = cast(Any, self._so)
+        refused: int | None = so._coord_refused_snapshot
+        so._coord_refused_snapshot = None
+        return refused
 
     def wake(self) -> None:
         """Any thread: end the tick thread's current poll (a sync finished)."""

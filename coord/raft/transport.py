@@ -280,6 +280,9 @@ class CoordTransport(TCPTransport):
                     return True  # a blank node acknowledges nothing yet (coord.raft.gate)
                 if message.get("success"):
                     self.gate.counted()
+                    refused = raft.take_refused_snapshot()
+                    if refused is not None:  # pysyncobj would claim our whole log
+                        message = {**message, "next_node_idx": refused + 1}
             message = {**message, "term": raft.current_term}
             if message.get("reset"):
                 message.update(conflict_of(raft.log, message["next_node_idx"]))

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj.serializer import SERIALIZER_STATE
+from pysyncobj.transport import TCPTransport
 
 from coord.raft.background_dump import BackgroundSerializer
 from coord.raft.gate import VOTER
 from coord.raft.node import DUMP_FILE
-from coord.raft.snapshotfile import read_dump
+from coord.raft.snapshotfile import DumpError, read_dump
 from coord.testing import wait_until
 from tests.inproc.memory_raft import MemoryCluster
 
@@ -129,7 +130,7 @@ def _background(tmp_path: Path, job: _Job) -> tuple[BackgroundSerializer, str]:
         assert raft_data == ("last", "prev", "cluster")  # pysyncobj's tuple, minus data
         return job
 
-    return BackgroundSerializer(path, 1 << 16, capture, lambda p: None, lambda p: False), path
+    return BackgroundSerializer(path, 1 << 16, capture, lambda p: None, lambda p: None), path
 
 
 def _finish(s: BackgroundSerializer) -> tuple[int, int | None]:
@@ -170,6 +171,22 @@ def test_a_snapshot_received_while_a_dump_is_written_wins(tmp_path: Path) -> Non
     assert Path(path).read_bytes() == b"the leader's snapshot"
     assert job.installed_calls == 0
     assert not os.path.exists(path + ".tmp")
+
+
+def test_a_received_snapshot_that_does_not_verify_never_replaces_the_dump(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "dump.bin")
+    Path(path).write_bytes(b"our good dump")
+
+    def check(p: str) -> int | None:
+        raise DumpError(f"{p}: bad checksum")
+
+    s = BackgroundSerializer(path, 1 << 16, lambda d: _Job(b""), lambda p: None, check)
+    assert s.setTransmissionData((b"garbage", True, True)) is False  # not installed
+    assert Path(path).read_bytes() == b"our good dump"
+    assert not os.path.exists(path + ".1.tmp")
+    assert s.take_refused() is None
 
 
 def test_a_failed_write_keeps_the_old_dump_and_says_failed(tmp_path: Path) -> None:
@@ -237,7 +254,7 @@ def test_a_capture_that_raises_is_a_failed_dump_not_a_wedged_tick(tmp_path: Path
     def capture(raft_data: Any) -> _Job:
         raise RuntimeError("cannot copy the state")
 
-    s = BackgroundSerializer(path, 1 << 16, capture, lambda p: None, lambda p: False)
+    s = BackgroundSerializer(path, 1 << 16, capture, lambda p: None, lambda p: None)
     s.serialize((None, "last", "prev", "cluster"), 9)  # does not raise into pysyncobj's tick
     assert s.checkSerializing() == (SERIALIZER_STATE.FAILED, 9)
     assert s.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
@@ -284,28 +301,46 @@ def test_a_snapshot_the_follower_already_holds_does_not_wipe_its_log(tmp_path: P
 
         so: Any = follower._raft._so
         sender = next(n for n in so._SyncObj__otherNodes if n.id == leader)
-        message = {
-            "type": "append_entries",
-            "term": follower._raft.current_term,
-            "commit_index": follower._raft.commit_index,
-            "serialized": (snapshot, True, True),
-        }
+        transport = follower._raft.transport
         delivered = threading.Event()
         after: list[tuple[int, bytes]] = []
+        replies: list[dict[str, Any]] = []
 
         def deliver() -> None:  # on the follower's tick thread, as the leader's message
-            if not delivered.is_set():
-                follower._raft.transport._onMessageReceived(sender, message)
-                # Before any later append could refill it:
-                dump = (tmp_path / follower_id / DUMP_FILE).read_bytes()
-                after.append((follower.journal[-1][1], dump))
-                delivered.set()
+            if delivered.is_set():
+                return
+            message = {
+                "type": "append_entries",
+                "term": follower._raft.current_term,
+                "commit_index": follower._raft.commit_index,
+                "serialized": (snapshot, True, True),
+            }
+            wire = TCPTransport.send  # below coord's transport: what leaves the node
+
+            def recorded(self: Any, node: Any, m: Any) -> Any:
+                if self is transport:
+                    replies.append(m)
+                return wire(self, node, m)
+
+            TCPTransport.send = recorded  # type: ignore[method-assign]
+            try:
+                transport._onMessageReceived(sender, message)
+                transport.flush_held()
+            finally:
+                TCPTransport.send = wire  # type: ignore[method-assign]
+            # Before any later append could refill it:
+            dump = (tmp_path / follower_id / DUMP_FILE).read_bytes()
+            after.append((follower.journal[-1][1], dump))
+            delivered.set()
 
         follower._raft.add_tick_callback(deliver)
         assert delivered.wait(10)
         last_after, dump_after = after[0]
         assert last_after == last_before, "the follower's log was cut back to the snapshot"
         assert dump_after == own_dump
+        # The acknowledgement says what the snapshot vouches for, not the whole log.
+        acks = [m for m in replies if m.get("type") == "next_node_idx"]
+        assert [(m["next_node_idx"], m.get("success")) for m in acks] == [(snapshot_last + 1, True)]
         cluster.put(leader, b"after", b"x").result(10)
         cluster.wait_converged()
     finally:
