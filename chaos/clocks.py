@@ -16,26 +16,19 @@ from __future__ import annotations
 
 import mmap
 import os
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from chaos import shims
+
 SHIM_ENV = "COORD_CLOCKSHIM_FILE"
 _NS = 1_000_000_000
 
 
-class ClockShimMissing(RuntimeError):
-    """The shim library was not built (scripts/bootstrap builds it)."""
+ClockShimMissing = shims.ShimMissing
 
 
 def shim_library() -> str:
-    """The built shim (``$COORD_CLOCKSHIM`` overrides where it is looked for)."""
-    path = Path(os.environ.get("COORD_CLOCKSHIM") or ROOT / ".venv" / "clockshim.so")
-    if not path.is_file():
-        raise ClockShimMissing(
-            f"no clock shim at {path}: run scripts/bootstrap (it builds "
-            "chaos/clockshim/clockshim.c with cc)"
-        )
-    return str(path)
+    """The built clock shim (``$COORD_CLOCKSHIM`` overrides where it is looked for)."""
+    return shims.library("clockshim")
 
 
 class WallClock:
@@ -55,9 +48,8 @@ class WallClock:
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """What a process needs in its environment to run on this clock (the shim
         first in LD_PRELOAD, before anything ``base`` already preloads)."""
-        preload = (base or {}).get("LD_PRELOAD", "")
         return {
-            "LD_PRELOAD": f"{shim_library()} {preload}".strip(),
+            "LD_PRELOAD": shims.preload(shim_library(), base),
             SHIM_ENV: self.path,
         }
 

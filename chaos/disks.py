@@ -18,36 +18,21 @@ from __future__ import annotations
 
 import mmap
 import os
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from chaos import shims
+
 SHIM_ENV = "COORD_DISKSHIM_FILE"
 _NS = 1_000_000_000
 _WORDS = 3  # delay (the harness writes it), calls, delayed (the shim counts them)
 
 
-class DiskShimMissing(RuntimeError):
-    """The shim library was not built (scripts/bootstrap builds it)."""
+DiskShimMissing = shims.ShimMissing
+preload = shims.preload
 
 
 def shim_library() -> str:
-    """The built shim (``$COORD_DISKSHIM`` overrides where it is looked for)."""
-    path = Path(os.environ.get("COORD_DISKSHIM") or ROOT / ".venv" / "diskshim.so")
-    if not path.is_file():
-        raise DiskShimMissing(
-            f"no disk shim at {path}: run scripts/bootstrap (it builds "
-            "chaos/diskshim/diskshim.c with cc)"
-        )
-    return str(path)
-
-
-def preload(library: str, base: dict[str, str] | None) -> str:
-    """``library`` first in LD_PRELOAD, before whatever ``base`` already preloads (once:
-    a library already there is not added again). ld.so splits the list on spaces and
-    colons."""
-    already = (base or {}).get("LD_PRELOAD", "")
-    rest = [p for p in already.replace(":", " ").split() if p != library]
-    return " ".join([library, *rest])
+    """The built disk shim (``$COORD_DISKSHIM`` overrides where it is looked for)."""
+    return shims.library("diskshim")
 
 
 class DiskDelay:
