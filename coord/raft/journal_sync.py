@@ -47,7 +47,6 @@ class JournalSyncer:
         self._cond = threading.Condition()
         self._wanted = 0  # the journal's written_seq the latest request asked for
         self._stopping = False
-        self.failed: OSError | None = None  # the fdatasync that failed; no more syncs
         self._thread = threading.Thread(target=self._run, name="coord-journal-sync", daemon=True)
         self._thread.start()
 
@@ -80,7 +79,6 @@ class JournalSyncer:
             try:
                 journal.sync()
             except OSError as e:
-                self.failed = e
                 self._on_failed(e)
                 return
             self._wake()
