@@ -115,20 +115,25 @@ def test_transfer_takes_one_election_in_a_quiet_5_node_cluster(
     try:
         c.start()
         first = c.agreed_leader()
-        # Every member must hold the first leader's log before it dies: a blank member
-        # of a new cluster votes only for blank candidates until then (it cannot tell a
-        # new cluster from a wiped node), so with two members that never heard from it
-        # (slow links on a loaded machine) no one could be elected. (CI, two CPU hogs.)
+        # Every member must vote before the first leader dies. A blank member votes only
+        # once it has learned the current term from enough peers and then reached a
+        # commit index a leader of that term told it (coord.raft.gate: it cannot tell a
+        # new cluster from a wiped node). Holding the leader's log is not enough: two
+        # members that started late (a loaded machine) held it, had not learned the
+        # term yet, and were left unable to vote with no leader to teach them (CI).
         boot = c.status(c.index(first))
         assert boot is not None
 
-        def all_follow_first() -> bool:
+        def all_vote_and_follow_first() -> bool:
             return all(
-                s is not None and s.leader_id == first and s.applied_index >= boot.commit_index
+                s is not None
+                and s.leader_id == first
+                and not s.catching_up
+                and s.applied_index >= boot.commit_index
                 for s in c.statuses()
             )
 
-        wait_until(all_follow_first, 20, f"every member to hold {first}'s log")
+        wait_until(all_vote_and_follow_first, 20, f"every member to hold {first}'s log and vote")
         # A leader elected by a normal election, not the bootstrap one (this is about
         # the idle links, not the first leader's voting gate: see the test above).
         c.kill(c.index(first))
