@@ -21,8 +21,19 @@ Safety:
 
 - Log entries are deleted only once the dump holding them is on disk (file and directory
   fsynced): a crash at any point leaves the old dump and the whole log.
-- While a job runs no snapshot is sent to followers (pysyncobj sends none while its
-  serializer's ``__pid`` is not zero).
+- While a job runs, followers are still sent the current dump (pysyncobj sends none
+  while its serializer's ``__pid`` is not zero; :meth:`getTransmissionData` lifts
+  that): it is whole until the new one is renamed over it, and a file opened before
+  the rename reads the old one to its end. A leader under writes with a large state
+  and a low threshold is writing a dump nearly all the time: it sent no snapshot at
+  all (chaos ``isolate-leader-compacting``: a healed follower behind for seconds).
+- A new dump waits while a follower is being sent the current one, for at most
+  ``defer_entries`` entries: it deletes the entries after the current dump that the
+  follower will ask for next, and a follower sent a snapshot again each time a dump
+  ends would never catch up under writes (etcd keeps entries behind a snapshot for
+  the same reason, ``SnapshotCatchUpEntries``). A finished dump restarts the
+  transmissions under way, and none of it is sent before its entries are deleted.
+  Only a leader's transmissions hold a dump back: one that stepped down drops its own.
 - A snapshot received from the leader and installed supersedes a running job: the
   follower has replaced its dump with the received one and cleared its log to that
   index, so an older dump renamed over it would leave a gap between dump and log at the
@@ -104,9 +115,18 @@ class BackgroundSerializer(Serializer):
         capture: Callable[[Any], DumpJob],
         deserializer: Callable[[str], Any],
         check: Callable[[str], int | None],
+        defer_entries: int = 0,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(path, transmission_batch, False, capture, deserializer, None)
         self._path = path
+        # How many entries a new dump may wait for snapshots being sent (see above).
+        self._defer_entries = defer_entries
+        self._deferred_since: int | None = None  # the entry a new dump first waited at
+        # Only a leader sends snapshots: pysyncobj leaves the transmissions of a leader
+        # that stepped down (or of a removed follower) behind until the next dump.
+        self._leading = leading
+        self._replacing: int | None = None  # the inode of the dump being replaced
         self._capture = capture
         # A received snapshot (its path): its last index if it must not be installed
         # (the log covers it), None to install it; raises if it does not verify.
@@ -121,6 +141,15 @@ class BackgroundSerializer(Serializer):
     def serialize(self, data: Any, id: int) -> None:
         if self._running is not None:
             return
+        if self._Serializer__transmissions and not self._leading():
+            self._drop_transmissions()  # a deposed leader's: nobody reads them
+        if self._Serializer__transmissions:
+            if self._deferred_since is None:
+                self._deferred_since = id
+            if id - self._deferred_since < self._defer_entries:
+                return  # pysyncobj asks again next tick
+        self._deferred_since = None
+        self._replacing = _inode(self._path)
         self._Serializer__pid = _WRITING
         try:
             run = _Run(self._capture(data[1:]), id)
@@ -146,26 +175,50 @@ class BackgroundSerializer(Serializer):
         self._running = None
         self._Serializer__pid = 0
         if run.outcome == SERIALIZER_STATE.SUCCESS and not run.superseded:
-            # A transmission under way sent the old dump: start it again with this one.
-            dropped = self._Serializer__transmissions
-            self._Serializer__transmissions = {}
-            _close_files(dropped.values())
+            # A transmission under way sends the old dump, and the entries after it are
+            # deleted now: start it again with this one.
+            self._drop_transmissions()
             run.job.installed()
             return SERIALIZER_STATE.SUCCESS, run.entry_id
         return SERIALIZER_STATE.FAILED, run.entry_id
 
+    def _drop_transmissions(self) -> None:
+        dropped = self._Serializer__transmissions
+        self._Serializer__transmissions = {}
+        _close_files(dropped.values())
+
     # pysyncobj drops a transmission (sent whole, failed, cancelled) without closing the
     # dump file it reads from: one file descriptor leaked per snapshot sent. Close them.
     def getTransmissionData(self, transmissionID: Any) -> Any:
-        before = dict(self._Serializer__transmissions)
+        transmissions = self._Serializer__transmissions
+        before = dict(transmissions)
+        writing = self._Serializer__pid == _WRITING
+        if writing and transmissionID not in transmissions:
+            current = _inode(self._path)
+            # None: no dump yet, the first is being written. Another file: the new dump
+            # is in place, its entries not deleted yet (the next tick). pysyncobj takes
+            # a snapshot it sends to end where the log begins; the follower's reply says
+            # where it really ends (coord.raft.progress), so sending it would be safe,
+            # but the entries it lets go are deleted next tick: wait for the tick. (The
+            # rename may still land between this check and the open: that safe case.)
+            if current is None or current != self._replacing:
+                return None
+        if writing:
+            self._Serializer__pid = 0  # the current dump may be sent (module docstring)
         try:
             return super().getTransmissionData(transmissionID)
         finally:
+            if writing:
+                self._Serializer__pid = _WRITING
             after = self._Serializer__transmissions
             _close_files(t for k, t in before.items() if after.get(k) is not t)
+            if not after:
+                self._deferred_since = None
 
     def cancelTransmisstion(self, id: Any) -> None:  # pysyncobj's spelling
         _close_files([self._Serializer__transmissions.pop(id, {})])
+        if not self._Serializer__transmissions:
+            self._deferred_since = None
 
     def setTransmissionData(self, data: Any) -> bool:
         """A chunk of a snapshot from the leader (``(bytes, is_first, is_last)``); True
@@ -251,6 +304,13 @@ class BackgroundSerializer(Serializer):
         with self._rename_lock:
             if self._running is not None:
                 self._running.superseded = True
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def _close_files(transmissions: Any) -> None:

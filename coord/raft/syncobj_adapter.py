@@ -215,6 +215,9 @@ class _SyncObj(SyncObj):
             conf.serializer,
             conf.deserializer,
             self._coord.check_snapshot,
+            # A follower being sent a snapshot holds compaction back this far at most.
+            defer_entries=max(4 * conf.logCompactionMinEntries, 10_000),
+            leading=lambda: bool(self._isLeader()),
         )
 
     # pysyncobj installs every snapshot it receives completely: it loads the dump and
