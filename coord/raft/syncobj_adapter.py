@@ -165,6 +165,9 @@ class _SyncObj(SyncObj):
         self._coord_woken = False
         self._coord_commit_before = 0
         self._coord_refused_snapshot: int | None = None
+        # The commit index rose this tick and the queued commands' append-entries will
+        # carry it (see _SyncObj__applyLogEntries).
+        self._coord_commit_to_send = False
         super().__init__(*args, **kwargs)
 
     # A leader counts its own log towards a commit only as far as it is durable: its
@@ -181,7 +184,15 @@ class _SyncObj(SyncObj):
         # commit index (messages are handled in the poll, after the apply).
         if self._SyncObj__raftCommitIndex > self._coord_commit_before:
             self._coord_count_self_when_durable()
-        return bool(SyncObj._SyncObj__applyLogEntries(self))
+        applied = bool(SyncObj._SyncObj__applyLogEntries(self))
+        if applied and self._isLeader() and not self._SyncObj__commandsQueue.empty():
+            # pysyncobj sends an append-entries to every follower after an apply (the
+            # new commit index), and this tick's drain of the queued commands sends
+            # another right after: two messages, two replies, two follower ticks per
+            # follower where one does. The drain's carries the commit index.
+            self._coord_commit_to_send = True
+            return False
+        return applied
 
     def _coord_count_self_when_durable(self) -> None:
         others = self._SyncObj__otherNodes
@@ -269,10 +280,13 @@ class _SyncObj(SyncObj):
 
     def _checkCommandsToApply(self) -> None:
         self._coord_woken = False  # before draining: a later put must wake us again
+        commit_to_send, self._coord_commit_to_send = self._coord_commit_to_send, False
         if self._coord.hold():
             # A leadership transfer waits for its target to match the leader's log;
             # under a steady load it never would. Commands wait in the queue and go to
             # the new leader once this node follows (Raft thesis 3.10).
+            if commit_to_send and self._isLeader():
+                self._SyncObj__sendAppendEntries()
             return
         conf = self.conf
         before = self._SyncObj__raftLog[-1][1]
@@ -281,7 +295,7 @@ class _SyncObj(SyncObj):
             super()._checkCommandsToApply()
         finally:
             conf.appendEntriesUseBatch = False
-        if self._isLeader() and self._SyncObj__raftLog[-1][1] != before:
+        if self._isLeader() and (commit_to_send or self._SyncObj__raftLog[-1][1] != before):
             self._SyncObj__sendAppendEntries()
 
     def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:

@@ -1,0 +1,87 @@
+"""How many append-entries a leader sends under load (coord.raft.syncobj_adapter).
+
+Real RaftNodes over the in-memory network; the leader's transport records what it
+sends, tick by tick. Heartbeats are slowed out of the picture (0.5 s), so every
+append-entries counted is one the commit path sent.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coord.config import RaftTimings
+from tests.inproc.memory_raft import MemoryCluster
+
+pytestmark = pytest.mark.timeout(60)
+
+SLOW_HEARTBEATS = RaftTimings(
+    heartbeat_s=0.5,
+    election_timeout_min_s=2.0,
+    election_timeout_max_s=2.5,
+    connection_timeout_s=10.0,
+    leader_fallback_timeout_s=8.0,
+)
+
+
+def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries(
+    tmp_path: Path,
+) -> None:
+    """pysyncobj sends an append-entries to every follower after each apply (to carry
+    the new commit index); under load the queued commands' append-entries follows in
+    the same tick. Two messages, two replies and two follower ticks per follower where
+    one carries both: per-message costs are most of the Raft side's CPU per put
+    (bench/profile_leader.py)."""
+    cluster = MemoryCluster(tmp_path)
+    cluster.timings = SLOW_HEARTBEATS
+    cluster.start_all()
+    try:
+        leader = cluster.wait_leader(timeout=20)
+        node = cluster.nodes[leader]
+        transport: Any = node._raft.transport
+        tick = [0]
+        # (tick, follower) -> entries carried by each append-entries sent in that tick
+        sent: dict[tuple[int, str], list[int]] = defaultdict(list)
+        wire = transport.send
+
+        def recorded(peer: Any, message: Any) -> Any:
+            if isinstance(message, dict) and message.get("type") == "append_entries":
+                sent[(tick[0], peer.id)].append(len(message.get("entries") or ()))
+            return wire(peer, message)
+
+        transport.send = recorded
+        node._raft.add_tick_callback(lambda: tick.__setitem__(0, tick[0] + 1))
+
+        errors: list[BaseException] = []
+
+        def writer(w: int) -> None:
+            try:
+                for i in range(40):
+                    cluster.put(leader, b"w%d/%d" % (w, i), b"v").result(10)
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        transport.send = wire
+        assert not errors, errors[:3]
+        commit_then_entries = [
+            (k, counts)
+            for k, counts in sent.items()
+            if len(counts) >= 2 and counts[0] == 0 and any(counts[1:])
+        ]
+        assert sum(map(len, sent.values())) > 0
+        assert not commit_then_entries, (
+            f"{len(commit_then_entries)} of {len(sent)} (tick, follower) pairs sent a "
+            f"commit-only append-entries and then the commands: {commit_then_entries[:5]}"
+        )
+        cluster.wait_converged(20)
+    finally:
+        cluster.close()
