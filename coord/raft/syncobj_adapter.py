@@ -185,11 +185,13 @@ class _SyncObj(SyncObj):
         if self._SyncObj__raftCommitIndex > self._coord_commit_before:
             self._coord_count_self_when_durable()
         applied = bool(SyncObj._SyncObj__applyLogEntries(self))
-        if applied and self._isLeader() and not self._SyncObj__commandsQueue.empty():
+        if applied and self._isLeader():
             # pysyncobj sends an append-entries to every follower after an apply (the
-            # new commit index), and this tick's drain of the queued commands sends
-            # another right after: two messages, two replies, two follower ticks per
-            # follower where one does. The drain's carries the commit index.
+            # new commit index), and under load this tick's drain of the queued
+            # commands sends another right after (among them, those of the clients
+            # this apply just answered): two messages, two replies, two follower ticks
+            # per follower where one does. The drain, later in this tick, sends one
+            # that carries both, or the commit index alone if nothing was queued.
             self._coord_commit_to_send = True
             return False
         return applied
