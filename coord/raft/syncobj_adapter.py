@@ -165,8 +165,8 @@ class _SyncObj(SyncObj):
         self._coord_woken = False
         self._coord_commit_before = 0
         self._coord_refused_snapshot: int | None = None
-        # The commit index rose this tick and the queued commands' append-entries will
-        # carry it (see _SyncObj__applyLogEntries).
+        # This tick applied entries and left sending the commit index to its drain of
+        # the queued commands (see _SyncObj__applyLogEntries).
         self._coord_commit_to_send = False
         super().__init__(*args, **kwargs)
 
@@ -185,13 +185,14 @@ class _SyncObj(SyncObj):
         if self._SyncObj__raftCommitIndex > self._coord_commit_before:
             self._coord_count_self_when_durable()
         applied = bool(SyncObj._SyncObj__applyLogEntries(self))
-        if applied and self._isLeader():
+        if applied and self._isLeader() and raft_clock() <= self._SyncObj__newAppendEntriesTime:
             # pysyncobj sends an append-entries to every follower after an apply (the
             # new commit index), and under load this tick's drain of the queued
             # commands sends another right after (among them, those of the clients
             # this apply just answered): two messages, two replies, two follower ticks
             # per follower where one does. The drain, later in this tick, sends one
-            # that carries both, or the commit index alone if nothing was queued.
+            # that carries both, or the commit index alone if nothing was queued. (A
+            # heartbeat due now goes out anyway, with the commit index: no deferral.)
             self._coord_commit_to_send = True
             return False
         return applied

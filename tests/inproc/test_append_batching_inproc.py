@@ -90,3 +90,41 @@ def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries
         cluster.wait_converged(20)
     finally:
         cluster.close()
+
+
+def test_a_heartbeat_due_at_an_apply_is_the_only_append_entries_it_needs(
+    tmp_path: Path,
+) -> None:
+    """When the heartbeat is due in a tick that applies something, pysyncobj sends it
+    with the new commit index: the drain must not send the commit index again when no
+    command is queued (two identical empty append-entries per follower)."""
+    cluster = MemoryCluster(tmp_path)
+    cluster.start_all()
+    try:
+        leader = cluster.wait_leader(timeout=20)
+        node = cluster.nodes[leader]
+        so: Any = node._raft._so
+        transport: Any = node._raft.transport
+        tick = [0]
+        sent: dict[tuple[int, str], list[int]] = defaultdict(list)
+        wire = transport.send
+
+        def recorded(peer: Any, message: Any) -> Any:
+            if isinstance(message, dict) and message.get("type") == "append_entries":
+                sent[(tick[0], peer.id)].append(len(message.get("entries") or ()))
+            return wire(peer, message)
+
+        def next_tick_heartbeat_due() -> None:
+            tick[0] += 1
+            so._SyncObj__newAppendEntriesTime = 0.0
+
+        transport.send = recorded
+        node._raft.add_tick_callback(next_tick_heartbeat_due)
+        for i in range(30):  # one client: the queue is empty when its put is applied
+            cluster.put(leader, b"k%d" % i, b"v").result(10)
+        transport.send = wire
+        twice = [(k, counts) for k, counts in sent.items() if counts.count(0) >= 2]
+        assert sum(map(len, sent.values())) > 0
+        assert not twice, f"{len(twice)} (tick, follower) pairs sent two empty: {twice[:5]}"
+    finally:
+        cluster.close()
