@@ -14,6 +14,7 @@ deadlines and say what they waited for.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import random
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,19 +43,30 @@ T = TypeVar("T")
 # default): a port from that range, free when picked, can be taken by any process's
 # outgoing connection before the node binds it (a chaos run lost a node that way).
 TEST_PORTS = range(20000, 32768)
+# Ports handed out lately, by any call: a port picked is free but not yet bound (the
+# node that will listen on it starts later), so the next call could pick it again: a
+# cluster's proxy on one of its nodes' ports (a chaos test lost its cluster that way).
+_RECENT_PORTS: collections.deque[int] = collections.deque(maxlen=4096)
+_recent_lock = threading.Lock()
 
 
 def free_ports(n: int) -> list[int]:
     """Distinct TCP ports on 127.0.0.1, outside the ephemeral range, free when picked
-    (each is bound once, all at the same time, then released)."""
+    (each is bound once, all at the same time, then released), and none of the last
+    4,096 handed out in this process."""
     socks: list[socket.socket] = []
     ports: list[int] = []
     rng = random.Random()
+    with _recent_lock:
+        recent = set(_RECENT_PORTS)
     try:
         for _ in range(64 * n):  # bounded: a taken port is skipped
             if len(ports) == n:
                 break
             port = rng.choice(TEST_PORTS)
+            if port in recent:
+                continue
+            recent.add(port)
             s = socket.socket()
             try:
                 s.bind(("127.0.0.1", port))
@@ -67,6 +80,8 @@ def free_ports(n: int) -> list[int]:
             s.close()
     if len(ports) < n:
         raise RuntimeError(f"found only {len(ports)} of {n} free ports in {TEST_PORTS}")
+    with _recent_lock:
+        _RECENT_PORTS.extend(ports)
     return ports
 
 
@@ -171,7 +186,7 @@ class LocalCluster:
             http_ports = (
                 [base_port + 2 * n + i for i in range(n)]
                 if base_port is not None
-                else [p for p in free_ports(3 * n) if p not in ports][:n]  # none of ports
+                else free_ports(n)
             )
             for node, port in zip(self.nodes, http_ports, strict=True):
                 node.http = f"127.0.0.1:{port}"
@@ -231,9 +246,7 @@ class LocalCluster:
         api, raft = free_ports(2)
         k = len(self.nodes)
         node = NodeProc(
-            http=f"127.0.0.1:{next(p for p in free_ports(3) if p not in (api, raft))}"
-            if self.http
-            else "",
+            http=f"127.0.0.1:{free_ports(1)[0]}" if self.http else "",
             index=k,
             node_id=f"n{k + 1}",
             api=f"127.0.0.1:{api}",

@@ -29,3 +29,11 @@ def test_a_port_in_use_is_never_handed_out() -> None:
             assert taken not in free_ports(200)
     finally:
         held.close()
+
+
+def test_a_port_handed_out_is_not_handed_out_again_before_anything_binds_it() -> None:
+    # A cluster picks its nodes' ports, then its proxies' ports, and only then do the
+    # nodes start: a port picked earlier is still free, and was picked again (a chaos
+    # test's proxy listened on a node's raft port: "address ... is used twice").
+    picked = [p for _ in range(10) for p in free_ports(200)]
+    assert len(set(picked)) == len(picked)
