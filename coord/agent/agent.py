@@ -83,7 +83,7 @@ class Agent:
         self._stepdown = threading.Event()  # asked to step down: the loop hands over
         self._stepdown_cause = ""
         self._handed_over = threading.Event()  # ... and has stopped acting and resigned
-        self._campaigning = False  # the loop's own: a campaign was sent since the last term
+        self._campaigning = False  # the loop's own: "campaigning" said since the last term
 
     # -- what the role endpoints read ------------------------------------------------
 
@@ -228,13 +228,17 @@ class Agent:
         self._stepdown.clear()
         self._handed_over.clear()
         self._stepdown_cause = ""
-        if not self._campaigning:
-            self._campaigning = True
-            say("campaigning")
+
+        def candidate() -> None:  # said once the cluster has the candidacy, not on sending it
+            if not self._campaigning:
+                self._campaigning = True
+                say("campaigning")
+
         try:
-            lead = member.campaign(timeout_s=CAMPAIGN_WAIT_S)
+            lead = member.campaign(timeout_s=CAMPAIGN_WAIT_S, on_candidate=candidate)
         except errors.DeadlineExceeded:
             return  # not elected yet: the caller re-checks the session and stop
+        candidate()  # elected at once: the log still reads campaigning, then elected
         self._campaigning = False
         with self._lock:
             self._lead = lead

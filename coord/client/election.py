@@ -167,13 +167,18 @@ class Member:
             )
             self.start()
 
-    def campaign(self, timeout_s: float | None = None) -> Leadership:
+    def campaign(
+        self, timeout_s: float | None = None, on_candidate: Callable[[], None] | None = None
+    ) -> Leadership:
         """Block until this member holds a slot; returns the holding (a context manager).
 
         Survives node failures: the campaign is re-sent to whichever node answers, until
         elected or ``timeout_s`` passes. Campaigning is idempotent, so each send has its
         own request id: a re-send must campaign again even if the member was elected
         and revoked meanwhile (a re-used id would be answered from the dedupe table).
+        ``on_candidate`` is called (on this thread) each time the cluster has applied the
+        candidacy and the member is not elected yet: from then on a switchover to it is
+        accepted.
         """
         self._registered()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -194,6 +199,8 @@ class Member:
                     if resp.elected:
                         self._stepped_down = False
                         return Leadership(self, resp.holding)
+                    if on_candidate is not None:
+                        on_candidate()
             except grpc.RpcError as e:
                 err = translate(e, endpoint)
                 if not err.retryable or isinstance(err, errors.DeadlineExceeded):

@@ -224,6 +224,35 @@ def test_switchover_rpc_to_a_member_that_is_not_the_best(
     m3.elected(timeout=1)
 
 
+def test_on_candidate_is_called_once_a_switchover_to_the_member_is_accepted(
+    cluster: LocalCluster, members: Members
+) -> None:
+    """Member.campaign(on_candidate=...) is called once the cluster has applied the
+    candidacy, not when it is sent: the agent says "campaigning" from it, and a switchover
+    sent right after that line must be accepted (CI once saw it refused with "not
+    campaigning" when the line was printed before the campaign was sent)."""
+    g = "on-candidate"
+    new_group(cluster, g)
+    m1 = members.start(g, "m1", priority=30, ttl_s=TTL_S)
+    first = m1.elected()
+    switched: list[str] = []
+
+    with cluster.client() as c, c.session(ttl_s=TTL_S, name="c2") as s:
+        member = c.group(g).member("c2", s, priority=10).start()
+
+        def candidate() -> None:
+            if not switched:  # at once, on the campaign's own thread
+                groups_stub(c).Switchover(election_pb2.SwitchoverRequest(group=g, to_member="c2"))
+                switched.append("accepted")
+
+        lead = member.campaign(timeout_s=2 * TTL_S + 10, on_candidate=candidate)
+        assert switched == ["accepted"]
+        assert lead.token > first["token"]
+        assert [(h.member_id, h.cause) for h in get_group(c, g).holdings] == [("c2", "switchover")]
+        m1.wait_for("resigned", 5, cause="stepdown")
+        lead.resign()
+
+
 def test_failback_returns_mastership_after_the_hold_and_not_before(
     cluster: LocalCluster, members: Members
 ) -> None:
