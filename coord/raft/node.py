@@ -128,6 +128,7 @@ class RaftNode:
             (cfg.timings.election_timeout_min_s, cfg.timings.election_timeout_max_s),
             gate=self.gate,
             may_campaign=self._may_campaign,
+            split_retry_s=cfg.timings.fast_election_s,
         )
         self._transport.prevote = self._prevote
         self._transport.gate = self.gate

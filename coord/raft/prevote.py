@@ -24,6 +24,13 @@ How it is wired, all on the tick thread:
   log is at least as up to date as its own. Nothing else changes.
 - Elections a leader asks for (leadership transfer: pysyncobj zeroes its own
   deadline on ``timeout_now``) skip PreVote.
+- A split vote (:meth:`PreVote.rival_candidate`): a candidate asked for its vote by
+  another candidate of the same term (each voted for itself: in three nodes with one
+  down, neither can win). The better placed of the two (the more up-to-date log, then
+  the lower id) asks again after ``split_retry_s``; the other keeps the full randomised
+  timeout it drew when it campaigned, so the next term has one candidate and the
+  election costs one short wait, not a second election timeout (a hung leader gives no
+  link drop to hurry the first one).
 
 Dropping or losing these messages only delays an election; safety is Raft's.
 """
@@ -36,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coord.raft.gate import VotingGate
-from coord.raft.syncobj_adapter import NEVER, SyncObjAdapter, raft_clock
+from coord.raft.syncobj_adapter import NEVER, ROLE_CANDIDATE, SyncObjAdapter, raft_clock
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +60,14 @@ class PreVote:
         election_timeout: tuple[float, float],
         gate: VotingGate,
         may_campaign: Callable[[], bool] | None = None,
+        split_retry_s: float | None = None,
     ) -> None:
         """``may_campaign``: whether this node may stand at all (default: the gate's
-        answer); a node that may not never starts a round."""
+        answer); a node that may not never starts a round. ``split_retry_s``: after a
+        split vote, how soon the better placed candidate asks again (default: a
+        quarter of the minimum election timeout)."""
         self._raft = raft
+        self._split_retry_s = election_timeout[0] / 4 if split_retry_s is None else split_retry_s
         self._send = send
         self._timeout = election_timeout
         self._gate = gate
@@ -155,6 +166,27 @@ class PreVote:
             self._round += 1  # late grants of this round must not start a second election
             raft.set_election_deadline(0.0)
             logger.debug("pre-vote granted by %s: campaigning", sorted(self._grants))
+
+    def rival_candidate(self, node_id: str, message: dict[str, Any]) -> bool:
+        """A ``request_vote`` from voter ``node_id``, before pysyncobj handles it. When
+        this node is a candidate of the same term, the vote is split; if this node is
+        the better placed, it asks again soon. True when it hurried."""
+        raft = self._raft
+        if raft.raft_state != ROLE_CANDIDATE or message.get("term") != raft.current_term:
+            return False
+        mine = (raft.last_log_term, raft.last_log_index)
+        theirs = (message.get("last_log_term", -1), message.get("last_log_index", -1))
+        if not isinstance(theirs[0], int) or not isinstance(theirs[1], int):
+            return False
+        if mine < theirs or (mine == theirs and raft.self_node.id > node_id):
+            return False  # theirs is the better placed: keep the full timeout
+        hurried = self.hurry(raft_clock() + self._split_retry_s)
+        if hurried:
+            logger.info(
+                "split vote in term %d with %s: asking again in %.0f ms",
+                raft.current_term, node_id, 1000 * self._split_retry_s,
+            )  # fmt: skip
+        return hurried
 
     # -- voter side ------------------------------------------------------------
 

@@ -351,8 +351,11 @@ class CoordTransport(TCPTransport):
             if isinstance(term, int) and not isinstance(term, bool) and term >= 0:
                 self.gate.answer(node.id, term, message.get("fresh") is True)
             return
-        elif kind == "request_vote" and not self.gate.may_vote_for(message.get("last_log_term", 1)):
-            return  # a blank node must not help a non-blank candidate (coord.raft.gate)
+        elif kind == "request_vote":
+            if not self.gate.may_vote_for(message.get("last_log_term", 1)):
+                return  # a blank node must not help a non-blank candidate (coord.raft.gate)
+            if prevote is not None and node in self.raft.other_nodes:
+                prevote.rival_candidate(node.id, message)  # a split vote? (coord.raft.prevote)
         elif kind == "response_vote" and node not in self.raft.other_nodes:
             return  # a learner's (or a stranger's) grant counts for nothing
         elif kind == "timeout_now" and self.gate.learner:

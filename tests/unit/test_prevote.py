@@ -19,6 +19,7 @@ import pytest
 from coord.raft import prevote as prevote_mod
 from coord.raft.gate import CATCH_UP, NEW_BLANK, VOTER, VotingGate
 from coord.raft.prevote import NEVER, PreVote
+from coord.raft.syncobj_adapter import ROLE_CANDIDATE, ROLE_FOLLOWER
 
 TIMEOUT = (1.0, 2.0)  # election timeout (min, max), seconds
 NOW = 1000.0
@@ -51,6 +52,7 @@ class FakeSyncObj:
         self.last_log_term = log_term
         self.transfer_in_progress = False
         self.deadline = NEVER  # as coord's _SyncObj sets it
+        self.raft_state = ROLE_FOLLOWER
 
     @property
     def other_nodes(self) -> list[Node]:
@@ -638,3 +640,74 @@ def test_a_node_that_stopped_being_a_voter_mid_round_does_not_campaign(make) -> 
     h.grant(1)
     assert h.so.deadline == pushed
     assert not h.pysyncobj_campaigns()
+
+
+# -- a split vote: the better placed candidate asks again soon -------------------------------
+
+SPLIT_RETRY = TIMEOUT[0] / 4  # PreVote's default
+
+
+def campaigning(h: Harness, self_id: str = "self") -> None:
+    """pysyncobj campaigned at NOW: a candidate of a new term, its timer restarted."""
+    h.so.self_node = Node(self_id)
+    h.so.raftCurrentTerm += 1
+    h.so.raft_state = ROLE_CANDIDATE
+    h.timer_restarted()
+
+
+def rival(h: Harness, log_term: int, log_index: int, term: int | None = None) -> bool:
+    """p1's request_vote, as the transport hands it over before pysyncobj."""
+    message = {
+        "type": "request_vote",
+        "term": h.so.raftCurrentTerm if term is None else term,
+        "last_log_index": log_index,
+        "last_log_term": log_term,
+    }
+    return h.pv.rival_candidate("p1", message)
+
+
+def test_after_a_split_vote_the_candidate_with_the_longer_log_asks_again_soon(make) -> None:
+    """Without this, a split vote costs a second full election timeout (a hung leader
+    with two survivors: each voted for itself, neither can win)."""
+    h = make(peers=2, term=5, log_index=10, log_term=5)
+    campaigning(h)
+    assert h.pv.deadline >= NOW + TIMEOUT[0]
+    h.clock.t = NOW + 0.01
+    assert rival(h, log_term=5, log_index=9)
+    assert h.pv.deadline == pytest.approx(NOW + 0.01 + SPLIT_RETRY)
+    h.clock.t = NOW + 0.01 + SPLIT_RETRY
+    h.tick()
+    assert [(n.id, m["term"]) for n, m in h.requests()] == [("p1", 7), ("p2", 7)]
+
+
+@pytest.mark.parametrize(
+    ("self_id", "log", "hurries"),
+    [
+        ("self", (5, 11), False),  # the rival's log is longer
+        ("self", (6, 1), False),  # ... or of a later term
+        ("self", (5, 10), False),  # the same log: the lower id ("p1") goes first
+        ("a", (5, 10), True),  # the same log, and this node has the lower id
+        ("self", (4, 99), True),  # this node's log is of a later term
+    ],
+)
+def test_only_the_better_placed_of_two_rival_candidates_hurries(
+    make, self_id: str, log: tuple[int, int], hurries: bool
+) -> None:
+    h = make(peers=2, term=5, log_index=10, log_term=5)
+    campaigning(h, self_id)
+    drawn = h.pv.deadline
+    assert rival(h, *log) is hurries
+    assert (h.pv.deadline < drawn) is hurries
+
+
+def test_a_request_vote_is_no_rival_unless_both_are_candidates_of_one_term(make) -> None:
+    h = make(peers=2, term=5, log_index=10, log_term=5)
+    h.timer_restarted()
+    drawn = h.pv.deadline
+    assert not rival(h, log_term=5, log_index=1)  # a follower simply votes
+    assert h.pv.deadline == drawn
+    campaigning(h)
+    drawn = h.pv.deadline
+    assert not rival(h, log_term=5, log_index=1, term=7)  # a later term: it follows p1
+    assert not rival(h, log_term=5, log_index=1, term=5)  # an older one: refused anyway
+    assert h.pv.deadline == drawn
