@@ -180,11 +180,14 @@ class PreVote:
             return False
         if mine < theirs or (mine == theirs and raft.self_node.id > node_id):
             return False  # theirs is the better placed: keep the full timeout
-        hurried = self.hurry(raft_clock() + self._split_retry_s)
+        # Jitter: of three or more rival candidates, more than one may rank above some
+        # rival and hurry.
+        delay = self._split_retry_s * random.uniform(1.0, 1.25)
+        hurried = self.hurry(raft_clock() + delay)
         if hurried:
             logger.info(
                 "split vote in term %d with %s: asking again in %.0f ms",
-                raft.current_term, node_id, 1000 * self._split_retry_s,
+                raft.current_term, node_id, 1000 * delay,
             )  # fmt: skip
         return hurried
 
