@@ -4,7 +4,9 @@ A 3-node coord cluster (fsync on) is filled with ``--keys`` keys of ``--value-by
 (transactions of 200 puts), then ``--clients`` threads put small values for
 ``--seconds`` while the nodes compact their logs every ``--compaction-entries``
 entries. Reported: puts/s, p50 / p99 / p99.9 / max put latency, the number of puts
-slower than 200 ms, and the Raft term before and after (leader changes). Until the
+slower than 200 ms, the Raft term before and after (leader changes), and each node's
+tick-thread gaps during the load (``coord_raft_tick_gap_seconds``: how many passes came
+more than 100 ms after the previous one; a leader's heartbeats wait for them). Until the
 snapshot was written by a worker thread (coord.raft.background_dump), each compaction
 held the leader's tick thread for the whole serialization: 0.1 s at 20,000 keys,
 0.4 s at 100,000. Run it against two trees to compare (``PYTHONPATH=<tree>``).
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import threading
 import time
+import urllib.request
 
 from _harness import loadavg, log
 from coord.client import Client
@@ -31,6 +35,18 @@ BATCH = 200
 
 def term(cluster: LocalCluster) -> int:
     return max((s.term for s in cluster.statuses() if s is not None), default=0)
+
+
+def tick_gaps_over_100ms(cluster: LocalCluster) -> list[int]:
+    """Per node: tick-thread passes so far that came > 100 ms after the previous one."""
+    out = []
+    for node in cluster.nodes:
+        with urllib.request.urlopen(f"http://{node.http}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        count = re.search(r"^coord_raft_tick_gap_seconds_count (\S+)$", text, re.M)
+        le = re.search(r'^coord_raft_tick_gap_seconds_bucket\{le="0.1"\} (\S+)$', text, re.M)
+        out.append(int(float(count.group(1)) - float(le.group(1))) if count and le else -1)
+    return out
 
 
 def main() -> None:
@@ -50,7 +66,7 @@ def main() -> None:
     log(f"load average at start: {loadavg()}")
     timings = parse_raft_timings(args.raft_timings)
     extra = ["--log-compaction-entries", str(args.compaction_entries), *timings.args()]
-    with LocalCluster(3, extra_args=extra) as cluster:
+    with LocalCluster(3, extra_args=extra, http=True) as cluster:
         cluster.wait_for_leader(timeout=60)
         value = b"v" * args.value_bytes
         with Client(cluster.endpoints, timeout_s=30) as c:
@@ -59,6 +75,7 @@ def main() -> None:
                 c.txn(success=[t.put(b"fill/%08d" % i, value) for i in range(start, end)])
         log(f"filled {args.keys} keys")
         term_before = term(cluster)
+        gaps_before = tick_gaps_over_100ms(cluster)
         latencies: list[float] = []
         lock = threading.Lock()
         stop = time.monotonic() + args.seconds
@@ -81,6 +98,7 @@ def main() -> None:
         for th in threads:
             th.join()
         term_after = term(cluster)
+        gaps = [b - a for a, b in zip(gaps_before, tick_gaps_over_100ms(cluster), strict=True)]
     lat = sorted(latencies)
 
     def q(f: float) -> float:
@@ -96,6 +114,7 @@ def main() -> None:
         "max_ms": round(lat[-1] * 1000, 1),
         "over_200ms": sum(1 for x in lat if x > 0.2),
         "terms": term_after - term_before,
+        "tick_gaps_over_100ms": gaps,
         "load": loadavg(),
     }
     print(json.dumps(out) if args.json else out)

@@ -115,6 +115,9 @@ class RaftNode:
         self._next_auto_promote = 0.0
         # Metrics hooks (coord.server.http.metrics), called on the tick thread.
         self.on_apply_latency: Callable[[float], None] | None = None
+        self.on_tick_gap: Callable[[float], None] | None = None
+        self._late_ticks = 0  # a leader's late heartbeats not yet in a warning
+        self._next_late_warning = 0.0
         self.on_proposal_failed: Callable[[str], None] | None = None
         self._barrier = ReadBarrier(self.propose, cfg.request_timeout_s)
         self._transfer = LeadershipTransfer(cfg.node_id, cfg.timings.election_timeout_max_s * 2)
@@ -498,7 +501,9 @@ class RaftNode:
         # back costs two wake-ups on the commit path (half the throughput under load,
         # measured), and a follower's stall delays only its own acks (PreVote keeps
         # it from disrupting the leader afterwards).
-        self.last_tick = time.monotonic()
+        now = time.monotonic()
+        self._tick_gap(now - self.last_tick)
+        self.last_tick = now
         if self._syncer is not None and self._raft.is_leader:
             self._syncer.request()
         else:
@@ -517,6 +522,30 @@ class RaftNode:
         self._maybe_auto_promote()
         self._ping_peers()
         self._transport.close_idle_unidentified(self.cfg.timings.connection_timeout_s)
+
+    def _tick_gap(self, gap: float) -> None:
+        """How long since the last pass of the tick thread (a metric). A leader sends
+        heartbeats only from it: a gap of two heartbeat intervals means its followers
+        heard nothing meanwhile, and past their election timeout they campaign. Warned
+        about (at most every 10 s, with the count) like etcd's "leader failed to send out
+        heartbeat on time": a slow disk, CPU starvation or a long apply."""
+        if self.on_tick_gap is not None:
+            self.on_tick_gap(gap)
+        heartbeat = self.cfg.timings.heartbeat_s
+        if gap <= 2 * heartbeat or not self._raft.is_leader:
+            return
+        self._late_ticks += 1
+        now = time.monotonic()
+        if now >= self._next_late_warning:
+            self._next_late_warning = now + 10.0
+            logger.warning(
+                "the Raft tick thread was away for %.0f ms, heartbeats are due every %.0f ms "
+                "(%d such gaps since the last warning): followers campaign after %.0f ms "
+                "without one. Look for CPU starvation, a slow disk or a long apply",
+                1000 * gap, 1000 * heartbeat, self._late_ticks,
+                1000 * self.cfg.timings.election_timeout_min_s,
+            )  # fmt: skip
+            self._late_ticks = 0
 
     def _ping_peers(self) -> None:
         """Keep follower-to-follower links alive. They carry nothing between elections,

@@ -66,6 +66,7 @@ class NodeMetrics:
         self._leaderless_since: float | None = None if self._leader else time.monotonic()
         raft.add_listener(self._on_view)
         raft.on_apply_latency = self.apply_latency.observe
+        raft.on_tick_gap = self.tick_gap.observe
         raft.journal.on_sync_latency = self.fsync_latency.observe
         raft.on_proposal_failed = lambda reason: self.failed_proposals.labels(reason).inc()
 
@@ -92,6 +93,13 @@ class NodeMetrics:
         self.fsync_latency = Histogram(
             "coord_raft_fsync_duration_seconds",
             "Journal fsync (group commit) latency.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tick_gap = Histogram(
+            "coord_raft_tick_gap_seconds",
+            "Time between two passes of the Raft tick thread. A leader's heartbeats wait "
+            "for it: gaps past the heartbeat interval are late heartbeats.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
