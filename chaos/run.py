@@ -130,6 +130,15 @@ SCENARIOS = [
     # Each fault lasts 6 s (jittered): tens of slowed journal syncs under the writes.
     Scenario("slow-disk-leader", "slow-disk-leader", disks=True, fault_s=6.0),
     Scenario("slow-disk-minority", "slow-disk-minority", disks=True, fault_s=6.0),
+    # The slowed leader compacts every 200 entries meanwhile: nothing a compaction does
+    # may flush on its tick thread (the journal's rewrite did: three flushes).
+    Scenario(
+        "slow-disk-leader-compacting",
+        "slow-disk-leader",
+        disks=True,
+        fault_s=6.0,
+        extra_args=("--log-compaction-entries", "200"),
+    ),
     # A slowed follower falls behind a leader that compacts every 200 entries: it is
     # sent snapshots while appends catch it up (a snapshot older than its log must not
     # be installed: the node-log check below would see the cut).

@@ -112,7 +112,7 @@ def _has_history(path: str) -> bool:
     journal_path = os.path.join(path, JOURNAL_FILE)
     if not os.path.exists(journal_path):
         return False
-    j = DurableJournal(journal_path, fsync=False)
+    j = DurableJournal(journal_path, fsync=False, inspect=True)
     try:
         return any(term > 0 for _, _, term in j[:])
     finally:

@@ -208,6 +208,7 @@ class RaftNode:
         )
         self._sync_learners(raft)
         self.journal.on_config_change = self._sync_config
+        self.journal.on_write_failed = self._journal_write_failed
         if cfg.fsync:
             self._syncer = JournalSyncer(self.journal, raft.wake, self._journal_sync_failed)
             self.journal.on_destroy = self._syncer.close
@@ -714,6 +715,12 @@ class RaftNode:
         # kernel dropped: stop, as on a snapshot that cannot be loaded. A restart reads
         # back (and syncs) what the journal really holds.
         logger.critical("cannot sync the Raft journal (%s): exiting", error)
+        os._exit(70)
+
+    def _journal_write_failed(self, error: OSError) -> None:
+        # The entry pysyncobj just handed over is not in the file: acknowledging it from
+        # memory would be a lie. A restart reads back what the journal really holds.
+        logger.critical("cannot write the Raft journal (%s): exiting", error)
         os._exit(70)
 
     def _deserialize(self, filename: str) -> Any:

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -213,3 +214,49 @@ def test_a_slow_disk_never_stalls_the_leaders_tick_thread_and_followers_commit(
     assert set(threads) == {"coord-journal-sync"}, threads  # never on the tick thread
     # The two followers made the entries a majority while the leader's slow sync ran.
     assert committed_before_durable > 0
+
+
+def test_a_slow_disk_never_stalls_the_leaders_tick_thread_when_it_compacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every fsync and fdatasync of a file in the leader's data dir takes 0.2 s while it
+    writes and compacts its log every 50 entries: none of them runs on its tick thread.
+    The journal's compaction used to rewrite the file on the tick thread (an fsync of the
+    directory, of the new file, and of the directory again after the rename): 0.6 s
+    without a heartbeat per compaction on such a disk."""
+    cluster = MemoryCluster(tmp_path)
+    cluster.fsync = True
+    cluster.compaction_entries = 50
+    cluster.start_all()
+    try:
+        leader_id = cluster.wait_leader()
+        leader = cluster.nodes[leader_id]
+        data_dir = os.path.realpath(leader.cfg.data_dir)
+        tick_threads: set[int] = set()
+        leader._raft.add_tick_callback(lambda: tick_threads.add(threading.get_ident()))
+        on_tick: list[str] = []
+        slowed_calls: list[str] = []
+
+        def slowed(real: Callable[[int], None]) -> Callable[[int], None]:
+            def sync(fd: int) -> None:
+                if os.path.realpath(f"/proc/self/fd/{fd}").startswith(data_dir):
+                    slowed_calls.append(threading.current_thread().name)
+                    if threading.get_ident() in tick_threads:
+                        on_tick.append("".join(traceback.format_stack(limit=6)))
+                    time.sleep(0.2)
+                real(fd)
+
+            return sync
+
+        monkeypatch.setattr(os, "fdatasync", slowed(os.fdatasync))
+        monkeypatch.setattr(os, "fsync", slowed(os.fsync))
+        first_before = leader.journal[0][1]
+        for i in range(200):
+            cluster.put(leader_id, b"k%d" % i, b"v" * 100).result(10)
+        wait_until(
+            lambda: leader.journal[0][1] > first_before + 100, 20, "the leader to compact its log"
+        )
+        assert slowed_calls, "the leader's files were synced"
+        assert not on_tick, f"{len(on_tick)} syncs on the tick thread, the first from:\n{on_tick[0]}"
+    finally:
+        cluster.close()

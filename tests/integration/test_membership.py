@@ -198,7 +198,9 @@ def test_replace_a_dead_node_new_one_catches_up_by_snapshot(
 def _first_journal_index(cluster: LocalCluster, i: int) -> int:
     from coord.raft.journal import DurableJournal
 
-    j = DurableJournal(os.path.join(cluster.nodes[i].data_dir, "raft.journal"), fsync=False)
+    j = DurableJournal(
+        os.path.join(cluster.nodes[i].data_dir, "raft.journal"), fsync=False, inspect=True
+    )
     try:
         return int(j[0][1])
     finally:
