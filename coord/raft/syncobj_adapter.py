@@ -555,6 +555,7 @@ class SyncObjAdapter:
         """Wait for a snapshot being written in the background; whether none is now. If
         one still is, it is abandoned (never renamed into place)."""
         serializer = self._so._SyncObj__serializer
+        serializer.stop_worker()
         if serializer.wait(timeout):
             return True
         serializer.abandon()

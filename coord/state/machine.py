@@ -359,7 +359,7 @@ class StateMachine:
             last_time_ms=self.last_time_ms,
             last_term=self.last_term,
             kvs=self.kv.encoded(),
-            dedupe=[(rid, res, fp) for rid, (res, fp) in self._dedupe.items()],
+            dedupe=list(self._dedupe.items()),  # one C-level copy (a comprehension: ~10x)
             sessions=[_copied(s) for s in self.groups.sessions.values()],
             groups=[g.to_proto() for g in self.groups.groups.values()],
             events=list(self.events.items()),
@@ -435,7 +435,9 @@ class StateCapture:
     last_time_ms: int
     last_term: int
     kvs: list[bytes]  # each a serialized KeyValue (coord.state.kv)
-    dedupe: list[tuple[str, raft_pb2.CommandResult, bytes]]
+    dedupe: list[
+        tuple[str, tuple[raft_pb2.CommandResult, bytes]]
+    ]  # (request id, (result, fingerprint))
     sessions: list[groups_pb2.Session]
     groups: list[groups_pb2.Group]
     events: list[groups_pb2.Event]
@@ -479,7 +481,7 @@ class StateCapture:
         yield from _encoded_chunks(_KVS_TAG, self.kvs)
         for i in range(0, len(self.dedupe), _HASH_CHUNK):
             part = raft_pb2.StateSnapshot()
-            for rid, res, fp in self.dedupe[i : i + _HASH_CHUNK]:
+            for rid, (res, fp) in self.dedupe[i : i + _HASH_CHUNK]:
                 part.dedupe.add(request_id=rid, result=res, fingerprint=fp)
             yield serialized(part)
         yield serialized(raft_pb2.StateSnapshot(node_ids=self.node_ids))
@@ -529,7 +531,7 @@ class StateCapture:
                 h.update(part.SerializeToString(deterministic=True))
         for i in range(0, len(self.dedupe), _HASH_CHUNK):
             part = raft_pb2.StateSnapshot()
-            for rid, res, fp in self.dedupe[i : i + _HASH_CHUNK]:
+            for rid, (res, fp) in self.dedupe[i : i + _HASH_CHUNK]:
                 entry = part.dedupe.add(request_id=rid, result=res, fingerprint=fp)
                 # A refusal's wording may differ between coord versions (a rolling
                 # upgrade applies the same log on both): its reason is the outcome.

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pysyncobj.serializer import SERIALIZER_STATE
 from pysyncobj.transport import TCPTransport
 
@@ -66,6 +67,38 @@ def test_the_cluster_compacts_in_the_background_and_a_restart_loads_it(tmp_path:
         for n in cluster.ids:
             wait_until(lambda n=n: cluster.snapshot(n) == state, 10, f"{n} to load its state")
         assert cluster.get(cluster.wait_leader(), b"k%03d" % (KEYS - 1)) == b"v%d" % (KEYS - 1)
+    finally:
+        cluster.close()
+
+
+def test_no_thread_is_started_on_a_tick_thread_to_write_a_dump(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thread.start waits until the new thread runs, which under a write load means
+    until it gets the GIL: a leader's tick stalled 122 ms there at a compaction
+    (hung_leader.py's load phase, a stack taken while the tick was away). The dump has
+    one worker thread for the node's life."""
+    cluster = _compacting_cluster(tmp_path)
+    try:
+        leader = cluster.wait_leader()
+        ticks: set[int] = set()
+        for node in cluster.nodes.values():
+            node._raft.add_tick_callback(lambda: ticks.add(threading.get_ident()))
+        started_on_tick: list[str] = []
+        real_start = threading.Thread.start
+
+        def start(thread: threading.Thread) -> None:
+            if threading.get_ident() in ticks:
+                started_on_tick.append(thread.name)
+            real_start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", start)
+        before = {n: _dump_index(tmp_path / n) for n in cluster.ids}
+        for i in range(KEYS):
+            cluster.put(leader, b"k%03d" % i, b"v%d" % i).result(10)
+        for n in cluster.ids:
+            wait_until(lambda n=n: _dump_index(tmp_path / n) > before[n], 10, f"{n}'s dump")
+        assert started_on_tick == []
     finally:
         cluster.close()
 

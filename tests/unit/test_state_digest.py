@@ -108,7 +108,7 @@ def test_every_part_of_the_state_is_hashed() -> None:
     ledger = availability_pb2.GroupLedger()
     ledger.CopyFrom(cap.ledgers[0])
     ledger.budget_ms += 1
-    rid, res, fp = cap.dedupe[0]
+    rid, (res, fp) = cap.dedupe[0]
     variants = {
         "cluster id": changed(cluster_id="other"),
         "node ids": changed(node_ids=["n1"]),
@@ -121,7 +121,7 @@ def test_every_part_of_the_state_is_hashed() -> None:
         "a group": changed(groups=[group, *cap.groups[1:]]),
         "an event": changed(events=[event, *cap.events[1:]]),
         "a ledger": changed(ledgers=[ledger, *cap.ledgers[1:]]),
-        "a dedupe entry": changed(dedupe=[(rid, res, fp + b"!"), *cap.dedupe[1:]]),
+        "a dedupe entry": changed(dedupe=[(rid, (res, fp + b"!")), *cap.dedupe[1:]]),
     }
     assert base not in variants.values(), [k for k, v in variants.items() if v == base]
     assert len(set(variants.values())) == len(variants)

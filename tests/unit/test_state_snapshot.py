@@ -209,7 +209,7 @@ def test_the_chunked_encoding_is_byte_for_byte_one_serialization() -> None:
         last_term=cap.last_term,
     )
     whole.kvs.extend(kv_pb2.KeyValue.FromString(raw) for raw in cap.kvs)
-    for rid, res, fp in cap.dedupe:
+    for rid, (res, fp) in cap.dedupe:
         whole.dedupe.add(request_id=rid, result=res, fingerprint=fp)
     whole.sessions.extend(cap.sessions)
     whole.groups.extend(cap.groups)
