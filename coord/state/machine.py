@@ -72,7 +72,11 @@ class StateMachine:
         self._expiring_since_ms = 0
         self.groups = Groups(_Emitter(self), self._drop_session_keys)
         # request id -> (first result, fingerprint of the operation)
-        self._dedupe: OrderedDict[str, tuple[raft_pb2.CommandResult, bytes]] = OrderedDict()
+        # request id -> (serialized result, fingerprint). Bytes, not messages: 20,000
+        # results replaced at the write rate were most of the objects Python's cyclic
+        # collector walked, and its full collections (30-225 ms under a write load)
+        # stopped the Raft tick thread: late heartbeats, elections with short timeouts.
+        self._dedupe: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
         # Consistency check points (Digest commands): id -> this replica's state there,
         # to be hashed off the apply thread and compared with the other replicas'. Not
         # replicated state (never in a snapshot); the newest CHECK_POINTS_KEPT are kept.
@@ -112,7 +116,7 @@ class StateMachine:
                     )
                     result.revision = self.revision
                     return result
-                return _copy(seen[0])
+                return raft_pb2.CommandResult.FromString(seen[0])
         # Wall time, for events, display and the ledger only: no wait depends on it.
         self.last_time_ms = max(self.last_time_ms, cmd.time_ms)
         self.last_term = max(self.last_term, cmd.term)
@@ -125,7 +129,7 @@ class StateMachine:
             result = _error(Internal(f"apply failed: {type(e).__name__}"))
         result.revision = self.revision
         if cmd.request_id:
-            self._remember(cmd.request_id, _copy(result), fingerprint)
+            self._remember(cmd.request_id, result, fingerprint)
         return result
 
     def _dispatch(self, cmd: raft_pb2.Command) -> raft_pb2.CommandResult:
@@ -172,7 +176,7 @@ class StateMachine:
     ) -> None:
         if len(request_id) > limits.MAX_REQUEST_ID_CHARS:
             return
-        self._dedupe[request_id] = (result, fingerprint)
+        self._dedupe[request_id] = (result.SerializeToString(deterministic=True), fingerprint)
         while len(self._dedupe) > limits.DEDUPE_ENTRIES:
             self._dedupe.popitem(last=False)
 
@@ -377,7 +381,8 @@ class StateMachine:
         """The dedupe entries remembered at or after ``revision`` (with some remembered
         just before it, whose result has that revision too), in table order."""
         out: list[raft_pb2.DedupeEntry] = []
-        for rid, (res, fp) in reversed(self._dedupe.items()):
+        for rid, (raw, fp) in reversed(self._dedupe.items()):
+            res = raft_pb2.CommandResult.FromString(raw)
             if res.revision < revision:
                 break  # revisions never decrease along the table
             out.append(raft_pb2.DedupeEntry(request_id=rid, result=res, fingerprint=fp))
@@ -399,7 +404,10 @@ class StateMachine:
         self.revision = snap.revision
         self.last_time_ms = snap.last_time_ms
         self.kv.load(list(snap.kvs))
-        self._dedupe = OrderedDict((d.request_id, (d.result, d.fingerprint)) for d in snap.dedupe)
+        self._dedupe = OrderedDict(
+            (d.request_id, (d.result.SerializeToString(deterministic=True), d.fingerprint))
+            for d in snap.dedupe
+        )
         self.last_term = snap.last_term
         self.groups = Groups(_Emitter(self), self._drop_session_keys)
         self.groups.sessions = {s.id: s for s in snap.sessions}
@@ -435,9 +443,7 @@ class StateCapture:
     last_time_ms: int
     last_term: int
     kvs: list[bytes]  # each a serialized KeyValue (coord.state.kv)
-    dedupe: list[
-        tuple[str, tuple[raft_pb2.CommandResult, bytes]]
-    ]  # (request id, (result, fingerprint))
+    dedupe: list[tuple[str, tuple[bytes, bytes]]]  # (request id, (result, fingerprint))
     sessions: list[groups_pb2.Session]
     groups: list[groups_pb2.Group]
     events: list[groups_pb2.Event]
@@ -482,7 +488,7 @@ class StateCapture:
         for i in range(0, len(self.dedupe), _HASH_CHUNK):
             part = raft_pb2.StateSnapshot()
             for rid, (res, fp) in self.dedupe[i : i + _HASH_CHUNK]:
-                part.dedupe.add(request_id=rid, result=res, fingerprint=fp)
+                part.dedupe.add(request_id=rid, fingerprint=fp).result.ParseFromString(res)
             yield serialized(part)
         yield serialized(raft_pb2.StateSnapshot(node_ids=self.node_ids))
         yield from chunks("sessions", self.sessions)
@@ -532,7 +538,8 @@ class StateCapture:
         for i in range(0, len(self.dedupe), _HASH_CHUNK):
             part = raft_pb2.StateSnapshot()
             for rid, (res, fp) in self.dedupe[i : i + _HASH_CHUNK]:
-                entry = part.dedupe.add(request_id=rid, result=res, fingerprint=fp)
+                entry = part.dedupe.add(request_id=rid, fingerprint=fp)
+                entry.result.ParseFromString(res)
                 # A refusal's wording may differ between coord versions (a rolling
                 # upgrade applies the same log on both): its reason is the outcome.
                 entry.result.error_message = ""
@@ -641,12 +648,6 @@ def _fingerprint(cmd: raft_pb2.Command) -> bytes:
         msg.wait_ms = 0
     body = msg.SerializeToString(deterministic=True) if msg is not None else b""
     return hashlib.blake2b(op.encode() + b"\0" + body, digest_size=16).digest()
-
-
-def _copy(result: raft_pb2.CommandResult) -> raft_pb2.CommandResult:
-    out = raft_pb2.CommandResult()
-    out.CopyFrom(result)
-    return out
 
 
 def _error(e: CoordError) -> raft_pb2.CommandResult:

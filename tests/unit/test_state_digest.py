@@ -137,14 +137,13 @@ def test_a_refusals_wording_does_not_count_but_its_reason_does() -> None:
     old, new = StateMachine(), StateMachine()
     for sm in (old, new):
         assert sm.apply(bad_open.SerializeToString()).error_reason == "invalid_argument"
-    result, fingerprint = old._dedupe["r1"]
-    reworded = raft_pb2.CommandResult()
-    reworded.CopyFrom(result)
+    stored, fingerprint = old._dedupe["r1"]  # the table keeps results serialized
+    reworded = raft_pb2.CommandResult.FromString(stored)
     reworded.error_message = "coord: worded by another version"
-    old._dedupe["r1"] = (reworded, fingerprint)
+    old._dedupe["r1"] = (reworded.SerializeToString(), fingerprint)
     assert old.capture().digest() == new.capture().digest()
     other_outcome = raft_pb2.CommandResult()
     other_outcome.CopyFrom(reworded)
     other_outcome.error_reason = "out_of_range"
-    old._dedupe["r1"] = (other_outcome, fingerprint)
+    old._dedupe["r1"] = (other_outcome.SerializeToString(), fingerprint)
     assert old.capture().digest() != new.capture().digest()

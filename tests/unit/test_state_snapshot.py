@@ -210,7 +210,9 @@ def test_the_chunked_encoding_is_byte_for_byte_one_serialization() -> None:
     )
     whole.kvs.extend(kv_pb2.KeyValue.FromString(raw) for raw in cap.kvs)
     for rid, (res, fp) in cap.dedupe:
-        whole.dedupe.add(request_id=rid, result=res, fingerprint=fp)
+        whole.dedupe.add(
+            request_id=rid, result=raft_pb2.CommandResult.FromString(res), fingerprint=fp
+        )
     whole.sessions.extend(cap.sessions)
     whole.groups.extend(cap.groups)
     whole.events.extend(cap.events)
