@@ -10,6 +10,7 @@ flags, or a node that was simply late to the bootstrap).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -332,6 +333,7 @@ class NodeServer:
 async def _run(cfg: NodeConfig) -> None:
     node = NodeServer(cfg)
     await node.start()
+    freeze_startup_objects()  # the process's, not an in-process server's (tests)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -344,6 +346,15 @@ async def _run(cfg: NodeConfig) -> None:
         logger.warning("node %s was removed from the cluster: exiting", cfg.node_id)
     logger.info("stopping node %s", cfg.node_id)
     await node.stop()
+
+
+def freeze_startup_objects() -> None:
+    """Move what start-up built (modules, classes, functions: ~58,000 objects, most of
+    what a node's cyclic collector tracks) out of its full collections. Those hold the
+    GIL, and with it the Raft tick thread: under writes they came every few seconds and
+    took 20-60 ms each after the dedupe table left them, 30-225 ms before."""
+    gc.collect()
+    gc.freeze()
 
 
 def serve(cfg: NodeConfig) -> None:
