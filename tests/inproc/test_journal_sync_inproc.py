@@ -257,6 +257,6 @@ def test_a_slow_disk_never_stalls_the_leaders_tick_thread_when_it_compacts(
             lambda: leader.journal[0][1] > first_before + 100, 20, "the leader to compact its log"
         )
         assert slowed_calls, "the leader's files were synced"
-        assert not on_tick, f"{len(on_tick)} syncs on the tick thread, the first from:\n{on_tick[0]}"
+        assert not on_tick, f"{len(on_tick)} syncs on the tick thread, first:\n{on_tick[0]}"
     finally:
         cluster.close()
