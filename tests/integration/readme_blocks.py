@@ -239,6 +239,10 @@ def loops_forever(source: str) -> bool:
 RUNNER = r"""
 import contextlib, json, signal, sys, time
 
+# Ctrl-C must raise KeyboardInterrupt here, as in a terminal, even when the test run was
+# started in the background by a shell (which leaves SIGINT ignored, and Python keeps an
+# ignored SIGINT ignored): the harness's Ctrl-C then did nothing at all.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 cfg = json.loads(sys.argv[1])
 need = set(cfg["context"])
 
