@@ -45,6 +45,10 @@ Safety:
   dropped and :meth:`take_refused` tells the node not to install it (pysyncobj would
   clear the log to its index); one that does not verify is dropped (the leader sends it
   again), never renamed over a good dump.
+- A received snapshot that is installed is durable before pysyncobj clears the log for
+  it: the file is fsynced before its rename, the directory after (with the node's
+  fsync on). A power loss after the log's clearing must not find the old dump, or a
+  new one with unsynced pages, beside an emptied log.
 """
 
 from __future__ import annotations
@@ -119,9 +123,11 @@ class BackgroundSerializer(Serializer):
         check: Callable[[str], int | None],
         defer_entries: int = 0,
         leading: Callable[[], bool] = lambda: True,
+        fsync: bool = True,
     ) -> None:
         super().__init__(path, transmission_batch, False, capture, deserializer, None)
         self._path = path
+        self._fsync = fsync  # the node's setting: a received snapshot is synced too
         # How many entries a new dump may wait for snapshots being sent (see above).
         self._defer_entries = defer_entries
         self._deferred_since: int | None = None  # the entry a new dump first waited at
@@ -244,6 +250,9 @@ class BackgroundSerializer(Serializer):
             self._incoming.write(chunk)
             if not is_last:
                 return False
+            if self._fsync:  # before the rename: pysyncobj then clears the log for it
+                self._incoming.flush()
+                os.fsync(self._incoming.fileno())
             self._incoming.close()
         except OSError:
             logger.exception("cannot write the snapshot received from the leader")
@@ -266,6 +275,8 @@ class BackgroundSerializer(Serializer):
                 if self._running is not None:
                     self._running.superseded = True
                 os.replace(tmp, self._path)
+                if self._fsync:
+                    fsync_dir(os.path.dirname(self._path) or ".")
         except OSError:
             logger.exception("cannot keep the snapshot received from the leader")
             return False

@@ -191,6 +191,7 @@ class RaftNode:
             hold=self._holding_for_transfer,
             durable_index=lambda: self.journal.durable_index,
             check_snapshot=self._check_snapshot,
+            fsync=cfg.fsync,
         )
         transport = functools.partial(
             self._transport_factory,

@@ -154,6 +154,9 @@ class Hooks:
     # node's log already covers it (not installed: coord.raft.appendfix), None to
     # install it; raises if it does not verify.
     check_snapshot: Callable[[str], int | None]
+    # The node's fsync setting: a snapshot received from the leader is synced (file,
+    # then directory after the rename) before pysyncobj clears the log for it.
+    fsync: bool = True
 
 
 class _SyncObj(SyncObj):
@@ -232,6 +235,7 @@ class _SyncObj(SyncObj):
             # A follower being sent a snapshot holds compaction back this far at most.
             defer_entries=max(4 * conf.logCompactionMinEntries, 10_000),
             leading=lambda: bool(self._isLeader()),
+            fsync=self._coord.fsync,
         )
 
     # pysyncobj installs every snapshot it receives completely: it loads the dump and

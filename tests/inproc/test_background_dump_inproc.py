@@ -310,6 +310,41 @@ def test_a_snapshot_received_while_a_dump_is_written_wins(tmp_path: Path) -> Non
     assert not os.path.exists(path + ".tmp")
 
 
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_received_snapshot_is_durable_before_pysyncobj_clears_the_log_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    # Once setTransmissionData says "installed", pysyncobj loads the dump and clears the
+    # journal to its index (a synced write). A power loss must then find the new dump:
+    # its bytes synced before the rename, the rename synced (the directory) after it.
+    path = str(tmp_path / "dump.bin")
+    Path(path).write_bytes(b"our old dump")
+    done: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def recording_fsync(fd: int) -> None:
+        done.append(f"fsync {os.path.basename(os.readlink(f'/proc/self/fd/{fd}'))}")
+        real_fsync(fd)
+
+    def recording_replace(src: str, dst: str) -> None:
+        done.append(f"rename {os.path.basename(src)}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    s = BackgroundSerializer(
+        path, 1 << 16, lambda d: _Job(b""), lambda p: None, lambda p: None, fsync=fsync
+    )
+    assert not s.setTransmissionData((b"the leader's ", True, False))
+    assert s.setTransmissionData((b"snapshot", False, True))  # installed
+    assert Path(path).read_bytes() == b"the leader's snapshot"
+    directory = os.path.basename(str(tmp_path))
+    if fsync:
+        assert done == ["fsync dump.bin.1.tmp", "rename dump.bin.1.tmp", f"fsync {directory}"]
+    else:  # the node runs without fsync (tests, benchmarks that ask for it)
+        assert done == ["rename dump.bin.1.tmp"]
+
+
 def test_a_received_snapshot_that_does_not_verify_never_replaces_the_dump(
     tmp_path: Path,
 ) -> None:
