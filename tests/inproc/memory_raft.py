@@ -101,7 +101,7 @@ class InMemoryNetwork:
 
     ``transport_factory`` is what to pass as ``RaftNode(..., transport_factory=...)``.
     :attr:`stats` counts what happened (``sent``, ``delivered``, ``dropped``,
-    ``delayed``, ``refused``, ``reset``): a fault test asserts its faults occurred.
+    ``delayed``, ``refused``, ``reset``, ``lost``): a fault test asserts its faults occurred.
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -110,6 +110,8 @@ class InMemoryNetwork:
         self._lock = threading.Lock()
         self._inboxes: dict[str, _Inbox] = {}
         self._cut: set[frozenset[str]] = set()
+        self._silent: set[tuple[str, str]] = set()  # directed links that lose everything
+        self._slow: dict[tuple[str, str], float] = {}  # directed link -> delay (s)
         self._pairs: set[_Pair] = set()
         self._rngs: dict[tuple[str, str], random.Random] = {}
         self._last_due: dict[tuple[str, str], float] = {}
@@ -137,10 +139,25 @@ class InMemoryNetwork:
             if other != node:
                 self.partition(node, other)
 
+    def silence(self, src: str, dst: str) -> None:
+        """Lose every message from ``src`` to ``dst`` without a word, as under an
+        iptables DROP: the connection stays up until a transport's own timeout closes it
+        (a cut resets it at once), and redials between the two are refused."""
+        with self._lock:
+            self._silent.add((src, dst))
+
+    def slow_down(self, src: str, dst: str, delay_s: float) -> None:
+        """Deliver every message from ``src`` to ``dst`` ``delay_s`` late (in order)."""
+        with self._lock:
+            self._slow[(src, dst)] = delay_s
+
     def heal(self) -> None:
-        """Reconnect every cut link (the nodes redial within ``reconnect_s``)."""
+        """Reconnect every cut or silenced link (the nodes redial within ``reconnect_s``);
+        slowed links go back to full speed."""
         with self._lock:
             self._cut.clear()
+            self._silent.clear()
+            self._slow.clear()
 
     def set_faults(self, drop: float = 0.0, delay: float = 0.0, delay_s: float = 0.0) -> None:
         """From now on, each message is dropped with probability ``drop`` (its connection
@@ -192,7 +209,8 @@ class InMemoryNetwork:
         the link is cut), else the connection is under way (callbacks follow)."""
         with self._lock:
             target = self._inboxes.get(end.remote)
-            if target is None or frozenset((end.owner, end.remote)) in self._cut:
+            silent = {(end.owner, end.remote), (end.remote, end.owner)} & self._silent
+            if target is None or frozenset((end.owner, end.remote)) in self._cut or silent:
                 self.stats["refused"] += 1
                 return False
             timeout = target.transport._syncObj.conf.connectionTimeout
@@ -216,13 +234,16 @@ class InMemoryNetwork:
                 self._break(pair)
                 return
             link = (end.owner, end.remote)
+            if link in self._silent:
+                self.stats["lost"] += 1
+                return
             rng = self._rngs.setdefault(link, random.Random(f"{self.seed}:{link[0]}->{link[1]}"))
             fate = self._fate(rng)
             if fate == "drop":
                 self.stats["dropped"] += 1
                 self._break(pair)
                 return
-            now = time.monotonic()
+            now = time.monotonic() + self._slow.get(link, 0.0)
             if fate == "delay":
                 self.stats["delayed"] += 1
                 now += self._delay_s
