@@ -6,7 +6,8 @@ pysyncobj itself behind ``coord.raft.syncobj_adapter``, the fsync journal
 PreVote (``coord.raft.prevote``), the voting gate of a blank node
 (``coord.raft.gate``), the configuration in use (``coord.raft.membership``),
 leadership transfer (``coord.raft.transfer``) and read barriers
-(``coord.raft.read_barrier``). Like hashicorp/raft's ``NewRaft(conf, fsm, ...)``
+(``coord.raft.read_barrier``; a leader's confirmed by heartbeats,
+``coord.raft.read_index``). Like hashicorp/raft's ``NewRaft(conf, fsm, ...)``
 it is given the state machine it replicates.
 
 Threads:
@@ -30,6 +31,7 @@ import contextlib
 import functools
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -58,6 +60,7 @@ from coord.raft.membership import (
 )
 from coord.raft.prevote import PreVote
 from coord.raft.read_barrier import ReadBarrier
+from coord.raft.read_index import ReadIndex
 from coord.raft.snapshotfile import Dump, Entry, read_dump, write_dump
 from coord.raft.syncobj_adapter import SUCCESS, Hooks, SyncObjAdapter, raft_clock
 from coord.raft.transfer import LeadershipTransfer
@@ -119,12 +122,18 @@ class RaftNode:
         self._late_ticks = 0  # a leader's late heartbeats not yet in a warning
         self._next_late_warning = 0.0
         self.on_proposal_failed: Callable[[str], None] | None = None
-        self._barrier = ReadBarrier(self.propose, cfg.request_timeout_s)
+        self._barrier = ReadBarrier(self._start_barrier, cfg.request_timeout_s)
+        # Barriers to begin on the tick thread (a read index round or a no-op).
+        self._barrier_starts: queue.SimpleQueue[Callable[[errors.CoordError | None], None]] = (
+            queue.SimpleQueue()
+        )
         self._transfer = LeadershipTransfer(cfg.node_id, cfg.timings.election_timeout_max_s * 2)
         self._syncer: JournalSyncer | None = None  # with fsync: the journal's sync thread
         self._open_log()
         self._raft = self._start_raft()
         self._transport: CoordTransport = self._raft.transport
+        self._read_index = ReadIndex(self._raft, cfg.request_timeout_s, self._noop_barrier)
+        self._transport.read_index = self._read_index
         self._prevote = PreVote(
             self._raft,
             self._transport.send_now,
@@ -274,9 +283,14 @@ class RaftNode:
         return fut
 
     def barrier(self) -> Future[None]:
-        """Resolves once a no-op proposed after this call has committed and applied here
+        """Resolves once everything committed before this call is applied here
         (coord.raft.read_barrier: concurrent callers share barriers)."""
         return self._barrier.wait()
+
+    def _start_barrier(self, done: Callable[[errors.CoordError | None], None]) -> None:
+        """Any thread: begin a barrier at the next tick (:meth:`_start_barriers`)."""
+        self._barrier_starts.put(done)
+        self._raft.wake()
 
     # -- reads (any thread) ----------------------------------------------------
 
@@ -519,11 +533,36 @@ class RaftNode:
         self._prevote.on_tick()
         self._update_view()
         self._maybe_bootstrap()
+        self._start_barriers()
+        self._read_index.on_tick()
         self._barrier.check_timeout()
         self._transfer.drive(self._view, self._raft)
         self._maybe_auto_promote()
         self._ping_peers()
         self._transport.close_idle_unidentified(self.cfg.timings.connection_timeout_s)
+
+    def _start_barriers(self) -> None:
+        """A leader confirms its barriers by a round of heartbeats (coord.raft.read_index)
+        once it can; otherwise, and on other nodes, a barrier is a no-op entry."""
+        while True:
+            try:
+                done = self._barrier_starts.get_nowait()
+            except queue.Empty:
+                return
+            if self._read_index.usable():
+                self._read_index.request(done)
+            else:
+                self._noop_barrier(done)
+
+    def _noop_barrier(self, done: Callable[[errors.CoordError | None], None]) -> None:
+        """A barrier as a no-op entry: once applied here, so is everything committed
+        before it was proposed."""
+
+        def committed(res: Future[raft_pb2.CommandResult]) -> None:
+            exc = res.exception()
+            done(exc if isinstance(exc, errors.CoordError) else None)
+
+        self.propose(raft_pb2.Command(noop=raft_pb2.Noop())).add_done_callback(committed)
 
     def _tick_gap(self, gap: float) -> None:
         """How long since the last pass of the tick thread (a metric). A leader sends

@@ -1,7 +1,9 @@
 """Read barriers: "everything committed before this call is applied here".
 
-A barrier is a no-op command: once it has committed and been applied on this
-node, so has every command committed before the barrier was asked for.
+How a barrier is made is the node's (``start``): on a leader, a round of heartbeats
+that a majority confirms (coord.raft.read_index); elsewhere, or until that is
+possible, a no-op command: once it has committed and been applied on this node, so
+has every command committed before the barrier was asked for.
 
 Concurrent callers share barriers: at most one is in flight, and callers
 arriving meanwhile share the next one (proposed after they arrived). Each caller
@@ -19,23 +21,23 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from coord import errors
-from coord.v1 import raft_pb2
 
-Propose = Callable[[raft_pb2.Command], Future[raft_pb2.CommandResult]]
+# Begins one barrier; calls its argument once it holds (None) or failed (the error).
+Start = Callable[[Callable[[errors.CoordError | None], None]], None]
 
 
 class ReadBarrier:
-    def __init__(self, propose: Propose, timeout_s: float) -> None:
-        """``propose`` replicates a command; a barrier not applied within
+    def __init__(self, start: Start, timeout_s: float) -> None:
+        """``start`` begins a barrier (from any thread); one not done within
         ``timeout_s`` fails (:meth:`check_timeout`)."""
-        self._propose = propose
+        self._start_one = start
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
         self._inflight: tuple[Future[None], float] | None = None  # (shared, started)
         self._next: Future[None] | None = None
 
     def wait(self) -> Future[None]:
-        """Resolves once a no-op proposed after this call has committed and applied here."""
+        """Resolves once everything committed before this call is applied here."""
         with self._lock:
             if self._inflight is None:
                 shared: Future[None] = Future()
@@ -69,11 +71,7 @@ class ReadBarrier:
             )
 
     def _start(self, fut: Future[None]) -> None:
-        def done(res: Future[raft_pb2.CommandResult]) -> None:
-            exc = res.exception()
-            self._finish(fut, exc if isinstance(exc, errors.CoordError) else None)
-
-        self._propose(raft_pb2.Command(noop=raft_pb2.Noop())).add_done_callback(done)
+        self._start_one(lambda exc: self._finish(fut, exc))
 
     def _finish(self, fut: Future[None], exc: errors.CoordError | None) -> None:
         with self._lock:

@@ -390,6 +390,12 @@ class SyncObjAdapter:
         log: Sequence[Any] = self._so._SyncObj__raftLog
         return log
 
+    def term_at(self, index: int) -> int | None:
+        """The term of the log's entry at ``index``; None when the log does not hold it
+        (compacted into the dump, or beyond its end)."""
+        entries = self._so._SyncObj__getEntries(index, 1)
+        return int(entries[0][2]) if entries else None
+
     @property
     def last_log_index(self) -> int:
         """The index of the last entry in the log (``__getCurrentLogIndex``)."""
@@ -546,6 +552,12 @@ class SyncObjAdapter:
         refused: int | None = so._coord_refused_snapshot
         so._coord_refused_snapshot = None
         return refused
+
+    def send_heartbeat_soon(self) -> None:
+        """A leader sends every follower an append-entries at its next tick, which this
+        wakes (``__newAppendEntriesTime``: the next heartbeat is due now)."""
+        self._so._SyncObj__newAppendEntriesTime = 0
+        self.wake()
 
     def wake(self) -> None:
         """Any thread: end the tick thread's current poll (a sync finished)."""

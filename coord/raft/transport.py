@@ -19,6 +19,10 @@
   goes). Every node answers ``coord_term_probe`` with its term (``coord_term``).
 - PreVote messages (``coord.raft.prevote``) are handled here, beside
   pysyncobj's own.
+- A leader numbers the append-entries it sends each peer (``coord_seq``) and a
+  follower echoes the number of the one it answers in its acknowledgement: the
+  leader's read index rounds count only answers to those sent after they began
+  (``coord.raft.read_index``).
 - Learners (``coord.raft.membership``) are in the transport's node set like any
   member: they dial and are dialled under their own ids. A learner never campaigns
   and ignores ``timeout_now`` (the gate), but answers votes and pre-votes once caught
@@ -46,6 +50,7 @@ from coord.raft import appendfix
 from coord.raft.gate import VotingGate
 from coord.raft.prevote import PreVote
 from coord.raft.progress import LeaderProgress, conflict_of
+from coord.raft.read_index import ReadIndex
 from coord.raft.syncobj_adapter import SyncObjAdapter, guard_frames, listen_backlog, peer_host
 
 logger = logging.getLogger(__name__)
@@ -140,6 +145,10 @@ class CoordTransport(TCPTransport):
         # made, node, message), in the order pysyncobj sent them.
         self._held: list[tuple[int, Any, Any]] = []
         self.prevote: PreVote | None = None  # set by the node once built
+        self.read_index: ReadIndex | None = None  # set by the node once built
+        # While an append-entries is handled: its number, echoed in the reply
+        # (coord.raft.read_index).
+        self._answering_seq: int | None = None
         self.gate = VotingGate()  # replaced by the node's own
         # While an append-entries is handled: the one index pysyncobj may truncate from.
         self.truncate_from: int | None = None
@@ -284,6 +293,8 @@ class CoordTransport(TCPTransport):
                     if refused is not None:  # pysyncobj would claim our whole log
                         message = {**message, "next_node_idx": refused + 1}
             message = {**message, "term": raft.current_term}
+            if self._answering_seq is not None:
+                message["coord_seq"] = self._answering_seq
             if message.get("reset"):
                 message.update(conflict_of(raft.log, message["next_node_idx"]))
             seq = self.journal.written_seq
@@ -292,6 +303,8 @@ class CoordTransport(TCPTransport):
                 return True
         if kind == "request_vote" and not self.gate.may_campaign():
             return False
+        if kind == "append_entries" and self.read_index is not None:
+            message = {**message, "coord_seq": self.read_index.stamp(node.id)}
         return bool(super().send(node, message))
 
     def send_now(self, node: Any, message: dict[str, Any]) -> bool:
@@ -319,6 +332,8 @@ class CoordTransport(TCPTransport):
             # pysyncobj's handler only moves a leader's indexes: coord's replaces it.
             if self.progress.on_reply(node, message) and prevote is not None:
                 prevote.heard_from(node.id)
+            if self.read_index is not None and node in self.raft.other_nodes:
+                self.read_index.on_reply(node.id, message)  # voters confirm reads
             return
         if kind == "append_entries":
             if prevote is not None:
@@ -364,6 +379,8 @@ class CoordTransport(TCPTransport):
             if int(message.get("term") or 0) >= self.raft.current_term:
                 # Only a leader pysyncobj follows counts (a stale one's word does not).
                 self.gate.leader_commit(int(message.get("commit_index") or 0))
+            seq = message.get("coord_seq")
+            self._answering_seq = seq if isinstance(seq, int) else None
             message, self.truncate_from = appendfix.rewrite(
                 self.raft.log, message, self.raft.commit_index
             )
@@ -371,11 +388,14 @@ class CoordTransport(TCPTransport):
                 super()._onMessageReceived(node, message)
             finally:
                 self.truncate_from = None
+                self._answering_seq = None
             return
         super()._onMessageReceived(node, message)
 
     def _onNodeDisconnected(self, node: Any) -> None:
         super()._onNodeDisconnected(node)
+        if self.read_index is not None:
+            self.read_index.forget(node.id)
         if self.on_peer_disconnected is not None:
             self.on_peer_disconnected(node)
 
