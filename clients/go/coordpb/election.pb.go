@@ -134,7 +134,8 @@ func (x *OpenSessionResponse) GetSession() *Session {
 }
 
 // Keepalives never touch the Raft log. The leader acknowledges a batch only
-// after a commit proposed after the batch arrived; only the leader answers
+// after a read barrier begun after the batch arrived (a heartbeat round a
+// majority answered in its term, or a no-op commit); only the leader answers
 // (others: FAILED_PRECONDITION with the leader's address in `coord-leader`).
 type KeepAliveRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`

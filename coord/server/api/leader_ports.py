@@ -26,7 +26,8 @@ class SessionDeadlines(Protocol):
         """A keepalive arrived at ``arrival`` (monotonic): False if the session is gone."""
 
     async def ack_barrier(self, timeout: float) -> None:
-        """Return once a no-op proposed after the call has committed and applied here."""
+        """Return once a read barrier begun after the call holds here (everything
+        committed before it is applied, and no later leader had taken over then)."""
 
 
 class ProbeOutcome(Protocol):

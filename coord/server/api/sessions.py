@@ -76,10 +76,11 @@ class SessionsService(StateServicer, election_pb2_grpc.SessionsServicer):
                 raise errors.InvalidArgument(f"load must be a finite number >= 0, got {req.load}")
             self._own_session(req.session_id)
             known = self.keeper.touch(req.session_id, arrival, req.load)
-            # Acknowledge only after a commit proposed after the arrival: a deposed
-            # leader cannot commit, so it cannot acknowledge. The same barrier, of
-            # this term, applies here everything committed before the term: only
-            # then does a session missing from the state mean it expired or closed.
+            # Acknowledge only after a read barrier begun after the arrival (a round
+            # of heartbeats a majority answered in this term, or a no-op commit): a
+            # deposed leader gets neither, so it cannot acknowledge. The barrier also
+            # applies here everything committed before it began: only then does a
+            # session missing from the state mean it expired or closed.
             await self._ack_barrier(context)
             self._check_still_leading(term)
             answer = self._keepalive_answer(req)

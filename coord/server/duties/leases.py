@@ -16,9 +16,9 @@ Runs on every node's asyncio loop and acts only while the node leads:
   clock reaches their (calendar) time.
 
 Keepalive acknowledgements are the servicer's job (coord.server.api.sessions): it
-records the arrival here, waits for a commit proposed after it (``ack_barrier``:
-one shared no-op per ``ACK_WINDOW_S`` at most, so the Raft cost of keepalives does
-not grow with their number), and answers.
+records the arrival here, waits for a read barrier begun after it (``ack_barrier``:
+one shared barrier per ``ACK_WINDOW_S`` at most, so the Raft cost of keepalives does
+not grow with their number; coord.raft.read_index), and answers.
 
 Costs are per event, not per session per tick: deadlines sit in a heap (a
 keepalive pushes, the duty loop pops what is due), and the session table is
@@ -43,11 +43,12 @@ logger = logging.getLogger(__name__)
 PERIOD_S = 0.02  # how often the duty loop looks at deadlines and timers
 STALL_S = 1.0  # a loop iteration this late means the leader stalled: rearm, don't expire
 RETRY_S = 0.5  # re-propose an expiry or Advance that has not taken effect after this
-# Keepalive barriers start at most this often: 20 no-op entries a second at most,
-# however many sessions. A barrier costs the leader ~1.6 ms of CPU (an fsync on every
-# node, AppendEntries and replies, an apply); at 10 ms, 1,000 sessions cost 0.30 core,
-# at 50 ms 0.16 (bench/README.md, keepalive capacity). The wait costs a client nothing:
-# its validity counts from the keepalive's send, and it sends every TTL/3.
+# Keepalive barriers start at most this often: 20 a second at most, however many
+# sessions. A no-op barrier costs the leader ~1.4 ms of CPU (an fsync on every node,
+# AppendEntries and replies, an apply); at 10 ms, 1,000 sessions cost 0.24-0.30 core, at
+# 50 ms 0.15-0.17 (bench/README.md, keepalive capacity; a leader's barriers are now
+# heartbeat rounds, coord.raft.read_index, cheaper still). The wait costs a client
+# nothing: its validity counts from the keepalive's send, and it sends every TTL/3.
 ACK_WINDOW_S = 0.05
 LOAD_PERIOD_S = 0.25  # reported loads are replicated (one SetLoads) at most this often
 
@@ -115,11 +116,12 @@ class LeaseKeeper:
         return True
 
     async def ack_barrier(self, timeout: float) -> None:
-        """Wait for a no-op proposed after this call to commit and apply here.
+        """Wait for a read barrier begun after this call (``RaftNode.barrier``: a round
+        of heartbeats confirmed by a majority, or a no-op commit) to hold here.
 
         Callers within ``ACK_WINDOW_S`` of the last barrier start share the next one,
-        started at the end of the window: keepalives cost at most 1/ACK_WINDOW_S Raft
-        entries a second, however many sessions there are. An idle keepalive waits no
+        started at the end of the window: keepalives cost at most 1/ACK_WINDOW_S
+        barriers a second, however many sessions there are. An idle keepalive waits no
         window. Raises TimeoutError after ``timeout``.
         """
         loop = asyncio.get_running_loop()
