@@ -127,6 +127,8 @@ class RaftNode:
         self._barrier_starts: queue.SimpleQueue[Callable[[errors.CoordError | None], None]] = (
             queue.SimpleQueue()
         )
+        # Barriers begun, by kind (a metric): "read_index" rounds and "noop" entries.
+        self.barriers = {"read_index": 0, "noop": 0}
         self._transfer = LeadershipTransfer(cfg.node_id, cfg.timings.election_timeout_max_s * 2)
         self._syncer: JournalSyncer | None = None  # with fsync: the journal's sync thread
         self._open_log()
@@ -550,6 +552,7 @@ class RaftNode:
             except queue.Empty:
                 return
             if self._read_index.usable():
+                self.barriers["read_index"] += 1
                 self._read_index.request(done)
             else:
                 self._noop_barrier(done)
@@ -557,6 +560,7 @@ class RaftNode:
     def _noop_barrier(self, done: Callable[[errors.CoordError | None], None]) -> None:
         """A barrier as a no-op entry: once applied here, so is everything committed
         before it was proposed."""
+        self.barriers["noop"] += 1
 
         def committed(res: Future[raft_pb2.CommandResult]) -> None:
             exc = res.exception()

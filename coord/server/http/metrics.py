@@ -239,6 +239,17 @@ class _StateCollector(Collector):
         yield _gauge("coord_raft_has_quorum", "1 if connected to a majority.", view.has_quorum)
         yield _gauge("coord_raft_members", "Members in the configuration.", len(view.members))
         yield _gauge("coord_raft_connected_peers", "Members with a live link.", len(view.connected))
+        barriers = CounterMetricFamily(
+            "coord_raft_read_barriers",
+            "Read barriers begun (linearizable reads and keepalive acknowledgements share "
+            "them), by kind: read_index (a leader's heartbeat round), noop (a no-op entry: "
+            "on followers, on a leader without a commit in its term or whose peers do not "
+            "number their replies, and for rounds that could not be confirmed).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(raft.barriers.items()):
+            barriers.add_metric([kind], count)
+        yield barriers
         # Copy plain numbers (and the ledgers) under the apply lock, which applies wait
         # for; build the metric families after releasing it.
         yield from _state_metrics(raft.read(_StateFigures))
