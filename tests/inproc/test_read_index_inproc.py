@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from coord import errors
+from coord.raft.node import RaftNode
 from coord.raft.transport import CoordTransport
 from coord.testing import wait_until
 from tests.inproc.memory_raft import MemoryCluster
@@ -28,13 +29,19 @@ def _log_entries(cluster: MemoryCluster, node_id: str) -> int:
     return cluster.nodes[node_id].view.log_entries
 
 
+def _leader_on_rounds(cluster: MemoryCluster, value: bytes) -> tuple[str, RaftNode]:
+    """The leader, once it put k=``value`` and its followers number their replies."""
+    leader = cluster.wait_leader(DEADLINE_S)
+    node = cluster.nodes[leader]
+    cluster.put(leader, b"k", value).result(DEADLINE_S)
+    wait_until(node._read_index.usable, DEADLINE_S, "the followers to echo")
+    return leader, node
+
+
 def test_a_leaders_barriers_append_nothing_and_see_every_committed_write(
     cluster: MemoryCluster,
 ) -> None:
-    leader = cluster.wait_leader(DEADLINE_S)
-    node = cluster.nodes[leader]
-    cluster.put(leader, b"k", b"v1").result(DEADLINE_S)
-    wait_until(node._read_index.usable, DEADLINE_S, "the followers to echo")
+    leader, node = _leader_on_rounds(cluster, b"v1")
     entries = _log_entries(cluster, leader)
     rounds = node._read_index.rounds
     for i in range(20):
@@ -52,10 +59,7 @@ def test_a_leaders_barriers_append_nothing_and_see_every_committed_write(
 def test_a_cut_off_leader_never_confirms_a_barrier_with_late_replies(
     cluster: MemoryCluster,
 ) -> None:
-    old = cluster.wait_leader(DEADLINE_S)
-    old_node = cluster.nodes[old]
-    cluster.put(old, b"k", b"before").result(DEADLINE_S)
-    wait_until(old_node._read_index.usable, DEADLINE_S, "the followers to echo")
+    old, old_node = _leader_on_rounds(cluster, b"before")
     old_node.barrier().result(DEADLINE_S)
 
     # The followers' replies reach the old leader 0.4 s late, and nothing it sends

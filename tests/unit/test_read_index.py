@@ -23,33 +23,15 @@ class Peer:
 
 @dataclass
 class FakeLeader:
-    term: int = 4
-    commit: int = 10
-    applied: int = 10
-    leading: bool = True
-    peers: set[Any] = field(default_factory=lambda: {Peer("n2"), Peer("n3")})
+    """The node's Raft as the round reads it (plain attributes serve the protocol)."""
+
+    is_leader: bool = True
+    current_term: int = 4
+    commit_index: int = 10
+    last_applied: int = 10
+    other_nodes: set[Any] = field(default_factory=lambda: {Peer("n2"), Peer("n3")})
     terms: dict[int, int] = field(default_factory=lambda: {10: 4})
     heartbeats: int = 0
-
-    @property
-    def is_leader(self) -> bool:
-        return self.leading
-
-    @property
-    def current_term(self) -> int:
-        return self.term
-
-    @property
-    def commit_index(self) -> int:
-        return self.commit
-
-    @property
-    def last_applied(self) -> int:
-        return self.applied
-
-    @property
-    def other_nodes(self) -> set[Any]:
-        return set(self.peers)
 
     def term_at(self, index: int) -> int | None:
         return self.terms.get(index)
@@ -84,9 +66,18 @@ def reply(seq: int, term: int = 4) -> dict[str, Any]:
 def echoing(raft: FakeLeader, noops: NoOps | None = None) -> ReadIndex:
     """A read index whose peers have each answered one append-entries (seq 1)."""
     ri = ReadIndex(raft, timeout_s=5.0, fallback=noops if noops is not None else NoOps())
-    for peer in sorted(p.id for p in raft.peers):
+    for peer in sorted(p.id for p in raft.other_nodes):
         ri.on_reply(peer, reply(ri.stamp(peer)))
     return ri
+
+
+def round_started(raft: FakeLeader, noops: NoOps | None = None) -> tuple[ReadIndex, Outcomes]:
+    """An echoing read index with one read asked for and its round started."""
+    ri = echoing(raft, noops)
+    out = Outcomes()
+    ri.request(out)
+    ri.on_tick()
+    return ri, out
 
 
 def test_a_round_confirms_with_a_majority_of_replies_to_heartbeats_sent_after_it() -> None:
@@ -108,10 +99,7 @@ def test_a_round_confirms_with_a_majority_of_replies_to_heartbeats_sent_after_it
 
 def test_replies_of_another_term_never_confirm() -> None:
     raft = FakeLeader()
-    ri = echoing(raft)
-    out = Outcomes()
-    ri.request(out)
-    ri.on_tick()
+    ri, out = round_started(raft)
     for peer in ("n2", "n3"):
         ri.on_reply(peer, reply(ri.stamp(peer), term=5))  # they moved on to a later term
     ri.on_tick()
@@ -119,16 +107,13 @@ def test_replies_of_another_term_never_confirm() -> None:
 
 
 def test_a_confirmed_read_waits_for_the_apply_of_its_read_index() -> None:
-    raft = FakeLeader(commit=12, applied=10, terms={12: 4})
-    ri = echoing(raft)
-    out = Outcomes()
-    ri.request(out)
-    ri.on_tick()
+    raft = FakeLeader(commit_index=12, last_applied=10, terms={12: 4})
+    ri, out = round_started(raft)
     ri.on_reply("n3", reply(ri.stamp("n3")))
-    raft.commit = 13  # committed after the round started: not waited for
+    raft.commit_index = 13  # committed after the round started: not waited for
     ri.on_tick()
     assert out.done == []
-    raft.applied = 12
+    raft.last_applied = 12
     ri.on_tick()
     assert out.done == [None]
 
@@ -136,11 +121,8 @@ def test_a_confirmed_read_waits_for_the_apply_of_its_read_index() -> None:
 def test_a_leader_that_steps_down_hands_its_round_to_the_no_op() -> None:
     raft = FakeLeader()
     noops = NoOps()
-    ri = echoing(raft, noops)
-    out = Outcomes()
-    ri.request(out)
-    ri.on_tick()
-    raft.leading = False
+    ri, out = round_started(raft, noops)
+    raft.is_leader = False
     ri.on_tick()
     assert out.done == [] and noops.given == [out]  # a follower's no-op still works
 
@@ -148,10 +130,7 @@ def test_a_leader_that_steps_down_hands_its_round_to_the_no_op() -> None:
 def test_a_round_too_few_echoing_peers_can_confirm_goes_to_the_no_op_at_once() -> None:
     raft = FakeLeader()
     noops = NoOps()
-    ri = echoing(raft, noops)
-    out = Outcomes()
-    ri.request(out)
-    ri.on_tick()
+    ri, out = round_started(raft, noops)
     ri.forget("n2")  # its link dropped: n3 alone could still confirm
     ri.on_tick()
     assert noops.given == []
@@ -189,7 +168,7 @@ def test_not_usable_before_an_entry_of_its_term_is_committed() -> None:
 
 
 def test_not_usable_while_fewer_than_a_majority_echo() -> None:
-    raft = FakeLeader(peers={Peer("n2"), Peer("n3"), Peer("n4"), Peer("n5")})
+    raft = FakeLeader(other_nodes={Peer("n2"), Peer("n3"), Peer("n4"), Peer("n5")})
     ri = echoing(raft)
     for older in ("n4", "n5"):  # they run an older coord: an answer in this term, unnumbered
         ri.on_reply(older, {**reply(1), "coord_seq": None})
@@ -204,13 +183,13 @@ def test_a_read_asked_for_during_a_round_waits_for_the_next() -> None:
     first, second = Outcomes(), Outcomes()
     ri.request(first)
     ri.on_tick()  # round 1
-    raft.commit = 11  # a write commits ...
+    raft.commit_index = 11  # a write commits ...
     raft.terms[11] = 4
     ri.request(second)  # ... before the second read arrives: it must see it
     ri.on_reply("n2", reply(ri.stamp("n2")))  # answers round 1's heartbeat
     ri.on_tick()  # round 1 confirmed (first), round 2 starts for second
     assert first.done == [None] and second.done == []
-    raft.applied = 11
+    raft.last_applied = 11
     ri.on_tick()
     assert second.done == []  # round 1's answer does not confirm round 2
     ri.on_reply("n3", reply(ri.stamp("n3")))
@@ -219,11 +198,8 @@ def test_a_read_asked_for_during_a_round_waits_for_the_next() -> None:
 
 
 def test_with_four_voters_the_leader_and_one_reply_are_not_a_majority() -> None:
-    raft = FakeLeader(peers={Peer("n2"), Peer("n3"), Peer("n4")})
-    ri = echoing(raft)
-    out = Outcomes()
-    ri.request(out)
-    ri.on_tick()
+    raft = FakeLeader(other_nodes={Peer("n2"), Peer("n3"), Peer("n4")})
+    ri, out = round_started(raft)
     ri.on_reply("n2", reply(ri.stamp("n2")))
     ri.on_tick()
     assert out.done == []  # 2 of 4
@@ -234,18 +210,15 @@ def test_with_four_voters_the_leader_and_one_reply_are_not_a_majority() -> None:
 
 def test_a_voter_added_during_a_round_does_not_confirm_it() -> None:
     raft = FakeLeader()
-    ri = echoing(raft)
-    out = Outcomes()
-    ri.request(out)
-    ri.on_tick()
-    raft.peers.add(Peer("n4"))
+    ri, out = round_started(raft)
+    raft.other_nodes.add(Peer("n4"))
     ri.on_reply("n4", reply(ri.stamp("n4")))
     ri.on_tick()
     assert out.done == []
 
 
 def test_a_single_voter_confirms_itself() -> None:
-    raft = FakeLeader(peers=set())
+    raft = FakeLeader(other_nodes=set())
     ri = ReadIndex(raft, timeout_s=5.0, fallback=NoOps())
     assert ri.usable()
     out = Outcomes()
