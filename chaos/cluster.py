@@ -357,6 +357,13 @@ class ProxiedCluster(LocalCluster):
             for s in streams
         ]
 
+    def slow(self, a: str, b: str, latency_ms: int) -> list[tuple[str, str]]:
+        """Delay what node a sends node b by ``latency_ms`` (one direction, in order)."""
+        name = self.raft_proxy(a, b)
+        stream = "upstream" if a == max(a, b) else "downstream"  # as in cut()
+        toxic = self.toxi.add_toxic(name, "latency", stream, {"latency": latency_ms}, tag="slow")
+        return [(name, toxic)]
+
     def partition(self, *sides: Iterable[str]) -> list[tuple[str, str]]:
         """Cut every link between nodes on different sides (clients keep every node)."""
         groups = [set(s) for s in sides]

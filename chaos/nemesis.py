@@ -94,6 +94,26 @@ def one_way_loss(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     return lambda: c.undo(undo)
 
 
+LATE_REPLY_MS = 2000
+
+
+def cut_off_leader_late_replies(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
+    """The followers' messages reach the leader 2 s late; 2 s later the leader's to them
+    are lost. For 2 s more it hears, in its term, answers to heartbeats it sent before it
+    was cut off, while the others elect a new leader and commit (the scenario runs with
+    STALE_LEADER_ARGS: the old leader keeps leading). A read index round must not count
+    those answers (coord.raft.read_index): a read it confirmed with them would be stale."""
+    lid = leader_id(c)
+    followers = [f for f in _ids(c) if f != lid]
+    undo = []
+    for f in followers:
+        undo += c.slow(f, lid, LATE_REPLY_MS)
+    time.sleep(LATE_REPLY_MS / 1000)  # first phase: answers to every heartbeat in flight
+    for f in followers:
+        undo += c.cut(lid, f, direction=f"{lid}->{f}")
+    return lambda: c.undo(undo)
+
+
 def latency(c: ProxiedCluster, rng: random.Random, ttl_s: float) -> Heal:
     """50 ms +- 40 ms on every Raft link, each direction."""
     undo = c.toxic_all_raft("latency", {"latency": 50, "jitter": 40}, "lag")
@@ -432,6 +452,7 @@ NEMESES: dict[str, Nemesis] = {
     "leader-in-majority": leader_in_majority,
     "bridge": bridge,
     "one-way-loss": one_way_loss,
+    "cut-off-leader-late-replies": cut_off_leader_late_replies,
     "latency-jitter": latency,
     "slow-close": slow_close,
     "reset-peer": reset_peer,

@@ -111,6 +111,9 @@ SCENARIOS = [
     Scenario("leader-in-majority", "leader-in-majority"),
     Scenario("bridge-5", "bridge", nodes=5),
     Scenario("one-way-loss", "one-way-loss"),
+    Scenario(
+        "cut-off-leader-late-replies", "cut-off-leader-late-replies", extra_args=STALE_LEADER_ARGS
+    ),
     Scenario("latency-jitter", "latency-jitter"),
     Scenario("slow-close", "slow-close"),
     Scenario("reset-peer", "reset-peer"),
