@@ -92,8 +92,9 @@ def wait_all_caught_up(cluster: LocalCluster, timeout: float = 30.0) -> int:
 
     A linearizable read first: the leader's Status commit index is its view at the end
     of its last tick, which can name the entry before a write it already acknowledged;
-    the read's barrier commits in a later tick, so the index read after it covers every
-    write acknowledged before this call.
+    the read's barrier (a heartbeat round that takes the commit index as its read index,
+    or a no-op entry) ends in a later tick than the one it began in, so the index read
+    after it covers every write acknowledged before this call.
     """
     with cluster.client(timeout_s=timeout) as c:
         c.range("", prefix=True, keys_only=True, limit=1)
