@@ -127,8 +127,7 @@ class RaftNode:
         self._barrier_starts: queue.SimpleQueue[Callable[[errors.CoordError | None], None]] = (
             queue.SimpleQueue()
         )
-        # Barriers begun, by kind (a metric): "read_index" rounds and "noop" entries.
-        self.barriers = {"read_index": 0, "noop": 0}
+        self._noop_barriers = 0  # no-op entries proposed as barriers (a metric)
         self._transfer = LeadershipTransfer(cfg.node_id, cfg.timings.election_timeout_max_s * 2)
         self._syncer: JournalSyncer | None = None  # with fsync: the journal's sync thread
         self._open_log()
@@ -288,6 +287,11 @@ class RaftNode:
         """Resolves once everything committed before this call is applied here
         (coord.raft.read_barrier: concurrent callers share barriers)."""
         return self._barrier.wait()
+
+    @property
+    def barriers(self) -> dict[str, int]:
+        """Read barriers begun, by kind (a metric): "read_index" rounds, "noop" entries."""
+        return {"read_index": self._read_index.rounds, "noop": self._noop_barriers}
 
     def _start_barrier(self, done: Callable[[errors.CoordError | None], None]) -> None:
         """Any thread: begin a barrier at the next tick (:meth:`_start_barriers`)."""
@@ -552,7 +556,6 @@ class RaftNode:
             except queue.Empty:
                 return
             if self._read_index.usable():
-                self.barriers["read_index"] += 1
                 self._read_index.request(done)
             else:
                 self._noop_barrier(done)
@@ -560,7 +563,7 @@ class RaftNode:
     def _noop_barrier(self, done: Callable[[errors.CoordError | None], None]) -> None:
         """A barrier as a no-op entry: once applied here, so is everything committed
         before it was proposed."""
-        self.barriers["noop"] += 1
+        self._noop_barriers += 1
 
         def committed(res: Future[raft_pb2.CommandResult]) -> None:
             exc = res.exception()

@@ -96,7 +96,7 @@ class ReadIndex:
         self._queued: list[Done] = []
         self._round: _Round | None = None  # being confirmed
         self._applying: list[tuple[int, Done]] = []  # (read index, done), confirmed
-        self.rounds = 0  # rounds started (tests, metrics)
+        self.rounds = 0  # rounds started (a metric)
 
     # -- the transport's hooks -----------------------------------------------------
 
@@ -108,7 +108,9 @@ class ReadIndex:
 
     def on_reply(self, peer_id: str, message: dict[str, Any]) -> None:
         """A ``next_node_idx`` from ``peer_id``: it answers append-entries ``coord_seq``,
-        handled in term ``term`` (both stamped by the follower's transport)."""
+        handled in term ``term`` (both stamped by the follower's transport). Only the
+        voters a round started with confirm it (a learner's echo counts for nothing:
+        :meth:`usable` and the round count voters only)."""
         seq, term = message.get("coord_seq"), message.get("term")
         if not isinstance(seq, int) or isinstance(seq, bool):
             if term == self._raft.current_term:

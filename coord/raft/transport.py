@@ -332,8 +332,8 @@ class CoordTransport(TCPTransport):
             # pysyncobj's handler only moves a leader's indexes: coord's replaces it.
             if self.progress.on_reply(node, message) and prevote is not None:
                 prevote.heard_from(node.id)
-            if self.read_index is not None and node in self.raft.other_nodes:
-                self.read_index.on_reply(node.id, message)  # voters confirm reads
+            if self.read_index is not None:
+                self.read_index.on_reply(node.id, message)  # the round's voters confirm
             return
         if kind == "append_entries":
             if prevote is not None:

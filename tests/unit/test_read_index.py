@@ -175,6 +175,8 @@ def test_not_usable_while_fewer_than_a_majority_echo() -> None:
     assert ri.usable()  # 3 of 5
     ri.forget("n3")  # its link dropped: it may come back older
     assert not ri.usable()
+    ri.on_reply("n9", reply(ri.stamp("n9")))  # a learner's echo: not a voter's
+    assert not ri.usable()
 
 
 def test_a_read_asked_for_during_a_round_waits_for_the_next() -> None:
