@@ -348,10 +348,7 @@ class ProxiedCluster(LocalCluster):
         open and silent, as when a network drops packets. Returns what to undo.
         """
         name = self.raft_proxy(a, b)
-        hi = max(a, b)
-        streams = ["upstream", "downstream"]
-        if direction != "both":  # a->b only: upstream if a dials, downstream otherwise
-            streams = ["upstream" if a == hi else "downstream"]
+        streams = ["upstream", "downstream"] if direction == "both" else [_stream(a, b)]
         return [
             (name, self.toxi.add_toxic(name, "timeout", s, {"timeout": 0}, tag="cut"))
             for s in streams
@@ -360,8 +357,8 @@ class ProxiedCluster(LocalCluster):
     def slow(self, a: str, b: str, latency_ms: int) -> list[tuple[str, str]]:
         """Delay what node a sends node b by ``latency_ms`` (one direction, in order)."""
         name = self.raft_proxy(a, b)
-        stream = "upstream" if a == max(a, b) else "downstream"  # as in cut()
-        toxic = self.toxi.add_toxic(name, "latency", stream, {"latency": latency_ms}, tag="slow")
+        toxic = self.toxi.add_toxic(name, "latency", _stream(a, b), {"latency": latency_ms},
+                                    tag="slow")  # fmt: skip
         return [(name, toxic)]
 
     def partition(self, *sides: Iterable[str]) -> list[tuple[str, str]]:
@@ -404,6 +401,12 @@ class ProxiedCluster(LocalCluster):
             for s in ("upstream", "downstream"):
                 undo.append((name, self.toxi.add_toxic(name, kind, s, dict(attributes), tag=tag)))
         return undo
+
+
+def _stream(a: str, b: str) -> str:
+    """The stream of the a-b Raft proxy that carries what a sends b: the higher id
+    dials (pysyncobj), so its sends go upstream."""
+    return "upstream" if a == max(a, b) else "downstream"
 
 
 def _added_id(k: int) -> str:
