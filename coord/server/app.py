@@ -225,7 +225,10 @@ class NodeServer:
                 services["Groups"],
             ),
             (WatchService(self.ctx, self.notifier), services["Watch"]),
-            (KVService(self.ctx), kv_pb2.DESCRIPTOR.services_by_name["KV"]),
+            (
+                KVService(self.ctx, self.guard, self.metrics.observe_rpc),
+                kv_pb2.DESCRIPTOR.services_by_name["KV"],
+            ),
             (ClusterService(self.ctx), cluster_pb2.DESCRIPTOR.services_by_name["Cluster"]),
             (
                 MaintenanceService(self.ctx, self.consistency.check),

@@ -455,3 +455,178 @@ class TxnResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TxnResponse: _TypeAlias = TxnResponse  # noqa: Y015
+
+@_typing.final
+class PipelineOp(_message.Message):
+    """One request of a Pipeline stream, numbered by the client."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    PUT_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    TXN_FIELD_NUMBER: _builtins.int
+    tag: _builtins.int
+    """The client's number for this request: its result carries it back. Unique
+    among the requests of one stream that have not been answered yet.
+    """
+    timeout_ms: _builtins.int
+    """At most this long on the server (0: the server's request timeout), as a unary
+    call's deadline: a write not committed by then is answered OUTCOME_UNKNOWN.
+    """
+    @_builtins.property
+    def put(self) -> Global___PutRequest: ...
+    @_builtins.property
+    def range(self) -> Global___RangeRequest: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteRequest: ...
+    @_builtins.property
+    def txn(self) -> Global___TxnRequest: ...
+    def __init__(
+        self,
+        *,
+        tag: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
+        put: Global___PutRequest | None = ...,
+        range: Global___RangeRequest | None = ...,
+        delete: Global___DeleteRequest | None = ...,
+        txn: Global___TxnRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "op", b"op", "put", b"put", "range", b"range", "txn", b"txn"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "op", b"op", "put", b"put", "range", b"range", "tag", b"tag", "timeout_ms", b"timeout_ms", "txn", b"txn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["put", "range", "delete", "txn"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___PipelineOp: _TypeAlias = PipelineOp  # noqa: Y015
+
+@_typing.final
+class PipelineError(_message.Message):
+    """Why one request of a Pipeline stream failed: what a unary call's status and
+    trailing metadata would have said.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    LEADER_ADDRESS_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """The gRPC status code's name ("FAILED_PRECONDITION", "UNAVAILABLE", ...)."""
+    reason: _builtins.str
+    """coord's reason (the `coord-error` trailing metadata of a unary call)."""
+    message: _builtins.str
+    leader_id: _builtins.str
+    """Where the leader is, when the answering node knows it (`coord-leader-id`,
+    `coord-leader`).
+    """
+    leader_address: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        leader_id: _builtins.str = ...,
+        leader_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "leader_address", b"leader_address", "leader_id", b"leader_id", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineError: _TypeAlias = PipelineError  # noqa: Y015
+
+@_typing.final
+class PipelineResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    PUT_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    TXN_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    tag: _builtins.int
+    @_builtins.property
+    def put(self) -> Global___PutResponse: ...
+    @_builtins.property
+    def range(self) -> Global___RangeResponse: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteResponse: ...
+    @_builtins.property
+    def txn(self) -> Global___TxnResponse: ...
+    @_builtins.property
+    def error(self) -> Global___PipelineError: ...
+    def __init__(
+        self,
+        *,
+        tag: _builtins.int = ...,
+        put: Global___PutResponse | None = ...,
+        range: Global___RangeResponse | None = ...,
+        delete: Global___DeleteResponse | None = ...,
+        txn: Global___TxnResponse | None = ...,
+        error: Global___PipelineError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "error", b"error", "put", b"put", "range", b"range", "result", b"result", "txn", b"txn"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "error", b"error", "put", b"put", "range", b"range", "result", b"result", "tag", b"tag", "txn", b"txn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "range", "delete", "txn", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___PipelineResult: _TypeAlias = PipelineResult  # noqa: Y015
+
+@_typing.final
+class PipelineRequest(_message.Message):
+    """Requests the client had ready together; each is served as its unary method
+    would serve it (checks, request id, role), independently of the others.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___PipelineOp]: ...
+    def __init__(
+        self,
+        *,
+        ops: _abc.Iterable[Global___PipelineOp] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ops", b"ops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineRequest: _TypeAlias = PipelineRequest  # noqa: Y015
+
+@_typing.final
+class PipelineResponse(_message.Message):
+    """Results ready together, in the order they completed (not the requests' order)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PipelineResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PipelineResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineResponse: _TypeAlias = PipelineResponse  # noqa: Y015

@@ -54,6 +54,11 @@ class KVStub:
                 request_serializer=coord_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
                 response_deserializer=coord_dot_v1_dot_kv__pb2.TxnResponse.FromString,
                 _registered_method=True)
+        self.Pipeline = channel.stream_stream(
+                '/coord.v1.KV/Pipeline',
+                request_serializer=coord_dot_v1_dot_kv__pb2.PipelineRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_kv__pb2.PipelineResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -84,6 +89,16 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pipeline(self, request_iterator, context):
+        """Many KV requests in flight on one stream, sent and answered in batches: what a
+        client with concurrent requests uses instead of one call each (a call costs the
+        server far more than a message on an open stream). Each request is checked
+        against its own method's role; a failed request fails alone, the stream stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +121,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Txn,
                     request_deserializer=coord_dot_v1_dot_kv__pb2.TxnRequest.FromString,
                     response_serializer=coord_dot_v1_dot_kv__pb2.TxnResponse.SerializeToString,
+            ),
+            'Pipeline': grpc.stream_stream_rpc_method_handler(
+                    servicer.Pipeline,
+                    request_deserializer=coord_dot_v1_dot_kv__pb2.PipelineRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_kv__pb2.PipelineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +236,33 @@ class KV:
             '/coord.v1.KV/Txn',
             coord_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
             coord_dot_v1_dot_kv__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pipeline(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/coord.v1.KV/Pipeline',
+            coord_dot_v1_dot_kv__pb2.PipelineRequest.SerializeToString,
+            coord_dot_v1_dot_kv__pb2.PipelineResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,12 @@ class KVStub:
     Delete: _grpc.UnaryUnaryMultiCallable[_kv_pb2.DeleteRequest, _kv_pb2.DeleteResponse]
     Txn: _grpc.UnaryUnaryMultiCallable[_kv_pb2.TxnRequest, _kv_pb2.TxnResponse]
     """Compare keys, then put and delete several keys, atomically."""
+    Pipeline: _grpc.StreamStreamMultiCallable[_kv_pb2.PipelineRequest, _kv_pb2.PipelineResponse]
+    """Many KV requests in flight on one stream, sent and answered in batches: what a
+    client with concurrent requests uses instead of one call each (a call costs the
+    server far more than a message on an open stream). Each request is checked
+    against its own method's role; a failed request fails alone, the stream stays.
+    """
 
 @_typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -45,6 +51,12 @@ class KVAsyncStub(KVStub):
     Delete: _aio.UnaryUnaryMultiCallable[_kv_pb2.DeleteRequest, _kv_pb2.DeleteResponse]  # type: ignore[assignment]
     Txn: _aio.UnaryUnaryMultiCallable[_kv_pb2.TxnRequest, _kv_pb2.TxnResponse]  # type: ignore[assignment]
     """Compare keys, then put and delete several keys, atomically."""
+    Pipeline: _aio.StreamStreamMultiCallable[_kv_pb2.PipelineRequest, _kv_pb2.PipelineResponse]  # type: ignore[assignment]
+    """Many KV requests in flight on one stream, sent and answered in batches: what a
+    client with concurrent requests uses instead of one call each (a call costs the
+    server far more than a message on an open stream). Each request is checked
+    against its own method's role; a failed request fails alone, the stream stays.
+    """
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -75,5 +87,17 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.TxnResponse, _abc.Awaitable[_kv_pb2.TxnResponse]]:
         """Compare keys, then put and delete several keys, atomically."""
+
+    @_abc_1.abstractmethod
+    def Pipeline(
+        self,
+        request_iterator: _MaybeAsyncIterator[_kv_pb2.PipelineRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kv_pb2.PipelineResponse], _abc.AsyncIterator[_kv_pb2.PipelineResponse]]:
+        """Many KV requests in flight on one stream, sent and answered in batches: what a
+        client with concurrent requests uses instead of one call each (a call costs the
+        server far more than a message on an open stream). Each request is checked
+        against its own method's role; a failed request fails alone, the stream stays.
+        """
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

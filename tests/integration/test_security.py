@@ -788,3 +788,48 @@ def test_serve_refuses_an_open_api_before_binding(tmp_path: Path, pki: Pki) -> N
     finally:
         holder.close()
     assert not (tmp_path / "data").exists(), "a refused configuration must not create data"
+
+
+def pipelined(ch: grpc.Channel, *ops: kv_pb2.PipelineOp) -> dict[int, kv_pb2.PipelineResult]:
+    """Send ``ops`` in one KV.Pipeline message; their results by tag."""
+    out: dict[int, kv_pb2.PipelineResult] = {}
+    for response in kv_pb2_grpc.KVStub(ch).Pipeline(
+        iter([kv_pb2.PipelineRequest(ops=ops)]), timeout=10
+    ):
+        out.update((r.tag, r) for r in response.results)
+    return out
+
+
+def test_each_pipelined_request_is_checked_against_its_own_method(
+    tls: LocalCluster, pki: Pki
+) -> None:
+    """A stream any reader may open does not let a reader write: every request on it
+    passes the role check of its unary method (and the session-owner check), each
+    refusal fails that request alone and is counted like a unary one."""
+    with channel(tls, pki.creds("member")) as ch:
+        session = open_session(ch)
+    lead = tls.wait_for_leader()
+    before = rejected(tls, pki, lead).get("permission_denied", 0)
+    bound = kv_pb2.PutRequest(key=b"pipe/bound", value=b"v", session_id=session)
+    with unchanged(tls):
+        with channel(tls, pki.creds("reader"), i=lead) as ch:
+            got = pipelined(
+                ch,
+                kv_pb2.PipelineOp(tag=1, put=kv_pb2.PutRequest(key=b"pipe/k", value=b"v")),
+                kv_pb2.PipelineOp(tag=2, range=kv_pb2.RangeRequest(key=b"pipe/", prefix=True)),
+                kv_pb2.PipelineOp(tag=3, delete=kv_pb2.DeleteRequest(key=b"k")),
+            )
+        assert got[1].error.code == "PERMISSION_DENIED", got[1]
+        assert "needs 'member'" in got[1].error.message
+        assert got[2].WhichOneof("result") == "range", "a reader may read"
+        assert got[3].error.code == "PERMISSION_DENIED"
+        with channel(tls, pki.creds("member2"), i=lead) as ch:
+            theirs = pipelined(ch, kv_pb2.PipelineOp(tag=7, put=bound))[7]
+        assert theirs.error.code == "PERMISSION_DENIED"
+        assert "belongs to 'web-agent', not 'db-agent'" in theirs.error.message
+        with channel(tls, pki.creds(""), i=lead) as ch:
+            code, details = code_and_details(refused(lambda: pipelined(ch)))
+        assert (code, "--token" in details) == (U, True), details
+    assert rejected(tls, pki, lead).get("permission_denied", 0) == before + 3
+    with channel(tls, pki.creds("member"), i=lead) as ch:  # the session's owner may
+        assert pipelined(ch, kv_pb2.PipelineOp(tag=9, put=bound))[9].put.succeeded

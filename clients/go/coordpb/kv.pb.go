@@ -1054,6 +1054,452 @@ func (x *TxnResponse) GetResponses() []*TxnOpResponse {
 	return nil
 }
 
+// One request of a Pipeline stream, numbered by the client.
+type PipelineOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's number for this request: its result carries it back. Unique
+	// among the requests of one stream that have not been answered yet.
+	Tag uint64 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// At most this long on the server (0: the server's request timeout), as a unary
+	// call's deadline: a write not committed by then is answered OUTCOME_UNKNOWN.
+	TimeoutMs uint32 `protobuf:"varint,2,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*PipelineOp_Put
+	//	*PipelineOp_Range
+	//	*PipelineOp_Delete
+	//	*PipelineOp_Txn
+	Op            isPipelineOp_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineOp) Reset() {
+	*x = PipelineOp{}
+	mi := &file_coord_v1_kv_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineOp) ProtoMessage() {}
+
+func (x *PipelineOp) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineOp.ProtoReflect.Descriptor instead.
+func (*PipelineOp) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PipelineOp) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *PipelineOp) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *PipelineOp) GetOp() isPipelineOp_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *PipelineOp) GetPut() *PutRequest {
+	if x != nil {
+		if x, ok := x.Op.(*PipelineOp_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *PipelineOp) GetRange() *RangeRequest {
+	if x != nil {
+		if x, ok := x.Op.(*PipelineOp_Range); ok {
+			return x.Range
+		}
+	}
+	return nil
+}
+
+func (x *PipelineOp) GetDelete() *DeleteRequest {
+	if x != nil {
+		if x, ok := x.Op.(*PipelineOp_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *PipelineOp) GetTxn() *TxnRequest {
+	if x != nil {
+		if x, ok := x.Op.(*PipelineOp_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
+type isPipelineOp_Op interface {
+	isPipelineOp_Op()
+}
+
+type PipelineOp_Put struct {
+	Put *PutRequest `protobuf:"bytes,3,opt,name=put,proto3,oneof"`
+}
+
+type PipelineOp_Range struct {
+	Range *RangeRequest `protobuf:"bytes,4,opt,name=range,proto3,oneof"`
+}
+
+type PipelineOp_Delete struct {
+	Delete *DeleteRequest `protobuf:"bytes,5,opt,name=delete,proto3,oneof"`
+}
+
+type PipelineOp_Txn struct {
+	Txn *TxnRequest `protobuf:"bytes,6,opt,name=txn,proto3,oneof"`
+}
+
+func (*PipelineOp_Put) isPipelineOp_Op() {}
+
+func (*PipelineOp_Range) isPipelineOp_Op() {}
+
+func (*PipelineOp_Delete) isPipelineOp_Op() {}
+
+func (*PipelineOp_Txn) isPipelineOp_Op() {}
+
+// Why one request of a Pipeline stream failed: what a unary call's status and
+// trailing metadata would have said.
+type PipelineError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code's name ("FAILED_PRECONDITION", "UNAVAILABLE", ...).
+	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	// coord's reason (the `coord-error` trailing metadata of a unary call).
+	Reason  string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// Where the leader is, when the answering node knows it (`coord-leader-id`,
+	// `coord-leader`).
+	LeaderId      string `protobuf:"bytes,4,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderAddress string `protobuf:"bytes,5,opt,name=leader_address,json=leaderAddress,proto3" json:"leader_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineError) Reset() {
+	*x = PipelineError{}
+	mi := &file_coord_v1_kv_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineError) ProtoMessage() {}
+
+func (x *PipelineError) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineError.ProtoReflect.Descriptor instead.
+func (*PipelineError) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PipelineError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *PipelineError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PipelineError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *PipelineError) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *PipelineError) GetLeaderAddress() string {
+	if x != nil {
+		return x.LeaderAddress
+	}
+	return ""
+}
+
+type PipelineResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tag   uint64                 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*PipelineResult_Put
+	//	*PipelineResult_Range
+	//	*PipelineResult_Delete
+	//	*PipelineResult_Txn
+	//	*PipelineResult_Error
+	Result        isPipelineResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineResult) Reset() {
+	*x = PipelineResult{}
+	mi := &file_coord_v1_kv_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineResult) ProtoMessage() {}
+
+func (x *PipelineResult) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineResult.ProtoReflect.Descriptor instead.
+func (*PipelineResult) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PipelineResult) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *PipelineResult) GetResult() isPipelineResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetPut() *PutResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetRange() *RangeResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Range); ok {
+			return x.Range
+		}
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetTxn() *TxnResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetError() *PipelineError {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isPipelineResult_Result interface {
+	isPipelineResult_Result()
+}
+
+type PipelineResult_Put struct {
+	Put *PutResponse `protobuf:"bytes,2,opt,name=put,proto3,oneof"`
+}
+
+type PipelineResult_Range struct {
+	Range *RangeResponse `protobuf:"bytes,3,opt,name=range,proto3,oneof"`
+}
+
+type PipelineResult_Delete struct {
+	Delete *DeleteResponse `protobuf:"bytes,4,opt,name=delete,proto3,oneof"`
+}
+
+type PipelineResult_Txn struct {
+	Txn *TxnResponse `protobuf:"bytes,5,opt,name=txn,proto3,oneof"`
+}
+
+type PipelineResult_Error struct {
+	Error *PipelineError `protobuf:"bytes,6,opt,name=error,proto3,oneof"`
+}
+
+func (*PipelineResult_Put) isPipelineResult_Result() {}
+
+func (*PipelineResult_Range) isPipelineResult_Result() {}
+
+func (*PipelineResult_Delete) isPipelineResult_Result() {}
+
+func (*PipelineResult_Txn) isPipelineResult_Result() {}
+
+func (*PipelineResult_Error) isPipelineResult_Result() {}
+
+// Requests the client had ready together; each is served as its unary method
+// would serve it (checks, request id, role), independently of the others.
+type PipelineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ops           []*PipelineOp          `protobuf:"bytes,1,rep,name=ops,proto3" json:"ops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineRequest) Reset() {
+	*x = PipelineRequest{}
+	mi := &file_coord_v1_kv_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineRequest) ProtoMessage() {}
+
+func (x *PipelineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineRequest.ProtoReflect.Descriptor instead.
+func (*PipelineRequest) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PipelineRequest) GetOps() []*PipelineOp {
+	if x != nil {
+		return x.Ops
+	}
+	return nil
+}
+
+// Results ready together, in the order they completed (not the requests' order).
+type PipelineResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*PipelineResult      `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineResponse) Reset() {
+	*x = PipelineResponse{}
+	mi := &file_coord_v1_kv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineResponse) ProtoMessage() {}
+
+func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_v1_kv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineResponse.ProtoReflect.Descriptor instead.
+func (*PipelineResponse) Descriptor() ([]byte, []int) {
+	return file_coord_v1_kv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PipelineResponse) GetResults() []*PipelineResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 var File_coord_v1_kv_proto protoreflect.FileDescriptor
 
 const file_coord_v1_kv_proto_rawDesc = "" +
@@ -1139,12 +1585,41 @@ const file_coord_v1_kv_proto_rawDesc = "" +
 	"\vTxnResponse\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.coord.v1.ResponseHeaderR\x06header\x12\x1c\n" +
 	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x125\n" +
-	"\tresponses\x18\x03 \x03(\v2\x17.coord.v1.TxnOpResponseR\tresponses2\xe3\x01\n" +
+	"\tresponses\x18\x03 \x03(\v2\x17.coord.v1.TxnOpResponseR\tresponses\"\xfa\x01\n" +
+	"\n" +
+	"PipelineOp\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x02 \x01(\rR\ttimeoutMs\x12(\n" +
+	"\x03put\x18\x03 \x01(\v2\x14.coord.v1.PutRequestH\x00R\x03put\x12.\n" +
+	"\x05range\x18\x04 \x01(\v2\x16.coord.v1.RangeRequestH\x00R\x05range\x121\n" +
+	"\x06delete\x18\x05 \x01(\v2\x17.coord.v1.DeleteRequestH\x00R\x06delete\x12(\n" +
+	"\x03txn\x18\x06 \x01(\v2\x14.coord.v1.TxnRequestH\x00R\x03txnB\x04\n" +
+	"\x02op\"\x99\x01\n" +
+	"\rPipelineError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x1b\n" +
+	"\tleader_id\x18\x04 \x01(\tR\bleaderId\x12%\n" +
+	"\x0eleader_address\x18\x05 \x01(\tR\rleaderAddress\"\x98\x02\n" +
+	"\x0ePipelineResult\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12)\n" +
+	"\x03put\x18\x02 \x01(\v2\x15.coord.v1.PutResponseH\x00R\x03put\x12/\n" +
+	"\x05range\x18\x03 \x01(\v2\x17.coord.v1.RangeResponseH\x00R\x05range\x122\n" +
+	"\x06delete\x18\x04 \x01(\v2\x18.coord.v1.DeleteResponseH\x00R\x06delete\x12)\n" +
+	"\x03txn\x18\x05 \x01(\v2\x15.coord.v1.TxnResponseH\x00R\x03txn\x12/\n" +
+	"\x05error\x18\x06 \x01(\v2\x17.coord.v1.PipelineErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"9\n" +
+	"\x0fPipelineRequest\x12&\n" +
+	"\x03ops\x18\x01 \x03(\v2\x14.coord.v1.PipelineOpR\x03ops\"F\n" +
+	"\x10PipelineResponse\x122\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.coord.v1.PipelineResultR\aresults2\xaa\x02\n" +
 	"\x02KV\x122\n" +
 	"\x03Put\x12\x14.coord.v1.PutRequest\x1a\x15.coord.v1.PutResponse\x128\n" +
 	"\x05Range\x12\x16.coord.v1.RangeRequest\x1a\x17.coord.v1.RangeResponse\x12;\n" +
 	"\x06Delete\x12\x17.coord.v1.DeleteRequest\x1a\x18.coord.v1.DeleteResponse\x122\n" +
-	"\x03Txn\x12\x14.coord.v1.TxnRequest\x1a\x15.coord.v1.TxnResponseb\x06proto3"
+	"\x03Txn\x12\x14.coord.v1.TxnRequest\x1a\x15.coord.v1.TxnResponse\x12E\n" +
+	"\bPipeline\x12\x19.coord.v1.PipelineRequest\x1a\x1a.coord.v1.PipelineResponse(\x010\x01b\x06proto3"
 
 var (
 	file_coord_v1_kv_proto_rawDescOnce sync.Once
@@ -1159,30 +1634,35 @@ func file_coord_v1_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_coord_v1_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coord_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_coord_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_coord_v1_kv_proto_goTypes = []any{
-	(Compare_Result)(0),    // 0: coord.v1.Compare.Result
-	(*KeyValue)(nil),       // 1: coord.v1.KeyValue
-	(*PutRequest)(nil),     // 2: coord.v1.PutRequest
-	(*PutResponse)(nil),    // 3: coord.v1.PutResponse
-	(*RangeRequest)(nil),   // 4: coord.v1.RangeRequest
-	(*RangeResponse)(nil),  // 5: coord.v1.RangeResponse
-	(*DeleteRequest)(nil),  // 6: coord.v1.DeleteRequest
-	(*DeleteResponse)(nil), // 7: coord.v1.DeleteResponse
-	(*Compare)(nil),        // 8: coord.v1.Compare
-	(*TxnOp)(nil),          // 9: coord.v1.TxnOp
-	(*TxnRequest)(nil),     // 10: coord.v1.TxnRequest
-	(*TxnOpResponse)(nil),  // 11: coord.v1.TxnOpResponse
-	(*TxnResponse)(nil),    // 12: coord.v1.TxnResponse
-	(*ResponseHeader)(nil), // 13: coord.v1.ResponseHeader
+	(Compare_Result)(0),      // 0: coord.v1.Compare.Result
+	(*KeyValue)(nil),         // 1: coord.v1.KeyValue
+	(*PutRequest)(nil),       // 2: coord.v1.PutRequest
+	(*PutResponse)(nil),      // 3: coord.v1.PutResponse
+	(*RangeRequest)(nil),     // 4: coord.v1.RangeRequest
+	(*RangeResponse)(nil),    // 5: coord.v1.RangeResponse
+	(*DeleteRequest)(nil),    // 6: coord.v1.DeleteRequest
+	(*DeleteResponse)(nil),   // 7: coord.v1.DeleteResponse
+	(*Compare)(nil),          // 8: coord.v1.Compare
+	(*TxnOp)(nil),            // 9: coord.v1.TxnOp
+	(*TxnRequest)(nil),       // 10: coord.v1.TxnRequest
+	(*TxnOpResponse)(nil),    // 11: coord.v1.TxnOpResponse
+	(*TxnResponse)(nil),      // 12: coord.v1.TxnResponse
+	(*PipelineOp)(nil),       // 13: coord.v1.PipelineOp
+	(*PipelineError)(nil),    // 14: coord.v1.PipelineError
+	(*PipelineResult)(nil),   // 15: coord.v1.PipelineResult
+	(*PipelineRequest)(nil),  // 16: coord.v1.PipelineRequest
+	(*PipelineResponse)(nil), // 17: coord.v1.PipelineResponse
+	(*ResponseHeader)(nil),   // 18: coord.v1.ResponseHeader
 }
 var file_coord_v1_kv_proto_depIdxs = []int32{
-	13, // 0: coord.v1.PutResponse.header:type_name -> coord.v1.ResponseHeader
+	18, // 0: coord.v1.PutResponse.header:type_name -> coord.v1.ResponseHeader
 	1,  // 1: coord.v1.PutResponse.prev_kv:type_name -> coord.v1.KeyValue
 	1,  // 2: coord.v1.PutResponse.kv:type_name -> coord.v1.KeyValue
-	13, // 3: coord.v1.RangeResponse.header:type_name -> coord.v1.ResponseHeader
+	18, // 3: coord.v1.RangeResponse.header:type_name -> coord.v1.ResponseHeader
 	1,  // 4: coord.v1.RangeResponse.kvs:type_name -> coord.v1.KeyValue
-	13, // 5: coord.v1.DeleteResponse.header:type_name -> coord.v1.ResponseHeader
+	18, // 5: coord.v1.DeleteResponse.header:type_name -> coord.v1.ResponseHeader
 	1,  // 6: coord.v1.DeleteResponse.prev_kvs:type_name -> coord.v1.KeyValue
 	0,  // 7: coord.v1.Compare.result:type_name -> coord.v1.Compare.Result
 	2,  // 8: coord.v1.TxnOp.put:type_name -> coord.v1.PutRequest
@@ -1192,21 +1672,34 @@ var file_coord_v1_kv_proto_depIdxs = []int32{
 	9,  // 12: coord.v1.TxnRequest.failure:type_name -> coord.v1.TxnOp
 	3,  // 13: coord.v1.TxnOpResponse.put:type_name -> coord.v1.PutResponse
 	7,  // 14: coord.v1.TxnOpResponse.delete:type_name -> coord.v1.DeleteResponse
-	13, // 15: coord.v1.TxnResponse.header:type_name -> coord.v1.ResponseHeader
+	18, // 15: coord.v1.TxnResponse.header:type_name -> coord.v1.ResponseHeader
 	11, // 16: coord.v1.TxnResponse.responses:type_name -> coord.v1.TxnOpResponse
-	2,  // 17: coord.v1.KV.Put:input_type -> coord.v1.PutRequest
-	4,  // 18: coord.v1.KV.Range:input_type -> coord.v1.RangeRequest
-	6,  // 19: coord.v1.KV.Delete:input_type -> coord.v1.DeleteRequest
-	10, // 20: coord.v1.KV.Txn:input_type -> coord.v1.TxnRequest
-	3,  // 21: coord.v1.KV.Put:output_type -> coord.v1.PutResponse
-	5,  // 22: coord.v1.KV.Range:output_type -> coord.v1.RangeResponse
-	7,  // 23: coord.v1.KV.Delete:output_type -> coord.v1.DeleteResponse
-	12, // 24: coord.v1.KV.Txn:output_type -> coord.v1.TxnResponse
-	21, // [21:25] is the sub-list for method output_type
-	17, // [17:21] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	2,  // 17: coord.v1.PipelineOp.put:type_name -> coord.v1.PutRequest
+	4,  // 18: coord.v1.PipelineOp.range:type_name -> coord.v1.RangeRequest
+	6,  // 19: coord.v1.PipelineOp.delete:type_name -> coord.v1.DeleteRequest
+	10, // 20: coord.v1.PipelineOp.txn:type_name -> coord.v1.TxnRequest
+	3,  // 21: coord.v1.PipelineResult.put:type_name -> coord.v1.PutResponse
+	5,  // 22: coord.v1.PipelineResult.range:type_name -> coord.v1.RangeResponse
+	7,  // 23: coord.v1.PipelineResult.delete:type_name -> coord.v1.DeleteResponse
+	12, // 24: coord.v1.PipelineResult.txn:type_name -> coord.v1.TxnResponse
+	14, // 25: coord.v1.PipelineResult.error:type_name -> coord.v1.PipelineError
+	13, // 26: coord.v1.PipelineRequest.ops:type_name -> coord.v1.PipelineOp
+	15, // 27: coord.v1.PipelineResponse.results:type_name -> coord.v1.PipelineResult
+	2,  // 28: coord.v1.KV.Put:input_type -> coord.v1.PutRequest
+	4,  // 29: coord.v1.KV.Range:input_type -> coord.v1.RangeRequest
+	6,  // 30: coord.v1.KV.Delete:input_type -> coord.v1.DeleteRequest
+	10, // 31: coord.v1.KV.Txn:input_type -> coord.v1.TxnRequest
+	16, // 32: coord.v1.KV.Pipeline:input_type -> coord.v1.PipelineRequest
+	3,  // 33: coord.v1.KV.Put:output_type -> coord.v1.PutResponse
+	5,  // 34: coord.v1.KV.Range:output_type -> coord.v1.RangeResponse
+	7,  // 35: coord.v1.KV.Delete:output_type -> coord.v1.DeleteResponse
+	12, // 36: coord.v1.KV.Txn:output_type -> coord.v1.TxnResponse
+	17, // 37: coord.v1.KV.Pipeline:output_type -> coord.v1.PipelineResponse
+	33, // [33:38] is the sub-list for method output_type
+	28, // [28:33] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_coord_v1_kv_proto_init() }
@@ -1231,13 +1724,26 @@ func file_coord_v1_kv_proto_init() {
 		(*TxnOpResponse_Put)(nil),
 		(*TxnOpResponse_Delete)(nil),
 	}
+	file_coord_v1_kv_proto_msgTypes[12].OneofWrappers = []any{
+		(*PipelineOp_Put)(nil),
+		(*PipelineOp_Range)(nil),
+		(*PipelineOp_Delete)(nil),
+		(*PipelineOp_Txn)(nil),
+	}
+	file_coord_v1_kv_proto_msgTypes[14].OneofWrappers = []any{
+		(*PipelineResult_Put)(nil),
+		(*PipelineResult_Range)(nil),
+		(*PipelineResult_Delete)(nil),
+		(*PipelineResult_Txn)(nil),
+		(*PipelineResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coord_v1_kv_proto_rawDesc), len(file_coord_v1_kv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,10 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KV_Put_FullMethodName    = "/coord.v1.KV/Put"
-	KV_Range_FullMethodName  = "/coord.v1.KV/Range"
-	KV_Delete_FullMethodName = "/coord.v1.KV/Delete"
-	KV_Txn_FullMethodName    = "/coord.v1.KV/Txn"
+	KV_Put_FullMethodName      = "/coord.v1.KV/Put"
+	KV_Range_FullMethodName    = "/coord.v1.KV/Range"
+	KV_Delete_FullMethodName   = "/coord.v1.KV/Delete"
+	KV_Txn_FullMethodName      = "/coord.v1.KV/Txn"
+	KV_Pipeline_FullMethodName = "/coord.v1.KV/Pipeline"
 )
 
 // KVClient is the client API for KV service.
@@ -34,6 +35,11 @@ type KVClient interface {
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	// Compare keys, then put and delete several keys, atomically.
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
+	// Many KV requests in flight on one stream, sent and answered in batches: what a
+	// client with concurrent requests uses instead of one call each (a call costs the
+	// server far more than a message on an open stream). Each request is checked
+	// against its own method's role; a failed request fails alone, the stream stays.
+	Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error)
 }
 
 type kVClient struct {
@@ -84,6 +90,19 @@ func (c *kVClient) Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOpt
 	return out, nil
 }
 
+func (c *kVClient) Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_Pipeline_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PipelineRequest, PipelineResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_PipelineClient = grpc.BidiStreamingClient[PipelineRequest, PipelineResponse]
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -93,6 +112,11 @@ type KVServer interface {
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	// Compare keys, then put and delete several keys, atomically.
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
+	// Many KV requests in flight on one stream, sent and answered in batches: what a
+	// client with concurrent requests uses instead of one call each (a call costs the
+	// server far more than a message on an open stream). Each request is checked
+	// against its own method's role; a failed request fails alone, the stream stays.
+	Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -114,6 +138,9 @@ func (UnimplementedKVServer) Delete(context.Context, *DeleteRequest) (*DeleteRes
 }
 func (UnimplementedKVServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Txn not implemented")
+}
+func (UnimplementedKVServer) Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error {
+	return status.Error(codes.Unimplemented, "method Pipeline not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -208,6 +235,13 @@ func _KV_Txn_Handler(srv interface{}, ctx context.Context, dec func(interface{})
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_Pipeline_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KVServer).Pipeline(&grpc.GenericServerStream[PipelineRequest, PipelineResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_PipelineServer = grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -232,6 +266,13 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KV_Txn_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Pipeline",
+			Handler:       _KV_Pipeline_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "coord/v1/kv.proto",
 }

@@ -5,9 +5,13 @@ Request ids are checked where every write goes through (``NodeContext.write``).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from coord import errors
 from coord.server.api.context import NodeContext, ServicerContext
+from coord.server.api.pipeline import Observe, Pipeline, Serve
 from coord.server.api.state_servicer import check_own_session
+from coord.server.security.guard import Guard
 from coord.state import txn
 from coord.state.kv import validate_key, validate_value
 from coord.state.machine import StateMachine
@@ -15,8 +19,24 @@ from coord.v1 import kv_pb2, kv_pb2_grpc, raft_pb2
 
 
 class KVService(kv_pb2_grpc.KVServicer):
-    def __init__(self, ctx: NodeContext) -> None:
+    def __init__(
+        self, ctx: NodeContext, guard: Guard | None = None, observe: Observe | None = None
+    ) -> None:
+        """``guard`` and ``observe``: what the handler wrapper does for a unary call,
+        done here for each request of a Pipeline stream."""
         self.ctx = ctx
+        methods: dict[str, Serve] = {
+            "Put": self.Put,
+            "Range": self.Range,
+            "Delete": self.Delete,
+            "Txn": self.Txn,
+        }
+        self._pipeline = Pipeline(methods, ctx.leader_hint, guard, observe)
+
+    def Pipeline(
+        self, requests: AsyncIterator[kv_pb2.PipelineRequest], context: ServicerContext
+    ) -> AsyncIterator[kv_pb2.PipelineResponse]:
+        return self._pipeline.serve(requests, context)
 
     async def Put(self, request: kv_pb2.PutRequest, context: ServicerContext) -> kv_pb2.PutResponse:
         validate_key(request.key)

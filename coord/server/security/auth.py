@@ -86,6 +86,8 @@ RULES: dict[str, Rule] = {
     "/coord.v1.KV/Range": Rule(READ),
     "/coord.v1.KV/Delete": Rule(MEMBER),
     "/coord.v1.KV/Txn": Rule(MEMBER),
+    # Each request on the stream is checked against its own method's rule.
+    "/coord.v1.KV/Pipeline": Rule(READ),
     "/coord.v1.Cluster/Status": Rule(READ),
     "/coord.v1.Cluster/GetLeader": Rule(READ),
     "/coord.v1.Cluster/WatchLeader": Rule(READ),
