@@ -28,6 +28,7 @@ from coord import errors
 from coord.client import txn as txn_builders
 from coord.client.credentials import Credentials
 from coord.client.errors import hint_for, translate
+from coord.client.pipeline import Closed, Pipe, Unsupported
 from coord.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 # The other generated modules are imported where they are used: `coordctl kv get` and
@@ -114,8 +115,14 @@ class Client:
         attempt_timeout_s: float = 2.0,
         credentials: Credentials | None = None,
         fail_fast_refused: bool = False,
+        pipeline: bool = True,
     ) -> None:
         """``credentials``: TLS and a bearer token (coord.client.credentials).
+
+        ``pipeline``: a KV request (put, get, range, delete, txn) issued while another
+        of this client's is in flight goes over one KV.Pipeline stream per endpoint,
+        batched with the others, instead of a unary call of its own (coord.client.
+        pipeline); a lone request is a unary call either way. False: always unary.
 
         ``fail_fast_refused``: raise Unavailable as soon as every endpoint has refused
         the connection (nothing listens there), instead of retrying until
@@ -133,6 +140,9 @@ class Client:
         self._preferred: str | None = None  # the leader's API address, when known
         self._next = random.randrange(len(self.endpoints))
         self._suspect: dict[str, float] = {}  # endpoint -> monotonic time it may be tried again
+        self.pipeline = pipeline
+        self._kv_in_flight = 0
+        self._pipes: dict[str, Pipe] = {}  # endpoint -> its KV.Pipeline stream
 
     # -- plumbing --------------------------------------------------------------
 
@@ -145,6 +155,10 @@ class Client:
             return ch
 
     def close(self) -> None:
+        with self._lock:
+            pipes, self._pipes = list(self._pipes.values()), {}
+        for pipe in pipes:  # before the channels: the streams end cleanly
+            pipe.close()
         with self._lock:
             for ch in self._channels.values():
                 ch.close()
@@ -189,6 +203,15 @@ class Client:
 
         With ``endpoint``, talk to that node only (no retries elsewhere).
         """
+        return self._call_on(lambda ep, ch, t: fn(ch, t), prefer_leader, endpoint)
+
+    def _call_on(
+        self,
+        fn: Callable[[str, grpc.Channel, float], T],
+        prefer_leader: bool = True,
+        endpoint: str | None = None,
+    ) -> T:
+        """:meth:`call` with ``fn`` told the endpoint too: ``fn(endpoint, channel, t)``."""
         deadline = time.monotonic() + self.timeout_s
         if prefer_leader and not endpoint and self._preferred is None:
             self.find_leader()  # best effort: otherwise any node forwards
@@ -201,7 +224,7 @@ class Client:
             if remaining <= 0:
                 break
             try:
-                result = fn(self.channel(ep), min(self.attempt_timeout_s, remaining))
+                result = fn(ep, self.channel(ep), min(self.attempt_timeout_s, remaining))
             except grpc.RpcError as rpc_err:
                 err = rpc_err.err if isinstance(rpc_err, _RetryableRpc) else translate(rpc_err, ep)
                 if not err.retryable or endpoint:
@@ -450,7 +473,8 @@ class Client:
         )
         if expected_mod_revision is not None:
             req.expected_mod_revision = expected_mod_revision
-        return self._kv(lambda s, t: s.Put(req, timeout=t))
+        resp: kv_pb2.PutResponse = self._kv("put", req)
+        return resp
 
     def get(self, key: bytes | str, serializable: bool = False) -> kv_pb2.KeyValue | None:
         """One key's record, or None."""
@@ -468,7 +492,8 @@ class Client:
         req = kv_pb2.RangeRequest(
             key=_b(key), prefix=prefix, limit=limit, serializable=serializable, keys_only=keys_only
         )
-        return self._kv(lambda s, t: s.Range(req, timeout=t), prefer_leader=not serializable)
+        resp: kv_pb2.RangeResponse = self._kv("range", req, prefer_leader=not serializable)
+        return resp
 
     def delete(
         self,
@@ -483,7 +508,8 @@ class Client:
         )
         if expected_mod_revision is not None:
             req.expected_mod_revision = expected_mod_revision
-        return self._kv(lambda s, t: s.Delete(req, timeout=t))
+        resp: kv_pb2.DeleteResponse = self._kv("delete", req)
+        return resp
 
     def txn(
         self,
@@ -508,10 +534,44 @@ class Client:
             failure=[txn_builders.as_op(op) for op in failure],
             request_id=request_id or new_request_id(),
         )
-        return self._kv(lambda s, t: s.Txn(req, timeout=t))
+        resp: kv_pb2.TxnResponse = self._kv("txn", req)
+        return resp
 
-    def _kv(self, fn: Callable[[kv_pb2_grpc.KVStub, float], T], prefer_leader: bool = True) -> T:
-        return self.call(lambda ch, t: fn(kv_pb2_grpc.KVStub(ch), t), prefer_leader=prefer_leader)
+    def _kv(self, kind: str, request: Any, prefer_leader: bool = True) -> Any:
+        """Serve a KV request (``kind``: put, range, delete, txn) with retries: a unary
+        call, or over the endpoint's pipeline when another is in flight."""
+        with self._lock:
+            self._kv_in_flight += 1
+        try:
+            return self._call_on(
+                lambda ep, ch, t: self._kv_attempt(ep, ch, kind, request, t), prefer_leader
+            )
+        finally:
+            with self._lock:
+                self._kv_in_flight -= 1
+
+    def _kv_attempt(
+        self, ep: str, ch: grpc.Channel, kind: str, request: Any, timeout_s: float
+    ) -> Any:
+        pipe = self._pipe(ep, ch) if self.pipeline and self._kv_in_flight > 1 else None
+        if pipe is not None:
+            started = time.monotonic()
+            try:
+                return pipe.call(kind, request, timeout_s)
+            except (Unsupported, Closed):  # not sent: as a unary call, in the time left
+                timeout_s = max(0.001, timeout_s - (time.monotonic() - started))
+        return getattr(kv_pb2_grpc.KVStub(ch), _KV_METHODS[kind])(request, timeout=timeout_s)
+
+    def _pipe(self, ep: str, ch: grpc.Channel) -> Pipe | None:
+        """The endpoint's pipeline (opened on first use, again once it has ended); None
+        when the endpoint has no KV.Pipeline (remembered for this client's life)."""
+        with self._lock:
+            pipe = self._pipes.get(ep)
+            if pipe is not None and pipe.unsupported:
+                return None
+            if pipe is None or pipe.dead:
+                pipe = self._pipes[ep] = Pipe(ch)
+            return pipe
 
     # -- backups ---------------------------------------------------------------
 
@@ -621,6 +681,9 @@ def _ask_leader(ch: grpc.Channel, timeout_s: float) -> cluster_pb2.GetLeaderResp
 def _is_refusal(err: errors.CoordError) -> bool:
     """A connection the endpoint's host refused (no coord behind it), as gRPC reports it."""
     return isinstance(err, errors.Unavailable) and "connection refused" in err.message.lower()
+
+
+_KV_METHODS = {"put": "Put", "range": "Range", "delete": "Delete", "txn": "Txn"}
 
 
 def new_request_id() -> str:
