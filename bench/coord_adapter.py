@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,118 @@ class CoordKV(FailoverKV):
         await asyncio.gather(*(ch.close() for ch in self._channels), return_exceptions=True)
 
 
+class PipelineFailed(Exception):
+    """A request answered with an error on a KV.Pipeline stream (retried elsewhere)."""
+
+
+class _AioPipe:
+    """One KV.Pipeline stream: puts queued while a batch is on its way go out together
+    in the next message; results find their caller by tag. Broken (``dead``) once the
+    stream fails: every request waiting on it fails with the stream's error."""
+
+    def __init__(self, stub: kv_pb2_grpc.KVStub) -> None:
+        self._call = stub.Pipeline()
+        self._queue: list[kv_pb2.PipelineOp] = []
+        self._wake = asyncio.Event()
+        self._waiting: dict[int, asyncio.Future[kv_pb2.PipelineResult]] = {}
+        self._tags = itertools.count(1)
+        self.dead = False
+        self._tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._read())]
+
+    async def put(self, req: kv_pb2.PutRequest, timeout: float) -> kv_pb2.PutResponse:
+        tag = next(self._tags)
+        fut: asyncio.Future[kv_pb2.PipelineResult] = asyncio.get_running_loop().create_future()
+        self._waiting[tag] = fut
+        op = kv_pb2.PipelineOp(tag=tag, timeout_ms=max(1, int(timeout * 1e3)), put=req)
+        self._queue.append(op)
+        self._wake.set()
+        # A timer, not asyncio.wait_for (a task per call in the load generator).
+        timer = asyncio.get_running_loop().call_later(timeout, _time_out, fut)
+        try:
+            result = await fut
+        finally:
+            timer.cancel()
+            self._waiting.pop(tag, None)
+        if result.HasField("error"):
+            raise PipelineFailed(f"{result.error.code}: {result.error.message}")
+        return result.put
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                batch, self._queue = self._queue, []
+                if batch:
+                    await self._call.write(kv_pb2.PipelineRequest(ops=batch))
+        except Exception as e:  # the stream broke: the reader fails the waiters
+            self._fail(e)
+
+    async def _read(self) -> None:
+        try:
+            async for response in self._call:
+                for result in response.results:
+                    fut = self._waiting.pop(result.tag, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(result)
+            self._fail(PipelineFailed("the server ended the stream"))
+        except Exception as e:
+            self._fail(e)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.dead = True
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiting.clear()
+
+    async def close(self) -> None:
+        self._call.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _time_out(fut: asyncio.Future[kv_pb2.PipelineResult]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+class CoordPipelineKV(CoordKV):
+    """:class:`CoordKV` with puts over one KV.Pipeline stream per endpoint (the server's
+    batched path, as coord's client library uses it for concurrent requests) instead of
+    one unary call each; failover as CoordKV's (the rotator, one request id per put)."""
+
+    def _open(self) -> None:
+        super()._open()
+        self._pipes: dict[int, _AioPipe] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _pipe(self, i: int) -> _AioPipe:
+        pipe = self._pipes.get(i)
+        if pipe is None or pipe.dead:
+            if pipe is not None:  # its writer task may still wait: end it
+                self._closing.add(asyncio.create_task(pipe.close()))
+            pipe = self._pipes[i] = _AioPipe(self._stubs[i])
+        return pipe
+
+    async def put(self, key: str, value: bytes) -> None:
+        req = kv_pb2.PutRequest(key=key.encode(), value=value, request_id=uuid.uuid4().hex)
+
+        async def attempt(i: int, timeout: float) -> kv_pb2.PutResponse:
+            return await self._pipe(i).put(req, timeout)
+
+        await self.rotator.call(
+            attempt, retry_on=(aio.AioRpcError, asyncio.TimeoutError, PipelineFailed)
+        )
+
+    async def close(self) -> None:
+        await asyncio.gather(
+            *(p.close() for p in self._pipes.values()), *self._closing, return_exceptions=True
+        )
+        await super().close()
+
+
 class LibraryKV:
     """coord's client library as a ``KVClient`` (blocking calls run in a thread).
 
@@ -134,6 +247,18 @@ class LibraryKV:
 def make_coord_kv(endpoints: Sequence[str], call_timeout: float = 0.1) -> CoordKV:
     """Factory for ``_loadgen.py --factory coord_adapter:make_coord_kv``."""
     return CoordKV(endpoints, call_timeout=call_timeout)
+
+
+def make_coord_pipeline_kv(endpoints: Sequence[str], call_timeout: float = 0.1) -> CoordKV:
+    """Factory for ``_loadgen.py --factory coord_adapter:make_coord_pipeline_kv``."""
+    return CoordPipelineKV(endpoints, call_timeout=call_timeout)
+
+
+# coord's put-load clients by name (``--coord-client`` of run_all.py, profile_leader.py).
+COORD_FACTORIES = {
+    "pipeline": "coord_adapter:make_coord_pipeline_kv",
+    "unary": "coord_adapter:make_coord_kv",
+}
 
 
 class CoordBenchCluster:

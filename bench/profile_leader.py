@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import loadavg, log, wait_until
-from coord_adapter import CoordBenchCluster
+from coord_adapter import COORD_FACTORIES, CoordBenchCluster
 from measure import Throughput, leader_first, measure_put_throughput
 
 REPO = Path(__file__).resolve().parent.parent
@@ -393,7 +393,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                     leader_first(c.endpoints(), li),
                     args.clients,
                     total,
-                    factory="coord_adapter:make_coord_kv",
+                    factory=COORD_FACTORIES[args.coord_client],
                 )
             except BaseException as e:
                 result["r"] = e
@@ -1420,6 +1420,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="first wait (up to 10 min) for the 1-min load average to drop below this",
     )
     p.add_argument("--nodes", type=int, default=3)
+    p.add_argument(
+        "--coord-client",
+        choices=sorted(COORD_FACTORIES),
+        default="pipeline",
+        help="the load's client: pipeline (KV.Pipeline, as coord's library sends concurrent "
+        "requests; default) or unary (one call per put, the profile before stop 22)",
+    )
     p.add_argument("--coord-args", default="", help="extra `coord serve` flags (one string)")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: a new temp dir)")
     p.add_argument("--top", type=int, default=25)

@@ -32,7 +32,7 @@ from typing import Any
 import failover_validity
 import transfer_sessions
 from _harness import Comparison, add_json_flag, loadavg, log, report, summarize
-from coord_adapter import CoordBenchCluster
+from coord_adapter import COORD_FACTORIES, CoordBenchCluster
 from etcd_cluster import DEFAULT, TUNED, EtcdCluster
 from measure import leader_first, measure_leader_kill_to_write, measure_put_throughput
 from watch_latency import compare as compare_watch
@@ -117,7 +117,7 @@ def throughput(args: argparse.Namespace, raw: dict[str, Any]) -> list[Comparison
         for n in args.clients:
             eps = leader_first(c.endpoints(), c.leader_index())
             results["coord"][n] = measure_put_throughput(
-                eps, n, args.seconds, factory="coord_adapter:make_coord_kv"
+                eps, n, args.seconds, factory=COORD_FACTORIES[args.coord_client]
             )
             log(f"coord {n} clients: {results['coord'][n].ops_per_s:.0f} ops/s")
         terms["coord"] = (before, c.term())
@@ -225,6 +225,13 @@ def parse_args() -> argparse.Namespace:
         default="kazoo",
         help="ZooKeeper's load client: kazoo (threads; default) or wire (zk_wire.py: asyncio, "
         "no threads, a cross-check of kazoo's cost)",
+    )
+    p.add_argument(
+        "--coord-client",
+        choices=sorted(COORD_FACTORIES),
+        default="pipeline",
+        help="coord's load client: pipeline (concurrent puts over one KV.Pipeline stream, as "
+        "coord's client library sends them; default) or unary (one call per put, as etcd's)",
     )
     add_json_flag(p)
     return p.parse_args()
