@@ -50,11 +50,13 @@ from chaos.toxiproxy import Toxiproxy
 from chaos.txn_linearizability import dump_jsonl
 from chaos.worker import Worker
 from chaos.workload import (
+    REGISTER_CLIENT_OPTIONS,
     AckWriter,
     Campaigner,
     EventWatcher,
     RegisterClient,
     SessionLoad,
+    SharedClient,
 )
 from coord import errors
 from coord.client import Client, txn
@@ -369,9 +371,9 @@ def _workload(
     start_rev: int,
 ) -> list[Worker]:
     """Campaigners in a 1-slot and a 3-slot group, two writers of acknowledged keys,
-    three register clients on four keys, two bank tellers and an auditor (chaos.bank:
-    multi-key transactions), one unfiltered watcher (noting every event
-    for the applied-once checker when the every-kind writers run); the scenario's
+    three register clients on four keys (two sharing one Client), two bank tellers and
+    an auditor (chaos.bank: multi-key transactions), one unfiltered watcher (noting every
+    event for the applied-once checker when the every-kind writers run); the scenario's
     session load and every-kind writers; all started."""
     eps = c.client_endpoints
     workers: list[Worker] = []
@@ -383,7 +385,13 @@ def _workload(
     workers += [Campaigner(record, eps, "g3", f"m{i}", 10 - i, ttl) for i in range(5)]
     workers += [AckWriter(record, eps, f"w{i}") for i in range(2)]
     keys = [f"reg/{k}" for k in range(4)]
-    workers += [RegisterClient(history, eps, p, keys, rng.randrange(2**32)) for p in range(3)]
+    # Registers 1 and 2 share a Client: their requests in flight together go over its
+    # KV.Pipeline streams (batched, answered by tag), under the same faults.
+    pair = SharedClient(eps, users=2, **REGISTER_CLIENT_OPTIONS)
+    workers += [
+        RegisterClient(history, eps, p, keys, rng.randrange(2**32), pair if p else None)
+        for p in range(3)
+    ]
     workers += [EventWatcher(record, eps, "watch-all", start_rev, notes=sc.every_write)]
     workers += [Teller(record, eps, f"teller{i}", rng.randrange(2**32)) for i in range(2)]
     workers += [Auditor(record, eps, "auditor")]

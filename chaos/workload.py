@@ -136,8 +136,30 @@ class AckWriter(Worker):
             client.close()
 
 
+# A register client's Client: ops bounded to 1.5 s, 0.5 s per attempt.
+REGISTER_CLIENT_OPTIONS: dict[str, Any] = {"timeout_s": 1.5, "attempt_timeout_s": 0.5}
+
+
+class SharedClient:
+    """One Client used by ``users`` workers at once, so that their concurrent requests go
+    over its KV.Pipeline streams; closed by the last worker to let go of it."""
+
+    def __init__(self, endpoints: Sequence[str], users: int, **options: Any) -> None:
+        self.client = Client(endpoints, **options)
+        self._users = users
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self.client.close()
+
+
 class RegisterClient(Worker):
-    """Random read / write / cas on ``keys``; every value written is unique."""
+    """Random read / write / cas on ``keys``; every value written is unique. With
+    ``shared``, the worker uses that client (and others use it at the same time)."""
 
     def __init__(
         self,
@@ -146,8 +168,10 @@ class RegisterClient(Worker):
         process: int,
         keys: Sequence[str],
         seed: int,
+        shared: SharedClient | None = None,
     ) -> None:
         super().__init__(f"register-{process}")
+        self.shared = shared
         self.history, self.endpoints, self.process = history, list(endpoints), process
         # The history's process id: a new one after every unknown outcome (the old
         # request may still be in flight, as a concurrent process).
@@ -156,7 +180,10 @@ class RegisterClient(Worker):
         self.rng = random.Random(seed)
 
     def run(self) -> None:
-        client = Client(self.endpoints, timeout_s=1.5, attempt_timeout_s=0.5)
+        if self.shared is not None:
+            client = self.shared.client
+        else:
+            client = Client(self.endpoints, **REGISTER_CLIENT_OPTIONS)
         n = 0
         try:
             while not self.stop.is_set():
@@ -167,7 +194,10 @@ class RegisterClient(Worker):
                 self._op(client, kind, key, value)
                 self.ops += 1
         finally:
-            client.close()
+            if self.shared is not None:
+                self.shared.release()
+            else:
+                client.close()
 
     def _op(self, client: Client, kind: str, key: str, value: bytes) -> None:
         h = self.history
