@@ -554,9 +554,35 @@ _KVS_TAG = b"\x22"
 
 def _encoded_chunks(tag: bytes, records: list[bytes]) -> Iterator[bytes]:
     """A repeated message field of serialized ``records``, ``_HASH_CHUNK`` at a time:
-    the bytes ``SerializeToString`` gives for a message holding just those elements."""
+    the bytes ``SerializeToString`` gives for a message holding just those elements.
+
+    Each element is framed as tag + varint(length) + record. Records shorter than
+    ``_FRAMED_LENGTHS`` (nearly all) take their frame from a table, and frames and
+    records are interleaved by slice assignment and joined once, all in C: a Python
+    loop per record cost ~35 ms at 100,000 keys (this ~9), a large part of a
+    snapshot's encoding and of a consistency check's hash."""
+    frames = _frames(tag)
     for i in range(0, len(records), _HASH_CHUNK):
-        yield b"".join(tag + _varint(len(r)) + r for r in records[i : i + _HASH_CHUNK])
+        chunk = records[i : i + _HASH_CHUNK]
+        if max(map(len, chunk), default=0) < _FRAMED_LENGTHS:
+            parts: list[bytes] = [b""] * (2 * len(chunk))
+            parts[0::2] = map(frames.__getitem__, map(len, chunk))
+            parts[1::2] = chunk
+            yield b"".join(parts)
+        else:
+            yield b"".join(tag + _varint(len(r)) + r for r in chunk)
+
+
+# Record lengths whose frames (tag + varint) are tabled, per tag.
+_FRAMED_LENGTHS = 1 << 14
+_FRAME_TABLES: dict[bytes, list[bytes]] = {}
+
+
+def _frames(tag: bytes) -> list[bytes]:
+    table = _FRAME_TABLES.get(tag)
+    if table is None:
+        table = _FRAME_TABLES[tag] = [tag + _varint(n) for n in range(_FRAMED_LENGTHS)]
+    return table
 
 
 def _varint(n: int) -> bytes:

@@ -15,10 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coord.state.machine import (
+    _KVS_TAG,
     SNAPSHOT_FORMAT_VERSION,
     SNAPSHOT_MAGIC,
     SnapshotError,
     StateMachine,
+    _encoded_chunks,
     decode_snapshot,
 )
 from coord.v1 import kv_pb2, raft_pb2
@@ -221,3 +223,14 @@ def test_the_chunked_encoding_is_byte_for_byte_one_serialization() -> None:
     parts = cap.encode_parts()
     assert len(parts) > 5
     assert b"".join(parts) == with_header(body) == sm.snapshot()
+
+
+@pytest.mark.parametrize("big", [0, 16_000, 16_400, 70_000])
+def test_framed_records_of_every_length_are_what_protobuf_writes(big: int) -> None:
+    # Frames come from a table below 16 KiB and are computed above; varints of one, two
+    # and three bytes, a chunk with one record past the table and chunks without.
+    sizes = [0, 1, 100, 126, 127, 128, 300, 16_370, 16_371, big, *range(0, 3000, 7)]
+    kvs = [kv_pb2.KeyValue(key=b"k%05d" % i, value=b"v" * n) for i, n in enumerate(sizes)]
+    records = [kv.SerializeToString() for kv in kvs]
+    want = raft_pb2.StateSnapshot(kvs=kvs).SerializeToString()
+    assert b"".join(_encoded_chunks(_KVS_TAG, records)) == want
