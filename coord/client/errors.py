@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from coord import errors
@@ -20,6 +22,47 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.CoordError]] = {
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.CANCELLED: errors.Unavailable,
 }
+
+
+class FailedCall(grpc.RpcError, grpc.Call):
+    """A failed call as gRPC raises one (an RpcError that is also a Call: status, details,
+    trailing metadata), built by hand: a request that failed on a KV.Pipeline stream
+    (coord.client.pipeline), so that :func:`translate` reads it as it reads any call."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str | None = "",
+        trailing: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+        self._trailing = trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details  # type: ignore[return-value]  # real calls return None too
+
+    def trailing_metadata(self) -> Any:
+        return self._trailing
+
+    def initial_metadata(self) -> Any:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: object) -> bool:
+        return False
 
 
 def translate(e: grpc.RpcError, endpoint: str) -> errors.CoordError:

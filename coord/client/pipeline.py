@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from coord.client.errors import FailedCall
 from coord.v1 import kv_pb2, kv_pb2_grpc
 
 # A message carries requests up to about this size (a single one may be larger, up to
@@ -46,20 +47,14 @@ class Closed(Exception):
     was sent; send it another way."""
 
 
-class Failure(grpc.RpcError, grpc.Call):
+class Failure(FailedCall):
     """A request's failure, shaped as a failed unary call (status, details, coord's
     trailing metadata) so that ``coord.client.errors.translate`` reads it the same way."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, metadata: tuple[Any, ...] = ()) -> None:
-        super().__init__(details)
-        self._code = code
-        self._details = details
-        self._metadata = metadata
 
     @classmethod
     def from_result(cls, error: kv_pb2.PipelineError) -> Failure:
         code = getattr(grpc.StatusCode, error.code, grpc.StatusCode.UNKNOWN)
-        md: list[tuple[str, str]] = [("coord-error", error.reason)] if error.reason else []
+        md: list[tuple[str, str | bytes]] = [("coord-error", error.reason)] if error.reason else []
         if error.leader_id:
             md.append(("coord-leader-id", error.leader_id))
         if error.leader_address:
@@ -82,30 +77,6 @@ class Failure(grpc.RpcError, grpc.Call):
             grpc.StatusCode.UNAVAILABLE,
             f"the pipeline stream ended before the answer ({cause}): retry",
         )
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def trailing_metadata(self) -> tuple[Any, ...]:
-        return self._metadata
-
-    def initial_metadata(self) -> tuple[Any, ...]:
-        return ()
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float:
-        return 0.0
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Any) -> bool:
-        return False
 
 
 class Pipe:

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from coord.client import Client
+from coord.client.errors import FailedCall
 from coord.state import limits
 from coord.testing import LocalCluster
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2
@@ -43,34 +44,13 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-class LostAnswer(grpc.RpcError, grpc.Call):
+def lost_answer() -> FailedCall:
     """What the client sees when the answer of an applied write never arrives."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return (
-            "coord: the write did not commit in time (no quorum?): retry with the same request id"
-        )
-
-    def trailing_metadata(self) -> Any:
-        return (("coord-error", "outcome_unknown"),)
-
-    def initial_metadata(self) -> Any:
-        return ()
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float:
-        return 0.0
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return False
+    return FailedCall(
+        grpc.StatusCode.UNAVAILABLE,
+        "coord: the write did not commit in time (no quorum?): retry with the same request id",
+        (("coord-error", "outcome_unknown"),),
+    )
 
 
 class _AppliedThenLost:
@@ -85,7 +65,7 @@ class _AppliedThenLost:
     def __next__(self) -> Any:
         next(self._call)
         self._call.cancel()
-        raise LostAnswer()
+        raise lost_answer()
 
     def cancel(self) -> bool:
         return bool(self._call.cancel())
@@ -108,7 +88,7 @@ class LosesFirstAnswers(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
         first = self._first(details.method, request)
         outcome = continuation(details, request)
         if first and outcome.exception() is None:
-            raise LostAnswer()
+            raise lost_answer()
         return outcome
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:

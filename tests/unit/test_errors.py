@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import grpc
 import pytest
 
 from coord import errors
-from coord.client.errors import CLOSED_HINT, TLS_HINT, hint_for, translate
+from coord.client.errors import CLOSED_HINT, TLS_HINT, FailedCall, hint_for, translate
 
 
 def all_error_classes() -> list[type[errors.CoordError]]:
@@ -113,43 +110,7 @@ def test_errors_are_exceptions_that_can_be_caught_by_family() -> None:
 # -- the client's translation ------------------------------------------------------------------
 
 
-class FakeCall(grpc.RpcError, grpc.Call):
-    """What a failed unary call raises: an RpcError that is also a Call."""
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        details: str | None = "",
-        trailing: tuple[tuple[str, str], ...] | None = (),
-    ) -> None:
-        super().__init__()
-        self._code = code
-        self._details = details
-        self._trailing = trailing
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details  # type: ignore[return-value]  # real calls return None too
-
-    def trailing_metadata(self) -> Any:
-        return self._trailing
-
-    def initial_metadata(self) -> Any:
-        return ()
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float:
-        return 0.0
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return False
+FakeCall = FailedCall  # what a failed unary call raises: an RpcError that is a Call
 
 
 def aborted(err: errors.CoordError, leader: tuple[str, str] = ("", "")) -> FakeCall:
