@@ -474,6 +474,21 @@ def test_guard_counts_refusals_by_reason_and_sets_the_caller() -> None:
     assert seen == ["unauthenticated", "permission_denied", "rate"]
 
 
+def test_guard_admits_each_request_of_an_identified_stream_by_its_own_rule() -> None:
+    # A KV.Pipeline stream is identified once when it opens; each request on it is then
+    # authorized against its own method and counted against the caller's rate.
+    seen: list[str] = []
+    g = Guard(authenticator(), rate_per_s=1, burst=1, on_reject=seen.append)
+    dash = g.check("/coord.v1.KV/Pipeline", None, Context(bearer("Bearer dash")))
+    with pytest.raises(errors.PermissionDenied, match="needs 'member'"):
+        g.admit("/coord.v1.KV/Put", dash, None)
+    assert g.admit("/coord.v1.KV/Range", AGENT, None) is AGENT
+    assert caller() is AGENT
+    with pytest.raises(errors.ResourceExhausted, match="'agent' is over its rate limit"):
+        g.admit("/coord.v1.KV/Range", AGENT, None)
+    assert seen == ["permission_denied", "rate"]
+
+
 def test_guard_slows_down_failed_authentications_per_host() -> None:
     seen: list[str] = []
     g = Guard(authenticator(), on_reject=seen.append)

@@ -26,10 +26,10 @@ class KVService(kv_pb2_grpc.KVServicer):
         done here for each request of a Pipeline stream."""
         self.ctx = ctx
         methods: dict[str, Serve] = {
-            "Put": self.Put,
-            "Range": self.Range,
-            "Delete": self.Delete,
-            "Txn": self.Txn,
+            "put": self.Put,
+            "range": self.Range,
+            "delete": self.Delete,
+            "txn": self.Txn,
         }
         self._pipeline = Pipeline(methods, ctx.leader_hint, guard, observe)
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from coord import errors
-from coord.server.security.guard import Guard
+from coord.server.security.guard import Guard, caller
 from coord.v1 import kv_pb2
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,6 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 Observe = Callable[[str, str, float], None]  # (method, status code, seconds)
 LeaderHint = Callable[[], tuple[str, str]]
 Serve = Callable[[Any, Any], Any]  # a KVService method: (request, context) -> awaitable
-
-_OPS = ("put", "range", "delete", "txn")
-_METHOD = {"put": "Put", "range": "Range", "delete": "Delete", "txn": "Txn"}
 
 
 def _take_batch(
@@ -66,7 +63,8 @@ class OpContext:
 
 
 class Pipeline:
-    """Serves KV.Pipeline streams with ``methods`` (KVService's Put, Range, ...)."""
+    """Serves KV.Pipeline streams with ``methods``: KVService's Put, Range, ... by the
+    name of the PipelineOp field that carries their request (put, range, ...)."""
 
     def __init__(
         self,
@@ -105,7 +103,7 @@ class Pipeline:
                 async for request in requests:
                     for op in request.ops:
                         await slots.acquire()
-                        task = asyncio.create_task(self._one(op, context))
+                        task = asyncio.create_task(self._one(op))
                         serving.add(task)
                         task.add_done_callback(finished)
             finally:
@@ -130,24 +128,26 @@ class Pipeline:
             for task in list(serving):
                 task.cancel()
 
-    async def _one(self, op: kv_pb2.PipelineOp, context: Any) -> kv_pb2.PipelineResult:
+    async def _one(self, op: kv_pb2.PipelineOp) -> kv_pb2.PipelineResult:
         """One request's result; never raises (its error becomes the result)."""
         kind = op.WhichOneof("op")
         if kind is None:
+            fields = ", ".join(self._methods)
             return self._error(
                 op.tag,
                 errors.InvalidArgument(
-                    f"pipeline request {op.tag} carries no operation: set one of {', '.join(_OPS)}"
+                    f"pipeline request {op.tag} carries no operation: set one of {fields}"
                 ),
             )
-        name = _METHOD[kind]
+        serve = self._methods[kind]
+        name = serve.__name__  # the unary method's: its rule, its metrics
         request = getattr(op, kind)
         t0 = time.perf_counter()
         code = "OK"
         try:
-            if self._guard is not None:
-                self._guard.check(f"/coord.v1.KV/{name}", request, context)
-            response = await self._methods[name](request, OpContext(op.timeout_ms))
+            if self._guard is not None:  # the stream's opening identified the caller
+                self._guard.admit(f"/coord.v1.KV/{name}", caller(), request)
+            response = await serve(request, OpContext(op.timeout_ms))
             result = kv_pb2.PipelineResult(tag=op.tag)
             getattr(result, kind).CopyFrom(response)
             return result

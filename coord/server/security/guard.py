@@ -64,10 +64,17 @@ class Guard:
             auth_context = None
         try:
             who = self.auth.identify(context.invocation_metadata(), auth_context)
-            self.auth.authorize(method, who, request)
         except errors.Unauthenticated:
             self._failed(_host(context))
             raise
+        return self.admit(method, who, request)
+
+    def admit(self, method: str, who: Identity, request: Any) -> Identity:
+        """Authorize a call of ``who`` already identified (a request on a stream whose
+        opening :meth:`check` identified the caller); raises PermissionDenied or
+        ResourceExhausted. Sets the caller for the servicer."""
+        try:
+            self.auth.authorize(method, who, request)
         except errors.PermissionDenied:
             self.reject("permission_denied")
             raise
