@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -226,3 +227,25 @@ def ctl(cluster: LocalCluster, *args: str, stdin: str | None = None) -> Result:
 def shown(r: Result) -> str:
     """A coordctl result for an assertion message: exit code, stdout, stderr."""
     return f"exit {r.exit_code}\n--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
+
+
+def run_threads(n: int, body: Callable[[int], None], timeout_s: float = 120.0) -> None:
+    """``body(i)`` on ``n`` threads started together; re-raises the first failure."""
+    failures: list[BaseException] = []
+    start = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        try:
+            start.wait(timeout=30)
+            body(i)
+        except BaseException as e:  # reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=timeout_s)
+        assert not th.is_alive(), "a thread hung"
+    if failures:
+        raise failures[0]

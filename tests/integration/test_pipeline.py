@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -27,7 +26,7 @@ from coord.client import txn as t
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import kv_pb2, kv_pb2_grpc
 
-from .support import ClusterFactory
+from .support import ClusterFactory, run_threads
 
 
 @pytest.fixture(scope="module")
@@ -120,28 +119,6 @@ def test_a_malformed_message_ends_the_stream_with_invalid_argument(cluster: Loca
             list(call(iter([b"\xff\xff\xff"]), timeout=10))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed coord.v1.PipelineRequest" in (info.value.details() or "")
-
-
-def run_threads(n: int, body: Callable[[int], None]) -> None:
-    """``body(i)`` on ``n`` threads started together; re-raises the first failure."""
-    failures: list[BaseException] = []
-    start = threading.Barrier(n)
-
-    def run(i: int) -> None:
-        try:
-            start.wait(timeout=30)
-            body(i)
-        except BaseException as e:  # reported below
-            failures.append(e)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-        assert not th.is_alive(), "a writer thread hung"
-    if failures:
-        raise failures[0]
 
 
 def test_a_shared_client_pipelines_concurrent_requests(cluster: LocalCluster) -> None:

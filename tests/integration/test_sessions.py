@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,7 +29,7 @@ from .members import (
     list_sessions,
     marker_revision,
 )
-from .support import coordctl, describe, expect_never
+from .support import coordctl, describe, expect_never, run_threads
 
 TTL_S = 2.0
 
@@ -241,23 +240,13 @@ def test_watch_from_an_old_revision_replays_exactly_what_was_missed(
 
 def put_many(cluster: LocalCluster, n: int, threads: int = 6) -> None:
     """``n`` small puts from ``threads`` clients at once."""
-    failures: list[BaseException] = []
 
     def writer(k: int) -> None:
-        try:
-            with cluster.client(timeout_s=30.0) as c:
-                for i in range(k, n, threads):
-                    c.put(f"fill/{i % 100}", b"x")
-        except BaseException as e:
-            failures.append(e)
+        with cluster.client(timeout_s=30.0) as c:
+            for i in range(k, n, threads):
+                c.put(f"fill/{i % 100}", b"x")
 
-    workers = [threading.Thread(target=writer, args=(k,)) for k in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=150)
-    assert not failures, failures
-    assert not any(w.is_alive() for w in workers)
+    run_threads(threads, writer, timeout_s=150)
 
 
 def test_watch_from_a_compacted_revision_is_out_of_range(own_cluster: LocalCluster) -> None:
