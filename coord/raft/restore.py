@@ -46,7 +46,7 @@ from coord.raft.node import DUMP_FILE
 from coord.raft.snapshotfile import write_dump
 from coord.state import backupfile, replay
 from coord.state.backupfile import BackupError
-from coord.state.machine import decode_snapshot, encode_snapshot
+from coord.state.snapshot_format import decode_snapshot, encode_snapshot
 
 _NOOP = bytes([_COMMAND_TYPE.NO_OP])
 PREV_ENTRY = (_NOOP, 2, 0)

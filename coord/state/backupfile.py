@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from coord import __version__
-from coord.state.machine import SnapshotError, decode_snapshot
+from coord.state.snapshot_format import SnapshotError, decode_snapshot
 from coord.v1 import maintenance_pb2, raft_pb2
 
 MAGIC = b"COORDBAK"
@@ -58,7 +59,7 @@ class Backup:
     """A verified backup file. ``state`` is set for a full backup, ``diff`` for a diff."""
 
     header: maintenance_pb2.BackupHeader
-    body: bytes
+    body: bytes | memoryview  # of the file's bytes (not a copy)
     size: int
     sha256: str
     state: raft_pb2.StateSnapshot | None = None
@@ -74,11 +75,24 @@ class Backup:
 
 def encode(header: maintenance_pb2.BackupHeader, body: bytes) -> bytes:
     """A complete backup file for ``header`` and ``body``."""
+    return b"".join(encode_parts(header, [body]))
+
+
+def encode_parts(header: maintenance_pb2.BackupHeader, body: Sequence[bytes]) -> list[bytes]:
+    """:func:`encode` of the concatenation of ``body`` as pieces whose concatenation is
+    the file: a 20 MB snapshot is streamed or written without being copied into one."""
     head = header.SerializeToString(deterministic=True)
-    out = b"".join(
-        (_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)), head, _U64.pack(len(body)), body)
-    )
-    return out + hashlib.sha256(out).digest()
+    parts = [
+        _PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)),
+        head,
+        _U64.pack(sum(map(len, body))),
+        *body,
+    ]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    parts.append(digest.digest())
+    return parts
 
 
 def header(
@@ -143,7 +157,8 @@ def decode(data: bytes, name: str = "backup") -> Backup:
             f"{name} is {what}: {len(data)} bytes, its header says {expected}: copy it again "
             "or use another backup"
         )
-    digest = hashlib.sha256(data[:-_DIGEST_BYTES]).digest()
+    view = memoryview(data)  # slices of a 20 MB file without copying it
+    digest = hashlib.sha256(view[:-_DIGEST_BYTES]).digest()
     if digest != data[-_DIGEST_BYTES:]:
         raise BackupError(
             f"{name} is corrupt: sha256 checksum mismatch; copy it again or use another backup"
@@ -152,7 +167,7 @@ def decode(data: bytes, name: str = "backup") -> Backup:
         head = maintenance_pb2.BackupHeader.FromString(data[_PREFIX.size : _PREFIX.size + head_len])
     except Exception as e:
         raise BackupError(f"{name}: the header does not decode ({e})") from e
-    body = data[body_at : body_at + body_len]
+    body = view[body_at : body_at + body_len]
     backup = Backup(header=head, body=body, size=len(data), sha256=digest.hex())
     if head.kind == FULL:
         return _full(backup, name)
@@ -177,7 +192,7 @@ def _full(b: Backup, name: str) -> Backup:
 
 def _diff(b: Backup, name: str) -> Backup:
     try:
-        diff = maintenance_pb2.BackupDiff.FromString(b.body)
+        diff = maintenance_pb2.BackupDiff.FromString(b.body)  # type: ignore[arg-type]  # any buffer
     except Exception as e:
         raise BackupError(f"{name}: the diff does not decode ({e})") from e
     h = b.header

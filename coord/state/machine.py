@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -35,25 +34,25 @@ from coord.state.groups import Groups
 from coord.state.kv import KVStore, validate_key, validate_value
 from coord.state.ledger import Ledger
 from coord.state.request_ids import check_request_id
+from coord.state.snapshot_format import (
+    DEDUPE_TAG,
+    HEADER,
+    KVS_TAG,
+    RECORDS_PER_CHUNK,
+    SNAPSHOT_FORMAT_VERSION,
+    SNAPSHOT_MAGIC,
+    decode_snapshot,
+    dedupe_records,
+    encoded_chunks,
+)
 from coord.v1 import availability_pb2, groups_pb2, kv_pb2, raft_pb2
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_MAGIC = b"COORDSM\x00"
-SNAPSHOT_FORMAT_VERSION = 1
-_HEADER = struct.Struct("<8sII")  # magic, format version, crc32 of the body
-
-
 # Consistency check points kept per replica (each shares the state's immutable records).
 CHECK_POINTS_KEPT = 4
 MAX_CHECK_ID_CHARS = 64
-# Records per protobuf message when encoding or hashing a capture: other threads get
-# the GIL between them.
-_HASH_CHUNK = 1024
-
-
-class SnapshotError(Exception):
-    """A snapshot could not be decoded: corrupt, truncated or of a foreign format."""
+_HASH_CHUNK = RECORDS_PER_CHUNK
 
 
 class StateMachine:
@@ -396,7 +395,7 @@ class StateMachine:
             if d.request_id not in self._dedupe:
                 self._remember(d.request_id, d.result, d.fingerprint)
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes | memoryview) -> None:
         """Replace the whole state with a snapshot. Raises SnapshotError, changing nothing."""
         snap = decode_snapshot(data)
         self.cluster_id = snap.cluster_id
@@ -464,7 +463,7 @@ class StateCapture:
         crc = 0
         for part in body:
             crc = zlib.crc32(part, crc)
-        return [_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, crc), *body]
+        return [HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, crc), *body]
 
     def _body_parts(self) -> Iterator[bytes]:
         def serialized(part: raft_pb2.StateSnapshot) -> bytes:
@@ -484,12 +483,8 @@ class StateCapture:
                 last_time_ms=self.last_time_ms,
             )
         )
-        yield from _encoded_chunks(_KVS_TAG, self.kvs)
-        for i in range(0, len(self.dedupe), _HASH_CHUNK):
-            part = raft_pb2.StateSnapshot()
-            for rid, (res, fp) in self.dedupe[i : i + _HASH_CHUNK]:
-                part.dedupe.add(request_id=rid, fingerprint=fp).result.ParseFromString(res)
-            yield serialized(part)
+        yield from encoded_chunks(KVS_TAG, self.kvs)
+        yield from encoded_chunks(DEDUPE_TAG, dedupe_records(self.dedupe))
         yield serialized(raft_pb2.StateSnapshot(node_ids=self.node_ids))
         yield from chunks("sessions", self.sessions)
         yield from chunks("groups", self.groups)
@@ -520,7 +515,7 @@ class StateCapture:
             last_term=self.last_term,
         )
         h.update(head.SerializeToString(deterministic=True))
-        for chunk in _encoded_chunks(_KVS_TAG, self.kvs):
+        for chunk in encoded_chunks(KVS_TAG, self.kvs):
             h.update(b"kvs")
             h.update(chunk)
         parts: list[tuple[str, list[Any]]] = [
@@ -546,79 +541,6 @@ class StateCapture:
             h.update(b"dedupe")
             h.update(part.SerializeToString(deterministic=True))
         return h.hexdigest()
-
-
-# StateSnapshot.kvs is field 4, length-delimited (wire type 2): (4 << 3) | 2.
-_KVS_TAG = b"\x22"
-
-
-def _encoded_chunks(tag: bytes, records: list[bytes]) -> Iterator[bytes]:
-    """A repeated message field of serialized ``records``, ``_HASH_CHUNK`` at a time:
-    the bytes ``SerializeToString`` gives for a message holding just those elements.
-
-    Each element is framed as tag + varint(length) + record. Records shorter than
-    ``_FRAMED_LENGTHS`` (nearly all) take their frame from a table, and frames and
-    records are interleaved by slice assignment and joined once, all in C: a Python
-    loop per record cost ~35 ms at 100,000 keys (this ~9), a large part of a
-    snapshot's encoding and of a consistency check's hash."""
-    frames = _frames(tag)
-    for i in range(0, len(records), _HASH_CHUNK):
-        chunk = records[i : i + _HASH_CHUNK]
-        if max(map(len, chunk), default=0) < _FRAMED_LENGTHS:
-            parts: list[bytes] = [b""] * (2 * len(chunk))
-            parts[0::2] = map(frames.__getitem__, map(len, chunk))
-            parts[1::2] = chunk
-            yield b"".join(parts)
-        else:
-            yield b"".join(tag + _varint(len(r)) + r for r in chunk)
-
-
-# Record lengths whose frames (tag + varint) are tabled, per tag.
-_FRAMED_LENGTHS = 1 << 14
-_FRAME_TABLES: dict[bytes, list[bytes]] = {}
-
-
-def _frames(tag: bytes) -> list[bytes]:
-    table = _FRAME_TABLES.get(tag)
-    if table is None:
-        table = _FRAME_TABLES[tag] = [tag + _varint(n) for n in range(_FRAMED_LENGTHS)]
-    return table
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def encode_snapshot(snap: raft_pb2.StateSnapshot) -> bytes:
-    """Header (magic, version, crc32) + protobuf body: the inverse of decode_snapshot."""
-    body = snap.SerializeToString(deterministic=True)
-    return _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, zlib.crc32(body)) + body
-
-
-def decode_snapshot(data: bytes) -> raft_pb2.StateSnapshot:
-    """Check header and checksum, then decode. Raises SnapshotError with a clear message."""
-    if len(data) < _HEADER.size:
-        raise SnapshotError(f"snapshot truncated: {len(data)} bytes is shorter than its header")
-    magic, version, crc = _HEADER.unpack_from(data)
-    if magic != SNAPSHOT_MAGIC:
-        raise SnapshotError("not a coord state snapshot (bad magic)")
-    if version != SNAPSHOT_FORMAT_VERSION:
-        raise SnapshotError(
-            f"snapshot format {version} is not supported (this build reads "
-            f"{SNAPSHOT_FORMAT_VERSION}): use a matching coord version"
-        )
-    body = data[_HEADER.size :]
-    if zlib.crc32(body) != crc:
-        raise SnapshotError("snapshot checksum mismatch: the file is corrupt or truncated")
-    try:
-        return raft_pb2.StateSnapshot.FromString(body)
-    except Exception as e:
-        raise SnapshotError(f"snapshot body does not decode: {e}") from e
 
 
 def _attach_group_state(event: groups_pb2.Event, g: GroupState) -> None:

@@ -25,7 +25,7 @@ import pytest
 from coord import errors
 from coord.client import Client
 from coord.state import backupfile, replay
-from coord.state.machine import decode_snapshot
+from coord.state.snapshot_format import decode_snapshot
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import election_pb2, election_pb2_grpc, groups_pb2, raft_pb2
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from coord.client import Client
 from coord.server.duties.backups import chain, parse_name
 from coord.state import backupfile, replay
-from coord.state.machine import decode_snapshot
+from coord.state.snapshot_format import decode_snapshot
 from coord.testing import LocalCluster, wait_until
 from coord.v1 import cluster_pb2
 

@@ -16,7 +16,7 @@ from coord.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE
 from coord.client import Client
 from coord.raft.node import DUMP_FILE
 from coord.raft.snapshotfile import read_dump, write_dump
-from coord.state.machine import decode_snapshot, encode_snapshot
+from coord.state.snapshot_format import decode_snapshot, encode_snapshot
 from coord.testing import wait_until
 
 from .support import (

@@ -81,7 +81,8 @@ from coord.errors import OutOfRange
 from coord.state import limits, waits
 from coord.state.group_table import GroupState
 from coord.state.groups import Groups
-from coord.state.machine import StateMachine, decode_snapshot
+from coord.state.machine import StateMachine
+from coord.state.snapshot_format import decode_snapshot
 from coord.state.waits import FAILBACK, HANDOVER, RELEASE, Key
 from coord.v1 import groups_pb2 as gp
 from coord.v1 import kv_pb2, raft_pb2

@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from coord.errors import FailedPrecondition, OutOfRange
 from coord.state import backupfile, limits, replay
 from coord.state.backupfile import Backup, BackupError
-from coord.state.machine import StateMachine, decode_snapshot
+from coord.state.machine import StateMachine
+from coord.state.snapshot_format import decode_snapshot
 from coord.v1 import groups_pb2 as gp
 from coord.v1 import kv_pb2, raft_pb2
 

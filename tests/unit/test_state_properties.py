@@ -27,7 +27,8 @@ from hypothesis.stateful import (
 )
 
 from coord.state import limits
-from coord.state.machine import StateMachine, decode_snapshot
+from coord.state.machine import StateMachine
+from coord.state.snapshot_format import decode_snapshot
 from coord.v1 import kv_pb2, raft_pb2
 
 # -- command builders --------------------------------------------------------------------

@@ -14,14 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coord.state.machine import (
-    _KVS_TAG,
+from coord.state.machine import StateMachine
+from coord.state.snapshot_format import (
+    DEDUPE_TAG,
+    KVS_TAG,
     SNAPSHOT_FORMAT_VERSION,
     SNAPSHOT_MAGIC,
     SnapshotError,
-    StateMachine,
-    _encoded_chunks,
     decode_snapshot,
+    dedupe_records,
+    encoded_chunks,
 )
 from coord.v1 import kv_pb2, raft_pb2
 
@@ -233,4 +235,20 @@ def test_framed_records_of_every_length_are_what_protobuf_writes(big: int) -> No
     kvs = [kv_pb2.KeyValue(key=b"k%05d" % i, value=b"v" * n) for i, n in enumerate(sizes)]
     records = [kv.SerializeToString() for kv in kvs]
     want = raft_pb2.StateSnapshot(kvs=kvs).SerializeToString()
-    assert b"".join(_encoded_chunks(_KVS_TAG, records)) == want
+    assert b"".join(encoded_chunks(KVS_TAG, records)) == want
+
+
+@pytest.mark.parametrize("rid", ["", "r1", "ré-✓", "x" * 200, "y" * 17_000])
+@pytest.mark.parametrize("fp", [b"", b"\x00", b"f" * 32, b"g" * 17_000])
+@pytest.mark.parametrize("error", ["", "e" * 20_000])
+def test_dedupe_records_are_what_protobuf_writes(rid: str, fp: bytes, error: str) -> None:
+    # Framed by hand: empty request id and fingerprint left out as proto3 does, an empty
+    # result kept (it is a message), a result past the frame table.
+    result = raft_pb2.CommandResult(error_message=error, revision=7 if error else 0)
+    res = result.SerializeToString(deterministic=True)
+    want = raft_pb2.StateSnapshot()
+    want.dedupe.add(request_id=rid, fingerprint=fp).result.ParseFromString(res)
+    records = dedupe_records([(rid, (res, fp))])
+    assert b"".join(encoded_chunks(DEDUPE_TAG, records)) == want.SerializeToString(
+        deterministic=True
+    )

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from coord.state import limits, replay
-from coord.state.machine import StateMachine, decode_snapshot, encode_snapshot
+from coord.state.machine import StateMachine
+from coord.state.snapshot_format import decode_snapshot, encode_snapshot
 from coord.v1 import groups_pb2 as gp
 from coord.v1 import kv_pb2, maintenance_pb2, raft_pb2
 
