@@ -1,22 +1,24 @@
 """coordctl backups: ``snapshot save``/``snapshot status`` and ``backup diff``.
 
-A file is verified (checksum, header, body) before it is written, and written
-atomically (a temporary file, fsync, rename, fsync of the directory): a backup
-file that exists is complete. Restoring one is ``coord restore`` (on the nodes).
+A file is written to a temporary file as it arrives, verified (checksum, header,
+body), then made durable and renamed into place (fsync, rename, fsync of the
+directory): a backup file that exists is complete and verified. Restoring one is
+``coord restore`` (on the nodes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
 from coord.cli.ctl import Ctx, handles_errors, main, pass_ctx
 from coord.cli.output import EXIT_CONFIG, CLIError, emit
-from coord.raft.fsutil import write_file_durably
+from coord.raft.fsutil import commit_file
 from coord.state import backupfile
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,13 +66,26 @@ def _show(ctx_output: str, info: dict[str, Any]) -> None:
     emit(ctx_output, info, ["FIELD", "VALUE"], rows)
 
 
-def _save(path: str, data: bytes, what: str) -> dict[str, Any]:
-    """Verify ``data`` (a backup file received from the cluster), then write it."""
-    b = backupfile.decode(data, what)
+def _save(path: str, download: Callable[[BinaryIO], bytes], what: str) -> dict[str, Any]:
+    """Download a backup file into ``path``.tmp as it arrives (``download(file)`` gives
+    back the whole file's bytes), verify it, then make it ``path`` durably. A file that
+    does not verify, or a failed download, leaves nothing behind."""
+    tmp = path + ".tmp"
+    committed = False
     try:
-        write_file_durably(path + ".tmp", data, path)
+        with open(tmp, "wb") as f:
+            data = download(f)
+            b = backupfile.decode(data, what)
+            f.flush()
+            os.fsync(f.fileno())
+        commit_file(tmp, path)
+        committed = True
     except OSError as e:
         raise CLIError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        if not committed:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return {"path": os.path.abspath(path), **backupfile.summary(b)}
 
 
@@ -90,8 +105,11 @@ def snapshot_save(ctx: Ctx, path: str) -> None:
     Taken at a linearizable point: every write acknowledged before the command
     started is in it. Verified, then written atomically.
     """
-    _, data = ctx.client.snapshot()
-    _show(ctx.output, _save(path, data, "the snapshot received"))
+
+    def download(f: BinaryIO) -> bytes:
+        return ctx.client.snapshot(copy_to=f)[1]
+
+    _show(ctx.output, _save(path, download, "the snapshot received"))
 
 
 @snapshot.command("status")
@@ -130,5 +148,8 @@ def backup_diff(ctx: Ctx, since_path: str, out: str) -> None:
     was compacted past them), take a full snapshot instead.
     """
     base = backupfile.read(since_path)
-    _, data = ctx.client.diff(base.header.revision, base.header.cluster_id)
-    _show(ctx.output, _save(out, data, "the diff received"))
+
+    def download(f: BinaryIO) -> bytes:
+        return ctx.client.diff(base.header.revision, base.header.cluster_id, copy_to=f)[1]
+
+    _show(ctx.output, _save(out, download, "the diff received"))

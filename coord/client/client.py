@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import grpc
 
@@ -576,15 +576,20 @@ class Client:
     # -- backups ---------------------------------------------------------------
 
     def snapshot(
-        self, serializable: bool = False, endpoint: str | None = None
+        self,
+        serializable: bool = False,
+        endpoint: str | None = None,
+        copy_to: BinaryIO | None = None,
     ) -> tuple[common_pb2.ResponseHeader, bytes]:
         """A full backup file of the cluster's state, taken at a linearizable point (or,
         with ``serializable``, of the answering node's own state: give ``endpoint``).
-        The bytes are the file as written (see ``coord.state.backupfile``)."""
+        The bytes are the file as written (see ``coord.state.backupfile``); with
+        ``copy_to`` (a file open for writing) they are also written there as they
+        arrive (an attempt that fails starts the file over)."""
         from coord.v1 import maintenance_pb2
 
         req = maintenance_pb2.SnapshotRequest(serializable=serializable)
-        return self._download(lambda stub, t: stub.Snapshot(req, timeout=t), endpoint)
+        return self._download(lambda stub, t: stub.Snapshot(req, timeout=t), endpoint, copy_to)
 
     def diff(
         self,
@@ -592,15 +597,17 @@ class Client:
         cluster_id: str = "",
         serializable: bool = False,
         endpoint: str | None = None,
+        copy_to: BinaryIO | None = None,
     ) -> tuple[common_pb2.ResponseHeader, bytes]:
         """A diff backup file: the changes after ``since_revision`` of cluster
-        ``cluster_id`` (checked when given). OutOfRange when they were compacted."""
+        ``cluster_id`` (checked when given). OutOfRange when they were compacted.
+        ``copy_to`` as for :meth:`snapshot`."""
         from coord.v1 import maintenance_pb2
 
         req = maintenance_pb2.DiffRequest(
             since_revision=since_revision, cluster_id=cluster_id, serializable=serializable
         )
-        return self._download(lambda stub, t: stub.Diff(req, timeout=t), endpoint)
+        return self._download(lambda stub, t: stub.Diff(req, timeout=t), endpoint, copy_to)
 
     def check_consistency(self) -> maintenance_pb2.CheckConsistencyResponse:
         """Commit a check point and compare every member's hash of its state there
@@ -620,6 +627,7 @@ class Client:
         self,
         start: Callable[[maintenance_pb2_grpc.MaintenanceStub, float], Iterator[Any]],
         endpoint: str | None,
+        copy_to: BinaryIO | None = None,
     ) -> tuple[common_pb2.ResponseHeader, bytes]:
         """Stream a backup file, retrying from the start on another node if the stream
         breaks. An attempt may take the whole ``timeout_s`` (a big state streams a while)."""
@@ -631,12 +639,18 @@ class Client:
             stream = start(
                 maintenance_pb2_grpc.MaintenanceStub(ch), max(t, deadline - time.monotonic())
             )
+            if copy_to is not None:
+                copy_to.seek(0)
+                copy_to.truncate()
             parts: list[bytes] = []
             header, total = None, -1
             for chunk in stream:
                 header = header or chunk.header
                 total = chunk.total_bytes
-                parts.append(chunk.data)
+                data = chunk.data  # (each access is a copy)
+                parts.append(data)
+                if copy_to is not None:
+                    copy_to.write(data)  # while the next chunk is on its way
             data = b"".join(parts)
             if header is None or len(data) != total:
                 raise _RetryableRpc(errors.Unavailable("the backup stream ended early: retry"))

@@ -18,9 +18,10 @@ from coord.state.machine import StateCapture, StateMachine
 from coord.v1 import maintenance_pb2
 
 
-def full_backup(raft: RaftNode, node_id: str) -> tuple[bytes, int]:
-    """A full backup file of this node's state now, and its revision. Blocking (run it
-    in a worker thread): takes the apply lock briefly, then encodes outside it."""
+def full_backup(raft: RaftNode, node_id: str) -> tuple[list[bytes], int]:
+    """A full backup file of this node's state now, as pieces whose concatenation it
+    is (``backupfile.encode_parts``), and its revision. Blocking (run it in a worker
+    thread): takes the apply lock briefly, then encodes outside it."""
 
     def capture(s: StateMachine) -> tuple[StateCapture, int]:
         _check_bootstrapped(s)
@@ -34,13 +35,14 @@ def full_backup(raft: RaftNode, node_id: str) -> tuple[bytes, int]:
         raft_term=term,
         node_id=node_id,
     )
-    return backupfile.encode(head, cap.encode()), cap.revision
+    return backupfile.encode_parts(head, cap.encode_parts()), cap.revision
 
 
 def diff_backup(
     raft: RaftNode, node_id: str, since_revision: int, cluster_id: str = ""
-) -> tuple[bytes, int]:
-    """A diff backup file: this node's changes after ``since_revision``, and its
+) -> tuple[list[bytes], int]:
+    """A diff backup file (as pieces, like full_backup's): this node's changes after
+    ``since_revision``, and its
     revision. Refuses another cluster's base; OutOfRange once those changes were
     compacted (see ``coord.state.replay.capture_diff``). Blocking, like full_backup."""
 
@@ -62,7 +64,7 @@ def diff_backup(
         raft_term=term,
         node_id=node_id,
     )
-    return backupfile.encode(head, diff.SerializeToString(deterministic=True)), revision
+    return backupfile.encode_parts(head, [diff.SerializeToString(deterministic=True)]), revision
 
 
 def _check_bootstrapped(s: StateMachine) -> None:

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coord.server.api.maintenance import chunked
 from coord.state import backupfile, replay
 from coord.state.backupfile import BackupError
 from coord.state.machine import StateMachine
@@ -160,3 +161,26 @@ def test_kinds_are_checked() -> None:
 def test_read_names_the_file() -> None:
     with pytest.raises(BackupError, match="cannot read backup file /nonexistent"):
         backupfile.read("/nonexistent/x.coordbak")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(st.binary(max_size=40), max_size=12),
+    size=st.integers(min_value=1, max_value=50),
+)
+def test_streamed_chunks_are_the_file_cut_at_the_chunk_size(parts: list[bytes], size: int) -> None:
+    # The Snapshot RPC cuts a file given as pieces into messages: together they are the
+    # file, each full but the last, and an empty file is still one (empty) message.
+    chunks = list(chunked(parts, size))
+    assert b"".join(chunks) == b"".join(parts)
+    assert chunks and all(len(c) == size for c in chunks[:-1])
+    assert 0 < len(chunks[-1]) <= size or chunks == [b""]
+
+
+def test_the_file_in_pieces_is_the_file() -> None:
+    sm = machine(50)
+    head = backupfile.header(backupfile.FULL, cluster_id="c1", revision=sm.revision,
+                             raft_term=3, node_id="n1", created_unix_ms=T0)  # fmt: skip
+    pieces = backupfile.encode_parts(head, sm.capture().encode_parts())
+    assert len(pieces) > 4
+    assert b"".join(pieces) == backupfile.encode(head, sm.snapshot())

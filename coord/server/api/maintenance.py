@@ -11,7 +11,7 @@ captured (coord.raft.backup_capture). Consistency checks are run by the leader's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from coord import errors
 from coord.raft.backup_capture import diff_backup, full_backup
@@ -95,12 +95,27 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
             yield chunk
 
     def _chunks(
-        self, data: bytes, revision: int, serializable: bool
-    ) -> list[maintenance_pb2.BackupChunk]:
+        self, parts: list[bytes], revision: int, serializable: bool
+    ) -> Iterator[maintenance_pb2.BackupChunk]:
         header = self.ctx.header(revision=revision, serializable=serializable)
-        return [
-            maintenance_pb2.BackupChunk(
-                header=header, data=data[i : i + CHUNK_BYTES], total_bytes=len(data)
-            )
-            for i in range(0, max(len(data), 1), CHUNK_BYTES)
-        ]
+        total = sum(map(len, parts))
+        for data in chunked(parts, CHUNK_BYTES):
+            yield maintenance_pb2.BackupChunk(header=header, data=data, total_bytes=total)
+
+
+def chunked(parts: list[bytes], size: int) -> Iterator[bytes]:
+    """The concatenation of ``parts`` cut into pieces of ``size`` bytes (the last one
+    shorter; one empty piece when there is nothing), each copied once."""
+    pending: list[memoryview] = []
+    room, sent = size, False
+    for part in parts:
+        view = memoryview(part)
+        while len(view) >= room:
+            pending.append(view[:room])
+            yield b"".join(pending)
+            view, pending, room, sent = view[room:], [], size, True
+        if view:
+            pending.append(view)
+            room -= len(view)
+    if pending or not sent:
+        yield b"".join(pending)

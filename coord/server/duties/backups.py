@@ -140,7 +140,7 @@ class BackupScheduler:
             return None  # nothing changed since the newest file
         fulls = [i for i, f in enumerate(files) if f.full]
         diff_due = tip is not None and len(files) - 1 - fulls[-1] < self.cfg.backup_full_every - 1
-        made: tuple[bytes, int, int | None] | None = None
+        made: tuple[list[bytes], int, int | None] | None = None
         if tip is not None and diff_due:
             try:
                 data, rev = diff_backup(self.raft, self.cfg.node_id, tip.revision, cluster_id)
@@ -154,7 +154,7 @@ class BackupScheduler:
         name = file_name(cluster_id, rev, base)
         path = os.path.join(self.dir, name)
         write_file_durably(path + ".tmp", data, path, fsync=self.cfg.fsync)
-        logger.info("backup written: %s (%d bytes)", name, len(data))
+        logger.info("backup written: %s (%d bytes)", name, sum(map(len, data)))
         self._rotate(cluster_id)
         return path
 
