@@ -530,17 +530,29 @@ class StateCapture:
                 getattr(part, name).extend(records[i : i + _HASH_CHUNK])
                 h.update(name.encode())
                 h.update(part.SerializeToString(deterministic=True))
-        for i in range(0, len(self.dedupe), _HASH_CHUNK):
-            part = raft_pb2.StateSnapshot()
-            for rid, (res, fp) in self.dedupe[i : i + _HASH_CHUNK]:
-                entry = part.dedupe.add(request_id=rid, fingerprint=fp)
-                entry.result.ParseFromString(res)
-                # A refusal's wording may differ between coord versions (a rolling
-                # upgrade applies the same log on both): its reason is the outcome.
-                entry.result.error_message = ""
+        dedupe = dedupe_records(list(map(_without_error_message, self.dedupe)))
+        for chunk in encoded_chunks(DEDUPE_TAG, dedupe):
             h.update(b"dedupe")
-            h.update(part.SerializeToString(deterministic=True))
+            h.update(chunk)
         return h.hexdigest()
+
+
+def _without_error_message(
+    entry: tuple[str, tuple[bytes, bytes]],
+) -> tuple[str, tuple[bytes, bytes]]:
+    """A dedupe entry as hashed: a refusal's wording may differ between coord versions
+    (a rolling upgrade applies the same log on both), its reason is the outcome, so its
+    error_message is left out. A stored result is a deterministic serialization, fields
+    in number order: only one that starts with error_reason (field 1) or error_message
+    (field 2) can hold a message, and only those (refusals, rare) are decoded."""
+    rid, (res, fp) = entry
+    if res[:1] not in (b"\x0a", b"\x12"):
+        return entry
+    result = raft_pb2.CommandResult.FromString(res)
+    if not result.error_message:
+        return entry
+    result.error_message = ""
+    return rid, (result.SerializeToString(deterministic=True), fp)
 
 
 def _attach_group_state(event: groups_pb2.Event, g: GroupState) -> None:
