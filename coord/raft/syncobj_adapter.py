@@ -18,8 +18,7 @@ inside ``patroni/dcs/raft.py`` the same way).
 - :func:`error_for` maps pysyncobj's fail reasons to coord errors (the one
   translation point on the Raft side, see coord.errors).
 - :func:`peer_host` and :func:`guard_frames` reach into a ``TcpConnection``
-  for coord.raft.transport; :func:`install_frame_codec` makes its frames cheap to
-  write (stored deflate, still zlib: every pysyncobj reads them).
+  for coord.raft.transport.
 
 Thread: everything but construction runs on pysyncobj's tick thread, except
 the proposal entry points (:meth:`SyncObjAdapter.propose`,
@@ -32,13 +31,11 @@ import logging
 import math
 import queue
 import struct
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import pysyncobj.syncobj as _pso
-import pysyncobj.tcp_connection as _tcp
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 
@@ -62,7 +59,6 @@ __all__ = [
     "build_conf",
     "error_for",
     "guard_frames",
-    "install_frame_codec",
     "install_journal_hook",
     "peer_host",
     "raft_clock",
@@ -133,35 +129,6 @@ def install_journal_hook() -> None:
     if _orig_create_journal is None:
         _orig_create_journal = _pso.createJournal
         _pso.createJournal = _create_journal
-
-
-# pysyncobj compresses every Raft message with ``zlib.compress(data, 3)`` and reads
-# it with ``zlib.decompress``. For the small messages the hot path sends (an
-# append-entries of a few puts, an acknowledgement) deflate's setup dominates: it
-# allocates ~270 KB of state per call, which glibc hands back to the kernel between
-# calls on an idle node: 20-90 us and page faults a message, on the leader and on
-# each follower, in series on every commit. Stored deflate (level 0, the smallest
-# window) is still a zlib stream that any pysyncobj decompresses, so nodes of either
-# kind talk to each other unchanged (rolling upgrades), for ~1.5 us. The price is the
-# bytes: a message is not compressed (a follower catching up by snapshot receives the
-# dump at its full size).
-class _CheapDeflate:
-    """Stands in for the ``zlib`` module in pysyncobj's ``tcp_connection``."""
-
-    @staticmethod
-    def compress(data: bytes, level: int = -1) -> bytes:
-        deflate = zlib.compressobj(0, zlib.DEFLATED, _STORED_WINDOW_BITS, 1)
-        return deflate.compress(data) + deflate.flush()
-
-    decompress = staticmethod(zlib.decompress)
-
-
-_STORED_WINDOW_BITS = 9  # zlib's smallest window: the stored stream needs none
-
-
-def install_frame_codec() -> None:
-    """Make pysyncobj's connections write stored deflate (idempotent; see above)."""
-    _tcp.zlib = _CheapDeflate
 
 
 # -- the SyncObj subclass ----------------------------------------------------------
@@ -627,7 +594,6 @@ def start(
     """Build and start pysyncobj: its log is ``journal`` (``conf``'s journal file is
     ``journal_path``), its transport ``transport(syncobj, self_node, other_nodes)``."""
     install_journal_hook()
-    install_frame_codec()
     _JOURNALS[journal_path] = journal
     try:
         # pysyncobj calls ``transportClass(self, selfNode, otherNodes)``: any factory does.
