@@ -195,6 +195,7 @@ class RaftNode:
         cfg, routes = self.cfg, self.membership.routes
         hooks = Hooks(
             apply=self._apply,
+            applied=self._applied,
             check_change=self._check_change_request,
             sync_config=self._sync_config,
             timer_restarted=self._election_timer_restarted,
@@ -241,12 +242,20 @@ class RaftNode:
             result = self.state.apply(data)
         if self.on_apply_latency is not None:
             self.on_apply_latency(time.perf_counter() - t0)
-        for fn in self._apply_listeners:
-            fn()
         return result
 
+    def _applied(self) -> None:
+        # After the tick's last apply, not after each: a listener wakes the event loop
+        # (a write to its self-pipe), which then takes the GIL from the tick thread for
+        # as long as it runs. Inside the apply that stalled the rest of the batch, the
+        # callbacks that answer clients included (a put's apply took ~170 us in a trace
+        # of one node under one client, ~60 after).
+        for fn in self._apply_listeners:
+            fn()
+
     def add_apply_listener(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` on the tick thread after every applied command: keep it tiny."""
+        """Call ``fn()`` on the tick thread after each tick that applied commands (once
+        for all of them, after the last one's callbacks): keep it tiny."""
         self._apply_listeners.append(fn)
 
     # -- proposals (any thread) ------------------------------------------------

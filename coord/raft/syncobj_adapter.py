@@ -140,6 +140,8 @@ class Hooks:
 
     # Apply one committed command to the state machine; returns its result.
     apply: Callable[[bytes], Any]
+    # A tick applied one or more commands (called once, after the last of them).
+    applied: Callable[[], None]
     # pysyncobj's leader asks before appending a configuration entry: allowed?
     check_change: Callable[[Any], bool]
     # Make pysyncobj's peer set the latest configuration (a dump was loaded).
@@ -187,7 +189,10 @@ class _SyncObj(SyncObj):
         # commit index (messages are handled in the poll, after the apply).
         if self._SyncObj__raftCommitIndex > self._coord_commit_before:
             self._coord_count_self_when_durable()
+        last_applied = self._SyncObj__raftLastApplied
         applied = bool(SyncObj._SyncObj__applyLogEntries(self))
+        if self._SyncObj__raftLastApplied != last_applied:
+            self._coord.applied()
         if applied and self._isLeader() and raft_clock() <= self._SyncObj__newAppendEntriesTime:
             # pysyncobj sends an append-entries to every follower after an apply (the
             # new commit index), and under load this tick's drain of the queued

@@ -193,3 +193,25 @@ def test_a_cut_link_refuses_and_heals(cluster: MemoryCluster) -> None:
         "n1 and n2 to reconnect",
     )
     assert any(v.role == ROLE_LEADER for v in (n.view for n in cluster.nodes.values()))
+
+
+def test_apply_listeners_run_once_the_ticks_callbacks_have(cluster: MemoryCluster) -> None:
+    # A listener wakes the event loop, which then holds the GIL for as long as it runs:
+    # called between an apply and the callback that answers its client, it stalled
+    # the reply. It runs after the tick's last callback instead.
+    leader_id = cluster.wait_leader(DEADLINE_S)
+    leader = cluster.nodes[leader_id]
+    keys = [b"listen-%d" % i for i in range(30)]
+    answered: list[bytes] = []
+    seen: list[tuple[int, int]] = []  # (answered, applied) at each listener call
+
+    def applied_here() -> int:
+        return leader.read(lambda s: sum(1 for k in keys if s.kv.get(k) is not None))
+
+    leader.add_apply_listener(lambda: seen.append((len(answered), applied_here())))
+    for k in keys:
+        cmd = raft_pb2.Command(put=kv_pb2.PutRequest(key=k, value=b"v"))
+        leader.propose_cb(cmd, lambda res, err, k=k: answered.append(k))
+    wait_until(lambda: len(answered) == len(keys), DEADLINE_S, "every put answered")
+    wait_until(lambda: seen and seen[-1][1] == len(keys), DEADLINE_S, "a listener after all")
+    assert all(n_answered == n_applied for n_answered, n_applied in seen), seen
