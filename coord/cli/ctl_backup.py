@@ -1,6 +1,6 @@
 """coordctl backups: ``snapshot save``/``snapshot status`` and ``backup diff``.
 
-A file is written to a temporary file as it arrives, verified (checksum, header,
+A file is written to a temporary file of its own as it arrives, verified (checksum, header,
 body), then made durable and renamed into place (fsync, rename, fsync of the
 directory): a backup file that exists is complete and verified. Restoring one is
 ``coord restore`` (on the nodes).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar
 
@@ -67,13 +68,19 @@ def _show(ctx_output: str, info: dict[str, Any]) -> None:
 
 
 def _save(path: str, download: Callable[[BinaryIO], bytes], what: str) -> dict[str, Any]:
-    """Download a backup file into ``path``.tmp as it arrives (``download(file)`` gives
-    back the whole file's bytes), verify it, then make it ``path`` durably. A file that
-    does not verify, or a failed download, leaves nothing behind."""
-    tmp = path + ".tmp"
+    """Download a backup file into a temporary file beside ``path`` as it arrives
+    (``download(file)`` gives back the whole file's bytes), verify it, then make it
+    ``path`` durably (mode 0600, as etcdctl's snapshots). A file that does not verify,
+    or a failed download, leaves nothing behind."""
+    try:  # a name of its own: another save to the same path may be writing meanwhile
+        fd, tmp = tempfile.mkstemp(
+            prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or "."
+        )
+    except OSError as e:
+        raise CLIError(f"cannot write {path}: {e.strerror}") from None
     committed = False
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             data = download(f)
             b = backupfile.decode(data, what)
             f.flush()

@@ -71,3 +71,23 @@ def test_a_failed_download_leaves_nothing(tmp_path: Path) -> None:
 def test_an_unwritable_place_says_so(tmp_path: Path) -> None:
     with pytest.raises(CLIError, match="cannot write"):
         _save(str(tmp_path / "missing" / "snap.coordbak"), arriving(backup_bytes()), "x")
+
+
+def test_two_saves_to_one_path_do_not_share_a_temporary_file(tmp_path: Path) -> None:
+    # Overlapping runs (two cron jobs): each writes its own temporary file, so the one
+    # that renames last leaves a whole, verified file, never one mixed from both.
+    out = tmp_path / "snap.coordbak"
+    data = backup_bytes()
+    inner: list[dict[str, object]] = []
+
+    def slow(f: BinaryIO) -> bytes:
+        f.write(data[:10])
+        inner.append(_save(str(out), arriving(data), "the other save"))
+        f.write(data[10:])
+        return data
+
+    _save(str(out), slow, "the snapshot received")
+    assert inner and out.read_bytes() == data
+    assert backupfile.read(str(out)).header.cluster_id == "c1"
+    assert os.listdir(tmp_path) == ["snap.coordbak"]
+    assert os.stat(out).st_mode & 0o777 == 0o600
