@@ -584,8 +584,8 @@ class Client:
         """A full backup file of the cluster's state, taken at a linearizable point (or,
         with ``serializable``, of the answering node's own state: give ``endpoint``).
         The bytes are the file as written (see ``coord.state.backupfile``); with
-        ``copy_to`` (a file open for writing) they are also written there as they
-        arrive (an attempt that fails starts the file over)."""
+        ``copy_to`` (a seekable file open for writing) they are also written there as
+        they arrive (an attempt that fails starts the file over)."""
         from coord.v1 import maintenance_pb2
 
         req = maintenance_pb2.SnapshotRequest(serializable=serializable)
