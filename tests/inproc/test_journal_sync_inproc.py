@@ -106,6 +106,10 @@ def _put_with_a_held_sync(
     cluster.network.partition(leader_id, g)
     release = threading.Event()
     held = leader if hold == "leader" else follower
+    # The warm-up committed with one follower: the other (f, say) may not have synced
+    # it yet. Held then, that sync would stop f's tick thread before it ever saw the put.
+    written = leader.journal[-1][1]
+    wait_until(lambda: held.journal.durable_index >= written, 10, "the warm-up durable where held")
     threads = _slow_sync_of(monkeypatch, held, lambda: release.wait(30))
     try:
         idx = leader.journal[-1][1] + 1
