@@ -42,9 +42,9 @@ def diff_backup(
     raft: RaftNode, node_id: str, since_revision: int, cluster_id: str = ""
 ) -> tuple[list[bytes], int]:
     """A diff backup file (as pieces, like full_backup's): this node's changes after
-    ``since_revision``, and its
-    revision. Refuses another cluster's base; OutOfRange once those changes were
-    compacted (see ``coord.state.replay.capture_diff``). Blocking, like full_backup."""
+    ``since_revision``, and its revision. Refuses another cluster's base; OutOfRange
+    once those changes were compacted (see ``coord.state.replay.capture_diff``).
+    Blocking, like full_backup."""
 
     def capture(s: StateMachine) -> tuple[maintenance_pb2.BackupDiff, str, int, int]:
         _check_bootstrapped(s)

@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 # Consistency check points kept per replica (each shares the state's immutable records).
 CHECK_POINTS_KEPT = 4
 MAX_CHECK_ID_CHARS = 64
-_HASH_CHUNK = RECORDS_PER_CHUNK
 
 
 class StateMachine:
@@ -470,9 +469,9 @@ class StateCapture:
             return part.SerializeToString(deterministic=True)
 
         def chunks(name: str, records: list[Any]) -> Iterator[bytes]:
-            for i in range(0, len(records), _HASH_CHUNK):
+            for i in range(0, len(records), RECORDS_PER_CHUNK):
                 part = raft_pb2.StateSnapshot()
-                getattr(part, name).extend(records[i : i + _HASH_CHUNK])
+                getattr(part, name).extend(records[i : i + RECORDS_PER_CHUNK])
                 yield serialized(part)
 
         # Fields 1-3, then 4 (kvs), 5 (dedupe), 6 (node_ids), 7-9, 10 (last_term), 11.
@@ -525,9 +524,9 @@ class StateCapture:
             ("ledgers", self.ledgers),
         ]
         for name, records in parts:
-            for i in range(0, len(records), _HASH_CHUNK):
+            for i in range(0, len(records), RECORDS_PER_CHUNK):
                 part = raft_pb2.StateSnapshot()
-                getattr(part, name).extend(records[i : i + _HASH_CHUNK])
+                getattr(part, name).extend(records[i : i + RECORDS_PER_CHUNK])
                 h.update(name.encode())
                 h.update(part.SerializeToString(deterministic=True))
         dedupe = dedupe_records(list(map(_without_error_message, self.dedupe)))

@@ -64,7 +64,7 @@ def dedupe_records(entries: list[tuple[str, tuple[bytes, bytes]]]) -> list[bytes
 
 
 def _dedupe_record_unframed(r: bytes, res: bytes, fp: bytes) -> bytes:
-    """One record of :func:`_dedupe_records` with a field too long for the tables."""
+    """One record of :func:`dedupe_records` with a field too long for the tables."""
     rid_tag, res_tag, fp_tag = _DEDUPE_ENTRY_TAGS
     record = res_tag + _varint(len(res)) + res
     if r:

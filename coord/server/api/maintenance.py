@@ -69,10 +69,10 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
 
         if not request.serializable:
             await self.ctx.linearize(context)
-        data, revision = await asyncio.get_running_loop().run_in_executor(
+        parts, revision = await asyncio.get_running_loop().run_in_executor(
             None, full_backup, self.ctx.raft, self.ctx.cfg.node_id
         )
-        for chunk in self._chunks(data, revision, request.serializable):
+        for chunk in self._chunks(parts, revision, request.serializable):
             yield chunk
 
     async def Diff(
@@ -83,7 +83,7 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
             raise errors.InvalidArgument("since_revision must be >= 0")
         if not request.serializable:
             await self.ctx.linearize(context)
-        data, revision = await asyncio.get_running_loop().run_in_executor(
+        parts, revision = await asyncio.get_running_loop().run_in_executor(
             None,
             diff_backup,
             self.ctx.raft,
@@ -91,7 +91,7 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
             request.since_revision,
             request.cluster_id,
         )
-        for chunk in self._chunks(data, revision, request.serializable):
+        for chunk in self._chunks(parts, revision, request.serializable):
             yield chunk
 
     def _chunks(
