@@ -56,13 +56,16 @@ class Post:
 
 class Receiver:
     """An HTTP server on 127.0.0.1 that records every POST and answers 200, or what
-    ``fail_next`` scripted. ``stop()``/``start()`` take it down and back on the same port."""
+    ``fail_next`` scripted for the post's group. ``stop()``/``start()`` take it down and
+    back on the same port."""
 
     def __init__(self) -> None:
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}/hooks/coord"
         self.posts: list[Post] = []
-        self.script: deque[int] = deque()
+        # Per group: an earlier test's late event (a session expiring after its test
+        # ended) must not spend the failures scripted for this test's group.
+        self.script: dict[str, deque[int]] = {}
         self.cond = threading.Condition()
         self.server: ThreadingHTTPServer | None = None
 
@@ -73,7 +76,8 @@ class Receiver:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with receiver.cond:
-                    status = receiver.script.popleft() if receiver.script else 200
+                    script = receiver.script.get(body.get("group", ""))
+                    status = script.popleft() if script else 200
                     receiver.posts.append(Post(dict(self.headers), body, status))
                     receiver.cond.notify_all()
                 self.send_response(status)
@@ -92,9 +96,10 @@ class Receiver:
             self.server.server_close()
             self.server = None
 
-    def fail_next(self, n: int, status: int = 500) -> None:
+    def fail_next(self, group: str, n: int, status: int = 500) -> None:
+        """Answer the next ``n`` posts about ``group`` with ``status``."""
         with self.cond:
-            self.script.extend([status] * n)
+            self.script.setdefault(group, deque()).extend([status] * n)
 
     def of(self, group: str) -> list[Post]:
         with self.cond:
@@ -310,7 +315,7 @@ def test_a_receiver_answering_500_still_gets_every_event(
     watcher = Watcher(cluster.endpoints, groups=[g])
     try:
         with pair(cluster, g) as p:
-            receiver.fail_next(3)
+            receiver.fail_next(g, 3)
             p.flip()
             p.flip()
             watcher.wait_for(lambda e: len(watched(watcher, g)) >= 4, 10, "two flips")
