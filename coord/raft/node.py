@@ -790,6 +790,10 @@ class RaftNode:
             # that silently diverged. Stop instead; a restart reloads cleanly.
             logger.critical("cannot load the Raft snapshot %s: exiting", filename, exc_info=True)
             os._exit(70)
+        # The state changed without an apply (a follower installing the leader's
+        # snapshot): tell the listeners as a tick's applies would, or watchers wait
+        # for their idle wake-up.
+        self._applied()
         return dump.last, dump.prev, set(dump.node_ids)
 
 

@@ -518,3 +518,40 @@ def test_a_snapshot_the_follower_already_holds_does_not_wipe_its_log(tmp_path: P
         cluster.wait_converged()
     finally:
         cluster.close()
+
+
+def test_a_follower_that_installs_a_snapshot_tells_its_apply_listeners(tmp_path: Path) -> None:
+    # Watchers and the status page wake on apply listeners. A follower that catches up
+    # by installing the leader's snapshot changed its state without an apply: unless
+    # told, its watchers would send the new events only at their next idle wake-up
+    # (a second), or at the next entry applied.
+    cluster = _compacting_cluster(tmp_path)
+    try:
+        leader = cluster.wait_leader()
+        behind = next(n for n in cluster.ids if n != leader)
+        node = cluster.nodes[behind]
+        order: list[str] = []  # on the follower's tick thread, in order
+        real_restore, real_apply = node.state.restore, node.state.apply
+
+        def restore(data: Any) -> None:
+            real_restore(data)
+            order.append("restored")
+
+        def apply(data: Any) -> Any:
+            order.append("applied")
+            return real_apply(data)
+
+        node.state.restore = restore  # type: ignore[method-assign]
+        node.state.apply = apply  # type: ignore[method-assign]
+        node.add_apply_listener(lambda: order.append("listeners"))
+        cluster.isolate(behind)
+        for i in range(KEYS):
+            cluster.put(leader, b"k%03d" % i, b"v%d" % i).result(10)
+        wait_until(lambda: _dump_index(tmp_path / leader) > 100, 10, "the leader to compact")
+        cluster.heal()
+        cluster.wait_converged()
+        assert "restored" in order, "the follower caught up without the leader's snapshot"
+        after = order[order.index("restored") + 1 :]
+        assert after[:1] == ["listeners"], order[-8:]
+    finally:
+        cluster.close()
