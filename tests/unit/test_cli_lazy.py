@@ -145,6 +145,17 @@ def test_kv_get_and_status_import_only_what_they_call(
     assert lazy == [], f"{' '.join(args)} imported {lazy}"
 
 
+def test_the_snapshot_and_consistency_commands_import_no_config_or_server(tmp_path: Path) -> None:
+    # `coordctl snapshot save` and `consistency` are measured against etcdctl (bench/
+    # backup.py): coord.config (its dataclasses, hashlib, yaml) cost them ~17 ms, the
+    # state machine ~40 ms; they need neither.
+    modules, _ = _modules_after(
+        "import coord.cli.coordctl, coord.cli.ctl_nodes, coord.cli.ctl_backup", tmp_path
+    )
+    heavy = ("yaml", "coord.config", "coord.server", "coord.state.machine", "coord.agent")
+    assert _heavy(modules, heavy) == []
+
+
 GC_STATE = """
 import gc, json, sys
 from coord.cli.coordctl import main
