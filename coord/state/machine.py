@@ -69,7 +69,6 @@ class StateMachine:
         # While a session expires: the expiry time minus its TTL (Event.lost_since_ms).
         self._expiring_since_ms = 0
         self.groups = Groups(_Emitter(self), self._drop_session_keys)
-        # request id -> (first result, fingerprint of the operation)
         # request id -> (serialized result, fingerprint). Bytes, not messages: 20,000
         # results replaced at the write rate were most of the objects Python's cyclic
         # collector walked, and its full collections (30-225 ms under a write load)
