@@ -219,9 +219,10 @@ def harmless(method: str, msg: Message) -> bool:
             or HOST_PORT.match(msg.api_address)  # type: ignore[attr-defined]
         )
     if method == "/coord.v1.Sessions/Open":
-        # A session that could expire during the run would bump the revision later.
+        # A session opened expires later and bumps the revision then, inside another
+        # call's check if the run lasts (the long run: well past 20 minutes).
         ttl = msg.ttl_ms  # type: ignore[attr-defined]
-        return not limits.MIN_SESSION_TTL_MS <= ttl < 600_000
+        return not limits.MIN_SESSION_TTL_MS <= ttl <= limits.MAX_SESSION_TTL_MS
     return True
 
 

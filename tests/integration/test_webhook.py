@@ -35,7 +35,7 @@ from coord.server.duties.webhook import check_url, wanted
 from coord.testing import LocalCluster, free_ports, wait_until
 from coord.v1 import election_pb2, groups_pb2
 
-from .members import Members, Watcher, groups_stub
+from .members import Members, Watcher, groups_stub, list_sessions
 from .support import COORD, ClusterFactory, describe, run, sample, scrape
 
 QUEUE_MAX = 5
@@ -143,6 +143,30 @@ def cluster(module_cluster_factory: ClusterFactory, receiver: Receiver) -> Local
     )
     c.wait_for_leader()
     return c
+
+
+@pytest.fixture(autouse=True)
+def settled(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the shared cluster: no session left (none can expire during
+    the next test) and the leader's queue empty (every post delivered). The tests share
+    one receiver and one leader's queue; a post that one test's end caused (a session
+    closed or expiring, a master resigning) must not reach the next one, whose
+    receiver scripts and drop counts assume only its own posts (CI, stop 23: an earlier
+    test's late master_lost took the 500s scripted for another group)."""
+    yield
+    if "cluster" not in request.fixturenames:
+        return
+    cluster: LocalCluster = request.getfixturevalue("cluster")
+    if not any(n.running for n in cluster.nodes):
+        return
+
+    def quiet() -> bool:
+        with cluster.client() as c:
+            if list_sessions(c):
+                return False
+        return sample(scrape(cluster, cluster.wait_for_leader()), "coord_webhook_queue_length") == 0
+
+    wait_until(quiet, 30, "no session left and every webhook post delivered")
 
 
 class Pair:
