@@ -1,0 +1,86 @@
+"""StateNotifier (coord.server.runtime.notify): a waiter hears of every apply after
+the generation it read, and a node with no waiter never wakes its loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from coord.server.runtime.notify import StateNotifier
+
+
+def _counting(loop: asyncio.AbstractEventLoop) -> list[int]:
+    """Count the loop's call_soon_threadsafe calls (the wake-ups)."""
+    calls: list[int] = []
+    real = loop.call_soon_threadsafe
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_applies_with_no_waiter_never_wake_the_loop() -> None:
+    async def main() -> tuple[int, list[int]]:
+        n = StateNotifier(asyncio.get_running_loop())
+        wakes = _counting(asyncio.get_running_loop())
+        t = threading.Thread(target=lambda: [n.applied() for _ in range(100)])
+        t.start()
+        t.join()
+        return n.generation, wakes
+
+    generation, wakes = asyncio.run(main())
+    assert generation == 100 and wakes == []
+
+
+def test_a_waiter_is_woken_by_an_apply_on_another_thread() -> None:
+    async def main() -> tuple[int, list[int]]:
+        n = StateNotifier(asyncio.get_running_loop())
+        wakes = _counting(asyncio.get_running_loop())
+        seen = n.generation
+        waiter = asyncio.ensure_future(n.wait_beyond(seen, timeout=30))
+        while not n._waiters:  # the waiter is registered
+            await asyncio.sleep(0)
+        threading.Thread(target=lambda: [n.applied() for _ in range(3)]).start()
+        return await asyncio.wait_for(waiter, 10), wakes
+
+    generation, wakes = asyncio.run(main())
+    assert generation >= 1
+    assert 1 <= len(wakes) <= 3  # one per burst, however many applies
+
+
+def test_an_apply_between_reading_the_generation_and_waiting_is_not_missed() -> None:
+    async def main() -> int:
+        n = StateNotifier(asyncio.get_running_loop())
+        seen = n.generation  # a stream reads the generation, then the state...
+        t = threading.Thread(target=n.applied)  # ...an apply lands meanwhile...
+        t.start()
+        t.join()
+        return await asyncio.wait_for(n.wait_beyond(seen, timeout=30), 5)  # ...returns at once
+
+    assert asyncio.run(main()) == 1
+
+
+def test_a_waiter_gives_up_at_its_timeout_and_is_counted_out() -> None:
+    async def main() -> tuple[int, int]:
+        n = StateNotifier(asyncio.get_running_loop())
+        got = await n.wait_beyond(n.generation, timeout=0.01)
+        return got, n._waiters
+
+    assert asyncio.run(main()) == (0, 0)
+
+
+def test_a_cancelled_waiter_is_counted_out() -> None:
+    async def main() -> int:
+        n = StateNotifier(asyncio.get_running_loop())
+        waiter = asyncio.ensure_future(n.wait_beyond(n.generation))
+        while not n._waiters:
+            await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        return n._waiters
+
+    assert asyncio.run(main()) == 0
