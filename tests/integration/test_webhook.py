@@ -164,7 +164,12 @@ def settled(request: pytest.FixtureRequest) -> Iterator[None]:
         with cluster.client() as c:
             if list_sessions(c):
                 return False
-        return sample(scrape(cluster, cluster.wait_for_leader()), "coord_webhook_queue_length") == 0
+            revision = c.range(b"-").header.revision  # linearizable: the leader's
+        m = scrape(cluster, cluster.wait_for_leader())
+        # Every event up to now read by the webhook (a closed session's master_lost is
+        # queued after its apply), and nothing left to post.
+        scanned = sample(m, "coord_webhook_scanned_revision", default=-1)
+        return scanned >= revision and sample(m, "coord_webhook_queue_length", default=-1) == 0
 
     wait_until(quiet, 30, "no session left and every webhook post delivered")
 

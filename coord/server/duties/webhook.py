@@ -57,7 +57,9 @@ Metrics (coord.server.http.metrics, on the leader): ``coord_webhook_posted_total
 ``coord_webhook_dropped_total{reason}``: ``queue_full``, ``rejected``,
 ``leadership_lost`` (the queue of a deposed leader), ``compacted`` (events that
 left the event log before the leader read them: not all were notifications);
-``coord_webhook_queue_length``.
+``coord_webhook_queue_length``; ``coord_webhook_scanned_revision`` (how far the
+leader has read the events: behind the cluster's revision, notifications are still
+to be queued).
 
 Delivery guarantee: at-least-once within one leadership (short of the queue
 overflowing), at-most-once across a leader change. A node that becomes leader
@@ -437,6 +439,8 @@ class WebhookNotifier:
             if wanted(e):
                 self._enqueue(e.type, event_body(e, cluster_id, self.node_id))
         self._cursor = max(self._cursor, scan.revision)
+        if self.metrics is not None:
+            self.metrics.webhook_scanned.set(self._cursor)
         if scan.budgets is not None:
             self._take_budgets(scan.budgets, cluster_id, term)
 

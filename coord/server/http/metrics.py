@@ -148,6 +148,12 @@ class NodeMetrics:
         self.webhook_queue = Gauge(
             "coord_webhook_queue_length", "Webhook notifications waiting.", registry=r
         )
+        self.webhook_scanned = Gauge(
+            "coord_webhook_scanned_revision",
+            "The last revision this leader's webhook has looked at: every event up to it "
+            "is queued, delivered or dropped (compare with the cluster's revision).",
+            registry=r,
+        )
 
     def _define_consistency_metrics(self, r: CollectorRegistry) -> None:
         # Consistency checks (coord.server.duties.consistency): every member's state hash at a
