@@ -792,8 +792,12 @@ class RaftNode:
             os._exit(70)
         # The state changed without an apply (a follower installing the leader's
         # snapshot): tell the listeners as a tick's applies would, or watchers wait
-        # for their idle wake-up.
-        self._applied()
+        # for their idle wake-up. Whatever a listener does, the install goes on:
+        # pysyncobj would log an exception here and skip resetting its log.
+        try:
+            self._applied()
+        except Exception:
+            logger.exception("an apply listener failed after the snapshot %s was loaded", filename)
         return dump.last, dump.prev, set(dump.node_ids)
 
 

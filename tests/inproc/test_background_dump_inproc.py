@@ -551,6 +551,8 @@ def test_a_follower_that_installs_a_snapshot_tells_its_apply_listeners(tmp_path:
         cluster.heal()
         cluster.wait_converged()
         assert "restored" in order, "the follower caught up without the leader's snapshot"
+        # (The restore is visible before the tick thread goes on to the listeners.)
+        wait_until(lambda: order[-1] != "restored", 10, "what follows the restore")
         after = order[order.index("restored") + 1 :]
         assert after[:1] == ["listeners"], order[-8:]
     finally:

@@ -44,8 +44,11 @@ def test_a_waiter_is_woken_by_an_apply_on_another_thread() -> None:
         waiter = asyncio.ensure_future(n.wait_beyond(seen, timeout=30))
         while not n._waiters:  # the waiter is registered
             await asyncio.sleep(0)
-        threading.Thread(target=lambda: [n.applied() for _ in range(3)]).start()
-        return await asyncio.wait_for(waiter, 10), wakes
+        t = threading.Thread(target=lambda: [n.applied() for _ in range(3)])
+        t.start()
+        got = await asyncio.wait_for(waiter, 10)
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+        return got, wakes
 
     generation, wakes = asyncio.run(main())
     assert generation >= 1

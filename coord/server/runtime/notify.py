@@ -36,7 +36,8 @@ class StateNotifier:
             if not self._waiters or self._pending:
                 return
             self._pending = True
-        self._loop.call_soon_threadsafe(self._wake)
+        with contextlib.suppress(RuntimeError):  # the loop closed (the node stopping)
+            self._loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
         with self._lock:
