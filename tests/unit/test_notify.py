@@ -87,3 +87,23 @@ def test_a_cancelled_waiter_is_counted_out() -> None:
         return n._waiters
 
     assert asyncio.run(main()) == 0
+
+
+def test_a_stale_generation_returns_through_the_loop() -> None:
+    # The generation moves on the tick thread: a stream that finds something new at
+    # every wait must still let the loop's other tasks run between its rounds.
+    async def main() -> tuple[int, bool]:
+        n = StateNotifier(asyncio.get_running_loop())
+        n.applied()
+        ran = asyncio.Event()
+        other = asyncio.ensure_future(_set(ran))
+        got = await n.wait_beyond(0, timeout=30)
+        seen = ran.is_set()
+        await other
+        return got, seen
+
+    assert asyncio.run(main()) == (1, True)
+
+
+async def _set(flag: asyncio.Event) -> None:
+    flag.set()

@@ -49,10 +49,16 @@ class StateNotifier:
         """Wait until something was applied after ``generation`` (at once if it was
         already), or ``timeout``; returns the generation then."""
         with self._lock:
-            if self.generation != generation:
-                return self.generation
-            self._waiters += 1
-            event = self._event
+            stale = self.generation != generation
+            if not stale:
+                self._waiters += 1
+                event = self._event
+        if stale:
+            # Something was applied since: return, but through the loop once. The
+            # generation moves on the tick thread, so a stream whose filter matches
+            # nothing could otherwise go round without ever letting other tasks run.
+            await asyncio.sleep(0)
+            return self.generation
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout)
