@@ -36,6 +36,7 @@ from coord.state.ledger import Ledger
 from coord.state.request_ids import check_request_id
 from coord.state.snapshot_format import (
     DEDUPE_TAG,
+    EVENTS_TAG,
     HEADER,
     KVS_TAG,
     RECORDS_PER_CHUNK,
@@ -363,7 +364,7 @@ class StateMachine:
             dedupe=list(self._dedupe.items()),  # one C-level copy (a comprehension: ~10x)
             sessions=[_copied(s) for s in self.groups.sessions.values()],
             groups=[g.to_proto() for g in self.groups.groups.values()],
-            events=list(self.events.items()),
+            events=self.events.encoded(),
             ledgers=[_copied_ledger(g) for g in self.ledger.to_proto()],
         )
 
@@ -443,7 +444,7 @@ class StateCapture:
     dedupe: list[tuple[str, tuple[bytes, bytes]]]  # (request id, (result, fingerprint))
     sessions: list[groups_pb2.Session]
     groups: list[groups_pb2.Group]
-    events: list[groups_pb2.Event]
+    events: list[bytes]  # each a serialized Event (coord.state.events)
     ledgers: list[availability_pb2.GroupLedger] = field(default_factory=list)
 
     def encode(self) -> bytes:
@@ -486,7 +487,7 @@ class StateCapture:
         yield serialized(raft_pb2.StateSnapshot(node_ids=self.node_ids))
         yield from chunks("sessions", self.sessions)
         yield from chunks("groups", self.groups)
-        yield from chunks("events", self.events)
+        yield from encoded_chunks(EVENTS_TAG, self.events)
         yield serialized(raft_pb2.StateSnapshot(last_term=self.last_term))
         yield from chunks("ledgers", self.ledgers)
 
@@ -516,18 +517,20 @@ class StateCapture:
         for chunk in encoded_chunks(KVS_TAG, self.kvs):
             h.update(b"kvs")
             h.update(chunk)
-        parts: list[tuple[str, list[Any]]] = [
-            ("sessions", self.sessions),
-            ("groups", self.groups),
-            ("events", self.events),
-            ("ledgers", self.ledgers),
-        ]
-        for name, records in parts:
+
+        def messages(name: str, records: list[Any]) -> None:
             for i in range(0, len(records), RECORDS_PER_CHUNK):
                 part = raft_pb2.StateSnapshot()
                 getattr(part, name).extend(records[i : i + RECORDS_PER_CHUNK])
                 h.update(name.encode())
                 h.update(part.SerializeToString(deterministic=True))
+
+        messages("sessions", self.sessions)
+        messages("groups", self.groups)
+        for chunk in encoded_chunks(EVENTS_TAG, self.events):  # the same bytes, stored
+            h.update(b"events")
+            h.update(chunk)
+        messages("ledgers", self.ledgers)
         dedupe = dedupe_records(list(map(_without_error_message, self.dedupe)))
         for chunk in encoded_chunks(DEDUPE_TAG, dedupe):
             h.update(b"dedupe")

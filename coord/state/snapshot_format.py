@@ -38,6 +38,8 @@ KVS_TAG = b"\x22"
 # StateSnapshot.dedupe is field 5; a DedupeEntry's request_id, result and fingerprint
 # are its fields 1, 2 and 3 (all length-delimited).
 DEDUPE_TAG = b"\x2a"
+# StateSnapshot.events is field 9: (9 << 3) | 2.
+EVENTS_TAG = b"\x4a"
 _DEDUPE_ENTRY_TAGS = (b"\x0a", b"\x12", b"\x1a")
 
 

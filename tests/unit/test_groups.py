@@ -894,6 +894,25 @@ def test_event_log_byte_limit_keeps_at_least_the_newest_event(
         d.sm.events.since(d.sm.revision - 1, d.sm.revision)
 
 
+def test_the_event_logs_stored_encodings_are_its_events_and_its_byte_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A snapshot frames the stored encodings instead of serializing each event: they
+    # must be the events, through appends, evictions and a restore; and the byte bound
+    # counts their lengths, which must be ByteSize() (every replica, of any coord
+    # version, evicts at the same event).
+    d = master_standby()
+    sizes = [e.ByteSize() for e in d.sm.events.items()]
+    monkeypatch.setattr(limits, "EVENT_LOG_BYTES", sum(sizes))
+    d.switchover("b")
+    kept = list(d.sm.events.items())
+    assert 1 < len(kept) < len(sizes) and sum(e.ByteSize() for e in kept) <= limits.EVENT_LOG_BYTES
+    assert d.sm.events.encoded() == [e.SerializeToString(deterministic=True) for e in kept]
+    other = StateMachine()
+    other.restore(d.sm.snapshot())
+    assert other.events.encoded() == d.sm.events.encoded()
+
+
 # -- snapshots ----------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from coord.state.snapshot_format import (
     dedupe_records,
     encoded_chunks,
 )
-from coord.v1 import kv_pb2, raft_pb2
+from coord.v1 import groups_pb2, kv_pb2, raft_pb2
 
 HEADER = struct.Struct("<8sII")
 
@@ -219,7 +219,7 @@ def test_the_chunked_encoding_is_byte_for_byte_one_serialization() -> None:
         )
     whole.sessions.extend(cap.sessions)
     whole.groups.extend(cap.groups)
-    whole.events.extend(cap.events)
+    whole.events.extend(groups_pb2.Event.FromString(raw) for raw in cap.events)
     whole.ledgers.extend(cap.ledgers)
     body = whole.SerializeToString(deterministic=True)
     parts = cap.encode_parts()
