@@ -18,10 +18,11 @@ from coord.state.machine import StateCapture, StateMachine
 from coord.v1 import maintenance_pb2
 
 
-def full_backup(raft: RaftNode, node_id: str) -> tuple[list[bytes], int]:
+def full_backup(raft: RaftNode, node_id: str, signed: bool = True) -> tuple[list[bytes], int]:
     """A full backup file of this node's state now, as pieces whose concatenation it
-    is (``backupfile.encode_parts``), and its revision. Blocking (run it in a worker
-    thread): takes the apply lock briefly, then encodes outside it."""
+    is (``backupfile.encode_parts``; ``signed=False``: without its closing checksum),
+    and its revision. Blocking (run it in a worker thread): takes the apply lock
+    briefly, then encodes outside it."""
 
     def capture(s: StateMachine) -> tuple[StateCapture, int]:
         _check_bootstrapped(s)
@@ -35,11 +36,11 @@ def full_backup(raft: RaftNode, node_id: str) -> tuple[list[bytes], int]:
         raft_term=term,
         node_id=node_id,
     )
-    return backupfile.encode_parts(head, cap.encode_parts()), cap.revision
+    return backupfile.encode_parts(head, cap.encode_parts(), signed), cap.revision
 
 
 def diff_backup(
-    raft: RaftNode, node_id: str, since_revision: int, cluster_id: str = ""
+    raft: RaftNode, node_id: str, since_revision: int, cluster_id: str = "", signed: bool = True
 ) -> tuple[list[bytes], int]:
     """A diff backup file (as pieces, like full_backup's): this node's changes after
     ``since_revision``, and its revision. Refuses another cluster's base; OutOfRange
@@ -64,7 +65,8 @@ def diff_backup(
         raft_term=term,
         node_id=node_id,
     )
-    return backupfile.encode_parts(head, [diff.SerializeToString(deterministic=True)]), revision
+    body = [diff.SerializeToString(deterministic=True)]
+    return backupfile.encode_parts(head, body, signed), revision
 
 
 def _check_bootstrapped(s: StateMachine) -> None:

@@ -38,7 +38,7 @@ KIND_NAMES = {FULL: "full", DIFF: "diff"}
 
 _PREFIX = struct.Struct("<8sII")  # magic, format version, header length
 _U64 = struct.Struct("<Q")
-_DIGEST_BYTES = 32
+DIGEST_BYTES = 32  # the closing sha256
 
 
 class BackupError(Exception):
@@ -78,9 +78,13 @@ def encode(header: maintenance_pb2.BackupHeader, body: bytes) -> bytes:
     return b"".join(encode_parts(header, [body]))
 
 
-def encode_parts(header: maintenance_pb2.BackupHeader, body: Sequence[bytes]) -> list[bytes]:
+def encode_parts(
+    header: maintenance_pb2.BackupHeader, body: Sequence[bytes], signed: bool = True
+) -> list[bytes]:
     """:func:`encode` of the concatenation of ``body`` as pieces whose concatenation is
-    the file: a 20 MB snapshot is streamed or written without being copied into one."""
+    the file: a 20 MB snapshot is streamed or written without being copied into one.
+    ``signed=False``: without the closing checksum, for a caller that computes it
+    (:func:`checksum`) while it sends the rest."""
     head = header.SerializeToString(deterministic=True)
     parts = [
         _PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)),
@@ -88,11 +92,19 @@ def encode_parts(header: maintenance_pb2.BackupHeader, body: Sequence[bytes]) ->
         _U64.pack(sum(map(len, body))),
         *body,
     ]
+    if signed:
+        parts.append(checksum(parts))
+    return parts
+
+
+def checksum(parts: Sequence[bytes]) -> bytes:
+    """The file's closing checksum: the sha256 of everything before it, given as the
+    pieces of :func:`encode_parts` with ``signed=False``. (hashlib lets other threads
+    run while it hashes a piece: on a worker thread this overlaps sending.)"""
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part)
-    parts.append(digest.digest())
-    return parts
+    return digest.digest()
 
 
 def header(
@@ -150,7 +162,7 @@ def decode(data: bytes, name: str = "backup") -> Backup:
     if len(data) < body_at:
         raise BackupError(f"{name} is truncated: {len(data)} bytes, its header needs {body_at}")
     (body_len,) = _U64.unpack_from(data, _PREFIX.size + head_len)
-    expected = body_at + body_len + _DIGEST_BYTES
+    expected = body_at + body_len + DIGEST_BYTES
     if len(data) != expected:
         what = "truncated or corrupt" if len(data) < expected else "corrupt (bytes after its end)"
         raise BackupError(
@@ -158,8 +170,8 @@ def decode(data: bytes, name: str = "backup") -> Backup:
             "or use another backup"
         )
     view = memoryview(data)  # slices of a 20 MB file without copying it
-    digest = hashlib.sha256(view[:-_DIGEST_BYTES]).digest()
-    if digest != data[-_DIGEST_BYTES:]:
+    digest = hashlib.sha256(view[:-DIGEST_BYTES]).digest()
+    if digest != data[-DIGEST_BYTES:]:
         raise BackupError(
             f"{name} is corrupt: sha256 checksum mismatch; copy it again or use another backup"
         )

@@ -184,3 +184,15 @@ def test_the_file_in_pieces_is_the_file() -> None:
     pieces = backupfile.encode_parts(head, sm.capture().encode_parts())
     assert len(pieces) > 4
     assert b"".join(pieces) == backupfile.encode(head, sm.snapshot())
+
+
+def test_the_unsigned_pieces_and_their_checksum_are_the_file() -> None:
+    # The Snapshot and Diff RPCs send the pieces while a worker thread computes the
+    # closing checksum, and append it to the last message.
+    sm = machine(50)
+    head = backupfile.header(backupfile.FULL, cluster_id="c1", revision=sm.revision,
+                             raft_term=3, node_id="n1", created_unix_ms=T0)  # fmt: skip
+    unsigned = backupfile.encode_parts(head, sm.capture().encode_parts(), signed=False)
+    whole = b"".join([*unsigned, backupfile.checksum(unsigned)])
+    assert whole == backupfile.encode(head, sm.snapshot())
+    assert backupfile.decode(whole).header == head

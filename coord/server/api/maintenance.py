@@ -11,11 +11,13 @@ captured (coord.raft.backup_capture). Consistency checks are run by the leader's
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from coord import errors
 from coord.raft.backup_capture import diff_backup, full_backup
 from coord.server.api.context import NodeContext, ServicerContext
+from coord.state import backupfile
 from coord.v1 import maintenance_pb2, maintenance_pb2_grpc
 
 # Each message stays well under the 4 MiB gRPC limit.
@@ -70,9 +72,9 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
         if not request.serializable:
             await self.ctx.linearize(context)
         parts, revision = await asyncio.get_running_loop().run_in_executor(
-            None, full_backup, self.ctx.raft, self.ctx.cfg.node_id
+            None, functools.partial(full_backup, self.ctx.raft, self.ctx.cfg.node_id, signed=False)
         )
-        for chunk in self._chunks(parts, revision, request.serializable):
+        async for chunk in self._stream(parts, revision, request.serializable):
             yield chunk
 
     async def Diff(
@@ -85,22 +87,38 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
             await self.ctx.linearize(context)
         parts, revision = await asyncio.get_running_loop().run_in_executor(
             None,
-            diff_backup,
-            self.ctx.raft,
-            self.ctx.cfg.node_id,
-            request.since_revision,
-            request.cluster_id,
+            functools.partial(
+                diff_backup,
+                self.ctx.raft,
+                self.ctx.cfg.node_id,
+                request.since_revision,
+                request.cluster_id,
+                signed=False,
+            ),
         )
-        for chunk in self._chunks(parts, revision, request.serializable):
+        async for chunk in self._stream(parts, revision, request.serializable):
             yield chunk
 
-    def _chunks(
+    async def _stream(
         self, parts: list[bytes], revision: int, serializable: bool
-    ) -> Iterator[maintenance_pb2.BackupChunk]:
+    ) -> AsyncIterator[maintenance_pb2.BackupChunk]:
+        """The file of ``parts`` (unsigned) in messages of CHUNK_BYTES, the last one
+        ending with the file's checksum. The checksum (sha256, ~15 ms at 20 MB) is
+        computed on a worker thread while the rest is sent: hashing lets other threads
+        run, so the first message does not wait for it."""
         header = self.ctx.header(revision=revision, serializable=serializable)
-        total = sum(map(len, parts))
-        for data in chunked(parts, CHUNK_BYTES):
+        total = sum(map(len, parts)) + backupfile.DIGEST_BYTES
+        checksum = asyncio.get_running_loop().run_in_executor(None, backupfile.checksum, parts)
+        try:
+            pieces = chunked(parts, CHUNK_BYTES)
+            held = next(pieces)  # the last piece goes out with the checksum
+            for piece in pieces:
+                yield maintenance_pb2.BackupChunk(header=header, data=held, total_bytes=total)
+                held = piece
+            data = held + await checksum
             yield maintenance_pb2.BackupChunk(header=header, data=data, total_bytes=total)
+        finally:
+            checksum.cancel()  # when the caller went away: nobody is to read it
 
 
 def chunked(parts: list[bytes], size: int) -> Iterator[bytes]:
