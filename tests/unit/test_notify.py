@@ -44,7 +44,7 @@ def test_a_waiter_is_woken_by_an_apply_on_another_thread() -> None:
         wakes = _counting(n, asyncio.get_running_loop())
         seen = n.generation
         waiter = asyncio.ensure_future(n.wait_beyond(seen, timeout=30))
-        while not n._waiters:  # the waiter is registered
+        while not n.waiters:  # the waiter is registered
             await asyncio.sleep(0)
         t = threading.Thread(target=lambda: [n.applied() for _ in range(3)])
         t.start()
@@ -73,7 +73,7 @@ def test_a_waiter_gives_up_at_its_timeout_and_is_counted_out() -> None:
     async def main() -> tuple[int, int]:
         n = StateNotifier(asyncio.get_running_loop())
         got = await n.wait_beyond(n.generation, timeout=0.01)
-        return got, n._waiters
+        return got, n.waiters
 
     assert asyncio.run(main()) == (0, 0)
 
@@ -82,11 +82,11 @@ def test_a_cancelled_waiter_is_counted_out() -> None:
     async def main() -> int:
         n = StateNotifier(asyncio.get_running_loop())
         waiter = asyncio.ensure_future(n.wait_beyond(n.generation))
-        while not n._waiters:
+        while not n.waiters:
             await asyncio.sleep(0)
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
-        return n._waiters
+        return n.waiters
 
     assert asyncio.run(main()) == 0
 
@@ -109,3 +109,24 @@ def test_a_stale_generation_returns_through_the_loop() -> None:
 
 async def _set(flag: asyncio.Event) -> None:
     flag.set()
+
+
+def test_one_wake_up_releases_every_waiter_and_none_is_left_listed() -> None:
+    # Each waiter has a future of its own; the wake-up resolves them all, and one whose
+    # timeout fires at the same time is resolved once (no InvalidStateError).
+    async def main() -> tuple[list[int], int, list[int]]:
+        n = StateNotifier(asyncio.get_running_loop())
+        wakes = _counting(n, asyncio.get_running_loop())
+        waiters = [asyncio.ensure_future(n.wait_beyond(0, timeout=30)) for _ in range(50)]
+        waiters.append(asyncio.ensure_future(n.wait_beyond(0, timeout=0)))
+        while n.waiters < 50:
+            await asyncio.sleep(0)
+        t = threading.Thread(target=n.applied)
+        t.start()
+        got = await asyncio.wait_for(asyncio.gather(*waiters), 10)
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+        return got, n.waiters, wakes
+
+    got, left, wakes = asyncio.run(main())
+    assert got[:50] == [1] * 50 and got[50] in (0, 1)
+    assert left == 0 and len(wakes) == 1
