@@ -21,8 +21,9 @@ from coord.v1 import groups_pb2
 class EventLog:
     """The events, and beside each its serialization: computed once when it is appended
     (it is also its size, for the byte bound), so a snapshot or a state hash frames the
-    stored bytes instead of serializing ~10,000 messages again. An event is never
-    changed once appended."""
+    stored bytes instead of serializing ~10,000 messages again (the bytes cost less
+    memory than the message objects beside them). An event is never changed once
+    appended: what ``since``, ``last`` and ``items`` give is read-only."""
 
     def __init__(self) -> None:
         self._events: deque[groups_pb2.Event] = deque()

@@ -1486,6 +1486,10 @@ class GroupsMachine(RuleBasedStateMachine):
         an Advance naming nothing, however late its wall clock, does nothing."""
         snap = self.sm.snapshot()
         assert self.replica.snapshot() == snap
+        # The snapshot frames the event log's stored encodings: they must still be the
+        # events (nothing changed an event after it was appended).
+        events = self.sm.events
+        assert events.encoded() == [e.SerializeToString(deterministic=True) for e in events.items()]
         copy = restored(snap)
         assert copy.snapshot() == snap
         assert copy.groups.pending_waits() == self.sm.groups.pending_waits()
