@@ -8,6 +8,7 @@ a BackupError naming the problem (never a crash, never a silently wrong state).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import struct
 
@@ -15,11 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coord.server.api.maintenance import chunked
+from coord.server.api import maintenance
+from coord.server.api.maintenance import MaintenanceService, chunked
 from coord.state import backupfile, replay
 from coord.state.backupfile import BackupError
 from coord.state.machine import StateMachine
-from coord.v1 import groups_pb2, kv_pb2, maintenance_pb2, raft_pb2
+from coord.v1 import common_pb2, groups_pb2, kv_pb2, maintenance_pb2, raft_pb2
 
 T0 = 1_700_000_000_000
 
@@ -196,3 +198,51 @@ def test_the_unsigned_pieces_and_their_checksum_are_the_file() -> None:
     whole = b"".join([*unsigned, backupfile.checksum(unsigned)])
     assert whole == backupfile.encode(head, sm.snapshot())
     assert backupfile.decode(whole).header == head
+
+
+class _Ctx:
+    """What MaintenanceService._stream needs of a node: a response header."""
+
+    def header(self, revision: int = 0, serializable: bool = False) -> common_pb2.ResponseHeader:
+        return common_pb2.ResponseHeader(revision=revision)
+
+
+def _streamed(parts: list[bytes], take: int | None = None) -> list[maintenance_pb2.BackupChunk]:
+    """The messages MaintenanceService._stream sends for ``parts`` (all, or the first
+    ``take`` before the caller goes away)."""
+
+    async def main() -> list[maintenance_pb2.BackupChunk]:
+        stream = MaintenanceService(_Ctx(), None)._stream(parts, 7, False)  # type: ignore[arg-type]
+        got = []
+        async for chunk in stream:
+            got.append(chunk)
+            if take is not None and len(got) == take:
+                await stream.aclose()  # the caller went away mid-stream
+                break
+        return got
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("sizes", [[5], [8, 8], [3, 13, 1], [16, 16, 16, 2]])
+def test_a_streamed_backup_is_the_file_with_its_checksum_last(
+    sizes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whole messages of CHUNK_BYTES (here 8), a file that fills its last one exactly, a
+    # tiny one: the messages are the file, its checksum at the end of the last.
+    monkeypatch.setattr(maintenance, "CHUNK_BYTES", 8)
+    parts = [bytes([i]) * n for i, n in enumerate(sizes)]
+    chunks = _streamed(parts)
+    data = b"".join(c.data for c in chunks)
+    assert data == b"".join(parts) + hashlib.sha256(b"".join(parts)).digest()
+    assert all(len(c.data) == 8 for c in chunks[:-1]) and len(chunks[-1].data) <= 8 + 32
+    assert {c.total_bytes for c in chunks} == {len(data)}
+    assert {c.header.revision for c in chunks} == {7}
+
+
+def test_a_caller_leaving_mid_stream_leaves_no_checksum_behind(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(maintenance, "CHUNK_BYTES", 8)
+    assert len(_streamed([b"x" * 64], take=2)) == 2
+    assert "never retrieved" not in caplog.text

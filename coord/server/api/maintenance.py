@@ -118,7 +118,8 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
             data = held + await checksum
             yield maintenance_pb2.BackupChunk(header=header, data=data, total_bytes=total)
         finally:
-            checksum.cancel()  # when the caller went away: nobody is to read it
+            if not checksum.cancel() and not checksum.cancelled():  # finished: read it
+                checksum.exception()  # (else asyncio logs one nobody retrieved)
 
 
 def chunked(parts: list[bytes], size: int) -> Iterator[bytes]:

@@ -67,8 +67,10 @@ class StateNotifier:
             # nothing could otherwise go round without ever letting other tasks run.
             await asyncio.sleep(0)
             return self.generation
-        timer = None if timeout is None else self._loop.call_later(timeout, _resolve, waiter)
+        timer = None
         try:
+            if timeout is not None:
+                timer = self._loop.call_later(timeout, _resolve, waiter)
             await waiter
         finally:
             if timer is not None:
