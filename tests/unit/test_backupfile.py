@@ -9,6 +9,8 @@ a BackupError naming the problem (never a crash, never a silently wrong state).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import gc
 import hashlib
 import struct
 
@@ -207,19 +209,12 @@ class _Ctx:
         return common_pb2.ResponseHeader(revision=revision)
 
 
-def _streamed(parts: list[bytes], take: int | None = None) -> list[maintenance_pb2.BackupChunk]:
-    """The messages MaintenanceService._stream sends for ``parts`` (all, or the first
-    ``take`` before the caller goes away)."""
+def _streamed(parts: list[bytes]) -> list[maintenance_pb2.BackupChunk]:
+    """The messages MaintenanceService._stream sends for ``parts``."""
 
     async def main() -> list[maintenance_pb2.BackupChunk]:
         stream = MaintenanceService(_Ctx(), None)._stream(parts, 7, False)  # type: ignore[arg-type]
-        got = []
-        async for chunk in stream:
-            got.append(chunk)
-            if take is not None and len(got) == take:
-                await stream.aclose()  # the caller went away mid-stream
-                break
-        return got
+        return [chunk async for chunk in stream]
 
     return asyncio.run(main())
 
@@ -240,9 +235,39 @@ def test_a_streamed_backup_is_the_file_with_its_checksum_last(
     assert {c.header.revision for c in chunks} == {7}
 
 
-def test_a_caller_leaving_mid_stream_leaves_no_checksum_behind(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_caller_leaving_after_the_checksum_failed_leaves_no_unread_exception(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The checksum fails (here at once, on an executor that runs it when submitted)
+    # while the caller is still reading; the caller then leaves: the stream must mark
+    # the failure seen, or asyncio reports "exception was never retrieved" for it.
+    class AtOnce(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            f: concurrent.futures.Future[object] = concurrent.futures.Future()
+            try:
+                f.set_result(fn(*args, **kwargs))
+            except Exception as e:
+                f.set_exception(e)
+            return f
+
+    def failing(parts: object) -> bytes:
+        raise OSError("no checksum")
+
     monkeypatch.setattr(maintenance, "CHUNK_BYTES", 8)
-    assert len(_streamed([b"x" * 64], take=2)) == 2
-    assert "never retrieved" not in caplog.text
+    monkeypatch.setattr(backupfile, "checksum", failing)
+
+    unread: list[str] = []
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(AtOnce())
+        loop.set_exception_handler(lambda _, context: unread.append(context["message"]))
+        stream = MaintenanceService(_Ctx(), None)._stream([b"x" * 64], 7, False)  # type: ignore[arg-type]
+        got = [await anext(stream), await anext(stream)]
+        await asyncio.sleep(0)  # one loop pass: the failed checksum's future is set
+        await stream.aclose()  # the caller went away mid-stream
+        return len(got)
+
+    assert asyncio.run(main()) == 2
+    gc.collect()  # an unread exception is reported when its future is collected
+    assert unread == []

@@ -112,15 +112,18 @@ async def _set(flag: asyncio.Event) -> None:
 
 
 def test_one_wake_up_releases_every_waiter_and_none_is_left_listed() -> None:
-    # Each waiter has a future of its own; the wake-up resolves them all, and one whose
-    # timeout fires at the same time is resolved once (no InvalidStateError).
+    # Each waiter has a future of its own: one wake-up resolves them all, and none, a
+    # waiter that timed out meanwhile included, is left listed.
     async def main() -> tuple[list[int], int, list[int]]:
         n = StateNotifier(asyncio.get_running_loop())
         wakes = _counting(n, asyncio.get_running_loop())
         waiters = [asyncio.ensure_future(n.wait_beyond(0, timeout=30)) for _ in range(50)]
         waiters.append(asyncio.ensure_future(n.wait_beyond(0, timeout=0)))
-        while n.waiters < 50:
+        for _ in range(1000):  # loop passes until the waiters are registered
+            if n.waiters >= 50:
+                break
             await asyncio.sleep(0)
+        assert n.waiters >= 50
         t = threading.Thread(target=n.applied)
         t.start()
         got = await asyncio.wait_for(asyncio.gather(*waiters), 10)
