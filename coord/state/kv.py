@@ -127,8 +127,10 @@ class KVStore:
 
     def encoded(self) -> list[bytes]:
         """Every record's bytes (a serialized KeyValue), in key order: a copy of the
-        store (the records are immutable bytes, shared; ~13 ms at 100,000 keys)."""
-        return list(self._data.values())
+        store (the records are immutable bytes, shared). Looked up key by key at C
+        level: the sorted dict's ``values()`` view yields from a Python generator
+        (~4 vs ~7 ms at 100,000 keys, under the apply lock: see StateMachine.capture)."""
+        return list(map(self._data.__getitem__, self._data))
 
     def load(self, kvs: list[kv_pb2.KeyValue]) -> None:
         self._data = SortedDict((kv.key, kv.SerializeToString(deterministic=True)) for kv in kvs)
