@@ -190,9 +190,12 @@ class _SyncObj(SyncObj):
         if self._SyncObj__raftCommitIndex > self._coord_commit_before:
             self._coord_count_self_when_durable()
         last_applied = self._SyncObj__raftLastApplied
+        told = self._coord_tell_commit_first(last_applied)
         applied = bool(SyncObj._SyncObj__applyLogEntries(self))
         if self._SyncObj__raftLastApplied != last_applied:
             self._coord.applied()
+        if told:
+            return False  # the followers have this commit index already
         if applied and self._isLeader() and raft_clock() <= self._SyncObj__newAppendEntriesTime:
             # pysyncobj sends an append-entries to every follower after an apply (the
             # new commit index), and under load this tick's drain of the queued
@@ -204,6 +207,22 @@ class _SyncObj(SyncObj):
             self._coord_commit_to_send = True
             return False
         return applied
+
+    def _coord_tell_commit_first(self, last_applied: int) -> bool:
+        """A leader whose commit index moved, with no command queued, sends it to its
+        followers before it applies: they apply (and their watchers hear of it) while
+        the leader does, not after the leader's apply and its clients' answers. Whether
+        it sent. With commands queued the drain sends one message carrying both (see
+        above); a heartbeat due now carries it anyway."""
+        if (
+            self._SyncObj__raftCommitIndex <= last_applied
+            or not self._isLeader()
+            or raft_clock() > self._SyncObj__newAppendEntriesTime
+            or self._SyncObj__commandsQueue._FastQueue__queue  # read unlocked: a hint
+        ):
+            return False
+        self._SyncObj__sendAppendEntries()
+        return True
 
     def _coord_count_self_when_durable(self) -> None:
         others = self._SyncObj__otherNodes

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from coord.config import RaftTimings
+from coord.raft.syncobj_adapter import raft_clock
 from tests.inproc.memory_raft import MemoryCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,7 +37,8 @@ def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries
     the new commit index); under load the queued commands' append-entries follows in
     the same tick. Two messages, two replies and two follower ticks per follower where
     one carries both: per-message costs are most of the Raft side's CPU per put
-    (bench/profile_leader.py)."""
+    (bench/profile_leader.py). (A tick that found no command queued sends the commit
+    index before its apply; commands proposed meanwhile follow in their own.)"""
     cluster = MemoryCluster(tmp_path)
     cluster.timings = SLOW_HEARTBEATS
     cluster.start_all()
@@ -56,6 +58,19 @@ def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries
 
         transport.send = recorded
         node._raft.add_tick_callback(lambda: tick.__setitem__(0, tick[0] + 1))
+        # Ticks whose commit index went out before the apply (nothing was queued then):
+        # commands proposed during that apply go out in a message of their own.
+        so: Any = node._raft._so
+        told_first: set[int] = set()
+        tell = so._coord_tell_commit_first
+
+        def recorded_tell(last_applied: int) -> bool:
+            told = bool(tell(last_applied))
+            if told:
+                told_first.add(tick[0])
+            return told
+
+        so._coord_tell_commit_first = recorded_tell
 
         errors: list[BaseException] = []
 
@@ -80,7 +95,7 @@ def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries
         commit_then_entries = [
             (k, counts)
             for k, counts in sent.items()
-            if len(counts) >= 2 and counts[0] == 0 and any(counts[1:])
+            if len(counts) >= 2 and counts[0] == 0 and any(counts[1:]) and k[0] not in told_first
         ]
         assert sum(map(len, sent.values())) > 0
         assert not commit_then_entries, (
@@ -126,5 +141,63 @@ def test_a_heartbeat_due_at_an_apply_is_the_only_append_entries_it_needs(
         twice = [(k, counts) for k, counts in sent.items() if counts.count(0) >= 2]
         assert sum(map(len, sent.values())) > 0
         assert not twice, f"{len(twice)} (tick, follower) pairs sent two empty: {twice[:5]}"
+    finally:
+        cluster.close()
+
+
+def test_with_one_client_followers_hear_each_commit_before_the_leader_applies_it(
+    tmp_path: Path,
+) -> None:
+    """Nothing queued when a put commits (its client waits for the answer): the leader
+    sends the commit index first, so followers apply, and their watchers hear, while
+    it applies and answers; one append-entries per follower and tick all the same. (A
+    heartbeat due at the apply carries the commit index after it: those ticks are left
+    out.)"""
+    cluster = MemoryCluster(tmp_path)
+    cluster.timings = SLOW_HEARTBEATS
+    cluster.start_all()
+    try:
+        leader = cluster.wait_leader(timeout=20)
+        node = cluster.nodes[leader]
+        so: Any = node._raft._so
+        transport: Any = node._raft.transport
+        tick = [0]
+        # (tick, follower) -> (commit index, leader's last applied) per append-entries
+        sent: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
+        heartbeat_due: set[int] = set()
+        wire = transport.send
+        tell = so._coord_tell_commit_first
+
+        def recorded(peer: Any, message: Any) -> Any:
+            if isinstance(message, dict) and message.get("type") == "append_entries":
+                sent[(tick[0], peer.id)].append((message["commit_index"], so.raftLastApplied))
+            return wire(peer, message)
+
+        def recorded_tell(last_applied: int) -> bool:
+            told = bool(tell(last_applied))
+            if not told and raft_clock() > so._SyncObj__newAppendEntriesTime:
+                heartbeat_due.add(tick[0])
+            return told
+
+        transport.send = recorded
+        so._coord_tell_commit_first = recorded_tell
+        node._raft.add_tick_callback(lambda: tick.__setitem__(0, tick[0] + 1))
+        for i in range(20):
+            cluster.put(leader, b"k%d" % i, b"v").result(10)
+        transport.send = wire
+        announced: dict[str, int] = {}  # follower -> highest commit index sent (the first: a base)
+        news: list[tuple[int, int]] = []  # (commit index, last applied) of each new one
+        for (t, peer), msgs in sorted(sent.items()):
+            if t in heartbeat_due:
+                continue
+            assert len(msgs) == 1, f"tick {t} sent {peer} {len(msgs)} append-entries"
+            commit, applied = msgs[0]
+            if peer in announced and commit > announced[peer]:
+                news.append((commit, applied))
+            announced[peer] = max(announced.get(peer, 0), commit)
+        assert len(news) >= 30, sent  # ~20 puts' commits to each of 2 followers
+        late = [n for n in news if n[0] <= n[1]]
+        assert not late, f"{len(late)} of {len(news)} commits sent after the apply: {late[:5]}"
+        cluster.wait_converged(20)
     finally:
         cluster.close()

@@ -162,3 +162,83 @@ def test_the_commit_is_corrected_between_pysyncobjs_count_and_the_apply() -> Non
     between = source[count:apply]
     assert "self.__transport.send" not in between, "pysyncobj sends between count and apply"
     assert "_SyncObj__applyLogEntries" in vars(syncobj_adapter._SyncObj)
+
+
+class _Hooks:
+    """The adapter's hooks a bare _SyncObj's apply reaches (no node behind them)."""
+
+    def __init__(self) -> None:
+        self.applied_calls = 0
+
+    def applied(self) -> None:
+        self.applied_calls += 1
+
+    def durable_index(self) -> int:
+        return 10
+
+
+def leader_about_to_apply(monkeypatch: pytest.MonkeyPatch, queued: int) -> tuple[Any, list[str]]:
+    """A bare leader whose commit index moved from 8 to 10 this tick (both entries of
+    its term, durable here and on a follower), with ``queued`` commands waiting;
+    pysyncobj's own apply and send record themselves in the returned list."""
+    from collections import deque
+
+    from pysyncobj.fast_queue import FastQueue
+
+    peer = Node("b")
+    so: Any = object.__new__(syncobj_adapter._SyncObj)
+    so._coord = _Hooks()
+    so._coord_commit_before = 8
+    so._coord_commit_to_send = False
+    so._SyncObj__raftState = ROLE_LEADER
+    so._SyncObj__raftCurrentTerm = 3
+    so._SyncObj__raftCommitIndex = 10
+    so._SyncObj__raftLastApplied = 8
+    so._SyncObj__otherNodes = {peer}
+    so._SyncObj__raftMatchIndex = {peer: 10}
+    so._SyncObj__getEntries = lambda idx, count: [(b"", idx, 3)]
+    so._SyncObj__newAppendEntriesTime = syncobj_adapter.raft_clock() + 60.0
+    so._SyncObj__commandsQueue = FastQueue(0)
+    so._SyncObj__commandsQueue._FastQueue__queue = deque(range(queued))
+    calls: list[str] = []
+
+    def apply(self: Any) -> bool:
+        calls.append(f"apply {self._SyncObj__raftCommitIndex}")
+        self._SyncObj__raftLastApplied = self._SyncObj__raftCommitIndex
+        return True
+
+    monkeypatch.setattr(pso.SyncObj, "_SyncObj__applyLogEntries", apply)
+    so._SyncObj__sendAppendEntries = lambda: calls.append(f"send {so._SyncObj__raftCommitIndex}")
+    return so, calls
+
+
+def test_with_nothing_queued_a_leader_sends_the_commit_index_before_applying(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Followers apply (and their watchers hear) while the leader applies; pysyncobj is
+    told nothing is left to send, so it sends no second message this tick."""
+    so, calls = leader_about_to_apply(monkeypatch, queued=0)
+    assert so._SyncObj__applyLogEntries() is False
+    assert calls == ["send 10", "apply 10"]
+    assert so._coord_commit_to_send is False
+    assert so._coord.applied_calls == 1
+
+
+def test_with_commands_queued_the_commit_index_goes_with_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under load the drain later in the tick sends one message with the new commands
+    and the commit index: none is sent before the apply."""
+    so, calls = leader_about_to_apply(monkeypatch, queued=2)
+    assert so._SyncObj__applyLogEntries() is False
+    assert calls == ["apply 10"]
+    assert so._coord_commit_to_send is True
+
+
+def test_a_due_heartbeat_carries_the_commit_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A heartbeat due now goes out after the apply (pysyncobj's own), with it."""
+    so, calls = leader_about_to_apply(monkeypatch, queued=0)
+    so._SyncObj__newAppendEntriesTime = 0.0
+    assert so._SyncObj__applyLogEntries() is True
+    assert calls == ["apply 10"]
+    assert so._coord_commit_to_send is False
