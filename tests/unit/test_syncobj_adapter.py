@@ -167,27 +167,31 @@ def test_the_commit_is_corrected_between_pysyncobjs_count_and_the_apply() -> Non
 class _Hooks:
     """The adapter's hooks a bare _SyncObj's apply reaches (no node behind them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: int) -> None:
         self.applied_calls = 0
+        self.durable = durable
 
     def applied(self) -> None:
         self.applied_calls += 1
 
     def durable_index(self) -> int:
-        return 10
+        return self.durable
 
 
-def leader_about_to_apply(monkeypatch: pytest.MonkeyPatch, queued: int) -> tuple[Any, list[str]]:
-    """A bare leader whose commit index moved from 8 to 10 this tick (both entries of
-    its term, durable here and on a follower), with ``queued`` commands waiting;
-    pysyncobj's own apply and send record themselves in the returned list."""
+def leader_about_to_apply(
+    monkeypatch: pytest.MonkeyPatch, queued: int, durable: int = 10, follower: int = 10
+) -> tuple[Any, list[str]]:
+    """A bare leader whose commit index pysyncobj moved from 8 to 10 this tick (entries
+    of its term), its log durable up to ``durable``, its follower's up to ``follower``,
+    with ``queued`` commands waiting; pysyncobj's own apply and send record themselves
+    in the returned list."""
     from collections import deque
 
     from pysyncobj.fast_queue import FastQueue
 
     peer = Node("b")
     so: Any = object.__new__(syncobj_adapter._SyncObj)
-    so._coord = _Hooks()
+    so._coord = _Hooks(durable)
     so._coord_commit_before = 8
     so._coord_commit_to_send = False
     so._SyncObj__raftState = ROLE_LEADER
@@ -195,7 +199,9 @@ def leader_about_to_apply(monkeypatch: pytest.MonkeyPatch, queued: int) -> tuple
     so._SyncObj__raftCommitIndex = 10
     so._SyncObj__raftLastApplied = 8
     so._SyncObj__otherNodes = {peer}
-    so._SyncObj__raftMatchIndex = {peer: 10}
+    so._SyncObj__raftMatchIndex = {peer: follower}
+    so._SyncObj__leaderCommitIndex = 10
+    so._SyncObj__raftLog = MemoryJournal()
     so._SyncObj__getEntries = lambda idx, count: [(b"", idx, 3)]
     so._SyncObj__newAppendEntriesTime = syncobj_adapter.raft_clock() + 60.0
     so._SyncObj__commandsQueue = FastQueue(0)
@@ -242,3 +248,21 @@ def test_a_due_heartbeat_carries_the_commit_index(monkeypatch: pytest.MonkeyPatc
     assert so._SyncObj__applyLogEntries() is True
     assert calls == ["apply 10"]
     assert so._coord_commit_to_send is False
+
+
+def test_the_commit_index_sent_first_is_the_one_corrected_to_what_is_durable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pysyncobj counted the leader's whole log (10); the leader's own log is durable to
+    9 only and its follower holds 9: 9 is committed, sent, then applied."""
+    so, calls = leader_about_to_apply(monkeypatch, queued=0, durable=9, follower=9)
+    so._SyncObj__applyLogEntries()
+    assert calls == ["send 9", "apply 9"]
+
+
+def test_nothing_is_sent_first_when_the_correction_leaves_nothing_to_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    so, calls = leader_about_to_apply(monkeypatch, queued=0, durable=8, follower=8)
+    so._SyncObj__applyLogEntries()
+    assert calls == ["apply 8"]
