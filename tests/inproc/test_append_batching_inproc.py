@@ -30,6 +30,35 @@ SLOW_HEARTBEATS = RaftTimings(
 )
 
 
+class SentLog:
+    """The append-entries a leader sends, by (tick, follower): ``what(message)`` of each.
+    ``tick`` counts the leader's ticks (its tick callbacks run at the end of each)."""
+
+    def __init__(self, node: Any, what: Any) -> None:
+        self.tick = 0
+        self.sent: dict[tuple[int, str], list[Any]] = defaultdict(list)
+        self._transport = node._raft.transport
+        self._wire = self._transport.send
+
+        def recorded(peer: Any, message: Any) -> Any:
+            if isinstance(message, dict) and message.get("type") == "append_entries":
+                self.sent[(self.tick, peer.id)].append(what(message))
+            return self._wire(peer, message)
+
+        self._transport.send = recorded
+        node._raft.add_tick_callback(self._next_tick)
+
+    def _next_tick(self) -> None:
+        self.tick += 1
+
+    def stop(self) -> None:
+        self._transport.send = self._wire
+
+
+def entries(message: Any) -> int:
+    return len(message.get("entries") or ())
+
+
 def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -45,19 +74,8 @@ def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries
     try:
         leader = cluster.wait_leader(timeout=20)
         node = cluster.nodes[leader]
-        transport: Any = node._raft.transport
-        tick = [0]
         # (tick, follower) -> entries carried by each append-entries sent in that tick
-        sent: dict[tuple[int, str], list[int]] = defaultdict(list)
-        wire = transport.send
-
-        def recorded(peer: Any, message: Any) -> Any:
-            if isinstance(message, dict) and message.get("type") == "append_entries":
-                sent[(tick[0], peer.id)].append(len(message.get("entries") or ()))
-            return wire(peer, message)
-
-        transport.send = recorded
-        node._raft.add_tick_callback(lambda: tick.__setitem__(0, tick[0] + 1))
+        log = SentLog(node, entries)
         # Ticks whose commit index went out before the apply (nothing was queued then):
         # commands proposed during that apply go out in a message of their own.
         so: Any = node._raft._so
@@ -67,7 +85,7 @@ def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries
         def recorded_tell(last_applied: int) -> bool:
             told = bool(tell(last_applied))
             if told:
-                told_first.add(tick[0])
+                told_first.add(log.tick)
             return told
 
         so._coord_tell_commit_first = recorded_tell
@@ -86,12 +104,13 @@ def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries
             t.start()
         for t in threads:
             t.join(30)
-        transport.send = wire
+        log.stop()
         assert not errors, errors[:3]
         # A tick that raises is abandoned halfway (pysyncobj logs it and sleeps): its
         # second send never happens either, for the wrong reason.
         failed = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert not failed, failed[:3]
+        sent = log.sent
         commit_then_entries = [
             (k, counts)
             for k, counts in sent.items()
@@ -119,27 +138,17 @@ def test_a_heartbeat_due_at_an_apply_is_the_only_append_entries_it_needs(
         leader = cluster.wait_leader(timeout=20)
         node = cluster.nodes[leader]
         so: Any = node._raft._so
-        transport: Any = node._raft.transport
-        tick = [0]
-        sent: dict[tuple[int, str], list[int]] = defaultdict(list)
-        wire = transport.send
+        log = SentLog(node, entries)
 
-        def recorded(peer: Any, message: Any) -> Any:
-            if isinstance(message, dict) and message.get("type") == "append_entries":
-                sent[(tick[0], peer.id)].append(len(message.get("entries") or ()))
-            return wire(peer, message)
-
-        def next_tick_heartbeat_due() -> None:
-            tick[0] += 1
+        def heartbeat_due() -> None:
             so._SyncObj__newAppendEntriesTime = 0.0
 
-        transport.send = recorded
-        node._raft.add_tick_callback(next_tick_heartbeat_due)
+        node._raft.add_tick_callback(heartbeat_due)
         for i in range(30):  # one client: the queue is empty when its put is applied
             cluster.put(leader, b"k%d" % i, b"v").result(10)
-        transport.send = wire
-        twice = [(k, counts) for k, counts in sent.items() if counts.count(0) >= 2]
-        assert sum(map(len, sent.values())) > 0
+        log.stop()
+        twice = [(k, counts) for k, counts in log.sent.items() if counts.count(0) >= 2]
+        assert sum(map(len, log.sent.values())) > 0
         assert not twice, f"{len(twice)} (tick, follower) pairs sent two empty: {twice[:5]}"
     finally:
         cluster.close()
@@ -159,34 +168,24 @@ def test_with_one_client_followers_hear_each_commit_before_the_leader_applies_it
         leader = cluster.wait_leader(timeout=20)
         node = cluster.nodes[leader]
         so: Any = node._raft._so
-        transport: Any = node._raft.transport
-        tick = [0]
         # (tick, follower) -> (commit index, leader's last applied) per append-entries
-        sent: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
+        log = SentLog(node, lambda message: (message["commit_index"], so.raftLastApplied))
         heartbeat_due: set[int] = set()
-        wire = transport.send
         tell = so._coord_tell_commit_first
-
-        def recorded(peer: Any, message: Any) -> Any:
-            if isinstance(message, dict) and message.get("type") == "append_entries":
-                sent[(tick[0], peer.id)].append((message["commit_index"], so.raftLastApplied))
-            return wire(peer, message)
 
         def recorded_tell(last_applied: int) -> bool:
             told = bool(tell(last_applied))
             if not told and raft_clock() > so._SyncObj__newAppendEntriesTime:
-                heartbeat_due.add(tick[0])
+                heartbeat_due.add(log.tick)
             return told
 
-        transport.send = recorded
         so._coord_tell_commit_first = recorded_tell
-        node._raft.add_tick_callback(lambda: tick.__setitem__(0, tick[0] + 1))
         for i in range(20):
             cluster.put(leader, b"k%d" % i, b"v").result(10)
-        transport.send = wire
+        log.stop()
         announced: dict[str, int] = {}  # follower -> highest commit index sent (the first: a base)
         news: list[tuple[int, int]] = []  # (commit index, last applied) of each new one
-        for (t, peer), msgs in sorted(sent.items()):
+        for (t, peer), msgs in sorted(log.sent.items()):
             for commit, applied in msgs:
                 if t not in heartbeat_due and peer in announced and commit > announced[peer]:
                     news.append((commit, applied))
@@ -194,7 +193,7 @@ def test_with_one_client_followers_hear_each_commit_before_the_leader_applies_it
             # The commit index alone, then (if the client's next put was proposed during
             # the apply) that put's entries: never the commit index twice.
             assert len(msgs) <= 2, f"tick {t} sent {peer} {len(msgs)} append-entries"
-        assert len(news) >= 30, sent  # ~20 puts' commits to each of 2 followers
+        assert len(news) >= 30, log.sent  # ~20 puts' commits to each of 2 followers
         late = [n for n in news if n[0] <= n[1]]
         assert not late, f"{len(late)} of {len(news)} commits sent after the apply: {late[:5]}"
         cluster.wait_converged(20)
