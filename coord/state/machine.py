@@ -468,12 +468,6 @@ class StateCapture:
         def serialized(part: raft_pb2.StateSnapshot) -> bytes:
             return part.SerializeToString(deterministic=True)
 
-        def chunks(name: str, records: list[Any]) -> Iterator[bytes]:
-            for i in range(0, len(records), RECORDS_PER_CHUNK):
-                part = raft_pb2.StateSnapshot()
-                getattr(part, name).extend(records[i : i + RECORDS_PER_CHUNK])
-                yield serialized(part)
-
         # Fields 1-3, then 4 (kvs), 5 (dedupe), 6 (node_ids), 7-9, 10 (last_term), 11.
         yield serialized(
             raft_pb2.StateSnapshot(
@@ -485,11 +479,11 @@ class StateCapture:
         yield from encoded_chunks(KVS_TAG, self.kvs)
         yield from encoded_chunks(DEDUPE_TAG, dedupe_records(self.dedupe))
         yield serialized(raft_pb2.StateSnapshot(node_ids=self.node_ids))
-        yield from chunks("sessions", self.sessions)
-        yield from chunks("groups", self.groups)
+        yield from _message_chunks("sessions", self.sessions)
+        yield from _message_chunks("groups", self.groups)
         yield from encoded_chunks(EVENTS_TAG, self.events)
         yield serialized(raft_pb2.StateSnapshot(last_term=self.last_term))
-        yield from chunks("ledgers", self.ledgers)
+        yield from _message_chunks("ledgers", self.ledgers)
 
     def digest(self) -> str:
         """A sha256 (hex) of this state, equal on replicas with equal states.
@@ -518,24 +512,29 @@ class StateCapture:
             h.update(b"kvs")
             h.update(chunk)
 
-        def messages(name: str, records: list[Any]) -> None:
-            for i in range(0, len(records), RECORDS_PER_CHUNK):
-                part = raft_pb2.StateSnapshot()
-                getattr(part, name).extend(records[i : i + RECORDS_PER_CHUNK])
+        for name, chunks in (
+            ("sessions", _message_chunks("sessions", self.sessions)),
+            ("groups", _message_chunks("groups", self.groups)),
+            ("events", encoded_chunks(EVENTS_TAG, self.events)),  # the same bytes, stored
+            ("ledgers", _message_chunks("ledgers", self.ledgers)),
+        ):
+            for chunk in chunks:
                 h.update(name.encode())
-                h.update(part.SerializeToString(deterministic=True))
-
-        messages("sessions", self.sessions)
-        messages("groups", self.groups)
-        for chunk in encoded_chunks(EVENTS_TAG, self.events):  # the same bytes, stored
-            h.update(b"events")
-            h.update(chunk)
-        messages("ledgers", self.ledgers)
+                h.update(chunk)
         dedupe = dedupe_records(list(map(_without_error_message, self.dedupe)))
         for chunk in encoded_chunks(DEDUPE_TAG, dedupe):
             h.update(b"dedupe")
             h.update(chunk)
         return h.hexdigest()
+
+
+def _message_chunks(name: str, records: list[Any]) -> Iterator[bytes]:
+    """The repeated StateSnapshot field ``name`` of ``records``, serialized
+    ``RECORDS_PER_CHUNK`` at a time (concatenated: one serialization of them all)."""
+    for i in range(0, len(records), RECORDS_PER_CHUNK):
+        part = raft_pb2.StateSnapshot()
+        getattr(part, name).extend(records[i : i + RECORDS_PER_CHUNK])
+        yield part.SerializeToString(deterministic=True)
 
 
 def _without_error_message(
