@@ -209,11 +209,11 @@ class _SyncObj(SyncObj):
         return applied
 
     def _coord_tell_commit_first(self, last_applied: int) -> bool:
-        """A leader whose commit index moved, with no command queued, sends it to its
-        followers before it applies: they apply (and their watchers hear of it) while
-        the leader does, not after the leader's apply and its clients' answers. Whether
-        it sent. With commands queued the drain sends one message carrying both (see
-        above); a heartbeat due now carries it anyway."""
+        """Whether this leader sent its followers its new commit index before applying:
+        it does when nothing is queued, so they apply (and their watchers hear of it)
+        while it applies, not after its apply and its clients' answers. With commands
+        queued the drain sends one message carrying both (see above); a heartbeat due
+        now carries it anyway."""
         if (
             self._SyncObj__raftCommitIndex <= last_applied
             or not self._isLeader()
