@@ -7,9 +7,11 @@ append-entries counted is one the commit path sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,21 @@ class SentLog:
         self._transport.send = self._wire
 
 
+@contextlib.contextmanager
+def leading(
+    tmp_path: Path, timings: RaftTimings | None = None
+) -> Iterator[tuple[MemoryCluster, int]]:
+    """A started in-memory cluster and its leader's index; closed on the way out."""
+    cluster = MemoryCluster(tmp_path)
+    if timings is not None:
+        cluster.timings = timings
+    cluster.start_all()
+    try:
+        yield cluster, cluster.wait_leader(timeout=20)
+    finally:
+        cluster.close()
+
+
 def entries(message: Any) -> int:
     return len(message.get("entries") or ())
 
@@ -68,11 +85,7 @@ def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries
     one carries both: per-message costs are most of the Raft side's CPU per put
     (bench/profile_leader.py). (A tick that found no command queued sends the commit
     index before its apply; commands proposed meanwhile follow in their own.)"""
-    cluster = MemoryCluster(tmp_path)
-    cluster.timings = SLOW_HEARTBEATS
-    cluster.start_all()
-    try:
-        leader = cluster.wait_leader(timeout=20)
+    with leading(tmp_path, SLOW_HEARTBEATS) as (cluster, leader):
         node = cluster.nodes[leader]
         # (tick, follower) -> entries carried by each append-entries sent in that tick
         log = SentLog(node, entries)
@@ -122,8 +135,6 @@ def test_a_commit_and_the_commands_queued_behind_it_go_out_in_one_append_entries
             f"commit-only append-entries and then the commands: {commit_then_entries[:5]}"
         )
         cluster.wait_converged(20)
-    finally:
-        cluster.close()
 
 
 def test_a_heartbeat_due_at_an_apply_is_the_only_append_entries_it_needs(
@@ -132,10 +143,7 @@ def test_a_heartbeat_due_at_an_apply_is_the_only_append_entries_it_needs(
     """When the heartbeat is due in a tick that applies something, pysyncobj sends it
     with the new commit index: the drain must not send the commit index again when no
     command is queued (two identical empty append-entries per follower)."""
-    cluster = MemoryCluster(tmp_path)
-    cluster.start_all()
-    try:
-        leader = cluster.wait_leader(timeout=20)
+    with leading(tmp_path) as (cluster, leader):
         node = cluster.nodes[leader]
         so: Any = node._raft._so
         log = SentLog(node, entries)
@@ -150,8 +158,6 @@ def test_a_heartbeat_due_at_an_apply_is_the_only_append_entries_it_needs(
         twice = [(k, counts) for k, counts in log.sent.items() if counts.count(0) >= 2]
         assert sum(map(len, log.sent.values())) > 0
         assert not twice, f"{len(twice)} (tick, follower) pairs sent two empty: {twice[:5]}"
-    finally:
-        cluster.close()
 
 
 def test_with_one_client_followers_hear_each_commit_before_the_leader_applies_it(
@@ -161,11 +167,7 @@ def test_with_one_client_followers_hear_each_commit_before_the_leader_applies_it
     sends the commit index first, so followers apply, and their watchers hear, while
     it applies and answers. (A heartbeat due at the apply carries the commit index
     after it: those ticks are left out.)"""
-    cluster = MemoryCluster(tmp_path)
-    cluster.timings = SLOW_HEARTBEATS
-    cluster.start_all()
-    try:
-        leader = cluster.wait_leader(timeout=20)
+    with leading(tmp_path, SLOW_HEARTBEATS) as (cluster, leader):
         node = cluster.nodes[leader]
         so: Any = node._raft._so
         # (tick, follower) -> (commit index, leader's last applied) per append-entries
@@ -197,5 +199,3 @@ def test_with_one_client_followers_hear_each_commit_before_the_leader_applies_it
         late = [n for n in news if n[0] <= n[1]]
         assert not late, f"{len(late)} of {len(news)} commits sent after the apply: {late[:5]}"
         cluster.wait_converged(20)
-    finally:
-        cluster.close()
